@@ -1,0 +1,137 @@
+//! Jobs: the messages workers consume from RabbitMQ.
+//!
+//! A job is small and self-describing: it carries everything a worker needs (role,
+//! rate limits, the step to run) so that any worker can take any job without
+//! reading the campaign. Every job has a stable `job_id`; a job delivered twice
+//! finds its earlier progress under that id (the command it already sent) and
+//! resumes instead of repeating work.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::campaign::{ApiRateLimits, ExecutionRole, Step, TargetSelection};
+
+/// Milliseconds since the Unix epoch, UTC. Compact and exact on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UnixMillis(pub u64);
+
+/// One account-region pair of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Location {
+    pub account_id: String,
+    pub region: String,
+}
+
+/// What every job of a run carries about the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunContext {
+    pub run_id: Uuid,
+    pub campaign: String,
+    /// The stored campaign version the run uses.
+    pub campaign_version: u32,
+    /// Role name and ExternalId only: credentials never travel in messages.
+    pub role: ExecutionRole,
+    pub api_rate_limits: ApiRateLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Job {
+    Discover(DiscoverJob),
+    Execute(ExecuteJob),
+    Poll(PollJob),
+}
+
+impl Job {
+    pub fn job_id(&self) -> Uuid {
+        match self {
+            Self::Discover(job) => job.job_id,
+            Self::Execute(job) => job.job_id,
+            Self::Poll(job) => job.job_id,
+        }
+    }
+
+    pub fn run(&self) -> &RunContext {
+        match self {
+            Self::Discover(job) => &job.run,
+            Self::Execute(job) => &job.run,
+            Self::Poll(job) => &job.run,
+        }
+    }
+
+    pub fn location(&self) -> &Location {
+        match self {
+            Self::Discover(job) => &job.location,
+            Self::Execute(job) => &job.location,
+            Self::Poll(job) => &job.location,
+        }
+    }
+
+    /// A label for metrics and logs (never an id).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Discover(_) => "discover",
+            Self::Execute(_) => "execute",
+            Self::Poll(_) => "poll",
+        }
+    }
+}
+
+/// List one page of a location's managed instances matching the campaign's targets.
+/// A page that has a next token publishes the next page's job, so a redelivery
+/// repeats one page, never the whole location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoverJob {
+    pub job_id: Uuid,
+    pub run: RunContext,
+    pub location: Location,
+    pub targets: TargetSelection,
+    /// 0 for the first page.
+    pub page: u32,
+    pub next_token: Option<String>,
+}
+
+/// Up to 50 targets of one location: one SendCommand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Unique within the location and run; stable across redeliveries.
+    pub batch_id: u32,
+    pub instance_ids: Vec<String>,
+}
+
+/// SendCommand's limit on InstanceIds.
+pub const MAX_BATCH_SIZE: usize = 50;
+
+/// Run one step on one batch: check safety, take rate tokens, SendCommand, then Poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteJob {
+    pub job_id: Uuid,
+    pub run: RunContext,
+    pub location: Location,
+    pub batch: Batch,
+    /// Index into the campaign's steps.
+    pub step_index: u16,
+    pub step: Step,
+    /// True for patch documents: results carry compliance counts.
+    pub collect_patch_compliance: bool,
+}
+
+/// Look at a sent command's invocations; re-published through a delay queue until
+/// every target is terminal or the deadline passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollJob {
+    pub job_id: Uuid,
+    /// The Execute job that sent the command.
+    pub execute_job_id: Uuid,
+    pub run: RunContext,
+    pub location: Location,
+    pub batch: Batch,
+    pub step_index: u16,
+    pub step: Step,
+    pub collect_patch_compliance: bool,
+    pub command_id: String,
+    pub sent_at: UnixMillis,
+    /// After this, targets still running are reported as timed out.
+    pub deadline: UnixMillis,
+    /// How many polls came before this one (drives the growing delay).
+    pub attempt: u32,
+}

@@ -1,0 +1,157 @@
+//! Queue, exchange and Redis key names: the one place scheduler and worker agree on them.
+//!
+//! RabbitMQ topology (names prefixed per deployment, so tests can use their own):
+//! - `jobs` (direct exchange) routes `bulk` and `urgent` to the two work queues;
+//!   workers consume urgent with priority, so an event-triggered agent install
+//!   never waits behind a million-instance scan;
+//! - `reports` queue: worker → scheduler results;
+//! - `dead-letter` exchange and queue: poison messages and exhausted retries;
+//! - `delay.<seconds>` queues: no consumers, a message TTL, and dead-lettering back
+//!   into `jobs` — how a worker waits for a command without holding a delivery.
+//!
+//! Redis keys of one run share the hash tag `{<run-id>}`, so they live on one Redis
+//! Cluster slot and one Lua script can update them atomically.
+
+use uuid::Uuid;
+
+/// Delays a worker may ask for, in seconds; each is one TTL'd queue.
+pub const DELAY_STEPS_SECONDS: [u32; 5] = [1, 5, 15, 60, 300];
+
+/// Names for one deployment; `prefix` is `flotilla` unless tests isolate themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self::new("flotilla")
+    }
+}
+
+impl Names {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    pub fn bulk_queue(&self) -> String {
+        format!("{}.jobs.bulk", self.prefix)
+    }
+
+    pub fn urgent_queue(&self) -> String {
+        format!("{}.jobs.urgent", self.prefix)
+    }
+
+    pub fn reports_queue(&self) -> String {
+        format!("{}.reports", self.prefix)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead-letter", self.prefix)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.prefix)
+    }
+
+    /// The delay queue for the smallest step at least `seconds` long.
+    pub fn delay_queue(&self, seconds: u32) -> String {
+        let step = DELAY_STEPS_SECONDS
+            .into_iter()
+            .find(|step| *step >= seconds)
+            .unwrap_or(DELAY_STEPS_SECONDS[DELAY_STEPS_SECONDS.len() - 1]);
+        format!("{}.delay.{step}s", self.prefix)
+    }
+
+    /// The global kill switch: present means no worker sends anything.
+    pub fn kill_switch_key(&self) -> String {
+        format!("{}:kill", self.prefix)
+    }
+
+    /// A campaign's kill switch (engaged by an alert or an operator).
+    pub fn campaign_kill_key(&self, campaign: &str) -> String {
+        format!("{}:kill:campaign:{campaign}", self.prefix)
+    }
+
+    /// Pub/sub channel announcing kill switch changes to every worker.
+    pub fn kill_channel(&self) -> String {
+        format!("{}:kill:changes", self.prefix)
+    }
+
+    pub fn campaign_key(&self, campaign: &str) -> String {
+        format!("{}:campaign:{campaign}", self.prefix)
+    }
+
+    pub fn campaigns_index_key(&self) -> String {
+        format!("{}:campaigns", self.prefix)
+    }
+
+    /// The run record (state, reason, totals) as a hash.
+    pub fn run_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}", self.prefix)
+    }
+
+    /// Live counters of a run (per status) as a hash.
+    pub fn run_counters_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:counters", self.prefix)
+    }
+
+    /// The command a job already sent: a redelivered Execute resumes polling it.
+    pub fn job_command_key(&self, run_id: Uuid, job_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:job:{job_id}:command", self.prefix)
+    }
+
+    pub fn runs_index_key(&self) -> String {
+        format!("{}:runs", self.prefix)
+    }
+
+    /// A token bucket shared by every worker for one account-region-API.
+    pub fn token_bucket_key(&self, account_id: &str, region: &str, api: &str) -> String {
+        format!("{}:rate:{{{account_id}:{region}}}:{api}", self.prefix)
+    }
+
+    /// The scheduler leader lease (value: holder id; fencing token alongside).
+    pub fn scheduler_lease_key(&self) -> String {
+        format!("{}:scheduler:lease", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_run_share_a_hash_tag() {
+        let names = Names::default();
+        let run_id = Uuid::nil();
+        let tag = format!("{{{run_id}}}");
+        assert!(names.run_key(run_id).contains(&tag));
+        assert!(names.run_counters_key(run_id).contains(&tag));
+        assert!(names.job_command_key(run_id, Uuid::nil()).contains(&tag));
+    }
+
+    #[test]
+    fn delays_round_up_to_a_queue_that_exists() {
+        let names = Names::new("t");
+        assert_eq!(names.delay_queue(0), "t.delay.1s");
+        assert_eq!(names.delay_queue(5), "t.delay.5s");
+        assert_eq!(names.delay_queue(6), "t.delay.15s");
+        assert_eq!(names.delay_queue(10_000), "t.delay.300s");
+    }
+
+    #[test]
+    fn prefixes_isolate_deployments() {
+        assert_ne!(Names::new("a").bulk_queue(), Names::new("b").bulk_queue());
+        assert_ne!(Names::new("a").kill_switch_key(), Names::new("b").kill_switch_key());
+    }
+}

@@ -1,0 +1,119 @@
+//! Reports: what workers tell the scheduler, on the reports queue.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::campaign::Platform;
+use crate::job::{Location, UnixMillis};
+use crate::status::StatusDetail;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Report {
+    TargetsDiscovered(TargetsDiscovered),
+    LocationFailed(LocationFailed),
+    StepResults(StepResults),
+}
+
+impl Report {
+    pub fn run_id(&self) -> Uuid {
+        match self {
+            Self::TargetsDiscovered(report) => report.run_id,
+            Self::LocationFailed(report) => report.run_id,
+            Self::StepResults(report) => report.run_id,
+        }
+    }
+}
+
+/// One page of discovered targets; the scheduler turns it into one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetsDiscovered {
+    pub run_id: Uuid,
+    pub location: Location,
+    pub page: u32,
+    pub targets: Vec<DiscoveredTarget>,
+    /// True on the location's last page: its target count is now known.
+    pub last_page: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredTarget {
+    pub instance_id: String,
+    pub platform: Option<Platform>,
+    pub online: bool,
+}
+
+/// The location cannot be worked on as a whole (counts against location_max_errors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocationFailed {
+    pub run_id: Uuid,
+    pub location: Location,
+    pub reason: LocationFailure,
+    /// What AWS said, for the operator; never credentials.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LocationFailure {
+    /// The execution role could not be assumed (missing, trust policy, ExternalId).
+    AccessDenied,
+    /// The region did not answer or is not enabled for the account.
+    RegionUnavailable,
+    /// Retries were exhausted on a transient error.
+    RetriesExhausted,
+}
+
+/// Terminal results of one step on (part of) one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResults {
+    pub run_id: Uuid,
+    pub location: Location,
+    pub batch_id: u32,
+    pub step_index: u16,
+    pub results: Vec<TargetResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetResult {
+    pub instance_id: String,
+    /// SSM's status detail; its coarse status is `status.status()`.
+    pub status: StatusDetail,
+    /// None for targets never sent the step.
+    pub command_id: Option<String>,
+    pub requested_at: Option<UnixMillis>,
+    pub started_at: Option<UnixMillis>,
+    pub finished_at: Option<UnixMillis>,
+    pub response_code: Option<i32>,
+    /// The start of the command's output, as SSM returns it (at most 2,500 characters).
+    pub output_excerpt: String,
+    pub compliance: Option<PatchCompliance>,
+}
+
+/// Patch compliance counts of one instance, as DescribeInstancePatchStates reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PatchCompliance {
+    pub operation: PatchOperation,
+    pub installed: u32,
+    pub installed_other: u32,
+    pub installed_pending_reboot: u32,
+    pub installed_rejected: u32,
+    pub missing: u32,
+    pub failed: u32,
+    pub not_applicable: u32,
+    pub critical_non_compliant: u32,
+    pub security_non_compliant: u32,
+    pub other_non_compliant: u32,
+}
+
+impl PatchCompliance {
+    /// Compliant when nothing is missing, failed or waiting for a reboot.
+    pub fn is_compliant(&self) -> bool {
+        self.missing == 0 && self.failed == 0 && self.installed_pending_reboot == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum PatchOperation {
+    #[default]
+    Scan,
+    Install,
+}

@@ -1,0 +1,99 @@
+//! Subcommands of `flotilla`. Each prints what an operator needs and returns the
+//! process exit code; `main` only parses and calls [`run`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use protocol::{Campaign, SpecFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "Operations campaigns across a fleet of cloud accounts, regions and instances")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check campaign specs (YAML or JSON); print `ok` or every problem with its field path.
+    Validate {
+        /// Campaign files; `.json` is read as JSON, anything else as YAML.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a scheduled campaign's next fire times, in UTC and in its timezone.
+    Schedule {
+        file: PathBuf,
+        /// How many fire times to print.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        next: u16,
+        /// Start after this instant (RFC 3339, e.g. 2026-01-01T00:00:00Z); now when absent.
+        #[arg(long)]
+        after: Option<DateTime<Utc>>,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Validate { files } => validate(&files, &mut out),
+        Command::Schedule { file, next, after } => {
+            schedule(&file, usize::from(next), after.unwrap_or_else(Utc::now), &mut out)
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Result<Campaign, protocol::FieldErrors>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Campaign::parse(&text, SpecFormat::from_path(path)))
+}
+
+/// Prints `FILE: ok` or one `FILE: path: problem` line per problem; fails if any file
+/// is invalid or unreadable, after checking them all.
+pub fn validate(files: &[PathBuf], out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let mut all_valid = true;
+    for path in files {
+        match load(path) {
+            Ok(Ok(_)) => writeln!(out, "{}: ok", path.display())?,
+            Ok(Err(errors)) => {
+                all_valid = false;
+                for error in errors.iter() {
+                    writeln!(out, "{}: {error}", path.display())?;
+                }
+            }
+            Err(error) => {
+                all_valid = false;
+                writeln!(out, "{}: {error:#}", path.display())?;
+            }
+        }
+    }
+    Ok(if all_valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub fn schedule(path: &Path, count: usize, after: DateTime<Utc>, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let campaign = match load(path)? {
+        Ok(campaign) => campaign,
+        Err(errors) => bail!("{} is not a valid campaign:\n{errors}", path.display()),
+    };
+    let Some(schedule) = campaign.schedule else {
+        bail!("{} has no schedule; add schedule.expression (cron(…) or rate(…))", path.display());
+    };
+    let timezone = schedule.schedule.timezone;
+    let times = schedule.schedule.next_fire_times(after, count);
+    if times.is_empty() {
+        bail!("{} never fires after {after}", schedule.schedule.expression);
+    }
+    for time in times {
+        if timezone == chrono_tz::UTC {
+            writeln!(out, "{}", time.to_rfc3339())?;
+        } else {
+            writeln!(out, "{}  ({} {timezone})", time.to_rfc3339(), time.with_timezone(&timezone).format("%Y-%m-%d %H:%M"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

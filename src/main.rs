@@ -1,0 +1,16 @@
+//! The `flotilla` command: parses arguments and hands them to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = flotilla::cli::Cli::parse();
+    match flotilla::cli::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
