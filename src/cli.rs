@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use protocol::{Campaign, SpecFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "Operations campaigns across a fleet of cloud accounts, regions and instances")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Operations campaigns across a fleet of cloud accounts, regions and instances"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -42,14 +46,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     match cli.command {
         Command::Validate { files } => validate(&files, &mut out),
-        Command::Schedule { file, next, after } => {
-            schedule(&file, usize::from(next), after.unwrap_or_else(Utc::now), &mut out)
-        }
+        Command::Schedule { file, next, after } => schedule(
+            &file,
+            usize::from(next),
+            after.unwrap_or_else(Utc::now),
+            &mut out,
+        ),
     }
 }
 
 fn load(path: &Path) -> anyhow::Result<Result<Campaign, protocol::FieldErrors>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Campaign::parse(&text, SpecFormat::from_path(path)))
 }
 
@@ -72,16 +80,28 @@ pub fn validate(files: &[PathBuf], out: &mut impl Write) -> anyhow::Result<ExitC
             }
         }
     }
-    Ok(if all_valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-pub fn schedule(path: &Path, count: usize, after: DateTime<Utc>, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+pub fn schedule(
+    path: &Path,
+    count: usize,
+    after: DateTime<Utc>,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let campaign = match load(path)? {
         Ok(campaign) => campaign,
         Err(errors) => bail!("{} is not a valid campaign:\n{errors}", path.display()),
     };
     let Some(schedule) = campaign.schedule else {
-        bail!("{} has no schedule; add schedule.expression (cron(…) or rate(…))", path.display());
+        bail!(
+            "{} has no schedule; add schedule.expression (cron(…) or rate(…))",
+            path.display()
+        );
     };
     let timezone = schedule.schedule.timezone;
     let times = schedule.schedule.next_fire_times(after, count);
@@ -92,7 +112,12 @@ pub fn schedule(path: &Path, count: usize, after: DateTime<Utc>, out: &mut impl 
         if timezone == chrono_tz::UTC {
             writeln!(out, "{}", time.to_rfc3339())?;
         } else {
-            writeln!(out, "{}  ({} {timezone})", time.to_rfc3339(), time.with_timezone(&timezone).format("%Y-%m-%d %H:%M"))?;
+            writeln!(
+                out,
+                "{}  ({} {timezone})",
+                time.to_rfc3339(),
+                time.with_timezone(&timezone).format("%Y-%m-%d %H:%M")
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

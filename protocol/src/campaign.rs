@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rate_control::{RateKind, RateValue};
 use crate::schedule::{Schedule, ScheduleExpression, parse_timezone};
-use crate::spec::{CampaignSpec, MissedOccurrence, PlatformSpec, Scalar, StringOrList, TriggerEvent};
+use crate::spec::{
+    CampaignSpec, MissedOccurrence, PlatformSpec, Scalar, StringOrList, TriggerEvent,
+};
 use crate::validation::{FieldError, FieldErrors, FieldPath, Validator};
 
 pub const DEFAULT_ROLE_NAME: &str = "FlotillaExecutionRole";
@@ -302,7 +304,9 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<CampaignSpec, FieldE
         let path = if path == "." { String::new() } else { path };
         // serde_norway starts some messages with the parent's path; we print our own.
         let message = match message.split_once(": ") {
-            Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest.to_string(),
+            Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => {
+                rest.to_string()
+            }
             _ => message,
         };
         FieldErrors(vec![FieldError { path, message }])
@@ -317,9 +321,9 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<CampaignSpec, FieldE
             let mut deserializer = serde_json::Deserializer::from_str(text);
             let spec: CampaignSpec = serde_path_to_error::deserialize(&mut deserializer)
                 .map_err(|error| located(error.path().to_string(), error.inner().to_string()))?;
-            deserializer.end().map_err(|error| {
-                located(String::new(), error.to_string())
-            })?;
+            deserializer
+                .end()
+                .map_err(|error| located(String::new(), error.to_string()))?;
             Ok(spec)
         }
     }
@@ -346,8 +350,7 @@ static ROLE_NAME: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9_+=,.@-]
 static EXTERNAL_ID: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9_+=,.@:/-]+$"));
 static INSTANCE_ID: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^(i-([0-9a-f]{8}|[0-9a-f]{17})|mi-[0-9a-f]{17})$"));
-static S3_BUCKET: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"));
+static S3_BUCKET: LazyLock<Regex> = LazyLock::new(|| regex(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"));
 
 fn check_name(name: &str) -> Result<(), String> {
     if NAME.is_match(name) {
@@ -376,7 +379,10 @@ fn validate_steps(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> V
                 ),
             );
         } else if !names.insert(step.name.as_str()) {
-            v.error(&path.at("name"), format!("{:?} is used by an earlier step", step.name));
+            v.error(
+                &path.at("name"),
+                format!("{:?} is used by an earlier step", step.name),
+            );
         }
         if !DOCUMENT.is_match(&step.document) {
             v.error(
@@ -396,14 +402,20 @@ fn validate_steps(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> V
                     "parameter names must be 1-128 letters, digits or '_'",
                 );
             }
-            parameters.insert(key.clone(), values.0.iter().map(|s| s.text.clone()).collect());
+            parameters.insert(
+                key.clone(),
+                values.0.iter().map(|s| s.text.clone()).collect(),
+            );
         }
         if step.document == PATCH_BASELINE_DOCUMENT {
             check_patch_baseline_parameters(v, &parameters, &path.at("parameters"));
         }
         let timeout = match &step.timeout {
             None => Some(DEFAULT_STEP_TIMEOUT),
-            Some(text) => v.check(&path.at("timeout"), parse_duration_in(text, STEP_TIMEOUT_RANGE)),
+            Some(text) => v.check(
+                &path.at("timeout"),
+                parse_duration_in(text, STEP_TIMEOUT_RANGE),
+            ),
         };
         if let Some(timeout) = timeout {
             steps.push(Step {
@@ -423,19 +435,23 @@ fn check_patch_baseline_parameters(
     parameters: &BTreeMap<String, Vec<String>>,
     path: &FieldPath,
 ) {
-    let one_of = |v: &mut Validator, name: &str, allowed: &[&str], required: bool| {
-        match parameters.get(name).map(Vec::as_slice) {
-            None if required => v.error(
-                &path.key(name),
-                format!("is required by {PATCH_BASELINE_DOCUMENT}: one of {}", allowed.join(", ")),
+    let one_of = |v: &mut Validator, name: &str, allowed: &[&str], required: bool| match parameters
+        .get(name)
+        .map(Vec::as_slice)
+    {
+        None if required => v.error(
+            &path.key(name),
+            format!(
+                "is required by {PATCH_BASELINE_DOCUMENT}: one of {}",
+                allowed.join(", ")
             ),
-            None => {}
-            Some([value]) if allowed.contains(&value.as_str()) => {}
-            Some(other) => v.error(
-                &path.key(name),
-                format!("must be one of {}, got {other:?}", allowed.join(", ")),
-            ),
-        }
+        ),
+        None => {}
+        Some([value]) if allowed.contains(&value.as_str()) => {}
+        Some(other) => v.error(
+            &path.key(name),
+            format!("must be one of {}, got {other:?}", allowed.join(", ")),
+        ),
     };
     one_of(v, "Operation", &["Scan", "Install"], true);
     one_of(v, "RebootOption", &["RebootIfNeeded", "NoReboot"], false);
@@ -451,7 +467,8 @@ fn validate_accounts(
         v.error(path, "must list account ids, organizational_units, or both");
     }
     let ids = validate_account_ids(v, &accounts.ids, &path.at("ids"));
-    let exclude_accounts = validate_account_ids(v, &accounts.exclude_accounts, &path.at("exclude_accounts"));
+    let exclude_accounts =
+        validate_account_ids(v, &accounts.exclude_accounts, &path.at("exclude_accounts"));
     for (index, ou) in accounts.organizational_units.iter().enumerate() {
         if !OU_ID.is_match(ou) {
             v.error(
@@ -461,12 +478,18 @@ fn validate_accounts(
         }
     }
     if accounts.include_child_ous && accounts.organizational_units.is_empty() {
-        v.error(&path.at("include_child_ous"), "needs organizational_units to apply to");
+        v.error(
+            &path.at("include_child_ous"),
+            "needs organizational_units to apply to",
+        );
     }
     if !ids.is_empty() && accounts.organizational_units.is_empty() {
         let excluded: BTreeSet<&String> = exclude_accounts.iter().collect();
         if ids.iter().all(|id| excluded.contains(id)) {
-            v.error(&path.at("exclude_accounts"), "excludes every listed account; nothing would run");
+            v.error(
+                &path.at("exclude_accounts"),
+                "excludes every listed account; nothing would run",
+            );
         }
     }
     Some(AccountSelection {
@@ -487,7 +510,10 @@ fn validate_account_ids(v: &mut Validator, ids: &[Scalar], path: &FieldPath) -> 
             } else {
                 ""
             };
-            v.error(&path, format!("must be a 12-digit account id, got {:?}{hint}", id.text));
+            v.error(
+                &path,
+                format!("must be a 12-digit account id, got {:?}{hint}", id.text),
+            );
         } else if !seen.insert(id.text.as_str()) {
             v.error(&path, format!("{:?} is listed twice", id.text));
         }
@@ -513,9 +539,16 @@ fn validate_regions(v: &mut Validator, regions: &[String], path: &FieldPath) -> 
     regions.to_vec()
 }
 
-fn validate_role(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> Option<ExecutionRole> {
+fn validate_role(
+    v: &mut Validator,
+    spec: &CampaignSpec,
+    path: &FieldPath,
+) -> Option<ExecutionRole> {
     let role = &spec.role;
-    let name = role.name.clone().unwrap_or_else(|| DEFAULT_ROLE_NAME.to_string());
+    let name = role
+        .name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ROLE_NAME.to_string());
     if !ROLE_NAME.is_match(&name) {
         v.error(
             &path.at("name"),
@@ -547,7 +580,11 @@ fn validate_role(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> Op
     })
 }
 
-fn validate_targets(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> Option<TargetSelection> {
+fn validate_targets(
+    v: &mut Validator,
+    spec: &CampaignSpec,
+    path: &FieldPath,
+) -> Option<TargetSelection> {
     let targets = &spec.targets;
     let chosen: Vec<&str> = [
         ("all", targets.all),
@@ -562,7 +599,11 @@ fn validate_targets(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) ->
             path,
             format!(
                 "must choose exactly one of all: true, instance_ids or tags, got {}",
-                if chosen.is_empty() { "none".to_string() } else { chosen.join(" and ") }
+                if chosen.is_empty() {
+                    "none".to_string()
+                } else {
+                    chosen.join(" and ")
+                }
             ),
         );
     }
@@ -581,7 +622,10 @@ fn validate_targets(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) ->
     if targets.tags.len() > MAX_TAG_KEYS {
         v.error(
             &path.at("tags"),
-            format!("may have at most {MAX_TAG_KEYS} tag keys, got {}", targets.tags.len()),
+            format!(
+                "may have at most {MAX_TAG_KEYS} tag keys, got {}",
+                targets.tags.len()
+            ),
         );
     }
     let tags = validate_tags(v, &targets.tags, &path.at("tags"));
@@ -614,30 +658,50 @@ fn validate_tags(
         let key_length = key.chars().count();
         if key_length == 0 || key_length > 128 {
             v.error(&path, "tag keys must be 1-128 characters");
-        } else if key.starts_with("tag:") {
-            v.error(&path, format!("write the tag key without the \"tag:\" prefix: {:?}", &key[4..]));
+        } else if let Some(bare) = key.strip_prefix("tag:") {
+            v.error(
+                &path,
+                format!("write the tag key without the \"tag:\" prefix: {bare:?}"),
+            );
         }
         if values.0.is_empty() || values.0.len() > MAX_TAG_VALUES {
-            v.error(&path, format!("must list 1-{MAX_TAG_VALUES} values, got {}", values.0.len()));
+            v.error(
+                &path,
+                format!(
+                    "must list 1-{MAX_TAG_VALUES} values, got {}",
+                    values.0.len()
+                ),
+            );
         }
         for (index, value) in values.0.iter().enumerate() {
             if value.text.chars().count() > 256 {
-                v.error(&path.index(index), "tag values must be at most 256 characters");
+                v.error(
+                    &path.index(index),
+                    "tag values must be at most 256 characters",
+                );
             }
         }
-        result.insert(key.clone(), values.0.iter().map(|s| s.text.clone()).collect());
+        result.insert(
+            key.clone(),
+            values.0.iter().map(|s| s.text.clone()).collect(),
+        );
     }
     result
 }
 
-fn validate_rate_control(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> Option<RateControl> {
+fn validate_rate_control(
+    v: &mut Validator,
+    spec: &CampaignSpec,
+    path: &FieldPath,
+) -> Option<RateControl> {
     let rate = &spec.rate_control;
     // Defaults are AWS's: SendCommand's MaxConcurrency 50 and MaxErrors 0, and
     // Automation's one target location at a time with no location failures.
-    let mut field = |name: &str, value: &Option<Scalar>, kind: RateKind, default: RateValue| match value {
-        None => Some(default),
-        Some(text) => v.check(&path.at(name), RateValue::parse(&text.text, kind)),
-    };
+    let mut field =
+        |name: &str, value: &Option<Scalar>, kind: RateKind, default: RateValue| match value {
+            None => Some(default),
+            Some(text) => v.check(&path.at(name), RateValue::parse(&text.text, kind)),
+        };
     let location_concurrency = field(
         "location_concurrency",
         &rate.location_concurrency,
@@ -656,7 +720,12 @@ fn validate_rate_control(v: &mut Validator, spec: &CampaignSpec, path: &FieldPat
         RateKind::Concurrency,
         RateValue::Count(50),
     );
-    let max_errors = field("max_errors", &rate.max_errors, RateKind::Errors, RateValue::Count(0));
+    let max_errors = field(
+        "max_errors",
+        &rate.max_errors,
+        RateKind::Errors,
+        RateValue::Count(0),
+    );
     Some(RateControl {
         location_concurrency: location_concurrency?,
         location_max_errors: location_max_errors?,
@@ -665,7 +734,11 @@ fn validate_rate_control(v: &mut Validator, spec: &CampaignSpec, path: &FieldPat
     })
 }
 
-fn validate_api_rate_limits(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> ApiRateLimits {
+fn validate_api_rate_limits(
+    v: &mut Validator,
+    spec: &CampaignSpec,
+    path: &FieldPath,
+) -> ApiRateLimits {
     let limits = &spec.api_rate_limits;
     let defaults = ApiRateLimits::default();
     let mut field = |name: &str, value: Option<f64>, default: f64| match value {
@@ -704,19 +777,39 @@ fn validate_api_rate_limits(v: &mut Validator, spec: &CampaignSpec, path: &Field
 /// within `range`.
 pub fn parse_duration_in(value: &Scalar, range: (Duration, Duration)) -> Result<Duration, String> {
     let (low, high) = range;
-    let bounds = || format!("must be between {} and {}", short_duration(low), short_duration(high));
+    let bounds = || {
+        format!(
+            "must be between {} and {}",
+            short_duration(low),
+            short_duration(high)
+        )
+    };
     let duration = if value.was_number {
         value
             .text
             .parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|_| format!("{} (a whole number of seconds or like \"30m\"), got {}", bounds(), value.text))?
+            .map_err(|_| {
+                format!(
+                    "{} (a whole number of seconds or like \"30m\"), got {}",
+                    bounds(),
+                    value.text
+                )
+            })?
     } else {
-        humantime::parse_duration(value.text.trim())
-            .map_err(|_| format!("{} (a whole number of seconds or like \"30m\"), got {:?}", bounds(), value.text))?
+        humantime::parse_duration(value.text.trim()).map_err(|_| {
+            format!(
+                "{} (a whole number of seconds or like \"30m\"), got {:?}",
+                bounds(),
+                value.text
+            )
+        })?
     };
     if duration.subsec_nanos() != 0 {
-        return Err(format!("must be a whole number of seconds, got {:?}", value.text));
+        return Err(format!(
+            "must be a whole number of seconds, got {:?}",
+            value.text
+        ));
     }
     if duration < low || duration > high {
         return Err(bounds());
@@ -738,7 +831,9 @@ pub fn short_duration(duration: Duration) -> String {
 
 fn parse_output(output: Option<&str>) -> Result<OutputLocation, String> {
     let Some(output) = output else {
-        return Ok(OutputLocation::Local(PathBuf::from(DEFAULT_OUTPUT_DIRECTORY)));
+        return Ok(OutputLocation::Local(PathBuf::from(
+            DEFAULT_OUTPUT_DIRECTORY,
+        )));
     };
     if let Some(rest) = output.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -753,7 +848,9 @@ fn parse_output(output: Option<&str>) -> Result<OutputLocation, String> {
         });
     }
     if output.contains("://") {
-        return Err(format!("must be a local directory or s3://bucket/prefix, got {output:?}"));
+        return Err(format!(
+            "must be a local directory or s3://bucket/prefix, got {output:?}"
+        ));
     }
     if output.trim().is_empty() {
         return Err("must be a local directory or s3://bucket/prefix, got an empty string".into());

@@ -48,7 +48,9 @@ pub enum EnvelopeError {
     TooShort(usize),
     #[error("message does not start with the flotilla envelope magic")]
     BadMagic,
-    #[error("message has envelope format version {found}; this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "message has envelope format version {found}; this build reads version {FORMAT_VERSION}"
+    )]
     UnsupportedVersion { found: u8 },
     #[error("message is of kind {found}, expected {expected:?}")]
     WrongKind { expected: MessageKind, found: u8 },

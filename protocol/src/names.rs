@@ -152,6 +152,9 @@ mod tests {
     #[test]
     fn prefixes_isolate_deployments() {
         assert_ne!(Names::new("a").bulk_queue(), Names::new("b").bulk_queue());
-        assert_ne!(Names::new("a").kill_switch_key(), Names::new("b").kill_switch_key());
+        assert_ne!(
+            Names::new("a").kill_switch_key(),
+            Names::new("b").kill_switch_key()
+        );
     }
 }

@@ -38,7 +38,9 @@ impl RateValue {
     /// Parses a value with SendCommand's rules for `kind`; the error says what is allowed.
     pub fn parse(text: &str, kind: RateKind) -> Result<Self, String> {
         let allowed = match kind {
-            RateKind::Concurrency => "must be a count of at least 1 or a percentage from 1% to 100%",
+            RateKind::Concurrency => {
+                "must be a count of at least 1 or a percentage from 1% to 100%"
+            }
             RateKind::Errors => "must be a count of at least 0 or a percentage from 0% to 100%",
         };
         let invalid = || format!("{allowed}, got {text:?}");
@@ -122,7 +124,9 @@ mod tests {
 
     #[test]
     fn concurrency_accepts_exactly_sendcommands_syntax() {
-        for good in ["1", "7", "50", "1000", "1234567", "1%", "9%", "10%", "99%", "100%"] {
+        for good in [
+            "1", "7", "50", "1000", "1234567", "1%", "9%", "10%", "99%", "100%",
+        ] {
             assert!(
                 RateValue::parse(good, RateKind::Concurrency).is_ok(),
                 "{good} should be accepted"

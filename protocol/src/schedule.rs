@@ -41,8 +41,14 @@ pub struct Schedule {
 #[derive(Debug, Clone)]
 pub enum ScheduleExpression {
     /// The original text and its compiled form.
-    Cron { text: String, cron: Box<Cron> },
-    Rate { text: String, every: Duration },
+    Cron {
+        text: String,
+        cron: Box<Cron>,
+    },
+    Rate {
+        text: String,
+        every: Duration,
+    },
 }
 
 impl Schedule {
@@ -92,7 +98,9 @@ pub fn parse_timezone(name: Option<&str>) -> Result<Tz, String> {
     match name {
         None => Ok(Tz::UTC),
         Some(name) => Tz::from_str(name).map_err(|_| {
-            format!("unknown timezone {name:?}; use an IANA name such as \"UTC\" or \"Europe/Berlin\"")
+            format!(
+                "unknown timezone {name:?}; use an IANA name such as \"UTC\" or \"Europe/Berlin\""
+            )
         }),
     }
 }
@@ -250,11 +258,10 @@ fn check_field(
     // Numbers after '/' are steps and after '#' are occurrences: not field values.
     for item in field.split(',') {
         let values = item.split(['/', '#']).next().unwrap_or_default();
-        for number in values.split('-').filter_map(|v| {
-            v.trim_end_matches(['L', 'W'])
-                .parse::<u32>()
-                .ok()
-        }) {
+        for number in values
+            .split('-')
+            .filter_map(|v| v.trim_end_matches(['L', 'W']).parse::<u32>().ok())
+        {
             if !range.contains(&number) {
                 return Err(format!(
                     "cron {name} field {field:?} has {number}; allowed: {}",
@@ -343,7 +350,12 @@ mod tests {
     fn last_friday_and_lone_l_in_day_of_week() {
         // 6L: the last Friday of the month.
         assert_eq!(
-            fire_times("cron(15 10 ? * 6L 2026-2027)", None, "2026-01-01T00:00:00Z", 3),
+            fire_times(
+                "cron(15 10 ? * 6L 2026-2027)",
+                None,
+                "2026-01-01T00:00:00Z",
+                3
+            ),
             [
                 "2026-01-30T10:15:00+00:00",
                 "2026-02-27T10:15:00+00:00",
@@ -379,7 +391,12 @@ mod tests {
     #[test]
     fn steps_ranges_and_names() {
         assert_eq!(
-            fire_times("cron(0/15 8-9 ? * MON-FRI *)", None, "2026-11-20T09:40:00Z", 3),
+            fire_times(
+                "cron(0/15 8-9 ? * MON-FRI *)",
+                None,
+                "2026-11-20T09:40:00Z",
+                3
+            ),
             [
                 "2026-11-20T09:45:00+00:00",
                 "2026-11-23T08:00:00+00:00",
@@ -446,8 +463,14 @@ mod tests {
     #[test]
     fn bad_expressions_say_what_is_allowed() {
         let cases = [
-            ("cron(0 2 * * TUE#2 *)", "exactly one of day-of-month and day-of-week"),
-            ("cron(0 2 ? * ? *)", "exactly one of day-of-month and day-of-week"),
+            (
+                "cron(0 2 * * TUE#2 *)",
+                "exactly one of day-of-month and day-of-week",
+            ),
+            (
+                "cron(0 2 ? * ? *)",
+                "exactly one of day-of-month and day-of-week",
+            ),
             ("cron(0 2 ? * TUE#2)", "needs 6 fields"),
             ("cron(0 2 * * ? * *)", "needs 6 fields"),
             ("cron(60 2 * * ? *)", "minutes field \"60\""),
@@ -479,6 +502,9 @@ mod tests {
     #[test]
     fn unknown_timezone_is_rejected() {
         let error = Schedule::parse("rate(1 day)", Some("Mars/Olympus")).unwrap_err();
-        assert!(error.contains("unknown timezone \"Mars/Olympus\""), "{error}");
+        assert!(
+            error.contains("unknown timezone \"Mars/Olympus\""),
+            "{error}"
+        );
     }
 }

@@ -299,23 +299,33 @@ impl<'de> Visitor<'de> for StringOrListVisitor {
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<StringOrList, E> {
-        ScalarVisitor.visit_str(value).map(|s| StringOrList(vec![s]))
+        ScalarVisitor
+            .visit_str(value)
+            .map(|s| StringOrList(vec![s]))
     }
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<StringOrList, E> {
-        ScalarVisitor.visit_bool(value).map(|s| StringOrList(vec![s]))
+        ScalarVisitor
+            .visit_bool(value)
+            .map(|s| StringOrList(vec![s]))
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<StringOrList, E> {
-        ScalarVisitor.visit_i64(value).map(|s| StringOrList(vec![s]))
+        ScalarVisitor
+            .visit_i64(value)
+            .map(|s| StringOrList(vec![s]))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<StringOrList, E> {
-        ScalarVisitor.visit_u64(value).map(|s| StringOrList(vec![s]))
+        ScalarVisitor
+            .visit_u64(value)
+            .map(|s| StringOrList(vec![s]))
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<StringOrList, E> {
-        ScalarVisitor.visit_f64(value).map(|s| StringOrList(vec![s]))
+        ScalarVisitor
+            .visit_f64(value)
+            .map(|s| StringOrList(vec![s]))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrList, A::Error> {

@@ -194,14 +194,26 @@ mod tests {
             .into_iter()
             .filter(|d| d.counts_against_error_budget())
             .collect();
-        assert_eq!(spending, [StatusDetail::ExecutionTimedOut, StatusDetail::Failed]);
+        assert_eq!(
+            spending,
+            [StatusDetail::ExecutionTimedOut, StatusDetail::Failed]
+        );
     }
 
     #[test]
     fn details_map_to_ssms_coarse_status() {
-        assert_eq!(StatusDetail::DeliveryTimedOut.status(), InvocationStatus::TimedOut);
-        assert_eq!(StatusDetail::Undeliverable.status(), InvocationStatus::Failed);
-        assert_eq!(StatusDetail::AccessDenied.status(), InvocationStatus::Failed);
+        assert_eq!(
+            StatusDetail::DeliveryTimedOut.status(),
+            InvocationStatus::TimedOut
+        );
+        assert_eq!(
+            StatusDetail::Undeliverable.status(),
+            InvocationStatus::Failed
+        );
+        assert_eq!(
+            StatusDetail::AccessDenied.status(),
+            InvocationStatus::Failed
+        );
         assert!(!StatusDetail::InProgress.is_terminal());
         assert!(StatusDetail::Terminated.is_terminal());
         assert!(StatusDetail::NotStarted.is_terminal());
@@ -212,7 +224,10 @@ mod tests {
         for detail in StatusDetail::ALL {
             assert_eq!(detail.as_ssm_str().parse::<StatusDetail>(), Ok(detail));
         }
-        assert_eq!("DeliveryTimedOut".parse(), Ok(StatusDetail::DeliveryTimedOut));
+        assert_eq!(
+            "DeliveryTimedOut".parse(),
+            Ok(StatusDetail::DeliveryTimedOut)
+        );
         assert!("Exploded".parse::<StatusDetail>().is_err());
         for status in InvocationStatus::ALL {
             assert_eq!(status.as_str().parse::<InvocationStatus>(), Ok(status));

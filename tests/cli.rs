@@ -1,0 +1,164 @@
+//! The `flotilla` command as an operator runs it: `validate` and `schedule`.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn flotilla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("flotilla binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn yaml_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(repo().join(dir))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .map(|path| path.strip_prefix(repo()).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn validate_accepts_every_good_example() {
+    let files = yaml_files(Path::new("examples"));
+    assert!(files.len() >= 3);
+    let args: Vec<&str> = std::iter::once("validate")
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let output = flotilla(&args);
+    assert!(output.status.success(), "{}", stdout(&output));
+    for file in &files {
+        assert!(stdout(&output).contains(&format!("{file}: ok\n")), "{file}");
+    }
+}
+
+/// Each bad example says in `# expect:` comments which errors it must produce.
+#[test]
+fn validate_rejects_each_bad_example_with_the_right_field_path() {
+    let files = yaml_files(Path::new("examples/invalid"));
+    assert!(files.len() >= 5);
+    for file in files {
+        let text = std::fs::read_to_string(repo().join(&file)).unwrap();
+        let expected: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# expect: "))
+            .collect();
+        assert!(!expected.is_empty(), "{file} has no # expect: line");
+        let output = flotilla(&["validate", &file]);
+        assert_eq!(output.status.code(), Some(1), "{file} must be rejected");
+        let printed = stdout(&output);
+        for expect in &expected {
+            assert!(
+                printed
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{file}: {expect}"))),
+                "{file}: expected a line starting with {expect:?}, got:\n{printed}"
+            );
+        }
+        assert_eq!(
+            printed.lines().count(),
+            expected.len(),
+            "{file}: unexpected extra errors:\n{printed}"
+        );
+    }
+}
+
+#[test]
+fn validate_checks_every_file_even_after_a_bad_one() {
+    let output = flotilla(&[
+        "validate",
+        "examples/invalid/step-timeout-too-long.yaml",
+        "does/not/exist.yaml",
+        "examples/agent-install.yaml",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let printed = stdout(&output);
+    assert!(printed.contains(
+        "examples/invalid/step-timeout-too-long.yaml: steps[1].timeout: must be between 30s and 30d"
+    ));
+    assert!(
+        printed.contains("does/not/exist.yaml: cannot read does/not/exist.yaml"),
+        "{printed}"
+    );
+    assert!(printed.contains("examples/agent-install.yaml: ok"));
+}
+
+#[test]
+fn validate_reads_json_by_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("campaign.json");
+    std::fs::write(
+        &path,
+        r#"{"name": "j", "steps": [{"name": "s", "document": "AWS-RunShellScript", "parameters": {"commands": ["uptime"]}}],
+            "accounts": {"ids": ["111122223333"]}, "regions": ["eu-west-1"], "targets": {"all": true}}"#,
+    )
+    .unwrap();
+    let output = flotilla(&["validate", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    std::fs::write(&path, r#"{"name": "j", "steps": 5}"#).unwrap();
+    let output = flotilla(&["validate", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains(": steps: invalid type: integer `5`, expected a sequence"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn schedule_prints_patch_tuesdays_in_utc_and_local_time() {
+    let output = flotilla(&[
+        "schedule",
+        "examples/patch-install-patch-tuesday.yaml",
+        "--next",
+        "3",
+        "--after",
+        "2026-05-01T00:00:00Z",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout(&output),
+        "2026-05-12T00:00:00+00:00  (2026-05-12 02:00 Europe/Berlin)\n\
+         2026-06-09T00:00:00+00:00  (2026-06-09 02:00 Europe/Berlin)\n\
+         2026-07-14T00:00:00+00:00  (2026-07-14 02:00 Europe/Berlin)\n"
+    );
+}
+
+#[test]
+fn schedule_of_an_unscheduled_campaign_says_so() {
+    let output = flotilla(&["schedule", "examples/agent-install.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has no schedule"), "{stderr}");
+}
+
+#[test]
+fn schedule_rejects_a_bad_next_count() {
+    let output = flotilla(&[
+        "schedule",
+        "examples/patch-scan-nightly.yaml",
+        "--next",
+        "0",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--next"));
+}
