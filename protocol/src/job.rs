@@ -54,7 +54,7 @@ impl Job {
         match self {
             Self::Discover(job) => &job.run,
             Self::Execute(job) => &job.run,
-            Self::Poll(job) => &job.run,
+            Self::Poll(job) => &job.execute.run,
         }
     }
 
@@ -62,7 +62,7 @@ impl Job {
         match self {
             Self::Discover(job) => &job.location,
             Self::Execute(job) => &job.location,
-            Self::Poll(job) => &job.location,
+            Self::Poll(job) => &job.execute.location,
         }
     }
 
@@ -120,14 +120,8 @@ pub struct ExecuteJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PollJob {
     pub job_id: Uuid,
-    /// The Execute job that sent the command.
-    pub execute_job_id: Uuid,
-    pub run: RunContext,
-    pub location: Location,
-    pub batch: Batch,
-    pub step_index: u16,
-    pub step: Step,
-    pub collect_patch_compliance: bool,
+    /// The Execute job that sent the command: what ran, where, on which batch.
+    pub execute: ExecuteJob,
     pub command_id: String,
     pub sent_at: UnixMillis,
     /// After this, targets still running are reported as timed out.

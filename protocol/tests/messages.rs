@@ -111,6 +111,31 @@ fn batch() -> impl Strategy<Value = Batch> {
     })
 }
 
+fn execute_job() -> impl Strategy<Value = ExecuteJob> {
+    (
+        uuid(),
+        run_context(),
+        location(),
+        batch(),
+        any::<u16>(),
+        step(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(job_id, run, location, batch, step_index, step, collect_patch_compliance)| {
+                ExecuteJob {
+                    job_id,
+                    run,
+                    location,
+                    batch,
+                    step_index,
+                    step,
+                    collect_patch_compliance,
+                }
+            },
+        )
+}
+
 fn job() -> impl Strategy<Value = Job> {
     prop_oneof![
         (
@@ -131,61 +156,19 @@ fn job() -> impl Strategy<Value = Job> {
                     next_token,
                 })
             ),
+        execute_job().prop_map(Job::Execute),
         (
             uuid(),
-            run_context(),
-            location(),
-            batch(),
-            any::<u16>(),
-            step(),
-            any::<bool>()
+            execute_job(),
+            text(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>()
         )
             .prop_map(
-                |(job_id, run, location, batch, step_index, step, collect_patch_compliance)| {
-                    Job::Execute(ExecuteJob {
-                        job_id,
-                        run,
-                        location,
-                        batch,
-                        step_index,
-                        step,
-                        collect_patch_compliance,
-                    })
-                }
-            ),
-        (
-            (uuid(), uuid(), run_context(), location(), batch()),
-            (
-                any::<u16>(),
-                step(),
-                any::<bool>(),
-                text(),
-                any::<u64>(),
-                any::<u64>(),
-                any::<u32>()
-            )
-        )
-            .prop_map(
-                |(
-                    (job_id, execute_job_id, run, location, batch),
-                    (
-                        step_index,
-                        step,
-                        collect_patch_compliance,
-                        command_id,
-                        sent_at,
-                        deadline,
-                        attempt,
-                    ),
-                )| Job::Poll(PollJob {
+                |(job_id, execute, command_id, sent_at, deadline, attempt)| Job::Poll(PollJob {
                     job_id,
-                    execute_job_id,
-                    run,
-                    location,
-                    batch,
-                    step_index,
-                    step,
-                    collect_patch_compliance,
+                    execute,
                     command_id,
                     sent_at: UnixMillis(sent_at),
                     deadline: UnixMillis(deadline),
