@@ -1,0 +1,93 @@
+//! The admin surface under `/_sim/`, a path no AWS operation uses: fault
+//! injection and counters for tests and benchmarks.
+//!
+//! - `GET  /_sim/stats`: calls and throttles per operation, injected failures,
+//!   commands, invocations, and the wall-clock time of the latest mutating call.
+//! - `POST /_sim/faults`: `{"kind": "fail_next", "operation": "SendCommand",
+//!   "code": "InternalServerError", "count": 3}`, `{"kind": "remove_role",
+//!   "account_id": "…"}` or `{"kind": "dark_region", "region": "…"}`.
+//! - `GET  /_sim/executions`: how often any (instance, document) ran, at most.
+//! - `GET  /_sim/executions/{instance_id}`: per document, how often it ran there.
+//! - `GET  /_sim/fleet`: account ids, regions and the instance count.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::state::{Fault, SimState};
+
+pub async fn stats(State(state): State<Arc<SimState>>) -> Json<Value> {
+    let stats = state.lock().stats.clone();
+    Json(serde_json::to_value(stats).unwrap_or_default())
+}
+
+pub async fn inject(
+    State(state): State<Arc<SimState>>,
+    Json(fault): Json<Fault>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let mut inner = state.lock();
+    match fault {
+        Fault::FailNext {
+            operation,
+            code,
+            count,
+        } => inner.fail_next.push((operation, code, count)),
+        Fault::RemoveRole { account_id } => {
+            let account = state.fleet.account_index(&account_id).ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("account {account_id} is not in the fleet"),
+                )
+            })?;
+            inner.removed_roles.insert(account);
+        }
+        Fault::DarkRegion { region } => {
+            inner.dark_regions.insert(region);
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn executions(State(state): State<Arc<SimState>>) -> Json<Value> {
+    let inner = state.lock();
+    let max = inner.executions.values().copied().max().unwrap_or(0);
+    let total: u64 = inner.executions.values().map(|n| u64::from(*n)).sum();
+    Json(
+        json!({ "max_per_instance_document": max, "total": total, "distinct": inner.executions.len() }),
+    )
+}
+
+pub async fn instance_executions(
+    State(state): State<Arc<SimState>>,
+    Path(instance_id): Path<String>,
+) -> Result<Json<BTreeMap<String, u32>>, StatusCode> {
+    let key = state
+        .fleet
+        .parse_instance_id(&instance_id)
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let inner = state.lock();
+    let runs = inner
+        .executions
+        .iter()
+        .filter(|((instance, _), _)| *instance == key)
+        .map(|((_, document), count)| (document.clone(), *count))
+        .collect();
+    Ok(Json(runs))
+}
+
+pub async fn fleet(State(state): State<Arc<SimState>>) -> Json<Value> {
+    let fleet = &state.fleet;
+    let regions = fleet.profile.regions.len() as u8;
+    let instances: u64 = (0..fleet.profile.accounts)
+        .flat_map(|a| (0..regions).map(move |r| (a, r)))
+        .map(|(a, r)| u64::from(fleet.instance_count(a, r)))
+        .sum();
+    let accounts: Vec<String> = (0..fleet.profile.accounts)
+        .map(|a| fleet.account_id(a))
+        .collect();
+    Json(json!({ "accounts": accounts, "regions": fleet.profile.regions, "instances": instances }))
+}

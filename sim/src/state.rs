@@ -1,0 +1,316 @@
+//! The simulator's mutable state: sessions, commands, rate buckets, patch states,
+//! faults and counters. One mutex, held only for short, non-async sections.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::{Fleet, InstanceKey, Outcome};
+use crate::profile::{Bucket, FleetProfile};
+
+/// Simulated time: real time since start multiplied by the profile's time scale.
+#[derive(Debug)]
+pub struct Clock {
+    started: Instant,
+    started_epoch_seconds: f64,
+    scale: f64,
+}
+
+impl Clock {
+    fn new(scale: f64) -> Self {
+        let started_epoch_seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Self {
+            started: Instant::now(),
+            started_epoch_seconds,
+            scale,
+        }
+    }
+
+    /// Simulated seconds since the simulator started.
+    pub fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * self.scale
+    }
+
+    /// A simulated instant as epoch seconds, for AWS timestamps.
+    pub fn epoch(&self, sim_seconds: f64) -> f64 {
+        self.started_epoch_seconds + sim_seconds
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Api {
+    AssumeRole,
+    SendCommand,
+    ListCommandInvocations,
+    DescribeInstanceInformation,
+    OtherSsm,
+}
+
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    refreshed: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub account: u32,
+    pub expires_epoch_seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub instance: InstanceKey,
+    pub instance_id: String,
+    pub outcome: Outcome,
+    pub online: bool,
+    /// Simulated seconds the document runs.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub id: String,
+    pub account: u32,
+    pub region: u8,
+    pub document: String,
+    pub parameters: serde_json::Value,
+    pub comment: String,
+    pub requested_at: f64,
+    pub timeout_seconds: f64,
+    pub max_concurrency: String,
+    pub max_errors: String,
+    pub cancelled_at: Option<f64>,
+    pub invocations: Vec<Invocation>,
+}
+
+/// Seconds between SendCommand and the agent picking the command up.
+pub const DELIVERY_SECONDS: f64 = 1.0;
+
+/// An invocation's state at a simulated instant: (Status, StatusDetails, start, end).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InvocationState {
+    pub status: &'static str,
+    pub details: &'static str,
+    pub started: Option<f64>,
+    pub finished: Option<f64>,
+    pub response_code: i32,
+}
+
+impl Command {
+    /// When the invocation becomes terminal (simulated seconds), ignoring cancels.
+    pub fn finish_time(&self, invocation: &Invocation) -> f64 {
+        let start = self.requested_at + DELIVERY_SECONDS;
+        if !invocation.online {
+            return self.requested_at + self.timeout_seconds;
+        }
+        match invocation.outcome {
+            Outcome::Undeliverable => start,
+            Outcome::TimedOut => start + self.timeout_seconds,
+            Outcome::Success | Outcome::Failed => {
+                start + invocation.seconds.min(self.timeout_seconds)
+            }
+        }
+    }
+
+    pub fn state(&self, invocation: &Invocation, now: f64) -> InvocationState {
+        let start = self.requested_at + DELIVERY_SECONDS;
+        let finish = self.finish_time(invocation);
+        let pending = |status, details| InvocationState {
+            status,
+            details,
+            started: None,
+            finished: None,
+            response_code: -1,
+        };
+        if let Some(cancelled) = self.cancelled_at
+            && cancelled < finish
+            && now >= cancelled
+        {
+            return InvocationState {
+                status: "Cancelled",
+                details: "Cancelled",
+                started: (cancelled > start).then_some(start),
+                finished: Some(cancelled),
+                response_code: -1,
+            };
+        }
+        if now < finish {
+            return if now < start || !invocation.online {
+                pending("Pending", "Pending")
+            } else {
+                InvocationState {
+                    status: "InProgress",
+                    details: "InProgress",
+                    started: Some(start),
+                    finished: None,
+                    response_code: -1,
+                }
+            };
+        }
+        let (status, details, code, started) = match (invocation.online, invocation.outcome) {
+            (false, _) => ("TimedOut", "DeliveryTimedOut", -1, None),
+            (true, Outcome::Undeliverable) => ("Failed", "Undeliverable", -1, None),
+            (true, Outcome::TimedOut) => ("TimedOut", "ExecutionTimedOut", -1, Some(start)),
+            (true, Outcome::Success) if invocation.seconds <= self.timeout_seconds => {
+                ("Success", "Success", 0, Some(start))
+            }
+            (true, Outcome::Success | Outcome::Failed)
+                if invocation.seconds > self.timeout_seconds =>
+            {
+                ("TimedOut", "ExecutionTimedOut", -1, Some(start))
+            }
+            (true, _) => ("Failed", "Failed", 1, Some(start)),
+        };
+        InvocationState {
+            status,
+            details,
+            started,
+            finished: Some(finish),
+            response_code: code,
+        }
+    }
+}
+
+/// The result of one patch operation on one instance, effective from `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchRecord {
+    pub at: f64,
+    pub started: f64,
+    pub install: bool,
+    pub succeeded: bool,
+    pub no_reboot: bool,
+}
+
+/// A fault the admin surface injected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// The next `count` calls of `operation` fail with `code` (e.g.
+    /// InternalServerError, ThrottlingException).
+    FailNext {
+        operation: String,
+        code: String,
+        count: u32,
+    },
+    /// AssumeRole into this account is denied from now on.
+    RemoveRole { account_id: String },
+    /// Every call signed for this region fails with 503 ServiceUnavailable.
+    DarkRegion { region: String },
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub calls: BTreeMap<String, u64>,
+    pub throttles: BTreeMap<String, u64>,
+    pub injected_failures: u64,
+    /// Wall-clock time (Unix ms) of the latest SendCommand or CancelCommand accepted.
+    pub last_mutating_call_unix_ms: Option<u64>,
+    pub commands: u64,
+    pub invocations: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Inner {
+    pub sessions: HashMap<String, Session>,
+    pub commands: HashMap<String, Command>,
+    pub commands_by_account: HashMap<u32, Vec<String>>,
+    /// Per account, finish times of invocations not yet terminal (min-heap).
+    pub pending: HashMap<u32, BinaryHeap<Reverse<u64>>>,
+    buckets: HashMap<(u32, u8, Api), TokenBucket>,
+    /// How many times each (instance, document) ran.
+    pub executions: HashMap<(InstanceKey, String), u32>,
+    pub patch_records: HashMap<InstanceKey, Vec<PatchRecord>>,
+    pub fail_next: Vec<(String, String, u32)>,
+    pub removed_roles: HashSet<u32>,
+    pub dark_regions: HashSet<String>,
+    pub stats: Stats,
+    pub next_session: u64,
+}
+
+#[derive(Debug)]
+pub struct SimState {
+    pub fleet: Fleet,
+    pub clock: Clock,
+    inner: Mutex<Inner>,
+}
+
+impl SimState {
+    pub fn new(profile: FleetProfile) -> Self {
+        Self {
+            clock: Clock::new(profile.time_scale),
+            fleet: Fleet::new(profile),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves counters, not invariants, behind.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn bucket_config(&self, api: Api) -> Bucket {
+        let limits = &self.fleet.profile.api_limits;
+        match api {
+            Api::AssumeRole => limits.assume_role,
+            Api::SendCommand => limits.send_command,
+            Api::ListCommandInvocations => limits.list_command_invocations,
+            Api::DescribeInstanceInformation => limits.describe_instance_information,
+            Api::OtherSsm => limits.other_ssm,
+        }
+    }
+}
+
+impl Inner {
+    /// Takes one token from the account-region-API bucket; false means throttle.
+    pub fn take_token(&mut self, key: (u32, u8, Api), config: Bucket) -> bool {
+        let now = Instant::now();
+        let bucket = self.buckets.entry(key).or_insert(TokenBucket {
+            tokens: config.burst,
+            refreshed: now,
+        });
+        let elapsed = now.duration_since(bucket.refreshed).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * config.rate).min(config.burst);
+        bucket.refreshed = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Invocations of `account` not terminal at `now` (simulated seconds).
+    pub fn pending_invocations(&mut self, account: u32, now: f64) -> usize {
+        let heap = self.pending.entry(account).or_default();
+        let now_ms = (now * 1000.0) as u64;
+        while heap.peek().is_some_and(|Reverse(finish)| *finish <= now_ms) {
+            heap.pop();
+        }
+        heap.len()
+    }
+
+    /// Consumes one matching `fail_next` fault, returning its error code.
+    pub fn injected_failure(&mut self, operation: &str) -> Option<String> {
+        let position = self
+            .fail_next
+            .iter()
+            .position(|(op, _, count)| op == operation && *count > 0)?;
+        let (_, code, count) = &mut self.fail_next[position];
+        *count -= 1;
+        let code = code.clone();
+        if self.fail_next[position].2 == 0 {
+            self.fail_next.remove(position);
+        }
+        self.stats.injected_failures += 1;
+        Some(code)
+    }
+}
