@@ -2,6 +2,7 @@
 //! process exit code; `main` only parses and calls [`run`].
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,6 +40,15 @@ pub enum Command {
         #[arg(long)]
         after: Option<DateTime<Utc>>,
     },
+    /// Run the AWS-compatible fleet simulator (STS, SSM, Organizations) until Ctrl-C.
+    Sim {
+        /// A preset (tiny, demo, large) or a fleet profile YAML file.
+        #[arg(long, default_value = "demo")]
+        profile: String,
+        /// Address to listen on; point SDKs' endpoint_url at it.
+        #[arg(long, default_value = "127.0.0.1:4566")]
+        listen: SocketAddr,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -52,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             after.unwrap_or_else(Utc::now),
             &mut out,
         ),
+        Command::Sim { profile, listen } => simulate(&profile, listen, &mut out),
     }
 }
 
@@ -121,4 +132,33 @@ pub fn schedule(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the simulator until Ctrl-C; prints where it listens and how to call it.
+pub fn simulate(
+    profile: &str,
+    listen: SocketAddr,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let profile = sim::FleetProfile::load(profile).map_err(anyhow::Error::msg)?;
+    profile.validate().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let caller_key = profile.caller_access_key_id.clone();
+        let accounts = profile.accounts;
+        let regions = profile.regions.join(", ");
+        let server = sim::SimServer::start(profile, listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        writeln!(
+            out,
+            "simulator listening on {}\n  {accounts} accounts in {regions}; management account {}\n  caller access key id: {caller_key} (any secret)\n  admin: {}/_sim/stats",
+            server.endpoint_url(),
+            server.state.fleet.account_id(0),
+            server.endpoint_url()
+        )?;
+        out.flush()?;
+        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

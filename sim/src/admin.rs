@@ -74,7 +74,7 @@ pub async fn instance_executions(
         .executions
         .iter()
         .filter(|((instance, _), _)| *instance == key)
-        .map(|((_, document), count)| (document.clone(), *count))
+        .map(|((_, document), count)| (inner.documents[*document as usize].clone(), *count))
         .collect();
     Ok(Json(runs))
 }

@@ -125,6 +125,18 @@ impl Fleet {
         valid.then_some(key)
     }
 
+    /// Whether the instance's agent is Online (the rest are ConnectionLost).
+    pub fn is_online(&self, key: InstanceKey) -> bool {
+        let h = hash(&[
+            self.profile.seed,
+            6,
+            u64::from(key.account),
+            u64::from(key.region),
+            u64::from(key.index),
+        ]);
+        unit(h) >= self.profile.connection_lost_share
+    }
+
     pub fn instance(&self, key: InstanceKey) -> Instance {
         let profile = &self.profile;
         let h = |salt: u64| {
@@ -159,7 +171,7 @@ impl Fleet {
             key,
             id: self.instance_id(key),
             windows: unit(h(5)) < profile.windows_share,
-            online: unit(h(6)) >= profile.connection_lost_share,
+            online: self.is_online(key),
             tags,
             missing_critical: count(7, patches.max_critical),
             missing_security: count(8, patches.max_security),

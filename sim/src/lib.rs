@@ -129,6 +129,7 @@ async fn dispatch(State(state): State<Arc<SimState>>, headers: HeaderMap, body: 
                     "AmazonSSM" => ssm::handle(&state, signer.as_ref(), operation, &body),
                     "AWSOrganizationsV20161128" => {
                         organizations::handle(&state, signer.as_ref(), operation, &body)
+                            .map(|value| value.to_string())
                     }
                     other => Err(AwsError::bad_request(
                         "UnknownOperationException",

@@ -3,6 +3,7 @@
 //! Every call is scoped to the caller's account (from its credentials) and the
 //! region it signed for: another account's instances and commands do not exist.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::fleet::{Instance, InstanceKey};
@@ -33,7 +34,7 @@ pub fn handle(
     signer: Option<&Signer>,
     operation: &str,
     body: &Value,
-) -> Result<Value, AwsError> {
+) -> Result<String, AwsError> {
     let account = caller_account(state, signer, "UnrecognizedClientException")?;
     let region = signer.and_then(|s| state.fleet.region_index(&s.region));
     let scope = Scope { account, region };
@@ -60,19 +61,47 @@ pub fn handle(
             ));
         }
     }
-    match operation {
+    // The hot paths serialize typed responses directly; the rest build a Value.
+    let value = match operation {
+        "SendCommand" => return send_command(state, &scope, body),
+        "ListCommandInvocations" => return list_command_invocations(state, &scope, body),
+        "ListCommands" => return list_commands(state, &scope, body),
         "DescribeInstanceInformation" => describe_instance_information(state, &scope, body),
-        "SendCommand" => send_command(state, &scope, body),
-        "ListCommandInvocations" => list_command_invocations(state, &scope, body),
         "GetCommandInvocation" => get_command_invocation(state, &scope, body),
-        "ListCommands" => list_commands(state, &scope, body),
         "CancelCommand" => cancel_command(state, &scope, body),
         "DescribeInstancePatchStates" => describe_instance_patch_states(state, &scope, body),
         other => Err(AwsError::bad_request(
             "UnknownOperationException",
             format!("unknown operation {other}"),
         )),
+    };
+    value.map(|value| value.to_string())
+}
+
+/// `{"<key>": items, "NextToken": next}` without building a Value tree.
+#[derive(Serialize)]
+struct JsonObject<T> {
+    #[serde(flatten)]
+    items: std::collections::HashMap<&'static str, T>,
+    #[serde(rename = "NextToken", skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
+}
+
+fn json_object<T>(key: &'static str, items: T, next_token: Option<String>) -> JsonObject<T> {
+    JsonObject {
+        items: std::collections::HashMap::from([(key, items)]),
+        next_token,
     }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, AwsError> {
+    serde_json::to_string(value).map_err(|error| {
+        AwsError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            error.to_string(),
+        )
+    })
 }
 
 /// The instance an id names, if it is in the caller's account and region.
@@ -231,7 +260,7 @@ fn describe_instance_information(
     Ok(response)
 }
 
-fn send_command(state: &SimState, scope: &Scope, body: &Value) -> Result<Value, AwsError> {
+fn send_command(state: &SimState, scope: &Scope, body: &Value) -> Result<String, AwsError> {
     let document = required_str(body, "DocumentName")?.to_string();
     if !KNOWN_DOCUMENTS.contains(&document.as_str())
         && !state
@@ -356,17 +385,17 @@ fn send_command(state: &SimState, scope: &Scope, body: &Value) -> Result<Value, 
     }
     let id = uuid::Uuid::new_v4().to_string();
     let mut invocations = Vec::with_capacity(keys.len());
+    let document_index = inner.document_index(&document);
     for key in keys {
-        let runs = inner.executions.entry((key, document.clone())).or_default();
+        let runs = inner.executions.entry((key, document_index)).or_default();
         let nth = *runs;
         *runs += 1;
         let (outcome, seconds) = state.fleet.invocation_plan(key, &document, nth);
-        let instance = state.fleet.instance(key);
         invocations.push(Invocation {
             instance: key,
-            instance_id: instance.id,
+            instance_id: state.fleet.instance_id(key),
             outcome,
-            online: instance.online,
+            online: state.fleet.is_online(key),
             seconds,
         });
     }
@@ -409,7 +438,11 @@ fn send_command(state: &SimState, scope: &Scope, body: &Value) -> Result<Value, 
     inner.stats.commands += 1;
     inner.stats.invocations += command.invocations.len() as u64;
     inner.stats.last_mutating_call_unix_ms = Some(unix_ms());
-    let response = json!({ "Command": command_json(state, &command, now) });
+    let response = to_json(&json_object(
+        "Command",
+        command_out(state, &command, now),
+        None,
+    ))?;
     inner
         .commands_by_account
         .entry(scope.account)
@@ -426,7 +459,30 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn command_json(state: &SimState, command: &Command, now: f64) -> Value {
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CommandOut<'a> {
+    command_id: &'a str,
+    document_name: &'a str,
+    document_version: &'static str,
+    comment: &'a str,
+    parameters: &'a Value,
+    instance_ids: Vec<&'a str>,
+    targets: [u8; 0],
+    requested_date_time: f64,
+    status: &'static str,
+    status_details: &'static str,
+    timeout_seconds: u64,
+    max_concurrency: &'a str,
+    max_errors: &'a str,
+    target_count: usize,
+    completed_count: usize,
+    error_count: usize,
+    delivery_timed_out_count: usize,
+    service_role: &'static str,
+}
+
+fn command_out<'a>(state: &SimState, command: &'a Command, now: f64) -> CommandOut<'a> {
     let states: Vec<_> = command
         .invocations
         .iter()
@@ -456,26 +512,30 @@ fn command_json(state: &SimState, command: &Command, now: f64) -> Value {
     } else {
         "Failed"
     };
-    json!({
-        "CommandId": command.id,
-        "DocumentName": command.document,
-        "DocumentVersion": "$DEFAULT",
-        "Comment": command.comment,
-        "Parameters": command.parameters,
-        "InstanceIds": command.invocations.iter().map(|i| i.instance_id.clone()).collect::<Vec<_>>(),
-        "Targets": [],
-        "RequestedDateTime": state.clock.epoch(command.requested_at),
-        "Status": status,
-        "StatusDetails": status,
-        "TimeoutSeconds": command.timeout_seconds as u64,
-        "MaxConcurrency": command.max_concurrency,
-        "MaxErrors": command.max_errors,
-        "TargetCount": states.len(),
-        "CompletedCount": completed,
-        "ErrorCount": errors,
-        "DeliveryTimedOutCount": delivery_timed_out,
-        "ServiceRole": "",
-    })
+    CommandOut {
+        command_id: &command.id,
+        document_name: &command.document,
+        document_version: "$DEFAULT",
+        comment: &command.comment,
+        parameters: &command.parameters,
+        instance_ids: command
+            .invocations
+            .iter()
+            .map(|i| i.instance_id.as_str())
+            .collect(),
+        targets: [],
+        requested_date_time: state.clock.epoch(command.requested_at),
+        status,
+        status_details: status,
+        timeout_seconds: command.timeout_seconds as u64,
+        max_concurrency: &command.max_concurrency,
+        max_errors: &command.max_errors,
+        target_count: states.len(),
+        completed_count: completed,
+        error_count: errors,
+        delivery_timed_out_count: delivery_timed_out,
+        service_role: "",
+    }
 }
 
 /// The caller's own command, or InvalidCommandId (another account's does not exist).
@@ -516,54 +576,83 @@ fn output_text(command: &Command, invocation: &Invocation, details: &str) -> Str
     }
 }
 
-fn invocation_json(
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InvocationOut<'a> {
+    command_id: &'a str,
+    instance_id: &'a str,
+    instance_name: &'static str,
+    comment: &'a str,
+    document_name: &'a str,
+    document_version: &'static str,
+    requested_date_time: f64,
+    status: &'static str,
+    status_details: &'static str,
+    trace_output: &'static str,
+    standard_output_url: &'static str,
+    standard_error_url: &'static str,
+    service_role: &'static str,
+    command_plugins: Vec<PluginOut>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PluginOut {
+    name: &'static str,
+    status: &'static str,
+    status_details: &'static str,
+    response_code: i32,
+    output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_start_date_time: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_finish_date_time: Option<f64>,
+}
+
+fn invocation_out<'a>(
     state: &SimState,
-    command: &Command,
-    invocation: &Invocation,
+    command: &'a Command,
+    invocation: &'a Invocation,
     now: f64,
     details: bool,
-) -> Value {
+) -> InvocationOut<'a> {
     let current = command.state(invocation, now);
-    let mut value = json!({
-        "CommandId": command.id,
-        "InstanceId": invocation.instance_id,
-        "InstanceName": "",
-        "Comment": command.comment,
-        "DocumentName": command.document,
-        "DocumentVersion": "$DEFAULT",
-        "RequestedDateTime": state.clock.epoch(command.requested_at),
-        "Status": current.status,
-        "StatusDetails": current.details,
-        "TraceOutput": "",
-        "StandardOutputUrl": "",
-        "StandardErrorUrl": "",
-        "ServiceRole": "",
-        "CommandPlugins": [],
-    });
-    if details {
-        let mut plugin = json!({
-            "Name": plugin_name(&command.document),
-            "Status": current.status,
-            "StatusDetails": current.details,
-            "ResponseCode": current.response_code,
-            "Output": output_text(command, invocation, current.details),
-        });
-        if let Some(started) = current.started {
-            plugin["ResponseStartDateTime"] = json!(state.clock.epoch(started));
-        }
-        if let Some(finished) = current.finished {
-            plugin["ResponseFinishDateTime"] = json!(state.clock.epoch(finished));
-        }
-        value["CommandPlugins"] = json!([plugin]);
+    let command_plugins = if details {
+        vec![PluginOut {
+            name: plugin_name(&command.document),
+            status: current.status,
+            status_details: current.details,
+            response_code: current.response_code,
+            output: output_text(command, invocation, current.details),
+            response_start_date_time: current.started.map(|t| state.clock.epoch(t)),
+            response_finish_date_time: current.finished.map(|t| state.clock.epoch(t)),
+        }]
+    } else {
+        Vec::new()
+    };
+    InvocationOut {
+        command_id: &command.id,
+        instance_id: &invocation.instance_id,
+        instance_name: "",
+        comment: &command.comment,
+        document_name: &command.document,
+        document_version: "$DEFAULT",
+        requested_date_time: state.clock.epoch(command.requested_at),
+        status: current.status,
+        status_details: current.details,
+        trace_output: "",
+        standard_output_url: "",
+        standard_error_url: "",
+        service_role: "",
+        command_plugins,
     }
-    value
 }
 
 fn list_command_invocations(
     state: &SimState,
     scope: &Scope,
     body: &Value,
-) -> Result<Value, AwsError> {
+) -> Result<String, AwsError> {
     let limit = max_results(body, 1..=50, 50)?;
     let start = page_start(body)?;
     let details = body
@@ -596,17 +685,14 @@ fn list_command_invocations(
         })
         .filter(|(_, invocation)| instance_filter.is_none_or(|id| invocation.instance_id == id))
         .collect();
-    let page: Vec<Value> = all
+    let page: Vec<InvocationOut> = all
         .iter()
         .skip(start)
         .take(limit)
-        .map(|(command, invocation)| invocation_json(state, command, invocation, now, details))
+        .map(|(command, invocation)| invocation_out(state, command, invocation, now, details))
         .collect();
-    let mut response = json!({ "CommandInvocations": page });
-    if start + limit < all.len() {
-        response["NextToken"] = json!(page_token(start + limit));
-    }
-    Ok(response)
+    let next = (start + limit < all.len()).then(|| page_token(start + limit));
+    to_json(&json_object("CommandInvocations", page, next))
 }
 
 fn get_command_invocation(
@@ -661,7 +747,7 @@ fn get_command_invocation(
     }))
 }
 
-fn list_commands(state: &SimState, scope: &Scope, body: &Value) -> Result<Value, AwsError> {
+fn list_commands(state: &SimState, scope: &Scope, body: &Value) -> Result<String, AwsError> {
     let limit = max_results(body, 1..=50, 50)?;
     let start = page_start(body)?;
     let instance_filter = str_field(body, "InstanceId")?;
@@ -686,17 +772,14 @@ fn list_commands(state: &SimState, scope: &Scope, body: &Value) -> Result<Value,
             instance_filter.is_none_or(|id| c.invocations.iter().any(|i| i.instance_id == id))
         })
         .collect();
-    let page: Vec<Value> = matching
+    let page: Vec<CommandOut> = matching
         .iter()
         .skip(start)
         .take(limit)
-        .map(|c| command_json(state, c, now))
+        .map(|c| command_out(state, c, now))
         .collect();
-    let mut response = json!({ "Commands": page });
-    if start + limit < matching.len() {
-        response["NextToken"] = json!(page_token(start + limit));
-    }
-    Ok(response)
+    let next = (start + limit < matching.len()).then(|| page_token(start + limit));
+    to_json(&json_object("Commands", page, next))
 }
 
 fn cancel_command(state: &SimState, scope: &Scope, body: &Value) -> Result<Value, AwsError> {

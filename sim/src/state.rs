@@ -224,8 +224,10 @@ pub struct Inner {
     /// Per account, finish times of invocations not yet terminal (min-heap).
     pub pending: HashMap<u32, BinaryHeap<Reverse<u64>>>,
     buckets: HashMap<(u32, u8, Api), TokenBucket>,
-    /// How many times each (instance, document) ran.
-    pub executions: HashMap<(InstanceKey, String), u32>,
+    /// How many times each (instance, document) ran; documents by index into
+    /// `documents`, so a million entries do not hold a million name copies.
+    pub executions: HashMap<(InstanceKey, u32), u32>,
+    pub documents: Vec<String>,
     pub patch_records: HashMap<InstanceKey, Vec<PatchRecord>>,
     pub fail_next: Vec<(String, String, u32)>,
     pub removed_roles: HashSet<u32>,
@@ -298,6 +300,17 @@ impl Inner {
         heap.len()
     }
 
+    /// The index of a document name in `documents`, adding it when new.
+    pub fn document_index(&mut self, document: &str) -> u32 {
+        match self.documents.iter().position(|d| d == document) {
+            Some(index) => index as u32,
+            None => {
+                self.documents.push(document.to_string());
+                (self.documents.len() - 1) as u32
+            }
+        }
+    }
+
     /// Consumes one matching `fail_next` fault, returning its error code.
     pub fn injected_failure(&mut self, operation: &str) -> Option<String> {
         let position = self
@@ -312,5 +325,137 @@ impl Inner {
         }
         self.stats.injected_failures += 1;
         Some(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(
+        outcome: Outcome,
+        online: bool,
+        seconds: f64,
+        timeout: f64,
+    ) -> (Command, Invocation) {
+        let invocation = Invocation {
+            instance: InstanceKey {
+                account: 1,
+                region: 0,
+                index: 0,
+            },
+            instance_id: "i-00000000000000000".into(),
+            outcome,
+            online,
+            seconds,
+        };
+        let command = Command {
+            id: "c".into(),
+            account: 1,
+            region: 0,
+            document: "AWS-RunShellScript".into(),
+            parameters: serde_json::Value::Null,
+            comment: String::new(),
+            requested_at: 100.0,
+            timeout_seconds: timeout,
+            max_concurrency: "50".into(),
+            max_errors: "0".into(),
+            cancelled_at: None,
+            invocations: vec![invocation.clone()],
+        };
+        (command, invocation)
+    }
+
+    fn details(
+        command: &Command,
+        invocation: &Invocation,
+        at: f64,
+    ) -> (&'static str, &'static str) {
+        let state = command.state(invocation, at);
+        (state.status, state.details)
+    }
+
+    #[test]
+    fn invocations_go_pending_then_in_progress_then_terminal() {
+        let (command, invocation) = command(Outcome::Success, true, 30.0, 600.0);
+        assert_eq!(
+            details(&command, &invocation, 100.5),
+            ("Pending", "Pending")
+        );
+        assert_eq!(
+            details(&command, &invocation, 101.5),
+            ("InProgress", "InProgress")
+        );
+        assert_eq!(
+            details(&command, &invocation, 130.9),
+            ("InProgress", "InProgress")
+        );
+        assert_eq!(
+            details(&command, &invocation, 131.0),
+            ("Success", "Success")
+        );
+        assert_eq!(command.state(&invocation, 200.0).response_code, 0);
+        assert_eq!(command.state(&invocation, 200.0).started, Some(101.0));
+    }
+
+    #[test]
+    fn failures_and_timeouts_have_ssms_details() {
+        let (c, i) = command(Outcome::Failed, true, 30.0, 600.0);
+        assert_eq!(details(&c, &i, 200.0), ("Failed", "Failed"));
+        assert_eq!(c.state(&i, 200.0).response_code, 1);
+        let (c, i) = command(Outcome::TimedOut, true, 30.0, 60.0);
+        assert_eq!(details(&c, &i, 150.0), ("InProgress", "InProgress"));
+        assert_eq!(details(&c, &i, 161.0), ("TimedOut", "ExecutionTimedOut"));
+        let (c, i) = command(Outcome::Success, true, 90.0, 60.0);
+        assert_eq!(
+            details(&c, &i, 161.0),
+            ("TimedOut", "ExecutionTimedOut"),
+            "longer than its timeout"
+        );
+        let (c, i) = command(Outcome::Undeliverable, true, 30.0, 600.0);
+        assert_eq!(details(&c, &i, 102.0), ("Failed", "Undeliverable"));
+    }
+
+    #[test]
+    fn offline_instances_stay_pending_until_delivery_times_out() {
+        let (c, i) = command(Outcome::Success, false, 30.0, 600.0);
+        assert_eq!(details(&c, &i, 500.0), ("Pending", "Pending"));
+        assert_eq!(details(&c, &i, 700.0), ("TimedOut", "DeliveryTimedOut"));
+    }
+
+    #[test]
+    fn cancelling_stops_unfinished_invocations_only() {
+        let (mut c, i) = command(Outcome::Success, true, 30.0, 600.0);
+        c.cancelled_at = Some(110.0);
+        assert_eq!(details(&c, &i, 105.0), ("InProgress", "InProgress"));
+        assert_eq!(details(&c, &i, 111.0), ("Cancelled", "Cancelled"));
+        c.cancelled_at = Some(500.0);
+        assert_eq!(
+            details(&c, &i, 600.0),
+            ("Success", "Success"),
+            "finished before the cancel"
+        );
+    }
+
+    #[test]
+    fn token_buckets_refill_at_their_rate() {
+        let mut inner = Inner::default();
+        let config = Bucket {
+            rate: 1000.0,
+            burst: 2.0,
+        };
+        let key = (1, 0, Api::SendCommand);
+        assert!(inner.take_token(key, config));
+        assert!(inner.take_token(key, config));
+        assert!(!inner.take_token(key, config));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(
+            inner.take_token(key, config),
+            "refilled after 5 ms at 1000/s"
+        );
+        assert!(
+            inner.take_token((2, 0, Api::SendCommand), config),
+            "buckets are per account"
+        );
     }
 }

@@ -41,15 +41,15 @@ fn request_id() -> String {
 }
 
 /// The JSON 1.1 protocol (SSM, Organizations): `{"__type": code, "message": …}`.
-pub fn json_response(result: Result<Value, AwsError>) -> Response {
+pub fn json_response(result: Result<String, AwsError>) -> Response {
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
         Err(error) => (
             error.status,
-            serde_json::json!({ "__type": error.code, "message": error.message }),
+            serde_json::json!({ "__type": error.code, "message": error.message }).to_string(),
         ),
     };
-    let mut response = (status, body.to_string()).into_response();
+    let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
