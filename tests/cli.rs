@@ -162,3 +162,50 @@ fn schedule_rejects_a_bad_next_count() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--next"));
 }
+
+#[test]
+fn sim_serves_the_fleet_on_loopback_until_stopped() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["sim", "--profile", "tiny", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let address = first_line
+        .trim()
+        .strip_prefix("simulator listening on http://")
+        .unwrap()
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /_sim/fleet HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("\"regions\":[\"us-east-1\",\"eu-west-1\"]"),
+        "{response}"
+    );
+}
+
+#[test]
+fn sim_rejects_an_unknown_profile() {
+    let output = flotilla(&["sim", "--profile", "galactic", "--listen", "127.0.0.1:0"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("neither a preset (tiny, demo, large) nor a readable file")
+    );
+}

@@ -291,3 +291,57 @@ impl FleetProfile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_sized_as_documented() {
+        for name in ["tiny", "demo", "large"] {
+            FleetProfile::preset(name).unwrap().validate().unwrap();
+        }
+        let large = FleetProfile::large();
+        let instances = u64::from(large.accounts)
+            * large.regions.len() as u64
+            * u64::from(large.instances_per_location.max);
+        assert_eq!(instances, 1_000_000);
+    }
+
+    #[test]
+    fn a_yaml_profile_overrides_what_it_names() {
+        let dir = std::env::temp_dir().join(format!("sim-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fleet.yaml");
+        std::fs::write(
+            &path,
+            "seed: 9\naccounts: 5\nregions: [us-west-2]\nexternal_id: abc123\n",
+        )
+        .unwrap();
+        let profile = FleetProfile::load(path.to_str().unwrap()).unwrap();
+        assert_eq!((profile.seed, profile.accounts), (9, 5));
+        assert_eq!(profile.external_id.as_deref(), Some("abc123"));
+        assert_eq!(
+            profile.role_name, "FlotillaExecutionRole",
+            "unnamed fields keep the tiny defaults"
+        );
+        std::fs::write(&path, "accounts: 0\n").unwrap();
+        assert!(
+            FleetProfile::load(path.to_str().unwrap())
+                .unwrap_err()
+                .contains("accounts must be")
+        );
+        std::fs::write(&path, "acounts: 5\n").unwrap();
+        assert!(
+            FleetProfile::load(path.to_str().unwrap())
+                .unwrap_err()
+                .contains("unknown field `acounts`")
+        );
+        assert!(
+            FleetProfile::load("huge")
+                .unwrap_err()
+                .contains("neither a preset")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -936,3 +936,92 @@ async fn get_json(url: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{text}");
     serde_json::from_str(&text).unwrap()
 }
+
+#[tokio::test]
+async fn send_command_by_tag_targets_reaches_exactly_the_tagged_instances() {
+    let sim = start(FleetProfile {
+        instances_per_location: sim::profile::CountRange { min: 40, max: 40 },
+        ..FleetProfile::tiny()
+    })
+    .await;
+    let client = ssm(&sim, assume(&sim, 1).await, "us-east-1");
+    let target = aws_sdk_ssm::types::Target::builder()
+        .key("tag:PatchGroup")
+        .values("db")
+        .build();
+    let sent = client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .targets(target)
+        .send()
+        .await
+        .unwrap();
+    let command = sent.command().unwrap();
+    let expected: Vec<String> = (0..40)
+        .map(|index| {
+            sim.state.fleet.instance(sim::fleet::InstanceKey {
+                account: 1,
+                region: 0,
+                index,
+            })
+        })
+        .filter(|i| i.tags.contains(&("PatchGroup".into(), "db".into())))
+        .map(|i| i.id)
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(command.instance_ids(), expected.as_slice());
+    let six: Vec<_> = (0..6)
+        .map(|n| {
+            aws_sdk_ssm::types::Target::builder()
+                .key(format!("tag:K{n}"))
+                .values("v")
+                .build()
+        })
+        .collect();
+    let error = client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_targets(Some(six))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("ValidationException"));
+}
+
+#[tokio::test]
+async fn too_many_pending_invocations_in_an_account_are_refused() {
+    let profile = FleetProfile {
+        max_pending_invocations_per_account: 15,
+        command_seconds: sim::profile::SecondsRange {
+            min: 3600.0,
+            max: 3600.0,
+        },
+        time_scale: 1.0,
+        ..FleetProfile::tiny()
+    };
+    let sim = start(profile).await;
+    let client = ssm(&sim, assume(&sim, 1).await, "us-east-1");
+    let ids = all_instance_ids(&client, 50).await;
+    client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(ids[..8].to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let error = client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(ids[..8].to_vec()))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("ThrottlingException"));
+    client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(ids[..7].to_vec()))
+        .send()
+        .await
+        .unwrap();
+}
