@@ -552,6 +552,27 @@ fn own_command<'a>(
         .ok_or_else(|| AwsError::bad_request(missing, format!("Command {id} does not exist.")))
 }
 
+/// The command `CommandId` names, or every command of the caller's location.
+fn selected_commands<'a>(
+    inner: &'a crate::state::Inner,
+    scope: &Scope,
+    body: &Value,
+) -> Result<Vec<&'a Command>, AwsError> {
+    Ok(match str_field(body, "CommandId")? {
+        Some(id) => vec![own_command(inner, scope, id, "InvalidCommandId")?],
+        None => inner
+            .commands_by_account
+            .get(&scope.account)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| inner.commands.get(id))
+                    .filter(|c| Some(c.region) == scope.region)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
 fn plugin_name(document: &str) -> &'static str {
     match document {
         "AWS-RunPatchBaseline" => "PatchLinux",
@@ -662,19 +683,7 @@ fn list_command_invocations(
     let instance_filter = str_field(body, "InstanceId")?;
     let now = state.clock.now();
     let inner = state.lock();
-    let commands: Vec<&Command> = match str_field(body, "CommandId")? {
-        Some(id) => vec![own_command(&inner, scope, id, "InvalidCommandId")?],
-        None => inner
-            .commands_by_account
-            .get(&scope.account)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| inner.commands.get(id))
-                    .filter(|c| Some(c.region) == scope.region)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let commands = selected_commands(&inner, scope, body)?;
     let all: Vec<(&Command, &Invocation)> = commands
         .into_iter()
         .flat_map(|command| {
@@ -753,19 +762,7 @@ fn list_commands(state: &SimState, scope: &Scope, body: &Value) -> Result<String
     let instance_filter = str_field(body, "InstanceId")?;
     let now = state.clock.now();
     let inner = state.lock();
-    let commands: Vec<&Command> = match str_field(body, "CommandId")? {
-        Some(id) => vec![own_command(&inner, scope, id, "InvalidCommandId")?],
-        None => inner
-            .commands_by_account
-            .get(&scope.account)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| inner.commands.get(id))
-                    .filter(|c| Some(c.region) == scope.region)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let commands = selected_commands(&inner, scope, body)?;
     let matching: Vec<&Command> = commands
         .into_iter()
         .filter(|c| {

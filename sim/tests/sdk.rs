@@ -140,77 +140,61 @@ async fn assume_role_is_denied_for_a_wrong_external_id_or_a_missing_role() {
     };
     let sim = start(profile).await;
     let client = sts(&sim, caller(&sim));
-    let arn = |i: u32| {
-        format!(
-            "arn:aws:iam::{}:role/FlotillaExecutionRole",
-            sim.state.fleet.account_id(i)
+    // (account, role, session name, ExternalId, duration) → the error code, if any.
+    let attempt = |account: u32,
+                   role: &str,
+                   session: &str,
+                   external_id: Option<&str>,
+                   duration: Option<i32>| {
+        client
+            .assume_role()
+            .role_arn(format!(
+                "arn:aws:iam::{}:role/{role}",
+                sim.state.fleet.account_id(account)
+            ))
+            .role_session_name(session)
+            .set_external_id(external_id.map(str::to_string))
+            .set_duration_seconds(duration)
+            .send()
+    };
+    let code = |result: Result<_, aws_sdk_sts::error::SdkError<_, _>>| {
+        result.err().map(
+            |e: aws_sdk_sts::error::SdkError<
+                aws_sdk_sts::operation::assume_role::AssumeRoleError,
+                _,
+            >| e.code().unwrap_or("no code").to_string(),
         )
     };
-    let wrong = client
-        .assume_role()
-        .role_arn(arn(2))
-        .role_session_name("s1")
-        .external_id("wrong-id")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(wrong.code(), Some("AccessDenied"));
-    let missing_id = client
-        .assume_role()
-        .role_arn(arn(2))
-        .role_session_name("s1")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(missing_id.code(), Some("AccessDenied"));
-    let no_role = client
-        .assume_role()
-        .role_arn(arn(1))
-        .role_session_name("s1")
-        .external_id("right-id")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(no_role.code(), Some("AccessDenied"));
-    let other_role = client
-        .assume_role()
-        .role_arn(format!(
-            "arn:aws:iam::{}:role/Admin",
-            sim.state.fleet.account_id(2)
-        ))
-        .role_session_name("s1")
-        .external_id("right-id")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(other_role.code(), Some("AccessDenied"));
-    client
-        .assume_role()
-        .role_arn(arn(2))
-        .role_session_name("s1")
-        .external_id("right-id")
-        .send()
-        .await
-        .unwrap();
-    let bad_session = client
-        .assume_role()
-        .role_arn(arn(2))
-        .role_session_name("x")
-        .external_id("right-id")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(bad_session.code(), Some("ValidationError"));
-    let bad_duration = client
-        .assume_role()
-        .role_arn(arn(2))
-        .role_session_name("s1")
-        .external_id("right-id")
-        .duration_seconds(60)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(bad_duration.code(), Some("ValidationError"));
+    let role = "FlotillaExecutionRole";
+    assert_eq!(
+        code(attempt(2, role, "s1", Some("wrong-id"), None).await).as_deref(),
+        Some("AccessDenied")
+    );
+    assert_eq!(
+        code(attempt(2, role, "s1", None, None).await).as_deref(),
+        Some("AccessDenied")
+    );
+    assert_eq!(
+        code(attempt(1, role, "s1", Some("right-id"), None).await).as_deref(),
+        Some("AccessDenied"),
+        "role missing"
+    );
+    assert_eq!(
+        code(attempt(2, "Admin", "s1", Some("right-id"), None).await).as_deref(),
+        Some("AccessDenied")
+    );
+    assert_eq!(
+        code(attempt(2, role, "s1", Some("right-id"), None).await),
+        None
+    );
+    assert_eq!(
+        code(attempt(2, role, "x", Some("right-id"), None).await).as_deref(),
+        Some("ValidationError")
+    );
+    assert_eq!(
+        code(attempt(2, role, "s1", Some("right-id"), Some(60)).await).as_deref(),
+        Some("ValidationError")
+    );
 }
 
 #[tokio::test]
