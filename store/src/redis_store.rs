@@ -1,0 +1,224 @@
+//! The Redis backend. Keys come from `protocol::names::Names`, so one prefix
+//! isolates a deployment (or a test). Updates that read and write are Lua scripts,
+//! atomic across every worker; token buckets keep time with Redis's own clock
+//! (`TIME`), so workers with skewed clocks still share one rate.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use protocol::names::Names;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use uuid::Uuid;
+
+use crate::{
+    BucketId, BudgetUpdate, KillScope, Store, StoreError, TokenGrant, TokenRequest, refill_wait,
+};
+
+/// KEYS[1] bucket hash; ARGV rate, burst, tokens. Returns the tokens missing (0 = granted).
+static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local rate, burst, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local missing = 0
+if tokens >= wanted then tokens = tokens - wanted else missing = wanted - tokens end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 60000)
+return string.format('%.6f', missing)
+",
+    )
+});
+
+/// KEYS[1] run hash; ARGV failures, allowed, reason. Returns {failures, crossed}.
+static RECORD_FAILURES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local added, allowed = tonumber(ARGV[1]), tonumber(ARGV[2])
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', added)
+local crossed = 0
+if failures - added <= allowed and failures > allowed then
+  crossed = 1
+  redis.call('HSET', KEYS[1], 'state', 'Halted', 'halt_reason', ARGV[3])
+end
+return {failures, crossed}
+",
+    )
+});
+
+/// How long an idempotency record outlives its job: longer than any step's timeout.
+const COMMAND_RECORD_TTL: Duration = Duration::from_secs(31 * 86_400);
+
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    names: Names,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.names.prefix())
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects (and reconnects by itself later); fails at once if Redis does not answer.
+    pub async fn connect(url: &str, names: Names) -> Result<Self, StoreError> {
+        let unreachable = |source| StoreError::Unreachable {
+            url: url.to_string(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(unreachable)?;
+        // Answers must come within a second: the kill switch is re-read every
+        // second, and a Redis that does not answer must stop workers (fail closed)
+        // rather than stall them. Reconnects back off up to a second.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unreachable)?;
+        Ok(Self { connection, names })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Deletes every key under this store's prefix (test teardown).
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}*", self.names.prefix());
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = connection.scan_match(&pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        Ok(connection.del(keys).await?)
+    }
+
+    fn kill_key(&self, scope: &KillScope) -> String {
+        match scope {
+            KillScope::Global => self.names.kill_switch_key(),
+            KillScope::Campaign(campaign) => self.names.campaign_kill_key(campaign),
+        }
+    }
+}
+
+impl Store for RedisStore {
+    async fn engage_kill_switch(&self, scope: &KillScope, reason: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let () = connection.set(self.kill_key(scope), reason).await?;
+        let _: i64 = connection
+            .publish(self.names.kill_channel(), "engaged")
+            .await?;
+        Ok(())
+    }
+
+    async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = connection.del(self.kill_key(scope)).await?;
+        let _: i64 = connection
+            .publish(self.names.kill_channel(), "released")
+            .await?;
+        Ok(())
+    }
+
+    async fn kill_reason(&self, campaign: &str) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        let keys = [
+            self.names.kill_switch_key(),
+            self.names.campaign_kill_key(campaign),
+        ];
+        let reasons: Vec<Option<String>> = connection.mget(&keys).await?;
+        Ok(reasons.into_iter().flatten().next())
+    }
+
+    async fn take_tokens(
+        &self,
+        bucket: BucketId<'_>,
+        request: TokenRequest,
+    ) -> Result<TokenGrant, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self
+            .names
+            .token_bucket_key(bucket.account_id, bucket.region, bucket.api);
+        let missing: String = TAKE_TOKENS
+            .key(key)
+            .arg(request.rate_per_second)
+            .arg(request.burst)
+            .arg(request.tokens)
+            .invoke_async(&mut connection)
+            .await?;
+        let missing: f64 = missing.parse().map_err(|_| {
+            StoreError::Unexpected(format!("token bucket script returned {missing:?}"))
+        })?;
+        if missing <= 0.0 {
+            Ok(TokenGrant::Granted)
+        } else {
+            Ok(TokenGrant::RetryAfter(refill_wait(
+                missing,
+                request.rate_per_second,
+            )))
+        }
+    }
+
+    async fn record_failures(
+        &self,
+        run_id: Uuid,
+        failures: u64,
+        allowed: u64,
+        reason: &str,
+    ) -> Result<BudgetUpdate, StoreError> {
+        let mut connection = self.connection.clone();
+        let (failures, crossed): (u64, u8) = RECORD_FAILURES
+            .key(self.names.run_key(run_id))
+            .arg(failures)
+            .arg(allowed)
+            .arg(reason)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(BudgetUpdate {
+            failures,
+            crossed: crossed == 1,
+        })
+    }
+
+    async fn halt_reason(&self, run_id: Uuid) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        Ok(connection
+            .hget(self.names.run_key(run_id), "halt_reason")
+            .await?)
+    }
+
+    async fn remember_command(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        command_id: &str,
+    ) -> Result<String, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.job_command_key(run_id, job_id);
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .get(true)
+            .with_expiration(redis::SetExpiry::EX(COMMAND_RECORD_TTL.as_secs()));
+        let previous: Option<String> = connection.set_options(&key, command_id, options).await?;
+        Ok(previous.unwrap_or_else(|| command_id.to_string()))
+    }
+}

@@ -1,0 +1,348 @@
+//! One suite, two backends: every behaviour the scheduler and workers rely on is
+//! checked against the in-process twin and against real Redis on 127.0.0.1:6379
+//! (each Redis test under its own key prefix, purged afterwards).
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use protocol::names::Names;
+use store::{BucketId, KillScope, MemoryStore, RedisStore, Store, TokenGrant, TokenRequest};
+use uuid::Uuid;
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+async fn redis_store() -> RedisStore {
+    let prefix = format!("flotilla-test-{}", Uuid::new_v4());
+    match RedisStore::connect(REDIS_URL, Names::new(prefix)).await {
+        Ok(store) => store,
+        Err(error) => panic!("these tests need Redis: {error}"),
+    }
+}
+
+/// Runs `$check(store)` once on each backend, as two tests.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(store::MemoryStore::new()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let store = super::redis_store().await;
+                    super::$name(store.clone()).await;
+                    store.purge().await.unwrap();
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    kill_switch_global_and_per_campaign,
+    token_bucket_grants_its_burst_then_asks_to_wait,
+    token_bucket_refills_at_its_rate,
+    token_buckets_are_per_account_region_api,
+    error_budget_is_crossed_by_exactly_one_update,
+    concurrent_failures_cross_the_budget_once,
+    zero_allowed_errors_halt_at_the_first_failure,
+    a_redelivered_job_finds_its_command,
+);
+
+async fn kill_switch_global_and_per_campaign(store: impl Store) {
+    assert_eq!(store.kill_reason("scan").await.unwrap(), None);
+    store
+        .engage_kill_switch(&KillScope::Campaign("scan".into()), "alert: error rate")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.kill_reason("scan").await.unwrap().as_deref(),
+        Some("alert: error rate")
+    );
+    assert_eq!(
+        store.kill_reason("install").await.unwrap(),
+        None,
+        "other campaigns go on"
+    );
+    store
+        .engage_kill_switch(&KillScope::Global, "operator: incident 42")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.kill_reason("install").await.unwrap().as_deref(),
+        Some("operator: incident 42")
+    );
+    assert_eq!(
+        store.kill_reason("scan").await.unwrap().as_deref(),
+        Some("operator: incident 42"),
+        "the global switch is named first"
+    );
+    store.release_kill_switch(&KillScope::Global).await.unwrap();
+    assert_eq!(store.kill_reason("install").await.unwrap(), None);
+    assert_eq!(
+        store.kill_reason("scan").await.unwrap().as_deref(),
+        Some("alert: error rate")
+    );
+    store
+        .release_kill_switch(&KillScope::Campaign("scan".into()))
+        .await
+        .unwrap();
+    assert_eq!(store.kill_reason("scan").await.unwrap(), None);
+}
+
+const SEND_COMMAND: BucketId<'static> = BucketId {
+    account_id: "111122223333",
+    region: "us-east-1",
+    api: "SendCommand",
+};
+
+async fn token_bucket_grants_its_burst_then_asks_to_wait(store: impl Store) {
+    let request = TokenRequest {
+        rate_per_second: 2.0,
+        burst: 3.0,
+        tokens: 1,
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+            TokenGrant::Granted
+        );
+    }
+    let TokenGrant::RetryAfter(wait) = store.take_tokens(SEND_COMMAND, request).await.unwrap()
+    else {
+        panic!("the fourth token within the burst must wait");
+    };
+    // One token at 2/s is at most half a second away.
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(500),
+        "{wait:?}"
+    );
+    let three = TokenRequest {
+        tokens: 3,
+        ..request
+    };
+    assert!(
+        matches!(
+            store.take_tokens(SEND_COMMAND, three).await.unwrap(),
+            TokenGrant::RetryAfter(_)
+        ),
+        "all or nothing"
+    );
+}
+
+async fn token_bucket_refills_at_its_rate(store: impl Store) {
+    let request = TokenRequest {
+        rate_per_second: 20.0,
+        burst: 1.0,
+        tokens: 1,
+    };
+    assert_eq!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::Granted
+    );
+    assert!(matches!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::RetryAfter(_)
+    ));
+    // 20/s refills one token in 50 ms.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::Granted
+    );
+    assert!(
+        matches!(
+            store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+            TokenGrant::RetryAfter(_)
+        ),
+        "a refill never exceeds the burst"
+    );
+}
+
+async fn token_buckets_are_per_account_region_api(store: impl Store) {
+    let request = TokenRequest {
+        rate_per_second: 0.01,
+        burst: 1.0,
+        tokens: 1,
+    };
+    assert_eq!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::Granted
+    );
+    for other in [
+        BucketId {
+            account_id: "444455556666",
+            ..SEND_COMMAND
+        },
+        BucketId {
+            region: "eu-west-1",
+            ..SEND_COMMAND
+        },
+        BucketId {
+            api: "ListCommandInvocations",
+            ..SEND_COMMAND
+        },
+    ] {
+        assert_eq!(
+            store.take_tokens(other, request).await.unwrap(),
+            TokenGrant::Granted,
+            "{other:?}"
+        );
+    }
+    assert!(matches!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::RetryAfter(_)
+    ));
+}
+
+async fn error_budget_is_crossed_by_exactly_one_update(store: impl Store) {
+    let run = Uuid::new_v4();
+    // 50 targets at 10%: 5 failures allowed, the 6th halts.
+    for n in 1..=5 {
+        let update = store
+            .record_failures(run, 1, 5, "max_errors 10% exceeded")
+            .await
+            .unwrap();
+        assert_eq!((update.failures, update.crossed), (n, false));
+    }
+    assert_eq!(store.halt_reason(run).await.unwrap(), None);
+    let sixth = store
+        .record_failures(run, 1, 5, "max_errors 10% exceeded")
+        .await
+        .unwrap();
+    assert_eq!((sixth.failures, sixth.crossed), (6, true));
+    assert_eq!(
+        store.halt_reason(run).await.unwrap().as_deref(),
+        Some("max_errors 10% exceeded")
+    );
+    let seventh = store.record_failures(run, 3, 5, "later").await.unwrap();
+    assert_eq!((seventh.failures, seventh.crossed), (9, false));
+    assert_eq!(
+        store.halt_reason(run).await.unwrap().as_deref(),
+        Some("max_errors 10% exceeded")
+    );
+    assert_eq!(
+        store.halt_reason(Uuid::new_v4()).await.unwrap(),
+        None,
+        "runs are separate"
+    );
+}
+
+async fn concurrent_failures_cross_the_budget_once(store: impl Store) {
+    let run = Uuid::new_v4();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.record_failures(run, 1, 9, "budget").await.unwrap()
+        }));
+    }
+    let mut crossings = 0;
+    let mut counts = Vec::new();
+    for task in tasks {
+        let update = task.await.unwrap();
+        crossings += usize::from(update.crossed);
+        counts.push(update.failures);
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=40).collect::<Vec<u64>>(),
+        "every increment is seen exactly once"
+    );
+    assert_eq!(crossings, 1);
+}
+
+async fn zero_allowed_errors_halt_at_the_first_failure(store: impl Store) {
+    let run = Uuid::new_v4();
+    let first = store
+        .record_failures(run, 1, 0, "max_errors 0")
+        .await
+        .unwrap();
+    assert!(first.crossed);
+    let batch = Uuid::new_v4();
+    let many = store
+        .record_failures(batch, 50, 10, "a whole batch failed")
+        .await
+        .unwrap();
+    assert_eq!((many.failures, many.crossed), (50, true));
+}
+
+async fn a_redelivered_job_finds_its_command(store: impl Store) {
+    let (run, job) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        store.remember_command(run, job, "cmd-first").await.unwrap(),
+        "cmd-first"
+    );
+    assert_eq!(
+        store
+            .remember_command(run, job, "cmd-second")
+            .await
+            .unwrap(),
+        "cmd-first",
+        "the second delivery resumes the first command"
+    );
+    assert_eq!(
+        store
+            .remember_command(run, Uuid::new_v4(), "cmd-other")
+            .await
+            .unwrap(),
+        "cmd-other"
+    );
+}
+
+#[tokio::test]
+async fn deployments_with_different_prefixes_do_not_share_state() {
+    let one = redis_store().await;
+    let two = redis_store().await;
+    one.engage_kill_switch(&KillScope::Global, "only one")
+        .await
+        .unwrap();
+    assert_eq!(two.kill_reason("any").await.unwrap(), None);
+    one.purge().await.unwrap();
+    two.purge().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_says_how_to_start_it() {
+    // Port 1 on loopback: nothing listens there.
+    let error = RedisStore::connect("redis://127.0.0.1:1/", Names::default())
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("redis-server --daemonize yes"),
+        "{message}"
+    );
+    assert!(error.is_retryable());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_twin_keeps_tokios_clock() {
+    let store = MemoryStore::new();
+    let request = TokenRequest {
+        rate_per_second: 1.0,
+        burst: 1.0,
+        tokens: 1,
+    };
+    assert_eq!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::Granted
+    );
+    assert_eq!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::RetryAfter(Duration::from_secs(1))
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::Granted
+    );
+}
