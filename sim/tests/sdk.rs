@@ -89,6 +89,22 @@ async fn assume(sim: &SimServer, index: u32) -> Credentials {
     )
 }
 
+/// SendCommand of AWS-RunShellScript to `ids`, as most tests need.
+async fn send_shell(
+    client: &aws_sdk_ssm::Client,
+    ids: &[String],
+) -> Result<
+    aws_sdk_ssm::operation::send_command::SendCommandOutput,
+    aws_sdk_ssm::error::SdkError<aws_sdk_ssm::operation::send_command::SendCommandError>,
+> {
+    client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await
+}
+
 async fn all_instance_ids(client: &aws_sdk_ssm::Client, page_size: i32) -> Vec<String> {
     let mut ids = Vec::new();
     let mut token = None;
@@ -309,19 +325,11 @@ async fn accounts_see_only_their_own_instances_and_commands() {
     let one = ssm(&sim, assume(&sim, 1).await, "us-east-1");
     let two = ssm(&sim, assume(&sim, 2).await, "us-east-1");
     let ids_two = all_instance_ids(&two, 50).await;
-    let error = one
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(&ids_two[0])
-        .send()
+    let error = send_shell(&one, std::slice::from_ref(&ids_two[0]))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some("InvalidInstanceId"));
-    let sent = two
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(&ids_two[0])
-        .send()
+    let sent = send_shell(&two, std::slice::from_ref(&ids_two[0]))
         .await
         .unwrap();
     let command_id = sent.command().unwrap().command_id().unwrap();
@@ -733,19 +741,11 @@ async fn hammering_sendcommand_is_throttled() {
     let client = ssm(&sim, assume(&sim, 1).await, "us-east-1");
     let ids = all_instance_ids(&client, 50).await;
     for _ in 0..2 {
-        client
-            .send_command()
-            .document_name("AWS-RunShellScript")
-            .instance_ids(&ids[0])
-            .send()
+        send_shell(&client, std::slice::from_ref(&ids[0]))
             .await
             .unwrap();
     }
-    let error = client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(&ids[0])
-        .send()
+    let error = send_shell(&client, std::slice::from_ref(&ids[0]))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some("ThrottlingException"));
@@ -753,11 +753,7 @@ async fn hammering_sendcommand_is_throttled() {
     // Buckets are per account-region: another region is unaffected.
     let other = ssm(&sim, assume(&sim, 1).await, "eu-west-1");
     let other_ids = all_instance_ids(&other, 50).await;
-    other
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(&other_ids[0])
-        .send()
+    send_shell(&other, std::slice::from_ref(&other_ids[0]))
         .await
         .unwrap();
     assert_eq!(
@@ -817,26 +813,14 @@ async fn admin_faults_and_execution_counters() {
         r#"{"kind":"fail_next","operation":"SendCommand","code":"InternalServerError","count":1}"#,
     )
     .await;
-    let error = client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(&ids[0])
-        .send()
+    let error = send_shell(&client, std::slice::from_ref(&ids[0]))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some("InternalServerError"));
-    client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(&ids[0])
-        .send()
+    send_shell(&client, std::slice::from_ref(&ids[0]))
         .await
         .unwrap();
-    client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(&ids[0])
-        .send()
+    send_shell(&client, std::slice::from_ref(&ids[0]))
         .await
         .unwrap();
     let runs = get_json(&http(&format!("executions/{}", ids[0]))).await;
@@ -986,26 +970,8 @@ async fn too_many_pending_invocations_in_an_account_are_refused() {
     let sim = start(profile).await;
     let client = ssm(&sim, assume(&sim, 1).await, "us-east-1");
     let ids = all_instance_ids(&client, 50).await;
-    client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .set_instance_ids(Some(ids[..8].to_vec()))
-        .send()
-        .await
-        .unwrap();
-    let error = client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .set_instance_ids(Some(ids[..8].to_vec()))
-        .send()
-        .await
-        .unwrap_err();
+    send_shell(&client, &ids[..8]).await.unwrap();
+    let error = send_shell(&client, &ids[..8]).await.unwrap_err();
     assert_eq!(error.code(), Some("ThrottlingException"));
-    client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .set_instance_ids(Some(ids[..7].to_vec()))
-        .send()
-        .await
-        .unwrap();
+    send_shell(&client, &ids[..7]).await.unwrap();
 }
