@@ -171,10 +171,11 @@ fn sim_serves_the_fleet_on_loopback_until_stopped() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Keep reading the banner's pipe open while the simulator runs: closing it
+    // would fail the simulator's next write.
+    let mut banner = BufReader::new(child.stdout.take().unwrap());
     let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first_line)
-        .unwrap();
+    banner.read_line(&mut first_line).unwrap();
     let address = first_line
         .trim()
         .strip_prefix("simulator listening on http://")
@@ -193,6 +194,7 @@ fn sim_serves_the_fleet_on_loopback_until_stopped() {
     stream.read_to_string(&mut response).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    drop(banner);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
         response.contains("\"regions\":[\"us-east-1\",\"eu-west-1\"]"),
