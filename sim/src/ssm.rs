@@ -110,6 +110,7 @@ fn own_instance(state: &SimState, scope: &Scope, id: &str) -> Option<InstanceKey
     (key.account == scope.account && Some(key.region) == scope.region).then_some(key)
 }
 
+#[derive(Default)]
 struct InstanceFilter {
     ids: Option<Vec<String>>,
     ping: Option<Vec<String>>,
@@ -119,21 +120,43 @@ struct InstanceFilter {
 }
 
 impl InstanceFilter {
+    /// DescribeInstanceInformation's `Filters` and `InstanceInformationFilterList`.
     fn parse(body: &Value) -> Result<Self, AwsError> {
-        let mut filter = Self {
-            ids: None,
-            ping: None,
-            platforms: None,
-            tags: Vec::new(),
-            tag_keys: None,
-        };
-        let mut add = |key: &str, values: Vec<String>| -> Result<(), AwsError> {
+        let mut filter = Self::default();
+        for (list, key_field, values_field) in [
+            ("Filters", "Key", "Values"),
+            ("InstanceInformationFilterList", "key", "valueSet"),
+        ] {
+            if let Some(Value::Array(items)) = body.get(list) {
+                filter.add_all(items, key_field, values_field)?;
+            }
+        }
+        Ok(filter)
+    }
+
+    /// Adds `{key_field: …, values_field: […]}` items; SendCommand's `Targets`
+    /// have the same shape as `Filters`.
+    fn add_all(
+        &mut self,
+        items: &[Value],
+        key_field: &str,
+        values_field: &str,
+    ) -> Result<(), AwsError> {
+        for item in items {
+            let key = required_str(item, key_field)?;
+            let values = string_list(item, values_field)?.unwrap_or_default();
+            if values.is_empty() {
+                return Err(AwsError::bad_request(
+                    "InvalidFilterValue",
+                    format!("The filter {key} needs values."),
+                ));
+            }
             match key {
-                "InstanceIds" => filter.ids = Some(values),
-                "PingStatus" => filter.ping = Some(values),
-                "PlatformTypes" => filter.platforms = Some(values),
-                "tag-key" => filter.tag_keys = Some(values),
-                key if key.starts_with("tag:") => filter
+                "InstanceIds" => self.ids = Some(values),
+                "PingStatus" => self.ping = Some(values),
+                "PlatformTypes" => self.platforms = Some(values),
+                "tag-key" => self.tag_keys = Some(values),
+                key if key.starts_with("tag:") => self
                     .tags
                     .push((key.trim_start_matches("tag:").to_string(), values)),
                 "AgentVersion" | "ResourceType" | "AssociationStatus" | "IamRole"
@@ -145,27 +168,8 @@ impl InstanceFilter {
                     ));
                 }
             }
-            Ok(())
-        };
-        for (list, key_field, values_field) in [
-            ("Filters", "Key", "Values"),
-            ("InstanceInformationFilterList", "key", "valueSet"),
-        ] {
-            if let Some(Value::Array(items)) = body.get(list) {
-                for item in items {
-                    let key = required_str(item, key_field)?;
-                    let values = string_list(item, values_field)?.unwrap_or_default();
-                    if values.is_empty() {
-                        return Err(AwsError::bad_request(
-                            "InvalidFilterValue",
-                            format!("The filter {key} needs values."),
-                        ));
-                    }
-                    add(key, values)?;
-                }
-            }
         }
-        Ok(filter)
+        Ok(())
     }
 
     fn matches(&self, instance: &Instance) -> bool {
@@ -175,9 +179,13 @@ impl InstanceFilter {
             "ConnectionLost"
         };
         let platform = if instance.windows { "Windows" } else { "Linux" };
-        self.ping
+        self.ids
             .as_ref()
-            .is_none_or(|values| values.iter().any(|v| v == ping))
+            .is_none_or(|ids| ids.contains(&instance.id))
+            && self
+                .ping
+                .as_ref()
+                .is_none_or(|values| values.iter().any(|v| v == ping))
             && self
                 .platforms
                 .as_ref()
@@ -236,12 +244,9 @@ fn describe_instance_information(
             .iter()
             .filter_map(|id| own_instance(state, scope, id))
             .collect(),
-        (None, Some(region)) => (0..state.fleet.instance_count(scope.account, region))
-            .map(|index| InstanceKey {
-                account: scope.account,
-                region,
-                index,
-            })
+        (None, Some(region)) => state
+            .fleet
+            .location_instances(scope.account, region)
             .collect(),
     };
     let mut list = Vec::with_capacity(limit);
@@ -318,28 +323,13 @@ fn send_command(state: &SimState, scope: &Scope, body: &Value) -> Result<String,
             if targets.is_empty() || targets.len() > 5 {
                 return Err(AwsError::validation("Targets must list 1 to 5 keys"));
             }
-            let mut filter_body = json!({ "Filters": [] });
-            for target in targets {
-                let key = required_str(target, "Key")?;
-                let values = string_list(target, "Values")?.unwrap_or_default();
-                let key = if key == "InstanceIds" {
-                    "InstanceIds"
-                } else {
-                    key
-                };
-                if let Some(filters) = filter_body["Filters"].as_array_mut() {
-                    filters.push(json!({ "Key": key, "Values": values }));
-                }
-            }
-            let filter = InstanceFilter::parse(&filter_body)?;
+            let mut filter = InstanceFilter::default();
+            filter.add_all(targets, "Key", "Values")?;
             match scope.region {
                 None => Vec::new(),
-                Some(region) => (0..state.fleet.instance_count(scope.account, region))
-                    .map(|index| InstanceKey {
-                        account: scope.account,
-                        region,
-                        index,
-                    })
+                Some(region) => state
+                    .fleet
+                    .location_instances(scope.account, region)
                     .filter(|key| filter.matches(&state.fleet.instance(*key)))
                     .collect(),
             }

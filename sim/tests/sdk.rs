@@ -975,3 +975,26 @@ async fn too_many_pending_invocations_in_an_account_are_refused() {
     assert_eq!(error.code(), Some("ThrottlingException"));
     send_shell(&client, &ids[..7]).await.unwrap();
 }
+
+#[tokio::test]
+async fn send_command_by_instance_id_target_reaches_only_those_instances() {
+    let sim = start(FleetProfile::tiny()).await;
+    let client = ssm(&sim, assume(&sim, 1).await, "us-east-1");
+    let ids = all_instance_ids(&client, 50).await;
+    let target = aws_sdk_ssm::types::Target::builder()
+        .key("InstanceIds")
+        .values(&ids[1])
+        .values(&ids[4])
+        .build();
+    let sent = client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .targets(target)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.command().unwrap().instance_ids(),
+        [ids[1].clone(), ids[4].clone()]
+    );
+}
