@@ -267,9 +267,7 @@ impl Campaign {
 
         v.finish()?;
         // Every piece validated above is Some once `finish` reported no error.
-        let (Some(accounts), Some(role), Some(targets), Some(rate_control), Some(output)) =
-            (accounts, role, targets, rate_control, output)
-        else {
+        let (Some(role), Some(rate_control), Some(output)) = (role, rate_control, output) else {
             return Err(internal_error());
         };
         Ok(Self {
@@ -457,11 +455,7 @@ fn check_patch_baseline_parameters(
     one_of(v, "RebootOption", &["RebootIfNeeded", "NoReboot"], false);
 }
 
-fn validate_accounts(
-    v: &mut Validator,
-    spec: &CampaignSpec,
-    path: &FieldPath,
-) -> Option<AccountSelection> {
+fn validate_accounts(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> AccountSelection {
     let accounts = &spec.accounts;
     if accounts.ids.is_empty() && accounts.organizational_units.is_empty() {
         v.error(path, "must list account ids, organizational_units, or both");
@@ -492,12 +486,12 @@ fn validate_accounts(
             );
         }
     }
-    Some(AccountSelection {
+    AccountSelection {
         ids,
         organizational_units: accounts.organizational_units.clone(),
         include_child_ous: accounts.include_child_ous,
         exclude_accounts,
-    })
+    }
 }
 
 fn validate_account_ids(v: &mut Validator, ids: &[Scalar], path: &FieldPath) -> Vec<String> {
@@ -580,11 +574,7 @@ fn validate_role(
     })
 }
 
-fn validate_targets(
-    v: &mut Validator,
-    spec: &CampaignSpec,
-    path: &FieldPath,
-) -> Option<TargetSelection> {
+fn validate_targets(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> TargetSelection {
     let targets = &spec.targets;
     let chosen: Vec<&str> = [
         ("all", targets.all),
@@ -636,7 +626,7 @@ fn validate_targets(
     } else {
         TargetSelector::Tags(tags)
     };
-    Some(TargetSelection {
+    TargetSelection {
         selector,
         platform: targets.platform.map(|platform| match platform {
             PlatformSpec::Linux => Platform::Linux,
@@ -644,7 +634,7 @@ fn validate_targets(
             PlatformSpec::MacOS => Platform::MacOS,
         }),
         online_only: targets.online_only,
-    })
+    }
 }
 
 fn validate_tags(

@@ -83,14 +83,32 @@ impl Fleet {
         range.min + u32::try_from(extra).unwrap_or(0)
     }
 
-    fn check_bits(&self, key: InstanceKey) -> u64 {
+    /// Every instance of one location, in index order.
+    pub fn location_instances(
+        &self,
+        account: u32,
+        region: u8,
+    ) -> impl Iterator<Item = InstanceKey> {
+        (0..self.instance_count(account, region)).map(move |index| InstanceKey {
+            account,
+            region,
+            index,
+        })
+    }
+
+    /// One attribute of one instance, named by `salt`, as a hash of the seed.
+    fn attribute_hash(&self, key: InstanceKey, salt: u64) -> u64 {
         hash(&[
             self.profile.seed,
-            2,
+            salt,
             u64::from(key.account),
             u64::from(key.region),
             u64::from(key.index),
-        ]) & 0xFF_FFFF
+        ])
+    }
+
+    fn check_bits(&self, key: InstanceKey) -> u64 {
+        self.attribute_hash(key, 2) & 0xFF_FFFF
     }
 
     /// `i-` and 17 hex digits: region (4 bits), account (20), index (20), check (24).
@@ -127,27 +145,12 @@ impl Fleet {
 
     /// Whether the instance's agent is Online (the rest are ConnectionLost).
     pub fn is_online(&self, key: InstanceKey) -> bool {
-        let h = hash(&[
-            self.profile.seed,
-            6,
-            u64::from(key.account),
-            u64::from(key.region),
-            u64::from(key.index),
-        ]);
-        unit(h) >= self.profile.connection_lost_share
+        unit(self.attribute_hash(key, 6)) >= self.profile.connection_lost_share
     }
 
     pub fn instance(&self, key: InstanceKey) -> Instance {
         let profile = &self.profile;
-        let h = |salt: u64| {
-            hash(&[
-                profile.seed,
-                salt,
-                u64::from(key.account),
-                u64::from(key.region),
-                u64::from(key.index),
-            ])
-        };
+        let h = |salt: u64| self.attribute_hash(key, salt);
         let tags = profile
             .tags
             .iter()
