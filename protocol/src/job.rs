@@ -32,6 +32,25 @@ pub struct RunContext {
     /// Role name and ExternalId only: credentials never travel in messages.
     pub role: ExecutionRole,
     pub api_rate_limits: ApiRateLimits,
+    /// Event-triggered runs go through the urgent queue.
+    pub priority: Priority,
+}
+
+/// Which work queue a run's jobs take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Priority {
+    Bulk,
+    Urgent,
+}
+
+impl Priority {
+    /// The routing key on the jobs exchange (and the label in metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bulk => "bulk",
+            Self::Urgent => "urgent",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +134,30 @@ pub struct ExecuteJob {
     pub collect_patch_compliance: bool,
 }
 
+impl ExecuteJob {
+    /// The id of the Execute job for one step of one batch: the same whoever
+    /// derives it and however often, so a job published twice is one job, and its
+    /// idempotency record in Redis stops the second copy from sending again.
+    pub fn derive_id(run_id: Uuid, location: &Location, batch_id: u32, step_index: u16) -> Uuid {
+        let name = format!(
+            "execute/{}/{}/{batch_id}/{step_index}",
+            location.account_id, location.region
+        );
+        Uuid::new_v5(&run_id, name.as_bytes())
+    }
+}
+
+impl DiscoverJob {
+    /// The id of the Discover job for one page of one location (see [`ExecuteJob::derive_id`]).
+    pub fn derive_id(run_id: Uuid, location: &Location, page: u32) -> Uuid {
+        let name = format!(
+            "discover/{}/{}/{page}",
+            location.account_id, location.region
+        );
+        Uuid::new_v5(&run_id, name.as_bytes())
+    }
+}
+
 /// Look at a sent command's invocations; re-published through a delay queue until
 /// every target is terminal or the deadline passes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,4 +171,36 @@ pub struct PollJob {
     pub deadline: UnixMillis,
     /// How many polls came before this one (drives the growing delay).
     pub attempt: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let run = Uuid::new_v4();
+        let here = Location {
+            account_id: "111122223333".into(),
+            region: "us-east-1".into(),
+        };
+        let there = Location {
+            region: "us-west-2".into(),
+            ..here.clone()
+        };
+        assert_eq!(
+            ExecuteJob::derive_id(run, &here, 3, 0),
+            ExecuteJob::derive_id(run, &here, 3, 0)
+        );
+        let ids = [
+            ExecuteJob::derive_id(run, &here, 3, 0),
+            ExecuteJob::derive_id(run, &here, 3, 1),
+            ExecuteJob::derive_id(run, &here, 4, 0),
+            ExecuteJob::derive_id(run, &there, 3, 0),
+            ExecuteJob::derive_id(Uuid::new_v4(), &here, 3, 0),
+            DiscoverJob::derive_id(run, &here, 3),
+        ];
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 }

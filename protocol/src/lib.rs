@@ -9,6 +9,7 @@
 //! - [`schedule`]: EventBridge `cron(…)` / `rate(…)` expressions and fire times.
 //! - [`job`]: the jobs workers consume (Discover, Execute, Poll).
 //! - [`report`]: what workers report back (targets discovered, results).
+//! - [`run`]: a run's lifecycle states and what they allow workers to do.
 //! - [`status`]: SSM's invocation statuses and which ones spend the error budget.
 //! - [`envelope`]: the versioned wire format around bincode.
 //! - [`names`]: queue, exchange and Redis key names.
@@ -19,6 +20,7 @@ pub mod job;
 pub mod names;
 pub mod rate_control;
 pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod spec;
 pub mod status;

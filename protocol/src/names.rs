@@ -6,13 +6,15 @@
 //!   never waits behind a million-instance scan;
 //! - `reports` queue: worker → scheduler results;
 //! - `dead-letter` exchange and queue: poison messages and exhausted retries;
-//! - `delay.<seconds>` queues: no consumers, a message TTL, and dead-lettering back
+//! - `delay.<seconds>s.<priority>` queues: no consumers, a message TTL, and dead-lettering back
 //!   into `jobs` — how a worker waits for a command without holding a delivery.
 //!
 //! Redis keys of one run share the hash tag `{<run-id>}`, so they live on one Redis
 //! Cluster slot and one Lua script can update them atomically.
 
 use uuid::Uuid;
+
+use crate::job::Priority;
 
 /// Delays a worker may ask for, in seconds; each is one TTL'd queue.
 pub const DELAY_STEPS_SECONDS: [u32; 5] = [1, 5, 15, 60, 300];
@@ -64,13 +66,31 @@ impl Names {
         format!("{}.dead-letter", self.prefix)
     }
 
-    /// The delay queue for the smallest step at least `seconds` long.
-    pub fn delay_queue(&self, seconds: u32) -> String {
+    /// The routing key of a priority on the jobs exchange.
+    pub fn work_queue(&self, priority: Priority) -> String {
+        match priority {
+            Priority::Bulk => self.bulk_queue(),
+            Priority::Urgent => self.urgent_queue(),
+        }
+    }
+
+    /// The delay queue for the smallest step at least `seconds` long; it
+    /// dead-letters back into the work queue of `priority`.
+    pub fn delay_queue(&self, seconds: u32, priority: Priority) -> String {
         let step = DELAY_STEPS_SECONDS
             .into_iter()
             .find(|step| *step >= seconds)
             .unwrap_or(DELAY_STEPS_SECONDS[DELAY_STEPS_SECONDS.len() - 1]);
-        format!("{}.delay.{step}s", self.prefix)
+        self.delay_queue_of_step(step, priority)
+    }
+
+    /// The delay queue of one of [`DELAY_STEPS_SECONDS`].
+    pub fn delay_queue_of_step(&self, step_seconds: u32, priority: Priority) -> String {
+        format!(
+            "{}.delay.{step_seconds}s.{}",
+            self.prefix,
+            priority.as_str()
+        )
     }
 
     /// The global kill switch: present means no worker sends anything.
@@ -111,6 +131,36 @@ impl Names {
         format!("{}:run:{{{run_id}}}:job:{job_id}:command", self.prefix)
     }
 
+    /// The run's locations in admission order (FIFO), one `account/region` each.
+    pub fn run_locations_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:locations", self.prefix)
+    }
+
+    /// Per location: discovery progress, its targets and its execution progress.
+    pub fn run_location_state_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:location-state", self.prefix)
+    }
+
+    /// Discovered pages of targets, per location and page, waiting for admission.
+    pub fn run_pages_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:pages", self.prefix)
+    }
+
+    /// Batches of active locations waiting for room under max_concurrency (FIFO).
+    pub fn run_pending_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:pending", self.prefix)
+    }
+
+    /// Batches admitted and not yet reported: what a restarted scheduler re-publishes.
+    pub fn run_admitted_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:admitted", self.prefix)
+    }
+
+    /// Reports already applied, so a redelivered report is applied once.
+    pub fn run_applied_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:applied", self.prefix)
+    }
+
     pub fn runs_index_key(&self) -> String {
         format!("{}:runs", self.prefix)
     }
@@ -138,15 +188,28 @@ mod tests {
         assert!(names.run_key(run_id).contains(&tag));
         assert!(names.run_counters_key(run_id).contains(&tag));
         assert!(names.job_command_key(run_id, Uuid::nil()).contains(&tag));
+        for key in [
+            names.run_locations_key(run_id),
+            names.run_location_state_key(run_id),
+            names.run_pages_key(run_id),
+            names.run_pending_key(run_id),
+            names.run_admitted_key(run_id),
+            names.run_applied_key(run_id),
+        ] {
+            assert!(key.contains(&tag), "{key}");
+        }
     }
 
     #[test]
     fn delays_round_up_to_a_queue_that_exists() {
         let names = Names::new("t");
-        assert_eq!(names.delay_queue(0), "t.delay.1s");
-        assert_eq!(names.delay_queue(5), "t.delay.5s");
-        assert_eq!(names.delay_queue(6), "t.delay.15s");
-        assert_eq!(names.delay_queue(10_000), "t.delay.300s");
+        assert_eq!(names.delay_queue(0, Priority::Bulk), "t.delay.1s.bulk");
+        assert_eq!(names.delay_queue(5, Priority::Bulk), "t.delay.5s.bulk");
+        assert_eq!(names.delay_queue(6, Priority::Urgent), "t.delay.15s.urgent");
+        assert_eq!(
+            names.delay_queue(10_000, Priority::Bulk),
+            "t.delay.300s.bulk"
+        );
     }
 
     #[test]

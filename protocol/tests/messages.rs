@@ -13,7 +13,9 @@ use protocol::campaign::{
     ApiRateLimits, ExecutionRole, Platform, Step, TargetSelection, TargetSelector,
 };
 use protocol::envelope::{self, EnvelopeError, FORMAT_VERSION};
-use protocol::job::{Batch, DiscoverJob, ExecuteJob, Location, PollJob, RunContext, UnixMillis};
+use protocol::job::{
+    Batch, DiscoverJob, ExecuteJob, Location, PollJob, Priority, RunContext, UnixMillis,
+};
 use protocol::report::{
     DiscoveredTarget, LocationFailed, LocationFailure, PatchCompliance, PatchOperation,
     StepResults, TargetResult, TargetsDiscovered,
@@ -68,6 +70,11 @@ fn run_context() -> impl Strategy<Value = RunContext> {
                     api_rate_limits: ApiRateLimits {
                         send_command: rate,
                         ..ApiRateLimits::default()
+                    },
+                    priority: if rate > 5_000.0 {
+                        Priority::Urgent
+                    } else {
+                        Priority::Bulk
                     },
                 }
             },
@@ -358,6 +365,7 @@ fn sample_job() -> Job {
                 session_duration: Duration::from_secs(3600),
             },
             api_rate_limits: ApiRateLimits::default(),
+            priority: Priority::Bulk,
         },
         location: Location {
             account_id: "111122223333".into(),

@@ -6,8 +6,9 @@
 //! - [`redis_store`]: the Redis backend; every multi-step update is one Lua script.
 //! - [`memory`]: the in-process twin, on tokio's clock (pausable in tests).
 //!
-//! Not here yet: run records and counters, concurrency permits, the scheduler
-//! lease and the kill-switch pub/sub push (the worker and scheduler issues).
+//! The scheduler's run bookkeeping (locations, admission, applied reports) is on
+//! [`RedisStore`] only for now (`redis_store::runs`); its in-process twin comes with
+//! the embedded demo.
 
 pub mod memory;
 pub mod redis_store;
@@ -15,6 +16,7 @@ pub mod redis_store;
 use std::future::Future;
 use std::time::Duration;
 
+use protocol::run::{RunState, SendDecision};
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
@@ -87,6 +89,48 @@ pub struct BudgetUpdate {
     pub crossed: bool,
 }
 
+/// What a worker finds when it is about to send a job's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendClaim {
+    /// Nobody has sent it: this worker may, now.
+    Claimed,
+    /// A worker claimed it at `since_ms` (Unix ms) and recorded no command yet: it
+    /// may still be sending, or it died before or after sending.
+    InProgress { since_ms: u64 },
+    /// The command was sent: poll it instead of sending again.
+    Sent { command_id: String },
+}
+
+/// Whether a campaign's run may send a command now, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendGate {
+    pub decision: SendDecision,
+    /// Set when the decision is not `Send`: the kill switch's or the run's reason.
+    pub reason: Option<String>,
+}
+
+impl SendGate {
+    fn decide(
+        kill_reason: Option<String>,
+        state: Option<RunState>,
+        run_reason: Option<String>,
+    ) -> Self {
+        if let Some(reason) = kill_reason {
+            return Self {
+                decision: SendDecision::Wait,
+                reason: Some(format!("kill switch engaged: {reason}")),
+            };
+        }
+        // A run the store does not know sends: the scheduler records every run
+        // before publishing its first job.
+        let state = state.unwrap_or(RunState::Running);
+        let decision = state.send_decision();
+        let reason = (decision != SendDecision::Send)
+            .then(|| run_reason.unwrap_or_else(|| format!("run is {state}")));
+        Self { decision, reason }
+    }
+}
+
 /// The shared state every scheduler and worker sees. Implementations are cheap to
 /// clone handles onto one backend.
 pub trait Store: Clone + Send + Sync + 'static {
@@ -131,14 +175,77 @@ pub trait Store: Clone + Send + Sync + 'static {
         run_id: Uuid,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
-    /// Records the command a job sent unless one is recorded already, and returns
-    /// the recorded one: a redelivered job finds its command instead of sending again.
-    fn remember_command(
+    /// Sets a run's state and the reason for it (shown to operators).
+    fn set_run_state(
+        &self,
+        run_id: Uuid,
+        state: RunState,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// May `campaign`'s run `run_id` send a command now? Kill switches (global,
+    /// then the campaign's) and the run's state, read together.
+    fn send_gate(
+        &self,
+        campaign: &str,
+        run_id: Uuid,
+    ) -> impl Future<Output = Result<SendGate, StoreError>> + Send;
+
+    /// Claims the right to send a job's command, or says who has it: a
+    /// redelivered job finds its command instead of sending again.
+    fn claim_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<SendClaim, StoreError>> + Send;
+
+    /// Takes over a claim from `since_ms` whose holder recorded no command (it
+    /// died); false when the claim changed meanwhile.
+    fn reclaim_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Wakes the receiver whenever a kill switch is engaged or released anywhere.
+    /// The receiver closes if the subscription is lost; callers re-read the
+    /// switches on a timer anyway and subscribe again.
+    fn watch_kill_changes(
+        &self,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<()>, StoreError>> + Send;
+
+    /// Records the command a claimed job sent.
+    fn record_command(
         &self,
         run_id: Uuid,
         job_id: Uuid,
         command_id: &str,
-    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// How a send claim is stored: `sending:<unix ms>` or `sent:<command id>`.
+pub(crate) fn encode_claim_in_progress(since_ms: u64) -> String {
+    format!("sending:{since_ms}")
+}
+
+pub(crate) fn encode_claim_sent(command_id: &str) -> String {
+    format!("sent:{command_id}")
+}
+
+pub(crate) fn decode_claim(value: &str) -> Result<SendClaim, StoreError> {
+    if let Some(command_id) = value.strip_prefix("sent:") {
+        return Ok(SendClaim::Sent {
+            command_id: command_id.to_string(),
+        });
+    }
+    value
+        .strip_prefix("sending:")
+        .and_then(|since| since.parse().ok())
+        .map(|since_ms| SendClaim::InProgress { since_ms })
+        .ok_or_else(|| StoreError::Unexpected(format!("send claim holds {value:?}")))
 }
 
 /// How long until `missing` tokens refill at `rate_per_second` (never zero).

@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use protocol::run::RunState;
+
 use crate::{
-    BucketId, BudgetUpdate, KillScope, Store, StoreError, TokenGrant, TokenRequest, refill_wait,
+    BucketId, BudgetUpdate, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
+    TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -22,9 +25,18 @@ struct Inner {
     campaign_kills: HashMap<String, String>,
     /// (tokens, when last refilled)
     buckets: HashMap<(String, String, String), (f64, Instant)>,
-    /// (failures, halt reason)
-    runs: HashMap<Uuid, (u64, Option<String>)>,
-    commands: HashMap<(Uuid, Uuid), String>,
+    runs: HashMap<Uuid, RunRecord>,
+    /// Send claims as the Redis backend encodes them.
+    claims: HashMap<(Uuid, Uuid), String>,
+    kill_watchers: Vec<tokio::sync::mpsc::Sender<()>>,
+}
+
+#[derive(Debug, Default)]
+struct RunRecord {
+    failures: u64,
+    state: Option<RunState>,
+    reason: Option<String>,
+    halt_reason: Option<String>,
 }
 
 impl MemoryStore {
@@ -40,6 +52,18 @@ impl MemoryStore {
     }
 }
 
+impl Inner {
+    /// Like Redis pub/sub: every live watcher hears it, dropped ones are forgotten.
+    fn notify_kill_watchers(&mut self) {
+        self.kill_watchers.retain(|watcher| {
+            !matches!(
+                watcher.try_send(()),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(()))
+            )
+        });
+    }
+}
+
 impl Store for MemoryStore {
     async fn engage_kill_switch(&self, scope: &KillScope, reason: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
@@ -51,6 +75,7 @@ impl Store for MemoryStore {
                     .insert(campaign.clone(), reason.to_string());
             }
         }
+        inner.notify_kill_watchers();
         Ok(())
     }
 
@@ -62,6 +87,7 @@ impl Store for MemoryStore {
                 inner.campaign_kills.remove(campaign);
             }
         }
+        inner.notify_kill_watchers();
         Ok(())
     }
 
@@ -110,15 +136,17 @@ impl Store for MemoryStore {
         reason: &str,
     ) -> Result<BudgetUpdate, StoreError> {
         let mut inner = self.lock();
-        let (count, halt) = inner.runs.entry(run_id).or_default();
-        let before = *count;
-        *count += failures;
-        let crossed = before <= allowed && *count > allowed;
+        let run = inner.runs.entry(run_id).or_default();
+        let before = run.failures;
+        run.failures += failures;
+        let crossed = before <= allowed && run.failures > allowed;
         if crossed {
-            *halt = Some(reason.to_string());
+            run.state = Some(RunState::Halted);
+            run.reason = Some(reason.to_string());
+            run.halt_reason = Some(reason.to_string());
         }
         Ok(BudgetUpdate {
-            failures: *count,
+            failures: run.failures,
             crossed,
         })
     }
@@ -128,20 +156,84 @@ impl Store for MemoryStore {
             .lock()
             .runs
             .get(&run_id)
-            .and_then(|(_, reason)| reason.clone()))
+            .and_then(|run| run.halt_reason.clone()))
     }
 
-    async fn remember_command(
+    async fn set_run_state(
+        &self,
+        run_id: Uuid,
+        state: RunState,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let run = inner.runs.entry(run_id).or_default();
+        run.state = Some(state);
+        run.reason = Some(reason.to_string());
+        Ok(())
+    }
+
+    async fn send_gate(&self, campaign: &str, run_id: Uuid) -> Result<SendGate, StoreError> {
+        let kill_reason = self.kill_reason(campaign).await?;
+        let inner = self.lock();
+        let run = inner.runs.get(&run_id);
+        Ok(SendGate::decide(
+            kill_reason,
+            run.and_then(|run| run.state),
+            run.and_then(|run| run.reason.clone()),
+        ))
+    }
+
+    async fn claim_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        now_ms: u64,
+    ) -> Result<SendClaim, StoreError> {
+        let mut inner = self.lock();
+        match inner.claims.get(&(run_id, job_id)) {
+            Some(value) => decode_claim(value),
+            None => {
+                inner
+                    .claims
+                    .insert((run_id, job_id), encode_claim_in_progress(now_ms));
+                Ok(SendClaim::Claimed)
+            }
+        }
+    }
+
+    async fn reclaim_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(value) = inner.claims.get_mut(&(run_id, job_id)) else {
+            return Ok(false);
+        };
+        if *value != encode_claim_in_progress(since_ms) {
+            return Ok(false);
+        }
+        *value = encode_claim_in_progress(now_ms);
+        Ok(true)
+    }
+
+    async fn watch_kill_changes(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        self.lock().kill_watchers.push(sender);
+        Ok(receiver)
+    }
+
+    async fn record_command(
         &self,
         run_id: Uuid,
         job_id: Uuid,
         command_id: &str,
-    ) -> Result<String, StoreError> {
-        Ok(self
-            .lock()
-            .commands
-            .entry((run_id, job_id))
-            .or_insert_with(|| command_id.to_string())
-            .clone())
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .claims
+            .insert((run_id, job_id), encode_claim_sent(command_id));
+        Ok(())
     }
 }

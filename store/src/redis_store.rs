@@ -6,13 +6,16 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use protocol::names::Names;
+use protocol::run::RunState;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use crate::{
-    BucketId, BudgetUpdate, KillScope, Store, StoreError, TokenGrant, TokenRequest, refill_wait,
+    BucketId, BudgetUpdate, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
+    TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
 };
 
 /// KEYS[1] bucket hash; ARGV rate, burst, tokens. Returns the tokens missing (0 = granted).
@@ -44,9 +47,26 @@ local failures = redis.call('HINCRBY', KEYS[1], 'failures', added)
 local crossed = 0
 if failures - added <= allowed and failures > allowed then
   crossed = 1
-  redis.call('HSET', KEYS[1], 'state', 'Halted', 'halt_reason', ARGV[3])
+  redis.call('HSET', KEYS[1], 'halt_reason', ARGV[3])
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state ~= 'Cancelled' and state ~= 'Completed' then
+    redis.call('HSET', KEYS[1], 'state', 'Halted', 'reason', ARGV[3])
+  end
 end
 return {failures, crossed}
+",
+    )
+});
+
+/// KEYS[1] claim; ARGV expected, replacement. Compare-and-set; returns 1 if set.
+static RECLAIM_SEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
 ",
     )
 });
@@ -56,6 +76,7 @@ const COMMAND_RECORD_TTL: Duration = Duration::from_secs(31 * 86_400);
 
 #[derive(Clone)]
 pub struct RedisStore {
+    client: redis::Client,
     connection: ConnectionManager,
     names: Names,
 }
@@ -84,10 +105,14 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(client, config)
+        let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unreachable)?;
-        Ok(Self { connection, names })
+        Ok(Self {
+            client,
+            connection,
+            names,
+        })
     }
 
     pub fn names(&self) -> &Names {
@@ -110,6 +135,11 @@ impl RedisStore {
             return Ok(0);
         }
         Ok(connection.del(keys).await?)
+    }
+
+    /// A connection for the scheduler's run bookkeeping (`runs`).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
     }
 
     fn kill_key(&self, scope: &KillScope) -> String {
@@ -206,19 +236,116 @@ impl Store for RedisStore {
             .await?)
     }
 
-    async fn remember_command(
+    async fn set_run_state(
+        &self,
+        run_id: Uuid,
+        state: RunState,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let () = connection
+            .hset_multiple(
+                self.names.run_key(run_id),
+                &[("state", state.as_str()), ("reason", reason)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn send_gate(&self, campaign: &str, run_id: Uuid) -> Result<SendGate, StoreError> {
+        let mut connection = self.connection.clone();
+        let (kill, campaign_kill, (state, reason)): (
+            Option<String>,
+            Option<String>,
+            (Option<String>, Option<String>),
+        ) = redis::pipe()
+            .get(self.names.kill_switch_key())
+            .get(self.names.campaign_kill_key(campaign))
+            .cmd("HMGET")
+            .arg(self.names.run_key(run_id))
+            .arg("state")
+            .arg("reason")
+            .query_async(&mut connection)
+            .await?;
+        let state = state
+            .map(|state| state.parse::<RunState>())
+            .transpose()
+            .map_err(StoreError::Unexpected)?;
+        Ok(SendGate::decide(kill.or(campaign_kill), state, reason))
+    }
+
+    async fn claim_send(
         &self,
         run_id: Uuid,
         job_id: Uuid,
-        command_id: &str,
-    ) -> Result<String, StoreError> {
+        now_ms: u64,
+    ) -> Result<SendClaim, StoreError> {
         let mut connection = self.connection.clone();
-        let key = self.names.job_command_key(run_id, job_id);
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .get(true)
             .with_expiration(redis::SetExpiry::EX(COMMAND_RECORD_TTL.as_secs()));
-        let previous: Option<String> = connection.set_options(&key, command_id, options).await?;
-        Ok(previous.unwrap_or_else(|| command_id.to_string()))
+        let previous: Option<String> = connection
+            .set_options(
+                self.names.job_command_key(run_id, job_id),
+                encode_claim_in_progress(now_ms),
+                options,
+            )
+            .await?;
+        match previous {
+            None => Ok(SendClaim::Claimed),
+            Some(value) => decode_claim(&value),
+        }
+    }
+
+    async fn reclaim_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let swapped: u8 = RECLAIM_SEND
+            .key(self.names.job_command_key(run_id, job_id))
+            .arg(encode_claim_in_progress(since_ms))
+            .arg(encode_claim_in_progress(now_ms))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(swapped == 1)
+    }
+
+    async fn record_command(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        command_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let () = connection
+            .set_ex(
+                self.names.job_command_key(run_id, job_id),
+                encode_claim_sent(command_id),
+                COMMAND_RECORD_TTL.as_secs(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn watch_kill_changes(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.names.kill_channel()).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while messages.next().await.is_some() {
+                // A full channel already holds a wake-up; the watcher re-reads anyway.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = sender.try_send(())
+                {
+                    return;
+                }
+            }
+        });
+        Ok(receiver)
     }
 }

@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use protocol::names::Names;
-use store::{BucketId, KillScope, MemoryStore, RedisStore, Store, TokenGrant, TokenRequest};
+use protocol::run::{RunState, SendDecision};
+use store::{
+    BucketId, KillScope, MemoryStore, RedisStore, SendClaim, Store, TokenGrant, TokenRequest,
+};
 use uuid::Uuid;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -53,7 +56,10 @@ conformance!(
     error_budget_is_crossed_by_exactly_one_update,
     concurrent_failures_cross_the_budget_once,
     zero_allowed_errors_halt_at_the_first_failure,
-    a_redelivered_job_finds_its_command,
+    a_redelivered_job_finds_its_claim_or_command,
+    a_stale_claim_is_taken_over_once,
+    the_send_gate_follows_kill_switches_and_run_state,
+    kill_switch_changes_are_pushed,
 );
 
 async fn kill_switch_global_and_per_campaign(store: impl Store) {
@@ -275,27 +281,112 @@ async fn zero_allowed_errors_halt_at_the_first_failure(store: impl Store) {
     assert_eq!((many.failures, many.crossed), (50, true));
 }
 
-async fn a_redelivered_job_finds_its_command(store: impl Store) {
+async fn a_redelivered_job_finds_its_claim_or_command(store: impl Store) {
     let (run, job) = (Uuid::new_v4(), Uuid::new_v4());
     assert_eq!(
-        store.remember_command(run, job, "cmd-first").await.unwrap(),
-        "cmd-first"
+        store.claim_send(run, job, 1_000).await.unwrap(),
+        SendClaim::Claimed
     );
     assert_eq!(
-        store
-            .remember_command(run, job, "cmd-second")
-            .await
-            .unwrap(),
-        "cmd-first",
-        "the second delivery resumes the first command"
+        store.claim_send(run, job, 2_000).await.unwrap(),
+        SendClaim::InProgress { since_ms: 1_000 },
+        "a second delivery sees the first one's claim, not a free job"
+    );
+    store.record_command(run, job, "cmd-first").await.unwrap();
+    assert_eq!(
+        store.claim_send(run, job, 3_000).await.unwrap(),
+        SendClaim::Sent {
+            command_id: "cmd-first".into()
+        },
+        "after the send, a redelivery resumes the first command"
     );
     assert_eq!(
-        store
-            .remember_command(run, Uuid::new_v4(), "cmd-other")
-            .await
-            .unwrap(),
-        "cmd-other"
+        store.claim_send(run, Uuid::new_v4(), 3_000).await.unwrap(),
+        SendClaim::Claimed,
+        "other jobs are independent"
     );
+}
+
+async fn a_stale_claim_is_taken_over_once(store: impl Store) {
+    let (run, job) = (Uuid::new_v4(), Uuid::new_v4());
+    store.claim_send(run, job, 1_000).await.unwrap();
+    assert!(!store.reclaim_send(run, job, 999, 5_000).await.unwrap());
+    assert!(store.reclaim_send(run, job, 1_000, 5_000).await.unwrap());
+    assert!(
+        !store.reclaim_send(run, job, 1_000, 6_000).await.unwrap(),
+        "two workers racing for a stale claim: only one wins"
+    );
+    assert_eq!(
+        store.claim_send(run, job, 7_000).await.unwrap(),
+        SendClaim::InProgress { since_ms: 5_000 }
+    );
+    store.record_command(run, job, "cmd").await.unwrap();
+    assert!(!store.reclaim_send(run, job, 5_000, 8_000).await.unwrap());
+}
+
+async fn the_send_gate_follows_kill_switches_and_run_state(store: impl Store) {
+    let run = Uuid::new_v4();
+    let campaign = format!("campaign-{run}");
+    let gate = store.send_gate(&campaign, run).await.unwrap();
+    assert_eq!((gate.decision, gate.reason), (SendDecision::Send, None));
+
+    store
+        .set_run_state(run, RunState::Paused, "operator paused")
+        .await
+        .unwrap();
+    let gate = store.send_gate(&campaign, run).await.unwrap();
+    assert_eq!(gate.decision, SendDecision::Wait);
+    assert_eq!(gate.reason.as_deref(), Some("operator paused"));
+
+    store
+        .set_run_state(run, RunState::Running, "resumed")
+        .await
+        .unwrap();
+    store
+        .engage_kill_switch(&KillScope::Campaign(campaign.clone()), "alert fired")
+        .await
+        .unwrap();
+    let gate = store.send_gate(&campaign, run).await.unwrap();
+    assert_eq!(gate.decision, SendDecision::Wait);
+    assert!(gate.reason.unwrap().contains("alert fired"));
+    store
+        .release_kill_switch(&KillScope::Campaign(campaign.clone()))
+        .await
+        .unwrap();
+
+    let update = store
+        .record_failures(run, 3, 2, "3 failed, 2 allowed")
+        .await
+        .unwrap();
+    assert!(update.crossed);
+    let gate = store.send_gate(&campaign, run).await.unwrap();
+    assert_eq!(
+        gate.decision,
+        SendDecision::NotStarted,
+        "a halted run never sends"
+    );
+    assert_eq!(gate.reason.as_deref(), Some("3 failed, 2 allowed"));
+}
+
+async fn kill_switch_changes_are_pushed(store: impl Store) {
+    let mut changes = store.watch_kill_changes().await.unwrap();
+    let campaign = format!("campaign-{}", Uuid::new_v4());
+    store
+        .engage_kill_switch(&KillScope::Campaign(campaign.clone()), "stop")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), changes.recv())
+        .await
+        .expect("an engage is pushed within two seconds")
+        .expect("the subscription is open");
+    store
+        .release_kill_switch(&KillScope::Campaign(campaign))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), changes.recv())
+        .await
+        .expect("a release is pushed too")
+        .expect("the subscription is open");
 }
 
 #[tokio::test]

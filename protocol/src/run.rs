@@ -1,0 +1,121 @@
+//! A run's lifecycle, as the scheduler records it in Redis and workers read it
+//! before every mutating call.
+//!
+//! Pending → Discovering → Running → Completed | Halted | Cancelled, with Paused
+//! between Running and the rest. Halted (the error budget), Cancelled and Completed
+//! are final: no worker sends another command for the run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunState {
+    Pending,
+    Discovering,
+    Running,
+    Paused,
+    Completed,
+    Halted,
+    Cancelled,
+}
+
+impl RunState {
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Discovering,
+        Self::Running,
+        Self::Paused,
+        Self::Completed,
+        Self::Halted,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Discovering => "Discovering",
+            Self::Running => "Running",
+            Self::Paused => "Paused",
+            Self::Completed => "Completed",
+            Self::Halted => "Halted",
+            Self::Cancelled => "Cancelled",
+        }
+    }
+
+    /// A final run never changes state again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Halted | Self::Cancelled)
+    }
+
+    /// What a worker holding a job of a run in this state does with it.
+    pub fn send_decision(self) -> SendDecision {
+        match self {
+            Self::Pending | Self::Discovering | Self::Running => SendDecision::Send,
+            Self::Paused => SendDecision::Wait,
+            Self::Completed | Self::Halted | Self::Cancelled => SendDecision::NotStarted,
+        }
+    }
+}
+
+/// May a worker send a command for a run now?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendDecision {
+    Send,
+    /// Paused, or a kill switch is engaged: try again later.
+    Wait,
+    /// The run is over: report the targets as not started.
+    NotStarted,
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Self::ALL.iter().map(|state| state.as_str()).collect();
+                format!(
+                    "unknown run state {text:?}; expected one of {}",
+                    allowed.join(", ")
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in RunState::ALL {
+            assert_eq!(state.as_str().parse::<RunState>(), Ok(state));
+        }
+        assert!(
+            "Done"
+                .parse::<RunState>()
+                .unwrap_err()
+                .contains("Completed")
+        );
+    }
+
+    #[test]
+    fn only_live_runs_send_and_paused_runs_wait() {
+        assert_eq!(RunState::Running.send_decision(), SendDecision::Send);
+        assert_eq!(RunState::Paused.send_decision(), SendDecision::Wait);
+        for state in [RunState::Halted, RunState::Cancelled, RunState::Completed] {
+            assert!(state.is_final());
+            assert_eq!(state.send_decision(), SendDecision::NotStarted);
+        }
+    }
+}
