@@ -65,8 +65,13 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// Connects, declares the topology (idempotent) and enables publisher confirms.
-    pub async fn connect(url: &str, names: Names, connection_name: &str) -> Result<Self, BrokerError> {
-        let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    pub async fn connect(
+        url: &str,
+        names: Names,
+        connection_name: &str,
+    ) -> Result<Self, BrokerError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(connection_name.into());
         let connection = Connection::connect(url, properties)
             .await
             .map_err(|source| BrokerError::Unreachable {
@@ -101,7 +106,10 @@ impl Broker {
     /// Closes the connection; unacked deliveries go back to their queues.
     pub async fn close(&self) {
         // Closing a connection that already failed has nothing left to do.
-        let _ = self.connection.close(200, "flotilla shutting down".into()).await;
+        let _ = self
+            .connection
+            .close(200, "flotilla shutting down".into())
+            .await;
     }
 }
 

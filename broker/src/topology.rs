@@ -8,7 +8,9 @@
 //! - `dead-letter` (fanout exchange and queue): poison messages, messages past
 //!   their delivery limit and jobs whose retries ran out, for an operator to read.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use protocol::job::Priority;
@@ -30,8 +32,14 @@ fn long_string(value: &str) -> AMQPValue {
 fn quorum_arguments(dead_letter_exchange: &str) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), long_string("quorum"));
-    arguments.insert("x-dead-letter-exchange".into(), long_string(dead_letter_exchange));
-    arguments.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        long_string(dead_letter_exchange),
+    );
+    arguments.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
     arguments.insert("x-overflow".into(), long_string("reject-publish"));
     arguments
 }
@@ -85,7 +93,10 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
         )
         .await?;
     let mut work_arguments = quorum_arguments(&names.dead_letter_exchange());
-    work_arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT));
+    work_arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(DELIVERY_LIMIT),
+    );
     for priority in PRIORITIES {
         channel
             .queue_declare(

@@ -70,7 +70,10 @@ async fn jobs_reach_the_queue_of_their_priority_and_are_acked() {
     broker.publish_job(&bulk_job).await.unwrap();
     broker.publish_job(&urgent_job).await.unwrap();
 
-    let mut urgent = broker.consume(&names.urgent_queue(), 10, "u").await.unwrap();
+    let mut urgent = broker
+        .consume(&names.urgent_queue(), 10, "u")
+        .await
+        .unwrap();
     let delivery = next(&mut urgent).await;
     assert_eq!(delivery.decode::<Job>().unwrap(), urgent_job);
     delivery.ack().await.unwrap();
@@ -92,7 +95,10 @@ async fn a_delayed_job_comes_back_to_its_work_queue_after_the_delay() {
         .publish_job_after(&delayed, Duration::from_secs(1), 3)
         .await
         .unwrap();
-    let mut urgent = broker.consume(&names.urgent_queue(), 10, "u").await.unwrap();
+    let mut urgent = broker
+        .consume(&names.urgent_queue(), 10, "u")
+        .await
+        .unwrap();
     let delivery = next(&mut urgent).await;
     assert!(
         published.elapsed() >= Duration::from_millis(900),
@@ -100,7 +106,11 @@ async fn a_delayed_job_comes_back_to_its_work_queue_after_the_delay() {
         published.elapsed()
     );
     assert_eq!(delivery.decode::<Job>().unwrap(), delayed);
-    assert_eq!(delivery.retries(), 3, "the retry count travels with the job");
+    assert_eq!(
+        delivery.retries(),
+        3,
+        "the retry count travels with the job"
+    );
     delivery.ack().await.unwrap();
     broker.delete_topology().await.unwrap();
 }
@@ -126,12 +136,22 @@ async fn rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue() 
         let delivery = delivery.unwrap();
         assert_eq!(delivery.decode::<Job>().unwrap(), endless);
         deliveries += 1;
-        assert!(deliveries <= DELIVERY_LIMIT + 1, "the limit must stop redelivery");
+        assert!(
+            deliveries <= DELIVERY_LIMIT + 1,
+            "the limit must stop redelivery"
+        );
         delivery.requeue().await.unwrap();
     }
-    assert_eq!(deliveries, DELIVERY_LIMIT + 1, "first delivery plus the limit's redeliveries");
+    assert_eq!(
+        deliveries,
+        DELIVERY_LIMIT + 1,
+        "first delivery plus the limit's redeliveries"
+    );
 
-    let mut dead = broker.consume(&names.dead_letter_queue(), 10, "d").await.unwrap();
+    let mut dead = broker
+        .consume(&names.dead_letter_queue(), 10, "d")
+        .await
+        .unwrap();
     let mut dead_jobs = vec![
         next(&mut dead).await.decode::<Job>().unwrap(),
         next(&mut dead).await.decode::<Job>().unwrap(),

@@ -8,6 +8,8 @@
 //!   "account_id": "…"}` or `{"kind": "dark_region", "region": "…"}`.
 //! - `GET  /_sim/executions`: how often any (instance, document) ran, at most.
 //! - `GET  /_sim/executions/{instance_id}`: per document, how often it ran there.
+//! - `GET  /_sim/commands`: every command sent, oldest first: where, which
+//!   document, its comment, when it arrived and when its last target finished.
 //! - `GET  /_sim/fleet`: account ids, regions and the instance count.
 
 use std::collections::BTreeMap;
@@ -90,4 +92,53 @@ pub async fn fleet(State(state): State<Arc<SimState>>) -> Json<Value> {
         .map(|a| fleet.account_id(a))
         .collect();
     Json(json!({ "accounts": accounts, "regions": fleet.profile.regions, "instances": instances }))
+}
+
+/// One sent command as tests see it; times in simulated seconds unless named.
+#[derive(Debug, serde::Serialize)]
+struct CommandRecord<'a> {
+    command_id: &'a str,
+    account_id: String,
+    region: &'a str,
+    document: &'a str,
+    comment: &'a str,
+    targets: usize,
+    received_unix_ms: u64,
+    requested_at: f64,
+    /// When the last of its invocations is (or will be) terminal.
+    finished_at: f64,
+}
+
+pub async fn commands(State(state): State<Arc<SimState>>) -> Json<Value> {
+    let now = state.clock.now();
+    let inner = state.lock();
+    let mut records: Vec<CommandRecord<'_>> = inner
+        .commands
+        .values()
+        .map(|command| CommandRecord {
+            command_id: &command.id,
+            account_id: state.fleet.account_id(command.account),
+            region: state
+                .fleet
+                .profile
+                .regions
+                .get(usize::from(command.region))
+                .map_or("", String::as_str),
+            document: &command.document,
+            comment: &command.comment,
+            targets: command.invocations.len(),
+            received_unix_ms: command.received_unix_ms,
+            requested_at: command.requested_at,
+            finished_at: command
+                .invocations
+                .iter()
+                .map(|invocation| {
+                    let finish = command.finish_time(invocation);
+                    command.cancelled_at.map_or(finish, |at| finish.min(at))
+                })
+                .fold(command.requested_at, f64::max),
+        })
+        .collect();
+    records.sort_by(|a, b| a.requested_at.total_cmp(&b.requested_at));
+    Json(json!({ "now": now, "commands": records }))
 }

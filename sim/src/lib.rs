@@ -47,6 +47,7 @@ pub fn router(state: Arc<SimState>) -> Router {
             get(admin::instance_executions),
         )
         .route("/_sim/fleet", get(admin::fleet))
+        .route("/_sim/commands", get(admin::commands))
         .with_state(state)
 }
 

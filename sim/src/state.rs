@@ -83,6 +83,9 @@ pub struct Command {
     pub parameters: serde_json::Value,
     pub comment: String,
     pub requested_at: f64,
+    /// Wall-clock time (Unix ms) the SendCommand arrived, for tests that compare
+    /// it with when they engaged a kill switch.
+    pub received_unix_ms: u64,
     pub timeout_seconds: f64,
     pub max_concurrency: String,
     pub max_errors: String,

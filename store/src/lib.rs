@@ -6,9 +6,9 @@
 //! - [`redis_store`]: the Redis backend; every multi-step update is one Lua script.
 //! - [`memory`]: the in-process twin, on tokio's clock (pausable in tests).
 //!
-//! The scheduler's run bookkeeping (locations, admission, applied reports) is on
-//! [`RedisStore`] only for now (`redis_store::runs`); its in-process twin comes with
-//! the embedded demo.
+//! The scheduler's run bookkeeping (locations, admission, applied reports) lives
+//! in the scheduler crate (`scheduler::ledger`), on Redis only for now; its
+//! in-process twin comes with the embedded demo.
 
 pub mod memory;
 pub mod redis_store;
@@ -216,6 +216,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn watch_kill_changes(
         &self,
     ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<()>, StoreError>> + Send;
+
+    /// Gives up a claim from `since_ms` whose holder knows it sent nothing
+    /// (throttled, paused), so the job's next delivery can claim at once; false
+    /// when the claim changed meanwhile.
+    fn release_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        since_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records the command a claimed job sent.
     fn record_command(

@@ -219,6 +219,20 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn release_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        since_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.claims.get(&(run_id, job_id)) != Some(&encode_claim_in_progress(since_ms)) {
+            return Ok(false);
+        }
+        inner.claims.remove(&(run_id, job_id));
+        Ok(true)
+    }
+
     async fn watch_kill_changes(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         self.lock().kill_watchers.push(sender);

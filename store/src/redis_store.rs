@@ -71,6 +71,18 @@ return 0
     )
 });
 
+/// KEYS[1] claim; ARGV expected. Compare-and-delete; returns 1 if deleted.
+static RELEASE_SEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
 /// How long an idempotency record outlives its job: longer than any step's timeout.
 const COMMAND_RECORD_TTL: Duration = Duration::from_secs(31 * 86_400);
 
@@ -137,8 +149,8 @@ impl RedisStore {
         Ok(connection.del(keys).await?)
     }
 
-    /// A connection for the scheduler's run bookkeeping (`runs`).
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    /// A connection onto the same Redis, for the scheduler's run bookkeeping.
+    pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
 
@@ -254,11 +266,12 @@ impl Store for RedisStore {
 
     async fn send_gate(&self, campaign: &str, run_id: Uuid) -> Result<SendGate, StoreError> {
         let mut connection = self.connection.clone();
-        let (kill, campaign_kill, (state, reason)): (
+        type Reading = (
             Option<String>,
             Option<String>,
             (Option<String>, Option<String>),
-        ) = redis::pipe()
+        );
+        let (kill, campaign_kill, (state, reason)): Reading = redis::pipe()
             .get(self.names.kill_switch_key())
             .get(self.names.campaign_kill_key(campaign))
             .cmd("HMGET")
@@ -330,6 +343,21 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn release_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        since_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let released: u8 = RELEASE_SEND
+            .key(self.names.job_command_key(run_id, job_id))
+            .arg(encode_claim_in_progress(since_ms))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(released == 1)
     }
 
     async fn watch_kill_changes(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {

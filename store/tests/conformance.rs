@@ -58,6 +58,7 @@ conformance!(
     zero_allowed_errors_halt_at_the_first_failure,
     a_redelivered_job_finds_its_claim_or_command,
     a_stale_claim_is_taken_over_once,
+    a_released_claim_can_be_claimed_again_but_a_sent_one_cannot,
     the_send_gate_follows_kill_switches_and_run_state,
     kill_switch_changes_are_pushed,
 );
@@ -322,6 +323,31 @@ async fn a_stale_claim_is_taken_over_once(store: impl Store) {
     );
     store.record_command(run, job, "cmd").await.unwrap();
     assert!(!store.reclaim_send(run, job, 5_000, 8_000).await.unwrap());
+}
+
+async fn a_released_claim_can_be_claimed_again_but_a_sent_one_cannot(store: impl Store) {
+    let (run, job) = (Uuid::new_v4(), Uuid::new_v4());
+    store.claim_send(run, job, 1_000).await.unwrap();
+    assert!(
+        !store.release_send(run, job, 999).await.unwrap(),
+        "only the holder's claim"
+    );
+    assert!(store.release_send(run, job, 1_000).await.unwrap());
+    assert_eq!(
+        store.claim_send(run, job, 2_000).await.unwrap(),
+        SendClaim::Claimed
+    );
+    store.record_command(run, job, "cmd").await.unwrap();
+    assert!(
+        !store.release_send(run, job, 2_000).await.unwrap(),
+        "a sent command stays recorded"
+    );
+    assert_eq!(
+        store.claim_send(run, job, 3_000).await.unwrap(),
+        SendClaim::Sent {
+            command_id: "cmd".into()
+        }
+    );
 }
 
 async fn the_send_gate_follows_kill_switches_and_run_state(store: impl Store) {

@@ -1,5 +1,222 @@
-//! flotilla's worker: consumes jobs from RabbitMQ, assumes roles, calls SSM, polls
-//! commands and reports results.
+//! flotilla's worker: takes jobs from RabbitMQ, assumes a role in the job's
+//! account, calls SSM, and reports what happened. Workers are stateless: any
+//! number can come and go, and a job delivered twice is done once.
 //!
-//! Not built yet (issue "Worker: consume jobs, assume roles, run SSM commands …").
-//! The jobs it will consume and the reports it will publish are in `protocol`.
+//! - [`consumer`]: the consume loop — reconnects, urgent before bulk, bounded
+//!   in-flight jobs, graceful shutdown — and `settle_delivery`, the one place a
+//!   delivery is acked, delayed or dead-lettered.
+//! - [`discover`], [`execute`], [`poll`]: one file per job kind.
+//! - [`safety`]: the kill-switch watcher and the gate before every mutating call
+//!   (fails closed when Redis cannot be read).
+//! - [`rate`]: shared per account-region-API token buckets.
+//! - [`aws`]: role sessions, SSM clients, retries and the one AWS error classifier.
+//! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
+
+pub mod aws;
+pub mod consumer;
+pub mod discover;
+pub mod execute;
+pub mod metrics;
+pub mod poll;
+pub mod rate;
+pub mod safety;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use broker::{Broker, BrokerError};
+use protocol::names::Names;
+use store::{Store, StoreError};
+
+use crate::aws::{Aws, AwsError};
+use crate::metrics::WorkerMetrics;
+use crate::safety::SafetyState;
+
+pub use crate::aws::AwsSettings;
+pub use crate::consumer::run;
+
+/// A worker's settings, validated (see `flotilla worker --help` for the flags).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub amqp_url: String,
+    pub names: Names,
+    /// Jobs handled at once, and the prefetch of each queue's consumer. Raising it
+    /// lets one worker wait on more AWS calls at once; it costs memory, and more
+    /// redeliveries when the worker dies.
+    pub concurrency: NonZeroU16,
+    /// Where `/metrics` is served; `None` serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long in-flight jobs may take to finish on shutdown before the rest is
+    /// returned to the queue.
+    pub shutdown_timeout: Duration,
+    pub aws: AwsSettings,
+    /// A label for the RabbitMQ connection and logs.
+    pub name: String,
+}
+
+impl WorkerConfig {
+    pub fn new(amqp_url: impl Into<String>, names: Names) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            names,
+            concurrency: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
+            metrics_addr: None,
+            shutdown_timeout: Duration::from_secs(30),
+            aws: AwsSettings::default(),
+            name: "flotilla-worker".into(),
+        }
+    }
+}
+
+/// What every job handler may use.
+pub(crate) struct Context<S: Store> {
+    pub broker: Broker,
+    pub store: S,
+    pub aws: Aws,
+    pub metrics: WorkerMetrics,
+    pub safety: SafetyState,
+}
+
+/// What to do with a delivery once its job was handled.
+#[derive(Debug)]
+pub enum JobOutcome {
+    /// Finished; everything it produced is published.
+    Done,
+    /// Waiting is the work (a command still runs): the next poll is published
+    /// through a delay queue and this delivery is done.
+    Continue {
+        next: Box<protocol::Job>,
+        delay: Duration,
+    },
+    /// Not allowed to proceed now (paused, kill switch, Redis unreadable, no
+    /// rate tokens): the same job comes back after `delay`, without spending a retry.
+    Wait {
+        delay: Duration,
+        reason: &'static str,
+    },
+}
+
+/// Why a job could not be handled. Retryable errors bring the job back after a
+/// backoff until its retries run out; the rest send it to the dead-letter queue.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl JobError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Aws(error) => error.kind.is_retryable(),
+            Self::Store(error) => error.is_retryable(),
+            Self::Broker(error) => error.is_retryable(),
+            Self::Invalid(_) => false,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The gate as one job sees it right now.
+#[derive(Debug)]
+pub(crate) struct GateReading {
+    pub decision: protocol::run::SendDecision,
+    /// For metrics: kill_switch, paused, redis_unreachable or run_over.
+    pub label: &'static str,
+    pub reason: String,
+}
+
+impl<S: Store> Context<S> {
+    /// May this run send now? Fails closed: an unreadable Redis means wait.
+    pub(crate) async fn gate(&self, run: &protocol::job::RunContext) -> GateReading {
+        use protocol::run::SendDecision;
+        if self.safety.is_blocked() {
+            return GateReading {
+                decision: SendDecision::Wait,
+                label: "kill_switch",
+                reason: "global kill switch engaged, or redis unreachable".into(),
+            };
+        }
+        match self.store.send_gate(&run.campaign, run.run_id).await {
+            Err(error) => GateReading {
+                decision: SendDecision::Wait,
+                label: "redis_unreachable",
+                reason: error.to_string(),
+            },
+            Ok(gate) => {
+                let reason = gate.reason.unwrap_or_default();
+                let label = match gate.decision {
+                    SendDecision::Send => "",
+                    SendDecision::Wait if reason.starts_with("kill switch") => "kill_switch",
+                    SendDecision::Wait => "paused",
+                    SendDecision::NotStarted => "run_over",
+                };
+                GateReading {
+                    decision: gate.decision,
+                    label,
+                    reason,
+                }
+            }
+        }
+    }
+
+    /// An SSM client for the job's location; `None` when no AssumeRole token
+    /// came in time (the job waits and comes back).
+    pub(crate) async fn ssm(
+        &self,
+        run: &protocol::job::RunContext,
+        location: &protocol::job::Location,
+    ) -> Result<Option<aws_sdk_ssm::Client>, JobError> {
+        if let Some(client) = self.aws.cached_ssm(run, location) {
+            return Ok(Some(client));
+        }
+        let granted = rate::take_token(
+            &self.store,
+            &location.account_id,
+            rate::GLOBAL_REGION,
+            "AssumeRole",
+            run.api_rate_limits.assume_role,
+        )
+        .await?;
+        if !granted {
+            return Ok(None);
+        }
+        Ok(Some(self.aws.assume_role(run, location).await?))
+    }
+
+    pub(crate) async fn take_token(
+        &self,
+        location: &protocol::job::Location,
+        api: &str,
+        rate_per_second: f64,
+    ) -> Result<bool, JobError> {
+        rate::take_token(
+            &self.store,
+            &location.account_id,
+            &location.region,
+            api,
+            rate_per_second,
+        )
+        .await
+    }
+
+    pub(crate) fn no_tokens(&self) -> JobOutcome {
+        JobOutcome::Wait {
+            delay: Duration::from_secs(1),
+            reason: "rate_limited",
+        }
+    }
+}

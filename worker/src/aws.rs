@@ -1,0 +1,403 @@
+//! Talking to AWS: one shared SDK configuration (one HTTP client and connection
+//! pool), role credentials cached per (account, role) and refreshed before they
+//! expire, SSM clients cached per (account, role, region), and every AWS error
+//! classified once, in [`classify`].
+//!
+//! Credentials live only in this module's memory: they are never logged, put in
+//! messages or used as metric labels.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ssm::config::http::HttpResponse;
+use aws_sdk_ssm::config::{Credentials, Region};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use protocol::job::{Location, RunContext};
+
+use crate::metrics::WorkerMetrics;
+
+/// Where AWS is and who the worker is there.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// Send every call here instead of AWS (the simulator); `None` for real AWS.
+    pub endpoint_url: Option<String>,
+    /// The region STS is called in.
+    pub home_region: Option<String>,
+    /// Fixed credentials of the worker's own identity; `None` uses the default
+    /// chain (environment, profile, container or instance role).
+    pub credentials: Option<Credentials>,
+}
+
+/// How long one HTTP attempt may take. A SendCommand attempt that timed out may
+/// still have created the command, which is why a claim is stale only well after.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Attempts per call for throttling and transient errors (then the job is delayed).
+const MAX_ATTEMPTS: u32 = 4;
+
+/// Refresh role credentials when less than this is left.
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    /// Rate exceeded: retry later; never the target's fault.
+    Throttled,
+    /// The role cannot be assumed or lacks a permission.
+    AccessDenied,
+    /// Network trouble, timeouts, 5xx: may work if repeated.
+    Transient,
+    /// AWS refused the request as such (bad id, bad parameter): repeating will not help.
+    Rejected,
+}
+
+impl AwsErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::AccessDenied => "access_denied",
+            Self::Transient => "transient",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Throttled | Self::Transient)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} failed ({}): {code}: {message}", kind.as_str())]
+pub struct AwsError {
+    pub operation: &'static str,
+    pub kind: AwsErrorKind,
+    pub code: String,
+    pub message: String,
+}
+
+/// The one place AWS errors get their meaning.
+pub fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    operation: &'static str,
+    error: &SdkError<E, HttpResponse>,
+) -> AwsError {
+    let code = error.code().unwrap_or_default().to_string();
+    let message = error
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| aws_sdk_ssm::error::DisplayErrorContext(error).to_string());
+    let status = error
+        .raw_response()
+        .map(|response| response.status().as_u16());
+    let kind = match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => AwsErrorKind::Transient,
+        SdkError::ConstructionFailure(_) => AwsErrorKind::Rejected,
+        _ => match code.as_str() {
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded"
+            | "TooManyUpdates" => AwsErrorKind::Throttled,
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+                AwsErrorKind::AccessDenied
+            }
+            _ if status.is_some_and(|status| status >= 500) => AwsErrorKind::Transient,
+            "" if status.is_none() => AwsErrorKind::Transient,
+            _ => AwsErrorKind::Rejected,
+        },
+    };
+    AwsError {
+        operation,
+        kind,
+        code,
+        message,
+    }
+}
+
+/// Which errors a call may repeat by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// Reads: repeat on throttling and transient errors.
+    ThrottledOrTransient,
+    /// SendCommand: a throttled request was refused, so repeating is safe; a
+    /// timed-out one may have created the command, so it is not repeated.
+    ThrottledOnly,
+}
+
+/// Runs one AWS call with retries, backoff with full jitter, metrics and
+/// classification.
+pub async fn call<T, E, F, Fut>(
+    metrics: &WorkerMetrics,
+    operation: &'static str,
+    repeat: Repeat,
+    mut attempt: F,
+) -> Result<T, AwsError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let started = Instant::now();
+        let error = match attempt().await {
+            Ok(value) => {
+                metrics.aws_call(operation, "ok", started.elapsed());
+                return Ok(value);
+            }
+            Err(error) => classify(operation, &error),
+        };
+        metrics.aws_call(operation, error.kind.as_str(), started.elapsed());
+        let may_repeat = matches!(
+            (repeat, error.kind),
+            (_, AwsErrorKind::Throttled) | (Repeat::ThrottledOrTransient, AwsErrorKind::Transient)
+        );
+        if !may_repeat || tries >= MAX_ATTEMPTS {
+            return Err(error);
+        }
+        let delay = backoff(tries);
+        tracing::debug!(
+            operation,
+            attempt = tries,
+            ?delay,
+            kind = error.kind.as_str(),
+            "aws call retried"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Full jitter over 100 ms · 2^attempt, at most 5 s.
+pub fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(5));
+    ceiling.mul_f64(fastrand::f64())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RoleKey {
+    account_id: String,
+    role: String,
+    external_id: Option<String>,
+}
+
+struct RoleSession {
+    credentials: Credentials,
+    expires: SystemTime,
+    ssm_by_region: HashMap<String, aws_sdk_ssm::Client>,
+}
+
+/// Shared by every job a worker handles; cheap to clone.
+#[derive(Clone)]
+pub struct Aws {
+    base: aws_config::SdkConfig,
+    sts: aws_sdk_sts::Client,
+    sessions: Arc<Mutex<HashMap<RoleKey, RoleSession>>>,
+    metrics: WorkerMetrics,
+}
+
+impl Aws {
+    pub async fn new(settings: &AwsSettings, metrics: WorkerMetrics) -> Self {
+        // The SDK's own retries are off: `call` retries, so throttles are counted
+        // and a SendCommand is never repeated after a timeout.
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            );
+        if let Some(endpoint_url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint_url);
+        }
+        if let Some(region) = &settings.home_region {
+            loader = loader.region(Region::new(region.clone()));
+        } else {
+            loader = loader.region(
+                aws_config::meta::region::RegionProviderChain::default_provider()
+                    .or_else(Region::from_static("us-east-1")),
+            );
+        }
+        if let Some(credentials) = &settings.credentials {
+            loader = loader.credentials_provider(credentials.clone());
+        }
+        let base = loader.load().await;
+        let sts = aws_sdk_sts::Client::new(&base);
+        Self {
+            base,
+            sts,
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<RoleKey, RoleSession>> {
+        // Each update is a single insert or lookup, so a poisoned map is still whole.
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn role_key(run: &RunContext, location: &Location) -> RoleKey {
+        RoleKey {
+            account_id: location.account_id.clone(),
+            role: run.role.name.clone(),
+            external_id: run.role.external_id.clone(),
+        }
+    }
+
+    /// An SSM client for the location if the role's credentials are cached and fresh.
+    pub fn cached_ssm(&self, run: &RunContext, location: &Location) -> Option<aws_sdk_ssm::Client> {
+        let key = Self::role_key(run, location);
+        let mut sessions = self.sessions();
+        let session = sessions.get_mut(&key)?;
+        let fresh = session
+            .expires
+            .duration_since(SystemTime::now())
+            .is_ok_and(|left| left > REFRESH_MARGIN);
+        if !fresh {
+            return None;
+        }
+        let client = session
+            .ssm_by_region
+            .entry(location.region.clone())
+            .or_insert_with(|| self.ssm_client(&session.credentials, &location.region));
+        Some(client.clone())
+    }
+
+    fn ssm_client(&self, credentials: &Credentials, region: &str) -> aws_sdk_ssm::Client {
+        let config = aws_sdk_ssm::config::Builder::from(&self.base)
+            .credentials_provider(credentials.clone())
+            .region(Region::new(region.to_string()))
+            .build();
+        aws_sdk_ssm::Client::from_conf(config)
+    }
+
+    /// Assumes the run's role in the location's account and caches the session.
+    /// The caller takes the AssumeRole rate tokens first.
+    pub async fn assume_role(
+        &self,
+        run: &RunContext,
+        location: &Location,
+    ) -> Result<aws_sdk_ssm::Client, AwsError> {
+        let session_name = role_session_name(run);
+        let duration = i32::try_from(run.role.session_duration.as_secs()).unwrap_or(3600);
+        let output = call(
+            &self.metrics,
+            "AssumeRole",
+            Repeat::ThrottledOrTransient,
+            || {
+                self.sts
+                    .assume_role()
+                    .role_arn(run.role.arn(&location.account_id))
+                    .role_session_name(&session_name)
+                    .set_external_id(run.role.external_id.clone())
+                    .duration_seconds(duration)
+                    .send()
+            },
+        )
+        .await;
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => {
+                self.metrics.role_assumed(error.kind.as_str());
+                return Err(error);
+            }
+        };
+        let Some(sts_credentials) = output.credentials() else {
+            self.metrics.role_assumed("rejected");
+            return Err(AwsError {
+                operation: "AssumeRole",
+                kind: AwsErrorKind::Transient,
+                code: "NoCredentials".into(),
+                message: "AssumeRole answered without credentials".into(),
+            });
+        };
+        self.metrics.role_assumed("ok");
+        let expires = SystemTime::try_from(*sts_credentials.expiration())
+            .unwrap_or_else(|_| SystemTime::now() + REFRESH_MARGIN * 2);
+        let credentials = Credentials::new(
+            sts_credentials.access_key_id(),
+            sts_credentials.secret_access_key(),
+            Some(sts_credentials.session_token().to_string()),
+            Some(expires),
+            "flotilla-assume-role",
+        );
+        let client = self.ssm_client(&credentials, &location.region);
+        let mut session = RoleSession {
+            credentials,
+            expires,
+            ssm_by_region: HashMap::new(),
+        };
+        session
+            .ssm_by_region
+            .insert(location.region.clone(), client.clone());
+        self.sessions()
+            .insert(Self::role_key(run, location), session);
+        Ok(client)
+    }
+}
+
+/// `flotilla-<campaign>-<run id prefix>`: names the run in CloudTrail, within
+/// STS's 64 characters of `[\w+=,.@-]`.
+pub fn role_session_name(run: &RunContext) -> String {
+    let campaign: String = run
+        .campaign
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(36)
+        .collect();
+    let run_id = run.run_id.simple().to_string();
+    format!("flotilla-{campaign}-{}", &run_id[..18])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::campaign::{ApiRateLimits, ExecutionRole};
+    use protocol::job::Priority;
+
+    #[test]
+    fn session_names_name_the_run_within_stss_rules() {
+        let run = RunContext {
+            run_id: uuid::Uuid::new_v4(),
+            campaign: "patch install / tuesday with a very long name indeed, really".into(),
+            campaign_version: 1,
+            role: ExecutionRole {
+                name: "R".into(),
+                external_id: None,
+                session_duration: Duration::from_secs(3600),
+            },
+            api_rate_limits: ApiRateLimits::default(),
+            priority: Priority::Bulk,
+        };
+        let name = role_session_name(&run);
+        assert!(name.len() <= 64, "{name}");
+        assert!(name.contains(&run.run_id.simple().to_string()[..18]));
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c)),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..20 {
+            assert!(backoff(attempt) <= Duration::from_secs(5));
+        }
+        assert!(backoff(1) <= Duration::from_millis(200));
+    }
+}

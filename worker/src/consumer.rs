@@ -1,0 +1,322 @@
+//! The consume loop. Urgent deliveries are taken before bulk ones whenever both
+//! are waiting; at most `concurrency` jobs run at once (a permit is taken before
+//! a delivery is), and each queue's prefetch is the same number, so a worker
+//! never holds more unacked work than it can start soon.
+//!
+//! A lost connection is reconnected with backoff; deliveries of the old one go
+//! back to their queues. On shutdown the worker stops taking deliveries, lets
+//! in-flight jobs finish within the timeout, and leaves the rest unacked for
+//! another worker.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use broker::{Broker, BrokerError, Delivery};
+use protocol::Job;
+use protocol::report::LocationFailure;
+use store::Store;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::{Aws, backoff};
+use crate::metrics::WorkerMetrics;
+use crate::safety::{self, SafetyState};
+use crate::{Context, JobError, JobOutcome, WorkerConfig, discover, execute, poll};
+
+/// Retries of one job after retryable errors before it is dead-lettered.
+pub const MAX_JOB_RETRIES: u32 = 8;
+
+/// Delay before retry `retries` of a job: 2, 4, 8, … seconds, at most 5 minutes.
+fn retry_delay(retries: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(retries.saturating_add(1)).min(300))
+}
+
+/// Runs a worker until `shutdown` completes. Returns an error only for bad
+/// settings (metrics address in use); broker and Redis outages are waited out.
+pub async fn run<S: Store>(
+    config: WorkerConfig,
+    store: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let metrics = WorkerMetrics::new().context("registering worker metrics")?;
+    let aws = Aws::new(&config.aws, metrics.clone()).await;
+    let safety = SafetyState::default();
+    let background_stop = CancellationToken::new();
+    let mut background = JoinSet::new();
+    background.spawn(safety::watch(
+        store.clone(),
+        safety.clone(),
+        metrics.clone(),
+        background_stop.clone(),
+    ));
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(%addr, "serving /metrics");
+        background.spawn(serve_metrics(
+            listener,
+            metrics.clone(),
+            background_stop.clone(),
+        ));
+    }
+
+    let stop = CancellationToken::new();
+    let stop_on_shutdown = stop.clone();
+    let shutdown_watch = async move {
+        shutdown.await;
+        stop_on_shutdown.cancel();
+    };
+    let consuming = async {
+        let mut failures = 0;
+        while !stop.is_cancelled() {
+            let connected = tokio::select! {
+                () = stop.cancelled() => break,
+                connected = Broker::connect(&config.amqp_url, config.names.clone(), &config.name) => connected,
+            };
+            let broker = match connected {
+                Ok(broker) => broker,
+                Err(error) => {
+                    metrics.connection("rabbitmq", false);
+                    failures += 1;
+                    let delay = backoff(failures).max(Duration::from_millis(200));
+                    tracing::warn!(error = %error, ?delay, "rabbitmq unreachable; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            failures = 0;
+            metrics.connection("rabbitmq", true);
+            tracing::info!(name = config.name.as_str(), "connected to rabbitmq");
+            let context = Arc::new(Context {
+                broker,
+                store: store.clone(),
+                aws: aws.clone(),
+                metrics: metrics.clone(),
+                safety: safety.clone(),
+            });
+            if let Err(error) = consume(context, &config, &stop).await {
+                metrics.connection("rabbitmq", false);
+                tracing::warn!(error = %error, "rabbitmq connection lost; reconnecting");
+            }
+        }
+    };
+    tokio::select! {
+        () = consuming => {}
+        () = shutdown_watch => {}
+    }
+    // `consuming` ends on `stop`; if the shutdown branch won, finish it too.
+    background_stop.cancel();
+    while background.join_next().await.is_some() {}
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Consumes until `stop` (then drains and returns Ok) or until the connection fails.
+async fn consume<S: Store>(
+    context: Arc<Context<S>>,
+    config: &WorkerConfig,
+    stop: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let names = context.broker.names().clone();
+    let prefetch = config.concurrency.get();
+    let mut urgent = context
+        .broker
+        .consume(
+            &names.urgent_queue(),
+            prefetch,
+            &format!("{}-urgent", config.name),
+        )
+        .await?;
+    let mut bulk = context
+        .broker
+        .consume(
+            &names.bulk_queue(),
+            prefetch,
+            &format!("{}-bulk", config.name),
+        )
+        .await?;
+    let permits = Arc::new(Semaphore::new(usize::from(prefetch)));
+    // Dropping the set aborts its jobs: a worker whose task is aborted stops
+    // everything it was doing, like a killed process.
+    let mut jobs = JoinSet::new();
+    let lost = loop {
+        while jobs.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = stop.cancelled() => break None,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break None,
+            },
+        };
+        let delivery = tokio::select! {
+            biased;
+            () = stop.cancelled() => break None,
+            delivery = urgent.next() => delivery,
+            delivery = bulk.next() => delivery,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                let context = context.clone();
+                jobs.spawn(async move {
+                    handle_delivery(&context, delivery).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(error)) => break Some(error),
+            None => {
+                break Some(BrokerError::Unroutable(
+                    "consumer closed by the broker".into(),
+                ));
+            }
+        }
+    };
+    if let Some(error) = lost {
+        return Err(error);
+    }
+    // Shutdown: no new deliveries; what was prefetched but not started stays
+    // unacked and returns to the queue when the connection closes.
+    let _ = urgent.cancel().await;
+    let _ = bulk.cancel().await;
+    let in_flight = jobs.len();
+    tracing::info!(in_flight, "shutting down: finishing in-flight jobs");
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        while jobs.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            unfinished = jobs.len(),
+            "shutdown timeout: unfinished jobs go back to the queue"
+        );
+        jobs.abort_all();
+    }
+    context.broker.close().await;
+    Ok(())
+}
+
+async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
+    context.metrics.job_started();
+    match delivery.decode::<Job>() {
+        Ok(job) => {
+            let outcome = match job.clone() {
+                Job::Discover(discover) => discover::handle(context, discover).await,
+                Job::Execute(execute) => execute::handle(context, execute).await,
+                Job::Poll(poll) => poll::handle(context, poll).await,
+            };
+            settle_delivery(context, delivery, &job, outcome).await;
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "undecodable job sent to the dead-letter queue");
+            context.metrics.job_handled("unknown", "poison");
+            if let Err(error) = delivery.dead_letter().await {
+                tracing::warn!(error = %error, "could not dead-letter a delivery");
+            }
+        }
+    }
+    context.metrics.job_finished();
+}
+
+/// The one place a delivery is settled: acked once whatever it produced is
+/// safely published; brought back later through a delay queue; or dead-lettered.
+async fn settle_delivery<S: Store>(
+    context: &Context<S>,
+    delivery: Delivery,
+    job: &Job,
+    outcome: Result<JobOutcome, JobError>,
+) {
+    let kind = job.kind();
+    let retries = delivery.retries();
+    let broker = &context.broker;
+    let (label, published) = match outcome {
+        Ok(JobOutcome::Done) => ("done", Ok(())),
+        Ok(JobOutcome::Continue { next, delay }) => {
+            ("continued", broker.publish_job_after(&next, delay, 0).await)
+        }
+        Ok(JobOutcome::Wait { delay, reason }) => {
+            tracing::debug!(kind, reason, "job waits");
+            (
+                "waiting",
+                broker.publish_job_after(job, delay, retries).await,
+            )
+        }
+        Err(error) if error.is_retryable() && retries < MAX_JOB_RETRIES => {
+            let delay = retry_delay(retries);
+            tracing::warn!(kind, retries, ?delay, error = %error, "job failed; retrying later");
+            (
+                "retried",
+                broker.publish_job_after(job, delay, retries + 1).await,
+            )
+        }
+        Err(error) => {
+            tracing::error!(kind, retries, error = %error, "job failed for good; dead-lettering it");
+            if let Job::Discover(discover) = job {
+                // The location cannot be discovered: the run must hear of it.
+                let reason = if error.is_retryable() {
+                    LocationFailure::RetriesExhausted
+                } else {
+                    LocationFailure::RegionUnavailable
+                };
+                if let Err(error) =
+                    discover::fail_location(context, discover, reason, error.to_string()).await
+                {
+                    tracing::warn!(error = %error, "could not report the failed location");
+                }
+            }
+            context.metrics.job_handled(kind, "dead_lettered");
+            if let Err(error) = delivery.dead_letter().await {
+                tracing::warn!(error = %error, "could not dead-letter a delivery");
+            }
+            return;
+        }
+    };
+    context.metrics.job_handled(kind, label);
+    let settled = match published {
+        Ok(()) => delivery.ack().await,
+        Err(error) => {
+            // Nothing is lost: the job itself goes back to its queue.
+            tracing::warn!(kind, error = %error, "could not publish a job's follow-up; requeueing the job");
+            delivery.requeue().await
+        }
+    };
+    if let Err(error) = settled {
+        tracing::warn!(kind, error = %error, "could not settle a delivery; the broker will redeliver it");
+    }
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: WorkerMetrics,
+    stop: CancellationToken,
+) {
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok")));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(error = %error, "metrics server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_and_are_capped() {
+        assert_eq!(retry_delay(0), Duration::from_secs(2));
+        assert_eq!(retry_delay(2), Duration::from_secs(8));
+        assert_eq!(retry_delay(MAX_JOB_RETRIES), Duration::from_secs(300));
+    }
+}

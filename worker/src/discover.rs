@@ -1,0 +1,163 @@
+//! Discover: one page (≤ 50) of a location's managed instances matching the
+//! campaign's targets. The page is reported to the scheduler (which makes it a
+//! batch) and the next page, if any, is published as its own job, so a
+//! redelivery repeats one page, never the whole location.
+
+use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus, PlatformType};
+use protocol::Job;
+use protocol::campaign::{Platform, TargetSelection, TargetSelector};
+use protocol::job::{DiscoverJob, MAX_BATCH_SIZE};
+use protocol::report::{
+    DiscoveredTarget, LocationFailed, LocationFailure, Report, TargetsDiscovered,
+};
+use store::Store;
+
+use crate::aws::{AwsErrorKind, Repeat, call};
+use crate::{Context, JobError, JobOutcome};
+
+pub(crate) async fn handle<S: Store>(
+    ctx: &Context<S>,
+    job: DiscoverJob,
+) -> Result<JobOutcome, JobError> {
+    let client = match ctx.ssm(&job.run, &job.location).await {
+        Ok(Some(client)) => client,
+        Ok(None) => return Ok(ctx.no_tokens()),
+        Err(JobError::Aws(error)) if error.kind == AwsErrorKind::AccessDenied => {
+            return fail_location(ctx, &job, LocationFailure::AccessDenied, error.to_string())
+                .await;
+        }
+        Err(error) => return Err(error),
+    };
+    let limits = &job.run.api_rate_limits;
+    if !ctx
+        .take_token(
+            &job.location,
+            "DescribeInstanceInformation",
+            limits.describe_instance_information,
+        )
+        .await?
+    {
+        return Ok(ctx.no_tokens());
+    }
+    let filters = instance_filters(&job.targets)?;
+    let output = call(
+        &ctx.metrics,
+        "DescribeInstanceInformation",
+        Repeat::ThrottledOrTransient,
+        || {
+            client
+                .describe_instance_information()
+                .set_filters(Some(filters.clone()))
+                .max_results(MAX_BATCH_SIZE as i32)
+                .set_next_token(job.next_token.clone())
+                .send()
+        },
+    )
+    .await;
+    let output = match output {
+        Ok(output) => output,
+        Err(error) if error.kind == AwsErrorKind::AccessDenied => {
+            return fail_location(ctx, &job, LocationFailure::AccessDenied, error.to_string())
+                .await;
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let targets: Vec<DiscoveredTarget> = output
+        .instance_information_list()
+        .iter()
+        .filter_map(|instance| {
+            Some(DiscoveredTarget {
+                instance_id: instance.instance_id()?.to_string(),
+                platform: instance.platform_type().and_then(platform),
+                online: instance.ping_status() == Some(&PingStatus::Online),
+            })
+        })
+        .collect();
+    let next_token = output.next_token().filter(|token| !token.is_empty());
+    if let Some(next_token) = next_token {
+        let page = job.page + 1;
+        let next = DiscoverJob {
+            job_id: DiscoverJob::derive_id(job.run.run_id, &job.location, page),
+            page,
+            next_token: Some(next_token.to_string()),
+            ..job.clone()
+        };
+        ctx.broker.publish_job(&Job::Discover(next)).await?;
+    }
+    let report = Report::TargetsDiscovered(TargetsDiscovered {
+        run_id: job.run.run_id,
+        location: job.location.clone(),
+        page: job.page,
+        targets,
+        last_page: next_token.is_none(),
+    });
+    ctx.broker.publish_report(&report).await?;
+    Ok(JobOutcome::Done)
+}
+
+/// The location cannot be worked on at all; the scheduler counts it against
+/// `location_max_errors`.
+pub(crate) async fn fail_location<S: Store>(
+    ctx: &Context<S>,
+    job: &DiscoverJob,
+    reason: LocationFailure,
+    detail: String,
+) -> Result<JobOutcome, JobError> {
+    tracing::warn!(
+        campaign = job.run.campaign.as_str(),
+        region = job.location.region.as_str(),
+        ?reason,
+        "location failed"
+    );
+    let report = Report::LocationFailed(LocationFailed {
+        run_id: job.run.run_id,
+        location: job.location.clone(),
+        reason,
+        detail,
+    });
+    ctx.broker.publish_report(&report).await?;
+    Ok(JobOutcome::Done)
+}
+
+fn filter(key: &str, values: Vec<String>) -> Result<InstanceInformationStringFilter, JobError> {
+    InstanceInformationStringFilter::builder()
+        .key(key)
+        .set_values(Some(values))
+        .build()
+        .map_err(|error| JobError::Invalid(format!("filter {key}: {error}")))
+}
+
+/// The campaign's target selection as DescribeInstanceInformation filters.
+fn instance_filters(
+    targets: &TargetSelection,
+) -> Result<Vec<InstanceInformationStringFilter>, JobError> {
+    let mut filters = Vec::new();
+    match &targets.selector {
+        TargetSelector::All => {}
+        TargetSelector::InstanceIds(ids) => filters.push(filter("InstanceIds", ids.clone())?),
+        TargetSelector::Tags(tags) => {
+            for (key, values) in tags {
+                filters.push(filter(&format!("tag:{key}"), values.clone())?);
+            }
+        }
+    }
+    if let Some(platform) = targets.platform {
+        filters.push(filter(
+            "PlatformTypes",
+            vec![platform.as_str().to_string()],
+        )?);
+    }
+    if targets.online_only {
+        filters.push(filter("PingStatus", vec!["Online".to_string()])?);
+    }
+    Ok(filters)
+}
+
+fn platform(platform: &PlatformType) -> Option<Platform> {
+    match platform {
+        PlatformType::Linux => Some(Platform::Linux),
+        PlatformType::Windows => Some(Platform::Windows),
+        PlatformType::Macos => Some(Platform::MacOS),
+        _ => None,
+    }
+}

@@ -1,0 +1,311 @@
+//! Execute: send one step to one batch, at most once per job however often the
+//! job is delivered.
+//!
+//! 1. The gate (kill switches, run state) is read before anything else; a
+//!    paused or killed run waits without spending rate tokens.
+//! 2. The job's send claim in the store says whether an earlier delivery
+//!    already sent (resume polling that command), is sending (wait, or take over
+//!    a claim whose holder died), or nobody did (this delivery sends).
+//! 3. Rate tokens, then the gate once more right before SendCommand: the kill
+//!    switch stops sends within one round trip to Redis.
+//! 4. SendCommand (`Comment` = the job id), record the command id, publish the
+//!    first Poll through a delay queue.
+
+use std::time::Duration;
+
+use protocol::Job;
+use protocol::job::{ExecuteJob, PollJob, UnixMillis};
+use protocol::report::{Report, StepResults, TargetResult};
+use protocol::run::SendDecision;
+use protocol::status::StatusDetail;
+use store::{SendClaim, Store};
+
+use crate::aws::{ATTEMPT_TIMEOUT, AwsErrorKind, Repeat, call};
+use crate::{Context, JobError, JobOutcome, now_ms};
+
+/// A claim older than this whose holder recorded no command belongs to a dead
+/// worker: well past the longest a SendCommand attempt can take.
+const STALE_CLAIM: Duration = Duration::from_secs(ATTEMPT_TIMEOUT.as_secs() * 3);
+
+/// How soon a paused or killed job looks again.
+pub(crate) const GATE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Extra time after a step's timeout before targets that never answered are
+/// reported as timed out (SSM's own timeout normally reports them first).
+const DEADLINE_GRACE: Duration = Duration::from_secs(60);
+
+/// The first poll comes quickly: short commands are common.
+const FIRST_POLL: Duration = Duration::from_secs(1);
+
+pub(crate) async fn handle<S: Store>(
+    ctx: &Context<S>,
+    job: ExecuteJob,
+) -> Result<JobOutcome, JobError> {
+    let gate = ctx.gate(&job.run).await;
+    if gate.decision == SendDecision::Wait {
+        ctx.metrics.mutation_blocked(gate.label);
+        return Ok(JobOutcome::Wait {
+            delay: GATE_RECHECK,
+            reason: gate.label,
+        });
+    }
+    let claimed_at = now_ms();
+    match ctx
+        .store
+        .claim_send(job.run.run_id, job.job_id, claimed_at)
+        .await?
+    {
+        SendClaim::Sent { command_id } => {
+            ctx.metrics.duplicate_send_avoided();
+            tracing::info!(job_id = %job.job_id, "redelivered execute job resumes its command");
+            Ok(first_poll(job, command_id, now_ms()))
+        }
+        SendClaim::InProgress { since_ms } => recover(ctx, job, since_ms).await,
+        SendClaim::Claimed if gate.decision == SendDecision::NotStarted => {
+            // The run is over and this batch was never sent: say so, once.
+            report_all(ctx, &job, StatusDetail::NotStarted, &gate.reason).await?;
+            Ok(JobOutcome::Done)
+        }
+        SendClaim::Claimed => send_claimed(ctx, job, claimed_at).await,
+    }
+}
+
+/// This delivery holds the claim taken at `claimed_at`.
+async fn send_claimed<S: Store>(
+    ctx: &Context<S>,
+    job: ExecuteJob,
+    claimed_at: u64,
+) -> Result<JobOutcome, JobError> {
+    let release = || async {
+        ctx.store
+            .release_send(job.run.run_id, job.job_id, claimed_at)
+            .await
+    };
+    let client = match ctx.ssm(&job.run, &job.location).await {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            release().await?;
+            return Ok(ctx.no_tokens());
+        }
+        Err(JobError::Aws(error)) if error.kind == AwsErrorKind::AccessDenied => {
+            // Nothing was sent; the targets could not be reached.
+            report_all(ctx, &job, StatusDetail::AccessDenied, &error.to_string()).await?;
+            return Ok(JobOutcome::Done);
+        }
+        Err(error) => {
+            release().await?;
+            return Err(error);
+        }
+    };
+    let limits = &job.run.api_rate_limits;
+    if !ctx
+        .take_token(&job.location, "SendCommand", limits.send_command)
+        .await?
+    {
+        release().await?;
+        return Ok(ctx.no_tokens());
+    }
+    // The last word before the mutating call.
+    let gate = ctx.gate(&job.run).await;
+    match gate.decision {
+        SendDecision::Send => {}
+        SendDecision::Wait => {
+            release().await?;
+            ctx.metrics.mutation_blocked(gate.label);
+            return Ok(JobOutcome::Wait {
+                delay: GATE_RECHECK,
+                reason: gate.label,
+            });
+        }
+        SendDecision::NotStarted => {
+            report_all(ctx, &job, StatusDetail::NotStarted, &gate.reason).await?;
+            return Ok(JobOutcome::Done);
+        }
+    }
+    let timeout_seconds = i32::try_from(job.step.timeout.as_secs()).unwrap_or(i32::MAX);
+    let parameters: std::collections::HashMap<String, Vec<String>> =
+        job.step.parameters.clone().into_iter().collect();
+    let targets = job.batch.instance_ids.len().to_string();
+    let sent = call(&ctx.metrics, "SendCommand", Repeat::ThrottledOnly, || {
+        client
+            .send_command()
+            .set_instance_ids(Some(job.batch.instance_ids.clone()))
+            .document_name(&job.step.document)
+            .set_parameters(Some(parameters.clone()))
+            .timeout_seconds(timeout_seconds)
+            .comment(job.job_id.to_string())
+            // flotilla enforces concurrency and errors across the whole run;
+            // within one batch SSM must neither hold targets back nor stop early.
+            .max_concurrency(&targets)
+            .max_errors(&targets)
+            .send()
+    })
+    .await;
+    let sent_at = now_ms();
+    match sent {
+        Ok(output) => {
+            let Some(command_id) = output.command().and_then(|command| command.command_id()) else {
+                return Err(JobError::Invalid(
+                    "SendCommand answered without a command id".into(),
+                ));
+            };
+            ctx.store
+                .record_command(job.run.run_id, job.job_id, command_id)
+                .await?;
+            Ok(first_poll(job, command_id.to_string(), sent_at))
+        }
+        Err(error) => match error.kind {
+            AwsErrorKind::Throttled => {
+                release().await?;
+                Ok(JobOutcome::Wait {
+                    delay: GATE_RECHECK,
+                    reason: "throttled",
+                })
+            }
+            // The request may have reached SSM: the claim stays, and the next
+            // delivery looks for the command before sending again.
+            AwsErrorKind::Transient => Err(error.into()),
+            AwsErrorKind::AccessDenied => {
+                report_all(ctx, &job, StatusDetail::AccessDenied, &error.to_string()).await?;
+                Ok(JobOutcome::Done)
+            }
+            AwsErrorKind::Rejected => {
+                // A bad document, parameter or instance id fails the targets: it
+                // counts against the error budget, so a broken campaign halts.
+                report_all(ctx, &job, StatusDetail::Failed, &error.to_string()).await?;
+                Ok(JobOutcome::Done)
+            }
+        },
+    }
+}
+
+/// An earlier delivery claimed the send at `since_ms` and recorded no command.
+async fn recover<S: Store>(
+    ctx: &Context<S>,
+    job: ExecuteJob,
+    since_ms: u64,
+) -> Result<JobOutcome, JobError> {
+    let now = now_ms();
+    if now.saturating_sub(since_ms) < u64::try_from(STALE_CLAIM.as_millis()).unwrap_or(u64::MAX) {
+        return Ok(JobOutcome::Wait {
+            delay: Duration::from_secs(15),
+            reason: "another delivery is sending",
+        });
+    }
+    // Its holder died. Did its SendCommand get through? The comment names the job.
+    let Some(client) = ctx.ssm(&job.run, &job.location).await? else {
+        return Ok(ctx.no_tokens());
+    };
+    let Some(first_instance) = job.batch.instance_ids.first().cloned() else {
+        return Ok(JobOutcome::Done);
+    };
+    let comment = job.job_id.to_string();
+    let mut next_token = None;
+    loop {
+        let page = call(
+            &ctx.metrics,
+            "ListCommands",
+            Repeat::ThrottledOrTransient,
+            || {
+                client
+                    .list_commands()
+                    .instance_id(&first_instance)
+                    .set_next_token(next_token.clone())
+                    .send()
+            },
+        )
+        .await?;
+        if let Some(command_id) = page
+            .commands()
+            .iter()
+            .find(|command| command.comment() == Some(comment.as_str()))
+            .and_then(|command| command.command_id())
+        {
+            ctx.store
+                .record_command(job.run.run_id, job.job_id, command_id)
+                .await?;
+            ctx.metrics.duplicate_send_avoided();
+            return Ok(first_poll(job, command_id.to_string(), since_ms));
+        }
+        next_token = page.next_token().map(str::to_string);
+        if next_token.is_none() {
+            break;
+        }
+    }
+    if ctx
+        .store
+        .reclaim_send(job.run.run_id, job.job_id, since_ms, now)
+        .await?
+    {
+        tracing::warn!(job_id = %job.job_id, "took over the send claim of a dead worker");
+        return send_claimed(ctx, job, now).await;
+    }
+    Ok(JobOutcome::Wait {
+        delay: GATE_RECHECK,
+        reason: "another delivery took over",
+    })
+}
+
+fn first_poll(job: ExecuteJob, command_id: String, sent_at: u64) -> JobOutcome {
+    let deadline = sent_at
+        + u64::try_from((job.step.timeout + DEADLINE_GRACE).as_millis()).unwrap_or(u64::MAX);
+    let poll = PollJob {
+        job_id: job.job_id,
+        execute: job,
+        command_id,
+        sent_at: UnixMillis(sent_at),
+        deadline: UnixMillis(deadline),
+        attempt: 0,
+    };
+    JobOutcome::Continue {
+        next: Box::new(Job::Poll(poll)),
+        delay: FIRST_POLL,
+    }
+}
+
+/// Reports every target of the batch with one status (nothing was run).
+pub(crate) async fn report_all<S: Store>(
+    ctx: &Context<S>,
+    job: &ExecuteJob,
+    status: StatusDetail,
+    detail: &str,
+) -> Result<(), JobError> {
+    let results = job
+        .batch
+        .instance_ids
+        .iter()
+        .map(|instance_id| TargetResult {
+            instance_id: instance_id.clone(),
+            status,
+            command_id: None,
+            requested_at: None,
+            started_at: None,
+            finished_at: None,
+            response_code: None,
+            output_excerpt: detail.chars().take(500).collect(),
+            compliance: None,
+        })
+        .collect();
+    ctx.publish_results(job, results).await
+}
+
+impl<S: Store> Context<S> {
+    pub(crate) async fn publish_results(
+        &self,
+        job: &ExecuteJob,
+        results: Vec<TargetResult>,
+    ) -> Result<(), JobError> {
+        for result in &results {
+            self.metrics.target_result(&job.run.campaign, result.status);
+        }
+        let report = Report::StepResults(StepResults {
+            run_id: job.run.run_id,
+            location: job.location.clone(),
+            batch_id: job.batch.batch_id,
+            step_index: job.step_index,
+            results,
+        });
+        self.broker.publish_report(&report).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! Poll: look at a sent command's invocations. While targets still run, the
+//! next poll goes through a delay queue (never a sleep holding the delivery:
+//! RabbitMQ closes consumers that hold one past its consumer timeout). When every
+//! target is terminal — or the deadline passed, and the rest are reported as
+//! timed out — the batch's results go to the scheduler in one report, with patch
+//! compliance counts for patch documents. The scheduler sends the targets that
+//! succeeded on to the campaign's next step.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_ssm::types::{CommandInvocation, InstancePatchState, PatchOperationType};
+use protocol::Job;
+use protocol::job::{PollJob, UnixMillis};
+use protocol::report::{PatchCompliance, PatchOperation, TargetResult};
+use protocol::status::{InvocationStatus, StatusDetail};
+use store::Store;
+
+use crate::aws::{Repeat, call};
+use crate::{Context, JobError, JobOutcome, now_ms};
+
+/// SSM returns at most this much output inline; results keep the start of it.
+const OUTPUT_EXCERPT_CHARS: usize = 2_500;
+
+/// Delay before poll `attempt`: quick at first, then every minute.
+pub fn poll_delay(attempt: u32) -> Duration {
+    match attempt {
+        0..=2 => Duration::from_secs(1),
+        3..=5 => Duration::from_secs(5),
+        6..=11 => Duration::from_secs(15),
+        _ => Duration::from_secs(60),
+    }
+}
+
+pub(crate) async fn handle<S: Store>(
+    ctx: &Context<S>,
+    job: PollJob,
+) -> Result<JobOutcome, JobError> {
+    let execute = &job.execute;
+    let Some(client) = ctx.ssm(&execute.run, &execute.location).await? else {
+        return Ok(ctx.no_tokens());
+    };
+    let limits = &execute.run.api_rate_limits;
+    let mut invocations: HashMap<String, CommandInvocation> = HashMap::new();
+    let mut next_token = None;
+    loop {
+        if !ctx
+            .take_token(
+                &execute.location,
+                "ListCommandInvocations",
+                limits.list_command_invocations,
+            )
+            .await?
+        {
+            return Ok(ctx.no_tokens());
+        }
+        let page = call(
+            &ctx.metrics,
+            "ListCommandInvocations",
+            Repeat::ThrottledOrTransient,
+            || {
+                client
+                    .list_command_invocations()
+                    .command_id(&job.command_id)
+                    .details(true)
+                    .set_next_token(next_token.clone())
+                    .send()
+            },
+        )
+        .await?;
+        for invocation in page.command_invocations() {
+            if let Some(instance_id) = invocation.instance_id() {
+                invocations.insert(instance_id.to_string(), invocation.clone());
+            }
+        }
+        next_token = page.next_token().map(str::to_string);
+        if next_token.is_none() {
+            break;
+        }
+    }
+
+    let statuses: Vec<StatusDetail> = execute
+        .batch
+        .instance_ids
+        .iter()
+        .map(|instance_id| {
+            invocations
+                .get(instance_id)
+                .map_or(StatusDetail::Pending, status_detail)
+        })
+        .collect();
+    let all_terminal = statuses.iter().all(|status| status.is_terminal());
+    let past_deadline = now_ms() >= job.deadline.0;
+    if !all_terminal && !past_deadline {
+        let attempt = job.attempt + 1;
+        let next = PollJob { attempt, ..job };
+        return Ok(JobOutcome::Continue {
+            next: Box::new(Job::Poll(next)),
+            delay: poll_delay(attempt),
+        });
+    }
+
+    let mut results: Vec<TargetResult> = execute
+        .batch
+        .instance_ids
+        .iter()
+        .zip(statuses)
+        .map(|(instance_id, status)| {
+            let status = if status.is_terminal() {
+                status
+            } else if status == StatusDetail::InProgress {
+                StatusDetail::ExecutionTimedOut
+            } else {
+                StatusDetail::DeliveryTimedOut
+            };
+            result(instance_id, status, &job, invocations.get(instance_id))
+        })
+        .collect();
+    if execute.collect_patch_compliance {
+        attach_compliance(ctx, &client, &job, &mut results).await?;
+    }
+    ctx.publish_results(execute, results).await?;
+    Ok(JobOutcome::Done)
+}
+
+fn status_detail(invocation: &CommandInvocation) -> StatusDetail {
+    invocation
+        .status_details()
+        .and_then(|details| details.parse().ok())
+        .unwrap_or(StatusDetail::Pending)
+}
+
+fn millis(time: Option<&aws_sdk_ssm::primitives::DateTime>) -> Option<UnixMillis> {
+    time.and_then(|time| time.to_millis().ok())
+        .and_then(|millis| u64::try_from(millis).ok())
+        .map(UnixMillis)
+}
+
+fn result(
+    instance_id: &str,
+    status: StatusDetail,
+    job: &PollJob,
+    invocation: Option<&CommandInvocation>,
+) -> TargetResult {
+    let plugin = invocation.and_then(|invocation| invocation.command_plugins().first());
+    TargetResult {
+        instance_id: instance_id.to_string(),
+        status,
+        command_id: Some(job.command_id.clone()),
+        requested_at: invocation
+            .and_then(|invocation| millis(invocation.requested_date_time()))
+            .or(Some(job.sent_at)),
+        started_at: plugin.and_then(|plugin| millis(plugin.response_start_date_time())),
+        finished_at: plugin.and_then(|plugin| millis(plugin.response_finish_date_time())),
+        response_code: plugin
+            .map(|plugin| plugin.response_code())
+            .filter(|code| *code >= 0 && status.status() != InvocationStatus::Pending),
+        output_excerpt: plugin
+            .and_then(|plugin| plugin.output())
+            .unwrap_or_default()
+            .chars()
+            .take(OUTPUT_EXCERPT_CHARS)
+            .collect(),
+        compliance: None,
+    }
+}
+
+/// DescribeInstancePatchStates for the targets the patch step succeeded on.
+async fn attach_compliance<S: Store>(
+    ctx: &Context<S>,
+    client: &aws_sdk_ssm::Client,
+    job: &PollJob,
+    results: &mut [TargetResult],
+) -> Result<(), JobError> {
+    let execute = &job.execute;
+    let succeeded: Vec<String> = results
+        .iter()
+        .filter(|result| result.status == StatusDetail::Success)
+        .map(|result| result.instance_id.clone())
+        .collect();
+    if succeeded.is_empty() {
+        return Ok(());
+    }
+    let mut states: HashMap<String, PatchCompliance> = HashMap::new();
+    let mut next_token = None;
+    loop {
+        if !ctx
+            .take_token(
+                &execute.location,
+                "DescribeInstancePatchStates",
+                execute.run.api_rate_limits.describe_instance_patch_states,
+            )
+            .await?
+        {
+            // Results are worth more than counts: report without them.
+            tracing::warn!(
+                "no rate tokens for DescribeInstancePatchStates; results go without compliance counts"
+            );
+            return Ok(());
+        }
+        let page = call(
+            &ctx.metrics,
+            "DescribeInstancePatchStates",
+            Repeat::ThrottledOrTransient,
+            || {
+                client
+                    .describe_instance_patch_states()
+                    .set_instance_ids(Some(succeeded.clone()))
+                    .set_next_token(next_token.clone())
+                    .send()
+            },
+        )
+        .await?;
+        for state in page.instance_patch_states() {
+            states.insert(state.instance_id().to_string(), compliance(state));
+        }
+        next_token = page.next_token().map(str::to_string);
+        if next_token.is_none() {
+            break;
+        }
+    }
+    for result in results.iter_mut() {
+        result.compliance = states.get(&result.instance_id).copied();
+    }
+    Ok(())
+}
+
+fn count(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+fn compliance(state: &InstancePatchState) -> PatchCompliance {
+    PatchCompliance {
+        operation: match state.operation() {
+            PatchOperationType::Install => PatchOperation::Install,
+            _ => PatchOperation::Scan,
+        },
+        installed: count(state.installed_count()),
+        installed_other: count(state.installed_other_count()),
+        installed_pending_reboot: count(state.installed_pending_reboot_count().unwrap_or(0)),
+        installed_rejected: count(state.installed_rejected_count().unwrap_or(0)),
+        missing: count(state.missing_count()),
+        failed: count(state.failed_count()),
+        not_applicable: count(state.not_applicable_count()),
+        critical_non_compliant: count(state.critical_non_compliant_count().unwrap_or(0)),
+        security_non_compliant: count(state.security_non_compliant_count().unwrap_or(0)),
+        other_non_compliant: count(state.other_non_compliant_count().unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_back_off_to_once_a_minute() {
+        assert_eq!(poll_delay(0), Duration::from_secs(1));
+        assert!(poll_delay(4) > poll_delay(1));
+        assert_eq!(poll_delay(1_000), Duration::from_secs(60));
+    }
+}

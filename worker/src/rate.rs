@@ -1,0 +1,52 @@
+//! Rate limits shared by every worker: one token bucket per account-region-API
+//! in the store, refilled at the campaign's `api_rate_limits`, so the fleet of
+//! workers together never calls an account's API faster than allowed.
+
+use std::time::Duration;
+
+use store::{BucketId, Store, TokenGrant, TokenRequest};
+
+use crate::JobError;
+
+/// Longest a job waits for a token before handing its delivery back to the
+/// queue (through a delay) instead of holding it.
+const MAX_TOKEN_WAIT: Duration = Duration::from_secs(10);
+
+/// The bucket's region for account-wide APIs (AssumeRole).
+pub const GLOBAL_REGION: &str = "global";
+
+/// Waits for one token; `Ok(false)` when none came within [`MAX_TOKEN_WAIT`].
+pub async fn take_token<S: Store>(
+    store: &S,
+    account_id: &str,
+    region: &str,
+    api: &str,
+    rate_per_second: f64,
+) -> Result<bool, JobError> {
+    let bucket = BucketId {
+        account_id,
+        region,
+        api,
+    };
+    // A one-second burst: a bucket that has been idle lets `rate` calls through
+    // at once, and never more.
+    let request = TokenRequest {
+        rate_per_second,
+        burst: rate_per_second.max(1.0),
+        tokens: 1,
+    };
+    let started = tokio::time::Instant::now();
+    loop {
+        match store.take_tokens(bucket, request).await? {
+            TokenGrant::Granted => return Ok(true),
+            TokenGrant::RetryAfter(wait) => {
+                if started.elapsed() + wait > MAX_TOKEN_WAIT {
+                    return Ok(false);
+                }
+                // A little jitter so waiting workers do not all ask at the same instant.
+                let jitter = wait.mul_f64(fastrand::f64() * 0.2);
+                tokio::time::sleep(wait + jitter).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The kill switch as a worker sees it. A watcher task re-reads the global switch
+//! every second and at once when Redis pushes a change; execute jobs read the
+//! full gate (global, campaign, run state) right before each SendCommand.
+//! Whenever Redis cannot be read, mutating calls stop until it can: fail closed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::WorkerMetrics;
+
+/// How often the global switch is re-read even without a push.
+pub const REREAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Shared by the watcher and every job: true while nothing may be sent.
+#[derive(Debug, Clone)]
+pub struct SafetyState {
+    blocked: Arc<AtomicBool>,
+}
+
+impl Default for SafetyState {
+    /// Blocked until the first successful read: a worker that never reached
+    /// Redis has no business sending.
+    fn default() -> Self {
+        Self {
+            blocked: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+impl SafetyState {
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::SeqCst)
+    }
+
+    fn set_blocked(&self, blocked: bool) -> bool {
+        self.blocked.swap(blocked, Ordering::SeqCst) != blocked
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Reading {
+    Clear,
+    Engaged(String),
+    Unreadable(String),
+}
+
+/// Runs until `shutdown`: keeps `state` and the metrics current, logging changes.
+pub async fn watch<S: Store>(
+    store: S,
+    state: SafetyState,
+    metrics: WorkerMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut changes = None;
+    let mut last = None;
+    loop {
+        if changes.is_none() {
+            changes = store.watch_kill_changes().await.ok();
+        }
+        // Campaign names are never empty, so this reads the global switch only.
+        let reading = match store.kill_reason("").await {
+            Ok(None) => Reading::Clear,
+            Ok(Some(reason)) => Reading::Engaged(reason),
+            Err(error) => Reading::Unreadable(error.to_string()),
+        };
+        state.set_blocked(reading != Reading::Clear);
+        metrics.kill_switch(reading != Reading::Clear);
+        metrics.connection("redis", !matches!(reading, Reading::Unreadable(_)));
+        if last.as_ref() != Some(&reading) {
+            match &reading {
+                Reading::Clear => tracing::info!("kill switch clear: sending allowed"),
+                Reading::Engaged(reason) => {
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        "kill switch engaged: no commands are sent"
+                    )
+                }
+                Reading::Unreadable(error) => tracing::error!(
+                    error = error.as_str(),
+                    "redis unreachable: failing closed, no commands are sent until it answers"
+                ),
+            }
+            last = Some(reading);
+        }
+        let pushed = async {
+            match changes.as_mut() {
+                Some(receiver) => receiver.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(REREAD_INTERVAL) => {}
+            message = pushed => {
+                if message.is_none() {
+                    // The subscription was lost; subscribe again next round.
+                    changes = None;
+                }
+            }
+        }
+    }
+}
