@@ -1,6 +1,137 @@
-//! flotilla's scheduler: runs → locations → jobs, admission, error budgets,
-//! schedules, events, result aggregation, reports and the HTTP API.
+//! flotilla's scheduler: turns a campaign into a run, the run into jobs, and the
+//! workers' reports into results, counters and decisions (admit more, halt,
+//! complete). All of a run's state is in Redis, so a restarted scheduler — or
+//! another replica — continues every run where it was.
 //!
-//! Not built yet (issue "Scheduler: runs, admission, error budgets, …"). The
-//! contract it will speak — campaigns, jobs, reports, queue and key names — is in
-//! the `protocol` crate.
+//! - [`runs`]: starting a run (accounts × regions → locations → Discover jobs),
+//!   pausing, resuming, cancelling, and reading a run's progress.
+//! - [`reports`]: the reports consumer — applies each report once, writes
+//!   results before acking, admits what may start next, finishes runs.
+//! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update.
+//! - [`sink`]: durable, partitioned, compressed JSON-lines results.
+
+pub mod ledger;
+pub mod reports;
+pub mod runs;
+pub mod sink;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use broker::{Broker, BrokerError};
+use protocol::names::Names;
+use store::StoreError;
+use uuid::Uuid;
+
+use crate::ledger::Ledger;
+use crate::runs::RunPlan;
+
+pub use crate::runs::{RunProgress, StartOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Redis command failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("writing results failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("run {0} does not exist")]
+    UnknownRun(Uuid),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("run state in Redis is not what flotilla wrote: {0}")]
+    Corrupt(String),
+}
+
+impl SchedulerError {
+    /// Outages pass; bad data does not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Broker(error) => error.is_retryable(),
+            Self::Store(error) => error.is_retryable(),
+            Self::Redis(error) => {
+                error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
+            }
+            Self::Io(_) => true,
+            Self::Json(_) | Self::UnknownRun(_) | Self::Invalid(_) | Self::Corrupt(_) => false,
+        }
+    }
+}
+
+/// Settings of one scheduler process.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub names: Names,
+    /// Where results go for campaigns whose output is not a local directory.
+    pub results_root: PathBuf,
+    /// Reports received ahead of handling; raising it smooths bursts and costs
+    /// redelivery work when the scheduler dies.
+    pub report_prefetch: u16,
+    pub name: String,
+}
+
+impl SchedulerConfig {
+    pub fn new(amqp_url: impl Into<String>, redis_url: impl Into<String>, names: Names) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            redis_url: redis_url.into(),
+            names,
+            results_root: PathBuf::from("flotilla-results"),
+            report_prefetch: 64,
+            name: "flotilla-scheduler".into(),
+        }
+    }
+}
+
+/// A connected scheduler; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    broker: Broker,
+    ledger: Ledger,
+    store: store::RedisStore,
+    config: Arc<SchedulerConfig>,
+    /// Campaigns of runs seen, rebuilt from the spec stored with the run.
+    plans: Arc<Mutex<HashMap<Uuid, Arc<RunPlan>>>>,
+}
+
+impl Scheduler {
+    pub async fn connect(config: SchedulerConfig) -> Result<Self, SchedulerError> {
+        let store = store::RedisStore::connect(&config.redis_url, config.names.clone()).await?;
+        let broker = Broker::connect(&config.amqp_url, config.names.clone(), &config.name).await?;
+        let ledger = Ledger::new(store.connection(), config.names.clone());
+        Ok(Self {
+            broker,
+            ledger,
+            store,
+            config: Arc::new(config),
+            plans: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn store(&self) -> &store::RedisStore {
+        &self.store
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -34,6 +34,7 @@ use crate::metrics::WorkerMetrics;
 use crate::safety::SafetyState;
 
 pub use crate::aws::AwsSettings;
+pub use aws_sdk_ssm::config::Credentials;
 pub use crate::consumer::run;
 
 /// A worker's settings, validated (see `flotilla worker --help` for the flags).

@@ -1,0 +1,349 @@
+//! Runs: starting one, steering it (pause, resume, cancel) and reading where it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use protocol::campaign::{Campaign, OutputLocation};
+use protocol::job::{Batch, DiscoverJob, ExecuteJob, Location, Priority, RunContext};
+use protocol::run::RunState;
+use protocol::spec::CampaignSpec;
+use protocol::{Job, SpecFormat};
+use uuid::Uuid;
+
+use crate::ledger::{BatchEntry, NewRun, RunFields};
+use crate::{Scheduler, SchedulerError, now_ms};
+
+/// How a run is started.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub priority: Priority,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            priority: Priority::Bulk,
+        }
+    }
+}
+
+/// A run's campaign and what every job of it carries.
+#[derive(Debug)]
+pub struct RunPlan {
+    pub campaign: Campaign,
+    pub context: RunContext,
+    pub output_dir: PathBuf,
+}
+
+impl RunPlan {
+    pub fn discover_job(&self, location: &Location) -> Job {
+        Job::Discover(DiscoverJob {
+            job_id: DiscoverJob::derive_id(self.context.run_id, location, 0),
+            run: self.context.clone(),
+            location: location.clone(),
+            targets: self.campaign.targets.clone(),
+            page: 0,
+            next_token: None,
+        })
+    }
+
+    pub fn execute_job(&self, entry: &BatchEntry) -> Result<Job, SchedulerError> {
+        let location = entry.location()?;
+        let step = self
+            .campaign
+            .steps
+            .get(usize::from(entry.step_index))
+            .ok_or_else(|| {
+                SchedulerError::Corrupt(format!(
+                    "batch {} names step {} of a {}-step campaign",
+                    entry.key(),
+                    entry.step_index,
+                    self.campaign.steps.len()
+                ))
+            })?;
+        Ok(Job::Execute(ExecuteJob {
+            job_id: ExecuteJob::derive_id(
+                self.context.run_id,
+                &location,
+                entry.batch_id,
+                entry.step_index,
+            ),
+            run: self.context.clone(),
+            location,
+            batch: Batch {
+                batch_id: entry.batch_id,
+                instance_ids: entry.instance_ids.clone(),
+            },
+            step_index: entry.step_index,
+            step: step.clone(),
+            collect_patch_compliance: step.is_patch_baseline(),
+        }))
+    }
+}
+
+/// A run's progress, as operators see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunProgress {
+    pub run_id: Uuid,
+    pub campaign: String,
+    pub state: RunState,
+    pub reason: String,
+    pub total_targets: u64,
+    pub locations: u64,
+    pub locations_discovered: u64,
+    pub locations_failed: u64,
+    pub locations_done: u64,
+    pub active_locations: u64,
+    pub targets_in_flight: u64,
+    pub failures: u64,
+    pub allowed_errors: Option<u64>,
+    /// Results per step, by SSM status detail (`Success`, `Failed`, `Not Started`, …).
+    pub results: BTreeMap<u16, BTreeMap<String, u64>>,
+    pub output_dir: String,
+}
+
+impl RunProgress {
+    /// Results of one step, summed over statuses.
+    pub fn step_results(&self, step_index: u16) -> u64 {
+        self.results
+            .get(&step_index)
+            .map_or(0, |statuses| statuses.values().sum())
+    }
+}
+
+/// The locations of a campaign: its accounts (minus exclusions) × its regions,
+/// in a stable order (the FIFO of admission).
+pub fn locations(campaign: &Campaign) -> Result<Vec<Location>, SchedulerError> {
+    if !campaign.accounts.organizational_units.is_empty() {
+        return Err(SchedulerError::Invalid(format!(
+            "campaign {}: accounts.organizational_units is not supported by this scheduler yet; list accounts.ids",
+            campaign.name
+        )));
+    }
+    let excluded: BTreeSet<&str> = campaign
+        .accounts
+        .exclude_accounts
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut seen = BTreeSet::new();
+    Ok(campaign
+        .accounts
+        .ids
+        .iter()
+        .filter(|id| !excluded.contains(id.as_str()) && seen.insert(id.as_str()))
+        .flat_map(|account_id| {
+            campaign.regions.iter().map(move |region| Location {
+                account_id: account_id.clone(),
+                region: region.clone(),
+            })
+        })
+        .collect())
+}
+
+impl Scheduler {
+    /// Records a new run of `campaign` and publishes one Discover job per location.
+    pub async fn start_run(
+        &self,
+        campaign: &Campaign,
+        options: StartOptions,
+    ) -> Result<Uuid, SchedulerError> {
+        let run_id = Uuid::new_v4();
+        let locations = locations(campaign)?;
+        let location_count = u64::try_from(locations.len()).unwrap_or(u64::MAX);
+        let output_dir = match &campaign.output {
+            OutputLocation::Local(path) => path.clone(),
+            OutputLocation::S3 { .. } => {
+                tracing::warn!(
+                    campaign = campaign.name.as_str(),
+                    "S3 output is not supported yet; results go to the scheduler's results directory"
+                );
+                self.config.results_root.clone()
+            }
+        };
+        let spec_json = serde_json::to_string(&campaign.spec)?;
+        let output = output_dir.to_string_lossy();
+        let new_run = NewRun {
+            campaign: &campaign.name,
+            campaign_version: campaign.version,
+            spec_json: &spec_json,
+            priority: options.priority.as_str(),
+            location_concurrency: campaign
+                .rate_control
+                .location_concurrency
+                .concurrency(location_count),
+            allowed_location_errors: campaign
+                .rate_control
+                .location_max_errors
+                .allowed_errors(location_count),
+            output_dir: &output,
+            created_ms: now_ms(),
+        };
+        self.ledger.create_run(run_id, &new_run, &locations).await?;
+        let plan = self.plan(run_id).await?;
+        tracing::info!(%run_id, campaign = campaign.name.as_str(), locations = locations.len(), "run started");
+        for location in &locations {
+            self.broker
+                .publish_job(&plan.discover_job(location))
+                .await?;
+        }
+        if locations.is_empty() {
+            self.discovery_complete(run_id).await?;
+        }
+        Ok(run_id)
+    }
+
+    /// The run's plan, from memory or rebuilt from the spec stored with the run.
+    pub async fn plan(&self, run_id: Uuid) -> Result<Arc<RunPlan>, SchedulerError> {
+        if let Some(plan) = self.cached_plan(run_id) {
+            return Ok(plan);
+        }
+        let fields = self
+            .ledger
+            .run_fields(run_id)
+            .await?
+            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let spec: CampaignSpec = serde_json::from_str(fields.get("spec").unwrap_or_default())?;
+        let spec_json = serde_json::to_string(&spec)?;
+        let campaign = Campaign::parse(&spec_json, SpecFormat::Json).map_err(|errors| {
+            SchedulerError::Corrupt(format!("stored campaign no longer valid: {errors}"))
+        })?;
+        let priority = match fields.get("priority") {
+            Some("urgent") => Priority::Urgent,
+            _ => Priority::Bulk,
+        };
+        let plan = Arc::new(RunPlan {
+            context: RunContext {
+                run_id,
+                campaign: campaign.name.clone(),
+                campaign_version: campaign.version,
+                role: campaign.role.clone(),
+                api_rate_limits: campaign.api_rate_limits,
+                priority,
+            },
+            output_dir: PathBuf::from(fields.get("output_dir").unwrap_or("flotilla-results")),
+            campaign,
+        });
+        self.plans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(run_id, plan.clone());
+        Ok(plan)
+    }
+
+    fn cached_plan(&self, run_id: Uuid) -> Option<Arc<RunPlan>> {
+        self.plans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&run_id)
+            .cloned()
+    }
+
+    pub async fn progress(&self, run_id: Uuid) -> Result<RunProgress, SchedulerError> {
+        let fields = self
+            .ledger
+            .run_fields(run_id)
+            .await?
+            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let counters = self.ledger.counters(run_id).await?;
+        Ok(progress_from(run_id, &fields, counters)?)
+    }
+
+    /// Stops admitting and sending; in-flight commands finish.
+    pub async fn pause(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        self.ledger
+            .transition(
+                run_id,
+                &[RunState::Running, RunState::Discovering],
+                RunState::Paused,
+                reason,
+            )
+            .await
+    }
+
+    pub async fn resume(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        let fields = self
+            .ledger
+            .run_fields(run_id)
+            .await?
+            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        // A run paused during discovery goes back to discovering.
+        let to = if fields.get("max_in_flight").is_some() {
+            RunState::Running
+        } else {
+            RunState::Discovering
+        };
+        let resumed = self
+            .ledger
+            .transition(run_id, &[RunState::Paused], to, reason)
+            .await?;
+        if resumed {
+            self.advance(run_id).await?;
+        }
+        Ok(resumed)
+    }
+
+    /// Ends the run: nothing new is sent, in-flight commands finish, the rest is
+    /// reported as not started.
+    pub async fn cancel(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        let cancelled = self
+            .ledger
+            .transition(
+                run_id,
+                &[
+                    RunState::Pending,
+                    RunState::Discovering,
+                    RunState::Running,
+                    RunState::Paused,
+                ],
+                RunState::Cancelled,
+                reason,
+            )
+            .await?;
+        if cancelled {
+            self.advance(run_id).await?;
+        }
+        Ok(cancelled)
+    }
+}
+
+fn progress_from(
+    run_id: Uuid,
+    fields: &RunFields,
+    counters: std::collections::HashMap<String, u64>,
+) -> Result<RunProgress, SchedulerError> {
+    let mut results: BTreeMap<u16, BTreeMap<String, u64>> = BTreeMap::new();
+    for (field, count) in counters {
+        let Some((step, status)) = field.split_once(':') else {
+            continue;
+        };
+        let Ok(step) = step.parse::<u16>() else {
+            continue;
+        };
+        *results
+            .entry(step)
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += count;
+    }
+    Ok(RunProgress {
+        run_id,
+        campaign: fields.get("campaign").unwrap_or_default().to_string(),
+        state: fields.state()?,
+        reason: fields.get("reason").unwrap_or_default().to_string(),
+        total_targets: fields.number("total"),
+        locations: fields.number("location_count"),
+        locations_discovered: fields.number("discovered_locations"),
+        locations_failed: fields.number("failed_locations"),
+        locations_done: fields.number("locations_done"),
+        active_locations: fields.number("active_locations"),
+        targets_in_flight: fields.number("in_flight"),
+        failures: fields.number("failures"),
+        allowed_errors: fields
+            .get("allowed_errors")
+            .map(|_| fields.number("allowed_errors")),
+        results,
+        output_dir: fields.get("output_dir").unwrap_or_default().to_string(),
+    })
+}

@@ -1,0 +1,209 @@
+//! Durable results: every target result as one JSON line, in gzip files
+//! partitioned like `run=<id>/account=<id>/region=<r>/part-b<batch>-s<step>.jsonl.gz`
+//! (Athena/Hive style). One file per batch and step, written to a temporary name,
+//! synced and renamed: a report applied twice writes the same file twice, and a
+//! reader never sees half a file. Reports are acked only after this returns.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use protocol::job::{Location, UnixMillis};
+use protocol::report::{PatchCompliance, TargetResult};
+use protocol::status::StatusDetail;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One line of a results file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    pub run_id: Uuid,
+    pub campaign: String,
+    pub account_id: String,
+    pub region: String,
+    pub batch_id: u32,
+    pub step_index: u16,
+    pub step: String,
+    pub instance_id: String,
+    /// SSM's coarse status (Success, Failed, TimedOut, …, NotStarted).
+    pub status: String,
+    /// SSM's status detail, as SSM spells it.
+    pub status_detail: String,
+    pub command_id: Option<String>,
+    pub requested_at: Option<UnixMillis>,
+    pub started_at: Option<UnixMillis>,
+    pub finished_at: Option<UnixMillis>,
+    pub response_code: Option<i32>,
+    pub output: String,
+    pub compliance: Option<PatchCompliance>,
+}
+
+impl ResultRecord {
+    pub fn new(
+        run_id: Uuid,
+        campaign: &str,
+        location: &Location,
+        batch_id: u32,
+        step_index: u16,
+        step: &str,
+        result: TargetResult,
+    ) -> Self {
+        Self {
+            run_id,
+            campaign: campaign.to_string(),
+            account_id: location.account_id.clone(),
+            region: location.region.clone(),
+            batch_id,
+            step_index,
+            step: step.to_string(),
+            instance_id: result.instance_id,
+            status: result.status.status().as_str().to_string(),
+            status_detail: result.status.as_ssm_str().to_string(),
+            command_id: result.command_id,
+            requested_at: result.requested_at,
+            started_at: result.started_at,
+            finished_at: result.finished_at,
+            response_code: result.response_code,
+            output: result.output_excerpt,
+            compliance: result.compliance,
+        }
+    }
+
+    pub fn status_detail(&self) -> Option<StatusDetail> {
+        self.status_detail.parse().ok()
+    }
+}
+
+/// The partition directory of one location of a run.
+pub fn partition_dir(root: &Path, run_id: Uuid, location: &Location) -> PathBuf {
+    root.join(format!("run={run_id}"))
+        .join(format!("account={}", location.account_id))
+        .join(format!("region={}", location.region))
+}
+
+/// Writes one batch-step's records durably; replaces an earlier write of the same batch-step.
+pub fn write_batch(
+    root: &Path,
+    run_id: Uuid,
+    location: &Location,
+    batch_id: u32,
+    step_index: u16,
+    records: &[ResultRecord],
+) -> std::io::Result<PathBuf> {
+    let dir = partition_dir(root, run_id, location);
+    std::fs::create_dir_all(&dir)?;
+    let name = format!("part-b{batch_id:06}-s{step_index:02}.jsonl.gz");
+    let path = dir.join(&name);
+    let temporary = dir.join(format!(".{name}.{}.tmp", Uuid::new_v4().simple()));
+    let file = std::fs::File::create(&temporary)?;
+    let mut encoder = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
+    for record in records {
+        serde_json::to_writer(&mut encoder, record)?;
+        encoder.write_all(b"\n")?;
+    }
+    let file = encoder
+        .finish()?
+        .into_inner()
+        .map_err(|error| error.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    Ok(path)
+}
+
+/// Reads every record of a run (for reports and tests).
+pub fn read_run(root: &Path, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>> {
+    let mut records = Vec::new();
+    let run_dir = root.join(format!("run={run_id}"));
+    if !run_dir.exists() {
+        return Ok(records);
+    }
+    let mut stack = vec![run_dir];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let is_part = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("part-") && name.ends_with(".jsonl.gz"));
+            if !is_part {
+                continue;
+            }
+            let reader =
+                std::io::BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(&path)?));
+            for line in std::io::BufRead::lines(reader) {
+                let line = line?;
+                let record = serde_json::from_str(&line).map_err(|error| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {error}", path.display()),
+                    )
+                })?;
+                records.push(record);
+            }
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(instance_id: &str, status: StatusDetail) -> ResultRecord {
+        let location = Location {
+            account_id: "111122223333".into(),
+            region: "us-east-1".into(),
+        };
+        ResultRecord::new(
+            Uuid::nil(),
+            "scan",
+            &location,
+            3,
+            0,
+            "scan",
+            TargetResult {
+                instance_id: instance_id.into(),
+                status,
+                command_id: Some("c".into()),
+                requested_at: None,
+                started_at: None,
+                finished_at: None,
+                response_code: Some(0),
+                output_excerpt: "ok".into(),
+                compliance: None,
+            },
+        )
+    }
+
+    #[test]
+    fn batches_are_written_partitioned_and_read_back_once_however_often_written() {
+        let root = tempfile::tempdir().unwrap();
+        let location = Location {
+            account_id: "111122223333".into(),
+            region: "us-east-1".into(),
+        };
+        let records = vec![
+            record("i-1", StatusDetail::Success),
+            record("i-2", StatusDetail::Failed),
+        ];
+        let path = write_batch(root.path(), Uuid::nil(), &location, 3, 0, &records).unwrap();
+        write_batch(root.path(), Uuid::nil(), &location, 3, 0, &records).unwrap();
+        assert!(
+            path.ends_with(
+                "run=00000000-0000-0000-0000-000000000000/account=111122223333/region=us-east-1/part-b000003-s00.jsonl.gz"
+            ),
+            "{}",
+            path.display()
+        );
+        let mut read = read_run(root.path(), Uuid::nil()).unwrap();
+        read.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        assert_eq!(read, records);
+        assert_eq!(read[1].status, "Failed");
+    }
+}

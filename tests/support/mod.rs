@@ -1,0 +1,226 @@
+//! A whole flotilla on loopback for end-to-end tests: the simulator in process,
+//! real RabbitMQ and Redis under a per-test name prefix, a scheduler and workers.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::collections::HashMap;
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use protocol::names::Names;
+use protocol::{Campaign, SpecFormat};
+use scheduler::sink::{self, ResultRecord};
+use scheduler::{RunProgress, Scheduler, SchedulerConfig};
+use sim::SimServer;
+use sim::profile::FleetProfile;
+use store::RedisStore;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use worker::{AwsSettings, Credentials, WorkerConfig};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+pub struct Stack {
+    pub sim: SimServer,
+    pub names: Names,
+    pub store: RedisStore,
+    pub scheduler: Scheduler,
+    pub results: tempfile::TempDir,
+    scheduler_task: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    pub async fn start(profile: FleetProfile) -> Self {
+        let sim = SimServer::start(profile, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
+        let store = match RedisStore::connect(REDIS_URL, names.clone()).await {
+            Ok(store) => store,
+            Err(error) => panic!("end-to-end tests need Redis: {error}"),
+        };
+        let results = tempfile::tempdir().unwrap();
+        let mut config = SchedulerConfig::new(AMQP_URL, REDIS_URL, names.clone());
+        config.results_root = results.path().to_path_buf();
+        let scheduler = match Scheduler::connect(config).await {
+            Ok(scheduler) => scheduler,
+            Err(error) => panic!("end-to-end tests need RabbitMQ and Redis: {error}"),
+        };
+        let mut stack = Self {
+            sim,
+            names,
+            store,
+            scheduler,
+            results,
+            scheduler_task: None,
+            workers: Vec::new(),
+        };
+        stack.start_scheduler();
+        stack
+    }
+
+    pub fn start_scheduler(&mut self) {
+        let scheduler = self.scheduler.clone();
+        self.scheduler_task = Some(tokio::spawn(async move {
+            scheduler.serve(std::future::pending()).await.unwrap();
+        }));
+    }
+
+    /// Aborts the scheduler's report consumer (as if the process died).
+    pub fn kill_scheduler(&mut self) {
+        if let Some(task) = self.scheduler_task.take() {
+            task.abort();
+        }
+    }
+
+    pub fn worker_config(&self, name: &str, concurrency: u16) -> WorkerConfig {
+        let mut config = WorkerConfig::new(AMQP_URL, self.names.clone());
+        config.name = name.to_string();
+        config.concurrency = NonZeroU16::new(concurrency).unwrap();
+        config.shutdown_timeout = Duration::from_secs(5);
+        config.aws = AwsSettings {
+            endpoint_url: Some(self.sim.endpoint_url()),
+            home_region: Some("us-east-1".into()),
+            credentials: Some(Credentials::new(
+                self.sim.state.fleet.profile.caller_access_key_id.clone(),
+                "flotilla-test-secret",
+                None,
+                None,
+                "flotilla-test",
+            )),
+        };
+        config
+    }
+
+    /// Starts a worker in this process; abort its handle to kill it.
+    pub fn spawn_worker(&mut self, name: &str, concurrency: u16) -> usize {
+        let config = self.worker_config(name, concurrency);
+        let store = self.store.clone();
+        self.workers.push(tokio::spawn(async move {
+            worker::run(config, store, std::future::pending()).await.unwrap();
+        }));
+        self.workers.len() - 1
+    }
+
+    pub fn kill_worker(&mut self, index: usize) {
+        self.workers[index].abort();
+    }
+
+    pub fn account_ids(&self) -> Vec<String> {
+        (0..self.sim.state.fleet.profile.accounts)
+            .map(|account| self.sim.state.fleet.account_id(account))
+            .collect()
+    }
+
+    /// A campaign over every account and region of the fleet; `rest` is YAML
+    /// for steps, rate control and anything else.
+    pub fn campaign(&self, name: &str, rest: &str) -> Campaign {
+        let profile = &self.sim.state.fleet.profile;
+        let accounts: Vec<String> = self.account_ids().iter().map(|id| format!("\"{id}\"")).collect();
+        let regions = profile.regions.join(", ");
+        let yaml = format!(
+            "name: {name}\nversion: 1\naccounts:\n  ids: [{}]\nregions: [{regions}]\nrole:\n  name: {}\ntargets:\n  all: true\n  online_only: false\noutput: {}\n{rest}",
+            accounts.join(", "),
+            profile.role_name,
+            self.results.path().display(),
+        );
+        match Campaign::parse(&yaml, SpecFormat::Yaml) {
+            Ok(campaign) => campaign,
+            Err(errors) => panic!("test campaign is invalid: {errors}\n{yaml}"),
+        }
+    }
+
+    /// Waits until the run reaches a final state and has nothing in flight.
+    pub async fn wait_until_final(&self, run_id: Uuid, limit: Duration) -> RunProgress {
+        let started = tokio::time::Instant::now();
+        loop {
+            let progress = self.scheduler.progress(run_id).await.unwrap();
+            if progress.state.is_final() && progress.targets_in_flight == 0 {
+                return progress;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "run did not finish within {limit:?}: {progress:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut(&Self) -> bool) {
+        let started = tokio::time::Instant::now();
+        while !done(self) {
+            assert!(started.elapsed() < limit, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn results_dir(&self) -> PathBuf {
+        self.results.path().to_path_buf()
+    }
+
+    pub fn records(&self, run_id: Uuid) -> Vec<ResultRecord> {
+        sink::read_run(self.results.path(), run_id).unwrap()
+    }
+
+    /// SendCommands the simulator received, oldest first.
+    pub fn commands(&self) -> Vec<SentCommand> {
+        let inner = self.sim.state.lock();
+        let mut commands: Vec<SentCommand> = inner
+            .commands
+            .values()
+            .map(|command| SentCommand {
+                account_id: self.sim.state.fleet.account_id(command.account),
+                region: self.sim.state.fleet.profile.regions[usize::from(command.region)].clone(),
+                document: command.document.clone(),
+                comment: command.comment.clone(),
+                targets: command.invocations.len(),
+                received_unix_ms: command.received_unix_ms,
+                requested_at: command.requested_at,
+                finished_at: command
+                    .invocations
+                    .iter()
+                    .map(|invocation| command.finish_time(invocation))
+                    .fold(command.requested_at, f64::max),
+            })
+            .collect();
+        commands.sort_by(|a, b| a.requested_at.total_cmp(&b.requested_at));
+        commands
+    }
+
+    /// How often each (instance, document) ran in the simulator.
+    pub fn executions(&self) -> HashMap<(sim::fleet::InstanceKey, u32), u32> {
+        self.sim.state.lock().executions.clone()
+    }
+
+    pub async fn teardown(mut self) {
+        for worker in &self.workers {
+            worker.abort();
+        }
+        self.kill_scheduler();
+        let _ = self.scheduler.broker().delete_topology().await;
+        let _ = self.store.purge().await;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SentCommand {
+    pub account_id: String,
+    pub region: String,
+    pub document: String,
+    pub comment: String,
+    pub targets: usize,
+    pub received_unix_ms: u64,
+    /// Simulated seconds.
+    pub requested_at: f64,
+    pub finished_at: f64,
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
