@@ -118,3 +118,88 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
     );
     stack.teardown().await;
 }
+
+const ONE_STEP: &str = "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo configure\"]
+    timeout: 60s
+rate_control:
+  location_concurrency: 100%
+  max_concurrency: 100%
+  max_errors: 100%
+";
+
+/// Checks the run completed with exactly one result per target and that no
+/// target ran the step twice.
+fn assert_each_target_ran_once(stack: &Stack, run_id: uuid::Uuid, progress: &scheduler::RunProgress) {
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let instances = fleet_instance_ids(stack);
+    let records = stack.records(run_id);
+    let mut seen = std::collections::HashSet::new();
+    for record in &records {
+        assert!(seen.insert(record.instance_id.clone()), "two results for {}", record.instance_id);
+    }
+    assert_eq!(records.len(), instances.len(), "one result per target");
+    let executions = stack.executions();
+    assert!(
+        executions.values().all(|runs| *runs == 1),
+        "a target ran the step twice: {:?}",
+        executions.values().max()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_in_the_middle_of_execute_and_poll_lose_nothing_and_repeat_nothing() {
+    let mut profile = FleetProfile::tiny();
+    // Commands take 0.5–3 s, so polls are in flight when workers die.
+    profile.time_scale = 10.0;
+    let mut stack = Stack::start(profile).await;
+    stack.attempt_timeout = Duration::from_secs(1);
+    // The first SendCommand is carried out but its answer is held back: the
+    // worker that sent it is killed before it hears the command id.
+    stack.inject(sim::state::Fault::DelayNext {
+        operation: "SendCommand".into(),
+        millis: 800,
+        count: 1,
+    });
+    let first = stack.spawn_worker("worker-a", 4);
+    let campaign = stack.campaign("kill-workers", ONE_STEP);
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for("the first command", Duration::from_secs(20), |stack| {
+            stack.sim.state.lock().stats.commands >= 1
+        })
+        .await;
+    stack.kill_worker(first);
+
+    // The next worker is killed while it waits for a poll's answer.
+    stack.inject(sim::state::Fault::DelayNext {
+        operation: "ListCommandInvocations".into(),
+        millis: 2_000,
+        count: 1,
+    });
+    let polls_before = stack.calls("ListCommandInvocations");
+    let second = stack.spawn_worker("worker-b", 4);
+    stack
+        .wait_for("a poll", Duration::from_secs(30), |stack| {
+            stack.calls("ListCommandInvocations") > polls_before
+        })
+        .await;
+    stack.kill_worker(second);
+
+    stack.spawn_worker("worker-c", 4);
+    let progress = stack.wait_until_final(run_id, Duration::from_secs(90)).await;
+    assert_each_target_ran_once(&stack, run_id, &progress);
+    assert!(
+        stack.calls("ListCommands") >= 1,
+        "the redelivered execute job looked for the command its dead worker sent"
+    );
+    stack.teardown().await;
+}

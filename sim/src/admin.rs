@@ -5,7 +5,8 @@
 //!   commands, invocations, and the wall-clock time of the latest mutating call.
 //! - `POST /_sim/faults`: `{"kind": "fail_next", "operation": "SendCommand",
 //!   "code": "InternalServerError", "count": 3}`, `{"kind": "remove_role",
-//!   "account_id": "…"}` or `{"kind": "dark_region", "region": "…"}`.
+//!   "account_id": "…"}`, `{"kind": "dark_region", "region": "…"}` or
+//!   `{"kind": "delay_next", "operation": "SendCommand", "millis": 2000, "count": 1}`.
 //! - `GET  /_sim/executions`: how often any (instance, document) ran, at most.
 //! - `GET  /_sim/executions/{instance_id}`: per document, how often it ran there.
 //! - `GET  /_sim/commands`: every command sent, oldest first: where, which
@@ -50,6 +51,11 @@ pub async fn inject(
         Fault::DarkRegion { region } => {
             inner.dark_regions.insert(region);
         }
+        Fault::DelayNext {
+            operation,
+            millis,
+            count,
+        } => inner.delay_next.push((operation, millis, count)),
     }
     Ok(StatusCode::NO_CONTENT)
 }

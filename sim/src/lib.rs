@@ -138,6 +138,10 @@ async fn dispatch(State(state): State<Arc<SimState>>, headers: HeaderMap, body: 
                     )),
                 }
             });
+            let delay = state.lock().injected_delay(operation);
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             json_response(result)
         }
         None => {

@@ -206,6 +206,14 @@ pub enum Fault {
     RemoveRole { account_id: String },
     /// Every call signed for this region fails with 503 ServiceUnavailable.
     DarkRegion { region: String },
+    /// The next `count` answers to `operation` are held back `millis` after the
+    /// work is done: the caller has not heard yet whether its call succeeded (a
+    /// slow network, or a caller that dies waiting).
+    DelayNext {
+        operation: String,
+        millis: u64,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -233,6 +241,8 @@ pub struct Inner {
     pub documents: Vec<String>,
     pub patch_records: HashMap<InstanceKey, Vec<PatchRecord>>,
     pub fail_next: Vec<(String, String, u32)>,
+    /// (operation, delay in ms, answers left)
+    pub delay_next: Vec<(String, u64, u32)>,
     pub removed_roles: HashSet<u32>,
     pub dark_regions: HashSet<String>,
     pub stats: Stats,
@@ -312,6 +322,21 @@ impl Inner {
                 (self.documents.len() - 1) as u32
             }
         }
+    }
+
+    /// Consumes one matching `delay_next` fault, returning how long to hold the answer.
+    pub fn injected_delay(&mut self, operation: &str) -> Option<std::time::Duration> {
+        let position = self
+            .delay_next
+            .iter()
+            .position(|(op, _, count)| op == operation && *count > 0)?;
+        let (_, millis, count) = &mut self.delay_next[position];
+        *count -= 1;
+        let delay = std::time::Duration::from_millis(*millis);
+        if self.delay_next[position].2 == 0 {
+            self.delay_next.remove(position);
+        }
+        Some(delay)
     }
 
     /// Consumes one matching `fail_next` fault, returning its error code.

@@ -28,6 +28,8 @@ pub struct Stack {
     pub store: RedisStore,
     pub scheduler: Scheduler,
     pub results: tempfile::TempDir,
+    /// Workers' AWS attempt timeout (send claims go stale after three of them).
+    pub attempt_timeout: Duration,
     scheduler_task: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -55,6 +57,7 @@ impl Stack {
             store,
             scheduler,
             results,
+            attempt_timeout: Duration::from_secs(5),
             scheduler_task: None,
             workers: Vec::new(),
         };
@@ -91,6 +94,7 @@ impl Stack {
                 None,
                 "flotilla-test",
             )),
+            attempt_timeout: Some(self.attempt_timeout),
         };
         config
     }
@@ -107,6 +111,34 @@ impl Stack {
 
     pub fn kill_worker(&mut self, index: usize) {
         self.workers[index].abort();
+    }
+
+    pub fn inject(&self, fault: sim::state::Fault) {
+        let mut inner = self.sim.state.lock();
+        match fault {
+            sim::state::Fault::DelayNext {
+                operation,
+                millis,
+                count,
+            } => inner.delay_next.push((operation, millis, count)),
+            sim::state::Fault::FailNext {
+                operation,
+                code,
+                count,
+            } => inner.fail_next.push((operation, code, count)),
+            other => panic!("inject {other:?} through the simulator's admin API"),
+        }
+    }
+
+    pub fn calls(&self, operation: &str) -> u64 {
+        self.sim
+            .state
+            .lock()
+            .stats
+            .calls
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn account_ids(&self) -> Vec<String> {

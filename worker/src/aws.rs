@@ -31,10 +31,13 @@ pub struct AwsSettings {
     /// Fixed credentials of the worker's own identity; `None` uses the default
     /// chain (environment, profile, container or instance role).
     pub credentials: Option<Credentials>,
+    /// How long one HTTP attempt may take; `None` is [`ATTEMPT_TIMEOUT`].
+    pub attempt_timeout: Option<Duration>,
 }
 
-/// How long one HTTP attempt may take. A SendCommand attempt that timed out may
-/// still have created the command, which is why a claim is stale only well after.
+/// How long one HTTP attempt may take by default. A SendCommand attempt that
+/// timed out may still have created the command, which is why a send claim is
+/// taken over only well after (see [`Aws::stale_claim_after`]).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Attempts per call for throttling and transient errors (then the job is delayed).
@@ -199,17 +202,19 @@ pub struct Aws {
     sts: aws_sdk_sts::Client,
     sessions: Arc<Mutex<HashMap<RoleKey, RoleSession>>>,
     metrics: WorkerMetrics,
+    attempt_timeout: Duration,
 }
 
 impl Aws {
     pub async fn new(settings: &AwsSettings, metrics: WorkerMetrics) -> Self {
         // The SDK's own retries are off: `call` retries, so throttles are counted
         // and a SendCommand is never repeated after a timeout.
+        let attempt_timeout = settings.attempt_timeout.unwrap_or(ATTEMPT_TIMEOUT);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_attempt_timeout(attempt_timeout)
                     .connect_timeout(Duration::from_secs(5))
                     .build(),
             );
@@ -234,7 +239,14 @@ impl Aws {
             sts,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             metrics,
+            attempt_timeout,
         }
+    }
+
+    /// A send claim older than this whose holder recorded no command belongs to
+    /// a dead worker: well past the longest a SendCommand attempt can take.
+    pub fn stale_claim_after(&self) -> Duration {
+        self.attempt_timeout * 3
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<RoleKey, RoleSession>> {

@@ -20,12 +20,8 @@ use protocol::run::SendDecision;
 use protocol::status::StatusDetail;
 use store::{SendClaim, Store};
 
-use crate::aws::{ATTEMPT_TIMEOUT, AwsErrorKind, Repeat, call};
+use crate::aws::{AwsErrorKind, Repeat, call};
 use crate::{Context, JobError, JobOutcome, now_ms};
-
-/// A claim older than this whose holder recorded no command belongs to a dead
-/// worker: well past the longest a SendCommand attempt can take.
-const STALE_CLAIM: Duration = Duration::from_secs(ATTEMPT_TIMEOUT.as_secs() * 3);
 
 /// How soon a paused or killed job looks again.
 pub(crate) const GATE_RECHECK: Duration = Duration::from_secs(1);
@@ -186,9 +182,11 @@ async fn recover<S: Store>(
     since_ms: u64,
 ) -> Result<JobOutcome, JobError> {
     let now = now_ms();
-    if now.saturating_sub(since_ms) < u64::try_from(STALE_CLAIM.as_millis()).unwrap_or(u64::MAX) {
+    let stale_after = ctx.aws.stale_claim_after();
+    let age = Duration::from_millis(now.saturating_sub(since_ms));
+    if age < stale_after {
         return Ok(JobOutcome::Wait {
-            delay: Duration::from_secs(15),
+            delay: (stale_after - age).max(GATE_RECHECK),
             reason: "another delivery is sending",
         });
     }
