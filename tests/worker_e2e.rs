@@ -14,6 +14,7 @@ use protocol::status::StatusDetail;
 use scheduler::StartOptions;
 use sim::fleet::Outcome;
 use sim::profile::FleetProfile;
+use store::Store;
 use support::Stack;
 
 const TWO_STEPS: &str = "
@@ -76,14 +77,24 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
         .start_run(&campaign, StartOptions::default())
         .await
         .unwrap();
-    let progress = stack.wait_until_final(run_id, Duration::from_secs(60)).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
     assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
 
     let instances = fleet_instance_ids(&stack);
     let records = stack.records(run_id);
-    let found: std::collections::HashSet<&str> = records.iter().map(|r| r.instance_id.as_str()).collect();
-    let missing: Vec<&String> = instances.iter().filter(|i| !found.contains(i.as_str())).collect();
-    assert_eq!(progress.total_targets, instances.len() as u64, "missing {missing:?}");
+    let found: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.instance_id.as_str()).collect();
+    let missing: Vec<&String> = instances
+        .iter()
+        .filter(|i| !found.contains(i.as_str()))
+        .collect();
+    assert_eq!(
+        progress.total_targets,
+        instances.len() as u64,
+        "missing {missing:?}"
+    );
     let records = stack.records(run_id);
     let mut by_step: BTreeMap<u16, HashMap<String, StatusDetail>> = BTreeMap::new();
     for record in &records {
@@ -91,10 +102,19 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
             .entry(record.step_index)
             .or_default()
             .insert(record.instance_id.clone(), record.status_detail().unwrap());
-        assert!(previous.is_none(), "two results for {} in step {}", record.instance_id, record.step_index);
+        assert!(
+            previous.is_none(),
+            "two results for {} in step {}",
+            record.instance_id,
+            record.step_index
+        );
     }
     let step0 = &by_step[&0];
-    assert_eq!(step0.len(), instances.len(), "every target has a step 0 result");
+    assert_eq!(
+        step0.len(),
+        instances.len(),
+        "every target has a step 0 result"
+    );
     let mut succeeded = Vec::new();
     for instance_id in &instances {
         let expected = expected_status(&stack, instance_id, "AWS-RunShellScript");
@@ -105,7 +125,11 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
     }
     assert!(succeeded.len() < instances.len(), "the fleet has failures");
     let step1 = by_step.get(&1).cloned().unwrap_or_default();
-    assert_eq!(step1.len(), succeeded.len(), "only step 0's successes run step 1");
+    assert_eq!(
+        step1.len(),
+        succeeded.len(),
+        "only step 0's successes run step 1"
+    );
     for instance_id in &succeeded {
         let expected = expected_status(&stack, instance_id, "AWS-ConfigureAWSPackage");
         assert_eq!(step1[instance_id], expected, "{instance_id} step 1");
@@ -134,13 +158,21 @@ rate_control:
 
 /// Checks the run completed with exactly one result per target and that no
 /// target ran the step twice.
-fn assert_each_target_ran_once(stack: &Stack, run_id: uuid::Uuid, progress: &scheduler::RunProgress) {
+fn assert_each_target_ran_once(
+    stack: &Stack,
+    run_id: uuid::Uuid,
+    progress: &scheduler::RunProgress,
+) {
     assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
     let instances = fleet_instance_ids(stack);
     let records = stack.records(run_id);
     let mut seen = std::collections::HashSet::new();
     for record in &records {
-        assert!(seen.insert(record.instance_id.clone()), "two results for {}", record.instance_id);
+        assert!(
+            seen.insert(record.instance_id.clone()),
+            "two results for {}",
+            record.instance_id
+        );
     }
     assert_eq!(records.len(), instances.len(), "one result per target");
     let executions = stack.executions();
@@ -195,11 +227,262 @@ async fn workers_killed_in_the_middle_of_execute_and_poll_lose_nothing_and_repea
     stack.kill_worker(second);
 
     stack.spawn_worker("worker-c", 4);
-    let progress = stack.wait_until_final(run_id, Duration::from_secs(90)).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
     assert_each_target_ran_once(&stack, run_id, &progress);
     assert!(
         stack.calls("ListCommands") >= 1,
         "the redelivered execute job looked for the command its dead worker sent"
+    );
+    stack.teardown().await;
+}
+
+/// One account, one region, `instances` instances, every command succeeding
+/// (unless `failing`), quickly.
+fn single_location(instances: u32, failing: bool) -> FleetProfile {
+    let mut profile = FleetProfile::tiny();
+    profile.accounts = 1;
+    profile.regions = vec!["us-east-1".into()];
+    profile.instances_per_location = sim::profile::CountRange {
+        min: instances,
+        max: instances,
+    };
+    profile.connection_lost_share = 0.0;
+    profile.outcomes = sim::profile::OutcomeMix {
+        success: u32::from(!failing),
+        failed: u32::from(failing),
+        timed_out: 0,
+        undeliverable: 0,
+    };
+    profile
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_error_budget_halts_the_run_and_nothing_is_sent_after() {
+    // 40 targets that all fail, one at a time, two failures allowed.
+    let mut stack = Stack::start(single_location(40, true)).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign(
+        "budget",
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"false\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 1
+  max_errors: 2
+",
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Halted, "{progress:#?}");
+    assert!(
+        progress.reason.contains("error budget"),
+        "{}",
+        progress.reason
+    );
+    // The target that crossed the budget was the only one in flight: the third
+    // failure halts the run, and nothing else was ever sent.
+    assert_eq!(progress.failures, 3, "{progress:#?}");
+    let sent_at_halt = stack.commands().len();
+    assert_eq!(sent_at_halt, 3, "three targets were sent the step");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stack.commands().len(),
+        sent_at_halt,
+        "no SendCommand after the halt"
+    );
+
+    let records = stack.records(run_id);
+    assert_eq!(records.len(), 40, "every target has a result");
+    let not_started = records
+        .iter()
+        .filter(|record| record.status_detail() == Some(StatusDetail::NotStarted))
+        .count();
+    assert_eq!(not_started, 37, "the rest is reported as not started");
+    assert_eq!(progress.results[&0]["Not Started"], 37);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_stops_sends_within_a_second_and_the_run_resumes_on_release() {
+    let mut profile = single_location(120, false);
+    // Commands take 0.5–3 s: the run is still sending when the switch is engaged.
+    profile.time_scale = 10.0;
+    let mut stack = Stack::start(profile).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign(
+        "killswitch",
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 24
+  max_errors: 0
+",
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for("a few commands", Duration::from_secs(30), |stack| {
+            stack.commands().len() >= 3
+        })
+        .await;
+    let engaged_at = support::now_unix_ms();
+    stack
+        .store
+        .engage_kill_switch(&store::KillScope::Global, "test: stop everything")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let commands = stack.commands();
+    let last = commands
+        .iter()
+        .map(|command| command.received_unix_ms)
+        .max()
+        .unwrap();
+    assert!(
+        last <= engaged_at + 1_000,
+        "a SendCommand arrived {} ms after the engage",
+        last - engaged_at
+    );
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert!(
+        !progress.state.is_final(),
+        "the run waits, it does not end: {progress:#?}"
+    );
+    let sent_while_engaged = commands.len();
+
+    stack
+        .store
+        .release_kill_switch(&store::KillScope::Global)
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert!(
+        stack.commands().len() > sent_while_engaged,
+        "sending resumed"
+    );
+    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_together_keep_to_the_campaigns_rate_limit_without_throttles() {
+    let mut profile = single_location(1_000, false);
+    // The simulator would throttle anything faster than 3 SendCommand/s.
+    profile.api_limits.send_command = sim::profile::Bucket {
+        rate: 3.0,
+        burst: 3.0,
+    };
+    let mut stack = Stack::start(profile).await;
+    for name in ["worker-a", "worker-b", "worker-c"] {
+        stack.spawn_worker(name, 16);
+    }
+    let campaign = stack.campaign(
+        "rate",
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 100%
+  max_errors: 0
+api_rate_limits:
+  send_command: 2
+",
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_each_target_ran_once(&stack, run_id, &progress);
+    let throttles = stack.sim.state.lock().stats.throttles.clone();
+    assert!(
+        throttles.is_empty(),
+        "the simulator throttled flotilla: {throttles:?}"
+    );
+    let commands = stack.commands();
+    assert_eq!(commands.len(), 20, "1,000 targets in batches of 50");
+    let first = commands.iter().map(|c| c.received_unix_ms).min().unwrap();
+    let last = commands.iter().map(|c| c.received_unix_ms).max().unwrap();
+    // The first two sends spend the one-second burst; the other 18 wait for tokens.
+    let rate = 18.0 / ((last - first) as f64 / 1000.0);
+    assert!(rate <= 2.0 * 1.05, "faster than the limit: {rate:.2}/s");
+    assert!(
+        rate >= 2.0 * 0.8,
+        "slower than 80% of the limit: {rate:.2}/s"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_and_never_spends_the_error_budget() {
+    let mut stack = Stack::start(single_location(100, false)).await;
+    stack.inject(sim::state::Fault::FailNext {
+        operation: "SendCommand".into(),
+        code: "ThrottlingException".into(),
+        count: 6,
+    });
+    stack.inject(sim::state::Fault::FailNext {
+        operation: "ListCommandInvocations".into(),
+        code: "ThrottlingException".into(),
+        count: 3,
+    });
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "throttled",
+        ONE_STEP
+            .replace("max_errors: 100%", "max_errors: 0")
+            .as_str(),
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_each_target_ran_once(&stack, run_id, &progress);
+    assert_eq!(progress.failures, 0);
+    assert_eq!(
+        stack.sim.state.lock().stats.injected_failures,
+        9,
+        "every injected throttle was met"
+    );
+    assert_eq!(
+        stack.calls("SendCommand"),
+        2 + 6,
+        "two batches, six throttled attempts"
     );
     stack.teardown().await;
 }

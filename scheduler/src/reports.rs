@@ -163,7 +163,9 @@ impl Scheduler {
         let total = fields.number("total");
         let rate = &plan.campaign.rate_control;
         let max_in_flight = rate.max_concurrency.concurrency(total).max(1);
-        let batch_size = max_in_flight.min(MAX_BATCH);
+        // At least two batches fit under the limit, so one finishing lets the
+        // next start while the other still runs.
+        let batch_size = (max_in_flight / 2).clamp(1, MAX_BATCH);
         let allowed_errors = rate.max_errors.allowed_errors(total);
         let state = self
             .ledger

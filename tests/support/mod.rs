@@ -104,7 +104,9 @@ impl Stack {
         let config = self.worker_config(name, concurrency);
         let store = self.store.clone();
         self.workers.push(tokio::spawn(async move {
-            worker::run(config, store, std::future::pending()).await.unwrap();
+            worker::run(config, store, std::future::pending())
+                .await
+                .unwrap();
         }));
         self.workers.len() - 1
     }
@@ -151,7 +153,11 @@ impl Stack {
     /// for steps, rate control and anything else.
     pub fn campaign(&self, name: &str, rest: &str) -> Campaign {
         let profile = &self.sim.state.fleet.profile;
-        let accounts: Vec<String> = self.account_ids().iter().map(|id| format!("\"{id}\"")).collect();
+        let accounts: Vec<String> = self
+            .account_ids()
+            .iter()
+            .map(|id| format!("\"{id}\""))
+            .collect();
         let regions = profile.regions.join(", ");
         let yaml = format!(
             "name: {name}\nversion: 1\naccounts:\n  ids: [{}]\nregions: [{regions}]\nrole:\n  name: {}\ntargets:\n  all: true\n  online_only: false\noutput: {}\n{rest}",

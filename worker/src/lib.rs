@@ -34,8 +34,8 @@ use crate::metrics::WorkerMetrics;
 use crate::safety::SafetyState;
 
 pub use crate::aws::AwsSettings;
-pub use aws_sdk_ssm::config::Credentials;
 pub use crate::consumer::run;
+pub use aws_sdk_ssm::config::Credentials;
 
 /// A worker's settings, validated (see `flotilla worker --help` for the flags).
 #[derive(Debug, Clone)]

@@ -22,12 +22,13 @@ use crate::{Context, JobError, JobOutcome, now_ms};
 /// SSM returns at most this much output inline; results keep the start of it.
 const OUTPUT_EXCERPT_CHARS: usize = 2_500;
 
-/// Delay before poll `attempt`: quick at first, then every minute.
+/// Delay before poll `attempt`: every second for the first seconds (short
+/// commands are common), then less often, at most once a minute.
 pub fn poll_delay(attempt: u32) -> Duration {
     match attempt {
-        0..=2 => Duration::from_secs(1),
-        3..=5 => Duration::from_secs(5),
-        6..=11 => Duration::from_secs(15),
+        0..=4 => Duration::from_secs(1),
+        5..=10 => Duration::from_secs(5),
+        11..=20 => Duration::from_secs(15),
         _ => Duration::from_secs(60),
     }
 }
