@@ -486,3 +486,62 @@ async fn throttling_is_retried_and_never_spends_the_error_budget() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_unreachable_nothing_is_sent_and_nothing_is_lost() {
+    let redis = support::PrivateRedis::start().await;
+    let mut profile = single_location(120, false);
+    profile.time_scale = 10.0;
+    let mut stack = Stack::start_with(profile, &redis.url).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign(
+        "redis-outage",
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 24
+  max_errors: 0
+",
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for("a few commands", Duration::from_secs(30), |stack| {
+            stack.commands().len() >= 2
+        })
+        .await;
+    redis.pause();
+    let stopped_at = support::now_unix_ms();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during: Vec<u64> = stack
+        .commands()
+        .iter()
+        .map(|command| command.received_unix_ms)
+        .filter(|received| *received > stopped_at + 1_000)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "SendCommand while Redis was unreachable: {during:?}"
+    );
+    let sent_before = stack.commands().len();
+    redis.resume();
+
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    assert!(
+        stack.commands().len() > sent_before,
+        "sending resumed with Redis"
+    );
+    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.teardown().await;
+}

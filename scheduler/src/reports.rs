@@ -88,6 +88,13 @@ impl Scheduler {
         loop {
             match self.handle_report(&report).await {
                 Ok(()) => {
+                    if attempt > 0 {
+                        // An update whose answer was lost may have happened
+                        // anyway: batches it admitted were never published.
+                        if let Err(error) = self.republish_admitted(report.run_id()).await {
+                            tracing::warn!(error = %error, "could not re-publish admitted batches");
+                        }
+                    }
                     if let Err(error) = delivery.ack().await {
                         tracing::warn!(error = %error, "could not ack a report; it will be applied again (harmlessly)");
                     }
@@ -342,6 +349,18 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Publishes every batch of the run that is admitted and not yet reported.
+    /// Copies of a job already queued are harmless: the first to claim the send
+    /// sends, the others resume its command or find it done.
+    pub async fn republish_admitted(&self, run_id: Uuid) -> Result<usize, SchedulerError> {
+        let plan = self.plan(run_id).await?;
+        let admitted = self.ledger.admitted(run_id).await?;
+        for entry in &admitted {
+            self.broker.publish_job(&plan.execute_job(entry)?).await?;
+        }
+        Ok(admitted.len())
+    }
+
     /// Re-publishes what live runs admitted (a previous scheduler may have died
     /// between admitting and publishing), re-starts discovery of locations not
     /// yet discovered, and advances every live run.
@@ -356,10 +375,7 @@ impl Scheduler {
                 continue;
             }
             let plan = self.plan(run_id).await?;
-            let admitted = self.ledger.admitted(run_id).await?;
-            for entry in &admitted {
-                self.broker.publish_job(&plan.execute_job(entry)?).await?;
-            }
+            let republished = self.republish_admitted(run_id).await?;
             if fields.number("discovered_locations") < fields.number("location_count") {
                 for location in crate::runs::locations(&plan.campaign)? {
                     self.broker
@@ -367,7 +383,7 @@ impl Scheduler {
                         .await?;
                 }
             }
-            tracing::info!(%run_id, state = state.as_str(), republished = admitted.len(), "recovered run");
+            tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
             self.advance(run_id).await?;
         }
         Ok(())

@@ -36,16 +36,21 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(profile: FleetProfile) -> Self {
+        Self::start_with(profile, REDIS_URL).await
+    }
+
+    /// A stack on the Redis at `redis_url`.
+    pub async fn start_with(profile: FleetProfile, redis_url: &str) -> Self {
         let sim = SimServer::start(profile, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
-        let store = match RedisStore::connect(REDIS_URL, names.clone()).await {
+        let store = match RedisStore::connect(redis_url, names.clone()).await {
             Ok(store) => store,
             Err(error) => panic!("end-to-end tests need Redis: {error}"),
         };
         let results = tempfile::tempdir().unwrap();
-        let mut config = SchedulerConfig::new(AMQP_URL, REDIS_URL, names.clone());
+        let mut config = SchedulerConfig::new(AMQP_URL, redis_url, names.clone());
         config.results_root = results.path().to_path_buf();
         let scheduler = match Scheduler::connect(config).await {
             Ok(scheduler) => scheduler,
@@ -261,4 +266,63 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// A Redis server of one test's own, on a free loopback port, so the test can
+/// stop and continue it without disturbing other tests. Killed on drop.
+pub struct PrivateRedis {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("this test starts its own redis-server ({error}); install it with `apt-get install redis-server`")
+            });
+        let url = format!("redis://127.0.0.1:{port}/");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Self { url, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on port {port} did not start within 5 s");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Freezes the server: connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

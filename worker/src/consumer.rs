@@ -29,6 +29,9 @@ use crate::{Context, JobError, JobOutcome, WorkerConfig, discover, execute, poll
 /// Retries of one job after retryable errors before it is dead-lettered.
 pub const MAX_JOB_RETRIES: u32 = 8;
 
+/// How soon a job that met an unreachable Redis tries again.
+const STORE_OUTAGE_RECHECK: Duration = Duration::from_secs(2);
+
 /// Delay before retry `retries` of a job: 2, 4, 8, … seconds, at most 5 minutes.
 fn retry_delay(retries: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(retries.saturating_add(1)).min(300))
@@ -243,6 +246,17 @@ async fn settle_delivery<S: Store>(
             (
                 "waiting",
                 broker.publish_job_after(job, delay, retries).await,
+            )
+        }
+        // Redis out of reach: waiting is all that can be done, and an outage
+        // must not use up a job's retries (the job would be dead-lettered).
+        Err(JobError::Store(error)) if error.is_retryable() => {
+            tracing::warn!(kind, error = %error, "redis unreachable; job waits");
+            (
+                "waiting",
+                broker
+                    .publish_job_after(job, STORE_OUTAGE_RECHECK, retries)
+                    .await,
             )
         }
         Err(error) if error.is_retryable() && retries < MAX_JOB_RETRIES => {
