@@ -49,6 +49,21 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:4566")]
         listen: SocketAddr,
     },
+    /// Run a worker: take jobs from RabbitMQ, assume roles, call SSM, report results.
+    Worker(crate::services::WorkerArgs),
+    /// Run the scheduler: apply workers' reports, admit work, write results.
+    Scheduler(crate::services::SchedulerArgs),
+    /// Runs of campaigns.
+    Run {
+        #[command(subcommand)]
+        command: RunCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Start a run of a campaign spec (directly through RabbitMQ and Redis).
+    Start(crate::services::RunStartArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -63,6 +78,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &mut out,
         ),
         Command::Sim { profile, listen } => simulate(&profile, listen, &mut out),
+        Command::Worker(args) => crate::services::worker(args),
+        Command::Scheduler(args) => crate::services::scheduler(args),
+        Command::Run {
+            command: RunCommand::Start(args),
+        } => crate::services::run_start(args, &mut out),
     }
 }
 

@@ -247,7 +247,7 @@ impl Scheduler {
             .await?
             .ok_or(SchedulerError::UnknownRun(run_id))?;
         let counters = self.ledger.counters(run_id).await?;
-        Ok(progress_from(run_id, &fields, counters)?)
+        progress_from(run_id, &fields, counters)
     }
 
     /// Stops admitting and sending; in-flight commands finish.

@@ -385,6 +385,7 @@ mod tests {
             parameters: serde_json::Value::Null,
             comment: String::new(),
             requested_at: 100.0,
+            received_unix_ms: 0,
             timeout_seconds: timeout,
             max_concurrency: "50".into(),
             max_errors: "0".into(),

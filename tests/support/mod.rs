@@ -276,6 +276,8 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    // The child is reaped by Drop, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
     pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

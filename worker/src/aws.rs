@@ -52,6 +52,9 @@ pub enum AwsErrorKind {
     Throttled,
     /// The role cannot be assumed or lacks a permission.
     AccessDenied,
+    /// The role session's credentials expired or are no longer recognized
+    /// (clock skew, revoked session): assume the role again and repeat.
+    ExpiredCredentials,
     /// Network trouble, timeouts, 5xx: may work if repeated.
     Transient,
     /// AWS refused the request as such (bad id, bad parameter): repeating will not help.
@@ -63,13 +66,17 @@ impl AwsErrorKind {
         match self {
             Self::Throttled => "throttled",
             Self::AccessDenied => "access_denied",
+            Self::ExpiredCredentials => "expired_credentials",
             Self::Transient => "transient",
             Self::Rejected => "rejected",
         }
     }
 
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Throttled | Self::Transient)
+        matches!(
+            self,
+            Self::Throttled | Self::Transient | Self::ExpiredCredentials
+        )
     }
 }
 
@@ -107,6 +114,11 @@ pub fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
                 AwsErrorKind::AccessDenied
             }
+            "ExpiredToken"
+            | "ExpiredTokenException"
+            | "RequestExpired"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId" => AwsErrorKind::ExpiredCredentials,
             _ if status.is_some_and(|status| status >= 500) => AwsErrorKind::Transient,
             "" if status.is_none() => AwsErrorKind::Transient,
             _ => AwsErrorKind::Rejected,
@@ -289,6 +301,12 @@ impl Aws {
             .region(Region::new(region.to_string()))
             .build();
         aws_sdk_ssm::Client::from_conf(config)
+    }
+
+    /// Drops the cached session of the run's role in the location's account, so
+    /// the next call assumes the role again.
+    pub fn forget_session(&self, run: &RunContext, location: &Location) {
+        self.sessions().remove(&Self::role_key(run, location));
     }
 
     /// Assumes the run's role in the location's account and caches the session.

@@ -16,12 +16,13 @@ use anyhow::Context as _;
 use broker::{Broker, BrokerError, Delivery};
 use protocol::Job;
 use protocol::report::LocationFailure;
+use protocol::status::StatusDetail;
 use store::Store;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{Aws, backoff};
+use crate::aws::{Aws, AwsErrorKind, backoff};
 use crate::metrics::WorkerMetrics;
 use crate::safety::{self, SafetyState};
 use crate::{Context, JobError, JobOutcome, WorkerConfig, discover, execute, poll};
@@ -248,6 +249,16 @@ async fn settle_delivery<S: Store>(
                 broker.publish_job_after(job, delay, retries).await,
             )
         }
+        Err(JobError::Aws(error)) if error.kind == AwsErrorKind::ExpiredCredentials => {
+            tracing::info!(kind, "role session expired; assuming the role again");
+            context.aws.forget_session(job.run(), job.location());
+            (
+                "waiting",
+                broker
+                    .publish_job_after(job, Duration::from_secs(1), retries)
+                    .await,
+            )
+        }
         // Redis out of reach: waiting is all that can be done, and an outage
         // must not use up a job's retries (the job would be dead-lettered).
         Err(JobError::Store(error)) if error.is_retryable() => {
@@ -259,7 +270,10 @@ async fn settle_delivery<S: Store>(
                     .await,
             )
         }
-        Err(error) if error.is_retryable() && retries < MAX_JOB_RETRIES => {
+        Err(error)
+            if (error.is_retryable() || matches!(job, Job::Poll(_)))
+                && retries < MAX_JOB_RETRIES =>
+        {
             let delay = retry_delay(retries);
             tracing::warn!(kind, retries, ?delay, error = %error, "job failed; retrying later");
             (
@@ -269,18 +283,31 @@ async fn settle_delivery<S: Store>(
         }
         Err(error) => {
             tracing::error!(kind, retries, error = %error, "job failed for good; dead-lettering it");
-            if let Job::Discover(discover) = job {
-                // The location cannot be discovered: the run must hear of it.
-                let reason = if error.is_retryable() {
-                    LocationFailure::RetriesExhausted
-                } else {
-                    LocationFailure::RegionUnavailable
-                };
-                if let Err(error) =
-                    discover::fail_location(context, discover, reason, error.to_string()).await
-                {
-                    tracing::warn!(error = %error, "could not report the failed location");
+            // The run must hear of it, or it would wait for this job forever.
+            let reported = match job {
+                Job::Discover(discover) => {
+                    let reason = if error.is_retryable() {
+                        LocationFailure::RetriesExhausted
+                    } else {
+                        LocationFailure::RegionUnavailable
+                    };
+                    discover::fail_location(context, discover, reason, error.to_string())
+                        .await
+                        .map(|_| ())
                 }
+                // Whether the step ran is unknown: it counts as failed (the safe
+                // side of the error budget), with the reason in the output.
+                Job::Execute(execute) => {
+                    let detail = format!("flotilla gave up on this batch: {error}");
+                    execute::report_all(context, execute, StatusDetail::Failed, &detail).await
+                }
+                Job::Poll(poll) => {
+                    let detail = format!("flotilla could not read the command's outcome: {error}");
+                    execute::report_all(context, &poll.execute, StatusDetail::Failed, &detail).await
+                }
+            };
+            if let Err(error) = reported {
+                tracing::warn!(error = %error, "could not report the abandoned job");
             }
             context.metrics.job_handled(kind, "dead_lettered");
             if let Err(error) = delivery.dead_letter().await {

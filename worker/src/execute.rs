@@ -158,6 +158,11 @@ async fn send_claimed<S: Store>(
                     reason: "throttled",
                 })
             }
+            // Refused before anything ran: assume the role again, then send.
+            AwsErrorKind::ExpiredCredentials => {
+                release().await?;
+                Err(error.into())
+            }
             // The request may have reached SSM: the claim stays, and the next
             // delivery looks for the command before sending again.
             AwsErrorKind::Transient => Err(error.into()),

@@ -1,0 +1,227 @@
+//! The long-running subcommands: `flotilla worker`, `flotilla scheduler`, and
+//! `flotilla run start`, which talk to RabbitMQ and Redis. Every setting is a
+//! flag with an environment variable, so containers need no arguments.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use protocol::job::Priority;
+use protocol::names::Names;
+use protocol::{Campaign, SpecFormat};
+use scheduler::{RunProgress, Scheduler, SchedulerConfig, StartOptions};
+
+/// Where the queues and the shared state are.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// RabbitMQ URL (credentials in it are never logged).
+    #[arg(
+        long,
+        env = "FLOTILLA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    #[arg(
+        long,
+        env = "FLOTILLA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+    /// Prefix of every queue and key: deployments sharing a broker and Redis
+    /// must use different ones.
+    #[arg(long, env = "FLOTILLA_PREFIX", default_value = "flotilla")]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Jobs handled at once (and each queue's prefetch). More waits on more AWS
+    /// calls at once; costs memory and redelivery work if the worker dies.
+    #[arg(long, env = "FLOTILLA_WORKER_CONCURRENCY", default_value_t = NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN))]
+    pub concurrency: NonZeroU16,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Send AWS calls here instead of AWS (e.g. the simulator, http://127.0.0.1:4566).
+    #[arg(long, env = "FLOTILLA_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// The region STS is called in (default: the SDK's region chain, else us-east-1).
+    #[arg(long, env = "FLOTILLA_AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// On SIGTERM/SIGINT, how long in-flight jobs may take to finish.
+    #[arg(long, env = "FLOTILLA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Names this worker's RabbitMQ connection and consumers.
+    #[arg(long, env = "FLOTILLA_WORKER_NAME")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Where results go for campaigns whose `output` is not a local directory.
+    #[arg(long, env = "FLOTILLA_RESULTS_DIR", default_value = "flotilla-results")]
+    pub results_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunStartArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// The campaign spec to run (YAML, or JSON by extension).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Use the urgent queue (ahead of bulk work).
+    #[arg(long)]
+    pub urgent: bool,
+    /// Print progress until the run ends; exit 0 only if it completed.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("termination requested");
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let names = Names::new(args.connection.prefix.clone());
+    let mut config = worker::WorkerConfig::new(args.connection.amqp_url.clone(), names.clone());
+    config.concurrency = args.concurrency;
+    config.metrics_addr = args.metrics_addr;
+    config.shutdown_timeout = args.shutdown_timeout;
+    config.name = args
+        .name
+        .unwrap_or_else(|| format!("flotilla-worker-{}", std::process::id()));
+    config.aws = worker::AwsSettings {
+        endpoint_url: args.aws_endpoint_url,
+        home_region: args.aws_region,
+        credentials: None,
+        attempt_timeout: None,
+    };
+    runtime()?.block_on(async {
+        let store = store::RedisStore::connect(&args.connection.redis_url, names).await?;
+        worker::run(config, store, termination()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let names = Names::new(args.connection.prefix.clone());
+    let mut config =
+        SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
+    config.results_root = args.results_dir;
+    runtime()?.block_on(async {
+        let scheduler = Scheduler::connect(config).await?;
+        tracing::info!("scheduler consuming reports");
+        scheduler.serve(termination()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn run_start(args: RunStartArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let campaign = match Campaign::parse(&text, SpecFormat::from_path(&args.file)) {
+        Ok(campaign) => campaign,
+        Err(errors) => bail!("{} is not a valid campaign:\n{errors}", args.file.display()),
+    };
+    let names = Names::new(args.connection.prefix.clone());
+    let config = SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
+    runtime()?.block_on(async {
+        let scheduler = Scheduler::connect(config).await?;
+        let options = StartOptions {
+            priority: if args.urgent {
+                Priority::Urgent
+            } else {
+                Priority::Bulk
+            },
+        };
+        let run_id = scheduler.start_run(&campaign, options).await?;
+        writeln!(out, "run {run_id} started ({})", campaign.name)?;
+        out.flush()?;
+        if !args.wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut last = String::new();
+        loop {
+            let progress = scheduler.progress(run_id).await?;
+            let line = progress_line(&progress);
+            if line != last {
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                last = line;
+            }
+            if progress.state.is_final() && progress.targets_in_flight == 0 {
+                writeln!(out, "results: {}", progress.output_dir)?;
+                return Ok(if progress.state == protocol::run::RunState::Completed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+fn progress_line(progress: &RunProgress) -> String {
+    let results: Vec<String> = progress
+        .results
+        .iter()
+        .map(|(step, statuses)| {
+            let counts: Vec<String> = statuses
+                .iter()
+                .map(|(status, n)| format!("{status} {n}"))
+                .collect();
+            format!("step {step}: {}", counts.join(", "))
+        })
+        .collect();
+    format!(
+        "{} ({}): {} targets, {} in flight, {}/{} locations done, {} failures{} | {}",
+        progress.state,
+        progress.reason,
+        progress.total_targets,
+        progress.targets_in_flight,
+        progress.locations_done,
+        progress.locations,
+        progress.failures,
+        progress
+            .allowed_errors
+            .map(|allowed| format!(" of {allowed} allowed"))
+            .unwrap_or_default(),
+        results.join("; ")
+    )
+}
