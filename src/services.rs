@@ -184,7 +184,7 @@ pub fn run_start(args: RunStartArgs, out: &mut impl Write) -> anyhow::Result<Exi
                 out.flush()?;
                 last = line;
             }
-            if progress.state.is_final() && progress.targets_in_flight == 0 {
+            if progress.finished {
                 writeln!(out, "results: {}", progress.output_dir)?;
                 return Ok(if progress.state == protocol::run::RunState::Completed {
                     ExitCode::SUCCESS

@@ -89,6 +89,9 @@ pub struct RunProgress {
     pub campaign: String,
     pub state: RunState,
     pub reason: String,
+    /// Every result is in: the run completed, or stopped and reported what it
+    /// never started.
+    pub finished: bool,
     pub total_targets: u64,
     pub locations: u64,
     pub locations_discovered: u64,
@@ -327,10 +330,13 @@ fn progress_from(
             .entry(status.to_string())
             .or_default() += count;
     }
+    let state = fields.state()?;
     Ok(RunProgress {
         run_id,
         campaign: fields.get("campaign").unwrap_or_default().to_string(),
-        state: fields.state()?,
+        state,
+        finished: state == RunState::Completed
+            || (state.is_final() && fields.get("drained").is_some()),
         reason: fields.get("reason").unwrap_or_default().to_string(),
         total_targets: fields.number("total"),
         locations: fields.number("location_count"),

@@ -176,12 +176,12 @@ impl Stack {
         }
     }
 
-    /// Waits until the run reaches a final state and has nothing in flight.
+    /// Waits until the run is finished: final, with every result in.
     pub async fn wait_until_final(&self, run_id: Uuid, limit: Duration) -> RunProgress {
         let started = tokio::time::Instant::now();
         loop {
             let progress = self.scheduler.progress(run_id).await.unwrap();
-            if progress.state.is_final() && progress.targets_in_flight == 0 {
+            if progress.finished {
                 return progress;
             }
             assert!(
