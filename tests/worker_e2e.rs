@@ -69,7 +69,10 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
     // Enough failures to matter on a few dozen targets.
     profile.outcomes.failed = 15;
     let mut stack = Stack::start(profile).await;
-    stack.spawn_worker("worker-a", 8);
+    let metrics_port = support::free_port();
+    let mut config = stack.worker_config("worker-a", 8);
+    config.metrics_addr = Some(format!("127.0.0.1:{metrics_port}").parse().unwrap());
+    let (_keep_running, _worker_a) = stack.spawn_stoppable_worker(config);
     stack.spawn_worker("worker-b", 8);
     let campaign = stack.campaign("two-steps", TWO_STEPS);
     let run_id = stack
@@ -140,6 +143,31 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
         stack.executions().values().all(|runs| *runs == 1),
         "no target ran a document twice"
     );
+
+    let metrics = support::http_get(metrics_port, "/metrics").await;
+    for expected in [
+        "flotilla_worker_jobs_total{kind=\"execute\",outcome=\"continued\"}",
+        "flotilla_worker_target_results_total{campaign=\"two-steps\",status=\"Success\"}",
+        "flotilla_worker_aws_calls_total{operation=\"SendCommand\",outcome=\"ok\"}",
+        "flotilla_worker_aws_call_seconds_bucket{operation=\"ListCommandInvocations\"",
+        "flotilla_worker_role_assumptions_total{outcome=\"ok\"}",
+        "flotilla_worker_kill_switch_engaged 0",
+        "flotilla_worker_connected{service=\"rabbitmq\"} 1",
+        "flotilla_worker_connected{service=\"redis\"} 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "metrics lack {expected}:\n{metrics}"
+        );
+    }
+    for account_id in stack.account_ids() {
+        assert!(
+            !metrics.contains(&account_id),
+            "an account id is a label:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains("i-0"), "an instance id is a label");
+    assert!(!metrics.contains("AKIA"), "credentials in metrics");
     stack.teardown().await;
 }
 
@@ -542,6 +570,52 @@ rate_control:
         stack.commands().len() > sent_before,
         "sending resumed with Redis"
     );
+    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_to_stop_finishes_its_jobs_and_exits_cleanly() {
+    let mut profile = single_location(100, false);
+    profile.time_scale = 10.0;
+    let mut stack = Stack::start(profile).await;
+    let config = stack.worker_config("worker-stopping", 8);
+    let (shutdown, stopping) = stack.spawn_stoppable_worker(config);
+    let campaign = stack.campaign(
+        "graceful",
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 20
+  max_errors: 0
+",
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for("a command", Duration::from_secs(30), |stack| {
+            !stack.commands().is_empty()
+        })
+        .await;
+    shutdown.send(()).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(15), stopping)
+        .await
+        .expect("the worker stops within its shutdown timeout");
+    stopped.unwrap().unwrap();
+
+    // What it had not finished is someone else's now.
+    stack.spawn_worker("worker-next", 8);
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
     assert_each_target_ran_once(&stack, run_id, &progress);
     stack.teardown().await;
 }

@@ -116,6 +116,26 @@ impl Stack {
         self.workers.len() - 1
     }
 
+    /// Starts a worker that stops gracefully when `shutdown` is sent; its handle
+    /// returns what `worker::run` returned.
+    pub fn spawn_stoppable_worker(
+        &self,
+        config: WorkerConfig,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        JoinHandle<anyhow::Result<()>>,
+    ) {
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let store = self.store.clone();
+        let handle = tokio::spawn(async move {
+            worker::run(config, store, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        (shutdown, handle)
+    }
+
     pub fn kill_worker(&mut self, index: usize) {
         self.workers[index].abort();
     }
@@ -327,4 +347,40 @@ impl Drop for PrivateRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from 127.0.0.1:`port` (HTTP/1.0, one short request); the body.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_string()
 }
