@@ -144,9 +144,8 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
     config.results_root = args.results_dir;
     runtime()?.block_on(async {
-        let scheduler = Scheduler::connect(config).await?;
-        tracing::info!("scheduler consuming reports");
-        scheduler.serve(termination()).await?;
+        tracing::info!("scheduler starting");
+        scheduler::run(config, termination()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -619,3 +619,47 @@ rate_control:
     assert_each_target_ran_once(&stack, run_id, &progress);
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_the_scheduler_reconnect_when_the_broker_drops_them() {
+    let mut profile = single_location(100, false);
+    profile.time_scale = 10.0;
+    let mut stack = Stack::start(profile).await;
+    let worker_name = format!("worker-{}", stack.names.prefix());
+    stack.spawn_worker(&worker_name, 8);
+    let campaign = stack.campaign(
+        "reconnect",
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 20
+  max_errors: 0
+",
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for("a command", Duration::from_secs(30), |stack| {
+            !stack.commands().is_empty()
+        })
+        .await;
+    assert_eq!(support::close_rabbitmq_connections(&worker_name), 1);
+    // The report consumer's connection, and the test's own scheduler handle's.
+    assert_eq!(
+        support::close_rabbitmq_connections(&stack.scheduler_connection_name()),
+        2
+    );
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.teardown().await;
+}

@@ -45,6 +45,8 @@ pub enum SchedulerError {
     UnknownRun(Uuid),
     #[error("{0}")]
     Invalid(String),
+    #[error("lost the connection: {0}")]
+    ConnectionLost(String),
     #[error("run state in Redis is not what flotilla wrote: {0}")]
     Corrupt(String),
 }
@@ -58,7 +60,7 @@ impl SchedulerError {
             Self::Redis(error) => {
                 error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
             }
-            Self::Io(_) => true,
+            Self::Io(_) | Self::ConnectionLost(_) => true,
             Self::Json(_) | Self::UnknownRun(_) | Self::Invalid(_) | Self::Corrupt(_) => false,
         }
     }
@@ -126,6 +128,50 @@ impl Scheduler {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+}
+
+/// Runs a scheduler until `shutdown`: connects, serves reports, and connects
+/// again (with backoff) whenever RabbitMQ or Redis goes away. Fails only on
+/// errors that waiting cannot fix.
+pub async fn run(
+    config: SchedulerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), SchedulerError> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = stop.clone();
+    let watch = async move {
+        shutdown.await;
+        stopper.cancel();
+    };
+    let work = async {
+        let mut failures: u32 = 0;
+        loop {
+            let outcome = match Scheduler::connect(config.clone()).await {
+                Ok(scheduler) => {
+                    failures = 0;
+                    scheduler.serve(stop.clone().cancelled_owned()).await
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retryable() => {
+                    failures = failures.saturating_add(1);
+                    let delay = std::time::Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tracing::warn!(error = %error, ?delay, "scheduler lost a connection; reconnecting");
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = watch => Ok(()),
     }
 }
 

@@ -58,7 +58,7 @@ impl Scheduler {
                     Some(Ok(delivery)) => self.settle(delivery, &stop).await,
                     Some(Err(error)) => return Err(error.into()),
                     None => {
-                        return Err(SchedulerError::Invalid(
+                        return Err(SchedulerError::ConnectionLost(
                             "the broker closed the reports consumer".into(),
                         ));
                     }

@@ -27,6 +27,7 @@ pub struct Stack {
     pub names: Names,
     pub store: RedisStore,
     pub scheduler: Scheduler,
+    scheduler_config: SchedulerConfig,
     pub results: tempfile::TempDir,
     /// Workers' AWS attempt timeout (send claims go stale after three of them).
     pub attempt_timeout: Duration,
@@ -52,7 +53,8 @@ impl Stack {
         let results = tempfile::tempdir().unwrap();
         let mut config = SchedulerConfig::new(AMQP_URL, redis_url, names.clone());
         config.results_root = results.path().to_path_buf();
-        let scheduler = match Scheduler::connect(config).await {
+        config.name = format!("scheduler-{}", names.prefix());
+        let scheduler = match Scheduler::connect(config.clone()).await {
             Ok(scheduler) => scheduler,
             Err(error) => panic!("end-to-end tests need RabbitMQ and Redis: {error}"),
         };
@@ -61,6 +63,7 @@ impl Stack {
             names,
             store,
             scheduler,
+            scheduler_config: config,
             results,
             attempt_timeout: Duration::from_secs(5),
             scheduler_task: None,
@@ -70,11 +73,19 @@ impl Stack {
         stack
     }
 
+    /// Runs the scheduler's report consumer (reconnecting) in this process.
     pub fn start_scheduler(&mut self) {
-        let scheduler = self.scheduler.clone();
+        let config = self.scheduler_config.clone();
         self.scheduler_task = Some(tokio::spawn(async move {
-            scheduler.serve(std::future::pending()).await.unwrap();
+            scheduler::run(config, std::future::pending())
+                .await
+                .unwrap();
         }));
+    }
+
+    /// The RabbitMQ connection name of the stack's report-consuming scheduler.
+    pub fn scheduler_connection_name(&self) -> String {
+        self.scheduler_config.name.clone()
     }
 
     /// Aborts the scheduler's report consumer (as if the process died).
@@ -263,7 +274,12 @@ impl Stack {
             worker.abort();
         }
         self.kill_scheduler();
-        let _ = self.scheduler.broker().delete_topology().await;
+        // A connection of its own: the test may have cut the stack's.
+        if let Ok(broker) = broker::Broker::connect(AMQP_URL, self.names.clone(), "teardown").await
+        {
+            let _ = broker.delete_topology().await;
+            broker.close().await;
+        }
         let _ = self.store.purge().await;
     }
 }
@@ -383,4 +399,40 @@ pub async fn http_get(port: u16, path: &str) -> String {
         "{head}"
     );
     body.to_string()
+}
+
+/// Closes every RabbitMQ connection named `name` from the broker's side, as a
+/// broker restart or a network cut would (uses `rabbitmqctl`).
+pub fn close_rabbitmq_connections(name: &str) -> usize {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+        .output()
+        .unwrap_or_else(|error| panic!("this test needs rabbitmqctl on the PATH: {error}"));
+    assert!(
+        listing.status.success(),
+        "rabbitmqctl list_connections failed"
+    );
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    let marker = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut closed = 0;
+    for line in listing.lines().filter(|line| line.contains(&marker)) {
+        let pid = line.split('\t').next().unwrap();
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "flotilla test: connection cut"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "rabbitmqctl close_connection {pid} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        closed += 1;
+    }
+    closed
 }
