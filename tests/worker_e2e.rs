@@ -663,3 +663,62 @@ rate_control:
     assert_each_target_ran_once(&stack, run_id, &progress);
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_work_overtakes_a_bulk_backlog() {
+    let mut profile = single_location(500, false);
+    profile.accounts = 2;
+    let mut stack = Stack::start(profile).await;
+    stack.spawn_worker("worker-a", 2);
+    let accounts = stack.account_ids();
+    let step = "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 100%
+  max_errors: 0
+";
+    // Ten batches that may only be sent one every two seconds: a backlog.
+    let bulk = stack.campaign_in(
+        "bulk-scan",
+        &accounts[..1],
+        &format!("{step}api_rate_limits:\n  send_command: 0.5\n"),
+    );
+    let bulk_run = stack
+        .scheduler
+        .start_run(&bulk, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for(
+            "the bulk run's first command",
+            Duration::from_secs(30),
+            |stack| !stack.commands().is_empty(),
+        )
+        .await;
+    let urgent = stack.campaign_in("agent-install", &accounts[1..], step);
+    let urgent_run = stack
+        .scheduler
+        .start_run(
+            &urgent,
+            StartOptions {
+                priority: protocol::job::Priority::Urgent,
+            },
+        )
+        .await
+        .unwrap();
+    let urgent_progress = stack
+        .wait_until_final(urgent_run, Duration::from_secs(60))
+        .await;
+    assert_eq!(urgent_progress.state, RunState::Completed);
+    let bulk_progress = stack.scheduler.progress(bulk_run).await.unwrap();
+    assert!(
+        bulk_progress.step_results(0) < bulk_progress.total_targets / 2,
+        "the urgent run waited behind the bulk backlog: {bulk_progress:#?}"
+    );
+    stack.teardown().await;
+}

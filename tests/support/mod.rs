@@ -188,12 +188,13 @@ impl Stack {
     /// A campaign over every account and region of the fleet; `rest` is YAML
     /// for steps, rate control and anything else.
     pub fn campaign(&self, name: &str, rest: &str) -> Campaign {
+        self.campaign_in(name, &self.account_ids(), rest)
+    }
+
+    /// A campaign over `account_ids` in every region of the fleet.
+    pub fn campaign_in(&self, name: &str, account_ids: &[String], rest: &str) -> Campaign {
         let profile = &self.sim.state.fleet.profile;
-        let accounts: Vec<String> = self
-            .account_ids()
-            .iter()
-            .map(|id| format!("\"{id}\""))
-            .collect();
+        let accounts: Vec<String> = account_ids.iter().map(|id| format!("\"{id}\"")).collect();
         let regions = profile.regions.join(", ");
         let yaml = format!(
             "name: {name}\nversion: 1\naccounts:\n  ids: [{}]\nregions: [{regions}]\nrole:\n  name: {}\ntargets:\n  all: true\n  online_only: false\noutput: {}\n{rest}",
