@@ -53,17 +53,34 @@ pub enum Command {
     Worker(crate::services::WorkerArgs),
     /// Run the scheduler: apply workers' reports, admit work, write results.
     Scheduler(crate::services::SchedulerArgs),
-    /// Runs of campaigns.
-    Run {
+    /// Stored campaigns (through the scheduler's API).
+    Campaign {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
         #[command(subcommand)]
-        command: RunCommand,
+        command: crate::commands::CampaignCommand,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RunCommand {
-    /// Start a run of a campaign spec (directly through RabbitMQ and Redis).
-    Start(crate::services::RunStartArgs),
+    /// Runs: start, watch, steer (through the scheduler's API).
+    Run {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
+        #[command(subcommand)]
+        command: crate::commands::RunCommand,
+    },
+    /// The kill switch: global, or one campaign's.
+    Kill {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
+        #[command(subcommand)]
+        command: crate::commands::KillCommand,
+    },
+    /// A run's results: totals, per location, non-compliant instances, failures.
+    Report {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        args: crate::commands::ReportArgs,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -80,9 +97,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim { profile, listen } => simulate(&profile, listen, &mut out),
         Command::Worker(args) => crate::services::worker(args),
         Command::Scheduler(args) => crate::services::scheduler(args),
-        Command::Run {
-            command: RunCommand::Start(args),
-        } => crate::services::run_start(args, &mut out),
+        Command::Campaign { api, command } => crate::commands::campaign(&api, command, &mut out),
+        Command::Run { api, command } => crate::commands::run(&api, command, &mut out),
+        Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),
+        Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
     }
 }
 

@@ -2,8 +2,13 @@
 //!
 //! - [`cli`]: argument definitions and the offline subcommands (validate,
 //!   schedule, sim).
-//! - [`services`]: the subcommands that run against RabbitMQ and Redis
-//!   (worker, scheduler, run start).
+//! - [`services`]: the long-running services (worker, scheduler).
+//! - [`commands`]: the operator's subcommands (campaign, run, kill, report),
+//!   through [`client`], the scheduler API's client.
+//! - [`report`]: `flotilla report`'s summaries and formats.
 
 pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod report;
 pub mod services;

@@ -1,20 +1,17 @@
-//! The long-running subcommands: `flotilla worker`, `flotilla scheduler`, and
-//! `flotilla run start`, which talk to RabbitMQ and Redis. Every setting is a
+//! The long-running subcommands, `flotilla worker` and `flotilla scheduler`,
+//! which talk to RabbitMQ and Redis. Every setting is a
 //! flag with an environment variable, so containers need no arguments.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use protocol::job::Priority;
 use protocol::names::Names;
-use protocol::{Campaign, SpecFormat};
-use scheduler::{RunProgress, Scheduler, SchedulerConfig, StartOptions};
+use scheduler::SchedulerConfig;
 
 /// Where the queues and the shared state are.
 #[derive(Debug, Clone, Args)]
@@ -67,24 +64,17 @@ pub struct WorkerArgs {
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// Where the HTTP API listens (the `flotilla` CLI, Alertmanager, EventBridge).
+    #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
     /// Where results go for campaigns whose `output` is not a local directory.
     #[arg(long, env = "FLOTILLA_RESULTS_DIR", default_value = "flotilla-results")]
     pub results_dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RunStartArgs {
-    #[command(flatten)]
-    pub connection: ConnectionArgs,
-    /// The campaign spec to run (YAML, or JSON by extension).
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
-    /// Use the urgent queue (ahead of bulk work).
-    #[arg(long)]
-    pub urgent: bool,
-    /// Print progress until the run ends; exit 0 only if it completed.
-    #[arg(long)]
-    pub wait: bool,
+    /// Call AWS Organizations here instead of AWS (e.g. the simulator).
+    #[arg(long, env = "FLOTILLA_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    #[arg(long, env = "FLOTILLA_AWS_REGION")]
+    pub aws_region: Option<String>,
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -143,84 +133,17 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let mut config =
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
     config.results_root = args.results_dir;
+    config.organizations = scheduler::organizations::OrganizationsSettings {
+        endpoint_url: args.aws_endpoint_url,
+        region: args.aws_region,
+        credentials: None,
+    };
     runtime()?.block_on(async {
-        tracing::info!("scheduler starting");
-        scheduler::run(config, termination()).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(api = %args.listen, "scheduler starting");
+        scheduler::run(config, Some(listener), termination()).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-pub fn run_start(args: RunStartArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let campaign = match Campaign::parse(&text, SpecFormat::from_path(&args.file)) {
-        Ok(campaign) => campaign,
-        Err(errors) => bail!("{} is not a valid campaign:\n{errors}", args.file.display()),
-    };
-    let names = Names::new(args.connection.prefix.clone());
-    let config = SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
-    runtime()?.block_on(async {
-        let scheduler = Scheduler::connect(config).await?;
-        let options = StartOptions {
-            priority: if args.urgent {
-                Priority::Urgent
-            } else {
-                Priority::Bulk
-            },
-        };
-        let run_id = scheduler.start_run(&campaign, options).await?;
-        writeln!(out, "run {run_id} started ({})", campaign.name)?;
-        out.flush()?;
-        if !args.wait {
-            return Ok(ExitCode::SUCCESS);
-        }
-        let mut last = String::new();
-        loop {
-            let progress = scheduler.progress(run_id).await?;
-            let line = progress_line(&progress);
-            if line != last {
-                writeln!(out, "{line}")?;
-                out.flush()?;
-                last = line;
-            }
-            if progress.finished {
-                writeln!(out, "results: {}", progress.output_dir)?;
-                return Ok(if progress.state == protocol::run::RunState::Completed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
-}
-
-fn progress_line(progress: &RunProgress) -> String {
-    let results: Vec<String> = progress
-        .results
-        .iter()
-        .map(|(step, statuses)| {
-            let counts: Vec<String> = statuses
-                .iter()
-                .map(|(status, n)| format!("{status} {n}"))
-                .collect();
-            format!("step {step}: {}", counts.join(", "))
-        })
-        .collect();
-    format!(
-        "{} ({}): {} targets, {} in flight, {}/{} locations done, {} failures{} | {}",
-        progress.state,
-        progress.reason,
-        progress.total_targets,
-        progress.targets_in_flight,
-        progress.locations_done,
-        progress.locations,
-        progress.failures,
-        progress
-            .allowed_errors
-            .map(|allowed| format!(" of {allowed} allowed"))
-            .unwrap_or_default(),
-        results.join("; ")
-    )
 }

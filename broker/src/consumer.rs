@@ -135,6 +135,33 @@ impl Broker {
         })
     }
 
+    /// Messages ready in each work, report and dead-letter queue (for metrics).
+    pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, BrokerError> {
+        let channel = self.new_channel().await?;
+        let names = self.names();
+        let mut depths = Vec::new();
+        for queue in [
+            names.bulk_queue(),
+            names.urgent_queue(),
+            names.reports_queue(),
+            names.dead_letter_queue(),
+        ] {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            depths.push((queue, declared.message_count()));
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(depths)
+    }
+
     /// Deletes this deployment's queues and exchanges (test teardown).
     pub async fn delete_topology(&self) -> Result<(), BrokerError> {
         let channel = self.new_channel().await?;

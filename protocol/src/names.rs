@@ -170,6 +170,16 @@ impl Names {
         format!("{}:rate:{{{account_id}:{region}}}:{api}", self.prefix)
     }
 
+    /// Runs waiting to start (an event's delay), scored by when they may start.
+    pub fn pending_runs_key(&self) -> String {
+        format!("{}:runs:pending", self.prefix)
+    }
+
+    /// Per campaign: the last schedule occurrence fired (Unix ms).
+    pub fn schedule_fired_key(&self) -> String {
+        format!("{}:schedule:fired", self.prefix)
+    }
+
     /// The scheduler leader lease (value: holder id; fencing token alongside).
     pub fn scheduler_lease_key(&self) -> String {
         format!("{}:scheduler:lease", self.prefix)

@@ -52,6 +52,7 @@ local loc, page, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 if redis.call('SADD', applied, 'page:' .. loc .. ':' .. page) == 0 then return {0, 0} end
 if redis.call('HEXISTS', locstate, loc .. ':failed') == 1 then return {1, 0} end
 if n > 0 then redis.call('HSET', pages, loc .. ':' .. page, ARGV[3]) end
+redis.call('HINCRBY', locstate, loc .. ':targets', n)
 redis.call('HINCRBY', run, 'total', n)
 local seen = redis.call('HINCRBY', locstate, loc .. ':pages_seen', 1)
 if ARGV[5] == '1' then redis.call('HSET', locstate, loc .. ':pages', page + 1) end
@@ -269,6 +270,19 @@ pub fn parse_location(key: &str) -> Result<Location, SchedulerError> {
     })
 }
 
+/// One location of a run, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationStatus {
+    pub account_id: String,
+    pub region: String,
+    /// discovering, failed, waiting, active or done.
+    pub state: String,
+    pub targets: u64,
+    /// Batches not yet through every step (active locations).
+    pub batches_left: u64,
+    pub failure: Option<String>,
+}
+
 /// What `create_run` stores about a run besides its locations.
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
@@ -281,6 +295,14 @@ pub struct NewRun<'a> {
     pub allowed_location_errors: u64,
     pub output_dir: &'a str,
     pub created_ms: u64,
+    /// Discovering at once, or Pending until `start_after_ms`.
+    pub start_after_ms: Option<u64>,
+    /// Stop after discovery (a plan of what would be targeted).
+    pub plan_only: bool,
+    /// Targets instead of the campaign's (an event's one instance), as JSON.
+    pub targets_json: Option<&'a str>,
+    /// What started the run (operator, schedule, event), for operators.
+    pub started_by: &'a str,
 }
 
 /// A run as the ledger holds it (the run hash, counters separately).
@@ -356,8 +378,18 @@ impl Ledger {
             ("campaign_version", run.campaign_version.to_string()),
             ("spec", run.spec_json.to_string()),
             ("priority", run.priority.to_string()),
-            ("state", RunState::Discovering.as_str().to_string()),
-            ("reason", "discovering targets".into()),
+            (
+                "state",
+                if run.start_after_ms.is_some() {
+                    RunState::Pending
+                } else {
+                    RunState::Discovering
+                }
+                .as_str()
+                .to_string(),
+            ),
+            ("reason", format!("started by {}", run.started_by)),
+            ("plan_only", u8::from(run.plan_only).to_string()),
             ("created_ms", run.created_ms.to_string()),
             ("location_count", locations.len().to_string()),
             ("location_concurrency", run.location_concurrency.to_string()),
@@ -530,6 +562,62 @@ impl Ledger {
             .await?)
     }
 
+    /// The run's locations in admission order.
+    pub async fn locations(&self, run_id: Uuid) -> Result<Vec<Location>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let keys: Vec<String> = connection
+            .lrange(self.names.run_locations_key(run_id), 0, -1)
+            .await?;
+        keys.iter().map(|key| parse_location(key)).collect()
+    }
+
+    /// Every location with its state, in admission order.
+    pub async fn location_statuses(
+        &self,
+        run_id: Uuid,
+    ) -> Result<Vec<LocationStatus>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let locations: Vec<String> = connection
+            .lrange(self.names.run_locations_key(run_id), 0, -1)
+            .await?;
+        let state: HashMap<String, String> = connection
+            .hgetall(self.names.run_location_state_key(run_id))
+            .await?;
+        let next_location: Option<u64> = connection
+            .hget(self.names.run_key(run_id), "next_location")
+            .await?;
+        let next_location = next_location.unwrap_or(0);
+        let number = |key: String| state.get(&key).and_then(|value| value.parse::<i64>().ok());
+        let mut statuses = Vec::with_capacity(locations.len());
+        for (index, key) in locations.iter().enumerate() {
+            let location = parse_location(key)?;
+            let failure = state.get(&format!("{key}:failed")).cloned();
+            let pages = number(format!("{key}:pages"));
+            let seen = number(format!("{key}:pages_seen")).unwrap_or(0);
+            let remaining = number(format!("{key}:remaining")).unwrap_or(0).max(0);
+            let label = if failure.is_some() {
+                "failed"
+            } else if pages != Some(seen) {
+                "discovering"
+            } else if (index as u64) >= next_location {
+                "waiting"
+            } else if remaining > 0 {
+                "active"
+            } else {
+                "done"
+            };
+            statuses.push(LocationStatus {
+                account_id: location.account_id,
+                region: location.region,
+                state: label.to_string(),
+                targets: u64::try_from(number(format!("{key}:targets")).unwrap_or(0)).unwrap_or(0),
+                batches_left: u64::try_from(remaining).unwrap_or(0),
+                failure,
+            });
+        }
+        Ok(statuses)
+    }
+
     /// Batches sent to workers and not reported yet (re-published on recovery).
     pub async fn admitted(&self, run_id: Uuid) -> Result<Vec<BatchEntry>, SchedulerError> {
         let mut connection = self.connection.clone();
@@ -584,6 +672,24 @@ impl Ledger {
             .invoke_async(&mut connection)
             .await?;
         Ok(first == 1)
+    }
+
+    /// Pending runs whose start time has come, and forgets them as pending.
+    pub async fn take_due_runs(&self, now_ms: u64) -> Result<Vec<Uuid>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.pending_runs_key();
+        let due: Vec<String> = connection.zrangebyscore(&key, 0, now_ms).await?;
+        let mut taken = Vec::new();
+        for id in due {
+            // ZREM decides which replica starts it.
+            let removed: u32 = connection.zrem(&key, &id).await?;
+            if removed == 1
+                && let Ok(run_id) = id.parse()
+            {
+                taken.push(run_id);
+            }
+        }
+        Ok(taken)
     }
 
     /// Runs newest first.

@@ -7,13 +7,24 @@
 //!   pausing, resuming, cancelling, and reading a run's progress.
 //! - [`reports`]: the reports consumer — applies each report once, writes
 //!   results before acking, admits what may start next, finishes runs.
+//! - [`campaigns`]: the versioned campaign store.
+//! - [`api`]: the HTTP API (axum, JSON) the CLI talks to.
+//! - [`triggers`]: events and Alertmanager alerts that start or stop runs, and
+//!   the ticker that starts delayed runs.
+//! - [`organizations`]: accounts of OUs through AWS Organizations.
+//! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update.
 //! - [`sink`]: durable, partitioned, compressed JSON-lines results.
 
+pub mod api;
+pub mod campaigns;
 pub mod ledger;
+pub mod metrics;
+pub mod organizations;
 pub mod reports;
 pub mod runs;
 pub mod sink;
+pub mod triggers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,6 +56,8 @@ pub enum SchedulerError {
     UnknownRun(Uuid),
     #[error("{0}")]
     Invalid(String),
+    #[error("AWS Organizations: {0}")]
+    Organizations(String),
     #[error("lost the connection: {0}")]
     ConnectionLost(String),
     #[error("run state in Redis is not what flotilla wrote: {0}")]
@@ -60,7 +73,7 @@ impl SchedulerError {
             Self::Redis(error) => {
                 error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
             }
-            Self::Io(_) | Self::ConnectionLost(_) => true,
+            Self::Io(_) | Self::ConnectionLost(_) | Self::Organizations(_) => true,
             Self::Json(_) | Self::UnknownRun(_) | Self::Invalid(_) | Self::Corrupt(_) => false,
         }
     }
@@ -78,6 +91,8 @@ pub struct SchedulerConfig {
     /// redelivery work when the scheduler dies.
     pub report_prefetch: u16,
     pub name: String,
+    /// For campaigns that name organizational units.
+    pub organizations: crate::organizations::OrganizationsSettings,
 }
 
 impl SchedulerConfig {
@@ -89,6 +104,7 @@ impl SchedulerConfig {
             results_root: PathBuf::from("flotilla-results"),
             report_prefetch: 64,
             name: "flotilla-scheduler".into(),
+            organizations: Default::default(),
         }
     }
 }
@@ -102,6 +118,9 @@ pub struct Scheduler {
     config: Arc<SchedulerConfig>,
     /// Campaigns of runs seen, rebuilt from the spec stored with the run.
     plans: Arc<Mutex<HashMap<Uuid, Arc<RunPlan>>>>,
+    /// Created on first use: only campaigns naming OUs need it.
+    organizations: Arc<tokio::sync::OnceCell<crate::organizations::Organizations>>,
+    pub(crate) metrics: crate::metrics::SchedulerMetrics,
 }
 
 impl Scheduler {
@@ -115,7 +134,41 @@ impl Scheduler {
             store,
             config: Arc::new(config),
             plans: Arc::new(Mutex::new(HashMap::new())),
+            organizations: Arc::new(tokio::sync::OnceCell::new()),
+            metrics: crate::metrics::SchedulerMetrics::new()
+                .map_err(|error| SchedulerError::Invalid(format!("metrics: {error}")))?,
         })
+    }
+
+    /// The campaign's accounts: its ids plus the accounts of its OUs.
+    pub async fn resolve_accounts(
+        &self,
+        campaign: &protocol::Campaign,
+    ) -> Result<Vec<String>, SchedulerError> {
+        let mut accounts = campaign.accounts.ids.clone();
+        if campaign.accounts.organizational_units.is_empty() {
+            return Ok(accounts);
+        }
+        let organizations = self
+            .organizations
+            .get_or_init(|| crate::organizations::Organizations::new(&self.config.organizations))
+            .await;
+        for ou in &campaign.accounts.organizational_units {
+            accounts.extend(
+                organizations
+                    .accounts_under(ou, campaign.accounts.include_child_ous)
+                    .await?,
+            );
+        }
+        Ok(accounts)
+    }
+
+    pub async fn resolve_locations(
+        &self,
+        campaign: &protocol::Campaign,
+    ) -> Result<Vec<protocol::job::Location>, SchedulerError> {
+        let accounts = self.resolve_accounts(campaign).await?;
+        Ok(crate::runs::locations(campaign, &accounts))
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -131,11 +184,13 @@ impl Scheduler {
     }
 }
 
-/// Runs a scheduler until `shutdown`: connects, serves reports, and connects
-/// again (with backoff) whenever RabbitMQ or Redis goes away. Fails only on
+/// Runs a scheduler until `shutdown`: connects, serves reports (and the HTTP
+/// API on `listener`, if given), and connects again (with backoff) whenever
+/// RabbitMQ or Redis goes away; the API answers 503 meanwhile. Fails only on
 /// errors that waiting cannot fix.
 pub async fn run(
     config: SchedulerConfig,
+    listener: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), SchedulerError> {
     let stop = tokio_util::sync::CancellationToken::new();
@@ -144,13 +199,26 @@ pub async fn run(
         shutdown.await;
         stopper.cancel();
     };
+    let (current, current_receiver) = tokio::sync::watch::channel(None::<Scheduler>);
+    let api = listener.map(|listener| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(error) = api::serve(listener, current_receiver, stop.cancelled_owned()).await
+            {
+                tracing::error!(error = %error, "the HTTP API stopped");
+            }
+        })
+    });
     let work = async {
         let mut failures: u32 = 0;
         loop {
             let outcome = match Scheduler::connect(config.clone()).await {
                 Ok(scheduler) => {
                     failures = 0;
-                    scheduler.serve(stop.clone().cancelled_owned()).await
+                    current.send_replace(Some(scheduler.clone()));
+                    let served = scheduler.serve(stop.clone().cancelled_owned()).await;
+                    current.send_replace(None);
+                    served
                 }
                 Err(error) => Err(error),
             };
@@ -169,10 +237,15 @@ pub async fn run(
             }
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = work => result,
         () = watch => Ok(()),
+    };
+    stop.cancel();
+    if let Some(api) = api {
+        let _ = api.await;
     }
+    result
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -39,6 +39,16 @@ impl Scheduler {
             shutdown.await;
             stopper.cancel();
         };
+        let ticker = async {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if let Err(error) = self.tick().await {
+                    tracing::warn!(error = %error, "scheduler tick failed");
+                }
+            }
+        };
         let work = async {
             self.recover().await?;
             let mut consumer = self
@@ -70,6 +80,7 @@ impl Scheduler {
         tokio::select! {
             result = work => result,
             () = watch => Ok(()),
+            () = ticker => Ok(()),
         }
     }
 
@@ -120,6 +131,20 @@ impl Scheduler {
 
     pub async fn handle_report(&self, report: &Report) -> Result<(), SchedulerError> {
         let run_id = report.run_id();
+        let kind = match report {
+            Report::TargetsDiscovered(_) => "targets_discovered",
+            Report::LocationFailed(_) => "location_failed",
+            Report::StepResults(_) => "step_results",
+        };
+        let applied = self.apply_report(report).await;
+        self.metrics
+            .report(kind, if applied.is_ok() { "applied" } else { "failed" });
+        applied?;
+        self.advance(run_id).await
+    }
+
+    async fn apply_report(&self, report: &Report) -> Result<(), SchedulerError> {
+        let run_id = report.run_id();
         match report {
             Report::TargetsDiscovered(discovered) => self.apply_discovered(discovered).await?,
             Report::LocationFailed(failed) => {
@@ -134,7 +159,7 @@ impl Scheduler {
             }
             Report::StepResults(results) => self.apply_results(results).await?,
         }
-        self.advance(run_id).await
+        Ok(())
     }
 
     async fn apply_discovered(&self, report: &TargetsDiscovered) -> Result<(), SchedulerError> {
@@ -174,6 +199,22 @@ impl Scheduler {
         // next start while the other still runs.
         let batch_size = (max_in_flight / 2).clamp(1, MAX_BATCH);
         let allowed_errors = rate.max_errors.allowed_errors(total);
+        if fields.get("plan_only") == Some("1") {
+            let reason = format!(
+                "plan only: {total} targets in {} locations",
+                fields.number("location_count")
+            );
+            self.ledger
+                .transition(
+                    run_id,
+                    &[RunState::Discovering],
+                    RunState::Completed,
+                    &reason,
+                )
+                .await?;
+            tracing::info!(%run_id, total, "plan complete");
+            return Ok(());
+        }
         let state = self
             .ledger
             .start_execution(run_id, max_in_flight, batch_size, allowed_errors)
@@ -261,6 +302,12 @@ impl Scheduler {
                 next.as_ref(),
             )
             .await?;
+        if new {
+            for result in &report.results {
+                self.metrics
+                    .result(&plan.campaign.name, result.status.as_ssm_str());
+            }
+        }
         if new && state == RunState::Halted && failures > 0 {
             tracing::warn!(run_id = %report.run_id, "run halted by its error budget");
         }
@@ -274,6 +321,7 @@ impl Scheduler {
             let plan = self.plan(run_id).await?;
             for entry in &admitted {
                 self.broker.publish_job(&plan.execute_job(entry)?).await?;
+                self.metrics.job_published("execute");
             }
         }
         let state = self.ledger.complete_if_done(run_id).await?;
@@ -376,10 +424,12 @@ impl Scheduler {
             }
             let plan = self.plan(run_id).await?;
             let republished = self.republish_admitted(run_id).await?;
-            if fields.number("discovered_locations") < fields.number("location_count") {
-                for location in crate::runs::locations(&plan.campaign)? {
+            if state != RunState::Pending
+                && fields.number("discovered_locations") < fields.number("location_count")
+            {
+                for location in &plan.locations {
                     self.broker
-                        .publish_job(&plan.discover_job(&location))
+                        .publish_job(&plan.discover_job(location))
                         .await?;
                 }
             }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use protocol::campaign::{Campaign, OutputLocation};
+use protocol::campaign::{Campaign, OutputLocation, TargetSelection, TargetSelector};
 use protocol::job::{Batch, DiscoverJob, ExecuteJob, Location, Priority, RunContext};
 use protocol::run::RunState;
 use protocol::spec::CampaignSpec;
@@ -18,12 +18,29 @@ use crate::{Scheduler, SchedulerError, now_ms};
 #[derive(Debug, Clone)]
 pub struct StartOptions {
     pub priority: Priority,
+    /// Stop after discovery: report what would be targeted, send nothing.
+    pub plan_only: bool,
+    /// Only these locations (an event's) instead of accounts × regions.
+    pub locations: Option<Vec<Location>>,
+    /// Only these instances (an event's) instead of the campaign's targets.
+    pub instance_ids: Option<Vec<String>>,
+    /// Start this much later (an event trigger's delay).
+    pub start_after: Option<std::time::Duration>,
+    /// The stored campaign version, when started from the store.
+    pub campaign_version: Option<u32>,
+    pub started_by: String,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
         Self {
             priority: Priority::Bulk,
+            plan_only: false,
+            locations: None,
+            instance_ids: None,
+            start_after: None,
+            campaign_version: None,
+            started_by: "operator".into(),
         }
     }
 }
@@ -32,6 +49,10 @@ impl Default for StartOptions {
 #[derive(Debug)]
 pub struct RunPlan {
     pub campaign: Campaign,
+    /// The campaign's targets, or the run's override (an event's instance).
+    pub targets: TargetSelection,
+    /// The run's locations in admission order.
+    pub locations: Vec<Location>,
     pub context: RunContext,
     pub output_dir: PathBuf,
 }
@@ -42,7 +63,7 @@ impl RunPlan {
             job_id: DiscoverJob::derive_id(self.context.run_id, location, 0),
             run: self.context.clone(),
             location: location.clone(),
-            targets: self.campaign.targets.clone(),
+            targets: self.targets.clone(),
             page: 0,
             next_token: None,
         })
@@ -83,7 +104,7 @@ impl RunPlan {
 }
 
 /// A run's progress, as operators see it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunProgress {
     pub run_id: Uuid,
     pub campaign: String,
@@ -115,15 +136,10 @@ impl RunProgress {
     }
 }
 
-/// The locations of a campaign: its accounts (minus exclusions) × its regions,
-/// in a stable order (the FIFO of admission).
-pub fn locations(campaign: &Campaign) -> Result<Vec<Location>, SchedulerError> {
-    if !campaign.accounts.organizational_units.is_empty() {
-        return Err(SchedulerError::Invalid(format!(
-            "campaign {}: accounts.organizational_units is not supported by this scheduler yet; list accounts.ids",
-            campaign.name
-        )));
-    }
+/// The locations of a campaign whose accounts are `account_ids` (its listed ids
+/// plus those of its OUs): minus exclusions, × its regions, in a stable order
+/// (the FIFO of admission).
+pub fn locations(campaign: &Campaign, account_ids: &[String]) -> Vec<Location> {
     let excluded: BTreeSet<&str> = campaign
         .accounts
         .exclude_accounts
@@ -131,9 +147,7 @@ pub fn locations(campaign: &Campaign) -> Result<Vec<Location>, SchedulerError> {
         .map(String::as_str)
         .collect();
     let mut seen = BTreeSet::new();
-    Ok(campaign
-        .accounts
-        .ids
+    account_ids
         .iter()
         .filter(|id| !excluded.contains(id.as_str()) && seen.insert(id.as_str()))
         .flat_map(|account_id| {
@@ -142,18 +156,22 @@ pub fn locations(campaign: &Campaign) -> Result<Vec<Location>, SchedulerError> {
                 region: region.clone(),
             })
         })
-        .collect())
+        .collect()
 }
 
 impl Scheduler {
-    /// Records a new run of `campaign` and publishes one Discover job per location.
+    /// Records a new run of `campaign` and publishes one Discover job per location
+    /// (or, with `start_after`, leaves it Pending for the ticker to start).
     pub async fn start_run(
         &self,
         campaign: &Campaign,
         options: StartOptions,
     ) -> Result<Uuid, SchedulerError> {
         let run_id = Uuid::new_v4();
-        let locations = locations(campaign)?;
+        let locations = match &options.locations {
+            Some(locations) => locations.clone(),
+            None => self.resolve_locations(campaign).await?,
+        };
         let location_count = u64::try_from(locations.len()).unwrap_or(u64::MAX);
         let output_dir = match &campaign.output {
             OutputLocation::Local(path) => path.clone(),
@@ -166,10 +184,25 @@ impl Scheduler {
             }
         };
         let spec_json = serde_json::to_string(&campaign.spec)?;
+        let targets_json = options
+            .instance_ids
+            .as_ref()
+            .map(|ids| {
+                serde_json::to_string(&TargetSelection {
+                    selector: TargetSelector::InstanceIds(ids.clone()),
+                    platform: None,
+                    online_only: false,
+                })
+            })
+            .transpose()?;
         let output = output_dir.to_string_lossy();
+        let start_after_ms = options
+            .start_after
+            .filter(|delay| !delay.is_zero())
+            .map(|delay| now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         let new_run = NewRun {
             campaign: &campaign.name,
-            campaign_version: campaign.version,
+            campaign_version: options.campaign_version.unwrap_or(campaign.version),
             spec_json: &spec_json,
             priority: options.priority.as_str(),
             location_concurrency: campaign
@@ -182,19 +215,61 @@ impl Scheduler {
                 .allowed_errors(location_count),
             output_dir: &output,
             created_ms: now_ms(),
+            start_after_ms,
+            plan_only: options.plan_only,
+            targets_json: targets_json.as_deref(),
+            started_by: &options.started_by,
         };
         self.ledger.create_run(run_id, &new_run, &locations).await?;
+        self.metrics
+            .run_started(&campaign.name, &options.started_by);
+        tracing::info!(
+            %run_id,
+            campaign = campaign.name.as_str(),
+            locations = locations.len(),
+            started_by = options.started_by.as_str(),
+            "run created"
+        );
+        if start_after_ms.is_none() {
+            self.begin_discovery(run_id).await?;
+        }
+        Ok(run_id)
+    }
+
+    /// Publishes the run's Discover jobs (a run with no location is discovered at once).
+    pub(crate) async fn begin_discovery(&self, run_id: Uuid) -> Result<(), SchedulerError> {
         let plan = self.plan(run_id).await?;
-        tracing::info!(%run_id, campaign = campaign.name.as_str(), locations = locations.len(), "run started");
-        for location in &locations {
+        for location in &plan.locations {
             self.broker
                 .publish_job(&plan.discover_job(location))
                 .await?;
         }
-        if locations.is_empty() {
+        if plan.locations.is_empty() {
             self.discovery_complete(run_id).await?;
         }
-        Ok(run_id)
+        Ok(())
+    }
+
+    /// Starts Pending runs whose time has come (called every second).
+    pub async fn start_due_runs(&self) -> Result<usize, SchedulerError> {
+        let due = self.ledger.take_due_runs(now_ms()).await?;
+        let mut started = 0;
+        for run_id in due {
+            if self
+                .ledger
+                .transition(
+                    run_id,
+                    &[RunState::Pending],
+                    RunState::Discovering,
+                    "start time reached",
+                )
+                .await?
+            {
+                self.begin_discovery(run_id).await?;
+                started += 1;
+            }
+        }
+        Ok(started)
     }
 
     /// The run's plan, from memory or rebuilt from the spec stored with the run.
@@ -216,7 +291,14 @@ impl Scheduler {
             Some("urgent") => Priority::Urgent,
             _ => Priority::Bulk,
         };
+        let targets = match fields.get("targets") {
+            Some(targets) => serde_json::from_str(targets)?,
+            None => campaign.targets.clone(),
+        };
+        let locations = self.ledger.locations(run_id).await?;
         let plan = Arc::new(RunPlan {
+            targets,
+            locations,
             context: RunContext {
                 run_id,
                 campaign: campaign.name.clone(),

@@ -1,0 +1,467 @@
+//! The HTTP API, JSON in and out. `flotilla` subcommands are its client.
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `POST /campaigns` | apply a spec (YAML, or JSON with `Content-Type: application/json`) |
+//! | `GET /campaigns`, `GET /campaigns/{name}`, `DELETE /campaigns/{name}` | list, show, forget |
+//! | `POST /campaigns/{name}/runs` | start a run; body `{"plan_only": true}` to only discover |
+//! | `GET /runs`, `GET /runs/{id}` | runs with live counters; one run with its locations |
+//! | `POST /runs/{id}/pause`, `/resume`, `/cancel` | body `{"reason": "…"}` |
+//! | `GET /kill`, `POST /kill`, `DELETE /kill` | kill switch; `?campaign=NAME` for one campaign; POST body `{"reason": "…"}` |
+//! | `POST /events` | an EventBridge event (or a list of them) |
+//! | `POST /alerts` | an Alertmanager webhook payload |
+//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus metrics |
+//!
+//! Errors are `{"error": "…"}` (and `"problems": […]` for an invalid spec) with
+//! 400 for bad input, 404 for unknown names, 503 while RabbitMQ or Redis is away.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::{Campaign, SpecFormat};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use store::{KillScope, Store};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::runs::{RunProgress, StartOptions};
+use crate::triggers::{AlertmanagerPayload, Event};
+use crate::{Scheduler, SchedulerError};
+
+/// The scheduler the API uses: `None` while it reconnects.
+pub type CurrentScheduler = watch::Receiver<Option<Scheduler>>;
+
+pub fn router(current: CurrentScheduler) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/campaigns", post(apply_campaign).get(list_campaigns))
+        .route(
+            "/campaigns/{name}",
+            get(show_campaign).delete(delete_campaign),
+        )
+        .route("/campaigns/{name}/runs", post(start_run))
+        .route("/runs", get(list_runs))
+        .route("/runs/{id}", get(show_run))
+        .route("/runs/{id}/{action}", post(steer_run))
+        .route(
+            "/kill",
+            get(kill_state).post(engage_kill).delete(release_kill),
+        )
+        .route("/events", post(events))
+        .route("/alerts", post(alerts))
+        .with_state(current)
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+impl From<SchedulerError> for ApiError {
+    fn from(error: SchedulerError) -> Self {
+        let status = match &error {
+            SchedulerError::UnknownRun(_) => StatusCode::NOT_FOUND,
+            SchedulerError::Invalid(_) | SchedulerError::Json(_) => StatusCode::BAD_REQUEST,
+            error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error.to_string())
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(error: store::StoreError) -> Self {
+        SchedulerError::from(error).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn scheduler(current: &CurrentScheduler) -> Result<Scheduler, ApiError> {
+    current.borrow().clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduler is reconnecting to RabbitMQ/Redis; try again shortly",
+        )
+    })
+}
+
+async fn healthz(State(current): State<CurrentScheduler>) -> Result<&'static str, ApiError> {
+    scheduler(&current)?;
+    Ok("ok")
+}
+
+async fn metrics(State(current): State<CurrentScheduler>) -> Result<String, ApiError> {
+    let scheduler = scheduler(&current)?;
+    if let Err(error) = scheduler.refresh_gauges().await {
+        tracing::warn!(error = %error, "metrics gauges not refreshed");
+    }
+    Ok(scheduler.metrics.render())
+}
+
+#[derive(Debug, Serialize)]
+struct AppliedCampaign {
+    name: String,
+    version: u32,
+    changed: bool,
+}
+
+async fn apply_campaign(
+    State(current): State<CurrentScheduler>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<AppliedCampaign> {
+    let scheduler = scheduler(&current)?;
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    let format = if json {
+        SpecFormat::Json
+    } else {
+        SpecFormat::Yaml
+    };
+    let campaign = Campaign::parse(&body, format).map_err(|errors| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({
+            "error": "the campaign spec is invalid",
+            "problems": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+    })?;
+    let applied = scheduler.apply_campaign(&campaign).await?;
+    Ok(Json(AppliedCampaign {
+        name: campaign.name,
+        version: applied.version,
+        changed: applied.changed,
+    }))
+}
+
+async fn list_campaigns(
+    State(current): State<CurrentScheduler>,
+) -> ApiResult<Vec<serde_json::Value>> {
+    let scheduler = scheduler(&current)?;
+    let mut listed = Vec::new();
+    for name in scheduler.campaign_names().await? {
+        if let Some((campaign, stored)) = scheduler.stored_campaign(&name).await? {
+            listed.push(json!({
+                "name": name,
+                "version": stored.version,
+                "description": campaign.description,
+                "schedule": campaign.spec.schedule.as_ref().map(|schedule| schedule.expression.clone()),
+                "triggers": campaign.triggers.iter().map(|trigger| trigger.event).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    Ok(Json(listed))
+}
+
+async fn show_campaign(
+    State(current): State<CurrentScheduler>,
+    Path(name): Path<String>,
+) -> ApiResult<crate::campaigns::CampaignVersion> {
+    let scheduler = scheduler(&current)?;
+    match scheduler.stored_campaign(&name).await? {
+        Some((_, stored)) => Ok(Json(stored)),
+        None => Err(unknown_campaign(&name)),
+    }
+}
+
+fn unknown_campaign(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("campaign {name:?} is not stored; apply it with `flotilla campaign apply -f FILE`"),
+    )
+}
+
+async fn delete_campaign(
+    State(current): State<CurrentScheduler>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let scheduler = scheduler(&current)?;
+    if scheduler.delete_campaign(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(unknown_campaign(&name))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    #[serde(default)]
+    plan_only: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StartedRun {
+    pub run_id: Uuid,
+    pub campaign: String,
+    pub campaign_version: u32,
+}
+
+async fn start_run(
+    State(current): State<CurrentScheduler>,
+    Path(name): Path<String>,
+    body: String,
+) -> ApiResult<StartedRun> {
+    let scheduler = scheduler(&current)?;
+    let request: StartRequest = if body.trim().is_empty() {
+        StartRequest::default()
+    } else {
+        serde_json::from_str(&body).map_err(|error| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
+        })?
+    };
+    let Some((campaign, stored)) = scheduler.stored_campaign(&name).await? else {
+        return Err(unknown_campaign(&name));
+    };
+    let options = StartOptions {
+        plan_only: request.plan_only,
+        campaign_version: Some(stored.version),
+        ..StartOptions::default()
+    };
+    let run_id = scheduler.start_run(&campaign, options).await?;
+    Ok(Json(StartedRun {
+        run_id,
+        campaign: name,
+        campaign_version: stored.version,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    campaign: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<RunsQuery>,
+) -> ApiResult<Vec<RunProgress>> {
+    let scheduler = scheduler(&current)?;
+    let limit = query.limit.unwrap_or(50).min(1_000);
+    let mut runs = Vec::new();
+    for run_id in scheduler.ledger().run_ids().await? {
+        if runs.len() >= limit {
+            break;
+        }
+        let progress = scheduler.progress(run_id).await?;
+        if query
+            .campaign
+            .as_ref()
+            .is_none_or(|campaign| *campaign == progress.campaign)
+        {
+            runs.push(progress);
+        }
+    }
+    Ok(Json(runs))
+}
+
+fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a run id (a UUID)"),
+        )
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub progress: RunProgress,
+    pub location_states: Vec<crate::ledger::LocationStatus>,
+}
+
+async fn show_run(
+    State(current): State<CurrentScheduler>,
+    Path(id): Path<String>,
+) -> ApiResult<RunDetail> {
+    let scheduler = scheduler(&current)?;
+    let run_id = parse_run_id(&id)?;
+    let progress = scheduler.progress(run_id).await?;
+    let location_states = scheduler.ledger().location_statuses(run_id).await?;
+    Ok(Json(RunDetail {
+        progress,
+        location_states,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
+    if body.trim().is_empty() {
+        return Ok(default.to_string());
+    }
+    let parsed: ReasonBody = serde_json::from_str(body).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
+    })?;
+    Ok(parsed.reason.unwrap_or_else(|| default.to_string()))
+}
+
+async fn steer_run(
+    State(current): State<CurrentScheduler>,
+    Path((id, action)): Path<(String, String)>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let run_id = parse_run_id(&id)?;
+    let changed = match action.as_str() {
+        "pause" => {
+            scheduler
+                .pause(run_id, &reason_of(&body, "paused by an operator")?)
+                .await?
+        }
+        "resume" => {
+            scheduler
+                .resume(run_id, &reason_of(&body, "resumed by an operator")?)
+                .await?
+        }
+        "cancel" => {
+            scheduler
+                .cancel(run_id, &reason_of(&body, "cancelled by an operator")?)
+                .await?
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}; use pause, resume or cancel"),
+            ));
+        }
+    };
+    let progress = scheduler.progress(run_id).await?;
+    Ok(Json(
+        json!({ "changed": changed, "state": progress.state, "reason": progress.reason }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct KillQuery {
+    campaign: Option<String>,
+}
+
+fn kill_scope(query: &KillQuery) -> KillScope {
+    match &query.campaign {
+        Some(campaign) => KillScope::Campaign(campaign.clone()),
+        None => KillScope::Global,
+    }
+}
+
+async fn kill_state(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<KillQuery>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    // Campaign names are never empty, so "" reads the global switch only.
+    let campaign = query.campaign.clone().unwrap_or_default();
+    let reason = scheduler.store().kill_reason(&campaign).await?;
+    Ok(Json(
+        json!({ "engaged": reason.is_some(), "reason": reason }),
+    ))
+}
+
+async fn engage_kill(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<KillQuery>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let reason = reason_of(&body, "")?;
+    if reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason: required; say why everything stops (it is shown to every operator)",
+        ));
+    }
+    scheduler
+        .store()
+        .engage_kill_switch(&kill_scope(&query), &reason)
+        .await?;
+    tracing::warn!(campaign = ?query.campaign, reason = reason.as_str(), "kill switch engaged");
+    Ok(Json(json!({ "engaged": true, "reason": reason })))
+}
+
+async fn release_kill(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<KillQuery>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    scheduler
+        .store()
+        .release_kill_switch(&kill_scope(&query))
+        .await?;
+    tracing::warn!(campaign = ?query.campaign, "kill switch released");
+    Ok(Json(json!({ "engaged": false })))
+}
+
+async fn events(
+    State(current): State<CurrentScheduler>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let value: serde_json::Value = serde_json::from_str(&body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("event is not JSON: {error}"),
+        )
+    })?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        single => vec![single],
+    };
+    let mut started = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let event: Event = serde_json::from_value(item).map_err(|error| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("event {index}: {error}"))
+        })?;
+        started.extend(scheduler.handle_event(&event).await?);
+    }
+    Ok(Json(json!({ "started": started })))
+}
+
+async fn alerts(
+    State(current): State<CurrentScheduler>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let payload: AlertmanagerPayload = serde_json::from_str(&body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("not an Alertmanager webhook payload: {error}"),
+        )
+    })?;
+    let actions = scheduler.handle_alerts(&payload).await?;
+    Ok(Json(json!({ "actions": actions })))
+}
+
+/// Serves the API until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    current: CurrentScheduler,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(current))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

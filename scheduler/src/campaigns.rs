@@ -1,0 +1,114 @@
+//! The campaign store: specs in Redis, versioned. Applying a spec that differs
+//! from the latest stored one makes a new version; applying the same spec again
+//! changes nothing. Runs keep a copy of the spec they started with, so deleting
+//! or changing a campaign never disturbs a run.
+
+use std::sync::LazyLock;
+
+use protocol::spec::CampaignSpec;
+use protocol::{Campaign, SpecFormat};
+use redis::{AsyncCommands, Script};
+use serde::Serialize;
+
+use crate::{Scheduler, SchedulerError, now_ms};
+
+/// KEYS campaign hash, index set; ARGV name, spec JSON, now. Returns {version, changed}.
+static APPLY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local latest = tonumber(redis.call('HGET', KEYS[1], 'latest')) or 0
+if latest > 0 and redis.call('HGET', KEYS[1], 'v:' .. latest) == ARGV[2] then return {latest, 0} end
+latest = latest + 1
+redis.call('HSET', KEYS[1], 'latest', latest, 'v:' .. latest, ARGV[2], 'updated_ms', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {latest, 1}
+",
+    )
+});
+
+/// A stored campaign as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignVersion {
+    pub name: String,
+    /// flotilla's version counter (the spec's own `version` is inside `spec`).
+    pub version: u32,
+    pub updated_ms: u64,
+    pub spec: CampaignSpec,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Applied {
+    pub version: u32,
+    pub changed: bool,
+}
+
+impl Scheduler {
+    pub async fn apply_campaign(&self, campaign: &Campaign) -> Result<Applied, SchedulerError> {
+        let names = self.broker.names();
+        let mut connection = self.store.connection();
+        let spec = serde_json::to_string(&campaign.spec)?;
+        let (version, changed): (u32, u8) = APPLY
+            .key(names.campaign_key(&campaign.name))
+            .key(names.campaigns_index_key())
+            .arg(&campaign.name)
+            .arg(spec)
+            .arg(now_ms())
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(Applied {
+            version,
+            changed: changed == 1,
+        })
+    }
+
+    /// The latest version of a stored campaign, validated again.
+    pub async fn stored_campaign(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Campaign, CampaignVersion)>, SchedulerError> {
+        let mut connection = self.store.connection();
+        let key = self.broker.names().campaign_key(name);
+        let (latest, updated_ms): (Option<u32>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("latest")
+            .arg("updated_ms")
+            .query_async(&mut connection)
+            .await?;
+        let Some(version) = latest else {
+            return Ok(None);
+        };
+        let spec_json: String = connection.hget(&key, format!("v:{version}")).await?;
+        let campaign = Campaign::parse(&spec_json, SpecFormat::Json).map_err(|errors| {
+            SchedulerError::Corrupt(format!("stored campaign {name} is invalid: {errors}"))
+        })?;
+        let stored = CampaignVersion {
+            name: name.to_string(),
+            version,
+            updated_ms: updated_ms.unwrap_or(0),
+            spec: campaign.spec.clone(),
+        };
+        Ok(Some((campaign, stored)))
+    }
+
+    pub async fn campaign_names(&self) -> Result<Vec<String>, SchedulerError> {
+        let mut connection = self.store.connection();
+        let mut names: Vec<String> = connection
+            .smembers(self.broker.names().campaigns_index_key())
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Forgets a campaign (its runs keep their copy); false if there was none.
+    pub async fn delete_campaign(&self, name: &str) -> Result<bool, SchedulerError> {
+        let names = self.broker.names();
+        let mut connection = self.store.connection();
+        let (deleted, _): (u32, u32) = redis::pipe()
+            .atomic()
+            .del(names.campaign_key(name))
+            .srem(names.campaigns_index_key(), name)
+            .query_async(&mut connection)
+            .await?;
+        Ok(deleted == 1)
+    }
+}

@@ -1,0 +1,165 @@
+//! The scheduler's Prometheus metrics, one helper per fact. Labels are enums
+//! and campaign names, never run, account or instance ids. Gauges that describe
+//! runs and queues are refreshed when `/metrics` is scraped.
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct SchedulerMetrics {
+    registry: Registry,
+    reports: IntCounterVec,
+    results: IntCounterVec,
+    runs_started: IntCounterVec,
+    jobs_published: IntCounterVec,
+    runs: IntGaugeVec,
+    budget_remaining: IntGaugeVec,
+    discovery: IntGaugeVec,
+    queue_messages: IntGaugeVec,
+}
+
+impl SchedulerMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let reports = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_reports_total",
+                "Reports handled, by kind and outcome (applied, duplicate, failed)",
+            ),
+            &["kind", "outcome"],
+        )?;
+        let results = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_target_results_total",
+                "Target results written, by campaign and status detail",
+            ),
+            &["campaign", "status"],
+        )?;
+        let runs_started = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_runs_started_total",
+                "Runs started, by campaign and what started them",
+            ),
+            &["campaign", "started_by"],
+        )?;
+        let jobs_published = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_jobs_published_total",
+                "Jobs published, by kind",
+            ),
+            &["kind"],
+        )?;
+        let runs = IntGaugeVec::new(
+            Opts::new(
+                "flotilla_scheduler_runs",
+                "Recent runs (the last 1,000), by state",
+            ),
+            &["state"],
+        )?;
+        let budget_remaining = IntGaugeVec::new(
+            Opts::new(
+                "flotilla_scheduler_error_budget_remaining",
+                "Failures a live run may still have before it halts (lowest over the campaign's live runs)",
+            ),
+            &["campaign"],
+        )?;
+        let discovery = IntGaugeVec::new(
+            Opts::new(
+                "flotilla_scheduler_discovery_locations",
+                "Locations of live runs, by discovery progress (discovered, total)",
+            ),
+            &["campaign", "progress"],
+        )?;
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                "flotilla_queue_messages",
+                "Messages ready in each flotilla queue",
+            ),
+            &["queue"],
+        )?;
+        for collector in [
+            Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(results.clone()),
+            Box::new(runs_started.clone()),
+            Box::new(jobs_published.clone()),
+            Box::new(runs.clone()),
+            Box::new(budget_remaining.clone()),
+            Box::new(discovery.clone()),
+            Box::new(queue_messages.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(Self {
+            registry,
+            reports,
+            results,
+            runs_started,
+            jobs_published,
+            runs,
+            budget_remaining,
+            discovery,
+            queue_messages,
+        })
+    }
+
+    pub fn report(&self, kind: &str, outcome: &str) {
+        self.reports.with_label_values(&[kind, outcome]).inc();
+    }
+
+    pub fn result(&self, campaign: &str, status: &str) {
+        self.results.with_label_values(&[campaign, status]).inc();
+    }
+
+    pub fn run_started(&self, campaign: &str, started_by: &str) {
+        // Event and schedule starts say so; anything else is an operator.
+        let started_by = match started_by {
+            "schedule" | "event" => started_by,
+            _ => "operator",
+        };
+        self.runs_started
+            .with_label_values(&[campaign, started_by])
+            .inc();
+    }
+
+    pub fn job_published(&self, kind: &str) {
+        self.jobs_published.with_label_values(&[kind]).inc();
+    }
+
+    pub fn set_runs(&self, counts: &std::collections::BTreeMap<&'static str, i64>) {
+        self.runs.reset();
+        for (state, count) in counts {
+            self.runs.with_label_values(&[state]).set(*count);
+        }
+    }
+
+    pub fn set_budget_remaining(&self, campaign: &str, remaining: i64) {
+        self.budget_remaining
+            .with_label_values(&[campaign])
+            .set(remaining);
+    }
+
+    pub fn set_discovery(&self, campaign: &str, discovered: i64, total: i64) {
+        self.discovery
+            .with_label_values(&[campaign, "discovered"])
+            .set(discovered);
+        self.discovery
+            .with_label_values(&[campaign, "total"])
+            .set(total);
+    }
+
+    pub fn reset_run_gauges(&self) {
+        self.budget_remaining.reset();
+        self.discovery.reset();
+    }
+
+    pub fn set_queue_messages(&self, queue: &str, messages: i64) {
+        self.queue_messages
+            .with_label_values(&[queue])
+            .set(messages);
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}

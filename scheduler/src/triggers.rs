@@ -1,0 +1,321 @@
+//! What starts and stops runs besides an operator: EventBridge-shaped events
+//! (a new instance starts each campaign that has a matching trigger, for that
+//! instance only, through the urgent queue) and Alertmanager webhooks (a firing
+//! alert labelled with a campaign pauses its runs; `scope=global` engages the
+//! kill switch), as SSM stops a command on a CloudWatch alarm.
+
+use std::collections::BTreeMap;
+
+use protocol::job::{Location, Priority};
+use protocol::run::RunState;
+use protocol::spec::TriggerEvent;
+use serde::{Deserialize, Serialize};
+use store::{KillScope, Store};
+use uuid::Uuid;
+
+use crate::runs::StartOptions;
+use crate::{Scheduler, SchedulerError};
+
+/// An EventBridge event, as EventBridge delivers it to a target.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub source: String,
+    #[serde(rename = "detail-type")]
+    pub detail_type: String,
+    pub account: String,
+    pub region: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// The event as a trigger: which kind, for which instance. `None` for events
+/// flotilla does not act on (another state, another source).
+pub fn trigger_of(event: &Event) -> Result<Option<(TriggerEvent, String)>, SchedulerError> {
+    let instance = |field: &str| {
+        event
+            .detail
+            .get(field)
+            .and_then(|value| value.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                SchedulerError::Invalid(format!(
+                    "detail.{field}: missing; the event names no instance"
+                ))
+            })
+    };
+    match (event.source.as_str(), event.detail_type.as_str()) {
+        ("aws.ec2", "EC2 Instance State-change Notification") => {
+            if event.detail.get("state").and_then(|state| state.as_str()) != Some("running") {
+                return Ok(None);
+            }
+            Ok(Some((
+                TriggerEvent::Ec2InstanceRunning,
+                instance("instance-id")?,
+            )))
+        }
+        ("aws.ssm", "SSM Managed Instance Registration") => Ok(Some((
+            TriggerEvent::SsmInstanceRegistered,
+            instance("instance-id")?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartedRun {
+    pub campaign: String,
+    pub run_id: Uuid,
+}
+
+/// An Alertmanager webhook payload (version 4), the parts flotilla reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AlertmanagerPayload {
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Alert {
+    pub status: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What an alert made flotilla do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertAction {
+    pub alert: String,
+    /// `kill_switch_engaged`, `run_paused` or `ignored`.
+    pub action: String,
+    pub campaign: Option<String>,
+    pub run_id: Option<Uuid>,
+}
+
+impl Scheduler {
+    /// Starts every stored campaign whose trigger matches, for the event's instance.
+    pub async fn handle_event(&self, event: &Event) -> Result<Vec<StartedRun>, SchedulerError> {
+        let Some((kind, instance_id)) = trigger_of(event)? else {
+            return Ok(Vec::new());
+        };
+        let mut started = Vec::new();
+        for name in self.campaign_names().await? {
+            let Some((campaign, stored)) = self.stored_campaign(&name).await? else {
+                continue;
+            };
+            let Some(trigger) = campaign
+                .triggers
+                .iter()
+                .find(|trigger| trigger.event == kind)
+            else {
+                continue;
+            };
+            if !campaign.regions.contains(&event.region) {
+                continue;
+            }
+            let accounts = self.resolve_accounts(&campaign).await?;
+            let in_scope = accounts.contains(&event.account)
+                && !campaign.accounts.exclude_accounts.contains(&event.account);
+            if !in_scope {
+                continue;
+            }
+            let options = StartOptions {
+                priority: Priority::Urgent,
+                locations: Some(vec![Location {
+                    account_id: event.account.clone(),
+                    region: event.region.clone(),
+                }]),
+                instance_ids: Some(vec![instance_id.clone()]),
+                start_after: Some(trigger.delay),
+                campaign_version: Some(stored.version),
+                started_by: "event".into(),
+                ..StartOptions::default()
+            };
+            let run_id = self.start_run(&campaign, options).await?;
+            tracing::info!(campaign = name.as_str(), %run_id, region = event.region.as_str(), "event started a run");
+            started.push(StartedRun {
+                campaign: name,
+                run_id,
+            });
+        }
+        Ok(started)
+    }
+
+    /// Acts on firing alerts; resolved ones change nothing (an operator resumes).
+    pub async fn handle_alerts(
+        &self,
+        payload: &AlertmanagerPayload,
+    ) -> Result<Vec<AlertAction>, SchedulerError> {
+        let mut actions = Vec::new();
+        for alert in &payload.alerts {
+            let name = alert
+                .labels
+                .get("alertname")
+                .cloned()
+                .unwrap_or_else(|| "unnamed alert".into());
+            let summary = alert
+                .annotations
+                .get("summary")
+                .or_else(|| alert.annotations.get("description"))
+                .map(|text| format!(": {text}"))
+                .unwrap_or_default();
+            let reason = format!("alert {name} firing{summary}");
+            let ignored = |campaign: Option<String>| AlertAction {
+                alert: name.clone(),
+                action: "ignored".into(),
+                campaign,
+                run_id: None,
+            };
+            if alert.status != "firing" {
+                actions.push(ignored(alert.labels.get("campaign").cloned()));
+                continue;
+            }
+            if alert.labels.get("scope").map(String::as_str) == Some("global") {
+                self.store
+                    .engage_kill_switch(&KillScope::Global, &reason)
+                    .await?;
+                tracing::warn!(
+                    alert = name.as_str(),
+                    "alert engaged the global kill switch"
+                );
+                actions.push(AlertAction {
+                    alert: name.clone(),
+                    action: "kill_switch_engaged".into(),
+                    campaign: None,
+                    run_id: None,
+                });
+                continue;
+            }
+            let Some(campaign) = alert.labels.get("campaign") else {
+                actions.push(ignored(None));
+                continue;
+            };
+            let mut paused_any = false;
+            for run_id in self.live_runs_of(campaign).await? {
+                if self.pause(run_id, &reason).await? {
+                    tracing::warn!(alert = name.as_str(), campaign = campaign.as_str(), %run_id, "alert paused a run");
+                    paused_any = true;
+                    actions.push(AlertAction {
+                        alert: name.clone(),
+                        action: "run_paused".into(),
+                        campaign: Some(campaign.clone()),
+                        run_id: Some(run_id),
+                    });
+                }
+            }
+            if !paused_any {
+                actions.push(ignored(Some(campaign.clone())));
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Runs of `campaign` that are not over (newest first).
+    pub async fn live_runs_of(&self, campaign: &str) -> Result<Vec<Uuid>, SchedulerError> {
+        let mut live = Vec::new();
+        for run_id in self.ledger.run_ids().await? {
+            let Some(fields) = self.ledger.run_fields(run_id).await? else {
+                continue;
+            };
+            if fields.get("campaign") == Some(campaign) && !fields.state()?.is_final() {
+                live.push(run_id);
+            }
+        }
+        Ok(live)
+    }
+
+    /// Once a second: start delayed runs whose time has come.
+    pub async fn tick(&self) -> Result<(), SchedulerError> {
+        self.start_due_runs().await?;
+        Ok(())
+    }
+
+    /// Refreshes the gauges that describe runs and queues (at scrape time).
+    pub async fn refresh_gauges(&self) -> Result<(), SchedulerError> {
+        let mut by_state: BTreeMap<&'static str, i64> = RunState::ALL
+            .iter()
+            .map(|state| (state.as_str(), 0))
+            .collect();
+        self.metrics.reset_run_gauges();
+        for run_id in self.ledger.run_ids().await?.into_iter().take(1_000) {
+            let Some(fields) = self.ledger.run_fields(run_id).await? else {
+                continue;
+            };
+            let state = fields.state()?;
+            *by_state.entry(state.as_str()).or_default() += 1;
+            if state.is_final() {
+                continue;
+            }
+            let campaign = fields.get("campaign").unwrap_or_default().to_string();
+            if fields.get("allowed_errors").is_some() {
+                let remaining = i64::try_from(fields.number("allowed_errors")).unwrap_or(i64::MAX)
+                    - i64::try_from(fields.number("failures")).unwrap_or(i64::MAX);
+                self.metrics.set_budget_remaining(&campaign, remaining);
+            }
+            self.metrics.set_discovery(
+                &campaign,
+                i64::try_from(fields.number("discovered_locations")).unwrap_or(0),
+                i64::try_from(fields.number("location_count")).unwrap_or(0),
+            );
+        }
+        self.metrics.set_runs(&by_state);
+        let prefix = format!("{}.", self.broker.names().prefix());
+        for (queue, messages) in self.broker.queue_depths().await? {
+            // By role (jobs.bulk, reports, …): the prefix is the same for all.
+            let role = queue.strip_prefix(&prefix).unwrap_or(&queue);
+            self.metrics.set_queue_messages(role, i64::from(messages));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event(json: &str) -> Event {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_running_instance_is_a_trigger_and_other_states_are_not() {
+        let running = event(
+            r#"{"source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","account":"111122223333","region":"us-east-1","detail":{"instance-id":"i-0123456789abcdef0","state":"running"}}"#,
+        );
+        assert_eq!(
+            trigger_of(&running).unwrap(),
+            Some((
+                TriggerEvent::Ec2InstanceRunning,
+                "i-0123456789abcdef0".into()
+            ))
+        );
+        let stopped = event(
+            r#"{"source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","account":"111122223333","region":"us-east-1","detail":{"instance-id":"i-0123456789abcdef0","state":"stopped"}}"#,
+        );
+        assert_eq!(trigger_of(&stopped).unwrap(), None);
+        let registered = event(
+            r#"{"source":"aws.ssm","detail-type":"SSM Managed Instance Registration","account":"111122223333","region":"us-east-1","detail":{"instance-id":"mi-0123456789abcdef0"}}"#,
+        );
+        assert_eq!(
+            trigger_of(&registered).unwrap(),
+            Some((
+                TriggerEvent::SsmInstanceRegistered,
+                "mi-0123456789abcdef0".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn an_event_without_its_instance_says_which_field_is_missing() {
+        let broken = event(
+            r#"{"source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","account":"1","region":"us-east-1","detail":{"state":"running"}}"#,
+        );
+        assert!(
+            trigger_of(&broken)
+                .unwrap_err()
+                .to_string()
+                .contains("detail.instance-id")
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The CLI's client of the scheduler's HTTP API (blocking; one request at a time).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
+
+pub struct ApiClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            // API errors carry a JSON message worth showing; read them as responses.
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            agent: config.into(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<T> {
+        let mut response = response.with_context(|| {
+            format!(
+                "cannot reach the flotilla API at {}; is `flotilla scheduler` running (its --listen address), or is --api / FLOTILLA_API_URL wrong?",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the answer to {path}"))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .map(|value| {
+                    let mut message = value["error"].as_str().unwrap_or(&body).to_string();
+                    if let Some(problems) = value["problems"].as_array() {
+                        for problem in problems {
+                            message
+                                .push_str(&format!("\n  {}", problem.as_str().unwrap_or_default()));
+                        }
+                    }
+                    message
+                })
+                .unwrap_or(body);
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        let body = if body.trim().is_empty() {
+            "null".to_string()
+        } else {
+            body
+        };
+        serde_json::from_str(&body).with_context(|| {
+            format!("the API's answer to {path} is not what this flotilla expects")
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.finish(path, self.agent.get(&self.url(path)).call())
+    }
+
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> anyhow::Result<T> {
+        self.finish(
+            path,
+            self.agent
+                .post(&self.url(path))
+                .header("Content-Type", content_type)
+                .send(body),
+        )
+    }
+
+    pub fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.post(path, "application/json", body.to_string())
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.finish(path, self.agent.delete(&self.url(path)).call())
+    }
+}

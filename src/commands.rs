@@ -1,0 +1,450 @@
+//! The operator's subcommands, all through the scheduler's HTTP API:
+//! `campaign`, `run`, `kill` and `report`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use scheduler::RunProgress;
+use scheduler::api::RunDetail;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::client::ApiClient;
+use crate::report::{self, Format};
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The scheduler's HTTP API.
+    #[arg(
+        long,
+        env = "FLOTILLA_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub api: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Store a campaign spec (a changed spec becomes a new version).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List stored campaigns.
+    List,
+    /// Show a stored campaign's latest version.
+    Show { name: String },
+    /// Forget a campaign (its runs keep going).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Start a run of a stored campaign.
+    Start {
+        name: String,
+        /// Apply this spec first (it must be the campaign NAME).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Only discover: print the targets per location, send nothing.
+        #[arg(long)]
+        plan: bool,
+        /// Show progress until the run ends; exit 0 only if it completed.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Recent runs with their counters.
+    List {
+        #[arg(long)]
+        campaign: Option<String>,
+    },
+    /// One run: state, counters and every location.
+    Show { run_id: Uuid },
+    /// Live progress until the run ends; exit 0 only if it completed.
+    Watch { run_id: Uuid },
+    /// Stop admitting and sending; in-flight commands finish.
+    Pause {
+        run_id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    Resume {
+        run_id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End the run; what was not started is reported as Not Started.
+    Cancel {
+        run_id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KillCommand {
+    /// Stop every worker from sending (or only one campaign's runs).
+    Engage {
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        campaign: Option<String>,
+    },
+    Release {
+        #[arg(long)]
+        campaign: Option<String>,
+    },
+    Status {
+        #[arg(long)]
+        campaign: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    pub run_id: Uuid,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// The results directory (default: the run's, as the scheduler reports it).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+fn print_json(out: &mut impl Write, value: &serde_json::Value) -> anyhow::Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
+
+fn apply(
+    client: &ApiClient,
+    file: &PathBuf,
+    out: &mut impl Write,
+) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let content_type = if protocol::SpecFormat::from_path(file) == protocol::SpecFormat::Json {
+        "application/json"
+    } else {
+        "application/yaml"
+    };
+    let applied: serde_json::Value = client.post("/campaigns", content_type, text)?;
+    writeln!(
+        out,
+        "campaign {} version {}{}",
+        applied["name"].as_str().unwrap_or_default(),
+        applied["version"],
+        if applied["changed"] == json!(true) {
+            ""
+        } else {
+            " (unchanged)"
+        }
+    )?;
+    Ok(applied)
+}
+
+pub fn campaign(
+    api: &ApiArgs,
+    command: CampaignCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&api.api);
+    match command {
+        CampaignCommand::Apply { file } => {
+            apply(&client, &file, out)?;
+        }
+        CampaignCommand::List => {
+            let campaigns: Vec<serde_json::Value> = client.get("/campaigns")?;
+            for campaign in campaigns {
+                writeln!(
+                    out,
+                    "{:<32} v{:<4} {}",
+                    campaign["name"].as_str().unwrap_or_default(),
+                    campaign["version"],
+                    campaign["schedule"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+        CampaignCommand::Show { name } => {
+            let campaign: serde_json::Value = client.get(&format!("/campaigns/{name}"))?;
+            print_json(out, &campaign)?;
+        }
+        CampaignCommand::Delete { name } => {
+            let _: serde_json::Value = client.delete(&format!("/campaigns/{name}"))?;
+            writeln!(out, "campaign {name} deleted")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn progress_line(progress: &RunProgress) -> String {
+    let results: Vec<String> = progress
+        .results
+        .iter()
+        .map(|(step, statuses)| {
+            let counts: Vec<String> = statuses
+                .iter()
+                .map(|(status, n)| format!("{status} {n}"))
+                .collect();
+            format!("step {step}: {}", counts.join(", "))
+        })
+        .collect();
+    format!(
+        "{} {} ({}): {} targets, {} in flight, {}/{} locations done, {} failures{}{}",
+        progress.run_id,
+        progress.state,
+        progress.reason,
+        progress.total_targets,
+        progress.targets_in_flight,
+        progress.locations_done,
+        progress.locations,
+        progress.failures,
+        progress
+            .allowed_errors
+            .map(|allowed| format!(" of {allowed} allowed"))
+            .unwrap_or_default(),
+        if results.is_empty() {
+            String::new()
+        } else {
+            format!(" | {}", results.join("; "))
+        }
+    )
+}
+
+/// Progress bars until the run is finished: targets with a result of the last
+/// step reached, failures against the budget, and locations by state.
+fn watch(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let bars = MultiProgress::new();
+    let targets = bars.add(ProgressBar::new(0));
+    targets.set_style(
+        ProgressStyle::with_template("targets   {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let budget = bars.add(ProgressBar::new(0));
+    budget.set_style(
+        ProgressStyle::with_template("failures  {bar:40} {pos}/{len} allowed {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let locations = bars.add(ProgressBar::new_spinner());
+    loop {
+        let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
+        let progress = &detail.progress;
+        let finished_targets: u64 = progress
+            .results
+            .get(&0)
+            .map_or(0, |statuses| statuses.values().sum());
+        targets.set_length(progress.total_targets.max(1));
+        targets.set_position(finished_targets);
+        targets.set_message(format!(
+            "{} in flight · {}",
+            progress.targets_in_flight, progress.state
+        ));
+        budget.set_length(progress.allowed_errors.unwrap_or(0).max(1));
+        budget.set_position(progress.failures);
+        budget.set_message(format!(
+            "({} left)",
+            progress
+                .allowed_errors
+                .unwrap_or(0)
+                .saturating_sub(progress.failures)
+        ));
+        let mut by_state: std::collections::BTreeMap<&str, usize> =
+            std::collections::BTreeMap::new();
+        for location in &detail.location_states {
+            *by_state.entry(location.state.as_str()).or_default() += 1;
+        }
+        let states: Vec<String> = by_state
+            .iter()
+            .map(|(state, n)| format!("{state} {n}"))
+            .collect();
+        locations.set_message(format!("locations {}", states.join(" · ")));
+        locations.tick();
+        if progress.finished {
+            targets.finish();
+            budget.finish();
+            locations.finish();
+            writeln!(out, "{}", progress_line(progress))?;
+            writeln!(out, "results: {}", progress.output_dir)?;
+            return Ok(if progress.state == protocol::run::RunState::Completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&api.api);
+    match command {
+        RunCommand::Start {
+            name,
+            file,
+            plan,
+            watch: follow,
+        } => {
+            if let Some(file) = file {
+                let applied = apply(&client, &file, out)?;
+                if applied["name"].as_str() != Some(name.as_str()) {
+                    anyhow::bail!(
+                        "{} is campaign {}, not {name}",
+                        file.display(),
+                        applied["name"]
+                    );
+                }
+            }
+            let started: serde_json::Value = client.post_json(
+                &format!("/campaigns/{name}/runs"),
+                &json!({ "plan_only": plan }),
+            )?;
+            let run_id: Uuid = serde_json::from_value(started["run_id"].clone())
+                .context("the API answered without a run id")?;
+            writeln!(
+                out,
+                "run {run_id} started ({name} v{})",
+                started["campaign_version"]
+            )?;
+            out.flush()?;
+            if plan {
+                return print_plan(&client, run_id, out);
+            }
+            if follow {
+                return watch(&client, run_id, out);
+            }
+        }
+        RunCommand::List { campaign } => {
+            let path = match campaign {
+                Some(campaign) => format!("/runs?campaign={campaign}"),
+                None => "/runs".to_string(),
+            };
+            let runs: Vec<RunProgress> = client.get(&path)?;
+            for progress in &runs {
+                writeln!(out, "{}", progress_line(progress))?;
+            }
+        }
+        RunCommand::Show { run_id } => {
+            let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
+            writeln!(out, "{}", progress_line(&detail.progress))?;
+            for location in &detail.location_states {
+                writeln!(
+                    out,
+                    "  {}/{:<16} {:<12} {:>7} targets{}",
+                    location.account_id,
+                    location.region,
+                    location.state,
+                    location.targets,
+                    location
+                        .failure
+                        .as_ref()
+                        .map(|failure| format!("  {failure}"))
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+        RunCommand::Watch { run_id } => return watch(&client, run_id, out),
+        RunCommand::Pause { run_id, reason } => steer(&client, run_id, "pause", reason, out)?,
+        RunCommand::Resume { run_id, reason } => steer(&client, run_id, "resume", reason, out)?,
+        RunCommand::Cancel { run_id, reason } => steer(&client, run_id, "cancel", reason, out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    loop {
+        let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
+        if detail.progress.finished {
+            writeln!(out, "{}", detail.progress.reason)?;
+            for location in &detail.location_states {
+                writeln!(
+                    out,
+                    "  {}/{:<16} {:>7} targets",
+                    location.account_id, location.region, location.targets
+                )?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn steer(
+    client: &ApiClient,
+    run_id: Uuid,
+    action: &str,
+    reason: Option<String>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let body = match reason {
+        Some(reason) => json!({ "reason": reason }),
+        None => json!({}),
+    };
+    let answer: serde_json::Value = client.post_json(&format!("/runs/{run_id}/{action}"), &body)?;
+    let verb = if answer["changed"] == json!(true) {
+        "now"
+    } else {
+        "unchanged,"
+    };
+    writeln!(
+        out,
+        "run {run_id} {verb} {}",
+        answer["state"].as_str().unwrap_or_default()
+    )?;
+    Ok(())
+}
+
+pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&api.api);
+    let query = |campaign: &Option<String>| {
+        campaign
+            .as_ref()
+            .map(|campaign| format!("?campaign={campaign}"))
+            .unwrap_or_default()
+    };
+    let answer: serde_json::Value = match &command {
+        KillCommand::Engage { reason, campaign } => client.post_json(
+            &format!("/kill{}", query(campaign)),
+            &json!({ "reason": reason }),
+        )?,
+        KillCommand::Release { campaign } => client.delete(&format!("/kill{}", query(campaign)))?,
+        KillCommand::Status { campaign } => client.get(&format!("/kill{}", query(campaign)))?,
+    };
+    let scope = match &command {
+        KillCommand::Engage { campaign, .. }
+        | KillCommand::Release { campaign }
+        | KillCommand::Status { campaign } => campaign
+            .clone()
+            .map_or("global kill switch".to_string(), |campaign| {
+                format!("kill switch of {campaign}")
+            }),
+    };
+    if answer["engaged"] == json!(true) {
+        writeln!(
+            out,
+            "{scope}: engaged ({})",
+            answer["reason"].as_str().unwrap_or_default()
+        )?;
+    } else {
+        writeln!(out, "{scope}: released")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let dir = match args.dir {
+        Some(dir) => dir,
+        None => {
+            let detail: RunDetail =
+                ApiClient::new(&api.api).get(&format!("/runs/{}", args.run_id))?;
+            PathBuf::from(detail.progress.output_dir)
+        }
+    };
+    let report = report::load(&dir, args.run_id)?;
+    report::write(&report, args.format, out)?;
+    Ok(ExitCode::SUCCESS)
+}
