@@ -707,6 +707,7 @@ rate_control:
             &urgent,
             StartOptions {
                 priority: protocol::job::Priority::Urgent,
+                ..StartOptions::default()
             },
         )
         .await

@@ -405,9 +405,20 @@ impl Ledger {
             ("failed_locations", "0".into()),
             ("locations_done", "0".into()),
         ];
+        let mut fields = fields;
+        if let Some(targets) = run.targets_json {
+            fields.push(("targets", targets.to_string()));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(self.names.run_key(run_id), &fields);
+        if let Some(start_after_ms) = run.start_after_ms {
+            pipe.zadd(
+                self.names.pending_runs_key(),
+                run_id.to_string(),
+                start_after_ms,
+            );
+        }
         if !location_keys.is_empty() {
             pipe.rpush(self.names.run_locations_key(run_id), &location_keys);
         }

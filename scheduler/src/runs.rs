@@ -243,6 +243,7 @@ impl Scheduler {
             self.broker
                 .publish_job(&plan.discover_job(location))
                 .await?;
+            self.metrics.job_published("discover");
         }
         if plan.locations.is_empty() {
             self.discovery_complete(run_id).await?;

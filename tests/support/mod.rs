@@ -75,9 +75,14 @@ impl Stack {
 
     /// Runs the scheduler's report consumer (reconnecting) in this process.
     pub fn start_scheduler(&mut self) {
+        self.start_scheduler_with_api(None);
+    }
+
+    /// Runs the scheduler, with its HTTP API on `listener` if given.
+    pub fn start_scheduler_with_api(&mut self, listener: Option<tokio::net::TcpListener>) {
         let config = self.scheduler_config.clone();
         self.scheduler_task = Some(tokio::spawn(async move {
-            scheduler::run(config, std::future::pending())
+            scheduler::run(config, listener, std::future::pending())
                 .await
                 .unwrap();
         }));
@@ -373,6 +378,40 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`; (status, body).
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0, one short request); the body.

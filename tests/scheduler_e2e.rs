@@ -1,0 +1,538 @@
+//! The scheduler issue's promises, end to end: the simulator, real RabbitMQ and
+//! Redis (each test under its own prefix), the scheduler and in-process workers.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use protocol::run::RunState;
+use protocol::status::StatusDetail;
+use scheduler::StartOptions;
+use scheduler::triggers::{AlertmanagerPayload, Event};
+use sim::profile::FleetProfile;
+use support::{SentCommand, Stack};
+
+fn single_location(instances: u32, failing: bool) -> FleetProfile {
+    let mut profile = FleetProfile::tiny();
+    profile.accounts = 1;
+    profile.regions = vec!["us-east-1".into()];
+    profile.instances_per_location = sim::profile::CountRange {
+        min: instances,
+        max: instances,
+    };
+    profile.connection_lost_share = 0.0;
+    profile.outcomes = sim::profile::OutcomeMix {
+        success: u32::from(!failing),
+        failed: u32::from(failing),
+        timed_out: 0,
+        undeliverable: 0,
+    };
+    profile
+}
+
+fn step(rate_control: &str) -> String {
+    format!(
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+{rate_control}"
+    )
+}
+
+/// The most of `weight(command)` outstanding at any simulated instant.
+fn peak(commands: &[SentCommand], key: impl Fn(&SentCommand) -> (String, usize)) -> usize {
+    // Intervals per key (merged), then a sweep over their edges.
+    let mut spans: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+    let mut edges: Vec<(f64, i64)> = Vec::new();
+    for command in commands {
+        let (group, weight) = key(command);
+        if group.is_empty() {
+            edges.push((command.requested_at, weight as i64));
+            edges.push((command.finished_at, -(weight as i64)));
+            continue;
+        }
+        let span =
+            spans
+                .entry(group)
+                .or_insert((command.requested_at, command.finished_at, weight));
+        span.0 = span.0.min(command.requested_at);
+        span.1 = span.1.max(command.finished_at);
+    }
+    for (start, end, weight) in spans.into_values() {
+        edges.push((start, weight as i64));
+        edges.push((end, -(weight as i64)));
+    }
+    // Ends before starts at the same instant: a slot freed is a slot reusable.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut current, mut most) = (0i64, 0i64);
+    for (_, delta) in edges {
+        current += delta;
+        most = most.max(current);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_locations_at_a_time_and_correct_totals() {
+    let mut stack = Stack::start(FleetProfile::tiny()).await;
+    stack.spawn_worker("worker-a", 16);
+    stack.spawn_worker("worker-b", 16);
+    let campaign = stack.campaign(
+        "three-at-a-time",
+        &step("  location_concurrency: 3\n  max_concurrency: 100%\n  max_errors: 100%\n"),
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    assert_eq!(progress.locations, 6);
+
+    let commands = stack.commands();
+    let locations: HashSet<String> = commands
+        .iter()
+        .map(|command| format!("{}/{}", command.account_id, command.region))
+        .collect();
+    assert_eq!(locations.len(), 6, "every location was worked on");
+    let most = peak(&commands, |command| {
+        (format!("{}/{}", command.account_id, command.region), 1)
+    });
+    assert!(most <= 3, "{most} locations were active at once");
+
+    let records = stack.records(run_id);
+    assert_eq!(
+        records.len() as u64,
+        progress.total_targets,
+        "one result per target"
+    );
+    let report = flotilla::report::build(run_id, &records);
+    let report_total: u64 = report
+        .by_status
+        .values()
+        .flat_map(|statuses| statuses.values())
+        .sum();
+    assert_eq!(report_total, progress.total_targets);
+    assert_eq!(
+        report
+            .by_status
+            .values()
+            .next()
+            .unwrap()
+            .get("Success")
+            .copied(),
+        progress.results[&0].get("Success").copied(),
+        "the report and the live counters agree"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_concurrency_keeps_fifty_of_five_hundred_outstanding() {
+    let mut profile = single_location(500, false);
+    profile.time_scale = 20.0;
+    let mut stack = Stack::start(profile).await;
+    stack.spawn_worker("worker-a", 16);
+    stack.spawn_worker("worker-b", 16);
+    let campaign = stack.campaign(
+        "ten-percent",
+        &format!(
+            "{}api_rate_limits:\n  send_command: 50\n  list_command_invocations: 100\n",
+            step("  max_concurrency: 10%\n  max_errors: 0\n")
+        ),
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(120))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let commands = stack.commands();
+    let most = peak(&commands, |command| (String::new(), command.targets));
+    assert!(
+        most <= 50,
+        "{most} targets' commands were outstanding at once"
+    );
+    assert!(most >= 25, "concurrency was used: only {most} at once");
+    assert_eq!(stack.records(run_id).len(), 500);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percentage_budget_halts_at_its_count_and_the_report_shows_what_never_started() {
+    let mut stack = Stack::start(single_location(100, true)).await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "five-percent",
+        &step("  max_concurrency: 10%\n  max_errors: 5%\n"),
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Halted, "{progress:#?}");
+    // 5% of 100 targets: 5 failures allowed, the 6th halts the run.
+    assert_eq!(progress.allowed_errors, Some(5));
+    assert!(progress.reason.contains("5 allowed"), "{}", progress.reason);
+    assert!(progress.failures > 5, "{progress:#?}");
+    let records = stack.records(run_id);
+    assert_eq!(records.len(), 100, "every target has a result");
+    let sent: usize = stack.commands().iter().map(|command| command.targets).sum();
+    let report = flotilla::report::build(run_id, &records);
+    let statuses = report.by_status.values().next().unwrap();
+    assert_eq!(statuses["Not Started"] as usize, 100 - sent, "{statuses:?}");
+    assert_eq!(statuses["Failed"] as usize, sent);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_running_event_runs_the_triggered_campaign_on_that_instance_first() {
+    let mut profile = single_location(500, false);
+    profile.accounts = 2;
+    let mut stack = Stack::start(profile).await;
+    stack.spawn_worker("worker-a", 4);
+    let accounts = stack.account_ids();
+    let bulk = stack.campaign_in(
+        "bulk-scan",
+        &accounts[..1],
+        &format!(
+            "{}api_rate_limits:\n  send_command: 0.5\n",
+            step("  max_concurrency: 100%\n  max_errors: 0\n")
+        ),
+    );
+    let bulk_run = stack
+        .scheduler
+        .start_run(&bulk, StartOptions::default())
+        .await
+        .unwrap();
+    let triggered = stack.campaign_in(
+        "agent-install",
+        &accounts,
+        &format!(
+            "{}triggers:\n  - event: ec2-instance-running\n",
+            step("  max_concurrency: 100%\n  max_errors: 0\n")
+        ),
+    );
+    stack.scheduler.apply_campaign(&triggered).await.unwrap();
+    stack
+        .wait_for(
+            "the bulk run's first command",
+            Duration::from_secs(30),
+            |stack| !stack.commands().is_empty(),
+        )
+        .await;
+
+    let fleet = &stack.sim.state.fleet;
+    let instance_id = fleet.instance_id(sim::fleet::InstanceKey {
+        account: 1,
+        region: 0,
+        index: 7,
+    });
+    let event: Event = serde_json::from_value(serde_json::json!({
+        "version": "0",
+        "id": "7bf73129-1428-4cd3-a780-95db273d1602",
+        "detail-type": "EC2 Instance State-change Notification",
+        "source": "aws.ec2",
+        "account": accounts[1],
+        "time": "2026-11-23T02:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": { "instance-id": instance_id, "state": "running" }
+    }))
+    .unwrap();
+    let started = stack.scheduler.handle_event(&event).await.unwrap();
+    assert_eq!(started.len(), 1, "one campaign has the trigger");
+    assert_eq!(started[0].campaign, "agent-install");
+    let progress = stack
+        .wait_until_final(started[0].run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed);
+    let records = stack.records(started[0].run_id);
+    assert_eq!(records.len(), 1, "only the new instance: {records:?}");
+    assert_eq!(records[0].instance_id, instance_id);
+    let bulk_progress = stack.scheduler.progress(bulk_run).await.unwrap();
+    assert!(
+        !bulk_progress.finished,
+        "the triggered run finished before the bulk backlog drained"
+    );
+
+    // An event for an account or state no campaign covers starts nothing.
+    let mut stopped = event.clone();
+    stopped.detail = serde_json::json!({ "instance-id": instance_id, "state": "stopping" });
+    assert!(
+        stack
+            .scheduler
+            .handle_event(&stopped)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_restarted_mid_run_loses_no_result() {
+    let mut profile = single_location(200, false);
+    profile.time_scale = 10.0;
+    let mut stack = Stack::start(profile).await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign("restart", &step("  max_concurrency: 40\n  max_errors: 0\n"));
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for("some results", Duration::from_secs(60), |stack| {
+            stack.commands().len() >= 3
+        })
+        .await;
+    stack.kill_scheduler();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.start_scheduler();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(120))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let records = stack.records(run_id);
+    let unique: HashSet<&str> = records
+        .iter()
+        .map(|record| record.instance_id.as_str())
+        .collect();
+    assert_eq!(records.len(), 200);
+    assert_eq!(unique.len(), 200);
+    assert_eq!(
+        progress.step_results(0),
+        200,
+        "the counters lost nothing either"
+    );
+    assert!(stack.executions().values().all(|runs| *runs == 1));
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
+    let mut profile = single_location(120, false);
+    profile.time_scale = 10.0;
+    let mut stack = Stack::start(profile).await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "alerting",
+        &step("  max_concurrency: 20\n  max_errors: 0\n"),
+    );
+    let run_id = stack
+        .scheduler
+        .start_run(&campaign, StartOptions::default())
+        .await
+        .unwrap();
+    stack
+        .wait_for("a command", Duration::from_secs(30), |stack| {
+            !stack.commands().is_empty()
+        })
+        .await;
+    let payload: AlertmanagerPayload = serde_json::from_value(serde_json::json!({
+        "version": "4",
+        "status": "firing",
+        "receiver": "flotilla",
+        "groupKey": "{}:{alertname=\"FlotillaTargetErrorRateHigh\"}",
+        "alerts": [{
+            "status": "firing",
+            "labels": { "alertname": "FlotillaTargetErrorRateHigh", "campaign": "alerting", "severity": "page" },
+            "annotations": { "summary": "error rate above 5%" },
+            "startsAt": "2026-11-23T02:00:00Z"
+        }]
+    }))
+    .unwrap();
+    let actions = stack.scheduler.handle_alerts(&payload).await.unwrap();
+    assert_eq!(actions[0].action, "run_paused");
+    let paused = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(paused.state, RunState::Paused);
+    assert!(
+        paused.reason.contains("FlotillaTargetErrorRateHigh"),
+        "{}",
+        paused.reason
+    );
+    // In-flight commands finish; nothing new is sent while paused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = stack.commands().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stack.commands().len(), sent, "sent while paused");
+    assert!(!stack.scheduler.progress(run_id).await.unwrap().finished);
+
+    assert!(
+        stack
+            .scheduler
+            .resume(run_id, "alert resolved")
+            .await
+            .unwrap()
+    );
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    assert_eq!(progress.state, RunState::Completed);
+    assert_eq!(stack.records(run_id).len(), 120);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_stores_versions_starts_runs_and_refuses_bad_input() {
+    let mut stack = Stack::start(single_location(20, false)).await;
+    stack.kill_scheduler();
+    let port = support::free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stack.start_scheduler_with_api(Some(listener));
+    stack.spawn_worker("worker-a", 8);
+    let mut healthy = false;
+    for _ in 0..50 {
+        if support::http(port, "GET", "/healthz", "text/plain", "")
+            .await
+            .0
+            == 200
+        {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "the API came up");
+
+    let spec = serde_json::to_string(&stack.campaign("api-scan", &step("  max_errors: 0\n")).spec)
+        .unwrap();
+    let (status, body) = support::http(port, "POST", "/campaigns", "application/json", &spec).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"version\":1") && body.contains("\"changed\":true"),
+        "{body}"
+    );
+    let (_, body) = support::http(port, "POST", "/campaigns", "application/json", &spec).await;
+    assert!(
+        body.contains("\"version\":1") && body.contains("\"changed\":false"),
+        "same spec, same version: {body}"
+    );
+    let changed = spec.replace("echo hi", "echo hello");
+    let (_, body) = support::http(port, "POST", "/campaigns", "application/json", &changed).await;
+    assert!(
+        body.contains("\"version\":2"),
+        "a changed spec is a new version: {body}"
+    );
+
+    let (status, body) = support::http(
+        port,
+        "POST",
+        "/campaigns",
+        "application/yaml",
+        "name: x\nsteps: []\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("problems"), "{body}");
+    let (status, body) =
+        support::http(port, "POST", "/campaigns/nope/runs", "application/json", "").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = support::http(port, "GET", "/runs/not-a-uuid", "text/plain", "").await;
+    assert_eq!(status, 400);
+    let (status, body) = support::http(port, "POST", "/kill", "application/json", "{}").await;
+    assert_eq!(status, 400, "a kill switch needs a reason: {body}");
+
+    let (status, body) = support::http(
+        port,
+        "POST",
+        "/campaigns/api-scan/runs",
+        "application/json",
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let started: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        started["campaign_version"], 2,
+        "the run records the version it used"
+    );
+    let run_id: uuid::Uuid = serde_json::from_value(started["run_id"].clone()).unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed);
+    let records = stack.records(run_id);
+    assert!(
+        records
+            .iter()
+            .all(|record| record.status_detail() == Some(StatusDetail::Success))
+    );
+    let (status, body) =
+        support::http(port, "GET", &format!("/runs/{run_id}"), "text/plain", "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"location_states\""), "{body}");
+    let metrics = support::http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("flotilla_scheduler_runs{state=\"Completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_queue_messages{queue=\"jobs.bulk\"}"),
+        "{metrics}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggers_delay_holds_the_run_pending_until_its_time() {
+    let mut stack = Stack::start(single_location(20, false)).await;
+    stack.spawn_worker("worker-a", 4);
+    let accounts = stack.account_ids();
+    let delayed = stack.campaign(
+        "agent-install-later",
+        &format!(
+            "{}triggers:\n  - event: ssm-instance-registered\n    delay: 2s\n",
+            step("  max_errors: 0\n")
+        ),
+    );
+    stack.scheduler.apply_campaign(&delayed).await.unwrap();
+    let instance_id = stack.sim.state.fleet.instance_id(sim::fleet::InstanceKey {
+        account: 0,
+        region: 0,
+        index: 3,
+    });
+    let event: Event = serde_json::from_value(serde_json::json!({
+        "detail-type": "SSM Managed Instance Registration",
+        "source": "aws.ssm",
+        "account": accounts[0],
+        "region": "us-east-1",
+        "detail": { "instance-id": instance_id }
+    }))
+    .unwrap();
+    let started = stack.scheduler.handle_event(&event).await.unwrap();
+    assert_eq!(started.len(), 1);
+    let run_id = started[0].run_id;
+    assert_eq!(
+        stack.scheduler.progress(run_id).await.unwrap().state,
+        RunState::Pending,
+        "waiting for the trigger's delay"
+    );
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(progress.state, RunState::Completed);
+    assert_eq!(stack.records(run_id).len(), 1);
+    stack.teardown().await;
+}
