@@ -536,3 +536,102 @@ async fn a_triggers_delay_holds_the_run_pending_until_its_time() {
     assert_eq!(stack.records(run_id).len(), 1);
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_fire_each_occurrence_once_and_hand_over_when_the_leader_dies() {
+    let mut stack = Stack::start(single_location(5, false)).await;
+    // Replicas of their own, on one accelerated clock (a minute every 6 s).
+    stack.kill_scheduler();
+    stack.spawn_worker("worker-a", 8);
+    let clock = scheduler::schedules::SchedulerClock::accelerated(
+        chrono::DateTime::parse_from_rfc3339("2026-11-23T00:00:30Z")
+            .unwrap()
+            .into(),
+        10,
+    );
+    let mut replicas = std::collections::HashMap::new();
+    for name in ["replica-a", "replica-b"] {
+        let mut config = stack.scheduler_config();
+        config.name = format!("{name}-{}", stack.names.prefix());
+        config.lease_ttl = Duration::from_secs(2);
+        config.clock = clock.clone();
+        let task = tokio::spawn(async move {
+            scheduler::run(config, None, std::future::pending())
+                .await
+                .unwrap();
+        });
+        replicas.insert(format!("{name}-{}", stack.names.prefix()), task);
+    }
+    let campaign = stack.campaign(
+        "every-minute",
+        &format!(
+            "{}schedule:\n  expression: rate(1 minute)\n",
+            step("  max_errors: 100%\n")
+        ),
+    );
+    stack.scheduler.apply_campaign(&campaign).await.unwrap();
+
+    let fires = |stack: &Stack| {
+        let scheduler = stack.scheduler.clone();
+        async move { scheduler.schedule_fires().await.unwrap() }
+    };
+    let started = tokio::time::Instant::now();
+    while fires(&stack).await.len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no schedule fires"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let holder = stack.scheduler.lease_holder().await.unwrap().unwrap();
+    let (leader, _) = holder.rsplit_once(':').unwrap();
+    replicas.remove(leader).unwrap().abort();
+    let fired_before = fires(&stack).await.len();
+    while fires(&stack).await.len() < fired_before + 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the survivor does not fire"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let log = fires(&stack).await;
+    let occurrences: Vec<i64> = log
+        .iter()
+        .map(|line| line.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    for pair in occurrences.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            60_000,
+            "each minute exactly once: {log:#?}"
+        );
+    }
+    let holders: HashSet<&str> = log
+        .iter()
+        .map(|line| line.split(' ').nth(3).unwrap().rsplit_once(':').unwrap().0)
+        .collect();
+    assert_eq!(
+        holders.len(),
+        2,
+        "the lease moved to the survivor: {log:#?}"
+    );
+    assert!(log.iter().all(|line| line.contains(" fired ")));
+    for occurrence in occurrences {
+        let run_id = scheduler::schedules::occurrence_run_id("every-minute", occurrence);
+        assert!(
+            stack
+                .scheduler
+                .ledger()
+                .run_fields(run_id)
+                .await
+                .unwrap()
+                .is_some(),
+            "the occurrence at {occurrence} has its run"
+        );
+    }
+    for task in replicas.values() {
+        task.abort();
+    }
+    stack.teardown().await;
+}

@@ -180,6 +180,16 @@ impl Names {
         format!("{}:schedule:fired", self.prefix)
     }
 
+    /// The last fencing token handed out with the leader lease.
+    pub fn scheduler_lease_token_key(&self) -> String {
+        format!("{}:scheduler:lease:token", self.prefix)
+    }
+
+    /// Every schedule fire (`campaign occurrence holder`), newest last.
+    pub fn schedule_fires_key(&self) -> String {
+        format!("{}:schedule:fires", self.prefix)
+    }
+
     /// The scheduler leader lease (value: holder id; fencing token alongside).
     pub fn scheduler_lease_key(&self) -> String {
         format!("{}:scheduler:lease", self.prefix)

@@ -11,6 +11,8 @@
 //! - [`api`]: the HTTP API (axum, JSON) the CLI talks to.
 //! - [`triggers`]: events and Alertmanager alerts that start or stop runs, and
 //!   the ticker that starts delayed runs.
+//! - [`schedules`]: cron/rate schedules, fired exactly once per occurrence by
+//!   the replica holding the leader lease.
 //! - [`organizations`]: accounts of OUs through AWS Organizations.
 //! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update.
@@ -23,6 +25,7 @@ pub mod metrics;
 pub mod organizations;
 pub mod reports;
 pub mod runs;
+pub mod schedules;
 pub mod sink;
 pub mod triggers;
 
@@ -93,6 +96,10 @@ pub struct SchedulerConfig {
     pub name: String,
     /// For campaigns that name organizational units.
     pub organizations: crate::organizations::OrganizationsSettings,
+    /// How long the schedule leader lease lasts without renewal: how long a
+    /// dead leader's schedules wait for another replica. Renewed every second.
+    pub lease_ttl: std::time::Duration,
+    pub clock: crate::schedules::SchedulerClock,
 }
 
 impl SchedulerConfig {
@@ -105,6 +112,8 @@ impl SchedulerConfig {
             report_prefetch: 64,
             name: "flotilla-scheduler".into(),
             organizations: Default::default(),
+            lease_ttl: std::time::Duration::from_secs(10),
+            clock: crate::schedules::SchedulerClock::system(),
         }
     }
 }
@@ -216,7 +225,8 @@ pub async fn run(
                 Ok(scheduler) => {
                     failures = 0;
                     current.send_replace(Some(scheduler.clone()));
-                    let served = scheduler.serve(stop.clone().cancelled_owned()).await;
+                    // Boxed: the serving future is deep, and callers nest it further.
+                    let served = Box::pin(scheduler.serve(stop.clone().cancelled_owned())).await;
                     current.send_replace(None);
                     served
                 }

@@ -15,6 +15,8 @@ pub struct SchedulerMetrics {
     budget_remaining: IntGaugeVec,
     discovery: IntGaugeVec,
     queue_messages: IntGaugeVec,
+    schedule_fires: IntCounterVec,
+    leader: prometheus::IntGauge,
 }
 
 impl SchedulerMetrics {
@@ -76,8 +78,21 @@ impl SchedulerMetrics {
             ),
             &["queue"],
         )?;
+        let schedule_fires = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_schedule_fires_total",
+                "Schedule occurrences this replica fired, by campaign",
+            ),
+            &["campaign"],
+        )?;
+        let leader = prometheus::IntGauge::new(
+            "flotilla_scheduler_schedule_leader",
+            "1 while this replica holds the schedule leader lease",
+        )?;
         for collector in [
-            Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(schedule_fires.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leader.clone()),
+            Box::new(reports.clone()),
             Box::new(results.clone()),
             Box::new(runs_started.clone()),
             Box::new(jobs_published.clone()),
@@ -98,6 +113,8 @@ impl SchedulerMetrics {
             budget_remaining,
             discovery,
             queue_messages,
+            schedule_fires,
+            leader,
         })
     }
 
@@ -155,6 +172,14 @@ impl SchedulerMetrics {
         self.queue_messages
             .with_label_values(&[queue])
             .set(messages);
+    }
+
+    pub fn schedule_fired(&self, campaign: &str) {
+        self.schedule_fires.with_label_values(&[campaign]).inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     pub fn render(&self) -> String {

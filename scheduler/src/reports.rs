@@ -44,7 +44,7 @@ impl Scheduler {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                if let Err(error) = self.tick().await {
+                if let Err(error) = Box::pin(self.tick()).await {
                     tracing::warn!(error = %error, "scheduler tick failed");
                 }
             }

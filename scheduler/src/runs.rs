@@ -29,6 +29,8 @@ pub struct StartOptions {
     /// The stored campaign version, when started from the store.
     pub campaign_version: Option<u32>,
     pub started_by: String,
+    /// A given run id (a schedule occurrence's); a run with it is not created twice.
+    pub run_id: Option<Uuid>,
 }
 
 impl Default for StartOptions {
@@ -41,6 +43,7 @@ impl Default for StartOptions {
             start_after: None,
             campaign_version: None,
             started_by: "operator".into(),
+            run_id: None,
         }
     }
 }
@@ -167,7 +170,10 @@ impl Scheduler {
         campaign: &Campaign,
         options: StartOptions,
     ) -> Result<Uuid, SchedulerError> {
-        let run_id = Uuid::new_v4();
+        let run_id = options.run_id.unwrap_or_else(Uuid::new_v4);
+        if options.run_id.is_some() && self.ledger.run_fields(run_id).await?.is_some() {
+            return Ok(run_id);
+        }
         let locations = match &options.locations {
             Some(locations) => locations.clone(),
             None => self.resolve_locations(campaign).await?,

@@ -224,9 +224,11 @@ impl Scheduler {
         Ok(live)
     }
 
-    /// Once a second: start delayed runs whose time has come.
+    /// Once a second: start delayed runs whose time has come, and fire schedules
+    /// (if this replica leads).
     pub async fn tick(&self) -> Result<(), SchedulerError> {
         self.start_due_runs().await?;
+        self.schedule_tick().await?;
         Ok(())
     }
 

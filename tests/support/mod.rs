@@ -88,6 +88,11 @@ impl Stack {
         }));
     }
 
+    /// The stack's scheduler settings, for starting more replicas.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        self.scheduler_config.clone()
+    }
+
     /// The RabbitMQ connection name of the stack's report-consuming scheduler.
     pub fn scheduler_connection_name(&self) -> String {
         self.scheduler_config.name.clone()

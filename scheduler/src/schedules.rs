@@ -1,0 +1,256 @@
+//! Scheduled campaigns fire on time, exactly once per occurrence, however many
+//! scheduler replicas run.
+//!
+//! - **Lease**: one replica holds `<prefix>:scheduler:lease` (`holder:token`,
+//!   renewed every tick, expiring after `lease_ttl`). Each acquisition takes a
+//!   new fencing token.
+//! - **Fire**: one Lua script checks that the lease still holds this replica's
+//!   token *and* that the occurrence is later than the campaign's last fired one,
+//!   then records it. A replica that lost the lease cannot fire, even with a
+//!   stale view; an occurrence is recorded once.
+//! - **Never zero**: the run of an occurrence has a derived id (campaign +
+//!   occurrence). A leader that finds a recorded occurrence without its run
+//!   (its predecessor died between the two) starts it.
+//! - **Missed occurrences** (the schedulers were down): only the latest is run
+//!   (`on_missed: run-once`), or none (`skip`) if it is more than
+//!   [`ON_TIME`] late.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use protocol::Campaign;
+use protocol::spec::MissedOccurrence;
+use redis::{AsyncCommands, Script};
+use uuid::Uuid;
+
+use crate::runs::StartOptions;
+use crate::{Scheduler, SchedulerError};
+
+/// An occurrence fired at most this late still counts as on time.
+pub const ON_TIME: Duration = Duration::from_secs(60);
+
+/// What time it is for schedules. Tests accelerate it; everyone else uses UTC now.
+#[derive(Clone)]
+pub struct SchedulerClock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl SchedulerClock {
+    pub fn system() -> Self {
+        Self(Arc::new(Utc::now))
+    }
+
+    /// Starts at `start` and runs `speed` times faster than real time.
+    pub fn accelerated(start: DateTime<Utc>, speed: u32) -> Self {
+        let began = std::time::Instant::now();
+        Self(Arc::new(move || {
+            let elapsed = began.elapsed() * speed;
+            start + chrono::Duration::from_std(elapsed).unwrap_or_default()
+        }))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SchedulerClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SchedulerClock")
+    }
+}
+
+/// KEYS lease, token counter; ARGV holder, ttl ms. Returns the fencing token, 0 if another holds it.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local holder, token = string.match(current, '^(.*):(%d+)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(token)
+  end
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+return token
+",
+    )
+});
+
+/// KEYS lease, fired hash, fires log; ARGV lease value, campaign, occurrence ms,
+/// start (1) or skip (0). Returns 1 when recorded, 0 if already, -1 if not the leader.
+static FIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local last = redis.call('HGET', KEYS[2], ARGV[2])
+if last and tonumber(string.match(last, '^(%d+)')) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local verb = 'fired'
+if ARGV[4] == '0' then verb = 'skipped' end
+redis.call('RPUSH', KEYS[3], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. verb .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[3], -10000, -1)
+return 1
+",
+    )
+});
+
+/// The run of one occurrence: the same id whoever starts it.
+pub fn occurrence_run_id(campaign: &str, occurrence_ms: i64) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("flotilla/schedule/{campaign}/{occurrence_ms}").as_bytes(),
+    )
+}
+
+impl Scheduler {
+    /// Takes or renews the leader lease; the fencing token, or `None` if another replica leads.
+    async fn lease(&self) -> Result<Option<u64>, SchedulerError> {
+        let names = self.broker.names();
+        let mut connection = self.store.connection();
+        let token: u64 = ACQUIRE
+            .key(names.scheduler_lease_key())
+            .key(names.scheduler_lease_token_key())
+            .arg(&self.config.name)
+            .arg(u64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok((token > 0).then_some(token))
+    }
+
+    /// Who leads now (`holder:token`), for operators and tests.
+    pub async fn lease_holder(&self) -> Result<Option<String>, SchedulerError> {
+        let mut connection = self.store.connection();
+        Ok(connection
+            .get(self.broker.names().scheduler_lease_key())
+            .await?)
+    }
+
+    /// The fire log, oldest first: `campaign occurrence-ms fired|skipped holder:token`.
+    pub async fn schedule_fires(&self) -> Result<Vec<String>, SchedulerError> {
+        let mut connection = self.store.connection();
+        Ok(connection
+            .lrange(self.broker.names().schedule_fires_key(), 0, -1)
+            .await?)
+    }
+
+    /// One round of the schedule loop (every tick, on every replica; only the
+    /// leader does anything).
+    pub async fn schedule_tick(&self) -> Result<(), SchedulerError> {
+        let Some(token) = self.lease().await? else {
+            self.metrics.set_leader(false);
+            return Ok(());
+        };
+        self.metrics.set_leader(true);
+        let lease_value = format!("{}:{token}", self.config.name);
+        let now = self.config.clock.now();
+        for name in self.campaign_names().await? {
+            let Some((campaign, stored)) = self.stored_campaign(&name).await? else {
+                continue;
+            };
+            let Some(schedule) = &campaign.schedule else {
+                continue;
+            };
+            let names = self.broker.names();
+            let mut connection = self.store.connection();
+            let last: Option<String> = connection.hget(names.schedule_fired_key(), &name).await?;
+            let Some(last) = last else {
+                // First sight: occurrences from now on, none from before the campaign existed.
+                let baseline = format!("{}:baseline", now.timestamp_millis());
+                let _: bool = connection
+                    .hset_nx(names.schedule_fired_key(), &name, baseline)
+                    .await?;
+                continue;
+            };
+            let (last_ms, baseline) = match last.split_once(':') {
+                Some((ms, _)) => (ms, true),
+                None => (last.as_str(), false),
+            };
+            let last_ms: i64 = last_ms
+                .parse()
+                .map_err(|_| SchedulerError::Corrupt(format!("schedule fired value {last:?}")))?;
+            if !baseline {
+                self.ensure_occurrence_run(&campaign, stored.version, last_ms)
+                    .await?;
+            }
+            let Some(after) = DateTime::<Utc>::from_timestamp_millis(last_ms) else {
+                continue;
+            };
+            let due: Vec<DateTime<Utc>> = schedule
+                .schedule
+                .next_fire_times(after, 10_000)
+                .into_iter()
+                .take_while(|time| *time <= now)
+                .collect();
+            let Some(latest) = due.last() else {
+                continue;
+            };
+            let late = (now - *latest).to_std().unwrap_or_default();
+            let start = late <= ON_TIME || schedule.on_missed == MissedOccurrence::RunOnce;
+            let recorded: i64 = FIRE
+                .key(names.scheduler_lease_key())
+                .key(names.schedule_fired_key())
+                .key(names.schedule_fires_key())
+                .arg(&lease_value)
+                .arg(&name)
+                .arg(latest.timestamp_millis())
+                .arg(u8::from(start))
+                .invoke_async(&mut connection)
+                .await?;
+            match recorded {
+                -1 => {
+                    // The lease moved on: stop at once.
+                    self.metrics.set_leader(false);
+                    return Ok(());
+                }
+                1 if start => {
+                    if due.len() > 1 {
+                        tracing::warn!(
+                            campaign = name.as_str(),
+                            missed = due.len() - 1,
+                            "missed occurrences; running the latest once"
+                        );
+                    }
+                    self.metrics.schedule_fired(&name);
+                    self.ensure_occurrence_run(
+                        &campaign,
+                        stored.version,
+                        latest.timestamp_millis(),
+                    )
+                    .await?;
+                }
+                1 => tracing::warn!(
+                    campaign = name.as_str(),
+                    ?late,
+                    "missed occurrence skipped (on_missed: skip)"
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the run of a recorded occurrence unless it exists.
+    async fn ensure_occurrence_run(
+        &self,
+        campaign: &Campaign,
+        version: u32,
+        occurrence_ms: i64,
+    ) -> Result<(), SchedulerError> {
+        let run_id = occurrence_run_id(&campaign.name, occurrence_ms);
+        if self.ledger.run_fields(run_id).await?.is_some() {
+            return Ok(());
+        }
+        let options = StartOptions {
+            run_id: Some(run_id),
+            campaign_version: Some(version),
+            started_by: "schedule".into(),
+            ..StartOptions::default()
+        };
+        self.start_run(campaign, options).await?;
+        tracing::info!(campaign = campaign.name.as_str(), %run_id, occurrence_ms, "schedule fired");
+        Ok(())
+    }
+}
