@@ -16,6 +16,16 @@ fn main() -> ExitCode {
     let cli = flotilla::cli::Cli::parse();
     match flotilla::cli::run(cli) {
         Ok(code) => code,
+        // `flotilla run list | head`: the reader left; nothing went wrong.
+        Err(error)
+            if error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -10,42 +10,9 @@ use std::time::Duration;
 
 use protocol::run::RunState;
 use protocol::status::StatusDetail;
-use scheduler::StartOptions;
 use scheduler::triggers::{AlertmanagerPayload, Event};
 use sim::profile::FleetProfile;
 use support::{SentCommand, Stack};
-
-fn single_location(instances: u32, failing: bool) -> FleetProfile {
-    let mut profile = FleetProfile::tiny();
-    profile.accounts = 1;
-    profile.regions = vec!["us-east-1".into()];
-    profile.instances_per_location = sim::profile::CountRange {
-        min: instances,
-        max: instances,
-    };
-    profile.connection_lost_share = 0.0;
-    profile.outcomes = sim::profile::OutcomeMix {
-        success: u32::from(!failing),
-        failed: u32::from(failing),
-        timed_out: 0,
-        undeliverable: 0,
-    };
-    profile
-}
-
-fn step(rate_control: &str) -> String {
-    format!(
-        "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-{rate_control}"
-    )
-}
 
 /// The most of `weight(command)` outstanding at any simulated instant.
 fn peak(commands: &[SentCommand], key: impl Fn(&SentCommand) -> (String, usize)) -> usize {
@@ -87,13 +54,11 @@ async fn three_locations_at_a_time_and_correct_totals() {
     stack.spawn_worker("worker-b", 16);
     let campaign = stack.campaign(
         "three-at-a-time",
-        &step("  location_concurrency: 3\n  max_concurrency: 100%\n  max_errors: 100%\n"),
+        support::one_step(
+            "  location_concurrency: 3\n  max_concurrency: 100%\n  max_errors: 100%\n",
+        ),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(90))
         .await;
@@ -140,23 +105,19 @@ async fn three_locations_at_a_time_and_correct_totals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_percent_concurrency_keeps_fifty_of_five_hundred_outstanding() {
-    let mut profile = single_location(500, false);
+    let mut profile = support::single_location(500, false);
     profile.time_scale = 20.0;
     let mut stack = Stack::start(profile).await;
     stack.spawn_worker("worker-a", 16);
     stack.spawn_worker("worker-b", 16);
     let campaign = stack.campaign(
         "ten-percent",
-        &format!(
+        format!(
             "{}api_rate_limits:\n  send_command: 50\n  list_command_invocations: 100\n",
-            step("  max_concurrency: 10%\n  max_errors: 0\n")
+            support::one_step("  max_concurrency: 10%\n  max_errors: 0\n")
         ),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(120))
         .await;
@@ -174,17 +135,13 @@ async fn ten_percent_concurrency_keeps_fifty_of_five_hundred_outstanding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_percentage_budget_halts_at_its_count_and_the_report_shows_what_never_started() {
-    let mut stack = Stack::start(single_location(100, true)).await;
+    let mut stack = Stack::start(support::single_location(100, true)).await;
     stack.spawn_worker("worker-a", 8);
     let campaign = stack.campaign(
         "five-percent",
-        &step("  max_concurrency: 10%\n  max_errors: 5%\n"),
+        support::one_step("  max_concurrency: 10%\n  max_errors: 5%\n"),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
@@ -205,7 +162,7 @@ async fn a_percentage_budget_halts_at_its_count_and_the_report_shows_what_never_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_running_event_runs_the_triggered_campaign_on_that_instance_first() {
-    let mut profile = single_location(500, false);
+    let mut profile = support::single_location(500, false);
     profile.accounts = 2;
     let mut stack = Stack::start(profile).await;
     stack.spawn_worker("worker-a", 4);
@@ -213,22 +170,18 @@ async fn an_instance_running_event_runs_the_triggered_campaign_on_that_instance_
     let bulk = stack.campaign_in(
         "bulk-scan",
         &accounts[..1],
-        &format!(
+        format!(
             "{}api_rate_limits:\n  send_command: 0.5\n",
-            step("  max_concurrency: 100%\n  max_errors: 0\n")
+            support::one_step("  max_concurrency: 100%\n  max_errors: 0\n")
         ),
     );
-    let bulk_run = stack
-        .scheduler
-        .start_run(&bulk, StartOptions::default())
-        .await
-        .unwrap();
+    let bulk_run = stack.start_run(&bulk).await;
     let triggered = stack.campaign_in(
         "agent-install",
         &accounts,
-        &format!(
+        format!(
             "{}triggers:\n  - event: ec2-instance-running\n",
-            step("  max_concurrency: 100%\n  max_errors: 0\n")
+            support::one_step("  max_concurrency: 100%\n  max_errors: 0\n")
         ),
     );
     stack.scheduler.apply_campaign(&triggered).await.unwrap();
@@ -290,16 +243,13 @@ async fn an_instance_running_event_runs_the_triggered_campaign_on_that_instance_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduler_restarted_mid_run_loses_no_result() {
-    let mut profile = single_location(200, false);
-    profile.time_scale = 10.0;
-    let mut stack = Stack::start(profile).await;
+    let mut stack = Stack::start(support::slow_single_location(200)).await;
     stack.spawn_worker("worker-a", 8);
-    let campaign = stack.campaign("restart", &step("  max_concurrency: 40\n  max_errors: 0\n"));
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let campaign = stack.campaign(
+        "restart",
+        support::one_step("  max_concurrency: 40\n  max_errors: 0\n"),
+    );
+    let run_id = stack.start_run(&campaign).await;
     stack
         .wait_for("some results", Duration::from_secs(60), |stack| {
             stack.commands().len() >= 3
@@ -330,24 +280,14 @@ async fn a_scheduler_restarted_mid_run_loses_no_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
-    let mut profile = single_location(120, false);
-    profile.time_scale = 10.0;
-    let mut stack = Stack::start(profile).await;
+    let mut stack = Stack::start(support::slow_single_location(120)).await;
     stack.spawn_worker("worker-a", 8);
     let campaign = stack.campaign(
         "alerting",
-        &step("  max_concurrency: 20\n  max_errors: 0\n"),
+        support::one_step("  max_concurrency: 20\n  max_errors: 0\n"),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
-    stack
-        .wait_for("a command", Duration::from_secs(30), |stack| {
-            !stack.commands().is_empty()
-        })
-        .await;
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(1).await;
     let payload: AlertmanagerPayload = serde_json::from_value(serde_json::json!({
         "version": "4",
         "status": "firing",
@@ -394,7 +334,7 @@ async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_stores_versions_starts_runs_and_refuses_bad_input() {
-    let mut stack = Stack::start(single_location(20, false)).await;
+    let mut stack = Stack::start(support::single_location(20, false)).await;
     stack.kill_scheduler();
     let port = support::free_port();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -416,8 +356,12 @@ async fn the_http_api_stores_versions_starts_runs_and_refuses_bad_input() {
     }
     assert!(healthy, "the API came up");
 
-    let spec = serde_json::to_string(&stack.campaign("api-scan", &step("  max_errors: 0\n")).spec)
-        .unwrap();
+    let spec = serde_json::to_string(
+        &stack
+            .campaign("api-scan", support::one_step("  max_errors: 0\n"))
+            .spec,
+    )
+    .unwrap();
     let (status, body) = support::http(port, "POST", "/campaigns", "application/json", &spec).await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -497,14 +441,14 @@ async fn the_http_api_stores_versions_starts_runs_and_refuses_bad_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_triggers_delay_holds_the_run_pending_until_its_time() {
-    let mut stack = Stack::start(single_location(20, false)).await;
+    let mut stack = Stack::start(support::single_location(20, false)).await;
     stack.spawn_worker("worker-a", 4);
     let accounts = stack.account_ids();
     let delayed = stack.campaign(
         "agent-install-later",
-        &format!(
+        format!(
             "{}triggers:\n  - event: ssm-instance-registered\n    delay: 2s\n",
-            step("  max_errors: 0\n")
+            support::one_step("  max_errors: 0\n")
         ),
     );
     stack.scheduler.apply_campaign(&delayed).await.unwrap();
@@ -539,7 +483,7 @@ async fn a_triggers_delay_holds_the_run_pending_until_its_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_fire_each_occurrence_once_and_hand_over_when_the_leader_dies() {
-    let mut stack = Stack::start(single_location(5, false)).await;
+    let mut stack = Stack::start(support::single_location(5, false)).await;
     // Replicas of their own, on one accelerated clock (a minute every 6 s).
     stack.kill_scheduler();
     stack.spawn_worker("worker-a", 8);
@@ -564,9 +508,9 @@ async fn two_replicas_fire_each_occurrence_once_and_hand_over_when_the_leader_di
     }
     let campaign = stack.campaign(
         "every-minute",
-        &format!(
+        format!(
             "{}schedule:\n  expression: rate(1 minute)\n",
-            step("  max_errors: 100%\n")
+            support::one_step("  max_errors: 100%\n")
         ),
     );
     stack.scheduler.apply_campaign(&campaign).await.unwrap();

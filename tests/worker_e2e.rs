@@ -75,11 +75,7 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
     let (_keep_running, _worker_a) = stack.spawn_stoppable_worker(config);
     stack.spawn_worker("worker-b", 8);
     let campaign = stack.campaign("two-steps", TWO_STEPS);
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
@@ -227,11 +223,7 @@ async fn workers_killed_in_the_middle_of_execute_and_poll_lose_nothing_and_repea
     });
     let first = stack.spawn_worker("worker-a", 4);
     let campaign = stack.campaign("kill-workers", ONE_STEP);
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     stack
         .wait_for("the first command", Duration::from_secs(20), |stack| {
             stack.sim.state.lock().stats.commands >= 1
@@ -266,30 +258,10 @@ async fn workers_killed_in_the_middle_of_execute_and_poll_lose_nothing_and_repea
     stack.teardown().await;
 }
 
-/// One account, one region, `instances` instances, every command succeeding
-/// (unless `failing`), quickly.
-fn single_location(instances: u32, failing: bool) -> FleetProfile {
-    let mut profile = FleetProfile::tiny();
-    profile.accounts = 1;
-    profile.regions = vec!["us-east-1".into()];
-    profile.instances_per_location = sim::profile::CountRange {
-        min: instances,
-        max: instances,
-    };
-    profile.connection_lost_share = 0.0;
-    profile.outcomes = sim::profile::OutcomeMix {
-        success: u32::from(!failing),
-        failed: u32::from(failing),
-        timed_out: 0,
-        undeliverable: 0,
-    };
-    profile
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_error_budget_halts_the_run_and_nothing_is_sent_after() {
     // 40 targets that all fail, one at a time, two failures allowed.
-    let mut stack = Stack::start(single_location(40, true)).await;
+    let mut stack = Stack::start(support::single_location(40, true)).await;
     stack.spawn_worker("worker-a", 8);
     stack.spawn_worker("worker-b", 8);
     let campaign = stack.campaign(
@@ -306,11 +278,7 @@ rate_control:
   max_errors: 2
 ",
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
@@ -345,36 +313,16 @@ rate_control:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kill_switch_stops_sends_within_a_second_and_the_run_resumes_on_release() {
-    let mut profile = single_location(120, false);
     // Commands take 0.5–3 s: the run is still sending when the switch is engaged.
-    profile.time_scale = 10.0;
-    let mut stack = Stack::start(profile).await;
+    let mut stack = Stack::start(support::slow_single_location(120)).await;
     stack.spawn_worker("worker-a", 8);
     stack.spawn_worker("worker-b", 8);
     let campaign = stack.campaign(
         "killswitch",
-        "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-  max_concurrency: 24
-  max_errors: 0
-",
+        support::one_step("  max_concurrency: 24\n  max_errors: 0\n"),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
-    stack
-        .wait_for("a few commands", Duration::from_secs(30), |stack| {
-            stack.commands().len() >= 3
-        })
-        .await;
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(3).await;
     let engaged_at = support::now_unix_ms();
     stack
         .store
@@ -418,7 +366,7 @@ rate_control:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_together_keep_to_the_campaigns_rate_limit_without_throttles() {
-    let mut profile = single_location(1_000, false);
+    let mut profile = support::single_location(1_000, false);
     // The simulator would throttle anything faster than 3 SendCommand/s.
     profile.api_limits.send_command = sim::profile::Bucket {
         rate: 3.0,
@@ -430,25 +378,12 @@ async fn workers_together_keep_to_the_campaigns_rate_limit_without_throttles() {
     }
     let campaign = stack.campaign(
         "rate",
-        "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-  max_concurrency: 100%
-  max_errors: 0
-api_rate_limits:
-  send_command: 2
-",
+        format!(
+            "{}api_rate_limits:\n  send_command: 2\n",
+            support::one_step("  max_concurrency: 100%\n  max_errors: 0\n")
+        ),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
@@ -474,7 +409,7 @@ api_rate_limits:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_and_never_spends_the_error_budget() {
-    let mut stack = Stack::start(single_location(100, false)).await;
+    let mut stack = Stack::start(support::single_location(100, false)).await;
     stack.inject(sim::state::Fault::FailNext {
         operation: "SendCommand".into(),
         code: "ThrottlingException".into(),
@@ -492,11 +427,7 @@ async fn throttling_is_retried_and_never_spends_the_error_budget() {
             .replace("max_errors: 100%", "max_errors: 0")
             .as_str(),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
@@ -518,35 +449,17 @@ async fn throttling_is_retried_and_never_spends_the_error_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_nothing_is_sent_and_nothing_is_lost() {
     let redis = support::PrivateRedis::start().await;
-    let mut profile = single_location(120, false);
+    let mut profile = support::single_location(120, false);
     profile.time_scale = 10.0;
     let mut stack = Stack::start_with(profile, &redis.url).await;
     stack.spawn_worker("worker-a", 8);
     stack.spawn_worker("worker-b", 8);
     let campaign = stack.campaign(
         "redis-outage",
-        "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-  max_concurrency: 24
-  max_errors: 0
-",
+        support::one_step("  max_concurrency: 24\n  max_errors: 0\n"),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
-    stack
-        .wait_for("a few commands", Duration::from_secs(30), |stack| {
-            stack.commands().len() >= 2
-        })
-        .await;
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(2).await;
     redis.pause();
     let stopped_at = support::now_unix_ms();
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -576,35 +489,15 @@ rate_control:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_told_to_stop_finishes_its_jobs_and_exits_cleanly() {
-    let mut profile = single_location(100, false);
-    profile.time_scale = 10.0;
-    let mut stack = Stack::start(profile).await;
+    let mut stack = Stack::start(support::slow_single_location(100)).await;
     let config = stack.worker_config("worker-stopping", 8);
     let (shutdown, stopping) = stack.spawn_stoppable_worker(config);
     let campaign = stack.campaign(
         "graceful",
-        "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-  max_concurrency: 20
-  max_errors: 0
-",
+        support::one_step("  max_concurrency: 20\n  max_errors: 0\n"),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
-    stack
-        .wait_for("a command", Duration::from_secs(30), |stack| {
-            !stack.commands().is_empty()
-        })
-        .await;
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(1).await;
     shutdown.send(()).unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(15), stopping)
         .await
@@ -622,35 +515,15 @@ rate_control:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_the_scheduler_reconnect_when_the_broker_drops_them() {
-    let mut profile = single_location(100, false);
-    profile.time_scale = 10.0;
-    let mut stack = Stack::start(profile).await;
+    let mut stack = Stack::start(support::slow_single_location(100)).await;
     let worker_name = format!("worker-{}", stack.names.prefix());
     stack.spawn_worker(&worker_name, 8);
     let campaign = stack.campaign(
         "reconnect",
-        "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-  max_concurrency: 20
-  max_errors: 0
-",
+        support::one_step("  max_concurrency: 20\n  max_errors: 0\n"),
     );
-    let run_id = stack
-        .scheduler
-        .start_run(&campaign, StartOptions::default())
-        .await
-        .unwrap();
-    stack
-        .wait_for("a command", Duration::from_secs(30), |stack| {
-            !stack.commands().is_empty()
-        })
-        .await;
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(1).await;
     assert_eq!(support::close_rabbitmq_connections(&worker_name), 1);
     // The report consumer's connection, and the test's own scheduler handle's.
     assert_eq!(
@@ -666,7 +539,7 @@ rate_control:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urgent_work_overtakes_a_bulk_backlog() {
-    let mut profile = single_location(500, false);
+    let mut profile = support::single_location(500, false);
     profile.accounts = 2;
     let mut stack = Stack::start(profile).await;
     stack.spawn_worker("worker-a", 2);
@@ -686,13 +559,9 @@ rate_control:
     let bulk = stack.campaign_in(
         "bulk-scan",
         &accounts[..1],
-        &format!("{step}api_rate_limits:\n  send_command: 0.5\n"),
+        format!("{step}api_rate_limits:\n  send_command: 0.5\n"),
     );
-    let bulk_run = stack
-        .scheduler
-        .start_run(&bulk, StartOptions::default())
-        .await
-        .unwrap();
+    let bulk_run = stack.start_run(&bulk).await;
     stack
         .wait_for(
             "the bulk run's first command",

@@ -100,38 +100,40 @@ pub async fn fleet(State(state): State<Arc<SimState>>) -> Json<Value> {
     Json(json!({ "accounts": accounts, "regions": fleet.profile.regions, "instances": instances }))
 }
 
-/// One sent command as tests see it; times in simulated seconds unless named.
-#[derive(Debug, serde::Serialize)]
-struct CommandRecord<'a> {
-    command_id: &'a str,
-    account_id: String,
-    region: &'a str,
-    document: &'a str,
-    comment: &'a str,
-    targets: usize,
-    received_unix_ms: u64,
-    requested_at: f64,
+/// One sent command as tests and benchmarks see it; times in simulated seconds
+/// unless named.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommandRecord {
+    pub command_id: String,
+    pub account_id: String,
+    pub region: String,
+    pub document: String,
+    pub comment: String,
+    pub targets: usize,
+    pub received_unix_ms: u64,
+    pub requested_at: f64,
     /// When the last of its invocations is (or will be) terminal.
-    finished_at: f64,
+    pub finished_at: f64,
 }
 
-pub async fn commands(State(state): State<Arc<SimState>>) -> Json<Value> {
-    let now = state.clock.now();
+/// Every command sent so far, oldest first.
+pub fn command_records(state: &SimState) -> Vec<CommandRecord> {
     let inner = state.lock();
-    let mut records: Vec<CommandRecord<'_>> = inner
+    let mut records: Vec<CommandRecord> = inner
         .commands
         .values()
         .map(|command| CommandRecord {
-            command_id: &command.id,
+            command_id: command.id.clone(),
             account_id: state.fleet.account_id(command.account),
             region: state
                 .fleet
                 .profile
                 .regions
                 .get(usize::from(command.region))
-                .map_or("", String::as_str),
-            document: &command.document,
-            comment: &command.comment,
+                .cloned()
+                .unwrap_or_default(),
+            document: command.document.clone(),
+            comment: command.comment.clone(),
             targets: command.invocations.len(),
             received_unix_ms: command.received_unix_ms,
             requested_at: command.requested_at,
@@ -146,5 +148,10 @@ pub async fn commands(State(state): State<Arc<SimState>>) -> Json<Value> {
         })
         .collect();
     records.sort_by(|a, b| a.requested_at.total_cmp(&b.requested_at));
-    Json(json!({ "now": now, "commands": records }))
+    records
+}
+
+pub async fn commands(State(state): State<Arc<SimState>>) -> Json<Value> {
+    let now = state.clock.now();
+    Json(json!({ "now": now, "commands": command_records(&state) }))
 }

@@ -22,6 +22,49 @@ use worker::{AwsSettings, Credentials, WorkerConfig};
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
+/// One account, one region, `instances` instances, every command succeeding
+/// (or, with `failing`, failing), none offline.
+pub fn single_location(instances: u32, failing: bool) -> FleetProfile {
+    let mut profile = FleetProfile::tiny();
+    profile.accounts = 1;
+    profile.regions = vec!["us-east-1".into()];
+    profile.instances_per_location = sim::profile::CountRange {
+        min: instances,
+        max: instances,
+    };
+    profile.connection_lost_share = 0.0;
+    profile.outcomes = sim::profile::OutcomeMix {
+        success: u32::from(!failing),
+        failed: u32::from(failing),
+        timed_out: 0,
+        undeliverable: 0,
+    };
+    profile
+}
+
+/// `single_location` whose commands take 0.5–3 s, so a run is still sending
+/// (and polling) a while after it starts.
+pub fn slow_single_location(instances: u32) -> FleetProfile {
+    let mut profile = single_location(instances, false);
+    profile.time_scale = 10.0;
+    profile
+}
+
+/// Campaign YAML: one shell step, then `rate_control:` with the given lines.
+pub fn one_step(rate_control: &str) -> String {
+    format!(
+        "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+{rate_control}"
+    )
+}
+
 pub struct Stack {
     pub sim: SimServer,
     pub names: Names,
@@ -197,12 +240,18 @@ impl Stack {
 
     /// A campaign over every account and region of the fleet; `rest` is YAML
     /// for steps, rate control and anything else.
-    pub fn campaign(&self, name: &str, rest: &str) -> Campaign {
+    pub fn campaign(&self, name: &str, rest: impl AsRef<str>) -> Campaign {
         self.campaign_in(name, &self.account_ids(), rest)
     }
 
     /// A campaign over `account_ids` in every region of the fleet.
-    pub fn campaign_in(&self, name: &str, account_ids: &[String], rest: &str) -> Campaign {
+    pub fn campaign_in(
+        &self,
+        name: &str,
+        account_ids: &[String],
+        rest: impl AsRef<str>,
+    ) -> Campaign {
+        let rest = rest.as_ref();
         let profile = &self.sim.state.fleet.profile;
         let accounts: Vec<String> = account_ids.iter().map(|id| format!("\"{id}\"")).collect();
         let regions = profile.regions.join(", ");
@@ -216,6 +265,24 @@ impl Stack {
             Ok(campaign) => campaign,
             Err(errors) => panic!("test campaign is invalid: {errors}\n{yaml}"),
         }
+    }
+
+    /// Starts a run of `campaign` with default options.
+    pub async fn start_run(&self, campaign: &Campaign) -> Uuid {
+        self.scheduler
+            .start_run(campaign, scheduler::StartOptions::default())
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the simulator has received `count` commands.
+    pub async fn wait_for_commands(&self, count: usize) {
+        self.wait_for(
+            &format!("{count} commands"),
+            Duration::from_secs(30),
+            |stack| stack.commands().len() >= count,
+        )
+        .await;
     }
 
     /// Waits until the run is finished: final, with every result in.
@@ -252,27 +319,7 @@ impl Stack {
 
     /// SendCommands the simulator received, oldest first.
     pub fn commands(&self) -> Vec<SentCommand> {
-        let inner = self.sim.state.lock();
-        let mut commands: Vec<SentCommand> = inner
-            .commands
-            .values()
-            .map(|command| SentCommand {
-                account_id: self.sim.state.fleet.account_id(command.account),
-                region: self.sim.state.fleet.profile.regions[usize::from(command.region)].clone(),
-                document: command.document.clone(),
-                comment: command.comment.clone(),
-                targets: command.invocations.len(),
-                received_unix_ms: command.received_unix_ms,
-                requested_at: command.requested_at,
-                finished_at: command
-                    .invocations
-                    .iter()
-                    .map(|invocation| command.finish_time(invocation))
-                    .fold(command.requested_at, f64::max),
-            })
-            .collect();
-        commands.sort_by(|a, b| a.requested_at.total_cmp(&b.requested_at));
-        commands
+        sim::admin::command_records(&self.sim.state)
     }
 
     /// How often each (instance, document) ran in the simulator.
@@ -295,18 +342,7 @@ impl Stack {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct SentCommand {
-    pub account_id: String,
-    pub region: String,
-    pub document: String,
-    pub comment: String,
-    pub targets: usize,
-    pub received_unix_ms: u64,
-    /// Simulated seconds.
-    pub requested_at: f64,
-    pub finished_at: f64,
-}
+pub use sim::admin::CommandRecord as SentCommand;
 
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -419,31 +455,11 @@ pub async fn http(
     (status, body.to_string())
 }
 
-/// GET `path` from 127.0.0.1:`port` (HTTP/1.0, one short request); the body.
+/// GET `path` from 127.0.0.1:`port`; the body of a 200 answer.
 pub async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_string()
+    let (status, body) = http(port, "GET", path, "text/plain", "").await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
 }
 
 /// Closes every RabbitMQ connection named `name` from the broker's side, as a
