@@ -579,3 +579,138 @@ async fn two_replicas_fire_each_occurrence_once_and_hand_over_when_the_leader_di
     }
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organizational_units_resolve_through_organizations_with_or_without_children() {
+    let mut profile = FleetProfile::tiny();
+    profile.accounts = 9;
+    let stack = Stack::start(profile).await;
+    let fleet = &stack.sim.state.fleet;
+    let spec = |accounts: &str| {
+        protocol::Campaign::parse(
+            &format!(
+                "name: ous\nsteps:\n  - name: s\n    document: AWS-RunShellScript\n    parameters:\n      commands: [\"true\"]\n    timeout: 60s\naccounts:\n{accounts}regions: [us-east-1]\ntargets:\n  all: true\n"
+            ),
+            protocol::SpecFormat::Yaml,
+        )
+        .unwrap()
+    };
+    // Ask the simulator's organization tree directly, for the expectation.
+    let accounts_below = |ou: &str, deep: bool| {
+        let mut found = Vec::new();
+        let mut parents = vec![ou.to_string()];
+        while let Some(parent) = parents.pop() {
+            let (children, accounts) = fleet.children(&parent).unwrap();
+            found.extend(
+                accounts
+                    .into_iter()
+                    .map(|account| fleet.account_id(account)),
+            );
+            if deep {
+                parents.extend(children);
+            }
+        }
+        found.sort();
+        found
+    };
+    let top = fleet.top_ou_id(0);
+    let resolve = |campaign: protocol::Campaign| {
+        let scheduler = stack.scheduler.clone();
+        async move {
+            let mut accounts: Vec<String> = scheduler
+                .resolve_locations(&campaign)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|location| location.account_id)
+                .collect();
+            accounts.sort();
+            accounts
+        }
+    };
+    let shallow = resolve(spec(&format!("  organizational_units: [\"{top}\"]\n"))).await;
+    assert_eq!(shallow, accounts_below(&top, false));
+    let deep = resolve(spec(&format!(
+        "  organizational_units: [\"{top}\"]\n  include_child_ous: true\n"
+    )))
+    .await;
+    assert_eq!(deep, accounts_below(&top, true));
+    assert!(
+        deep.len() > shallow.len(),
+        "child OUs add accounts: {deep:?}"
+    );
+    let everything = resolve(spec(&format!(
+        "  organizational_units: [\"{}\"]\n  include_child_ous: true\n  exclude_accounts: [\"{}\"]\n",
+        fleet.root_id(),
+        fleet.account_id(4)
+    )))
+    .await;
+    assert_eq!(
+        everything.len(),
+        8,
+        "nine accounts but the excluded one: {everything:?}"
+    );
+    assert!(!everything.contains(&fleet.account_id(4)));
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locations_whose_role_cannot_be_assumed_count_against_location_max_errors() {
+    let profile = FleetProfile::tiny();
+    let mut stack = Stack::start(profile).await;
+    stack.sim.state.lock().removed_roles.insert(2);
+    stack.spawn_worker("worker-a", 8);
+    let strict = stack.campaign(
+        "strict",
+        support::one_step("  location_max_errors: 1\n  max_errors: 100%\n"),
+    );
+    let run_id = stack.start_run(&strict).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Halted, "{progress:#?}");
+    assert_eq!(
+        progress.locations_failed, 2,
+        "both regions of the account without the role"
+    );
+    assert!(
+        progress.reason.contains("location_max_errors"),
+        "{}",
+        progress.reason
+    );
+    assert!(stack.commands().is_empty(), "a halted run sends nothing");
+    let not_started = stack.records(run_id).len() as u64;
+    assert_eq!(
+        not_started, progress.total_targets,
+        "the discovered targets are reported not started"
+    );
+
+    let tolerant = stack.campaign(
+        "tolerant",
+        support::one_step("  location_max_errors: 2\n  max_errors: 100%\n"),
+    );
+    let run_id = stack.start_run(&tolerant).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let detail = stack
+        .scheduler
+        .ledger()
+        .location_statuses(run_id)
+        .await
+        .unwrap();
+    let failed: Vec<_> = detail
+        .iter()
+        .filter(|location| location.state == "failed")
+        .collect();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed[0]
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("AccessDenied")
+    );
+    stack.teardown().await;
+}

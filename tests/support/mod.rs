@@ -42,6 +42,17 @@ pub fn single_location(instances: u32, failing: bool) -> FleetProfile {
     profile
 }
 
+/// The simulator's management-account identity (any secret is accepted).
+pub fn caller_credentials(sim: &SimServer) -> Credentials {
+    Credentials::new(
+        sim.state.fleet.profile.caller_access_key_id.clone(),
+        "flotilla-test-secret",
+        None,
+        None,
+        "flotilla-test",
+    )
+}
+
 /// `single_location` whose commands take 0.5–3 s, so a run is still sending
 /// (and polling) a while after it starts.
 pub fn slow_single_location(instances: u32) -> FleetProfile {
@@ -97,6 +108,11 @@ impl Stack {
         let mut config = SchedulerConfig::new(AMQP_URL, redis_url, names.clone());
         config.results_root = results.path().to_path_buf();
         config.name = format!("scheduler-{}", names.prefix());
+        config.organizations = scheduler::organizations::OrganizationsSettings {
+            endpoint_url: Some(sim.endpoint_url()),
+            region: Some("us-east-1".into()),
+            credentials: Some(caller_credentials(&sim)),
+        };
         let scheduler = match Scheduler::connect(config.clone()).await {
             Ok(scheduler) => scheduler,
             Err(error) => panic!("end-to-end tests need RabbitMQ and Redis: {error}"),
@@ -156,13 +172,7 @@ impl Stack {
         config.aws = AwsSettings {
             endpoint_url: Some(self.sim.endpoint_url()),
             home_region: Some("us-east-1".into()),
-            credentials: Some(Credentials::new(
-                self.sim.state.fleet.profile.caller_access_key_id.clone(),
-                "flotilla-test-secret",
-                None,
-                None,
-                "flotilla-test",
-            )),
+            credentials: Some(caller_credentials(&self.sim)),
             attempt_timeout: Some(self.attempt_timeout),
         };
         config
