@@ -110,9 +110,13 @@ pub struct ReportArgs {
     pub run_id: Uuid,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// The results directory (default: the run's, as the scheduler reports it).
+    /// The results directory or `s3://bucket/prefix` (default: the run's, as
+    /// the scheduler reports it).
     #[arg(long)]
-    pub dir: Option<PathBuf>,
+    pub dir: Option<String>,
+    /// Read `s3://` results here instead of AWS (credentials: AWS_* variables).
+    #[arg(long, env = "FLOTILLA_S3_ENDPOINT_URL")]
+    pub s3_endpoint_url: Option<String>,
 }
 
 fn print_json(out: &mut impl Write, value: &serde_json::Value) -> anyhow::Result<()> {
@@ -436,15 +440,37 @@ pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow
 }
 
 pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let dir = match args.dir {
+    let output = match args.dir {
         Some(dir) => dir,
         None => {
             let detail: RunDetail =
                 ApiClient::new(&api.api).get(&format!("/runs/{}", args.run_id))?;
-            PathBuf::from(detail.progress.output_dir)
+            detail.progress.output_dir
         }
     };
-    let report = report::load(&dir, args.run_id)?;
-    report::write(&report, args.format, out)?;
+    let store = match output.strip_prefix("s3://") {
+        Some(location) => {
+            let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+            let settings = scheduler::sink::S3Settings {
+                endpoint_url: args.s3_endpoint_url,
+                region: std::env::var("AWS_REGION").ok(),
+                credentials: None,
+            };
+            scheduler::sink::ResultsStore::s3(bucket, prefix, &settings)
+                .with_context(|| format!("results at {output}"))?
+        }
+        None => scheduler::sink::ResultsStore::Local(PathBuf::from(&output)),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let records = runtime
+        .block_on(store.read_run(args.run_id))
+        .with_context(|| format!("reading the results of run {} at {output}", args.run_id))?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "no results of run {} at {output}; pass where the scheduler writes them with --dir",
+            args.run_id
+        );
+    }
+    report::write(&report::build(args.run_id, &records), args.format, out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
 
-use scheduler::sink::{self, ResultRecord};
+use scheduler::sink::ResultRecord;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -125,18 +124,6 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
         non_compliant,
         top_failures,
     }
-}
-
-pub fn load(dir: &Path, run_id: Uuid) -> anyhow::Result<Report> {
-    let records = sink::read_run(dir, run_id)
-        .map_err(|error| anyhow::anyhow!("reading results under {}: {error}", dir.display()))?;
-    if records.is_empty() {
-        anyhow::bail!(
-            "no results of run {run_id} under {}; pass the directory the scheduler writes to with --dir",
-            dir.display()
-        );
-    }
-    Ok(build(run_id, &records))
 }
 
 fn csv_field(text: &str) -> String {

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -67,9 +66,9 @@ pub struct SchedulerArgs {
     /// Where the HTTP API listens (the `flotilla` CLI, Alertmanager, EventBridge).
     #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where results go for campaigns whose `output` is not a local directory.
-    #[arg(long, env = "FLOTILLA_RESULTS_DIR", default_value = "flotilla-results")]
-    pub results_dir: PathBuf,
+    /// Send S3 calls (results of `output: s3://…` campaigns) here instead of AWS.
+    #[arg(long, env = "FLOTILLA_S3_ENDPOINT_URL")]
+    pub s3_endpoint_url: Option<String>,
     /// Call AWS Organizations here instead of AWS (e.g. the simulator).
     #[arg(long, env = "FLOTILLA_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
@@ -132,7 +131,12 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let names = Names::new(args.connection.prefix.clone());
     let mut config =
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
-    config.results_root = args.results_dir;
+    // S3 credentials come from the AWS_* environment variables.
+    config.s3 = scheduler::sink::S3Settings {
+        endpoint_url: args.s3_endpoint_url,
+        region: args.aws_region.clone(),
+        credentials: None,
+    };
     config.organizations = scheduler::organizations::OrganizationsSettings {
         endpoint_url: args.aws_endpoint_url,
         region: args.aws_region,

@@ -714,3 +714,53 @@ async fn locations_whose_role_cannot_be_assumed_count_against_location_max_error
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_can_go_to_s3() {
+    let mut stack = Stack::start(FleetProfile::tiny()).await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "to-s3",
+        format!(
+            "{}output: s3://flotilla-results/nightly\n",
+            support::one_step("  max_errors: 100%\n")
+        ),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed);
+    assert_eq!(progress.output_dir, "s3://flotilla-results/nightly");
+
+    let keys: Vec<String> = stack.sim.state.lock().objects.keys().cloned().collect();
+    assert!(!keys.is_empty(), "results were put into the bucket");
+    let partition = format!("flotilla-results/nightly/run={run_id}/account=");
+    assert!(
+        keys.iter().all(|key| key.starts_with(&partition)
+            && key.contains("/region=")
+            && key.ends_with(".jsonl.gz")),
+        "{keys:?}"
+    );
+    let store = scheduler::sink::ResultsStore::s3(
+        "flotilla-results",
+        "nightly",
+        &scheduler::sink::S3Settings {
+            endpoint_url: Some(stack.sim.endpoint_url()),
+            region: Some("us-east-1".into()),
+            credentials: Some(("AKIAFLOTILLASIMULATOR".into(), "secret".into())),
+        },
+    )
+    .unwrap();
+    let records = store.read_run(run_id).await.unwrap();
+    assert_eq!(
+        records.len() as u64,
+        progress.total_targets,
+        "every result is in S3, once"
+    );
+    assert!(
+        stack.records(run_id).is_empty(),
+        "nothing went to the local directory"
+    );
+    stack.teardown().await;
+}

@@ -30,7 +30,6 @@ pub mod sink;
 pub mod triggers;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use broker::{Broker, BrokerError};
@@ -51,7 +50,7 @@ pub enum SchedulerError {
     Store(#[from] StoreError),
     #[error("Redis command failed: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("writing results failed: {0}")]
+    #[error("writing or reading results failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -88,8 +87,8 @@ pub struct SchedulerConfig {
     pub amqp_url: String,
     pub redis_url: String,
     pub names: Names,
-    /// Where results go for campaigns whose output is not a local directory.
-    pub results_root: PathBuf,
+    /// Where S3 is, for campaigns whose `output` is `s3://…`.
+    pub s3: crate::sink::S3Settings,
     /// Reports received ahead of handling; raising it smooths bursts and costs
     /// redelivery work when the scheduler dies.
     pub report_prefetch: u16,
@@ -108,7 +107,7 @@ impl SchedulerConfig {
             amqp_url: amqp_url.into(),
             redis_url: redis_url.into(),
             names,
-            results_root: PathBuf::from("flotilla-results"),
+            s3: Default::default(),
             report_prefetch: 64,
             name: "flotilla-scheduler".into(),
             organizations: Default::default(),

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::ledger::{BatchEntry, location_key};
-use crate::sink::{self, ResultRecord};
+use crate::sink::ResultRecord;
 use crate::{Scheduler, SchedulerError};
 
 /// The largest batch the scheduler admits (SendCommand's limit on InstanceIds).
@@ -250,18 +250,15 @@ impl Scheduler {
             })
             .collect();
         // Durable first: the ledger counts only what is written.
-        let root = plan.output_dir.clone();
-        let (run_id, location, batch_id, step_index) = (
-            report.run_id,
-            report.location.clone(),
-            report.batch_id,
-            report.step_index,
-        );
-        tokio::task::spawn_blocking(move || {
-            sink::write_batch(&root, run_id, &location, batch_id, step_index, &records)
-        })
-        .await
-        .map_err(|error| SchedulerError::Invalid(format!("results writer panicked: {error}")))??;
+        plan.results
+            .write_batch(
+                report.run_id,
+                &report.location,
+                report.batch_id,
+                report.step_index,
+                records,
+            )
+            .await?;
 
         let counters = count_by_status(report.step_index, &report.results);
         let failures = report
@@ -380,15 +377,9 @@ impl Scheduler {
                     StatusDetail::NotStarted.as_ssm_str()
                 ))
                 .or_default() += records.len() as u64;
-            let root = plan.output_dir.clone();
-            let (batch_id, step_index) = (entry.batch_id, entry.step_index);
-            tokio::task::spawn_blocking(move || {
-                sink::write_batch(&root, run_id, &location, batch_id, step_index, &records)
-            })
-            .await
-            .map_err(|error| {
-                SchedulerError::Invalid(format!("results writer panicked: {error}"))
-            })??;
+            plan.results
+                .write_batch(run_id, &location, entry.batch_id, entry.step_index, records)
+                .await?;
         }
         if self.ledger.mark_drained(run_id, &counters).await? {
             let not_started: u64 = counters.values().sum();

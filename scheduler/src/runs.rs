@@ -1,7 +1,6 @@
 //! Runs: starting one, steering it (pause, resume, cancel) and reading where it is.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use protocol::campaign::{Campaign, OutputLocation, TargetSelection, TargetSelector};
@@ -57,7 +56,8 @@ pub struct RunPlan {
     /// The run's locations in admission order.
     pub locations: Vec<Location>,
     pub context: RunContext,
-    pub output_dir: PathBuf,
+    /// Where the run's results go.
+    pub results: crate::sink::ResultsStore,
 }
 
 impl RunPlan {
@@ -179,16 +179,7 @@ impl Scheduler {
             None => self.resolve_locations(campaign).await?,
         };
         let location_count = u64::try_from(locations.len()).unwrap_or(u64::MAX);
-        let output_dir = match &campaign.output {
-            OutputLocation::Local(path) => path.clone(),
-            OutputLocation::S3 { .. } => {
-                tracing::warn!(
-                    campaign = campaign.name.as_str(),
-                    "S3 output is not supported yet; results go to the scheduler's results directory"
-                );
-                self.config.results_root.clone()
-            }
-        };
+        let output = self.results_store(&campaign.output)?.describe();
         let spec_json = serde_json::to_string(&campaign.spec)?;
         let targets_json = options
             .instance_ids
@@ -201,7 +192,6 @@ impl Scheduler {
                 })
             })
             .transpose()?;
-        let output = output_dir.to_string_lossy();
         let start_after_ms = options
             .start_after
             .filter(|delay| !delay.is_zero())
@@ -314,7 +304,7 @@ impl Scheduler {
                 api_rate_limits: campaign.api_rate_limits,
                 priority,
             },
-            output_dir: PathBuf::from(fields.get("output_dir").unwrap_or("flotilla-results")),
+            results: self.results_store(&campaign.output)?,
             campaign,
         });
         self.plans
@@ -322,6 +312,21 @@ impl Scheduler {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(run_id, plan.clone());
         Ok(plan)
+    }
+
+    /// The results store of a campaign's `output`.
+    pub fn results_store(
+        &self,
+        output: &OutputLocation,
+    ) -> Result<crate::sink::ResultsStore, SchedulerError> {
+        match output {
+            OutputLocation::Local(path) => Ok(crate::sink::ResultsStore::Local(path.clone())),
+            OutputLocation::S3 { bucket, prefix } => {
+                crate::sink::ResultsStore::s3(bucket, prefix, &self.config.s3).map_err(|error| {
+                    SchedulerError::Invalid(format!("output s3://{bucket}/{prefix}: {error}"))
+                })
+            }
+        }
     }
 
     fn cached_plan(&self, run_id: Uuid) -> Option<Arc<RunPlan>> {

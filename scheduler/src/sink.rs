@@ -1,11 +1,17 @@
 //! Durable results: every target result as one JSON line, in gzip files
 //! partitioned like `run=<id>/account=<id>/region=<r>/part-b<batch>-s<step>.jsonl.gz`
-//! (Athena/Hive style). One file per batch and step, written to a temporary name,
-//! synced and renamed: a report applied twice writes the same file twice, and a
-//! reader never sees half a file. Reports are acked only after this returns.
+//! (Athena/Hive style), in a local directory or under an S3 prefix (through the
+//! `object_store` crate). One file per batch and step: locally written to a
+//! temporary name, synced and renamed; on S3 one PutObject (atomic). A report
+//! applied twice writes the same file twice, and a reader never sees half a
+//! file. Reports are acked only after this returns.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -75,6 +81,177 @@ impl ResultRecord {
     }
 }
 
+/// Where S3 is and who the scheduler is there.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Instead of AWS (the simulator, MinIO).
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    /// (access key id, secret); `None` reads the AWS_* environment variables.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Where a run's results go.
+#[derive(Clone)]
+pub enum ResultsStore {
+    Local(PathBuf),
+    S3 {
+        store: Arc<dyn ObjectStore>,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl std::fmt::Debug for ResultsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl ResultsStore {
+    pub fn s3(
+        bucket: &str,
+        prefix: &str,
+        settings: &S3Settings,
+    ) -> Result<Self, object_store::Error> {
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(
+                settings
+                    .region
+                    .clone()
+                    .unwrap_or_else(|| "us-east-1".into()),
+            );
+        if let Some(endpoint_url) = &settings.endpoint_url {
+            builder = builder
+                .with_endpoint(endpoint_url)
+                .with_allow_http(endpoint_url.starts_with("http://"));
+        }
+        if let Some((key, secret)) = &settings.credentials {
+            builder = builder
+                .with_access_key_id(key)
+                .with_secret_access_key(secret);
+        }
+        Ok(Self::S3 {
+            store: Arc::new(builder.build()?),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    /// `s3://bucket/prefix` or the local path: what runs and reports show.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Local(path) => path.display().to_string(),
+            Self::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
+            Self::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
+    fn object_path(prefix: &str, relative: &str) -> object_store::path::Path {
+        if prefix.is_empty() {
+            object_store::path::Path::from(relative)
+        } else {
+            object_store::path::Path::from(format!("{prefix}/{relative}"))
+        }
+    }
+
+    /// Writes one batch-step's records durably; replaces an earlier write of it.
+    pub async fn write_batch(
+        &self,
+        run_id: Uuid,
+        location: &Location,
+        batch_id: u32,
+        step_index: u16,
+        records: Vec<ResultRecord>,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Local(root) => {
+                let (root, location) = (root.clone(), location.clone());
+                tokio::task::spawn_blocking(move || {
+                    write_batch(&root, run_id, &location, batch_id, step_index, &records)
+                        .map(|_| ())
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+            Self::S3 { store, prefix, .. } => {
+                let body = encode(&records)?;
+                let path = Self::object_path(
+                    prefix,
+                    &relative_name(run_id, location, batch_id, step_index),
+                );
+                store
+                    .put(&path, body.into())
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every record of a run.
+    pub async fn read_run(&self, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>> {
+        match self {
+            Self::Local(root) => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || read_run(&root, run_id))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+            Self::S3 { store, prefix, .. } => {
+                let run_prefix = Self::object_path(prefix, &format!("run={run_id}"));
+                let mut listing = store.list(Some(&run_prefix));
+                let mut records = Vec::new();
+                while let Some(meta) = listing.next().await {
+                    let meta = meta.map_err(std::io::Error::other)?;
+                    if !meta.location.as_ref().ends_with(".jsonl.gz") {
+                        continue;
+                    }
+                    let bytes = store
+                        .get(&meta.location)
+                        .await
+                        .map_err(std::io::Error::other)?
+                        .bytes()
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    records.extend(decode(&bytes, meta.location.as_ref())?);
+                }
+                Ok(records)
+            }
+        }
+    }
+}
+
+/// `run=<id>/account=<id>/region=<r>/part-b<batch>-s<step>.jsonl.gz`
+pub fn relative_name(run_id: Uuid, location: &Location, batch_id: u32, step_index: u16) -> String {
+    format!(
+        "run={run_id}/account={}/region={}/part-b{batch_id:06}-s{step_index:02}.jsonl.gz",
+        location.account_id, location.region
+    )
+}
+
+fn encode(records: &[ResultRecord]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    for record in records {
+        serde_json::to_writer(&mut encoder, record)?;
+        encoder.write_all(b"\n")?;
+    }
+    encoder.finish()
+}
+
+fn decode(bytes: &[u8], name: &str) -> std::io::Result<Vec<ResultRecord>> {
+    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(bytes));
+    let mut records = Vec::new();
+    for line in std::io::BufRead::lines(reader) {
+        let line = line?;
+        records.push(serde_json::from_str(&line).map_err(|error| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{name}: {error}"))
+        })?);
+    }
+    Ok(records)
+}
+
 /// The partition directory of one location of a run.
 pub fn partition_dir(root: &Path, run_id: Uuid, location: &Location) -> PathBuf {
     root.join(format!("run={run_id}"))
@@ -96,16 +273,8 @@ pub fn write_batch(
     let name = format!("part-b{batch_id:06}-s{step_index:02}.jsonl.gz");
     let path = dir.join(&name);
     let temporary = dir.join(format!(".{name}.{}.tmp", Uuid::new_v4().simple()));
-    let file = std::fs::File::create(&temporary)?;
-    let mut encoder = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
-    for record in records {
-        serde_json::to_writer(&mut encoder, record)?;
-        encoder.write_all(b"\n")?;
-    }
-    let file = encoder
-        .finish()?
-        .into_inner()
-        .map_err(|error| error.into_error())?;
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&encode(records)?)?;
     file.sync_all()?;
     std::fs::rename(&temporary, &path)?;
     Ok(path)
@@ -133,18 +302,7 @@ pub fn read_run(root: &Path, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>>
             if !is_part {
                 continue;
             }
-            let reader =
-                std::io::BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(&path)?));
-            for line in std::io::BufRead::lines(reader) {
-                let line = line?;
-                let record = serde_json::from_str(&line).map_err(|error| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: {error}", path.display()),
-                    )
-                })?;
-                records.push(record);
-            }
+            records.extend(decode(&std::fs::read(&path)?, &path.display().to_string())?);
         }
     }
     Ok(records)

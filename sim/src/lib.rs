@@ -8,11 +8,14 @@
 //! - [`wire`]: AWS error shapes, caller identity from SigV4 headers, JSON helpers.
 //! - [`sts`], [`ssm`], [`organizations`]: the operations.
 //! - [`admin`]: fault injection and counters under `/_sim/`.
+//! - [`s3`]: path-style PutObject, GetObject and ListObjectsV2 in memory, for
+//!   results written to "S3".
 
 pub mod admin;
 pub mod fleet;
 pub mod organizations;
 pub mod profile;
+pub mod s3;
 pub mod ssm;
 pub mod state;
 pub mod sts;
@@ -48,6 +51,8 @@ pub fn router(state: Arc<SimState>) -> Router {
         )
         .route("/_sim/fleet", get(admin::fleet))
         .route("/_sim/commands", get(admin::commands))
+        .route("/{bucket}", get(s3::list_objects))
+        .route("/{bucket}/{*key}", get(s3::get_object).put(s3::put_object))
         .with_state(state)
 }
 

@@ -245,6 +245,8 @@ pub struct Inner {
     pub delay_next: Vec<(String, u64, u32)>,
     pub removed_roles: HashSet<u32>,
     pub dark_regions: HashSet<String>,
+    /// S3 objects by `bucket/key` (results files written to the simulator).
+    pub objects: std::collections::BTreeMap<String, crate::s3::StoredObject>,
     pub stats: Stats,
     pub next_session: u64,
 }

@@ -106,7 +106,14 @@ impl Stack {
         };
         let results = tempfile::tempdir().unwrap();
         let mut config = SchedulerConfig::new(AMQP_URL, redis_url, names.clone());
-        config.results_root = results.path().to_path_buf();
+        config.s3 = scheduler::sink::S3Settings {
+            endpoint_url: Some(sim.endpoint_url()),
+            region: Some("us-east-1".into()),
+            credentials: Some((
+                "AKIAFLOTILLASIMULATOR".into(),
+                "flotilla-test-secret".into(),
+            )),
+        };
         config.name = format!("scheduler-{}", names.prefix());
         config.organizations = scheduler::organizations::OrganizationsSettings {
             endpoint_url: Some(sim.endpoint_url()),
@@ -262,14 +269,19 @@ impl Stack {
         rest: impl AsRef<str>,
     ) -> Campaign {
         let rest = rest.as_ref();
+        // A test's own `output:` replaces the local results directory.
+        let output = if rest.contains("\noutput:") || rest.starts_with("output:") {
+            String::new()
+        } else {
+            format!("output: {}\n", self.results.path().display())
+        };
         let profile = &self.sim.state.fleet.profile;
         let accounts: Vec<String> = account_ids.iter().map(|id| format!("\"{id}\"")).collect();
         let regions = profile.regions.join(", ");
         let yaml = format!(
-            "name: {name}\nversion: 1\naccounts:\n  ids: [{}]\nregions: [{regions}]\nrole:\n  name: {}\ntargets:\n  all: true\n  online_only: false\noutput: {}\n{rest}",
+            "name: {name}\nversion: 1\naccounts:\n  ids: [{}]\nregions: [{regions}]\nrole:\n  name: {}\ntargets:\n  all: true\n  online_only: false\n{output}{rest}",
             accounts.join(", "),
             profile.role_name,
-            self.results.path().display(),
         );
         match Campaign::parse(&yaml, SpecFormat::Yaml) {
             Ok(campaign) => campaign,
