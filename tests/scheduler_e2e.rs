@@ -481,6 +481,125 @@ async fn a_triggers_delay_holds_the_run_pending_until_its_time() {
     stack.teardown().await;
 }
 
+/// A scheduler replica on `clock` with a 2 s lease; (its name, its task).
+fn start_replica(
+    stack: &Stack,
+    name: &str,
+    clock: &scheduler::schedules::SchedulerClock,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let mut config = stack.scheduler_config();
+    config.name = format!("{name}-{}", stack.names.prefix());
+    config.lease_ttl = Duration::from_secs(2);
+    config.clock = clock.clone();
+    let full_name = config.name.clone();
+    let task = tokio::spawn(async move {
+        scheduler::run(config, None, std::future::pending())
+            .await
+            .unwrap();
+    });
+    (full_name, task)
+}
+
+/// The fire log as (campaign, occurrence ms, verb).
+async fn fire_log(stack: &Stack) -> Vec<(String, i64, String)> {
+    stack
+        .scheduler
+        .schedule_fires()
+        .await
+        .unwrap()
+        .iter()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            (
+                parts[0].to_string(),
+                parts[1].parse().unwrap(),
+                parts[2].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn occurrences_missed_while_no_scheduler_ran_are_run_once_or_skipped() {
+    let mut stack = Stack::start(support::single_location(5, false)).await;
+    stack.kill_scheduler();
+    stack.spawn_worker("worker-a", 8);
+    let clock = scheduler::schedules::SchedulerClock::accelerated(
+        chrono::DateTime::parse_from_rfc3339("2026-11-23T00:00:30Z")
+            .unwrap()
+            .into(),
+        20,
+    );
+    let rest = support::one_step(
+        "  max_errors: 100%
+",
+    );
+    for (name, on_missed) in [("catch-up", "run-once"), ("no-catch-up", "skip")] {
+        let campaign = stack.campaign(
+            name,
+            format!(
+                "{rest}schedule:
+  expression: rate(5 minutes)
+  on_missed: {on_missed}
+"
+            ),
+        );
+        stack.scheduler.apply_campaign(&campaign).await.unwrap();
+    }
+    let (_, first) = start_replica(&stack, "replica-a", &clock);
+    let started = tokio::time::Instant::now();
+    while fire_log(&stack).await.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no schedule fires"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every scheduler down for about 6½ minutes of schedule time: the next
+    // occurrence is missed and found over a minute late.
+    first.abort();
+    let before = fire_log(&stack).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (_, second) = start_replica(&stack, "replica-b", &clock);
+    while fire_log(&stack).await.len() < before.len() + 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no fires after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.abort();
+    let log = fire_log(&stack).await;
+    for campaign in ["catch-up", "no-catch-up"] {
+        let entries: Vec<&(String, i64, String)> =
+            log.iter().filter(|entry| entry.0 == campaign).collect();
+        let last_before = before
+            .iter()
+            .filter(|entry| entry.0 == campaign)
+            .map(|entry| entry.1)
+            .max()
+            .unwrap();
+        let recovery = entries.iter().find(|entry| entry.1 > last_before).unwrap();
+        assert_eq!(
+            recovery.1 - last_before,
+            300_000,
+            "{campaign}: the first occurrence after the restart is the missed one: {log:?}"
+        );
+        let expected = if campaign == "catch-up" {
+            "fired"
+        } else {
+            "skipped"
+        };
+        assert_eq!(recovery.2, expected, "{campaign}: {log:?}");
+        let occurrences: Vec<i64> = entries.iter().map(|entry| entry.1).collect();
+        assert!(
+            occurrences.windows(2).all(|pair| pair[1] > pair[0]),
+            "each occurrence once: {log:?}"
+        );
+    }
+    stack.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_fire_each_occurrence_once_and_hand_over_when_the_leader_dies() {
     let mut stack = Stack::start(support::single_location(5, false)).await;
