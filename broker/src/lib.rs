@@ -75,7 +75,7 @@ impl Broker {
         let connection = Connection::connect(url, properties)
             .await
             .map_err(|source| BrokerError::Unreachable {
-                url: redact_password(url),
+                url: protocol::redact_password(url),
                 source,
             })?;
         let publish_channel = connection.create_channel().await?;
@@ -110,37 +110,5 @@ impl Broker {
             .connection
             .close(200, "flotilla shutting down".into())
             .await;
-    }
-}
-
-/// `amqp://user:secret@host` → `amqp://user:***@host`: URLs go into error
-/// messages and logs, credentials must not.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_error_messages() {
-        assert_eq!(
-            redact_password("amqp://guest:hunter2@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_password("amqp://127.0.0.1:5672"),
-            "amqp://127.0.0.1:5672"
-        );
     }
 }

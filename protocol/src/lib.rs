@@ -30,3 +30,39 @@ pub use campaign::{Campaign, SpecFormat};
 pub use job::Job;
 pub use report::Report;
 pub use validation::{FieldError, FieldErrors};
+
+/// `amqp://user:secret@host` → `amqp://user:***@host` (and `redis://:secret@…`):
+/// connection URLs go into error messages and logs, their passwords must not.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_error_messages() {
+        assert_eq!(
+            redact_password("amqp://guest:hunter2@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_password("redis://:hunter2@10.0.0.5:6379/0"),
+            "redis://:***@10.0.0.5:6379/0"
+        );
+        assert_eq!(
+            redact_password("amqp://127.0.0.1:5672"),
+            "amqp://127.0.0.1:5672"
+        );
+    }
+}

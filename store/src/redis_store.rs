@@ -105,7 +105,7 @@ impl RedisStore {
     /// Connects (and reconnects by itself later); fails at once if Redis does not answer.
     pub async fn connect(url: &str, names: Names) -> Result<Self, StoreError> {
         let unreachable = |source| StoreError::Unreachable {
-            url: url.to_string(),
+            url: protocol::redact_password(url),
             source,
         };
         let client = redis::Client::open(url).map_err(unreachable)?;

@@ -430,13 +430,17 @@ async fn deployments_with_different_prefixes_do_not_share_state() {
 #[tokio::test]
 async fn an_unreachable_redis_says_how_to_start_it() {
     // Port 1 on loopback: nothing listens there.
-    let error = RedisStore::connect("redis://127.0.0.1:1/", Names::default())
+    let error = RedisStore::connect("redis://:hunter2@127.0.0.1:1/", Names::default())
         .await
         .unwrap_err();
     let message = error.to_string();
     assert!(
         message.contains("redis-server --daemonize yes"),
         "{message}"
+    );
+    assert!(
+        !message.contains("hunter2"),
+        "a password in an error: {message}"
     );
     assert!(error.is_retryable());
 }
