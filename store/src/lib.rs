@@ -1,5 +1,5 @@
-//! flotilla's shared, fast, small state: the kill switch, API token buckets, error
-//! budgets and idempotency records — on Redis for real deployments and in process
+//! flotilla's shared, fast, small state: the kill switch, API token buckets, run
+//! states as workers read them, and send claims — on Redis for real deployments and in process
 //! for the demo and unit tests. One conformance suite (`tests/conformance.rs`)
 //! runs unchanged against both, so the twin behaves like the real thing.
 //!
@@ -81,14 +81,6 @@ pub enum TokenGrant {
     RetryAfter(Duration),
 }
 
-/// The run's failure count after an update, and whether this very update crossed
-/// the budget (exactly one update per run ever does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetUpdate {
-    pub failures: u64,
-    pub crossed: bool,
-}
-
 /// What a worker finds when it is about to send a job's command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendClaim {
@@ -158,22 +150,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         bucket: BucketId<'_>,
         request: TokenRequest,
     ) -> impl Future<Output = Result<TokenGrant, StoreError>> + Send;
-
-    /// Adds failed targets to a run; the update that takes failures above
-    /// `allowed` halts the run with `reason`, in the same atomic step.
-    fn record_failures(
-        &self,
-        run_id: Uuid,
-        failures: u64,
-        allowed: u64,
-        reason: &str,
-    ) -> impl Future<Output = Result<BudgetUpdate, StoreError>> + Send;
-
-    /// Why the run was halted by its error budget, if it was.
-    fn halt_reason(
-        &self,
-        run_id: Uuid,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Sets a run's state and the reason for it (shown to operators).
     fn set_run_state(

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use protocol::run::RunState;
 
 use crate::{
-    BucketId, BudgetUpdate, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
-    TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
+    BucketId, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant, TokenRequest,
+    decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -33,10 +33,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct RunRecord {
-    failures: u64,
     state: Option<RunState>,
     reason: Option<String>,
-    halt_reason: Option<String>,
 }
 
 impl MemoryStore {
@@ -126,37 +124,6 @@ impl Store for MemoryStore {
                 request.rate_per_second,
             )))
         }
-    }
-
-    async fn record_failures(
-        &self,
-        run_id: Uuid,
-        failures: u64,
-        allowed: u64,
-        reason: &str,
-    ) -> Result<BudgetUpdate, StoreError> {
-        let mut inner = self.lock();
-        let run = inner.runs.entry(run_id).or_default();
-        let before = run.failures;
-        run.failures += failures;
-        let crossed = before <= allowed && run.failures > allowed;
-        if crossed {
-            run.state = Some(RunState::Halted);
-            run.reason = Some(reason.to_string());
-            run.halt_reason = Some(reason.to_string());
-        }
-        Ok(BudgetUpdate {
-            failures: run.failures,
-            crossed,
-        })
-    }
-
-    async fn halt_reason(&self, run_id: Uuid) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .lock()
-            .runs
-            .get(&run_id)
-            .and_then(|run| run.halt_reason.clone()))
     }
 
     async fn set_run_state(

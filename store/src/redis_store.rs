@@ -14,8 +14,8 @@ use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use crate::{
-    BucketId, BudgetUpdate, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
-    TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
+    BucketId, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant, TokenRequest,
+    decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
 };
 
 /// KEYS[1] bucket hash; ARGV rate, burst, tokens. Returns the tokens missing (0 = granted).
@@ -34,26 +34,6 @@ if tokens >= wanted then tokens = tokens - wanted else missing = wanted - tokens
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 60000)
 return string.format('%.6f', missing)
-",
-    )
-});
-
-/// KEYS[1] run hash; ARGV failures, allowed, reason. Returns {failures, crossed}.
-static RECORD_FAILURES: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local added, allowed = tonumber(ARGV[1]), tonumber(ARGV[2])
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', added)
-local crossed = 0
-if failures - added <= allowed and failures > allowed then
-  crossed = 1
-  redis.call('HSET', KEYS[1], 'halt_reason', ARGV[3])
-  local state = redis.call('HGET', KEYS[1], 'state')
-  if state ~= 'Cancelled' and state ~= 'Completed' then
-    redis.call('HSET', KEYS[1], 'state', 'Halted', 'reason', ARGV[3])
-  end
-end
-return {failures, crossed}
 ",
     )
 });
@@ -218,34 +198,6 @@ impl Store for RedisStore {
                 request.rate_per_second,
             )))
         }
-    }
-
-    async fn record_failures(
-        &self,
-        run_id: Uuid,
-        failures: u64,
-        allowed: u64,
-        reason: &str,
-    ) -> Result<BudgetUpdate, StoreError> {
-        let mut connection = self.connection.clone();
-        let (failures, crossed): (u64, u8) = RECORD_FAILURES
-            .key(self.names.run_key(run_id))
-            .arg(failures)
-            .arg(allowed)
-            .arg(reason)
-            .invoke_async(&mut connection)
-            .await?;
-        Ok(BudgetUpdate {
-            failures,
-            crossed: crossed == 1,
-        })
-    }
-
-    async fn halt_reason(&self, run_id: Uuid) -> Result<Option<String>, StoreError> {
-        let mut connection = self.connection.clone();
-        Ok(connection
-            .hget(self.names.run_key(run_id), "halt_reason")
-            .await?)
     }
 
     async fn set_run_state(
