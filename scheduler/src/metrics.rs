@@ -13,6 +13,7 @@ pub struct SchedulerMetrics {
     jobs_published: IntCounterVec,
     runs: IntGaugeVec,
     budget_remaining: IntGaugeVec,
+    budget_allowed: IntGaugeVec,
     discovery: IntGaugeVec,
     queue_messages: IntGaugeVec,
     schedule_fires: IntCounterVec,
@@ -64,6 +65,13 @@ impl SchedulerMetrics {
             ),
             &["campaign"],
         )?;
+        let budget_allowed = IntGaugeVec::new(
+            Opts::new(
+                "flotilla_scheduler_error_budget_allowed",
+                "Failures a live run may have in all (its max_errors resolved against its targets)",
+            ),
+            &["campaign"],
+        )?;
         let discovery = IntGaugeVec::new(
             Opts::new(
                 "flotilla_scheduler_discovery_locations",
@@ -98,6 +106,7 @@ impl SchedulerMetrics {
             Box::new(jobs_published.clone()),
             Box::new(runs.clone()),
             Box::new(budget_remaining.clone()),
+            Box::new(budget_allowed.clone()),
             Box::new(discovery.clone()),
             Box::new(queue_messages.clone()),
         ] {
@@ -111,6 +120,7 @@ impl SchedulerMetrics {
             jobs_published,
             runs,
             budget_remaining,
+            budget_allowed,
             discovery,
             queue_messages,
             schedule_fires,
@@ -148,7 +158,10 @@ impl SchedulerMetrics {
         }
     }
 
-    pub fn set_budget_remaining(&self, campaign: &str, remaining: i64) {
+    pub fn set_budget(&self, campaign: &str, allowed: i64, remaining: i64) {
+        self.budget_allowed
+            .with_label_values(&[campaign])
+            .set(allowed);
         self.budget_remaining
             .with_label_values(&[campaign])
             .set(remaining);
@@ -165,6 +178,7 @@ impl SchedulerMetrics {
 
     pub fn reset_run_gauges(&self) {
         self.budget_remaining.reset();
+        self.budget_allowed.reset();
         self.discovery.reset();
     }
 

@@ -239,6 +239,7 @@ impl Scheduler {
             .map(|state| (state.as_str(), 0))
             .collect();
         self.metrics.reset_run_gauges();
+        let mut budgets: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         for run_id in self.ledger.run_ids().await?.into_iter().take(1_000) {
             let Some(fields) = self.ledger.run_fields(run_id).await? else {
                 continue;
@@ -250,15 +251,24 @@ impl Scheduler {
             }
             let campaign = fields.get("campaign").unwrap_or_default().to_string();
             if fields.get("allowed_errors").is_some() {
-                let remaining = i64::try_from(fields.number("allowed_errors")).unwrap_or(i64::MAX)
-                    - i64::try_from(fields.number("failures")).unwrap_or(i64::MAX);
-                self.metrics.set_budget_remaining(&campaign, remaining);
+                let allowed = i64::try_from(fields.number("allowed_errors")).unwrap_or(i64::MAX);
+                let failures = i64::try_from(fields.number("failures")).unwrap_or(i64::MAX);
+                // The run closest to halting speaks for its campaign.
+                let tightest = budgets
+                    .entry(campaign.clone())
+                    .or_insert((allowed, allowed - failures));
+                if allowed - failures < tightest.1 {
+                    *tightest = (allowed, allowed - failures);
+                }
             }
             self.metrics.set_discovery(
                 &campaign,
                 i64::try_from(fields.number("discovered_locations")).unwrap_or(0),
                 i64::try_from(fields.number("location_count")).unwrap_or(0),
             );
+        }
+        for (campaign, (allowed, remaining)) in budgets {
+            self.metrics.set_budget(&campaign, allowed, remaining);
         }
         self.metrics.set_runs(&by_state);
         let prefix = format!("{}.", self.broker.names().prefix());
