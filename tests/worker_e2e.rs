@@ -544,17 +544,7 @@ async fn urgent_work_overtakes_a_bulk_backlog() {
     let mut stack = Stack::start(profile).await;
     stack.spawn_worker("worker-a", 2);
     let accounts = stack.account_ids();
-    let step = "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-  max_concurrency: 100%
-  max_errors: 0
-";
+    let step = support::one_step("  max_concurrency: 100%\n  max_errors: 0\n");
     // Ten batches that may only be sent one every two seconds: a backlog.
     let bulk = stack.campaign_in(
         "bulk-scan",
