@@ -15,6 +15,18 @@ use crate::campaign::{ApiRateLimits, ExecutionRole, Step, TargetSelection};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UnixMillis(pub u64);
 
+impl UnixMillis {
+    /// The system clock now (0 for a clock set before 1970).
+    pub fn now() -> Self {
+        Self(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        )
+    }
+}
+
 /// One account-region pair of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Location {

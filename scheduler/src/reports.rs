@@ -316,10 +316,7 @@ impl Scheduler {
         let admitted = self.ledger.admit(run_id).await?;
         if !admitted.is_empty() {
             let plan = self.plan(run_id).await?;
-            for entry in &admitted {
-                self.broker.publish_job(&plan.execute_job(entry)?).await?;
-                self.metrics.job_published("execute");
-            }
+            self.publish_batches(&plan, &admitted).await?;
         }
         let state = self.ledger.complete_if_done(run_id).await?;
         if state == RunState::Completed {
@@ -394,9 +391,7 @@ impl Scheduler {
     pub async fn republish_admitted(&self, run_id: Uuid) -> Result<usize, SchedulerError> {
         let plan = self.plan(run_id).await?;
         let admitted = self.ledger.admitted(run_id).await?;
-        for entry in &admitted {
-            self.broker.publish_job(&plan.execute_job(entry)?).await?;
-        }
+        self.publish_batches(&plan, &admitted).await?;
         Ok(admitted.len())
     }
 
@@ -418,11 +413,7 @@ impl Scheduler {
             if state != RunState::Pending
                 && fields.number("discovered_locations") < fields.number("location_count")
             {
-                for location in &plan.locations {
-                    self.broker
-                        .publish_job(&plan.discover_job(location))
-                        .await?;
-                }
+                self.publish_discovery(&plan).await?;
             }
             tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
             self.advance(run_id).await?;

@@ -235,14 +235,33 @@ impl Scheduler {
     /// Publishes the run's Discover jobs (a run with no location is discovered at once).
     pub(crate) async fn begin_discovery(&self, run_id: Uuid) -> Result<(), SchedulerError> {
         let plan = self.plan(run_id).await?;
+        self.publish_discovery(&plan).await?;
+        if plan.locations.is_empty() {
+            self.discovery_complete(run_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one Discover job (first page) per location of the run.
+    pub(crate) async fn publish_discovery(&self, plan: &RunPlan) -> Result<(), SchedulerError> {
         for location in &plan.locations {
             self.broker
                 .publish_job(&plan.discover_job(location))
                 .await?;
             self.metrics.job_published("discover");
         }
-        if plan.locations.is_empty() {
-            self.discovery_complete(run_id).await?;
+        Ok(())
+    }
+
+    /// Publishes the Execute jobs of admitted batches.
+    pub(crate) async fn publish_batches(
+        &self,
+        plan: &RunPlan,
+        batches: &[crate::ledger::BatchEntry],
+    ) -> Result<(), SchedulerError> {
+        for entry in batches {
+            self.broker.publish_job(&plan.execute_job(entry)?).await?;
+            self.metrics.job_published("execute");
         }
         Ok(())
     }

@@ -367,10 +367,7 @@ impl Stack {
 pub use sim::admin::CommandRecord as SentCommand;
 
 pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    protocol::job::UnixMillis::now().0
 }
 
 /// A Redis server of one test's own, on a free loopback port, so the test can

@@ -125,10 +125,7 @@ impl JobError {
 
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    protocol::job::UnixMillis::now().0
 }
 
 /// The gate as one job sees it right now.
