@@ -11,99 +11,153 @@ use lapin::types::{AMQPValue, FieldTable};
 use protocol::envelope::{self, EnvelopeError, Message};
 
 use crate::publisher::RETRIES_HEADER;
-use crate::{Broker, BrokerError};
+use crate::{Backend, Broker, BrokerError, memory};
 
 /// One received message; settle it exactly once with `ack`, `requeue` or
 /// `dead_letter` (dropping it unsettled leaves it to the broker, which
 /// redelivers it when the channel closes).
 #[derive(Debug)]
 pub struct Delivery {
-    inner: lapin::message::Delivery,
+    inner: DeliveryInner,
+}
+
+#[derive(Debug)]
+enum DeliveryInner {
+    RabbitMq(lapin::message::Delivery),
+    InProcess(memory::Delivery),
 }
 
 impl Delivery {
     pub fn decode<M: Message>(&self) -> Result<M, EnvelopeError> {
-        envelope::decode(&self.inner.data)
+        match &self.inner {
+            DeliveryInner::RabbitMq(inner) => envelope::decode(&inner.data),
+            DeliveryInner::InProcess(inner) => envelope::decode(&inner.payload),
+        }
     }
 
     /// Retries after transient errors so far (set by the publisher).
     pub fn retries(&self) -> u32 {
-        self.header_u32(RETRIES_HEADER)
+        match &self.inner {
+            DeliveryInner::RabbitMq(inner) => header_u32(inner, RETRIES_HEADER),
+            DeliveryInner::InProcess(inner) => inner.retries,
+        }
     }
 
     /// Earlier deliveries of this message that were not acked (RabbitMQ's count).
     pub fn earlier_deliveries(&self) -> u32 {
-        self.header_u32("x-delivery-count")
+        match &self.inner {
+            DeliveryInner::RabbitMq(inner) => header_u32(inner, "x-delivery-count"),
+            DeliveryInner::InProcess(inner) => inner.returned,
+        }
     }
 
     pub fn redelivered(&self) -> bool {
-        self.inner.redelivered
-    }
-
-    fn header_u32(&self, name: &str) -> u32 {
-        let Some(headers) = self.inner.properties.headers() else {
-            return 0;
-        };
-        match headers.inner().get(name) {
-            Some(AMQPValue::LongUInt(value)) => *value,
-            Some(AMQPValue::LongInt(value)) => u32::try_from(*value).unwrap_or(0),
-            Some(AMQPValue::LongLongInt(value)) => u32::try_from(*value).unwrap_or(0),
-            Some(AMQPValue::ShortUInt(value)) => u32::from(*value),
-            Some(AMQPValue::ShortInt(value)) => u32::try_from(*value).unwrap_or(0),
-            Some(AMQPValue::ShortShortUInt(value)) => u32::from(*value),
-            _ => 0,
+        match &self.inner {
+            DeliveryInner::RabbitMq(inner) => inner.redelivered,
+            DeliveryInner::InProcess(inner) => inner.returned > 0,
         }
     }
 
     /// Done: the broker forgets the message.
     pub async fn ack(self) -> Result<(), BrokerError> {
-        self.inner.ack(BasicAckOptions::default()).await?;
+        match self.inner {
+            DeliveryInner::RabbitMq(inner) => {
+                inner.ack(BasicAckOptions::default()).await?;
+            }
+            DeliveryInner::InProcess(inner) => inner.ack()?,
+        }
         Ok(())
     }
 
     /// Put it back for another consumer (counts toward the delivery limit).
     pub async fn requeue(self) -> Result<(), BrokerError> {
-        let options = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        self.inner.nack(options).await?;
+        match self.inner {
+            DeliveryInner::RabbitMq(inner) => {
+                let options = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                inner.nack(options).await?;
+            }
+            DeliveryInner::InProcess(inner) => inner.requeue()?,
+        }
         Ok(())
     }
 
     /// Never process it again: off to the dead-letter queue.
     pub async fn dead_letter(self) -> Result<(), BrokerError> {
-        self.inner
-            .reject(BasicRejectOptions { requeue: false })
-            .await?;
+        match self.inner {
+            DeliveryInner::RabbitMq(inner) => {
+                inner.reject(BasicRejectOptions { requeue: false }).await?;
+            }
+            DeliveryInner::InProcess(inner) => inner.dead_letter()?,
+        }
         Ok(())
+    }
+}
+
+fn header_u32(delivery: &lapin::message::Delivery, name: &str) -> u32 {
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongUInt(value)) => *value,
+        Some(AMQPValue::LongInt(value)) => u32::try_from(*value).unwrap_or(0),
+        Some(AMQPValue::LongLongInt(value)) => u32::try_from(*value).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(value)) => u32::from(*value),
+        Some(AMQPValue::ShortInt(value)) => u32::try_from(*value).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(value)) => u32::from(*value),
+        _ => 0,
     }
 }
 
 /// Deliveries of one queue on their own channel.
 pub struct Consumer {
-    channel: lapin::Channel,
-    tag: String,
-    inner: lapin::Consumer,
+    inner: ConsumerInner,
+}
+
+enum ConsumerInner {
+    RabbitMq {
+        channel: lapin::Channel,
+        tag: String,
+        inner: lapin::Consumer,
+    },
+    InProcess(memory::Consumer),
 }
 
 impl Consumer {
     /// The next delivery; `None` when the consumer was cancelled or its
     /// connection closed.
     pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
-        let delivery = self.inner.next().await?;
-        Some(
-            delivery
-                .map(|inner| Delivery { inner })
-                .map_err(BrokerError::from),
-        )
+        match &mut self.inner {
+            ConsumerInner::RabbitMq { inner, .. } => {
+                let delivery = inner.next().await?;
+                Some(
+                    delivery
+                        .map(|inner| Delivery {
+                            inner: DeliveryInner::RabbitMq(inner),
+                        })
+                        .map_err(BrokerError::from),
+                )
+            }
+            ConsumerInner::InProcess(inner) => inner.next().await.map(|inner| {
+                Ok(Delivery {
+                    inner: DeliveryInner::InProcess(inner),
+                })
+            }),
+        }
     }
 
     /// Stops new deliveries; those already received can still be settled.
     pub async fn cancel(&self) -> Result<(), BrokerError> {
-        self.channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
+        match &self.inner {
+            ConsumerInner::RabbitMq { channel, tag, .. } => {
+                channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await?;
+            }
+            ConsumerInner::InProcess(inner) => inner.cancel(),
+        }
         Ok(())
     }
 }
@@ -116,7 +170,15 @@ impl Broker {
         prefetch: u16,
         tag: &str,
     ) -> Result<Consumer, BrokerError> {
-        let channel = self.new_channel().await?;
+        let connection = match &self.backend {
+            Backend::RabbitMq { connection, .. } => connection,
+            Backend::InProcess(connection) => {
+                return Ok(Consumer {
+                    inner: ConsumerInner::InProcess(connection.consume(queue, prefetch)?),
+                });
+            }
+        };
+        let channel = connection.create_channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
@@ -129,23 +191,38 @@ impl Broker {
             )
             .await?;
         Ok(Consumer {
-            channel,
-            tag: tag.to_string(),
-            inner,
+            inner: ConsumerInner::RabbitMq {
+                channel,
+                tag: tag.to_string(),
+                inner,
+            },
         })
     }
 
     /// Messages ready in each work, report and dead-letter queue (for metrics).
     pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, BrokerError> {
-        let channel = self.new_channel().await?;
         let names = self.names();
-        let mut depths = Vec::new();
-        for queue in [
+        let queues = [
             names.bulk_queue(),
             names.urgent_queue(),
             names.reports_queue(),
             names.dead_letter_queue(),
-        ] {
+        ];
+        let connection = match &self.backend {
+            Backend::RabbitMq { connection, .. } => connection,
+            Backend::InProcess(connection) => {
+                return queues
+                    .into_iter()
+                    .map(|queue| {
+                        let ready = connection.ready_count(&queue)?;
+                        Ok((queue, ready))
+                    })
+                    .collect();
+            }
+        };
+        let channel = connection.create_channel().await?;
+        let mut depths = Vec::new();
+        for queue in queues {
             let declared = channel
                 .queue_declare(
                     queue.as_str().into(),
@@ -164,8 +241,13 @@ impl Broker {
 
     /// Deletes this deployment's queues and exchanges (test teardown).
     pub async fn delete_topology(&self) -> Result<(), BrokerError> {
-        let channel = self.new_channel().await?;
-        crate::topology::delete(&channel, self.names()).await?;
+        match &self.backend {
+            Backend::RabbitMq { connection, .. } => {
+                let channel = connection.create_channel().await?;
+                crate::topology::delete(&channel, self.names()).await?;
+            }
+            Backend::InProcess(connection) => connection.delete_topology(self.names()),
+        }
         Ok(())
     }
 }

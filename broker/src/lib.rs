@@ -7,12 +7,15 @@
 //!   after a delay.
 //! - [`consumer`]: consuming with a bounded prefetch and manual acks; a
 //!   [`consumer::Delivery`] is settled exactly once.
+//! - [`memory`]: the in-process twin (`memory://<name>` URLs) with the same
+//!   topology and settlement semantics, for the demo and tests.
 //!
 //! Connections are not repaired in place: when the broker goes away, callers
 //! drop the [`Broker`] and connect again with backoff (unacked deliveries of the
 //! old connection are redelivered by RabbitMQ to whoever consumes next).
 
 pub mod consumer;
+pub mod memory;
 pub mod publisher;
 pub mod topology;
 
@@ -35,6 +38,8 @@ pub enum BrokerError {
     Nacked,
     #[error("the message could not be routed to any queue: {0}")]
     Unroutable(String),
+    #[error("the connection to the broker is closed; connect again")]
+    Closed,
     #[error("message is not a flotilla message: {0}")]
     Envelope(#[from] EnvelopeError),
 }
@@ -50,9 +55,17 @@ impl BrokerError {
 /// One connection: a confirmed publishing channel, and channels for consumers.
 #[derive(Clone)]
 pub struct Broker {
-    connection: std::sync::Arc<Connection>,
-    publish_channel: Channel,
+    backend: Backend,
     names: Names,
+}
+
+#[derive(Clone)]
+enum Backend {
+    RabbitMq {
+        connection: std::sync::Arc<Connection>,
+        publish_channel: Channel,
+    },
+    InProcess(memory::Connection),
 }
 
 impl std::fmt::Debug for Broker {
@@ -64,12 +77,16 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Connects, declares the topology (idempotent) and enables publisher confirms.
+    /// Connects, declares the topology (idempotent) and enables publisher
+    /// confirms. A `memory://<name>` URL connects to the in-process hub of that name.
     pub async fn connect(
         url: &str,
         names: Names,
         connection_name: &str,
     ) -> Result<Self, BrokerError> {
+        if let Some(hub) = protocol::names::in_process_name(url) {
+            return Ok(Self::in_process(memory::hub(hub), names));
+        }
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name.into());
         let connection = Connection::connect(url, properties)
@@ -84,10 +101,20 @@ impl Broker {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self {
-            connection: std::sync::Arc::new(connection),
-            publish_channel,
+            backend: Backend::RabbitMq {
+                connection: std::sync::Arc::new(connection),
+                publish_channel,
+            },
             names,
         })
+    }
+
+    /// A connection to an in-process hub (declares the topology there).
+    pub fn in_process(hub: memory::Hub, names: Names) -> Self {
+        Self {
+            backend: Backend::InProcess(memory::Connection::open(hub, &names)),
+            names,
+        }
     }
 
     pub fn names(&self) -> &Names {
@@ -96,19 +123,23 @@ impl Broker {
 
     /// False once the connection failed or closed: drop this broker and reconnect.
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected() && self.publish_channel.status().connected()
-    }
-
-    pub(crate) async fn new_channel(&self) -> Result<Channel, BrokerError> {
-        Ok(self.connection.create_channel().await?)
+        match &self.backend {
+            Backend::RabbitMq {
+                connection,
+                publish_channel,
+            } => connection.status().connected() && publish_channel.status().connected(),
+            Backend::InProcess(connection) => connection.is_open(),
+        }
     }
 
     /// Closes the connection; unacked deliveries go back to their queues.
     pub async fn close(&self) {
-        // Closing a connection that already failed has nothing left to do.
-        let _ = self
-            .connection
-            .close(200, "flotilla shutting down".into())
-            .await;
+        match &self.backend {
+            Backend::RabbitMq { connection, .. } => {
+                // Closing a connection that already failed has nothing left to do.
+                let _ = connection.close(200, "flotilla shutting down".into()).await;
+            }
+            Backend::InProcess(connection) => connection.close(),
+        }
     }
 }

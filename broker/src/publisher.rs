@@ -10,7 +10,7 @@ use lapin::{BasicProperties, Confirmation};
 use protocol::envelope::{self, Message};
 use protocol::{Job, Report};
 
-use crate::{Broker, BrokerError};
+use crate::{Backend, Broker, BrokerError};
 
 /// How many times a job was retried after transient errors (not redeliveries,
 /// which RabbitMQ counts itself in `x-delivery-count`).
@@ -52,6 +52,14 @@ impl Broker {
         retries: u32,
     ) -> Result<(), BrokerError> {
         let payload = envelope::encode(message)?;
+        let publish_channel = match &self.backend {
+            Backend::RabbitMq {
+                publish_channel, ..
+            } => publish_channel,
+            Backend::InProcess(connection) => {
+                return connection.publish(exchange, routing_key, payload, retries);
+            }
+        };
         let mut headers = FieldTable::default();
         headers.insert(RETRIES_HEADER.into(), AMQPValue::LongUInt(retries));
         let properties = BasicProperties::default()
@@ -62,8 +70,7 @@ impl Broker {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirmation = self
-            .publish_channel
+        let confirmation = publish_channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),

@@ -19,6 +19,16 @@ use crate::job::Priority;
 /// Delays a worker may ask for, in seconds; each is one TTL'd queue.
 pub const DELAY_STEPS_SECONDS: [u32; 5] = [1, 5, 15, 60, 300];
 
+/// The scheme of in-process backends: `memory://<name>` as the AMQP or Redis
+/// URL selects the in-process twin, shared by everything in this process that
+/// names the same `<name>` (how `flotilla demo` runs without services).
+pub const IN_PROCESS_SCHEME: &str = "memory://";
+
+/// The instance name of an in-process backend URL, `None` for a real one.
+pub fn in_process_name(url: &str) -> Option<&str> {
+    url.strip_prefix(IN_PROCESS_SCHEME)
+}
+
 /// Names for one deployment; `prefix` is `flotilla` unless tests isolate themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {

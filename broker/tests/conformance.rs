@@ -1,0 +1,315 @@
+//! One suite, two backends: the topology's promises, checked against the
+//! in-process twin and against real RabbitMQ at 127.0.0.1:5672 (each test under
+//! its own name prefix, deleted afterwards).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use broker::Broker;
+use broker::consumer::Consumer;
+use broker::topology::DELIVERY_LIMIT;
+use protocol::campaign::{ApiRateLimits, ExecutionRole, TargetSelection, TargetSelector};
+use protocol::job::{DiscoverJob, Location, Priority, RunContext};
+use protocol::names::Names;
+use protocol::report::{LocationFailed, LocationFailure};
+use protocol::{Job, Report};
+use uuid::Uuid;
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Where a test's broker lives: an AMQP URL or a `memory://` one.
+async fn connect(url: &str, names: &Names) -> Broker {
+    match Broker::connect(url, names.clone(), "broker-test").await {
+        Ok(broker) => broker,
+        Err(error) => panic!("these tests need RabbitMQ: {error}"),
+    }
+}
+
+fn fresh_names() -> Names {
+    Names::new(format!("flotilla-test-{}", Uuid::new_v4()))
+}
+
+fn in_process_url() -> String {
+    format!("memory://broker-test-{}", Uuid::new_v4())
+}
+
+/// Runs `$check(url, names)` once on each backend, as two tests.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&super::in_process_url(), super::fresh_names()).await;
+                }
+            )*
+        }
+        mod rabbitmq {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::AMQP_URL, super::fresh_names()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    jobs_reach_the_queue_of_their_priority_and_are_acked,
+    a_delayed_job_comes_back_to_its_work_queue_after_the_delay,
+    rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue,
+    what_a_closed_connection_held_unacked_is_redelivered,
+    prefetch_bounds_unsettled_deliveries,
+    reports_reach_the_reports_queue_and_depths_count_ready_messages,
+);
+
+fn job(priority: Priority) -> Job {
+    Job::Discover(DiscoverJob {
+        job_id: Uuid::new_v4(),
+        run: RunContext {
+            run_id: Uuid::new_v4(),
+            campaign: "scan".into(),
+            campaign_version: 1,
+            role: ExecutionRole {
+                name: "FlotillaExecutionRole".into(),
+                external_id: None,
+                session_duration: Duration::from_secs(3600),
+            },
+            api_rate_limits: ApiRateLimits::default(),
+            priority,
+        },
+        location: Location {
+            account_id: "100000000000".into(),
+            region: "us-east-1".into(),
+        },
+        targets: TargetSelection {
+            selector: TargetSelector::All,
+            platform: None,
+            online_only: false,
+        },
+        page: 0,
+        next_token: None,
+    })
+}
+
+async fn next(consumer: &mut Consumer) -> broker::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("the consumer is open")
+        .unwrap()
+}
+
+async fn jobs_reach_the_queue_of_their_priority_and_are_acked(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let bulk_job = job(Priority::Bulk);
+    let urgent_job = job(Priority::Urgent);
+    broker.publish_job(&bulk_job).await.unwrap();
+    broker.publish_job(&urgent_job).await.unwrap();
+
+    let mut urgent = broker
+        .consume(&names.urgent_queue(), 10, "u")
+        .await
+        .unwrap();
+    let delivery = next(&mut urgent).await;
+    assert_eq!(delivery.decode::<Job>().unwrap(), urgent_job);
+    delivery.ack().await.unwrap();
+    let mut bulk = broker.consume(&names.bulk_queue(), 10, "b").await.unwrap();
+    let delivery = next(&mut bulk).await;
+    assert_eq!(delivery.decode::<Job>().unwrap(), bulk_job);
+    assert_eq!(delivery.retries(), 0);
+    delivery.ack().await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
+
+async fn a_delayed_job_comes_back_to_its_work_queue_after_the_delay(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let delayed = job(Priority::Urgent);
+    let published = Instant::now();
+    broker
+        .publish_job_after(&delayed, Duration::from_secs(1), 3)
+        .await
+        .unwrap();
+    let mut urgent = broker
+        .consume(&names.urgent_queue(), 10, "u")
+        .await
+        .unwrap();
+    let delivery = next(&mut urgent).await;
+    assert!(
+        published.elapsed() >= Duration::from_millis(900),
+        "came back after {:?}",
+        published.elapsed()
+    );
+    assert_eq!(delivery.decode::<Job>().unwrap(), delayed);
+    assert_eq!(
+        delivery.retries(),
+        3,
+        "the retry count travels with the job"
+    );
+    delivery.ack().await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
+
+async fn rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue(
+    url: &str,
+    names: Names,
+) {
+    let broker = connect(url, &names).await;
+    let poison = job(Priority::Bulk);
+    let endless = job(Priority::Bulk);
+    broker.publish_job(&poison).await.unwrap();
+    broker.publish_job(&endless).await.unwrap();
+
+    let mut bulk = broker.consume(&names.bulk_queue(), 1, "b").await.unwrap();
+    let first = next(&mut bulk).await;
+    assert_eq!(first.decode::<Job>().unwrap(), poison);
+    first.dead_letter().await.unwrap();
+    // The second job is requeued (as when its worker dies) until the limit.
+    let mut deliveries = 0;
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(3), bulk.next()).await;
+        let Ok(Some(delivery)) = delivery else { break };
+        let delivery = delivery.unwrap();
+        assert_eq!(delivery.decode::<Job>().unwrap(), endless);
+        deliveries += 1;
+        assert!(
+            deliveries <= DELIVERY_LIMIT + 1,
+            "the limit must stop redelivery"
+        );
+        delivery.requeue().await.unwrap();
+    }
+    assert_eq!(
+        deliveries,
+        DELIVERY_LIMIT + 1,
+        "first delivery plus the limit's redeliveries"
+    );
+
+    let mut dead = broker
+        .consume(&names.dead_letter_queue(), 10, "d")
+        .await
+        .unwrap();
+    let mut dead_jobs = vec![
+        next(&mut dead).await.decode::<Job>().unwrap(),
+        next(&mut dead).await.decode::<Job>().unwrap(),
+    ];
+    dead_jobs.sort_by_key(Job::job_id);
+    let mut expected = vec![poison, endless];
+    expected.sort_by_key(Job::job_id);
+    assert_eq!(dead_jobs, expected);
+    broker.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_absent_broker_says_how_to_start_it() {
+    let error = Broker::connect("amqp://guest:secret@127.0.0.1:1/%2f", Names::default(), "t")
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("rabbitmq-server -detached"), "{message}");
+    assert!(!message.contains("secret"), "{message}");
+}
+
+async fn what_a_closed_connection_held_unacked_is_redelivered(url: &str, names: Names) {
+    let first = connect(url, &names).await;
+    let held = job(Priority::Bulk);
+    first.publish_job(&held).await.unwrap();
+    let mut consumer = first.consume(&names.bulk_queue(), 10, "w1").await.unwrap();
+    let delivery = next(&mut consumer).await;
+    assert!(!delivery.redelivered());
+    // The worker dies holding it.
+    first.close().await;
+    drop(delivery);
+
+    let second = connect(url, &names).await;
+    let mut consumer = second.consume(&names.bulk_queue(), 10, "w2").await.unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.decode::<Job>().unwrap(), held);
+    assert!(delivery.redelivered(), "marked as redelivered");
+    assert_eq!(delivery.earlier_deliveries(), 1);
+    delivery.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), consumer.next())
+            .await
+            .is_err(),
+        "an acked job is not delivered again"
+    );
+    second.delete_topology().await.unwrap();
+}
+
+async fn prefetch_bounds_unsettled_deliveries(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let jobs = [
+        job(Priority::Bulk),
+        job(Priority::Bulk),
+        job(Priority::Bulk),
+    ];
+    for job in &jobs {
+        broker.publish_job(job).await.unwrap();
+    }
+    let mut consumer = broker.consume(&names.bulk_queue(), 2, "w").await.unwrap();
+    let first = next(&mut consumer).await;
+    let second = next(&mut consumer).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), consumer.next())
+            .await
+            .is_err(),
+        "a third delivery must wait for room under prefetch 2"
+    );
+    first.ack().await.unwrap();
+    let third = next(&mut consumer).await;
+    let mut seen = vec![
+        second.decode::<Job>().unwrap(),
+        third.decode::<Job>().unwrap(),
+    ];
+    second.ack().await.unwrap();
+    third.ack().await.unwrap();
+    seen.sort_by_key(Job::job_id);
+    let mut expected = jobs[1..].to_vec();
+    expected.sort_by_key(Job::job_id);
+    assert_eq!(seen, expected, "in publishing order, each once");
+    broker.delete_topology().await.unwrap();
+}
+
+async fn reports_reach_the_reports_queue_and_depths_count_ready_messages(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let report = Report::LocationFailed(LocationFailed {
+        run_id: Uuid::new_v4(),
+        location: Location {
+            account_id: "100000000000".into(),
+            region: "us-east-1".into(),
+        },
+        reason: LocationFailure::AccessDenied,
+        detail: "not authorized to perform sts:AssumeRole".into(),
+    });
+    broker.publish_report(&report).await.unwrap();
+    broker.publish_job(&job(Priority::Urgent)).await.unwrap();
+    broker.publish_job(&job(Priority::Urgent)).await.unwrap();
+    // RabbitMQ's counts lag publishing a little.
+    let mut depths = Vec::new();
+    for _ in 0..50 {
+        depths = broker.queue_depths().await.unwrap();
+        if depths.iter().map(|(_, depth)| depth).sum::<u32>() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let depth = |queue: String| {
+        depths
+            .iter()
+            .find(|(name, _)| *name == queue)
+            .map(|(_, depth)| *depth)
+    };
+    assert_eq!(depth(names.urgent_queue()), Some(2), "{depths:?}");
+    assert_eq!(depth(names.reports_queue()), Some(1), "{depths:?}");
+    assert_eq!(depth(names.bulk_queue()), Some(0), "{depths:?}");
+    let mut reports = broker
+        .consume(&names.reports_queue(), 10, "s")
+        .await
+        .unwrap();
+    let delivery = next(&mut reports).await;
+    assert_eq!(delivery.decode::<Report>().unwrap(), report);
+    delivery.ack().await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
