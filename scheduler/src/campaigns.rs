@@ -1,4 +1,4 @@
-//! The campaign store: specs in Redis, versioned. Applying a spec that differs
+//! The campaign store: specs in Redis (or the in-process twin), versioned. Applying a spec that differs
 //! from the latest stored one makes a new version; applying the same spec again
 //! changes nothing. Runs keep a copy of the spec they started with, so deleting
 //! or changing a campaign never disturbs a run.
@@ -10,6 +10,7 @@ use protocol::{Campaign, SpecFormat};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 
+use crate::ledger::Backend;
 use crate::{Scheduler, SchedulerError, now_ms};
 
 /// KEYS campaign hash, index set; ARGV name, spec JSON, now. Returns {version, changed}.
@@ -45,8 +46,14 @@ pub struct Applied {
 impl Scheduler {
     pub async fn apply_campaign(&self, campaign: &Campaign) -> Result<Applied, SchedulerError> {
         let names = self.broker.names();
-        let mut connection = self.store.connection();
         let spec = serde_json::to_string(&campaign.spec)?;
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                let (version, changed) = twin.apply_campaign(&campaign.name, &spec, now_ms());
+                return Ok(Applied { version, changed });
+            }
+        };
         let (version, changed): (u32, u8) = APPLY
             .key(names.campaign_key(&campaign.name))
             .key(names.campaigns_index_key())
@@ -66,7 +73,30 @@ impl Scheduler {
         &self,
         name: &str,
     ) -> Result<Option<(Campaign, CampaignVersion)>, SchedulerError> {
-        let mut connection = self.store.connection();
+        let Some((version, updated_ms, spec_json)) = self.latest_campaign(name).await? else {
+            return Ok(None);
+        };
+        let campaign = Campaign::parse(&spec_json, SpecFormat::Json).map_err(|errors| {
+            SchedulerError::Corrupt(format!("stored campaign {name} is invalid: {errors}"))
+        })?;
+        let stored = CampaignVersion {
+            name: name.to_string(),
+            version,
+            updated_ms,
+            spec: campaign.spec.clone(),
+        };
+        Ok(Some((campaign, stored)))
+    }
+
+    /// (latest version, updated ms, spec JSON) of a stored campaign.
+    async fn latest_campaign(
+        &self,
+        name: &str,
+    ) -> Result<Option<(u32, u64, String)>, SchedulerError> {
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.latest_campaign(name)),
+        };
         let key = self.broker.names().campaign_key(name);
         let (latest, updated_ms): (Option<u32>, Option<u64>) = redis::cmd("HMGET")
             .arg(&key)
@@ -78,20 +108,14 @@ impl Scheduler {
             return Ok(None);
         };
         let spec_json: String = connection.hget(&key, format!("v:{version}")).await?;
-        let campaign = Campaign::parse(&spec_json, SpecFormat::Json).map_err(|errors| {
-            SchedulerError::Corrupt(format!("stored campaign {name} is invalid: {errors}"))
-        })?;
-        let stored = CampaignVersion {
-            name: name.to_string(),
-            version,
-            updated_ms: updated_ms.unwrap_or(0),
-            spec: campaign.spec.clone(),
-        };
-        Ok(Some((campaign, stored)))
+        Ok(Some((version, updated_ms.unwrap_or(0), spec_json)))
     }
 
     pub async fn campaign_names(&self) -> Result<Vec<String>, SchedulerError> {
-        let mut connection = self.store.connection();
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.campaign_names()),
+        };
         let mut names: Vec<String> = connection
             .smembers(self.broker.names().campaigns_index_key())
             .await?;
@@ -102,7 +126,10 @@ impl Scheduler {
     /// Forgets a campaign (its runs keep their copy); false if there was none.
     pub async fn delete_campaign(&self, name: &str) -> Result<bool, SchedulerError> {
         let names = self.broker.names();
-        let mut connection = self.store.connection();
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.delete_campaign(name)),
+        };
         let (deleted, _): (u32, u32) = redis::pipe()
             .atomic()
             .del(names.campaign_key(name))

@@ -2,7 +2,7 @@
 //! restarted scheduler (or another replica) continues where it was. Every update
 //! is one Lua script over the run's keys (one `{run-id}` hash tag), and every
 //! update from a report is applied at most once (the `applied` set), so a
-//! redelivered report changes nothing.
+//! redelivered report changes nothing. [`crate::twin`] does the same in process.
 //!
 //! Keys (see `protocol::names`): the run hash (state, totals, limits, counts),
 //! `locations` (FIFO), `location-state` (per location: pages, failure,
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::SchedulerError;
+use crate::twin::Twin;
 
 /// Shared by every script: the eight keys of one run, and a halt that never
 /// overrides a final state.
@@ -328,19 +329,137 @@ impl RunFields {
     }
 }
 
+/// The ledger of every run: in Redis, or in the in-process twin.
 #[derive(Clone)]
 pub struct Ledger {
-    connection: ConnectionManager,
+    backend: Backend,
     names: Names,
+}
+
+/// Where the scheduler's state lives; the campaign store and schedules use it too.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Redis(ConnectionManager),
+    InProcess(Twin),
+}
+
+/// The run hash `create_run` writes (both backends).
+pub(crate) fn run_hash_fields(
+    run: &NewRun<'_>,
+    location_count: usize,
+) -> Vec<(&'static str, String)> {
+    let state = if run.start_after_ms.is_some() {
+        RunState::Pending
+    } else {
+        RunState::Discovering
+    };
+    let mut fields: Vec<(&'static str, String)> = vec![
+        ("campaign", run.campaign.to_string()),
+        ("campaign_version", run.campaign_version.to_string()),
+        ("spec", run.spec_json.to_string()),
+        ("priority", run.priority.to_string()),
+        ("state", state.as_str().to_string()),
+        ("reason", format!("started by {}", run.started_by)),
+        ("plan_only", u8::from(run.plan_only).to_string()),
+        ("created_ms", run.created_ms.to_string()),
+        ("location_count", location_count.to_string()),
+        ("location_concurrency", run.location_concurrency.to_string()),
+        (
+            "allowed_location_errors",
+            run.allowed_location_errors.to_string(),
+        ),
+        ("output_dir", run.output_dir.to_string()),
+        ("total", "0".into()),
+        ("in_flight", "0".into()),
+        ("failures", "0".into()),
+        ("discovered_locations", "0".into()),
+        ("failed_locations", "0".into()),
+        ("locations_done", "0".into()),
+    ];
+    if let Some(targets) = run.targets_json {
+        fields.push(("targets", targets.to_string()));
+    }
+    fields
+}
+
+/// Every location with its state, from the `location-state` hash (both backends).
+pub(crate) fn location_statuses(
+    locations: &[String],
+    state: &HashMap<String, String>,
+    next_location: u64,
+) -> Result<Vec<LocationStatus>, SchedulerError> {
+    let number = |key: String| state.get(&key).and_then(|value| value.parse::<i64>().ok());
+    let mut statuses = Vec::with_capacity(locations.len());
+    for (index, key) in locations.iter().enumerate() {
+        let location = parse_location(key)?;
+        let failure = state.get(&format!("{key}:failed")).cloned();
+        let pages = number(format!("{key}:pages"));
+        let seen = number(format!("{key}:pages_seen")).unwrap_or(0);
+        let remaining = number(format!("{key}:remaining")).unwrap_or(0).max(0);
+        let label = if failure.is_some() {
+            "failed"
+        } else if pages != Some(seen) {
+            "discovering"
+        } else if (index as u64) >= next_location {
+            "waiting"
+        } else if remaining > 0 {
+            "active"
+        } else {
+            "done"
+        };
+        statuses.push(LocationStatus {
+            account_id: location.account_id,
+            region: location.region,
+            state: label.to_string(),
+            targets: u64::try_from(number(format!("{key}:targets")).unwrap_or(0)).unwrap_or(0),
+            batches_left: u64::try_from(remaining).unwrap_or(0),
+            failure,
+        });
+    }
+    Ok(statuses)
+}
+
+/// A never-admitted page (`location:page` → ids) as the batch it would have been.
+pub(crate) fn page_entry(
+    field: &str,
+    instance_ids: Vec<String>,
+) -> Result<BatchEntry, SchedulerError> {
+    let (location, page) = field
+        .rsplit_once(':')
+        .ok_or_else(|| SchedulerError::Corrupt(format!("page field {field:?}")))?;
+    let page: u32 = page
+        .parse()
+        .map_err(|_| SchedulerError::Corrupt(format!("page field {field:?}")))?;
+    Ok(BatchEntry {
+        location: location.to_string(),
+        batch_id: page * 1000,
+        step_index: 0,
+        instance_ids,
+    })
 }
 
 impl Ledger {
     pub fn new(connection: ConnectionManager, names: Names) -> Self {
-        Self { connection, names }
+        Self {
+            backend: Backend::Redis(connection),
+            names,
+        }
+    }
+
+    /// A ledger in the in-process twin.
+    pub fn in_process(twin: Twin, names: Names) -> Self {
+        Self {
+            backend: Backend::InProcess(twin),
+            names,
+        }
     }
 
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     fn keys(&self, run_id: Uuid) -> [String; 8] {
@@ -371,44 +490,15 @@ impl Ledger {
         run: &NewRun<'_>,
         locations: &[Location],
     ) -> Result<(), SchedulerError> {
-        let mut connection = self.connection.clone();
         let location_keys: Vec<String> = locations.iter().map(location_key).collect();
-        let fields: Vec<(&str, String)> = vec![
-            ("campaign", run.campaign.to_string()),
-            ("campaign_version", run.campaign_version.to_string()),
-            ("spec", run.spec_json.to_string()),
-            ("priority", run.priority.to_string()),
-            (
-                "state",
-                if run.start_after_ms.is_some() {
-                    RunState::Pending
-                } else {
-                    RunState::Discovering
-                }
-                .as_str()
-                .to_string(),
-            ),
-            ("reason", format!("started by {}", run.started_by)),
-            ("plan_only", u8::from(run.plan_only).to_string()),
-            ("created_ms", run.created_ms.to_string()),
-            ("location_count", locations.len().to_string()),
-            ("location_concurrency", run.location_concurrency.to_string()),
-            (
-                "allowed_location_errors",
-                run.allowed_location_errors.to_string(),
-            ),
-            ("output_dir", run.output_dir.to_string()),
-            ("total", "0".into()),
-            ("in_flight", "0".into()),
-            ("failures", "0".into()),
-            ("discovered_locations", "0".into()),
-            ("failed_locations", "0".into()),
-            ("locations_done", "0".into()),
-        ];
-        let mut fields = fields;
-        if let Some(targets) = run.targets_json {
-            fields.push(("targets", targets.to_string()));
-        }
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                twin.create_run(run_id, run, location_keys);
+                return Ok(());
+            }
+        };
+        let fields = run_hash_fields(run, locations.len());
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(self.names.run_key(run_id), &fields);
@@ -440,7 +530,18 @@ impl Ledger {
         instance_ids: &[String],
         last_page: bool,
     ) -> Result<(bool, bool), SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                return twin.record_page(
+                    run_id,
+                    &location_key(location),
+                    page,
+                    instance_ids,
+                    last_page,
+                );
+            }
+        };
         let ids = serde_json::to_string(instance_ids)?;
         let (new, complete): (u8, u8) = self
             .invocation(&RECORD_PAGE, run_id)
@@ -461,7 +562,12 @@ impl Ledger {
         location: &Location,
         reason: &str,
     ) -> Result<(bool, bool), SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                return twin.record_location_failed(run_id, &location_key(location), reason);
+            }
+        };
         let (new, complete): (u8, u8) = self
             .invocation(&LOCATION_FAILED, run_id)
             .arg(location_key(location))
@@ -478,7 +584,12 @@ impl Ledger {
         batch_size: u64,
         allowed_errors: u64,
     ) -> Result<RunState, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                return twin.start_execution(run_id, max_in_flight, batch_size, allowed_errors);
+            }
+        };
         let state: String = self
             .invocation(&START_EXECUTION, run_id)
             .arg(max_in_flight)
@@ -490,7 +601,10 @@ impl Ledger {
     }
 
     pub async fn admit(&self, run_id: Uuid) -> Result<Vec<BatchEntry>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return twin.admit(run_id),
+        };
         let raw: Vec<String> = self
             .invocation(&ADMIT, run_id)
             .invoke_async(&mut connection)
@@ -512,7 +626,20 @@ impl Ledger {
         counters: &HashMap<String, u64>,
         next: Option<&BatchEntry>,
     ) -> Result<(bool, RunState), SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                return twin.apply_results(
+                    run_id,
+                    entry_key,
+                    &location_key(location),
+                    targets,
+                    failures,
+                    counters,
+                    next,
+                );
+            }
+        };
         let next = next
             .map(serde_json::to_string)
             .transpose()?
@@ -531,7 +658,10 @@ impl Ledger {
     }
 
     pub async fn complete_if_done(&self, run_id: Uuid) -> Result<RunState, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return twin.complete_if_done(run_id),
+        };
         let state: String = self
             .invocation(&COMPLETE_IF_DONE, run_id)
             .invoke_async(&mut connection)
@@ -547,7 +677,10 @@ impl Ledger {
         to: RunState,
         reason: &str,
     ) -> Result<bool, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return twin.transition(run_id, from, to, reason),
+        };
         let from: Vec<&str> = from.iter().map(|state| state.as_str()).collect();
         let changed: u8 = self
             .invocation(&TRANSITION, run_id)
@@ -560,14 +693,20 @@ impl Ledger {
     }
 
     pub async fn run_fields(&self, run_id: Uuid) -> Result<Option<RunFields>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.run_fields(run_id)),
+        };
         let fields: HashMap<String, String> =
             connection.hgetall(self.names.run_key(run_id)).await?;
         Ok((!fields.is_empty()).then_some(RunFields(fields)))
     }
 
     pub async fn counters(&self, run_id: Uuid) -> Result<HashMap<String, u64>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.counters(run_id)),
+        };
         Ok(connection
             .hgetall(self.names.run_counters_key(run_id))
             .await?)
@@ -575,10 +714,15 @@ impl Ledger {
 
     /// The run's locations in admission order.
     pub async fn locations(&self, run_id: Uuid) -> Result<Vec<Location>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let keys: Vec<String> = connection
-            .lrange(self.names.run_locations_key(run_id), 0, -1)
-            .await?;
+        let keys: Vec<String> = match &self.backend {
+            Backend::Redis(connection) => {
+                let mut connection = connection.clone();
+                connection
+                    .lrange(self.names.run_locations_key(run_id), 0, -1)
+                    .await?
+            }
+            Backend::InProcess(twin) => twin.location_keys(run_id),
+        };
         keys.iter().map(|key| parse_location(key)).collect()
     }
 
@@ -587,7 +731,10 @@ impl Ledger {
         &self,
         run_id: Uuid,
     ) -> Result<Vec<LocationStatus>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return twin.location_statuses(run_id),
+        };
         let locations: Vec<String> = connection
             .lrange(self.names.run_locations_key(run_id), 0, -1)
             .await?;
@@ -597,41 +744,15 @@ impl Ledger {
         let next_location: Option<u64> = connection
             .hget(self.names.run_key(run_id), "next_location")
             .await?;
-        let next_location = next_location.unwrap_or(0);
-        let number = |key: String| state.get(&key).and_then(|value| value.parse::<i64>().ok());
-        let mut statuses = Vec::with_capacity(locations.len());
-        for (index, key) in locations.iter().enumerate() {
-            let location = parse_location(key)?;
-            let failure = state.get(&format!("{key}:failed")).cloned();
-            let pages = number(format!("{key}:pages"));
-            let seen = number(format!("{key}:pages_seen")).unwrap_or(0);
-            let remaining = number(format!("{key}:remaining")).unwrap_or(0).max(0);
-            let label = if failure.is_some() {
-                "failed"
-            } else if pages != Some(seen) {
-                "discovering"
-            } else if (index as u64) >= next_location {
-                "waiting"
-            } else if remaining > 0 {
-                "active"
-            } else {
-                "done"
-            };
-            statuses.push(LocationStatus {
-                account_id: location.account_id,
-                region: location.region,
-                state: label.to_string(),
-                targets: u64::try_from(number(format!("{key}:targets")).unwrap_or(0)).unwrap_or(0),
-                batches_left: u64::try_from(remaining).unwrap_or(0),
-                failure,
-            });
-        }
-        Ok(statuses)
+        location_statuses(&locations, &state, next_location.unwrap_or(0))
     }
 
     /// Batches sent to workers and not reported yet (re-published on recovery).
     pub async fn admitted(&self, run_id: Uuid) -> Result<Vec<BatchEntry>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.admitted(run_id)),
+        };
         let raw: Vec<String> = connection
             .hvals(self.names.run_admitted_key(run_id))
             .await?;
@@ -643,7 +764,10 @@ impl Ledger {
     /// Everything a halted or cancelled run will never start: pending batches and
     /// the pages of locations never admitted.
     pub async fn never_started(&self, run_id: Uuid) -> Result<Vec<BatchEntry>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return twin.never_started(run_id),
+        };
         let pending: Vec<String> = connection
             .lrange(self.names.run_pending_key(run_id), 0, -1)
             .await?;
@@ -654,18 +778,7 @@ impl Ledger {
         let pages: HashMap<String, String> =
             connection.hgetall(self.names.run_pages_key(run_id)).await?;
         for (field, ids) in pages {
-            let Some((location, page)) = field.rsplit_once(':') else {
-                continue;
-            };
-            let page: u32 = page
-                .parse()
-                .map_err(|_| SchedulerError::Corrupt(format!("page field {field:?}")))?;
-            entries.push(BatchEntry {
-                location: location.to_string(),
-                batch_id: page * 1000,
-                step_index: 0,
-                instance_ids: serde_json::from_str(&ids)?,
-            });
+            entries.push(page_entry(&field, serde_json::from_str(&ids)?)?);
         }
         Ok(entries)
     }
@@ -676,7 +789,10 @@ impl Ledger {
         run_id: Uuid,
         counters: &HashMap<String, u64>,
     ) -> Result<bool, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return twin.mark_drained(run_id, counters),
+        };
         let first: u8 = self
             .invocation(&MARK_DRAINED, run_id)
             .arg(serde_json::to_string(counters)?)
@@ -687,7 +803,10 @@ impl Ledger {
 
     /// Pending runs whose start time has come, and forgets them as pending.
     pub async fn take_due_runs(&self, now_ms: u64) -> Result<Vec<Uuid>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.take_due_runs(now_ms)),
+        };
         let key = self.names.pending_runs_key();
         let due: Vec<String> = connection.zrangebyscore(&key, 0, now_ms).await?;
         let mut taken = Vec::new();
@@ -705,7 +824,10 @@ impl Ledger {
 
     /// Runs newest first.
     pub async fn run_ids(&self) -> Result<Vec<Uuid>, SchedulerError> {
-        let mut connection = self.connection.clone();
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.run_ids()),
+        };
         let ids: Vec<String> = connection
             .zrevrange(self.names.runs_index_key(), 0, -1)
             .await?;

@@ -17,6 +17,8 @@
 //! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update.
 //! - [`sink`]: durable, partitioned, compressed JSON-lines results.
+//! - [`twin`]: the in-process twin of the ledger, campaign store and schedule
+//!   lease (`memory://<name>` as the Redis URL), for the demo and tests.
 
 pub mod api;
 pub mod campaigns;
@@ -28,6 +30,7 @@ pub mod runs;
 pub mod schedules;
 pub mod sink;
 pub mod triggers;
+pub mod twin;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -122,7 +125,7 @@ impl SchedulerConfig {
 pub struct Scheduler {
     broker: Broker,
     ledger: Ledger,
-    store: store::RedisStore,
+    store: store::AnyStore,
     config: Arc<SchedulerConfig>,
     /// Campaigns of runs seen, rebuilt from the spec stored with the run.
     plans: Arc<Mutex<HashMap<Uuid, Arc<RunPlan>>>>,
@@ -133,9 +136,19 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub async fn connect(config: SchedulerConfig) -> Result<Self, SchedulerError> {
-        let store = store::RedisStore::connect(&config.redis_url, config.names.clone()).await?;
+        let store = store::AnyStore::connect(&config.redis_url, config.names.clone()).await?;
         let broker = Broker::connect(&config.amqp_url, config.names.clone(), &config.name).await?;
-        let ledger = Ledger::new(store.connection(), config.names.clone());
+        let ledger = match protocol::names::in_process_name(&config.redis_url) {
+            Some(name) => Ledger::in_process(crate::twin::twin(name), config.names.clone()),
+            None => match store.redis() {
+                Some(redis) => Ledger::new(redis.connection(), config.names.clone()),
+                None => {
+                    return Err(SchedulerError::Invalid(
+                        "the Redis URL names no Redis".into(),
+                    ));
+                }
+            },
+        };
         Ok(Self {
             broker,
             ledger,
@@ -183,7 +196,7 @@ impl Scheduler {
         &self.ledger
     }
 
-    pub fn store(&self) -> &store::RedisStore {
+    pub fn store(&self) -> &store::AnyStore {
         &self.store
     }
 

@@ -24,6 +24,7 @@ use protocol::spec::MissedOccurrence;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
+use crate::ledger::Backend;
 use crate::runs::StartOptions;
 use crate::{Scheduler, SchedulerError};
 
@@ -109,7 +110,13 @@ impl Scheduler {
     /// Takes or renews the leader lease; the fencing token, or `None` if another replica leads.
     async fn lease(&self) -> Result<Option<u64>, SchedulerError> {
         let names = self.broker.names();
-        let mut connection = self.store.connection();
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                let token = twin.acquire_lease(&self.config.name, self.config.lease_ttl);
+                return Ok((token > 0).then_some(token));
+            }
+        };
         let token: u64 = ACQUIRE
             .key(names.scheduler_lease_key())
             .key(names.scheduler_lease_token_key())
@@ -122,7 +129,10 @@ impl Scheduler {
 
     /// Who leads now (`holder:token`), for operators and tests.
     pub async fn lease_holder(&self) -> Result<Option<String>, SchedulerError> {
-        let mut connection = self.store.connection();
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.lease_holder()),
+        };
         Ok(connection
             .get(self.broker.names().scheduler_lease_key())
             .await?)
@@ -130,7 +140,10 @@ impl Scheduler {
 
     /// The fire log, oldest first: `campaign occurrence-ms fired|skipped holder:token`.
     pub async fn schedule_fires(&self) -> Result<Vec<String>, SchedulerError> {
-        let mut connection = self.store.connection();
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.schedule_fires()),
+        };
         Ok(connection
             .lrange(self.broker.names().schedule_fires_key(), 0, -1)
             .await?)
@@ -153,15 +166,10 @@ impl Scheduler {
             let Some(schedule) = &campaign.schedule else {
                 continue;
             };
-            let names = self.broker.names();
-            let mut connection = self.store.connection();
-            let last: Option<String> = connection.hget(names.schedule_fired_key(), &name).await?;
-            let Some(last) = last else {
+            let Some(last) = self.last_fired(&name).await? else {
                 // First sight: occurrences from now on, none from before the campaign existed.
                 let baseline = format!("{}:baseline", now.timestamp_millis());
-                let _: bool = connection
-                    .hset_nx(names.schedule_fired_key(), &name, baseline)
-                    .await?;
+                self.set_fired_if_absent(&name, &baseline).await?;
                 continue;
             };
             let (last_ms, baseline) = match last.split_once(':') {
@@ -189,15 +197,8 @@ impl Scheduler {
             };
             let late = (now - *latest).to_std().unwrap_or_default();
             let start = late <= ON_TIME || schedule.on_missed == MissedOccurrence::RunOnce;
-            let recorded: i64 = FIRE
-                .key(names.scheduler_lease_key())
-                .key(names.schedule_fired_key())
-                .key(names.schedule_fires_key())
-                .arg(&lease_value)
-                .arg(&name)
-                .arg(latest.timestamp_millis())
-                .arg(u8::from(start))
-                .invoke_async(&mut connection)
+            let recorded = self
+                .fire(&lease_value, &name, latest.timestamp_millis(), start)
                 .await?;
             match recorded {
                 -1 => {
@@ -230,6 +231,58 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// The campaign's last fired occurrence (`ms`, or `ms:baseline` before its first).
+    async fn last_fired(&self, campaign: &str) -> Result<Option<String>, SchedulerError> {
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.last_fired(campaign)),
+        };
+        Ok(connection
+            .hget(self.broker.names().schedule_fired_key(), campaign)
+            .await?)
+    }
+
+    async fn set_fired_if_absent(&self, campaign: &str, value: &str) -> Result<(), SchedulerError> {
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                twin.set_fired_if_absent(campaign, value);
+                return Ok(());
+            }
+        };
+        let _: bool = connection
+            .hset_nx(self.broker.names().schedule_fired_key(), campaign, value)
+            .await?;
+        Ok(())
+    }
+
+    /// The `FIRE` script: 1 recorded, 0 recorded before, -1 not the leader.
+    async fn fire(
+        &self,
+        lease_value: &str,
+        campaign: &str,
+        occurrence_ms: i64,
+        start: bool,
+    ) -> Result<i64, SchedulerError> {
+        let mut connection = match self.ledger.backend() {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => {
+                return Ok(twin.fire(lease_value, campaign, occurrence_ms, start));
+            }
+        };
+        let names = self.broker.names();
+        Ok(FIRE
+            .key(names.scheduler_lease_key())
+            .key(names.schedule_fired_key())
+            .key(names.schedule_fires_key())
+            .arg(lease_value)
+            .arg(campaign)
+            .arg(occurrence_ms)
+            .arg(u8::from(start))
+            .invoke_async(&mut connection)
+            .await?)
     }
 
     /// Starts the run of a recorded occurrence unless it exists.

@@ -5,11 +5,12 @@
 //!
 //! - [`redis_store`]: the Redis backend; every multi-step update is one Lua script.
 //! - [`memory`]: the in-process twin, on tokio's clock (pausable in tests).
+//! - [`any`]: either of them, chosen by URL (`redis://…` or `memory://<name>`).
 //!
 //! The scheduler's run bookkeeping (locations, admission, applied reports) lives
-//! in the scheduler crate (`scheduler::ledger`), on Redis only for now; its
-//! in-process twin comes with the embedded demo.
+//! in the scheduler crate (`scheduler::ledger`), with its own twin and suite.
 
+pub mod any;
 pub mod memory;
 pub mod redis_store;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use protocol::run::{RunState, SendDecision};
 use uuid::Uuid;
 
+pub use any::AnyStore;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 

@@ -37,9 +37,22 @@ struct RunRecord {
     reason: Option<String>,
 }
 
+/// Stores by name, for `memory://<name>` URLs.
+static NAMED: std::sync::LazyLock<Mutex<HashMap<String, MemoryStore>>> =
+    std::sync::LazyLock::new(Default::default);
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The store named `name` in this process, created on first use: what
+    /// every `memory://<name>` URL shares.
+    pub fn named(name: &str) -> Self {
+        let mut named = NAMED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        named.entry(name.to_string()).or_default().clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

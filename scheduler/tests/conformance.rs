@@ -1,0 +1,560 @@
+//! One suite, two backends: the scheduler's state — the run ledger, the
+//! campaign store and the schedule lease — on real Redis (127.0.0.1:6379, a key
+//! prefix per test, purged afterwards) and on the in-process twin. Reports
+//! count once however often they are applied; the failure that exhausts the
+//! error budget halts the run in the same atomic step, also when many reports
+//! arrive at once; admission keeps to location concurrency and max in flight.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use protocol::job::Location;
+use protocol::names::Names;
+use protocol::run::RunState;
+use protocol::{Campaign, SpecFormat};
+use scheduler::ledger::{BatchEntry, Ledger, NewRun, location_key};
+use scheduler::{Scheduler, SchedulerConfig};
+use store::RedisStore;
+use uuid::Uuid;
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// One test's state: a ledger, and how to reach the same state again.
+struct Backend {
+    ledger: Ledger,
+    names: Names,
+    redis_url: String,
+    amqp_url: String,
+    redis: Option<RedisStore>,
+}
+
+impl Backend {
+    async fn redis() -> Self {
+        let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
+        let store = match RedisStore::connect(REDIS_URL, names.clone()).await {
+            Ok(store) => store,
+            Err(error) => panic!("these tests need Redis: {error}"),
+        };
+        Self {
+            ledger: Ledger::new(store.connection(), names.clone()),
+            names,
+            redis_url: REDIS_URL.into(),
+            amqp_url: AMQP_URL.into(),
+            redis: Some(store),
+        }
+    }
+
+    fn in_process() -> Self {
+        let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
+        let name = format!("ledger-test-{}", Uuid::new_v4());
+        Self {
+            ledger: Ledger::in_process(scheduler::twin::twin(&name), names.clone()),
+            names,
+            redis_url: format!("memory://{name}"),
+            amqp_url: format!("memory://{name}"),
+            redis: None,
+        }
+    }
+
+    /// A scheduler replica named `name` on this state.
+    async fn scheduler(&self, name: &str) -> Scheduler {
+        let mut config = SchedulerConfig::new(&self.amqp_url, &self.redis_url, self.names.clone());
+        config.name = name.into();
+        match Scheduler::connect(config).await {
+            Ok(scheduler) => scheduler,
+            Err(error) => panic!("these tests need RabbitMQ and Redis: {error}"),
+        }
+    }
+
+    async fn clean_up(self) {
+        if let Some(store) = self.redis {
+            store.purge().await.unwrap();
+            if let Ok(broker) = broker::Broker::connect(AMQP_URL, self.names, "cleanup").await {
+                let _ = broker.delete_topology().await;
+            }
+        }
+    }
+}
+
+/// Runs `$check(&backend)` once on each backend, as two tests.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let backend = super::Backend::in_process();
+                    super::$name(&backend).await;
+                    backend.clean_up().await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let backend = super::Backend::redis().await;
+                    super::$name(&backend).await;
+                    backend.clean_up().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_report_applied_twice_counts_once,
+    concurrent_failures_halt_the_run_once_at_the_budget,
+    admission_keeps_to_location_concurrency_and_max_in_flight,
+    a_failed_location_counts_once_against_location_max_errors,
+    a_stopped_run_counts_its_never_started_targets_once,
+    delayed_runs_are_taken_once_when_due_and_listed_newest_first,
+    campaigns_are_versioned_by_content,
+    one_replica_holds_the_schedule_lease,
+);
+
+fn location(account: u32) -> Location {
+    Location {
+        account_id: format!("{account:012}"),
+        region: "us-east-1".into(),
+    }
+}
+
+fn new_run(location_concurrency: u64, allowed_location_errors: u64) -> NewRun<'static> {
+    NewRun {
+        campaign: "ledger-test",
+        campaign_version: 1,
+        spec_json: "{}",
+        priority: "bulk",
+        location_concurrency,
+        allowed_location_errors,
+        output_dir: "unused",
+        created_ms: 0,
+        start_after_ms: None,
+        plan_only: false,
+        targets_json: None,
+        started_by: "test",
+    }
+}
+
+fn ids(location: u32, count: u32) -> Vec<String> {
+    (0..count)
+        .map(|n| format!("i-{location:08x}{n:09x}"))
+        .collect()
+}
+
+/// A running run of one location with `batches` admitted batches of one target.
+async fn running_run(ledger: &Ledger, batches: u32, allowed_errors: u64) -> (Uuid, Location) {
+    let run_id = Uuid::new_v4();
+    let location = location(111_122_223);
+    ledger
+        .create_run(run_id, &new_run(1, 0), std::slice::from_ref(&location))
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..batches).map(|n| format!("i-{n:017x}")).collect();
+    let (_, complete) = ledger
+        .record_page(run_id, &location, 0, &ids, true)
+        .await
+        .unwrap();
+    assert!(
+        complete,
+        "one page of the only location completes discovery"
+    );
+    let state = ledger
+        .start_execution(run_id, u64::from(batches), 1, allowed_errors)
+        .await
+        .unwrap();
+    assert_eq!(state, RunState::Running);
+    let admitted = ledger.admit(run_id).await.unwrap();
+    assert_eq!(
+        admitted.len(),
+        batches as usize,
+        "batches of one, all admitted"
+    );
+    (run_id, location)
+}
+
+fn failed(location: &Location, batch: &BatchEntry) -> (String, HashMap<String, u64>) {
+    assert_eq!(batch.location, location_key(location));
+    (batch.key(), HashMap::from([("0:Failed".to_string(), 1)]))
+}
+
+async fn a_report_applied_twice_counts_once(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let (run_id, location) = running_run(ledger, 3, 10).await;
+    let batch = ledger.admitted(run_id).await.unwrap().remove(0);
+    let (key, counters) = failed(&location, &batch);
+    let first = ledger
+        .apply_results(run_id, &key, &location, 1, 1, &counters, None)
+        .await
+        .unwrap();
+    let again = ledger
+        .apply_results(run_id, &key, &location, 1, 1, &counters, None)
+        .await
+        .unwrap();
+    assert!(
+        first.0 && !again.0,
+        "the second application is recognised as a repeat"
+    );
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(fields.number("failures"), 1);
+    assert_eq!(fields.number("in_flight"), 2);
+    assert_eq!(ledger.counters(run_id).await.unwrap()["0:Failed"], 1);
+}
+
+async fn concurrent_failures_halt_the_run_once_at_the_budget(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let (run_id, location) = running_run(ledger, 20, 2).await;
+    let batches = ledger.admitted(run_id).await.unwrap();
+    let applications = batches.iter().map(|batch| {
+        let ledger = ledger.clone();
+        let location = location.clone();
+        let (key, counters) = failed(&location, batch);
+        async move {
+            ledger
+                .apply_results(run_id, &key, &location, 1, 1, &counters, None)
+                .await
+                .unwrap()
+        }
+    });
+    let outcomes = futures_util::future::join_all(applications).await;
+    assert!(outcomes.iter().all(|(new, _)| *new));
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(fields.state().unwrap(), RunState::Halted);
+    assert_eq!(fields.number("failures"), 20, "every failure counted once");
+    assert_eq!(
+        fields.get("halt_reason"),
+        Some("error budget exceeded: 3 targets failed, 2 allowed"),
+        "the halting update is the one that crossed the budget"
+    );
+    assert!(
+        ledger.admit(run_id).await.unwrap().is_empty(),
+        "a halted run admits nothing"
+    );
+}
+
+async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let locations = [location(1), location(2), location(3)];
+    ledger
+        .create_run(run_id, &new_run(2, 0), &locations)
+        .await
+        .unwrap();
+    for (index, location) in locations.iter().enumerate() {
+        let index = u32::try_from(index).unwrap();
+        let (new, complete) = ledger
+            .record_page(run_id, location, 0, &ids(index, 4), true)
+            .await
+            .unwrap();
+        assert!(new);
+        assert_eq!(
+            complete,
+            index == 2,
+            "discovery completes with the last location"
+        );
+    }
+    assert_eq!(
+        ledger
+            .run_fields(run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .number("total"),
+        12
+    );
+    // Batches of 2, at most 4 targets in flight, 2 locations at a time.
+    let state = ledger.start_execution(run_id, 4, 2, 100).await.unwrap();
+    assert_eq!(state, RunState::Running);
+    let first = ledger.admit(run_id).await.unwrap();
+    assert_eq!(first.len(), 2, "4 targets in flight: two batches of two");
+    assert!(
+        first
+            .iter()
+            .all(|batch| batch.location == location_key(&locations[0]))
+    );
+    assert!(
+        ledger.admit(run_id).await.unwrap().is_empty(),
+        "no room left"
+    );
+    let statuses = ledger.location_statuses(run_id).await.unwrap();
+    let labels: Vec<&str> = statuses
+        .iter()
+        .map(|status| status.state.as_str())
+        .collect();
+    assert_eq!(labels, ["active", "active", "waiting"]);
+
+    let mut finished = 0;
+    let mut admitted = first;
+    while !admitted.is_empty() {
+        for batch in &admitted {
+            let location = batch.location().unwrap();
+            let counters = HashMap::from([("0:Success".to_string(), 2)]);
+            let (new, _) = ledger
+                .apply_results(run_id, &batch.key(), &location, 2, 0, &counters, None)
+                .await
+                .unwrap();
+            assert!(new);
+            finished += 1;
+        }
+        let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+        assert!(
+            fields.number("active_locations") <= 2,
+            "location concurrency holds"
+        );
+        admitted = ledger.admit(run_id).await.unwrap();
+        assert!(
+            admitted
+                .iter()
+                .map(|batch| batch.instance_ids.len())
+                .sum::<usize>()
+                <= 4,
+            "max in flight holds"
+        );
+    }
+    assert_eq!(finished, 6, "every batch admitted exactly once");
+    assert_eq!(ledger.counters(run_id).await.unwrap()["0:Success"], 12);
+    assert_eq!(
+        ledger.complete_if_done(run_id).await.unwrap(),
+        RunState::Completed
+    );
+    let statuses = ledger.location_statuses(run_id).await.unwrap();
+    assert!(
+        statuses
+            .iter()
+            .all(|status| status.state == "done" && status.targets == 4)
+    );
+}
+
+async fn a_failed_location_counts_once_against_location_max_errors(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let locations = [location(1), location(2), location(3)];
+    ledger
+        .create_run(run_id, &new_run(3, 1), &locations)
+        .await
+        .unwrap();
+    ledger
+        .record_page(run_id, &locations[0], 0, &ids(0, 2), true)
+        .await
+        .unwrap();
+    let first = ledger
+        .record_location_failed(run_id, &locations[1], "AccessDenied")
+        .await
+        .unwrap();
+    let again = ledger
+        .record_location_failed(run_id, &locations[1], "AccessDenied")
+        .await
+        .unwrap();
+    assert_eq!(first, (true, false));
+    assert_eq!(
+        again,
+        (false, false),
+        "a repeated failure report counts once"
+    );
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(
+        fields.state().unwrap(),
+        RunState::Discovering,
+        "one failure is allowed"
+    );
+    let (_, complete) = ledger
+        .record_location_failed(run_id, &locations[2], "RegionUnavailable")
+        .await
+        .unwrap();
+    assert!(complete, "a failed location counts as discovered");
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(fields.state().unwrap(), RunState::Halted);
+    assert_eq!(
+        fields.get("halt_reason"),
+        Some(
+            "location_max_errors exceeded: 2 locations failed, 1 allowed \
+             (latest 000000000003/us-east-1: RegionUnavailable)"
+        )
+    );
+    let statuses = ledger.location_statuses(run_id).await.unwrap();
+    assert_eq!(statuses[1].state, "failed");
+    assert_eq!(statuses[1].failure.as_deref(), Some("AccessDenied"));
+}
+
+async fn a_stopped_run_counts_its_never_started_targets_once(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let locations = [location(1), location(2)];
+    ledger
+        .create_run(run_id, &new_run(1, 0), &locations)
+        .await
+        .unwrap();
+    for (index, location) in locations.iter().enumerate() {
+        ledger
+            .record_page(
+                run_id,
+                location,
+                0,
+                &ids(u32::try_from(index).unwrap(), 3),
+                true,
+            )
+            .await
+            .unwrap();
+    }
+    ledger.start_execution(run_id, 1, 1, 0).await.unwrap();
+    let admitted = ledger.admit(run_id).await.unwrap();
+    assert_eq!(admitted.len(), 1);
+    assert!(
+        ledger
+            .transition(run_id, &[RunState::Running], RunState::Paused, "operator")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .transition(run_id, &[RunState::Running], RunState::Paused, "operator")
+            .await
+            .unwrap(),
+        "a transition from a state the run is not in changes nothing"
+    );
+    assert!(
+        ledger.admit(run_id).await.unwrap().is_empty(),
+        "a paused run admits nothing"
+    );
+    assert!(
+        ledger
+            .transition(run_id, &[RunState::Paused], RunState::Cancelled, "operator")
+            .await
+            .unwrap()
+    );
+    let mut never: Vec<String> = ledger
+        .never_started(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|batch| batch.instance_ids)
+        .collect();
+    never.sort();
+    let mut expected: Vec<String> = ids(0, 3)[1..].iter().chain(&ids(1, 3)).cloned().collect();
+    expected.sort();
+    assert_eq!(never, expected, "pending batches and never-admitted pages");
+    assert_eq!(
+        ledger.admitted(run_id).await.unwrap(),
+        admitted,
+        "still owed a report"
+    );
+    let counters = HashMap::from([("0:NotStarted".to_string(), 5)]);
+    assert!(ledger.mark_drained(run_id, &counters).await.unwrap());
+    assert!(
+        !ledger.mark_drained(run_id, &counters).await.unwrap(),
+        "once"
+    );
+    assert_eq!(ledger.counters(run_id).await.unwrap()["0:NotStarted"], 5);
+    assert!(ledger.never_started(run_id).await.unwrap().is_empty());
+}
+
+async fn delayed_runs_are_taken_once_when_due_and_listed_newest_first(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let (early, delayed, late) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (run_id, created_ms, start_after_ms) in [
+        (early, 10, None),
+        (delayed, 20, Some(1_000)),
+        (late, 30, None),
+    ] {
+        let run = NewRun {
+            created_ms,
+            start_after_ms,
+            ..new_run(1, 0)
+        };
+        ledger
+            .create_run(run_id, &run, &[location(1)])
+            .await
+            .unwrap();
+    }
+    let state = ledger
+        .run_fields(delayed)
+        .await
+        .unwrap()
+        .unwrap()
+        .state()
+        .unwrap();
+    assert_eq!(state, RunState::Pending);
+    assert!(ledger.take_due_runs(999).await.unwrap().is_empty());
+    assert_eq!(ledger.take_due_runs(1_000).await.unwrap(), [delayed]);
+    assert!(
+        ledger.take_due_runs(5_000).await.unwrap().is_empty(),
+        "taken once"
+    );
+    assert_eq!(ledger.run_ids().await.unwrap(), [late, delayed, early]);
+    assert_eq!(ledger.locations(early).await.unwrap(), [location(1)]);
+    assert!(ledger.run_fields(Uuid::new_v4()).await.unwrap().is_none());
+}
+
+fn campaign(text: &str) -> Campaign {
+    Campaign::parse(text, SpecFormat::Yaml).unwrap()
+}
+
+const SCAN: &str = "
+name: conformance-scan
+steps:
+  - name: scan
+    document: AWS-RunPatchBaseline
+    parameters: {Operation: Scan}
+accounts: {ids: ['111122223333']}
+regions: [us-east-1]
+role: {name: FlotillaExecutionRole}
+targets: {all: true}
+";
+
+async fn campaigns_are_versioned_by_content(backend: &Backend) {
+    let scheduler = backend.scheduler("replica-a").await;
+    let first = scheduler.apply_campaign(&campaign(SCAN)).await.unwrap();
+    let same = scheduler.apply_campaign(&campaign(SCAN)).await.unwrap();
+    assert_eq!((first.version, first.changed), (1, true));
+    assert_eq!(
+        (same.version, same.changed),
+        (1, false),
+        "the same spec again changes nothing"
+    );
+    let changed = format!("{SCAN}description: now with a description\n");
+    let second = scheduler.apply_campaign(&campaign(&changed)).await.unwrap();
+    assert_eq!((second.version, second.changed), (2, true));
+    let (_, stored) = scheduler
+        .stored_campaign("conformance-scan")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.version, 2);
+    assert_eq!(stored.spec.description, "now with a description");
+    assert_eq!(
+        scheduler.campaign_names().await.unwrap(),
+        ["conformance-scan"]
+    );
+    assert!(scheduler.delete_campaign("conformance-scan").await.unwrap());
+    assert!(!scheduler.delete_campaign("conformance-scan").await.unwrap());
+    assert!(
+        scheduler
+            .stored_campaign("conformance-scan")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn one_replica_holds_the_schedule_lease(backend: &Backend) {
+    let first = backend.scheduler("replica-a").await;
+    let second = backend.scheduler("replica-b").await;
+    first.schedule_tick().await.unwrap();
+    second.schedule_tick().await.unwrap();
+    let holder = first.lease_holder().await.unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some("replica-a:1"),
+        "the first replica leads"
+    );
+    first.schedule_tick().await.unwrap();
+    assert_eq!(
+        second.lease_holder().await.unwrap().as_deref(),
+        Some("replica-a:1"),
+        "renewing keeps the token"
+    );
+    assert!(first.schedule_fires().await.unwrap().is_empty());
+}
