@@ -49,6 +49,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:4566")]
         listen: SocketAddr,
     },
+    /// See flotilla work in one command: simulator, scheduler and workers in this
+    /// process (no services needed), the example patch scan, live progress, the report.
+    Demo(crate::demo::DemoArgs),
     /// Run a worker: take jobs from RabbitMQ, assume roles, call SSM, report results.
     Worker(crate::services::WorkerArgs),
     /// Run the scheduler: apply workers' reports, admit work, write results.
@@ -95,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &mut out,
         ),
         Command::Sim { profile, listen } => simulate(&profile, listen, &mut out),
+        Command::Demo(args) => crate::demo::demo(args, &mut out),
         Command::Worker(args) => crate::services::worker(args),
         Command::Scheduler(args) => crate::services::scheduler(args),
         Command::Campaign { api, command } => crate::commands::campaign(&api, command, &mut out),

@@ -221,7 +221,11 @@ pub fn progress_line(progress: &RunProgress) -> String {
 
 /// Progress bars until the run is finished: targets with a result of the last
 /// step reached, failures against the budget, and locations by state.
-fn watch(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+pub(crate) fn watch(
+    client: &ApiClient,
+    run_id: Uuid,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let bars = MultiProgress::new();
     let targets = bars.add(ProgressBar::new(0));

@@ -10,5 +10,6 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod demo;
 pub mod report;
 pub mod services;

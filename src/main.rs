@@ -5,15 +5,21 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let cli = flotilla::cli::Cli::parse();
+    // Operators see what the services do unless RUST_LOG says otherwise; the
+    // demo shows progress bars, and only warnings besides.
+    let default_filter = match cli.command {
+        // lapin reports the demo's own connections closing at the end as errors.
+        flotilla::cli::Command::Demo(_) => "warn,lapin=off",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
-        // Operators see what the services do unless RUST_LOG says otherwise.
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = flotilla::cli::Cli::parse();
     match flotilla::cli::run(cli) {
         Ok(code) => code,
         // `flotilla run list | head`: the reader left; nothing went wrong.

@@ -121,7 +121,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         attempt_timeout: None,
     };
     runtime()?.block_on(async {
-        let store = store::RedisStore::connect(&args.connection.redis_url, names).await?;
+        let store = store::AnyStore::connect(&args.connection.redis_url, names).await?;
         worker::run(config, store, termination()).await?;
         Ok(ExitCode::SUCCESS)
     })

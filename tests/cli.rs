@@ -1,4 +1,5 @@
-//! The `flotilla` command as an operator runs it: `validate` and `schedule`.
+//! The `flotilla` command as an operator runs it: `validate`, `schedule`, `sim`
+//! and `demo`.
 
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -210,4 +211,67 @@ fn sim_rejects_an_unknown_profile() {
         String::from_utf8_lossy(&output.stderr)
             .contains("neither a preset (tiny, demo, large) nor a readable file")
     );
+}
+
+/// `flotilla demo` in a fresh directory, as a newcomer runs it.
+fn demo(extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["demo", "--profile", "tiny", "--workers", "2"])
+        .args(extra)
+        .current_dir(dir.path())
+        .output()
+        .expect("flotilla binary runs");
+    (output, dir)
+}
+
+fn assert_demo_reported(output: &Output, dir: &Path) {
+    let text = stdout(output);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for section in [
+        "Completed (every location is done): 55 targets",
+        "by status",
+        "by account and region",
+        "100000000002/eu-west-1",
+        "non-compliant instances: ",
+        "results are under flotilla-demo/",
+    ] {
+        assert!(text.contains(section), "missing {section:?} in:\n{text}");
+    }
+    let results = dir.join("flotilla-demo");
+    let runs = std::fs::read_dir(&results)
+        .unwrap_or_else(|error| panic!("{} missing: {error}", results.display()))
+        .count();
+    assert_eq!(runs, 1, "one run directory under flotilla-demo/");
+}
+
+#[test]
+fn demo_runs_the_example_scan_in_process_and_leaves_results() {
+    let (output, dir) = demo(&[]);
+    assert_demo_reported(&output, dir.path());
+    assert!(stdout(&output).contains("in-process queues and state"));
+}
+
+#[test]
+fn demo_runs_the_same_scan_on_real_rabbitmq_and_redis() {
+    let (output, dir) = demo(&[
+        "--amqp-url",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "--redis-url",
+        "redis://127.0.0.1:6379/",
+    ]);
+    assert_demo_reported(&output, dir.path());
+    assert!(stdout(&output).contains("RabbitMQ amqp://guest:***@127.0.0.1:5672/%2f"));
+}
+
+#[test]
+fn demo_without_rabbitmq_says_how_to_start_it() {
+    let (output, _dir) = demo(&["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rabbitmq-server -detached"), "{stderr}");
 }
