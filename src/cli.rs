@@ -52,6 +52,9 @@ pub enum Command {
     /// See flotilla work in one command: simulator, scheduler and workers in this
     /// process (no services needed), the example patch scan, live progress, the report.
     Demo(crate::demo::DemoArgs),
+    /// Measure: real campaigns against the simulator on real RabbitMQ and Redis,
+    /// each service its own process; a table and a JSON report.
+    Bench(crate::bench::BenchArgs),
     /// Run a worker: take jobs from RabbitMQ, assume roles, call SSM, report results.
     Worker(crate::services::WorkerArgs),
     /// Run the scheduler: apply workers' reports, admit work, write results.
@@ -99,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         Command::Sim { profile, listen } => simulate(&profile, listen, &mut out),
         Command::Demo(args) => crate::demo::demo(args, &mut out),
+        Command::Bench(args) => crate::bench::bench(args, &mut out),
         Command::Worker(args) => crate::services::worker(args),
         Command::Scheduler(args) => crate::services::scheduler(args),
         Command::Campaign { api, command } => crate::commands::campaign(&api, command, &mut out),

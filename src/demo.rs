@@ -85,10 +85,11 @@ fn demo_campaign(args: &DemoArgs, profile: &sim::FleetProfile) -> anyhow::Result
     Ok(json)
 }
 
-/// The services of the demo, running on the runtime's threads.
-struct Stack {
+/// The services of the demo (and of `flotilla bench`'s embedded scenario),
+/// running on the runtime's threads.
+pub(crate) struct Stack {
     sim: sim::SimServer,
-    api_url: String,
+    pub(crate) api_url: String,
     stop: CancellationToken,
     services: Vec<JoinHandle<anyhow::Result<()>>>,
     names: Names,
@@ -97,9 +98,14 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(args: &DemoArgs, profile: sim::FleetProfile) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        amqp_url: &str,
+        redis_url: &str,
+        workers: u16,
+        profile: sim::FleetProfile,
+    ) -> anyhow::Result<Self> {
         let in_process =
-            in_process_name(&args.amqp_url).is_some() && in_process_name(&args.redis_url).is_some();
+            in_process_name(amqp_url).is_some() && in_process_name(redis_url).is_some();
         // On shared RabbitMQ and Redis, names of our own (removed at the end).
         let names = if in_process {
             Names::default()
@@ -110,11 +116,11 @@ impl Stack {
             ))
         };
         // Fail now, with how to start them, rather than retry forever.
-        broker::Broker::connect(&args.amqp_url, names.clone(), "flotilla-demo")
+        broker::Broker::connect(amqp_url, names.clone(), "flotilla-demo")
             .await?
             .close()
             .await;
-        store::AnyStore::connect(&args.redis_url, names.clone()).await?;
+        store::AnyStore::connect(redis_url, names.clone()).await?;
 
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let caller_key = profile.caller_access_key_id.clone();
@@ -133,7 +139,7 @@ impl Stack {
         let stop = CancellationToken::new();
         let mut services: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
 
-        let mut config = SchedulerConfig::new(&args.amqp_url, &args.redis_url, names.clone());
+        let mut config = SchedulerConfig::new(amqp_url, redis_url, names.clone());
         config.name = "flotilla-demo-scheduler".into();
         config.organizations = scheduler::organizations::OrganizationsSettings {
             endpoint_url: Some(sim.endpoint_url()),
@@ -150,8 +156,8 @@ impl Stack {
             Ok(())
         }));
 
-        for index in 0..args.workers {
-            let mut config = worker::WorkerConfig::new(&args.amqp_url, names.clone());
+        for index in 0..workers {
+            let mut config = worker::WorkerConfig::new(amqp_url, names.clone());
             config.name = format!("flotilla-demo-worker-{index}");
             config.shutdown_timeout = Duration::from_secs(5);
             config.aws = worker::AwsSettings {
@@ -160,7 +166,7 @@ impl Stack {
                 credentials: Some(credentials()),
                 attempt_timeout: None,
             };
-            let store = store::AnyStore::connect(&args.redis_url, names.clone()).await?;
+            let store = store::AnyStore::connect(redis_url, names.clone()).await?;
             let stopped = stop.clone().cancelled_owned();
             services.push(tokio::spawn(async move {
                 worker::run(config, store, stopped).await?;
@@ -173,13 +179,13 @@ impl Stack {
             stop,
             services,
             names,
-            amqp_url: args.amqp_url.clone(),
-            redis_url: args.redis_url.clone(),
+            amqp_url: amqp_url.to_string(),
+            redis_url: redis_url.to_string(),
         })
     }
 
     /// On Ctrl-C: stop the services, clean up, exit 130 (as a shell would).
-    fn stop_on_interrupt(&self) {
+    pub(crate) fn stop_on_interrupt(&self) {
         let (stop, names, amqp_url, redis_url) = (
             self.stop.clone(),
             self.names.clone(),
@@ -201,7 +207,7 @@ impl Stack {
 
     /// Stops every service, then removes the demo's queues and keys from real
     /// RabbitMQ and Redis.
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         for service in self.services {
             match tokio::time::timeout(Duration::from_secs(15), service).await {
@@ -219,7 +225,11 @@ impl Stack {
 }
 
 /// Deletes the demo's queues from a real RabbitMQ and its keys from a real Redis.
-async fn remove_shared_state(amqp_url: &str, redis_url: &str, names: Names) -> anyhow::Result<()> {
+pub(crate) async fn remove_shared_state(
+    amqp_url: &str,
+    redis_url: &str,
+    names: Names,
+) -> anyhow::Result<()> {
     if in_process_name(amqp_url).is_none() {
         let broker = broker::Broker::connect(amqp_url, names.clone(), "flotilla-demo").await?;
         broker.delete_topology().await?;
@@ -307,7 +317,12 @@ pub fn demo(args: DemoArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     )?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let began = Instant::now();
-    let stack = runtime.block_on(Stack::start(&args, profile))?;
+    let stack = runtime.block_on(Stack::start(
+        &args.amqp_url,
+        &args.redis_url,
+        args.workers,
+        profile,
+    ))?;
     runtime.block_on(async { stack.stop_on_interrupt() });
     let api_url = stack.api_url.clone();
     // The services run on the runtime's threads; this thread drives them over HTTP.

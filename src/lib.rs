@@ -7,6 +7,7 @@
 //!   through [`client`], the scheduler API's client.
 //! - [`report`]: `flotilla report`'s summaries and formats.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -59,6 +59,7 @@ macro_rules! conformance {
 conformance!(
     jobs_reach_the_queue_of_their_priority_and_are_acked,
     a_delayed_job_comes_back_to_its_work_queue_after_the_delay,
+    a_burst_of_delayed_jobs_all_come_back,
     rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue,
     what_a_closed_connection_held_unacked_is_redelivered,
     prefetch_bounds_unsettled_deliveries,
@@ -311,5 +312,37 @@ async fn reports_reach_the_reports_queue_and_depths_count_ready_messages(url: &s
     let delivery = next(&mut reports).await;
     assert_eq!(delivery.decode::<Report>().unwrap(), report);
     delivery.ack().await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
+
+/// Hundreds of polls wait in the same delay queue at once during a big run, with
+/// no consumer on it; every one must come back (quorum queues with a message TTL
+/// have had bugs here: rabbitmq-server#10718).
+async fn a_burst_of_delayed_jobs_all_come_back(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let jobs: Vec<Job> = (0..300).map(|_| job(Priority::Bulk)).collect();
+    for job in &jobs {
+        broker
+            .publish_job_after(job, Duration::from_secs(5), 0)
+            .await
+            .unwrap();
+    }
+    let mut bulk = broker.consume(&names.bulk_queue(), 50, "b").await.unwrap();
+    let mut back = std::collections::HashSet::new();
+    while back.len() < jobs.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), bulk.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {} delayed jobs came back",
+                    back.len(),
+                    jobs.len()
+                )
+            })
+            .expect("the consumer is open")
+            .unwrap();
+        back.insert(delivery.decode::<Job>().unwrap().job_id());
+        delivery.ack().await.unwrap();
+    }
     broker.delete_topology().await.unwrap();
 }
