@@ -767,7 +767,7 @@ pub fn bench(args: BenchArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> 
                 let (accounts, counts): (u32, &[u16]) = if args.quick {
                     (10, &[1, 2])
                 } else {
-                    (20, &[1, 2, 4, 8])
+                    (100, &[1, 2, 4, 8])
                 };
                 let profile = fleet(accounts, 250, (2.0, 6.0));
                 let path = profile_file(dir, "scale", &profile)?;
@@ -1015,4 +1015,66 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     format!("{cores} cores, {model}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const EXPOSITION: &str = r#"# HELP flotilla_worker_jobs_total Jobs handled, by kind and outcome
+# TYPE flotilla_worker_jobs_total counter
+flotilla_worker_jobs_total{kind="discover",outcome="done"} 198
+flotilla_worker_jobs_total{kind="execute",outcome="continued"} 200
+flotilla_worker_jobs_total{kind="poll",outcome="continued"} 1028
+flotilla_worker_jobs_total_other{kind="poll",outcome="continued"} 5
+flotilla_worker_in_flight_jobs 3
+"#;
+
+    #[test]
+    fn metric_sums_add_the_matching_series_only() {
+        let continued = metric_sum(EXPOSITION, "flotilla_worker_jobs_total", |labels| {
+            labels.contains("outcome=\"continued\"")
+        });
+        assert_eq!(continued, 1228.0);
+        assert_eq!(
+            metric_sum(EXPOSITION, "flotilla_worker_jobs_total", |_| true),
+            1426.0
+        );
+        assert_eq!(
+            metric_sum(EXPOSITION, "flotilla_worker_in_flight_jobs", |_| true),
+            3.0
+        );
+        assert_eq!(metric_sum(EXPOSITION, "absent", |_| true), 0.0);
+    }
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let delays: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&delays, 0.5), 11.0);
+        assert_eq!(percentile(&delays, 0.99), 20.0);
+        assert_eq!(percentile(&delays, 0.0), 1.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_a_peak_rss() {
+        let own = std::process::id();
+        assert!(cpu_seconds(own).is_some());
+        assert!(peak_rss_mib(own).is_some_and(|mib| mib > 1.0));
+        assert!(cpu_seconds(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn bench_fleets_have_no_commands_that_wait_for_the_timeout() {
+        let profile = fleet(3, 10, (0.0, 0.5));
+        assert_eq!(profile.outcomes.timed_out, 0);
+        assert_eq!(profile.outcomes.undeliverable, 0);
+        assert!(profile.validate().is_ok());
+        assert_eq!(
+            account_ids(&profile),
+            ["100000000000", "100000000001", "100000000002"]
+        );
+    }
 }

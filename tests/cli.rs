@@ -275,3 +275,37 @@ fn demo_without_rabbitmq_says_how_to_start_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("rabbitmq-server -detached"), "{stderr}");
 }
+
+#[test]
+fn bench_quick_scan_measures_a_run_where_every_target_has_one_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["bench", "--quick", "--scenario", "scan", "--json"])
+        .arg(&json)
+        .current_dir(dir.path())
+        .output()
+        .expect("flotilla binary runs");
+    let text = stdout(&output);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("targets with exactly one result"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let scan = &report["scan"];
+    let targets = scan["targets"].as_u64().unwrap();
+    assert!(targets > 10_000, "{scan}");
+    assert_eq!(scan["state"], "Completed");
+    assert_eq!(scan["targets_with_one_result"].as_u64(), Some(targets));
+    assert_eq!(scan["targets_with_several_results"].as_u64(), Some(0));
+    assert_eq!(scan["fanout"]["locations"].as_u64(), Some(400));
+    assert!(
+        scan["aws_calls_per_target"]["SendCommand"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}

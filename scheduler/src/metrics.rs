@@ -147,8 +147,10 @@ impl SchedulerMetrics {
             .inc();
     }
 
-    pub fn job_published(&self, kind: &str) {
-        self.jobs_published.with_label_values(&[kind]).inc();
+    pub fn jobs_published(&self, kind: &str, count: usize) {
+        self.jobs_published
+            .with_label_values(&[kind])
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     pub fn set_runs(&self, counts: &std::collections::BTreeMap<&'static str, i64>) {

@@ -244,12 +244,13 @@ impl Scheduler {
 
     /// Publishes one Discover job (first page) per location of the run.
     pub(crate) async fn publish_discovery(&self, plan: &RunPlan) -> Result<(), SchedulerError> {
-        for location in &plan.locations {
-            self.broker
-                .publish_job(&plan.discover_job(location))
-                .await?;
-            self.metrics.job_published("discover");
-        }
+        let jobs: Vec<protocol::Job> = plan
+            .locations
+            .iter()
+            .map(|location| plan.discover_job(location))
+            .collect();
+        let published = self.broker.publish_jobs(&jobs).await?;
+        self.metrics.jobs_published("discover", published);
         Ok(())
     }
 
@@ -259,10 +260,12 @@ impl Scheduler {
         plan: &RunPlan,
         batches: &[crate::ledger::BatchEntry],
     ) -> Result<(), SchedulerError> {
-        for entry in batches {
-            self.broker.publish_job(&plan.execute_job(entry)?).await?;
-            self.metrics.job_published("execute");
-        }
+        let jobs = batches
+            .iter()
+            .map(|entry| plan.execute_job(entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        let published = self.broker.publish_jobs(&jobs).await?;
+        self.metrics.jobs_published("execute", published);
         Ok(())
     }
 
