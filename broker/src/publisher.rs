@@ -26,8 +26,6 @@ impl Broker {
             .await
     }
 
-    /// Publishes a job that comes back to its work queue after `delay` (rounded
-    /// up to a delay queue), carrying how many retries it has had.
     /// Publishes many jobs with their confirms pipelined: up to
     /// [`PUBLISH_PIPELINE`] are in flight before the first confirm is awaited,
     /// so 20,000 Discover jobs cost a few round trips, not 20,000. Returns how
@@ -36,30 +34,31 @@ impl Broker {
         &self,
         jobs: impl IntoIterator<Item = &'a Job>,
     ) -> Result<usize, BrokerError> {
+        let exchange = self.names().jobs_exchange();
         let mut confirmed = 0;
         let mut pending = Vec::with_capacity(PUBLISH_PIPELINE);
         for job in jobs {
             let routing_key = job.run().priority.as_str();
-            match &self.backend {
-                Backend::InProcess(connection) => {
-                    let payload = envelope::encode(job)?;
-                    connection.publish(&self.names().jobs_exchange(), routing_key, payload, 0)?;
-                    confirmed += 1;
-                }
-                Backend::RabbitMq { .. } => {
-                    let exchange = self.names().jobs_exchange();
-                    let confirm = self.send(&exchange, routing_key, job, 0).await?;
-                    pending.push((confirm, routing_key));
-                    if pending.len() >= PUBLISH_PIPELINE {
-                        confirmed += await_confirms(&exchange, &mut pending).await?;
-                    }
-                }
+            if matches!(self.backend, Backend::InProcess(_)) {
+                // The twin confirms as it takes the message.
+                self.publish(&exchange, routing_key, job, 0).await?;
+                confirmed += 1;
+                continue;
+            }
+            pending.push((
+                self.send(&exchange, routing_key, job, 0).await?,
+                routing_key,
+            ));
+            if pending.len() >= PUBLISH_PIPELINE {
+                confirmed += await_confirms(&exchange, &mut pending).await?;
             }
         }
-        confirmed += await_confirms(&self.names().jobs_exchange(), &mut pending).await?;
+        confirmed += await_confirms(&exchange, &mut pending).await?;
         Ok(confirmed)
     }
 
+    /// Publishes a job that comes back to its work queue after `delay` (rounded
+    /// up to a delay queue), carrying how many retries it has had.
     pub async fn publish_job_after(
         &self,
         job: &Job,

@@ -60,6 +60,7 @@ conformance!(
     jobs_reach_the_queue_of_their_priority_and_are_acked,
     a_delayed_job_comes_back_to_its_work_queue_after_the_delay,
     a_burst_of_delayed_jobs_all_come_back,
+    jobs_published_together_all_arrive_once,
     rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue,
     what_a_closed_connection_held_unacked_is_redelivered,
     prefetch_bounds_unsettled_deliveries,
@@ -344,5 +345,28 @@ async fn a_burst_of_delayed_jobs_all_come_back(url: &str, names: Names) {
         back.insert(delivery.decode::<Job>().unwrap().job_id());
         delivery.ack().await.unwrap();
     }
+    broker.delete_topology().await.unwrap();
+}
+
+/// The scheduler publishes a run's Discover jobs (20,000 for a big run) as one
+/// pipelined batch: more than one pipeline's worth must all arrive, each once.
+async fn jobs_published_together_all_arrive_once(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let jobs: Vec<Job> = (0..broker::publisher::PUBLISH_PIPELINE * 2 + 7)
+        .map(|_| job(Priority::Bulk))
+        .collect();
+    assert_eq!(broker.publish_jobs(&jobs).await.unwrap(), jobs.len());
+    let mut bulk = broker.consume(&names.bulk_queue(), 200, "b").await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..jobs.len() {
+        let delivery = next(&mut bulk).await;
+        assert!(
+            seen.insert(delivery.decode::<Job>().unwrap().job_id()),
+            "a job came twice"
+        );
+        delivery.ack().await.unwrap();
+    }
+    let expected: std::collections::HashSet<_> = jobs.iter().map(Job::job_id).collect();
+    assert_eq!(seen, expected);
     broker.delete_topology().await.unwrap();
 }
