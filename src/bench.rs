@@ -694,7 +694,7 @@ pub fn bench(args: BenchArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> 
                 );
                 let costs = cluster.stop(&runtime);
                 let mut figures = figures?;
-                merge_peaks(&mut figures, costs);
+                figures.processes = costs;
                 print_run(out, &format!("scan ({} workers)", args.workers), &figures)?;
                 report.insert("scan".into(), serde_json::to_value(&figures)?);
             }
@@ -709,7 +709,7 @@ pub fn bench(args: BenchArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> 
                 let fidelity = rate_fidelity(&cluster.sim_url, rate);
                 let costs = cluster.stop(&runtime);
                 let mut figures = figures?;
-                merge_peaks(&mut figures, costs);
+                figures.processes = costs;
                 let fidelity = fidelity?;
                 writeln!(
                     out,
@@ -739,7 +739,7 @@ pub fn bench(args: BenchArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> 
                 let figures = measure_run(&cluster, &campaign, &mut during, &runtime);
                 let costs = cluster.stop(&runtime);
                 let mut figures = figures?;
-                merge_peaks(&mut figures, costs);
+                figures.processes = costs;
                 let During::KillTrials(_, mut delays) = during else {
                     bail!("kill trials lost");
                 };
@@ -831,10 +831,6 @@ pub fn bench(args: BenchArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> 
     .with_context(|| format!("cannot write {}", args.json.display()))?;
     writeln!(out, "\nJSON report: {}", args.json.display())?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn merge_peaks(figures: &mut RunFigures, costs: Vec<ProcessCost>) {
-    figures.processes = costs;
 }
 
 fn print_run(out: &mut impl Write, title: &str, figures: &RunFigures) -> anyhow::Result<()> {
