@@ -181,9 +181,7 @@ fn profile_file(dir: &Path, name: &str, profile: &sim::FleetProfile) -> anyhow::
 }
 
 fn account_ids(profile: &sim::FleetProfile) -> Vec<String> {
-    (0..profile.accounts)
-        .map(|account| format!("{:012}", 100_000_000_000u64 + u64::from(account)))
-        .collect()
+    (0..profile.accounts).map(sim::fleet::account_id).collect()
 }
 
 /// A scan of every instance of the fleet, everything at once, with `send_command`

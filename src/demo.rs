@@ -66,9 +66,7 @@ fn demo_campaign(args: &DemoArgs, profile: &sim::FleetProfile) -> anyhow::Result
             let mut spec = protocol::campaign::parse_spec(EXAMPLE_CAMPAIGN, SpecFormat::Yaml)
                 .map_err(|errors| anyhow::anyhow!("the example campaign is invalid:\n{errors}"))?;
             spec.accounts.ids = (0..profile.accounts)
-                .map(|account| {
-                    Scalar::text(format!("{:012}", 100_000_000_000u64 + u64::from(account)))
-                })
+                .map(|account| Scalar::text(sim::fleet::account_id(account)))
                 .collect();
             spec.regions = profile.regions.clone();
             // The whole fleet at once (the example works three locations at a

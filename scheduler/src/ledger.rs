@@ -322,11 +322,16 @@ impl RunFields {
     }
 
     pub fn state(&self) -> Result<RunState, SchedulerError> {
-        self.get("state")
-            .ok_or_else(|| SchedulerError::Corrupt("run without a state".into()))?
-            .parse()
-            .map_err(SchedulerError::Corrupt)
+        parse_run_state(self.get("state"))
     }
+}
+
+/// The run hash's `state` field (both backends).
+pub(crate) fn parse_run_state(state: Option<&str>) -> Result<RunState, SchedulerError> {
+    state
+        .ok_or_else(|| SchedulerError::Corrupt("run without a state".into()))?
+        .parse()
+        .map_err(SchedulerError::Corrupt)
 }
 
 /// The ledger of every run: in Redis, or in the in-process twin.

@@ -93,7 +93,9 @@ fn set(map: &mut HashMap<String, String>, field: &str, value: impl ToString) {
 
 impl Run {
     fn state(&self) -> Result<RunState, SchedulerError> {
-        RunFields(self.hash.clone()).state()
+        // Not through RunFields: that would copy the whole hash, spec included,
+        // on every report.
+        crate::ledger::parse_run_state(self.hash.get("state").map(String::as_str))
     }
 
     fn state_name(&self) -> &str {

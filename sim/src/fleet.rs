@@ -62,7 +62,7 @@ impl Fleet {
     }
 
     pub fn account_id(&self, account: u32) -> String {
-        format!("{:012}", 100_000_000_000u64 + u64::from(account))
+        account_id(account)
     }
 
     pub fn account_index(&self, account_id: &str) -> Option<u32> {
@@ -284,6 +284,12 @@ impl Fleet {
             };
         Some((children, accounts_of(slot)))
     }
+}
+
+/// The 12-digit id of the fleet's account `index` (account 0 is the management
+/// account): `100000000000` upwards.
+pub fn account_id(index: u32) -> String {
+    format!("{:012}", 100_000_000_000u64 + u64::from(index))
 }
 
 #[cfg(test)]
