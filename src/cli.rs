@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::KillCommand,
     },
+    /// Maintenance of a deployment's queues and keys (talks to RabbitMQ and Redis).
+    Admin {
+        #[command(subcommand)]
+        command: crate::admin::AdminCommand,
+    },
     /// A run's results: totals, per location, non-compliant instances, failures.
     Report {
         #[command(flatten)]
@@ -109,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { api, command } => crate::commands::run(&api, command, &mut out),
         Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),
         Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
+        Command::Admin { command } => crate::admin::admin(command, &mut out),
     }
 }
 

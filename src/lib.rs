@@ -6,7 +6,9 @@
 //! - [`commands`]: the operator's subcommands (campaign, run, kill, report),
 //!   through [`client`], the scheduler API's client.
 //! - [`report`]: `flotilla report`'s summaries and formats.
+//! - [`admin`]: `flotilla admin purge`, removing a deployment's queues and keys.
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod client;

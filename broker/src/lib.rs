@@ -32,6 +32,10 @@ pub enum BrokerError {
         "RabbitMQ at {url} is unreachable ({source}); start it with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`"
     )]
     Unreachable { url: String, source: lapin::Error },
+    #[error(
+        "RabbitMQ at {url} accepted the connection but did not complete the AMQP handshake within {seconds} s (is it out of file handles or memory? see its log)"
+    )]
+    HandshakeTimeout { url: String, seconds: u64 },
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused to take the message (publisher confirm was a nack)")]
@@ -49,6 +53,26 @@ impl BrokerError {
     /// message that cannot be decoded never will.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Self::Envelope(_))
+    }
+}
+
+/// How long a connection may take from TCP connect to the end of the AMQP
+/// handshake. A broker out of file handles accepts TCP and then never answers;
+/// without a bound, a service would wait there forever and log nothing.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens an AMQP connection within [`CONNECT_TIMEOUT`].
+async fn open_connection(url: &str, connection_name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+        Ok(connected) => connected.map_err(|source| BrokerError::Unreachable {
+            url: protocol::redact_password(url),
+            source,
+        }),
+        Err(_) => Err(BrokerError::HandshakeTimeout {
+            url: protocol::redact_password(url),
+            seconds: CONNECT_TIMEOUT.as_secs(),
+        }),
     }
 }
 
@@ -87,14 +111,7 @@ impl Broker {
         if let Some(hub) = protocol::names::in_process_name(url) {
             return Ok(Self::in_process(memory::hub(hub), names));
         }
-        let properties =
-            ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(url, properties)
-            .await
-            .map_err(|source| BrokerError::Unreachable {
-                url: protocol::redact_password(url),
-                source,
-            })?;
+        let connection = open_connection(url, connection_name).await?;
         let publish_channel = connection.create_channel().await?;
         topology::declare(&publish_channel, &names).await?;
         publish_channel
@@ -107,6 +124,21 @@ impl Broker {
             },
             names,
         })
+    }
+
+    /// Deletes a deployment's queues and exchanges, whatever they hold, without
+    /// declaring anything (`flotilla admin purge`, test cleanup). Services of
+    /// that deployment still running declare them again when they reconnect.
+    pub async fn delete_deployment(url: &str, names: &Names) -> Result<(), BrokerError> {
+        if let Some(hub) = protocol::names::in_process_name(url) {
+            memory::hub(hub).delete(names);
+            return Ok(());
+        }
+        let connection = open_connection(url, "flotilla-admin-purge").await?;
+        let channel = connection.create_channel().await?;
+        let deleted = topology::delete(&channel, names).await;
+        let _ = connection.close(200, "purged".into()).await;
+        Ok(deleted?)
     }
 
     /// A connection to an in-process hub (declares the topology there).

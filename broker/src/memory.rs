@@ -144,7 +144,7 @@ impl Hub {
             .or_insert_with(work_queue);
     }
 
-    fn delete(&self, names: &Names) {
+    pub(crate) fn delete(&self, names: &Names) {
         let mut state = self.lock();
         for queue in crate::topology::queue_names(names) {
             state.queues.remove(&queue);

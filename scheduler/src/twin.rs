@@ -16,23 +16,35 @@ use protocol::run::RunState;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use store::MemoryStore;
+
 use crate::SchedulerError;
 use crate::ledger::{BatchEntry, LocationStatus, NewRun, RunFields, location_statuses};
 
 static TWINS: LazyLock<Mutex<HashMap<String, Twin>>> = LazyLock::new(Default::default);
 
-/// The twin named `name`, created on first use.
+/// The twin named `name`, created on first use. Its run hashes are the run
+/// records of the in-process store of the same name, which the workers' send
+/// gate reads: one record per run, as on one Redis.
 pub fn twin(name: &str) -> Twin {
     let mut twins = TWINS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    twins.entry(name.to_string()).or_default().clone()
+    twins
+        .entry(name.to_string())
+        .or_insert_with(|| Twin {
+            state: Arc::default(),
+            store: MemoryStore::named(name),
+        })
+        .clone()
 }
 
 /// Cheap to clone; clones share the state.
 #[derive(Clone, Default)]
 pub struct Twin {
     state: Arc<Mutex<State>>,
+    /// Holds every run's hash (`run_key`); the rest of a run's keys are in `state`.
+    store: MemoryStore,
 }
 
 impl std::fmt::Debug for Twin {
@@ -59,6 +71,8 @@ struct State {
 /// One run's keys, as in Redis.
 #[derive(Default)]
 struct Run {
+    /// The run hash, lent from the store's run record for the length of one
+    /// update (see [`Twin::with_run`]); empty between updates.
     hash: HashMap<String, String>,
     locations: Vec<String>,
     location_state: HashMap<String, String>,
@@ -165,16 +179,30 @@ impl Twin {
             .runs
             .get_mut(&run_id)
             .ok_or(SchedulerError::UnknownRun(run_id))?;
-        update(run)
+        // The run hash lives in the store, where the send gate reads it; it is
+        // lent to `run` for this update with both locks held (twin, then store:
+        // the store never takes the twin's lock), so no reader sees it half-done.
+        self.store.with_run_record(run_id, |record| {
+            std::mem::swap(&mut run.hash, record);
+            let outcome = update(run);
+            std::mem::swap(&mut run.hash, record);
+            outcome
+        })
     }
 
     pub(crate) fn create_run(&self, run_id: Uuid, new: &NewRun<'_>, locations: Vec<String>) {
-        let mut run = Run::default();
-        for (field, value) in crate::ledger::run_hash_fields(new, locations.len()) {
-            set(&mut run.hash, field, value);
-        }
-        run.locations = locations;
+        let run = Run {
+            locations,
+            ..Run::default()
+        };
+        let location_count = run.locations.len();
         let mut state = self.lock();
+        self.store.with_run_record(run_id, |record| {
+            record.clear();
+            for (field, value) in crate::ledger::run_hash_fields(new, location_count) {
+                set(record, field, value);
+            }
+        });
         state.runs.insert(run_id, run);
         if let Some(start_after_ms) = new.start_after_ms {
             state.pending_runs.retain(|(_, id)| *id != run_id);
@@ -424,10 +452,10 @@ impl Twin {
 
     pub(crate) fn run_fields(&self, run_id: Uuid) -> Option<RunFields> {
         let state = self.lock();
-        state
-            .runs
-            .get(&run_id)
-            .map(|run| RunFields(run.hash.clone()))
+        if !state.runs.contains_key(&run_id) {
+            return None;
+        }
+        self.store.run_record(run_id).map(RunFields)
     }
 
     pub(crate) fn counters(&self, run_id: Uuid) -> HashMap<String, u64> {
@@ -456,8 +484,10 @@ impl Twin {
         let Some(run) = state.runs.get(&run_id) else {
             return Ok(Vec::new());
         };
-        let next_location = number(&run.hash, "next_location")
-            .and_then(|value| u64::try_from(value).ok())
+        let next_location = self
+            .store
+            .run_field(run_id, "next_location")
+            .and_then(|value| value.parse::<u64>().ok())
             .unwrap_or(0);
         location_statuses(&run.locations, &run.location_state, next_location)
     }

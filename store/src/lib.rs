@@ -236,6 +236,14 @@ pub(crate) fn decode_claim(value: &str) -> Result<SendClaim, StoreError> {
         .ok_or_else(|| StoreError::Unexpected(format!("send claim holds {value:?}")))
 }
 
+/// A run record's `state` field, as both backends store it.
+pub(crate) fn parse_state(state: Option<String>) -> Result<Option<RunState>, StoreError> {
+    state
+        .map(|state| state.parse::<RunState>())
+        .transpose()
+        .map_err(StoreError::Unexpected)
+}
+
 /// How long until `missing` tokens refill at `rate_per_second` (never zero).
 pub(crate) fn refill_wait(missing: f64, rate_per_second: f64) -> Duration {
     Duration::from_secs_f64((missing / rate_per_second).max(0.001))

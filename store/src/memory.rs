@@ -11,7 +11,7 @@ use protocol::run::RunState;
 
 use crate::{
     BucketId, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant, TokenRequest,
-    decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
+    decode_claim, encode_claim_in_progress, encode_claim_sent, parse_state, refill_wait,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -25,17 +25,18 @@ struct Inner {
     campaign_kills: HashMap<String, String>,
     /// (tokens, when last refilled)
     buckets: HashMap<(String, String, String), (f64, Instant)>,
+    /// Each run's record: the fields of the Redis backend's run hash. The
+    /// scheduler's in-process ledger (`scheduler::twin`) keeps its run hashes
+    /// here too, so the send gate reads what the scheduler wrote, as both read
+    /// one hash on Redis.
     runs: HashMap<Uuid, RunRecord>,
     /// Send claims as the Redis backend encodes them.
     claims: HashMap<(Uuid, Uuid), String>,
     kill_watchers: Vec<tokio::sync::mpsc::Sender<()>>,
 }
 
-#[derive(Debug, Default)]
-struct RunRecord {
-    state: Option<RunState>,
-    reason: Option<String>,
-}
+/// A run's hash: field → value, as `HGETALL` of the run key returns it.
+pub type RunRecord = HashMap<String, String>;
 
 /// Stores by name, for `memory://<name>` URLs.
 static NAMED: std::sync::LazyLock<Mutex<HashMap<String, MemoryStore>>> =
@@ -53,6 +54,26 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         named.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Runs `update` on run `run_id`'s record (created empty if missing) under
+    /// the store's lock, so nothing reads it half-updated — as a Lua script
+    /// updates a run hash on Redis.
+    pub fn with_run_record<T>(&self, run_id: Uuid, update: impl FnOnce(&mut RunRecord) -> T) -> T {
+        update(self.lock().runs.entry(run_id).or_default())
+    }
+
+    /// A copy of run `run_id`'s record, `None` when there is none.
+    pub fn run_record(&self, run_id: Uuid) -> Option<RunRecord> {
+        self.lock().runs.get(&run_id).cloned()
+    }
+
+    /// Reads one field of run `run_id`'s record without copying the rest.
+    pub fn run_field(&self, run_id: Uuid, field: &str) -> Option<String> {
+        self.lock()
+            .runs
+            .get(&run_id)
+            .and_then(|record| record.get(field).cloned())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -145,22 +166,22 @@ impl Store for MemoryStore {
         state: RunState,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let run = inner.runs.entry(run_id).or_default();
-        run.state = Some(state);
-        run.reason = Some(reason.to_string());
+        self.with_run_record(run_id, |record| {
+            record.insert("state".into(), state.as_str().to_string());
+            record.insert("reason".into(), reason.to_string());
+        });
         Ok(())
     }
 
     async fn send_gate(&self, campaign: &str, run_id: Uuid) -> Result<SendGate, StoreError> {
         let kill_reason = self.kill_reason(campaign).await?;
-        let inner = self.lock();
-        let run = inner.runs.get(&run_id);
-        Ok(SendGate::decide(
-            kill_reason,
-            run.and_then(|run| run.state),
-            run.and_then(|run| run.reason.clone()),
-        ))
+        let (state, reason) = {
+            let inner = self.lock();
+            let record = inner.runs.get(&run_id);
+            let field = |name: &str| record.and_then(|record| record.get(name).cloned());
+            (field("state"), field("reason"))
+        };
+        Ok(SendGate::decide(kill_reason, parse_state(state)?, reason))
     }
 
     async fn claim_send(

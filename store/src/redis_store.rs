@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     BucketId, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant, TokenRequest,
-    decode_claim, encode_claim_in_progress, encode_claim_sent, refill_wait,
+    decode_claim, encode_claim_in_progress, encode_claim_sent, parse_state, refill_wait,
 };
 
 /// KEYS[1] bucket hash; ARGV rate, burst, tokens. Returns the tokens missing (0 = granted).
@@ -111,10 +111,11 @@ impl RedisStore {
         &self.names
     }
 
-    /// Deletes every key under this store's prefix (test teardown).
+    /// Deletes every key of this deployment (`<prefix>:*`): `flotilla admin
+    /// purge` and test cleanup. Returns how many were deleted.
     pub async fn purge(&self) -> Result<u64, StoreError> {
         let mut connection = self.connection.clone();
-        let pattern = format!("{}*", self.names.prefix());
+        let pattern = format!("{}:*", glob_escape(self.names.prefix()));
         let keys: Vec<String> = {
             let mut iter: redis::AsyncIter<String> = connection.scan_match(&pattern).await?;
             let mut keys = Vec::new();
@@ -123,10 +124,13 @@ impl RedisStore {
             }
             keys
         };
-        if keys.is_empty() {
-            return Ok(0);
+        let mut deleted = 0;
+        // Bounded commands: one huge DEL would block Redis for everyone.
+        for chunk in keys.chunks(1000) {
+            let count: u64 = connection.unlink(chunk).await?;
+            deleted += count;
         }
-        Ok(connection.del(keys).await?)
+        Ok(deleted)
     }
 
     /// A connection onto the same Redis, for the scheduler's run bookkeeping.
@@ -140,6 +144,18 @@ impl RedisStore {
             KillScope::Campaign(campaign) => self.names.campaign_kill_key(campaign),
         }
     }
+}
+
+/// `text` as a literal inside a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
 }
 
 impl Store for RedisStore {
@@ -232,11 +248,11 @@ impl Store for RedisStore {
             .arg("reason")
             .query_async(&mut connection)
             .await?;
-        let state = state
-            .map(|state| state.parse::<RunState>())
-            .transpose()
-            .map_err(StoreError::Unexpected)?;
-        Ok(SendGate::decide(kill.or(campaign_kill), state, reason))
+        Ok(SendGate::decide(
+            kill.or(campaign_kill),
+            parse_state(state)?,
+            reason,
+        ))
     }
 
     async fn claim_send(

@@ -14,7 +14,7 @@ use scheduler::sink::{self, ResultRecord};
 use scheduler::{RunProgress, Scheduler, SchedulerConfig};
 use sim::SimServer;
 use sim::profile::FleetProfile;
-use store::RedisStore;
+use store::AnyStore;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 use worker::{AwsSettings, Credentials, WorkerConfig};
@@ -79,7 +79,9 @@ rate_control:
 pub struct Stack {
     pub sim: SimServer,
     pub names: Names,
-    pub store: RedisStore,
+    pub store: AnyStore,
+    /// Where this stack's queues live: RabbitMQ's URL or `memory://<prefix>`.
+    pub amqp_url: String,
     pub scheduler: Scheduler,
     scheduler_config: SchedulerConfig,
     pub results: tempfile::TempDir,
@@ -87,6 +89,79 @@ pub struct Stack {
     pub attempt_timeout: Duration,
     scheduler_task: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// Removes the stack's queues and keys when the stack is dropped, also
+    /// when the test fails.
+    cleanup: Option<Cleanup>,
+}
+
+/// Which backends a stack runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// RabbitMQ and Redis on loopback.
+    Real,
+    /// The in-process twins (`memory://<prefix>`), as `flotilla demo` runs.
+    InProcess,
+}
+
+/// Deletes one test prefix's queues, exchanges and Redis keys when dropped,
+/// so a failing (panicking) test leaves nothing behind either. `scripts/test`
+/// sweeps what a killed test run left.
+pub struct Cleanup {
+    pub names: Names,
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// False once `run` has cleaned up, so dropping does nothing more.
+    armed: bool,
+}
+
+impl Cleanup {
+    pub fn new(names: &Names, amqp_url: &str, redis_url: &str) -> Self {
+        Self {
+            names: names.clone(),
+            amqp_url: amqp_url.to_string(),
+            redis_url: redis_url.to_string(),
+            armed: true,
+        }
+    }
+
+    /// Cleans up now, from async code.
+    pub async fn run(mut self) {
+        self.armed = false;
+        let purged = flotilla::admin::purge(&self.amqp_url, &self.redis_url, &self.names).await;
+        if let Err(error) = purged {
+            eprintln!("cleanup of {}: {error:#}", self.names.prefix());
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (names, amqp_url, redis_url) = (
+            self.names.clone(),
+            self.amqp_url.clone(),
+            self.redis_url.clone(),
+        );
+        // Drop cannot await, and the test's runtime may be gone: a thread with
+        // a runtime of its own does the work, bounded in time.
+        let purge = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the test cleanup");
+            runtime.block_on(async {
+                let purge = flotilla::admin::purge(&amqp_url, &redis_url, &names);
+                match tokio::time::timeout(Duration::from_secs(20), purge).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => eprintln!("test cleanup of {}: {error:#}", names.prefix()),
+                    Err(_) => eprintln!("test cleanup of {} timed out", names.prefix()),
+                }
+            });
+        });
+        let _ = purge.join();
+    }
 }
 
 impl Stack {
@@ -94,18 +169,42 @@ impl Stack {
         Self::start_with(profile, REDIS_URL).await
     }
 
+    /// A stack on RabbitMQ and Redis, or on the in-process twins.
+    pub async fn start_on(profile: FleetProfile, backend: Backend) -> Self {
+        match backend {
+            Backend::Real => Self::start_with(profile, REDIS_URL).await,
+            Backend::InProcess => {
+                let prefix = format!("flotilla-test-{}", Uuid::new_v4());
+                let url = format!("memory://{prefix}");
+                Self::start_in(profile, &url, &url, Names::new(prefix)).await
+            }
+        }
+    }
+
     /// A stack on the Redis at `redis_url`.
     pub async fn start_with(profile: FleetProfile, redis_url: &str) -> Self {
+        let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
+        Self::start_in(profile, AMQP_URL, redis_url, names).await
+    }
+
+    async fn start_in(
+        profile: FleetProfile,
+        amqp_url: &str,
+        redis_url: &str,
+        names: Names,
+    ) -> Self {
+        let cleanup = Cleanup::new(&names, amqp_url, redis_url);
         let sim = SimServer::start(profile, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
-        let store = match RedisStore::connect(redis_url, names.clone()).await {
+        let store = match AnyStore::connect(redis_url, names.clone()).await {
             Ok(store) => store,
-            Err(error) => panic!("end-to-end tests need Redis: {error}"),
+            Err(error) => panic!(
+                "end-to-end tests need Redis on {redis_url}: {error}; start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no` or `docker compose up -d redis`"
+            ),
         };
         let results = tempfile::tempdir().unwrap();
-        let mut config = SchedulerConfig::new(AMQP_URL, redis_url, names.clone());
+        let mut config = SchedulerConfig::new(amqp_url, redis_url, names.clone());
         config.s3 = scheduler::sink::S3Settings {
             endpoint_url: Some(sim.endpoint_url()),
             region: Some("us-east-1".into()),
@@ -122,18 +221,22 @@ impl Stack {
         };
         let scheduler = match Scheduler::connect(config.clone()).await {
             Ok(scheduler) => scheduler,
-            Err(error) => panic!("end-to-end tests need RabbitMQ and Redis: {error}"),
+            Err(error) => panic!(
+                "end-to-end tests need RabbitMQ on {amqp_url} and Redis: {error}; start RabbitMQ with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`"
+            ),
         };
         let mut stack = Self {
             sim,
             names,
             store,
+            amqp_url: amqp_url.to_string(),
             scheduler,
             scheduler_config: config,
             results,
             attempt_timeout: Duration::from_secs(5),
             scheduler_task: None,
             workers: Vec::new(),
+            cleanup: Some(cleanup),
         };
         stack.start_scheduler();
         stack
@@ -172,7 +275,7 @@ impl Stack {
     }
 
     pub fn worker_config(&self, name: &str, concurrency: u16) -> WorkerConfig {
-        let mut config = WorkerConfig::new(AMQP_URL, self.names.clone());
+        let mut config = WorkerConfig::new(&self.amqp_url, self.names.clone());
         config.name = name.to_string();
         config.concurrency = NonZeroU16::new(concurrency).unwrap();
         config.shutdown_timeout = Duration::from_secs(5);
@@ -349,18 +452,28 @@ impl Stack {
         self.sim.state.lock().executions.clone()
     }
 
+    /// Stops the stack's scheduler and workers and removes its queues and keys.
     pub async fn teardown(mut self) {
+        self.stop_tasks();
+        if let Some(cleanup) = self.cleanup.take() {
+            // Connections of its own: the test may have cut the stack's.
+            cleanup.run().await;
+        }
+    }
+
+    fn stop_tasks(&mut self) {
         for worker in &self.workers {
             worker.abort();
         }
         self.kill_scheduler();
-        // A connection of its own: the test may have cut the stack's.
-        if let Ok(broker) = broker::Broker::connect(AMQP_URL, self.names.clone(), "teardown").await
-        {
-            let _ = broker.delete_topology().await;
-            broker.close().await;
-        }
-        let _ = self.store.purge().await;
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Stop the tasks before the cleanup deletes their queues, so that no
+        // reconnecting scheduler declares them again.
+        self.stop_tasks();
     }
 }
 

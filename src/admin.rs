@@ -1,0 +1,110 @@
+//! `flotilla admin`: maintenance of a deployment's queues and keys.
+//!
+//! A deployment is everything under one `--prefix`: 14 RabbitMQ queues and 2
+//! exchanges (`<prefix>.…`) and the Redis keys `<prefix>:*`. `purge` removes
+//! them all, for an operator retiring a deployment and for test cleanup.
+
+use anyhow::Context;
+use clap::Subcommand;
+use protocol::names::{Names, in_process_name};
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Delete deployments' queues, exchanges and Redis keys, whatever they hold.
+    /// Stop their schedulers and workers first: running services declare the
+    /// queues again when they reconnect.
+    Purge {
+        /// The deployment's prefix; repeat to purge several.
+        #[arg(long = "prefix", required = true, value_parser = parse_prefix)]
+        prefixes: Vec<String>,
+        /// RabbitMQ URL.
+        #[arg(
+            long,
+            env = "FLOTILLA_AMQP_URL",
+            hide_env_values = true,
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
+        amqp_url: String,
+        #[arg(
+            long,
+            env = "FLOTILLA_REDIS_URL",
+            hide_env_values = true,
+            default_value = "redis://127.0.0.1:6379/"
+        )]
+        redis_url: String,
+    },
+}
+
+/// A prefix is a name, never a pattern: letters, digits, `_ . -`, 1–100.
+pub fn parse_prefix(prefix: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if prefix.is_empty() || prefix.len() > 100 || !prefix.chars().all(allowed) {
+        return Err(format!(
+            "{prefix:?} is not a deployment prefix: use 1-100 of letters, digits, '_', '.', '-'"
+        ));
+    }
+    Ok(prefix.to_string())
+}
+
+/// What one purge removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub redis_keys: u64,
+}
+
+/// Deletes the deployment `names`' queues, exchanges and Redis keys. On
+/// `memory://` URLs it deletes the in-process queues; the in-process state
+/// lives as long as the process.
+pub async fn purge(amqp_url: &str, redis_url: &str, names: &Names) -> anyhow::Result<Purged> {
+    broker::Broker::delete_deployment(amqp_url, names)
+        .await
+        .with_context(|| format!("deleting the queues of {}", names.prefix()))?;
+    if in_process_name(redis_url).is_some() {
+        return Ok(Purged { redis_keys: 0 });
+    }
+    let store = store::RedisStore::connect(redis_url, names.clone()).await?;
+    let redis_keys = store
+        .purge()
+        .await
+        .with_context(|| format!("deleting the Redis keys of {}", names.prefix()))?;
+    Ok(Purged { redis_keys })
+}
+
+pub fn admin(
+    command: AdminCommand,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        AdminCommand::Purge {
+            prefixes,
+            amqp_url,
+            redis_url,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            for prefix in prefixes {
+                let names = Names::new(prefix.clone());
+                let purged = runtime.block_on(purge(&amqp_url, &redis_url, &names))?;
+                writeln!(
+                    out,
+                    "{prefix}: queues and exchanges deleted, {} Redis keys deleted",
+                    purged.redis_keys
+                )?;
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_a_name_not_a_pattern() {
+        assert!(parse_prefix("flotilla-test-3f2a").is_ok());
+        for bad in ["", "a*", "a?b", "[x]", "a:b", "a b", &"x".repeat(101)] {
+            let error = parse_prefix(bad).unwrap_err();
+            assert!(error.contains("letters, digits"), "{bad:?}: {error}");
+        }
+    }
+}

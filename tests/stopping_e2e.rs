@@ -1,0 +1,198 @@
+//! Pause, cancel and an exhausted error budget stop *sending*, on both backends:
+//! real RabbitMQ + Redis, and the in-process twins that `flotilla demo` runs on.
+//!
+//! Each scenario admits every batch at once (`max_concurrency: 100%`) and lets
+//! the workers send only one command a second (`api_rate_limits`), so when the
+//! run is stopped most batches are admitted and queued at workers but not yet
+//! sent. The simulator's command log then proves that none of them went out
+//! after the stop: admission alone would not stop them, only the workers'
+//! send gate reading the run's state can.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use protocol::run::RunState;
+use protocol::status::StatusDetail;
+use support::{Backend, Stack};
+
+/// 8 batches of 50, all admitted at once, one SendCommand a second.
+const TARGETS: u32 = 400;
+const RATE_LIMITED: &str = "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo hi\"]
+    timeout: 60s
+rate_control:
+  max_concurrency: 100%
+  max_errors: 0
+api_rate_limits:
+  send_command: 1
+";
+
+/// The gate is read right before each SendCommand; one already past it when
+/// the run stopped may still arrive this long after.
+const IN_FLIGHT_GRACE_MS: u64 = 1_000;
+
+async fn started(backend: Backend, failing: bool) -> (Stack, uuid::Uuid) {
+    let mut stack = Stack::start_on(support::single_location(TARGETS, failing), backend).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign("stoppable", RATE_LIMITED);
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(1).await;
+    (stack, run_id)
+}
+
+/// Commands the simulator received later than `stopped_ms` plus the grace.
+fn sent_after(stack: &Stack, stopped_ms: u64) -> Vec<String> {
+    stack
+        .commands()
+        .into_iter()
+        .filter(|command| command.received_unix_ms > stopped_ms + IN_FLIGHT_GRACE_MS)
+        .map(|command| format!("{} at {}", command.command_id, command.received_unix_ms))
+        .collect()
+}
+
+fn sent_targets(stack: &Stack) -> usize {
+    stack.commands().iter().map(|command| command.targets).sum()
+}
+
+async fn pause_stops_sending_and_resume_completes(backend: Backend) {
+    let (stack, run_id) = started(backend, false).await;
+    assert!(
+        stack
+            .scheduler
+            .pause(run_id, "operator paused")
+            .await
+            .unwrap()
+    );
+    let paused_ms = support::now_unix_ms();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(progress.state, RunState::Paused, "{progress:#?}");
+    let late = sent_after(&stack, paused_ms);
+    assert!(late.is_empty(), "sent while paused ({backend:?}): {late:?}");
+    assert!(
+        sent_targets(&stack) < TARGETS as usize,
+        "the scenario must leave admitted batches unsent at the pause"
+    );
+
+    assert!(
+        stack
+            .scheduler
+            .resume(run_id, "operator resumed")
+            .await
+            .unwrap()
+    );
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let records = stack.records(run_id);
+    let unique: HashSet<&str> = records.iter().map(|r| r.instance_id.as_str()).collect();
+    assert_eq!(records.len(), TARGETS as usize);
+    assert_eq!(unique.len(), TARGETS as usize);
+    assert!(stack.executions().values().all(|runs| *runs == 1));
+    stack.teardown().await;
+}
+
+async fn cancel_stops_sending_and_reports_the_rest_not_started(backend: Backend) {
+    let (stack, run_id) = started(backend, false).await;
+    assert!(
+        stack
+            .scheduler
+            .cancel(run_id, "operator cancelled")
+            .await
+            .unwrap()
+    );
+    let cancelled_ms = support::now_unix_ms();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Cancelled, "{progress:#?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let late = sent_after(&stack, cancelled_ms);
+    assert!(
+        late.is_empty(),
+        "sent after the cancel ({backend:?}): {late:?}"
+    );
+    let sent = sent_targets(&stack);
+    assert!(sent < TARGETS as usize, "admitted batches were left unsent");
+    let records = stack.records(run_id);
+    let not_started = records
+        .iter()
+        .filter(|record| record.status_detail() == Some(StatusDetail::NotStarted))
+        .count();
+    assert_eq!(not_started, TARGETS as usize - sent, "{progress:#?}");
+    stack.teardown().await;
+}
+
+async fn an_exhausted_budget_stops_sending(backend: Backend) {
+    let (stack, run_id) = started(backend, true).await;
+    let halted_ms = loop {
+        let progress = stack.scheduler.progress(run_id).await.unwrap();
+        if progress.state == RunState::Halted {
+            break support::now_unix_ms();
+        }
+        assert!(
+            !progress.state.is_final(),
+            "the run ended without halting: {progress:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let late = sent_after(&stack, halted_ms);
+    assert!(
+        late.is_empty(),
+        "sent after the halt ({backend:?}): {late:?}"
+    );
+    let sent = sent_targets(&stack);
+    assert!(sent < TARGETS as usize, "admitted batches were left unsent");
+    let records = stack.records(run_id);
+    assert_eq!(records.len(), TARGETS as usize, "every target has a result");
+    let failed = records
+        .iter()
+        .filter(|record| record.status_detail() == Some(StatusDetail::Failed))
+        .count();
+    assert_eq!(failed, sent, "only what was sent failed: {progress:#?}");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_sending_on_rabbitmq_and_redis() {
+    pause_stops_sending_and_resume_completes(Backend::Real).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_sending_in_process() {
+    pause_stops_sending_and_resume_completes(Backend::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_sending_on_rabbitmq_and_redis() {
+    cancel_stops_sending_and_reports_the_rest_not_started(Backend::Real).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_sending_in_process() {
+    cancel_stops_sending_and_reports_the_rest_not_started(Backend::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_budget_stops_sending_on_rabbitmq_and_redis() {
+    an_exhausted_budget_stops_sending(Backend::Real).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_budget_stops_sending_in_process() {
+    an_exhausted_budget_stops_sending(Backend::InProcess).await;
+}
