@@ -335,26 +335,8 @@ async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_stores_versions_starts_runs_and_refuses_bad_input() {
     let mut stack = Stack::start(support::single_location(20, false)).await;
-    stack.kill_scheduler();
-    let port = support::free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stack.start_scheduler_with_api(Some(listener));
+    let port = stack.serve_api().await;
     stack.spawn_worker("worker-a", 8);
-    let mut healthy = false;
-    for _ in 0..50 {
-        if support::http(port, "GET", "/healthz", "text/plain", "")
-            .await
-            .0
-            == 200
-        {
-            healthy = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(healthy, "the API came up");
 
     let spec = serde_json::to_string(
         &stack
@@ -436,6 +418,27 @@ async fn the_http_api_stores_versions_starts_runs_and_refuses_bad_input() {
         metrics.contains("flotilla_queue_messages{queue=\"jobs.bulk\"}"),
         "{metrics}"
     );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_alias_bomb_is_refused_and_nothing_is_stored() {
+    let mut stack = Stack::start(support::single_location(1, false)).await;
+    let port = stack.serve_api().await;
+    // A 100 KB anchored string aliased 2,000 times inside a valid field: 200 MB
+    // once expanded, 108 KB on the wire.
+    let bomb = format!(
+        "name: bomb\naccounts: {{ids: [\"123456789012\"]}}\nregions: [us-east-1]\ntargets: {{all: true}}\nsteps:\n  - name: s\n    document: AWS-RunShellScript\n    parameters:\n      commands: [&big \"{}\", {}]\n",
+        "x".repeat(100_000),
+        vec!["*big"; 2_000].join(", ")
+    );
+    let (status, body) = support::http(port, "POST", "/campaigns", "application/yaml", &bomb).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("aliases"), "{body}");
+    let (status, body) = support::http(port, "GET", "/campaigns/bomb", "text/plain", "").await;
+    assert_eq!(status, 404, "nothing was stored: {body}");
+    let (_, body) = support::http(port, "GET", "/campaigns", "text/plain", "").await;
+    assert!(!body.contains("bomb"), "{body}");
     stack.teardown().await;
 }
 

@@ -582,3 +582,72 @@ async fn urgent_work_overtakes_a_bulk_backlog() {
     );
     stack.teardown().await;
 }
+
+/// A patch scan whose DescribeInstancePatchStates calls all fail with `code`.
+async fn patch_scan_with_patch_states_failing(
+    code: &str,
+) -> (Stack, Vec<scheduler::sink::ResultRecord>) {
+    let mut stack = Stack::start(support::single_location(40, false)).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.inject(sim::state::Fault::FailNext {
+        operation: "DescribeInstancePatchStates".into(),
+        code: code.into(),
+        count: 1_000,
+    });
+    let campaign = stack.campaign(
+        "scan",
+        "
+steps:
+  - name: scan
+    document: AWS-RunPatchBaseline
+    parameters:
+      Operation: Scan
+    timeout: 60s
+rate_control:
+  max_concurrency: 100%
+  max_errors: 0
+",
+    );
+    let run_id = stack.start_run(&campaign).await;
+    // Commands take moments here: a minute covers "within a minute of its end".
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let records = stack.records(run_id);
+    assert_eq!(records.len(), 40, "every target's result arrived");
+    for record in &records {
+        assert_eq!(
+            record.status_detail(),
+            Some(StatusDetail::Success),
+            "{record:?}"
+        );
+        assert!(record.compliance.is_none());
+        let missing = record.compliance_missing.as_deref().unwrap_or_default();
+        assert!(
+            missing.contains("DescribeInstancePatchStates failed") && missing.contains(code),
+            "the counts are marked missing with the reason: {record:?}"
+        );
+    }
+    (stack, records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_patch_state_read_never_withholds_or_changes_results() {
+    let (stack, _) = patch_scan_with_patch_states_failing("InternalFailure").await;
+    // Retried inside the poll (a few attempts, seconds apart), never as a job.
+    let batches = stack.commands().len() as u64;
+    assert!(stack.calls("DescribeInstancePatchStates") <= 4 * batches);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_on_patch_states_is_not_retried() {
+    let (stack, _) = patch_scan_with_patch_states_failing("AccessDeniedException").await;
+    assert_eq!(
+        stack.calls("DescribeInstancePatchStates"),
+        stack.commands().len() as u64,
+        "one call per batch: AccessDenied is never repeated"
+    );
+    stack.teardown().await;
+}

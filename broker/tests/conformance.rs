@@ -34,6 +34,34 @@ fn in_process_url() -> String {
     format!("memory://broker-test-{}", Uuid::new_v4())
 }
 
+/// Deletes a test's queues and exchanges when dropped, so a failing test
+/// leaves nothing on the broker either (`scripts/test` sweeps what a killed
+/// run left).
+struct DeleteOnDrop {
+    url: String,
+    names: Names,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let (url, names) = (self.url.clone(), self.names.clone());
+        // Drop cannot await: a thread with a runtime of its own does it.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let delete = Broker::delete_deployment(&url, &names);
+            if let Ok(Err(error)) =
+                runtime.block_on(tokio::time::timeout(Duration::from_secs(20), delete))
+            {
+                eprintln!("cleanup of {}: {error}", names.prefix());
+            }
+        })
+        .join();
+    }
+}
+
 /// Runs `$check(url, names)` once on each backend, as two tests.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -49,7 +77,12 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::AMQP_URL, super::fresh_names()).await;
+                    let names = super::fresh_names();
+                    let _cleanup = super::DeleteOnDrop {
+                        url: super::AMQP_URL.into(),
+                        names: names.clone(),
+                    };
+                    super::$name(super::AMQP_URL, names).await;
                 }
             )*
         }

@@ -86,6 +86,10 @@ pub struct TargetResult {
     /// The start of the command's output, as SSM returns it (at most 2,500 characters).
     pub output_excerpt: String,
     pub compliance: Option<PatchCompliance>,
+    /// Why `compliance` is missing for a patch step the target succeeded on
+    /// (DescribeInstancePatchStates failed): the result is reported anyway,
+    /// with its true status.
+    pub compliance_missing: Option<String>,
 }
 
 /// Patch compliance counts of one instance, as DescribeInstancePatchStates reports.

@@ -722,3 +722,45 @@ fn example_files() -> Vec<PathBuf> {
     assert!(files.len() >= 3, "examples missing in {}", dir.display());
     files
 }
+
+#[test]
+fn yaml_aliases_are_refused_before_they_are_expanded() {
+    // A 100 KB anchored string aliased 2,000 times in a valid field: 200 MB once
+    // expanded. Refused on sight of the first alias.
+    let bomb = spec_with(&[(
+        "steps",
+        &format!(
+            "\n  - name: s\n    document: AWS-RunShellScript\n    parameters:\n      commands: [&big \"{}\", {}]",
+            "x".repeat(100_000),
+            vec!["*big"; 2_000].join(", ")
+        ),
+    )]);
+    let errors = parse(&bomb).unwrap_err();
+    assert!(
+        errors[0].contains("YAML aliases (`*name`) are not allowed") && errors[0].contains("line "),
+        "{errors:?}"
+    );
+    // Even one small alias: a spec is written out, not composed.
+    rejects(
+        &[("regions", "&r [us-east-1]"), ("description", "*r")],
+        "",
+        "aliases",
+    );
+    // An anchor that is never used is harmless.
+    valid(&[("regions", "&r [us-east-1]")]);
+}
+
+#[test]
+fn deep_large_and_malformed_specs_are_refused_with_their_limit() {
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    rejects(
+        &[("description", &deep)],
+        "",
+        "nested deeper than 16 levels",
+    );
+    let huge = spec_with(&[("description", &format!("\"{}\"", "x".repeat(600 * 1024)))]);
+    let errors = parse(&huge).unwrap_err();
+    assert!(errors[0].contains("at most 524288"), "{errors:?}");
+    let errors = parse("name: [unclosed\n").unwrap_err();
+    assert!(errors[0].contains("not valid YAML"), "{errors:?}");
+}

@@ -47,6 +47,14 @@ impl Scheduler {
     pub async fn apply_campaign(&self, campaign: &Campaign) -> Result<Applied, SchedulerError> {
         let names = self.broker.names();
         let spec = serde_json::to_string(&campaign.spec)?;
+        // Stored specs are parsed again, under the same bound.
+        if spec.len() > protocol::campaign::MAX_SPEC_BYTES {
+            return Err(SchedulerError::Invalid(format!(
+                "the campaign spec is {} bytes as stored; at most {} are allowed",
+                spec.len(),
+                protocol::campaign::MAX_SPEC_BYTES
+            )));
+        }
         let mut connection = match self.ledger.backend() {
             Backend::Redis(connection) => connection.clone(),
             Backend::InProcess(twin) => {

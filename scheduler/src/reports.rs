@@ -433,6 +433,7 @@ fn not_started(instance_id: &str, reason: &str) -> TargetResult {
         response_code: None,
         output_excerpt: reason.to_string(),
         compliance: None,
+        compliance_missing: None,
     }
 }
 

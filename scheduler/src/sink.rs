@@ -43,6 +43,9 @@ pub struct ResultRecord {
     pub response_code: Option<i32>,
     pub output: String,
     pub compliance: Option<PatchCompliance>,
+    /// Why a succeeded patch step has no compliance counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance_missing: Option<String>,
 }
 
 impl ResultRecord {
@@ -73,6 +76,7 @@ impl ResultRecord {
             response_code: result.response_code,
             output: result.output_excerpt,
             compliance: result.compliance,
+            compliance_missing: result.compliance_missing,
         }
     }
 
@@ -340,6 +344,7 @@ mod tests {
                 response_code: Some(0),
                 output_excerpt: "ok".into(),
                 compliance: None,
+                compliance_missing: None,
             },
         )
     }

@@ -176,7 +176,7 @@ fn count_and_fault(state: &SimState, operation: &str, dark: bool) -> Result<(), 
             let status = match code.as_str() {
                 "InternalServerError" | "InternalFailure" => StatusCode::INTERNAL_SERVER_ERROR,
                 "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
-                "AccessDenied" => StatusCode::FORBIDDEN,
+                "AccessDenied" | "AccessDeniedException" => StatusCode::FORBIDDEN,
                 _ => StatusCode::BAD_REQUEST,
             };
             Err(AwsError::new(status, &code, format!("injected {code}")))

@@ -257,6 +257,24 @@ impl Stack {
         }));
     }
 
+    /// Restarts the stack's scheduler with its HTTP API on a free loopback
+    /// port, waits until `/healthz` answers, and returns the port.
+    pub async fn serve_api(&mut self) -> u16 {
+        self.kill_scheduler();
+        let port = free_port();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        self.start_scheduler_with_api(Some(listener));
+        for _ in 0..50 {
+            if http(port, "GET", "/healthz", "text/plain", "").await.0 == 200 {
+                return port;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the scheduler's API did not come up on port {port} within 5 s");
+    }
+
     /// The stack's scheduler settings, for starting more replicas.
     pub fn scheduler_config(&self) -> SchedulerConfig {
         self.scheduler_config.clone()

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use broker::{Broker, BrokerError, Delivery};
 use protocol::Job;
+use protocol::names::DELAY_STEPS_SECONDS;
 use protocol::report::LocationFailure;
 use protocol::status::StatusDetail;
 use store::Store;
@@ -33,9 +34,16 @@ pub const MAX_JOB_RETRIES: u32 = 8;
 /// How soon a job that met an unreachable Redis tries again.
 const STORE_OUTAGE_RECHECK: Duration = Duration::from_secs(2);
 
-/// Delay before retry `retries` of a job: 2, 4, 8, … seconds, at most 5 minutes.
+/// Delay before retry `retries` of a job: 5 s, 15 s, 60 s, then 300 s — the
+/// delay queues' own steps ([`DELAY_STEPS_SECONDS`] after the first), so each
+/// retry waits exactly what this says (a delay between steps would be rounded
+/// up to the next queue). Eight retries span about 26 minutes.
 fn retry_delay(retries: u32) -> Duration {
-    Duration::from_secs(2u64.saturating_pow(retries.saturating_add(1)).min(300))
+    let steps = &DELAY_STEPS_SECONDS[1..];
+    let index = usize::try_from(retries)
+        .unwrap_or(usize::MAX)
+        .min(steps.len() - 1);
+    Duration::from_secs(u64::from(steps[index]))
 }
 
 /// Runs a worker until `shutdown` completes. Returns an error only for bad
@@ -270,10 +278,7 @@ async fn settle_delivery<S: Store>(
                     .await,
             )
         }
-        Err(error)
-            if (error.is_retryable() || matches!(job, Job::Poll(_)))
-                && retries < MAX_JOB_RETRIES =>
-        {
+        Err(error) if error.is_retryable() && retries < MAX_JOB_RETRIES => {
             let delay = retry_delay(retries);
             tracing::warn!(kind, retries, ?delay, error = %error, "job failed; retrying later");
             (
@@ -356,8 +361,13 @@ mod tests {
 
     #[test]
     fn retries_back_off_and_are_capped() {
-        assert_eq!(retry_delay(0), Duration::from_secs(2));
-        assert_eq!(retry_delay(2), Duration::from_secs(8));
+        assert_eq!(retry_delay(0), Duration::from_secs(5));
+        assert_eq!(retry_delay(2), Duration::from_secs(60));
         assert_eq!(retry_delay(MAX_JOB_RETRIES), Duration::from_secs(300));
+        // Each is a delay queue's own step, so nothing is rounded up.
+        for retries in 0..=MAX_JOB_RETRIES {
+            let seconds = u32::try_from(retry_delay(retries).as_secs()).unwrap();
+            assert!(DELAY_STEPS_SECONDS.contains(&seconds), "{seconds}");
+        }
     }
 }

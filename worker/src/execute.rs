@@ -287,6 +287,7 @@ pub(crate) async fn report_all<S: Store>(
             response_code: None,
             output_excerpt: detail.chars().take(500).collect(),
             compliance: None,
+            compliance_missing: None,
         })
         .collect();
     ctx.publish_results(job, results).await

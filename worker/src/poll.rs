@@ -118,7 +118,20 @@ pub(crate) async fn handle<S: Store>(
         })
         .collect();
     if execute.collect_patch_compliance {
-        attach_compliance(ctx, &client, &job, &mut results).await?;
+        // Results are worth more than counts: a failure to read patch states
+        // never withholds or changes a result; the counts are marked missing.
+        if let Err(error) = attach_compliance(ctx, &client, &job, &mut results).await {
+            tracing::warn!(
+                account = execute.location.account_id,
+                region = execute.location.region,
+                error = %error,
+                "patch compliance counts unreadable; results go without them"
+            );
+            mark_compliance_missing(
+                &mut results,
+                &format!("DescribeInstancePatchStates failed: {error}"),
+            );
+        }
     }
     ctx.publish_results(execute, results).await?;
     Ok(JobOutcome::Done)
@@ -163,6 +176,7 @@ fn result(
             .take(OUTPUT_EXCERPT_CHARS)
             .collect(),
         compliance: None,
+        compliance_missing: None,
     }
 }
 
@@ -197,6 +211,10 @@ async fn attach_compliance<S: Store>(
             tracing::warn!(
                 "no rate tokens for DescribeInstancePatchStates; results go without compliance counts"
             );
+            mark_compliance_missing(
+                results,
+                "no DescribeInstancePatchStates rate tokens within the wait",
+            );
             return Ok(());
         }
         let page = call(
@@ -224,6 +242,16 @@ async fn attach_compliance<S: Store>(
         result.compliance = states.get(&result.instance_id).copied();
     }
     Ok(())
+}
+
+/// Says why the succeeded targets have no compliance counts.
+fn mark_compliance_missing(results: &mut [TargetResult], reason: &str) {
+    for result in results
+        .iter_mut()
+        .filter(|result| result.status == StatusDetail::Success && result.compliance.is_none())
+    {
+        result.compliance_missing = Some(reason.to_string());
+    }
 }
 
 fn count(value: i32) -> u32 {
