@@ -269,6 +269,7 @@ mod tests {
                 response_code: None,
                 output_excerpt: output.into(),
                 compliance,
+                compliance_missing: None,
             },
         )
     }

@@ -886,3 +886,128 @@ async fn results_can_go_to_s3() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_refuses_writes_pauses_only_its_own_run() {
+    let mut stack = Stack::start(FleetProfile::tiny()).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.inject(sim::state::Fault::FailNext {
+        operation: "PutObject".into(),
+        code: "AccessDenied".into(),
+        count: 1_000_000,
+    });
+    let refused = stack.campaign(
+        "to-refusing-bucket",
+        format!(
+            "{}output: s3://locked-bucket/nightly\n",
+            support::one_step("  max_errors: 100%\n")
+        ),
+    );
+    let local = stack.campaign("to-local", support::one_step("  max_errors: 100%\n"));
+    let refused_run = stack.start_run(&refused).await;
+    let local_run = stack.start_run(&local).await;
+
+    let progress = stack
+        .wait_until_final(local_run, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    assert_eq!(
+        stack.records(local_run).len() as u64,
+        progress.total_targets
+    );
+
+    let paused = stack.scheduler.progress(refused_run).await.unwrap();
+    assert_eq!(paused.state, RunState::Paused, "{paused:#?}");
+    assert!(
+        paused
+            .reason
+            .contains("cannot be written to s3://locked-bucket/nightly")
+            && paused.reason.contains("resume"),
+        "the reason says what and what to do: {}",
+        paused.reason
+    );
+
+    // The bucket accepts writes again; the operator resumes the run. Parked
+    // reports come back within a minute and nothing was lost.
+    stack.sim.state.lock().fail_next.clear();
+    assert!(
+        stack
+            .scheduler
+            .resume(refused_run, "bucket fixed")
+            .await
+            .unwrap()
+    );
+    let progress = stack
+        .wait_until_final(refused_run, Duration::from_secs(150))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let store = scheduler::sink::ResultsStore::s3(
+        "locked-bucket",
+        "nightly",
+        &scheduler::sink::S3Settings {
+            endpoint_url: Some(stack.sim.endpoint_url()),
+            region: Some("us-east-1".into()),
+            credentials: Some(("AKIAFLOTILLASIMULATOR".into(), "secret".into())),
+        },
+    )
+    .unwrap();
+    let records = store.read_run(refused_run).await.unwrap();
+    let unique: HashSet<&str> = records.iter().map(|r| r.instance_id.as_str()).collect();
+    assert_eq!(
+        records.len() as u64,
+        progress.total_targets,
+        "every result once"
+    );
+    assert_eq!(unique.len() as u64, progress.total_targets);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_completes_the_handshake_shows_in_metrics() {
+    // Accepts TCP, then says nothing: a RabbitMQ out of file handles.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            connections.push(connection);
+        }
+    });
+    let names = protocol::names::Names::new(format!("flotilla-test-{}", uuid::Uuid::new_v4()));
+    let config = scheduler::SchedulerConfig::new(
+        format!("amqp://guest:guest@127.0.0.1:{silent_port}/%2f"),
+        support::REDIS_URL,
+        names.clone(),
+    );
+    let port = support::free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(scheduler::run(config, Some(listener), async {
+        let _ = stopped.await;
+    }));
+    // The handshake bound is 10 s; then the failure is counted and logged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = support::http_get(port, "/metrics").await;
+        if metrics.contains("flotilla_scheduler_connected{service=\"rabbitmq\"} 0") {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no disconnected rabbitmq in the metrics: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        metrics.contains("flotilla_scheduler_connected{service=\"redis\"} 1"),
+        "{metrics}"
+    );
+    let (status, _) = support::http(port, "GET", "/healthz", "text/plain", "").await;
+    assert_eq!(status, 503, "not healthy while it cannot reach RabbitMQ");
+    let _ = stop.send(());
+    scheduler.await.unwrap().unwrap();
+    held.abort();
+    let _cleanup = support::Cleanup::new(&names, support::AMQP_URL, support::REDIS_URL);
+}

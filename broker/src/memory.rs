@@ -15,7 +15,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use protocol::job::Priority;
-use protocol::names::{DELAY_STEPS_SECONDS, Names};
+use protocol::names::{DELAY_STEPS_SECONDS, Names, REPORT_RETRY_SECONDS};
 use tokio::sync::Notify;
 
 use crate::BrokerError;
@@ -142,6 +142,17 @@ impl Hub {
             .queues
             .entry(names.reports_queue())
             .or_insert_with(work_queue);
+        state
+            .queues
+            .entry(names.reports_delay_queue())
+            .or_insert_with(|| Queue {
+                dead_letter_queue: Some(dead_letter.clone()),
+                delay: Some((
+                    Duration::from_secs(u64::from(REPORT_RETRY_SECONDS)),
+                    names.reports_queue(),
+                )),
+                ..Queue::new()
+            });
     }
 
     pub(crate) fn delete(&self, names: &Names) {

@@ -75,6 +75,18 @@ impl Broker {
         self.publish("", &queue, report, 0).await
     }
 
+    /// Publishes a report to come back to the reports queue in
+    /// [`protocol::names::REPORT_RETRY_SECONDS`] (its results could not be
+    /// written now); `parks` counts how often it did.
+    pub async fn publish_report_later(
+        &self,
+        report: &Report,
+        parks: u32,
+    ) -> Result<(), BrokerError> {
+        let queue = self.names().reports_delay_queue();
+        self.publish("", &queue, report, parks).await
+    }
+
     async fn publish<M: Message>(
         &self,
         exchange: &str,

@@ -5,6 +5,8 @@
 //! - `reports`, filled through the default exchange;
 //! - `delay.<n>s.<priority>`: no consumer; a message TTL of n seconds, then
 //!   dead-lettered back to `jobs` with the priority's routing key;
+//! - `delay.60s.reports`: no consumer; reports whose results could not be
+//!   written wait here a minute, then go back to `reports`;
 //! - `dead-letter` (fanout exchange and queue): poison messages, messages past
 //!   their delivery limit and jobs whose retries ran out, for an operator to read.
 
@@ -14,7 +16,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use protocol::job::Priority;
-use protocol::names::{DELAY_STEPS_SECONDS, Names};
+use protocol::names::{DELAY_STEPS_SECONDS, Names, REPORT_RETRY_SECONDS};
 
 /// How often RabbitMQ delivers a message before dead-lettering it. Deliveries
 /// come back when a worker dies holding them; a message that kills every worker
@@ -136,6 +138,23 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
     channel
         .queue_declare(names.reports_queue().into(), durable(), work_arguments)
         .await?;
+    // Through the default exchange, straight back to the reports queue.
+    let mut report_delay_arguments = quorum_arguments("");
+    report_delay_arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        long_string(&names.reports_queue()),
+    );
+    report_delay_arguments.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongInt(i32::try_from(REPORT_RETRY_SECONDS * 1000).unwrap_or(i32::MAX)),
+    );
+    channel
+        .queue_declare(
+            names.reports_delay_queue().into(),
+            durable(),
+            report_delay_arguments,
+        )
+        .await?;
     Ok(())
 }
 
@@ -145,6 +164,7 @@ pub fn queue_names(names: &Names) -> Vec<String> {
         names.bulk_queue(),
         names.urgent_queue(),
         names.reports_queue(),
+        names.reports_delay_queue(),
         names.dead_letter_queue(),
     ];
     for priority in PRIORITIES {

@@ -19,6 +19,10 @@ use crate::job::Priority;
 /// Delays a worker may ask for, in seconds; each is one TTL'd queue.
 pub const DELAY_STEPS_SECONDS: [u32; 5] = [1, 5, 15, 60, 300];
 
+/// How long a report whose results could not be written waits before it is
+/// tried again.
+pub const REPORT_RETRY_SECONDS: u32 = 60;
+
 /// The scheme of in-process backends: `memory://<name>` as the AMQP or Redis
 /// URL selects the in-process twin, shared by everything in this process that
 /// names the same `<name>` (how `flotilla demo` runs without services).
@@ -101,6 +105,13 @@ impl Names {
             self.prefix,
             priority.as_str()
         )
+    }
+
+    /// Where a report waits [`REPORT_RETRY_SECONDS`] before it returns to the
+    /// reports queue: one whose results could not be written (its run paused)
+    /// is tried again later instead of blocking every other run's reports.
+    pub fn reports_delay_queue(&self) -> String {
+        format!("{}.delay.{REPORT_RETRY_SECONDS}s.reports", self.prefix)
     }
 
     /// The global kill switch: present means no worker sends anything.

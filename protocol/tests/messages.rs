@@ -237,8 +237,9 @@ fn target_result() -> impl Strategy<Value = TargetResult> {
                     started_at: started.map(UnixMillis),
                     finished_at: finished.map(UnixMillis),
                     response_code,
-                    output_excerpt: output,
+                    output_excerpt: output.clone(),
                     compliance,
+                    compliance_missing: compliance.is_none().then_some(output),
                 }
             },
         )

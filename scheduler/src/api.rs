@@ -34,7 +34,22 @@ use crate::{Scheduler, SchedulerError};
 /// The scheduler the API uses: `None` while it reconnects.
 pub type CurrentScheduler = watch::Receiver<Option<Scheduler>>;
 
-pub fn router(current: CurrentScheduler) -> Router {
+/// What the handlers share: the connected scheduler, and the metrics, which
+/// outlive any one connection (`flotilla_scheduler_connected` says 0 while
+/// the scheduler reconnects, and `/metrics` still answers then).
+#[derive(Clone)]
+pub struct ApiState {
+    pub current: CurrentScheduler,
+    pub metrics: crate::metrics::SchedulerMetrics,
+}
+
+impl axum::extract::FromRef<ApiState> for CurrentScheduler {
+    fn from_ref(state: &ApiState) -> Self {
+        state.current.clone()
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -53,7 +68,7 @@ pub fn router(current: CurrentScheduler) -> Router {
         )
         .route("/events", post(events))
         .route("/alerts", post(alerts))
-        .with_state(current)
+        .with_state(state)
 }
 
 pub struct ApiError {
@@ -110,12 +125,14 @@ async fn healthz(State(current): State<CurrentScheduler>) -> Result<&'static str
     Ok("ok")
 }
 
-async fn metrics(State(current): State<CurrentScheduler>) -> Result<String, ApiError> {
-    let scheduler = scheduler(&current)?;
-    if let Err(error) = scheduler.refresh_gauges().await {
+async fn metrics(State(state): State<ApiState>) -> String {
+    let connected = state.current.borrow().clone();
+    if let Some(scheduler) = connected
+        && let Err(error) = scheduler.refresh_gauges().await
+    {
         tracing::warn!(error = %error, "metrics gauges not refreshed");
     }
-    Ok(scheduler.metrics.render())
+    state.metrics.render()
 }
 
 #[derive(Debug, Serialize)]
@@ -458,10 +475,10 @@ async fn alerts(
 /// Serves the API until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    current: CurrentScheduler,
+    state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(current))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -61,8 +61,10 @@ pub enum SchedulerError {
     UnknownRun(Uuid),
     #[error("{0}")]
     Invalid(String),
-    #[error("AWS Organizations: {0}")]
-    Organizations(String),
+    #[error(transparent)]
+    Results(#[from] crate::sink::SinkError),
+    #[error("AWS Organizations: {message}")]
+    Organizations { message: String, retryable: bool },
     #[error("lost the connection: {0}")]
     ConnectionLost(String),
     #[error("run state in Redis is not what flotilla wrote: {0}")]
@@ -70,6 +72,15 @@ pub enum SchedulerError {
 }
 
 impl SchedulerError {
+    /// The service an outage is of, for logs and `flotilla_scheduler_connected`.
+    pub fn service(&self) -> Option<&'static str> {
+        match self {
+            Self::Broker(_) | Self::ConnectionLost(_) => Some("rabbitmq"),
+            Self::Store(_) | Self::Redis(_) => Some("redis"),
+            _ => None,
+        }
+    }
+
     /// Outages pass; bad data does not.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -78,7 +89,9 @@ impl SchedulerError {
             Self::Redis(error) => {
                 error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
             }
-            Self::Io(_) | Self::ConnectionLost(_) | Self::Organizations(_) => true,
+            Self::Io(_) | Self::ConnectionLost(_) => true,
+            Self::Results(error) => !error.permanent,
+            Self::Organizations { retryable, .. } => *retryable,
             Self::Json(_) | Self::UnknownRun(_) | Self::Invalid(_) | Self::Corrupt(_) => false,
         }
     }
@@ -136,8 +149,23 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub async fn connect(config: SchedulerConfig) -> Result<Self, SchedulerError> {
-        let store = store::AnyStore::connect(&config.redis_url, config.names.clone()).await?;
-        let broker = Broker::connect(&config.amqp_url, config.names.clone(), &config.name).await?;
+        let metrics = crate::metrics::SchedulerMetrics::new()
+            .map_err(|error| SchedulerError::Invalid(format!("metrics: {error}")))?;
+        Self::connect_with_metrics(config, metrics).await
+    }
+
+    /// Connects, reporting into `metrics` (which outlive the connection)
+    /// whether Redis and RabbitMQ answered.
+    pub async fn connect_with_metrics(
+        config: SchedulerConfig,
+        metrics: crate::metrics::SchedulerMetrics,
+    ) -> Result<Self, SchedulerError> {
+        let store = store::AnyStore::connect(&config.redis_url, config.names.clone()).await;
+        metrics.connection("redis", store.is_ok());
+        let store = store?;
+        let broker = Broker::connect(&config.amqp_url, config.names.clone(), &config.name).await;
+        metrics.connection("rabbitmq", broker.is_ok());
+        let broker = broker?;
         let ledger = match protocol::names::in_process_name(&config.redis_url) {
             Some(name) => Ledger::in_process(crate::twin::twin(name), config.names.clone()),
             None => match store.redis() {
@@ -156,8 +184,7 @@ impl Scheduler {
             config: Arc::new(config),
             plans: Arc::new(Mutex::new(HashMap::new())),
             organizations: Arc::new(tokio::sync::OnceCell::new()),
-            metrics: crate::metrics::SchedulerMetrics::new()
-                .map_err(|error| SchedulerError::Invalid(format!("metrics: {error}")))?,
+            metrics,
         })
     }
 
@@ -221,11 +248,16 @@ pub async fn run(
         stopper.cancel();
     };
     let (current, current_receiver) = tokio::sync::watch::channel(None::<Scheduler>);
+    let metrics = crate::metrics::SchedulerMetrics::new()
+        .map_err(|error| SchedulerError::Invalid(format!("metrics: {error}")))?;
     let api = listener.map(|listener| {
         let stop = stop.clone();
+        let state = api::ApiState {
+            current: current_receiver,
+            metrics: metrics.clone(),
+        };
         tokio::spawn(async move {
-            if let Err(error) = api::serve(listener, current_receiver, stop.cancelled_owned()).await
-            {
+            if let Err(error) = api::serve(listener, state, stop.cancelled_owned()).await {
                 tracing::error!(error = %error, "the HTTP API stopped");
             }
         })
@@ -233,7 +265,9 @@ pub async fn run(
     let work = async {
         let mut failures: u32 = 0;
         loop {
-            let outcome = match Scheduler::connect(config.clone()).await {
+            let outcome = match Scheduler::connect_with_metrics(config.clone(), metrics.clone())
+                .await
+            {
                 Ok(scheduler) => {
                     failures = 0;
                     current.send_replace(Some(scheduler.clone()));
@@ -249,7 +283,16 @@ pub async fn run(
                 Err(error) if error.is_retryable() => {
                     failures = failures.saturating_add(1);
                     let delay = std::time::Duration::from_millis(200 * u64::from(failures.min(25)));
-                    tracing::warn!(error = %error, ?delay, "scheduler lost a connection; reconnecting");
+                    let service = error.service();
+                    if let Some(service) = service {
+                        metrics.connection(service, false);
+                    }
+                    tracing::warn!(
+                        service = service.unwrap_or("unknown"),
+                        error = %error,
+                        ?delay,
+                        "scheduler cannot reach a service; reconnecting"
+                    );
                     tokio::select! {
                         () = stop.cancelled() => return Ok(()),
                         () = tokio::time::sleep(delay) => {}

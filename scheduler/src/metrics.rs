@@ -18,6 +18,8 @@ pub struct SchedulerMetrics {
     queue_messages: IntGaugeVec,
     schedule_fires: IntCounterVec,
     leader: prometheus::IntGauge,
+    results_unwritable: IntCounterVec,
+    connected: IntGaugeVec,
 }
 
 impl SchedulerMetrics {
@@ -93,6 +95,20 @@ impl SchedulerMetrics {
             ),
             &["campaign"],
         )?;
+        let results_unwritable = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_results_write_failures_total",
+                "Batches of results that could not be written and paused their run, by cause (permanent: refused; transient: an outage past its retries)",
+            ),
+            &["cause"],
+        )?;
+        let connected = IntGaugeVec::new(
+            Opts::new(
+                "flotilla_scheduler_connected",
+                "1 while the scheduler is connected to the service (rabbitmq, redis)",
+            ),
+            &["service"],
+        )?;
         let leader = prometheus::IntGauge::new(
             "flotilla_scheduler_schedule_leader",
             "1 while this replica holds the schedule leader lease",
@@ -109,6 +125,8 @@ impl SchedulerMetrics {
             Box::new(budget_allowed.clone()),
             Box::new(discovery.clone()),
             Box::new(queue_messages.clone()),
+            Box::new(results_unwritable.clone()),
+            Box::new(connected.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -125,7 +143,20 @@ impl SchedulerMetrics {
             queue_messages,
             schedule_fires,
             leader,
+            results_unwritable,
+            connected,
         })
+    }
+
+    pub fn results_unwritable(&self, permanent: bool) {
+        let cause = if permanent { "permanent" } else { "transient" };
+        self.results_unwritable.with_label_values(&[cause]).inc();
+    }
+
+    pub fn connection(&self, service: &str, connected: bool) {
+        self.connected
+            .with_label_values(&[service])
+            .set(i64::from(connected));
     }
 
     pub fn report(&self, kind: &str, outcome: &str) {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_organizations::config::{Credentials, Region};
-use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::types::{AccountStatus, ChildType};
 
 use crate::SchedulerError;
@@ -25,7 +25,28 @@ fn aws_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     operation: &str,
     error: aws_sdk_organizations::error::SdkError<E>,
 ) -> SchedulerError {
-    SchedulerError::Organizations(format!("{operation}: {}", DisplayErrorContext(&error)))
+    // Throttling, 5xx and network trouble pass; a denial, a missing OU or an
+    // organization not in use stays until someone changes something.
+    let retryable = match &error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = error.code().unwrap_or_default();
+            status >= 500
+                || status == 429
+                || code.contains("Throttling")
+                || code == "TooManyRequestsException"
+                || code == "ServiceException"
+                || code == "ConcurrentModificationException"
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => false,
+    };
+    SchedulerError::Organizations {
+        message: format!("{operation}: {}", DisplayErrorContext(&error)),
+        retryable,
+    }
 }
 
 #[derive(Clone)]

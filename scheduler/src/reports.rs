@@ -20,10 +20,18 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::ledger::{BatchEntry, location_key};
-use crate::sink::ResultRecord;
+use crate::sink::{ResultRecord, SinkError};
 use crate::{Scheduler, SchedulerError};
 
 /// The largest batch the scheduler admits (SendCommand's limit on InstanceIds).
+/// Tries of a batch's results write (about 3 s in all) before an outage is
+/// treated like a refusal: the run pauses and the report waits.
+const MAX_RESULTS_WRITE_ATTEMPTS: u32 = 5;
+
+/// How often a parked report comes back (once a minute) before it is given
+/// up to the dead-letter queue: a week.
+const MAX_REPORT_PARKS: u32 = 7 * 24 * 60;
+
 const MAX_BATCH: u64 = protocol::job::MAX_BATCH_SIZE as u64;
 
 impl Scheduler {
@@ -111,6 +119,15 @@ impl Scheduler {
                     }
                     return;
                 }
+                // One run's unwritable results must not hold up every other
+                // run's reports: past a few tries, its run pauses and the report
+                // waits in a delay queue, to be tried again later.
+                Err(SchedulerError::Results(error))
+                    if error.permanent || attempt >= MAX_RESULTS_WRITE_ATTEMPTS =>
+                {
+                    self.park_report(delivery, &report, &error).await;
+                    return;
+                }
                 Err(error) if error.is_retryable() => {
                     attempt += 1;
                     let delay = Duration::from_millis(200 * u64::from(attempt.min(25)));
@@ -126,6 +143,44 @@ impl Scheduler {
                     return;
                 }
             }
+        }
+    }
+
+    /// A report whose results cannot be written: its run pauses with the
+    /// reason (operators see it in `run show`, alerts fire on the metric), and
+    /// the report goes to the reports delay queue, to be tried again in a
+    /// minute, and every minute after, until the write succeeds. Nothing is
+    /// lost and no other run waits. If it cannot even be parked, it goes back
+    /// to the reports queue.
+    async fn park_report(&self, delivery: Delivery, report: &Report, error: &SinkError) {
+        let run_id = report.run_id();
+        self.metrics.results_unwritable(error.permanent);
+        tracing::error!(
+            %run_id,
+            destination = error.destination,
+            permanent = error.permanent,
+            error = %error.reason,
+            "results cannot be written; pausing the run and retrying the report every minute"
+        );
+        let reason = format!("paused: {error}; fix the destination, then resume the run");
+        if let Err(paused) = self.pause(run_id, &reason).await {
+            tracing::warn!(%run_id, error = %paused, "could not pause the run");
+        }
+        let parks = delivery.retries().saturating_add(1);
+        if parks > MAX_REPORT_PARKS {
+            tracing::error!(%run_id, parks, "results unwritable for a week; dead-lettering the report");
+            let _ = delivery.dead_letter().await;
+            return;
+        }
+        let settled = match self.broker.publish_report_later(report, parks).await {
+            Ok(()) => delivery.ack().await,
+            Err(parked) => {
+                tracing::warn!(%run_id, error = %parked, "could not park the report; requeueing it");
+                delivery.requeue().await
+            }
+        };
+        if let Err(settled) = settled {
+            tracing::warn!(%run_id, error = %settled, "could not settle a report; it will be delivered again");
         }
     }
 

@@ -85,6 +85,62 @@ impl ResultRecord {
     }
 }
 
+/// Results that could not be written, and whether trying again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("results cannot be written to {destination}: {reason}")]
+pub struct SinkError {
+    /// `s3://bucket/prefix` or the local directory.
+    pub destination: String,
+    pub reason: String,
+    /// Refused as such (denied, missing bucket, read-only, disk full): it stays
+    /// refused until an operator acts. Otherwise an outage that may pass.
+    pub permanent: bool,
+}
+
+impl SinkError {
+    fn io(destination: String, error: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        let permanent = matches!(
+            error.kind(),
+            ErrorKind::PermissionDenied
+                | ErrorKind::ReadOnlyFilesystem
+                | ErrorKind::NotADirectory
+                | ErrorKind::IsADirectory
+                | ErrorKind::InvalidInput
+                | ErrorKind::InvalidFilename
+                | ErrorKind::StorageFull
+                | ErrorKind::QuotaExceeded
+                | ErrorKind::FileTooLarge
+        );
+        Self {
+            destination,
+            reason: error.to_string(),
+            permanent,
+        }
+    }
+
+    /// object_store retries 5xx and timeouts itself; what reaches here is a
+    /// refusal (4xx) or an outage that outlasted those retries.
+    fn object_store(destination: String, error: &object_store::Error) -> Self {
+        use object_store::Error;
+        let permanent = matches!(
+            error,
+            Error::PermissionDenied { .. }
+                | Error::Unauthenticated { .. }
+                | Error::NotFound { .. }
+                | Error::NotSupported { .. }
+                | Error::NotImplemented { .. }
+                | Error::InvalidPath { .. }
+                | Error::UnknownConfigurationKey { .. }
+        );
+        Self {
+            destination,
+            reason: error.to_string(),
+            permanent,
+        }
+    }
+}
+
 /// Where S3 is and who the scheduler is there.
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
@@ -168,19 +224,22 @@ impl ResultsStore {
         batch_id: u32,
         step_index: u16,
         records: Vec<ResultRecord>,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), SinkError> {
         match self {
             Self::Local(root) => {
                 let (root, location) = (root.clone(), location.clone());
-                tokio::task::spawn_blocking(move || {
+                let written = tokio::task::spawn_blocking(move || {
                     write_batch(&root, run_id, &location, batch_id, step_index, &records)
                         .map(|_| ())
                 })
                 .await
-                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)
+                .and_then(|written| written);
+                written.map_err(|error| SinkError::io(self.describe(), &error))
             }
             Self::S3 { store, prefix, .. } => {
-                let body = encode(&records)?;
+                let body =
+                    encode(&records).map_err(|error| SinkError::io(self.describe(), &error))?;
                 let path = Self::object_path(
                     prefix,
                     &relative_name(run_id, location, batch_id, step_index),
@@ -188,7 +247,7 @@ impl ResultsStore {
                 store
                     .put(&path, body.into())
                     .await
-                    .map_err(std::io::Error::other)?;
+                    .map_err(|error| SinkError::object_store(self.describe(), &error))?;
                 Ok(())
             }
         }

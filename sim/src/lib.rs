@@ -161,7 +161,11 @@ async fn dispatch(State(state): State<Arc<SimState>>, headers: HeaderMap, body: 
 }
 
 /// Counts the call, then applies a dark region or an injected failure.
-fn count_and_fault(state: &SimState, operation: &str, dark: bool) -> Result<(), AwsError> {
+pub(crate) fn count_and_fault(
+    state: &SimState,
+    operation: &str,
+    dark: bool,
+) -> Result<(), AwsError> {
     let mut inner = state.lock();
     *inner.stats.calls.entry(operation.to_string()).or_default() += 1;
     if dark {

@@ -73,6 +73,11 @@ pub async fn put_object(
     Path((bucket, key)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    // `fail_next` faults of operation PutObject (e.g. AccessDenied: a bucket
+    // that refuses writes).
+    if let Err(fault) = crate::count_and_fault(&state, "PutObject", false) {
+        return error(fault.status, &fault.code, &fault.message);
+    }
     let tag = etag(&body);
     state.lock().objects.insert(
         format!("{bucket}/{key}"),
