@@ -18,8 +18,18 @@ use protocol::{Campaign, SpecFormat};
     about = "Operations campaigns across a fleet of cloud accounts, regions and instances"
 )]
 pub struct Cli {
+    /// Log lines as text (colored only on a terminal) or as one JSON object
+    /// per line, for log shippers.
+    #[arg(long, global = true, value_enum, env = "FLOTILLA_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

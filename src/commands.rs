@@ -62,9 +62,17 @@ pub enum RunCommand {
     List {
         #[arg(long)]
         campaign: Option<String>,
+        /// `json` prints the API's answer as it is, for scripts.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
     },
     /// One run: state, counters and every location.
-    Show { run_id: Uuid },
+    Show {
+        run_id: Uuid,
+        /// `json` prints the API's answer as it is, for scripts.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
     /// Live progress until the run ends; exit 0 only if it completed.
     Watch { run_id: Uuid },
     /// Stop admitting and sending; in-flight commands finish.
@@ -84,6 +92,15 @@ pub enum RunCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+/// How `run list` and `run show` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One line per run (and per location), for people.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,6 +238,20 @@ pub fn progress_line(progress: &RunProgress) -> String {
 
 /// Progress bars until the run is finished: targets with a result of the last
 /// step reached, failures against the budget, and locations by state.
+/// The failures bar's text: the real count, never clamped to the bar.
+fn budget_line(failures: u64, allowed: Option<u64>) -> String {
+    match allowed {
+        None => format!("{failures} failed (budget known once discovery ends)"),
+        Some(allowed) if failures > allowed => {
+            format!("{failures} failed of {allowed} allowed (budget exceeded)")
+        }
+        Some(allowed) => format!(
+            "{failures} failed of {allowed} allowed ({} left)",
+            allowed - failures
+        ),
+    }
+}
+
 pub(crate) fn watch(
     client: &ApiClient,
     run_id: Uuid,
@@ -235,7 +266,7 @@ pub(crate) fn watch(
     );
     let budget = bars.add(ProgressBar::new(0));
     budget.set_style(
-        ProgressStyle::with_template("failures  {bar:40} {pos}/{len} allowed {msg}")
+        ProgressStyle::with_template("failures  {bar:40} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let locations = bars.add(ProgressBar::new_spinner());
@@ -252,15 +283,10 @@ pub(crate) fn watch(
             "{} in flight · {}",
             progress.targets_in_flight, progress.state
         ));
-        budget.set_length(progress.allowed_errors.unwrap_or(0).max(1));
-        budget.set_position(progress.failures);
-        budget.set_message(format!(
-            "({} left)",
-            progress
-                .allowed_errors
-                .unwrap_or(0)
-                .saturating_sub(progress.failures)
-        ));
+        let allowed = progress.allowed_errors.unwrap_or(0);
+        budget.set_length(allowed.max(1));
+        budget.set_position(progress.failures.min(allowed));
+        budget.set_message(budget_line(progress.failures, progress.allowed_errors));
         let mut by_state: std::collections::BTreeMap<&str, usize> =
             std::collections::BTreeMap::new();
         for location in &detail.location_states {
@@ -273,9 +299,11 @@ pub(crate) fn watch(
         locations.set_message(format!("locations {}", states.join(" · ")));
         locations.tick();
         if progress.finished {
-            targets.finish();
-            budget.finish();
-            locations.finish();
+            // `abandon`, not `finish`: finishing fills a bar to its length,
+            // which would show a budget spent that was not.
+            targets.abandon();
+            budget.abandon();
+            locations.abandon();
             writeln!(out, "{}", progress_line(progress))?;
             writeln!(out, "results: {}", progress.output_dir)?;
             return Ok(if progress.state == protocol::run::RunState::Completed {
@@ -326,17 +354,25 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
                 return watch(&client, run_id, out);
             }
         }
-        RunCommand::List { campaign } => {
+        RunCommand::List { campaign, format } => {
             let path = match campaign {
                 Some(campaign) => format!("/runs?campaign={campaign}"),
                 None => "/runs".to_string(),
             };
+            if format == OutputFormat::Json {
+                print_json(out, &client.get(&path)?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let runs: Vec<RunProgress> = client.get(&path)?;
             for progress in &runs {
                 writeln!(out, "{}", progress_line(progress))?;
             }
         }
-        RunCommand::Show { run_id } => {
+        RunCommand::Show { run_id, format } => {
+            if format == OutputFormat::Json {
+                print_json(out, &client.get(&format!("/runs/{run_id}"))?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
             writeln!(out, "{}", progress_line(&detail.progress))?;
             for location in &detail.location_states {
@@ -477,4 +513,22 @@ pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::
     }
     report::write(&report::build(args.run_id, &records), args.format, out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failures_line_shows_the_real_count() {
+        assert_eq!(
+            budget_line(266, Some(449)),
+            "266 failed of 449 allowed (183 left)"
+        );
+        assert_eq!(
+            budget_line(9, Some(5)),
+            "9 failed of 5 allowed (budget exceeded)"
+        );
+        assert!(budget_line(3, None).starts_with("3 failed"));
+    }
 }

@@ -13,13 +13,18 @@ fn main() -> ExitCode {
         flotilla::cli::Command::Demo(_) => "warn,lapin=off",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        flotilla::cli::LogFormat::Json => logs.json().init(),
+        // Colors only where a person reads them: a file or a pipe gets plain text.
+        flotilla::cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match flotilla::cli::run(cli) {
         Ok(code) => code,
         // `flotilla run list | head`: the reader left; nothing went wrong.

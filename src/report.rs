@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use std::sync::LazyLock;
+
+use protocol::status::InvocationStatus;
+use regex::Regex;
 use scheduler::sink::ResultRecord;
 use serde::Serialize;
 use uuid::Uuid;
@@ -67,7 +71,11 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
             .or_default()
             .entry(record.status_detail.clone())
             .or_default() += 1;
-        if record.status != "Success" && record.status != "NotStarted" {
+        let status = record.status.parse::<InvocationStatus>().ok();
+        if !matches!(
+            status,
+            Some(InvocationStatus::Success | InvocationStatus::NotStarted)
+        ) {
             let detail: String = record
                 .output
                 .lines()
@@ -78,7 +86,7 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
                 .take(120)
                 .collect();
             *failures
-                .entry((record.status_detail.clone(), detail))
+                .entry((record.status_detail.clone(), failure_signature(&detail)))
                 .or_default() += 1;
         }
         if let Some(compliance) = record
@@ -124,6 +132,40 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
         non_compliant,
         top_failures,
     }
+}
+
+/// What varies from host to host in a failure message, most specific first.
+static VARYING: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    [
+        (
+            r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+            "<id>",
+        ),
+        (
+            r"\b(?:i-[0-9a-f]{8}(?:[0-9a-f]{9})?|mi-[0-9a-f]{17})\b",
+            "<instance>",
+        ),
+        (
+            r"\b(?:ip|ec2)-\d{1,3}-\d{1,3}-\d{1,3}-\d{1,3}(?:\.[A-Za-z0-9-]+)*",
+            "<host>",
+        ),
+        (r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<ip>"),
+        (r"(?i)\b[a-z0-9-]+(?:\.[a-z0-9-]+){2,}\b", "<host>"),
+        (r"(?i)\b0x[0-9a-f]+\b|\b\d+(?:\.\d+)?\b", "<n>"),
+    ]
+    .into_iter()
+    .filter_map(|(pattern, mask)| Regex::new(pattern).ok().map(|regex| (regex, mask)))
+    .collect()
+});
+
+/// A failure message with instance ids, uuids, hosts, addresses and numbers
+/// masked, so that one cause on a thousand hosts is one group, not a thousand.
+pub fn failure_signature(detail: &str) -> String {
+    VARYING
+        .iter()
+        .fold(detail.to_string(), |text, (regex, mask)| {
+            regex.replace_all(&text, *mask).into_owned()
+        })
 }
 
 fn csv_field(text: &str) -> String {
@@ -272,6 +314,41 @@ mod tests {
                 compliance_missing: None,
             },
         )
+    }
+
+    #[test]
+    fn failures_group_by_their_message_with_what_varies_masked() {
+        assert_eq!(
+            failure_signature(
+                "i-0abc1234def567890 on ip-10-0-3-17.ec2.internal: exit 137 after 12.5 s"
+            ),
+            "<instance> on <host>: exit <n> after <n> s"
+        );
+        assert_eq!(
+            failure_signature(
+                "mirror.example.com (203.0.113.9:443) timed out, request 6f1c2d3e-1a2b-4c5d-8e9f-0a1b2c3d4e5f"
+            ),
+            "<host> (<ip>) timed out, request <id>"
+        );
+        assert_eq!(failure_signature("yum: lock held"), "yum: lock held");
+        let records = vec![
+            record(
+                "i-00000000000000001",
+                StatusDetail::Failed,
+                "disk full on i-00000000000000001",
+                None,
+            ),
+            record(
+                "i-00000000000000002",
+                StatusDetail::Failed,
+                "disk full on i-00000000000000002",
+                None,
+            ),
+        ];
+        let report = build(Uuid::nil(), &records);
+        assert_eq!(report.top_failures.len(), 1);
+        assert_eq!(report.top_failures[0].detail, "disk full on <instance>");
+        assert_eq!(report.top_failures[0].targets, 2);
     }
 
     #[test]

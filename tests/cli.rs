@@ -309,3 +309,48 @@ fn bench_quick_scan_measures_a_run_where_every_target_has_one_result() {
             > 0.0
     );
 }
+
+/// Runs `flotilla worker` against a broker that is not there for a moment
+/// and returns what it logged.
+fn worker_logs(extra: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["worker", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"])
+        .args(["--redis-url", "memory://log-test"])
+        .args(extra)
+        .env("AWS_ACCESS_KEY_ID", "AKIAFLOTILLASIMULATOR")
+        .env("AWS_SECRET_ACCESS_KEY", "any")
+        .env("AWS_REGION", "us-east-1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flotilla binary runs");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn logs_to_a_pipe_are_plain_text_or_json_lines() {
+    let text = worker_logs(&[]);
+    assert!(text.contains("rabbitmq unreachable"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no color codes in a pipe: {text:?}"
+    );
+
+    let json = worker_logs(&["--log-format", "json"]);
+    let lines: Vec<&str> = json
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "{json}");
+    for line in lines {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));
+        assert!(
+            record["level"].is_string() && record["fields"].is_object(),
+            "{line}"
+        );
+    }
+}

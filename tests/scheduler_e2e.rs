@@ -1011,3 +1011,43 @@ async fn a_broker_that_never_completes_the_handshake_shows_in_metrics() {
     held.abort();
     let _cleanup = support::Cleanup::new(&names, support::AMQP_URL, support::REDIS_URL);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_list_and_run_show_print_json_for_scripts() {
+    let mut stack = Stack::start(support::single_location(10, false)).await;
+    let port = stack.serve_api().await;
+    stack.spawn_worker("worker-a", 4);
+    let campaign = stack.campaign("json-out", support::one_step("  max_errors: 0\n"));
+    let run_id = stack.start_run(&campaign).await;
+    stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    let api = format!("http://127.0.0.1:{port}");
+    let cli = |args: &[&str]| {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("FLOTILLA_API_URL", &api)
+            .output();
+        async move {
+            let output = output.await.unwrap();
+            assert!(output.status.success(), "{output:?}");
+            serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                .unwrap_or_else(|error| panic!("not JSON ({error}): {output:?}"))
+        }
+    };
+    let runs = cli(&["run", "list", "--format", "json"]).await;
+    let listed = runs.as_array().unwrap();
+    assert!(
+        listed.iter().any(|run| run["run_id"] == run_id.to_string()),
+        "{runs}"
+    );
+    let shown = cli(&["run", "show", &run_id.to_string(), "--format", "json"]).await;
+    assert_eq!(shown["progress"]["state"], "Completed", "{shown}");
+    assert!(
+        shown["location_states"]
+            .as_array()
+            .is_some_and(|l| l.len() == 1),
+        "{shown}"
+    );
+    stack.teardown().await;
+}

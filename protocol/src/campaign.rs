@@ -206,7 +206,11 @@ impl Campaign {
         let mut v = Validator::new();
         let root = FieldPath::root();
 
-        v.check(&root.at("name"), check_name(&spec.name));
+        if spec.name.is_empty() {
+            v.error(&root.at("name"), "is required");
+        } else {
+            v.check(&root.at("name"), check_name(&spec.name));
+        }
         if spec.description.chars().count() > 1024 {
             v.error(&root.at("description"), "must be at most 1024 characters");
         }

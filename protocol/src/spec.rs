@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize, Serializer};
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
     /// Letters, digits, `_ . -`; names the campaign in the API, keys and reports.
+    /// Required fields default to empty here so that validation can report
+    /// every problem at once (`is required`), not just the first missing field.
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -23,11 +26,15 @@ pub struct CampaignSpec {
     #[serde(default = "default_version")]
     pub version: u32,
     /// Run in order; a step runs only on targets that succeeded the previous one.
+    #[serde(default)]
     pub steps: Vec<StepSpec>,
+    #[serde(default)]
     pub accounts: AccountsSpec,
+    #[serde(default)]
     pub regions: Vec<String>,
     #[serde(default)]
     pub role: RoleSpec,
+    #[serde(default)]
     pub targets: TargetsSpec,
     #[serde(default)]
     pub rate_control: RateControlSpec,
@@ -49,8 +56,10 @@ fn default_version() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
+    #[serde(default)]
     pub name: String,
     /// An SSM document name or ARN, e.g. `AWS-RunPatchBaseline`.
+    #[serde(default)]
     pub document: String,
     #[serde(default)]
     pub parameters: BTreeMap<String, StringOrList>,
@@ -88,7 +97,7 @@ pub struct RoleSpec {
     pub session_duration: Option<Scalar>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetsSpec {
     /// Every managed instance of each location.

@@ -49,7 +49,9 @@ impl InvocationStatus {
         )
     }
 
-    /// SSM's spelling, as in its API and console.
+    /// SSM's spelling, as in its API and console; flotilla's own `NotStarted`
+    /// is spelled "Not Started" here as in [`StatusDetail`], one spelling
+    /// everywhere (API, results files, reports, metrics).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "Pending",
@@ -60,7 +62,7 @@ impl InvocationStatus {
             Self::Cancelled => "Cancelled",
             Self::TimedOut => "TimedOut",
             Self::Failed => "Failed",
-            Self::NotStarted => "NotStarted",
+            Self::NotStarted => "Not Started",
         }
     }
 }
@@ -176,7 +178,11 @@ impl FromStr for StatusDetail {
 impl FromStr for InvocationStatus {
     type Err = String;
 
+    /// Also reads "NotStarted", as results files written before 0.2 spell it.
     fn from_str(text: &str) -> Result<Self, String> {
+        if text == "NotStarted" {
+            return Ok(Self::NotStarted);
+        }
         Self::ALL
             .into_iter()
             .find(|status| status.as_str() == text)
@@ -217,6 +223,15 @@ mod tests {
         assert!(!StatusDetail::InProgress.is_terminal());
         assert!(StatusDetail::Terminated.is_terminal());
         assert!(StatusDetail::NotStarted.is_terminal());
+        // One spelling of flotilla's own status, coarse or detailed.
+        assert_eq!(
+            StatusDetail::NotStarted.status().as_str(),
+            StatusDetail::NotStarted.as_ssm_str()
+        );
+        assert_eq!(
+            "NotStarted".parse::<InvocationStatus>(),
+            Ok(InvocationStatus::NotStarted)
+        );
     }
 
     #[test]

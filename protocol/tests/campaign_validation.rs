@@ -133,7 +133,37 @@ fn name_description_and_version() {
     );
     rejects(&[("version", "0")], "version", "at least 1");
     assert_eq!(valid(&[("version", "7")]).version, 7);
-    rejects(&[("name", "DELETE")], "", "missing field `name`");
+    rejects(&[("name", "DELETE")], "name", "is required");
+}
+
+#[test]
+fn missing_required_fields_are_all_reported_with_the_rest() {
+    let errors = parse(
+        "description: no name, no steps
+rate_control:
+  max_errors: lots
+",
+    )
+    .unwrap_err();
+    for expected in [
+        "name: is required",
+        "steps: must list at least one step",
+        "accounts: must list account ids",
+        "regions: must list at least one region",
+        "rate_control.max_errors:",
+    ] {
+        assert!(
+            errors.iter().any(|error| error.starts_with(expected)),
+            "{expected:?} missing from {errors:#?}"
+        );
+    }
+    let errors = parse(&spec_with(&[("steps", "\n  - name: only-a-name")])).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.starts_with("steps[0].document:")),
+        "{errors:#?}"
+    );
 }
 
 #[test]
