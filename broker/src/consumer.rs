@@ -10,7 +10,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use protocol::envelope::{self, EnvelopeError, Message};
 
-use crate::publisher::RETRIES_HEADER;
+use crate::publisher::{DUE_HEADER, RETRIES_HEADER};
 use crate::{Backend, Broker, BrokerError, memory};
 
 /// One received message; settle it exactly once with `ack`, `requeue` or
@@ -43,6 +43,30 @@ impl Delivery {
         match &self.inner {
             DeliveryInner::RabbitMq(inner) => header_u32(inner, RETRIES_HEADER),
             DeliveryInner::InProcess(inner) => inner.retries,
+        }
+    }
+
+    /// When a delayed message is due (Unix ms); `None` for messages due at once.
+    pub fn due_ms(&self) -> Option<u64> {
+        match &self.inner {
+            DeliveryInner::RabbitMq(inner) => {
+                let headers = inner.properties.headers().as_ref()?;
+                match headers.inner().get(DUE_HEADER)? {
+                    AMQPValue::LongLongInt(value) => u64::try_from(*value).ok(),
+                    AMQPValue::LongUInt(value) => Some(u64::from(*value)),
+                    AMQPValue::LongInt(value) => u64::try_from(*value).ok(),
+                    _ => None,
+                }
+            }
+            DeliveryInner::InProcess(inner) => inner.due_ms,
+        }
+    }
+
+    /// The encoded message, as published.
+    pub(crate) fn payload(&self) -> &[u8] {
+        match &self.inner {
+            DeliveryInner::RabbitMq(inner) => &inner.data,
+            DeliveryInner::InProcess(inner) => &inner.payload,
         }
     }
 

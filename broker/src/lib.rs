@@ -7,6 +7,8 @@
 //!   after a delay.
 //! - [`consumer`]: consuming with a bounded prefetch and manual acks; a
 //!   [`consumer::Delivery`] is settled exactly once.
+//! - [`delay`]: the delay pumps that move delayed jobs and reports back when
+//!   they are due (no TTLs, no dead-lettering), and why.
 //! - [`memory`]: the in-process twin (`memory://<name>` URLs) with the same
 //!   topology and settlement semantics, for the demo and tests.
 //!
@@ -15,6 +17,7 @@
 //! old connection are redelivered by RabbitMQ to whoever consumes next).
 
 pub mod consumer;
+pub mod delay;
 pub mod memory;
 pub mod publisher;
 pub mod topology;

@@ -1,6 +1,6 @@
 //! The in-process twin of RabbitMQ, for `flotilla demo` and tests: the same
 //! topology (work queues with a delivery limit and dead-lettering, the reports
-//! queue, TTL'd delay queues that dead-letter back into `jobs`), manual acks,
+//! queue, delay queues emptied by the same delay pumps as on RabbitMQ), manual acks,
 //! prefetch, and redelivery of whatever a closed connection held unacked.
 //! `tests/conformance.rs` runs the same behaviours on both.
 //!
@@ -12,10 +12,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
-use std::time::Duration;
 
 use protocol::job::Priority;
-use protocol::names::{DELAY_STEPS_SECONDS, Names, REPORT_RETRY_SECONDS};
+use protocol::names::{DELAY_STEPS_SECONDS, Names};
 use tokio::sync::Notify;
 
 use crate::BrokerError;
@@ -60,8 +59,6 @@ struct Queue {
     /// Returns after which a message is dead-lettered instead of requeued.
     delivery_limit: Option<u32>,
     dead_letter_queue: Option<String>,
-    /// Delay queues: after `ttl` a message moves to `target`.
-    delay: Option<(Duration, String)>,
 }
 
 impl Queue {
@@ -70,7 +67,6 @@ impl Queue {
             ready: VecDeque::new(),
             delivery_limit: None,
             dead_letter_queue: None,
-            delay: None,
         }
     }
 }
@@ -79,6 +75,7 @@ impl Queue {
 struct Message {
     payload: Arc<Vec<u8>>,
     retries: u32,
+    due_ms: Option<u64>,
     /// Deliveries that came back unacked (RabbitMQ's `x-delivery-count`).
     returned: u32,
 }
@@ -131,11 +128,7 @@ impl Hub {
                 state
                     .queues
                     .entry(names.delay_queue_of_step(step, priority))
-                    .or_insert_with(|| Queue {
-                        dead_letter_queue: Some(dead_letter.clone()),
-                        delay: Some((Duration::from_secs(u64::from(step)), queue.clone())),
-                        ..Queue::new()
-                    });
+                    .or_insert_with(Queue::new);
             }
         }
         state
@@ -145,14 +138,7 @@ impl Hub {
         state
             .queues
             .entry(names.reports_delay_queue())
-            .or_insert_with(|| Queue {
-                dead_letter_queue: Some(dead_letter.clone()),
-                delay: Some((
-                    Duration::from_secs(u64::from(REPORT_RETRY_SECONDS)),
-                    names.reports_queue(),
-                )),
-                ..Queue::new()
-            });
+            .or_insert_with(Queue::new);
     }
 
     pub(crate) fn delete(&self, names: &Names) {
@@ -167,25 +153,11 @@ impl Hub {
         self.changed();
     }
 
-    /// Puts a message on a queue, or starts its delay.
+    /// Puts a message on a queue.
     fn enqueue(&self, state: &mut State, queue_name: &str, message: Message) {
-        let Some(queue) = state.queues.get_mut(queue_name) else {
-            // Deleted meanwhile: RabbitMQ drops messages routed nowhere after the fact too.
-            return;
-        };
-        match &queue.delay {
-            Some((ttl, target)) => {
-                let (ttl, target) = (*ttl, target.clone());
-                let hub = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(ttl).await;
-                    let mut state = hub.lock();
-                    hub.enqueue(&mut state, &target, message);
-                    drop(state);
-                    hub.changed();
-                });
-            }
-            None => queue.ready.push_back(message),
+        // Deleted meanwhile: RabbitMQ drops messages routed nowhere after the fact too.
+        if let Some(queue) = state.queues.get_mut(queue_name) {
+            queue.ready.push_back(message);
         }
     }
 
@@ -252,7 +224,7 @@ impl Connection {
         exchange: &str,
         routing_key: &str,
         payload: Vec<u8>,
-        retries: u32,
+        headers: crate::publisher::Headers,
     ) -> Result<(), BrokerError> {
         self.ensure_open()?;
         let mut state = self.hub.lock();
@@ -271,7 +243,8 @@ impl Connection {
         };
         let message = Message {
             payload: Arc::new(payload),
-            retries,
+            retries: headers.retries,
+            due_ms: headers.due_ms,
             returned: 0,
         };
         self.hub.enqueue(&mut state, &queue, message);
@@ -380,6 +353,7 @@ impl Consumer {
             tag,
             payload: message.payload,
             retries: message.retries,
+            due_ms: message.due_ms,
             returned: message.returned,
             settled: false,
         })
@@ -397,6 +371,7 @@ pub(crate) struct Delivery {
     tag: u64,
     pub(crate) payload: Arc<Vec<u8>>,
     pub(crate) retries: u32,
+    pub(crate) due_ms: Option<u64>,
     pub(crate) returned: u32,
     settled: bool,
 }

@@ -16,7 +16,22 @@ use crate::{Backend, Broker, BrokerError};
 /// which RabbitMQ counts itself in `x-delivery-count`).
 pub const RETRIES_HEADER: &str = "x-flotilla-retries";
 
+/// When a delayed message is due (Unix ms), for the delay pumps
+/// (`crate::delay`). Absent on messages that are due at once.
+pub const DUE_HEADER: &str = "x-flotilla-due-ms";
+
 const PERSISTENT: u8 = 2;
+
+/// The flotilla headers of one message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Headers {
+    pub(crate) retries: u32,
+    pub(crate) due_ms: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    protocol::job::UnixMillis::now().0
+}
 
 impl Broker {
     /// Publishes a job to the work queue of its run's priority.
@@ -45,8 +60,10 @@ impl Broker {
                 confirmed += 1;
                 continue;
             }
+            let payload = envelope::encode(job)?;
             pending.push((
-                self.send(&exchange, routing_key, job, 0).await?,
+                self.send_raw(&exchange, routing_key, &payload, Headers::default())
+                    .await?,
                 routing_key,
             ));
             if pending.len() >= PUBLISH_PIPELINE {
@@ -58,7 +75,7 @@ impl Broker {
     }
 
     /// Publishes a job that comes back to its work queue after `delay` (rounded
-    /// up to a delay queue), carrying how many retries it has had.
+    /// up to a delay queue's step), carrying how many retries it has had.
     pub async fn publish_job_after(
         &self,
         job: &Job,
@@ -66,8 +83,14 @@ impl Broker {
         retries: u32,
     ) -> Result<(), BrokerError> {
         let seconds = u32::try_from(delay.as_secs()).unwrap_or(u32::MAX);
-        let queue = self.names().delay_queue(seconds, job.run().priority);
-        self.publish("", &queue, job, retries).await
+        let step = protocol::names::delay_step(seconds);
+        let queue = self.names().delay_queue_of_step(step, job.run().priority);
+        let headers = Headers {
+            retries,
+            due_ms: Some(now_ms() + u64::from(step) * 1000),
+        };
+        self.publish_raw("", &queue, &envelope::encode(job)?, headers)
+            .await
     }
 
     pub async fn publish_report(&self, report: &Report) -> Result<(), BrokerError> {
@@ -84,7 +107,12 @@ impl Broker {
         parks: u32,
     ) -> Result<(), BrokerError> {
         let queue = self.names().reports_delay_queue();
-        self.publish("", &queue, report, parks).await
+        let headers = Headers {
+            retries: parks,
+            due_ms: Some(now_ms() + u64::from(protocol::names::REPORT_RETRY_SECONDS) * 1000),
+        };
+        self.publish_raw("", &queue, &envelope::encode(report)?, headers)
+            .await
     }
 
     async fn publish<M: Message>(
@@ -94,35 +122,88 @@ impl Broker {
         message: &M,
         retries: u32,
     ) -> Result<(), BrokerError> {
-        if let Backend::InProcess(connection) = &self.backend {
-            let payload = envelope::encode(message)?;
-            return connection.publish(exchange, routing_key, payload, retries);
-        }
-        let confirm = self.send(exchange, routing_key, message, retries).await?;
-        check_confirmation(exchange, routing_key, confirm.await?)
+        let headers = Headers {
+            retries,
+            due_ms: None,
+        };
+        self.publish_raw(exchange, routing_key, &envelope::encode(message)?, headers)
+            .await
     }
 
-    /// Sends a message on the confirmed channel; the confirm comes later.
-    async fn send<M: Message>(
+    /// Publishes an encoded message and waits for its confirm.
+    pub(crate) async fn publish_raw(
         &self,
         exchange: &str,
         routing_key: &str,
-        message: &M,
-        retries: u32,
+        payload: &[u8],
+        headers: Headers,
+    ) -> Result<(), BrokerError> {
+        if let Backend::InProcess(connection) = &self.backend {
+            return connection.publish(exchange, routing_key, payload.to_vec(), headers);
+        }
+        let confirm = self
+            .send_raw(exchange, routing_key, payload, headers)
+            .await?;
+        check_confirmation(exchange, routing_key, confirm.await?)
+    }
+
+    /// Publishes encoded messages to one destination with their confirms
+    /// pipelined, as [`Broker::publish_jobs`] does.
+    pub(crate) async fn publish_raw_batch<'a>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        messages: impl IntoIterator<Item = (&'a [u8], Headers)>,
+    ) -> Result<usize, BrokerError> {
+        let mut confirmed = 0;
+        let mut pending = Vec::with_capacity(PUBLISH_PIPELINE);
+        for (payload, headers) in messages {
+            if matches!(self.backend, Backend::InProcess(_)) {
+                self.publish_raw(exchange, routing_key, payload, headers)
+                    .await?;
+                confirmed += 1;
+                continue;
+            }
+            pending.push((
+                self.send_raw(exchange, routing_key, payload, headers)
+                    .await?,
+                routing_key,
+            ));
+            if pending.len() >= PUBLISH_PIPELINE {
+                confirmed += await_confirms(exchange, &mut pending).await?;
+            }
+        }
+        confirmed += await_confirms(exchange, &mut pending).await?;
+        Ok(confirmed)
+    }
+
+    /// Sends an encoded message on the confirmed channel; the confirm comes
+    /// later (RabbitMQ only).
+    pub(crate) async fn send_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        headers: Headers,
     ) -> Result<PublisherConfirm, BrokerError> {
-        let payload = envelope::encode(message)?;
         let Backend::RabbitMq {
             publish_channel, ..
         } = &self.backend
         else {
             return Err(BrokerError::Closed);
         };
-        let mut headers = FieldTable::default();
-        headers.insert(RETRIES_HEADER.into(), AMQPValue::LongUInt(retries));
+        let mut table = FieldTable::default();
+        table.insert(RETRIES_HEADER.into(), AMQPValue::LongUInt(headers.retries));
+        if let Some(due_ms) = headers.due_ms {
+            table.insert(
+                DUE_HEADER.into(),
+                AMQPValue::LongLongInt(i64::try_from(due_ms).unwrap_or(i64::MAX)),
+            );
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/x-flotilla".into())
-            .with_headers(headers);
+            .with_headers(table);
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -132,7 +213,7 @@ impl Broker {
                 exchange.into(),
                 routing_key.into(),
                 options,
-                &payload,
+                payload,
                 properties,
             )
             .await?)
@@ -143,7 +224,7 @@ impl Broker {
 /// to hide the round trip, few enough that a failure repeats little work.
 pub const PUBLISH_PIPELINE: usize = 512;
 
-async fn await_confirms(
+pub(crate) async fn await_confirms(
     exchange: &str,
     pending: &mut Vec<(PublisherConfirm, &str)>,
 ) -> Result<usize, BrokerError> {

@@ -3,10 +3,11 @@
 //!
 //! - `jobs` (direct) → `jobs.bulk` and `jobs.urgent` by routing key `bulk`/`urgent`;
 //! - `reports`, filled through the default exchange;
-//! - `delay.<n>s.<priority>`: no consumer; a message TTL of n seconds, then
-//!   dead-lettered back to `jobs` with the priority's routing key;
-//! - `delay.60s.reports`: no consumer; reports whose results could not be
-//!   written wait here a minute, then go back to `reports`;
+//! - `delayed.<n>s.<priority>`: messages due n seconds after publishing,
+//!   consumed by workers' delay pumps, which publish each back to `jobs` when
+//!   it is due (no TTL, no dead-lettering: see `crate::delay` for why);
+//! - `delayed.60s.reports`: reports whose results could not be written wait
+//!   here a minute; schedulers' pumps put them back on `reports`;
 //! - `dead-letter` (fanout exchange and queue): poison messages, messages past
 //!   their delivery limit and jobs whose retries ran out, for an operator to read.
 
@@ -16,7 +17,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use protocol::job::Priority;
-use protocol::names::{DELAY_STEPS_SECONDS, Names, REPORT_RETRY_SECONDS};
+use protocol::names::{DELAY_STEPS_SECONDS, Names};
 
 /// How often RabbitMQ delivers a message before dead-lettering it. Deliveries
 /// come back when a worker dies holding them; a message that kills every worker
@@ -44,6 +45,13 @@ fn quorum_arguments(dead_letter_exchange: &str) -> FieldTable {
     );
     arguments.insert("x-overflow".into(), long_string("reject-publish"));
     arguments
+}
+
+/// A delay queue is a plain quorum queue: its messages wait for a pump, not
+/// for a TTL, and no delivery limit applies (a pump never decodes them, so
+/// none is poison to it).
+fn delay_arguments(names: &Names) -> FieldTable {
+    quorum_arguments(&names.dead_letter_exchange())
 }
 
 fn durable() -> QueueDeclareOptions {
@@ -117,20 +125,11 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
             )
             .await?;
         for step in DELAY_STEPS_SECONDS {
-            let mut delay_arguments = quorum_arguments(&names.jobs_exchange());
-            delay_arguments.insert(
-                "x-dead-letter-routing-key".into(),
-                long_string(priority.as_str()),
-            );
-            delay_arguments.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongInt(i32::try_from(step * 1000).unwrap_or(i32::MAX)),
-            );
             channel
                 .queue_declare(
                     names.delay_queue_of_step(step, priority).into(),
                     durable(),
-                    delay_arguments,
+                    delay_arguments(names),
                 )
                 .await?;
         }
@@ -138,21 +137,11 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
     channel
         .queue_declare(names.reports_queue().into(), durable(), work_arguments)
         .await?;
-    // Through the default exchange, straight back to the reports queue.
-    let mut report_delay_arguments = quorum_arguments("");
-    report_delay_arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        long_string(&names.reports_queue()),
-    );
-    report_delay_arguments.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongInt(i32::try_from(REPORT_RETRY_SECONDS * 1000).unwrap_or(i32::MAX)),
-    );
     channel
         .queue_declare(
             names.reports_delay_queue().into(),
             durable(),
-            report_delay_arguments,
+            delay_arguments(names),
         )
         .await?;
     Ok(())
@@ -177,7 +166,10 @@ pub fn queue_names(names: &Names) -> Vec<String> {
 
 /// Deletes a deployment's queues and exchanges (test teardown).
 pub async fn delete(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
-    for queue in queue_names(names) {
+    for queue in queue_names(names)
+        .into_iter()
+        .chain(names.legacy_delay_queues())
+    {
         channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await?;

@@ -34,6 +34,18 @@ fn in_process_url() -> String {
     format!("memory://broker-test-{}", Uuid::new_v4())
 }
 
+/// Delay pumps on a connection of their own, as a worker runs them; they stop
+/// (leaving what they hold to be redelivered) when the returned broker closes.
+async fn start_pumps(url: &str, names: &Names) -> (Broker, tokio_util::sync::CancellationToken) {
+    let pumps = connect(url, names).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    for delay in broker::delay::job_delay_queues(names) {
+        let tag = format!("pump-{}", delay.queue);
+        tokio::spawn(broker::delay::pump(pumps.clone(), delay, tag, stop.clone()));
+    }
+    (pumps, stop)
+}
+
 /// Deletes a test's queues and exchanges when dropped, so a failing test
 /// leaves nothing on the broker either (`scripts/test` sweeps what a killed
 /// run left).
@@ -93,6 +105,7 @@ conformance!(
     jobs_reach_the_queue_of_their_priority_and_are_acked,
     a_delayed_job_comes_back_to_its_work_queue_after_the_delay,
     a_burst_of_delayed_jobs_all_come_back,
+    delayed_jobs_held_by_a_dead_pump_come_back_through_another,
     jobs_published_together_all_arrive_once,
     rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue,
     what_a_closed_connection_held_unacked_is_redelivered,
@@ -161,6 +174,7 @@ async fn jobs_reach_the_queue_of_their_priority_and_are_acked(url: &str, names: 
 
 async fn a_delayed_job_comes_back_to_its_work_queue_after_the_delay(url: &str, names: Names) {
     let broker = connect(url, &names).await;
+    let (_pumps, _stop) = start_pumps(url, &names).await;
     let delayed = job(Priority::Urgent);
     let published = Instant::now();
     broker
@@ -354,6 +368,7 @@ async fn reports_reach_the_reports_queue_and_depths_count_ready_messages(url: &s
 /// have had bugs here: rabbitmq-server#10718).
 async fn a_burst_of_delayed_jobs_all_come_back(url: &str, names: Names) {
     let broker = connect(url, &names).await;
+    let (_pumps, _stop) = start_pumps(url, &names).await;
     let jobs: Vec<Job> = (0..300).map(|_| job(Priority::Bulk)).collect();
     for job in &jobs {
         broker
@@ -375,6 +390,50 @@ async fn a_burst_of_delayed_jobs_all_come_back(url: &str, names: Names) {
             })
             .expect("the consumer is open")
             .unwrap();
+        back.insert(delivery.decode::<Job>().unwrap().job_id());
+        delivery.ack().await.unwrap();
+    }
+    broker.delete_topology().await.unwrap();
+}
+
+/// A pump that dies (its connection closed, as in a broker restart or a
+/// killed worker) while holding delayed jobs strands none of them: another
+/// pump moves them when they are due, and none comes back before it is due.
+async fn delayed_jobs_held_by_a_dead_pump_come_back_through_another(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let jobs: Vec<Job> = (0..50).map(|_| job(Priority::Bulk)).collect();
+    let published = Instant::now();
+    for job in &jobs {
+        broker
+            .publish_job_after(job, Duration::from_secs(5), 0)
+            .await
+            .unwrap();
+    }
+    let (first, first_stop) = start_pumps(url, &names).await;
+    // Let the first pump take the delayed jobs, then kill it before they are due.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.close().await;
+    first_stop.cancel();
+    let mut bulk = broker.consume(&names.bulk_queue(), 50, "b").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), bulk.next())
+            .await
+            .is_err(),
+        "nothing comes back while no pump runs"
+    );
+    let (_second, _second_stop) = start_pumps(url, &names).await;
+    let mut back = std::collections::HashSet::new();
+    while back.len() < jobs.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), bulk.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} came back", back.len(), jobs.len()))
+            .expect("the consumer is open")
+            .unwrap();
+        assert!(
+            published.elapsed() >= Duration::from_millis(4900),
+            "due after 5 s, back after {:?}",
+            published.elapsed()
+        );
         back.insert(delivery.decode::<Job>().unwrap().job_id());
         delivery.ack().await.unwrap();
     }

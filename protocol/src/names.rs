@@ -6,8 +6,10 @@
 //!   never waits behind a million-instance scan;
 //! - `reports` queue: worker → scheduler results;
 //! - `dead-letter` exchange and queue: poison messages and exhausted retries;
-//! - `delay.<seconds>s.<priority>` queues: no consumers, a message TTL, and dead-lettering back
-//!   into `jobs` — how a worker waits for a command without holding a delivery.
+//! - `delayed.<seconds>s.<priority>` queues: messages due `<seconds>` after
+//!   they were published, moved back into `jobs` by the workers' delay pumps
+//!   (`broker::delay`) — how a worker waits for a command without holding a
+//!   delivery; `delayed.60s.reports` likewise for reports, pumped by schedulers.
 //!
 //! Redis keys of one run share the hash tag `{<run-id>}`, so they live on one Redis
 //! Cluster slot and one Lua script can update them atomically.
@@ -18,6 +20,15 @@ use crate::job::Priority;
 
 /// Delays a worker may ask for, in seconds; each is one TTL'd queue.
 pub const DELAY_STEPS_SECONDS: [u32; 5] = [1, 5, 15, 60, 300];
+
+/// The step of [`DELAY_STEPS_SECONDS`] a delay of `seconds` waits: the
+/// smallest at least that long, or the longest.
+pub fn delay_step(seconds: u32) -> u32 {
+    DELAY_STEPS_SECONDS
+        .into_iter()
+        .find(|step| *step >= seconds)
+        .unwrap_or(DELAY_STEPS_SECONDS[DELAY_STEPS_SECONDS.len() - 1])
+}
 
 /// How long a report whose results could not be written waits before it is
 /// tried again.
@@ -88,20 +99,18 @@ impl Names {
         }
     }
 
-    /// The delay queue for the smallest step at least `seconds` long; it
-    /// dead-letters back into the work queue of `priority`.
+    /// The delay queue for the smallest step at least `seconds` long; workers'
+    /// delay pumps move its messages back into the work queue of `priority`
+    /// when they are due.
     pub fn delay_queue(&self, seconds: u32, priority: Priority) -> String {
-        let step = DELAY_STEPS_SECONDS
-            .into_iter()
-            .find(|step| *step >= seconds)
-            .unwrap_or(DELAY_STEPS_SECONDS[DELAY_STEPS_SECONDS.len() - 1]);
-        self.delay_queue_of_step(step, priority)
+        self.delay_queue_of_step(delay_step(seconds), priority)
     }
 
-    /// The delay queue of one of [`DELAY_STEPS_SECONDS`].
+    /// The delay queue of one of [`DELAY_STEPS_SECONDS`]. (`delayed.`, not the
+    /// `delay.` of the TTL queues flotilla used before: see `broker::delay`.)
     pub fn delay_queue_of_step(&self, step_seconds: u32, priority: Priority) -> String {
         format!(
-            "{}.delay.{step_seconds}s.{}",
+            "{}.delayed.{step_seconds}s.{}",
             self.prefix,
             priority.as_str()
         )
@@ -111,7 +120,23 @@ impl Names {
     /// reports queue: one whose results could not be written (its run paused)
     /// is tried again later instead of blocking every other run's reports.
     pub fn reports_delay_queue(&self) -> String {
-        format!("{}.delay.{REPORT_RETRY_SECONDS}s.reports", self.prefix)
+        format!("{}.delayed.{REPORT_RETRY_SECONDS}s.reports", self.prefix)
+    }
+
+    /// The TTL'd delay queues of flotilla before 0.2 (dead-lettering back to
+    /// `jobs`), which `flotilla admin purge` still removes.
+    pub fn legacy_delay_queues(&self) -> Vec<String> {
+        let mut queues = Vec::new();
+        for priority in [Priority::Bulk, Priority::Urgent] {
+            for step in DELAY_STEPS_SECONDS {
+                queues.push(format!(
+                    "{}.delay.{step}s.{}",
+                    self.prefix,
+                    priority.as_str()
+                ));
+            }
+        }
+        queues
     }
 
     /// The global kill switch: present means no worker sends anything.
@@ -244,12 +269,15 @@ mod tests {
     #[test]
     fn delays_round_up_to_a_queue_that_exists() {
         let names = Names::new("t");
-        assert_eq!(names.delay_queue(0, Priority::Bulk), "t.delay.1s.bulk");
-        assert_eq!(names.delay_queue(5, Priority::Bulk), "t.delay.5s.bulk");
-        assert_eq!(names.delay_queue(6, Priority::Urgent), "t.delay.15s.urgent");
+        assert_eq!(names.delay_queue(0, Priority::Bulk), "t.delayed.1s.bulk");
+        assert_eq!(names.delay_queue(5, Priority::Bulk), "t.delayed.5s.bulk");
+        assert_eq!(
+            names.delay_queue(6, Priority::Urgent),
+            "t.delayed.15s.urgent"
+        );
         assert_eq!(
             names.delay_queue(10_000, Priority::Bulk),
-            "t.delay.300s.bulk"
+            "t.delayed.300s.bulk"
         );
     }
 

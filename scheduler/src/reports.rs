@@ -85,11 +85,25 @@ impl Scheduler {
             let _ = consumer.cancel().await;
             Ok(())
         };
-        tokio::select! {
+        // Reports that waited a minute (unwritable results) go back to the
+        // reports queue through a delay pump, as delayed jobs do in workers.
+        let pump = broker::delay::pump(
+            self.broker.clone(),
+            broker::delay::report_delay_queue(self.broker.names()),
+            format!("{}-report-delay-pump", self.config.name),
+            stop.clone(),
+        );
+        let result = tokio::select! {
             result = work => result,
             () = watch => Ok(()),
             () = ticker => Ok(()),
-        }
+            pumped = pump => match pumped {
+                Ok(()) => Ok(()),
+                Err(error) => Err(error.into()),
+            },
+        };
+        stop.cancel();
+        result
     }
 
     /// Handles one delivery, retrying outages in place until they pass (or the

@@ -153,6 +153,19 @@ async fn consume<S: Store>(
             &format!("{}-bulk", config.name),
         )
         .await?;
+    // Every worker moves delayed jobs back when they are due (see
+    // `broker::delay`): as many pumps as workers, none to configure.
+    let pumps_stop = stop.child_token();
+    let mut pumps = JoinSet::new();
+    for delay in broker::delay::job_delay_queues(&names) {
+        let tag = format!("{}-{}", config.name, delay.queue);
+        pumps.spawn(broker::delay::pump(
+            context.broker.clone(),
+            delay,
+            tag,
+            pumps_stop.clone(),
+        ));
+    }
     let permits = Arc::new(Semaphore::new(usize::from(prefetch)));
     // Dropping the set aborts its jobs: a worker whose task is aborted stops
     // everything it was doing, like a killed process.
@@ -169,6 +182,12 @@ async fn consume<S: Store>(
         let delivery = tokio::select! {
             biased;
             () = stop.cancelled() => break None,
+            Some(pumped) = pumps.join_next() => {
+                break Some(match pumped {
+                    Ok(Err(error)) => error,
+                    Ok(Ok(())) | Err(_) => BrokerError::Closed,
+                });
+            }
             delivery = urgent.next() => delivery,
             delivery = bulk.next() => delivery,
         };
@@ -188,6 +207,8 @@ async fn consume<S: Store>(
             }
         }
     };
+    pumps_stop.cancel();
+    while pumps.join_next().await.is_some() {}
     if let Some(error) = lost {
         return Err(error);
     }
