@@ -864,17 +864,9 @@ async fn results_can_go_to_s3() {
             && key.ends_with(".jsonl.gz")),
         "{keys:?}"
     );
-    let store = scheduler::sink::ResultsStore::s3(
-        "flotilla-results",
-        "nightly",
-        &scheduler::sink::S3Settings {
-            endpoint_url: Some(stack.sim.endpoint_url()),
-            region: Some("us-east-1".into()),
-            credentials: Some(("AKIAFLOTILLASIMULATOR".into(), "secret".into())),
-        },
-    )
-    .unwrap();
-    let records = store.read_run(run_id).await.unwrap();
+    let records = stack
+        .s3_records("flotilla-results", "nightly", run_id)
+        .await;
     assert_eq!(
         records.len() as u64,
         progress.total_targets,
@@ -941,17 +933,9 @@ async fn a_bucket_that_refuses_writes_pauses_only_its_own_run() {
         .wait_until_final(refused_run, Duration::from_secs(150))
         .await;
     assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
-    let store = scheduler::sink::ResultsStore::s3(
-        "locked-bucket",
-        "nightly",
-        &scheduler::sink::S3Settings {
-            endpoint_url: Some(stack.sim.endpoint_url()),
-            region: Some("us-east-1".into()),
-            credentials: Some(("AKIAFLOTILLASIMULATOR".into(), "secret".into())),
-        },
-    )
-    .unwrap();
-    let records = store.read_run(refused_run).await.unwrap();
+    let records = stack
+        .s3_records("locked-bucket", "nightly", refused_run)
+        .await;
     let unique: HashSet<&str> = records.iter().map(|r| r.instance_id.as_str()).collect();
     assert_eq!(
         records.len() as u64,

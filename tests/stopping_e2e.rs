@@ -21,19 +21,13 @@ use support::{Backend, Stack};
 
 /// 8 batches of 50, all admitted at once, one SendCommand a second.
 const TARGETS: u32 = 400;
-const RATE_LIMITED: &str = "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo hi\"]
-    timeout: 60s
-rate_control:
-  max_concurrency: 100%
-  max_errors: 0
-api_rate_limits:
-  send_command: 1
-";
+
+fn rate_limited() -> String {
+    format!(
+        "{}api_rate_limits:\n  send_command: 1\n",
+        support::one_step("  max_concurrency: 100%\n  max_errors: 0\n")
+    )
+}
 
 /// The gate is read right before each SendCommand; one already past it when
 /// the run stopped may still arrive this long after.
@@ -43,7 +37,7 @@ async fn started(backend: Backend, failing: bool) -> (Stack, uuid::Uuid) {
     let mut stack = Stack::start_on(support::single_location(TARGETS, failing), backend).await;
     stack.spawn_worker("worker-a", 8);
     stack.spawn_worker("worker-b", 8);
-    let campaign = stack.campaign("stoppable", RATE_LIMITED);
+    let campaign = stack.campaign("stoppable", rate_limited());
     let run_id = stack.start_run(&campaign).await;
     stack.wait_for_commands(1).await;
     (stack, run_id)

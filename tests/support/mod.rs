@@ -460,6 +460,21 @@ impl Stack {
         sink::read_run(self.results.path(), run_id).unwrap()
     }
 
+    /// Every result of a run written to the simulator's S3 under `bucket/prefix`.
+    pub async fn s3_records(&self, bucket: &str, prefix: &str, run_id: Uuid) -> Vec<ResultRecord> {
+        let store = sink::ResultsStore::s3(
+            bucket,
+            prefix,
+            &sink::S3Settings {
+                endpoint_url: Some(self.sim.endpoint_url()),
+                region: Some("us-east-1".into()),
+                credentials: Some(("AKIAFLOTILLASIMULATOR".into(), "secret".into())),
+            },
+        )
+        .unwrap();
+        store.read_run(run_id).await.unwrap()
+    }
+
     /// SendCommands the simulator received, oldest first.
     pub fn commands(&self) -> Vec<SentCommand> {
         sim::admin::command_records(&self.sim.state)
