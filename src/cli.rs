@@ -90,6 +90,21 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::KillCommand,
     },
+    /// API tokens: create (printed once), list, revoke; offline in a tokens
+    /// file or through the API.
+    Token {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
+        #[command(subcommand)]
+        command: crate::access::TokenCommand,
+    },
+    /// The audit trail: who did what, from where, why, and how it ended.
+    Audit {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        args: crate::access::AuditArgs,
+    },
     /// Maintenance of a deployment's queues and keys (talks to RabbitMQ and Redis).
     Admin {
         #[command(subcommand)]
@@ -125,6 +140,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),
         Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
         Command::Admin { command } => crate::admin::admin(command, &mut out),
+        Command::Token { api, command } => crate::access::token(&api, command, &mut out),
+        Command::Audit { api, args } => crate::access::audit(&api, args, &mut out),
     }
 }
 

@@ -8,10 +8,49 @@ use serde::de::DeserializeOwned;
 pub struct ApiClient {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization` header value; never logged or shown.
+    authorization: Option<String>,
+}
+
+/// The caller's API token: `FLOTILLA_TOKEN`, or the first line of the file
+/// `FLOTILLA_TOKEN_FILE` names.
+fn token_from_environment() -> anyhow::Result<Option<String>> {
+    if let Ok(token) = std::env::var("FLOTILLA_TOKEN") {
+        let token = token.trim().to_string();
+        return Ok((!token.is_empty()).then_some(token));
+    }
+    let Ok(path) = std::env::var("FLOTILLA_TOKEN_FILE") else {
+        return Ok(None);
+    };
+    let metadata =
+        std::fs::metadata(&path).with_context(|| format!("FLOTILLA_TOKEN_FILE {path}"))?;
+    if metadata.len() > 4096 {
+        bail!("FLOTILLA_TOKEN_FILE {path} is larger than a token (4096 bytes)");
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("FLOTILLA_TOKEN_FILE {path}"))?;
+    Ok(text
+        .lines()
+        .next()
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .map(String::from))
 }
 
 impl ApiClient {
+    /// A client of the API at `base`, authenticating with the token of the
+    /// environment (`FLOTILLA_TOKEN` or `FLOTILLA_TOKEN_FILE`) if there is one.
     pub fn new(base: &str) -> Self {
+        let mut client = Self::anonymous(base);
+        match token_from_environment() {
+            Ok(token) => client.authorization = token.map(|token| format!("Bearer {token}")),
+            Err(error) => eprintln!("warning: {error:#}; calling the API without a token"),
+        }
+        client
+    }
+
+    /// A client that sends no token.
+    pub fn anonymous(base: &str) -> Self {
         let config = ureq::Agent::config_builder()
             // API errors carry a JSON message worth showing; read them as responses.
             .http_status_as_error(false)
@@ -20,6 +59,20 @@ impl ApiClient {
         Self {
             base: base.trim_end_matches('/').to_string(),
             agent: config.into(),
+            authorization: None,
+        }
+    }
+
+    /// Sends `token` as the bearer token.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.authorization = Some(format!("Bearer {token}"));
+        self
+    }
+
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("Authorization", value),
+            None => request,
         }
     }
 
@@ -70,7 +123,7 @@ impl ApiClient {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.finish(path, self.agent.get(&self.url(path)).call())
+        self.finish(path, self.authorize(self.agent.get(&self.url(path))).call())
     }
 
     pub fn post<T: DeserializeOwned>(
@@ -81,8 +134,7 @@ impl ApiClient {
     ) -> anyhow::Result<T> {
         self.finish(
             path,
-            self.agent
-                .post(&self.url(path))
+            self.authorize(self.agent.post(&self.url(path)))
                 .header("Content-Type", content_type)
                 .send(body),
         )
@@ -97,6 +149,9 @@ impl ApiClient {
     }
 
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.finish(path, self.agent.delete(&self.url(path)).call())
+        self.finish(
+            path,
+            self.authorize(self.agent.delete(&self.url(path))).call(),
+        )
     }
 }

@@ -7,7 +7,9 @@
 //!   through [`client`], the scheduler API's client.
 //! - [`report`]: `flotilla report`'s summaries and formats.
 //! - [`admin`]: `flotilla admin purge`, removing a deployment's queues and keys.
+//! - [`access`]: `flotilla token` and `flotilla audit`.
 
+pub mod access;
 pub mod admin;
 pub mod bench;
 pub mod cli;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,12 +20,15 @@ pub struct ConnectionArgs {
     #[arg(
         long,
         env = "FLOTILLA_AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+    /// Redis URL (a password in it is never logged or shown by --help).
     #[arg(
         long,
         env = "FLOTILLA_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379/"
     )]
     pub redis_url: String,
@@ -74,6 +78,24 @@ pub struct SchedulerArgs {
     pub aws_endpoint_url: Option<String>,
     #[arg(long, env = "FLOTILLA_AWS_REGION")]
     pub aws_region: Option<String>,
+    /// API tokens (JSON lines of hashes, made by `flotilla token create
+    /// --tokens-file`). Setting it turns authentication on; tokens made
+    /// through the API (kept in Redis) are then accepted too. Re-read when it
+    /// changes.
+    #[arg(long, env = "FLOTILLA_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve the API on a non-loopback address without authentication.
+    /// Anyone who reaches it can run commands on every host: tests only.
+    #[arg(long, env = "FLOTILLA_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// `/metrics` needs a token too (a viewer's suffices); by default it is
+    /// open, as it holds counts only, never ids or secrets.
+    #[arg(long, env = "FLOTILLA_METRICS_NEED_TOKEN")]
+    pub metrics_need_token: bool,
+    /// Where audit files go besides the Redis stream: a directory or
+    /// s3://bucket/prefix.
+    #[arg(long, env = "FLOTILLA_AUDIT_OUTPUT", default_value = "flotilla-audit")]
+    pub audit_output: String,
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -142,12 +164,46 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         region: args.aws_region,
         credentials: None,
     };
+    config.auth = scheduler::auth::AuthSettings {
+        tokens_file: args
+            .tokens_file
+            .map(scheduler::auth::TokensFile::open)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        metrics_open: !args.metrics_need_token,
+    };
+    config.audit_output = Some(
+        protocol::campaign::parse_output(Some(&args.audit_output))
+            .map_err(|error| anyhow::anyhow!("--audit-output: {error}"))?,
+    );
+    scheduler::auth::check_listen(args.listen, &config.auth, args.insecure_no_auth)
+        .map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(api = %args.listen, "scheduler starting");
+        tracing::info!(api = %args.listen, authentication = !config.auth.is_open(), "scheduler starting");
+        if config.auth.is_open() {
+            let public = !args.listen.ip().is_loopback();
+            tokio::spawn(warn_without_auth(args.listen, public));
+        }
         scheduler::run(config, Some(listener), termination()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Without authentication: says so at start, and every minute when the API
+/// is reachable from other machines (`--insecure-no-auth`).
+async fn warn_without_auth(listen: SocketAddr, public: bool) {
+    let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every_minute.tick().await;
+        tracing::warn!(
+            %listen,
+            "the API has no authentication: anyone who reaches it acts as admin (set --tokens-file)"
+        );
+        if !public {
+            return;
+        }
+    }
 }

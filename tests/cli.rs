@@ -354,3 +354,71 @@ fn logs_to_a_pipe_are_plain_text_or_json_lines() {
         );
     }
 }
+
+#[test]
+fn a_scheduler_on_a_public_address_without_authentication_refuses_to_start() {
+    let output = flotilla(&["scheduler", "--listen", "0.0.0.0:0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for hint in [
+        "without authentication",
+        "flotilla token create",
+        "--tokens-file",
+        "--insecure-no-auth",
+    ] {
+        assert!(stderr.contains(hint), "missing {hint:?}: {stderr}");
+    }
+}
+
+#[test]
+fn tokens_are_made_listed_and_revoked_in_a_tokens_file_and_shown_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let file_arg = file.to_str().unwrap();
+    let made = flotilla(&[
+        "token",
+        "create",
+        "--name",
+        "ada",
+        "--role",
+        "admin",
+        "--expires",
+        "90d",
+        "--tokens-file",
+        file_arg,
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let token = stdout(&made).trim().to_string();
+    assert!(token.starts_with("flt_") && token.len() == 68, "{token}");
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&token[4..]), "only the hash is kept");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the tokens file is its owner's only");
+    }
+    let listed = stdout(&flotilla(&["token", "list", "--tokens-file", file_arg]));
+    assert!(
+        listed.contains("ada") && listed.contains("admin") && !listed.contains(&token[4..]),
+        "{listed}"
+    );
+    let bad = flotilla(&[
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--role",
+        "root",
+        "--tokens-file",
+        file_arg,
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("viewer, operator, approver, admin"));
+    let revoked = flotilla(&["token", "revoke", "ada", "--tokens-file", file_arg]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert!(
+        stdout(&flotilla(&["token", "list", "--tokens-file", file_arg]))
+            .trim()
+            .is_empty()
+    );
+}

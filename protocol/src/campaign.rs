@@ -888,7 +888,7 @@ pub fn short_duration(duration: Duration) -> String {
     }
 }
 
-fn parse_output(output: Option<&str>) -> Result<OutputLocation, String> {
+pub fn parse_output(output: Option<&str>) -> Result<OutputLocation, String> {
     let Some(output) = output else {
         return Ok(OutputLocation::Local(PathBuf::from(
             DEFAULT_OUTPUT_DIRECTORY,

@@ -139,6 +139,16 @@ impl Names {
         queues
     }
 
+    /// The audit trail: a stream of JSON records, trimmed to 30 days.
+    pub fn audit_stream_key(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+
+    /// API tokens made through the API: hex SHA-256 → record (never a token).
+    pub fn tokens_key(&self) -> String {
+        format!("{}:tokens", self.prefix)
+    }
+
     /// The global kill switch: present means no worker sends anything.
     pub fn kill_switch_key(&self) -> String {
         format!("{}:kill", self.prefix)

@@ -11,10 +11,16 @@
 //! | `POST /events` | an EventBridge event (or a list of them) |
 //! | `POST /alerts` | an Alertmanager webhook payload |
 //! | `GET /healthz`, `GET /metrics` | liveness; Prometheus metrics |
+//! | `GET /audit?since=&principal=&action=&limit=` | the audit trail, oldest first |
+//! | `GET /tokens`, `POST /tokens`, `DELETE /tokens/{name}` | API tokens (admin) |
+//!
+//! Every route but `/healthz` (and `/metrics` unless configured) needs a bearer
+//! token whose role allows it; see [`crate::access`] and [`crate::auth`].
 //!
 //! Errors are `{"error": "…"}` (and `"problems": […]` for an invalid spec) with
 //! 400 for bad input, 404 for unknown names, 503 while RabbitMQ or Redis is away.
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +33,8 @@ use store::{KillScope, Store};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::audit::{AuditQuery, AuditRecord};
+use crate::auth::{Principal, Role, TokenRecord};
 use crate::runs::{RunProgress, StartOptions};
 use crate::triggers::{AlertmanagerPayload, Event};
 use crate::{Scheduler, SchedulerError};
@@ -41,6 +49,7 @@ pub type CurrentScheduler = watch::Receiver<Option<Scheduler>>;
 pub struct ApiState {
     pub current: CurrentScheduler,
     pub metrics: crate::metrics::SchedulerMetrics,
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl axum::extract::FromRef<ApiState> for CurrentScheduler {
@@ -68,6 +77,16 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/events", post(events))
         .route("/alerts", post(alerts))
+        .route("/audit", get(audit_query))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{name}", axum::routing::delete(revoke_tokens))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::guard,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::access::MAX_REQUEST_BYTES,
+        ))
         .with_state(state)
 }
 
@@ -237,6 +256,7 @@ pub struct StartedRun {
 
 async fn start_run(
     State(current): State<CurrentScheduler>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: String,
 ) -> ApiResult<StartedRun> {
@@ -254,6 +274,7 @@ async fn start_run(
     let options = StartOptions {
         plan_only: request.plan_only,
         campaign_version: Some(stored.version),
+        started_by: principal.name,
         ..StartOptions::default()
     };
     let run_id = scheduler.start_run(&campaign, options).await?;
@@ -478,7 +499,111 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn audit_query(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<Vec<AuditRecord>> {
+    let scheduler = scheduler(&current)?;
+    Ok(Json(scheduler.audit()?.query(&query).await?))
+}
+
+/// A stored token as listed: never the token, only the start of its hash.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListedToken {
+    pub name: String,
+    pub role: Role,
+    pub sha256_prefix: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub created_by: String,
+}
+
+impl From<TokenRecord> for ListedToken {
+    fn from(record: TokenRecord) -> Self {
+        Self {
+            name: record.name,
+            role: record.role,
+            sha256_prefix: record.sha256.chars().take(8).collect(),
+            created_ms: record.created_ms,
+            expires_ms: record.expires_ms,
+            created_by: record.created_by,
+        }
+    }
+}
+
+async fn list_tokens(State(current): State<CurrentScheduler>) -> ApiResult<Vec<ListedToken>> {
+    let scheduler = scheduler(&current)?;
+    let tokens = scheduler.stored_tokens().await?;
+    Ok(Json(tokens.into_iter().map(ListedToken::from).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    role: String,
+    /// `90d`, `12h`, …; none for a token that does not expire.
+    expires_in: Option<String>,
+}
+
+async fn create_token(
+    State(current): State<CurrentScheduler>,
+    Extension(principal): Extension<Principal>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let request: CreateToken = serde_json::from_str(&body).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
+    })?;
+    let role: Role = request.role.parse().map_err(|error: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("role: {error}"))
+    })?;
+    let expires_ms = request
+        .expires_in
+        .as_deref()
+        .map(|text| {
+            humantime::parse_duration(text)
+                .map(|duration| crate::now_ms().saturating_add(duration.as_millis() as u64))
+                .map_err(|error| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("expires_in: {error}; use e.g. 90d or 12h"),
+                    )
+                })
+        })
+        .transpose()?;
+    let (token, record) = scheduler
+        .create_token(&request.name, role, expires_ms, &principal)
+        .await?;
+    Ok(Json(json!({
+        "token": token,
+        "name": record.name,
+        "role": record.role,
+        "expires_ms": record.expires_ms,
+    })))
+}
+
+async fn revoke_tokens(
+    State(current): State<CurrentScheduler>,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let revoked = scheduler.revoke_tokens(&name).await?;
+    if revoked == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no stored token names {name:?} (tokens of the tokens file are revoked in the file)"
+            ),
+        ));
+    }
+    Ok(Json(json!({ "revoked": revoked })))
 }

@@ -365,6 +365,7 @@ pub(crate) fn run_hash_fields(
         ("priority", run.priority.to_string()),
         ("state", state.as_str().to_string()),
         ("reason", format!("started by {}", run.started_by)),
+        ("started_by", run.started_by.to_string()),
         ("plan_only", u8::from(run.plan_only).to_string()),
         ("created_ms", run.created_ms.to_string()),
         ("location_count", location_count.to_string()),

@@ -8,7 +8,11 @@
 //! - [`reports`]: the reports consumer — applies each report once, writes
 //!   results before acking, admits what may start next, finishes runs.
 //! - [`campaigns`]: the versioned campaign store.
-//! - [`api`]: the HTTP API (axum, JSON) the CLI talks to.
+//! - [`api`]: the HTTP API (axum, JSON) the CLI talks to; every route but
+//!   `/healthz` behind [`auth`] (bearer tokens, roles) and recorded in [`audit`].
+//! - [`auth`]: principals, roles, the permission each route needs, tokens.
+//! - [`tokens`]: API-made tokens in Redis (hashes only).
+//! - [`audit`]: the append-only audit trail (Redis stream and durable files).
 //! - [`triggers`]: events and Alertmanager alerts that start or stop runs, and
 //!   the ticker that starts delayed runs.
 //! - [`schedules`]: cron/rate schedules, fired exactly once per occurrence by
@@ -20,7 +24,10 @@
 //! - [`twin`]: the in-process twin of the ledger, campaign store and schedule
 //!   lease (`memory://<name>` as the Redis URL), for the demo and tests.
 
+pub mod access;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod campaigns;
 pub mod ledger;
 pub mod metrics;
@@ -29,6 +36,7 @@ pub mod reports;
 pub mod runs;
 pub mod schedules;
 pub mod sink;
+pub mod tokens;
 pub mod triggers;
 pub mod twin;
 
@@ -115,6 +123,12 @@ pub struct SchedulerConfig {
     /// dead leader's schedules wait for another replica. Renewed every second.
     pub lease_ttl: std::time::Duration,
     pub clock: crate::schedules::SchedulerClock,
+    /// How the API authenticates; open (everyone is `anonymous`) unless a
+    /// tokens file is set.
+    pub auth: crate::auth::AuthSettings,
+    /// Where audit files go besides the Redis stream (a directory or
+    /// `s3://bucket/prefix`); `None` keeps only the stream.
+    pub audit_output: Option<protocol::campaign::OutputLocation>,
 }
 
 impl SchedulerConfig {
@@ -129,6 +143,8 @@ impl SchedulerConfig {
             organizations: Default::default(),
             lease_ttl: std::time::Duration::from_secs(10),
             clock: crate::schedules::SchedulerClock::system(),
+            auth: crate::auth::AuthSettings::default(),
+            audit_output: None,
         }
     }
 }
@@ -230,6 +246,40 @@ impl Scheduler {
     pub fn broker(&self) -> &Broker {
         &self.broker
     }
+
+    /// The audit trail of this deployment.
+    pub fn audit(&self) -> Result<crate::audit::AuditLog, SchedulerError> {
+        let files = self
+            .config
+            .audit_output
+            .as_ref()
+            .map(|output| self.results_store(output))
+            .transpose()?;
+        Ok(crate::audit::AuditLog::new(
+            self.ledger.backend().clone(),
+            self.broker.names().audit_stream_key(),
+            files,
+        ))
+    }
+
+    /// Appends a record of the scheduler's own act (a schedule firing, an
+    /// event or alert acting); a failure to record is logged, not fatal.
+    pub async fn audit_internal(
+        &self,
+        principal: String,
+        action: &str,
+        object: String,
+        reason: String,
+    ) {
+        let record = crate::audit::AuditRecord::internal(principal, action, object, reason);
+        let appended = match self.audit() {
+            Ok(log) => log.append(&record).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = appended {
+            tracing::error!(error = %error, action, "could not write an audit record");
+        }
+    }
 }
 
 /// Runs a scheduler until `shutdown`: connects, serves reports (and the HTTP
@@ -250,11 +300,13 @@ pub async fn run(
     let (current, current_receiver) = tokio::sync::watch::channel(None::<Scheduler>);
     let metrics = crate::metrics::SchedulerMetrics::new()
         .map_err(|error| SchedulerError::Invalid(format!("metrics: {error}")))?;
+    metrics.set_insecure(config.auth.is_open());
     let api = listener.map(|listener| {
         let stop = stop.clone();
         let state = api::ApiState {
             current: current_receiver,
             metrics: metrics.clone(),
+            auth: config.auth.clone(),
         };
         tokio::spawn(async move {
             if let Err(error) = api::serve(listener, state, stop.cancelled_owned()).await {

@@ -20,6 +20,7 @@ pub struct SchedulerMetrics {
     leader: prometheus::IntGauge,
     results_unwritable: IntCounterVec,
     connected: IntGaugeVec,
+    insecure: prometheus::IntGauge,
 }
 
 impl SchedulerMetrics {
@@ -109,6 +110,10 @@ impl SchedulerMetrics {
             ),
             &["service"],
         )?;
+        let insecure = prometheus::IntGauge::new(
+            "flotilla_scheduler_insecure",
+            "1 while the API runs without authentication (no tokens file)",
+        )?;
         let leader = prometheus::IntGauge::new(
             "flotilla_scheduler_schedule_leader",
             "1 while this replica holds the schedule leader lease",
@@ -127,6 +132,7 @@ impl SchedulerMetrics {
             Box::new(queue_messages.clone()),
             Box::new(results_unwritable.clone()),
             Box::new(connected.clone()),
+            Box::new(insecure.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -145,7 +151,12 @@ impl SchedulerMetrics {
             leader,
             results_unwritable,
             connected,
+            insecure,
         })
+    }
+
+    pub fn set_insecure(&self, insecure: bool) {
+        self.insecure.set(i64::from(insecure));
     }
 
     pub fn results_unwritable(&self, permanent: bool) {
@@ -168,9 +179,12 @@ impl SchedulerMetrics {
     }
 
     pub fn run_started(&self, campaign: &str, started_by: &str) {
-        // Event and schedule starts say so; anything else is an operator.
-        let started_by = match started_by {
-            "schedule" | "event" => started_by,
+        // Event and schedule starts say so (`schedule:<campaign>`,
+        // `event:<instance>`: the label keeps only the kind); anything else is
+        // an operator, whose name is never a label.
+        let started_by = match started_by.split_once(':') {
+            Some(("schedule", _)) => "schedule",
+            Some(("event", _)) => "event",
             _ => "operator",
         };
         self.runs_started

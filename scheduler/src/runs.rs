@@ -128,6 +128,10 @@ pub struct RunProgress {
     /// Results per step, by SSM status detail (`Success`, `Failed`, `Not Started`, …).
     pub results: BTreeMap<u16, BTreeMap<String, u64>>,
     pub output_dir: String,
+    /// The principal that started it: a token's name, `anonymous`,
+    /// `schedule:<campaign>` or `event:<instance>`.
+    #[serde(default)]
+    pub started_by: String,
 }
 
 impl RunProgress {
@@ -467,5 +471,6 @@ fn progress_from(
             .map(|_| fields.number("allowed_errors")),
         results,
         output_dir: fields.get("output_dir").unwrap_or_default().to_string(),
+        started_by: fields.get("started_by").unwrap_or_default().to_string(),
     })
 }

@@ -299,11 +299,18 @@ impl Scheduler {
         let options = StartOptions {
             run_id: Some(run_id),
             campaign_version: Some(version),
-            started_by: "schedule".into(),
+            started_by: format!("schedule:{}", campaign.name),
             ..StartOptions::default()
         };
         self.start_run(campaign, options).await?;
         tracing::info!(campaign = campaign.name.as_str(), %run_id, occurrence_ms, "schedule fired");
+        self.audit_internal(
+            format!("schedule:{}", campaign.name),
+            "schedule:fired",
+            format!("campaign {} v{version}, run {run_id}", campaign.name),
+            format!("occurrence at {occurrence_ms} ms"),
+        )
+        .await;
         Ok(())
     }
 }

@@ -253,6 +253,31 @@ impl ResultsStore {
         }
     }
 
+    /// Writes `records` as gzipped JSON lines to `relative` under this
+    /// destination (temporary file, fsync, rename; or one PutObject).
+    pub async fn put_lines<T: Serialize>(
+        &self,
+        relative: &str,
+        records: &[T],
+    ) -> Result<(), SinkError> {
+        let body = encode(records).map_err(|error| SinkError::io(self.describe(), &error))?;
+        match self {
+            Self::Local(root) => {
+                let path = root.join(relative);
+                let written = tokio::task::spawn_blocking(move || write_durably(&path, &body))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|written| written);
+                written.map_err(|error| SinkError::io(self.describe(), &error))
+            }
+            Self::S3 { store, prefix, .. } => store
+                .put(&Self::object_path(prefix, relative), body.into())
+                .await
+                .map(|_| ())
+                .map_err(|error| SinkError::object_store(self.describe(), &error)),
+        }
+    }
+
     /// Every record of a run.
     pub async fn read_run(&self, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>> {
         match self {
@@ -294,7 +319,7 @@ pub fn relative_name(run_id: Uuid, location: &Location, batch_id: u32, step_inde
     )
 }
 
-fn encode(records: &[ResultRecord]) -> std::io::Result<Vec<u8>> {
+fn encode<T: Serialize>(records: &[T]) -> std::io::Result<Vec<u8>> {
     // JSON lines first, then one write into the compressor: serde_json writes
     // token by token, and flate2 zeroes its spare output buffer on every write —
     // half the scheduler's CPU went to that memset before (`perf`, flotilla bench).
@@ -336,16 +361,28 @@ pub fn write_batch(
     step_index: u16,
     records: &[ResultRecord],
 ) -> std::io::Result<PathBuf> {
-    let dir = partition_dir(root, run_id, location);
-    std::fs::create_dir_all(&dir)?;
-    let name = format!("part-b{batch_id:06}-s{step_index:02}.jsonl.gz");
-    let path = dir.join(&name);
+    let path = partition_dir(root, run_id, location)
+        .join(format!("part-b{batch_id:06}-s{step_index:02}.jsonl.gz"));
+    write_durably(&path, &encode(records)?)?;
+    Ok(path)
+}
+
+/// Writes `body` to `path` so that a reader sees all of it or nothing:
+/// a temporary file beside it, fsync, rename.
+fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no directory", path.display())))?;
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temporary = dir.join(format!(".{name}.{}.tmp", Uuid::new_v4().simple()));
     let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&encode(records)?)?;
+    file.write_all(body)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    Ok(path)
+    std::fs::rename(&temporary, path)
 }
 
 /// Reads every record of a run (for reports and tests).

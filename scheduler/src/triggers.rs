@@ -128,11 +128,18 @@ impl Scheduler {
                 instance_ids: Some(vec![instance_id.clone()]),
                 start_after: Some(trigger.delay),
                 campaign_version: Some(stored.version),
-                started_by: "event".into(),
+                started_by: format!("event:{instance_id}"),
                 ..StartOptions::default()
             };
             let run_id = self.start_run(&campaign, options).await?;
             tracing::info!(campaign = name.as_str(), %run_id, region = event.region.as_str(), "event started a run");
+            self.audit_internal(
+                format!("event:{instance_id}"),
+                "runs:start",
+                format!("campaign {name} v{}, run {run_id}", stored.version),
+                format!("{kind:?} in {}/{}", event.account, event.region),
+            )
+            .await;
             started.push(StartedRun {
                 campaign: name,
                 run_id,
@@ -178,6 +185,13 @@ impl Scheduler {
                     alert = name.as_str(),
                     "alert engaged the global kill switch"
                 );
+                self.audit_internal(
+                    format!("alert:{name}"),
+                    "kill:engage",
+                    "global".into(),
+                    reason.clone(),
+                )
+                .await;
                 actions.push(AlertAction {
                     alert: name.clone(),
                     action: "kill_switch_engaged".into(),
@@ -194,6 +208,13 @@ impl Scheduler {
             for run_id in self.live_runs_of(campaign).await? {
                 if self.pause(run_id, &reason).await? {
                     tracing::warn!(alert = name.as_str(), campaign = campaign.as_str(), %run_id, "alert paused a run");
+                    self.audit_internal(
+                        format!("alert:{name}"),
+                        "runs:steer",
+                        format!("run {run_id} paused"),
+                        reason.clone(),
+                    )
+                    .await;
                     paused_any = true;
                     actions.push(AlertAction {
                         alert: name.clone(),

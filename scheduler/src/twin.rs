@@ -66,6 +66,10 @@ struct State {
     lease_tokens: u64,
     fired: HashMap<String, String>,
     fires: VecDeque<String>,
+    /// The audit stream: ((ms, sequence), record JSON), oldest first.
+    audit: VecDeque<((u64, u64), String)>,
+    /// API tokens: hex SHA-256 → record JSON (`tokens_key`).
+    tokens: HashMap<String, String>,
 }
 
 /// One run's keys, as in Redis.
@@ -161,7 +165,74 @@ impl Run {
     }
 }
 
+/// A stream id `ms-seq`, or a bare `ms` (sequence 0).
+fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    match id.split_once('-') {
+        Some((ms, seq)) => Some((ms.parse().ok()?, seq.parse().ok()?)),
+        None => Some((id.parse().ok()?, 0)),
+    }
+}
+
 impl Twin {
+    /// XADD with MINID trimming: the stream's id is Redis' clock, here ours.
+    pub(crate) fn append_audit(&self, _time_ms: u64, json: String, oldest_kept_ms: u64) {
+        let now = crate::now_ms();
+        let mut state = self.lock();
+        let id = match state.audit.back() {
+            Some(((ms, seq), _)) if *ms >= now => (*ms, seq + 1),
+            _ => (now, 0),
+        };
+        state.audit.push_back((id, json));
+        while state
+            .audit
+            .front()
+            .is_some_and(|((ms, _), _)| *ms < oldest_kept_ms)
+        {
+            state.audit.pop_front();
+        }
+    }
+
+    /// XRANGE from `cursor` (`ms`, `ms-seq`, or `(ms-seq` exclusive) to the end.
+    pub(crate) fn audit_from(&self, cursor: &str, count: usize) -> Vec<(String, String)> {
+        let (exclusive, id) = match cursor.strip_prefix('(') {
+            Some(id) => (true, id),
+            None => (false, cursor),
+        };
+        let start = parse_stream_id(id).unwrap_or((0, 0));
+        let state = self.lock();
+        state
+            .audit
+            .iter()
+            .filter(|(id, _)| if exclusive { *id > start } else { *id >= start })
+            .take(count)
+            .map(|((ms, seq), json)| (format!("{ms}-{seq}"), json.clone()))
+            .collect()
+    }
+
+    pub(crate) fn token_records(&self) -> Vec<(String, String)> {
+        let state = self.lock();
+        state
+            .tokens
+            .iter()
+            .map(|(hash, json)| (hash.clone(), json.clone()))
+            .collect()
+    }
+
+    pub(crate) fn token_record(&self, sha256: &str) -> Option<String> {
+        self.lock().tokens.get(sha256).cloned()
+    }
+
+    pub(crate) fn put_token(&self, sha256: &str, json: String) {
+        self.lock().tokens.insert(sha256.to_string(), json);
+    }
+
+    pub(crate) fn remove_tokens(&self, hashes: &[String]) {
+        let mut state = self.lock();
+        for hash in hashes {
+            state.tokens.remove(hash);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update completes under the lock, so a poisoned lock is still sound.
         self.state

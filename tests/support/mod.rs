@@ -275,6 +275,11 @@ impl Stack {
         panic!("the scheduler's API did not come up on port {port} within 5 s");
     }
 
+    /// The settings the stack's scheduler (re)starts with.
+    pub fn scheduler_config_mut(&mut self) -> &mut SchedulerConfig {
+        &mut self.scheduler_config
+    }
+
     /// The stack's scheduler settings, for starting more replicas.
     pub fn scheduler_config(&self) -> SchedulerConfig {
         self.scheduler_config.clone()
@@ -594,6 +599,19 @@ pub async fn http(
     content_type: &str,
     body: &str,
 ) -> (u16, String) {
+    http_as(port, None, method, path, content_type, body).await
+}
+
+/// An HTTP/1.0 request on loopback with `token` as the bearer token; (status,
+/// body).
+pub async fn http_as(
+    port: u16,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::time::timeout(
         Duration::from_secs(5),
@@ -602,8 +620,11 @@ pub async fn http(
     .await
     .unwrap()
     .unwrap();
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{authorization}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();

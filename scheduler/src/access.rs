@@ -1,0 +1,297 @@
+//! The API's door, one middleware around every route: who is calling
+//! (authenticate), may they (authorize), and the record of it (audit).
+//!
+//! 1. The route's permission ([`route_permission`]); public routes pass.
+//! 2. The bearer token's principal: the tokens file first, then the tokens
+//!    made through the API (Redis). Missing, unknown or expired: 401 with
+//!    `WWW-Authenticate`. An unreadable tokens file or Redis: 503 (fail
+//!    closed). Without authentication configured, everyone is `anonymous`.
+//! 3. A principal whose role lacks the permission: 403 naming it.
+//! 4. The body is read (bounded) for the audit's `reason`, the handler runs
+//!    with the [`Principal`] in its extensions, and every mutating request —
+//!    allowed or refused — and every refused credential is one audit record.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::api::ApiState;
+use crate::audit::AuditRecord;
+use crate::auth::{Permission, Principal, route_permission, token_hash};
+use crate::now_ms;
+
+/// The largest request body read: a campaign spec at its limit, JSON-escaped.
+pub const MAX_REQUEST_BYTES: usize = 2 * protocol::campaign::MAX_SPEC_BYTES;
+
+/// The longest bearer token looked at (a flotilla token is 68 characters).
+const MAX_TOKEN_CHARS: usize = 512;
+
+/// Why a request got no principal.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    /// A token was presented (and is wrong), as opposed to none at all.
+    presented: bool,
+}
+
+impl Refusal {
+    fn unauthenticated(message: impl Into<String>, presented: bool) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            presented,
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            presented: true,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = if self.presented {
+                r#"Bearer realm="flotilla", error="invalid_token""#
+            } else {
+                r#"Bearer realm="flotilla""#
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    let Some(tokens_file) = &state.auth.tokens_file else {
+        return Ok(Principal::anonymous());
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(Refusal::unauthenticated(
+            "authentication required: send `Authorization: Bearer <token>` (the CLI reads FLOTILLA_TOKEN or FLOTILLA_TOKEN_FILE)",
+            false,
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_CHARS)
+        .ok_or_else(|| {
+            Refusal::unauthenticated("the Authorization header is not `Bearer <token>`", true)
+        })?;
+    let sha256 = token_hash(token);
+    let from_file = tokens_file.lookup(&sha256).map_err(|error| {
+        tracing::error!(
+            error = error.as_str(),
+            "tokens file unreadable: refusing every token"
+        );
+        Refusal::unavailable("the scheduler cannot read its tokens file; see its log")
+    })?;
+    let record = match from_file {
+        Some(record) => Some(record),
+        None => {
+            let connected = state.current.borrow().clone();
+            let Some(scheduler) = connected else {
+                return Err(Refusal::unavailable(
+                    "the scheduler is reconnecting to RabbitMQ/Redis; try again shortly",
+                ));
+            };
+            scheduler.stored_token(&sha256).await.map_err(|error| {
+                tracing::error!(error = %error, "stored tokens unreadable: refusing the token");
+                Refusal::unavailable("the scheduler cannot read its stored tokens; see its log")
+            })?
+        }
+    };
+    let Some(record) = record else {
+        return Err(Refusal::unauthenticated("unknown or revoked token", true));
+    };
+    if record.is_expired(now_ms()) {
+        return Err(Refusal::unauthenticated(
+            format!(
+                "the token of {} has expired; ask an admin for a new one",
+                record.name
+            ),
+            true,
+        ));
+    }
+    Ok(Principal {
+        name: record.name,
+        role: record.role,
+    })
+}
+
+/// The request's `reason`, when its body is a JSON object with one.
+fn reason_in(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("reason")
+                .and_then(|reason| reason.as_str().map(String::from))
+        })
+        .map(|reason| reason.chars().take(1024).collect())
+        .unwrap_or_default()
+}
+
+fn outcome_of(status: StatusCode) -> String {
+    if status.is_success() {
+        "ok".into()
+    } else {
+        format!("error: {}", status.as_u16())
+    }
+}
+
+/// Appends an audit record through the connected scheduler; while it
+/// reconnects, the record goes to the log only.
+async fn audit(state: &ApiState, record: AuditRecord) {
+    let connected = state.current.borrow().clone();
+    let appended = match connected {
+        Some(scheduler) => match scheduler.audit() {
+            Ok(log) => log.append(&record).await,
+            Err(error) => Err(error),
+        },
+        None => {
+            tracing::warn!(
+                principal = record.principal.as_str(),
+                action = record.action.as_str(),
+                object = record.object.as_str(),
+                outcome = record.outcome.as_str(),
+                "audit record not stored: the scheduler is reconnecting"
+            );
+            return;
+        }
+    };
+    if let Err(error) = appended {
+        tracing::error!(error = %error, action = record.action.as_str(), "could not write an audit record");
+    }
+}
+
+pub async fn guard(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().as_str().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_string(),
+        |path| path.as_str().to_string(),
+    );
+    let Some(permission) = route_permission(&method, &route, state.auth.metrics_open) else {
+        return next.run(request).await;
+    };
+    let mutating = method != "GET" && method != "HEAD";
+    let action = match permission {
+        Permission::SteerRun => route_action(request.uri().path()).unwrap_or(permission.as_str()),
+        _ => permission.as_str(),
+    };
+    let object = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_string(),
+        |path| path.as_str().to_string(),
+    );
+    let record =
+        |principal: &Principal, action: &str, reason: String, outcome: String| AuditRecord {
+            time_ms: now_ms(),
+            principal: principal.name.clone(),
+            role: principal.role.as_str().into(),
+            source: peer.ip().to_string(),
+            action: action.into(),
+            object: object.clone(),
+            reason,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            outcome,
+        };
+    let authenticated = authenticate(&state, request.headers()).await;
+    let principal = match authenticated {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            if refusal.status == StatusCode::UNAUTHORIZED {
+                let unknown = Principal {
+                    name: "unknown".into(),
+                    role: crate::auth::Role::Viewer,
+                };
+                let mut entry = record(
+                    &unknown,
+                    "auth:refused",
+                    refusal.message.clone(),
+                    "unauthenticated".into(),
+                );
+                entry.role = "none".into();
+                audit(&state, entry).await;
+            }
+            return refusal.into_response();
+        }
+    };
+    if !principal.role.allows(permission) {
+        let message = format!(
+            "{} (role {}) lacks the permission {} for {method} {route}",
+            principal.name,
+            principal.role,
+            permission.as_str()
+        );
+        audit(
+            &state,
+            record(&principal, action, message.clone(), "denied".into()),
+        )
+        .await;
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({ "error": message })),
+        )
+            .into_response();
+    }
+    if !mutating {
+        let mut request = request;
+        request.extensions_mut().insert(principal);
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
+        let message = format!("the request body is larger than {MAX_REQUEST_BYTES} bytes");
+        audit(
+            &state,
+            record(&principal, action, message.clone(), "error: 413".into()),
+        )
+        .await;
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(json!({ "error": message })),
+        )
+            .into_response();
+    };
+    let reason = reason_in(&bytes);
+    let mut request = Request::from_parts(parts, Body::from(bytes));
+    request.extensions_mut().insert(principal.clone());
+    let response = next.run(request).await;
+    audit(
+        &state,
+        record(&principal, action, reason, outcome_of(response.status())),
+    )
+    .await;
+    response
+}
+
+/// `runs:pause`, `runs:resume` or `runs:cancel` for a steering path.
+fn route_action(path: &str) -> Option<&'static str> {
+    let action = path.split('?').next()?.rsplit('/').next()?;
+    match action {
+        "pause" => Some("runs:pause"),
+        "resume" => Some("runs:resume"),
+        "cancel" => Some("runs:cancel"),
+        _ => None,
+    }
+}

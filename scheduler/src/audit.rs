@@ -1,0 +1,200 @@
+//! The audit trail: one append-only record per act that changes something or
+//! bears on security — every mutating API request (allowed or not), every
+//! refused credential, tokens made and revoked, runs started by schedules,
+//! events and alerts, alert-driven pauses.
+//!
+//! Records go to a Redis stream (`<prefix>:audit`, trimmed to 30 days, read by
+//! `GET /audit`) and to durable files in the results layout
+//! (`audit/date=YYYY-MM-DD/part-<ms>-<request id>.jsonl.gz`: temporary file,
+//! fsync, rename; or S3), so they outlive Redis.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::Backend;
+use crate::sink::ResultsStore;
+use crate::{SchedulerError, now_ms};
+
+/// How long the Redis stream keeps records; the files keep them for good.
+pub const AUDIT_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Records `GET /audit` returns at most.
+pub const MAX_AUDIT_QUERY: usize = 1_000;
+
+/// Who did what, from where, to what, why, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub time_ms: u64,
+    /// The token's principal, `anonymous`, `schedule:<campaign>`,
+    /// `event:<instance>`, `alert:<alertname>`, or `unknown` for a refused
+    /// credential.
+    pub principal: String,
+    pub role: String,
+    /// The caller's address (`scheduler` for the scheduler's own acts).
+    pub source: String,
+    /// The permission exercised (`runs:start`) or the event (`auth:refused`).
+    pub action: String,
+    /// What it was done to: the request path, a campaign, a run.
+    pub object: String,
+    #[serde(default)]
+    pub reason: String,
+    pub request_id: String,
+    /// `ok`, `denied`, `unauthenticated` or `error: <status>`.
+    pub outcome: String,
+}
+
+impl AuditRecord {
+    /// A record of the scheduler's own act (no HTTP request behind it).
+    pub fn internal(principal: String, action: &str, object: String, reason: String) -> Self {
+        Self {
+            time_ms: now_ms(),
+            principal,
+            role: "system".into(),
+            source: "scheduler".into(),
+            action: action.into(),
+            object,
+            reason,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            outcome: "ok".into(),
+        }
+    }
+}
+
+/// Filters of `GET /audit`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Unix ms; records at or after it.
+    pub since: Option<u64>,
+    pub principal: Option<String>,
+    pub action: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl AuditQuery {
+    fn matches(&self, record: &AuditRecord) -> bool {
+        self.principal
+            .as_ref()
+            .is_none_or(|principal| *principal == record.principal)
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|action| *action == record.action)
+    }
+}
+
+/// Appends records and reads them back.
+#[derive(Clone)]
+pub struct AuditLog {
+    backend: Backend,
+    stream_key: String,
+    files: Option<ResultsStore>,
+}
+
+impl AuditLog {
+    pub(crate) fn new(backend: Backend, stream_key: String, files: Option<ResultsStore>) -> Self {
+        Self {
+            backend,
+            stream_key,
+            files,
+        }
+    }
+
+    /// Appends a record to the stream and to its own file. A failure is
+    /// logged and returned; the act it records has happened either way.
+    pub async fn append(&self, record: &AuditRecord) -> Result<(), SchedulerError> {
+        let json = serde_json::to_string(record)?;
+        tracing::info!(
+            principal = record.principal.as_str(),
+            action = record.action.as_str(),
+            object = record.object.as_str(),
+            outcome = record.outcome.as_str(),
+            source = record.source.as_str(),
+            "audit"
+        );
+        let oldest_kept = record.time_ms.saturating_sub(AUDIT_RETENTION_MS);
+        match &self.backend {
+            Backend::Redis(connection) => {
+                let mut connection = connection.clone();
+                let _: String = redis::cmd("XADD")
+                    .arg(&self.stream_key)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(oldest_kept)
+                    .arg("*")
+                    .arg("record")
+                    .arg(&json)
+                    .query_async(&mut connection)
+                    .await?;
+            }
+            Backend::InProcess(twin) => {
+                twin.append_audit(record.time_ms, json.clone(), oldest_kept)
+            }
+        }
+        if let Some(files) = &self.files {
+            let date = chrono::DateTime::from_timestamp_millis(
+                i64::try_from(record.time_ms).unwrap_or(i64::MAX),
+            )
+            .map(|time| time.format("%Y-%m-%d").to_string())
+            .unwrap_or_else(|| "unknown".into());
+            let relative = format!(
+                "audit/date={date}/part-{}-{}.jsonl.gz",
+                record.time_ms, record.request_id
+            );
+            files
+                .put_lines(&relative, std::slice::from_ref(record))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records from `query.since` on, oldest first, filtered, at most
+    /// [`MAX_AUDIT_QUERY`].
+    pub async fn query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, SchedulerError> {
+        let limit = query.limit.unwrap_or(MAX_AUDIT_QUERY).min(MAX_AUDIT_QUERY);
+        let since = query.since.unwrap_or(0);
+        let mut found = Vec::new();
+        let mut cursor = since.to_string();
+        // Read in pages until `limit` records pass the filters or the stream ends.
+        loop {
+            let page: Vec<(String, String)> = match &self.backend {
+                Backend::Redis(connection) => {
+                    let mut connection = connection.clone();
+                    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                        .arg(&self.stream_key)
+                        .arg(&cursor)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(MAX_AUDIT_QUERY)
+                        .query_async(&mut connection)
+                        .await?;
+                    entries
+                        .into_iter()
+                        .filter_map(|(id, fields)| fields.get(1).cloned().map(|json| (id, json)))
+                        .collect()
+                }
+                Backend::InProcess(twin) => twin.audit_from(&cursor, MAX_AUDIT_QUERY),
+            };
+            let Some((last_id, _)) = page.last().cloned() else {
+                break;
+            };
+            let full_page = page.len() >= MAX_AUDIT_QUERY;
+            for (_, json) in page {
+                // A record flotilla did not write is skipped, not fatal.
+                let Ok(record) = serde_json::from_str::<AuditRecord>(&json) else {
+                    continue;
+                };
+                if query.matches(&record) {
+                    found.push(record);
+                    if found.len() >= limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if !full_page {
+                break;
+            }
+            cursor = format!("({last_id}");
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,483 @@
+//! Trust I, end to end: every API route answered for every kind of caller —
+//! no token, a viewer, an operator, an approver, an admin, an expired token, a
+//! forged one, and the machine principals — and every act in the audit trail
+//! exactly once, in Redis and in the audit files, with the right principal.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use scheduler::audit::AuditRecord;
+use scheduler::auth::{
+    AuthSettings, Role, TokenRecord, TokensFile, append_tokens_file, new_token, token_hash,
+};
+use support::{Backend, Stack};
+
+/// A caller of the walk: a name for messages, a token (or none), and the role
+/// it authenticates as (`None`: it does not authenticate).
+struct Caller {
+    name: &'static str,
+    token: Option<String>,
+    role: Option<Role>,
+}
+
+fn add_token(path: &std::path::Path, name: &str, role: Role, expires_ms: Option<u64>) -> String {
+    let token = new_token().unwrap();
+    append_tokens_file(
+        path,
+        &TokenRecord {
+            name: name.into(),
+            role,
+            sha256: token_hash(&token),
+            created_ms: support::now_unix_ms(),
+            expires_ms,
+            created_by: "test".into(),
+        },
+    )
+    .unwrap();
+    token
+}
+
+/// Reads every audit file under `dir`.
+fn audit_files(dir: &std::path::Path) -> Vec<AuditRecord> {
+    let mut records = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "gz") {
+                let file = std::fs::File::open(&path).unwrap();
+                let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+                for line in std::io::BufRead::lines(reader) {
+                    records.push(serde_json::from_str(&line.unwrap()).unwrap());
+                }
+            }
+        }
+    }
+    records
+}
+
+/// (principal, action, outcome) → how many, the shape the assertions compare.
+fn tally<'a>(
+    records: impl IntoIterator<Item = &'a AuditRecord>,
+) -> BTreeMap<(String, String, String), usize> {
+    let mut tally = BTreeMap::new();
+    for record in records {
+        let outcome = if record.outcome.starts_with("error") {
+            "error".to_string()
+        } else {
+            record.outcome.clone()
+        };
+        *tally
+            .entry((record.principal.clone(), record.action.clone(), outcome))
+            .or_default() += 1;
+    }
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_role_and_every_act_is_audited_once_on_redis() {
+    walk_every_route(Backend::Real).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_role_and_every_act_is_audited_once_in_process() {
+    walk_every_route(Backend::InProcess).await;
+}
+
+async fn walk_every_route(backend: Backend) {
+    let mut stack = Stack::start_on(support::single_location(5, false), backend).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let audit_dir = tempfile::tempdir().unwrap();
+    let callers = vec![
+        Caller {
+            name: "nobody",
+            token: None,
+            role: None,
+        },
+        Caller {
+            name: "forged",
+            token: Some(new_token().unwrap()),
+            role: None,
+        },
+        Caller {
+            name: "expired",
+            token: Some(add_token(&tokens_path, "old-admin", Role::Admin, Some(1))),
+            role: None,
+        },
+        Caller {
+            name: "viewer",
+            token: Some(add_token(&tokens_path, "vera", Role::Viewer, None)),
+            role: Some(Role::Viewer),
+        },
+        Caller {
+            name: "operator",
+            token: Some(add_token(&tokens_path, "otto", Role::Operator, None)),
+            role: Some(Role::Operator),
+        },
+        Caller {
+            name: "approver",
+            token: Some(add_token(&tokens_path, "anna", Role::Approver, None)),
+            role: Some(Role::Approver),
+        },
+        Caller {
+            name: "admin",
+            token: Some(add_token(&tokens_path, "ada", Role::Admin, None)),
+            role: Some(Role::Admin),
+        },
+        Caller {
+            name: "alertmanager",
+            token: Some(add_token(&tokens_path, "am", Role::Alertmanager, None)),
+            role: Some(Role::Alertmanager),
+        },
+        Caller {
+            name: "eventbridge",
+            token: Some(add_token(&tokens_path, "eb", Role::Eventbridge, None)),
+            role: Some(Role::Eventbridge),
+        },
+    ];
+    let principal_of = |caller: &Caller| match caller.name {
+        "viewer" => "vera",
+        "operator" => "otto",
+        "approver" => "anna",
+        "admin" => "ada",
+        "alertmanager" => "am",
+        "eventbridge" => "eb",
+        _ => "unknown",
+    };
+    {
+        let config = stack.scheduler_config_mut();
+        config.auth = AuthSettings {
+            tokens_file: Some(TokensFile::open(tokens_path.clone()).unwrap()),
+            metrics_open: true,
+        };
+        config.audit_output = Some(protocol::campaign::OutputLocation::Local(
+            audit_dir.path().to_path_buf(),
+        ));
+    }
+    let port = stack.serve_api().await;
+    let admin = callers[6].token.clone().unwrap();
+
+    // A stored campaign and a run to act on, made by the admin.
+    let spec = serde_json::to_string(
+        &stack
+            .campaign("guarded", support::one_step("  max_errors: 0\n"))
+            .spec,
+    )
+    .unwrap();
+    let (status, body) = support::http_as(
+        port,
+        Some(&admin),
+        "POST",
+        "/campaigns",
+        "application/json",
+        &spec,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = support::http_as(
+        port,
+        Some(&admin),
+        "POST",
+        "/campaigns/guarded/runs",
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let run_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut expected: Vec<AuditRecord> = Vec::new();
+    let record = |principal: &str, action: &str, outcome: &str| AuditRecord {
+        time_ms: 0,
+        principal: principal.into(),
+        role: String::new(),
+        source: String::new(),
+        action: action.into(),
+        object: String::new(),
+        reason: String::new(),
+        request_id: String::new(),
+        outcome: outcome.into(),
+    };
+    expected.push(record("ada", "campaigns:apply", "ok"));
+    expected.push(record("ada", "runs:start", "ok"));
+
+    let event = r#"{"source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","account":"123456789012","region":"us-east-1","detail":{"instance-id":"i-0123456789abcdef0","state":"stopped"}}"#;
+    let alert = r#"{"alerts":[{"status":"resolved","labels":{"alertname":"Quiet"}}]}"#;
+    let run_path = format!("/runs/{run_id}");
+    let pause_path = format!("/runs/{run_id}/pause");
+    // (method, path, body, action for the audit, roles allowed)
+    use Role::*;
+    let readers = [Viewer, Operator, Approver, Admin];
+    let routes: Vec<(&str, &str, &str, &str, Vec<Role>)> = vec![
+        ("GET", "/campaigns", "", "read", readers.to_vec()),
+        ("GET", "/campaigns/guarded", "", "read", readers.to_vec()),
+        (
+            "POST",
+            "/campaigns",
+            spec.as_str(),
+            "campaigns:apply",
+            vec![Operator, Admin],
+        ),
+        (
+            "POST",
+            "/campaigns/guarded/runs",
+            "{\"plan_only\": true}",
+            "runs:start",
+            vec![Operator, Admin],
+        ),
+        ("GET", "/runs", "", "read", readers.to_vec()),
+        ("GET", run_path.as_str(), "", "read", readers.to_vec()),
+        (
+            "POST",
+            pause_path.as_str(),
+            "{\"reason\":\"walk\"}",
+            "runs:pause",
+            vec![Operator, Admin],
+        ),
+        ("GET", "/kill", "", "read", readers.to_vec()),
+        (
+            "POST",
+            "/kill?campaign=guarded",
+            "{\"reason\":\"walk\"}",
+            "kill:engage",
+            vec![Operator, Admin],
+        ),
+        (
+            "DELETE",
+            "/kill?campaign=guarded",
+            "",
+            "kill:release",
+            vec![Admin],
+        ),
+        ("POST", "/events", event, "events:post", vec![Eventbridge]),
+        ("POST", "/alerts", alert, "alerts:post", vec![Alertmanager]),
+        ("GET", "/audit?limit=1", "", "audit:read", readers.to_vec()),
+        ("GET", "/tokens", "", "tokens:manage", vec![Admin]),
+    ];
+    for (method, path, body, action, allowed) in &routes {
+        for caller in &callers {
+            let (status, answer) = support::http_as(
+                port,
+                caller.token.as_deref(),
+                method,
+                path,
+                "application/json",
+                body,
+            )
+            .await;
+            let mutating = *method != "GET";
+            match caller.role {
+                None => {
+                    assert_eq!(status, 401, "{} {method} {path}: {answer}", caller.name);
+                    expected.push(record("unknown", "auth:refused", "unauthenticated"));
+                }
+                Some(role) if allowed.contains(&role) => {
+                    assert!(
+                        status != 401 && status != 403 && status < 500,
+                        "{} {method} {path} should be allowed: {status} {answer}",
+                        caller.name
+                    );
+                    if mutating {
+                        let outcome = if (200..300).contains(&status) {
+                            "ok"
+                        } else {
+                            "error"
+                        };
+                        expected.push(record(principal_of(caller), action, outcome));
+                    }
+                }
+                Some(role) => {
+                    assert_eq!(status, 403, "{} {method} {path}: {answer}", caller.name);
+                    let permission_named =
+                        answer.contains("lacks the permission") && answer.contains(role.as_str());
+                    assert!(permission_named, "the 403 names what is missing: {answer}");
+                    expected.push(record(principal_of(caller), action, "denied"));
+                }
+            }
+        }
+    }
+    // The public routes need nothing.
+    assert_eq!(
+        support::http(port, "GET", "/healthz", "text/plain", "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        support::http(port, "GET", "/metrics", "text/plain", "")
+            .await
+            .0,
+        200
+    );
+    // An admin makes and revokes a token through the API; the new token works.
+    let (status, body) = support::http_as(
+        port,
+        Some(&admin),
+        "POST",
+        "/tokens",
+        "application/json",
+        r#"{"name":"vic","role":"viewer","expires_in":"1h"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    expected.push(record("ada", "tokens:manage", "ok"));
+    let vic = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        support::http_as(port, Some(&vic), "GET", "/runs", "", "")
+            .await
+            .0,
+        200
+    );
+    let (status, _) = support::http_as(
+        port,
+        Some(&admin),
+        "DELETE",
+        "/tokens/vic",
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    expected.push(record("ada", "tokens:manage", "ok"));
+    assert_eq!(
+        support::http_as(port, Some(&vic), "GET", "/runs", "", "")
+            .await
+            .0,
+        401
+    );
+    expected.push(record("unknown", "auth:refused", "unauthenticated"));
+
+    // The run records who started it.
+    let (_, body) = support::http_as(port, Some(&admin), "GET", &run_path, "", "").await;
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["progress"]["started_by"], "ada", "{body}");
+
+    // Everything above is in the trail exactly once, and nothing else is.
+    let (status, body) =
+        support::http_as(port, Some(&admin), "GET", "/audit?limit=1000", "", "").await;
+    assert_eq!(status, 200, "{body}");
+    let trail: Vec<AuditRecord> = serde_json::from_str(&body).unwrap();
+    assert_eq!(tally(&trail), tally(&expected), "the audit stream");
+    assert!(
+        trail
+            .iter()
+            .all(|record| record.source == "127.0.0.1" && !record.request_id.is_empty())
+    );
+    assert!(
+        trail
+            .iter()
+            .filter(|record| record.action == "runs:pause" && record.outcome == "ok")
+            .all(|record| record.reason == "walk" && record.object.ends_with("/pause")),
+        "the reason and object of an act are recorded"
+    );
+    assert_eq!(
+        tally(&audit_files(audit_dir.path())),
+        tally(&expected),
+        "the audit files"
+    );
+    // Filters.
+    let (_, body) = support::http_as(
+        port,
+        Some(&admin),
+        "GET",
+        "/audit?principal=otto&action=runs:pause",
+        "",
+        "",
+    )
+    .await;
+    let otto: Vec<AuditRecord> = serde_json::from_str(&body).unwrap();
+    assert_eq!(otto.len(), 1, "{body}");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credential_gets_a_bearer_challenge() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stack = Stack::start(support::single_location(1, false)).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    add_token(&tokens_path, "ada", Role::Admin, None);
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        metrics_open: false,
+    };
+    let port = stack.serve_api().await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer flt_nope\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.0 401"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"flotilla\", error=\"invalid_token\""),
+        "{response}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_the_token_of_its_environment() {
+    let mut stack = Stack::start_on(support::single_location(1, false), Backend::InProcess).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let token = add_token(&tokens_path, "vera", Role::Viewer, None);
+    let token_file = secrets.path().join("my-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        metrics_open: true,
+    };
+    let port = stack.serve_api().await;
+    let api = format!("http://127.0.0.1:{port}");
+    let cli = |env: Vec<(&'static str, String)>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        command
+            .args(["run", "list", "--format", "json"])
+            .env("FLOTILLA_API_URL", &api)
+            .env_remove("FLOTILLA_TOKEN")
+            .env_remove("FLOTILLA_TOKEN_FILE");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output()
+    };
+    let with_token = cli(vec![("FLOTILLA_TOKEN", token.clone())]).await.unwrap();
+    assert!(with_token.status.success(), "{with_token:?}");
+    let with_file = cli(vec![(
+        "FLOTILLA_TOKEN_FILE",
+        token_file.display().to_string(),
+    )])
+    .await
+    .unwrap();
+    assert!(with_file.status.success(), "{with_file:?}");
+    let without = cli(Vec::new()).await.unwrap();
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        stderr.contains("authentication required") && stderr.contains("401"),
+        "{stderr}"
+    );
+    stack.teardown().await;
+}
