@@ -41,6 +41,12 @@ pub enum CampaignCommand {
     Show { name: String },
     /// Forget a campaign (its runs keep going).
     Delete { name: String },
+    /// Approve a version that changes hosts (two-person rule: not your own).
+    Approve {
+        name: String,
+        #[arg(long)]
+        version: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,13 +162,22 @@ fn apply(
     let applied: serde_json::Value = client.post("/campaigns", content_type, text)?;
     writeln!(
         out,
-        "campaign {} version {}{}",
+        "campaign {} version {}{}{}",
         applied["name"].as_str().unwrap_or_default(),
         applied["version"],
         if applied["changed"] == json!(true) {
             ""
         } else {
             " (unchanged)"
+        },
+        if applied["needs_approval"] == json!(true) {
+            format!(
+                "; it changes hosts: another approver runs `flotilla campaign approve {} --version {}` before it can run",
+                applied["name"].as_str().unwrap_or_default(),
+                applied["version"]
+            )
+        } else {
+            String::new()
         }
     )?;
     Ok(applied)
@@ -197,6 +212,18 @@ pub fn campaign(
         CampaignCommand::Delete { name } => {
             let _: serde_json::Value = client.delete(&format!("/campaigns/{name}"))?;
             writeln!(out, "campaign {name} deleted")?;
+        }
+        CampaignCommand::Approve { name, version } => {
+            let approval: serde_json::Value = client.post_json(
+                &format!("/campaigns/{name}/versions/{version}/approve"),
+                &json!({}),
+            )?;
+            writeln!(
+                out,
+                "{name} v{version} (written by {}) approved by {}",
+                approval["author"].as_str().unwrap_or("unknown"),
+                approval["approver"].as_str().unwrap_or("unknown")
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -96,6 +96,12 @@ pub struct SchedulerArgs {
     /// s3://bucket/prefix.
     #[arg(long, env = "FLOTILLA_AUDIT_OUTPUT", default_value = "flotilla-audit")]
     pub audit_output: String,
+    /// A document that only reads, `DOCUMENT` or `DOCUMENT:PARAMETER=VALUE`;
+    /// repeat for several. Campaigns with any other step run only after a
+    /// second principal approves them. Replaces the default,
+    /// AWS-RunPatchBaseline:Operation=Scan.
+    #[arg(long = "read-only-document", value_name = "DOCUMENT[:PARAMETER=VALUE]")]
+    pub read_only_documents: Vec<scheduler::approvals::ReadOnlyDocument>,
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -176,6 +182,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         protocol::campaign::parse_output(Some(&args.audit_output))
             .map_err(|error| anyhow::anyhow!("--audit-output: {error}"))?,
     );
+    if !args.read_only_documents.is_empty() {
+        config.read_only_documents = args.read_only_documents;
+    }
     scheduler::auth::check_listen(args.listen, &config.auth, args.insecure_no_auth)
         .map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async {

@@ -183,6 +183,18 @@ async fn walk_every_route(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // It changes hosts: another principal approves it before it runs.
+    let approver = callers[5].token.clone().unwrap();
+    let (status, body) = support::http_as(
+        port,
+        Some(&approver),
+        "POST",
+        "/campaigns/guarded/versions/1/approve",
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = support::http_as(
         port,
         Some(&admin),
@@ -210,6 +222,7 @@ async fn walk_every_route(backend: Backend) {
         outcome: outcome.into(),
     };
     expected.push(record("ada", "campaigns:apply", "ok"));
+    expected.push(record("anna", "campaigns:approve", "ok"));
     expected.push(record("ada", "runs:start", "ok"));
 
     let event = r#"{"source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","account":"123456789012","region":"us-east-1","detail":{"instance-id":"i-0123456789abcdef0","state":"stopped"}}"#;
@@ -235,6 +248,13 @@ async fn walk_every_route(backend: Backend) {
             "{\"plan_only\": true}",
             "runs:start",
             vec![Operator, Admin],
+        ),
+        (
+            "POST",
+            "/campaigns/guarded/versions/1/approve",
+            "",
+            "campaigns:approve",
+            vec![Approver, Admin],
         ),
         ("GET", "/runs", "", "read", readers.to_vec()),
         ("GET", run_path.as_str(), "", "read", readers.to_vec()),
@@ -478,6 +498,104 @@ async fn the_cli_sends_the_token_of_its_environment() {
     assert!(
         stderr.contains("authentication required") && stderr.contains("401"),
         "{stderr}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_that_changes_hosts_runs_only_once_someone_else_approves_it() {
+    let mut stack = Stack::start(support::single_location(3, false)).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let otto = add_token(&tokens_path, "otto", Role::Operator, None);
+    let ada = add_token(&tokens_path, "ada", Role::Admin, None);
+    let anna = add_token(&tokens_path, "anna", Role::Approver, None);
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        metrics_open: true,
+    };
+    let port = stack.serve_api().await;
+    let post = |token: &str, path: &str, body: &str| {
+        let (token, path, body) = (token.to_string(), path.to_string(), body.to_string());
+        async move {
+            support::http_as(port, Some(&token), "POST", &path, "application/json", &body).await
+        }
+    };
+    let install = serde_json::to_string(
+        &stack
+            .campaign("install", support::one_step("  max_errors: 0\n"))
+            .spec,
+    )
+    .unwrap();
+    let (status, body) = post(&otto, "/campaigns", &install).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"needs_approval\":true"), "{body}");
+
+    let (status, body) = post(&otto, "/campaigns/install/runs", "").await;
+    assert_eq!(status, 409, "no run before an approval: {body}");
+    assert!(
+        body.contains("flotilla campaign approve install --version 1"),
+        "{body}"
+    );
+    let (status, _) = post(&otto, "/campaigns/install/versions/1/approve", "").await;
+    assert_eq!(status, 403, "an operator does not approve");
+
+    // The admin writes version 2 and cannot approve it itself.
+    let changed = install.replace("echo hi", "echo hello");
+    let (status, body) = post(&ada, "/campaigns", &changed).await;
+    assert!(status == 200 && body.contains("\"version\":2"), "{body}");
+    let (status, body) = post(&ada, "/campaigns/install/versions/2/approve", "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("two-person rule") && body.contains("ada wrote install v2"),
+        "{body}"
+    );
+    let (status, body) = post(&anna, "/campaigns/install/versions/2/approve", "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&anna, "/campaigns/install/versions/9/approve", "").await;
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = post(&otto, "/campaigns/install/runs", "").await;
+    assert_eq!(status, 200, "{body}");
+    let run_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The change, its author, its approver and its run, linked in the trail.
+    let (_, body) = support::http_as(port, Some(&ada), "GET", "/audit", "", "").await;
+    let trail: Vec<AuditRecord> = serde_json::from_str(&body).unwrap();
+    let applied = trail
+        .iter()
+        .find(|record| record.action == "campaigns:apply" && record.principal == "ada")
+        .unwrap();
+    assert!(
+        applied
+            .reason
+            .contains("install v2 (new version), changes hosts"),
+        "{applied:?}"
+    );
+    let approved = trail
+        .iter()
+        .find(|record| record.action == "campaigns:approve" && record.outcome == "ok")
+        .unwrap();
+    assert_eq!(approved.principal, "anna");
+    assert!(
+        approved
+            .reason
+            .contains("install v2 written by ada, approved by anna"),
+        "{approved:?}"
+    );
+    let started = trail
+        .iter()
+        .find(|record| record.action == "runs:start" && record.outcome == "ok")
+        .unwrap();
+    assert_eq!(started.principal, "otto");
+    assert!(
+        started.reason.contains(&format!(
+            "run {run_id} of install v2 written by ada, approved by anna"
+        )),
+        "{started:?}"
     );
     stack.teardown().await;
 }

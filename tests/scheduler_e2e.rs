@@ -184,7 +184,7 @@ async fn an_instance_running_event_runs_the_triggered_campaign_on_that_instance_
             support::one_step("  max_concurrency: 100%\n  max_errors: 0\n")
         ),
     );
-    stack.scheduler.apply_campaign(&triggered).await.unwrap();
+    stack.apply_approved(&triggered).await;
     stack
         .wait_for(
             "the bulk run's first command",
@@ -454,7 +454,7 @@ async fn a_triggers_delay_holds_the_run_pending_until_its_time() {
             support::one_step("  max_errors: 0\n")
         ),
     );
-    stack.scheduler.apply_campaign(&delayed).await.unwrap();
+    stack.apply_approved(&delayed).await;
     let instance_id = stack.sim.state.fleet.instance_id(sim::fleet::InstanceKey {
         account: 0,
         region: 0,
@@ -547,7 +547,7 @@ async fn occurrences_missed_while_no_scheduler_ran_are_run_once_or_skipped() {
 "
             ),
         );
-        stack.scheduler.apply_campaign(&campaign).await.unwrap();
+        stack.apply_approved(&campaign).await;
     }
     let (_, first) = start_replica(&stack, "replica-a", &clock);
     let started = tokio::time::Instant::now();
@@ -635,7 +635,7 @@ async fn two_replicas_fire_each_occurrence_once_and_hand_over_when_the_leader_di
             support::one_step("  max_errors: 100%\n")
         ),
     );
-    stack.scheduler.apply_campaign(&campaign).await.unwrap();
+    stack.apply_approved(&campaign).await;
 
     let fires = |stack: &Stack| {
         let scheduler = stack.scheduler.clone();

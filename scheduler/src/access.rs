@@ -25,6 +25,11 @@ use crate::audit::AuditRecord;
 use crate::auth::{Permission, Principal, route_permission, token_hash};
 use crate::now_ms;
 
+/// What a handler adds to its request's audit record (`reason`): the
+/// campaign version, author and approver a run was started from, say.
+#[derive(Debug, Clone)]
+pub struct AuditNote(pub String);
+
 /// The largest request body read: a campaign spec at its limit, JSON-escaped.
 pub const MAX_REQUEST_BYTES: usize = 2 * protocol::campaign::MAX_SPEC_BYTES;
 
@@ -277,6 +282,11 @@ pub async fn guard(
     let mut request = Request::from_parts(parts, Body::from(bytes));
     request.extensions_mut().insert(principal.clone());
     let response = next.run(request).await;
+    let reason = match response.extensions().get::<AuditNote>() {
+        Some(AuditNote(note)) if reason.is_empty() => note.clone(),
+        Some(AuditNote(note)) => format!("{reason}; {note}"),
+        None => reason,
+    };
     audit(
         &state,
         record(&principal, action, reason, outcome_of(response.status())),

@@ -68,6 +68,10 @@ pub fn router(state: ApiState) -> Router {
             get(show_campaign).delete(delete_campaign),
         )
         .route("/campaigns/{name}/runs", post(start_run))
+        .route(
+            "/campaigns/{name}/versions/{version}/approve",
+            post(approve_campaign),
+        )
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(show_run))
         .route("/runs/{id}/{action}", post(steer_run))
@@ -107,7 +111,11 @@ impl ApiError {
 impl From<SchedulerError> for ApiError {
     fn from(error: SchedulerError) -> Self {
         let status = match &error {
-            SchedulerError::UnknownRun(_) => StatusCode::NOT_FOUND,
+            SchedulerError::UnknownRun(_) | SchedulerError::UnknownCampaignVersion { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            SchedulerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            SchedulerError::NeedsApproval(_) => StatusCode::CONFLICT,
             SchedulerError::Invalid(_) | SchedulerError::Json(_) => StatusCode::BAD_REQUEST,
             error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -159,13 +167,16 @@ struct AppliedCampaign {
     name: String,
     version: u32,
     changed: bool,
+    /// The version changes hosts: it runs only once another principal approves it.
+    needs_approval: bool,
 }
 
 async fn apply_campaign(
     State(current): State<CurrentScheduler>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: String,
-) -> ApiResult<AppliedCampaign> {
+) -> Result<Response, ApiError> {
     let scheduler = scheduler(&current)?;
     let json = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -183,12 +194,64 @@ async fn apply_campaign(
             "problems": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         }),
     })?;
-    let applied = scheduler.apply_campaign(&campaign).await?;
-    Ok(Json(AppliedCampaign {
+    let applied = scheduler
+        .apply_campaign_by(&campaign, &principal.name)
+        .await?;
+    let changes_hosts =
+        crate::approvals::changes_hosts(&campaign, &scheduler.config().read_only_documents);
+    let note = format!(
+        "{} v{}{}{}",
+        campaign.name,
+        applied.version,
+        if applied.changed {
+            " (new version)"
+        } else {
+            " (unchanged)"
+        },
+        if changes_hosts {
+            ", changes hosts: needs approval"
+        } else {
+            ""
+        }
+    );
+    let mut response = Json(AppliedCampaign {
         name: campaign.name,
         version: applied.version,
         changed: applied.changed,
-    }))
+        needs_approval: changes_hosts,
+    })
+    .into_response();
+    response
+        .extensions_mut()
+        .insert(crate::access::AuditNote(note));
+    Ok(response)
+}
+
+async fn approve_campaign(
+    State(current): State<CurrentScheduler>,
+    Extension(principal): Extension<Principal>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let scheduler = scheduler(&current)?;
+    let version: u32 = version.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{version:?} is not a version number"),
+        )
+    })?;
+    let approval = scheduler
+        .approve_campaign(&name, version, &principal)
+        .await?;
+    let note = format!(
+        "{name} v{version} written by {}, approved by {}",
+        approval.author,
+        approval.approver.as_deref().unwrap_or_default()
+    );
+    let mut response = Json(approval).into_response();
+    response
+        .extensions_mut()
+        .insert(crate::access::AuditNote(note));
+    Ok(response)
 }
 
 async fn list_campaigns(
@@ -259,7 +322,7 @@ async fn start_run(
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: String,
-) -> ApiResult<StartedRun> {
+) -> Result<Response, ApiError> {
     let scheduler = scheduler(&current)?;
     let request: StartRequest = if body.trim().is_empty() {
         StartRequest::default()
@@ -271,6 +334,12 @@ async fn start_run(
     let Some((campaign, stored)) = scheduler.stored_campaign(&name).await? else {
         return Err(unknown_campaign(&name));
     };
+    // A plan only discovers: nothing runs on a host, so it needs no approval.
+    let approval = if request.plan_only {
+        None
+    } else {
+        Some(scheduler.check_approved(&campaign, stored.version).await?)
+    };
     let options = StartOptions {
         plan_only: request.plan_only,
         campaign_version: Some(stored.version),
@@ -278,11 +347,25 @@ async fn start_run(
         ..StartOptions::default()
     };
     let run_id = scheduler.start_run(&campaign, options).await?;
-    Ok(Json(StartedRun {
+    let note = match &approval {
+        Some(approval) => format!(
+            "run {run_id} of {name} v{} written by {}, approved by {}",
+            stored.version,
+            approval.author,
+            approval.approver.as_deref().unwrap_or("nobody (read-only)")
+        ),
+        None => format!("plan {run_id} of {name} v{}", stored.version),
+    };
+    let mut response = Json(StartedRun {
         run_id,
         campaign: name,
         campaign_version: stored.version,
-    }))
+    })
+    .into_response();
+    response
+        .extensions_mut()
+        .insert(crate::access::AuditNote(note));
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]

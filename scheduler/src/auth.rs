@@ -56,7 +56,7 @@ impl Role {
         use Permission::*;
         match self {
             Self::Viewer => matches!(permission, Read | ReadAudit),
-            Self::Approver => matches!(permission, Read | ReadAudit),
+            Self::Approver => matches!(permission, Read | ReadAudit | ApproveCampaign),
             Self::Operator => matches!(
                 permission,
                 Read | ReadAudit | ApplyCampaign | StartRun | SteerRun | EngageKill
@@ -102,6 +102,8 @@ pub enum Permission {
     EngageKill,
     ReleaseKill,
     ManageTokens,
+    /// Approve a campaign version that changes hosts (not one's own).
+    ApproveCampaign,
     PostAlerts,
     PostEvents,
 }
@@ -118,6 +120,7 @@ impl Permission {
             Self::EngageKill => "kill:engage",
             Self::ReleaseKill => "kill:release",
             Self::ManageTokens => "tokens:manage",
+            Self::ApproveCampaign => "campaigns:approve",
             Self::PostAlerts => "alerts:post",
             Self::PostEvents => "events:post",
         }
@@ -136,6 +139,7 @@ pub fn route_permission(method: &str, route: &str, metrics_open: bool) -> Option
         ("POST", "/campaigns") => ApplyCampaign,
         ("DELETE", "/campaigns/{name}") => DeleteCampaign,
         ("POST", "/campaigns/{name}/runs") => StartRun,
+        ("POST", "/campaigns/{name}/versions/{version}/approve") => ApproveCampaign,
         ("POST", "/runs/{id}/{action}") => SteerRun,
         ("POST", "/kill") => EngageKill,
         ("DELETE", "/kill") => ReleaseKill,
@@ -398,6 +402,7 @@ mod tests {
             EngageKill,
             ReleaseKill,
             ManageTokens,
+            ApproveCampaign,
             PostAlerts,
             PostEvents,
         ];
@@ -410,6 +415,7 @@ mod tests {
             }
         }
         assert!(!Role::Viewer.allows(StartRun));
+        assert!(Role::Approver.allows(ApproveCampaign) && !Role::Operator.allows(ApproveCampaign));
         assert!(!Role::Operator.allows(ReleaseKill) && Role::Admin.allows(ReleaseKill));
         assert!(!Role::Operator.allows(DeleteCampaign) && !Role::Operator.allows(ManageTokens));
         let machine = |role: Role| {

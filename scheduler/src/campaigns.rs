@@ -13,14 +13,15 @@ use serde::Serialize;
 use crate::ledger::Backend;
 use crate::{Scheduler, SchedulerError, now_ms};
 
-/// KEYS campaign hash, index set; ARGV name, spec JSON, now. Returns {version, changed}.
+/// KEYS campaign hash, index set; ARGV name, spec JSON, now, author. Returns
+/// {version, changed}. The version and its author are written in one step.
 static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local latest = tonumber(redis.call('HGET', KEYS[1], 'latest')) or 0
 if latest > 0 and redis.call('HGET', KEYS[1], 'v:' .. latest) == ARGV[2] then return {latest, 0} end
 latest = latest + 1
-redis.call('HSET', KEYS[1], 'latest', latest, 'v:' .. latest, ARGV[2], 'updated_ms', ARGV[3])
+redis.call('HSET', KEYS[1], 'latest', latest, 'v:' .. latest, ARGV[2], 'updated_ms', ARGV[3], 'author:' .. latest, ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 return {latest, 1}
 ",
@@ -44,7 +45,18 @@ pub struct Applied {
 }
 
 impl Scheduler {
+    /// Stores a campaign, written by the library's caller (`system`).
     pub async fn apply_campaign(&self, campaign: &Campaign) -> Result<Applied, SchedulerError> {
+        self.apply_campaign_by(campaign, "system").await
+    }
+
+    /// Stores a campaign written by `author`: a changed spec becomes a new
+    /// version whose author is recorded (the two-person rule needs it).
+    pub async fn apply_campaign_by(
+        &self,
+        campaign: &Campaign,
+        author: &str,
+    ) -> Result<Applied, SchedulerError> {
         let names = self.broker.names();
         let spec = serde_json::to_string(&campaign.spec)?;
         // Stored specs are parsed again, under the same bound.
@@ -58,7 +70,8 @@ impl Scheduler {
         let mut connection = match self.ledger.backend() {
             Backend::Redis(connection) => connection.clone(),
             Backend::InProcess(twin) => {
-                let (version, changed) = twin.apply_campaign(&campaign.name, &spec, now_ms());
+                let (version, changed) =
+                    twin.apply_campaign(&campaign.name, &spec, now_ms(), author);
                 return Ok(Applied { version, changed });
             }
         };
@@ -68,6 +81,7 @@ impl Scheduler {
             .arg(&campaign.name)
             .arg(spec)
             .arg(now_ms())
+            .arg(author)
             .invoke_async(&mut connection)
             .await?;
         Ok(Applied {

@@ -13,6 +13,7 @@
 //! - [`auth`]: principals, roles, the permission each route needs, tokens.
 //! - [`tokens`]: API-made tokens in Redis (hashes only).
 //! - [`audit`]: the append-only audit trail (Redis stream and durable files).
+//! - [`approvals`]: the two-person rule for campaigns that change hosts.
 //! - [`triggers`]: events and Alertmanager alerts that start or stop runs, and
 //!   the ticker that starts delayed runs.
 //! - [`schedules`]: cron/rate schedules, fired exactly once per occurrence by
@@ -26,6 +27,7 @@
 
 pub mod access;
 pub mod api;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod campaigns;
@@ -77,6 +79,12 @@ pub enum SchedulerError {
     ConnectionLost(String),
     #[error("run state in Redis is not what flotilla wrote: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NeedsApproval(String),
+    #[error("campaign {name:?} has no version {version}")]
+    UnknownCampaignVersion { name: String, version: u32 },
 }
 
 impl SchedulerError {
@@ -100,13 +108,20 @@ impl SchedulerError {
             Self::Io(_) | Self::ConnectionLost(_) => true,
             Self::Results(error) => !error.permanent,
             Self::Organizations { retryable, .. } => *retryable,
-            Self::Json(_) | Self::UnknownRun(_) | Self::Invalid(_) | Self::Corrupt(_) => false,
+            Self::Json(_)
+            | Self::UnknownRun(_)
+            | Self::Invalid(_)
+            | Self::Corrupt(_)
+            | Self::Forbidden(_)
+            | Self::NeedsApproval(_)
+            | Self::UnknownCampaignVersion { .. } => false,
         }
     }
 }
 
-/// Settings of one scheduler process.
-#[derive(Debug, Clone)]
+/// Settings of one scheduler process. `Debug` redacts the passwords of the
+/// URLs and the S3 secret.
+#[derive(Clone)]
 pub struct SchedulerConfig {
     pub amqp_url: String,
     pub redis_url: String,
@@ -129,6 +144,28 @@ pub struct SchedulerConfig {
     /// Where audit files go besides the Redis stream (a directory or
     /// `s3://bucket/prefix`); `None` keeps only the stream.
     pub audit_output: Option<protocol::campaign::OutputLocation>,
+    /// Documents that only read (`AWS-RunPatchBaseline` with `Operation:
+    /// Scan` by default); campaigns with any other step need a second
+    /// principal's approval before they run.
+    pub read_only_documents: Vec<crate::approvals::ReadOnlyDocument>,
+}
+
+impl std::fmt::Debug for SchedulerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerConfig")
+            .field("amqp_url", &protocol::redact_password(&self.amqp_url))
+            .field("redis_url", &protocol::redact_password(&self.redis_url))
+            .field("names", &self.names)
+            .field("s3", &self.s3)
+            .field("report_prefetch", &self.report_prefetch)
+            .field("name", &self.name)
+            .field("organizations", &self.organizations)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("auth", &self.auth)
+            .field("audit_output", &self.audit_output)
+            .field("read_only_documents", &self.read_only_documents)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SchedulerConfig {
@@ -145,6 +182,7 @@ impl SchedulerConfig {
             clock: crate::schedules::SchedulerClock::system(),
             auth: crate::auth::AuthSettings::default(),
             audit_output: None,
+            read_only_documents: crate::approvals::default_read_only_documents(),
         }
     }
 }
@@ -245,6 +283,11 @@ impl Scheduler {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The settings this scheduler runs with.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
     }
 
     /// The audit trail of this deployment.
@@ -368,4 +411,24 @@ pub async fn run(
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
     protocol::job::UnixMillis::now().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_shown_for_debugging_shows_no_secret() {
+        let mut config = SchedulerConfig::new(
+            "amqp://flotilla:amqp-secret@rabbitmq:5672/%2f",
+            "redis://:redis-secret@redis:6379/",
+            Names::default(),
+        );
+        config.s3.credentials = Some(("AKIAEXAMPLE".into(), "s3-secret".into()));
+        let shown = format!("{config:?}");
+        for secret in ["amqp-secret", "redis-secret", "s3-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("AKIAEXAMPLE") && shown.contains("rabbitmq:5672"));
+    }
 }

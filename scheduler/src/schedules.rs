@@ -296,6 +296,26 @@ impl Scheduler {
         if self.ledger.run_fields(run_id).await?.is_some() {
             return Ok(());
         }
+        // Schedules fire only approved versions (or read-only ones); an
+        // occurrence of an unapproved one is skipped, and says so.
+        let approved = self.check_approved(campaign, version).await;
+        if let Err(SchedulerError::NeedsApproval(why)) = approved {
+            tracing::warn!(
+                campaign = campaign.name.as_str(),
+                version,
+                "schedule skipped: {why}"
+            );
+            self.audit_internal(
+                format!("schedule:{}", campaign.name),
+                "schedule:skipped",
+                format!("campaign {} v{version}", campaign.name),
+                why,
+            )
+            .await;
+            return Ok(());
+        }
+        // Anything else that kept the approval from being read: fail closed.
+        approved?;
         let options = StartOptions {
             run_id: Some(run_id),
             campaign_version: Some(version),

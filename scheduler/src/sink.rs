@@ -141,8 +141,8 @@ impl SinkError {
     }
 }
 
-/// Where S3 is and who the scheduler is there.
-#[derive(Debug, Clone, Default)]
+/// Where S3 is and who the scheduler is there. `Debug` never shows the secret.
+#[derive(Clone, Default)]
 pub struct S3Settings {
     /// Instead of AWS (the simulator, MinIO).
     pub endpoint_url: Option<String>,
@@ -160,6 +160,19 @@ pub enum ResultsStore {
         bucket: String,
         prefix: String,
     },
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("region", &self.region)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(key, _)| (key, "***")),
+            )
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ResultsStore {

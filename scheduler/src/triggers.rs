@@ -119,6 +119,21 @@ impl Scheduler {
             if !in_scope {
                 continue;
             }
+            // Events start only approved versions (or read-only ones).
+            let approved = self.check_approved(&campaign, stored.version).await;
+            if let Err(SchedulerError::NeedsApproval(why)) = approved {
+                tracing::warn!(campaign = name.as_str(), "event ignored: {why}");
+                self.audit_internal(
+                    format!("event:{instance_id}"),
+                    "runs:start",
+                    format!("campaign {name} v{}", stored.version),
+                    why,
+                )
+                .await;
+                continue;
+            }
+            // Anything else that kept the approval from being read: fail closed.
+            approved?;
             let options = StartOptions {
                 priority: Priority::Urgent,
                 locations: Some(vec![Location {

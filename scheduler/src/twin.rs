@@ -92,6 +92,9 @@ struct StoredCampaign {
     latest: u32,
     versions: HashMap<u32, String>,
     updated_ms: u64,
+    authors: HashMap<u32, String>,
+    /// version → (approver, approved ms).
+    approvals: HashMap<u32, (String, u64)>,
 }
 
 fn number(map: &HashMap<String, String>, field: &str) -> Option<i64> {
@@ -606,7 +609,13 @@ impl Twin {
 
     // The campaign store.
 
-    pub(crate) fn apply_campaign(&self, name: &str, spec_json: &str, now_ms: u64) -> (u32, bool) {
+    pub(crate) fn apply_campaign(
+        &self,
+        name: &str,
+        spec_json: &str,
+        now_ms: u64,
+        author: &str,
+    ) -> (u32, bool) {
         let mut state = self.lock();
         let campaign = state
             .campaigns
@@ -615,6 +624,8 @@ impl Twin {
                 latest: 0,
                 versions: HashMap::new(),
                 updated_ms: now_ms,
+                authors: HashMap::new(),
+                approvals: HashMap::new(),
             });
         if campaign.latest > 0
             && campaign.versions.get(&campaign.latest).map(String::as_str) == Some(spec_json)
@@ -625,8 +636,68 @@ impl Twin {
         campaign
             .versions
             .insert(campaign.latest, spec_json.to_string());
+        campaign.authors.insert(campaign.latest, author.to_string());
         campaign.updated_ms = now_ms;
         (campaign.latest, true)
+    }
+
+    /// HMGET of `v:N`, `author:N`, `approver:N`, `approved_ms:N`.
+    pub(crate) fn campaign_approval(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> (Option<String>, Option<String>, Option<String>, Option<u64>) {
+        let state = self.lock();
+        let Some(campaign) = state.campaigns.get(name) else {
+            return (None, None, None, None);
+        };
+        let approval = campaign.approvals.get(&version);
+        (
+            campaign.versions.get(&version).cloned(),
+            campaign.authors.get(&version).cloned(),
+            approval.map(|(approver, _)| approver.clone()),
+            approval.map(|(_, at)| *at),
+        )
+    }
+
+    /// The `APPROVE` script.
+    pub(crate) fn approve_campaign(
+        &self,
+        name: &str,
+        version: u32,
+        approver: &str,
+        now_ms: u64,
+    ) -> crate::approvals::ApproveOutcome {
+        use crate::approvals::{Approval, ApproveOutcome};
+        let mut state = self.lock();
+        let Some(campaign) = state
+            .campaigns
+            .get_mut(name)
+            .filter(|campaign| campaign.versions.contains_key(&version))
+        else {
+            return ApproveOutcome::UnknownVersion;
+        };
+        let author = campaign.authors.get(&version).cloned().unwrap_or_default();
+        if let Some((approved_by, at)) = campaign.approvals.get(&version) {
+            return ApproveOutcome::Approved(Approval {
+                version,
+                author,
+                approver: Some(approved_by.clone()),
+                approved_ms: Some(*at),
+            });
+        }
+        if author == approver {
+            return ApproveOutcome::AuthorCannotApprove { author };
+        }
+        campaign
+            .approvals
+            .insert(version, (approver.to_string(), now_ms));
+        ApproveOutcome::Approved(Approval {
+            version,
+            author,
+            approver: Some(approver.to_string()),
+            approved_ms: Some(now_ms),
+        })
     }
 
     /// (latest version, updated ms, spec JSON).

@@ -415,6 +415,24 @@ impl Stack {
         }
     }
 
+    /// Stores `campaign` as one principal and approves it as another (the
+    /// two-person rule), so its schedules and triggers may fire.
+    pub async fn apply_approved(&self, campaign: &Campaign) {
+        let applied = self
+            .scheduler
+            .apply_campaign_by(campaign, "test-author")
+            .await
+            .unwrap();
+        let approver = scheduler::auth::Principal {
+            name: "test-approver".into(),
+            role: scheduler::auth::Role::Approver,
+        };
+        self.scheduler
+            .approve_campaign(&campaign.name, applied.version, &approver)
+            .await
+            .unwrap();
+    }
+
     /// Starts a run of `campaign` with default options.
     pub async fn start_run(&self, campaign: &Campaign) -> Uuid {
         self.scheduler

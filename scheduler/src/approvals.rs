@@ -1,0 +1,266 @@
+//! The two-person rule: a campaign version that changes hosts — any step whose
+//! document is not on the deployment's read-only list — starts no run until a
+//! principal other than its author approves it (SSM Change Manager's rule).
+//! The author is whoever applied the version; the approval is recorded beside
+//! it, and both go into the audit records of the apply, the approval and every
+//! run, so the change, its author, its approver and its runs are linked.
+//!
+//! Runs started through the API, by a schedule or by an event are checked;
+//! [`Scheduler::start_run`] itself is not (library callers are trusted code).
+
+use std::sync::LazyLock;
+
+use protocol::Campaign;
+use protocol::campaign::Step;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Principal;
+use crate::ledger::Backend;
+use crate::{Scheduler, SchedulerError, now_ms};
+
+/// A document (and optionally one parameter's value) that only reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyDocument {
+    pub document: String,
+    /// `Operation=Scan`: read-only only with this parameter value.
+    pub parameter: Option<(String, String)>,
+}
+
+impl ReadOnlyDocument {
+    fn covers(&self, step: &Step) -> bool {
+        step.document == self.document
+            && self.parameter.as_ref().is_none_or(|(name, value)| {
+                step.parameters
+                    .get(name)
+                    .is_some_and(|values| values == std::slice::from_ref(value))
+            })
+    }
+}
+
+impl std::str::FromStr for ReadOnlyDocument {
+    type Err = String;
+
+    /// `DOCUMENT` or `DOCUMENT:PARAMETER=VALUE`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (document, parameter) = match text.split_once(':') {
+            Some((document, parameter)) => {
+                let (name, value) = parameter.split_once('=').ok_or_else(|| {
+                    format!("{text:?}: write DOCUMENT or DOCUMENT:PARAMETER=VALUE")
+                })?;
+                (document, Some((name.to_string(), value.to_string())))
+            }
+            None => (text, None),
+        };
+        if document.is_empty() {
+            return Err(format!("{text:?}: the document name is empty"));
+        }
+        Ok(Self {
+            document: document.to_string(),
+            parameter,
+        })
+    }
+}
+
+/// What a deployment treats as read-only unless configured otherwise: a
+/// patch scan, nothing else.
+pub fn default_read_only_documents() -> Vec<ReadOnlyDocument> {
+    vec![ReadOnlyDocument {
+        document: protocol::campaign::PATCH_BASELINE_DOCUMENT.into(),
+        parameter: Some(("Operation".into(), "Scan".into())),
+    }]
+}
+
+/// True when some step of `campaign` is not read-only.
+pub fn changes_hosts(campaign: &Campaign, read_only: &[ReadOnlyDocument]) -> bool {
+    campaign
+        .steps
+        .iter()
+        .any(|step| !read_only.iter().any(|document| document.covers(step)))
+}
+
+/// Who wrote a version and who approved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub version: u32,
+    pub author: String,
+    pub approver: Option<String>,
+    pub approved_ms: Option<u64>,
+}
+
+/// KEYS campaign hash; ARGV version, approver, now. Returns {status, author,
+/// approver, approved_ms}: status 0 unknown version, 1 approved now, 2 was
+/// approved already, 3 the approver is the author.
+static APPROVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], 'v:' .. v) == 0 then return {0, '', '', '0'} end
+local author = redis.call('HGET', KEYS[1], 'author:' .. v) or ''
+local approver = redis.call('HGET', KEYS[1], 'approver:' .. v)
+if approver then return {2, author, approver, redis.call('HGET', KEYS[1], 'approved_ms:' .. v) or '0'} end
+if author == ARGV[2] then return {3, author, '', '0'} end
+redis.call('HSET', KEYS[1], 'approver:' .. v, ARGV[2], 'approved_ms:' .. v, ARGV[3])
+return {1, author, ARGV[2], ARGV[3]}
+",
+    )
+});
+
+/// What the approve step found.
+pub(crate) enum ApproveOutcome {
+    UnknownVersion,
+    Approved(Approval),
+    AuthorCannotApprove { author: String },
+}
+
+impl Scheduler {
+    /// The author and approval of a stored version; `None` if there is no
+    /// such version.
+    pub async fn approval(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Approval>, SchedulerError> {
+        let fields: (Option<String>, Option<String>, Option<String>, Option<u64>) =
+            match self.ledger.backend() {
+                Backend::Redis(connection) => {
+                    let mut connection = connection.clone();
+                    redis::cmd("HMGET")
+                        .arg(self.broker.names().campaign_key(name))
+                        .arg(format!("v:{version}"))
+                        .arg(format!("author:{version}"))
+                        .arg(format!("approver:{version}"))
+                        .arg(format!("approved_ms:{version}"))
+                        .query_async(&mut connection)
+                        .await?
+                }
+                Backend::InProcess(twin) => twin.campaign_approval(name, version),
+            };
+        let (spec, author, approver, approved_ms) = fields;
+        Ok(spec.map(|_| Approval {
+            version,
+            author: author.unwrap_or_default(),
+            approver,
+            approved_ms,
+        }))
+    }
+
+    /// Approves a version; the author may not, and a second approval changes
+    /// nothing.
+    pub async fn approve_campaign(
+        &self,
+        name: &str,
+        version: u32,
+        approver: &Principal,
+    ) -> Result<Approval, SchedulerError> {
+        let outcome = match self.ledger.backend() {
+            Backend::Redis(connection) => {
+                let mut connection = connection.clone();
+                let (status, author, approved_by, approved_ms): (u8, String, String, u64) = APPROVE
+                    .key(self.broker.names().campaign_key(name))
+                    .arg(version)
+                    .arg(&approver.name)
+                    .arg(now_ms())
+                    .invoke_async(&mut connection)
+                    .await?;
+                match status {
+                    0 => ApproveOutcome::UnknownVersion,
+                    3 => ApproveOutcome::AuthorCannotApprove { author },
+                    _ => ApproveOutcome::Approved(Approval {
+                        version,
+                        author,
+                        approver: Some(approved_by),
+                        approved_ms: Some(approved_ms),
+                    }),
+                }
+            }
+            Backend::InProcess(twin) => {
+                twin.approve_campaign(name, version, &approver.name, now_ms())
+            }
+        };
+        match outcome {
+            ApproveOutcome::UnknownVersion => Err(SchedulerError::UnknownCampaignVersion {
+                name: name.to_string(),
+                version,
+            }),
+            ApproveOutcome::AuthorCannotApprove { author } => {
+                Err(SchedulerError::Forbidden(format!(
+                    "two-person rule: {author} wrote {name} v{version} and cannot approve it; another approver must"
+                )))
+            }
+            ApproveOutcome::Approved(approval) => Ok(approval),
+        }
+    }
+
+    /// Refuses to start a run of a version that changes hosts and is not
+    /// approved; returns the approval (or the version's author) for the record.
+    pub async fn check_approved(
+        &self,
+        campaign: &Campaign,
+        version: u32,
+    ) -> Result<Approval, SchedulerError> {
+        let approval = self
+            .approval(&campaign.name, version)
+            .await?
+            .ok_or_else(|| SchedulerError::UnknownCampaignVersion {
+                name: campaign.name.clone(),
+                version,
+            })?;
+        if approval.approver.is_none() && changes_hosts(campaign, &self.config.read_only_documents)
+        {
+            return Err(SchedulerError::NeedsApproval(format!(
+                "{} v{version} changes hosts and has no approval yet; an approver other than its author ({}) must run `flotilla campaign approve {} --version {version}`",
+                campaign.name,
+                if approval.author.is_empty() {
+                    "unknown"
+                } else {
+                    &approval.author
+                },
+                campaign.name
+            )));
+        }
+        Ok(approval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign(document: &str, operation: &str) -> Campaign {
+        let yaml = format!(
+            "name: c\naccounts: {{ids: [\"123456789012\"]}}\nregions: [us-east-1]\ntargets: {{all: true}}\nsteps:\n  - name: s\n    document: {document}\n    parameters: {{Operation: {operation}}}\n"
+        );
+        match Campaign::parse(&yaml, protocol::SpecFormat::Yaml) {
+            Ok(campaign) => campaign,
+            Err(errors) => panic!("{errors}"),
+        }
+    }
+
+    #[test]
+    fn only_a_patch_scan_is_read_only_by_default() {
+        let read_only = default_read_only_documents();
+        assert!(!changes_hosts(
+            &campaign("AWS-RunPatchBaseline", "Scan"),
+            &read_only
+        ));
+        assert!(changes_hosts(
+            &campaign("AWS-RunPatchBaseline", "Install"),
+            &read_only
+        ));
+        assert!(changes_hosts(
+            &campaign("AWS-RunShellScript", "Scan"),
+            &read_only
+        ));
+        let configured: Vec<ReadOnlyDocument> = vec!["AWS-RunShellScript".parse().unwrap()];
+        assert!(!changes_hosts(
+            &campaign("AWS-RunShellScript", "Scan"),
+            &configured
+        ));
+        assert!(
+            "AWS-RunPatchBaseline:Operation"
+                .parse::<ReadOnlyDocument>()
+                .is_err()
+        );
+    }
+}
