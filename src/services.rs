@@ -102,6 +102,51 @@ pub struct SchedulerArgs {
     /// AWS-RunPatchBaseline:Operation=Scan.
     #[arg(long = "read-only-document", value_name = "DOCUMENT[:PARAMETER=VALUE]")]
     pub read_only_documents: Vec<scheduler::approvals::ReadOnlyDocument>,
+    /// Accept JWTs of this OIDC issuer (its `iss`); needs --oidc-audience and
+    /// --oidc-jwks. Turns authentication on.
+    #[arg(long, env = "FLOTILLA_OIDC_ISSUER", requires_all = ["oidc_audience", "oidc_jwks"])]
+    pub oidc_issuer: Option<String>,
+    /// The `aud` the tokens must carry.
+    #[arg(long, env = "FLOTILLA_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The issuer's keys: a JWKS file, or an http:// URL read at start.
+    #[arg(long, env = "FLOTILLA_OIDC_JWKS")]
+    pub oidc_jwks: Option<String>,
+    /// The claim holding the flotilla role (a string or a list).
+    #[arg(
+        long,
+        env = "FLOTILLA_OIDC_ROLE_CLAIM",
+        default_value = "flotilla_role"
+    )]
+    pub oidc_role_claim: String,
+    /// The claim naming the principal.
+    #[arg(long, env = "FLOTILLA_OIDC_NAME_CLAIM", default_value = "sub")]
+    pub oidc_name_claim: String,
+}
+
+/// The largest JWKS read.
+const MAX_JWKS_BYTES: u64 = 256 * 1024;
+
+/// The JWKS text of a file or an http:// URL, bounded.
+fn read_jwks(source: &str) -> anyhow::Result<String> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let mut response = ureq::get(source).call().with_context(|| {
+            format!("fetching the JWKS {source} (https needs a file for now: fetch it with curl)")
+        })?;
+        return response
+            .body_mut()
+            .with_config()
+            .limit(MAX_JWKS_BYTES)
+            .read_to_string()
+            .with_context(|| format!("reading the JWKS {source}"));
+    }
+    let size = std::fs::metadata(source)
+        .with_context(|| format!("JWKS file {source}"))?
+        .len();
+    if size > MAX_JWKS_BYTES {
+        anyhow::bail!("JWKS file {source} is {size} bytes; at most {MAX_JWKS_BYTES} are read");
+    }
+    std::fs::read_to_string(source).with_context(|| format!("JWKS file {source}"))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -177,6 +222,19 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             .transpose()
             .map_err(anyhow::Error::msg)?,
         metrics_open: !args.metrics_need_token,
+        oidc: match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
+            (Some(issuer), Some(audience), Some(jwks)) => Some(
+                scheduler::oidc::OidcVerifier::new(
+                    issuer,
+                    audience,
+                    &read_jwks(jwks)?,
+                    &args.oidc_role_claim,
+                    &args.oidc_name_claim,
+                )
+                .map_err(|error| anyhow::anyhow!("--oidc-jwks: {error}"))?,
+            ),
+            _ => None,
+        },
     };
     config.audit_output = Some(
         protocol::campaign::parse_output(Some(&args.audit_output))

@@ -13,6 +13,7 @@ use scheduler::audit::AuditRecord;
 use scheduler::auth::{
     AuthSettings, Role, TokenRecord, TokensFile, append_tokens_file, new_token, token_hash,
 };
+use scheduler::oidc::{OidcVerifier, TestIssuer};
 use support::{Backend, Stack};
 
 /// A caller of the walk: a name for messages, a token (or none), and the role
@@ -97,7 +98,21 @@ async fn walk_every_route(backend: Backend) {
     let secrets = tempfile::tempdir().unwrap();
     let tokens_path = secrets.path().join("tokens");
     let audit_dir = tempfile::tempdir().unwrap();
+    let sso = TestIssuer::new("https://sso.example", "k1").unwrap();
+    let foreign = TestIssuer::new("https://sso.example", "k1").unwrap();
+    let in_an_hour = support::now_unix_ms() / 1000 + 3600;
+    let sso_claims = serde_json::json!({"sub": "sam@example.com", "aud": "flotilla", "exp": in_an_hour, "flotilla_role": "operator"});
     let callers = vec![
+        Caller {
+            name: "sso-operator",
+            token: Some(sso.sign(sso_claims.clone()).unwrap()),
+            role: Some(Role::Operator),
+        },
+        Caller {
+            name: "sso-foreign-key",
+            token: Some(foreign.sign(sso_claims).unwrap()),
+            role: None,
+        },
         Caller {
             name: "nobody",
             token: None,
@@ -145,6 +160,7 @@ async fn walk_every_route(backend: Backend) {
         },
     ];
     let principal_of = |caller: &Caller| match caller.name {
+        "sso-operator" => "sam@example.com",
         "viewer" => "vera",
         "operator" => "otto",
         "approver" => "anna",
@@ -157,6 +173,10 @@ async fn walk_every_route(backend: Backend) {
         let config = stack.scheduler_config_mut();
         config.auth = AuthSettings {
             tokens_file: Some(TokensFile::open(tokens_path.clone()).unwrap()),
+            oidc: Some(
+                OidcVerifier::new(&sso.issuer, "flotilla", &sso.jwks(), "flotilla_role", "sub")
+                    .unwrap(),
+            ),
             metrics_open: true,
         };
         config.audit_output = Some(protocol::campaign::OutputLocation::Local(
@@ -164,7 +184,7 @@ async fn walk_every_route(backend: Backend) {
         ));
     }
     let port = stack.serve_api().await;
-    let admin = callers[6].token.clone().unwrap();
+    let admin = callers[8].token.clone().unwrap();
 
     // A stored campaign and a run to act on, made by the admin.
     let spec = serde_json::to_string(
@@ -184,7 +204,7 @@ async fn walk_every_route(backend: Backend) {
     .await;
     assert_eq!(status, 200, "{body}");
     // It changes hosts: another principal approves it before it runs.
-    let approver = callers[5].token.clone().unwrap();
+    let approver = callers[7].token.clone().unwrap();
     let (status, body) = support::http_as(
         port,
         Some(&approver),
@@ -434,6 +454,7 @@ async fn a_refused_credential_gets_a_bearer_challenge() {
     stack.scheduler_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: false,
+        ..AuthSettings::default()
     };
     let port = stack.serve_api().await;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -468,6 +489,7 @@ async fn the_cli_sends_the_token_of_its_environment() {
     stack.scheduler_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: true,
+        ..AuthSettings::default()
     };
     let port = stack.serve_api().await;
     let api = format!("http://127.0.0.1:{port}");
@@ -513,6 +535,7 @@ async fn a_campaign_that_changes_hosts_runs_only_once_someone_else_approves_it()
     stack.scheduler_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: true,
+        ..AuthSettings::default()
     };
     let port = stack.serve_api().await;
     let post = |token: &str, path: &str, body: &str| {

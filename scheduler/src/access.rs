@@ -80,9 +80,9 @@ impl Refusal {
 }
 
 async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Principal, Refusal> {
-    let Some(tokens_file) = &state.auth.tokens_file else {
+    if state.auth.is_open() {
         return Ok(Principal::anonymous());
-    };
+    }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(Refusal::unauthenticated(
             "authentication required: send `Authorization: Bearer <token>` (the CLI reads FLOTILLA_TOKEN or FLOTILLA_TOKEN_FILE)",
@@ -98,14 +98,24 @@ async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Principal
         .ok_or_else(|| {
             Refusal::unauthenticated("the Authorization header is not `Bearer <token>`", true)
         })?;
+    if let Some(oidc) = &state.auth.oidc
+        && crate::oidc::OidcVerifier::looks_like_jwt(token)
+    {
+        return oidc
+            .verify(token)
+            .map_err(|why| Refusal::unauthenticated(why, true));
+    }
     let sha256 = token_hash(token);
-    let from_file = tokens_file.lookup(&sha256).map_err(|error| {
-        tracing::error!(
-            error = error.as_str(),
-            "tokens file unreadable: refusing every token"
-        );
-        Refusal::unavailable("the scheduler cannot read its tokens file; see its log")
-    })?;
+    let from_file = match &state.auth.tokens_file {
+        Some(tokens_file) => tokens_file.lookup(&sha256).map_err(|error| {
+            tracing::error!(
+                error = error.as_str(),
+                "tokens file unreadable: refusing every token"
+            );
+            Refusal::unavailable("the scheduler cannot read its tokens file; see its log")
+        })?,
+        None => None,
+    };
     let record = match from_file {
         Some(record) => Some(record),
         None => {

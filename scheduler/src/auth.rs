@@ -358,6 +358,8 @@ pub struct AuthSettings {
     /// it turns authentication on, and tokens made through the API (kept in
     /// Redis) are accepted too.
     pub tokens_file: Option<TokensFile>,
+    /// JWTs of a company's SSO; setting it turns authentication on too.
+    pub oidc: Option<crate::oidc::OidcVerifier>,
     /// `/metrics` without a token (it holds counts, never ids or secrets).
     pub metrics_open: bool,
 }
@@ -365,7 +367,7 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// No authentication configured: every caller is [`Principal::anonymous`].
     pub fn is_open(&self) -> bool {
-        self.tokens_file.is_none()
+        self.tokens_file.is_none() && self.oidc.is_none()
     }
 }
 

@@ -12,6 +12,7 @@
 //!   `/healthz` behind [`auth`] (bearer tokens, roles) and recorded in [`audit`].
 //! - [`auth`]: principals, roles, the permission each route needs, tokens.
 //! - [`tokens`]: API-made tokens in Redis (hashes only).
+//! - [`oidc`]: JWT bearer tokens of an OIDC issuer (RS256/ES256, its JWKS).
 //! - [`audit`]: the append-only audit trail (Redis stream and durable files).
 //! - [`approvals`]: the two-person rule for campaigns that change hosts.
 //! - [`triggers`]: events and Alertmanager alerts that start or stop runs, and
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod campaigns;
 pub mod ledger;
 pub mod metrics;
+pub mod oidc;
 pub mod organizations;
 pub mod reports;
 pub mod runs;

@@ -1,0 +1,277 @@
+//! OIDC / JWT bearer tokens, so a company's SSO can front flotilla: a token
+//! signed by the configured issuer (RS256 or ES256, a key of its JWKS), for
+//! the configured audience, within `nbf`..`exp`, whose role claim names a
+//! flotilla role. The JWKS is read once at start, from a file or a URL the
+//! binary fetches (a key rotation needs a restart, for now).
+
+use std::collections::HashMap;
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde_json::Value;
+
+use crate::auth::{Principal, Role, check_principal_name};
+
+/// Clock skew allowed on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 30;
+
+/// How to verify and read an issuer's tokens.
+#[derive(Clone)]
+pub struct OidcVerifier {
+    issuer: String,
+    audience: String,
+    /// The claim that holds the flotilla role (a string, or a list whose
+    /// first known role wins).
+    role_claim: String,
+    /// The claim that names the principal (`sub`, `email`, …).
+    name_claim: String,
+    /// The issuer's keys by `kid` (`""` for a key without one).
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for OidcVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcVerifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("role_claim", &self.role_claim)
+            .field("name_claim", &self.name_claim)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn algorithm_of(jwk: &Jwk) -> Result<Algorithm, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Ok(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Ok(Algorithm::ES256)
+        }
+        _ => Err("only RS256 (RSA) and ES256 (P-256) keys are accepted".into()),
+    }
+}
+
+impl OidcVerifier {
+    /// Reads the JWKS (JSON text, bounded by the caller) and keeps its RS256
+    /// and ES256 keys; an issuer with none is an error.
+    pub fn new(
+        issuer: &str,
+        audience: &str,
+        jwks_json: &str,
+        role_claim: &str,
+        name_claim: &str,
+    ) -> Result<Self, String> {
+        let set: JwkSet =
+            serde_json::from_str(jwks_json).map_err(|error| format!("JWKS: {error}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Ok(algorithm) = algorithm_of(jwk) else {
+                continue;
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("JWKS key: {error}"))?;
+            let kid = jwk.common.key_id.clone().unwrap_or_default();
+            keys.insert(kid, (algorithm, key));
+        }
+        if keys.is_empty() {
+            return Err("the JWKS has no RS256 or ES256 key".into());
+        }
+        if issuer.is_empty() || audience.is_empty() {
+            return Err("OIDC needs an issuer and an audience".into());
+        }
+        Ok(Self {
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            role_claim: role_claim.to_string(),
+            name_claim: name_claim.to_string(),
+            keys,
+        })
+    }
+
+    /// True for what looks like a JWT (three dot-separated parts), as opposed
+    /// to a flotilla token.
+    pub fn looks_like_jwt(token: &str) -> bool {
+        token.split('.').count() == 3 && !token.starts_with("flt_")
+    }
+
+    /// The principal of a valid token; why not, for anything else (shown in
+    /// the 401).
+    pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        let header = decode_header(token).map_err(|error| format!("not a JWT: {error}"))?;
+        let kid = header.kid.clone().unwrap_or_default();
+        let (algorithm, key) = self
+            .keys
+            .get(&kid)
+            .or_else(|| {
+                (self.keys.len() == 1)
+                    .then(|| self.keys.values().next())
+                    .flatten()
+            })
+            .ok_or_else(|| format!("no key {kid:?} in the issuer's JWKS"))?;
+        if header.alg != *algorithm {
+            return Err(format!(
+                "the token is {:?}; its key is for {algorithm:?}",
+                header.alg
+            ));
+        }
+        let mut validation = Validation::new(*algorithm);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
+        let claims = decode::<HashMap<String, Value>>(token, key, &validation)
+            .map_err(|error| format!("the token is not valid: {error}"))?
+            .claims;
+        let name = claims
+            .get(&self.name_claim)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the token has no {:?} claim", self.name_claim))?;
+        check_principal_name(name)?;
+        let role = match claims.get(&self.role_claim) {
+            Some(Value::String(role)) => role.parse::<Role>().ok(),
+            Some(Value::Array(roles)) => roles
+                .iter()
+                .filter_map(Value::as_str)
+                .find_map(|role| role.parse::<Role>().ok()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!(
+                "the token's {:?} claim names no flotilla role",
+                self.role_claim
+            )
+        })?;
+        Ok(Principal {
+            name: name.to_string(),
+            role,
+        })
+    }
+}
+
+/// An issuer with a fresh P-256 key, for tests and trying OIDC out: its JWKS
+/// and the tokens it signs.
+pub struct TestIssuer {
+    pub issuer: String,
+    pub kid: String,
+    pkcs8: Vec<u8>,
+    public_point: Vec<u8>,
+}
+
+impl TestIssuer {
+    pub fn new(issuer: &str, kid: &str) -> Result<Self, String> {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| "no P-256 key".to_string())?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .map_err(|_| "no P-256 key".to_string())?;
+        Ok(Self {
+            issuer: issuer.to_string(),
+            kid: kid.to_string(),
+            pkcs8: pkcs8.as_ref().to_vec(),
+            public_point: pair.public_key().as_ref().to_vec(),
+        })
+    }
+
+    /// The JWKS with this issuer's one key.
+    pub fn jwks(&self) -> String {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        // An uncompressed point: 0x04, then X and Y, 32 bytes each.
+        let x = self.public_point.get(1..33).unwrap_or_default();
+        let y = self.public_point.get(33..65).unwrap_or_default();
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256",
+            "kid": self.kid, "x": b64(x), "y": b64(y),
+        }]})
+        .to_string()
+    }
+
+    /// A token with `claims` (plus `iss`), signed with this issuer's key.
+    pub fn sign(&self, mut claims: serde_json::Value) -> Result<String, String> {
+        claims["iss"] = serde_json::Value::String(self.issuer.clone());
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8);
+        jsonwebtoken::encode(&header, &claims, &key).map_err(|error| error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> u64 {
+        protocol::job::UnixMillis::now().0 / 1000
+    }
+
+    fn verifier(issuer: &TestIssuer) -> OidcVerifier {
+        OidcVerifier::new(
+            &issuer.issuer,
+            "flotilla",
+            &issuer.jwks(),
+            "flotilla_role",
+            "sub",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_of_the_issuer_names_its_principal_and_role() {
+        let issuer = TestIssuer::new("https://sso.example", "k1").unwrap();
+        let token = issuer
+            .sign(json!({"sub": "alice@example.com", "aud": "flotilla", "exp": now() + 600, "flotilla_role": ["staff", "operator"]}))
+            .unwrap();
+        assert!(OidcVerifier::looks_like_jwt(&token));
+        let principal = verifier(&issuer).verify(&token).unwrap();
+        assert_eq!(principal.name, "alice@example.com");
+        assert_eq!(principal.role, Role::Operator);
+    }
+
+    #[test]
+    fn foreign_expired_early_and_misaddressed_tokens_are_refused() {
+        let issuer = TestIssuer::new("https://sso.example", "k1").unwrap();
+        let verifier = verifier(&issuer);
+        let claims = |extra: serde_json::Value| {
+            let mut claims = json!({"sub": "bob", "aud": "flotilla", "exp": now() + 600, "flotilla_role": "admin"});
+            for (key, value) in extra.as_object().unwrap() {
+                claims[key] = value.clone();
+            }
+            claims
+        };
+        let foreign = TestIssuer::new("https://sso.example", "k1").unwrap();
+        let refused = |token: String, why: &str| {
+            let error = verifier.verify(&token).unwrap_err();
+            assert!(error.contains(why), "{why}: {error}");
+        };
+        refused(foreign.sign(claims(json!({}))).unwrap(), "not valid");
+        refused(
+            issuer.sign(claims(json!({"exp": now() - 3600}))).unwrap(),
+            "not valid",
+        );
+        refused(
+            issuer.sign(claims(json!({"nbf": now() + 3600}))).unwrap(),
+            "not valid",
+        );
+        refused(
+            issuer.sign(claims(json!({"aud": "someone-else"}))).unwrap(),
+            "not valid",
+        );
+        refused(
+            issuer
+                .sign(claims(json!({"flotilla_role": "root"})))
+                .unwrap(),
+            "names no flotilla role",
+        );
+        let other = TestIssuer::new("https://evil.example", "k1").unwrap();
+        let mut token = other.sign(claims(json!({}))).unwrap();
+        refused(token.clone(), "not valid");
+        token.push('x');
+        assert!(verifier.verify(&token).is_err());
+        assert!(!OidcVerifier::looks_like_jwt("flt_0123"));
+    }
+}
