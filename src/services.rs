@@ -32,6 +32,10 @@ pub struct ConnectionArgs {
         default_value = "redis://127.0.0.1:6379/"
     )]
     pub redis_url: String,
+    /// The CA (PEM) that signed Redis' certificate, for a `rediss://` URL
+    /// whose server the system's roots do not vouch for.
+    #[arg(long, env = "FLOTILLA_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every queue and key: deployments sharing a broker and Redis
     /// must use different ones.
     #[arg(long, env = "FLOTILLA_PREFIX", default_value = "flotilla")]
@@ -194,7 +198,10 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         attempt_timeout: None,
     };
     runtime()?.block_on(async {
-        let store = store::AnyStore::connect(&args.connection.redis_url, names).await?;
+        let tls = store::RedisTls {
+            ca_file: args.connection.redis_ca_file.clone(),
+        };
+        let store = store::AnyStore::connect_with(&args.connection.redis_url, names, &tls).await?;
         worker::run(config, store, termination()).await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -204,6 +211,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let names = Names::new(args.connection.prefix.clone());
     let mut config =
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
+    config.redis_tls = store::RedisTls {
+        ca_file: args.connection.redis_ca_file,
+    };
     // S3 credentials come from the AWS_* environment variables.
     config.s3 = scheduler::sink::S3Settings {
         endpoint_url: args.s3_endpoint_url,

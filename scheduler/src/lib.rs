@@ -150,6 +150,8 @@ pub struct SchedulerConfig {
     /// Scan` by default); campaigns with any other step need a second
     /// principal's approval before they run.
     pub read_only_documents: Vec<crate::approvals::ReadOnlyDocument>,
+    /// A CA for `rediss://` Redis URLs.
+    pub redis_tls: store::RedisTls,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -166,6 +168,7 @@ impl std::fmt::Debug for SchedulerConfig {
             .field("auth", &self.auth)
             .field("audit_output", &self.audit_output)
             .field("read_only_documents", &self.read_only_documents)
+            .field("redis_tls", &self.redis_tls)
             .finish_non_exhaustive()
     }
 }
@@ -185,6 +188,7 @@ impl SchedulerConfig {
             auth: crate::auth::AuthSettings::default(),
             audit_output: None,
             read_only_documents: crate::approvals::default_read_only_documents(),
+            redis_tls: store::RedisTls::default(),
         }
     }
 }
@@ -216,7 +220,12 @@ impl Scheduler {
         config: SchedulerConfig,
         metrics: crate::metrics::SchedulerMetrics,
     ) -> Result<Self, SchedulerError> {
-        let store = store::AnyStore::connect(&config.redis_url, config.names.clone()).await;
+        let store = store::AnyStore::connect_with(
+            &config.redis_url,
+            config.names.clone(),
+            &config.redis_tls,
+        )
+        .await;
         metrics.connection("redis", store.is_ok());
         let store = store?;
         let broker = Broker::connect(&config.amqp_url, config.names.clone(), &config.name).await;

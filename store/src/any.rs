@@ -7,11 +7,15 @@ use uuid::Uuid;
 use protocol::names::{Names, in_process_name};
 use protocol::run::RunState;
 
+use crate::redis_store::RedisTls;
 use crate::{
     BucketId, KillScope, MemoryStore, RedisStore, SendClaim, SendGate, Store, StoreError,
     TokenGrant, TokenRequest,
 };
 
+// The Redis variant is the production one (TLS made its client larger):
+// boxing it would cost an indirection on every call to save bytes for the demo's.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AnyStore {
     Redis(RedisStore),
@@ -20,9 +24,16 @@ pub enum AnyStore {
 
 impl AnyStore {
     pub async fn connect(url: &str, names: Names) -> Result<Self, StoreError> {
+        Self::connect_with(url, names, &RedisTls::default()).await
+    }
+
+    /// [`AnyStore::connect`], with a CA for `rediss://` URLs.
+    pub async fn connect_with(url: &str, names: Names, tls: &RedisTls) -> Result<Self, StoreError> {
         match in_process_name(url) {
             Some(name) => Ok(Self::InProcess(MemoryStore::named(name))),
-            None => Ok(Self::Redis(RedisStore::connect(url, names).await?)),
+            None => Ok(Self::Redis(
+                RedisStore::connect_with(url, names, tls).await?,
+            )),
         }
     }
 

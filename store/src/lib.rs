@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 pub use any::AnyStore;
 pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisStore, RedisTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -81,14 +81,68 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// TLS to Redis: a `rediss://` URL, checked against the system's roots or
+/// against the CA of `ca_file` (PEM) — a private CA, as ElastiCache's in-transit
+/// encryption or a self-run Redis with `tls-port` uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// The largest CA file read.
+const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+impl RedisTls {
+    fn root_cert(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let unreadable = |error: std::io::Error| {
+            StoreError::Unexpected(format!("Redis CA file {}: {error}", path.display()))
+        };
+        let size = std::fs::metadata(path).map_err(unreadable)?.len();
+        if size > MAX_CA_FILE_BYTES {
+            return Err(StoreError::Unexpected(format!(
+                "Redis CA file {} is {size} bytes; at most {MAX_CA_FILE_BYTES} are read",
+                path.display()
+            )));
+        }
+        std::fs::read(path).map(Some).map_err(unreadable)
+    }
+}
+
 impl RedisStore {
     /// Connects (and reconnects by itself later); fails at once if Redis does not answer.
     pub async fn connect(url: &str, names: Names) -> Result<Self, StoreError> {
+        Self::connect_with(url, names, &RedisTls::default()).await
+    }
+
+    /// [`RedisStore::connect`], with a CA for `rediss://` URLs.
+    pub async fn connect_with(url: &str, names: Names, tls: &RedisTls) -> Result<Self, StoreError> {
         let unreachable = |source| StoreError::Unreachable {
             url: protocol::redact_password(url),
             source,
         };
-        let client = redis::Client::open(url).map_err(unreachable)?;
+        // rustls needs one crypto provider for the process; the SDKs bring
+        // two. Installing it again is harmless.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let client = match tls.root_cert()? {
+            Some(root_cert) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+            Some(_) => {
+                return Err(StoreError::Unexpected(format!(
+                    "a Redis CA file is set but {} is not a rediss:// URL",
+                    protocol::redact_password(url)
+                )));
+            }
+            None => redis::Client::open(url),
+        }
+        .map_err(unreachable)?;
         // Answers must come within a second: the kill switch is re-read every
         // second, and a Redis that does not answer must stop workers (fail closed)
         // rather than stall them. Reconnects back off up to a second.

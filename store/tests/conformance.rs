@@ -390,3 +390,107 @@ async fn the_twin_keeps_tokios_clock() {
         TokenGrant::Granted
     );
 }
+
+/// A redis-server of the test's own speaking TLS only, on a free loopback
+/// port, with a certificate for 127.0.0.1 from a CA the test makes. Killed
+/// on drop.
+struct TlsRedis {
+    url: String,
+    ca_file: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    // The child is reaped by Drop, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    async fn start() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca_file = write("ca.pem", ca_cert.pem());
+        let cert_file = write("server.pem", server_cert.pem());
+        let key_file = write("server.key", server_key.serialize_pem());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert_file)
+            .arg("--tls-key-file")
+            .arg(&key_file)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca_file)
+            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("this test starts its own redis-server with TLS ({error}); install it with `apt-get install redis-server`")
+            });
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Self {
+                    url: format!("rediss://127.0.0.1:{port}/"),
+                    ca_file,
+                    child,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server with TLS on port {port} did not start within 5 s");
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn over_tls_redis_keeps_the_kill_switch_tokens_claims_and_gate() {
+    let redis = TlsRedis::start().await;
+    let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
+    let tls = store::RedisTls {
+        ca_file: Some(redis.ca_file.clone()),
+    };
+    let connected = RedisStore::connect_with(&redis.url, names.clone(), &tls).await;
+    let store = connected.unwrap_or_else(|error| panic!("TLS connection: {error}"));
+    kill_switch_global_and_per_campaign(store.clone()).await;
+    token_bucket_grants_its_burst_then_asks_to_wait(store.clone()).await;
+    a_redelivered_job_finds_its_claim_or_command(store.clone()).await;
+    the_send_gate_follows_kill_switches_and_run_state(store.clone()).await;
+    kill_switch_changes_are_pushed(store).await;
+
+    // A server whose certificate no trusted CA signed is refused, and so is
+    // plain text on the TLS port.
+    let untrusted = RedisStore::connect(&redis.url, names.clone()).await;
+    assert!(
+        untrusted.is_err(),
+        "a certificate of an unknown CA was accepted"
+    );
+    let plain = redis.url.replace("rediss://", "redis://");
+    assert!(RedisStore::connect(&plain, names).await.is_err());
+}
