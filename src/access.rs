@@ -119,7 +119,7 @@ pub fn token(
             expires,
             tokens_file: None,
         } => {
-            let client = ApiClient::new(&api.api);
+            let client = ApiClient::from_args(api)?;
             let body = json!({
                 "name": name,
                 "role": role.as_str(),
@@ -140,7 +140,7 @@ pub fn token(
             print_tokens(out, &listed)?;
         }
         TokenCommand::List { tokens_file: None } => {
-            let listed: Vec<ListedToken> = ApiClient::new(&api.api).get("/tokens")?;
+            let listed: Vec<ListedToken> = ApiClient::from_args(api)?.get("/tokens")?;
             print_tokens(out, &listed)?;
         }
         TokenCommand::Revoke {
@@ -158,7 +158,7 @@ pub fn token(
             tokens_file: None,
         } => {
             let revoked: serde_json::Value =
-                ApiClient::new(&api.api).delete(&format!("/tokens/{name}"))?;
+                ApiClient::from_args(api)?.delete(&format!("/tokens/{name}"))?;
             writeln!(out, "revoked {} token(s) of {name}", revoked["revoked"])?;
         }
     }
@@ -194,7 +194,7 @@ pub fn audit(api: &ApiArgs, args: AuditArgs, out: &mut impl Write) -> anyhow::Re
         }
     }
     let path = format!("/audit?{}", query.join("&"));
-    let records: Vec<AuditRecord> = ApiClient::new(&api.api).get(&path)?;
+    let records: Vec<AuditRecord> = ApiClient::from_args(api)?.get(&path)?;
     match args.format {
         OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
         OutputFormat::Table => {

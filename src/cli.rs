@@ -68,7 +68,7 @@ pub enum Command {
     /// Run a worker: take jobs from RabbitMQ, assume roles, call SSM, report results.
     Worker(crate::services::WorkerArgs),
     /// Run the scheduler: apply workers' reports, admit work, write results.
-    Scheduler(crate::services::SchedulerArgs),
+    Scheduler(Box<crate::services::SchedulerArgs>),
     /// Stored campaigns (through the scheduler's API).
     Campaign {
         #[command(flatten)]
@@ -134,7 +134,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => crate::demo::demo(args, &mut out),
         Command::Bench(args) => crate::bench::bench(args, &mut out),
         Command::Worker(args) => crate::services::worker(args),
-        Command::Scheduler(args) => crate::services::scheduler(args),
+        Command::Scheduler(args) => crate::services::scheduler(*args),
         Command::Campaign { api, command } => crate::commands::campaign(&api, command, &mut out),
         Command::Run { api, command } => crate::commands::run(&api, command, &mut out),
         Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),

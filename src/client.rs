@@ -51,7 +51,37 @@ impl ApiClient {
 
     /// A client that sends no token.
     pub fn anonymous(base: &str) -> Self {
-        let config = ureq::Agent::config_builder()
+        Self::build(base, None)
+    }
+
+    /// The client the API arguments describe: its URL, the CA of an https
+    /// API (`--ca-file` / FLOTILLA_CA_FILE) and the token of the environment.
+    pub fn from_args(api: &crate::commands::ApiArgs) -> anyhow::Result<Self> {
+        let ca = match &api.ca_file {
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+                Some(
+                    ureq::tls::Certificate::from_pem(&pem)
+                        .with_context(|| format!("--ca-file {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let mut client = Self::build(&api.api, ca);
+        client.authorization = token_from_environment()?.map(|token| format!("Bearer {token}"));
+        Ok(client)
+    }
+
+    fn build(base: &str, ca: Option<ureq::tls::Certificate<'static>>) -> Self {
+        let mut config = ureq::Agent::config_builder();
+        if let Some(certificate) = ca {
+            let tls = ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[certificate]))
+                .build();
+            config = config.tls_config(tls);
+        }
+        let config = config
             // API errors carry a JSON message worth showing; read them as responses.
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -61,12 +91,6 @@ impl ApiClient {
             agent: config.into(),
             authorization: None,
         }
-    }
-
-    /// Sends `token` as the bearer token.
-    pub fn with_token(mut self, token: &str) -> Self {
-        self.authorization = Some(format!("Bearer {token}"));
-        self
     }
 
     fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {

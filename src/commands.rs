@@ -26,6 +26,10 @@ pub struct ApiArgs {
         global = true
     )]
     pub api: String,
+    /// The CA (PEM) that signed an https API's certificate, when the
+    /// system's roots do not vouch for it.
+    #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,7 +192,7 @@ pub fn campaign(
     command: CampaignCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(&api.api);
+    let client = ApiClient::from_args(api)?;
     match command {
         CampaignCommand::Apply { file } => {
             apply(&client, &file, out)?;
@@ -344,7 +348,7 @@ pub(crate) fn watch(
 }
 
 pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(&api.api);
+    let client = ApiClient::from_args(api)?;
     match command {
         RunCommand::Start {
             name,
@@ -470,7 +474,7 @@ fn steer(
 }
 
 pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(&api.api);
+    let client = ApiClient::from_args(api)?;
     let query = |campaign: &Option<String>| {
         campaign
             .as_ref()
@@ -511,7 +515,7 @@ pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::
         Some(dir) => dir,
         None => {
             let detail: RunDetail =
-                ApiClient::new(&api.api).get(&format!("/runs/{}", args.run_id))?;
+                ApiClient::from_args(api)?.get(&format!("/runs/{}", args.run_id))?;
             detail.progress.output_dir
         }
     };

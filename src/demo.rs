@@ -279,6 +279,7 @@ fn drive(api_url: &str, campaign_json: String, out: &mut impl Write) -> anyhow::
     writeln!(out)?;
     let api = ApiArgs {
         api: api_url.to_string(),
+        ca_file: None,
     };
     let report = ReportArgs {
         run_id,

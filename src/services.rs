@@ -92,6 +92,16 @@ pub struct SchedulerArgs {
     /// Anyone who reaches it can run commands on every host: tests only.
     #[arg(long, env = "FLOTILLA_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Serve the API over HTTPS with this certificate (PEM chain).
+    #[arg(long, env = "FLOTILLA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept client certificates this CA (PEM) signed as principals: the
+    /// subject's CN is the name, its OU the role. Needs --tls-cert.
+    #[arg(long, env = "FLOTILLA_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// `/metrics` needs a token too (a viewer's suffices); by default it is
     /// open, as it holds counts only, never ids or secrets.
     #[arg(long, env = "FLOTILLA_METRICS_NEED_TOKEN")]
@@ -232,6 +242,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             .transpose()
             .map_err(anyhow::Error::msg)?,
         metrics_open: !args.metrics_need_token,
+        client_certificates: args.tls_client_ca.is_some(),
         oidc: match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
             (Some(issuer), Some(audience), Some(jwks)) => Some(
                 scheduler::oidc::OidcVerifier::new(
@@ -250,6 +261,12 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         protocol::campaign::parse_output(Some(&args.audit_output))
             .map_err(|error| anyhow::anyhow!("--audit-output: {error}"))?,
     );
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.api_tls = Some(
+            scheduler::tls::ApiTls::from_files(cert, key, args.tls_client_ca.as_deref())
+                .map_err(|error| anyhow::anyhow!("--tls-cert/--tls-key: {error}"))?,
+        );
+    }
     if !args.read_only_documents.is_empty() {
         config.read_only_documents = args.read_only_documents;
     }

@@ -178,6 +178,7 @@ async fn walk_every_route(backend: Backend) {
                     .unwrap(),
             ),
             metrics_open: true,
+            client_certificates: false,
         };
         config.audit_output = Some(protocol::campaign::OutputLocation::Local(
             audit_dir.path().to_path_buf(),
@@ -620,5 +621,188 @@ async fn a_campaign_that_changes_hosts_runs_only_once_someone_else_approves_it()
         )),
         "{started:?}"
     );
+    stack.teardown().await;
+}
+
+/// A CA, a server certificate for 127.0.0.1, client certificates: PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let certificate = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), certificate.pem()).unwrap();
+        Self {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `<name>.pem` and `<name>.key` for `subject_alt_names`, with CN and OU.
+    fn issue(&self, name: &str, subject_alt_names: &[&str], cn: &str, ou: &str) {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = subject_alt_names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, ou);
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.path(&format!("{name}.pem")), certificate.pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// One HTTP/1.0 request over TLS with a client certificate; the status, or
+/// `None` when the handshake failed.
+async fn https_with_client_certificate(
+    port: u16,
+    ca: &std::path::Path,
+    client: (&std::path::Path, &std::path::Path),
+    request: &str,
+) -> Option<u16> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_file(client.0).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(client.1).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut stream = connector.connect(name, tcp).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_the_api_over_https_and_client_certificates_are_principals() {
+    let mut stack = Stack::start_on(support::single_location(1, false), Backend::InProcess).await;
+    let pki = Pki::new();
+    pki.issue("server", &["127.0.0.1"], "flotilla-scheduler", "server");
+    pki.issue("ci-bot", &[], "ci-bot", "operator");
+    let foreign = Pki::new();
+    foreign.issue("mallory", &[], "mallory", "admin");
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let viewer = add_token(&tokens_path, "vera", Role::Viewer, None);
+    {
+        let config = stack.scheduler_config_mut();
+        config.auth = AuthSettings {
+            tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+            client_certificates: true,
+            ..AuthSettings::default()
+        };
+        config.api_tls = Some(
+            scheduler::tls::ApiTls::from_files(
+                &pki.path("server.pem"),
+                &pki.path("server.key"),
+                Some(&pki.path("ca.pem")),
+            )
+            .unwrap(),
+        );
+    }
+    stack.kill_scheduler();
+    let port = support::free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stack.start_scheduler_with_api(Some(listener));
+    let api = format!("https://127.0.0.1:{port}");
+    let ca = pki.path("ca.pem");
+    let cli = |with_ca: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        command
+            .args(["run", "list", "--format", "json"])
+            .env("FLOTILLA_API_URL", &api)
+            .env("FLOTILLA_TOKEN", &viewer)
+            .env_remove("FLOTILLA_TOKEN_FILE")
+            .env_remove("FLOTILLA_CA_FILE");
+        if with_ca {
+            command.arg("--ca-file").arg(&ca);
+        }
+        command.output()
+    };
+    let mut listed = cli(true).await.unwrap();
+    for _ in 0..50 {
+        if listed.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        listed = cli(true).await.unwrap();
+    }
+    assert!(listed.status.success(), "the CLI over https: {listed:?}");
+    let untrusted = cli(false).await.unwrap();
+    assert!(
+        !untrusted.status.success(),
+        "a certificate of an unknown CA was accepted"
+    );
+
+    // A client certificate of the client CA is the principal (CN) with the
+    // role of its OU; one of another CA gets no connection at all.
+    let body = r#"{"reason":"mtls"}"#;
+    let post_kill = format!(
+        "POST /kill?campaign=x HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let ci_bot = (pki.path("ci-bot.pem"), pki.path("ci-bot.key"));
+    let status = https_with_client_certificate(port, &ca, (&ci_bot.0, &ci_bot.1), &post_kill).await;
+    assert_eq!(
+        status,
+        Some(200),
+        "an operator's certificate engages a campaign kill switch"
+    );
+    let release = "DELETE /kill?campaign=x HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    let status = https_with_client_certificate(port, &ca, (&ci_bot.0, &ci_bot.1), release).await;
+    assert_eq!(status, Some(403), "an operator may not release it");
+    let mallory = (foreign.path("mallory.pem"), foreign.path("mallory.key"));
+    let status = https_with_client_certificate(port, &ca, (&mallory.0, &mallory.1), release).await;
+    assert!(
+        status.is_none(),
+        "a foreign client certificate is refused in the handshake"
+    );
+
+    let audit = "GET /audit?principal=ci-bot HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    let status = https_with_client_certificate(port, &ca, (&ci_bot.0, &ci_bot.1), audit).await;
+    assert_eq!(status, Some(200));
+    let store_view = stack.scheduler.audit().unwrap();
+    let records = store_view
+        .query(&scheduler::audit::AuditQuery {
+            principal: Some("ci-bot".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str)> = records
+        .iter()
+        .map(|record| (record.action.as_str(), record.outcome.as_str()))
+        .collect();
+    assert_eq!(actions, [("kill:engage", "ok"), ("kill:release", "denied")]);
     stack.teardown().await;
 }

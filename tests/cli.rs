@@ -422,3 +422,24 @@ fn tokens_are_made_listed_and_revoked_in_a_tokens_file_and_shown_once() {
             .is_empty()
     );
 }
+
+#[test]
+fn help_never_shows_secrets_from_the_environment() {
+    for service in ["scheduler", "worker"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([service, "--help"])
+            .env(
+                "FLOTILLA_AMQP_URL",
+                "amqp://flotilla:amqp-secret@rabbitmq:5672/%2f",
+            )
+            .env("FLOTILLA_REDIS_URL", "redis://:redis-secret@redis:6379/")
+            .output()
+            .unwrap();
+        let text = stdout(&output);
+        assert!(text.contains("--redis-url"), "{text}");
+        assert!(
+            !text.contains("amqp-secret") && !text.contains("redis-secret"),
+            "{text}"
+        );
+    }
+}

@@ -79,7 +79,15 @@ impl Refusal {
     }
 }
 
-async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Principal, Refusal> {
+async fn authenticate(
+    state: &ApiState,
+    headers: &HeaderMap,
+    client: Option<&crate::tls::ClientCertificate>,
+) -> Result<Principal, Refusal> {
+    // A certificate the client CA signed (rustls verified it in the handshake).
+    if let Some(crate::tls::ClientCertificate(principal)) = client {
+        return Ok(principal.clone());
+    }
     if state.auth.is_open() {
         return Ok(Principal::anonymous());
     }
@@ -230,7 +238,11 @@ pub async fn guard(
             request_id: uuid::Uuid::new_v4().to_string(),
             outcome,
         };
-    let authenticated = authenticate(&state, request.headers()).await;
+    let client = request
+        .extensions()
+        .get::<crate::tls::ClientCertificate>()
+        .cloned();
+    let authenticated = authenticate(&state, request.headers(), client.as_ref()).await;
     let principal = match authenticated {
         Ok(principal) => principal,
         Err(refusal) => {

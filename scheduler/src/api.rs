@@ -50,6 +50,8 @@ pub struct ApiState {
     pub current: CurrentScheduler,
     pub metrics: crate::metrics::SchedulerMetrics,
     pub auth: crate::auth::AuthSettings,
+    /// HTTPS (and mTLS) when set.
+    pub tls: Option<crate::tls::ApiTls>,
 }
 
 impl axum::extract::FromRef<ApiState> for CurrentScheduler {
@@ -582,6 +584,9 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(tls) = state.tls.clone() {
+        return crate::tls::serve(listener, router(state), tls, shutdown).await;
+    }
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -360,6 +360,9 @@ pub struct AuthSettings {
     pub tokens_file: Option<TokensFile>,
     /// JWTs of a company's SSO; setting it turns authentication on too.
     pub oidc: Option<crate::oidc::OidcVerifier>,
+    /// Client certificates of a client CA are principals (mTLS); turns
+    /// authentication on too.
+    pub client_certificates: bool,
     /// `/metrics` without a token (it holds counts, never ids or secrets).
     pub metrics_open: bool,
 }
@@ -367,7 +370,7 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// No authentication configured: every caller is [`Principal::anonymous`].
     pub fn is_open(&self) -> bool {
-        self.tokens_file.is_none() && self.oidc.is_none()
+        self.tokens_file.is_none() && self.oidc.is_none() && !self.client_certificates
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`auth`]: principals, roles, the permission each route needs, tokens.
 //! - [`tokens`]: API-made tokens in Redis (hashes only).
 //! - [`oidc`]: JWT bearer tokens of an OIDC issuer (RS256/ES256, its JWKS).
+//! - [`tls`]: HTTPS for the API, and client certificates as principals (mTLS).
 //! - [`audit`]: the append-only audit trail (Redis stream and durable files).
 //! - [`approvals`]: the two-person rule for campaigns that change hosts.
 //! - [`triggers`]: events and Alertmanager alerts that start or stop runs, and
@@ -40,6 +41,7 @@ pub mod reports;
 pub mod runs;
 pub mod schedules;
 pub mod sink;
+pub mod tls;
 pub mod tokens;
 pub mod triggers;
 pub mod twin;
@@ -152,6 +154,8 @@ pub struct SchedulerConfig {
     pub read_only_documents: Vec<crate::approvals::ReadOnlyDocument>,
     /// A CA for `rediss://` Redis URLs.
     pub redis_tls: store::RedisTls,
+    /// HTTPS for the API (and client certificates, with a client CA).
+    pub api_tls: Option<crate::tls::ApiTls>,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -169,6 +173,7 @@ impl std::fmt::Debug for SchedulerConfig {
             .field("audit_output", &self.audit_output)
             .field("read_only_documents", &self.read_only_documents)
             .field("redis_tls", &self.redis_tls)
+            .field("api_tls", &self.api_tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +194,7 @@ impl SchedulerConfig {
             audit_output: None,
             read_only_documents: crate::approvals::default_read_only_documents(),
             redis_tls: store::RedisTls::default(),
+            api_tls: None,
         }
     }
 }
@@ -361,6 +367,7 @@ pub async fn run(
             current: current_receiver,
             metrics: metrics.clone(),
             auth: config.auth.clone(),
+            tls: config.api_tls.clone(),
         };
         tokio::spawn(async move {
             if let Err(error) = api::serve(listener, state, stop.cancelled_owned()).await {
