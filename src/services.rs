@@ -154,13 +154,10 @@ fn read_jwks(source: &str) -> anyhow::Result<String> {
             .read_to_string()
             .with_context(|| format!("reading the JWKS {source}"));
     }
-    let size = std::fs::metadata(source)
-        .with_context(|| format!("JWKS file {source}"))?
-        .len();
-    if size > MAX_JWKS_BYTES {
-        anyhow::bail!("JWKS file {source} is {size} bytes; at most {MAX_JWKS_BYTES} are read");
-    }
-    std::fs::read_to_string(source).with_context(|| format!("JWKS file {source}"))
+    let bytes =
+        scheduler::auth::read_bounded(std::path::Path::new(source), MAX_JWKS_BYTES, "JWKS file")
+            .map_err(anyhow::Error::msg)?;
+    String::from_utf8(bytes).with_context(|| format!("JWKS file {source}"))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -621,6 +621,32 @@ async fn a_campaign_that_changes_hosts_runs_only_once_someone_else_approves_it()
         )),
         "{started:?}"
     );
+
+    // Deleting retires the name, not the history.
+    let (status, _) =
+        support::http_as(port, Some(&ada), "DELETE", "/campaigns/install", "", "").await;
+    assert_eq!(status, 204);
+    let (status, _) =
+        support::http_as(port, Some(&otto), "GET", "/campaigns/install", "", "").await;
+    assert_eq!(status, 404);
+    let (status, _) = post(&otto, "/campaigns/install/runs", "").await;
+    assert_eq!(status, 404, "a deleted campaign starts nothing");
+    let (status, body) = support::http_as(
+        port,
+        Some(&otto),
+        "GET",
+        "/campaigns/install/versions/2",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let version: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (version["author"].as_str(), version["approver"].as_str()),
+        (Some("ada"), Some("anna"))
+    );
+    assert_eq!(version["spec"]["name"], "install");
     stack.teardown().await;
 }
 
@@ -804,5 +830,45 @@ async fn the_cli_drives_the_api_over_https_and_client_certificates_are_principal
         .map(|record| (record.action.as_str(), record.outcome.as_str()))
         .collect();
     assert_eq!(actions, [("kill:engage", "ok"), ("kill:release", "denied")]);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_names_who_may_run_it() {
+    let mut stack = Stack::start_on(support::single_location(2, false), Backend::InProcess).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let otto = add_token(&tokens_path, "otto", Role::Operator, None);
+    let olga = add_token(&tokens_path, "olga", Role::Operator, None);
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    // A read-only scan (no approval needed) that only olga may run.
+    let scan = serde_json::to_string(
+        &stack
+            .campaign(
+                "olgas-scan",
+                "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: {Operation: Scan}\nrun_by: [olga, role:admin]\n",
+            )
+            .spec,
+    )
+    .unwrap();
+    let post = |token: &str, path: &str, body: &str| {
+        let (token, path, body) = (token.to_string(), path.to_string(), body.to_string());
+        async move {
+            support::http_as(port, Some(&token), "POST", &path, "application/json", &body).await
+        }
+    };
+    assert_eq!(post(&otto, "/campaigns", &scan).await.0, 200);
+    let (status, body) = post(&otto, "/campaigns/olgas-scan/runs", "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("otto (role operator) may not run olgas-scan"),
+        "{body}"
+    );
+    let (status, body) = post(&olga, "/campaigns/olgas-scan/runs", "").await;
+    assert_eq!(status, 200, "{body}");
     stack.teardown().await;
 }

@@ -268,6 +268,22 @@ impl Campaign {
             }
         }
         let output = v.check(&root.at("output"), parse_output(spec.output.as_deref()));
+        for (index, entry) in spec.run_by.iter().enumerate() {
+            if !RUN_BY.is_match(entry) {
+                v.error(
+                    &root.at("run_by").index(index),
+                    format!(
+                        "must be a principal name (1-128 of letters, digits, '_', '.', '-', '@') or role:<role>, got {entry:?}"
+                    ),
+                );
+            }
+        }
+        if spec.run_by.len() > 100 {
+            v.error(
+                &root.at("run_by"),
+                "may list at most 100 principals and roles",
+            );
+        }
 
         v.finish()?;
         // Every piece validated above is Some once `finish` reported no error.
@@ -403,6 +419,8 @@ fn regex(pattern: &str) -> Regex {
 }
 
 static NAME: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"));
+static RUN_BY: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^(role:[a-z]{1,32}|[A-Za-z0-9_.@-]{1,128})$"));
 static STEP_NAME: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"));
 static DOCUMENT: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9_\-.:/]{3,128}$"));
 static PARAMETER: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9_]{1,128}$"));

@@ -47,6 +47,10 @@ pub struct CampaignSpec {
     /// A local directory or `s3://bucket/prefix`; `flotilla-results` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Who may start its runs through the API: principal names and
+    /// `role:<role>` entries; anyone allowed to start runs when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_by: Vec<String>,
 }
 
 fn default_version() -> u32 {

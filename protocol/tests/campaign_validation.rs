@@ -794,3 +794,18 @@ fn deep_large_and_malformed_specs_are_refused_with_their_limit() {
     let errors = parse("name: [unclosed\n").unwrap_err();
     assert!(errors[0].contains("not valid YAML"), "{errors:?}");
 }
+
+#[test]
+fn run_by_names_principals_and_roles() {
+    assert_eq!(
+        valid(&[("run_by", "[alice@example.com, role:operator]")])
+            .spec
+            .run_by,
+        ["alice@example.com", "role:operator"]
+    );
+    rejects(
+        &[("run_by", "[\"not a name\"]")],
+        "run_by[0]",
+        "principal name",
+    );
+}

@@ -5,6 +5,7 @@
 //! | `POST /campaigns` | apply a spec (YAML, or JSON with `Content-Type: application/json`) |
 //! | `GET /campaigns`, `GET /campaigns/{name}`, `DELETE /campaigns/{name}` | list, show, forget |
 //! | `POST /campaigns/{name}/runs` | start a run; body `{"plan_only": true}` to only discover |
+//! | `GET /campaigns/{name}/versions/{v}`, `POST …/{v}/approve` | one version (also of a deleted campaign); approve it |
 //! | `GET /runs`, `GET /runs/{id}` | runs with live counters; one run with its locations |
 //! | `POST /runs/{id}/pause`, `/resume`, `/cancel` | body `{"reason": "…"}` |
 //! | `GET /kill`, `POST /kill`, `DELETE /kill` | kill switch; `?campaign=NAME` for one campaign; POST body `{"reason": "…"}` |
@@ -70,6 +71,10 @@ pub fn router(state: ApiState) -> Router {
             get(show_campaign).delete(delete_campaign),
         )
         .route("/campaigns/{name}/runs", post(start_run))
+        .route(
+            "/campaigns/{name}/versions/{version}",
+            get(show_campaign_version),
+        )
         .route(
             "/campaigns/{name}/versions/{version}/approve",
             post(approve_campaign),
@@ -229,6 +234,35 @@ async fn apply_campaign(
     Ok(response)
 }
 
+/// One version by number, also of a deleted campaign: what ran, who wrote
+/// it, who approved it.
+async fn show_campaign_version(
+    State(current): State<CurrentScheduler>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let version: u32 = version.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{version:?} is not a version number"),
+        )
+    })?;
+    let Some((spec, approval)) = scheduler.campaign_version(&name, version).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("campaign {name:?} has no version {version}"),
+        ));
+    };
+    Ok(Json(json!({
+        "name": name,
+        "version": version,
+        "spec": spec,
+        "author": approval.author,
+        "approver": approval.approver,
+        "approved_ms": approval.approved_ms,
+    })))
+}
+
 async fn approve_campaign(
     State(current): State<CurrentScheduler>,
     Extension(principal): Extension<Principal>,
@@ -336,6 +370,18 @@ async fn start_run(
     let Some((campaign, stored)) = scheduler.stored_campaign(&name).await? else {
         return Err(unknown_campaign(&name));
     };
+    // The campaign may name who runs it.
+    if !crate::auth::may_run(&principal, &campaign.spec.run_by) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} (role {}) may not run {name}: its run_by lists {}",
+                principal.name,
+                principal.role,
+                campaign.spec.run_by.join(", ")
+            ),
+        ));
+    }
     // A plan only discovers: nothing runs on a host, so it needs no approval.
     let approval = if request.plan_only {
         None

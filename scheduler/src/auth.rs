@@ -205,6 +205,18 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// May `principal` start runs of a campaign whose `run_by` is this? Anyone
+/// (with the permission) when it is empty; else a listed name or role.
+pub fn may_run(principal: &Principal, run_by: &[String]) -> bool {
+    run_by.is_empty()
+        || run_by
+            .iter()
+            .any(|entry| match entry.strip_prefix("role:") {
+                Some(role) => role == principal.role.as_str(),
+                None => *entry == principal.name,
+            })
+}
+
 /// Names: what a token's principal may be called.
 pub fn check_principal_name(name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@');
@@ -220,19 +232,26 @@ pub fn check_principal_name(name: &str) -> Result<(), String> {
 const MAX_TOKENS_FILE_BYTES: u64 = 1024 * 1024;
 const MAX_TOKENS: usize = 10_000;
 
-/// Reads a tokens file (JSON lines), bounded before it is parsed; an error
-/// names the line.
-pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenRecord>, String> {
+/// Reads a file of at most `max_bytes` (checked before reading): tokens,
+/// certificates, keys, a JWKS. `what` names it in the error.
+pub fn read_bounded(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>, String> {
     let size = std::fs::metadata(path)
-        .map_err(|error| format!("tokens file {}: {error}", path.display()))?
+        .map_err(|error| format!("{what} {}: {error}", path.display()))?
         .len();
-    if size > MAX_TOKENS_FILE_BYTES {
+    if size > max_bytes {
         return Err(format!(
-            "tokens file {} is {size} bytes; at most {MAX_TOKENS_FILE_BYTES} are read",
+            "{what} {} is {size} bytes; at most {max_bytes} are read",
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path)
+    std::fs::read(path).map_err(|error| format!("{what} {}: {error}", path.display()))
+}
+
+/// Reads a tokens file (JSON lines), bounded before it is parsed; an error
+/// names the line.
+pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenRecord>, String> {
+    let bytes = read_bounded(path, MAX_TOKENS_FILE_BYTES, "tokens file")?;
+    let text = String::from_utf8(bytes)
         .map_err(|error| format!("tokens file {}: {error}", path.display()))?;
     let mut records = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -430,6 +449,18 @@ mod tests {
         };
         assert_eq!(machine(Role::Alertmanager), [PostAlerts]);
         assert_eq!(machine(Role::Eventbridge), [PostEvents]);
+    }
+
+    #[test]
+    fn a_campaign_may_name_who_runs_it() {
+        let otto = Principal {
+            name: "otto".into(),
+            role: Role::Operator,
+        };
+        assert!(may_run(&otto, &[]));
+        assert!(may_run(&otto, &["role:operator".into()]));
+        assert!(may_run(&otto, &["anna".into(), "otto".into()]));
+        assert!(!may_run(&otto, &["role:admin".into(), "anna".into()]));
     }
 
     #[test]

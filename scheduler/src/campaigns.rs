@@ -19,9 +19,10 @@ static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local latest = tonumber(redis.call('HGET', KEYS[1], 'latest')) or 0
-if latest > 0 and redis.call('HGET', KEYS[1], 'v:' .. latest) == ARGV[2] then return {latest, 0} end
+if latest > 0 and redis.call('HEXISTS', KEYS[1], 'deleted_ms') == 0 and redis.call('HGET', KEYS[1], 'v:' .. latest) == ARGV[2] then return {latest, 0} end
 latest = latest + 1
 redis.call('HSET', KEYS[1], 'latest', latest, 'v:' .. latest, ARGV[2], 'updated_ms', ARGV[3], 'author:' .. latest, ARGV[4])
+redis.call('HDEL', KEYS[1], 'deleted_ms')
 redis.call('SADD', KEYS[2], ARGV[1])
 return {latest, 1}
 ",
@@ -120,13 +121,15 @@ impl Scheduler {
             Backend::InProcess(twin) => return Ok(twin.latest_campaign(name)),
         };
         let key = self.broker.names().campaign_key(name);
-        let (latest, updated_ms): (Option<u32>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("latest")
-            .arg("updated_ms")
-            .query_async(&mut connection)
-            .await?;
-        let Some(version) = latest else {
+        let (latest, updated_ms, deleted_ms): (Option<u32>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("latest")
+                .arg("updated_ms")
+                .arg("deleted_ms")
+                .query_async(&mut connection)
+                .await?;
+        let Some(version) = latest.filter(|_| deleted_ms.is_none()) else {
             return Ok(None);
         };
         let spec_json: String = connection.hget(&key, format!("v:{version}")).await?;
@@ -145,19 +148,57 @@ impl Scheduler {
         Ok(names)
     }
 
-    /// Forgets a campaign (its runs keep their copy); false if there was none.
+    /// Retires a campaign's name: it lists and starts no more runs, but its
+    /// versions stay readable by number (`GET /campaigns/{name}/versions/{v}`),
+    /// for the audit; applying it again continues its version count. False
+    /// if there was none (or it was deleted already).
     pub async fn delete_campaign(&self, name: &str) -> Result<bool, SchedulerError> {
         let names = self.broker.names();
         let mut connection = match self.ledger.backend() {
             Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => return Ok(twin.delete_campaign(name)),
+            Backend::InProcess(twin) => return Ok(twin.delete_campaign(name, now_ms())),
         };
-        let (deleted, _): (u32, u32) = redis::pipe()
-            .atomic()
-            .del(names.campaign_key(name))
-            .srem(names.campaigns_index_key(), name)
-            .query_async(&mut connection)
+        let removed: u32 = connection.srem(names.campaigns_index_key(), name).await?;
+        if removed == 0 {
+            return Ok(false);
+        }
+        let () = connection
+            .hset(names.campaign_key(name), "deleted_ms", now_ms())
             .await?;
-        Ok(deleted == 1)
+        Ok(true)
+    }
+
+    /// One stored version by number, deleted campaigns' included; with its
+    /// author and approval.
+    pub async fn campaign_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<(CampaignSpec, crate::approvals::Approval)>, SchedulerError> {
+        let spec_json: Option<String> = match self.ledger.backend() {
+            Backend::Redis(connection) => {
+                let mut connection = connection.clone();
+                connection
+                    .hget(
+                        self.broker.names().campaign_key(name),
+                        format!("v:{version}"),
+                    )
+                    .await?
+            }
+            Backend::InProcess(twin) => twin.campaign_version(name, version),
+        };
+        let Some(spec_json) = spec_json else {
+            return Ok(None);
+        };
+        let spec: CampaignSpec = serde_json::from_str(&spec_json).map_err(|error| {
+            SchedulerError::Corrupt(format!("stored campaign {name} v{version}: {error}"))
+        })?;
+        let approval = self.approval(name, version).await?.ok_or_else(|| {
+            SchedulerError::UnknownCampaignVersion {
+                name: name.to_string(),
+                version,
+            }
+        })?;
+        Ok(Some((spec, approval)))
     }
 }

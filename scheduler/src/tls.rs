@@ -42,16 +42,7 @@ impl std::fmt::Debug for ApiTls {
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
-    let size = std::fs::metadata(path)
-        .map_err(|error| format!("{}: {error}", path.display()))?
-        .len();
-    if size > MAX_PEM_BYTES {
-        return Err(format!(
-            "{} is {size} bytes; at most {MAX_PEM_BYTES} are read",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))
+    crate::auth::read_bounded(path, MAX_PEM_BYTES, "PEM file")
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

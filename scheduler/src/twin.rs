@@ -95,6 +95,8 @@ struct StoredCampaign {
     authors: HashMap<u32, String>,
     /// version → (approver, approved ms).
     approvals: HashMap<u32, (String, u64)>,
+    /// Set by a delete: the name starts nothing, the versions stay.
+    deleted_ms: Option<u64>,
 }
 
 fn number(map: &HashMap<String, String>, field: &str) -> Option<i64> {
@@ -626,8 +628,10 @@ impl Twin {
                 updated_ms: now_ms,
                 authors: HashMap::new(),
                 approvals: HashMap::new(),
+                deleted_ms: None,
             });
         if campaign.latest > 0
+            && campaign.deleted_ms.is_none()
             && campaign.versions.get(&campaign.latest).map(String::as_str) == Some(spec_json)
         {
             return (campaign.latest, false);
@@ -638,6 +642,7 @@ impl Twin {
             .insert(campaign.latest, spec_json.to_string());
         campaign.authors.insert(campaign.latest, author.to_string());
         campaign.updated_ms = now_ms;
+        campaign.deleted_ms = None;
         (campaign.latest, true)
     }
 
@@ -703,19 +708,43 @@ impl Twin {
     /// (latest version, updated ms, spec JSON).
     pub(crate) fn latest_campaign(&self, name: &str) -> Option<(u32, u64, String)> {
         let state = self.lock();
-        let campaign = state.campaigns.get(name)?;
+        let campaign = state
+            .campaigns
+            .get(name)
+            .filter(|campaign| campaign.deleted_ms.is_none())?;
         let spec = campaign.versions.get(&campaign.latest)?;
         Some((campaign.latest, campaign.updated_ms, spec.clone()))
     }
 
+    pub(crate) fn campaign_version(&self, name: &str, version: u32) -> Option<String> {
+        self.lock()
+            .campaigns
+            .get(name)
+            .and_then(|campaign| campaign.versions.get(&version).cloned())
+    }
+
     pub(crate) fn campaign_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.lock().campaigns.keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .lock()
+            .campaigns
+            .iter()
+            .filter(|(_, campaign)| campaign.deleted_ms.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
         names.sort();
         names
     }
 
-    pub(crate) fn delete_campaign(&self, name: &str) -> bool {
-        self.lock().campaigns.remove(name).is_some()
+    /// SREM from the index, then `deleted_ms` set: the versions stay.
+    pub(crate) fn delete_campaign(&self, name: &str, now_ms: u64) -> bool {
+        let mut state = self.lock();
+        match state.campaigns.get_mut(name) {
+            Some(campaign) if campaign.deleted_ms.is_none() => {
+                campaign.deleted_ms = Some(now_ms);
+                true
+            }
+            _ => false,
+        }
     }
 
     // The schedule lease and fire log.

@@ -537,6 +537,62 @@ async fn campaigns_are_versioned_by_content(backend: &Backend) {
             .unwrap()
             .is_none()
     );
+    assert!(scheduler.campaign_names().await.unwrap().is_empty());
+    // The history stays: every version is readable by number, with its author.
+    let (first_spec, first_record) = scheduler
+        .campaign_version("conformance-scan", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_spec.description, "");
+    assert_eq!(first_record.author, "system");
+    let again = scheduler.apply_campaign(&campaign(SCAN)).await.unwrap();
+    assert_eq!(
+        (again.version, again.changed),
+        (3, true),
+        "versions go on after a delete"
+    );
+
+    // The two-person rule's record, the same on both backends.
+    let author = scheduler::auth::Principal {
+        name: "system".into(),
+        role: scheduler::auth::Role::Admin,
+    };
+    let anna = scheduler::auth::Principal {
+        name: "anna".into(),
+        role: scheduler::auth::Role::Approver,
+    };
+    let own = scheduler
+        .approve_campaign("conformance-scan", 3, &author)
+        .await;
+    assert!(
+        matches!(own, Err(scheduler::SchedulerError::Forbidden(_))),
+        "{own:?}"
+    );
+    let approval = scheduler
+        .approve_campaign("conformance-scan", 3, &anna)
+        .await
+        .unwrap();
+    assert_eq!(
+        (approval.author.as_str(), approval.approver.as_deref()),
+        ("system", Some("anna"))
+    );
+    let again = scheduler
+        .approve_campaign("conformance-scan", 3, &author)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.approver.as_deref(),
+        Some("anna"),
+        "a second approval changes nothing"
+    );
+    let unknown = scheduler
+        .approve_campaign("conformance-scan", 9, &anna)
+        .await;
+    assert!(matches!(
+        unknown,
+        Err(scheduler::SchedulerError::UnknownCampaignVersion { .. })
+    ));
 }
 
 async fn one_replica_holds_the_schedule_lease(backend: &Backend) {
