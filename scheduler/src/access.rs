@@ -30,6 +30,34 @@ use crate::now_ms;
 #[derive(Debug, Clone)]
 pub struct AuditNote(pub String);
 
+/// At most this many refused credentials a second become audit records (per
+/// scheduler); the rest are counted in `flotilla_scheduler_auth_refused_total`
+/// and logged — a flood of bad tokens must not fill Redis and the disk.
+pub const MAX_REFUSAL_RECORDS_PER_SECOND: u32 = 100;
+
+/// The refusals recorded in the current second.
+#[derive(Debug, Default)]
+pub struct RefusalBudget {
+    /// (Unix second, records in it).
+    window: std::sync::Mutex<(u64, u32)>,
+}
+
+impl RefusalBudget {
+    /// True while this second's records stay within the budget.
+    fn admit(&self) -> bool {
+        let second = now_ms() / 1000;
+        let mut window = self
+            .window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if window.0 != second {
+            *window = (second, 0);
+        }
+        window.1 = window.1.saturating_add(1);
+        window.1 <= MAX_REFUSAL_RECORDS_PER_SECOND
+    }
+}
+
 /// The largest request body read: a campaign spec at its limit, JSON-escaped.
 pub const MAX_REQUEST_BYTES: usize = 2 * protocol::campaign::MAX_SPEC_BYTES;
 
@@ -247,6 +275,11 @@ pub async fn guard(
         Ok(principal) => principal,
         Err(refusal) => {
             if refusal.status == StatusCode::UNAUTHORIZED {
+                state.metrics.auth_refused();
+            }
+            if refusal.status == StatusCode::UNAUTHORIZED && !state.refusals.admit() {
+                tracing::warn!(source = %peer.ip(), "refused credential not audited: over the budget of {MAX_REFUSAL_RECORDS_PER_SECOND} a second");
+            } else if refusal.status == StatusCode::UNAUTHORIZED {
                 let unknown = Principal {
                     name: "unknown".into(),
                     role: crate::auth::Role::Viewer,
@@ -325,5 +358,34 @@ fn route_action(path: &str) -> Option<&'static str> {
         "resume" => Some("runs:resume"),
         "cancel" => Some("runs:cancel"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_credentials_are_audited_up_to_a_budget_a_second() {
+        // Retried if a second boundary falls inside the loop.
+        for _ in 0..3 {
+            let budget = RefusalBudget::default();
+            let second = now_ms() / 1000;
+            let admitted = (0..MAX_REFUSAL_RECORDS_PER_SECOND + 50)
+                .filter(|_| budget.admit())
+                .count();
+            if now_ms() / 1000 == second {
+                assert_eq!(admitted, MAX_REFUSAL_RECORDS_PER_SECOND as usize);
+                return;
+            }
+        }
+        panic!("three second boundaries in a row");
+    }
+
+    #[test]
+    fn a_steering_path_names_its_action() {
+        assert_eq!(route_action("/runs/abc/pause"), Some("runs:pause"));
+        assert_eq!(route_action("/runs/abc/cancel?x=1"), Some("runs:cancel"));
+        assert_eq!(route_action("/runs/abc/explode"), None);
     }
 }

@@ -53,6 +53,8 @@ pub struct ApiState {
     pub auth: crate::auth::AuthSettings,
     /// HTTPS (and mTLS) when set.
     pub tls: Option<crate::tls::ApiTls>,
+    /// Bounds the audit records of refused credentials.
+    pub refusals: std::sync::Arc<crate::access::RefusalBudget>,
 }
 
 impl axum::extract::FromRef<ApiState> for CurrentScheduler {

@@ -368,6 +368,7 @@ pub async fn run(
             metrics: metrics.clone(),
             auth: config.auth.clone(),
             tls: config.api_tls.clone(),
+            refusals: std::sync::Arc::default(),
         };
         tokio::spawn(async move {
             if let Err(error) = api::serve(listener, state, stop.cancelled_owned()).await {

@@ -21,6 +21,7 @@ pub struct SchedulerMetrics {
     results_unwritable: IntCounterVec,
     connected: IntGaugeVec,
     insecure: prometheus::IntGauge,
+    auth_refused: prometheus::IntCounter,
 }
 
 impl SchedulerMetrics {
@@ -110,6 +111,10 @@ impl SchedulerMetrics {
             ),
             &["service"],
         )?;
+        let auth_refused = prometheus::IntCounter::new(
+            "flotilla_scheduler_auth_refused_total",
+            "API requests refused for a missing, unknown or expired credential",
+        )?;
         let insecure = prometheus::IntGauge::new(
             "flotilla_scheduler_insecure",
             "1 while the API runs without authentication (no tokens file)",
@@ -133,6 +138,7 @@ impl SchedulerMetrics {
             Box::new(results_unwritable.clone()),
             Box::new(connected.clone()),
             Box::new(insecure.clone()),
+            Box::new(auth_refused.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -152,7 +158,12 @@ impl SchedulerMetrics {
             results_unwritable,
             connected,
             insecure,
+            auth_refused,
         })
+    }
+
+    pub fn auth_refused(&self) {
+        self.auth_refused.inc();
     }
 
     pub fn set_insecure(&self, insecure: bool) {
