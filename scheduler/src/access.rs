@@ -255,10 +255,10 @@ pub async fn guard(
         |path| path.as_str().to_string(),
     );
     let record =
-        |principal: &Principal, action: &str, reason: String, outcome: String| AuditRecord {
+        |(name, role): (&str, &str), action: &str, reason: String, outcome: String| AuditRecord {
             time_ms: now_ms(),
-            principal: principal.name.clone(),
-            role: principal.role.as_str().into(),
+            principal: name.into(),
+            role: role.into(),
             source: peer.ip().to_string(),
             action: action.into(),
             object: object.clone(),
@@ -274,24 +274,19 @@ pub async fn guard(
     let principal = match authenticated {
         Ok(principal) => principal,
         Err(refusal) => {
+            // Past the budget a refusal is only counted: a flood of bad
+            // tokens must not become a flood of records (or of log lines).
             if refusal.status == StatusCode::UNAUTHORIZED {
                 state.metrics.auth_refused();
-            }
-            if refusal.status == StatusCode::UNAUTHORIZED && !state.refusals.admit() {
-                tracing::warn!(source = %peer.ip(), "refused credential not audited: over the budget of {MAX_REFUSAL_RECORDS_PER_SECOND} a second");
-            } else if refusal.status == StatusCode::UNAUTHORIZED {
-                let unknown = Principal {
-                    name: "unknown".into(),
-                    role: crate::auth::Role::Viewer,
-                };
-                let mut entry = record(
-                    &unknown,
-                    "auth:refused",
-                    refusal.message.clone(),
-                    "unauthenticated".into(),
-                );
-                entry.role = "none".into();
-                audit(&state, entry).await;
+                if state.refusals.admit() {
+                    let entry = record(
+                        ("unknown", "none"),
+                        "auth:refused",
+                        refusal.message.clone(),
+                        "unauthenticated".into(),
+                    );
+                    audit(&state, entry).await;
+                }
             }
             return refusal.into_response();
         }
@@ -305,7 +300,12 @@ pub async fn guard(
         );
         audit(
             &state,
-            record(&principal, action, message.clone(), "denied".into()),
+            record(
+                (&principal.name, principal.role.as_str()),
+                action,
+                message.clone(),
+                "denied".into(),
+            ),
         )
         .await;
         return (
@@ -324,7 +324,12 @@ pub async fn guard(
         let message = format!("the request body is larger than {MAX_REQUEST_BYTES} bytes");
         audit(
             &state,
-            record(&principal, action, message.clone(), "error: 413".into()),
+            record(
+                (&principal.name, principal.role.as_str()),
+                action,
+                message.clone(),
+                "error: 413".into(),
+            ),
         )
         .await;
         return (
@@ -344,7 +349,12 @@ pub async fn guard(
     };
     audit(
         &state,
-        record(&principal, action, reason, outcome_of(response.status())),
+        record(
+            (&principal.name, principal.role.as_str()),
+            action,
+            reason,
+            outcome_of(response.status()),
+        ),
     )
     .await;
     response
