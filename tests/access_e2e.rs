@@ -872,3 +872,71 @@ async fn a_campaign_names_who_may_run_it() {
     assert_eq!(status, 200, "{body}");
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_requests_are_refused_and_recorded() {
+    let mut stack = Stack::start_on(support::single_location(1, false), Backend::InProcess).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let ada = add_token(&tokens_path, "ada", Role::Admin, None);
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    let huge = "x".repeat(scheduler::access::MAX_REQUEST_BYTES + 1);
+    let (status, body) = support::http_as(
+        port,
+        Some(&ada),
+        "POST",
+        "/campaigns",
+        "application/yaml",
+        &huge,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = support::http_as(
+        port,
+        Some(&ada),
+        "POST",
+        "/campaigns/x/versions/latest/approve",
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("latest") && body.contains("is not a version number"),
+        "{body}"
+    );
+    let (status, _) = support::http_as(
+        port,
+        Some(&format!("{ada}{}", "0".repeat(600))),
+        "GET",
+        "/runs",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 401, "an oversized token is refused unread");
+    let trail = stack
+        .scheduler
+        .audit()
+        .unwrap()
+        .query(&Default::default())
+        .await
+        .unwrap();
+    let outcomes: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|record| (record.action.as_str(), record.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("campaigns:apply", "error: 413"),
+            ("campaigns:approve", "error: 400"),
+            ("auth:refused", "unauthenticated")
+        ]
+    );
+    stack.teardown().await;
+}

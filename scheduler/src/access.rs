@@ -231,6 +231,17 @@ async fn audit(state: &ApiState, record: AuditRecord) {
     }
 }
 
+/// Records a refused request and answers it.
+async fn refuse(
+    state: &ApiState,
+    entry: AuditRecord,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    audit(state, entry).await;
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
 pub async fn guard(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -298,21 +309,13 @@ pub async fn guard(
             principal.role,
             permission.as_str()
         );
-        audit(
-            &state,
-            record(
-                (&principal.name, principal.role.as_str()),
-                action,
-                message.clone(),
-                "denied".into(),
-            ),
-        )
-        .await;
-        return (
-            StatusCode::FORBIDDEN,
-            axum::Json(json!({ "error": message })),
-        )
-            .into_response();
+        let entry = record(
+            (&principal.name, principal.role.as_str()),
+            action,
+            message.clone(),
+            "denied".into(),
+        );
+        return refuse(&state, entry, StatusCode::FORBIDDEN, message).await;
     }
     if !mutating {
         let mut request = request;
@@ -322,21 +325,13 @@ pub async fn guard(
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
         let message = format!("the request body is larger than {MAX_REQUEST_BYTES} bytes");
-        audit(
-            &state,
-            record(
-                (&principal.name, principal.role.as_str()),
-                action,
-                message.clone(),
-                "error: 413".into(),
-            ),
-        )
-        .await;
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            axum::Json(json!({ "error": message })),
-        )
-            .into_response();
+        let entry = record(
+            (&principal.name, principal.role.as_str()),
+            action,
+            message.clone(),
+            "error: 413".into(),
+        );
+        return refuse(&state, entry, StatusCode::PAYLOAD_TOO_LARGE, message).await;
     };
     let reason = reason_in(&bytes);
     let mut request = Request::from_parts(parts, Body::from(bytes));

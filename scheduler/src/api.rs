@@ -223,17 +223,13 @@ async fn apply_campaign(
             ""
         }
     );
-    let mut response = Json(AppliedCampaign {
+    let answer = Json(AppliedCampaign {
         name: campaign.name,
         version: applied.version,
         changed: applied.changed,
         needs_approval: changes_hosts,
-    })
-    .into_response();
-    response
-        .extensions_mut()
-        .insert(crate::access::AuditNote(note));
-    Ok(response)
+    });
+    Ok(with_note(answer, note))
 }
 
 /// One version by number, also of a deleted campaign: what ran, who wrote
@@ -243,12 +239,7 @@ async fn show_campaign_version(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<serde_json::Value> {
     let scheduler = scheduler(&current)?;
-    let version: u32 = version.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{version:?} is not a version number"),
-        )
-    })?;
+    let version = parse_version(&version)?;
     let Some((spec, approval)) = scheduler.campaign_version(&name, version).await? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -271,12 +262,7 @@ async fn approve_campaign(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let scheduler = scheduler(&current)?;
-    let version: u32 = version.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{version:?} is not a version number"),
-        )
-    })?;
+    let version = parse_version(&version)?;
     let approval = scheduler
         .approve_campaign(&name, version, &principal)
         .await?;
@@ -285,11 +271,7 @@ async fn approve_campaign(
         approval.author,
         approval.approver.as_deref().unwrap_or_default()
     );
-    let mut response = Json(approval).into_response();
-    response
-        .extensions_mut()
-        .insert(crate::access::AuditNote(note));
-    Ok(response)
+    Ok(with_note(Json(approval), note))
 }
 
 async fn list_campaigns(
@@ -406,16 +388,12 @@ async fn start_run(
         ),
         None => format!("plan {run_id} of {name} v{}", stored.version),
     };
-    let mut response = Json(StartedRun {
+    let answer = Json(StartedRun {
         run_id,
         campaign: name,
         campaign_version: stored.version,
-    })
-    .into_response();
-    response
-        .extensions_mut()
-        .insert(crate::access::AuditNote(note));
-    Ok(response)
+    });
+    Ok(with_note(answer, note))
 }
 
 #[derive(Debug, Deserialize)]
@@ -445,6 +423,24 @@ async fn list_runs(
         }
     }
     Ok(Json(runs))
+}
+
+fn parse_version(text: &str) -> Result<u32, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a version number"),
+        )
+    })
+}
+
+/// A handler's answer with what its audit record should add.
+fn with_note(answer: impl IntoResponse, note: String) -> Response {
+    let mut response = answer.into_response();
+    response
+        .extensions_mut()
+        .insert(crate::access::AuditNote(note));
+    response
 }
 
 fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
