@@ -419,6 +419,10 @@ fn regex(pattern: &str) -> Regex {
 }
 
 static NAME: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"));
+static SECRET_NAME: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"(?i)(password|passwd|secret|token|api_?key|private_?key|credential)"));
+static SSM_REFERENCE: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^\{\{\s*ssm(-secure)?:[A-Za-z0-9_.\-/]+\s*\}\}$"));
 static RUN_BY: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^(role:[a-z]{1,32}|[A-Za-z0-9_.@-]{1,128})$"));
 static STEP_NAME: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"));
@@ -485,6 +489,20 @@ fn validate_steps(v: &mut Validator, spec: &CampaignSpec, path: &FieldPath) -> V
                 v.error(
                     &key_path,
                     "parameter names must be 1-128 letters, digits or '_'",
+                );
+            }
+            // A secret is referenced (`{{ssm:/path}}`, resolved by SSM on the
+            // host), never written into a spec: specs are stored, shown by the
+            // API and copied into every run.
+            if SECRET_NAME.is_match(key)
+                && values
+                    .0
+                    .iter()
+                    .any(|value| !SSM_REFERENCE.is_match(&value.text))
+            {
+                v.error(
+                    &key_path,
+                    "looks like a secret: reference it from SSM Parameter Store as {{ssm:/path/to/it}} instead of writing its value",
                 );
             }
             parameters.insert(

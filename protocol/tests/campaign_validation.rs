@@ -809,3 +809,28 @@ fn run_by_names_principals_and_roles() {
         "principal name",
     );
 }
+
+#[test]
+fn secrets_are_referenced_from_ssm_never_written_into_a_spec() {
+    let step = |parameters: &str| {
+        format!("\n  - name: s\n    document: AWS-RunShellScript\n    parameters: {{{parameters}}}")
+    };
+    rejects(
+        &[("steps", &step("commands: [\"x\"], DbPassword: hunter2"))],
+        "steps[0].parameters.DbPassword",
+        "reference it from SSM Parameter Store",
+    );
+    rejects(
+        &[("steps", &step("commands: [\"x\"], api_key: abc"))],
+        "steps[0].parameters.api_key",
+        "looks like a secret",
+    );
+    valid(&[(
+        "steps",
+        &step("commands: [\"x\"], DbPassword: \"{{ssm:/prod/db/password}}\""),
+    )]);
+    valid(&[(
+        "steps",
+        &step("commands: [\"x\"], ApiToken: \"{{ssm-secure:/prod/api}}\""),
+    )]);
+}
