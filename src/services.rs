@@ -36,6 +36,10 @@ pub struct ConnectionArgs {
     /// whose server the system's roots do not vouch for.
     #[arg(long, env = "FLOTILLA_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
+    /// The CA (PEM) that signed RabbitMQ's certificate, for an `amqps://`
+    /// URL whose server the system's roots do not vouch for.
+    #[arg(long, env = "FLOTILLA_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of every queue and key: deployments sharing a broker and Redis
     /// must use different ones.
     #[arg(long, env = "FLOTILLA_PREFIX", default_value = "flotilla")]
@@ -195,6 +199,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     config.concurrency = args.concurrency;
     config.metrics_addr = args.metrics_addr;
     config.shutdown_timeout = args.shutdown_timeout;
+    config.amqp_tls = broker::BrokerTls {
+        ca_file: args.connection.amqp_ca_file.clone(),
+    };
     config.name = args
         .name
         .unwrap_or_else(|| format!("flotilla-worker-{}", std::process::id()));
@@ -220,6 +227,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
     config.redis_tls = store::RedisTls {
         ca_file: args.connection.redis_ca_file,
+    };
+    config.amqp_tls = broker::BrokerTls {
+        ca_file: args.connection.amqp_ca_file,
     };
     // S3 credentials come from the AWS_* environment variables.
     config.s3 = scheduler::sink::S3Settings {

@@ -41,6 +41,8 @@ pub enum BrokerError {
     HandshakeTimeout { url: String, seconds: u64 },
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ CA file {path}: {why}")]
+    CaFile { path: String, why: String },
     #[error("RabbitMQ refused to take the message (publisher confirm was a nack)")]
     Nacked,
     #[error("the message could not be routed to any queue: {0}")]
@@ -55,7 +57,7 @@ impl BrokerError {
     /// A broker that went away or refused a message may accept it later; a
     /// message that cannot be decoded never will.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Envelope(_))
+        !matches!(self, Self::Envelope(_) | Self::CaFile { .. })
     }
 }
 
@@ -64,10 +66,53 @@ impl BrokerError {
 /// without a bound, a service would wait there forever and log nothing.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// TLS to RabbitMQ: an `amqps://` URL, checked against the system's roots or
+/// against the CA of `ca_file` (PEM).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerTls {
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// The largest CA file read.
+const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+impl BrokerTls {
+    fn config(&self) -> Result<lapin::tcp::OwnedTLSConfig, BrokerError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(lapin::tcp::OwnedTLSConfig::default());
+        };
+        let unreadable = |why: String| BrokerError::CaFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let size = std::fs::metadata(path)
+            .map_err(|error| unreadable(error.to_string()))?
+            .len();
+        if size > MAX_CA_FILE_BYTES {
+            return Err(unreadable(format!(
+                "{size} bytes; at most {MAX_CA_FILE_BYTES} are read"
+            )));
+        }
+        let pem = std::fs::read_to_string(path).map_err(|error| unreadable(error.to_string()))?;
+        Ok(lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(pem),
+        })
+    }
+}
+
 /// Opens an AMQP connection within [`CONNECT_TIMEOUT`].
-async fn open_connection(url: &str, connection_name: &str) -> Result<Connection, BrokerError> {
+async fn open_connection(
+    url: &str,
+    connection_name: &str,
+    tls: &BrokerTls,
+) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+    let builder = lapin::ConnectionBuilder::new()?
+        .with_uri_str(url.to_string())
+        .with_properties(properties)
+        .with_tls_config(tls.config()?);
+    match tokio::time::timeout(CONNECT_TIMEOUT, builder.connect()).await {
         Ok(connected) => connected.map_err(|source| BrokerError::Unreachable {
             url: protocol::redact_password(url),
             source,
@@ -111,10 +156,20 @@ impl Broker {
         names: Names,
         connection_name: &str,
     ) -> Result<Self, BrokerError> {
+        Self::connect_with(url, names, connection_name, &BrokerTls::default()).await
+    }
+
+    /// [`Broker::connect`], with a CA for `amqps://` URLs.
+    pub async fn connect_with(
+        url: &str,
+        names: Names,
+        connection_name: &str,
+        tls: &BrokerTls,
+    ) -> Result<Self, BrokerError> {
         if let Some(hub) = protocol::names::in_process_name(url) {
             return Ok(Self::in_process(memory::hub(hub), names));
         }
-        let connection = open_connection(url, connection_name).await?;
+        let connection = open_connection(url, connection_name, tls).await?;
         let publish_channel = connection.create_channel().await?;
         topology::declare(&publish_channel, &names).await?;
         publish_channel
@@ -137,7 +192,8 @@ impl Broker {
             memory::hub(hub).delete(names);
             return Ok(());
         }
-        let connection = open_connection(url, "flotilla-admin-purge").await?;
+        let connection =
+            open_connection(url, "flotilla-admin-purge", &BrokerTls::default()).await?;
         let channel = connection.create_channel().await?;
         let deleted = topology::delete(&channel, names).await;
         let _ = connection.close(200, "purged".into()).await;

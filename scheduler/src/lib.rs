@@ -154,6 +154,8 @@ pub struct SchedulerConfig {
     pub read_only_documents: Vec<crate::approvals::ReadOnlyDocument>,
     /// A CA for `rediss://` Redis URLs.
     pub redis_tls: store::RedisTls,
+    /// A CA for `amqps://` broker URLs.
+    pub amqp_tls: broker::BrokerTls,
     /// HTTPS for the API (and client certificates, with a client CA).
     pub api_tls: Option<crate::tls::ApiTls>,
 }
@@ -173,6 +175,7 @@ impl std::fmt::Debug for SchedulerConfig {
             .field("audit_output", &self.audit_output)
             .field("read_only_documents", &self.read_only_documents)
             .field("redis_tls", &self.redis_tls)
+            .field("amqp_tls", &self.amqp_tls)
             .field("api_tls", &self.api_tls.is_some())
             .finish_non_exhaustive()
     }
@@ -194,6 +197,7 @@ impl SchedulerConfig {
             audit_output: None,
             read_only_documents: crate::approvals::default_read_only_documents(),
             redis_tls: store::RedisTls::default(),
+            amqp_tls: broker::BrokerTls::default(),
             api_tls: None,
         }
     }
@@ -234,7 +238,13 @@ impl Scheduler {
         .await;
         metrics.connection("redis", store.is_ok());
         let store = store?;
-        let broker = Broker::connect(&config.amqp_url, config.names.clone(), &config.name).await;
+        let broker = Broker::connect_with(
+            &config.amqp_url,
+            config.names.clone(),
+            &config.name,
+            &config.amqp_tls,
+        )
+        .await;
         metrics.connection("rabbitmq", broker.is_ok());
         let broker = broker?;
         let ledger = match protocol::names::in_process_name(&config.redis_url) {

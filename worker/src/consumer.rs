@@ -87,7 +87,7 @@ pub async fn run<S: Store>(
         while !stop.is_cancelled() {
             let connected = tokio::select! {
                 () = stop.cancelled() => break,
-                connected = Broker::connect(&config.amqp_url, config.names.clone(), &config.name) => connected,
+                connected = Broker::connect_with(&config.amqp_url, config.names.clone(), &config.name, &config.amqp_tls) => connected,
             };
             let broker = match connected {
                 Ok(broker) => broker,

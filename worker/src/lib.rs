@@ -54,6 +54,8 @@ pub struct WorkerConfig {
     pub aws: AwsSettings,
     /// A label for the RabbitMQ connection and logs.
     pub name: String,
+    /// A CA for `amqps://` broker URLs.
+    pub amqp_tls: broker::BrokerTls,
 }
 
 impl WorkerConfig {
@@ -66,6 +68,7 @@ impl WorkerConfig {
             shutdown_timeout: Duration::from_secs(30),
             aws: AwsSettings::default(),
             name: "flotilla-worker".into(),
+            amqp_tls: broker::BrokerTls::default(),
         }
     }
 }
