@@ -127,7 +127,8 @@ pub struct SchedulerArgs {
     /// The `aud` the tokens must carry.
     #[arg(long, env = "FLOTILLA_OIDC_AUDIENCE")]
     pub oidc_audience: Option<String>,
-    /// The issuer's keys: a JWKS file, or an http:// URL read at start.
+    /// The issuer's keys: a JWKS file, or an http(s) URL read at start
+    /// (https checked against the Mozilla roots).
     #[arg(long, env = "FLOTILLA_OIDC_JWKS")]
     pub oidc_jwks: Option<String>,
     /// The claim holding the flotilla role (a string or a list).
@@ -145,12 +146,12 @@ pub struct SchedulerArgs {
 /// The largest JWKS read.
 const MAX_JWKS_BYTES: u64 = 256 * 1024;
 
-/// The JWKS text of a file or an http:// URL, bounded.
+/// The JWKS text of a file or an http(s) URL, bounded.
 fn read_jwks(source: &str) -> anyhow::Result<String> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let mut response = ureq::get(source).call().with_context(|| {
-            format!("fetching the JWKS {source} (https needs a file for now: fetch it with curl)")
-        })?;
+        let mut response = ureq::get(source)
+            .call()
+            .with_context(|| format!("fetching the JWKS {source}"))?;
         return response
             .body_mut()
             .with_config()
