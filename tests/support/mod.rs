@@ -127,9 +127,23 @@ impl Cleanup {
     /// Cleans up now, from async code.
     pub async fn run(mut self) {
         self.armed = false;
-        let purged = flotilla::admin::purge(&self.amqp_url, &self.redis_url, &self.names).await;
-        if let Err(error) = purged {
-            eprintln!("cleanup of {}: {error:#}", self.names.prefix());
+        purge_twice(&self.amqp_url, &self.redis_url, &self.names).await;
+    }
+}
+
+/// Purges, then once more a moment later: a scheduler or worker task just
+/// aborted may still have a declare on the wire, which RabbitMQ carries out
+/// after the first purge (a lone `dead-letter` queue was left that way).
+async fn purge_twice(amqp_url: &str, redis_url: &str, names: &Names) {
+    for round in 0..2 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let purge = flotilla::admin::purge(amqp_url, redis_url, names);
+        match tokio::time::timeout(Duration::from_secs(20), purge).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => eprintln!("test cleanup of {}: {error:#}", names.prefix()),
+            Err(_) => eprintln!("test cleanup of {} timed out", names.prefix()),
         }
     }
 }
@@ -151,14 +165,7 @@ impl Drop for Cleanup {
                 .enable_all()
                 .build()
                 .expect("a runtime for the test cleanup");
-            runtime.block_on(async {
-                let purge = flotilla::admin::purge(&amqp_url, &redis_url, &names);
-                match tokio::time::timeout(Duration::from_secs(20), purge).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => eprintln!("test cleanup of {}: {error:#}", names.prefix()),
-                    Err(_) => eprintln!("test cleanup of {} timed out", names.prefix()),
-                }
-            });
+            runtime.block_on(purge_twice(&amqp_url, &redis_url, &names));
         });
         let _ = purge.join();
     }
