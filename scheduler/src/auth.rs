@@ -106,9 +106,27 @@ pub enum Permission {
     ApproveCampaign,
     PostAlerts,
     PostEvents,
+    /// A mutating route the table does not name: admins only (fail closed).
+    Administer,
 }
 
 impl Permission {
+    pub const ALL: [Self; 13] = [
+        Self::Read,
+        Self::ReadAudit,
+        Self::ApplyCampaign,
+        Self::DeleteCampaign,
+        Self::StartRun,
+        Self::SteerRun,
+        Self::EngageKill,
+        Self::ReleaseKill,
+        Self::ManageTokens,
+        Self::ApproveCampaign,
+        Self::PostAlerts,
+        Self::PostEvents,
+        Self::Administer,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
@@ -123,6 +141,7 @@ impl Permission {
             Self::ApproveCampaign => "campaigns:approve",
             Self::PostAlerts => "alerts:post",
             Self::PostEvents => "events:post",
+            Self::Administer => "admin",
         }
     }
 }
@@ -146,9 +165,10 @@ pub fn route_permission(method: &str, route: &str, metrics_open: bool) -> Option
         (_, "/tokens") | (_, "/tokens/{name}") => ManageTokens,
         ("POST", "/alerts") => PostAlerts,
         ("POST", "/events") => PostEvents,
-        // Every other route reads; an unknown method gets axum's 405 after
-        // the check.
-        _ => Read,
+        ("GET" | "HEAD", _) => Read,
+        // A mutating route missing from this table is an admin's until it
+        // is named here: a new route fails closed, not open.
+        _ => Administer,
     };
     Some(permission)
 }
@@ -416,20 +436,7 @@ mod tests {
     #[test]
     fn roles_nest_and_machines_get_one_route() {
         use Permission::*;
-        let all = [
-            Read,
-            ReadAudit,
-            ApplyCampaign,
-            DeleteCampaign,
-            StartRun,
-            SteerRun,
-            EngageKill,
-            ReleaseKill,
-            ManageTokens,
-            ApproveCampaign,
-            PostAlerts,
-            PostEvents,
-        ];
+        let all = Permission::ALL;
         for permission in all {
             if Role::Viewer.allows(permission) {
                 assert!(Role::Operator.allows(permission) && Role::Approver.allows(permission));
@@ -439,6 +446,12 @@ mod tests {
             }
         }
         assert!(!Role::Viewer.allows(StartRun));
+        assert_eq!(
+            route_permission("POST", "/some/new/route", true),
+            Some(Administer)
+        );
+        assert!(!Role::Operator.allows(Administer) && Role::Admin.allows(Administer));
+        assert_eq!(route_permission("GET", "/runs/{id}", true), Some(Read));
         assert!(Role::Approver.allows(ApproveCampaign) && !Role::Operator.allows(ApproveCampaign));
         assert!(!Role::Operator.allows(ReleaseKill) && Role::Admin.allows(ReleaseKill));
         assert!(!Role::Operator.allows(DeleteCampaign) && !Role::Operator.allows(ManageTokens));
