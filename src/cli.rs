@@ -105,6 +105,11 @@ pub enum Command {
         #[command(flatten)]
         args: crate::access::AuditArgs,
     },
+    /// Signing keys for jobs and reports: generate, rotate, retire (offline).
+    Keys {
+        #[command(subcommand)]
+        command: crate::keys::KeysCommand,
+    },
     /// Maintenance of a deployment's queues and keys (talks to RabbitMQ and Redis).
     Admin {
         #[command(subcommand)]
@@ -140,6 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),
         Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
         Command::Admin { command } => crate::admin::admin(command, &mut out),
+        Command::Keys { command } => crate::keys::keys(command, &mut out),
         Command::Token { api, command } => crate::access::token(&api, command, &mut out),
         Command::Audit { api, args } => crate::access::audit(&api, args, &mut out),
     }

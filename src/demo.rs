@@ -136,9 +136,12 @@ impl Stack {
         };
         let stop = CancellationToken::new();
         let mut services: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+        // Keys of this demo's own, gone when it ends.
+        let keys = protocol::signing::Keyring::ephemeral_deployment()?;
 
         let mut config = SchedulerConfig::new(amqp_url, redis_url, names.clone());
         config.name = "flotilla-demo-scheduler".into();
+        config.keys = keys.scheduler.clone();
         config.organizations = scheduler::organizations::OrganizationsSettings {
             endpoint_url: Some(sim.endpoint_url()),
             region: Some("us-east-1".into()),
@@ -157,6 +160,7 @@ impl Stack {
         for index in 0..workers {
             let mut config = worker::WorkerConfig::new(amqp_url, names.clone());
             config.name = format!("flotilla-demo-worker-{index}");
+            config.keys = keys.worker.clone();
             config.shutdown_timeout = Duration::from_secs(5);
             config.aws = worker::AwsSettings {
                 endpoint_url: Some(sim.endpoint_url()),

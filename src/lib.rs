@@ -8,6 +8,7 @@
 //! - [`report`]: `flotilla report`'s summaries and formats.
 //! - [`admin`]: `flotilla admin purge`, removing a deployment's queues and keys.
 //! - [`access`]: `flotilla token` and `flotilla audit`.
+//! - [`keys`]: `flotilla keys`, and how services load their signing keys.
 
 pub mod access;
 pub mod admin;
@@ -16,5 +17,6 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod keys;
 pub mod report;
 pub mod services;

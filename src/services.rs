@@ -50,6 +50,8 @@ pub struct ConnectionArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub keys: crate::keys::KeyArgs,
     /// Jobs handled at once (and each queue's prefetch). More waits on more AWS
     /// calls at once; costs memory and redelivery work if the worker dies.
     #[arg(long, env = "FLOTILLA_WORKER_CONCURRENCY", default_value_t = NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN))]
@@ -75,6 +77,8 @@ pub struct WorkerArgs {
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub keys: crate::keys::KeyArgs,
     /// Where the HTTP API listens (the `flotilla` CLI, Alertmanager, EventBridge).
     #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -197,6 +201,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let names = Names::new(args.connection.prefix.clone());
     let mut config = worker::WorkerConfig::new(args.connection.amqp_url.clone(), names.clone());
+    config.keys = args.keys.keyring(protocol::signing::SignerKind::Worker)?;
     config.concurrency = args.concurrency;
     config.metrics_addr = args.metrics_addr;
     config.shutdown_timeout = args.shutdown_timeout;
@@ -226,6 +231,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let names = Names::new(args.connection.prefix.clone());
     let mut config =
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
+    config.keys = args
+        .keys
+        .keyring(protocol::signing::SignerKind::Scheduler)?;
     config.redis_tls = store::RedisTls {
         ca_file: args.connection.redis_ca_file,
     };

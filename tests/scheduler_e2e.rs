@@ -958,11 +958,14 @@ async fn a_broker_that_never_completes_the_handshake_shows_in_metrics() {
         }
     });
     let names = protocol::names::Names::new(format!("flotilla-test-{}", uuid::Uuid::new_v4()));
-    let config = scheduler::SchedulerConfig::new(
+    let mut config = scheduler::SchedulerConfig::new(
         format!("amqp://guest:guest@127.0.0.1:{silent_port}/%2f"),
         support::REDIS_URL,
         names.clone(),
     );
+    config.keys = protocol::signing::Keyring::ephemeral_deployment()
+        .unwrap()
+        .scheduler;
     let port = support::free_port();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

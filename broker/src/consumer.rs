@@ -8,7 +8,9 @@ use lapin::options::{
     BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use protocol::envelope::{self, EnvelopeError, Message};
+use protocol::envelope::{self, EnvelopeError, Message, Opened};
+use protocol::job::UnixMillis;
+use protocol::signing::Keyring;
 
 use crate::publisher::{DUE_HEADER, RETRIES_HEADER};
 use crate::{Backend, Broker, BrokerError, memory};
@@ -31,11 +33,21 @@ enum DeliveryInner {
 }
 
 impl Delivery {
-    pub fn decode<M: Message>(&self) -> Result<M, EnvelopeError> {
-        match &self.inner {
-            DeliveryInner::RabbitMq(inner) => envelope::decode(&inner.data),
-            DeliveryInner::InProcess(inner) => envelope::decode(&inner.payload),
-        }
+    /// Verifies the message's signature and age against `keyring`, then
+    /// decodes it (see `protocol::envelope::open`).
+    pub fn open<M: Message>(&self, keyring: &Keyring) -> Result<Opened<M>, EnvelopeError> {
+        envelope::open(self.payload(), keyring, UnixMillis::now())
+    }
+
+    /// A short fingerprint of the message's bytes, for logs and the audit
+    /// trail of a message that could not be opened (its ids cannot be trusted).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.payload());
+        digest[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 
     /// Retries after transient errors so far (set by the publisher).

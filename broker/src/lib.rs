@@ -129,6 +129,8 @@ async fn open_connection(
 pub struct Broker {
     backend: Backend,
     names: Names,
+    /// Signs everything this connection publishes.
+    keyring: protocol::signing::Keyring,
 }
 
 #[derive(Clone)]
@@ -181,7 +183,19 @@ impl Broker {
                 publish_channel,
             },
             names,
+            keyring: protocol::signing::Keyring::default(),
         })
+    }
+
+    /// Signs what it publishes with `keyring`'s signing key. Without one (the
+    /// default), every publish fails: nothing unsigned leaves a service.
+    pub fn with_keyring(mut self, keyring: protocol::signing::Keyring) -> Self {
+        self.keyring = keyring;
+        self
+    }
+
+    pub fn keyring(&self) -> &protocol::signing::Keyring {
+        &self.keyring
     }
 
     /// Deletes a deployment's queues and exchanges, whatever they hold, without
@@ -205,6 +219,7 @@ impl Broker {
         Self {
             backend: Backend::InProcess(memory::Connection::open(hub, &names)),
             names,
+            keyring: protocol::signing::Keyring::default(),
         }
     }
 

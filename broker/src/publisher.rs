@@ -10,7 +10,7 @@ use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use protocol::envelope::{self, Message};
 use protocol::{Job, Report};
 
-use crate::{Backend, Broker, BrokerError};
+use crate::{Backend, Broker, BrokerError, Delivery};
 
 /// How many times a job was retried after transient errors (not redeliveries,
 /// which RabbitMQ counts itself in `x-delivery-count`).
@@ -60,7 +60,7 @@ impl Broker {
                 confirmed += 1;
                 continue;
             }
-            let payload = envelope::encode(job)?;
+            let payload = self.seal(job)?;
             pending.push((
                 self.send_raw(&exchange, routing_key, &payload, Headers::default())
                     .await?,
@@ -74,23 +74,50 @@ impl Broker {
         Ok(confirmed)
     }
 
-    /// Publishes a job that comes back to its work queue after `delay` (rounded
-    /// up to a delay queue's step), carrying how many retries it has had.
-    pub async fn publish_job_after(
+    /// Publishes a new job (signed by this service) that comes to its work
+    /// queue after `delay` (rounded up to a delay queue's step).
+    pub async fn publish_job_after(&self, job: &Job, delay: Duration) -> Result<(), BrokerError> {
+        self.delay_job_bytes(&self.seal(job)?, job.run().priority, delay, 0)
+            .await
+    }
+
+    /// Sends a delivered job back to its work queue after `delay`, carrying how
+    /// many retries it has had. The bytes go back as they came, signature and
+    /// all: a worker cannot re-sign a scheduler's job, and need not.
+    pub async fn defer_job(
         &self,
+        delivery: &Delivery,
         job: &Job,
+        delay: Duration,
+        retries: u32,
+    ) -> Result<(), BrokerError> {
+        self.delay_job_bytes(delivery.payload(), job.run().priority, delay, retries)
+            .await
+    }
+
+    async fn delay_job_bytes(
+        &self,
+        payload: &[u8],
+        priority: protocol::job::Priority,
         delay: Duration,
         retries: u32,
     ) -> Result<(), BrokerError> {
         let seconds = u32::try_from(delay.as_secs()).unwrap_or(u32::MAX);
         let step = protocol::names::delay_step(seconds);
-        let queue = self.names().delay_queue_of_step(step, job.run().priority);
+        let queue = self.names().delay_queue_of_step(step, priority);
         let headers = Headers {
             retries,
             due_ms: Some(now_ms() + u64::from(step) * 1000),
         };
-        self.publish_raw("", &queue, &envelope::encode(job)?, headers)
-            .await
+        self.publish_raw("", &queue, payload, headers).await
+    }
+
+    fn seal<M: Message>(&self, message: &M) -> Result<Vec<u8>, BrokerError> {
+        Ok(envelope::seal_with(
+            message,
+            self.keyring(),
+            protocol::job::UnixMillis::now(),
+        )?)
     }
 
     pub async fn publish_report(&self, report: &Report) -> Result<(), BrokerError> {
@@ -98,20 +125,17 @@ impl Broker {
         self.publish("", &queue, report, 0).await
     }
 
-    /// Publishes a report to come back to the reports queue in
+    /// Sends a delivered report back to the reports queue in
     /// [`protocol::names::REPORT_RETRY_SECONDS`] (its results could not be
-    /// written now); `parks` counts how often it did.
-    pub async fn publish_report_later(
-        &self,
-        report: &Report,
-        parks: u32,
-    ) -> Result<(), BrokerError> {
+    /// written now), as it came (the worker's signature stays); `parks`
+    /// counts how often it did.
+    pub async fn defer_report(&self, delivery: &Delivery, parks: u32) -> Result<(), BrokerError> {
         let queue = self.names().reports_delay_queue();
         let headers = Headers {
             retries: parks,
             due_ms: Some(now_ms() + u64::from(protocol::names::REPORT_RETRY_SECONDS) * 1000),
         };
-        self.publish_raw("", &queue, &envelope::encode(report)?, headers)
+        self.publish_raw("", &queue, delivery.payload(), headers)
             .await
     }
 
@@ -126,7 +150,7 @@ impl Broker {
             retries,
             due_ms: None,
         };
-        self.publish_raw(exchange, routing_key, &envelope::encode(message)?, headers)
+        self.publish_raw(exchange, routing_key, &self.seal(message)?, headers)
             .await
     }
 

@@ -21,9 +21,19 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Where a test's broker lives: an AMQP URL or a `memory://` one.
 async fn connect(url: &str, names: &Names) -> Broker {
     match Broker::connect(url, names.clone(), "broker-test").await {
-        Ok(broker) => broker,
+        Ok(broker) => broker.with_keyring(keys()),
         Err(error) => panic!("these tests need RabbitMQ: {error}"),
     }
+}
+
+/// Signs as a scheduler; trusts that key and a worker's.
+fn keys() -> protocol::signing::Keyring {
+    static KEYS: std::sync::LazyLock<protocol::signing::Keyring> = std::sync::LazyLock::new(|| {
+        protocol::signing::Keyring::ephemeral_deployment()
+            .unwrap()
+            .scheduler
+    });
+    KEYS.clone()
 }
 
 fn fresh_names() -> Names {
@@ -162,11 +172,11 @@ async fn jobs_reach_the_queue_of_their_priority_and_are_acked(url: &str, names: 
         .await
         .unwrap();
     let delivery = next(&mut urgent).await;
-    assert_eq!(delivery.decode::<Job>().unwrap(), urgent_job);
+    assert_eq!(delivery.open::<Job>(&keys()).unwrap().message, urgent_job);
     delivery.ack().await.unwrap();
     let mut bulk = broker.consume(&names.bulk_queue(), 10, "b").await.unwrap();
     let delivery = next(&mut bulk).await;
-    assert_eq!(delivery.decode::<Job>().unwrap(), bulk_job);
+    assert_eq!(delivery.open::<Job>(&keys()).unwrap().message, bulk_job);
     assert_eq!(delivery.retries(), 0);
     delivery.ack().await.unwrap();
     broker.delete_topology().await.unwrap();
@@ -176,22 +186,32 @@ async fn a_delayed_job_comes_back_to_its_work_queue_after_the_delay(url: &str, n
     let broker = connect(url, &names).await;
     let (_pumps, _stop) = start_pumps(url, &names).await;
     let delayed = job(Priority::Urgent);
-    let published = Instant::now();
-    broker
-        .publish_job_after(&delayed, Duration::from_secs(1), 3)
-        .await
-        .unwrap();
+    broker.publish_job(&delayed).await.unwrap();
     let mut urgent = broker
         .consume(&names.urgent_queue(), 10, "u")
         .await
         .unwrap();
+    let first = next(&mut urgent).await;
+    let signed_at = first.open::<Job>(&keys()).unwrap().signed_at;
+    // A worker defers the job it holds: the same bytes, signature and all.
+    let published = Instant::now();
+    broker
+        .defer_job(&first, &delayed, Duration::from_secs(1), 3)
+        .await
+        .unwrap();
+    first.ack().await.unwrap();
     let delivery = next(&mut urgent).await;
+    assert_eq!(
+        delivery.open::<Job>(&keys()).unwrap().signed_at,
+        signed_at,
+        "a deferred job keeps its original signature"
+    );
     assert!(
         published.elapsed() >= Duration::from_millis(900),
         "came back after {:?}",
         published.elapsed()
     );
-    assert_eq!(delivery.decode::<Job>().unwrap(), delayed);
+    assert_eq!(delivery.open::<Job>(&keys()).unwrap().message, delayed);
     assert_eq!(
         delivery.retries(),
         3,
@@ -213,7 +233,7 @@ async fn rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue(
 
     let mut bulk = broker.consume(&names.bulk_queue(), 1, "b").await.unwrap();
     let first = next(&mut bulk).await;
-    assert_eq!(first.decode::<Job>().unwrap(), poison);
+    assert_eq!(first.open::<Job>(&keys()).unwrap().message, poison);
     first.dead_letter().await.unwrap();
     // The second job is requeued (as when its worker dies) until the limit.
     let mut deliveries = 0;
@@ -221,7 +241,7 @@ async fn rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue(
         let delivery = tokio::time::timeout(Duration::from_secs(3), bulk.next()).await;
         let Ok(Some(delivery)) = delivery else { break };
         let delivery = delivery.unwrap();
-        assert_eq!(delivery.decode::<Job>().unwrap(), endless);
+        assert_eq!(delivery.open::<Job>(&keys()).unwrap().message, endless);
         deliveries += 1;
         assert!(
             deliveries <= DELIVERY_LIMIT + 1,
@@ -240,8 +260,8 @@ async fn rejected_and_endlessly_redelivered_jobs_end_in_the_dead_letter_queue(
         .await
         .unwrap();
     let mut dead_jobs = vec![
-        next(&mut dead).await.decode::<Job>().unwrap(),
-        next(&mut dead).await.decode::<Job>().unwrap(),
+        next(&mut dead).await.open::<Job>(&keys()).unwrap().message,
+        next(&mut dead).await.open::<Job>(&keys()).unwrap().message,
     ];
     dead_jobs.sort_by_key(Job::job_id);
     let mut expected = vec![poison, endless];
@@ -274,7 +294,7 @@ async fn what_a_closed_connection_held_unacked_is_redelivered(url: &str, names: 
     let second = connect(url, &names).await;
     let mut consumer = second.consume(&names.bulk_queue(), 10, "w2").await.unwrap();
     let delivery = next(&mut consumer).await;
-    assert_eq!(delivery.decode::<Job>().unwrap(), held);
+    assert_eq!(delivery.open::<Job>(&keys()).unwrap().message, held);
     assert!(delivery.redelivered(), "marked as redelivered");
     assert_eq!(delivery.earlier_deliveries(), 1);
     delivery.ack().await.unwrap();
@@ -309,8 +329,8 @@ async fn prefetch_bounds_unsettled_deliveries(url: &str, names: Names) {
     first.ack().await.unwrap();
     let third = next(&mut consumer).await;
     let mut seen = vec![
-        second.decode::<Job>().unwrap(),
-        third.decode::<Job>().unwrap(),
+        second.open::<Job>(&keys()).unwrap().message,
+        third.open::<Job>(&keys()).unwrap().message,
     ];
     second.ack().await.unwrap();
     third.ack().await.unwrap();
@@ -358,7 +378,7 @@ async fn reports_reach_the_reports_queue_and_depths_count_ready_messages(url: &s
         .await
         .unwrap();
     let delivery = next(&mut reports).await;
-    assert_eq!(delivery.decode::<Report>().unwrap(), report);
+    assert_eq!(delivery.open::<Report>(&keys()).unwrap().message, report);
     delivery.ack().await.unwrap();
     broker.delete_topology().await.unwrap();
 }
@@ -372,7 +392,7 @@ async fn a_burst_of_delayed_jobs_all_come_back(url: &str, names: Names) {
     let jobs: Vec<Job> = (0..300).map(|_| job(Priority::Bulk)).collect();
     for job in &jobs {
         broker
-            .publish_job_after(job, Duration::from_secs(5), 0)
+            .publish_job_after(job, Duration::from_secs(5))
             .await
             .unwrap();
     }
@@ -390,7 +410,7 @@ async fn a_burst_of_delayed_jobs_all_come_back(url: &str, names: Names) {
             })
             .expect("the consumer is open")
             .unwrap();
-        back.insert(delivery.decode::<Job>().unwrap().job_id());
+        back.insert(delivery.open::<Job>(&keys()).unwrap().message.job_id());
         delivery.ack().await.unwrap();
     }
     broker.delete_topology().await.unwrap();
@@ -405,7 +425,7 @@ async fn delayed_jobs_held_by_a_dead_pump_come_back_through_another(url: &str, n
     let published = Instant::now();
     for job in &jobs {
         broker
-            .publish_job_after(job, Duration::from_secs(5), 0)
+            .publish_job_after(job, Duration::from_secs(5))
             .await
             .unwrap();
     }
@@ -434,7 +454,7 @@ async fn delayed_jobs_held_by_a_dead_pump_come_back_through_another(url: &str, n
             "due after 5 s, back after {:?}",
             published.elapsed()
         );
-        back.insert(delivery.decode::<Job>().unwrap().job_id());
+        back.insert(delivery.open::<Job>(&keys()).unwrap().message.job_id());
         delivery.ack().await.unwrap();
     }
     broker.delete_topology().await.unwrap();
@@ -453,7 +473,7 @@ async fn jobs_published_together_all_arrive_once(url: &str, names: Names) {
     for _ in 0..jobs.len() {
         let delivery = next(&mut bulk).await;
         assert!(
-            seen.insert(delivery.decode::<Job>().unwrap().job_id()),
+            seen.insert(delivery.open::<Job>(&keys()).unwrap().message.job_id()),
             "a job came twice"
         );
         delivery.ack().await.unwrap();

@@ -14,6 +14,16 @@ use protocol::job::{DiscoverJob, Location, Priority, RunContext};
 use protocol::names::Names;
 use uuid::Uuid;
 
+/// Signs as a scheduler and trusts that key.
+fn keys() -> protocol::signing::Keyring {
+    static KEYS: std::sync::LazyLock<protocol::signing::Keyring> = std::sync::LazyLock::new(|| {
+        protocol::signing::Keyring::ephemeral_deployment()
+            .unwrap()
+            .scheduler
+    });
+    KEYS.clone()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -166,7 +176,7 @@ async fn jobs_go_through_a_broker_that_speaks_only_tls() {
     for _ in 0..50 {
         match Broker::connect_with(&rabbit.url("amqps"), names.clone(), "tls-test", &tls).await {
             Ok(connected) => {
-                broker = Some(connected);
+                broker = Some(connected.with_keyring(keys()));
                 break;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -181,7 +191,7 @@ async fn jobs_go_through_a_broker_that_speaks_only_tls() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(delivery.decode::<Job>().unwrap(), sent);
+    assert_eq!(delivery.open::<Job>(&keys()).unwrap().message, sent);
     delivery.ack().await.unwrap();
 
     let unknown_ca = Broker::connect(&rabbit.url("amqps"), names.clone(), "tls-test").await;

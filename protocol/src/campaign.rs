@@ -433,6 +433,21 @@ static OU_ID: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})$"));
 static REGION: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$"));
+/// A 12-digit AWS account id.
+pub fn is_account_id(text: &str) -> bool {
+    ACCOUNT_ID.is_match(text)
+}
+
+/// An AWS region name (`us-east-1`, `us-gov-west-1`, …).
+pub fn is_region(text: &str) -> bool {
+    REGION.is_match(text)
+}
+
+/// A managed instance id (`i-…`, `mi-…`).
+pub fn is_instance_id(text: &str) -> bool {
+    INSTANCE_ID.is_match(text)
+}
+
 static ROLE_NAME: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9_+=,.@-]{1,64}$"));
 /// IAM's `[\w+=,.@:/-]` with ASCII word characters; the 2-1224 length is checked
 /// apart (a bounded repetition that large compiles to a huge automaton).

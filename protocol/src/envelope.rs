@@ -1,8 +1,13 @@
-//! The wire envelope: a magic, a format version and a kind byte in front of bincode.
+//! The wire envelope: a header, bincode, and an Ed25519 signature over both.
 //!
 //! ```text
-//! b"FLT" | format version (1 byte) | kind (1 byte) | bincode (standard config)
+//! b"FLT" | format version (1 byte) | kind (1 byte) | signed at (u64 BE, Unix ms)
+//!        | key id length (1 byte) | key id | bincode (standard config) | signature (64 bytes)
 //! ```
+//! The signature covers every byte before it, the header included, so neither
+//! the kind, the time nor the key id can be changed. [`open`] checks, in order:
+//! the header's shape, that the key id is trusted, the signature, the age, and
+//! only then decodes the body: unauthenticated bytes never reach the decoder.
 //! A consumer that meets a version it does not know rejects the message to the
 //! dead-letter queue instead of guessing, so a rolling upgrade never misreads work.
 //! Decoding never panics: garbage, truncated bytes, a wrong kind, an unknown
@@ -12,13 +17,16 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::job::Job;
+use crate::job::{Job, UnixMillis};
 use crate::report::Report;
+use crate::signing::{Keyring, SIGNATURE_LEN, SignerKind, SigningIdentity};
 
 const MAGIC: &[u8; 3] = b"FLT";
 /// Bump when a message type changes shape; old consumers then dead-letter new messages.
-pub const FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = MAGIC.len() + 2;
+/// Version 2: signed (version 1 messages were not, and are refused).
+pub const FORMAT_VERSION: u8 = 2;
+/// Magic, version, kind, signed-at, key id length: what precedes the key id.
+const HEADER_LEN: usize = MAGIC.len() + 2 + 8 + 1;
 /// No job or report comes close; a larger declared size is garbage.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -60,6 +68,16 @@ pub enum EnvelopeError {
     TrailingBytes(usize),
     #[error("message is larger than {MAX_MESSAGE_BYTES} bytes")]
     TooLarge,
+    #[error("message is signed with key {0:?}, which this service does not trust")]
+    UnknownKey(String),
+    #[error("message signature does not verify (signed with key {0:?})")]
+    BadSignature(String),
+    #[error("message was signed {age_ms} ms ago; at most {max_ms} ms old messages are accepted")]
+    Expired { age_ms: u64, max_ms: u64 },
+    #[error("message claims to be signed {ahead_ms} ms in the future")]
+    FromTheFuture { ahead_ms: u64 },
+    #[error("this service has no signing key; it cannot publish")]
+    NoSigningKey,
 }
 
 impl EnvelopeError {
@@ -67,45 +85,130 @@ impl EnvelopeError {
     pub fn is_retryable(&self) -> bool {
         false
     }
+
+    /// The `reason` label of the rejected-message metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownKey(_) => "unknown_key",
+            Self::BadSignature(_) => "bad_signature",
+            Self::Expired { .. } => "expired",
+            Self::FromTheFuture { .. } => "from_the_future",
+            Self::UnsupportedVersion { .. } => "unsupported_version",
+            Self::NoSigningKey => "no_signing_key",
+            Self::TooShort(_)
+            | Self::BadMagic
+            | Self::WrongKind { .. }
+            | Self::Malformed(_)
+            | Self::TrailingBytes(_)
+            | Self::TooLarge => "malformed",
+        }
+    }
+}
+
+/// A message whose signature verified, and who signed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened<M> {
+    pub message: M,
+    pub signer: SignerKind,
+    pub key_id: String,
+    pub signed_at: UnixMillis,
 }
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
 }
 
-pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, EnvelopeError> {
+/// Encodes `message` and signs it as `identity`, at `now`.
+pub fn seal<M: Message>(
+    message: &M,
+    identity: &SigningIdentity,
+    now: UnixMillis,
+) -> Result<Vec<u8>, EnvelopeError> {
     let mut bytes = Vec::with_capacity(256);
     bytes.extend_from_slice(MAGIC);
     bytes.push(FORMAT_VERSION);
     bytes.push(M::KIND as u8);
+    bytes.extend_from_slice(&now.0.to_be_bytes());
+    let id_len = u8::try_from(identity.id.len()).map_err(|_| EnvelopeError::TooLarge)?;
+    bytes.push(id_len);
+    bytes.extend_from_slice(identity.id.as_bytes());
     let body = bincode::serde::encode_to_vec(message, config())
         .map_err(|error| EnvelopeError::Malformed(error.to_string()))?;
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(EnvelopeError::TooLarge);
     }
     bytes.extend_from_slice(&body);
+    let signature = identity.sign(&bytes);
+    bytes.extend_from_slice(&signature);
     Ok(bytes)
 }
 
-pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, EnvelopeError> {
-    if bytes.len() < HEADER_LEN {
-        return Err(EnvelopeError::TooShort(bytes.len()));
+/// [`seal`] with the keyring's signing key.
+pub fn seal_with<M: Message>(
+    message: &M,
+    keyring: &Keyring,
+    now: UnixMillis,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let identity = keyring.signer().ok_or(EnvelopeError::NoSigningKey)?;
+    seal(message, identity, now)
+}
+
+/// Verifies and decodes a message: see the module's order of checks.
+pub fn open<M: Message>(
+    bytes: &[u8],
+    keyring: &Keyring,
+    now: UnixMillis,
+) -> Result<Opened<M>, EnvelopeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES + 512 {
+        return Err(EnvelopeError::TooLarge);
     }
-    let (header, body) = bytes.split_at(HEADER_LEN);
-    if &header[..MAGIC.len()] != MAGIC {
+    if bytes.len() >= MAGIC.len() && &bytes[..MAGIC.len()] != MAGIC {
         return Err(EnvelopeError::BadMagic);
     }
-    let version = header[MAGIC.len()];
-    if version != FORMAT_VERSION {
-        return Err(EnvelopeError::UnsupportedVersion { found: version });
+    if bytes.len() >= MAGIC.len() + 1 && bytes[MAGIC.len()] != FORMAT_VERSION {
+        return Err(EnvelopeError::UnsupportedVersion {
+            found: bytes[MAGIC.len()],
+        });
     }
-    let kind = header[MAGIC.len() + 1];
+    if bytes.len() < HEADER_LEN + SIGNATURE_LEN {
+        return Err(EnvelopeError::TooShort(bytes.len()));
+    }
+    let kind = bytes[MAGIC.len() + 1];
     if kind != M::KIND as u8 {
         return Err(EnvelopeError::WrongKind {
             expected: M::KIND,
             found: kind,
         });
     }
+    let mut signed_at = [0u8; 8];
+    signed_at.copy_from_slice(&bytes[MAGIC.len() + 2..MAGIC.len() + 10]);
+    let signed_at = u64::from_be_bytes(signed_at);
+    let id_len = usize::from(bytes[HEADER_LEN - 1]);
+    let (signed, signature) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
+    if signed.len() < HEADER_LEN + id_len {
+        return Err(EnvelopeError::TooShort(bytes.len()));
+    }
+    let key_id = String::from_utf8_lossy(&signed[HEADER_LEN..HEADER_LEN + id_len]).into_owned();
+    let trusted = keyring
+        .lookup(&key_id)
+        .ok_or_else(|| EnvelopeError::UnknownKey(key_id.clone()))?;
+    let signature = ed25519_dalek::Signature::from_slice(signature)
+        .map_err(|_| EnvelopeError::BadSignature(key_id.clone()))?;
+    trusted
+        .key
+        .verify_strict(signed, &signature)
+        .map_err(|_| EnvelopeError::BadSignature(key_id.clone()))?;
+    let max_ms = u64::try_from(keyring.max_age.as_millis()).unwrap_or(u64::MAX);
+    let age_ms = now.0.saturating_sub(signed_at);
+    if age_ms > max_ms {
+        return Err(EnvelopeError::Expired { age_ms, max_ms });
+    }
+    let skew_ms = u64::try_from(crate::signing::MAX_CLOCK_SKEW.as_millis()).unwrap_or(0);
+    let ahead_ms = signed_at.saturating_sub(now.0);
+    if ahead_ms > skew_ms {
+        return Err(EnvelopeError::FromTheFuture { ahead_ms });
+    }
+    let body = &signed[HEADER_LEN + id_len..];
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(EnvelopeError::TooLarge);
     }
@@ -114,5 +217,10 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, EnvelopeError> {
     if read != body.len() {
         return Err(EnvelopeError::TrailingBytes(body.len() - read));
     }
-    Ok(message)
+    Ok(Opened {
+        message,
+        signer: trusted.kind,
+        key_id,
+        signed_at: UnixMillis(signed_at),
+    })
 }

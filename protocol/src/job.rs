@@ -34,6 +34,26 @@ pub struct Location {
     pub region: String,
 }
 
+impl Location {
+    /// Checks both parts (a 12-digit account, a region name): a location
+    /// read from a message or Redis is only used after this.
+    pub fn validate(&self) -> Result<(), String> {
+        if !crate::campaign::is_account_id(&self.account_id) {
+            return Err(format!(
+                "account {:?} is not a 12-digit AWS account id",
+                self.account_id
+            ));
+        }
+        if !crate::campaign::is_region(&self.region) {
+            return Err(format!(
+                "region {:?} is not an AWS region name",
+                self.region
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What every job of a run carries about the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunContext {

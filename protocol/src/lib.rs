@@ -11,7 +11,8 @@
 //! - [`report`]: what workers report back (targets discovered, results).
 //! - [`run`]: a run's lifecycle states and what they allow workers to do.
 //! - [`status`]: SSM's invocation statuses and which ones spend the error budget.
-//! - [`envelope`]: the versioned wire format around bincode.
+//! - [`envelope`]: the versioned, signed wire format around bincode.
+//! - [`signing`]: Ed25519 signing keys, keyrings, who may sign what.
 //! - [`names`]: queue, exchange and Redis key names.
 
 pub mod campaign;
@@ -22,6 +23,7 @@ pub mod rate_control;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod signing;
 pub mod spec;
 pub mod status;
 pub mod validation;

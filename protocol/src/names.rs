@@ -150,6 +150,11 @@ impl Names {
     }
 
     /// The global kill switch: present means no worker sends anything.
+    /// Set once, when a deployment's first scheduler starts (see the kill switch).
+    pub fn deployment_key(&self) -> String {
+        format!("{}:deployment", self.prefix)
+    }
+
     pub fn kill_switch_key(&self) -> String {
         format!("{}:kill", self.prefix)
     }
@@ -190,6 +195,11 @@ impl Names {
     /// The run's locations in admission order (FIFO), one `account/region` each.
     pub fn run_locations_key(&self, run_id: Uuid) -> String {
         format!("{}:run:{{{run_id}}}:locations", self.prefix)
+    }
+
+    /// The run's locations as a set, for a worker's "is this one of the run's?".
+    pub fn run_location_set_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:location-set", self.prefix)
     }
 
     /// Per location: discovery progress, its targets and its execution progress.
@@ -266,6 +276,7 @@ mod tests {
         assert!(names.job_command_key(run_id, Uuid::nil()).contains(&tag));
         for key in [
             names.run_locations_key(run_id),
+            names.run_location_set_key(run_id),
             names.run_location_state_key(run_id),
             names.run_pages_key(run_id),
             names.run_pending_key(run_id),

@@ -92,6 +92,84 @@ impl FromStr for RunState {
     }
 }
 
+/// What a run records when it starts about every job it will issue, so that a
+/// worker can refuse a job the run did not issue (a forged one, or one whose
+/// step, role or limits were changed on the way) before acting on it. Each part
+/// is a SHA-256 over the part's JSON: the ExternalId is never stored in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunContract {
+    /// The run context: run id, campaign and version, role (name,
+    /// ExternalId, session length), API rate limits, priority.
+    pub context: String,
+    /// The target selection the run discovers with.
+    pub targets: String,
+    /// Per step, in order: document, parameters, timeout, name.
+    pub steps: Vec<String>,
+}
+
+fn digest<T: Serialize>(value: &T) -> String {
+    use sha2::Digest as _;
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    sha2::Sha256::digest(&json)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+impl RunContract {
+    pub fn new(
+        context: &crate::job::RunContext,
+        targets: &crate::campaign::TargetSelection,
+        steps: &[crate::campaign::Step],
+    ) -> Self {
+        Self {
+            context: digest(context),
+            targets: digest(targets),
+            steps: steps.iter().map(digest).collect(),
+        }
+    }
+
+    /// Reads a contract as the run stored it; `None` if it is not one.
+    pub fn from_json(json: &str) -> Option<Self> {
+        serde_json::from_str(json).ok()
+    }
+
+    /// Whether `job` is one this run issued; the error says what differs
+    /// (never the values themselves).
+    pub fn check(&self, job: &crate::Job) -> Result<(), String> {
+        use crate::Job;
+        if digest(job.run()) != self.context {
+            return Err(
+                "its run context (campaign, version, role, ExternalId, rate limits or priority) differs"
+                    .into(),
+            );
+        }
+        let execute = match job {
+            Job::Discover(discover) => {
+                return if digest(&discover.targets) == self.targets {
+                    Ok(())
+                } else {
+                    Err("its target selection differs".into())
+                };
+            }
+            Job::Execute(execute) => execute,
+            Job::Poll(poll) => &poll.execute,
+        };
+        let index = usize::from(execute.step_index);
+        match self.steps.get(index) {
+            None => Err(format!(
+                "step {index} does not exist (the run has {})",
+                self.steps.len()
+            )),
+            Some(expected) if *expected != digest(&execute.step) => Err(format!(
+                "step {index} (document {:?}) differs from the run's step {index}",
+                execute.step.document
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use protocol::campaign::{
     ApiRateLimits, ExecutionRole, Platform, Step, TargetSelection, TargetSelector,
 };
-use protocol::envelope::{self, EnvelopeError, FORMAT_VERSION};
+use protocol::envelope::{self, EnvelopeError, FORMAT_VERSION, Message};
 use protocol::job::{
     Batch, DiscoverJob, ExecuteJob, Location, PollJob, Priority, RunContext, UnixMillis,
 };
@@ -20,9 +20,33 @@ use protocol::report::{
     DiscoveredTarget, LocationFailed, LocationFailure, PatchCompliance, PatchOperation,
     StepResults, TargetResult, TargetsDiscovered,
 };
+use protocol::signing::{Keyring, SignerKind, SigningIdentity};
 use protocol::status::StatusDetail;
 use protocol::{Job, Report};
 use uuid::Uuid;
+
+/// The key every test message is signed with, and a keyring that trusts it.
+static SIGNER: std::sync::LazyLock<SigningIdentity> = std::sync::LazyLock::new(|| {
+    SigningIdentity::generate(SignerKind::Scheduler, "test-scheduler").unwrap()
+});
+static TRUST: std::sync::LazyLock<Keyring> =
+    std::sync::LazyLock::new(|| Keyring::default().signing_as(SIGNER.clone()));
+
+fn encode<M: Message>(message: &M) -> Result<Vec<u8>, EnvelopeError> {
+    envelope::seal(message, &SIGNER, UnixMillis::now())
+}
+
+fn decode<M: Message>(bytes: &[u8]) -> Result<M, EnvelopeError> {
+    envelope::open(bytes, &TRUST, UnixMillis::now()).map(|opened| opened.message)
+}
+
+/// Signs `bytes` (an envelope without its signature) again: how a test
+/// reaches the body decoder with a body of its making.
+fn resign(mut unsigned: Vec<u8>) -> Vec<u8> {
+    let signature = SIGNER.sign(&unsigned);
+    unsigned.extend_from_slice(&signature);
+    unsigned
+}
 
 fn uuid() -> impl Strategy<Value = Uuid> {
     any::<u128>().prop_map(Uuid::from_u128)
@@ -315,40 +339,54 @@ proptest! {
 
     #[test]
     fn jobs_round_trip(job in job()) {
-        let bytes = envelope::encode(&job).unwrap();
-        prop_assert_eq!(envelope::decode::<Job>(&bytes).unwrap(), job);
+        let bytes = encode(&job).unwrap();
+        prop_assert_eq!(decode::<Job>(&bytes).unwrap(), job);
     }
 
     #[test]
     fn reports_round_trip(report in report()) {
-        let bytes = envelope::encode(&report).unwrap();
-        prop_assert_eq!(envelope::decode::<Report>(&bytes).unwrap(), report);
+        let bytes = encode(&report).unwrap();
+        prop_assert_eq!(decode::<Report>(&bytes).unwrap(), report);
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
-        let _ = envelope::decode::<Job>(&bytes);
-        let _ = envelope::decode::<Report>(&bytes);
+        let _ = decode::<Job>(&bytes);
+        let _ = decode::<Report>(&bytes);
     }
 
-    /// Garbage behind a valid header: the bincode layer must fail cleanly too.
+    /// Garbage behind a valid, signed header: the bincode layer must fail
+    /// cleanly too (only a trusted key's holder can get bytes this far).
     #[test]
     fn garbage_bodies_never_panic(body in vec(any::<u8>(), 0..512)) {
         for kind in [1u8, 2] {
             let mut bytes = b"FLT".to_vec();
             bytes.push(FORMAT_VERSION);
             bytes.push(kind);
+            bytes.extend_from_slice(&UnixMillis::now().0.to_be_bytes());
+            bytes.push(u8::try_from(SIGNER.id.len()).unwrap());
+            bytes.extend_from_slice(SIGNER.id.as_bytes());
             bytes.extend_from_slice(&body);
-            let _ = envelope::decode::<Job>(&bytes);
-            let _ = envelope::decode::<Report>(&bytes);
+            let bytes = resign(bytes);
+            let _ = decode::<Job>(&bytes);
+            let _ = decode::<Report>(&bytes);
         }
+    }
+
+    /// Any change to any byte of a signed message is caught.
+    #[test]
+    fn every_single_byte_change_is_refused(job in job(), flip in 1u8..=255, at in any::<prop::sample::Index>()) {
+        let mut bytes = encode(&job).unwrap();
+        let at = at.index(bytes.len());
+        bytes[at] ^= flip;
+        prop_assert!(decode::<Job>(&bytes).is_err());
     }
 
     #[test]
     fn every_truncation_of_a_real_message_is_an_error(job in job()) {
-        let bytes = envelope::encode(&job).unwrap();
+        let bytes = encode(&job).unwrap();
         for length in 0..bytes.len() {
-            prop_assert!(envelope::decode::<Job>(&bytes[..length]).is_err());
+            prop_assert!(decode::<Job>(&bytes[..length]).is_err());
         }
     }
 }
@@ -387,10 +425,10 @@ fn sample_job() -> Job {
 
 #[test]
 fn an_unknown_format_version_is_refused_not_guessed() {
-    let mut bytes = envelope::encode(&sample_job()).unwrap();
+    let mut bytes = encode(&sample_job()).unwrap();
     bytes[3] = FORMAT_VERSION + 1;
     assert_eq!(
-        envelope::decode::<Job>(&bytes),
+        decode::<Job>(&bytes),
         Err(EnvelopeError::UnsupportedVersion {
             found: FORMAT_VERSION + 1
         })
@@ -399,29 +437,23 @@ fn an_unknown_format_version_is_refused_not_guessed() {
 
 #[test]
 fn a_report_is_not_read_as_a_job() {
-    let bytes = envelope::encode(&sample_job()).unwrap();
+    let bytes = encode(&sample_job()).unwrap();
     assert!(matches!(
-        envelope::decode::<Report>(&bytes),
+        decode::<Report>(&bytes),
         Err(EnvelopeError::WrongKind { .. })
     ));
 }
 
 #[test]
 fn trailing_bytes_and_bad_magic_are_errors() {
-    let mut bytes = envelope::encode(&sample_job()).unwrap();
+    let mut bytes = encode(&sample_job()).unwrap();
     bytes.push(0);
-    assert_eq!(
-        envelope::decode::<Job>(&bytes),
-        Err(EnvelopeError::TrailingBytes(1))
-    );
-    assert_eq!(
-        envelope::decode::<Job>(b"JSON{}"),
-        Err(EnvelopeError::BadMagic)
-    );
-    assert_eq!(
-        envelope::decode::<Job>(b"FL"),
-        Err(EnvelopeError::TooShort(2))
-    );
+    assert!(matches!(
+        decode::<Job>(&bytes),
+        Err(EnvelopeError::BadSignature(_))
+    ));
+    assert_eq!(decode::<Job>(b"JSON{}"), Err(EnvelopeError::BadMagic));
+    assert_eq!(decode::<Job>(b"FL"), Err(EnvelopeError::TooShort(2)));
     assert!(!EnvelopeError::BadMagic.is_retryable());
 }
 
@@ -432,7 +464,7 @@ fn a_huge_declared_length_is_refused_without_allocating_it() {
         unreachable!()
     };
     discover.run.campaign = "§campaign§".into();
-    let bytes = envelope::encode(&Job::Discover(discover)).unwrap();
+    let bytes = encode(&Job::Discover(discover)).unwrap();
     let name = "§campaign§".as_bytes();
     let mut needle = vec![u8::try_from(name.len()).unwrap()];
     needle.extend_from_slice(name);
@@ -443,9 +475,56 @@ fn a_huge_declared_length_is_refused_without_allocating_it() {
     let mut forged = bytes[..at].to_vec();
     forged.push(253); // bincode varint: a u64 follows
     forged.extend_from_slice(&u64::MAX.to_le_bytes());
-    forged.extend_from_slice(&bytes[at + needle.len()..]);
-    let error = envelope::decode::<Job>(&forged).unwrap_err();
+    forged.extend_from_slice(&bytes[at + needle.len()..bytes.len() - 64]);
+    let error = decode::<Job>(&resign(forged)).unwrap_err();
     assert!(matches!(error, EnvelopeError::Malformed(_)), "{error}");
+}
+
+#[test]
+fn unsigned_unknown_stale_and_future_messages_are_refused() {
+    let now = UnixMillis::now();
+    let job = sample_job();
+    // Signed by a key nobody trusts.
+    let stranger = SigningIdentity::generate(SignerKind::Scheduler, "stranger").unwrap();
+    let bytes = envelope::seal(&job, &stranger, now).unwrap();
+    let error = envelope::open::<Job>(&bytes, &TRUST, now).unwrap_err();
+    assert_eq!(error, EnvelopeError::UnknownKey("stranger".into()));
+    assert_eq!(error.reason(), "unknown_key");
+    // A stranger's key under a trusted key's id: the signature fails.
+    let impostor = SigningIdentity::generate(SignerKind::Scheduler, &SIGNER.id).unwrap();
+    let bytes = envelope::seal(&job, &impostor, now).unwrap();
+    let error = envelope::open::<Job>(&bytes, &TRUST, now).unwrap_err();
+    assert_eq!(error.reason(), "bad_signature");
+    // A replay older than the window; one from the future.
+    let short = TRUST.clone().with_max_age(Duration::from_secs(60));
+    let old = envelope::seal(&job, &SIGNER, UnixMillis(now.0 - 61_000)).unwrap();
+    let error = envelope::open::<Job>(&old, &short, now).unwrap_err();
+    assert_eq!(error.reason(), "expired");
+    let fresh = envelope::seal(&job, &SIGNER, UnixMillis(now.0 - 59_000)).unwrap();
+    assert_eq!(
+        envelope::open::<Job>(&fresh, &short, now).unwrap().message,
+        job
+    );
+    let ahead = envelope::seal(&job, &SIGNER, UnixMillis(now.0 + 3_600_000)).unwrap();
+    let error = envelope::open::<Job>(&ahead, &TRUST, now).unwrap_err();
+    assert_eq!(error.reason(), "from_the_future");
+    // The old unsigned format is refused, not guessed at.
+    let mut unsigned = b"FLT".to_vec();
+    unsigned.extend_from_slice(&[1, 1]);
+    unsigned.extend_from_slice(&[0; 80]);
+    let error = envelope::open::<Job>(&unsigned, &TRUST, now).unwrap_err();
+    assert_eq!(error, EnvelopeError::UnsupportedVersion { found: 1 });
+    // Nothing signs without a key.
+    assert_eq!(
+        envelope::seal_with(&job, &Keyring::default(), now),
+        Err(EnvelopeError::NoSigningKey)
+    );
+    // Who signed travels with the message.
+    let opened = envelope::open::<Job>(&fresh, &TRUST, now).unwrap();
+    assert_eq!(
+        (opened.signer, opened.key_id.as_str()),
+        (SignerKind::Scheduler, "test-scheduler")
+    );
 }
 
 #[test]

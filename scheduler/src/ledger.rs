@@ -284,6 +284,18 @@ pub struct LocationStatus {
     pub failure: Option<String>,
 }
 
+/// What the ledger knows about a report's claims, read before the report is
+/// acted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportScope {
+    /// The report's location is one of the run's.
+    pub location_in_run: bool,
+    /// The batch-step the report is about, while it is admitted.
+    pub admitted: Option<BatchEntry>,
+    /// Its results were applied already (a redelivered report).
+    pub applied: bool,
+}
+
 /// What `create_run` stores about a run besides its locations.
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
@@ -517,6 +529,10 @@ impl Ledger {
         }
         if !location_keys.is_empty() {
             pipe.rpush(self.names.run_locations_key(run_id), &location_keys);
+            // Bounded commands: one SADD of 200,000 members would stall Redis.
+            for chunk in location_keys.chunks(10_000) {
+                pipe.sadd(self.names.run_location_set_key(run_id), chunk);
+            }
         }
         pipe.zadd(
             self.names.runs_index_key(),
@@ -525,6 +541,57 @@ impl Ledger {
         );
         let () = pipe.query_async(&mut connection).await?;
         Ok(())
+    }
+
+    /// Records what every job of the run must match (idempotent: the same
+    /// run always yields the same contract). Before the first job is published.
+    pub async fn record_contract(
+        &self,
+        run_id: Uuid,
+        contract: &protocol::run::RunContract,
+    ) -> Result<(), SchedulerError> {
+        let json = serde_json::to_string(contract)?;
+        match &self.backend {
+            Backend::Redis(connection) => {
+                let mut connection = connection.clone();
+                let () = connection
+                    .hset(self.names.run_key(run_id), "contract", json)
+                    .await?;
+            }
+            Backend::InProcess(twin) => twin.record_contract(run_id, json),
+        }
+        Ok(())
+    }
+
+    /// Reads what a report about `location` (and, for results, the batch-step
+    /// `entry_key`) must match, in one round trip.
+    pub async fn report_scope(
+        &self,
+        run_id: Uuid,
+        location: &Location,
+        entry_key: Option<&str>,
+    ) -> Result<ReportScope, SchedulerError> {
+        let location = location_key(location);
+        let mut connection = match &self.backend {
+            Backend::Redis(connection) => connection.clone(),
+            Backend::InProcess(twin) => return Ok(twin.report_scope(run_id, &location, entry_key)),
+        };
+        let key = entry_key.unwrap_or_default();
+        let (location_in_run, admitted, applied): (bool, Option<String>, bool) = redis::pipe()
+            .sismember(self.names.run_location_set_key(run_id), &location)
+            .hget(self.names.run_admitted_key(run_id), key)
+            .sismember(self.names.run_applied_key(run_id), format!("results:{key}"))
+            .query_async(&mut connection)
+            .await?;
+        let admitted = match (entry_key, admitted) {
+            (Some(_), Some(raw)) => Some(serde_json::from_str(&raw)?),
+            _ => None,
+        };
+        Ok(ReportScope {
+            location_in_run,
+            admitted,
+            applied: entry_key.is_some() && applied,
+        })
     }
 
     /// Returns (new, discovery complete).

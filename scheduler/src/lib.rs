@@ -158,6 +158,9 @@ pub struct SchedulerConfig {
     pub amqp_tls: broker::BrokerTls,
     /// HTTPS for the API (and client certificates, with a client CA).
     pub api_tls: Option<crate::tls::ApiTls>,
+    /// The scheduler's signing key (for jobs) and the keys it trusts
+    /// (workers', for reports). The default signs nothing: connect refuses it.
+    pub keys: protocol::signing::Keyring,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -177,6 +180,7 @@ impl std::fmt::Debug for SchedulerConfig {
             .field("redis_tls", &self.redis_tls)
             .field("amqp_tls", &self.amqp_tls)
             .field("api_tls", &self.api_tls.is_some())
+            .field("keys", &self.keys.trusted_ids())
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +203,7 @@ impl SchedulerConfig {
             redis_tls: store::RedisTls::default(),
             amqp_tls: broker::BrokerTls::default(),
             api_tls: None,
+            keys: protocol::signing::Keyring::default(),
         }
     }
 }
@@ -230,6 +235,21 @@ impl Scheduler {
         config: SchedulerConfig,
         metrics: crate::metrics::SchedulerMetrics,
     ) -> Result<Self, SchedulerError> {
+        match config.keys.signer() {
+            Some(signer) if signer.kind == protocol::signing::SignerKind::Scheduler => {}
+            Some(signer) => {
+                return Err(SchedulerError::Invalid(format!(
+                    "the signing key {:?} is a {} key; a scheduler signs with a scheduler key",
+                    signer.id,
+                    signer.kind.as_str()
+                )));
+            }
+            None => {
+                return Err(SchedulerError::Invalid(
+                    "no signing key: a scheduler signs every job it publishes (generate one with `flotilla keys generate --kind scheduler`, then pass --signing-key-file or FLOTILLA_SIGNING_KEY)".into(),
+                ));
+            }
+        }
         let store = store::AnyStore::connect_with(
             &config.redis_url,
             config.names.clone(),
@@ -246,7 +266,12 @@ impl Scheduler {
         )
         .await;
         metrics.connection("rabbitmq", broker.is_ok());
-        let broker = broker?;
+        let broker = broker?.with_keyring(config.keys.clone());
+        if store::Store::init_kill_switch(&store).await? {
+            tracing::info!(
+                "first start of this deployment: the global kill switch is armed (released)"
+            );
+        }
         let ledger = match protocol::names::in_process_name(&config.redis_url) {
             Some(name) => Ledger::in_process(crate::twin::twin(name), config.names.clone()),
             None => match store.redis() {

@@ -19,6 +19,7 @@ pub struct SchedulerMetrics {
     schedule_fires: IntCounterVec,
     leader: prometheus::IntGauge,
     results_unwritable: IntCounterVec,
+    reports_rejected: IntCounterVec,
     connected: IntGaugeVec,
     insecure: prometheus::IntGauge,
     auth_refused: prometheus::IntCounter,
@@ -104,6 +105,13 @@ impl SchedulerMetrics {
             ),
             &["cause"],
         )?;
+        let reports_rejected = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_reports_rejected_total",
+                "Reports refused and dead-lettered without being acted on, by reason (bad_signature, unknown_key, expired, signer_not_allowed, unknown_run, bad_location, foreign_location, unknown_batch, foreign_targets, bad_target, malformed, …)",
+            ),
+            &["reason"],
+        )?;
         let connected = IntGaugeVec::new(
             Opts::new(
                 "flotilla_scheduler_connected",
@@ -136,6 +144,7 @@ impl SchedulerMetrics {
             Box::new(discovery.clone()),
             Box::new(queue_messages.clone()),
             Box::new(results_unwritable.clone()),
+            Box::new(reports_rejected.clone()),
             Box::new(connected.clone()),
             Box::new(insecure.clone()),
             Box::new(auth_refused.clone()),
@@ -156,6 +165,7 @@ impl SchedulerMetrics {
             schedule_fires,
             leader,
             results_unwritable,
+            reports_rejected,
             connected,
             insecure,
             auth_refused,
@@ -173,6 +183,10 @@ impl SchedulerMetrics {
     pub fn results_unwritable(&self, permanent: bool) {
         let cause = if permanent { "permanent" } else { "transient" };
         self.results_unwritable.with_label_values(&[cause]).inc();
+    }
+
+    pub fn report_rejected(&self, reason: &str) {
+        self.reports_rejected.with_label_values(&[reason]).inc();
     }
 
     pub fn connection(&self, service: &str, connected: bool) {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::ledger::{BatchEntry, location_key};
-use crate::sink::{ResultRecord, SinkError};
+use crate::sink::{ResultPath, ResultRecord, SinkError};
 use crate::{Scheduler, SchedulerError};
 
 /// The largest batch the scheduler admits (SendCommand's limit on InstanceIds).
@@ -33,6 +33,25 @@ const MAX_RESULTS_WRITE_ATTEMPTS: u32 = 5;
 const MAX_REPORT_PARKS: u32 = 7 * 24 * 60;
 
 const MAX_BATCH: u64 = protocol::job::MAX_BATCH_SIZE as u64;
+
+/// What [`Scheduler::check_report`] decided.
+enum Verdict {
+    Accept,
+    /// Its results were applied already: ack it, write nothing.
+    Duplicate,
+    Reject {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+fn report_kind(report: &Report) -> &'static str {
+    match report {
+        Report::TargetsDiscovered(_) => "targets_discovered",
+        Report::LocationFailed(_) => "location_failed",
+        Report::StepResults(_) => "step_results",
+    }
+}
 
 impl Scheduler {
     /// Consumes reports until `shutdown`, re-publishing the work of live runs
@@ -109,17 +128,40 @@ impl Scheduler {
     /// Handles one delivery, retrying outages in place until they pass (or the
     /// scheduler stops, leaving the report unacked for the next one).
     async fn settle(&self, delivery: Delivery, stop: &CancellationToken) {
-        let report = match delivery.decode::<Report>() {
-            Ok(report) => report,
+        let opened = match delivery.open::<Report>(self.broker.keyring()) {
+            Ok(opened) => opened,
             Err(error) => {
-                tracing::error!(error = %error, "undecodable report sent to the dead-letter queue");
-                let _ = delivery.dead_letter().await;
+                self.reject_report(delivery, error.reason(), error.to_string())
+                    .await;
                 return;
             }
         };
+        if opened.signer != protocol::signing::SignerKind::Worker {
+            let detail = format!(
+                "a report signed by {} key {:?}: only worker keys sign reports",
+                opened.signer.as_str(),
+                opened.key_id
+            );
+            self.reject_report(delivery, "signer_not_allowed", detail)
+                .await;
+            return;
+        }
+        let report = opened.message;
         let mut attempt: u32 = 0;
         loop {
-            match self.handle_report(&report).await {
+            let handled = match self.check_report(&report).await {
+                Ok(Verdict::Accept) => self.handle_report(&report).await,
+                Ok(Verdict::Duplicate) => {
+                    self.metrics.report(report_kind(&report), "duplicate");
+                    Ok(())
+                }
+                Ok(Verdict::Reject { reason, detail }) => {
+                    self.reject_report(delivery, reason, detail).await;
+                    return;
+                }
+                Err(error) => Err(error),
+            };
+            match handled {
                 Ok(()) => {
                     if attempt > 0 {
                         // An update whose answer was lost may have happened
@@ -160,6 +202,121 @@ impl Scheduler {
         }
     }
 
+    /// Dead-letters a report without acting on it: counted, logged with the
+    /// message's fingerprint (its ids are not to be trusted), and audited.
+    async fn reject_report(&self, delivery: Delivery, reason: &'static str, detail: String) {
+        let fingerprint = delivery.fingerprint();
+        tracing::error!(message = %fingerprint, reason, detail, "report refused and dead-lettered without being acted on");
+        self.metrics.report_rejected(reason);
+        self.audit_internal(
+            "broker".into(),
+            "report.reject",
+            format!("message:{fingerprint}"),
+            format!("{reason}: {detail}"),
+        )
+        .await;
+        if let Err(error) = delivery.dead_letter().await {
+            tracing::warn!(error = %error, "could not dead-letter a report");
+        }
+    }
+
+    /// Checks a report against the ledger before anything is written or
+    /// counted: its run exists, its location is one of the run's (and a valid
+    /// account and region), and results are for a batch-step the run admitted
+    /// and for that batch's targets only.
+    async fn check_report(&self, report: &Report) -> Result<Verdict, SchedulerError> {
+        let run_id = report.run_id();
+        let reject = |reason: &'static str, detail: String| Ok(Verdict::Reject { reason, detail });
+        let plan = match self.plan(run_id).await {
+            Ok(plan) => plan,
+            Err(SchedulerError::UnknownRun(_)) => {
+                return reject("unknown_run", format!("run {run_id} has no record"));
+            }
+            Err(error) => return Err(error),
+        };
+        let (location, entry_key) = match report {
+            Report::TargetsDiscovered(discovered) => {
+                if let Some(bad) = discovered
+                    .targets
+                    .iter()
+                    .find(|target| !protocol::campaign::is_instance_id(&target.instance_id))
+                {
+                    return reject(
+                        "bad_target",
+                        format!("{:?} is not an instance id", bad.instance_id),
+                    );
+                }
+                (&discovered.location, None)
+            }
+            Report::LocationFailed(failed) => (&failed.location, None),
+            Report::StepResults(results) => {
+                if usize::from(results.step_index) >= plan.campaign.steps.len() {
+                    return reject(
+                        "unknown_batch",
+                        format!("step {} does not exist in run {run_id}", results.step_index),
+                    );
+                }
+                let key = BatchEntry {
+                    location: location_key(&results.location),
+                    batch_id: results.batch_id,
+                    step_index: results.step_index,
+                    instance_ids: Vec::new(),
+                }
+                .key();
+                (&results.location, Some(key))
+            }
+        };
+        if let Err(why) = location.validate() {
+            return reject("bad_location", why);
+        }
+        let scope = self
+            .ledger
+            .report_scope(run_id, location, entry_key.as_deref())
+            .await?;
+        if !scope.location_in_run {
+            return reject(
+                "foreign_location",
+                format!(
+                    "{} is not one of run {run_id}'s locations",
+                    location_key(location)
+                ),
+            );
+        }
+        let Report::StepResults(results) = report else {
+            return Ok(Verdict::Accept);
+        };
+        let Some(entry) = scope.admitted else {
+            if scope.applied {
+                return Ok(Verdict::Duplicate);
+            }
+            return reject(
+                "unknown_batch",
+                format!(
+                    "batch {} step {} of {} was never admitted in run {run_id}",
+                    results.batch_id,
+                    results.step_index,
+                    location_key(location)
+                ),
+            );
+        };
+        let batch: std::collections::HashSet<&str> =
+            entry.instance_ids.iter().map(String::as_str).collect();
+        if let Some(foreign) = results
+            .results
+            .iter()
+            .find(|result| !batch.contains(result.instance_id.as_str()))
+        {
+            return reject(
+                "foreign_targets",
+                format!(
+                    "{:?} is not a target of batch {} step {}",
+                    foreign.instance_id, results.batch_id, results.step_index
+                ),
+            );
+        }
+        Ok(Verdict::Accept)
+    }
+
     /// A report whose results cannot be written: its run pauses with the
     /// reason (operators see it in `run show`, alerts fire on the metric), and
     /// the report goes to the reports delay queue, to be tried again in a
@@ -186,7 +343,7 @@ impl Scheduler {
             let _ = delivery.dead_letter().await;
             return;
         }
-        let settled = match self.broker.publish_report_later(report, parks).await {
+        let settled = match self.broker.defer_report(&delivery, parks).await {
             Ok(()) => delivery.ack().await,
             Err(parked) => {
                 tracing::warn!(%run_id, error = %parked, "could not park the report; requeueing it");
@@ -200,11 +357,7 @@ impl Scheduler {
 
     pub async fn handle_report(&self, report: &Report) -> Result<(), SchedulerError> {
         let run_id = report.run_id();
-        let kind = match report {
-            Report::TargetsDiscovered(_) => "targets_discovered",
-            Report::LocationFailed(_) => "location_failed",
-            Report::StepResults(_) => "step_results",
-        };
+        let kind = report_kind(report);
         let applied = self.apply_report(report).await;
         self.metrics
             .report(kind, if applied.is_ok() { "applied" } else { "failed" });
@@ -319,15 +472,14 @@ impl Scheduler {
             })
             .collect();
         // Durable first: the ledger counts only what is written.
-        plan.results
-            .write_batch(
-                report.run_id,
-                &report.location,
-                report.batch_id,
-                report.step_index,
-                records,
-            )
-            .await?;
+        let path = ResultPath::new(
+            report.run_id,
+            &report.location,
+            report.batch_id,
+            report.step_index,
+        )
+        .map_err(SchedulerError::Invalid)?;
+        plan.results.write_batch(&path, records).await?;
 
         let counters = count_by_status(report.step_index, &report.results);
         let failures = report
@@ -443,9 +595,9 @@ impl Scheduler {
                     StatusDetail::NotStarted.as_ssm_str()
                 ))
                 .or_default() += records.len() as u64;
-            plan.results
-                .write_batch(run_id, &location, entry.batch_id, entry.step_index, records)
-                .await?;
+            let path = ResultPath::new(run_id, &location, entry.batch_id, entry.step_index)
+                .map_err(SchedulerError::Corrupt)?;
+            plan.results.write_batch(&path, records).await?;
         }
         if self.ledger.mark_drained(run_id, &counters).await? {
             let not_started: u64 = counters.values().sum();

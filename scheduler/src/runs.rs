@@ -72,6 +72,11 @@ impl RunPlan {
         })
     }
 
+    /// What every job of this run is, for workers to check jobs against.
+    pub fn contract(&self) -> protocol::run::RunContract {
+        protocol::run::RunContract::new(&self.context, &self.targets, &self.campaign.steps)
+    }
+
     pub fn execute_job(&self, entry: &BatchEntry) -> Result<Job, SchedulerError> {
         let location = entry.location()?;
         let step = self
@@ -248,6 +253,9 @@ impl Scheduler {
 
     /// Publishes one Discover job (first page) per location of the run.
     pub(crate) async fn publish_discovery(&self, plan: &RunPlan) -> Result<(), SchedulerError> {
+        self.ledger
+            .record_contract(plan.context.run_id, &plan.contract())
+            .await?;
         let jobs: Vec<protocol::Job> = plan
             .locations
             .iter()

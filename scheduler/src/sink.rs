@@ -232,18 +232,14 @@ impl ResultsStore {
     /// Writes one batch-step's records durably; replaces an earlier write of it.
     pub async fn write_batch(
         &self,
-        run_id: Uuid,
-        location: &Location,
-        batch_id: u32,
-        step_index: u16,
+        path: &ResultPath,
         records: Vec<ResultRecord>,
     ) -> Result<(), SinkError> {
         match self {
             Self::Local(root) => {
-                let (root, location) = (root.clone(), location.clone());
+                let (root, path) = (root.clone(), path.clone());
                 let written = tokio::task::spawn_blocking(move || {
-                    write_batch(&root, run_id, &location, batch_id, step_index, &records)
-                        .map(|_| ())
+                    write_batch(&root, &path, &records).map(|_| ())
                 })
                 .await
                 .map_err(std::io::Error::other)
@@ -253,10 +249,7 @@ impl ResultsStore {
             Self::S3 { store, prefix, .. } => {
                 let body =
                     encode(&records).map_err(|error| SinkError::io(self.describe(), &error))?;
-                let path = Self::object_path(
-                    prefix,
-                    &relative_name(run_id, location, batch_id, step_index),
-                );
+                let path = Self::object_path(prefix, &path.relative());
                 store
                     .put(&path, body.into())
                     .await
@@ -324,12 +317,52 @@ impl ResultsStore {
     }
 }
 
-/// `run=<id>/account=<id>/region=<r>/part-b<batch>-s<step>.jsonl.gz`
-pub fn relative_name(run_id: Uuid, location: &Location, batch_id: u32, step_index: u16) -> String {
-    format!(
-        "run={run_id}/account={}/region={}/part-b{batch_id:06}-s{step_index:02}.jsonl.gz",
-        location.account_id, location.region
-    )
+/// Where one batch-step's results go:
+/// `run=<uuid>/account=<12 digits>/region=<region>/part-b<batch>-s<step>.jsonl.gz`.
+/// Made only by [`ResultPath::new`], from a UUID, integers and a location
+/// whose account and region match their AWS patterns (no `/`, no `.`
+/// segment): a path that leaves the output root cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultPath {
+    run_id: Uuid,
+    location: Location,
+    batch_id: u32,
+    step_index: u16,
+}
+
+impl ResultPath {
+    pub fn new(
+        run_id: Uuid,
+        location: &Location,
+        batch_id: u32,
+        step_index: u16,
+    ) -> Result<Self, String> {
+        location.validate()?;
+        Ok(Self {
+            run_id,
+            location: location.clone(),
+            batch_id,
+            step_index,
+        })
+    }
+
+    /// The partition directory, relative to the output root.
+    pub fn partition(&self) -> String {
+        format!(
+            "run={}/account={}/region={}",
+            self.run_id, self.location.account_id, self.location.region
+        )
+    }
+
+    /// The file, relative to the output root.
+    pub fn relative(&self) -> String {
+        format!(
+            "{}/part-b{:06}-s{:02}.jsonl.gz",
+            self.partition(),
+            self.batch_id,
+            self.step_index
+        )
+    }
 }
 
 fn encode<T: Serialize>(records: &[T]) -> std::io::Result<Vec<u8>> {
@@ -358,24 +391,13 @@ fn decode(bytes: &[u8], name: &str) -> std::io::Result<Vec<ResultRecord>> {
     Ok(records)
 }
 
-/// The partition directory of one location of a run.
-pub fn partition_dir(root: &Path, run_id: Uuid, location: &Location) -> PathBuf {
-    root.join(format!("run={run_id}"))
-        .join(format!("account={}", location.account_id))
-        .join(format!("region={}", location.region))
-}
-
 /// Writes one batch-step's records durably; replaces an earlier write of the same batch-step.
 pub fn write_batch(
     root: &Path,
-    run_id: Uuid,
-    location: &Location,
-    batch_id: u32,
-    step_index: u16,
+    path: &ResultPath,
     records: &[ResultRecord],
 ) -> std::io::Result<PathBuf> {
-    let path = partition_dir(root, run_id, location)
-        .join(format!("part-b{batch_id:06}-s{step_index:02}.jsonl.gz"));
+    let path = root.join(path.relative());
     write_durably(&path, &encode(records)?)?;
     Ok(path)
 }
@@ -469,8 +491,9 @@ mod tests {
             record("i-1", StatusDetail::Success),
             record("i-2", StatusDetail::Failed),
         ];
-        let path = write_batch(root.path(), Uuid::nil(), &location, 3, 0, &records).unwrap();
-        write_batch(root.path(), Uuid::nil(), &location, 3, 0, &records).unwrap();
+        let at = ResultPath::new(Uuid::nil(), &location, 3, 0).unwrap();
+        let path = write_batch(root.path(), &at, &records).unwrap();
+        write_batch(root.path(), &at, &records).unwrap();
         assert!(
             path.ends_with(
                 "run=00000000-0000-0000-0000-000000000000/account=111122223333/region=us-east-1/part-b000003-s00.jsonl.gz"
@@ -482,5 +505,44 @@ mod tests {
         read.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         assert_eq!(read, records);
         assert_eq!(read[1].status, "Failed");
+    }
+
+    #[test]
+    fn a_result_path_cannot_leave_the_output_root() {
+        let escapes = [
+            ("x/../..", "us-east-1"),
+            ("..", "us-east-1"),
+            ("111122223333", "../../etc"),
+            ("111122223333", "us-east-1/../../x"),
+            ("/111122223333", "us-east-1"),
+            ("11112222333\0", "us-east-1"),
+            ("111122223333", ""),
+        ];
+        for (account_id, region) in escapes {
+            let location = Location {
+                account_id: account_id.into(),
+                region: region.into(),
+            };
+            let refused = ResultPath::new(Uuid::nil(), &location, 0, 0).unwrap_err();
+            assert!(
+                refused.contains("is not"),
+                "{account_id}/{region}: {refused}"
+            );
+        }
+        // Whatever is accepted stays below the root: only `run=`, `account=`,
+        // `region=` and `part-` segments, none of them `.` or `..`.
+        let location = Location {
+            account_id: "111122223333".into(),
+            region: "us-gov-west-1".into(),
+        };
+        let path = ResultPath::new(Uuid::new_v4(), &location, u32::MAX, u16::MAX).unwrap();
+        for segment in path.relative().split('/') {
+            assert!(
+                ["run=", "account=", "region=", "part-"]
+                    .iter()
+                    .any(|start| segment.starts_with(start)),
+                "{segment}"
+            );
+        }
     }
 }

@@ -266,7 +266,16 @@ impl Twin {
         })
     }
 
+    pub(crate) fn record_contract(&self, run_id: Uuid, json: String) {
+        let _state = self.lock();
+        self.store.with_run_record(run_id, |record| {
+            set(record, "contract", json);
+        });
+    }
+
     pub(crate) fn create_run(&self, run_id: Uuid, new: &NewRun<'_>, locations: Vec<String>) {
+        self.store
+            .set_run_locations(run_id, locations.iter().cloned());
         let run = Run {
             locations,
             ..Run::default()
@@ -566,6 +575,29 @@ impl Twin {
             .and_then(|value| value.parse::<u64>().ok())
             .unwrap_or(0);
         location_statuses(&run.locations, &run.location_state, next_location)
+    }
+
+    pub(crate) fn report_scope(
+        &self,
+        run_id: Uuid,
+        location: &str,
+        entry_key: Option<&str>,
+    ) -> crate::ledger::ReportScope {
+        let location_in_run = self.store.has_run_location(run_id, location);
+        let state = self.lock();
+        let run = state.runs.get(&run_id);
+        let (admitted, applied) = match (run, entry_key) {
+            (Some(run), Some(key)) => (
+                run.admitted.get(key).cloned(),
+                run.applied.contains(&format!("results:{key}")),
+            ),
+            _ => (None, false),
+        };
+        crate::ledger::ReportScope {
+            location_in_run,
+            admitted,
+            applied,
+        }
     }
 
     pub(crate) fn admitted(&self, run_id: Uuid) -> Vec<BatchEntry> {

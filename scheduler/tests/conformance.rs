@@ -62,6 +62,9 @@ impl Backend {
     async fn scheduler(&self, name: &str) -> Scheduler {
         let mut config = SchedulerConfig::new(&self.amqp_url, &self.redis_url, self.names.clone());
         config.name = name.into();
+        config.keys = protocol::signing::Keyring::ephemeral_deployment()
+            .unwrap()
+            .scheduler;
         match Scheduler::connect(config).await {
             Ok(scheduler) => scheduler,
             Err(error) => panic!("these tests need RabbitMQ and Redis: {error}"),

@@ -61,6 +61,18 @@ impl Store for AnyStore {
         on_backend!(self, store => store.engage_kill_switch(scope, reason))
     }
 
+    async fn init_kill_switch(&self) -> Result<bool, StoreError> {
+        on_backend!(self, store => store.init_kill_switch())
+    }
+
+    async fn run_contract(
+        &self,
+        run_id: Uuid,
+        location: &str,
+    ) -> Result<Option<crate::ContractReading>, StoreError> {
+        on_backend!(self, store => store.run_contract(run_id, location))
+    }
+
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
         on_backend!(self, store => store.release_kill_switch(scope))
     }

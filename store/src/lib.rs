@@ -115,14 +115,30 @@ impl SendGate {
                 reason: Some(format!("kill switch engaged: {reason}")),
             };
         }
-        // A run the store does not know sends: the scheduler records every run
-        // before publishing its first job.
-        let state = state.unwrap_or(RunState::Running);
+        // A run the store does not know never sends (fail closed): the
+        // scheduler records every run before publishing its first job, so a
+        // missing record was deleted, or the job is forged.
+        let Some(state) = state else {
+            return Self {
+                decision: SendDecision::Wait,
+                reason: Some("the run has no record (deleted?); nothing is sent for it".into()),
+            };
+        };
         let decision = state.send_decision();
         let reason = (decision != SendDecision::Send)
             .then(|| run_reason.unwrap_or_else(|| format!("run is {state}")));
         Self { decision, reason }
     }
+}
+
+/// What a worker checks a job against before acting on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractReading {
+    /// The run's `protocol::run::RunContract` as JSON (`None`: the run
+    /// record has none, which a worker treats as unreadable).
+    pub contract: Option<String>,
+    /// Whether the job's location is one of the run's.
+    pub location_in_run: bool,
 }
 
 /// The shared state every scheduler and worker sees. Implementations are cheap to
@@ -133,6 +149,10 @@ pub trait Store: Clone + Send + Sync + 'static {
         scope: &KillScope,
         reason: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Arms the global switch (released) the first time a deployment's
+    /// scheduler starts; later, a missing record stays engaged. True if it did.
+    fn init_kill_switch(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     fn release_kill_switch(
         &self,
@@ -168,6 +188,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         campaign: &str,
         run_id: Uuid,
     ) -> impl Future<Output = Result<SendGate, StoreError>> + Send;
+
+    /// The run's job contract and whether `location` (`account/region`) is one
+    /// of its locations; `None` when the run has no record.
+    fn run_contract(
+        &self,
+        run_id: Uuid,
+        location: &str,
+    ) -> impl Future<Output = Result<Option<ContractReading>, StoreError>> + Send;
 
     /// Claims the right to send a job's command, or says who has it: a
     /// redelivered job finds its command instead of sending again.
@@ -212,6 +240,33 @@ pub trait Store: Clone + Send + Sync + 'static {
         job_id: Uuid,
         command_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The global kill switch's record when released. The switch is an explicit
+/// record, never the absence of one: a deleted or corrupted record reads as
+/// engaged (fail closed), exactly like an unreachable Redis.
+pub(crate) const KILL_RELEASED: &str = "released";
+
+pub(crate) fn encode_kill_engaged(reason: &str) -> String {
+    format!("engaged:{reason}")
+}
+
+/// Why the global switch stops sends, from its record; `None` when released.
+pub(crate) fn global_kill_reason(record: Option<&str>) -> Option<String> {
+    match record {
+        Some(KILL_RELEASED) => None,
+        None => Some(
+            "the global kill switch record is missing (deleted?); sends stay stopped until an operator releases the switch (`flotilla kill release`)"
+                .into(),
+        ),
+        Some(value) => Some(value.strip_prefix("engaged:").map_or_else(
+            || {
+                "the global kill switch record is unreadable (corrupted?); sends stay stopped until an operator releases the switch (`flotilla kill release`)"
+                    .to_string()
+            },
+            str::to_string,
+        )),
+    }
 }
 
 /// How a send claim is stored: `sending:<unix ms>` or `sent:<command id>`.

@@ -10,8 +10,9 @@ use uuid::Uuid;
 use protocol::run::RunState;
 
 use crate::{
-    BucketId, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant, TokenRequest,
-    decode_claim, encode_claim_in_progress, encode_claim_sent, parse_state, refill_wait,
+    BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
+    TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, encode_kill_engaged,
+    global_kill_reason, parse_state, refill_wait,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -21,7 +22,9 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The global switch's record, encoded as on Redis; `None` is a missing record.
     global_kill: Option<String>,
+    initialized: bool,
     campaign_kills: HashMap<String, String>,
     /// (tokens, when last refilled)
     buckets: HashMap<(String, String, String), (f64, Instant)>,
@@ -30,6 +33,8 @@ struct Inner {
     /// here too, so the send gate reads what the scheduler wrote, as both read
     /// one hash on Redis.
     runs: HashMap<Uuid, RunRecord>,
+    /// Each run's locations (`account/region`), as the Redis location set.
+    run_locations: HashMap<Uuid, std::collections::HashSet<String>>,
     /// Send claims as the Redis backend encodes them.
     claims: HashMap<(Uuid, Uuid), String>,
     kill_watchers: Vec<tokio::sync::mpsc::Sender<()>>,
@@ -76,6 +81,35 @@ impl MemoryStore {
             .and_then(|record| record.get(field).cloned())
     }
 
+    /// Records run `run_id`'s locations (the scheduler's twin, at run start).
+    pub fn set_run_locations(&self, run_id: Uuid, locations: impl IntoIterator<Item = String>) {
+        self.lock()
+            .run_locations
+            .insert(run_id, locations.into_iter().collect());
+    }
+
+    /// Whether `location` is one of run `run_id`'s.
+    pub fn has_run_location(&self, run_id: Uuid, location: &str) -> bool {
+        self.lock()
+            .run_locations
+            .get(&run_id)
+            .is_some_and(|locations| locations.contains(location))
+    }
+
+    /// Forgets run `run_id`'s record, as `DEL` of its hash would (tests of
+    /// what a worker does when a record disappears).
+    pub fn delete_run_record(&self, run_id: Uuid) {
+        self.lock().runs.remove(&run_id);
+    }
+
+    /// Overwrites the global kill switch's raw record (`None`: deleted), as
+    /// someone with write access to Redis could (tests of failing closed).
+    pub fn set_raw_kill_record(&self, record: Option<&str>) {
+        let mut inner = self.lock();
+        inner.global_kill = record.map(str::to_string);
+        inner.notify_kill_watchers();
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // No update leaves Inner half-written, so a poisoned lock is still sound.
         self.inner
@@ -100,7 +134,7 @@ impl Store for MemoryStore {
     async fn engage_kill_switch(&self, scope: &KillScope, reason: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         match scope {
-            KillScope::Global => inner.global_kill = Some(reason.to_string()),
+            KillScope::Global => inner.global_kill = Some(encode_kill_engaged(reason)),
             KillScope::Campaign(campaign) => {
                 inner
                     .campaign_kills
@@ -111,10 +145,22 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn init_kill_switch(&self) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.initialized {
+            return Ok(false);
+        }
+        inner.initialized = true;
+        if inner.global_kill.is_none() {
+            inner.global_kill = Some(KILL_RELEASED.to_string());
+        }
+        Ok(true)
+    }
+
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
         let mut inner = self.lock();
         match scope {
-            KillScope::Global => inner.global_kill = None,
+            KillScope::Global => inner.global_kill = Some(KILL_RELEASED.to_string()),
             KillScope::Campaign(campaign) => {
                 inner.campaign_kills.remove(campaign);
             }
@@ -125,9 +171,7 @@ impl Store for MemoryStore {
 
     async fn kill_reason(&self, campaign: &str) -> Result<Option<String>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .global_kill
-            .clone()
+        Ok(global_kill_reason(inner.global_kill.as_deref())
             .or_else(|| inner.campaign_kills.get(campaign).cloned()))
     }
 
@@ -182,6 +226,25 @@ impl Store for MemoryStore {
             (field("state"), field("reason"))
         };
         Ok(SendGate::decide(kill_reason, parse_state(state)?, reason))
+    }
+
+    async fn run_contract(
+        &self,
+        run_id: Uuid,
+        location: &str,
+    ) -> Result<Option<crate::ContractReading>, StoreError> {
+        let inner = self.lock();
+        let Some(record) = inner.runs.get(&run_id) else {
+            return Ok(None);
+        };
+        let location_in_run = inner
+            .run_locations
+            .get(&run_id)
+            .is_some_and(|locations| locations.contains(location));
+        Ok(Some(crate::ContractReading {
+            contract: record.get("contract").cloned(),
+            location_in_run,
+        }))
     }
 
     async fn claim_send(

@@ -14,9 +14,19 @@ use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use crate::{
-    BucketId, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant, TokenRequest,
-    decode_claim, encode_claim_in_progress, encode_claim_sent, parse_state, refill_wait,
+    BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
+    TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, encode_kill_engaged,
+    global_kill_reason, parse_state, refill_wait,
 };
+
+/// Now, as Unix ms text (the deployment marker's value).
+struct UnixMillisText;
+
+impl UnixMillisText {
+    fn now() -> String {
+        protocol::job::UnixMillis::now().0.to_string()
+    }
+}
 
 /// KEYS[1] bucket hash; ARGV rate, burst, tokens. Returns the tokens missing (0 = granted).
 static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| {
@@ -215,16 +225,40 @@ fn glob_escape(text: &str) -> String {
 impl Store for RedisStore {
     async fn engage_kill_switch(&self, scope: &KillScope, reason: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let () = connection.set(self.kill_key(scope), reason).await?;
+        let value = match scope {
+            KillScope::Global => encode_kill_engaged(reason),
+            KillScope::Campaign(_) => reason.to_string(),
+        };
+        let () = connection.set(self.kill_key(scope), value).await?;
         let _: i64 = connection
             .publish(self.names.kill_channel(), "engaged")
             .await?;
         Ok(())
     }
 
+    async fn init_kill_switch(&self) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let first: bool = connection
+            .set_nx(self.names.deployment_key(), UnixMillisText::now())
+            .await?;
+        if first {
+            let _: bool = connection
+                .set_nx(self.names.kill_switch_key(), KILL_RELEASED)
+                .await?;
+        }
+        Ok(first)
+    }
+
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let _: i64 = connection.del(self.kill_key(scope)).await?;
+        match scope {
+            KillScope::Global => {
+                let () = connection.set(self.kill_key(scope), KILL_RELEASED).await?;
+            }
+            KillScope::Campaign(_) => {
+                let _: i64 = connection.del(self.kill_key(scope)).await?;
+            }
+        }
         let _: i64 = connection
             .publish(self.names.kill_channel(), "released")
             .await?;
@@ -237,8 +271,8 @@ impl Store for RedisStore {
             self.names.kill_switch_key(),
             self.names.campaign_kill_key(campaign),
         ];
-        let reasons: Vec<Option<String>> = connection.mget(&keys).await?;
-        Ok(reasons.into_iter().flatten().next())
+        let (global, campaign): (Option<String>, Option<String>) = connection.mget(&keys).await?;
+        Ok(global_kill_reason(global.as_deref()).or(campaign))
     }
 
     async fn take_tokens(
@@ -303,10 +337,28 @@ impl Store for RedisStore {
             .query_async(&mut connection)
             .await?;
         Ok(SendGate::decide(
-            kill.or(campaign_kill),
+            global_kill_reason(kill.as_deref()).or(campaign_kill),
             parse_state(state)?,
             reason,
         ))
+    }
+
+    async fn run_contract(
+        &self,
+        run_id: Uuid,
+        location: &str,
+    ) -> Result<Option<crate::ContractReading>, StoreError> {
+        let mut connection = self.connection.clone();
+        let (exists, contract, member): (bool, Option<String>, bool) = redis::pipe()
+            .exists(self.names.run_key(run_id))
+            .hget(self.names.run_key(run_id), "contract")
+            .sismember(self.names.run_location_set_key(run_id), location)
+            .query_async(&mut connection)
+            .await?;
+        Ok(exists.then_some(crate::ContractReading {
+            contract,
+            location_in_run: member,
+        }))
     }
 
     async fn claim_send(

@@ -31,7 +31,9 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(store::MemoryStore::new()).await;
+                    let store = store::MemoryStore::new();
+                    super::armed(&store).await;
+                    super::$name(store).await;
                 }
             )*
         }
@@ -40,6 +42,7 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     let store = super::redis_store().await;
+                    super::armed(&store).await;
                     super::$name(store.clone()).await;
                     store.purge().await.unwrap();
                 }
@@ -48,7 +51,41 @@ macro_rules! conformance {
     };
 }
 
+/// A deployment's first scheduler arms (releases) the global switch once.
+async fn armed(store: &impl Store) {
+    assert!(
+        store.init_kill_switch().await.unwrap(),
+        "a new deployment is armed"
+    );
+}
+
+/// Writes the global kill switch's record as someone with Redis access could.
+trait Tamper {
+    async fn tamper_kill_record(&self, raw: Option<&str>);
+}
+
+impl Tamper for store::MemoryStore {
+    async fn tamper_kill_record(&self, raw: Option<&str>) {
+        self.set_raw_kill_record(raw);
+    }
+}
+
+impl Tamper for RedisStore {
+    async fn tamper_kill_record(&self, raw: Option<&str>) {
+        use ::redis::AsyncCommands;
+        let mut connection = self.connection();
+        let key = self.names().kill_switch_key();
+        let () = match raw {
+            Some(raw) => connection.set(key, raw).await.unwrap(),
+            None => {
+                let _: i64 = connection.del(key).await.unwrap();
+            }
+        };
+    }
+}
+
 conformance!(
+    a_missing_or_corrupt_kill_record_stops_sends,
     kill_switch_global_and_per_campaign,
     token_bucket_grants_its_burst_then_asks_to_wait,
     token_bucket_refills_at_its_rate,
@@ -59,6 +96,46 @@ conformance!(
     the_send_gate_follows_kill_switches_and_run_state,
     kill_switch_changes_are_pushed,
 );
+
+async fn a_missing_or_corrupt_kill_record_stops_sends(store: impl Store + Tamper) {
+    let run = Uuid::new_v4();
+    store
+        .set_run_state(run, RunState::Running, "started")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.send_gate("scan", run).await.unwrap().decision,
+        SendDecision::Send
+    );
+    for (tampered, expected) in [(None, "missing"), (Some("sure, go ahead"), "unreadable")] {
+        store.tamper_kill_record(tampered).await;
+        let reason = store.kill_reason("scan").await.unwrap();
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|reason| reason.contains(expected)),
+            "{tampered:?}: {reason:?}"
+        );
+        let gate = store.send_gate("scan", run).await.unwrap();
+        assert_eq!(
+            gate.decision,
+            SendDecision::Wait,
+            "{tampered:?} must stop sends"
+        );
+        // A scheduler starting again does not re-arm a deployment it armed before.
+        assert!(!store.init_kill_switch().await.unwrap());
+        assert_eq!(
+            store.send_gate("scan", run).await.unwrap().decision,
+            SendDecision::Wait
+        );
+    }
+    // Only an explicit release arms it again.
+    store.release_kill_switch(&KillScope::Global).await.unwrap();
+    assert_eq!(
+        store.send_gate("scan", run).await.unwrap().decision,
+        SendDecision::Send
+    );
+}
 
 async fn kill_switch_global_and_per_campaign(store: impl Store) {
     assert_eq!(store.kill_reason("scan").await.unwrap(), None);
@@ -278,6 +355,17 @@ async fn the_send_gate_follows_kill_switches_and_run_state(store: impl Store) {
     let run = Uuid::new_v4();
     let campaign = format!("campaign-{run}");
     let gate = store.send_gate(&campaign, run).await.unwrap();
+    assert_eq!(
+        gate.decision,
+        SendDecision::Wait,
+        "a run without a record never sends"
+    );
+    assert!(gate.reason.unwrap().contains("no record"));
+    store
+        .set_run_state(run, RunState::Running, "started")
+        .await
+        .unwrap();
+    let gate = store.send_gate(&campaign, run).await.unwrap();
     assert_eq!((gate.decision, gate.reason), (SendDecision::Send, None));
 
     store
@@ -342,6 +430,8 @@ async fn kill_switch_changes_are_pushed(store: impl Store) {
 async fn deployments_with_different_prefixes_do_not_share_state() {
     let one = redis_store().await;
     let two = redis_store().await;
+    armed(&one).await;
+    armed(&two).await;
     one.engage_kill_switch(&KillScope::Global, "only one")
         .await
         .unwrap();
@@ -478,6 +568,7 @@ async fn over_tls_redis_keeps_the_kill_switch_tokens_claims_and_gate() {
     };
     let connected = RedisStore::connect_with(&redis.url, names.clone(), &tls).await;
     let store = connected.unwrap_or_else(|error| panic!("TLS connection: {error}"));
+    armed(&store).await;
     kill_switch_global_and_per_campaign(store.clone()).await;
     token_bucket_grants_its_burst_then_asks_to_wait(store.clone()).await;
     a_redelivered_job_finds_its_claim_or_command(store.clone()).await;

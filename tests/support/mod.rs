@@ -84,6 +84,8 @@ pub struct Stack {
     pub amqp_url: String,
     pub scheduler: Scheduler,
     scheduler_config: SchedulerConfig,
+    /// The stack's signing keys (a scheduler's and a worker's, each trusted by both).
+    pub keys: protocol::signing::DeploymentKeys,
     pub results: tempfile::TempDir,
     /// Workers' AWS attempt timeout (send claims go stale after three of them).
     pub attempt_timeout: Duration,
@@ -211,7 +213,9 @@ impl Stack {
             ),
         };
         let results = tempfile::tempdir().unwrap();
+        let keys = protocol::signing::Keyring::ephemeral_deployment().unwrap();
         let mut config = SchedulerConfig::new(amqp_url, redis_url, names.clone());
+        config.keys = keys.scheduler.clone();
         config.s3 = scheduler::sink::S3Settings {
             endpoint_url: Some(sim.endpoint_url()),
             region: Some("us-east-1".into()),
@@ -239,6 +243,7 @@ impl Stack {
             amqp_url: amqp_url.to_string(),
             scheduler,
             scheduler_config: config,
+            keys,
             results,
             attempt_timeout: Duration::from_secs(5),
             scheduler_task: None,
@@ -306,6 +311,7 @@ impl Stack {
 
     pub fn worker_config(&self, name: &str, concurrency: u16) -> WorkerConfig {
         let mut config = WorkerConfig::new(&self.amqp_url, self.names.clone());
+        config.keys = self.keys.worker.clone();
         config.name = name.to_string();
         config.concurrency = NonZeroU16::new(concurrency).unwrap();
         config.shutdown_timeout = Duration::from_secs(5);

@@ -53,6 +53,17 @@ pub async fn run<S: Store>(
     store: S,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    match config.keys.signer() {
+        Some(signer) if signer.kind == protocol::signing::SignerKind::Worker => {}
+        Some(signer) => anyhow::bail!(
+            "the signing key {:?} is a {} key; a worker signs with a worker key",
+            signer.id,
+            signer.kind.as_str()
+        ),
+        None => anyhow::bail!(
+            "no signing key: a worker signs every report it publishes (generate one with `flotilla keys generate --kind worker`)"
+        ),
+    }
     let metrics = WorkerMetrics::new().context("registering worker metrics")?;
     let aws = Aws::new(&config.aws, metrics.clone()).await;
     let safety = SafetyState::default();
@@ -90,7 +101,7 @@ pub async fn run<S: Store>(
                 connected = Broker::connect_with(&config.amqp_url, config.names.clone(), &config.name, &config.amqp_tls) => connected,
             };
             let broker = match connected {
-                Ok(broker) => broker,
+                Ok(broker) => broker.with_keyring(config.keys.clone()),
                 Err(error) => {
                     metrics.connection("rabbitmq", false);
                     failures += 1;
@@ -235,7 +246,7 @@ async fn consume<S: Store>(
 
 async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
     context.metrics.job_started();
-    match delivery.decode::<Job>() {
+    match admit(context, &delivery).await {
         Ok(job) => {
             let outcome = match job.clone() {
                 Job::Discover(discover) => discover::handle(context, discover).await,
@@ -244,15 +255,139 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
             };
             settle_delivery(context, delivery, &job, outcome).await;
         }
-        Err(error) => {
-            tracing::error!(error = %error, "undecodable job sent to the dead-letter queue");
-            context.metrics.job_handled("unknown", "poison");
+        Err(Refusal::Later(error)) => {
+            // Redis unreadable: whether the job matches its run is unknown.
+            tracing::warn!(error = %error, "redis unreachable; job waits");
+            context.metrics.job_handled("unknown", "waiting");
+            let settled = match delivery.open::<Job>(context.broker.keyring()) {
+                Ok(opened) => {
+                    let retries = delivery.retries();
+                    match context
+                        .broker
+                        .defer_job(&delivery, &opened.message, STORE_OUTAGE_RECHECK, retries)
+                        .await
+                    {
+                        Ok(()) => delivery.ack().await,
+                        Err(_) => delivery.requeue().await,
+                    }
+                }
+                Err(_) => delivery.requeue().await,
+            };
+            if let Err(error) = settled {
+                tracing::warn!(error = %error, "could not settle a delivery");
+            }
+        }
+        Err(Refusal::Never { reason, detail }) => {
+            // Never acted on: not reported to the run either (a forged job's
+            // run id cannot be trusted to name a run that should hear of it).
+            tracing::error!(
+                message = %delivery.fingerprint(),
+                reason,
+                detail,
+                "job refused and dead-lettered without being acted on"
+            );
+            context.metrics.message_rejected(reason);
+            context.metrics.job_handled("unknown", "rejected");
             if let Err(error) = delivery.dead_letter().await {
                 tracing::warn!(error = %error, "could not dead-letter a delivery");
             }
         }
     }
     context.metrics.job_finished();
+}
+
+/// Why a delivery is not worked on.
+enum Refusal {
+    /// Forged, tampered, stale or not what its run recorded: dead-letter it.
+    Never {
+        reason: &'static str,
+        detail: String,
+    },
+    /// Its run could not be read: bring it back later.
+    Later(store::StoreError),
+}
+
+/// Opens a delivery and checks it may be worked on: a signature from a key
+/// this worker trusts, by a signer allowed to issue this kind of job, and a
+/// job that matches what its run recorded when it started.
+async fn admit<S: Store>(context: &Context<S>, delivery: &Delivery) -> Result<Job, Refusal> {
+    let opened = delivery
+        .open::<Job>(context.broker.keyring())
+        .map_err(|error| Refusal::Never {
+            reason: error.reason(),
+            detail: error.to_string(),
+        })?;
+    let job = opened.message;
+    if !signer_may_issue(opened.signer, &job) {
+        return Err(Refusal::Never {
+            reason: "signer_not_allowed",
+            detail: format!(
+                "a {} job of run {} signed by {} key {:?}: only scheduler keys issue it",
+                job.kind(),
+                job.run().run_id,
+                opened.signer.as_str(),
+                opened.key_id
+            ),
+        });
+    }
+    let run_id = job.run().run_id;
+    let location = format!("{}/{}", job.location().account_id, job.location().region);
+    let never = |reason: &'static str, detail: String| Refusal::Never { reason, detail };
+    let reading = match context.store.run_contract(run_id, &location).await {
+        Ok(Some(reading)) => reading,
+        Ok(None) => {
+            return Err(never(
+                "unknown_run",
+                format!(
+                    "a {} job names run {run_id}, which has no record (missing, deleted or forged)",
+                    job.kind()
+                ),
+            ));
+        }
+        Err(error) if error.is_retryable() => return Err(Refusal::Later(error)),
+        Err(error) => return Err(never("run_unreadable", error.to_string())),
+    };
+    let contract = reading
+        .contract
+        .as_deref()
+        .and_then(protocol::run::RunContract::from_json)
+        .ok_or_else(|| {
+            never(
+                "run_unreadable",
+                format!("run {run_id} has no readable job contract"),
+            )
+        })?;
+    if !reading.location_in_run {
+        return Err(never(
+            "run_mismatch",
+            format!(
+                "a {} job of run {run_id} names location {location}, which is not one of the run's",
+                job.kind()
+            ),
+        ));
+    }
+    contract.check(&job).map_err(|what| {
+        never(
+            "run_mismatch",
+            format!(
+                "a {} job of run {run_id} is not what the run recorded: {what}",
+                job.kind()
+            ),
+        )
+    })?;
+    Ok(job)
+}
+
+/// Schedulers issue the jobs a run starts with; a worker only derives the
+/// next page of a Discover it holds and the Polls of a command it sent.
+fn signer_may_issue(signer: protocol::signing::SignerKind, job: &Job) -> bool {
+    use protocol::signing::SignerKind;
+    match (signer, job) {
+        (SignerKind::Scheduler, Job::Discover(_) | Job::Execute(_)) => true,
+        (SignerKind::Worker, Job::Poll(_)) => true,
+        (SignerKind::Worker, Job::Discover(discover)) => discover.page > 0,
+        _ => false,
+    }
 }
 
 /// The one place a delivery is settled: acked once whatever it produced is
@@ -269,13 +404,13 @@ async fn settle_delivery<S: Store>(
     let (label, published) = match outcome {
         Ok(JobOutcome::Done) => ("done", Ok(())),
         Ok(JobOutcome::Continue { next, delay }) => {
-            ("continued", broker.publish_job_after(&next, delay, 0).await)
+            ("continued", broker.publish_job_after(&next, delay).await)
         }
         Ok(JobOutcome::Wait { delay, reason }) => {
             tracing::debug!(kind, reason, "job waits");
             (
                 "waiting",
-                broker.publish_job_after(job, delay, retries).await,
+                broker.defer_job(&delivery, job, delay, retries).await,
             )
         }
         Err(JobError::Aws(error)) if error.kind == AwsErrorKind::ExpiredCredentials => {
@@ -284,7 +419,7 @@ async fn settle_delivery<S: Store>(
             (
                 "waiting",
                 broker
-                    .publish_job_after(job, Duration::from_secs(1), retries)
+                    .defer_job(&delivery, job, Duration::from_secs(1), retries)
                     .await,
             )
         }
@@ -295,7 +430,7 @@ async fn settle_delivery<S: Store>(
             (
                 "waiting",
                 broker
-                    .publish_job_after(job, STORE_OUTAGE_RECHECK, retries)
+                    .defer_job(&delivery, job, STORE_OUTAGE_RECHECK, retries)
                     .await,
             )
         }
@@ -304,7 +439,7 @@ async fn settle_delivery<S: Store>(
             tracing::warn!(kind, retries, ?delay, error = %error, "job failed; retrying later");
             (
                 "retried",
-                broker.publish_job_after(job, delay, retries + 1).await,
+                broker.defer_job(&delivery, job, delay, retries + 1).await,
             )
         }
         Err(error) => {

@@ -56,6 +56,10 @@ pub struct WorkerConfig {
     pub name: String,
     /// A CA for `amqps://` broker URLs.
     pub amqp_tls: broker::BrokerTls,
+    /// The worker's signing key (reports, polls, next pages) and the keys it
+    /// trusts (schedulers' for jobs, workers' for what workers derive). The
+    /// default signs nothing and trusts nobody: `run` refuses it.
+    pub keys: protocol::signing::Keyring,
 }
 
 impl WorkerConfig {
@@ -69,6 +73,7 @@ impl WorkerConfig {
             aws: AwsSettings::default(),
             name: "flotilla-worker".into(),
             amqp_tls: broker::BrokerTls::default(),
+            keys: protocol::signing::Keyring::default(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct WorkerMetrics {
     in_flight_jobs: IntGauge,
     kill_switch_engaged: IntGauge,
     mutations_blocked: IntCounterVec,
+    messages_rejected: IntCounterVec,
     connected: IntGaugeVec,
     sends_skipped: IntCounter,
 }
@@ -79,6 +80,13 @@ impl WorkerMetrics {
             ),
             &["reason"],
         )?;
+        let messages_rejected = IntCounterVec::new(
+            Opts::new(
+                "flotilla_worker_messages_rejected_total",
+                "Jobs refused and dead-lettered without being acted on, by reason (bad_signature, unknown_key, expired, signer_not_allowed, unknown_run, run_mismatch, malformed, …)",
+            ),
+            &["reason"],
+        )?;
         let connected = IntGaugeVec::new(
             Opts::new(
                 "flotilla_worker_connected",
@@ -98,6 +106,7 @@ impl WorkerMetrics {
         registry.register(Box::new(in_flight_jobs.clone()))?;
         registry.register(Box::new(kill_switch_engaged.clone()))?;
         registry.register(Box::new(mutations_blocked.clone()))?;
+        registry.register(Box::new(messages_rejected.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(sends_skipped.clone()))?;
         Ok(Self {
@@ -110,6 +119,7 @@ impl WorkerMetrics {
             in_flight_jobs,
             kill_switch_engaged,
             mutations_blocked,
+            messages_rejected,
             connected,
             sends_skipped,
         })
@@ -152,6 +162,10 @@ impl WorkerMetrics {
 
     pub fn mutation_blocked(&self, reason: &str) {
         self.mutations_blocked.with_label_values(&[reason]).inc();
+    }
+
+    pub fn message_rejected(&self, reason: &str) {
+        self.messages_rejected.with_label_values(&[reason]).inc();
     }
 
     pub fn connection(&self, service: &str, connected: bool) {
