@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use protocol::signing::{SignerKind, SigningIdentity};
 use scheduler::RunProgress;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -237,10 +238,25 @@ impl Cluster {
         );
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
+        // Keys of this bench's own, handed to each process in its environment.
+        let scheduler_key = SigningIdentity::generate(SignerKind::Scheduler, "bench-scheduler")?;
+        let worker_key = SigningIdentity::generate(SignerKind::Worker, "bench-worker")?;
+        let keyring = format!(
+            "{}\n{}\n",
+            scheduler_key.public_line(),
+            worker_key.public_line()
+        );
         let spawn = |name: &str, arguments: Vec<String>| -> anyhow::Result<(String, Child)> {
             let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+            let signing = if name == "scheduler" {
+                &scheduler_key
+            } else {
+                &worker_key
+            };
             let child = Command::new(&exe)
                 .args(&arguments)
+                .env("FLOTILLA_SIGNING_KEY", signing.to_secret_text())
+                .env("FLOTILLA_TRUSTED_KEYS", &keyring)
                 .env("RUST_LOG", "warn,lapin=error")
                 .env("AWS_ACCESS_KEY_ID", SIM_KEY)
                 .env("AWS_SECRET_ACCESS_KEY", "flotilla-bench")

@@ -39,6 +39,9 @@ pub enum Command {
         /// Campaign files; `.json` is read as JSON, anything else as YAML.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The most account-region pairs a run may have (as the scheduler's flag).
+        #[arg(long, default_value_t = protocol::campaign::DEFAULT_MAX_LOCATIONS)]
+        max_locations: u64,
     },
     /// Print a scheduled campaign's next fire times, in UTC and in its timezone.
     Schedule {
@@ -128,7 +131,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli.command {
-        Command::Validate { files } => validate(&files, &mut out),
+        Command::Validate {
+            files,
+            max_locations,
+        } => validate(&files, max_locations, &mut out),
         Command::Schedule { file, next, after } => schedule(
             &file,
             usize::from(next),
@@ -152,17 +158,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(path: &Path) -> anyhow::Result<Result<Campaign, protocol::FieldErrors>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Campaign::parse(&text, SpecFormat::from_path(path)))
+    load_within(path, protocol::campaign::DEFAULT_MAX_LOCATIONS)
+}
+
+/// Reads a spec (at most one byte past the size limit, so an oversized file
+/// is refused by the parser's own bound without being read whole) and parses it.
+fn load_within(
+    path: &Path,
+    max_locations: u64,
+) -> anyhow::Result<Result<Campaign, protocol::FieldErrors>> {
+    use std::io::Read as _;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(protocol::campaign::MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    Ok(Campaign::parse_within(
+        &text,
+        SpecFormat::from_path(path),
+        max_locations,
+    ))
 }
 
 /// Prints `FILE: ok` or one `FILE: path: problem` line per problem; fails if any file
 /// is invalid or unreadable, after checking them all.
-pub fn validate(files: &[PathBuf], out: &mut impl Write) -> anyhow::Result<ExitCode> {
+pub fn validate(
+    files: &[PathBuf],
+    max_locations: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let mut all_valid = true;
     for path in files {
-        match load(path) {
+        match load_within(path, max_locations) {
             Ok(Ok(_)) => writeln!(out, "{}: ok", path.display())?,
             Ok(Err(errors)) => {
                 all_valid = false;

@@ -96,6 +96,10 @@ pub struct SchedulerArgs {
     /// changes.
     #[arg(long, env = "FLOTILLA_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// The most account-region pairs one run may have; larger campaigns are
+    /// refused when applied or started, naming both numbers.
+    #[arg(long, env = "FLOTILLA_MAX_LOCATIONS", default_value_t = protocol::campaign::DEFAULT_MAX_LOCATIONS)]
+    pub max_locations: u64,
     /// Serve the API on a non-loopback address without authentication.
     /// Anyone who reaches it can run commands on every host: tests only.
     #[arg(long, env = "FLOTILLA_INSECURE_NO_AUTH")]
@@ -231,9 +235,6 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let names = Names::new(args.connection.prefix.clone());
     let mut config =
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
-    config.keys = args
-        .keys
-        .keyring(protocol::signing::SignerKind::Scheduler)?;
     config.redis_tls = store::RedisTls {
         ca_file: args.connection.redis_ca_file,
     };
@@ -288,6 +289,10 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     }
     scheduler::auth::check_listen(args.listen, &config.auth, args.insecure_no_auth)
         .map_err(anyhow::Error::msg)?;
+    config.keys = args
+        .keys
+        .keyring(protocol::signing::SignerKind::Scheduler)?;
+    config.max_locations = args.max_locations;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

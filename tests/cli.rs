@@ -313,10 +313,17 @@ fn bench_quick_scan_measures_a_run_where_every_target_has_one_result() {
 /// Runs `flotilla worker` against a broker that is not there for a moment
 /// and returns what it logged.
 fn worker_logs(extra: &[&str]) -> String {
+    let worker = protocol::signing::SigningIdentity::generate(
+        protocol::signing::SignerKind::Worker,
+        "log-test",
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(["worker", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"])
         .args(["--redis-url", "memory://log-test"])
         .args(extra)
+        .env("FLOTILLA_SIGNING_KEY", worker.to_secret_text())
+        .env("FLOTILLA_TRUSTED_KEYS", worker.public_line())
         .env("AWS_ACCESS_KEY_ID", "AKIAFLOTILLASIMULATOR")
         .env("AWS_SECRET_ACCESS_KEY", "any")
         .env("AWS_REGION", "us-east-1")
@@ -353,6 +360,138 @@ fn logs_to_a_pipe_are_plain_text_or_json_lines() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn keys_are_generated_rotated_and_retired_and_services_refuse_to_run_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (key, keyring) = (path("scheduler.key"), path("keyring"));
+    let made = flotilla(&[
+        "keys",
+        "generate",
+        "--kind",
+        "scheduler",
+        "--id",
+        "sched-1",
+        "--out",
+        &key,
+        "--keyring",
+        &keyring,
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let secret = std::fs::read_to_string(&key).unwrap();
+    assert!(secret.starts_with("flotilla-signing-key v1 scheduler sched-1 "));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "a signing key is readable by its owner only"
+        );
+    }
+    let again = flotilla(&[
+        "keys",
+        "generate",
+        "--kind",
+        "scheduler",
+        "--id",
+        "sched-1",
+        "--out",
+        &key,
+        "--keyring",
+        &keyring,
+    ]);
+    assert!(!again.status.success(), "a key is never overwritten");
+    let rotated = flotilla(&[
+        "keys",
+        "rotate",
+        "--key",
+        &key,
+        "--keyring",
+        &keyring,
+        "--id",
+        "sched-2",
+    ]);
+    assert!(rotated.status.success(), "{rotated:?}");
+    assert!(stdout(&rotated).contains("retire --id sched-1"));
+    let ring = std::fs::read_to_string(&keyring).unwrap();
+    assert!(
+        ring.contains("scheduler sched-1 ") && ring.contains("scheduler sched-2 "),
+        "{ring}"
+    );
+    assert!(std::fs::read_to_string(&key).unwrap().contains(" sched-2 "));
+    assert!(
+        std::fs::read_to_string(format!("{key}.old"))
+            .unwrap()
+            .contains(" sched-1 ")
+    );
+    let retired = flotilla(&["keys", "retire", "--id", "sched-1", "--keyring", &keyring]);
+    assert!(retired.status.success(), "{retired:?}");
+    let ring = std::fs::read_to_string(&keyring).unwrap();
+    assert!(
+        !ring.contains("sched-1") && ring.contains("sched-2"),
+        "{ring}"
+    );
+
+    // A worker given a scheduler's key, or none, says what to do.
+    let wrong = flotilla(&[
+        "worker",
+        "--redis-url",
+        "memory://keys-test",
+        "--signing-key-file",
+        &key,
+        "--trusted-keys-file",
+        &keyring,
+    ]);
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("is a scheduler key; a worker signs with a worker key"),
+        "{stderr}"
+    );
+    let none = flotilla(&[
+        "worker",
+        "--redis-url",
+        "memory://keys-test",
+        "--trusted-keys-file",
+        &keyring,
+    ]);
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success());
+    assert!(
+        stderr.contains("--signing-key-file") && stderr.contains("flotilla keys generate"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_campaign_expanding_past_the_location_cap_is_refused_naming_both_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wide.yaml");
+    let accounts: Vec<String> = (0..600)
+        .map(|n| format!("\"{:012}\"", 100_000_000_000u64 + n))
+        .collect();
+    std::fs::write(
+        &file,
+        format!(
+            "name: wide\naccounts: {{ids: [{}]}}\nregions: [us-east-1, us-east-2, us-west-1, us-west-2]\ntargets: {{all: true}}\nsteps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters:\n      Operation: [Scan]\n",
+            accounts.join(", ")
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let refused = flotilla(&["validate", "--max-locations", "2000", &file]);
+    assert!(!refused.status.success());
+    let out = stdout(&refused);
+    assert!(
+        out.contains("600 accounts × 4 regions are 2400 locations") && out.contains("at most 2000"),
+        "{out}"
+    );
+    let accepted = flotilla(&["validate", &file]);
+    assert!(accepted.status.success(), "{}", stdout(&accepted));
 }
 
 #[test]

@@ -190,3 +190,87 @@ async fn an_exhausted_budget_stops_sending_on_rabbitmq_and_redis() {
 async fn an_exhausted_budget_stops_sending_in_process() {
     an_exhausted_budget_stops_sending(Backend::InProcess).await;
 }
+
+/// What someone with write access to Redis might do to a live run.
+#[derive(Debug, Clone, Copy)]
+enum Tampering {
+    DeleteKillSwitch,
+    CorruptKillSwitch,
+    DeleteRunRecord,
+}
+
+async fn tamper(stack: &Stack, run_id: uuid::Uuid, tampering: Tampering) {
+    match &stack.store {
+        store::AnyStore::Redis(redis) => {
+            use redis::AsyncCommands;
+            let mut connection = redis.connection();
+            let names = redis.names();
+            let () = match tampering {
+                Tampering::DeleteKillSwitch => {
+                    let _: i64 = connection.del(names.kill_switch_key()).await.unwrap();
+                }
+                Tampering::CorruptKillSwitch => connection
+                    .set(names.kill_switch_key(), "whatever")
+                    .await
+                    .unwrap(),
+                Tampering::DeleteRunRecord => {
+                    let _: i64 = connection.del(names.run_key(run_id)).await.unwrap();
+                }
+            };
+        }
+        store::AnyStore::InProcess(memory) => match tampering {
+            Tampering::DeleteKillSwitch => memory.set_raw_kill_record(None),
+            Tampering::CorruptKillSwitch => memory.set_raw_kill_record(Some("whatever")),
+            Tampering::DeleteRunRecord => memory.delete_run_record(run_id),
+        },
+    }
+}
+
+/// A deleted or corrupted kill switch, or a live run's record deleted, stops
+/// every send within the grace (fail closed), as an engaged switch would.
+async fn tampered_state_stops_sending(backend: Backend, tampering: Tampering) {
+    let (stack, run_id) = started(backend, false).await;
+    tamper(&stack, run_id, tampering).await;
+    let tampered_ms = support::now_unix_ms();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let late = sent_after(&stack, tampered_ms);
+    assert!(
+        late.is_empty(),
+        "sent after {tampering:?} ({backend:?}): {late:?}"
+    );
+    assert!(
+        sent_targets(&stack) < TARGETS as usize,
+        "the scenario must leave admitted batches unsent at the tampering"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_kill_switch_stops_sending_on_rabbitmq_and_redis() {
+    tampered_state_stops_sending(Backend::Real, Tampering::DeleteKillSwitch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_kill_switch_stops_sending_in_process() {
+    tampered_state_stops_sending(Backend::InProcess, Tampering::DeleteKillSwitch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_kill_switch_stops_sending_on_rabbitmq_and_redis() {
+    tampered_state_stops_sending(Backend::Real, Tampering::CorruptKillSwitch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_kill_switch_stops_sending_in_process() {
+    tampered_state_stops_sending(Backend::InProcess, Tampering::CorruptKillSwitch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_run_record_stops_sending_on_rabbitmq_and_redis() {
+    tampered_state_stops_sending(Backend::Real, Tampering::DeleteRunRecord).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_run_record_stops_sending_in_process() {
+    tampered_state_stops_sending(Backend::InProcess, Tampering::DeleteRunRecord).await;
+}

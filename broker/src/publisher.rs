@@ -74,6 +74,26 @@ impl Broker {
         Ok(confirmed)
     }
 
+    /// Publishes a job's envelope exactly as given, to the work queue of
+    /// `priority`: a replay. Workers verify it like any other job (the
+    /// forgery tests use it; an operator could re-drive a dead-lettered job).
+    pub async fn publish_sealed_job(
+        &self,
+        priority: protocol::job::Priority,
+        payload: &[u8],
+    ) -> Result<(), BrokerError> {
+        let exchange = self.names().jobs_exchange();
+        self.publish_raw(&exchange, priority.as_str(), payload, Headers::default())
+            .await
+    }
+
+    /// Publishes a report's envelope exactly as given (see [`Broker::publish_sealed_job`]).
+    pub async fn publish_sealed_report(&self, payload: &[u8]) -> Result<(), BrokerError> {
+        let queue = self.names().reports_queue();
+        self.publish_raw("", &queue, payload, Headers::default())
+            .await
+    }
+
     /// Publishes a new job (signed by this service) that comes to its work
     /// queue after `delay` (rounded up to a delay queue's step).
     pub async fn publish_job_after(&self, job: &Job, delay: Duration) -> Result<(), BrokerError> {

@@ -197,12 +197,30 @@ impl SpecFormat {
 impl Campaign {
     /// Parses and validates a spec; every problem comes back with its field path.
     pub fn parse(text: &str, format: SpecFormat) -> Result<Self, FieldErrors> {
+        Self::parse_within(text, format, DEFAULT_MAX_LOCATIONS)
+    }
+
+    /// [`Campaign::parse`], allowing at most `max_locations` account-region
+    /// pairs (accounts listed by id × regions; accounts of OUs are counted when
+    /// a run resolves them).
+    pub fn parse_within(
+        text: &str,
+        format: SpecFormat,
+        max_locations: u64,
+    ) -> Result<Self, FieldErrors> {
         let spec = parse_spec(text, format)?;
-        Self::build_and_validate(spec)
+        Self::build_and_validate_within(spec, max_locations)
     }
 
     /// Checks every rule of `spec` and builds the typed campaign.
     pub fn build_and_validate(spec: CampaignSpec) -> Result<Self, FieldErrors> {
+        Self::build_and_validate_within(spec, DEFAULT_MAX_LOCATIONS)
+    }
+
+    fn build_and_validate_within(
+        spec: CampaignSpec,
+        max_locations: u64,
+    ) -> Result<Self, FieldErrors> {
         let mut v = Validator::new();
         let root = FieldPath::root();
 
@@ -268,6 +286,16 @@ impl Campaign {
             }
         }
         let output = v.check(&root.at("output"), parse_output(spec.output.as_deref()));
+        let (account_count, region_count) = (spec.accounts.ids.len(), spec.regions.len());
+        let location_count = (account_count as u64).saturating_mul(region_count as u64);
+        if location_count > max_locations {
+            v.error(
+                &root.at("accounts").at("ids"),
+                format!(
+                    "{account_count} accounts × {region_count} regions are {location_count} locations; a run may have at most {max_locations} (the scheduler's --max-locations)"
+                ),
+            );
+        }
         for (index, entry) in spec.run_by.iter().enumerate() {
             if !RUN_BY.is_match(entry) {
                 v.error(
@@ -318,6 +346,8 @@ fn internal_error() -> FieldErrors {
 
 /// The largest campaign spec accepted, in bytes of YAML or JSON text.
 pub const MAX_SPEC_BYTES: usize = 512 * 1024;
+/// The most account-region pairs a run may have unless configured otherwise.
+pub const DEFAULT_MAX_LOCATIONS: u64 = 200_000;
 /// The deepest nesting of mappings and sequences in a spec; a real one needs 5.
 pub const MAX_SPEC_DEPTH: usize = 16;
 /// The most YAML nodes (scalars, mappings, sequences) in a spec.

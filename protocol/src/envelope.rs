@@ -165,7 +165,7 @@ pub fn open<M: Message>(
     if bytes.len() >= MAGIC.len() && &bytes[..MAGIC.len()] != MAGIC {
         return Err(EnvelopeError::BadMagic);
     }
-    if bytes.len() >= MAGIC.len() + 1 && bytes[MAGIC.len()] != FORMAT_VERSION {
+    if bytes.len() > MAGIC.len() && bytes[MAGIC.len()] != FORMAT_VERSION {
         return Err(EnvelopeError::UnsupportedVersion {
             found: bytes[MAGIC.len()],
         });

@@ -247,10 +247,13 @@ impl Keyring {
     pub fn ephemeral_deployment() -> Result<DeploymentKeys, KeyError> {
         let scheduler = SigningIdentity::generate(SignerKind::Scheduler, "ephemeral-scheduler")?;
         let worker = SigningIdentity::generate(SignerKind::Worker, "ephemeral-worker")?;
-        let trust = Self::default().signing_as(worker.clone());
+        // Trusts both; signs as the last one given.
+        let worker_ring = Self::default()
+            .signing_as(scheduler.clone())
+            .signing_as(worker);
         Ok(DeploymentKeys {
-            scheduler: trust.clone().signing_as(scheduler),
-            worker: trust,
+            scheduler: worker_ring.clone().signing_as(scheduler),
+            worker: worker_ring,
         })
     }
 
@@ -329,6 +332,16 @@ mod tests {
             vec![(SignerKind::Scheduler, "sched-2026-12".to_string())]
         );
         assert!(ring.signer().is_none());
+    }
+
+    #[test]
+    fn a_deployments_services_sign_as_their_kind_and_trust_each_other() {
+        let keys = Keyring::ephemeral_deployment().unwrap();
+        assert_eq!(keys.scheduler.signer().unwrap().kind, SignerKind::Scheduler);
+        assert_eq!(keys.worker.signer().unwrap().kind, SignerKind::Worker);
+        for ring in [&keys.scheduler, &keys.worker] {
+            assert_eq!(ring.trusted_ids().len(), 2);
+        }
     }
 
     #[test]

@@ -196,7 +196,16 @@ async fn apply_campaign(
     } else {
         SpecFormat::Yaml
     };
-    let campaign = Campaign::parse(&body, format).map_err(|errors| ApiError {
+    // Parsing is CPU work proportional to the (bounded) body: off the async
+    // threads, so /healthz and other requests keep answering meanwhile.
+    let max_locations = scheduler.config().max_locations;
+    let parsed =
+        tokio::task::spawn_blocking(move || Campaign::parse_within(&body, format, max_locations))
+            .await
+            .map_err(|error| {
+                SchedulerError::Invalid(format!("parsing the campaign failed: {error}"))
+            })?;
+    let campaign = parsed.map_err(|errors| ApiError {
         status: StatusCode::BAD_REQUEST,
         body: json!({
             "error": "the campaign spec is invalid",

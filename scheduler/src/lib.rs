@@ -161,6 +161,8 @@ pub struct SchedulerConfig {
     /// The scheduler's signing key (for jobs) and the keys it trusts
     /// (workers', for reports). The default signs nothing: connect refuses it.
     pub keys: protocol::signing::Keyring,
+    /// The most account-region pairs one run may have.
+    pub max_locations: u64,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -204,6 +206,7 @@ impl SchedulerConfig {
             amqp_tls: broker::BrokerTls::default(),
             api_tls: None,
             keys: protocol::signing::Keyring::default(),
+            max_locations: protocol::campaign::DEFAULT_MAX_LOCATIONS,
         }
     }
 }

