@@ -121,6 +121,10 @@ pub enum KillCommand {
         reason: String,
         #[arg(long)]
         campaign: Option<String>,
+        /// Also cancel every command still running (CancelCommand per
+        /// location, under the rate limits); their targets report Cancelled.
+        #[arg(long)]
+        cancel_in_flight: bool,
     },
     Release {
         #[arg(long)]
@@ -482,10 +486,18 @@ pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow
             .unwrap_or_default()
     };
     let answer: serde_json::Value = match &command {
-        KillCommand::Engage { reason, campaign } => client.post_json(
-            &format!("/kill{}", query(campaign)),
-            &json!({ "reason": reason }),
-        )?,
+        KillCommand::Engage {
+            reason,
+            campaign,
+            cancel_in_flight,
+        } => {
+            let mut path = format!("/kill{}", query(campaign));
+            if *cancel_in_flight {
+                path.push(if path.contains('?') { '&' } else { '?' });
+                path.push_str("cancel_in_flight=true");
+            }
+            client.post_json(&path, &json!({ "reason": reason }))?
+        }
         KillCommand::Release { campaign } => client.delete(&format!("/kill{}", query(campaign)))?,
         KillCommand::Status { campaign } => client.get(&format!("/kill{}", query(campaign)))?,
     };

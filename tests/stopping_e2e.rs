@@ -274,3 +274,106 @@ async fn a_deleted_run_record_stops_sending_on_rabbitmq_and_redis() {
 async fn a_deleted_run_record_stops_sending_in_process() {
     tampered_state_stops_sending(Backend::InProcess, Tampering::DeleteRunRecord).await;
 }
+
+/// Commands that take a minute or more: cancelling is the only way they end soon.
+fn long_running(targets: u32) -> sim::FleetProfile {
+    let mut profile = support::single_location(targets, false);
+    profile.time_scale = 0.25;
+    profile
+}
+
+/// Commands the simulator still runs now (not every invocation terminal).
+fn still_running(stack: &Stack) -> Vec<String> {
+    let now = stack.sim.state.clock.now();
+    stack
+        .commands()
+        .into_iter()
+        .filter(|command| command.finished_at > now)
+        .map(|command| command.command_id)
+        .collect()
+}
+
+async fn wait_until_nothing_runs(stack: &Stack, what: &str) {
+    for _ in 0..300 {
+        if still_running(stack).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{what}: commands still in progress 30 s later: {:?}",
+        still_running(stack)
+    );
+}
+
+async fn sent_long_commands(backend: Backend) -> (Stack, uuid::Uuid) {
+    let mut stack = Stack::start_on(long_running(100), backend).await;
+    stack.spawn_worker("worker", 8);
+    let campaign = stack.campaign(
+        "long",
+        support::one_step("  max_concurrency: 100%\n  max_errors: 0\n"),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(2).await;
+    assert_eq!(
+        still_running(&stack).len(),
+        2,
+        "the scenario needs both commands running"
+    );
+    (stack, run_id)
+}
+
+fn cancelled_results(stack: &Stack, run_id: uuid::Uuid) -> usize {
+    stack
+        .records(run_id)
+        .iter()
+        .filter(|record| record.status_detail() == Some(StatusDetail::Cancelled))
+        .count()
+}
+
+async fn kill_with_cancel_in_flight_ends_every_running_command(backend: Backend) {
+    let (stack, run_id) = sent_long_commands(backend).await;
+    stack
+        .scheduler
+        .engage_kill_switch(&store::KillScope::Global, "incident 7", true)
+        .await
+        .unwrap();
+    wait_until_nothing_runs(&stack, "kill --cancel-in-flight").await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        cancelled_results(&stack, run_id),
+        100,
+        "every cancelled target is reported Cancelled: {progress:#?}"
+    );
+    assert_eq!(stack.commands().len(), 2, "nothing new was sent");
+    stack.teardown().await;
+}
+
+async fn run_cancel_cancels_its_commands_in_flight(backend: Backend) {
+    let (stack, run_id) = sent_long_commands(backend).await;
+    assert!(stack.scheduler.cancel(run_id, "wrong patch").await.unwrap());
+    wait_until_nothing_runs(&stack, "run cancel").await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(progress.state, RunState::Cancelled);
+    assert_eq!(cancelled_results(&stack, run_id), 100, "{progress:#?}");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_with_cancel_in_flight_ends_running_commands_on_rabbitmq_and_redis() {
+    kill_with_cancel_in_flight_ends_every_running_command(Backend::Real).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_with_cancel_in_flight_ends_running_commands_in_process() {
+    kill_with_cancel_in_flight_ends_every_running_command(Backend::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_cancel_cancels_its_commands_in_flight_on_rabbitmq_and_redis() {
+    run_cancel_cancels_its_commands_in_flight(Backend::Real).await;
+}

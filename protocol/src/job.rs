@@ -203,6 +203,9 @@ pub struct PollJob {
     pub deadline: UnixMillis,
     /// How many polls came before this one (drives the growing delay).
     pub attempt: u32,
+    /// CancelCommand was called for the command (a kill switch with
+    /// cancel-in-flight, or the run was cancelled): not called again.
+    pub cancel_sent: bool,
 }
 
 #[cfg(test)]

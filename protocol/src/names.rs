@@ -155,6 +155,16 @@ impl Names {
         format!("{}:deployment", self.prefix)
     }
 
+    /// Set while the global kill switch also cancels commands in flight.
+    pub fn kill_cancel_key(&self) -> String {
+        format!("{}:kill:cancel", self.prefix)
+    }
+
+    /// Set while a campaign's kill switch also cancels its commands in flight.
+    pub fn campaign_kill_cancel_key(&self, campaign: &str) -> String {
+        format!("{}:kill:cancel:campaign:{campaign}", self.prefix)
+    }
+
     pub fn kill_switch_key(&self) -> String {
         format!("{}:kill", self.prefix)
     }

@@ -194,17 +194,21 @@ fn job() -> impl Strategy<Value = Job> {
             text(),
             any::<u64>(),
             any::<u64>(),
-            any::<u32>()
+            any::<u32>(),
+            any::<bool>()
         )
             .prop_map(
-                |(job_id, execute, command_id, sent_at, deadline, attempt)| Job::Poll(PollJob {
-                    job_id,
-                    execute,
-                    command_id,
-                    sent_at: UnixMillis(sent_at),
-                    deadline: UnixMillis(deadline),
-                    attempt,
-                })
+                |(job_id, execute, command_id, sent_at, deadline, attempt, cancel_sent)| {
+                    Job::Poll(PollJob {
+                        job_id,
+                        execute,
+                        command_id,
+                        sent_at: UnixMillis(sent_at),
+                        deadline: UnixMillis(deadline),
+                        attempt,
+                        cancel_sent,
+                    })
+                }
             ),
     ]
 }

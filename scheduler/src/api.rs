@@ -535,6 +535,9 @@ async fn steer_run(
 #[derive(Debug, Deserialize)]
 struct KillQuery {
     campaign: Option<String>,
+    /// Also cancel the commands in flight (engage only).
+    #[serde(default)]
+    cancel_in_flight: bool,
 }
 
 fn kill_scope(query: &KillQuery) -> KillScope {
@@ -571,11 +574,11 @@ async fn engage_kill(
         ));
     }
     scheduler
-        .store()
-        .engage_kill_switch(&kill_scope(&query), &reason)
+        .engage_kill_switch(&kill_scope(&query), &reason, query.cancel_in_flight)
         .await?;
-    tracing::warn!(campaign = ?query.campaign, reason = reason.as_str(), "kill switch engaged");
-    Ok(Json(json!({ "engaged": true, "reason": reason })))
+    Ok(Json(
+        json!({ "engaged": true, "reason": reason, "cancel_in_flight": query.cancel_in_flight }),
+    ))
 }
 
 async fn release_kill(

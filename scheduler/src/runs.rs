@@ -424,6 +424,28 @@ impl Scheduler {
 
     /// Ends the run: nothing new is sent, in-flight commands finish, the rest is
     /// reported as not started.
+    /// Engages a kill switch; with `cancel_in_flight`, workers also call
+    /// CancelCommand for every command still running under it as they next
+    /// poll it (per location, under its rate limit), and its targets are
+    /// reported `Cancelled`.
+    pub async fn engage_kill_switch(
+        &self,
+        scope: &store::KillScope,
+        reason: &str,
+        cancel_in_flight: bool,
+    ) -> Result<(), SchedulerError> {
+        use store::Store as _;
+        if cancel_in_flight {
+            // First, so no worker sees the switch without the request.
+            self.store().request_cancel_in_flight(scope).await?;
+        }
+        self.store().engage_kill_switch(scope, reason).await?;
+        tracing::warn!(?scope, reason, cancel_in_flight, "kill switch engaged");
+        Ok(())
+    }
+
+    /// Cancels a run: nothing more is sent, and workers cancel its commands
+    /// in flight (CancelCommand) as they next poll them.
     pub async fn cancel(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
         let cancelled = self
             .ledger

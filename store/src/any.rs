@@ -61,6 +61,14 @@ impl Store for AnyStore {
         on_backend!(self, store => store.engage_kill_switch(scope, reason))
     }
 
+    async fn request_cancel_in_flight(&self, scope: &KillScope) -> Result<(), StoreError> {
+        on_backend!(self, store => store.request_cancel_in_flight(scope))
+    }
+
+    async fn cancel_in_flight(&self, campaign: &str, run_id: Uuid) -> Result<bool, StoreError> {
+        on_backend!(self, store => store.cancel_in_flight(campaign, run_id))
+    }
+
     async fn init_kill_switch(&self) -> Result<bool, StoreError> {
         on_backend!(self, store => store.init_kill_switch())
     }

@@ -150,6 +150,22 @@ pub trait Store: Clone + Send + Sync + 'static {
         reason: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Makes an engaged kill switch also cancel the commands in flight under
+    /// it (workers call CancelCommand when they next poll them); a release
+    /// clears it.
+    fn request_cancel_in_flight(
+        &self,
+        scope: &KillScope,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether run `run_id` of `campaign` must cancel its commands in flight:
+    /// the run was cancelled, or a kill switch over it asks for it.
+    fn cancel_in_flight(
+        &self,
+        campaign: &str,
+        run_id: Uuid,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Arms the global switch (released) the first time a deployment's
     /// scheduler starts; later, a missing record stays engaged. True if it did.
     fn init_kill_switch(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;

@@ -25,6 +25,8 @@ struct Inner {
     /// The global switch's record, encoded as on Redis; `None` is a missing record.
     global_kill: Option<String>,
     initialized: bool,
+    /// Kill switches that also cancel commands in flight (`None`: global).
+    cancelling: std::collections::HashSet<Option<String>>,
     campaign_kills: HashMap<String, String>,
     /// (tokens, when last refilled)
     buckets: HashMap<(String, String, String), (f64, Instant)>,
@@ -130,6 +132,13 @@ impl Inner {
     }
 }
 
+fn cancel_scope(scope: &KillScope) -> Option<String> {
+    match scope {
+        KillScope::Global => None,
+        KillScope::Campaign(campaign) => Some(campaign.clone()),
+    }
+}
+
 impl Store for MemoryStore {
     async fn engage_kill_switch(&self, scope: &KillScope, reason: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
@@ -157,8 +166,26 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn request_cancel_in_flight(&self, scope: &KillScope) -> Result<(), StoreError> {
+        self.lock().cancelling.insert(cancel_scope(scope));
+        Ok(())
+    }
+
+    async fn cancel_in_flight(&self, campaign: &str, run_id: Uuid) -> Result<bool, StoreError> {
+        let inner = self.lock();
+        let cancelled = inner
+            .runs
+            .get(&run_id)
+            .and_then(|record| record.get("state"))
+            .is_some_and(|state| state == RunState::Cancelled.as_str());
+        Ok(cancelled
+            || inner.cancelling.contains(&None)
+            || inner.cancelling.contains(&Some(campaign.to_string())))
+    }
+
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        inner.cancelling.remove(&cancel_scope(scope));
         match scope {
             KillScope::Global => inner.global_kill = Some(KILL_RELEASED.to_string()),
             KillScope::Campaign(campaign) => {

@@ -202,6 +202,13 @@ impl RedisStore {
         self.connection.clone()
     }
 
+    fn cancel_key(&self, scope: &KillScope) -> String {
+        match scope {
+            KillScope::Global => self.names.kill_cancel_key(),
+            KillScope::Campaign(campaign) => self.names.campaign_kill_cancel_key(campaign),
+        }
+    }
+
     fn kill_key(&self, scope: &KillScope) -> String {
         match scope {
             KillScope::Global => self.names.kill_switch_key(),
@@ -249,8 +256,26 @@ impl Store for RedisStore {
         Ok(first)
     }
 
+    async fn request_cancel_in_flight(&self, scope: &KillScope) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let () = connection.set(self.cancel_key(scope), 1).await?;
+        Ok(())
+    }
+
+    async fn cancel_in_flight(&self, campaign: &str, run_id: Uuid) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let (global, of_campaign, state): (bool, bool, Option<String>) = redis::pipe()
+            .exists(self.names.kill_cancel_key())
+            .exists(self.names.campaign_kill_cancel_key(campaign))
+            .hget(self.names.run_key(run_id), "state")
+            .query_async(&mut connection)
+            .await?;
+        Ok(global || of_campaign || state.as_deref() == Some(RunState::Cancelled.as_str()))
+    }
+
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
+        let _: i64 = connection.del(self.cancel_key(scope)).await?;
         match scope {
             KillScope::Global => {
                 let () = connection.set(self.kill_key(scope), KILL_RELEASED).await?;

@@ -259,6 +259,7 @@ fn first_poll(job: ExecuteJob, command_id: String, sent_at: u64) -> JobOutcome {
         sent_at: UnixMillis(sent_at),
         deadline: UnixMillis(deadline),
         attempt: 0,
+        cancel_sent: false,
     };
     JobOutcome::Continue {
         next: Box::new(Job::Poll(poll)),

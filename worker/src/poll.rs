@@ -22,6 +22,21 @@ use crate::{Context, JobError, JobOutcome, now_ms};
 /// SSM returns at most this much output inline; results keep the start of it.
 const OUTPUT_EXCERPT_CHARS: usize = 2_500;
 
+/// Whether the command must be cancelled: its run was cancelled, or a kill
+/// switch over it was engaged with cancel-in-flight. An unreadable Redis
+/// cancels nothing (the kill switch already stops new sends; cancelling is
+/// an explicit request).
+async fn cancel_requested<S: Store>(ctx: &Context<S>, job: &PollJob) -> bool {
+    let run = &job.execute.run;
+    match ctx.store.cancel_in_flight(&run.campaign, run.run_id).await {
+        Ok(requested) => requested,
+        Err(error) => {
+            tracing::warn!(error = %error, "could not read whether to cancel in flight");
+            false
+        }
+    }
+}
+
 /// Delay before poll `attempt`: every second for the first seconds (short
 /// commands are common), then less often, at most once a minute.
 pub fn poll_delay(attempt: u32) -> Duration {
@@ -35,12 +50,35 @@ pub fn poll_delay(attempt: u32) -> Duration {
 
 pub(crate) async fn handle<S: Store>(
     ctx: &Context<S>,
-    job: PollJob,
+    mut job: PollJob,
 ) -> Result<JobOutcome, JobError> {
-    let execute = &job.execute;
-    let Some(client) = ctx.ssm(&execute.run, &execute.location).await? else {
+    let Some(client) = ctx.ssm(&job.execute.run, &job.execute.location).await? else {
         return Ok(ctx.no_tokens());
     };
+    if !job.cancel_sent && cancel_requested(ctx, &job).await {
+        if !ctx
+            .take_token(
+                &job.execute.location,
+                "SendCommand",
+                job.execute.run.api_rate_limits.send_command,
+            )
+            .await?
+        {
+            return Ok(ctx.no_tokens());
+        }
+        call(
+            &ctx.metrics,
+            "CancelCommand",
+            Repeat::ThrottledOrTransient,
+            || client.cancel_command().command_id(&job.command_id).send(),
+        )
+        .await?;
+        tracing::warn!(command_id = job.command_id.as_str(), run_id = %job.execute.run.run_id, "command in flight cancelled");
+        job.cancel_sent = true;
+        // Poll again soon: the invocations turn Cancelled within seconds.
+        job.attempt = 0;
+    }
+    let execute = &job.execute;
     let limits = &execute.run.api_rate_limits;
     let mut invocations: HashMap<String, CommandInvocation> = HashMap::new();
     let mut next_token = None;
