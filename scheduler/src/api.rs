@@ -37,7 +37,7 @@ use uuid::Uuid;
 use crate::audit::{AuditQuery, AuditRecord};
 use crate::auth::{Principal, Role, TokenRecord};
 use crate::runs::{RunProgress, StartOptions};
-use crate::triggers::{AlertmanagerPayload, Event};
+
 use crate::{Scheduler, SchedulerError};
 
 /// The scheduler the API uses: `None` while it reconnects.
@@ -599,22 +599,11 @@ async fn events(
     body: String,
 ) -> ApiResult<serde_json::Value> {
     let scheduler = scheduler(&current)?;
-    let value: serde_json::Value = serde_json::from_str(&body).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("event is not JSON: {error}"),
-        )
-    })?;
-    let items = match value {
-        serde_json::Value::Array(items) => items,
-        single => vec![single],
-    };
+    let events = crate::triggers::parse_events(&body)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error))?;
     let mut started = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let event: Event = serde_json::from_value(item).map_err(|error| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("event {index}: {error}"))
-        })?;
-        started.extend(scheduler.handle_event(&event).await?);
+    for event in &events {
+        started.extend(scheduler.handle_event(event).await?);
     }
     Ok(Json(json!({ "started": started })))
 }
@@ -624,12 +613,8 @@ async fn alerts(
     body: String,
 ) -> ApiResult<serde_json::Value> {
     let scheduler = scheduler(&current)?;
-    let payload: AlertmanagerPayload = serde_json::from_str(&body).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("not an Alertmanager webhook payload: {error}"),
-        )
-    })?;
+    let payload = crate::triggers::parse_alerts(&body)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error))?;
     let actions = scheduler.handle_alerts(&payload).await?;
     Ok(Json(json!({ "actions": actions })))
 }

@@ -28,6 +28,30 @@ pub struct Event {
     pub detail: serde_json::Value,
 }
 
+/// Reads a `POST /events` body: one EventBridge event or an array of them.
+/// The error names the event (by index) and what is wrong with it.
+pub fn parse_events(body: &str) -> Result<Vec<Event>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|error| format!("event is not JSON: {error}"))?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        single => vec![single],
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            serde_json::from_value(item).map_err(|error| format!("event {index}: {error}"))
+        })
+        .collect()
+}
+
+/// Reads a `POST /alerts` body: Alertmanager's webhook payload.
+pub fn parse_alerts(body: &str) -> Result<AlertmanagerPayload, String> {
+    serde_json::from_str(body)
+        .map_err(|error| format!("not an Alertmanager webhook payload: {error}"))
+}
+
 /// The event as a trigger: which kind, for which instance. `None` for events
 /// flotilla does not act on (another state, another source).
 pub fn trigger_of(event: &Event) -> Result<Option<(TriggerEvent, String)>, SchedulerError> {
