@@ -354,3 +354,108 @@ async fn a_run_keeps_going_across_a_scheduler_key_rotation() {
     observer.close().await;
     stack.teardown().await;
 }
+
+/// A RabbitMQ user of the test's own with a service's permissions on `/`
+/// (`broker::topology::permissions`), deleted when dropped.
+struct BrokerUser {
+    name: String,
+    url: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("this test needs rabbitmqctl on the PATH: {error}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl BrokerUser {
+    fn create(names: &protocol::names::Names, kind: broker::topology::ServiceKind) -> Self {
+        let name = format!("{}-{kind:?}", names.prefix()).to_lowercase();
+        let password = Uuid::new_v4().simple().to_string();
+        rabbitmqctl(&["add_user", &name, &password]);
+        let wanted = broker::topology::permissions(names, kind);
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &name,
+            &wanted.configure,
+            &wanted.write,
+            &wanted.read,
+        ]);
+        let url = format!("amqp://{name}:{password}@127.0.0.1:5672/%2f");
+        Self { name, url }
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// The deployed per-service broker permissions are enough for a whole run
+/// (discovery, execution, polls through delay queues, reports), and keep a
+/// worker from consuming reports and a scheduler from consuming jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_completes_with_one_broker_user_per_service_and_each_is_kept_to_its_part() {
+    use broker::topology::ServiceKind;
+    let mut stack = Stack::start(support::single_location(120, false)).await;
+    let scheduler_user = BrokerUser::create(&stack.names, ServiceKind::Scheduler);
+    let worker_user = BrokerUser::create(&stack.names, ServiceKind::Worker);
+    stack.kill_scheduler();
+    stack.scheduler_config_mut().amqp_url = scheduler_user.url.clone();
+    stack.start_scheduler();
+    let mut config = stack.worker_config("worker", 8);
+    config.amqp_url = worker_user.url.clone();
+    stack.spawn_worker_with(config);
+    let scheduler = scheduler::Scheduler::connect(stack.scheduler_config())
+        .await
+        .unwrap();
+    let campaign = stack.campaign(
+        "least-privilege",
+        support::one_step("  max_concurrency: 50\n"),
+    );
+    let run_id = scheduler
+        .start_run(&campaign, scheduler::StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    assert_eq!(stack.records(run_id).len(), 120);
+
+    let names = stack.names.clone();
+    let as_worker = broker::Broker::connect(&worker_user.url, names.clone(), "t")
+        .await
+        .unwrap();
+    assert!(
+        as_worker
+            .consume(&names.reports_queue(), 1, "steal")
+            .await
+            .is_err(),
+        "a worker consumed reports"
+    );
+    let as_scheduler = broker::Broker::connect(&scheduler_user.url, names.clone(), "t")
+        .await
+        .unwrap();
+    assert!(
+        as_scheduler
+            .consume(&names.bulk_queue(), 1, "steal")
+            .await
+            .is_err(),
+        "a scheduler consumed jobs"
+    );
+    as_worker.close().await;
+    as_scheduler.close().await;
+    stack.teardown().await;
+}

@@ -181,3 +181,85 @@ pub async fn delete(channel: &Channel, names: &Names) -> Result<(), lapin::Error
     }
     Ok(())
 }
+
+/// Which kind of service a broker user is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Scheduler,
+    Worker,
+}
+
+/// A RabbitMQ user's permissions on the deployment's vhost: regexes over
+/// resource names, for `rabbitmqctl set_permissions -p VHOST USER CONF WRITE READ`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// The least a service of `kind` needs. Both declare the whole topology on
+/// connect (configure on the prefix; binding a queue needs write on it and
+/// read on its exchange). Publishing through the default exchange needs
+/// write on `amq.default`. Then:
+/// - a scheduler publishes jobs and parks reports, and reads only reports;
+/// - a worker publishes jobs it derives (polls, next pages), delayed jobs and
+///   reports, and reads only work and delay queues: it cannot consume reports.
+pub fn permissions(names: &Names, kind: ServiceKind) -> Permissions {
+    let prefix = regex_escape(names.prefix());
+    let ours = |names: &[&str]| format!("^{prefix}\\.({})$", names.join("|"));
+    let bound = ["jobs", "jobs\\.bulk", "jobs\\.urgent", "dead-letter"];
+    let (write, read): (Vec<&str>, Vec<&str>) = match kind {
+        ServiceKind::Scheduler => (
+            [&bound[..], &["reports", "delayed\\.[0-9]+s\\.reports"]].concat(),
+            vec![
+                "jobs",
+                "dead-letter",
+                "reports",
+                "delayed\\.[0-9]+s\\.reports",
+            ],
+        ),
+        ServiceKind::Worker => (
+            [
+                &bound[..],
+                &["reports", "delayed\\.[0-9]+s\\.(bulk|urgent)"],
+            ]
+            .concat(),
+            [&bound[..], &["delayed\\.[0-9]+s\\.(bulk|urgent)"]].concat(),
+        ),
+    };
+    Permissions {
+        configure: format!("^{prefix}\\..*"),
+        write: format!("^amq\\.default$|{}", ours(&write)),
+        read: ours(&read),
+    }
+}
+
+/// `text` as a literal in a RabbitMQ (Erlang `re`) regex.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if "\\.^$|?*+()[]{}".contains(character) {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `deploy/rabbitmq/users.sh` sets exactly these for the default prefix.
+    #[test]
+    fn the_deployed_permissions_are_the_ones_the_code_needs() {
+        let script = include_str!("../../deploy/rabbitmq/users.sh");
+        for kind in [ServiceKind::Scheduler, ServiceKind::Worker] {
+            let wanted = permissions(&Names::default(), kind);
+            for regex in [&wanted.configure, &wanted.write, &wanted.read] {
+                assert!(script.contains(&format!("'{regex}'")), "{kind:?}: {regex}");
+            }
+        }
+    }
+}
