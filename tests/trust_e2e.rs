@@ -459,3 +459,80 @@ async fn a_run_completes_with_one_broker_user_per_service_and_each_is_kept_to_it
     as_scheduler.close().await;
     stack.teardown().await;
 }
+
+/// The deployed per-service Redis users (`store::acl`) are enough for a
+/// whole run, and a worker's user can neither release the kill switch nor
+/// change a run's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_completes_with_one_redis_user_per_service_and_a_worker_cannot_release_the_kill_switch()
+ {
+    use store::Store as _;
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("users.acl");
+    let prefix = format!("flotilla-test-{}", Uuid::new_v4());
+    std::fs::write(
+        &acl,
+        store::acl::users(&prefix, ">scheduler-pw", ">worker-pw", ">admin-pw"),
+    )
+    .unwrap();
+    let redis = support::PrivateRedis::start_with_args(&["--aclfile", acl.to_str().unwrap()]).await;
+    let url_of = |user: &str, password: &str| {
+        redis
+            .url
+            .replace("redis://", &format!("redis://{user}:{password}@"))
+    };
+    // Nobody gets in without a user.
+    let names = protocol::names::Names::new(prefix.clone());
+    let anonymous = store::AnyStore::connect(&redis.url, names.clone()).await;
+    assert!(
+        anonymous.is_err() || anonymous.unwrap().kill_reason("x").await.is_err(),
+        "the default user is off"
+    );
+
+    let mut stack = Stack::start_named(
+        support::single_location(120, false),
+        &url_of("flotilla-admin", "admin-pw"),
+        names.clone(),
+    )
+    .await;
+    stack.kill_scheduler();
+    stack.scheduler_config_mut().redis_url = url_of("flotilla-scheduler", "scheduler-pw");
+    stack.start_scheduler();
+    let worker_url = url_of("flotilla-worker", "worker-pw");
+    let worker_store = store::AnyStore::connect(&worker_url, names.clone())
+        .await
+        .unwrap();
+    let config = stack.worker_config("worker", 8);
+    stack.spawn_worker_on(config, worker_store.clone());
+    let scheduler = scheduler::Scheduler::connect(stack.scheduler_config())
+        .await
+        .unwrap();
+    let campaign = stack.campaign(
+        "least-privilege",
+        support::one_step("  max_concurrency: 50\n"),
+    );
+    let run_id = scheduler
+        .start_run(&campaign, scheduler::StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    assert_eq!(stack.records(run_id).len(), 120);
+
+    scheduler
+        .engage_kill_switch(&store::KillScope::Global, "drill", false)
+        .await
+        .unwrap();
+    let released = worker_store
+        .release_kill_switch(&store::KillScope::Global)
+        .await;
+    assert!(released.is_err(), "a worker released the kill switch");
+    assert!(worker_store.kill_reason("any").await.unwrap().is_some());
+    let resumed = worker_store
+        .set_run_state(run_id, RunState::Running, "forged")
+        .await;
+    assert!(resumed.is_err(), "a worker changed a run's state");
+    stack.teardown().await;
+}

@@ -5,11 +5,13 @@
 //!
 //! - [`redis_store`]: the Redis backend; every multi-step update is one Lua script.
 //! - [`memory`]: the in-process twin, on tokio's clock (pausable in tests).
+//! - [`acl`]: the Redis ACL users of each kind of service.
 //! - [`any`]: either of them, chosen by URL (`redis://…` or `memory://<name>`).
 //!
 //! The scheduler's run bookkeeping (locations, admission, applied reports) lives
 //! in the scheduler crate (`scheduler::ledger`), with its own twin and suite.
 
+pub mod acl;
 pub mod any;
 pub mod memory;
 pub mod redis_store;

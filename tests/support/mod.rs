@@ -196,6 +196,11 @@ impl Stack {
         Self::start_in(profile, AMQP_URL, redis_url, names).await
     }
 
+    /// [`Stack::start_with`] under the prefix of `names` (a Redis ACL names it).
+    pub async fn start_named(profile: FleetProfile, redis_url: &str, names: Names) -> Self {
+        Self::start_in(profile, AMQP_URL, redis_url, names).await
+    }
+
     async fn start_in(
         profile: FleetProfile,
         amqp_url: &str,
@@ -333,6 +338,11 @@ impl Stack {
     /// Starts a worker with `config` (see [`Stack::worker_config`]).
     pub fn spawn_worker_with(&mut self, config: WorkerConfig) -> usize {
         let store = self.store.clone();
+        self.spawn_worker_on(config, store)
+    }
+
+    /// Starts a worker with `config` on `store` (another Redis user's connection).
+    pub fn spawn_worker_on(&mut self, config: WorkerConfig, store: AnyStore) -> usize {
         self.workers.push(tokio::spawn(async move {
             worker::run(config, store, std::future::pending())
                 .await
@@ -568,6 +578,11 @@ impl PrivateRedis {
     // The child is reaped by Drop, which clippy cannot see.
     #[allow(clippy::zombie_processes)]
     pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    /// [`PrivateRedis::start`] with more `redis-server` arguments (`--aclfile F`).
+    pub async fn start_with_args(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -575,6 +590,7 @@ impl PrivateRedis {
             .port();
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|error| {
