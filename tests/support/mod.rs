@@ -597,16 +597,18 @@ impl PrivateRedis {
                 panic!("this test starts its own redis-server ({error}); install it with `apt-get install redis-server`")
             });
         let url = format!("redis://127.0.0.1:{port}/");
+        // Dropped (killed and reaped) if it never answers.
+        let redis = Self { url, child };
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return Self { url, child };
+                return redis;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("redis-server on port {port} did not start within 5 s");
+        panic!("redis-server on port {port} did not start within 5 s (does it accept {extra:?}?)");
     }
 
     fn signal(&self, signal: &str) {
