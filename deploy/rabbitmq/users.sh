@@ -18,13 +18,18 @@ set -euo pipefail
 vhost="${1:-/}"
 : "${FLOTILLA_SCHEDULER_AMQP_PASSWORD:?set it}" "${FLOTILLA_WORKER_AMQP_PASSWORD:?set it}"
 
-rabbitmqctl add_user flotilla-scheduler "$FLOTILLA_SCHEDULER_AMQP_PASSWORD"
+# Idempotent: an existing user gets the password given.
+user() {
+  rabbitmqctl add_user "$1" "$2" 2>/dev/null || rabbitmqctl change_password "$1" "$2"
+}
+
+user flotilla-scheduler "$FLOTILLA_SCHEDULER_AMQP_PASSWORD"
 rabbitmqctl set_permissions -p "$vhost" flotilla-scheduler \
   '^flotilla\..*' \
   '^amq\.default$|^flotilla\.(jobs|jobs\.bulk|jobs\.urgent|dead-letter|reports|delayed\.[0-9]+s\.reports)$' \
   '^flotilla\.(jobs|dead-letter|reports|delayed\.[0-9]+s\.reports)$'
 
-rabbitmqctl add_user flotilla-worker "$FLOTILLA_WORKER_AMQP_PASSWORD"
+user flotilla-worker "$FLOTILLA_WORKER_AMQP_PASSWORD"
 rabbitmqctl set_permissions -p "$vhost" flotilla-worker \
   '^flotilla\..*' \
   '^amq\.default$|^flotilla\.(jobs|jobs\.bulk|jobs\.urgent|dead-letter|reports|delayed\.[0-9]+s\.(bulk|urgent))$' \
