@@ -367,18 +367,21 @@ fn keys_are_generated_rotated_and_retired_and_services_refuse_to_run_without_the
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let (key, keyring) = (path("scheduler.key"), path("keyring"));
-    let made = flotilla(&[
-        "keys",
-        "generate",
-        "--kind",
-        "scheduler",
-        "--id",
-        "sched-1",
-        "--out",
-        &key,
-        "--keyring",
-        &keyring,
-    ]);
+    let generate = || {
+        flotilla(&[
+            "keys",
+            "generate",
+            "--kind",
+            "scheduler",
+            "--id",
+            "sched-1",
+            "--out",
+            &key,
+            "--keyring",
+            &keyring,
+        ])
+    };
+    let made = generate();
     assert!(made.status.success(), "{made:?}");
     let secret = std::fs::read_to_string(&key).unwrap();
     assert!(secret.starts_with("flotilla-signing-key v1 scheduler sched-1 "));
@@ -392,18 +395,7 @@ fn keys_are_generated_rotated_and_retired_and_services_refuse_to_run_without_the
             "a signing key is readable by its owner only"
         );
     }
-    let again = flotilla(&[
-        "keys",
-        "generate",
-        "--kind",
-        "scheduler",
-        "--id",
-        "sched-1",
-        "--out",
-        &key,
-        "--keyring",
-        &keyring,
-    ]);
+    let again = generate();
     assert!(!again.status.success(), "a key is never overwritten");
     let rotated = flotilla(&[
         "keys",

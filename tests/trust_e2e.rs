@@ -355,6 +355,28 @@ async fn a_run_keeps_going_across_a_scheduler_key_rotation() {
     stack.teardown().await;
 }
 
+/// Starts a 120-target run through a scheduler of the stack's (re)configured
+/// settings and waits until it completed with one result per target.
+async fn least_privilege_run(stack: &Stack) -> (scheduler::Scheduler, Uuid) {
+    let scheduler = scheduler::Scheduler::connect(stack.scheduler_config())
+        .await
+        .unwrap();
+    let campaign = stack.campaign(
+        "least-privilege",
+        support::one_step("  max_concurrency: 50\n"),
+    );
+    let run_id = scheduler
+        .start_run(&campaign, scheduler::StartOptions::default())
+        .await
+        .unwrap();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    assert_eq!(stack.records(run_id).len(), 120);
+    (scheduler, run_id)
+}
+
 /// A RabbitMQ user of the test's own with a service's permissions on `/`
 /// (`broker::topology::permissions`), deleted when dropped.
 struct BrokerUser {
@@ -417,22 +439,7 @@ async fn a_run_completes_with_one_broker_user_per_service_and_each_is_kept_to_it
     let mut config = stack.worker_config("worker", 8);
     config.amqp_url = worker_user.url.clone();
     stack.spawn_worker_with(config);
-    let scheduler = scheduler::Scheduler::connect(stack.scheduler_config())
-        .await
-        .unwrap();
-    let campaign = stack.campaign(
-        "least-privilege",
-        support::one_step("  max_concurrency: 50\n"),
-    );
-    let run_id = scheduler
-        .start_run(&campaign, scheduler::StartOptions::default())
-        .await
-        .unwrap();
-    let progress = stack
-        .wait_until_final(run_id, Duration::from_secs(60))
-        .await;
-    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
-    assert_eq!(stack.records(run_id).len(), 120);
+    least_privilege_run(&stack).await;
 
     let names = stack.names.clone();
     let as_worker = broker::Broker::connect(&worker_user.url, names.clone(), "t")
@@ -504,22 +511,7 @@ async fn a_run_completes_with_one_redis_user_per_service_and_a_worker_cannot_rel
         .unwrap();
     let config = stack.worker_config("worker", 8);
     stack.spawn_worker_on(config, worker_store.clone());
-    let scheduler = scheduler::Scheduler::connect(stack.scheduler_config())
-        .await
-        .unwrap();
-    let campaign = stack.campaign(
-        "least-privilege",
-        support::one_step("  max_concurrency: 50\n"),
-    );
-    let run_id = scheduler
-        .start_run(&campaign, scheduler::StartOptions::default())
-        .await
-        .unwrap();
-    let progress = stack
-        .wait_until_final(run_id, Duration::from_secs(60))
-        .await;
-    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
-    assert_eq!(stack.records(run_id).len(), 120);
+    let (scheduler, run_id) = least_privilege_run(&stack).await;
 
     scheduler
         .engage_kill_switch(&store::KillScope::Global, "drill", false)

@@ -111,7 +111,19 @@ impl Broker {
         delay: Duration,
         retries: u32,
     ) -> Result<(), BrokerError> {
-        self.delay_job_bytes(delivery.payload(), job.run().priority, delay, retries)
+        self.defer_job_bytes(delivery, job.run().priority, delay, retries)
+            .await
+    }
+
+    /// [`Broker::defer_job`] of a job known only by its priority.
+    pub async fn defer_job_bytes(
+        &self,
+        delivery: &Delivery,
+        priority: protocol::job::Priority,
+        delay: Duration,
+        retries: u32,
+    ) -> Result<(), BrokerError> {
+        self.delay_job_bytes(delivery.payload(), priority, delay, retries)
             .await
     }
 

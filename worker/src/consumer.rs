@@ -255,22 +255,17 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
             };
             settle_delivery(context, delivery, &job, outcome).await;
         }
-        Err(Refusal::Later(error)) => {
+        Err(Refusal::Later { error, priority }) => {
             // Redis unreadable: whether the job matches its run is unknown.
             tracing::warn!(error = %error, "redis unreachable; job waits");
             context.metrics.job_handled("unknown", "waiting");
-            let settled = match delivery.open::<Job>(context.broker.keyring()) {
-                Ok(opened) => {
-                    let retries = delivery.retries();
-                    match context
-                        .broker
-                        .defer_job(&delivery, &opened.message, STORE_OUTAGE_RECHECK, retries)
-                        .await
-                    {
-                        Ok(()) => delivery.ack().await,
-                        Err(_) => delivery.requeue().await,
-                    }
-                }
+            let retries = delivery.retries();
+            let deferred = context
+                .broker
+                .defer_job_bytes(&delivery, priority, STORE_OUTAGE_RECHECK, retries)
+                .await;
+            let settled = match deferred {
+                Ok(()) => delivery.ack().await,
                 Err(_) => delivery.requeue().await,
             };
             if let Err(error) = settled {
@@ -303,8 +298,11 @@ enum Refusal {
         reason: &'static str,
         detail: String,
     },
-    /// Its run could not be read: bring it back later.
-    Later(store::StoreError),
+    /// Its run could not be read: bring it back later (to its priority's queue).
+    Later {
+        error: store::StoreError,
+        priority: protocol::job::Priority,
+    },
 }
 
 /// Opens a delivery and checks it may be worked on: a signature from a key
@@ -344,7 +342,10 @@ async fn admit<S: Store>(context: &Context<S>, delivery: &Delivery) -> Result<Jo
                 ),
             ));
         }
-        Err(error) if error.is_retryable() => return Err(Refusal::Later(error)),
+        Err(error) if error.is_retryable() => {
+            let priority = job.run().priority;
+            return Err(Refusal::Later { error, priority });
+        }
         Err(error) => return Err(never("run_unreadable", error.to_string())),
     };
     let contract = reading
