@@ -223,6 +223,20 @@ impl Campaign {
     ) -> Result<Self, FieldErrors> {
         let mut v = Validator::new();
         let root = FieldPath::root();
+        // First, and alone: a spec that expands past the cap is refused
+        // before its (many) items are validated one by one.
+        let (account_count, region_count) = (spec.accounts.ids.len(), spec.regions.len());
+        let location_count = (account_count as u64).saturating_mul(region_count as u64);
+        if location_count > max_locations {
+            let mut early = Validator::new();
+            early.error(
+                &root.at("accounts").at("ids"),
+                format!(
+                    "{account_count} accounts × {region_count} regions are {location_count} locations; a run may have at most {max_locations} (the scheduler's --max-locations)"
+                ),
+            );
+            return Err(early.finish().err().unwrap_or_else(internal_error));
+        }
 
         if spec.name.is_empty() {
             v.error(&root.at("name"), "is required");
@@ -286,16 +300,6 @@ impl Campaign {
             }
         }
         let output = v.check(&root.at("output"), parse_output(spec.output.as_deref()));
-        let (account_count, region_count) = (spec.accounts.ids.len(), spec.regions.len());
-        let location_count = (account_count as u64).saturating_mul(region_count as u64);
-        if location_count > max_locations {
-            v.error(
-                &root.at("accounts").at("ids"),
-                format!(
-                    "{account_count} accounts × {region_count} regions are {location_count} locations; a run may have at most {max_locations} (the scheduler's --max-locations)"
-                ),
-            );
-        }
         for (index, entry) in spec.run_by.iter().enumerate() {
             if !RUN_BY.is_match(entry) {
                 v.error(
