@@ -100,6 +100,10 @@ pub struct SchedulerArgs {
     /// refused when applied or started, naming both numbers.
     #[arg(long, env = "FLOTILLA_MAX_LOCATIONS", default_value_t = protocol::campaign::DEFAULT_MAX_LOCATIONS)]
     pub max_locations: u64,
+    /// The largest API request body read (bytes); larger ones are refused
+    /// with 413 before anything parses them.
+    #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = scheduler::access::MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
     /// Serve the API on a non-loopback address without authentication.
     /// Anyone who reaches it can run commands on every host: tests only.
     #[arg(long, env = "FLOTILLA_INSECURE_NO_AUTH")]
@@ -293,6 +297,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         .keys
         .keyring(protocol::signing::SignerKind::Scheduler)?;
     config.max_locations = args.max_locations;
+    config.max_request_bytes = args.max_request_bytes;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

@@ -895,6 +895,20 @@ async fn oversized_and_malformed_requests_are_refused_and_recorded() {
     )
     .await;
     assert_eq!(status, 413, "{body}");
+    // A deployment's own cap (--max-request-bytes) applies the same way.
+    stack.scheduler_config_mut().max_request_bytes = 4_096;
+    let port = stack.serve_api().await;
+    let (status, body) = support::http_as(
+        port,
+        Some(&ada),
+        "POST",
+        "/campaigns",
+        "application/yaml",
+        &"x".repeat(5_000),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than 4096 bytes"), "{body}");
     let (status, body) = support::http_as(
         port,
         Some(&ada),
@@ -933,6 +947,7 @@ async fn oversized_and_malformed_requests_are_refused_and_recorded() {
     assert_eq!(
         outcomes,
         [
+            ("campaigns:apply", "error: 413"),
             ("campaigns:apply", "error: 413"),
             ("campaigns:approve", "error: 400"),
             ("auth:refused", "unauthenticated")

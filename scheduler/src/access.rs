@@ -58,7 +58,8 @@ impl RefusalBudget {
     }
 }
 
-/// The largest request body read: a campaign spec at its limit, JSON-escaped.
+/// The largest request body read by default (1 MiB): a campaign spec at its
+/// limit, JSON-escaped. `--max-request-bytes` changes it.
 pub const MAX_REQUEST_BYTES: usize = 2 * protocol::campaign::MAX_SPEC_BYTES;
 
 /// The longest bearer token looked at (a flotilla token is 68 characters).
@@ -323,8 +324,9 @@ pub async fn guard(
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
-        let message = format!("the request body is larger than {MAX_REQUEST_BYTES} bytes");
+    let limit = state.max_request_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        let message = format!("the request body is larger than {limit} bytes");
         let entry = record(
             (&principal.name, principal.role.as_str()),
             action,

@@ -55,6 +55,8 @@ pub struct ApiState {
     pub tls: Option<crate::tls::ApiTls>,
     /// Bounds the audit records of refused credentials.
     pub refusals: std::sync::Arc<crate::access::RefusalBudget>,
+    /// The largest request body read.
+    pub max_request_bytes: usize,
 }
 
 impl axum::extract::FromRef<ApiState> for CurrentScheduler {
@@ -98,7 +100,7 @@ pub fn router(state: ApiState) -> Router {
             crate::access::guard,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(
-            crate::access::MAX_REQUEST_BYTES,
+            state.max_request_bytes,
         ))
         .with_state(state)
 }

@@ -163,6 +163,9 @@ pub struct SchedulerConfig {
     pub keys: protocol::signing::Keyring,
     /// The most account-region pairs one run may have.
     pub max_locations: u64,
+    /// The largest API request body read; larger ones are refused (413)
+    /// before they are parsed.
+    pub max_request_bytes: usize,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -207,6 +210,7 @@ impl SchedulerConfig {
             api_tls: None,
             keys: protocol::signing::Keyring::default(),
             max_locations: protocol::campaign::DEFAULT_MAX_LOCATIONS,
+            max_request_bytes: crate::access::MAX_REQUEST_BYTES,
         }
     }
 }
@@ -407,6 +411,7 @@ pub async fn run(
             auth: config.auth.clone(),
             tls: config.api_tls.clone(),
             refusals: std::sync::Arc::default(),
+            max_request_bytes: config.max_request_bytes,
         };
         tokio::spawn(async move {
             if let Err(error) = api::serve(listener, state, stop.cancelled_owned()).await {

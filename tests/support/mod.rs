@@ -133,14 +133,16 @@ impl Cleanup {
     }
 }
 
-/// Purges, then once more a moment later: a scheduler or worker task just
+/// Purges, then again 0.3 s and 1.5 s later: a scheduler or worker task just
 /// aborted may still have a declare on the wire, which RabbitMQ carries out
-/// after the first purge (a lone `dead-letter` queue was left that way).
+/// after a purge — a quorum queue's declaration can take longer than 0.3 s
+/// on a busy 2-core machine (a lone `dead-letter` queue was left that way).
+/// The in-process twin has nothing on the wire: one purge.
 async fn purge_twice(amqp_url: &str, redis_url: &str, names: &Names) {
-    for round in 0..2 {
-        if round > 0 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+    let in_process = protocol::names::in_process_name(amqp_url).is_some();
+    let pauses: &[u64] = if in_process { &[0] } else { &[0, 300, 1_500] };
+    for pause in pauses {
+        tokio::time::sleep(Duration::from_millis(*pause)).await;
         let purge = flotilla::admin::purge(amqp_url, redis_url, names);
         match tokio::time::timeout(Duration::from_secs(20), purge).await {
             Ok(Ok(_)) => {}

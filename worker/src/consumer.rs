@@ -64,6 +64,7 @@ pub async fn run<S: Store>(
             "no signing key: a worker signs every report it publishes (generate one with `flotilla keys generate --kind worker`)"
         ),
     }
+    log_keys(&config.keys);
     let metrics = WorkerMetrics::new().context("registering worker metrics")?;
     let aws = Aws::new(&config.aws, metrics.clone()).await;
     let safety = SafetyState::default();
@@ -490,6 +491,22 @@ async fn settle_delivery<S: Store>(
     if let Err(error) = settled {
         tracing::warn!(kind, error = %error, "could not settle a delivery; the broker will redeliver it");
     }
+}
+
+/// Which key this worker signs with and which it trusts (ids only), so an
+/// operator rotating keys can see each service's view.
+fn log_keys(keys: &protocol::signing::Keyring) {
+    let trusted: Vec<String> = keys
+        .trusted_ids()
+        .into_iter()
+        .map(|(kind, id)| format!("{}:{id}", kind.as_str()))
+        .collect();
+    tracing::info!(
+        signing_as = keys.signer().map(|signer| signer.id.as_str()),
+        ?trusted,
+        max_age = ?keys.max_age,
+        "message keys loaded"
+    );
 }
 
 async fn serve_metrics(
