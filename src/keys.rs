@@ -237,6 +237,19 @@ fn write_secret(path: &Path, text: &str, replace: bool) -> anyhow::Result<()> {
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        // A directory of keys is the owner's only.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut file = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
     file.write_all(text.as_bytes())?;

@@ -366,7 +366,8 @@ fn logs_to_a_pipe_are_plain_text_or_json_lines() {
 fn keys_are_generated_rotated_and_retired_and_services_refuse_to_run_without_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
-    let (key, keyring) = (path("scheduler.key"), path("keyring"));
+    // A directory that does not exist yet is made (the README's `keys/`).
+    let (key, keyring) = (path("keys/scheduler.key"), path("keys/keyring"));
     let generate = || {
         flotilla(&[
             "keys",
