@@ -91,6 +91,10 @@ pub struct Stack {
     pub attempt_timeout: Duration,
     scheduler_task: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// Tasks handed to the test (stoppable workers), aborted with the rest
+    /// at teardown: one left running would reconnect and declare queues
+    /// again after the cleanup (a lone `dead-letter` queue was left so).
+    handed_out: Vec<tokio::task::AbortHandle>,
     /// Removes the stack's queues and keys when the stack is dropped, also
     /// when the test fails.
     cleanup: Option<Cleanup>,
@@ -255,6 +259,7 @@ impl Stack {
             attempt_timeout: Duration::from_secs(5),
             scheduler_task: None,
             workers: Vec::new(),
+            handed_out: Vec::new(),
             cleanup: Some(cleanup),
         };
         stack.start_scheduler();
@@ -356,7 +361,7 @@ impl Stack {
     /// Starts a worker that stops gracefully when `shutdown` is sent; its handle
     /// returns what `worker::run` returned.
     pub fn spawn_stoppable_worker(
-        &self,
+        &mut self,
         config: WorkerConfig,
     ) -> (
         tokio::sync::oneshot::Sender<()>,
@@ -370,6 +375,7 @@ impl Stack {
             })
             .await
         });
+        self.handed_out.push(handle.abort_handle());
         (shutdown, handle)
     }
 
@@ -550,6 +556,9 @@ impl Stack {
     fn stop_tasks(&mut self) {
         for worker in &self.workers {
             worker.abort();
+        }
+        for task in &self.handed_out {
+            task.abort();
         }
         self.kill_scheduler();
     }
