@@ -65,10 +65,6 @@ impl Store for AnyStore {
         on_backend!(self, store => store.request_cancel_in_flight(scope))
     }
 
-    async fn cancel_in_flight(&self, campaign: &str, run_id: Uuid) -> Result<bool, StoreError> {
-        on_backend!(self, store => store.cancel_in_flight(campaign, run_id))
-    }
-
     async fn init_kill_switch(&self) -> Result<bool, StoreError> {
         on_backend!(self, store => store.init_kill_switch())
     }
@@ -76,9 +72,10 @@ impl Store for AnyStore {
     async fn run_contract(
         &self,
         run_id: Uuid,
+        campaign: &str,
         location: &str,
     ) -> Result<Option<crate::ContractReading>, StoreError> {
-        on_backend!(self, store => store.run_contract(run_id, location))
+        on_backend!(self, store => store.run_contract(run_id, campaign, location))
     }
 
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {

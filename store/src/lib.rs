@@ -141,6 +141,10 @@ pub struct ContractReading {
     pub contract: Option<String>,
     /// Whether the job's location is one of the run's.
     pub location_in_run: bool,
+    /// Whether the run's commands in flight must be cancelled: the run was
+    /// cancelled, or a kill switch over it asks for it (read in the same
+    /// round trip, for the Polls that act on it).
+    pub cancel_in_flight: bool,
 }
 
 /// The shared state every scheduler and worker sees. Implementations are cheap to
@@ -159,14 +163,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         scope: &KillScope,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Whether run `run_id` of `campaign` must cancel its commands in flight:
-    /// the run was cancelled, or a kill switch over it asks for it.
-    fn cancel_in_flight(
-        &self,
-        campaign: &str,
-        run_id: Uuid,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Arms the global switch (released) the first time a deployment's
     /// scheduler starts; later, a missing record stays engaged. True if it did.
@@ -207,11 +203,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         run_id: Uuid,
     ) -> impl Future<Output = Result<SendGate, StoreError>> + Send;
 
-    /// The run's job contract and whether `location` (`account/region`) is one
-    /// of its locations; `None` when the run has no record.
+    /// The run's job contract, whether `location` (`account/region`) is one
+    /// of its locations and whether `campaign`'s run must cancel its commands
+    /// in flight; `None` when the run has no record.
     fn run_contract(
         &self,
         run_id: Uuid,
+        campaign: &str,
         location: &str,
     ) -> impl Future<Output = Result<Option<ContractReading>, StoreError>> + Send;
 

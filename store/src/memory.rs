@@ -92,10 +92,7 @@ impl MemoryStore {
 
     /// Whether `location` is one of run `run_id`'s.
     pub fn has_run_location(&self, run_id: Uuid, location: &str) -> bool {
-        self.lock()
-            .run_locations
-            .get(&run_id)
-            .is_some_and(|locations| locations.contains(location))
+        self.lock().has_run_location(run_id, location)
     }
 
     /// Forgets run `run_id`'s record, as `DEL` of its hash would (tests of
@@ -121,6 +118,12 @@ impl MemoryStore {
 }
 
 impl Inner {
+    fn has_run_location(&self, run_id: Uuid, location: &str) -> bool {
+        self.run_locations
+            .get(&run_id)
+            .is_some_and(|locations| locations.contains(location))
+    }
+
     /// Like Redis pub/sub: every live watcher hears it, dropped ones are forgotten.
     fn notify_kill_watchers(&mut self) {
         self.kill_watchers.retain(|watcher| {
@@ -169,18 +172,6 @@ impl Store for MemoryStore {
     async fn request_cancel_in_flight(&self, scope: &KillScope) -> Result<(), StoreError> {
         self.lock().cancelling.insert(cancel_scope(scope));
         Ok(())
-    }
-
-    async fn cancel_in_flight(&self, campaign: &str, run_id: Uuid) -> Result<bool, StoreError> {
-        let inner = self.lock();
-        let cancelled = inner
-            .runs
-            .get(&run_id)
-            .and_then(|record| record.get("state"))
-            .is_some_and(|state| state == RunState::Cancelled.as_str());
-        Ok(cancelled
-            || inner.cancelling.contains(&None)
-            || inner.cancelling.contains(&Some(campaign.to_string())))
     }
 
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
@@ -258,19 +249,22 @@ impl Store for MemoryStore {
     async fn run_contract(
         &self,
         run_id: Uuid,
+        campaign: &str,
         location: &str,
     ) -> Result<Option<crate::ContractReading>, StoreError> {
         let inner = self.lock();
         let Some(record) = inner.runs.get(&run_id) else {
             return Ok(None);
         };
-        let location_in_run = inner
-            .run_locations
-            .get(&run_id)
-            .is_some_and(|locations| locations.contains(location));
+        let cancelled = record
+            .get("state")
+            .is_some_and(|state| state == RunState::Cancelled.as_str());
         Ok(Some(crate::ContractReading {
             contract: record.get("contract").cloned(),
-            location_in_run,
+            location_in_run: inner.has_run_location(run_id, location),
+            cancel_in_flight: cancelled
+                || inner.cancelling.contains(&None)
+                || inner.cancelling.contains(&Some(campaign.to_string())),
         }))
     }
 

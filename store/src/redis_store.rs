@@ -262,17 +262,6 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn cancel_in_flight(&self, campaign: &str, run_id: Uuid) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
-        let (global, of_campaign, state): (bool, bool, Option<String>) = redis::pipe()
-            .exists(self.names.kill_cancel_key())
-            .exists(self.names.campaign_kill_cancel_key(campaign))
-            .hget(self.names.run_key(run_id), "state")
-            .query_async(&mut connection)
-            .await?;
-        Ok(global || of_campaign || state.as_deref() == Some(RunState::Cancelled.as_str()))
-    }
-
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let _: i64 = connection.del(self.cancel_key(scope)).await?;
@@ -371,18 +360,29 @@ impl Store for RedisStore {
     async fn run_contract(
         &self,
         run_id: Uuid,
+        campaign: &str,
         location: &str,
     ) -> Result<Option<crate::ContractReading>, StoreError> {
         let mut connection = self.connection.clone();
-        let (exists, contract, member): (bool, Option<String>, bool) = redis::pipe()
-            .exists(self.names.run_key(run_id))
-            .hget(self.names.run_key(run_id), "contract")
-            .sismember(self.names.run_location_set_key(run_id), location)
-            .query_async(&mut connection)
-            .await?;
+        let run_key = self.names.run_key(run_id);
+        type Reading = (bool, (Option<String>, Option<String>), bool, bool, bool);
+        let (exists, (contract, state), member, cancel_all, cancel_campaign): Reading =
+            redis::pipe()
+                .exists(&run_key)
+                .cmd("HMGET")
+                .arg(&run_key)
+                .arg("contract")
+                .arg("state")
+                .sismember(self.names.run_location_set_key(run_id), location)
+                .exists(self.names.kill_cancel_key())
+                .exists(self.names.campaign_kill_cancel_key(campaign))
+                .query_async(&mut connection)
+                .await?;
+        let cancelled = state.as_deref() == Some(RunState::Cancelled.as_str());
         Ok(exists.then_some(crate::ContractReading {
             contract,
             location_in_run: member,
+            cancel_in_flight: cancelled || cancel_all || cancel_campaign,
         }))
     }
 

@@ -248,11 +248,14 @@ async fn consume<S: Store>(
 async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
     context.metrics.job_started();
     match admit(context, &delivery).await {
-        Ok(job) => {
+        Ok(Admitted {
+            job,
+            cancel_in_flight,
+        }) => {
             let outcome = match job.clone() {
                 Job::Discover(discover) => discover::handle(context, discover).await,
                 Job::Execute(execute) => execute::handle(context, execute).await,
-                Job::Poll(poll) => poll::handle(context, poll).await,
+                Job::Poll(poll) => poll::handle(context, poll, cancel_in_flight).await,
             };
             settle_delivery(context, delivery, &job, outcome).await;
         }
@@ -292,6 +295,13 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
     context.metrics.job_finished();
 }
 
+/// A job that may be worked on, and what its run's record said of cancelling.
+struct Admitted {
+    job: Job,
+    /// The run's commands in flight must be cancelled (see `poll`).
+    cancel_in_flight: bool,
+}
+
 /// Why a delivery is not worked on.
 enum Refusal {
     /// Forged, tampered, stale or not what its run recorded: dead-letter it.
@@ -309,7 +319,7 @@ enum Refusal {
 /// Opens a delivery and checks it may be worked on: a signature from a key
 /// this worker trusts, by a signer allowed to issue this kind of job, and a
 /// job that matches what its run recorded when it started.
-async fn admit<S: Store>(context: &Context<S>, delivery: &Delivery) -> Result<Job, Refusal> {
+async fn admit<S: Store>(context: &Context<S>, delivery: &Delivery) -> Result<Admitted, Refusal> {
     let opened = delivery
         .open::<Job>(context.broker.keyring())
         .map_err(|error| Refusal::Never {
@@ -332,7 +342,11 @@ async fn admit<S: Store>(context: &Context<S>, delivery: &Delivery) -> Result<Jo
     let run_id = job.run().run_id;
     let location = format!("{}/{}", job.location().account_id, job.location().region);
     let never = |reason: &'static str, detail: String| Refusal::Never { reason, detail };
-    let reading = match context.store.run_contract(run_id, &location).await {
+    let reading = match context
+        .store
+        .run_contract(run_id, &job.run().campaign, &location)
+        .await
+    {
         Ok(Some(reading)) => reading,
         Ok(None) => {
             return Err(never(
@@ -377,7 +391,10 @@ async fn admit<S: Store>(context: &Context<S>, delivery: &Delivery) -> Result<Jo
             ),
         )
     })?;
-    Ok(job)
+    Ok(Admitted {
+        job,
+        cancel_in_flight: reading.cancel_in_flight,
+    })
 }
 
 /// Schedulers issue the jobs a run starts with; a worker only derives the

@@ -22,21 +22,6 @@ use crate::{Context, JobError, JobOutcome, now_ms};
 /// SSM returns at most this much output inline; results keep the start of it.
 const OUTPUT_EXCERPT_CHARS: usize = 2_500;
 
-/// Whether the command must be cancelled: its run was cancelled, or a kill
-/// switch over it was engaged with cancel-in-flight. An unreadable Redis
-/// cancels nothing (the kill switch already stops new sends; cancelling is
-/// an explicit request).
-async fn cancel_requested<S: Store>(ctx: &Context<S>, job: &PollJob) -> bool {
-    let run = &job.execute.run;
-    match ctx.store.cancel_in_flight(&run.campaign, run.run_id).await {
-        Ok(requested) => requested,
-        Err(error) => {
-            tracing::warn!(error = %error, "could not read whether to cancel in flight");
-            false
-        }
-    }
-}
-
 /// Delay before poll `attempt`: every second for the first seconds (short
 /// commands are common), then less often, at most once a minute.
 pub fn poll_delay(attempt: u32) -> Duration {
@@ -48,14 +33,20 @@ pub fn poll_delay(attempt: u32) -> Duration {
     }
 }
 
+/// `cancel_in_flight`: the run was cancelled, or a kill switch over it was
+/// engaged with cancel-in-flight (read with the job's run record on
+/// admission). The command is then cancelled once, under the location's
+/// SendCommand rate; a failed cancel is tried again at the next poll, and
+/// the command's outcome is read either way.
 pub(crate) async fn handle<S: Store>(
     ctx: &Context<S>,
     mut job: PollJob,
+    cancel_in_flight: bool,
 ) -> Result<JobOutcome, JobError> {
     let Some(client) = ctx.ssm(&job.execute.run, &job.execute.location).await? else {
         return Ok(ctx.no_tokens());
     };
-    if !job.cancel_sent && cancel_requested(ctx, &job).await {
+    if cancel_in_flight && !job.cancel_sent {
         if !ctx
             .take_token(
                 &job.execute.location,
@@ -66,17 +57,24 @@ pub(crate) async fn handle<S: Store>(
         {
             return Ok(ctx.no_tokens());
         }
-        call(
+        let cancelled = call(
             &ctx.metrics,
             "CancelCommand",
             Repeat::ThrottledOrTransient,
             || client.cancel_command().command_id(&job.command_id).send(),
         )
-        .await?;
-        tracing::warn!(command_id = job.command_id.as_str(), run_id = %job.execute.run.run_id, "command in flight cancelled");
-        job.cancel_sent = true;
-        // Poll again soon: the invocations turn Cancelled within seconds.
-        job.attempt = 0;
+        .await;
+        match cancelled {
+            Ok(_) => {
+                tracing::warn!(command_id = job.command_id.as_str(), run_id = %job.execute.run.run_id, "command in flight cancelled");
+                job.cancel_sent = true;
+                // Poll again soon: the invocations turn Cancelled within seconds.
+                job.attempt = 0;
+            }
+            Err(error) => {
+                tracing::warn!(command_id = job.command_id.as_str(), error = %error, "could not cancel a command in flight; trying again at the next poll");
+            }
+        }
     }
     let execute = &job.execute;
     let limits = &execute.run.api_rate_limits;
