@@ -101,22 +101,11 @@ impl Broker {
             .await
     }
 
-    /// Sends a delivered job back to its work queue after `delay`, carrying how
-    /// many retries it has had. The bytes go back as they came, signature and
-    /// all: a worker cannot re-sign a scheduler's job, and need not.
+    /// Sends a delivered job back to the work queue of `priority` after
+    /// `delay`, carrying how many retries it has had. The bytes go back as
+    /// they came, signature and all: a worker cannot re-sign a scheduler's
+    /// job, and need not.
     pub async fn defer_job(
-        &self,
-        delivery: &Delivery,
-        job: &Job,
-        delay: Duration,
-        retries: u32,
-    ) -> Result<(), BrokerError> {
-        self.defer_job_bytes(delivery, job.run().priority, delay, retries)
-            .await
-    }
-
-    /// [`Broker::defer_job`] of a job known only by its priority.
-    pub async fn defer_job_bytes(
         &self,
         delivery: &Delivery,
         priority: protocol::job::Priority,

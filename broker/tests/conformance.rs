@@ -196,7 +196,7 @@ async fn a_delayed_job_comes_back_to_its_work_queue_after_the_delay(url: &str, n
     // A worker defers the job it holds: the same bytes, signature and all.
     let published = Instant::now();
     broker
-        .defer_job(&first, &delayed, Duration::from_secs(1), 3)
+        .defer_job(&first, delayed.run().priority, Duration::from_secs(1), 3)
         .await
         .unwrap();
     first.ack().await.unwrap();

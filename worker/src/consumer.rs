@@ -266,7 +266,7 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
             let retries = delivery.retries();
             let deferred = context
                 .broker
-                .defer_job_bytes(&delivery, priority, STORE_OUTAGE_RECHECK, retries)
+                .defer_job(&delivery, priority, STORE_OUTAGE_RECHECK, retries)
                 .await;
             let settled = match deferred {
                 Ok(()) => delivery.ack().await,
@@ -429,7 +429,9 @@ async fn settle_delivery<S: Store>(
             tracing::debug!(kind, reason, "job waits");
             (
                 "waiting",
-                broker.defer_job(&delivery, job, delay, retries).await,
+                broker
+                    .defer_job(&delivery, job.run().priority, delay, retries)
+                    .await,
             )
         }
         Err(JobError::Aws(error)) if error.kind == AwsErrorKind::ExpiredCredentials => {
@@ -438,7 +440,12 @@ async fn settle_delivery<S: Store>(
             (
                 "waiting",
                 broker
-                    .defer_job(&delivery, job, Duration::from_secs(1), retries)
+                    .defer_job(
+                        &delivery,
+                        job.run().priority,
+                        Duration::from_secs(1),
+                        retries,
+                    )
                     .await,
             )
         }
@@ -449,7 +456,7 @@ async fn settle_delivery<S: Store>(
             (
                 "waiting",
                 broker
-                    .defer_job(&delivery, job, STORE_OUTAGE_RECHECK, retries)
+                    .defer_job(&delivery, job.run().priority, STORE_OUTAGE_RECHECK, retries)
                     .await,
             )
         }
@@ -458,7 +465,9 @@ async fn settle_delivery<S: Store>(
             tracing::warn!(kind, retries, ?delay, error = %error, "job failed; retrying later");
             (
                 "retried",
-                broker.defer_job(&delivery, job, delay, retries + 1).await,
+                broker
+                    .defer_job(&delivery, job.run().priority, delay, retries + 1)
+                    .await,
             )
         }
         Err(error) => {
