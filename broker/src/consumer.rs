@@ -43,11 +43,7 @@ impl Delivery {
     /// trail of a message that could not be opened (its ids cannot be trusted).
     pub fn fingerprint(&self) -> String {
         use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(self.payload());
-        digest[..8]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        hex::encode(&sha2::Sha256::digest(self.payload())[..8])
     }
 
     /// Retries after transient errors so far (set by the publisher).

@@ -149,7 +149,6 @@ impl Names {
         format!("{}:tokens", self.prefix)
     }
 
-    /// The global kill switch: present means no worker sends anything.
     /// Set once, when a deployment's first scheduler starts (see the kill switch).
     pub fn deployment_key(&self) -> String {
         format!("{}:deployment", self.prefix)
@@ -165,6 +164,8 @@ impl Names {
         format!("{}:kill:cancel:campaign:{campaign}", self.prefix)
     }
 
+    /// The global kill switch: an explicit `released` or `engaged:<reason>`
+    /// record; anything else, or none, stops every send.
     pub fn kill_switch_key(&self) -> String {
         format!("{}:kill", self.prefix)
     }

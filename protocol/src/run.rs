@@ -110,10 +110,7 @@ pub struct RunContract {
 fn digest<T: Serialize>(value: &T) -> String {
     use sha2::Digest as _;
     let json = serde_json::to_vec(value).unwrap_or_default();
-    sha2::Sha256::digest(&json)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(sha2::Sha256::digest(&json))
 }
 
 impl RunContract {

@@ -37,7 +37,6 @@ use uuid::Uuid;
 use crate::audit::{AuditQuery, AuditRecord};
 use crate::auth::{Principal, Role, TokenRecord};
 use crate::runs::{RunProgress, StartOptions};
-
 use crate::{Scheduler, SchedulerError};
 
 /// The scheduler the API uses: `None` while it reconnects.

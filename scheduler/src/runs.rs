@@ -422,8 +422,6 @@ impl Scheduler {
         Ok(resumed)
     }
 
-    /// Ends the run: nothing new is sent, in-flight commands finish, the rest is
-    /// reported as not started.
     /// Engages a kill switch; with `cancel_in_flight`, workers also call
     /// CancelCommand for every command still running under it as they next
     /// poll it (per location, under its rate limit), and its targets are

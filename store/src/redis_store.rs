@@ -19,15 +19,6 @@ use crate::{
     global_kill_reason, parse_state, refill_wait,
 };
 
-/// Now, as Unix ms text (the deployment marker's value).
-struct UnixMillisText;
-
-impl UnixMillisText {
-    fn now() -> String {
-        protocol::job::UnixMillis::now().0.to_string()
-    }
-}
-
 /// KEYS[1] bucket hash; ARGV rate, burst, tokens. Returns the tokens missing (0 = granted).
 static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -246,7 +237,10 @@ impl Store for RedisStore {
     async fn init_kill_switch(&self) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
         let first: bool = connection
-            .set_nx(self.names.deployment_key(), UnixMillisText::now())
+            .set_nx(
+                self.names.deployment_key(),
+                protocol::job::UnixMillis::now().0,
+            )
             .await?;
         if first {
             let _: bool = connection
