@@ -51,28 +51,19 @@ impl KeyArgs {
             ),
         };
         let signing = match (&self.signing_key_file, std::env::var(SIGNING_KEY_ENV)) {
-            (Some(path), _) => read_key_text(path, "signing key")?,
-            (None, Ok(text)) => text,
-            (None, Err(_)) => bail!(
-                "no signing key: a {} signs everything it publishes; pass --signing-key-file (FLOTILLA_SIGNING_KEY_FILE) or set {SIGNING_KEY_ENV} (`flotilla keys generate --kind {}`)",
-                kind.as_str(),
-                kind.as_str()
-            ),
+            (Some(path), _) => Some(read_key_text(path, "signing key")?),
+            (None, Ok(text)) => Some(text),
+            (None, Err(_)) => None,
         };
-        let identity = SigningIdentity::parse(&signing).context("reading the signing key")?;
-        if identity.kind != kind {
-            bail!(
-                "the signing key {:?} is a {} key; a {} signs with a {} key",
-                identity.id,
-                identity.kind.as_str(),
-                kind.as_str(),
-                kind.as_str()
-            );
+        let mut keyring = Keyring::parse_trusted(&trusted)
+            .context("reading the keyring")?
+            .with_max_age(self.max_message_age);
+        if let Some(text) = signing {
+            let identity = SigningIdentity::parse(&text).context("reading the signing key")?;
+            keyring = keyring.signing_as(identity);
         }
-        let keyring = Keyring::parse_trusted(&trusted).context("reading the keyring")?;
-        Ok(keyring
-            .signing_as(identity)
-            .with_max_age(self.max_message_age))
+        keyring.require_signer(kind)?;
+        Ok(keyring)
     }
 }
 

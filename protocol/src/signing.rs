@@ -275,6 +275,26 @@ impl Keyring {
         self.signer.as_deref()
     }
 
+    /// The signing key, if it is one of `kind`: what a service of that kind
+    /// checks before it starts.
+    pub fn require_signer(&self, kind: SignerKind) -> Result<&SigningIdentity, KeyError> {
+        match self.signer() {
+            Some(signer) if signer.kind == kind => Ok(signer),
+            Some(signer) => Err(KeyError(format!(
+                "the signing key {:?} is a {} key; a {} signs with a {} key",
+                signer.id,
+                signer.kind.as_str(),
+                kind.as_str(),
+                kind.as_str()
+            ))),
+            None => Err(KeyError(format!(
+                "no signing key: a {} signs everything it publishes; pass --signing-key-file (FLOTILLA_SIGNING_KEY_FILE) or set FLOTILLA_SIGNING_KEY (`flotilla keys generate --kind {}`)",
+                kind.as_str(),
+                kind.as_str()
+            ))),
+        }
+    }
+
     /// The ids trusted, per kind (for startup logs).
     pub fn trusted_ids(&self) -> Vec<(SignerKind, String)> {
         let mut ids: Vec<_> = self

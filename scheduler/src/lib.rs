@@ -242,21 +242,10 @@ impl Scheduler {
         config: SchedulerConfig,
         metrics: crate::metrics::SchedulerMetrics,
     ) -> Result<Self, SchedulerError> {
-        match config.keys.signer() {
-            Some(signer) if signer.kind == protocol::signing::SignerKind::Scheduler => {}
-            Some(signer) => {
-                return Err(SchedulerError::Invalid(format!(
-                    "the signing key {:?} is a {} key; a scheduler signs with a scheduler key",
-                    signer.id,
-                    signer.kind.as_str()
-                )));
-            }
-            None => {
-                return Err(SchedulerError::Invalid(
-                    "no signing key: a scheduler signs every job it publishes (generate one with `flotilla keys generate --kind scheduler`, then pass --signing-key-file or FLOTILLA_SIGNING_KEY)".into(),
-                ));
-            }
-        }
+        config
+            .keys
+            .require_signer(protocol::signing::SignerKind::Scheduler)
+            .map_err(|error| SchedulerError::Invalid(error.0))?;
         let store = store::AnyStore::connect_with(
             &config.redis_url,
             config.names.clone(),

@@ -53,17 +53,9 @@ pub async fn run<S: Store>(
     store: S,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    match config.keys.signer() {
-        Some(signer) if signer.kind == protocol::signing::SignerKind::Worker => {}
-        Some(signer) => anyhow::bail!(
-            "the signing key {:?} is a {} key; a worker signs with a worker key",
-            signer.id,
-            signer.kind.as_str()
-        ),
-        None => anyhow::bail!(
-            "no signing key: a worker signs every report it publishes (generate one with `flotilla keys generate --kind worker`)"
-        ),
-    }
+    config
+        .keys
+        .require_signer(protocol::signing::SignerKind::Worker)?;
     log_keys(&config.keys);
     let metrics = WorkerMetrics::new().context("registering worker metrics")?;
     let aws = Aws::new(&config.aws, metrics.clone()).await;
