@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use protocol::names::{Names, in_process_name};
+use protocol::names::{Names, in_memory_name};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
@@ -59,7 +59,7 @@ pub async fn purge(amqp_url: &str, redis_url: &str, names: &Names) -> anyhow::Re
     broker::Broker::delete_deployment(amqp_url, names)
         .await
         .with_context(|| format!("deleting the queues of {}", names.prefix()))?;
-    if in_process_name(redis_url).is_some() {
+    if in_memory_name(redis_url).is_some() {
         return Ok(Purged { redis_keys: 0 });
     }
     let store = store::RedisStore::connect(redis_url, names.clone()).await?;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use protocol::SpecFormat;
-use protocol::names::{Names, in_process_name};
+use protocol::names::{Names, in_memory_name};
 use protocol::spec::{CampaignSpec, Scalar};
 use scheduler::SchedulerConfig;
 use tokio::task::JoinHandle;
@@ -102,8 +102,7 @@ impl Stack {
         workers: u16,
         profile: sim::FleetProfile,
     ) -> anyhow::Result<Self> {
-        let in_process =
-            in_process_name(amqp_url).is_some() && in_process_name(redis_url).is_some();
+        let in_process = in_memory_name(amqp_url).is_some() && in_memory_name(redis_url).is_some();
         // On shared RabbitMQ and Redis, names of our own (removed at the end).
         let names = if in_process {
             Names::default()
@@ -118,7 +117,7 @@ impl Stack {
             .await?
             .close()
             .await;
-        store::AnyStore::connect(redis_url, names.clone()).await?;
+        store::RedisStore::connect(redis_url, names.clone()).await?;
 
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let caller_key = profile.caller_access_key_id.clone();
@@ -168,7 +167,7 @@ impl Stack {
                 credentials: Some(credentials()),
                 attempt_timeout: None,
             };
-            let store = store::AnyStore::connect(redis_url, names.clone()).await?;
+            let store = store::RedisStore::connect(redis_url, names.clone()).await?;
             let stopped = stop.clone().cancelled_owned();
             services.push(tokio::spawn(async move {
                 worker::run(config, store, stopped).await?;
@@ -232,12 +231,12 @@ pub(crate) async fn remove_shared_state(
     redis_url: &str,
     names: Names,
 ) -> anyhow::Result<()> {
-    if in_process_name(amqp_url).is_none() {
+    if in_memory_name(amqp_url).is_none() {
         let broker = broker::Broker::connect(amqp_url, names.clone(), "flotilla-demo").await?;
         broker.delete_topology().await?;
         broker.close().await;
     }
-    if in_process_name(redis_url).is_none() {
+    if in_memory_name(redis_url).is_none() {
         store::RedisStore::connect(redis_url, names)
             .await?
             .purge()
@@ -299,17 +298,16 @@ pub fn demo(args: DemoArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let profile = sim::FleetProfile::load(&args.profile).map_err(anyhow::Error::msg)?;
     profile.validate().map_err(anyhow::Error::msg)?;
     let campaign_json = demo_campaign(&args, &profile)?;
-    let backends = if in_process_name(&args.amqp_url).is_some()
-        && in_process_name(&args.redis_url).is_some()
-    {
-        "in-process queues and state".to_string()
-    } else {
-        format!(
-            "RabbitMQ {} and Redis {}",
-            protocol::redact_password(&args.amqp_url),
-            protocol::redact_password(&args.redis_url)
-        )
-    };
+    let backends =
+        if in_memory_name(&args.amqp_url).is_some() && in_memory_name(&args.redis_url).is_some() {
+            "in-process queues and state".to_string()
+        } else {
+            format!(
+                "RabbitMQ {} and Redis {}",
+                protocol::redact_password(&args.amqp_url),
+                protocol::redact_password(&args.redis_url)
+            )
+        };
     writeln!(
         out,
         "flotilla demo: simulated fleet '{}' ({} accounts × {} regions), {} workers, {backends}",

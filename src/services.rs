@@ -229,7 +229,8 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         let tls = store::RedisTls {
             ca_file: args.connection.redis_ca_file.clone(),
         };
-        let store = store::AnyStore::connect_with(&args.connection.redis_url, names, &tls).await?;
+        let store =
+            store::RedisStore::connect_with(&args.connection.redis_url, names, &tls).await?;
         worker::run(config, store, termination()).await?;
         Ok(ExitCode::SUCCESS)
     })

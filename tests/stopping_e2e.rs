@@ -199,31 +199,24 @@ enum Tampering {
     DeleteRunRecord,
 }
 
+/// Writes Redis as someone with write access could: the same commands on
+/// both backends.
 async fn tamper(stack: &Stack, run_id: uuid::Uuid, tampering: Tampering) {
-    match &stack.store {
-        store::AnyStore::Redis(redis) => {
-            use redis::AsyncCommands;
-            let mut connection = redis.connection();
-            let names = redis.names();
-            let () = match tampering {
-                Tampering::DeleteKillSwitch => {
-                    let _: i64 = connection.del(names.kill_switch_key()).await.unwrap();
-                }
-                Tampering::CorruptKillSwitch => connection
-                    .set(names.kill_switch_key(), "whatever")
-                    .await
-                    .unwrap(),
-                Tampering::DeleteRunRecord => {
-                    let _: i64 = connection.del(names.run_key(run_id)).await.unwrap();
-                }
-            };
+    use redis::AsyncCommands;
+    let mut connection = stack.store.connection();
+    let names = stack.store.names();
+    let () = match tampering {
+        Tampering::DeleteKillSwitch => {
+            let _: i64 = connection.del(names.kill_switch_key()).await.unwrap();
         }
-        store::AnyStore::InProcess(memory) => match tampering {
-            Tampering::DeleteKillSwitch => memory.set_raw_kill_record(None),
-            Tampering::CorruptKillSwitch => memory.set_raw_kill_record(Some("whatever")),
-            Tampering::DeleteRunRecord => memory.delete_run_record(run_id),
-        },
-    }
+        Tampering::CorruptKillSwitch => connection
+            .set(names.kill_switch_key(), "whatever")
+            .await
+            .unwrap(),
+        Tampering::DeleteRunRecord => {
+            let _: i64 = connection.del(names.run_key(run_id)).await.unwrap();
+        }
+    };
 }
 
 /// A deleted or corrupted kill switch, or a live run's record deleted, stops

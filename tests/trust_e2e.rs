@@ -490,7 +490,7 @@ async fn a_run_completes_with_one_redis_user_per_service_and_a_worker_cannot_rel
     };
     // Nobody gets in without a user.
     let names = protocol::names::Names::new(prefix.clone());
-    let anonymous = store::AnyStore::connect(&redis.url, names.clone()).await;
+    let anonymous = store::RedisStore::connect(&redis.url, names.clone()).await;
     assert!(
         anonymous.is_err() || anonymous.unwrap().kill_reason("x").await.is_err(),
         "the default user is off"
@@ -506,7 +506,7 @@ async fn a_run_completes_with_one_redis_user_per_service_and_a_worker_cannot_rel
     stack.scheduler_config_mut().redis_url = url_of("flotilla-scheduler", "scheduler-pw");
     stack.start_scheduler();
     let worker_url = url_of("flotilla-worker", "worker-pw");
-    let worker_store = store::AnyStore::connect(&worker_url, names.clone())
+    let worker_store = store::RedisStore::connect(&worker_url, names.clone())
         .await
         .unwrap();
     let config = stack.worker_config("worker", 8);

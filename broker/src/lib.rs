@@ -168,7 +168,7 @@ impl Broker {
         connection_name: &str,
         tls: &BrokerTls,
     ) -> Result<Self, BrokerError> {
-        if let Some(hub) = protocol::names::in_process_name(url) {
+        if let Some(hub) = protocol::names::in_memory_name(url) {
             return Ok(Self::in_process(memory::hub(hub), names));
         }
         let connection = open_connection(url, connection_name, tls).await?;
@@ -202,7 +202,7 @@ impl Broker {
     /// declaring anything (`flotilla admin purge`, test cleanup). Services of
     /// that deployment still running declare them again when they reconnect.
     pub async fn delete_deployment(url: &str, names: &Names) -> Result<(), BrokerError> {
-        if let Some(hub) = protocol::names::in_process_name(url) {
+        if let Some(hub) = protocol::names::in_memory_name(url) {
             memory::hub(hub).delete(names);
             return Ok(());
         }

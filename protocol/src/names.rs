@@ -34,14 +34,15 @@ pub fn delay_step(seconds: u32) -> u32 {
 /// tried again.
 pub const REPORT_RETRY_SECONDS: u32 = 60;
 
-/// The scheme of in-process backends: `memory://<name>` as the AMQP or Redis
-/// URL selects the in-process twin, shared by everything in this process that
-/// names the same `<name>` (how `flotilla demo` runs without services).
-pub const IN_PROCESS_SCHEME: &str = "memory://";
+/// The scheme of the in-memory backends: `memory://<name>` as the AMQP or
+/// Redis URL selects the in-memory broker or Redis of that name, shared by
+/// everything in this process that names the same `<name>` (how `flotilla
+/// demo` runs without services).
+pub const MEMORY_SCHEME: &str = "memory://";
 
-/// The instance name of an in-process backend URL, `None` for a real one.
-pub fn in_process_name(url: &str) -> Option<&str> {
-    url.strip_prefix(IN_PROCESS_SCHEME)
+/// The instance name of an in-memory backend URL, `None` for a real one.
+pub fn in_memory_name(url: &str) -> Option<&str> {
+    url.strip_prefix(MEMORY_SCHEME)
 }
 
 /// Names for one deployment; `prefix` is `flotilla` unless tests isolate themselves.

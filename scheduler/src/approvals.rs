@@ -16,7 +16,6 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
-use crate::ledger::Backend;
 use crate::{Scheduler, SchedulerError, now_ms};
 
 /// A document (and optionally one parameter's value) that only reads.
@@ -88,23 +87,8 @@ pub struct Approval {
     pub approved_ms: Option<u64>,
 }
 
-/// KEYS campaign hash; ARGV version, approver, now. Returns {status, author,
-/// approver, approved_ms}: status 0 unknown version, 1 approved now, 2 was
-/// approved already, 3 the approver is the author.
-static APPROVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local v = ARGV[1]
-if redis.call('HEXISTS', KEYS[1], 'v:' .. v) == 0 then return {0, '', '', '0'} end
-local author = redis.call('HGET', KEYS[1], 'author:' .. v) or ''
-local approver = redis.call('HGET', KEYS[1], 'approver:' .. v)
-if approver then return {2, author, approver, redis.call('HGET', KEYS[1], 'approved_ms:' .. v) or '0'} end
-if author == ARGV[2] then return {3, author, '', '0'} end
-redis.call('HSET', KEYS[1], 'approver:' .. v, ARGV[2], 'approved_ms:' .. v, ARGV[3])
-return {1, author, ARGV[2], ARGV[3]}
-",
-    )
-});
+static APPROVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/campaign_approve.lua")));
 
 /// What the approve step found.
 pub(crate) enum ApproveOutcome {
@@ -121,21 +105,17 @@ impl Scheduler {
         name: &str,
         version: u32,
     ) -> Result<Option<Approval>, SchedulerError> {
-        let fields: (Option<String>, Option<String>, Option<String>, Option<u64>) =
-            match self.ledger.backend() {
-                Backend::Redis(connection) => {
-                    let mut connection = connection.clone();
-                    redis::cmd("HMGET")
-                        .arg(self.broker.names().campaign_key(name))
-                        .arg(format!("v:{version}"))
-                        .arg(format!("author:{version}"))
-                        .arg(format!("approver:{version}"))
-                        .arg(format!("approved_ms:{version}"))
-                        .query_async(&mut connection)
-                        .await?
-                }
-                Backend::InProcess(twin) => twin.campaign_approval(name, version),
-            };
+        let fields: (Option<String>, Option<String>, Option<String>, Option<u64>) = {
+            let mut connection = self.ledger.connection();
+            redis::cmd("HMGET")
+                .arg(self.broker.names().campaign_key(name))
+                .arg(format!("v:{version}"))
+                .arg(format!("author:{version}"))
+                .arg(format!("approver:{version}"))
+                .arg(format!("approved_ms:{version}"))
+                .query_async(&mut connection)
+                .await?
+        };
         let (spec, author, approver, approved_ms) = fields;
         Ok(spec.map(|_| Approval {
             version,
@@ -153,29 +133,24 @@ impl Scheduler {
         version: u32,
         approver: &Principal,
     ) -> Result<Approval, SchedulerError> {
-        let outcome = match self.ledger.backend() {
-            Backend::Redis(connection) => {
-                let mut connection = connection.clone();
-                let (status, author, approved_by, approved_ms): (u8, String, String, u64) = APPROVE
-                    .key(self.broker.names().campaign_key(name))
-                    .arg(version)
-                    .arg(&approver.name)
-                    .arg(now_ms())
-                    .invoke_async(&mut connection)
-                    .await?;
-                match status {
-                    0 => ApproveOutcome::UnknownVersion,
-                    3 => ApproveOutcome::AuthorCannotApprove { author },
-                    _ => ApproveOutcome::Approved(Approval {
-                        version,
-                        author,
-                        approver: Some(approved_by),
-                        approved_ms: Some(approved_ms),
-                    }),
-                }
-            }
-            Backend::InProcess(twin) => {
-                twin.approve_campaign(name, version, &approver.name, now_ms())
+        let outcome = {
+            let mut connection = self.ledger.connection();
+            let (status, author, approved_by, approved_ms): (u8, String, String, u64) = APPROVE
+                .key(self.broker.names().campaign_key(name))
+                .arg(version)
+                .arg(&approver.name)
+                .arg(now_ms())
+                .invoke_async(&mut connection)
+                .await?;
+            match status {
+                0 => ApproveOutcome::UnknownVersion,
+                3 => ApproveOutcome::AuthorCannotApprove { author },
+                _ => ApproveOutcome::Approved(Approval {
+                    version,
+                    author,
+                    approver: Some(approved_by),
+                    approved_ms: Some(approved_ms),
+                }),
             }
         };
         match outcome {

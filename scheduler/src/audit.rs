@@ -10,7 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::Backend;
 use crate::sink::ResultsStore;
 use crate::{SchedulerError, now_ms};
 
@@ -85,15 +84,19 @@ impl AuditQuery {
 /// Appends records and reads them back.
 #[derive(Clone)]
 pub struct AuditLog {
-    backend: Backend,
+    connection: store::Connection,
     stream_key: String,
     files: Option<ResultsStore>,
 }
 
 impl AuditLog {
-    pub(crate) fn new(backend: Backend, stream_key: String, files: Option<ResultsStore>) -> Self {
+    pub(crate) fn new(
+        connection: store::Connection,
+        stream_key: String,
+        files: Option<ResultsStore>,
+    ) -> Self {
         Self {
-            backend,
+            connection,
             stream_key,
             files,
         }
@@ -112,23 +115,18 @@ impl AuditLog {
             "audit"
         );
         let oldest_kept = record.time_ms.saturating_sub(AUDIT_RETENTION_MS);
-        match &self.backend {
-            Backend::Redis(connection) => {
-                let mut connection = connection.clone();
-                let _: String = redis::cmd("XADD")
-                    .arg(&self.stream_key)
-                    .arg("MINID")
-                    .arg("~")
-                    .arg(oldest_kept)
-                    .arg("*")
-                    .arg("record")
-                    .arg(&json)
-                    .query_async(&mut connection)
-                    .await?;
-            }
-            Backend::InProcess(twin) => {
-                twin.append_audit(record.time_ms, json.clone(), oldest_kept)
-            }
+        {
+            let mut connection = self.connection.clone();
+            let _: String = redis::cmd("XADD")
+                .arg(&self.stream_key)
+                .arg("MINID")
+                .arg("~")
+                .arg(oldest_kept)
+                .arg("*")
+                .arg("record")
+                .arg(&json)
+                .query_async(&mut connection)
+                .await?;
         }
         if let Some(files) = &self.files {
             let date = chrono::DateTime::from_timestamp_millis(
@@ -156,23 +154,20 @@ impl AuditLog {
         let mut cursor = since.to_string();
         // Read in pages until `limit` records pass the filters or the stream ends.
         loop {
-            let page: Vec<(String, String)> = match &self.backend {
-                Backend::Redis(connection) => {
-                    let mut connection = connection.clone();
-                    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-                        .arg(&self.stream_key)
-                        .arg(&cursor)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(MAX_AUDIT_QUERY)
-                        .query_async(&mut connection)
-                        .await?;
-                    entries
-                        .into_iter()
-                        .filter_map(|(id, fields)| fields.get(1).cloned().map(|json| (id, json)))
-                        .collect()
-                }
-                Backend::InProcess(twin) => twin.audit_from(&cursor, MAX_AUDIT_QUERY),
+            let page: Vec<(String, String)> = {
+                let mut connection = self.connection.clone();
+                let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                    .arg(&self.stream_key)
+                    .arg(&cursor)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(MAX_AUDIT_QUERY)
+                    .query_async(&mut connection)
+                    .await?;
+                entries
+                    .into_iter()
+                    .filter_map(|(id, fields)| fields.get(1).cloned().map(|json| (id, json)))
+                    .collect()
             };
             let Some((last_id, _)) = page.last().cloned() else {
                 break;

@@ -1,4 +1,4 @@
-//! The campaign store: specs in Redis (or the in-process twin), versioned. Applying a spec that differs
+//! The campaign store: specs in Redis, versioned. Applying a spec that differs
 //! from the latest stored one makes a new version; applying the same spec again
 //! changes nothing. Runs keep a copy of the spec they started with, so deleting
 //! or changing a campaign never disturbs a run.
@@ -10,24 +10,10 @@ use protocol::{Campaign, SpecFormat};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 
-use crate::ledger::Backend;
 use crate::{Scheduler, SchedulerError, now_ms};
 
-/// KEYS campaign hash, index set; ARGV name, spec JSON, now, author. Returns
-/// {version, changed}. The version and its author are written in one step.
-static APPLY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local latest = tonumber(redis.call('HGET', KEYS[1], 'latest')) or 0
-if latest > 0 and redis.call('HEXISTS', KEYS[1], 'deleted_ms') == 0 and redis.call('HGET', KEYS[1], 'v:' .. latest) == ARGV[2] then return {latest, 0} end
-latest = latest + 1
-redis.call('HSET', KEYS[1], 'latest', latest, 'v:' .. latest, ARGV[2], 'updated_ms', ARGV[3], 'author:' .. latest, ARGV[4])
-redis.call('HDEL', KEYS[1], 'deleted_ms')
-redis.call('SADD', KEYS[2], ARGV[1])
-return {latest, 1}
-",
-    )
-});
+static APPLY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/campaign_apply.lua")));
 
 /// A stored campaign as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -68,14 +54,7 @@ impl Scheduler {
                 protocol::campaign::MAX_SPEC_BYTES
             )));
         }
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => {
-                let (version, changed) =
-                    twin.apply_campaign(&campaign.name, &spec, now_ms(), author);
-                return Ok(Applied { version, changed });
-            }
-        };
+        let mut connection = self.ledger.connection();
         let (version, changed): (u32, u8) = APPLY
             .key(names.campaign_key(&campaign.name))
             .key(names.campaigns_index_key())
@@ -116,10 +95,7 @@ impl Scheduler {
         &self,
         name: &str,
     ) -> Result<Option<(u32, u64, String)>, SchedulerError> {
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => return Ok(twin.latest_campaign(name)),
-        };
+        let mut connection = self.ledger.connection();
         let key = self.broker.names().campaign_key(name);
         let (latest, updated_ms, deleted_ms): (Option<u32>, Option<u64>, Option<u64>) =
             redis::cmd("HMGET")
@@ -137,10 +113,7 @@ impl Scheduler {
     }
 
     pub async fn campaign_names(&self) -> Result<Vec<String>, SchedulerError> {
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => return Ok(twin.campaign_names()),
-        };
+        let mut connection = self.ledger.connection();
         let mut names: Vec<String> = connection
             .smembers(self.broker.names().campaigns_index_key())
             .await?;
@@ -154,10 +127,7 @@ impl Scheduler {
     /// if there was none (or it was deleted already).
     pub async fn delete_campaign(&self, name: &str) -> Result<bool, SchedulerError> {
         let names = self.broker.names();
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => return Ok(twin.delete_campaign(name, now_ms())),
-        };
+        let mut connection = self.ledger.connection();
         let removed: u32 = connection.srem(names.campaigns_index_key(), name).await?;
         if removed == 0 {
             return Ok(false);
@@ -175,17 +145,14 @@ impl Scheduler {
         name: &str,
         version: u32,
     ) -> Result<Option<(CampaignSpec, crate::approvals::Approval)>, SchedulerError> {
-        let spec_json: Option<String> = match self.ledger.backend() {
-            Backend::Redis(connection) => {
-                let mut connection = connection.clone();
-                connection
-                    .hget(
-                        self.broker.names().campaign_key(name),
-                        format!("v:{version}"),
-                    )
-                    .await?
-            }
-            Backend::InProcess(twin) => twin.campaign_version(name, version),
+        let spec_json: Option<String> = {
+            let mut connection = self.ledger.connection();
+            connection
+                .hget(
+                    self.broker.names().campaign_key(name),
+                    format!("v:{version}"),
+                )
+                .await?
         };
         let Some(spec_json) = spec_json else {
             return Ok(None);

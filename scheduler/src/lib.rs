@@ -23,9 +23,9 @@
 //! - [`organizations`]: accounts of OUs through AWS Organizations.
 //! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update.
+//! - [`scripts`]: those Lua scripts (`lua/*.lua`), written once: a real Redis
+//!   and the in-memory one (`memory://<name>`) run the same files.
 //! - [`sink`]: durable, partitioned, compressed JSON-lines results.
-//! - [`twin`]: the in-process twin of the ledger, campaign store and schedule
-//!   lease (`memory://<name>` as the Redis URL), for the demo and tests.
 
 pub mod access;
 pub mod api;
@@ -40,11 +40,11 @@ pub mod organizations;
 pub mod reports;
 pub mod runs;
 pub mod schedules;
+pub mod scripts;
 pub mod sink;
 pub mod tls;
 pub mod tokens;
 pub mod triggers;
-pub mod twin;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -220,7 +220,7 @@ impl SchedulerConfig {
 pub struct Scheduler {
     broker: Broker,
     ledger: Ledger,
-    store: store::AnyStore,
+    store: store::RedisStore,
     config: Arc<SchedulerConfig>,
     /// Campaigns of runs seen, rebuilt from the spec stored with the run.
     plans: Arc<Mutex<HashMap<Uuid, Arc<RunPlan>>>>,
@@ -246,7 +246,7 @@ impl Scheduler {
             .keys
             .require_signer(protocol::signing::SignerKind::Scheduler)
             .map_err(|error| SchedulerError::Invalid(error.0))?;
-        let store = store::AnyStore::connect_with(
+        let store = store::RedisStore::connect_with(
             &config.redis_url,
             config.names.clone(),
             &config.redis_tls,
@@ -268,17 +268,7 @@ impl Scheduler {
                 "first start of this deployment: the global kill switch is armed (released)"
             );
         }
-        let ledger = match protocol::names::in_process_name(&config.redis_url) {
-            Some(name) => Ledger::in_process(crate::twin::twin(name), config.names.clone()),
-            None => match store.redis() {
-                Some(redis) => Ledger::new(redis.connection(), config.names.clone()),
-                None => {
-                    return Err(SchedulerError::Invalid(
-                        "the Redis URL names no Redis".into(),
-                    ));
-                }
-            },
-        };
+        let ledger = Ledger::new(store.connection(), config.names.clone());
         Ok(Self {
             broker,
             ledger,
@@ -325,7 +315,7 @@ impl Scheduler {
         &self.ledger
     }
 
-    pub fn store(&self) -> &store::AnyStore {
+    pub fn store(&self) -> &store::RedisStore {
         &self.store
     }
 
@@ -347,7 +337,7 @@ impl Scheduler {
             .map(|output| self.results_store(output))
             .transpose()?;
         Ok(crate::audit::AuditLog::new(
-            self.ledger.backend().clone(),
+            self.ledger.connection(),
             self.broker.names().audit_stream_key(),
             files,
         ))

@@ -24,7 +24,6 @@ use protocol::spec::MissedOccurrence;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use crate::ledger::Backend;
 use crate::runs::StartOptions;
 use crate::{Scheduler, SchedulerError};
 
@@ -60,43 +59,11 @@ impl std::fmt::Debug for SchedulerClock {
     }
 }
 
-/// KEYS lease, token counter; ARGV holder, ttl ms. Returns the fencing token, 0 if another holds it.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local current = redis.call('GET', KEYS[1])
-if current then
-  local holder, token = string.match(current, '^(.*):(%d+)$')
-  if holder == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return tonumber(token)
-  end
-  return 0
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
-return token
-",
-    )
-});
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/schedule_acquire.lua")));
 
-/// KEYS lease, fired hash, fires log; ARGV lease value, campaign, occurrence ms,
-/// start (1) or skip (0). Returns 1 when recorded, 0 if already, -1 if not the leader.
-static FIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local last = redis.call('HGET', KEYS[2], ARGV[2])
-if last and tonumber(string.match(last, '^(%d+)')) >= tonumber(ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local verb = 'fired'
-if ARGV[4] == '0' then verb = 'skipped' end
-redis.call('RPUSH', KEYS[3], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. verb .. ' ' .. ARGV[1])
-redis.call('LTRIM', KEYS[3], -10000, -1)
-return 1
-",
-    )
-});
+static FIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/schedule_fire.lua")));
 
 /// The run of one occurrence: the same id whoever starts it.
 pub fn occurrence_run_id(campaign: &str, occurrence_ms: i64) -> Uuid {
@@ -110,13 +77,7 @@ impl Scheduler {
     /// Takes or renews the leader lease; the fencing token, or `None` if another replica leads.
     async fn lease(&self) -> Result<Option<u64>, SchedulerError> {
         let names = self.broker.names();
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => {
-                let token = twin.acquire_lease(&self.config.name, self.config.lease_ttl);
-                return Ok((token > 0).then_some(token));
-            }
-        };
+        let mut connection = self.ledger.connection();
         let token: u64 = ACQUIRE
             .key(names.scheduler_lease_key())
             .key(names.scheduler_lease_token_key())
@@ -129,10 +90,7 @@ impl Scheduler {
 
     /// Who leads now (`holder:token`), for operators and tests.
     pub async fn lease_holder(&self) -> Result<Option<String>, SchedulerError> {
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => return Ok(twin.lease_holder()),
-        };
+        let mut connection = self.ledger.connection();
         Ok(connection
             .get(self.broker.names().scheduler_lease_key())
             .await?)
@@ -140,10 +98,7 @@ impl Scheduler {
 
     /// The fire log, oldest first: `campaign occurrence-ms fired|skipped holder:token`.
     pub async fn schedule_fires(&self) -> Result<Vec<String>, SchedulerError> {
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => return Ok(twin.schedule_fires()),
-        };
+        let mut connection = self.ledger.connection();
         Ok(connection
             .lrange(self.broker.names().schedule_fires_key(), 0, -1)
             .await?)
@@ -235,23 +190,14 @@ impl Scheduler {
 
     /// The campaign's last fired occurrence (`ms`, or `ms:baseline` before its first).
     async fn last_fired(&self, campaign: &str) -> Result<Option<String>, SchedulerError> {
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => return Ok(twin.last_fired(campaign)),
-        };
+        let mut connection = self.ledger.connection();
         Ok(connection
             .hget(self.broker.names().schedule_fired_key(), campaign)
             .await?)
     }
 
     async fn set_fired_if_absent(&self, campaign: &str, value: &str) -> Result<(), SchedulerError> {
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => {
-                twin.set_fired_if_absent(campaign, value);
-                return Ok(());
-            }
-        };
+        let mut connection = self.ledger.connection();
         let _: bool = connection
             .hset_nx(self.broker.names().schedule_fired_key(), campaign, value)
             .await?;
@@ -266,12 +212,7 @@ impl Scheduler {
         occurrence_ms: i64,
         start: bool,
     ) -> Result<i64, SchedulerError> {
-        let mut connection = match self.ledger.backend() {
-            Backend::Redis(connection) => connection.clone(),
-            Backend::InProcess(twin) => {
-                return Ok(twin.fire(lease_value, campaign, occurrence_ms, start));
-            }
-        };
+        let mut connection = self.ledger.connection();
         let names = self.broker.names();
         Ok(FIRE
             .key(names.scheduler_lease_key())

@@ -1,11 +1,9 @@
-//! API tokens made through the API (`POST /tokens`), kept in Redis (or the
-//! in-process twin) as hash → record; never the token itself. Tokens made
+//! API tokens made through the API (`POST /tokens`), kept in Redis as hash → record; never the token itself. Tokens made
 //! offline live in the tokens file ([`crate::auth::TokensFile`]).
 
 use redis::AsyncCommands;
 
 use crate::auth::{Principal, TokenRecord, check_principal_name, new_token, token_hash};
-use crate::ledger::Backend;
 use crate::{Scheduler, SchedulerError, now_ms};
 
 /// The most tokens kept in Redis.
@@ -15,14 +13,11 @@ impl Scheduler {
     /// The stored record of the token whose hash is `sha256`; a record that
     /// does not parse is an error (fail closed), not a missing token.
     pub async fn stored_token(&self, sha256: &str) -> Result<Option<TokenRecord>, SchedulerError> {
-        let json: Option<String> = match self.ledger.backend() {
-            Backend::Redis(connection) => {
-                let mut connection = connection.clone();
-                connection
-                    .hget(self.broker.names().tokens_key(), sha256)
-                    .await?
-            }
-            Backend::InProcess(twin) => twin.token_record(sha256),
+        let json: Option<String> = {
+            let mut connection = self.ledger.connection();
+            connection
+                .hget(self.broker.names().tokens_key(), sha256)
+                .await?
         };
         json.map(|json| {
             serde_json::from_str(&json)
@@ -33,12 +28,9 @@ impl Scheduler {
 
     /// Every stored token's record.
     pub async fn stored_tokens(&self) -> Result<Vec<TokenRecord>, SchedulerError> {
-        let entries: Vec<(String, String)> = match self.ledger.backend() {
-            Backend::Redis(connection) => {
-                let mut connection = connection.clone();
-                connection.hgetall(self.broker.names().tokens_key()).await?
-            }
-            Backend::InProcess(twin) => twin.token_records(),
+        let entries: Vec<(String, String)> = {
+            let mut connection = self.ledger.connection();
+            connection.hgetall(self.broker.names().tokens_key()).await?
         };
         let mut records = entries
             .into_iter()
@@ -76,14 +68,11 @@ impl Scheduler {
             created_by: created_by.name.clone(),
         };
         let json = serde_json::to_string(&record)?;
-        match self.ledger.backend() {
-            Backend::Redis(connection) => {
-                let mut connection = connection.clone();
-                let () = connection
-                    .hset(self.broker.names().tokens_key(), &record.sha256, json)
-                    .await?;
-            }
-            Backend::InProcess(twin) => twin.put_token(&record.sha256, json),
+        {
+            let mut connection = self.ledger.connection();
+            let () = connection
+                .hset(self.broker.names().tokens_key(), &record.sha256, json)
+                .await?;
         }
         Ok((token, record))
     }
@@ -100,14 +89,11 @@ impl Scheduler {
         if hashes.is_empty() {
             return Ok(0);
         }
-        match self.ledger.backend() {
-            Backend::Redis(connection) => {
-                let mut connection = connection.clone();
-                let _: u64 = connection
-                    .hdel(self.broker.names().tokens_key(), &hashes)
-                    .await?;
-            }
-            Backend::InProcess(twin) => twin.remove_tokens(&hashes),
+        {
+            let mut connection = self.ledger.connection();
+            let _: u64 = connection
+                .hdel(self.broker.names().tokens_key(), &hashes)
+                .await?;
         }
         Ok(hashes.len())
     }

@@ -1,6 +1,7 @@
 //! One suite, two backends: the scheduler's state — the run ledger, the
 //! campaign store and the schedule lease — on real Redis (127.0.0.1:6379, a key
-//! prefix per test, purged afterwards) and on the in-process twin. Reports
+//! prefix per test, purged afterwards) and on the in-memory Redis. The same Lua
+//! scripts run on both. Reports
 //! count once however often they are applied; the failure that exhausts the
 //! error budget halts the run in the same atomic step, also when many reports
 //! arrive at once; admission keeps to location concurrency and max in flight.
@@ -46,14 +47,15 @@ impl Backend {
         }
     }
 
-    fn in_process() -> Self {
+    async fn memory() -> Self {
         let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
-        let name = format!("ledger-test-{}", Uuid::new_v4());
+        let url = format!("memory://ledger-test-{}", Uuid::new_v4());
+        let store = RedisStore::connect(&url, names.clone()).await.unwrap();
         Self {
-            ledger: Ledger::in_process(scheduler::twin::twin(&name), names.clone()),
+            ledger: Ledger::new(store.connection(), names.clone()),
             names,
-            redis_url: format!("memory://{name}"),
-            amqp_url: format!("memory://{name}"),
+            redis_url: url.clone(),
+            amqp_url: url,
             redis: None,
         }
     }
@@ -84,11 +86,11 @@ impl Backend {
 /// Runs `$check(&backend)` once on each backend, as two tests.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
-        mod in_process {
+        mod memory {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let backend = super::Backend::in_process();
+                    let backend = super::Backend::memory().await;
                     super::$name(&backend).await;
                     backend.clean_up().await;
                 }

@@ -1,18 +1,20 @@
 //! flotilla's shared, fast, small state: the kill switch, API token buckets, run
-//! states as workers read them, and send claims — on Redis for real deployments and in process
-//! for the demo and unit tests. One conformance suite (`tests/conformance.rs`)
-//! runs unchanged against both, so the twin behaves like the real thing.
+//! states as workers read them, and send claims — kept in Redis. The same code
+//! runs on a real Redis and on the in-memory one of `memory://<name>` URLs (the
+//! demo's and the unit tests' backend): the one seam is the Redis protocol
+//! itself ([`connection::Connection`]). One conformance suite
+//! (`tests/conformance.rs`) runs unchanged against both.
 //!
-//! - [`redis_store`]: the Redis backend; every multi-step update is one Lua script.
-//! - [`memory`]: the in-process twin, on tokio's clock (pausable in tests).
+//! - [`connection`]: the connection to a real or in-memory Redis, chosen by URL.
+//! - [`redis_store`]: the store; every multi-step update is one Lua script.
+//! - [`memory`]: the in-memory Redis (commands and Lua), on tokio's clock.
 //! - [`acl`]: the Redis ACL users of each kind of service.
-//! - [`any`]: either of them, chosen by URL (`redis://…` or `memory://<name>`).
 //!
 //! The scheduler's run bookkeeping (locations, admission, applied reports) lives
-//! in the scheduler crate (`scheduler::ledger`), with its own twin and suite.
+//! in the scheduler crate (`scheduler::ledger`) and uses the same connection.
 
 pub mod acl;
-pub mod any;
+pub mod connection;
 pub mod memory;
 pub mod redis_store;
 
@@ -22,9 +24,9 @@ use std::time::Duration;
 use protocol::run::{RunState, SendDecision};
 use uuid::Uuid;
 
-pub use any::AnyStore;
-pub use memory::MemoryStore;
-pub use redis_store::{RedisStore, RedisTls};
+pub use connection::{Connection, RedisTls};
+pub use memory::MemoryRedis;
+pub use redis_store::RedisStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,4 +1,5 @@
-//! The Redis backend. Keys come from `protocol::names::Names`, so one prefix
+//! The store, as Redis commands over a [`Connection`] to a real Redis or the
+//! in-memory one. Keys come from `protocol::names::Names`, so one prefix
 //! isolates a deployment (or a test). Updates that read and write are Lua scripts,
 //! atomic across every worker; token buckets keep time with Redis's own clock
 //! (`TIME`), so workers with skewed clocks still share one rate.
@@ -6,160 +7,60 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use protocol::names::Names;
 use protocol::run::RunState;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
+use crate::connection::{Connection, RedisTls};
 use crate::{
     BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
     TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, encode_kill_engaged,
     global_kill_reason, parse_state, refill_wait,
 };
 
-/// KEYS[1] bucket hash; ARGV rate, burst, tokens. Returns the tokens missing (0 = granted).
-static TAKE_TOKENS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local rate, burst, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or burst
-local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local missing = 0
-if tokens >= wanted then tokens = tokens - wanted else missing = wanted - tokens end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 60000)
-return string.format('%.6f', missing)
-",
-    )
-});
+static TAKE_TOKENS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/take_tokens.lua")));
 
-/// KEYS[1] claim; ARGV expected, replacement. Compare-and-set; returns 1 if set.
-static RECLAIM_SEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  return 1
-end
-return 0
-",
-    )
-});
+static RECLAIM_SEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/reclaim_send.lua")));
 
-/// KEYS[1] claim; ARGV expected. Compare-and-delete; returns 1 if deleted.
-static RELEASE_SEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-",
-    )
-});
+static RELEASE_SEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/release_send.lua")));
 
 /// How long an idempotency record outlives its job: longer than any step's timeout.
 const COMMAND_RECORD_TTL: Duration = Duration::from_secs(31 * 86_400);
 
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    connection: ConnectionManager,
+    connection: Connection,
     names: Names,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("connection", &self.connection)
             .field("prefix", &self.names.prefix())
             .finish()
     }
 }
 
-/// TLS to Redis: a `rediss://` URL, checked against the system's roots or
-/// against the CA of `ca_file` (PEM) — a private CA, as ElastiCache's in-transit
-/// encryption or a self-run Redis with `tls-port` uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RedisTls {
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-/// The largest CA file read.
-const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
-
-impl RedisTls {
-    fn root_cert(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(path) = &self.ca_file else {
-            return Ok(None);
-        };
-        let unreadable = |error: std::io::Error| {
-            StoreError::Unexpected(format!("Redis CA file {}: {error}", path.display()))
-        };
-        let size = std::fs::metadata(path).map_err(unreadable)?.len();
-        if size > MAX_CA_FILE_BYTES {
-            return Err(StoreError::Unexpected(format!(
-                "Redis CA file {} is {size} bytes; at most {MAX_CA_FILE_BYTES} are read",
-                path.display()
-            )));
-        }
-        std::fs::read(path).map(Some).map_err(unreadable)
-    }
-}
-
 impl RedisStore {
-    /// Connects (and reconnects by itself later); fails at once if Redis does not answer.
+    /// Connects to Redis (`redis://`, `rediss://`) or to the in-memory Redis
+    /// of `memory://<name>`; fails at once if Redis does not answer.
     pub async fn connect(url: &str, names: Names) -> Result<Self, StoreError> {
         Self::connect_with(url, names, &RedisTls::default()).await
     }
 
     /// [`RedisStore::connect`], with a CA for `rediss://` URLs.
     pub async fn connect_with(url: &str, names: Names, tls: &RedisTls) -> Result<Self, StoreError> {
-        let unreachable = |source| StoreError::Unreachable {
-            url: protocol::redact_password(url),
-            source,
-        };
-        // rustls needs one crypto provider for the process; the SDKs bring
-        // two. Installing it again is harmless.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let client = match tls.root_cert()? {
-            Some(root_cert) if url.starts_with("rediss://") => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            ),
-            Some(_) => {
-                return Err(StoreError::Unexpected(format!(
-                    "a Redis CA file is set but {} is not a rediss:// URL",
-                    protocol::redact_password(url)
-                )));
-            }
-            None => redis::Client::open(url),
-        }
-        .map_err(unreachable)?;
-        // Answers must come within a second: the kill switch is re-read every
-        // second, and a Redis that does not answer must stop workers (fail closed)
-        // rather than stall them. Reconnects back off up to a second.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(unreachable)?;
-        Ok(Self {
-            client,
-            connection,
-            names,
-        })
+        Ok(Self::on(Connection::open(url, tls).await?, names))
+    }
+
+    /// The store over an open connection.
+    pub fn on(connection: Connection, names: Names) -> Self {
+        Self { connection, names }
     }
 
     pub fn names(&self) -> &Names {
@@ -189,7 +90,7 @@ impl RedisStore {
     }
 
     /// A connection onto the same Redis, for the scheduler's run bookkeeping.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.connection.clone()
     }
 
@@ -454,19 +355,6 @@ impl Store for RedisStore {
     }
 
     async fn watch_kill_changes(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.names.kill_channel()).await?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut messages = pubsub.into_on_message();
-            while messages.next().await.is_some() {
-                // A full channel already holds a wake-up; the watcher re-reads anyway.
-                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = sender.try_send(())
-                {
-                    return;
-                }
-            }
-        });
-        Ok(receiver)
+        self.connection.subscribe(&self.names.kill_channel()).await
     }
 }

@@ -1,5 +1,5 @@
 //! One suite, two backends: every behaviour the scheduler and workers rely on is
-//! checked against the in-process twin and against real Redis on 127.0.0.1:6379
+//! checked against the in-memory Redis and against real Redis on 127.0.0.1:6379
 //! (each Redis test under its own key prefix, purged afterwards).
 
 // Test helpers may unwrap: a panic is the failure report.
@@ -9,12 +9,18 @@ use std::time::Duration;
 
 use protocol::names::Names;
 use protocol::run::{RunState, SendDecision};
-use store::{
-    BucketId, KillScope, MemoryStore, RedisStore, SendClaim, Store, TokenGrant, TokenRequest,
-};
+use store::{BucketId, KillScope, RedisStore, SendClaim, Store, TokenGrant, TokenRequest};
 use uuid::Uuid;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// A store on an in-memory Redis of its own.
+async fn memory_store() -> RedisStore {
+    let url = format!("memory://{}", Uuid::new_v4());
+    RedisStore::connect(&url, Names::new("flotilla-test"))
+        .await
+        .unwrap()
+}
 
 async fn redis_store() -> RedisStore {
     let prefix = format!("flotilla-test-{}", Uuid::new_v4());
@@ -31,7 +37,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let store = store::MemoryStore::new();
+                    let store = super::memory_store().await;
                     super::armed(&store).await;
                     super::$name(store).await;
                 }
@@ -62,12 +68,6 @@ async fn armed(store: &impl Store) {
 /// Writes the global kill switch's record as someone with Redis access could.
 trait Tamper {
     async fn tamper_kill_record(&self, raw: Option<&str>);
-}
-
-impl Tamper for store::MemoryStore {
-    async fn tamper_kill_record(&self, raw: Option<&str>) {
-        self.set_raw_kill_record(raw);
-    }
 }
 
 impl Tamper for RedisStore {
@@ -459,8 +459,8 @@ async fn an_unreachable_redis_says_how_to_start_it() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_twin_keeps_tokios_clock() {
-    let store = MemoryStore::new();
+async fn the_in_memory_redis_keeps_tokios_clock() {
+    let store = memory_store().await;
     let request = TokenRequest {
         rate_per_second: 1.0,
         burst: 1.0,

@@ -14,7 +14,7 @@ use scheduler::sink::{self, ResultRecord};
 use scheduler::{RunProgress, Scheduler, SchedulerConfig};
 use sim::SimServer;
 use sim::profile::FleetProfile;
-use store::AnyStore;
+use store::RedisStore;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 use worker::{AwsSettings, Credentials, WorkerConfig};
@@ -79,7 +79,7 @@ rate_control:
 pub struct Stack {
     pub sim: SimServer,
     pub names: Names,
-    pub store: AnyStore,
+    pub store: RedisStore,
     /// Where this stack's queues live: RabbitMQ's URL or `memory://<prefix>`.
     pub amqp_url: String,
     pub scheduler: Scheduler,
@@ -143,7 +143,7 @@ impl Cleanup {
 /// on a busy 2-core machine (a lone `dead-letter` queue was left that way).
 /// The in-process twin has nothing on the wire: one purge.
 async fn purge_twice(amqp_url: &str, redis_url: &str, names: &Names) {
-    let in_process = protocol::names::in_process_name(amqp_url).is_some();
+    let in_process = protocol::names::in_memory_name(amqp_url).is_some();
     let pauses: &[u64] = if in_process { &[0] } else { &[0, 300, 1_500] };
     for pause in pauses {
         tokio::time::sleep(Duration::from_millis(*pause)).await;
@@ -217,7 +217,7 @@ impl Stack {
         let sim = SimServer::start(profile, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let store = match AnyStore::connect(redis_url, names.clone()).await {
+        let store = match RedisStore::connect(redis_url, names.clone()).await {
             Ok(store) => store,
             Err(error) => panic!(
                 "end-to-end tests need Redis on {redis_url}: {error}; start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no` or `docker compose up -d redis`"
@@ -349,7 +349,7 @@ impl Stack {
     }
 
     /// Starts a worker with `config` on `store` (another Redis user's connection).
-    pub fn spawn_worker_on(&mut self, config: WorkerConfig, store: AnyStore) -> usize {
+    pub fn spawn_worker_on(&mut self, config: WorkerConfig, store: RedisStore) -> usize {
         self.workers.push(tokio::spawn(async move {
             worker::run(config, store, std::future::pending())
                 .await

@@ -1,0 +1,24 @@
+-- ARGV entry key, location, targets, failures, counters (JSON), next entry or ''.
+-- Returns {new, state}.
+if redis.call('SADD', applied, 'results:' .. ARGV[1]) == 0 then
+  return {0, redis.call('HGET', run, 'state')}
+end
+redis.call('HDEL', admitted, ARGV[1])
+local in_flight = (tonumber(redis.call('HGET', run, 'in_flight')) or 0) - tonumber(ARGV[3])
+redis.call('HSET', run, 'in_flight', math.max(0, in_flight))
+for status, n in pairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', counters, status, n) end
+local failed = tonumber(ARGV[4])
+if failed > 0 then
+  local allowed = tonumber(redis.call('HGET', run, 'allowed_errors'))
+  local failures = redis.call('HINCRBY', run, 'failures', failed)
+  if failures - failed <= allowed and failures > allowed then
+    halt('error budget exceeded: ' .. failures .. ' targets failed, ' .. allowed .. ' allowed')
+  end
+end
+if ARGV[6] ~= '' then
+  redis.call('LPUSH', pending, ARGV[6])
+elseif redis.call('HINCRBY', locstate, ARGV[2] .. ':remaining', -1) <= 0 then
+  redis.call('HINCRBY', run, 'active_locations', -1)
+  redis.call('HINCRBY', run, 'locations_done', 1)
+end
+return {1, redis.call('HGET', run, 'state')}

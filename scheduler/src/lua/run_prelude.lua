@@ -1,0 +1,15 @@
+-- Shared by every run script: the eight keys of one run, and a halt that
+-- never overrides a final state. STATE, FINAL and BATCH_STRIDE come from
+-- Rust (scheduler::scripts), so no state name or stride is written here.
+local run, locations, locstate, pages, pending, admitted, applied, counters =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local function halt(reason)
+  local state = redis.call('HGET', run, 'state')
+  if not FINAL[state] then
+    redis.call('HSET', run, 'state', STATE.Halted, 'reason', reason, 'halt_reason', reason)
+  end
+end
+local function location_count() return tonumber(redis.call('HGET', run, 'location_count')) end
+local function location_discovered()
+  return redis.call('HINCRBY', run, 'discovered_locations', 1) == location_count()
+end

@@ -1,0 +1,9 @@
+-- ARGV from-states (comma separated), to-state, reason. Returns 1 if changed.
+local state = redis.call('HGET', run, 'state')
+for from in string.gmatch(ARGV[1], '[^,]+') do
+  if state == from then
+    redis.call('HSET', run, 'state', ARGV[2], 'reason', ARGV[3])
+    return 1
+  end
+end
+return 0

@@ -1,0 +1,119 @@
+//! The Lua scripts that update a run's state in Redis (real or in memory),
+//! from the `.lua` files in `lua/`. Each runs atomically over one run's keys.
+//!
+//! Why Lua, written once, on both backends: the in-memory Redis
+//! (`store::memory`) runs the very same scripts on an embedded Lua 5.1, so
+//! every state transition exists in one place — these files — instead of a
+//! Lua script for Redis and a Rust twin of it for the demo. Atomicity on
+//! Redis is the script's; in memory, a script runs under the database's lock.
+//!
+//! What a script must agree on with Rust — state names, which states are
+//! final, the batch id stride — is not written in the `.lua` files: a header
+//! generated here from `protocol::run::RunState` and [`BATCH_STRIDE`] defines
+//! `STATE`, `FINAL` and `BATCH_STRIDE` before the shared prelude.
+
+use std::sync::LazyLock;
+
+use protocol::run::RunState;
+use redis::Script;
+
+/// A batch's id is `page × BATCH_STRIDE + chunk`: pages hold at most this
+/// many batches (a page is at most 1,000 targets, a batch at least one).
+pub(crate) const BATCH_STRIDE: u32 = 1000;
+
+/// `STATE`, `FINAL` and `BATCH_STRIDE` for the run scripts.
+fn constants() -> String {
+    let states: Vec<String> = RunState::ALL
+        .iter()
+        .map(|state| format!("{0} = '{0}'", state.as_str()))
+        .collect();
+    let finals: Vec<String> = RunState::ALL
+        .iter()
+        .filter(|state| state.is_final())
+        .map(|state| format!("{} = true", state.as_str()))
+        .collect();
+    format!(
+        "local STATE = {{{}}}\nlocal FINAL = {{{}}}\nlocal BATCH_STRIDE = {BATCH_STRIDE}\n",
+        states.join(", "),
+        finals.join(", ")
+    )
+}
+
+/// A run script: the constants, the prelude (the run's eight keys, `halt`),
+/// then `body`.
+fn run_script(body: &str) -> Script {
+    Script::new(&format!(
+        "{}{}\n{body}",
+        constants(),
+        include_str!("lua/run_prelude.lua")
+    ))
+}
+
+macro_rules! run_scripts {
+    ($($name:ident = $file:literal;)*) => {
+        $(
+            pub(crate) static $name: LazyLock<Script> =
+                LazyLock::new(|| run_script(include_str!(concat!("lua/", $file))));
+        )*
+    };
+}
+
+run_scripts! {
+    RECORD_PAGE = "record_page.lua";
+    LOCATION_FAILED = "location_failed.lua";
+    START_EXECUTION = "start_execution.lua";
+    ADMIT = "admit.lua";
+    APPLY_RESULTS = "apply_results.lua";
+    COMPLETE_IF_DONE = "complete_if_done.lua";
+    MARK_DRAINED = "mark_drained.lua";
+    TRANSITION = "transition.lua";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_constants_name_every_state_and_exactly_the_final_ones() {
+        let header = constants();
+        for state in RunState::ALL {
+            assert!(header.contains(&format!("{0} = '{0}'", state.as_str())));
+            assert_eq!(
+                header.contains(&format!("{} = true", state.as_str())),
+                state.is_final(),
+                "{state}"
+            );
+        }
+        assert!(header.contains(&format!("BATCH_STRIDE = {BATCH_STRIDE}")));
+    }
+
+    #[test]
+    fn no_run_script_spells_a_state_name_or_the_stride() {
+        for body in [
+            include_str!("lua/run_prelude.lua"),
+            include_str!("lua/record_page.lua"),
+            include_str!("lua/location_failed.lua"),
+            include_str!("lua/start_execution.lua"),
+            include_str!("lua/admit.lua"),
+            include_str!("lua/apply_results.lua"),
+            include_str!("lua/complete_if_done.lua"),
+            include_str!("lua/mark_drained.lua"),
+            include_str!("lua/transition.lua"),
+        ] {
+            let code: String = body
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("--"))
+                .collect();
+            for state in RunState::ALL {
+                assert!(
+                    !code.contains(&format!("'{}'", state.as_str())),
+                    "{state} in {body}"
+                );
+            }
+            assert!(
+                !code.contains(&BATCH_STRIDE.to_string()),
+                "stride in {body}"
+            );
+        }
+    }
+}
