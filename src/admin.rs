@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use protocol::names::{Names, in_memory_name};
+use protocol::names::Names;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
@@ -52,16 +52,12 @@ pub struct Purged {
     pub redis_keys: u64,
 }
 
-/// Deletes the deployment `names`' queues, exchanges and Redis keys. On
-/// `memory://` URLs it deletes the in-process queues; the in-process state
-/// lives as long as the process.
+/// Deletes the deployment `names`' queues, exchanges and Redis keys (on
+/// `memory://` URLs, those of the in-memory backends of that name).
 pub async fn purge(amqp_url: &str, redis_url: &str, names: &Names) -> anyhow::Result<Purged> {
     broker::Broker::delete_deployment(amqp_url, names)
         .await
         .with_context(|| format!("deleting the queues of {}", names.prefix()))?;
-    if in_memory_name(redis_url).is_some() {
-        return Ok(Purged { redis_keys: 0 });
-    }
     let store = store::RedisStore::connect(redis_url, names.clone()).await?;
     let redis_keys = store
         .purge()

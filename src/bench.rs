@@ -14,7 +14,7 @@
 //!   release, in the middle of a scan that must still finish with one result
 //!   per target;
 //! - `scale-out`: 1, 2, 4, 8 worker processes on commands that take seconds;
-//! - `embedded`: the `scan` fleet on the in-process twins, in this process.
+//! - `embedded`: the `scan` fleet on the in-memory backends, in this process.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -820,7 +820,7 @@ pub fn bench(args: BenchArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> 
                 let figures = embedded(&args, &scan_fleet, &results, &runtime)?;
                 writeln!(
                     out,
-                    "\nembedded (in-process twins, {} workers, one process): {} targets in {:.1} s, {:.0} targets/s, {:.2} CPU-s per 10,000 targets, peak RSS {:.0} MiB",
+                    "\nembedded (in-memory backends, {} workers, one process): {} targets in {:.1} s, {:.0} targets/s, {:.2} CPU-s per 10,000 targets, peak RSS {:.0} MiB",
                     args.workers,
                     figures.targets,
                     figures.wall_seconds,
@@ -968,7 +968,7 @@ fn rate_fidelity(sim_url: &str, rate: f64) -> anyhow::Result<Fidelity> {
     })
 }
 
-/// The scan on the in-process twins, in this process.
+/// The scan on the in-memory backends, in this process.
 fn embedded(
     args: &BenchArgs,
     fleet: &sim::FleetProfile,

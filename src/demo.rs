@@ -1,5 +1,5 @@
 //! `flotilla demo`: the simulator, a scheduler and a few workers in this one
-//! process, on the in-process twins of RabbitMQ and Redis (or on real ones with
+//! process, on the in-memory RabbitMQ and Redis (or on real ones with
 //! `--amqp-url`/`--redis-url`). It applies the example patch scan to the
 //! simulated fleet, shows live progress, prints the report and leaves the
 //! results under `./flotilla-demo/`. Everything talks as in production: the
@@ -37,11 +37,11 @@ pub struct DemoArgs {
     /// Workers to run, each with its own connections, as separate processes would.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
-    /// RabbitMQ to use instead of the in-process twin (e.g.
+    /// RabbitMQ to use instead of the in-memory backend (e.g.
     /// amqp://guest:guest@127.0.0.1:5672/%2f).
     #[arg(long, default_value = "memory://demo")]
     pub amqp_url: String,
-    /// Redis to use instead of the in-process twin (e.g. redis://127.0.0.1:6379/).
+    /// Redis to use instead of the in-memory backend (e.g. redis://127.0.0.1:6379/).
     #[arg(long, default_value = "memory://demo")]
     pub redis_url: String,
     /// Run this campaign file instead of the example patch scan (as written:
@@ -102,9 +102,9 @@ impl Stack {
         workers: u16,
         profile: sim::FleetProfile,
     ) -> anyhow::Result<Self> {
-        let in_process = in_memory_name(amqp_url).is_some() && in_memory_name(redis_url).is_some();
+        let in_memory = in_memory_name(amqp_url).is_some() && in_memory_name(redis_url).is_some();
         // On shared RabbitMQ and Redis, names of our own (removed at the end).
-        let names = if in_process {
+        let names = if in_memory {
             Names::default()
         } else {
             Names::new(format!(
@@ -300,7 +300,7 @@ pub fn demo(args: DemoArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let campaign_json = demo_campaign(&args, &profile)?;
     let backends =
         if in_memory_name(&args.amqp_url).is_some() && in_memory_name(&args.redis_url).is_some() {
-            "in-process queues and state".to_string()
+            "in-memory queues and state".to_string()
         } else {
             format!(
                 "RabbitMQ {} and Redis {}",

@@ -89,8 +89,8 @@ async fn every_route_answers_each_role_and_every_act_is_audited_once_on_redis() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_route_answers_each_role_and_every_act_is_audited_once_in_process() {
-    walk_every_route(Backend::InProcess).await;
+async fn every_route_answers_each_role_and_every_act_is_audited_once_in_memory() {
+    walk_every_route(Backend::Memory).await;
 }
 
 async fn walk_every_route(backend: Backend) {
@@ -481,7 +481,7 @@ async fn a_refused_credential_gets_a_bearer_challenge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_the_token_of_its_environment() {
-    let mut stack = Stack::start_on(support::single_location(1, false), Backend::InProcess).await;
+    let mut stack = Stack::start_on(support::single_location(1, false), Backend::Memory).await;
     let secrets = tempfile::tempdir().unwrap();
     let tokens_path = secrets.path().join("tokens");
     let token = add_token(&tokens_path, "vera", Role::Viewer, None);
@@ -729,7 +729,7 @@ async fn https_with_client_certificate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drives_the_api_over_https_and_client_certificates_are_principals() {
-    let mut stack = Stack::start_on(support::single_location(1, false), Backend::InProcess).await;
+    let mut stack = Stack::start_on(support::single_location(1, false), Backend::Memory).await;
     let pki = Pki::new();
     pki.issue("server", &["127.0.0.1"], "flotilla-scheduler", "server");
     pki.issue("ci-bot", &[], "ci-bot", "operator");
@@ -835,7 +835,7 @@ async fn the_cli_drives_the_api_over_https_and_client_certificates_are_principal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_names_who_may_run_it() {
-    let mut stack = Stack::start_on(support::single_location(2, false), Backend::InProcess).await;
+    let mut stack = Stack::start_on(support::single_location(2, false), Backend::Memory).await;
     let secrets = tempfile::tempdir().unwrap();
     let tokens_path = secrets.path().join("tokens");
     let otto = add_token(&tokens_path, "otto", Role::Operator, None);
@@ -875,7 +875,7 @@ async fn a_campaign_names_who_may_run_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_requests_are_refused_and_recorded() {
-    let mut stack = Stack::start_on(support::single_location(1, false), Backend::InProcess).await;
+    let mut stack = Stack::start_on(support::single_location(1, false), Backend::Memory).await;
     let secrets = tempfile::tempdir().unwrap();
     let tokens_path = secrets.path().join("tokens");
     let ada = add_token(&tokens_path, "ada", Role::Admin, None);

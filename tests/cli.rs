@@ -250,10 +250,10 @@ fn assert_demo_reported(output: &Output, dir: &Path) {
 }
 
 #[test]
-fn demo_runs_the_example_scan_in_process_and_leaves_results() {
+fn demo_runs_the_example_scan_in_memory_and_leaves_results() {
     let (output, dir) = demo(&[]);
     assert_demo_reported(&output, dir.path());
-    assert!(stdout(&output).contains("in-process queues and state"));
+    assert!(stdout(&output).contains("in-memory queues and state"));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Pause, cancel and an exhausted error budget stop *sending*, on both backends:
-//! real RabbitMQ + Redis, and the in-process twins that `flotilla demo` runs on.
+//! real RabbitMQ + Redis, and the in-memory backends that `flotilla demo` runs on.
 //!
 //! Each scenario admits every batch at once (`max_concurrency: 100%`) and lets
 //! the workers send only one command a second (`api_rate_limits`), so when the
@@ -167,8 +167,8 @@ async fn pause_stops_sending_on_rabbitmq_and_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_stops_sending_in_process() {
-    pause_stops_sending_and_resume_completes(Backend::InProcess).await;
+async fn pause_stops_sending_in_memory() {
+    pause_stops_sending_and_resume_completes(Backend::Memory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,8 +177,8 @@ async fn cancel_stops_sending_on_rabbitmq_and_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_sending_in_process() {
-    cancel_stops_sending_and_reports_the_rest_not_started(Backend::InProcess).await;
+async fn cancel_stops_sending_in_memory() {
+    cancel_stops_sending_and_reports_the_rest_not_started(Backend::Memory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,8 +187,8 @@ async fn an_exhausted_budget_stops_sending_on_rabbitmq_and_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exhausted_budget_stops_sending_in_process() {
-    an_exhausted_budget_stops_sending(Backend::InProcess).await;
+async fn an_exhausted_budget_stops_sending_in_memory() {
+    an_exhausted_budget_stops_sending(Backend::Memory).await;
 }
 
 /// What someone with write access to Redis might do to a live run.
@@ -244,8 +244,8 @@ async fn a_deleted_kill_switch_stops_sending_on_rabbitmq_and_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_kill_switch_stops_sending_in_process() {
-    tampered_state_stops_sending(Backend::InProcess, Tampering::DeleteKillSwitch).await;
+async fn a_deleted_kill_switch_stops_sending_in_memory() {
+    tampered_state_stops_sending(Backend::Memory, Tampering::DeleteKillSwitch).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,8 +254,8 @@ async fn a_corrupted_kill_switch_stops_sending_on_rabbitmq_and_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_kill_switch_stops_sending_in_process() {
-    tampered_state_stops_sending(Backend::InProcess, Tampering::CorruptKillSwitch).await;
+async fn a_corrupted_kill_switch_stops_sending_in_memory() {
+    tampered_state_stops_sending(Backend::Memory, Tampering::CorruptKillSwitch).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,8 +264,8 @@ async fn a_deleted_run_record_stops_sending_on_rabbitmq_and_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_run_record_stops_sending_in_process() {
-    tampered_state_stops_sending(Backend::InProcess, Tampering::DeleteRunRecord).await;
+async fn a_deleted_run_record_stops_sending_in_memory() {
+    tampered_state_stops_sending(Backend::Memory, Tampering::DeleteRunRecord).await;
 }
 
 /// Commands that take a minute or more: cancelling is the only way they end soon.
@@ -362,8 +362,8 @@ async fn kill_with_cancel_in_flight_ends_running_commands_on_rabbitmq_and_redis(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_with_cancel_in_flight_ends_running_commands_in_process() {
-    kill_with_cancel_in_flight_ends_every_running_command(Backend::InProcess).await;
+async fn kill_with_cancel_in_flight_ends_running_commands_in_memory() {
+    kill_with_cancel_in_flight_ends_every_running_command(Backend::Memory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ pub struct Delivery {
 #[derive(Debug)]
 enum DeliveryInner {
     RabbitMq(lapin::message::Delivery),
-    InProcess(memory::Delivery),
+    Memory(memory::Delivery),
 }
 
 impl Delivery {
@@ -50,7 +50,7 @@ impl Delivery {
     pub fn retries(&self) -> u32 {
         match &self.inner {
             DeliveryInner::RabbitMq(inner) => header_u32(inner, RETRIES_HEADER),
-            DeliveryInner::InProcess(inner) => inner.retries,
+            DeliveryInner::Memory(inner) => inner.retries,
         }
     }
 
@@ -66,7 +66,7 @@ impl Delivery {
                     _ => None,
                 }
             }
-            DeliveryInner::InProcess(inner) => inner.due_ms,
+            DeliveryInner::Memory(inner) => inner.due_ms,
         }
     }
 
@@ -74,7 +74,7 @@ impl Delivery {
     pub(crate) fn payload(&self) -> &[u8] {
         match &self.inner {
             DeliveryInner::RabbitMq(inner) => &inner.data,
-            DeliveryInner::InProcess(inner) => &inner.payload,
+            DeliveryInner::Memory(inner) => &inner.payload,
         }
     }
 
@@ -82,14 +82,14 @@ impl Delivery {
     pub fn earlier_deliveries(&self) -> u32 {
         match &self.inner {
             DeliveryInner::RabbitMq(inner) => header_u32(inner, "x-delivery-count"),
-            DeliveryInner::InProcess(inner) => inner.returned,
+            DeliveryInner::Memory(inner) => inner.returned,
         }
     }
 
     pub fn redelivered(&self) -> bool {
         match &self.inner {
             DeliveryInner::RabbitMq(inner) => inner.redelivered,
-            DeliveryInner::InProcess(inner) => inner.returned > 0,
+            DeliveryInner::Memory(inner) => inner.returned > 0,
         }
     }
 
@@ -99,7 +99,7 @@ impl Delivery {
             DeliveryInner::RabbitMq(inner) => {
                 inner.ack(BasicAckOptions::default()).await?;
             }
-            DeliveryInner::InProcess(inner) => inner.ack()?,
+            DeliveryInner::Memory(inner) => inner.ack()?,
         }
         Ok(())
     }
@@ -114,7 +114,7 @@ impl Delivery {
                 };
                 inner.nack(options).await?;
             }
-            DeliveryInner::InProcess(inner) => inner.requeue()?,
+            DeliveryInner::Memory(inner) => inner.requeue()?,
         }
         Ok(())
     }
@@ -125,7 +125,7 @@ impl Delivery {
             DeliveryInner::RabbitMq(inner) => {
                 inner.reject(BasicRejectOptions { requeue: false }).await?;
             }
-            DeliveryInner::InProcess(inner) => inner.dead_letter()?,
+            DeliveryInner::Memory(inner) => inner.dead_letter()?,
         }
         Ok(())
     }
@@ -160,7 +160,7 @@ enum ConsumerInner {
         tag: String,
         inner: lapin::Consumer,
     },
-    InProcess(memory::Consumer),
+    Memory(memory::Consumer),
 }
 
 impl Consumer {
@@ -178,9 +178,9 @@ impl Consumer {
                         .map_err(BrokerError::from),
                 )
             }
-            ConsumerInner::InProcess(inner) => inner.next().await.map(|inner| {
+            ConsumerInner::Memory(inner) => inner.next().await.map(|inner| {
                 Ok(Delivery {
-                    inner: DeliveryInner::InProcess(inner),
+                    inner: DeliveryInner::Memory(inner),
                 })
             }),
         }
@@ -194,7 +194,7 @@ impl Consumer {
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await?;
             }
-            ConsumerInner::InProcess(inner) => inner.cancel(),
+            ConsumerInner::Memory(inner) => inner.cancel(),
         }
         Ok(())
     }
@@ -210,9 +210,9 @@ impl Broker {
     ) -> Result<Consumer, BrokerError> {
         let connection = match &self.backend {
             Backend::RabbitMq { connection, .. } => connection,
-            Backend::InProcess(connection) => {
+            Backend::Memory(connection) => {
                 return Ok(Consumer {
-                    inner: ConsumerInner::InProcess(connection.consume(queue, prefetch)?),
+                    inner: ConsumerInner::Memory(connection.consume(queue, prefetch)?),
                 });
             }
         };
@@ -248,7 +248,7 @@ impl Broker {
         ];
         let connection = match &self.backend {
             Backend::RabbitMq { connection, .. } => connection,
-            Backend::InProcess(connection) => {
+            Backend::Memory(connection) => {
                 return queues
                     .into_iter()
                     .map(|queue| {
@@ -284,7 +284,7 @@ impl Broker {
                 let channel = connection.create_channel().await?;
                 crate::topology::delete(&channel, self.names()).await?;
             }
-            Backend::InProcess(connection) => connection.delete_topology(self.names()),
+            Backend::Memory(connection) => connection.delete_topology(self.names()),
         }
         Ok(())
     }

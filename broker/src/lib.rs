@@ -9,7 +9,7 @@
 //!   [`consumer::Delivery`] is settled exactly once.
 //! - [`delay`]: the delay pumps that move delayed jobs and reports back when
 //!   they are due (no TTLs, no dead-lettering), and why.
-//! - [`memory`]: the in-process twin (`memory://<name>` URLs) with the same
+//! - [`memory`]: the in-memory backend (`memory://<name>` URLs) with the same
 //!   topology and settlement semantics, for the demo and tests.
 //!
 //! Connections are not repaired in place: when the broker goes away, callers
@@ -139,7 +139,7 @@ enum Backend {
         connection: std::sync::Arc<Connection>,
         publish_channel: Channel,
     },
-    InProcess(memory::Connection),
+    Memory(memory::Connection),
 }
 
 impl std::fmt::Debug for Broker {
@@ -152,7 +152,7 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// Connects, declares the topology (idempotent) and enables publisher
-    /// confirms. A `memory://<name>` URL connects to the in-process hub of that name.
+    /// confirms. A `memory://<name>` URL connects to the in-memory hub of that name.
     pub async fn connect(
         url: &str,
         names: Names,
@@ -169,7 +169,7 @@ impl Broker {
         tls: &BrokerTls,
     ) -> Result<Self, BrokerError> {
         if let Some(hub) = protocol::names::in_memory_name(url) {
-            return Ok(Self::in_process(memory::hub(hub), names));
+            return Ok(Self::in_memory(memory::hub(hub), names));
         }
         let connection = open_connection(url, connection_name, tls).await?;
         let publish_channel = connection.create_channel().await?;
@@ -214,10 +214,10 @@ impl Broker {
         Ok(deleted?)
     }
 
-    /// A connection to an in-process hub (declares the topology there).
-    pub fn in_process(hub: memory::Hub, names: Names) -> Self {
+    /// A connection to an in-memory hub (declares the topology there).
+    pub fn in_memory(hub: memory::Hub, names: Names) -> Self {
         Self {
-            backend: Backend::InProcess(memory::Connection::open(hub, &names)),
+            backend: Backend::Memory(memory::Connection::open(hub, &names)),
             names,
             keyring: protocol::signing::Keyring::default(),
         }
@@ -234,7 +234,7 @@ impl Broker {
                 connection,
                 publish_channel,
             } => connection.status().connected() && publish_channel.status().connected(),
-            Backend::InProcess(connection) => connection.is_open(),
+            Backend::Memory(connection) => connection.is_open(),
         }
     }
 
@@ -245,7 +245,7 @@ impl Broker {
                 // Closing a connection that already failed has nothing left to do.
                 let _ = connection.close(200, "flotilla shutting down".into()).await;
             }
-            Backend::InProcess(connection) => connection.close(),
+            Backend::Memory(connection) => connection.close(),
         }
     }
 }

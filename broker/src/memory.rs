@@ -1,4 +1,4 @@
-//! The in-process twin of RabbitMQ, for `flotilla demo` and tests: the same
+//! The in-memory backend of RabbitMQ, for `flotilla demo` and tests: the same
 //! topology (work queues with a delivery limit and dead-lettering, the reports
 //! queue, delay queues emptied by the same delay pumps as on RabbitMQ), manual acks,
 //! prefetch, and redelivery of whatever a closed connection held unacked.
@@ -29,7 +29,7 @@ pub fn hub(name: &str) -> Hub {
     hubs.entry(name.to_string()).or_default().clone()
 }
 
-/// One in-process broker. Cheap to clone; clones share the queues.
+/// One in-memory broker. Cheap to clone; clones share the queues.
 #[derive(Clone, Default)]
 pub struct Hub {
     inner: Arc<HubInner>,

@@ -54,8 +54,8 @@ impl Broker {
         let mut pending = Vec::with_capacity(PUBLISH_PIPELINE);
         for job in jobs {
             let routing_key = job.run().priority.as_str();
-            if matches!(self.backend, Backend::InProcess(_)) {
-                // The twin confirms as it takes the message.
+            if matches!(self.backend, Backend::Memory(_)) {
+                // The in-memory broker confirms as it takes the message.
                 self.publish(&exchange, routing_key, job, 0).await?;
                 confirmed += 1;
                 continue;
@@ -183,7 +183,7 @@ impl Broker {
         payload: &[u8],
         headers: Headers,
     ) -> Result<(), BrokerError> {
-        if let Backend::InProcess(connection) = &self.backend {
+        if let Backend::Memory(connection) = &self.backend {
             return connection.publish(exchange, routing_key, payload.to_vec(), headers);
         }
         let confirm = self
@@ -203,7 +203,7 @@ impl Broker {
         let mut confirmed = 0;
         let mut pending = Vec::with_capacity(PUBLISH_PIPELINE);
         for (payload, headers) in messages {
-            if matches!(self.backend, Backend::InProcess(_)) {
+            if matches!(self.backend, Backend::Memory(_)) {
                 self.publish_raw(exchange, routing_key, payload, headers)
                     .await?;
                 confirmed += 1;

@@ -1,5 +1,5 @@
 //! One suite, two backends: the topology's promises, checked against the
-//! in-process twin and against real RabbitMQ at 127.0.0.1:5672 (each test under
+//! in-memory backend and against real RabbitMQ at 127.0.0.1:5672 (each test under
 //! its own name prefix, deleted afterwards).
 
 #![allow(clippy::unwrap_used)]
@@ -40,7 +40,7 @@ fn fresh_names() -> Names {
     Names::new(format!("flotilla-test-{}", Uuid::new_v4()))
 }
 
-fn in_process_url() -> String {
+fn memory_url() -> String {
     format!("memory://broker-test-{}", Uuid::new_v4())
 }
 
@@ -87,11 +87,11 @@ impl Drop for DeleteOnDrop {
 /// Runs `$check(url, names)` once on each backend, as two tests.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
-        mod in_process {
+        mod memory {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(&super::in_process_url(), super::fresh_names()).await;
+                    super::$name(&super::memory_url(), super::fresh_names()).await;
                 }
             )*
         }

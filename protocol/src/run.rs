@@ -48,15 +48,6 @@ impl RunState {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Halted | Self::Cancelled)
     }
-
-    /// What a worker holding a job of a run in this state does with it.
-    pub fn send_decision(self) -> SendDecision {
-        match self {
-            Self::Pending | Self::Discovering | Self::Running => SendDecision::Send,
-            Self::Paused => SendDecision::Wait,
-            Self::Completed | Self::Halted | Self::Cancelled => SendDecision::NotStarted,
-        }
-    }
 }
 
 /// May a worker send a command for a run now?
@@ -182,15 +173,5 @@ mod tests {
                 .unwrap_err()
                 .contains("Completed")
         );
-    }
-
-    #[test]
-    fn only_live_runs_send_and_paused_runs_wait() {
-        assert_eq!(RunState::Running.send_decision(), SendDecision::Send);
-        assert_eq!(RunState::Paused.send_decision(), SendDecision::Wait);
-        for state in [RunState::Halted, RunState::Cancelled, RunState::Completed] {
-            assert!(state.is_final());
-            assert_eq!(state.send_decision(), SendDecision::NotStarted);
-        }
     }
 }

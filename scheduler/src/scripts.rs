@@ -4,7 +4,7 @@
 //! Why Lua, written once, on both backends: the in-memory Redis
 //! (`store::memory`) runs the very same scripts on an embedded Lua 5.1, so
 //! every state transition exists in one place — these files — instead of a
-//! Lua script for Redis and a Rust twin of it for the demo. Atomicity on
+//! Lua script for Redis and a Rust copy of it for the demo. Atomicity on
 //! Redis is the script's; in memory, a script runs under the database's lock.
 //!
 //! What a script must agree on with Rust — state names, which states are

@@ -99,39 +99,119 @@ pub enum SendClaim {
     Sent { command_id: String },
 }
 
-/// Whether a campaign's run may send a command now, and if not, why.
+/// Whether a campaign's run may send a command now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendGate {
-    pub decision: SendDecision,
-    /// Set when the decision is not `Send`: the kill switch's or the run's reason.
-    pub reason: Option<String>,
+pub enum SendGate {
+    Open,
+    Shut(GateCause),
+}
+
+/// Why a run may not send now. Metric labels and log words come from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateCause {
+    /// The global kill switch is engaged, or its record is missing or
+    /// unreadable (fail closed); the operator's reason or what is wrong.
+    KillSwitchGlobal(String),
+    /// The campaign's kill switch is engaged, with the operator's reason.
+    KillSwitchCampaign(String),
+    /// Each with the reason the run's record gives.
+    RunPaused(String),
+    RunHalted(String),
+    RunCancelled(String),
+    RunCompleted(String),
+    /// The run has no record (deleted, or the job is forged): never send.
+    RunUnknown,
+    /// Redis did not answer: fail closed.
+    StoreUnreachable(String),
 }
 
 impl SendGate {
+    pub fn decision(&self) -> SendDecision {
+        match self {
+            Self::Open => SendDecision::Send,
+            Self::Shut(cause) => cause.decision(),
+        }
+    }
+
     fn decide(
-        kill_reason: Option<String>,
+        global_kill: Option<String>,
+        campaign_kill: Option<String>,
         state: Option<RunState>,
         run_reason: Option<String>,
     ) -> Self {
-        if let Some(reason) = kill_reason {
-            return Self {
-                decision: SendDecision::Wait,
-                reason: Some(format!("kill switch engaged: {reason}")),
-            };
+        if let Some(reason) = global_kill {
+            return Self::Shut(GateCause::KillSwitchGlobal(reason));
+        }
+        if let Some(reason) = campaign_kill {
+            return Self::Shut(GateCause::KillSwitchCampaign(reason));
         }
         // A run the store does not know never sends (fail closed): the
         // scheduler records every run before publishing its first job, so a
         // missing record was deleted, or the job is forged.
         let Some(state) = state else {
-            return Self {
-                decision: SendDecision::Wait,
-                reason: Some("the run has no record (deleted?); nothing is sent for it".into()),
-            };
+            return Self::Shut(GateCause::RunUnknown);
         };
-        let decision = state.send_decision();
-        let reason = (decision != SendDecision::Send)
-            .then(|| run_reason.unwrap_or_else(|| format!("run is {state}")));
-        Self { decision, reason }
+        let reason = || {
+            run_reason
+                .clone()
+                .unwrap_or_else(|| format!("run is {state}"))
+        };
+        match state {
+            RunState::Pending | RunState::Discovering | RunState::Running => Self::Open,
+            RunState::Paused => Self::Shut(GateCause::RunPaused(reason())),
+            RunState::Halted => Self::Shut(GateCause::RunHalted(reason())),
+            RunState::Cancelled => Self::Shut(GateCause::RunCancelled(reason())),
+            RunState::Completed => Self::Shut(GateCause::RunCompleted(reason())),
+        }
+    }
+}
+
+impl GateCause {
+    /// Wait (and look again) or report the targets not started.
+    pub fn decision(&self) -> SendDecision {
+        match self {
+            Self::RunHalted(_) | Self::RunCancelled(_) | Self::RunCompleted(_) => {
+                SendDecision::NotStarted
+            }
+            Self::KillSwitchGlobal(_)
+            | Self::KillSwitchCampaign(_)
+            | Self::RunPaused(_)
+            | Self::RunUnknown
+            | Self::StoreUnreachable(_) => SendDecision::Wait,
+        }
+    }
+
+    /// The `reason` label of `flotilla_worker_mutations_blocked_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::KillSwitchGlobal(_) => "kill_switch_global",
+            Self::KillSwitchCampaign(_) => "kill_switch_campaign",
+            Self::RunPaused(_) => "run_paused",
+            Self::RunHalted(_) => "run_halted",
+            Self::RunCancelled(_) => "run_cancelled",
+            Self::RunCompleted(_) => "run_completed",
+            Self::RunUnknown => "run_unknown",
+            Self::StoreUnreachable(_) => "store_unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for GateCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KillSwitchGlobal(reason) => write!(f, "global kill switch engaged: {reason}"),
+            Self::KillSwitchCampaign(reason) => {
+                write!(f, "campaign kill switch engaged: {reason}")
+            }
+            Self::RunPaused(reason)
+            | Self::RunHalted(reason)
+            | Self::RunCancelled(reason)
+            | Self::RunCompleted(reason) => f.write_str(reason),
+            Self::RunUnknown => {
+                f.write_str("the run has no record (deleted?); nothing is sent for it")
+            }
+            Self::StoreUnreachable(error) => write!(f, "redis unreachable: {error}"),
+        }
     }
 }
 
@@ -320,4 +400,41 @@ pub(crate) fn parse_state(state: Option<String>) -> Result<Option<RunState>, Sto
 /// How long until `missing` tokens refill at `rate_per_second` (never zero).
 pub(crate) fn refill_wait(missing: f64, rate_per_second: f64) -> Duration {
     Duration::from_secs_f64((missing / rate_per_second).max(0.001))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_live_runs_send_paused_runs_wait_and_final_runs_report_not_started() {
+        let gate = |state| SendGate::decide(None, None, Some(state), None);
+        for state in [RunState::Pending, RunState::Discovering, RunState::Running] {
+            assert_eq!(gate(state), SendGate::Open);
+        }
+        assert_eq!(gate(RunState::Paused).decision(), SendDecision::Wait);
+        for state in [RunState::Halted, RunState::Cancelled, RunState::Completed] {
+            assert!(state.is_final());
+            assert_eq!(gate(state).decision(), SendDecision::NotStarted);
+        }
+    }
+
+    #[test]
+    fn the_global_switch_comes_first_and_an_unknown_run_waits() {
+        let gate = SendGate::decide(
+            Some("incident 42".into()),
+            Some("alert".into()),
+            Some(RunState::Cancelled),
+            None,
+        );
+        let SendGate::Shut(cause) = gate else {
+            panic!("an engaged switch shuts the gate");
+        };
+        assert_eq!(cause.label(), "kill_switch_global");
+        assert_eq!(cause.decision(), SendDecision::Wait);
+        assert!(cause.to_string().contains("incident 42"));
+        let unknown = SendGate::decide(None, None, None, None);
+        assert_eq!(unknown, SendGate::Shut(GateCause::RunUnknown));
+        assert_eq!(unknown.decision(), SendDecision::Wait);
+    }
 }

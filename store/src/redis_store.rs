@@ -246,7 +246,8 @@ impl Store for RedisStore {
             .query_async(&mut connection)
             .await?;
         Ok(SendGate::decide(
-            global_kill_reason(kill.as_deref()).or(campaign_kill),
+            global_kill_reason(kill.as_deref()),
+            campaign_kill,
             parse_state(state)?,
             reason,
         ))

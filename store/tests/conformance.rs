@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use protocol::names::Names;
 use protocol::run::{RunState, SendDecision};
-use store::{BucketId, KillScope, RedisStore, SendClaim, Store, TokenGrant, TokenRequest};
+use store::{
+    BucketId, GateCause, KillScope, RedisStore, SendClaim, SendGate, Store, TokenGrant,
+    TokenRequest,
+};
 use uuid::Uuid;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -104,7 +107,7 @@ async fn a_missing_or_corrupt_kill_record_stops_sends(store: impl Store + Tamper
         .await
         .unwrap();
     assert_eq!(
-        store.send_gate("scan", run).await.unwrap().decision,
+        store.send_gate("scan", run).await.unwrap().decision(),
         SendDecision::Send
     );
     for (tampered, expected) in [(None, "missing"), (Some("sure, go ahead"), "unreadable")] {
@@ -117,22 +120,22 @@ async fn a_missing_or_corrupt_kill_record_stops_sends(store: impl Store + Tamper
             "{tampered:?}: {reason:?}"
         );
         let gate = store.send_gate("scan", run).await.unwrap();
-        assert_eq!(
-            gate.decision,
-            SendDecision::Wait,
-            "{tampered:?} must stop sends"
+        assert!(
+            matches!(&gate, SendGate::Shut(GateCause::KillSwitchGlobal(reason)) if reason.contains(expected)),
+            "{tampered:?} must stop sends: {gate:?}"
         );
+        assert_eq!(gate.decision(), SendDecision::Wait);
         // A scheduler starting again does not re-arm a deployment it armed before.
         assert!(!store.init_kill_switch().await.unwrap());
         assert_eq!(
-            store.send_gate("scan", run).await.unwrap().decision,
+            store.send_gate("scan", run).await.unwrap().decision(),
             SendDecision::Wait
         );
     }
     // Only an explicit release arms it again.
     store.release_kill_switch(&KillScope::Global).await.unwrap();
     assert_eq!(
-        store.send_gate("scan", run).await.unwrap().decision,
+        store.send_gate("scan", run).await.unwrap().decision(),
         SendDecision::Send
     );
 }
@@ -356,25 +359,27 @@ async fn the_send_gate_follows_kill_switches_and_run_state(store: impl Store) {
     let campaign = format!("campaign-{run}");
     let gate = store.send_gate(&campaign, run).await.unwrap();
     assert_eq!(
-        gate.decision,
-        SendDecision::Wait,
+        gate,
+        SendGate::Shut(GateCause::RunUnknown),
         "a run without a record never sends"
     );
-    assert!(gate.reason.unwrap().contains("no record"));
     store
         .set_run_state(run, RunState::Running, "started")
         .await
         .unwrap();
     let gate = store.send_gate(&campaign, run).await.unwrap();
-    assert_eq!((gate.decision, gate.reason), (SendDecision::Send, None));
+    assert_eq!(gate, SendGate::Open);
 
     store
         .set_run_state(run, RunState::Paused, "operator paused")
         .await
         .unwrap();
     let gate = store.send_gate(&campaign, run).await.unwrap();
-    assert_eq!(gate.decision, SendDecision::Wait);
-    assert_eq!(gate.reason.as_deref(), Some("operator paused"));
+    assert_eq!(gate.decision(), SendDecision::Wait);
+    assert_eq!(
+        gate,
+        SendGate::Shut(GateCause::RunPaused("operator paused".into()))
+    );
 
     store
         .set_run_state(run, RunState::Running, "resumed")
@@ -385,8 +390,11 @@ async fn the_send_gate_follows_kill_switches_and_run_state(store: impl Store) {
         .await
         .unwrap();
     let gate = store.send_gate(&campaign, run).await.unwrap();
-    assert_eq!(gate.decision, SendDecision::Wait);
-    assert!(gate.reason.unwrap().contains("alert fired"));
+    assert_eq!(gate.decision(), SendDecision::Wait);
+    assert_eq!(
+        gate,
+        SendGate::Shut(GateCause::KillSwitchCampaign("alert fired".into()))
+    );
     store
         .release_kill_switch(&KillScope::Campaign(campaign.clone()))
         .await
@@ -398,11 +406,14 @@ async fn the_send_gate_follows_kill_switches_and_run_state(store: impl Store) {
         .unwrap();
     let gate = store.send_gate(&campaign, run).await.unwrap();
     assert_eq!(
-        gate.decision,
+        gate.decision(),
         SendDecision::NotStarted,
         "a halted run never sends"
     );
-    assert_eq!(gate.reason.as_deref(), Some("3 failed, 2 allowed"));
+    assert_eq!(
+        gate,
+        SendGate::Shut(GateCause::RunHalted("3 failed, 2 allowed".into()))
+    );
 }
 
 async fn kill_switch_changes_are_pushed(store: impl Store) {

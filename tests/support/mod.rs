@@ -105,8 +105,8 @@ pub struct Stack {
 pub enum Backend {
     /// RabbitMQ and Redis on loopback.
     Real,
-    /// The in-process twins (`memory://<prefix>`), as `flotilla demo` runs.
-    InProcess,
+    /// The in-memory backends (`memory://<prefix>`), as `flotilla demo` runs.
+    Memory,
 }
 
 /// Deletes one test prefix's queues, exchanges and Redis keys when dropped,
@@ -141,10 +141,10 @@ impl Cleanup {
 /// aborted may still have a declare on the wire, which RabbitMQ carries out
 /// after a purge — a quorum queue's declaration can take longer than 0.3 s
 /// on a busy 2-core machine (a lone `dead-letter` queue was left that way).
-/// The in-process twin has nothing on the wire: one purge.
+/// The in-memory backend has nothing on the wire: one purge.
 async fn purge_twice(amqp_url: &str, redis_url: &str, names: &Names) {
-    let in_process = protocol::names::in_memory_name(amqp_url).is_some();
-    let pauses: &[u64] = if in_process { &[0] } else { &[0, 300, 1_500] };
+    let in_memory = protocol::names::in_memory_name(amqp_url).is_some();
+    let pauses: &[u64] = if in_memory { &[0] } else { &[0, 300, 1_500] };
     for pause in pauses {
         tokio::time::sleep(Duration::from_millis(*pause)).await;
         let purge = flotilla::admin::purge(amqp_url, redis_url, names);
@@ -184,11 +184,11 @@ impl Stack {
         Self::start_with(profile, REDIS_URL).await
     }
 
-    /// A stack on RabbitMQ and Redis, or on the in-process twins.
+    /// A stack on RabbitMQ and Redis, or on the in-memory backends.
     pub async fn start_on(profile: FleetProfile, backend: Backend) -> Self {
         match backend {
             Backend::Real => Self::start_with(profile, REDIS_URL).await,
-            Backend::InProcess => {
+            Backend::Memory => {
                 let prefix = format!("flotilla-test-{}", Uuid::new_v4());
                 let url = format!("memory://{prefix}");
                 Self::start_in(profile, &url, &url, Names::new(prefix)).await

@@ -18,7 +18,7 @@ use protocol::job::{ExecuteJob, PollJob, UnixMillis};
 use protocol::report::{Report, StepResults, TargetResult};
 use protocol::run::SendDecision;
 use protocol::status::StatusDetail;
-use store::{SendClaim, Store};
+use store::{GateCause, SendClaim, SendGate, Store};
 
 use crate::aws::{AwsErrorKind, Repeat, call};
 use crate::{Context, JobError, JobOutcome, now_ms};
@@ -37,14 +37,13 @@ pub(crate) async fn handle<S: Store>(
     ctx: &Context<S>,
     job: ExecuteJob,
 ) -> Result<JobOutcome, JobError> {
-    let gate = ctx.gate(&job.run).await;
-    if gate.decision == SendDecision::Wait {
-        ctx.metrics.mutation_blocked(gate.label);
-        return Ok(JobOutcome::Wait {
-            delay: GATE_RECHECK,
-            reason: gate.label,
-        });
-    }
+    let over = match ctx.gate(&job.run).await {
+        SendGate::Open => None,
+        SendGate::Shut(cause) if cause.decision() == SendDecision::Wait => {
+            return Ok(held_back(ctx, &job, &cause));
+        }
+        SendGate::Shut(cause) => Some(cause),
+    };
     let claimed_at = now_ms();
     match ctx
         .store
@@ -57,12 +56,24 @@ pub(crate) async fn handle<S: Store>(
             Ok(first_poll(job, command_id, now_ms()))
         }
         SendClaim::InProgress { since_ms } => recover(ctx, job, since_ms).await,
-        SendClaim::Claimed if gate.decision == SendDecision::NotStarted => {
-            // The run is over and this batch was never sent: say so, once.
-            report_all(ctx, &job, StatusDetail::NotStarted, &gate.reason).await?;
-            Ok(JobOutcome::Done)
-        }
-        SendClaim::Claimed => send_claimed(ctx, job, claimed_at).await,
+        SendClaim::Claimed => match over {
+            Some(cause) => {
+                // The run is over and this batch was never sent: say so, once.
+                report_all(ctx, &job, StatusDetail::NotStarted, &cause.to_string()).await?;
+                Ok(JobOutcome::Done)
+            }
+            None => send_claimed(ctx, job, claimed_at).await,
+        },
+    }
+}
+
+/// The gate is shut for now: count it and look again later.
+fn held_back<S: Store>(ctx: &Context<S>, job: &ExecuteJob, cause: &GateCause) -> JobOutcome {
+    ctx.metrics.mutation_blocked(cause.label());
+    tracing::debug!(job_id = %job.job_id, %cause, "send held back");
+    JobOutcome::Wait {
+        delay: GATE_RECHECK,
+        reason: cause.label(),
     }
 }
 
@@ -102,19 +113,14 @@ async fn send_claimed<S: Store>(
         return Ok(ctx.no_tokens());
     }
     // The last word before the mutating call.
-    let gate = ctx.gate(&job.run).await;
-    match gate.decision {
-        SendDecision::Send => {}
-        SendDecision::Wait => {
+    match ctx.gate(&job.run).await {
+        SendGate::Open => {}
+        SendGate::Shut(cause) if cause.decision() == SendDecision::Wait => {
             release().await?;
-            ctx.metrics.mutation_blocked(gate.label);
-            return Ok(JobOutcome::Wait {
-                delay: GATE_RECHECK,
-                reason: gate.label,
-            });
+            return Ok(held_back(ctx, &job, &cause));
         }
-        SendDecision::NotStarted => {
-            report_all(ctx, &job, StatusDetail::NotStarted, &gate.reason).await?;
+        SendGate::Shut(cause) => {
+            report_all(ctx, &job, StatusDetail::NotStarted, &cause.to_string()).await?;
             return Ok(JobOutcome::Done);
         }
     }

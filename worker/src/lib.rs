@@ -136,47 +136,18 @@ pub(crate) fn now_ms() -> u64 {
     protocol::job::UnixMillis::now().0
 }
 
-/// The gate as one job sees it right now.
-#[derive(Debug)]
-pub(crate) struct GateReading {
-    pub decision: protocol::run::SendDecision,
-    /// For metrics: kill_switch, paused, redis_unreachable or run_over.
-    pub label: &'static str,
-    pub reason: String,
-}
-
 impl<S: Store> Context<S> {
     /// May this run send now? Fails closed: an unreadable Redis means wait.
-    pub(crate) async fn gate(&self, run: &protocol::job::RunContext) -> GateReading {
-        use protocol::run::SendDecision;
-        if self.safety.is_blocked() {
-            return GateReading {
-                decision: SendDecision::Wait,
-                label: "kill_switch",
-                reason: "global kill switch engaged, or redis unreachable".into(),
-            };
+    pub(crate) async fn gate(&self, run: &protocol::job::RunContext) -> store::SendGate {
+        if let Some(cause) = self.safety.blocked() {
+            return store::SendGate::Shut(cause);
         }
-        match self.store.send_gate(&run.campaign, run.run_id).await {
-            Err(error) => GateReading {
-                decision: SendDecision::Wait,
-                label: "redis_unreachable",
-                reason: error.to_string(),
-            },
-            Ok(gate) => {
-                let reason = gate.reason.unwrap_or_default();
-                let label = match gate.decision {
-                    SendDecision::Send => "",
-                    SendDecision::Wait if reason.starts_with("kill switch") => "kill_switch",
-                    SendDecision::Wait => "paused",
-                    SendDecision::NotStarted => "run_over",
-                };
-                GateReading {
-                    decision: gate.decision,
-                    label,
-                    reason,
-                }
-            }
-        }
+        self.store
+            .send_gate(&run.campaign, run.run_id)
+            .await
+            .unwrap_or_else(|error| {
+                store::SendGate::Shut(store::GateCause::StoreUnreachable(error.to_string()))
+            })
     }
 
     /// An SSM client for the job's location; `None` when no AssumeRole token

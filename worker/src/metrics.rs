@@ -76,7 +76,7 @@ impl WorkerMetrics {
         let mutations_blocked = IntCounterVec::new(
             Opts::new(
                 "flotilla_worker_mutations_blocked_total",
-                "SendCommand calls held back, by reason (kill_switch, paused, redis_unreachable)",
+                "SendCommand calls held back, by reason (kill_switch_global, kill_switch_campaign, run_paused, run_unknown, store_unreachable)",
             ),
             &["reason"],
         )?;

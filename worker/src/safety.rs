@@ -3,11 +3,10 @@
 //! full gate (global, campaign, run state) right before each SendCommand.
 //! Whenever Redis cannot be read, mutating calls stop until it can: fail closed.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use store::Store;
+use store::{GateCause, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::WorkerMetrics;
@@ -15,10 +14,11 @@ use crate::metrics::WorkerMetrics;
 /// How often the global switch is re-read even without a push.
 pub const REREAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Shared by the watcher and every job: true while nothing may be sent.
+/// Shared by the watcher and every job: why nothing may be sent, while
+/// nothing may.
 #[derive(Debug, Clone)]
 pub struct SafetyState {
-    blocked: Arc<AtomicBool>,
+    blocked: Arc<Mutex<Option<GateCause>>>,
 }
 
 impl Default for SafetyState {
@@ -26,18 +26,24 @@ impl Default for SafetyState {
     /// Redis has no business sending.
     fn default() -> Self {
         Self {
-            blocked: Arc::new(AtomicBool::new(true)),
+            blocked: Arc::new(Mutex::new(Some(GateCause::StoreUnreachable(
+                "not read yet".into(),
+            )))),
         }
     }
 }
 
 impl SafetyState {
-    pub fn is_blocked(&self) -> bool {
-        self.blocked.load(Ordering::SeqCst)
+    /// Why nothing may be sent now; `None` when the global switch is clear.
+    pub fn blocked(&self) -> Option<GateCause> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    fn set_blocked(&self, blocked: bool) -> bool {
-        self.blocked.swap(blocked, Ordering::SeqCst) != blocked
+    fn set_blocked(&self, cause: Option<GateCause>) {
+        *self.blocked.lock().unwrap_or_else(PoisonError::into_inner) = cause;
     }
 }
 
@@ -67,7 +73,11 @@ pub async fn watch<S: Store>(
             Ok(Some(reason)) => Reading::Engaged(reason),
             Err(error) => Reading::Unreadable(error.to_string()),
         };
-        state.set_blocked(reading != Reading::Clear);
+        state.set_blocked(match &reading {
+            Reading::Clear => None,
+            Reading::Engaged(reason) => Some(GateCause::KillSwitchGlobal(reason.clone())),
+            Reading::Unreadable(error) => Some(GateCause::StoreUnreachable(error.clone())),
+        });
         metrics.kill_switch(reading != Reading::Clear);
         metrics.connection("redis", !matches!(reading, Reading::Unreadable(_)));
         if last.as_ref() != Some(&reading) {
