@@ -340,7 +340,7 @@ pub(crate) fn watch(
             budget.abandon();
             locations.abandon();
             writeln!(out, "{}", progress_line(progress))?;
-            writeln!(out, "results: {}", progress.output_dir)?;
+            writeln!(out, "results: {}", progress.results_location)?;
             return Ok(if progress.state == protocol::run::RunState::Completed {
                 ExitCode::SUCCESS
             } else {
@@ -528,7 +528,7 @@ pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::
         None => {
             let detail: RunDetail =
                 ApiClient::from_args(api)?.get(&format!("/runs/{}", args.run_id))?;
-            detail.progress.output_dir
+            detail.progress.results_location
         }
     };
     let store = match output.strip_prefix("s3://") {

@@ -909,7 +909,7 @@ async fn results_can_go_to_s3() {
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
     assert_eq!(progress.state, RunState::Completed);
-    assert_eq!(progress.output_dir, "s3://flotilla-results/nightly");
+    assert_eq!(progress.results_location, "s3://flotilla-results/nightly");
 
     let keys: Vec<String> = stack.sim.state.lock().objects.keys().cloned().collect();
     assert!(!keys.is_empty(), "results were put into the bucket");

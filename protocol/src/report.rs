@@ -56,8 +56,10 @@ pub struct LocationFailed {
 pub enum LocationFailure {
     /// The execution role could not be assumed (missing, trust policy, ExternalId).
     AccessDenied,
-    /// The region did not answer or is not enabled for the account.
-    RegionUnavailable,
+    /// AWS refused the location's requests (e.g. the region is not enabled
+    /// for the account, a bad parameter), or the job could not be acted on:
+    /// repeating will not help. (Variant 1 on the wire, as before.)
+    Rejected,
     /// Retries were exhausted on a transient error.
     RetriesExhausted,
 }

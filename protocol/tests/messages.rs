@@ -306,7 +306,7 @@ fn report() -> impl Strategy<Value = Report> {
             location(),
             prop_oneof![
                 Just(LocationFailure::AccessDenied),
-                Just(LocationFailure::RegionUnavailable),
+                Just(LocationFailure::Rejected),
                 Just(LocationFailure::RetriesExhausted)
             ],
             text()

@@ -100,7 +100,7 @@ pub struct NewRun<'a> {
     pub priority: &'a str,
     pub location_concurrency: u64,
     pub allowed_location_errors: u64,
-    pub output_dir: &'a str,
+    pub results_location: &'a str,
     pub created_ms: u64,
     /// Discovering at once, or Pending until `start_after_ms`.
     pub start_after_ms: Option<u64>,
@@ -170,7 +170,7 @@ fn run_hash_fields(run: &NewRun<'_>, location_count: usize) -> Vec<(&'static str
             "allowed_location_errors",
             run.allowed_location_errors.to_string(),
         ),
-        ("output_dir", run.output_dir.to_string()),
+        ("results_location", run.results_location.to_string()),
         ("total", "0".into()),
         ("in_flight", "0".into()),
         ("failures", "0".into()),

@@ -24,7 +24,16 @@
 //! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update.
 //! - [`scripts`]: those Lua scripts (`lua/*.lua`), written once: a real Redis
-//!   and the in-memory one (`memory://<name>`) run the same files.
+//!   and the in-memory one (`memory://<name>`) run the same files. **The error
+//!   budget is checked there**: `apply_results.lua` halts a run whose failed
+//!   targets pass `max_errors`, `location_failed.lua` one whose failed
+//!   locations pass `location_max_errors`, in the same atomic update that
+//!   counts them; a halted run admits nothing more.
+//!
+//! The kill switch is not read here before sends: workers read it (and the
+//! run's state) right before every SendCommand (`worker::Context::gate`). The
+//! scheduler only writes it (`/kill`, alerts); jobs it admits meanwhile wait
+//! at that gate.
 //! - [`sink`]: durable, partitioned, compressed JSON-lines results.
 
 pub mod access;

@@ -92,7 +92,7 @@ impl Scheduler {
                     delivery = consumer.next() => delivery,
                 };
                 match delivery {
-                    Some(Ok(delivery)) => self.settle(delivery, &stop).await,
+                    Some(Ok(delivery)) => self.handle_delivery(delivery, &stop).await,
                     Some(Err(error)) => return Err(error.into()),
                     None => {
                         return Err(SchedulerError::ConnectionLost(
@@ -127,7 +127,7 @@ impl Scheduler {
 
     /// Handles one delivery, retrying outages in place until they pass (or the
     /// scheduler stops, leaving the report unacked for the next one).
-    async fn settle(&self, delivery: Delivery, stop: &CancellationToken) {
+    async fn handle_delivery(&self, delivery: Delivery, stop: &CancellationToken) {
         let opened = match delivery.open::<Report>(self.broker.keyring()) {
             Ok(opened) => opened,
             Err(error) => {

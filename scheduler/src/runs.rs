@@ -132,7 +132,8 @@ pub struct RunProgress {
     pub allowed_errors: Option<u64>,
     /// Results per step, by SSM status detail (`Success`, `Failed`, `Not Started`, …).
     pub results: BTreeMap<u16, BTreeMap<String, u64>>,
-    pub output_dir: String,
+    /// Where the per-target results files go: a directory or `s3://…`.
+    pub results_location: String,
     /// The principal that started it: a token's name, `anonymous`,
     /// `schedule:<campaign>` or `event:<instance>`.
     #[serde(default)]
@@ -225,7 +226,7 @@ impl Scheduler {
                 .rate_control
                 .location_max_errors
                 .allowed_errors(location_count),
-            output_dir: &output,
+            results_location: &output,
             created_ms: now_ms(),
             start_after_ms,
             plan_only: options.plan_only,
@@ -505,7 +506,12 @@ fn progress_from(
             .get("allowed_errors")
             .map(|_| fields.number("allowed_errors")),
         results,
-        output_dir: fields.get("output_dir").unwrap_or_default().to_string(),
+        // Runs recorded before the field's rename name it `output_dir`.
+        results_location: fields
+            .get("results_location")
+            .or_else(|| fields.get("output_dir"))
+            .unwrap_or_default()
+            .to_string(),
         started_by: fields.get("started_by").unwrap_or_default().to_string(),
     })
 }

@@ -135,7 +135,7 @@ fn new_run(location_concurrency: u64, allowed_location_errors: u64) -> NewRun<'s
         priority: "bulk",
         location_concurrency,
         allowed_location_errors,
-        output_dir: "unused",
+        results_location: "unused",
         created_ms: 0,
         start_after_ms: None,
         plan_only: false,
@@ -366,7 +366,7 @@ async fn a_failed_location_counts_once_against_location_max_errors(backend: &Bac
         "one failure is allowed"
     );
     let (_, complete) = ledger
-        .record_location_failed(run_id, &locations[2], "RegionUnavailable")
+        .record_location_failed(run_id, &locations[2], "Rejected")
         .await
         .unwrap();
     assert!(complete, "a failed location counts as discovered");
@@ -376,7 +376,7 @@ async fn a_failed_location_counts_once_against_location_max_errors(backend: &Bac
         fields.get("halt_reason"),
         Some(
             "location_max_errors exceeded: 2 locations failed, 1 allowed \
-             (latest 000000000003/us-east-1: RegionUnavailable)"
+             (latest 000000000003/us-east-1: Rejected)"
         )
     );
     let statuses = ledger.location_statuses(run_id).await.unwrap();

@@ -9,6 +9,8 @@
 //! - [`redis_store`]: the store; every multi-step update is one Lua script.
 //! - [`memory`]: the in-memory Redis (commands and Lua), on tokio's clock.
 //! - [`acl`]: the Redis ACL users of each kind of service.
+//! - here: the [`Store`] trait, and [`SendGate`]/[`GateCause`] — what a worker
+//!   reads before every send (kill switches first, then the run's state).
 //!
 //! The scheduler's run bookkeeping (locations, admission, applied reports) lives
 //! in the scheduler crate (`scheduler::ledger`) and uses the same connection.

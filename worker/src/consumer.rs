@@ -470,7 +470,7 @@ async fn settle_delivery<S: Store>(
                     let reason = if error.is_retryable() {
                         LocationFailure::RetriesExhausted
                     } else {
-                        LocationFailure::RegionUnavailable
+                        LocationFailure::Rejected
                     };
                     discover::fail_location(context, discover, reason, error.to_string())
                         .await

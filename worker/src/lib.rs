@@ -6,8 +6,14 @@
 //!   in-flight jobs, graceful shutdown — and `settle_delivery`, the one place a
 //!   delivery is acked, delayed or dead-lettered.
 //! - [`discover`], [`execute`], [`poll`]: one file per job kind.
-//! - [`safety`]: the kill-switch watcher and the gate before every mutating call
-//!   (fails closed when Redis cannot be read).
+//! - [`safety`]: the kill-switch watcher: the global switch re-read every
+//!   second and on every pushed change (fails closed when Redis cannot be read).
+//! - `Context::gate` (here): **the kill switch is read before every send** —
+//!   the watcher's reading, then the store's `send_gate` (global and campaign
+//!   switch, run state) in one round trip; `execute` asks it before claiming a
+//!   job and again right before SendCommand. Its `store::GateCause` names why
+//!   a send was held back. The error budget is the scheduler's (it halts the
+//!   run; the gate then reports the rest not started).
 //! - [`rate`]: shared per account-region-API token buckets.
 //! - [`aws`]: role sessions, SSM clients, retries and the one AWS error classifier.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
