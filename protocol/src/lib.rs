@@ -14,7 +14,9 @@
 //! - [`envelope`]: the versioned, signed wire format around bincode.
 //! - [`signing`]: Ed25519 signing keys, keyrings, who may sign what.
 //! - [`names`]: queue, exchange and Redis key names.
+//! - [`backoff`]: the one retry-delay formula every retry loop uses.
 
+pub mod backoff;
 pub mod campaign;
 pub mod envelope;
 pub mod job;

@@ -426,8 +426,8 @@ pub async fn run(
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retryable() => {
+                    let delay = protocol::backoff::Backoff::RECONNECT.delay(failures);
                     failures = failures.saturating_add(1);
-                    let delay = std::time::Duration::from_millis(200 * u64::from(failures.min(25)));
                     let service = error.service();
                     if let Some(service) = service {
                         metrics.connection(service, false);

@@ -185,8 +185,8 @@ impl Scheduler {
                     return;
                 }
                 Err(error) if error.is_retryable() => {
+                    let delay = protocol::backoff::Backoff::RECONNECT.delay(attempt);
                     attempt += 1;
-                    let delay = Duration::from_millis(200 * u64::from(attempt.min(25)));
                     tracing::warn!(error = %error, attempt, "report not applied yet; retrying");
                     tokio::select! {
                         () = stop.cancelled() => return,

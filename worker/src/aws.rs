@@ -17,6 +17,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::config::{Credentials, Region};
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use protocol::backoff::Backoff;
 use protocol::job::{Location, RunContext};
 
 use crate::metrics::WorkerMetrics;
@@ -148,7 +149,7 @@ pub enum Repeat {
     ThrottledOnly,
 }
 
-/// Runs one AWS call with retries, backoff with full jitter, metrics and
+/// Runs one AWS call with retries ([`Backoff::AWS`]), metrics and
 /// classification.
 pub async fn call<T, E, F, Fut>(
     metrics: &WorkerMetrics,
@@ -180,7 +181,7 @@ where
         if !may_repeat || tries >= MAX_ATTEMPTS {
             return Err(error);
         }
-        let delay = backoff(tries);
+        let delay = Backoff::AWS.delay(tries - 1);
         tracing::debug!(
             operation,
             attempt = tries,
@@ -190,14 +191,6 @@ where
         );
         tokio::time::sleep(delay).await;
     }
-}
-
-/// Full jitter over 100 ms · 2^attempt, at most 5 s.
-pub fn backoff(attempt: u32) -> Duration {
-    let ceiling = Duration::from_millis(100)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(5));
-    ceiling.mul_f64(fastrand::f64())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -481,13 +474,5 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c)),
             "{name}"
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 0..20 {
-            assert!(backoff(attempt) <= Duration::from_secs(5));
-        }
-        assert!(backoff(1) <= Duration::from_millis(200));
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use broker::{Broker, BrokerError, Delivery};
 use protocol::Job;
+use protocol::backoff::Backoff;
 use protocol::names::DELAY_STEPS_SECONDS;
 use protocol::report::LocationFailure;
 use protocol::status::StatusDetail;
@@ -23,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{Aws, AwsErrorKind, backoff};
+use crate::aws::{Aws, AwsErrorKind};
 use crate::metrics::WorkerMetrics;
 use crate::safety::{self, SafetyState};
 use crate::{Context, JobError, JobOutcome, WorkerConfig, discover, execute, poll};
@@ -97,8 +98,8 @@ pub async fn run<S: Store>(
                 Ok(broker) => broker.with_keyring(config.keys.clone()),
                 Err(error) => {
                     metrics.connection("rabbitmq", false);
-                    failures += 1;
-                    let delay = backoff(failures).max(Duration::from_millis(200));
+                    let delay = Backoff::RECONNECT.delay(failures);
+                    failures = failures.saturating_add(1);
                     tracing::warn!(error = %error, ?delay, "rabbitmq unreachable; retrying");
                     tokio::select! {
                         () = stop.cancelled() => break,
