@@ -1,0 +1,366 @@
+//! A validated campaign: what to run, where, how fast and safely, and when.
+//!
+//! Raw text → [`CampaignSpec`] (shape only) → [`Campaign::build_and_validate`]
+//! (every rule, every problem reported with its field path) → typed [`Campaign`].
+//!
+//! Here the typed campaign and the order of its checks; [`parse`] the bounded
+//! parsing of text, [`rules`] each part's rules, [`patterns`] the identifier
+//! patterns, [`values`] durations and output locations.
+
+mod parse;
+mod patterns;
+mod rules;
+mod values;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rate_control::RateValue;
+use crate::schedule::{Schedule, ScheduleExpression, parse_timezone};
+use crate::spec::{CampaignSpec, MissedOccurrence, TriggerEvent};
+use crate::validation::{FieldError, FieldErrors, FieldPath, Validator};
+
+pub use self::parse::{MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES, parse_spec};
+use self::patterns::{RUN_BY, check_name};
+pub use self::patterns::{is_account_id, is_instance_id, is_region};
+use self::rules::{
+    validate_accounts, validate_api_rate_limits, validate_rate_control, validate_regions,
+    validate_role, validate_steps, validate_targets,
+};
+pub use self::values::{parse_duration_in, parse_output, short_duration};
+
+pub const DEFAULT_ROLE_NAME: &str = "FlotillaExecutionRole";
+pub const DEFAULT_OUTPUT_DIRECTORY: &str = "flotilla-results";
+/// The SSM document whose steps report patch compliance.
+pub const PATCH_BASELINE_DOCUMENT: &str = "AWS-RunPatchBaseline";
+
+/// SendCommand's TimeoutSeconds range.
+const STEP_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(30 * 86_400));
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// AssumeRole's DurationSeconds with role chaining: 15 minutes to 1 hour.
+const SESSION_DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_secs(900), Duration::from_secs(3600));
+const TRIGGER_DELAY_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
+/// SSM's limit on tag keys in SendCommand's Targets.
+const MAX_TAG_KEYS: usize = 5;
+/// SSM's limit on values of one tag key in Targets.
+const MAX_TAG_VALUES: usize = 50;
+const MAX_RATE_PER_SECOND: f64 = 10_000.0;
+
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub name: String,
+    pub description: String,
+    pub version: u32,
+    pub steps: Vec<Step>,
+    pub accounts: AccountSelection,
+    pub regions: Vec<String>,
+    pub role: ExecutionRole,
+    pub targets: TargetSelection,
+    pub rate_control: RateControl,
+    pub api_rate_limits: ApiRateLimits,
+    pub schedule: Option<CampaignSchedule>,
+    pub triggers: Vec<Trigger>,
+    pub output: OutputLocation,
+    /// The spec this was built from, for storing and showing back.
+    pub spec: CampaignSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub document: String,
+    /// SSM's shape: every parameter is a list of strings.
+    pub parameters: BTreeMap<String, Vec<String>>,
+    pub timeout: Duration,
+}
+
+impl Step {
+    /// True for AWS-RunPatchBaseline steps, whose results carry compliance counts.
+    pub fn is_patch_baseline(&self) -> bool {
+        self.document == PATCH_BASELINE_DOCUMENT
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSelection {
+    pub ids: Vec<String>,
+    pub organizational_units: Vec<String>,
+    pub include_child_ous: bool,
+    pub exclude_accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionRole {
+    pub name: String,
+    pub external_id: Option<String>,
+    pub session_duration: Duration,
+}
+
+impl ExecutionRole {
+    pub fn arn(&self, account_id: &str) -> String {
+        format!("arn:aws:iam::{account_id}:role/{}", self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetSelection {
+    pub selector: TargetSelector,
+    pub platform: Option<Platform>,
+    pub online_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetSelector {
+    All,
+    InstanceIds(Vec<String>),
+    /// Tag key → accepted values; keys ANDed, values ORed.
+    Tags(BTreeMap<String, Vec<String>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Platform {
+    Linux,
+    Windows,
+    MacOS,
+}
+
+impl Platform {
+    /// SSM's PlatformType name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linux => "Linux",
+            Self::Windows => "Windows",
+            Self::MacOS => "MacOS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateControl {
+    pub location_concurrency: RateValue,
+    pub location_max_errors: RateValue,
+    pub max_concurrency: RateValue,
+    pub max_errors: RateValue,
+}
+
+/// Requests per second shared by all workers: per account-region for the SSM calls,
+/// per account for AssumeRole.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ApiRateLimits {
+    pub send_command: f64,
+    pub list_command_invocations: f64,
+    pub describe_instance_information: f64,
+    pub describe_instance_patch_states: f64,
+    pub assume_role: f64,
+}
+
+impl Default for ApiRateLimits {
+    /// Well under the SSM and STS limits of one account-region, leaving room for
+    /// the account's other automation.
+    fn default() -> Self {
+        Self {
+            send_command: 5.0,
+            list_command_invocations: 10.0,
+            describe_instance_information: 5.0,
+            describe_instance_patch_states: 5.0,
+            assume_role: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CampaignSchedule {
+    pub schedule: Schedule,
+    pub on_missed: MissedOccurrence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub event: TriggerEvent,
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputLocation {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// The format a spec is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    Yaml,
+    Json,
+}
+
+impl SpecFormat {
+    /// `.json` files are JSON; everything else is read as YAML.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => Self::Json,
+            _ => Self::Yaml,
+        }
+    }
+}
+
+impl Campaign {
+    /// Parses and validates a spec; every problem comes back with its field path.
+    pub fn parse(text: &str, format: SpecFormat) -> Result<Self, FieldErrors> {
+        Self::parse_within(text, format, DEFAULT_MAX_LOCATIONS)
+    }
+
+    /// [`Campaign::parse`], allowing at most `max_locations` account-region
+    /// pairs (accounts listed by id × regions; accounts of OUs are counted when
+    /// a run resolves them).
+    pub fn parse_within(
+        text: &str,
+        format: SpecFormat,
+        max_locations: u64,
+    ) -> Result<Self, FieldErrors> {
+        let spec = parse_spec(text, format)?;
+        Self::build_and_validate_within(spec, max_locations)
+    }
+
+    /// Checks every rule of `spec` and builds the typed campaign.
+    pub fn build_and_validate(spec: CampaignSpec) -> Result<Self, FieldErrors> {
+        Self::build_and_validate_within(spec, DEFAULT_MAX_LOCATIONS)
+    }
+
+    fn build_and_validate_within(
+        spec: CampaignSpec,
+        max_locations: u64,
+    ) -> Result<Self, FieldErrors> {
+        let mut v = Validator::new();
+        let root = FieldPath::root();
+        // First, and alone: a spec that expands past the cap is refused
+        // before its (many) items are validated one by one.
+        let (account_count, region_count) = (spec.accounts.ids.len(), spec.regions.len());
+        let location_count = (account_count as u64).saturating_mul(region_count as u64);
+        if location_count > max_locations {
+            let mut early = Validator::new();
+            early.error(
+                &root.at("accounts").at("ids"),
+                format!(
+                    "{account_count} accounts × {region_count} regions are {location_count} locations; a run may have at most {max_locations} (the scheduler's --max-locations)"
+                ),
+            );
+            return Err(early.finish().err().unwrap_or_else(internal_error));
+        }
+
+        if spec.name.is_empty() {
+            v.error(&root.at("name"), "is required");
+        } else {
+            v.check(&root.at("name"), check_name(&spec.name));
+        }
+        if spec.description.chars().count() > 1024 {
+            v.error(&root.at("description"), "must be at most 1024 characters");
+        }
+        if spec.version == 0 {
+            v.error(&root.at("version"), "must be at least 1");
+        }
+        let steps = validate_steps(&mut v, &spec, &root.at("steps"));
+        let accounts = validate_accounts(&mut v, &spec, &root.at("accounts"));
+        let regions = validate_regions(&mut v, &spec.regions, &root.at("regions"));
+        let role = validate_role(&mut v, &spec, &root.at("role"));
+        let targets = validate_targets(&mut v, &spec, &root.at("targets"));
+        let rate_control = validate_rate_control(&mut v, &spec, &root.at("rate_control"));
+        let api_rate_limits = validate_api_rate_limits(&mut v, &spec, &root.at("api_rate_limits"));
+        let schedule = spec.schedule.as_ref().and_then(|schedule| {
+            let path = root.at("schedule");
+            let expression = v.check(
+                &path.at("expression"),
+                schedule.expression.parse::<ScheduleExpression>(),
+            );
+            let timezone = v.check(
+                &path.at("timezone"),
+                parse_timezone(schedule.timezone.as_deref()),
+            );
+            Some(CampaignSchedule {
+                schedule: Schedule {
+                    expression: expression?,
+                    timezone: timezone?,
+                },
+                on_missed: schedule.on_missed,
+            })
+        });
+        let triggers = spec
+            .triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, trigger)| {
+                let path = root.at("triggers").index(index).at("delay");
+                let delay = match &trigger.delay {
+                    None => Some(Duration::ZERO),
+                    Some(text) => v.check(&path, parse_duration_in(text, TRIGGER_DELAY_RANGE)),
+                }?;
+                Some(Trigger {
+                    event: trigger.event,
+                    delay,
+                })
+            })
+            .collect::<Vec<_>>();
+        let mut seen_events = BTreeSet::new();
+        for (index, trigger) in spec.triggers.iter().enumerate() {
+            if !seen_events.insert(trigger.event) {
+                v.error(
+                    &root.at("triggers").index(index).at("event"),
+                    "is listed twice; a campaign reacts to each event kind once",
+                );
+            }
+        }
+        let output = v.check(&root.at("output"), parse_output(spec.output.as_deref()));
+        for (index, entry) in spec.run_by.iter().enumerate() {
+            if !RUN_BY.is_match(entry) {
+                v.error(
+                    &root.at("run_by").index(index),
+                    format!(
+                        "must be a principal name (1-128 of letters, digits, '_', '.', '-', '@') or role:<role>, got {entry:?}"
+                    ),
+                );
+            }
+        }
+        if spec.run_by.len() > 100 {
+            v.error(
+                &root.at("run_by"),
+                "may list at most 100 principals and roles",
+            );
+        }
+
+        v.finish()?;
+        // Every piece validated above is Some once `finish` reported no error.
+        let (Some(role), Some(rate_control), Some(output)) = (role, rate_control, output) else {
+            return Err(internal_error());
+        };
+        Ok(Self {
+            name: spec.name.clone(),
+            description: spec.description.clone(),
+            version: spec.version,
+            steps,
+            accounts,
+            regions,
+            role,
+            targets,
+            rate_control,
+            api_rate_limits,
+            schedule,
+            triggers,
+            output,
+            spec,
+        })
+    }
+}
+
+fn internal_error() -> FieldErrors {
+    FieldErrors(vec![FieldError {
+        path: String::new(),
+        message: "internal error: a field failed validation without an error message".into(),
+    }])
+}
+
+/// The most account-region pairs a run may have unless configured otherwise.
+pub const DEFAULT_MAX_LOCATIONS: u64 = 200_000;
