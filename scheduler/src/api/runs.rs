@@ -1,0 +1,183 @@
+//! `/runs` and `/kill`: progress, pause/resume/cancel, the kill switch.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use store::{KillScope, Store};
+use uuid::Uuid;
+
+use super::{ApiError, ApiResult, CurrentScheduler, scheduler};
+use crate::runs::RunProgress;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RunsQuery {
+    campaign: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn list_runs(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<RunsQuery>,
+) -> ApiResult<Vec<RunProgress>> {
+    let scheduler = scheduler(&current)?;
+    let limit = query.limit.unwrap_or(50).min(1_000);
+    let mut runs = Vec::new();
+    for run_id in scheduler.ledger().run_ids().await? {
+        if runs.len() >= limit {
+            break;
+        }
+        let progress = scheduler.progress(run_id).await?;
+        if query
+            .campaign
+            .as_ref()
+            .is_none_or(|campaign| *campaign == progress.campaign)
+        {
+            runs.push(progress);
+        }
+    }
+    Ok(Json(runs))
+}
+
+pub(super) fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a run id (a UUID)"),
+        )
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub progress: RunProgress,
+    pub location_states: Vec<crate::ledger::LocationStatus>,
+}
+
+pub(super) async fn show_run(
+    State(current): State<CurrentScheduler>,
+    Path(id): Path<String>,
+) -> ApiResult<RunDetail> {
+    let scheduler = scheduler(&current)?;
+    let run_id = parse_run_id(&id)?;
+    let progress = scheduler.progress(run_id).await?;
+    let location_states = scheduler.ledger().location_statuses(run_id).await?;
+    Ok(Json(RunDetail {
+        progress,
+        location_states,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ReasonBody {
+    reason: Option<String>,
+}
+
+pub(super) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
+    if body.trim().is_empty() {
+        return Ok(default.to_string());
+    }
+    let parsed: ReasonBody = serde_json::from_str(body).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
+    })?;
+    Ok(parsed.reason.unwrap_or_else(|| default.to_string()))
+}
+
+pub(super) async fn steer_run(
+    State(current): State<CurrentScheduler>,
+    Path((id, action)): Path<(String, String)>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let run_id = parse_run_id(&id)?;
+    let changed = match action.as_str() {
+        "pause" => {
+            scheduler
+                .pause(run_id, &reason_of(&body, "paused by an operator")?)
+                .await?
+        }
+        "resume" => {
+            scheduler
+                .resume(run_id, &reason_of(&body, "resumed by an operator")?)
+                .await?
+        }
+        "cancel" => {
+            scheduler
+                .cancel(run_id, &reason_of(&body, "cancelled by an operator")?)
+                .await?
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}; use pause, resume or cancel"),
+            ));
+        }
+    };
+    let progress = scheduler.progress(run_id).await?;
+    Ok(Json(
+        json!({ "changed": changed, "state": progress.state, "reason": progress.reason }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct KillQuery {
+    campaign: Option<String>,
+    /// Also cancel the commands in flight (engage only).
+    #[serde(default)]
+    cancel_in_flight: bool,
+}
+
+pub(super) fn kill_scope(query: &KillQuery) -> KillScope {
+    match &query.campaign {
+        Some(campaign) => KillScope::Campaign(campaign.clone()),
+        None => KillScope::Global,
+    }
+}
+
+pub(super) async fn kill_state(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<KillQuery>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    // Campaign names are never empty, so "" reads the global switch only.
+    let campaign = query.campaign.clone().unwrap_or_default();
+    let reason = scheduler.store().kill_reason(&campaign).await?;
+    Ok(Json(
+        json!({ "engaged": reason.is_some(), "reason": reason }),
+    ))
+}
+
+pub(super) async fn engage_kill(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<KillQuery>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let reason = reason_of(&body, "")?;
+    if reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason: required; say why everything stops (it is shown to every operator)",
+        ));
+    }
+    scheduler
+        .engage_kill_switch(&kill_scope(&query), &reason, query.cancel_in_flight)
+        .await?;
+    Ok(Json(
+        json!({ "engaged": true, "reason": reason, "cancel_in_flight": query.cancel_in_flight }),
+    ))
+}
+
+pub(super) async fn release_kill(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<KillQuery>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    scheduler
+        .store()
+        .release_kill_switch(&kill_scope(&query))
+        .await?;
+    tracing::warn!(campaign = ?query.campaign, "kill switch released");
+    Ok(Json(json!({ "engaged": false })))
+}
