@@ -6,33 +6,30 @@
 //! After every report the run advances: locations and batches are admitted up to
 //! the run's limits, a run whose locations are all done completes, and a halted
 //! or cancelled run with nothing in flight reports what it never started.
+//!
+//! Here the consumer: checking, parking, rejecting and acking deliveries;
+//! [`apply`] what a report changes in the ledger and what follows from it.
 
-use std::collections::HashMap;
+mod apply;
+
 use std::future::Future;
 use std::time::Duration;
 
 use broker::Delivery;
 use protocol::Report;
-use protocol::report::{StepResults, TargetResult, TargetsDiscovered};
-use protocol::run::RunState;
-use protocol::status::StatusDetail;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::ledger::{BatchEntry, location_key};
-use crate::sink::{ResultPath, ResultRecord, SinkError};
+use crate::sink::SinkError;
 use crate::{Scheduler, SchedulerError};
 
-/// The largest batch the scheduler admits (SendCommand's limit on InstanceIds).
-/// Tries of a batch's results write (about 3 s in all) before an outage is
+/// Tries of a batch's results write (up to about 3 s in all) before an outage is
 /// treated like a refusal: the run pauses and the report waits.
 const MAX_RESULTS_WRITE_ATTEMPTS: u32 = 5;
 
 /// How often a parked report comes back (once a minute) before it is given
 /// up to the dead-letter queue: a week.
 const MAX_REPORT_PARKS: u32 = 7 * 24 * 60;
-
-const MAX_BATCH: u64 = protocol::job::MAX_BATCH_SIZE as u64;
 
 /// What [`Scheduler::check_report`] decided.
 enum Verdict {
@@ -354,317 +351,4 @@ impl Scheduler {
             tracing::warn!(%run_id, error = %settled, "could not settle a report; it will be delivered again");
         }
     }
-
-    pub async fn handle_report(&self, report: &Report) -> Result<(), SchedulerError> {
-        let run_id = report.run_id();
-        let kind = report_kind(report);
-        let applied = self.apply_report(report).await;
-        self.metrics
-            .report(kind, if applied.is_ok() { "applied" } else { "failed" });
-        applied?;
-        self.advance(run_id).await
-    }
-
-    async fn apply_report(&self, report: &Report) -> Result<(), SchedulerError> {
-        let run_id = report.run_id();
-        match report {
-            Report::TargetsDiscovered(discovered) => self.apply_discovered(discovered).await?,
-            Report::LocationFailed(failed) => {
-                let reason = format!("{:?}: {}", failed.reason, failed.detail);
-                let (_, complete) = self
-                    .ledger
-                    .record_location_failed(run_id, &failed.location, &reason)
-                    .await?;
-                if complete {
-                    self.discovery_complete(run_id).await?;
-                }
-            }
-            Report::StepResults(results) => self.apply_results(results).await?,
-        }
-        Ok(())
-    }
-
-    async fn apply_discovered(&self, report: &TargetsDiscovered) -> Result<(), SchedulerError> {
-        let ids: Vec<String> = report
-            .targets
-            .iter()
-            .map(|target| target.instance_id.clone())
-            .collect();
-        let (_, complete) = self
-            .ledger
-            .record_page(
-                report.run_id,
-                &report.location,
-                report.page,
-                &ids,
-                report.last_page,
-            )
-            .await?;
-        if complete {
-            self.discovery_complete(report.run_id).await?;
-        }
-        Ok(())
-    }
-
-    /// Every location is discovered: the total is known, so percentages resolve.
-    pub(crate) async fn discovery_complete(&self, run_id: Uuid) -> Result<(), SchedulerError> {
-        let plan = self.plan(run_id).await?;
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
-        let total = fields.number("total");
-        let rate = &plan.campaign.rate_control;
-        let max_in_flight = rate.max_concurrency.concurrency(total).max(1);
-        // At least two batches fit under the limit, so one finishing lets the
-        // next start while the other still runs.
-        let batch_size = (max_in_flight / 2).clamp(1, MAX_BATCH);
-        let allowed_errors = rate.max_errors.allowed_errors(total);
-        if fields.get("plan_only") == Some("1") {
-            let reason = format!(
-                "plan only: {total} targets in {} locations",
-                fields.number("location_count")
-            );
-            self.ledger
-                .transition(
-                    run_id,
-                    &[RunState::Discovering],
-                    RunState::Completed,
-                    &reason,
-                )
-                .await?;
-            tracing::info!(%run_id, total, "plan complete");
-            return Ok(());
-        }
-        let state = self
-            .ledger
-            .start_execution(run_id, max_in_flight, batch_size, allowed_errors)
-            .await?;
-        tracing::info!(%run_id, total, max_in_flight, allowed_errors, state = state.as_str(), "discovery complete");
-        Ok(())
-    }
-
-    async fn apply_results(&self, report: &StepResults) -> Result<(), SchedulerError> {
-        let plan = self.plan(report.run_id).await?;
-        let step_name = plan
-            .campaign
-            .steps
-            .get(usize::from(report.step_index))
-            .map(|step| step.name.clone())
-            .ok_or_else(|| {
-                SchedulerError::Invalid(format!("results for unknown step {}", report.step_index))
-            })?;
-        let records: Vec<ResultRecord> = report
-            .results
-            .iter()
-            .cloned()
-            .map(|result| {
-                ResultRecord::new(
-                    report.run_id,
-                    &plan.campaign.name,
-                    &report.location,
-                    report.batch_id,
-                    report.step_index,
-                    &step_name,
-                    result,
-                )
-            })
-            .collect();
-        // Durable first: the ledger counts only what is written.
-        let path = ResultPath::new(
-            report.run_id,
-            &report.location,
-            report.batch_id,
-            report.step_index,
-        )
-        .map_err(SchedulerError::Invalid)?;
-        plan.results.write_batch(&path, records).await?;
-
-        let counters = count_by_status(report.step_index, &report.results);
-        let failures = report
-            .results
-            .iter()
-            .filter(|result| result.status.counts_against_error_budget())
-            .count() as u64;
-        let succeeded: Vec<String> = report
-            .results
-            .iter()
-            .filter(|result| result.status == StatusDetail::Success)
-            .map(|result| result.instance_id.clone())
-            .collect();
-        let next_step = report.step_index + 1;
-        let next = (usize::from(next_step) < plan.campaign.steps.len() && !succeeded.is_empty())
-            .then(|| BatchEntry {
-                location: location_key(&report.location),
-                batch_id: report.batch_id,
-                step_index: next_step,
-                instance_ids: succeeded,
-            });
-        let entry_key = BatchEntry {
-            location: location_key(&report.location),
-            batch_id: report.batch_id,
-            step_index: report.step_index,
-            instance_ids: Vec::new(),
-        }
-        .key();
-        let (new, state) = self
-            .ledger
-            .apply_results(
-                report.run_id,
-                &entry_key,
-                &report.location,
-                report.results.len(),
-                failures,
-                &counters,
-                next.as_ref(),
-            )
-            .await?;
-        if new {
-            for result in &report.results {
-                self.metrics
-                    .result(&plan.campaign.name, result.status.as_ssm_str());
-            }
-        }
-        if new && state == RunState::Halted && failures > 0 {
-            tracing::warn!(run_id = %report.run_id, "run halted by its error budget");
-        }
-        Ok(())
-    }
-
-    /// Admits what may start, completes a finished run, drains a stopped one.
-    pub async fn advance(&self, run_id: Uuid) -> Result<(), SchedulerError> {
-        let admitted = self.ledger.admit(run_id).await?;
-        if !admitted.is_empty() {
-            let plan = self.plan(run_id).await?;
-            self.publish_batches(&plan, &admitted).await?;
-        }
-        let state = self.ledger.complete_if_done(run_id).await?;
-        if state == RunState::Completed {
-            tracing::info!(%run_id, "run completed");
-        }
-        if matches!(state, RunState::Halted | RunState::Cancelled) {
-            self.drain(run_id).await?;
-        }
-        Ok(())
-    }
-
-    /// A halted or cancelled run with nothing in flight: every target it never
-    /// started gets a NotStarted result.
-    async fn drain(&self, run_id: Uuid) -> Result<(), SchedulerError> {
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
-        let discovery_done =
-            fields.number("discovered_locations") >= fields.number("location_count");
-        if fields.get("drained").is_some() || fields.number("in_flight") > 0 || !discovery_done {
-            return Ok(());
-        }
-        let plan = self.plan(run_id).await?;
-        let reason = fields.get("reason").unwrap_or("run stopped").to_string();
-        let mut counters: HashMap<String, u64> = HashMap::new();
-        for entry in self.ledger.never_started(run_id).await? {
-            let location = entry.location()?;
-            let step_name = plan
-                .campaign
-                .steps
-                .get(usize::from(entry.step_index))
-                .map(|step| step.name.clone())
-                .unwrap_or_default();
-            let records: Vec<ResultRecord> = entry
-                .instance_ids
-                .iter()
-                .map(|instance_id| {
-                    ResultRecord::new(
-                        run_id,
-                        &plan.campaign.name,
-                        &location,
-                        entry.batch_id,
-                        entry.step_index,
-                        &step_name,
-                        not_started(instance_id, &reason),
-                    )
-                })
-                .collect();
-            *counters
-                .entry(format!(
-                    "{}:{}",
-                    entry.step_index,
-                    StatusDetail::NotStarted.as_ssm_str()
-                ))
-                .or_default() += records.len() as u64;
-            let path = ResultPath::new(run_id, &location, entry.batch_id, entry.step_index)
-                .map_err(SchedulerError::Corrupt)?;
-            plan.results.write_batch(&path, records).await?;
-        }
-        if self.ledger.mark_drained(run_id, &counters).await? {
-            let not_started: u64 = counters.values().sum();
-            tracing::info!(%run_id, not_started, "stopped run drained");
-        }
-        Ok(())
-    }
-
-    /// Publishes every batch of the run that is admitted and not yet reported.
-    /// Copies of a job already queued are harmless: the first to claim the send
-    /// sends, the others resume its command or find it done.
-    pub async fn republish_admitted(&self, run_id: Uuid) -> Result<usize, SchedulerError> {
-        let plan = self.plan(run_id).await?;
-        let admitted = self.ledger.admitted(run_id).await?;
-        self.publish_batches(&plan, &admitted).await?;
-        Ok(admitted.len())
-    }
-
-    /// Re-publishes what live runs admitted (a previous scheduler may have died
-    /// between admitting and publishing), re-starts discovery of locations not
-    /// yet discovered, and advances every live run.
-    pub async fn recover(&self) -> Result<(), SchedulerError> {
-        for run_id in self.ledger.run_ids().await? {
-            let Some(fields) = self.ledger.run_fields(run_id).await? else {
-                continue;
-            };
-            let state = fields.state()?;
-            if state.is_final() && (state == RunState::Completed || fields.get("drained").is_some())
-            {
-                continue;
-            }
-            let plan = self.plan(run_id).await?;
-            let republished = self.republish_admitted(run_id).await?;
-            if state != RunState::Pending
-                && fields.number("discovered_locations") < fields.number("location_count")
-            {
-                self.publish_discovery(&plan).await?;
-            }
-            tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
-            self.advance(run_id).await?;
-        }
-        Ok(())
-    }
-}
-
-fn not_started(instance_id: &str, reason: &str) -> TargetResult {
-    TargetResult {
-        instance_id: instance_id.to_string(),
-        status: StatusDetail::NotStarted,
-        command_id: None,
-        requested_at: None,
-        started_at: None,
-        finished_at: None,
-        response_code: None,
-        output_excerpt: reason.to_string(),
-        compliance: None,
-        compliance_missing: None,
-    }
-}
-
-/// Counter fields `<step>:<status detail>` for one report.
-fn count_by_status(step_index: u16, results: &[TargetResult]) -> HashMap<String, u64> {
-    let mut counters = HashMap::new();
-    for result in results {
-        *counters
-            .entry(format!("{step_index}:{}", result.status.as_ssm_str()))
-            .or_default() += 1;
-    }
-    counters
 }
