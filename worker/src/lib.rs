@@ -5,6 +5,8 @@
 //! - [`consumer`]: the consume loop — reconnects, urgent before bulk, bounded
 //!   in-flight jobs, graceful shutdown — and `settle_delivery`, the one place a
 //!   delivery is acked, delayed or dead-lettered.
+//! - `admission`: whether a delivery may be worked on at all (signature,
+//!   signer, run contract).
 //! - [`discover`], [`execute`], [`poll`]: one file per job kind.
 //! - [`safety`]: the kill-switch watcher: the global switch re-read every
 //!   second and on every pushed change (fails closed when Redis cannot be read).
@@ -18,6 +20,7 @@
 //! - [`aws`]: role sessions, SSM clients, retries and the one AWS error classifier.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 
+mod admission;
 pub mod aws;
 pub mod consumer;
 pub mod discover;
