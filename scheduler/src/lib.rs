@@ -4,7 +4,8 @@
 //! another replica — continues every run where it was.
 //!
 //! - [`runs`]: starting a run (accounts × regions → locations → Discover jobs),
-//!   pausing, resuming, cancelling, and reading a run's progress.
+//!   pausing, resuming, cancelling, and reading a run's progress (`progress`:
+//!   [`RunProgress`] from the ledger's fields and counters).
 //! - [`reports`]: the reports consumer — applies each report once, writes
 //!   results before acking, admits what may start next, finishes runs.
 //! - [`campaigns`]: the versioned campaign store.
@@ -46,6 +47,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod oidc;
 pub mod organizations;
+mod progress;
 pub mod reports;
 pub mod runs;
 pub mod schedules;

@@ -1,0 +1,97 @@
+//! A run's progress as operators see it, read from the run's ledger fields
+//! and result counters.
+
+use std::collections::{BTreeMap, HashMap};
+
+use protocol::run::RunState;
+use uuid::Uuid;
+
+use crate::SchedulerError;
+use crate::ledger::RunFields;
+
+/// A run's progress, as operators see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunProgress {
+    pub run_id: Uuid,
+    pub campaign: String,
+    pub state: RunState,
+    pub reason: String,
+    /// Every result is in: the run completed, or stopped and reported what it
+    /// never started.
+    pub finished: bool,
+    pub total_targets: u64,
+    pub locations: u64,
+    pub locations_discovered: u64,
+    pub locations_failed: u64,
+    pub locations_done: u64,
+    pub active_locations: u64,
+    pub targets_in_flight: u64,
+    pub failures: u64,
+    pub allowed_errors: Option<u64>,
+    /// Results per step, by SSM status detail (`Success`, `Failed`, `Not Started`, …).
+    pub results: BTreeMap<u16, BTreeMap<String, u64>>,
+    /// Where the per-target results files go: a directory or `s3://…`.
+    pub results_location: String,
+    /// The principal that started it: a token's name, `anonymous`,
+    /// `schedule:<campaign>` or `event:<instance>`.
+    #[serde(default)]
+    pub started_by: String,
+}
+
+impl RunProgress {
+    /// Results of one step, summed over statuses.
+    pub fn step_results(&self, step_index: u16) -> u64 {
+        self.results
+            .get(&step_index)
+            .map_or(0, |statuses| statuses.values().sum())
+    }
+}
+
+pub(crate) fn progress_from(
+    run_id: Uuid,
+    fields: &RunFields,
+    counters: HashMap<String, u64>,
+) -> Result<RunProgress, SchedulerError> {
+    let mut results: BTreeMap<u16, BTreeMap<String, u64>> = BTreeMap::new();
+    for (field, count) in counters {
+        let Some((step, status)) = field.split_once(':') else {
+            continue;
+        };
+        let Ok(step) = step.parse::<u16>() else {
+            continue;
+        };
+        *results
+            .entry(step)
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += count;
+    }
+    let state = fields.state()?;
+    Ok(RunProgress {
+        run_id,
+        campaign: fields.get("campaign").unwrap_or_default().to_string(),
+        state,
+        finished: state == RunState::Completed
+            || (state.is_final() && fields.get("drained").is_some()),
+        reason: fields.get("reason").unwrap_or_default().to_string(),
+        total_targets: fields.number("total"),
+        locations: fields.number("location_count"),
+        locations_discovered: fields.number("discovered_locations"),
+        locations_failed: fields.number("failed_locations"),
+        locations_done: fields.number("locations_done"),
+        active_locations: fields.number("active_locations"),
+        targets_in_flight: fields.number("in_flight"),
+        failures: fields.number("failures"),
+        allowed_errors: fields
+            .get("allowed_errors")
+            .map(|_| fields.number("allowed_errors")),
+        results,
+        // Runs recorded before the field's rename name it `output_dir`.
+        results_location: fields
+            .get("results_location")
+            .or_else(|| fields.get("output_dir"))
+            .unwrap_or_default()
+            .to_string(),
+        started_by: fields.get("started_by").unwrap_or_default().to_string(),
+    })
+}
