@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::client::ApiClient;
 use crate::report::{self, Format};
+use crate::watch::{progress_line, watch};
 
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
@@ -237,120 +238,6 @@ pub fn campaign(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn progress_line(progress: &RunProgress) -> String {
-    let results: Vec<String> = progress
-        .results
-        .iter()
-        .map(|(step, statuses)| {
-            let counts: Vec<String> = statuses
-                .iter()
-                .map(|(status, n)| format!("{status} {n}"))
-                .collect();
-            format!("step {step}: {}", counts.join(", "))
-        })
-        .collect();
-    format!(
-        "{} {} ({}): {} targets, {} in flight, {}/{} locations done, {} failures{}{}",
-        progress.run_id,
-        progress.state,
-        progress.reason,
-        progress.total_targets,
-        progress.targets_in_flight,
-        progress.locations_done,
-        progress.locations,
-        progress.failures,
-        progress
-            .allowed_errors
-            .map(|allowed| format!(" of {allowed} allowed"))
-            .unwrap_or_default(),
-        if results.is_empty() {
-            String::new()
-        } else {
-            format!(" | {}", results.join("; "))
-        }
-    )
-}
-
-/// Progress bars until the run is finished: targets with a result of the last
-/// step reached, failures against the budget, and locations by state.
-/// The failures bar's text: the real count, never clamped to the bar.
-fn budget_line(failures: u64, allowed: Option<u64>) -> String {
-    match allowed {
-        None => format!("{failures} failed (budget known once discovery ends)"),
-        Some(allowed) if failures > allowed => {
-            format!("{failures} failed of {allowed} allowed (budget exceeded)")
-        }
-        Some(allowed) => format!(
-            "{failures} failed of {allowed} allowed ({} left)",
-            allowed - failures
-        ),
-    }
-}
-
-pub(crate) fn watch(
-    client: &ApiClient,
-    run_id: Uuid,
-    out: &mut impl Write,
-) -> anyhow::Result<ExitCode> {
-    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-    let bars = MultiProgress::new();
-    let targets = bars.add(ProgressBar::new(0));
-    targets.set_style(
-        ProgressStyle::with_template("targets   {bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let budget = bars.add(ProgressBar::new(0));
-    budget.set_style(
-        ProgressStyle::with_template("failures  {bar:40} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let locations = bars.add(ProgressBar::new_spinner());
-    loop {
-        let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
-        let progress = &detail.progress;
-        let finished_targets: u64 = progress
-            .results
-            .get(&0)
-            .map_or(0, |statuses| statuses.values().sum());
-        targets.set_length(progress.total_targets.max(1));
-        targets.set_position(finished_targets);
-        targets.set_message(format!(
-            "{} in flight · {}",
-            progress.targets_in_flight, progress.state
-        ));
-        let allowed = progress.allowed_errors.unwrap_or(0);
-        budget.set_length(allowed.max(1));
-        budget.set_position(progress.failures.min(allowed));
-        budget.set_message(budget_line(progress.failures, progress.allowed_errors));
-        let mut by_state: std::collections::BTreeMap<&str, usize> =
-            std::collections::BTreeMap::new();
-        for location in &detail.location_states {
-            *by_state.entry(location.state.as_str()).or_default() += 1;
-        }
-        let states: Vec<String> = by_state
-            .iter()
-            .map(|(state, n)| format!("{state} {n}"))
-            .collect();
-        locations.set_message(format!("locations {}", states.join(" · ")));
-        locations.tick();
-        if progress.finished {
-            // `abandon`, not `finish`: finishing fills a bar to its length,
-            // which would show a budget spent that was not.
-            targets.abandon();
-            budget.abandon();
-            locations.abandon();
-            writeln!(out, "{}", progress_line(progress))?;
-            writeln!(out, "results: {}", progress.results_location)?;
-            return Ok(if progress.state == protocol::run::RunState::Completed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_args(api)?;
     match command {
@@ -556,22 +443,4 @@ pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::
     }
     report::write(&report::build(args.run_id, &records), args.format, out)?;
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_failures_line_shows_the_real_count() {
-        assert_eq!(
-            budget_line(266, Some(449)),
-            "266 failed of 449 allowed (183 left)"
-        );
-        assert_eq!(
-            budget_line(9, Some(5)),
-            "9 failed of 5 allowed (budget exceeded)"
-        );
-        assert!(budget_line(3, None).starts_with("3 failed"));
-    }
 }

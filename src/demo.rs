@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::client::ApiClient;
-use crate::commands::{ApiArgs, ReportArgs, watch};
+use crate::commands::{ApiArgs, ReportArgs};
+use crate::watch::watch;
 
 /// The example campaign the demo runs (its accounts and regions become the
 /// simulated fleet's).

@@ -5,6 +5,7 @@
 //! - [`services`]: the long-running services (worker, scheduler).
 //! - [`commands`]: the operator's subcommands (campaign, run, kill, report),
 //!   through [`client`], the scheduler API's client.
+//! - [`watch`]: a run's live progress (`run watch`, the demo).
 //! - [`report`]: `flotilla report`'s summaries and formats.
 //! - [`admin`]: `flotilla admin purge`, removing a deployment's queues and keys.
 //! - [`access`]: `flotilla token` and `flotilla audit`.
@@ -20,3 +21,4 @@ pub mod demo;
 pub mod keys;
 pub mod report;
 pub mod services;
+pub mod watch;
