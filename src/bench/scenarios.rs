@@ -53,12 +53,34 @@ fn measure_on(
     campaign: &Value,
     during: &mut During,
 ) -> anyhow::Result<RunFigures> {
+    let (figures, ()) = measure_then(
+        bench,
+        profile,
+        (workers, worker_concurrency),
+        campaign,
+        during,
+        |_| Ok(()),
+    )?;
+    Ok(figures)
+}
+
+/// [`measure_on`], reading `after` from the cluster before it stops.
+fn measure_then<T>(
+    bench: &Bench,
+    profile: &Path,
+    (workers, worker_concurrency): (u16, u16),
+    campaign: &Value,
+    during: &mut During,
+    after: impl FnOnce(&Cluster) -> anyhow::Result<T>,
+) -> anyhow::Result<(RunFigures, T)> {
     let cluster = Cluster::start(bench.args, bench.dir, profile, workers, worker_concurrency)?;
     let figures = measure_run(&cluster, campaign, during, &bench.runtime);
+    let read = figures.is_ok().then(|| after(&cluster));
     let costs = cluster.stop(&bench.runtime);
     let mut figures = figures?;
     figures.processes = costs;
-    Ok(figures)
+    let read = read.unwrap_or_else(|| bail!("the run was not measured"))?;
+    Ok((figures, read))
 }
 
 fn scan(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'static str, Value)> {
@@ -86,20 +108,15 @@ fn rate_fidelity_scenario(
     let (per_location, rate) = (if args.quick { 1_000 } else { 5_000 }, 5.0);
     let profile = fleet(2, per_location, (0.0, 0.2));
     let path = profile_file(bench.dir, "rate", &profile)?;
-    let cluster = Cluster::start(
-        args,
-        bench.dir,
-        &path,
-        args.workers,
-        args.worker_concurrency,
-    )?;
     let campaign = scan_campaign("bench-rate", &profile, rate, &bench.results);
-    let figures = measure_run(&cluster, &campaign, &mut During::Nothing, &bench.runtime);
-    let fidelity = rate_fidelity(&cluster.sim_url, rate);
-    let costs = cluster.stop(&bench.runtime);
-    let mut figures = figures?;
-    figures.processes = costs;
-    let fidelity = fidelity?;
+    let (figures, fidelity) = measure_then(
+        bench,
+        &path,
+        (args.workers, args.worker_concurrency),
+        &campaign,
+        &mut During::Nothing,
+        |cluster| rate_fidelity(&cluster.sim_url, rate),
+    )?;
     print::fidelity(out, rate, &fidelity, &figures)?;
     Ok((
         "rate_fidelity",

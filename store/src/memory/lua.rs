@@ -142,6 +142,11 @@ fn error_table(lua: &Lua, error: &str) -> mlua::Result<LuaValue> {
 
 /// `redis.error_reply`, `redis.status_reply` and `cjson`.
 fn install_libraries(lua: &Lua) -> mlua::Result<()> {
+    // The base library is always there; its file and code loaders are not
+    // for scripts (Redis removes the file ones too).
+    for loader in ["dofile", "loadfile", "load", "loadstring"] {
+        lua.globals().set(loader, mlua::Nil)?;
+    }
     let redis = lua.create_table()?;
     redis.set(
         "error_reply",
@@ -307,4 +312,25 @@ fn from_lua(value: &LuaValue) -> Reply {
         }
         _ => Value::Nil,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_reach_no_file_code_loader_or_os() {
+        let mut scripting = Scripting::new().expect("a Lua state");
+        let mut db = Db::default();
+        let probe = b"return {type(dofile), type(loadfile), type(load), type(loadstring), \
+                      type(io), type(os), type(require), type(string.format)}";
+        let sha = scripting.load(probe).expect("the probe compiles");
+        let reply = scripting.run(&mut db, &sha, &[b"0".to_vec()]);
+        let nils = |n: usize| {
+            std::iter::repeat_n(Value::BulkString(b"nil".to_vec()), n)
+                .chain([Value::BulkString(b"function".to_vec())])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(reply, Ok(Value::Array(nils(7))));
+    }
 }
