@@ -47,13 +47,6 @@ impl SafetyState {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Reading {
-    Clear,
-    Engaged(String),
-    Unreadable(String),
-}
-
 /// Runs until `shutdown`: keeps `state` and the metrics current, logging changes.
 pub async fn watch<S: Store>(
     store: S,
@@ -68,34 +61,26 @@ pub async fn watch<S: Store>(
             changes = store.watch_kill_changes().await.ok();
         }
         // Campaign names are never empty, so this reads the global switch only.
-        let reading = match store.kill_reason("").await {
-            Ok(None) => Reading::Clear,
-            Ok(Some(reason)) => Reading::Engaged(reason),
-            Err(error) => Reading::Unreadable(error.to_string()),
+        let blocked = match store.kill_reason("").await {
+            Ok(None) => None,
+            Ok(Some(reason)) => Some(GateCause::KillSwitchGlobal(reason)),
+            Err(error) => Some(GateCause::StoreUnreachable(error.to_string())),
         };
-        state.set_blocked(match &reading {
-            Reading::Clear => None,
-            Reading::Engaged(reason) => Some(GateCause::KillSwitchGlobal(reason.clone())),
-            Reading::Unreadable(error) => Some(GateCause::StoreUnreachable(error.clone())),
-        });
-        metrics.kill_switch(reading != Reading::Clear);
-        metrics.connection("redis", !matches!(reading, Reading::Unreadable(_)));
-        if last.as_ref() != Some(&reading) {
-            match &reading {
-                Reading::Clear => tracing::info!("kill switch clear: sending allowed"),
-                Reading::Engaged(reason) => {
-                    tracing::warn!(
-                        reason = reason.as_str(),
-                        "kill switch engaged: no commands are sent"
-                    )
-                }
-                Reading::Unreadable(error) => tracing::error!(
+        metrics.kill_switch(blocked.is_some());
+        let unreachable = matches!(blocked, Some(GateCause::StoreUnreachable(_)));
+        metrics.connection("redis", !unreachable);
+        if last.as_ref() != Some(&blocked) {
+            match &blocked {
+                None => tracing::info!("kill switch clear: sending allowed"),
+                Some(GateCause::StoreUnreachable(error)) => tracing::error!(
                     error = error.as_str(),
                     "redis unreachable: failing closed, no commands are sent until it answers"
                 ),
+                Some(cause) => tracing::warn!(%cause, "kill switch engaged: no commands are sent"),
             }
-            last = Some(reading);
+            last = Some(blocked.clone());
         }
+        state.set_blocked(blocked);
         let pushed = async {
             match changes.as_mut() {
                 Some(receiver) => receiver.recv().await,

@@ -113,7 +113,7 @@ fn arity(args: &[Bytes], at_least: usize) -> Result<(), String> {
 }
 
 /// Redis' answer to a command called with the wrong number of arguments.
-fn wrong_arguments(args: &[Bytes]) -> String {
+pub(super) fn wrong_arguments(args: &[Bytes]) -> String {
     let name = args
         .first()
         .map(|name| text(name).unwrap_or("?"))

@@ -90,10 +90,7 @@ impl Engine {
         match name.as_str() {
             "EVALSHA" | "EVAL" => {
                 let Some(script) = args.get(1) else {
-                    return Err(format!(
-                        "ERR wrong number of arguments for '{}' command",
-                        name.to_ascii_lowercase()
-                    ));
+                    return Err(db::wrong_arguments(args));
                 };
                 let sha = if name == "EVAL" {
                     self.scripting.load(script)?
