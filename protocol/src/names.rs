@@ -181,12 +181,19 @@ impl Names {
         format!("{}:kill:changes", self.prefix)
     }
 
+    /// A campaign's versions. Campaign keys share the `{campaigns}` hash tag:
+    /// a new version and the index change in one script (one cluster slot).
     pub fn campaign_key(&self, campaign: &str) -> String {
-        format!("{}:campaign:{campaign}", self.prefix)
+        format!("{}:{{campaigns}}:{campaign}", self.prefix)
     }
 
     pub fn campaigns_index_key(&self) -> String {
-        format!("{}:campaigns", self.prefix)
+        format!("{}:{{campaigns}}", self.prefix)
+    }
+
+    /// The keys of `campaign_apply.lua`: the campaign, the index.
+    pub fn campaign_script_keys(&self, campaign: &str) -> [String; 2] {
+        [self.campaign_key(campaign), self.campaigns_index_key()]
     }
 
     /// The run record (state, reason, totals) as a hash.
@@ -243,6 +250,20 @@ impl Names {
         format!("{}:runs", self.prefix)
     }
 
+    /// The eight keys every run script gets, in the order of `run_prelude.lua`.
+    pub fn run_script_keys(&self, run_id: Uuid) -> [String; 8] {
+        [
+            self.run_key(run_id),
+            self.run_locations_key(run_id),
+            self.run_location_state_key(run_id),
+            self.run_pages_key(run_id),
+            self.run_pending_key(run_id),
+            self.run_admitted_key(run_id),
+            self.run_applied_key(run_id),
+            self.run_counters_key(run_id),
+        ]
+    }
+
     /// A token bucket shared by every worker for one account-region-API.
     pub fn token_bucket_key(&self, account_id: &str, region: &str, api: &str) -> String {
         format!("{}:rate:{{{account_id}:{region}}}:{api}", self.prefix)
@@ -253,25 +274,59 @@ impl Names {
         format!("{}:runs:pending", self.prefix)
     }
 
-    /// Per campaign: the last schedule occurrence fired (Unix ms).
+    /// Per campaign: the last schedule occurrence fired (Unix ms). The
+    /// schedule's keys share the `{schedule}` hash tag: a fire checks the lease
+    /// in the same script (one cluster slot).
     pub fn schedule_fired_key(&self) -> String {
-        format!("{}:schedule:fired", self.prefix)
+        format!("{}:{{schedule}}:fired", self.prefix)
     }
 
     /// The last fencing token handed out with the leader lease.
     pub fn scheduler_lease_token_key(&self) -> String {
-        format!("{}:scheduler:lease:token", self.prefix)
+        format!("{}:{{schedule}}:lease:token", self.prefix)
     }
 
     /// Every schedule fire (`campaign occurrence holder`), newest last.
     pub fn schedule_fires_key(&self) -> String {
-        format!("{}:schedule:fires", self.prefix)
+        format!("{}:{{schedule}}:fires", self.prefix)
     }
 
     /// The scheduler leader lease (value: holder id; fencing token alongside).
     pub fn scheduler_lease_key(&self) -> String {
-        format!("{}:scheduler:lease", self.prefix)
+        format!("{}:{{schedule}}:lease", self.prefix)
     }
+
+    /// The keys of `schedule_acquire.lua`: the lease, its token counter.
+    pub fn schedule_acquire_keys(&self) -> [String; 2] {
+        [self.scheduler_lease_key(), self.scheduler_lease_token_key()]
+    }
+
+    /// The keys of `schedule_fire.lua`: the lease, the fired hash, the log.
+    pub fn schedule_fire_keys(&self) -> [String; 3] {
+        [
+            self.scheduler_lease_key(),
+            self.schedule_fired_key(),
+            self.schedule_fires_key(),
+        ]
+    }
+}
+
+/// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag — the
+/// part between the first `{` and the next `}` when not empty — or of the
+/// whole key, modulo 16384), as `CLUSTER KEYSLOT` answers. A script's keys
+/// must all be in one slot.
+pub fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&byte| byte == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|&byte| byte == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
 }
 
 #[cfg(test)]
@@ -296,6 +351,43 @@ mod tests {
             names.run_applied_key(run_id),
         ] {
             assert!(key.contains(&tag), "{key}");
+        }
+    }
+
+    #[test]
+    fn hash_slots_are_redis_clusters() {
+        // Values from Redis' CLUSTER KEYSLOT documentation and spec.
+        assert_eq!(hash_slot("somekey"), 11058);
+        assert_eq!(hash_slot("foo{hash_tag}"), hash_slot("hash_tag"));
+        assert_eq!(hash_slot("123456789"), 0x31C3);
+        assert_ne!(hash_slot("foo{}{bar}"), hash_slot("bar"));
+        assert_eq!(hash_slot("foo{{bar}}zap"), hash_slot("{bar"));
+    }
+
+    #[test]
+    fn every_scripts_keys_are_in_one_hash_slot() {
+        let names = Names::new("flotilla-test");
+        let run_id = Uuid::new_v4();
+        let lists: Vec<(&str, Vec<String>)> = vec![
+            ("run scripts", names.run_script_keys(run_id).to_vec()),
+            ("campaign_apply", names.campaign_script_keys("nightly-scan").to_vec()),
+            ("campaign_approve", vec![names.campaign_key("nightly-scan")]),
+            ("schedule_acquire", names.schedule_acquire_keys().to_vec()),
+            ("schedule_fire", names.schedule_fire_keys().to_vec()),
+            (
+                "take_tokens",
+                vec![names.token_bucket_key("123456789012", "us-east-1", "SendCommand")],
+            ),
+            (
+                "reclaim_send/release_send",
+                vec![names.job_command_key(run_id, Uuid::new_v4())],
+            ),
+        ];
+        for (script, keys) in lists {
+            let slot = hash_slot(&keys[0]);
+            for key in &keys {
+                assert_eq!(hash_slot(key), slot, "{script}: {key} is in another slot than {}", keys[0]);
+            }
         }
     }
 

@@ -56,8 +56,7 @@ impl Scheduler {
         }
         let mut connection = self.ledger.connection();
         let (version, changed): (u32, u8) = APPLY
-            .key(names.campaign_key(&campaign.name))
-            .key(names.campaigns_index_key())
+            .key(&names.campaign_script_keys(&campaign.name)[..])
             .arg(&campaign.name)
             .arg(spec)
             .arg(now_ms())

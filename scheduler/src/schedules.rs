@@ -79,8 +79,7 @@ impl Scheduler {
         let names = self.broker.names();
         let mut connection = self.ledger.connection();
         let token: u64 = ACQUIRE
-            .key(names.scheduler_lease_key())
-            .key(names.scheduler_lease_token_key())
+            .key(&names.schedule_acquire_keys()[..])
             .arg(&self.config.name)
             .arg(u64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut connection)
@@ -215,9 +214,7 @@ impl Scheduler {
         let mut connection = self.ledger.connection();
         let names = self.broker.names();
         Ok(FIRE
-            .key(names.scheduler_lease_key())
-            .key(names.schedule_fired_key())
-            .key(names.schedule_fires_key())
+            .key(&names.schedule_fire_keys()[..])
             .arg(lease_value)
             .arg(campaign)
             .arg(occurrence_ms)

@@ -1,7 +1,8 @@
-//! One suite, two backends: the scheduler's state — the run ledger, the
-//! campaign store and the schedule lease — on real Redis (127.0.0.1:6379, a key
-//! prefix per test, purged afterwards) and on the in-memory Redis. The same Lua
-//! scripts run on both. Reports
+//! One suite, four backends: the scheduler's state — the run ledger, the
+//! campaign store and the schedule lease — on real Redis (127.0.0.1:6379), a
+//! 3-master Redis Cluster and a Sentinel-watched master (started on loopback by
+//! `scripts/redis-topologies`), a key prefix per test, purged afterwards, and on
+//! the in-memory Redis. The same Lua scripts run on all four. Reports
 //! count once however often they are applied; the failure that exhausts the
 //! error budget halts the run in the same atomic step, also when many reports
 //! arrive at once; admission keeps to location concurrency and max in flight.
@@ -33,15 +34,27 @@ struct Backend {
 
 impl Backend {
     async fn redis() -> Self {
+        Self::real(REDIS_URL.into()).await
+    }
+
+    async fn cluster() -> Self {
+        Self::real(store::test_topologies::cluster_url()).await
+    }
+
+    async fn sentinel() -> Self {
+        Self::real(store::test_topologies::sentinel_url()).await
+    }
+
+    async fn real(url: String) -> Self {
         let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
-        let store = match RedisStore::connect(REDIS_URL, names.clone()).await {
+        let store = match RedisStore::connect(&url, names.clone()).await {
             Ok(store) => store,
-            Err(error) => panic!("these tests need Redis: {error}"),
+            Err(error) => panic!("{}", store::test_topologies::needs(&url, &error)),
         };
         Self {
             ledger: Ledger::new(store.connection(), names.clone()),
             names,
-            redis_url: REDIS_URL.into(),
+            redis_url: url,
             amqp_url: AMQP_URL.into(),
             redis: Some(store),
         }
@@ -83,7 +96,7 @@ impl Backend {
     }
 }
 
-/// Runs `$check(&backend)` once on each backend, as two tests.
+/// Runs `$check(&backend)` once on each backend, as four tests.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -96,11 +109,16 @@ macro_rules! conformance {
                 }
             )*
         }
-        mod redis {
+        conformance!(@real redis, $($name),*);
+        conformance!(@real cluster, $($name),*);
+        conformance!(@real sentinel, $($name),*);
+    };
+    (@real $backend:ident, $($name:ident),*) => {
+        mod $backend {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let backend = super::Backend::redis().await;
+                    let backend = super::Backend::$backend().await;
                     super::$name(&backend).await;
                     backend.clean_up().await;
                 }

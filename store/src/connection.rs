@@ -7,12 +7,20 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
+use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 
 use crate::StoreError;
+use crate::endpoint::Endpoint;
 use crate::memory::MemoryRedis;
+use crate::sentinel::SentinelConnection;
 
 /// TLS to Redis: a `rediss://` URL, checked against the system's roots or
 /// against the CA of `ca_file` (PEM) — a private CA, as ElastiCache's in-transit
@@ -53,6 +61,15 @@ pub enum Connection {
         client: Box<redis::Client>,
         manager: ConnectionManager,
     },
+    /// A Redis Cluster: commands go to the master of their key's slot and
+    /// follow MOVED/ASK and failovers by themselves.
+    Cluster {
+        /// One client per seed node, for pub/sub (see [`Connection::subscribe`]).
+        seeds: Arc<[redis::Client]>,
+        connection: ClusterConnection,
+    },
+    /// The master that Redis Sentinel names.
+    Sentinel(SentinelConnection),
     Memory(MemoryRedis),
 }
 
@@ -60,20 +77,31 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Redis { .. } => f.write_str("Connection::Redis"),
+            Self::Cluster { .. } => f.write_str("Connection::Cluster"),
+            Self::Sentinel(_) => f.write_str("Connection::Sentinel"),
             Self::Memory(_) => f.write_str("Connection::Memory"),
         }
     }
 }
 
+/// Answers must come within a second: the kill switch is re-read every
+/// second, and a Redis that does not answer must stop workers (fail closed)
+/// rather than stall them. Reconnects back off up to a second.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(crate) fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(RESPONSE_TIMEOUT)
+}
+
 impl Connection {
     /// Connects (and reconnects by itself later); fails at once if Redis does
-    /// not answer. `memory://<name>` opens the in-memory Redis of that name.
+    /// not answer. The URL forms are [`Endpoint`]'s.
     pub async fn open(url: &str, tls: &RedisTls) -> Result<Self, StoreError> {
-        if let Some(name) = protocol::names::in_memory_name(url) {
-            return MemoryRedis::named(name)
-                .map(Self::Memory)
-                .map_err(StoreError::Unexpected);
-        }
+        let endpoint = Endpoint::parse(url)?;
         let unreachable = |source| StoreError::Unreachable {
             url: protocol::redact_password(url),
             source,
@@ -81,60 +109,110 @@ impl Connection {
         // rustls needs one crypto provider for the process; the SDKs bring
         // two. Installing it again is harmless.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let client = match tls.root_cert()? {
-            Some(root_cert) if url.starts_with("rediss://") => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            ),
-            Some(_) => {
-                return Err(StoreError::Unexpected(format!(
-                    "a Redis CA file is set but {} is not a rediss:// URL",
-                    protocol::redact_password(url)
-                )));
+        let root_cert = tls.root_cert()?;
+        let certificates = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: root_cert.clone(),
+        };
+        match endpoint {
+            Endpoint::Memory(name) => MemoryRedis::named(&name)
+                .map(Self::Memory)
+                .map_err(StoreError::Unexpected),
+            Endpoint::Node(url) => {
+                let client = match &root_cert {
+                    Some(_) if url.starts_with("rediss://") => {
+                        redis::Client::build_with_tls(url.as_str(), certificates())
+                    }
+                    Some(_) => return Err(not_tls(&url)),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(unreachable)?;
+                let manager = ConnectionManager::new_with_config(client.clone(), manager_config())
+                    .await
+                    .map_err(unreachable)?;
+                Ok(Self::Redis {
+                    client: Box::new(client),
+                    manager,
+                })
             }
-            None => redis::Client::open(url),
+            Endpoint::Cluster { seeds } => {
+                if root_cert.is_some() && !seeds.iter().all(|seed| seed.starts_with("rediss://")) {
+                    return Err(not_tls(url));
+                }
+                let mut builder = ClusterClientBuilder::new(seeds.clone())
+                    .connection_timeout(RESPONSE_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT);
+                let mut clients = Vec::with_capacity(seeds.len());
+                for seed in &seeds {
+                    clients.push(match &root_cert {
+                        Some(_) => redis::Client::build_with_tls(seed.as_str(), certificates()),
+                        None => redis::Client::open(seed.as_str()),
+                    }
+                    .map_err(unreachable)?);
+                }
+                if root_cert.is_some() {
+                    builder = builder.certs(certificates());
+                }
+                let client = builder.build().map_err(unreachable)?;
+                let connection = client.get_async_connection().await.map_err(unreachable)?;
+                Ok(Self::Cluster {
+                    seeds: clients.into(),
+                    connection,
+                })
+            }
+            Endpoint::Sentinel { .. } if root_cert.is_some() => Err(StoreError::Unexpected(
+                "a Redis CA file is not supported through Sentinel; use the system's roots".into(),
+            )),
+            Endpoint::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+                tls,
+            } => SentinelConnection::open(sentinels, &master, username, password, tls)
+                .await
+                .map(Self::Sentinel)
+                .map_err(unreachable),
         }
-        .map_err(unreachable)?;
-        // Answers must come within a second: the kill switch is re-read every
-        // second, and a Redis that does not answer must stop workers (fail closed)
-        // rather than stall them. Reconnects back off up to a second.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let manager = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(unreachable)?;
-        Ok(Self::Redis {
-            client: Box::new(client),
-            manager,
-        })
     }
 
     /// Wakes the receiver on every message published to `channel`. The
     /// receiver closes if the subscription is lost.
+    ///
+    /// In a cluster this is classic (not sharded) pub/sub on the first seed
+    /// node that answers: Redis Cluster forwards every PUBLISH to every node,
+    /// so any one node hears the kill switch, and the subscriber does not have
+    /// to follow a slot's master through failovers as SSUBSCRIBE would. The
+    /// switch changes seldom, so the cluster-wide broadcast costs nothing.
     pub async fn subscribe(
         &self,
         channel: &str,
     ) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        match self {
-            Self::Redis { client, .. } => {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(channel).await?;
-                tokio::spawn(async move {
-                    let mut messages = pubsub.into_on_message();
-                    while messages.next().await.is_some() {
-                        if !wake(&sender) {
-                            return;
+        let client = match self {
+            Self::Redis { client, .. } => client.as_ref().clone(),
+            Self::Cluster { seeds, .. } => {
+                let mut last = None;
+                for seed in seeds.iter() {
+                    match seed.get_async_pubsub().await {
+                        Ok(pubsub) => {
+                            last = Some(Ok(pubsub));
+                            break;
                         }
+                        Err(error) => last = Some(Err(error)),
                     }
-                });
+                }
+                let mut pubsub = match last {
+                    Some(pubsub) => pubsub?,
+                    None => {
+                        return Err(StoreError::Unexpected("a cluster URL without nodes".into()));
+                    }
+                };
+                pubsub.subscribe(channel).await?;
+                forward(pubsub, sender);
+                return Ok(receiver);
             }
+            Self::Sentinel(sentinel) => sentinel.master_client(),
             Self::Memory(memory) => {
                 let mut messages = memory.subscribe(channel);
                 tokio::spawn(async move {
@@ -144,10 +222,107 @@ impl Connection {
                         }
                     }
                 });
+                return Ok(receiver);
             }
-        }
+        };
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        forward(pubsub, sender);
         Ok(receiver)
     }
+
+    /// Every key matching `pattern`, from every master of a cluster.
+    pub async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        match self {
+            Self::Cluster { connection, .. } => {
+                let mut connection = connection.clone();
+                for (host, port) in cluster_masters(&mut connection).await? {
+                    let mut cursor = 0u64;
+                    loop {
+                        let mut scan = redis::cmd("SCAN");
+                        scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        });
+                        let reply = connection.route_command(scan, routing).await?;
+                        let (next, batch): (u64, Vec<String>) = parsed(reply)?;
+                        keys.extend(batch);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+            _ => {
+                let mut connection = self.clone();
+                let mut iter: redis::AsyncIter<String> = connection.scan_match(pattern).await?;
+                while let Some(key) = iter.next_item().await {
+                    keys.push(key?);
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn not_tls(url: &str) -> StoreError {
+    StoreError::Unexpected(format!(
+        "a Redis CA file is set but {} is not a TLS URL (rediss://, rediss+cluster://)",
+        protocol::redact_password(url)
+    ))
+}
+
+/// The masters of a cluster, as `CLUSTER SLOTS` lists them (host, port).
+async fn cluster_masters(
+    connection: &mut ClusterConnection,
+) -> Result<Vec<(String, u16)>, StoreError> {
+    let reply = connection
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let ranges: Vec<Vec<Value>> = parsed(reply)?;
+    let mut masters = Vec::new();
+    for range in ranges {
+        let Some(master) = range.into_iter().nth(2) else {
+            continue;
+        };
+        let node: Vec<Value> = parsed(master)?;
+        let mut fields = node.into_iter();
+        let (Some(host), Some(port)) = (fields.next(), fields.next()) else {
+            return Err(StoreError::Unexpected(
+                "CLUSTER SLOTS listed a node without host and port".into(),
+            ));
+        };
+        let node = (
+            parsed::<String>(host)?,
+            parsed::<u16>(port)?,
+        );
+        if !masters.contains(&node) {
+            masters.push(node);
+        }
+    }
+    Ok(masters)
+}
+
+fn parsed<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value)
+        .map_err(|error| StoreError::Unexpected(format!("a cluster node answered: {error}")))
+}
+
+fn forward(pubsub: redis::aio::PubSub, sender: tokio::sync::mpsc::Sender<()>) {
+    tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while messages.next().await.is_some() {
+            if !wake(&sender) {
+                return;
+            }
+        }
+    });
 }
 
 /// False once nobody listens. A full channel already holds a wake-up.
@@ -162,6 +337,8 @@ impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Redis { manager, .. } => manager.req_packed_command(cmd),
+            Self::Cluster { connection, .. } => connection.req_packed_command(cmd),
+            Self::Sentinel(sentinel) => sentinel.req_packed_command(cmd),
             Self::Memory(memory) => memory.req_packed_command(cmd),
         }
     }
@@ -174,6 +351,27 @@ impl redis::aio::ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Redis { manager, .. } => manager.req_packed_commands(pipeline, offset, count),
+            Self::Cluster { connection, .. } => Box::pin(async move {
+                match connection.req_packed_commands(pipeline, offset, count).await {
+                    // redis-rs sends a pipeline to one slot's master; a plain
+                    // (not MULTI) pipeline over keys of several slots goes
+                    // command by command, in order — the same effect, with
+                    // more round trips. A transaction over several slots
+                    // cannot exist in a cluster and fails.
+                    Err(error)
+                        if error.kind() == ErrorKind::Server(ServerErrorKind::CrossSlot)
+                            && !pipeline.is_transaction() =>
+                    {
+                        let mut replies = Vec::with_capacity(count);
+                        for cmd in pipeline.cmd_iter().skip(offset).take(count) {
+                            replies.push(connection.req_packed_command(cmd).await?);
+                        }
+                        Ok(replies)
+                    }
+                    other => other,
+                }
+            }),
+            Self::Sentinel(sentinel) => sentinel.req_packed_commands(pipeline, offset, count),
             Self::Memory(memory) => memory.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -181,6 +379,8 @@ impl redis::aio::ConnectionLike for Connection {
     fn get_db(&self) -> i64 {
         match self {
             Self::Redis { manager, .. } => manager.get_db(),
+            Self::Cluster { connection, .. } => connection.get_db(),
+            Self::Sentinel(sentinel) => sentinel.get_db(),
             Self::Memory(memory) => memory.get_db(),
         }
     }

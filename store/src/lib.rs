@@ -17,8 +17,11 @@
 
 pub mod acl;
 pub mod connection;
+pub mod endpoint;
 pub mod memory;
 pub mod redis_store;
+pub mod sentinel;
+pub mod test_topologies;
 
 use std::future::Future;
 use std::time::Duration;
@@ -51,7 +54,16 @@ impl StoreError {
         match self {
             Self::Unreachable { .. } => true,
             Self::Redis(error) => {
-                error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
+                use redis::{ErrorKind, ServerErrorKind};
+                error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_timeout()
+                    // A cluster or Sentinel failover: the new master takes over.
+                    || error.is_cluster_error()
+                    || matches!(
+                        error.kind(),
+                        ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                    )
             }
             Self::Unexpected(_) => false,
         }

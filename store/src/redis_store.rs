@@ -72,19 +72,17 @@ impl RedisStore {
     pub async fn purge(&self) -> Result<u64, StoreError> {
         let mut connection = self.connection.clone();
         let pattern = format!("{}:*", glob_escape(self.names.prefix()));
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = connection.scan_match(&pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                keys.push(key?);
-            }
-            keys
-        };
+        let keys = self.connection.scan_keys(&pattern).await?;
         let mut deleted = 0;
-        // Bounded commands: one huge DEL would block Redis for everyone.
+        // Bounded pipelines of one-key UNLINKs: one huge DEL would block Redis
+        // for everyone, and a cluster holds the keys in many slots.
         for chunk in keys.chunks(1000) {
-            let count: u64 = connection.unlink(chunk).await?;
-            deleted += count;
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.unlink(key);
+            }
+            let counts: Vec<u64> = pipe.query_async(&mut connection).await?;
+            deleted += counts.iter().sum::<u64>();
         }
         Ok(deleted)
     }

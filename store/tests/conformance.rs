@@ -1,6 +1,8 @@
-//! One suite, two backends: every behaviour the scheduler and workers rely on is
-//! checked against the in-memory Redis and against real Redis on 127.0.0.1:6379
-//! (each Redis test under its own key prefix, purged afterwards).
+//! One suite, four backends: every behaviour the scheduler and workers rely on
+//! is checked against the in-memory Redis, real Redis on 127.0.0.1:6379, a
+//! 3-master Redis Cluster and a Sentinel-watched master (both started on
+//! loopback by `scripts/redis-topologies`, which the test command runs); each
+//! real-Redis test under its own key prefix, purged afterwards.
 
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use protocol::names::Names;
 use protocol::run::{RunState, SendDecision};
+use store::test_topologies;
 use store::{
     BucketId, GateCause, KillScope, RedisStore, SendClaim, SendGate, Store, TokenGrant,
     TokenRequest,
@@ -26,14 +29,26 @@ async fn memory_store() -> RedisStore {
 }
 
 async fn redis_store() -> RedisStore {
+    store_at(REDIS_URL).await
+}
+
+async fn cluster_store() -> RedisStore {
+    store_at(&test_topologies::cluster_url()).await
+}
+
+async fn sentinel_store() -> RedisStore {
+    store_at(&test_topologies::sentinel_url()).await
+}
+
+async fn store_at(url: &str) -> RedisStore {
     let prefix = format!("flotilla-test-{}", Uuid::new_v4());
-    match RedisStore::connect(REDIS_URL, Names::new(prefix)).await {
+    match RedisStore::connect(url, Names::new(prefix)).await {
         Ok(store) => store,
-        Err(error) => panic!("these tests need Redis: {error}"),
+        Err(error) => panic!("{}", test_topologies::needs(url, &error)),
     }
 }
 
-/// Runs `$check(store)` once on each backend, as two tests.
+/// Runs `$check(store)` once on each backend, as four tests.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -46,11 +61,16 @@ macro_rules! conformance {
                 }
             )*
         }
-        mod redis {
+        conformance!(@real redis, redis_store, $($name),*);
+        conformance!(@real cluster, cluster_store, $($name),*);
+        conformance!(@real sentinel, sentinel_store, $($name),*);
+    };
+    (@real $module:ident, $open:ident, $($name:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let store = super::redis_store().await;
+                    let store = super::$open().await;
                     super::armed(&store).await;
                     super::$name(store.clone()).await;
                     store.purge().await.unwrap();

@@ -56,26 +56,8 @@ impl Ledger {
         self.connection.clone()
     }
 
-    fn keys(&self, run_id: Uuid) -> [String; 8] {
-        let names = &self.names;
-        [
-            names.run_key(run_id),
-            names.run_locations_key(run_id),
-            names.run_location_state_key(run_id),
-            names.run_pages_key(run_id),
-            names.run_pending_key(run_id),
-            names.run_admitted_key(run_id),
-            names.run_applied_key(run_id),
-            names.run_counters_key(run_id),
-        ]
-    }
-
     fn invocation<'a>(&self, script: &'a Script, run_id: Uuid) -> redis::ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
-        for key in self.keys(run_id) {
-            invocation.key(key);
-        }
-        invocation
+        script.key(&self.names.run_script_keys(run_id)[..])
     }
 
     pub async fn create_run(
@@ -87,16 +69,13 @@ impl Ledger {
         let location_keys: Vec<String> = locations.iter().map(location_key).collect();
         let mut connection = self.connection.clone();
         let fields = run_hash_fields(run, locations.len());
+        // The run's own keys in one transaction (one hash slot: `{run-id}`),
+        // then the deployment's indexes, which live in other slots of a
+        // cluster. A scheduler that dies in between leaves a record nobody
+        // lists or starts — never an index entry without its record.
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(self.names.run_key(run_id), &fields);
-        if let Some(start_after_ms) = run.start_after_ms {
-            pipe.zadd(
-                self.names.pending_runs_key(),
-                run_id.to_string(),
-                start_after_ms,
-            );
-        }
         if !location_keys.is_empty() {
             pipe.rpush(self.names.run_locations_key(run_id), &location_keys);
             // Bounded commands: one SADD of 200,000 members would stall Redis.
@@ -104,12 +83,21 @@ impl Ledger {
                 pipe.sadd(self.names.run_location_set_key(run_id), chunk);
             }
         }
-        pipe.zadd(
+        let () = pipe.query_async(&mut connection).await?;
+        let mut indexes = redis::pipe();
+        if let Some(start_after_ms) = run.start_after_ms {
+            indexes.zadd(
+                self.names.pending_runs_key(),
+                run_id.to_string(),
+                start_after_ms,
+            );
+        }
+        indexes.zadd(
             self.names.runs_index_key(),
             run_id.to_string(),
             run.created_ms,
         );
-        let () = pipe.query_async(&mut connection).await?;
+        let () = indexes.query_async(&mut connection).await?;
         Ok(())
     }
 

@@ -1,0 +1,206 @@
+//! Where flotilla's Redis is, from the one `--redis-url`:
+//!
+//! - `redis://host:port/db`, `rediss://…` — one node (TLS with `rediss`);
+//! - `redis+cluster://[user:password@]host1:port,host2:port` (`rediss+cluster`
+//!   for TLS) — a Redis Cluster, from any of its nodes (seeds; the rest are
+//!   found through `CLUSTER SLOTS`), as ElastiCache and MemoryDB in cluster mode;
+//! - `redis+sentinel://[user:password@]host1:port,host2:port/master-name`
+//!   (`rediss+sentinel`) — the master that Redis Sentinel names, found again
+//!   after a failover; the credentials are the master's, the sentinels are
+//!   reached without;
+//! - `memory://name` — the in-memory Redis of that name.
+
+use crate::StoreError;
+
+/// At most this many seed nodes or sentinels in one URL.
+pub const MAX_NODES: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Memory(String),
+    /// One node's URL, as given.
+    Node(String),
+    /// The seed nodes as `redis://` (or `rediss://`) URLs with the credentials.
+    Cluster { seeds: Vec<String> },
+    Sentinel {
+        /// The sentinels as `redis://` (or `rediss://`) URLs, no credentials.
+        sentinels: Vec<String>,
+        master: String,
+        username: Option<String>,
+        password: Option<String>,
+        tls: bool,
+    },
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        if let Some(name) = protocol::names::in_memory_name(url) {
+            return Ok(Self::Memory(name.to_string()));
+        }
+        let invalid = |what: String| {
+            StoreError::Unexpected(format!(
+                "--redis-url {}: {what}",
+                protocol::redact_password(url)
+            ))
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(invalid(
+                "not a URL; use redis://host:port, rediss://…, redis+cluster://host:port,host:port, redis+sentinel://host:port,…/master or memory://name".into(),
+            ));
+        };
+        let (kind, tls) = match scheme {
+            "redis" | "rediss" => return Ok(Self::Node(url.to_string())),
+            "redis+cluster" => ("cluster", false),
+            "rediss+cluster" => ("cluster", true),
+            "redis+sentinel" => ("sentinel", false),
+            "rediss+sentinel" => ("sentinel", true),
+            other => {
+                return Err(invalid(format!(
+                    "scheme {other:?} is not one of redis, rediss, redis+cluster, rediss+cluster, redis+sentinel, rediss+sentinel, memory"
+                )));
+            }
+        };
+        let node_scheme = if tls { "rediss" } else { "redis" };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let default_port = if kind == "cluster" { 6379 } else { 26379 };
+        let nodes = parse_hosts(hosts, default_port).map_err(invalid)?;
+        if kind == "cluster" {
+            if !path.is_empty() {
+                return Err(invalid(format!(
+                    "a cluster has one database; remove the path {path:?}"
+                )));
+            }
+            let credentials = userinfo.map(|info| format!("{info}@")).unwrap_or_default();
+            let seeds = nodes
+                .iter()
+                .map(|node| format!("{node_scheme}://{credentials}{node}"))
+                .collect();
+            return Ok(Self::Cluster { seeds });
+        }
+        let master = path.trim_end_matches('/');
+        if master.is_empty()
+            || master.len() > 128
+            || !master
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(format!(
+                "the master name {master:?} must be 1 to 128 letters, digits, '-', '_' or '.' (redis+sentinel://host:port,…/master-name)"
+            )));
+        }
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => match info.split_once(':') {
+                Some((user, password)) => (
+                    (!user.is_empty()).then(|| user.to_string()),
+                    Some(password.to_string()),
+                ),
+                None => (Some(info.to_string()), None),
+            },
+        };
+        Ok(Self::Sentinel {
+            sentinels: nodes
+                .iter()
+                .map(|node| format!("{node_scheme}://{node}"))
+                .collect(),
+            master: master.to_string(),
+            username,
+            password,
+            tls,
+        })
+    }
+}
+
+/// `host:port,host:port` → each `host:port`, checked.
+fn parse_hosts(hosts: &str, default_port: u16) -> Result<Vec<String>, String> {
+    let nodes: Vec<&str> = hosts.split(',').collect();
+    if nodes.len() > MAX_NODES {
+        return Err(format!(
+            "{} nodes are listed; at most {MAX_NODES} are allowed",
+            nodes.len()
+        ));
+    }
+    nodes
+        .into_iter()
+        .map(|node| {
+            let (host, port) = match node.rsplit_once(':') {
+                Some((host, port)) => {
+                    let port: u16 = port.parse().map_err(|_| {
+                        format!("the port of {node:?} is not a number from 1 to 65535")
+                    })?;
+                    (host, port)
+                }
+                None => (node, default_port),
+            };
+            let valid_host = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':'));
+            if !valid_host || port == 0 {
+                return Err(format!(
+                    "{node:?} is not host:port (every node of the list, comma-separated)"
+                ));
+            }
+            Ok(format!("{host}:{port}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_node_cluster_and_sentinel_urls() {
+        assert_eq!(
+            Endpoint::parse("redis://127.0.0.1:6379/0").unwrap(),
+            Endpoint::Node("redis://127.0.0.1:6379/0".into())
+        );
+        assert_eq!(
+            Endpoint::parse("redis+cluster://app:pw@10.0.0.1:7000,10.0.0.2").unwrap(),
+            Endpoint::Cluster {
+                seeds: vec![
+                    "redis://app:pw@10.0.0.1:7000".into(),
+                    "redis://app:pw@10.0.0.2:6379".into()
+                ]
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("rediss+sentinel://:pw@s1:26379,s2:26380/mymaster").unwrap(),
+            Endpoint::Sentinel {
+                sentinels: vec!["rediss://s1:26379".into(), "rediss://s2:26380".into()],
+                master: "mymaster".into(),
+                username: None,
+                password: Some("pw".into()),
+                tls: true,
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("memory://demo").unwrap(),
+            Endpoint::Memory("demo".into())
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong_without_the_password() {
+        for (url, expected) in [
+            ("redis+sentinel://s1:26379", "master name"),
+            ("redis+cluster://h1:7000,:7001", "is not host:port"),
+            ("redis+cluster://h1:99999", "port"),
+            ("redis+cluster://u:secret@h1:7000/3", "one database"),
+            ("mysql://h1", "scheme \"mysql\""),
+            ("h1:6379", "not a URL"),
+        ] {
+            let error = Endpoint::parse(url).unwrap_err().to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(!error.contains("secret"), "{error}");
+        }
+        let many = vec!["h:1"; MAX_NODES + 1].join(",");
+        let error = Endpoint::parse(&format!("redis+cluster://{many}")).unwrap_err();
+        assert!(error.to_string().contains("at most 64"), "{error}");
+    }
+}
