@@ -51,13 +51,18 @@ pub enum BrokerError {
     Closed,
     #[error("message is not a flotilla message: {0}")]
     Envelope(#[from] EnvelopeError),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl BrokerError {
     /// A broker that went away or refused a message may accept it later; a
     /// message that cannot be decoded never will.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Envelope(_) | Self::CaFile { .. })
+        !matches!(
+            self,
+            Self::Envelope(_) | Self::CaFile { .. } | Self::Invalid(_)
+        )
     }
 }
 
@@ -101,8 +106,38 @@ impl BrokerTls {
     }
 }
 
-/// Opens an AMQP connection within [`CONNECT_TIMEOUT`].
+/// At most this many broker URLs in one `--amqp-url`.
+pub const MAX_BROKER_URLS: usize = 16;
+
+/// Opens an AMQP connection within [`CONNECT_TIMEOUT`] to the first of the
+/// comma-separated URLs that answers — the nodes of a RabbitMQ cluster, tried
+/// in order on every connect and reconnect. The last failure is returned.
 async fn open_connection(
+    urls: &str,
+    connection_name: &str,
+    tls: &BrokerTls,
+) -> Result<Connection, BrokerError> {
+    let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if urls.len() > MAX_BROKER_URLS {
+        return Err(BrokerError::Invalid(format!(
+            "--amqp-url lists {} brokers; at most {MAX_BROKER_URLS} are allowed",
+            urls.len()
+        )));
+    }
+    let mut last = None;
+    for url in urls {
+        match open_one(url, connection_name, tls).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) => {
+                tracing::warn!(url = %protocol::redact_password(url), %error, "broker unreachable; trying the next");
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| BrokerError::Invalid("--amqp-url is empty".into())))
+}
+
+async fn open_one(
     url: &str,
     connection_name: &str,
     tls: &BrokerTls,

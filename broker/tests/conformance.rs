@@ -280,6 +280,31 @@ async fn an_absent_broker_says_how_to_start_it() {
     assert!(!message.contains("secret"), "{message}");
 }
 
+#[tokio::test]
+async fn the_first_broker_of_a_list_that_answers_is_used() {
+    let names = fresh_names();
+    // 127.0.0.1:1 refuses; the next URL is the machine's RabbitMQ.
+    let urls = format!("amqp://guest:secret@127.0.0.1:1/%2f,{AMQP_URL}");
+    let broker = connect(&urls, &names).await;
+    broker.publish_job(&job(Priority::Bulk)).await.unwrap();
+    broker.delete_topology().await.unwrap();
+
+    let error = Broker::connect(
+        "amqp://guest:pw-first@127.0.0.1:1/%2f,amqp://guest:pw-second@127.0.0.1:2/%2f",
+        fresh_names(),
+        "t",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("127.0.0.1:2"), "the last failure is told: {error}");
+    assert!(!error.contains("pw-"), "{error}");
+
+    let many = vec![AMQP_URL; broker::MAX_BROKER_URLS + 1].join(",");
+    let error = Broker::connect(&many, fresh_names(), "t").await.unwrap_err();
+    assert!(error.to_string().contains("at most 16"), "{error}");
+}
+
 async fn what_a_closed_connection_held_unacked_is_redelivered(url: &str, names: Names) {
     let first = connect(url, &names).await;
     let held = job(Priority::Bulk);

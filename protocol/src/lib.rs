@@ -38,6 +38,14 @@ pub use validation::{FieldError, FieldErrors};
 /// `amqp://user:secret@host` → `amqp://user:***@host` (and `redis://:secret@…`):
 /// connection URLs go into error messages and logs, their passwords must not.
 pub fn redact_password(url: &str) -> String {
+    // A list of URLs (the nodes of a RabbitMQ cluster) is redacted one by one.
+    if url.matches("://").count() > 1 {
+        return url
+            .split(',')
+            .map(redact_password)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -53,6 +61,18 @@ pub fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_url_of_a_list_is_redacted() {
+        assert_eq!(
+            redact_password("amqp://u:one@h1:5672/%2f,amqp://u:two@h2:5672/%2f"),
+            "amqp://u:***@h1:5672/%2f,amqp://u:***@h2:5672/%2f"
+        );
+        assert_eq!(
+            redact_password("redis+cluster://u:pw@h1:7000,h2:7000"),
+            "redis+cluster://u:***@h1:7000,h2:7000"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_error_messages() {
