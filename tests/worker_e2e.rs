@@ -53,16 +53,6 @@ fn expected_status(stack: &Stack, instance_id: &str, document: &str) -> StatusDe
     }
 }
 
-fn fleet_instance_ids(stack: &Stack) -> Vec<String> {
-    let fleet = &stack.sim.state.fleet;
-    let regions = fleet.profile.regions.len() as u8;
-    (0..fleet.profile.accounts)
-        .flat_map(|account| (0..regions).map(move |region| (account, region)))
-        .flat_map(|(account, region)| fleet.location_instances(account, region))
-        .map(|key| fleet.instance_id(key))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_right_status() {
     let mut profile = FleetProfile::tiny();
@@ -81,7 +71,7 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
         .await;
     assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
 
-    let instances = fleet_instance_ids(&stack);
+    let instances = stack.fleet_instance_ids();
     let records = stack.records(run_id);
     let found: std::collections::HashSet<&str> =
         records.iter().map(|r| r.instance_id.as_str()).collect();
@@ -180,33 +170,6 @@ rate_control:
   max_errors: 100%
 ";
 
-/// Checks the run completed with exactly one result per target and that no
-/// target ran the step twice.
-fn assert_each_target_ran_once(
-    stack: &Stack,
-    run_id: uuid::Uuid,
-    progress: &scheduler::RunProgress,
-) {
-    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
-    let instances = fleet_instance_ids(stack);
-    let records = stack.records(run_id);
-    let mut seen = std::collections::HashSet::new();
-    for record in &records {
-        assert!(
-            seen.insert(record.instance_id.clone()),
-            "two results for {}",
-            record.instance_id
-        );
-    }
-    assert_eq!(records.len(), instances.len(), "one result per target");
-    let executions = stack.executions();
-    assert!(
-        executions.values().all(|runs| *runs == 1),
-        "a target ran the step twice: {:?}",
-        executions.values().max()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_in_the_middle_of_execute_and_poll_lose_nothing_and_repeat_nothing() {
     let mut profile = FleetProfile::tiny();
@@ -250,7 +213,7 @@ async fn workers_killed_in_the_middle_of_execute_and_poll_lose_nothing_and_repea
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(90))
         .await;
-    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.assert_each_target_ran_once(run_id, &progress);
     assert!(
         stack.calls("ListCommands") >= 1,
         "the redelivered execute job looked for the command its dead worker sent"
@@ -360,7 +323,7 @@ async fn the_kill_switch_stops_sends_within_a_second_and_the_run_resumes_on_rele
         stack.commands().len() > sent_while_engaged,
         "sending resumed"
     );
-    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.assert_each_target_ran_once(run_id, &progress);
     stack.teardown().await;
 }
 
@@ -387,7 +350,7 @@ async fn workers_together_keep_to_the_campaigns_rate_limit_without_throttles() {
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
-    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.assert_each_target_ran_once(run_id, &progress);
     let throttles = stack.sim.state.lock().stats.throttles.clone();
     assert!(
         throttles.is_empty(),
@@ -431,7 +394,7 @@ async fn throttling_is_retried_and_never_spends_the_error_budget() {
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(60))
         .await;
-    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.assert_each_target_ran_once(run_id, &progress);
     assert_eq!(progress.failures, 0);
     assert_eq!(
         stack.sim.state.lock().stats.injected_failures,
@@ -483,7 +446,7 @@ async fn with_redis_unreachable_nothing_is_sent_and_nothing_is_lost() {
         stack.commands().len() > sent_before,
         "sending resumed with Redis"
     );
-    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.assert_each_target_ran_once(run_id, &progress);
     stack.teardown().await;
 }
 
@@ -509,7 +472,7 @@ async fn a_worker_told_to_stop_finishes_its_jobs_and_exits_cleanly() {
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(90))
         .await;
-    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.assert_each_target_ran_once(run_id, &progress);
     stack.teardown().await;
 }
 
@@ -533,7 +496,7 @@ async fn workers_and_the_scheduler_reconnect_when_the_broker_drops_them() {
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(90))
         .await;
-    assert_each_target_ran_once(&stack, run_id, &progress);
+    stack.assert_each_target_ran_once(run_id, &progress);
     stack.teardown().await;
 }
 

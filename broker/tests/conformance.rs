@@ -297,11 +297,16 @@ async fn the_first_broker_of_a_list_that_answers_is_used() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(error.contains("127.0.0.1:2"), "the last failure is told: {error}");
+    assert!(
+        error.contains("127.0.0.1:2"),
+        "the last failure is told: {error}"
+    );
     assert!(!error.contains("pw-"), "{error}");
 
     let many = vec![AMQP_URL; broker::MAX_BROKER_URLS + 1].join(",");
-    let error = Broker::connect(&many, fresh_names(), "t").await.unwrap_err();
+    let error = Broker::connect(&many, fresh_names(), "t")
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("at most 16"), "{error}");
 }
 

@@ -370,7 +370,10 @@ mod tests {
         let run_id = Uuid::new_v4();
         let lists: Vec<(&str, Vec<String>)> = vec![
             ("run scripts", names.run_script_keys(run_id).to_vec()),
-            ("campaign_apply", names.campaign_script_keys("nightly-scan").to_vec()),
+            (
+                "campaign_apply",
+                names.campaign_script_keys("nightly-scan").to_vec(),
+            ),
             ("campaign_approve", vec![names.campaign_key("nightly-scan")]),
             ("schedule_acquire", names.schedule_acquire_keys().to_vec()),
             ("schedule_fire", names.schedule_fire_keys().to_vec()),
@@ -386,7 +389,12 @@ mod tests {
         for (script, keys) in lists {
             let slot = hash_slot(&keys[0]);
             for key in &keys {
-                assert_eq!(hash_slot(key), slot, "{script}: {key} is in another slot than {}", keys[0]);
+                assert_eq!(
+                    hash_slot(key),
+                    slot,
+                    "{script}: {key} is in another slot than {}",
+                    keys[0]
+                );
             }
         }
     }

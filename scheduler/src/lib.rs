@@ -117,9 +117,7 @@ impl SchedulerError {
         match self {
             Self::Broker(error) => error.is_retryable(),
             Self::Store(error) => error.is_retryable(),
-            Self::Redis(error) => {
-                error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
-            }
+            Self::Redis(error) => store::redis_error_is_retryable(error),
             Self::Io(_) | Self::ConnectionLost(_) => true,
             Self::Results(error) => !error.permanent,
             Self::Organizations { retryable, .. } => *retryable,

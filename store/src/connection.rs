@@ -144,11 +144,13 @@ impl Connection {
                     .response_timeout(RESPONSE_TIMEOUT);
                 let mut clients = Vec::with_capacity(seeds.len());
                 for seed in &seeds {
-                    clients.push(match &root_cert {
-                        Some(_) => redis::Client::build_with_tls(seed.as_str(), certificates()),
-                        None => redis::Client::open(seed.as_str()),
-                    }
-                    .map_err(unreachable)?);
+                    clients.push(
+                        match &root_cert {
+                            Some(_) => redis::Client::build_with_tls(seed.as_str(), certificates()),
+                            None => redis::Client::open(seed.as_str()),
+                        }
+                        .map_err(unreachable)?,
+                    );
                 }
                 if root_cert.is_some() {
                     builder = builder.certs(certificates());
@@ -241,7 +243,11 @@ impl Connection {
                     let mut cursor = 0u64;
                     loop {
                         let mut scan = redis::cmd("SCAN");
-                        scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+                        scan.arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000);
                         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
                             port,
@@ -298,10 +304,7 @@ async fn cluster_masters(
                 "CLUSTER SLOTS listed a node without host and port".into(),
             ));
         };
-        let node = (
-            parsed::<String>(host)?,
-            parsed::<u16>(port)?,
-        );
+        let node = (parsed::<String>(host)?, parsed::<u16>(port)?);
         if !masters.contains(&node) {
             masters.push(node);
         }
@@ -352,7 +355,10 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Redis { manager, .. } => manager.req_packed_commands(pipeline, offset, count),
             Self::Cluster { connection, .. } => Box::pin(async move {
-                match connection.req_packed_commands(pipeline, offset, count).await {
+                match connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+                {
                     // redis-rs sends a pipeline to one slot's master; a plain
                     // (not MULTI) pipeline over keys of several slots goes
                     // command by command, in order — the same effect, with

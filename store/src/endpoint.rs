@@ -21,7 +21,9 @@ pub enum Endpoint {
     /// One node's URL, as given.
     Node(String),
     /// The seed nodes as `redis://` (or `rediss://`) URLs with the credentials.
-    Cluster { seeds: Vec<String> },
+    Cluster {
+        seeds: Vec<String>,
+    },
     Sentinel {
         /// The sentinels as `redis://` (or `rediss://`) URLs, no credentials.
         sentinels: Vec<String>,

@@ -53,21 +53,26 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
-            Self::Redis(error) => {
-                use redis::{ErrorKind, ServerErrorKind};
-                error.is_io_error()
-                    || error.is_connection_dropped()
-                    || error.is_timeout()
-                    // A cluster or Sentinel failover: the new master takes over.
-                    || error.is_cluster_error()
-                    || matches!(
-                        error.kind(),
-                        ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
-                    )
-            }
+            Self::Redis(error) => redis_error_is_retryable(error),
             Self::Unexpected(_) => false,
         }
     }
+}
+
+/// Connection trouble, a timeout, or a cluster or Sentinel failover in
+/// progress (MOVED/ASK/TRYAGAIN/CLUSTERDOWN, a demoted master's READONLY,
+/// MASTERDOWN): the same command may succeed in a moment.
+pub fn redis_error_is_retryable(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_cluster_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
 }
 
 /// What a kill switch stops.

@@ -38,7 +38,8 @@ impl SentinelConnection {
         if let Some(password) = password {
             redis_info = redis_info.set_password(password);
         }
-        let mut node_info = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+        let mut node_info =
+            SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
         if tls {
             node_info = node_info.set_tls_mode(redis::TlsMode::Secure);
         }
@@ -58,13 +59,21 @@ impl SentinelConnection {
     }
 
     fn current(&self) -> (u64, ConnectionManager) {
-        let current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         (current.0, current.1.clone())
     }
 
     /// A client of the current master, for pub/sub.
     pub(crate) fn master_client(&self) -> redis::Client {
-        let current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         current.2.clone()
     }
 
@@ -77,7 +86,11 @@ impl SentinelConnection {
         }
         match connect_master(&mut sentinel).await {
             Ok((manager, client)) => {
-                let mut current = self.inner.current.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut current = self
+                    .inner
+                    .current
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 *current = (failed + 1, manager, client);
                 tracing::info!("redis sentinel: connected to the master again");
             }

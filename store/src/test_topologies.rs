@@ -4,9 +4,8 @@
 
 /// The test cluster's URL (`FLOTILLA_TEST_REDIS_CLUSTER_URL` overrides).
 pub fn cluster_url() -> String {
-    std::env::var("FLOTILLA_TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| {
-        "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into()
-    })
+    std::env::var("FLOTILLA_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into())
 }
 
 /// The test Sentinel's URL (`FLOTILLA_TEST_REDIS_SENTINEL_URL` overrides).

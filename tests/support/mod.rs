@@ -491,7 +491,15 @@ impl Stack {
     pub async fn wait_until_final(&self, run_id: Uuid, limit: Duration) -> RunProgress {
         let started = tokio::time::Instant::now();
         loop {
-            let progress = self.scheduler.progress(run_id).await.unwrap();
+            let progress = match self.scheduler.progress(run_id).await {
+                Ok(progress) => progress,
+                // A Redis failover: the state is there again in a moment.
+                Err(error) if error.is_retryable() && started.elapsed() < limit => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(error) => panic!("the run's progress cannot be read: {error}"),
+            };
             if progress.finished {
                 return progress;
             }
@@ -542,6 +550,44 @@ impl Stack {
     /// How often each (instance, document) ran in the simulator.
     pub fn executions(&self) -> HashMap<(sim::fleet::InstanceKey, u32), u32> {
         self.sim.state.lock().executions.clone()
+    }
+
+    /// Every instance id of the simulated fleet.
+    pub fn fleet_instance_ids(&self) -> Vec<String> {
+        let fleet = &self.sim.state.fleet;
+        let regions = fleet.profile.regions.len() as u8;
+        (0..fleet.profile.accounts)
+            .flat_map(|account| (0..regions).map(move |region| (account, region)))
+            .flat_map(|(account, region)| fleet.location_instances(account, region))
+            .map(|key| fleet.instance_id(key))
+            .collect()
+    }
+
+    /// Checks the run completed with exactly one result per target and that no
+    /// target ran the step twice.
+    pub fn assert_each_target_ran_once(&self, run_id: Uuid, progress: &RunProgress) {
+        assert_eq!(
+            progress.state,
+            protocol::run::RunState::Completed,
+            "{progress:#?}"
+        );
+        let instances = self.fleet_instance_ids();
+        let records = self.records(run_id);
+        let mut seen = std::collections::HashSet::new();
+        for record in &records {
+            assert!(
+                seen.insert(record.instance_id.clone()),
+                "two results for {}",
+                record.instance_id
+            );
+        }
+        assert_eq!(records.len(), instances.len(), "one result per target");
+        let executions = self.executions();
+        assert!(
+            executions.values().all(|runs| *runs == 1),
+            "a target ran the step twice: {:?}",
+            executions.values().max()
+        );
     }
 
     /// Stops the stack's scheduler and workers and removes its queues and keys.

@@ -279,6 +279,17 @@ impl Scheduler {
         Ok(admitted.len())
     }
 
+    /// What a replica that applied a report and died before acking it may
+    /// have left undone: publishing the batches it admitted, admitting more,
+    /// completing or draining the run. Repeating any of it is harmless.
+    pub(crate) async fn finish_for_a_lost_holder(
+        &self,
+        run_id: Uuid,
+    ) -> Result<(), SchedulerError> {
+        self.republish_admitted(run_id).await?;
+        self.advance(run_id).await
+    }
+
     /// Re-publishes what live runs admitted (a previous scheduler may have died
     /// between admitting and publishing), re-starts discovery of locations not
     /// yet discovered, and advances every live run.

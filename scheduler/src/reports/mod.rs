@@ -150,7 +150,15 @@ impl Scheduler {
                 Ok(Verdict::Accept) => self.handle_report(&report).await,
                 Ok(Verdict::Duplicate) => {
                     self.metrics.report(report_kind(&report), "duplicate");
-                    Ok(())
+                    if delivery.redelivered() {
+                        // Its first holder (another replica, or this one
+                        // before a restart) applied it and may have died
+                        // before publishing what it admitted or before
+                        // completing the run: both are done again here.
+                        self.finish_for_a_lost_holder(report.run_id()).await
+                    } else {
+                        Ok(())
+                    }
                 }
                 Ok(Verdict::Reject { reason, detail }) => {
                     self.reject_report(delivery, reason, detail).await;

@@ -1,0 +1,211 @@
+//! Beyond one machine: scheduler replicas that share the reports, and a run on
+//! a Redis Cluster that loses a master mid-run. Each run must complete with
+//! one result per target and no target run twice.
+//!
+//! The cluster test runs on the 3-master, 3-replica Redis Cluster of
+//! `scripts/redis-topologies` (the test command starts it) and SIGKILLs the
+//! master that holds the run's keys; it starts that node again afterwards (it
+//! rejoins as a replica), also when the test fails. The cluster tests of every
+//! suite run one at a time (`.config/nextest.toml`): a failover must not hit
+//! another test's keys.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use protocol::names::hash_slot;
+use sim::profile::FleetProfile;
+use support::Stack;
+
+const SCAN: &str = "
+steps:
+  - name: configure
+    document: AWS-RunShellScript
+    parameters:
+      commands: [\"echo configure\"]
+    timeout: 60s
+rate_control:
+  location_concurrency: 100%
+  max_concurrency: 12
+  max_errors: 100%
+";
+
+/// Twelve locations of 8–12 instances whose commands take 0.5–3 s: a run
+/// that lasts long enough to lose something in the middle of it.
+fn fleet() -> FleetProfile {
+    let mut profile = FleetProfile::tiny();
+    profile.accounts = 6;
+    profile.connection_lost_share = 0.0;
+    profile.time_scale = 10.0;
+    profile
+}
+
+/// Consumers of a queue, as RabbitMQ counts them.
+fn consumers(queue: &str) -> u32 {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "name",
+            "consumers",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("this test needs rabbitmqctl (Debian's rabbitmq-server)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(queue)).then(|| fields.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_scheduler_replicas_share_the_reports_and_losing_one_mid_run_loses_nothing() {
+    let mut stack = Stack::start(fleet()).await;
+    let mut replicas = Vec::new();
+    for name in ["replica-b", "replica-c"] {
+        let mut config = stack.scheduler_config();
+        config.name = format!("{name}-{}", stack.names.prefix());
+        replicas.push(tokio::spawn(async move {
+            scheduler::run(config, None, std::future::pending())
+                .await
+                .unwrap();
+        }));
+    }
+    let reports = stack.names.reports_queue();
+    stack
+        .wait_for("three report consumers", Duration::from_secs(30), |_| {
+            consumers(&reports) == 3
+        })
+        .await;
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign("replicas", SCAN);
+    let run_id = stack.start_run(&campaign).await;
+    let targets = stack.fleet_instance_ids().len();
+    stack
+        .wait_for("a third of the targets", Duration::from_secs(60), |stack| {
+            stack.executions().len() >= targets / 3
+        })
+        .await;
+    // As SIGKILL would: the replica stops between any two instructions, and
+    // what it held unacked goes back to the others.
+    stack.kill_scheduler();
+
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(120))
+        .await;
+    stack.assert_each_target_ran_once(run_id, &progress);
+    let counted: u64 = progress
+        .results
+        .values()
+        .flat_map(|by_status| by_status.values())
+        .sum();
+    assert_eq!(
+        counted, targets as u64,
+        "every report was counted once: {progress:#?}"
+    );
+    for replica in replicas {
+        replica.abort();
+    }
+    stack.teardown().await;
+}
+
+/// The directory of `scripts/redis-topologies` (node configs and pid files).
+fn topologies_dir() -> String {
+    std::env::var("FLOTILLA_REDIS_TOPOLOGIES_DIR")
+        .unwrap_or_else(|_| "/tmp/flotilla-redis-topologies".into())
+}
+
+/// Starts every node of the test topologies that is down (it rejoins), when
+/// dropped: the cluster is whole again after this test, also if it fails.
+struct RestartDeadNodes;
+
+impl Drop for RestartDeadNodes {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-topologies");
+        match Command::new(script).arg("start").status() {
+            Ok(status) if status.success() => {}
+            other => eprintln!("could not restart the test Redis Cluster's nodes: {other:?}"),
+        }
+    }
+}
+
+/// The port of the master that serves `slot`, from `CLUSTER NODES`.
+fn master_port_of(slot: u16) -> u16 {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "7101", "cluster", "nodes"])
+        .output()
+        .expect("this test needs redis-cli (Debian's redis-tools)");
+    let nodes = String::from_utf8_lossy(&output.stdout).to_string();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+            continue;
+        }
+        let serves = fields[8..].iter().any(|range| {
+            let mut bounds = range
+                .split('-')
+                .filter_map(|bound| bound.parse::<u16>().ok());
+            match (bounds.next(), bounds.next()) {
+                (Some(low), Some(high)) => (low..=high).contains(&slot),
+                (Some(only), None) => only == slot,
+                _ => false,
+            }
+        });
+        if serves {
+            let address = fields[1].split('@').next().unwrap_or_default();
+            return address.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("no master serves slot {slot}; the cluster says:\n{nodes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_master_killed_mid_run_loses_nothing_and_repeats_nothing() {
+    let url = store::test_topologies::cluster_url();
+    let _restart = RestartDeadNodes;
+    let mut stack = Stack::start_with(fleet(), &url).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign("cluster-failover", SCAN);
+    let run_id = stack.start_run(&campaign).await;
+    let targets = stack.fleet_instance_ids().len();
+    stack
+        .wait_for("a third of the targets", Duration::from_secs(60), |stack| {
+            stack.executions().len() >= targets / 3
+        })
+        .await;
+
+    let port = master_port_of(hash_slot(&stack.names.run_key(run_id)));
+    let pid_file = format!("{}/{port}.pid", topologies_dir());
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|error| {
+        panic!("{pid_file}: {error}; start the cluster with scripts/redis-topologies")
+    });
+    let killed = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "SIGKILL the master on port {port}");
+    let started_at_kill = stack.executions().len();
+
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(180))
+        .await;
+    stack.assert_each_target_ran_once(run_id, &progress);
+    assert!(
+        started_at_kill < targets,
+        "the master died before the run had sent everything ({started_at_kill} of {targets})"
+    );
+    assert_ne!(
+        master_port_of(hash_slot(&stack.names.run_key(run_id))),
+        port,
+        "a replica took over the run's slot"
+    );
+    stack.teardown().await;
+}
