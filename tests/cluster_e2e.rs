@@ -1,13 +1,15 @@
-//! Beyond one machine: scheduler replicas that share the reports, and a run on
-//! a Redis Cluster that loses a master mid-run. Each run must complete with
-//! one result per target and no target run twice.
+//! Beyond one machine: scheduler replicas that share the reports, a run on a
+//! Redis Cluster that loses a master mid-run, and a run on a 3-node RabbitMQ
+//! cluster that loses the node every service is connected to. Each run must
+//! complete with one result per target and no target run twice.
 //!
 //! The cluster test runs on the 3-master, 3-replica Redis Cluster of
 //! `scripts/redis-topologies` (the test command starts it) and SIGKILLs the
 //! master that holds the run's keys; it starts that node again afterwards (it
 //! rejoins as a replica), also when the test fails. The cluster tests of every
 //! suite run one at a time (`.config/nextest.toml`): a failover must not hit
-//! another test's keys.
+//! another test's keys. The RabbitMQ cluster is `scripts/rabbitmq-cluster`'s
+//! (also started by the test command); its killed node is started again too.
 
 #![allow(clippy::unwrap_used)]
 
@@ -207,5 +209,76 @@ async fn a_redis_cluster_master_killed_mid_run_loses_nothing_and_repeats_nothing
         port,
         "a replica took over the run's slot"
     );
+    stack.teardown().await;
+}
+
+/// The test RabbitMQ cluster's nodes (`FLOTILLA_TEST_RABBITMQ_CLUSTER_URL`
+/// overrides), the first of which every service connects to.
+fn rabbitmq_cluster_url() -> String {
+    std::env::var("FLOTILLA_TEST_RABBITMQ_CLUSTER_URL").unwrap_or_else(|_| {
+        (1..=3)
+            .map(|node| format!("amqp://guest:guest@127.0.0.1:570{node}/%2f"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// Starts the test RabbitMQ cluster's stopped nodes when dropped (they rejoin).
+struct RestartRabbitNodes;
+
+impl Drop for RestartRabbitNodes {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster");
+        match Command::new(script).arg("start").status() {
+            Ok(status) if status.success() => {}
+            other => eprintln!("could not restart the test RabbitMQ cluster's nodes: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_node_killed_mid_run_loses_nothing_and_repeats_nothing() {
+    let url = rabbitmq_cluster_url();
+    let first = std::net::SocketAddr::from(([127, 0, 0, 1], 5701));
+    if let Err(error) = std::net::TcpStream::connect_timeout(&first, Duration::from_secs(2)) {
+        panic!(
+            "this test needs the RabbitMQ cluster of scripts/rabbitmq-cluster ({}): {error}; run the tests with scripts/test, or start it with `scripts/rabbitmq-cluster start`",
+            protocol::redact_password(&url)
+        );
+    }
+    let restart = RestartRabbitNodes;
+    let mut stack = Stack::start_on_brokers(fleet(), &url).await;
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign("broker-node-loss", SCAN);
+    let run_id = stack.start_run(&campaign).await;
+    let targets = stack.fleet_instance_ids().len();
+    stack
+        .wait_for("a third of the targets", Duration::from_secs(60), |stack| {
+            stack.executions().len() >= targets / 3
+        })
+        .await;
+    // The node every service is connected to (the first URL) dies: they
+    // reconnect to the next, and the quorum queues elect leaders there.
+    let dir = std::env::var("FLOTILLA_RABBITMQ_CLUSTER_DIR")
+        .unwrap_or_else(|_| "/tmp/flotilla-rabbitmq-cluster".into());
+    let pid = std::fs::read_to_string(format!("{dir}/1/pid")).unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "SIGKILL RabbitMQ node 1");
+    let started_at_kill = stack.executions().len();
+
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(180))
+        .await;
+    stack.assert_each_target_ran_once(run_id, &progress);
+    assert!(
+        started_at_kill < targets,
+        "the node died before the run had sent everything ({started_at_kill} of {targets})"
+    );
+    // The whole cluster again before the cleanup deletes the test's queues.
+    drop(restart);
     stack.teardown().await;
 }

@@ -202,6 +202,13 @@ impl Stack {
         Self::start_in(profile, AMQP_URL, redis_url, names).await
     }
 
+    /// A stack on the brokers of `amqp_url` (several, comma-separated: a
+    /// RabbitMQ cluster) and Redis on 127.0.0.1:6379.
+    pub async fn start_on_brokers(profile: FleetProfile, amqp_url: &str) -> Self {
+        let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
+        Self::start_in(profile, amqp_url, REDIS_URL, names).await
+    }
+
     /// [`Stack::start_with`] under the prefix of `names` (a Redis ACL names it).
     pub async fn start_named(profile: FleetProfile, redis_url: &str, names: Names) -> Self {
         Self::start_in(profile, AMQP_URL, redis_url, names).await
