@@ -1094,3 +1094,55 @@ async fn run_list_and_run_show_print_json_for_scripts() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_starts_before_every_location_is_discovered_and_limits_grow_with_the_count() {
+    let mut profile = FleetProfile::tiny();
+    profile.connection_lost_share = 0.0;
+    let mut stack = Stack::start(profile).await;
+    // One location's discovery answers 10 s late (within the attempt timeout).
+    stack.attempt_timeout = Duration::from_secs(30);
+    stack.inject(sim::state::Fault::DelayNext {
+        operation: "DescribeInstanceInformation".into(),
+        millis: 10_000,
+        count: 1,
+    });
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "interleaved",
+        support::one_step("  max_concurrency: 50%\n  max_errors: 100%\n"),
+    );
+    let max_concurrency = campaign.rate_control.max_concurrency;
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(1).await;
+
+    let ledger = stack.scheduler.ledger();
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert!(
+        fields.number("discovered_locations") < fields.number("location_count"),
+        "a command was sent while a location was still being discovered: {fields:?}"
+    );
+    let so_far = fields.number("total");
+    let limit_so_far = fields.number("max_in_flight");
+    assert!(
+        limit_so_far >= 1 && limit_so_far <= max_concurrency.concurrency(so_far),
+        "50% of the {so_far} targets discovered so far, not {limit_so_far}"
+    );
+
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    stack.assert_each_target_ran_once(run_id, &progress);
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    let total = fields.number("total");
+    assert_eq!(
+        fields.number("max_in_flight"),
+        max_concurrency.concurrency(total),
+        "once every location is discovered, 50% of the total"
+    );
+    assert!(
+        limit_so_far < max_concurrency.concurrency(total),
+        "the limit grew with the count ({limit_so_far} → 50% of {total})"
+    );
+    stack.teardown().await;
+}

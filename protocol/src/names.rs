@@ -250,8 +250,13 @@ impl Names {
         format!("{}:runs", self.prefix)
     }
 
-    /// The eight keys every run script gets, in the order of `run_prelude.lua`.
-    pub fn run_script_keys(&self, run_id: Uuid) -> [String; 8] {
+    /// Fully discovered locations waiting for admission (FIFO).
+    pub fn run_ready_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:ready", self.prefix)
+    }
+
+    /// The nine keys every run script gets, in the order of `run_prelude.lua`.
+    pub fn run_script_keys(&self, run_id: Uuid) -> [String; 9] {
         [
             self.run_key(run_id),
             self.run_locations_key(run_id),
@@ -261,6 +266,7 @@ impl Names {
             self.run_admitted_key(run_id),
             self.run_applied_key(run_id),
             self.run_counters_key(run_id),
+            self.run_ready_key(run_id),
         ]
     }
 

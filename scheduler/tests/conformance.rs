@@ -131,6 +131,7 @@ conformance!(
     a_report_applied_twice_counts_once,
     concurrent_failures_halt_the_run_once_at_the_budget,
     admission_keeps_to_location_concurrency_and_max_in_flight,
+    execution_starts_with_the_first_location_discovered,
     a_failed_location_counts_once_against_location_max_errors,
     a_stopped_run_counts_its_never_started_targets_once,
     delayed_runs_are_taken_once_when_due_and_listed_newest_first,
@@ -177,12 +178,12 @@ async fn running_run(ledger: &Ledger, batches: u32, allowed_errors: u64) -> (Uui
         .await
         .unwrap();
     let ids: Vec<String> = (0..batches).map(|n| format!("i-{n:017x}")).collect();
-    let (_, complete) = ledger
+    let recorded = ledger
         .record_page(run_id, &location, 0, &ids, true)
         .await
         .unwrap();
     assert!(
-        complete,
+        recorded.location_discovered && recorded.all_discovered,
         "one page of the only location completes discovery"
     );
     let state = ledger
@@ -268,13 +269,13 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         .unwrap();
     for (index, location) in locations.iter().enumerate() {
         let index = u32::try_from(index).unwrap();
-        let (new, complete) = ledger
+        let recorded = ledger
             .record_page(run_id, location, 0, &ids(index, 4), true)
             .await
             .unwrap();
-        assert!(new);
+        assert!(recorded.new && recorded.location_discovered);
         assert_eq!(
-            complete,
+            recorded.all_discovered,
             index == 2,
             "discovery completes with the last location"
         );
@@ -348,6 +349,97 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         statuses
             .iter()
             .all(|status| status.state == "done" && status.targets == 4)
+    );
+}
+
+async fn execution_starts_with_the_first_location_discovered(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let locations = [location(1), location(2), location(3)];
+    ledger
+        .create_run(run_id, &new_run(3, 1), &locations)
+        .await
+        .unwrap();
+    let first_page = ledger
+        .record_page(run_id, &locations[1], 0, &ids(1, 2), false)
+        .await
+        .unwrap();
+    assert!(first_page.new && !first_page.location_discovered);
+    let last_page = ledger
+        .record_page(run_id, &locations[1], 1, &ids(9, 2), true)
+        .await
+        .unwrap();
+    assert!(last_page.location_discovered && !last_page.all_discovered);
+    // The scheduler resolves the limits against the 2 targets discovered so
+    // far and execution starts while the other locations are discovering.
+    let state = ledger.start_execution(run_id, 2, 1, 0).await.unwrap();
+    assert_eq!(state, RunState::Running);
+    let admitted = ledger.admit(run_id).await.unwrap();
+    assert_eq!(
+        admitted.len(),
+        2,
+        "the discovered location's two batches of one"
+    );
+    assert!(
+        admitted
+            .iter()
+            .all(|batch| batch.location == location_key(&locations[1]))
+    );
+    let labels = |statuses: Vec<scheduler::ledger::LocationStatus>| -> Vec<String> {
+        statuses.into_iter().map(|status| status.state).collect()
+    };
+    assert_eq!(
+        labels(ledger.location_statuses(run_id).await.unwrap()),
+        ["discovering", "active", "discovering"]
+    );
+    // One location fails before its discovery ends: done at once. The last
+    // one discovered completes discovery, and the total is known.
+    let failed = ledger
+        .record_location_failed(run_id, &locations[0], "AccessDenied")
+        .await
+        .unwrap();
+    assert_eq!(failed, (true, false));
+    let last = ledger
+        .record_page(run_id, &locations[2], 0, &ids(3, 4), true)
+        .await
+        .unwrap();
+    assert!(last.location_discovered && last.all_discovered);
+    let state = ledger.start_execution(run_id, 3, 1, 0).await.unwrap();
+    assert_eq!(state, RunState::Running);
+    assert_eq!(
+        labels(ledger.location_statuses(run_id).await.unwrap()),
+        ["failed", "active", "waiting"],
+        "discovered, not admitted yet"
+    );
+    let mut admitted = admitted;
+    let mut batches = 0;
+    while !admitted.is_empty() {
+        for batch in &admitted {
+            let counters = HashMap::from([("0:Success".to_string(), 1)]);
+            ledger
+                .apply_results(
+                    run_id,
+                    &batch.key(),
+                    &batch.location().unwrap(),
+                    1,
+                    0,
+                    &counters,
+                    None,
+                )
+                .await
+                .unwrap();
+            batches += 1;
+        }
+        admitted = ledger.admit(run_id).await.unwrap();
+    }
+    assert_eq!(
+        batches, 8,
+        "every discovered target once, in batches of one"
+    );
+    assert_eq!(
+        ledger.complete_if_done(run_id).await.unwrap(),
+        RunState::Completed,
+        "the failed location counts as done once"
     );
 }
 

@@ -26,7 +26,8 @@ use store::Connection;
 use uuid::Uuid;
 
 pub use self::model::{
-    BatchEntry, LocationStatus, NewRun, ReportScope, RunFields, location_key, parse_location,
+    BatchEntry, LocationStatus, NewRun, PageRecorded, ReportScope, RunFields, location_key,
+    parse_location,
 };
 use self::model::{location_statuses, page_entry, run_hash_fields};
 use crate::SchedulerError;
@@ -152,10 +153,10 @@ impl Ledger {
         page: u32,
         instance_ids: &[String],
         last_page: bool,
-    ) -> Result<(bool, bool), SchedulerError> {
+    ) -> Result<PageRecorded, SchedulerError> {
         let mut connection = self.connection.clone();
         let ids = serde_json::to_string(instance_ids)?;
-        let (new, complete): (u8, u8) = self
+        let (new, location_discovered, all_discovered): (u8, u8, u8) = self
             .invocation(&RECORD_PAGE, run_id)
             .arg(location_key(location))
             .arg(page)
@@ -164,7 +165,11 @@ impl Ledger {
             .arg(u8::from(last_page))
             .invoke_async(&mut connection)
             .await?;
-        Ok((new == 1, complete == 1))
+        Ok(PageRecorded {
+            new: new == 1,
+            location_discovered: location_discovered == 1,
+            all_discovered: all_discovered == 1,
+        })
     }
 
     /// Returns (new, discovery complete).
@@ -307,10 +312,7 @@ impl Ledger {
         let state: HashMap<String, String> = connection
             .hgetall(self.names.run_location_state_key(run_id))
             .await?;
-        let next_location: Option<u64> = connection
-            .hget(self.names.run_key(run_id), "next_location")
-            .await?;
-        location_statuses(&locations, &state, next_location.unwrap_or(0))
+        location_statuses(&locations, &state)
     }
 
     /// Batches sent to workers and not reported yet (re-published on recovery).

@@ -63,6 +63,17 @@ pub struct LocationStatus {
 
 /// What the ledger knows about a report's claims, read before the report is
 /// acted on.
+/// What recording a page of discovered targets did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRecorded {
+    /// False for a page recorded before (a redelivered report).
+    pub new: bool,
+    /// This page was the location's last one in: it is ready for admission.
+    pub location_discovered: bool,
+    /// ... and every location of the run is discovered: the total is known.
+    pub all_discovered: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportScope {
     /// The report's location is one of the run's.
@@ -167,11 +178,10 @@ pub(super) fn run_hash_fields(
 pub(super) fn location_statuses(
     locations: &[String],
     state: &HashMap<String, String>,
-    next_location: u64,
 ) -> Result<Vec<LocationStatus>, SchedulerError> {
     let number = |key: String| state.get(&key).and_then(|value| value.parse::<i64>().ok());
     let mut statuses = Vec::with_capacity(locations.len());
-    for (index, key) in locations.iter().enumerate() {
+    for key in locations {
         let location = parse_location(key)?;
         let failure = state.get(&format!("{key}:failed")).cloned();
         let pages = number(format!("{key}:pages"));
@@ -181,7 +191,7 @@ pub(super) fn location_statuses(
             "failed"
         } else if pages != Some(seen) {
             "discovering"
-        } else if (index as u64) >= next_location {
+        } else if !state.contains_key(&format!("{key}:activated")) {
             "waiting"
         } else if remaining > 0 {
             "active"

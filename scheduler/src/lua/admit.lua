@@ -1,5 +1,6 @@
--- Releases locations FIFO up to the location concurrency and batches up to
--- max in flight. Returns the admitted batches (JSON entries).
+-- Releases ready (fully discovered) locations FIFO up to the location
+-- concurrency and batches up to max in flight. Returns the admitted batches
+-- (JSON entries).
 if redis.call('HGET', run, 'state') ~= STATE.Running then return {} end
 local batch_size = tonumber(redis.call('HGET', run, 'batch_size'))
 local function activate(loc)
@@ -19,21 +20,19 @@ local function activate(loc)
       redis.call('HDEL', pages, loc .. ':' .. p)
     end
   end
-  redis.call('HSET', locstate, loc .. ':remaining', chunks)
+  redis.call('HSET', locstate, loc .. ':remaining', chunks, loc .. ':activated', 1)
   return chunks
 end
 local concurrency = tonumber(redis.call('HGET', run, 'location_concurrency'))
 local active = tonumber(redis.call('HGET', run, 'active_locations')) or 0
-local next_location = tonumber(redis.call('HGET', run, 'next_location')) or 0
-local count = location_count()
-while active < concurrency and next_location < count do
-  local loc = redis.call('LINDEX', locations, next_location)
-  next_location = next_location + 1
+while active < concurrency do
+  local loc = redis.call('LPOP', ready)
+  if not loc then break end
   local chunks = 0
   if redis.call('HEXISTS', locstate, loc .. ':failed') == 0 then chunks = activate(loc) end
   if chunks > 0 then active = active + 1 else redis.call('HINCRBY', run, 'locations_done', 1) end
 end
-redis.call('HSET', run, 'active_locations', active, 'next_location', next_location)
+redis.call('HSET', run, 'active_locations', active)
 local in_flight = tonumber(redis.call('HGET', run, 'in_flight')) or 0
 local max = tonumber(redis.call('HGET', run, 'max_in_flight'))
 local out = {}

@@ -1,4 +1,7 @@
--- ARGV location, reason. Returns {new, discovery complete}.
+-- ARGV location, reason. Returns {new, every location discovered}.
+-- A location that fails before its discovery ended is never ready, so it is
+-- done now; one that is ready or active finishes through admission or its
+-- batches.
 local loc = ARGV[1]
 if redis.call('SADD', applied, 'failed:' .. loc) == 0 then return {0, 0} end
 local expected = tonumber(redis.call('HGET', locstate, loc .. ':pages'))
@@ -11,5 +14,8 @@ if failed > allowed then
   halt('location_max_errors exceeded: ' .. failed .. ' locations failed, ' .. allowed ..
        ' allowed (latest ' .. loc .. ': ' .. ARGV[2] .. ')')
 end
-if not was_discovered and location_discovered() then return {1, 1} end
+if not was_discovered then
+  redis.call('HINCRBY', run, 'locations_done', 1)
+  if location_discovered() then return {1, 1} end
+end
 return {1, 0}

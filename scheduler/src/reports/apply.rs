@@ -53,7 +53,7 @@ impl Scheduler {
             .iter()
             .map(|target| target.instance_id.clone())
             .collect();
-        let (_, complete) = self
+        let recorded = self
             .ledger
             .record_page(
                 report.run_id,
@@ -63,14 +63,33 @@ impl Scheduler {
                 report.last_page,
             )
             .await?;
-        if complete {
+        if recorded.all_discovered {
             self.discovery_complete(report.run_id).await?;
+        } else if recorded.location_discovered {
+            self.resolve_limits(report.run_id, false).await?;
         }
         Ok(())
     }
 
-    /// Every location is discovered: the total is known, so percentages resolve.
+    /// Every location is discovered: the total is known, so percentages resolve
+    /// for good.
     pub(crate) async fn discovery_complete(&self, run_id: Uuid) -> Result<(), SchedulerError> {
+        self.resolve_limits(run_id, true).await
+    }
+
+    /// Resolves the run's `max_concurrency` and `max_errors` against the targets
+    /// discovered so far (`all_discovered`: against the total) and lets
+    /// execution start — or go on — with them. Execution starts with the first
+    /// location discovered; as more are, the limits grow, and they never exceed
+    /// what the total gives, because the count discovered so far never exceeds
+    /// the total. A location's own limits (`location_concurrency`,
+    /// `location_max_errors`) resolve against the run's locations, known from
+    /// the start.
+    async fn resolve_limits(
+        &self,
+        run_id: Uuid,
+        all_discovered: bool,
+    ) -> Result<(), SchedulerError> {
         let plan = self.plan(run_id).await?;
         let fields = self
             .ledger
@@ -85,6 +104,9 @@ impl Scheduler {
         let batch_size = (max_in_flight / 2).clamp(1, MAX_BATCH);
         let allowed_errors = rate.max_errors.allowed_errors(total);
         if fields.get("plan_only") == Some("1") {
+            if !all_discovered {
+                return Ok(());
+            }
             let reason = format!(
                 "plan only: {total} targets in {} locations",
                 fields.number("location_count")
@@ -104,7 +126,11 @@ impl Scheduler {
             .ledger
             .start_execution(run_id, max_in_flight, batch_size, allowed_errors)
             .await?;
-        tracing::info!(%run_id, total, max_in_flight, allowed_errors, state = state.as_str(), "discovery complete");
+        if all_discovered {
+            tracing::info!(%run_id, total, max_in_flight, allowed_errors, state = state.as_str(), "discovery complete");
+        } else {
+            tracing::debug!(%run_id, discovered = total, max_in_flight, allowed_errors, "a location is discovered; limits resolved so far");
+        }
         Ok(())
     }
 
