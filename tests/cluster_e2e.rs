@@ -45,6 +45,15 @@ fn fleet() -> FleetProfile {
     profile
 }
 
+/// The services' warnings go to the test's output: what a failover did is
+/// the first thing to read when one of these fails.
+fn log_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+}
+
 /// Consumers of a queue, as RabbitMQ counts them.
 fn consumers(queue: &str) -> u32 {
     let output = Command::new("rabbitmqctl")
@@ -138,13 +147,32 @@ impl Drop for RestartDeadNodes {
     }
 }
 
+/// The cluster's `CLUSTER NODES`, from the first node that answers (the
+/// test kills one).
+fn cluster_nodes() -> String {
+    for port in 7101..=7106 {
+        let output = Command::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "cluster",
+                "nodes",
+            ])
+            .output()
+            .expect("this test needs redis-cli (Debian's redis-tools)");
+        let nodes = String::from_utf8_lossy(&output.stdout).to_string();
+        if output.status.success() && nodes.contains("master") {
+            return nodes;
+        }
+    }
+    panic!("no node of the test Redis Cluster (127.0.0.1:7101-7106) answers");
+}
+
 /// The port of the master that serves `slot`, from `CLUSTER NODES`.
 fn master_port_of(slot: u16) -> u16 {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "7101", "cluster", "nodes"])
-        .output()
-        .expect("this test needs redis-cli (Debian's redis-tools)");
-    let nodes = String::from_utf8_lossy(&output.stdout).to_string();
+    let nodes = cluster_nodes();
     for line in nodes.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -170,6 +198,7 @@ fn master_port_of(slot: u16) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_master_killed_mid_run_loses_nothing_and_repeats_nothing() {
+    log_warnings();
     let url = store::test_topologies::cluster_url();
     let _restart = RestartDeadNodes;
     let mut stack = Stack::start_with(fleet(), &url).await;
@@ -238,6 +267,7 @@ impl Drop for RestartRabbitNodes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_node_killed_mid_run_loses_nothing_and_repeats_nothing() {
+    log_warnings();
     let url = rabbitmq_cluster_url();
     let first = std::net::SocketAddr::from(([127, 0, 0, 1], 5701));
     if let Err(error) = std::net::TcpStream::connect_timeout(&first, Duration::from_secs(2)) {

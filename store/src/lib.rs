@@ -97,12 +97,19 @@ pub struct TokenRequest {
     pub rate_per_second: f64,
     pub burst: f64,
     pub tokens: u32,
+    /// Reserve tokens that are at most this far away (zero: only tokens
+    /// there now).
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TokenGrant {
     Granted,
-    /// Nothing was taken; enough tokens will be there after this long.
+    /// The tokens are reserved for the caller from this long from now on: it
+    /// sleeps that long, then calls (nobody else gets them).
+    Reserved(Duration),
+    /// Nothing was taken; enough tokens will be there after this long (more
+    /// than the request's `max_wait`).
     RetryAfter(Duration),
 }
 
@@ -281,7 +288,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         campaign: &str,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
-    /// Takes tokens from a bucket shared by every worker; all or nothing.
+    /// Takes tokens from a bucket shared by every worker, now or reserved for
+    /// an instant at most `max_wait` away (GCRA); all or nothing.
     fn take_tokens(
         &self,
         bucket: BucketId<'_>,
@@ -414,11 +422,6 @@ pub(crate) fn parse_state(state: Option<String>) -> Result<Option<RunState>, Sto
         .map(|state| state.parse::<RunState>())
         .transpose()
         .map_err(StoreError::Unexpected)
-}
-
-/// How long until `missing` tokens refill at `rate_per_second` (never zero).
-pub(crate) fn refill_wait(missing: f64, rate_per_second: f64) -> Duration {
-    Duration::from_secs_f64((missing / rate_per_second).max(0.001))
 }
 
 #[cfg(test)]

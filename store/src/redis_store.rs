@@ -16,7 +16,7 @@ use crate::connection::{Connection, RedisTls};
 use crate::{
     BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
     TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, encode_kill_engaged,
-    global_kill_reason, parse_state, refill_wait,
+    global_kill_reason, parse_state,
 };
 
 static TAKE_TOKENS: LazyLock<Script> =
@@ -187,28 +187,39 @@ impl Store for RedisStore {
         bucket: BucketId<'_>,
         request: TokenRequest,
     ) -> Result<TokenGrant, StoreError> {
+        let valid = |value: f64| value.is_finite() && value > 0.0;
+        if !valid(request.rate_per_second) || !valid(request.burst) {
+            return Err(StoreError::Unexpected(format!(
+                "a token bucket needs a positive rate and burst, not {} and {}",
+                request.rate_per_second, request.burst
+            )));
+        }
         let mut connection = self.connection.clone();
         let key = self
             .names
             .token_bucket_key(bucket.account_id, bucket.region, bucket.api);
-        let missing: String = TAKE_TOKENS
+        let (reserved, wait): (u8, String) = TAKE_TOKENS
             .key(key)
             .arg(request.rate_per_second)
             .arg(request.burst)
             .arg(request.tokens)
+            .arg(request.max_wait.as_secs_f64())
             .invoke_async(&mut connection)
             .await?;
-        let missing: f64 = missing.parse().map_err(|_| {
-            StoreError::Unexpected(format!("token bucket script returned {missing:?}"))
-        })?;
-        if missing <= 0.0 {
-            Ok(TokenGrant::Granted)
-        } else {
-            Ok(TokenGrant::RetryAfter(refill_wait(
-                missing,
-                request.rate_per_second,
-            )))
-        }
+        let wait = wait
+            .parse::<f64>()
+            .ok()
+            .filter(|wait| wait.is_finite() && *wait >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                StoreError::Unexpected(format!("the token bucket script returned wait {wait:?}"))
+            })?;
+        Ok(match (reserved, wait.is_zero()) {
+            (1, true) => TokenGrant::Granted,
+            (1, false) => TokenGrant::Reserved(wait),
+            // A wait rounds up to a millisecond, so a retry finds the tokens.
+            _ => TokenGrant::RetryAfter(wait.max(Duration::from_millis(1))),
+        })
     }
 
     async fn set_run_state(

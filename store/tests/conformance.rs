@@ -113,6 +113,7 @@ conformance!(
     token_bucket_grants_its_burst_then_asks_to_wait,
     token_bucket_refills_at_its_rate,
     token_buckets_are_per_account_region_api,
+    token_reservations_pace_callers_at_the_rate,
     a_redelivered_job_finds_its_claim_or_command,
     a_stale_claim_is_taken_over_once,
     a_released_claim_can_be_claimed_again_but_a_sent_one_cannot,
@@ -212,6 +213,7 @@ async fn token_bucket_grants_its_burst_then_asks_to_wait(store: impl Store) {
         rate_per_second: 2.0,
         burst: 3.0,
         tokens: 1,
+        max_wait: Duration::ZERO,
     };
     for _ in 0..3 {
         assert_eq!(
@@ -246,6 +248,7 @@ async fn token_bucket_refills_at_its_rate(store: impl Store) {
         rate_per_second: 20.0,
         burst: 1.0,
         tokens: 1,
+        max_wait: Duration::ZERO,
     };
     assert_eq!(
         store.take_tokens(SEND_COMMAND, request).await.unwrap(),
@@ -270,11 +273,55 @@ async fn token_bucket_refills_at_its_rate(store: impl Store) {
     );
 }
 
+async fn token_reservations_pace_callers_at_the_rate(store: impl Store) {
+    let request = TokenRequest {
+        rate_per_second: 10.0,
+        burst: 1.0,
+        tokens: 1,
+        max_wait: Duration::from_secs(1),
+    };
+    assert_eq!(
+        store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+        TokenGrant::Granted
+    );
+    // Each next caller gets the next slot, 100 ms after the one before: the
+    // calls leave at the rate, and nobody polls.
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        match store.take_tokens(SEND_COMMAND, request).await.unwrap() {
+            TokenGrant::Reserved(wait) => waits.push(wait),
+            other => panic!("a slot within a second is reserved, not {other:?}"),
+        }
+    }
+    for (index, wait) in waits.iter().enumerate() {
+        let slot = Duration::from_millis(100 * (index as u64 + 1));
+        assert!(
+            *wait <= slot && *wait + Duration::from_millis(50) > slot,
+            "caller {index} waits {wait:?} for its slot {slot:?}"
+        );
+    }
+    // The next slot is 600 ms away: past a 500 ms limit nothing is reserved,
+    // so the slot after the five stays free.
+    let patient = TokenRequest {
+        max_wait: Duration::from_millis(500),
+        ..request
+    };
+    assert!(matches!(
+        store.take_tokens(SEND_COMMAND, patient).await.unwrap(),
+        TokenGrant::RetryAfter(wait) if wait > Duration::from_millis(500)
+    ));
+    match store.take_tokens(SEND_COMMAND, request).await.unwrap() {
+        TokenGrant::Reserved(wait) => assert!(wait > Duration::from_millis(500), "{wait:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn token_buckets_are_per_account_region_api(store: impl Store) {
     let request = TokenRequest {
         rate_per_second: 0.01,
         burst: 1.0,
         tokens: 1,
+        max_wait: Duration::ZERO,
     };
     assert_eq!(
         store.take_tokens(SEND_COMMAND, request).await.unwrap(),
@@ -496,6 +543,7 @@ async fn the_in_memory_redis_keeps_tokios_clock() {
         rate_per_second: 1.0,
         burst: 1.0,
         tokens: 1,
+        max_wait: Duration::ZERO,
     };
     assert_eq!(
         store.take_tokens(SEND_COMMAND, request).await.unwrap(),

@@ -17,6 +17,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::config::{Credentials, Region};
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls;
 use protocol::backoff::Backoff;
 use protocol::job::{Location, RunContext};
 
@@ -226,7 +227,18 @@ impl Aws {
         // The SDK's own retries are off: `call` retries, so throttles are counted
         // and a SendCommand is never repeated after a timeout.
         let attempt_timeout = settings.attempt_timeout.unwrap_or(ATTEMPT_TIMEOUT);
+        // One HTTPS client for every SDK client of this worker. Without it the
+        // SDK builds one per client — per role session and region — each with
+        // the system's root certificates parsed anew into a TLS configuration
+        // of its own and a connection pool of its own: most of a worker's
+        // memory and much of its CPU on a scan of many accounts.
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()

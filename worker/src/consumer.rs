@@ -36,6 +36,10 @@ pub const MAX_JOB_RETRIES: u32 = 8;
 /// How soon a job that met an unreachable Redis tries again.
 const STORE_OUTAGE_RECHECK: Duration = Duration::from_secs(2);
 
+/// A connection to RabbitMQ that lasted this long was a good one: when it
+/// fails, the next connect is tried at once. One that failed sooner backs off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
 /// Delay before retry `retries` of a job: 5 s, 15 s, 60 s, then 300 s — the
 /// delay queues' own steps ([`DELAY_STEPS_SECONDS`] after the first), so each
 /// retry waits exactly what this says (a delay between steps would be rounded
@@ -108,9 +112,9 @@ pub async fn run<S: Store>(
                     }
                 }
             };
-            failures = 0;
             metrics.connection("rabbitmq", true);
             tracing::info!(name = config.name.as_str(), "connected to rabbitmq");
+            let connected_at = tokio::time::Instant::now();
             let context = Arc::new(Context {
                 broker,
                 store: store.clone(),
@@ -120,7 +124,23 @@ pub async fn run<S: Store>(
             });
             if let Err(error) = consume(context, &config, &stop).await {
                 metrics.connection("rabbitmq", false);
-                tracing::warn!(error = %error, "rabbitmq connection lost; reconnecting");
+                // Every reconnect hands the deliveries this worker held back
+                // to the queue, and each return counts toward the queue's
+                // delivery limit: a connection that keeps failing soon after
+                // it opened (a cluster electing new queue leaders) must not
+                // be retried at once, or jobs are dead-lettered for the
+                // broker's trouble.
+                if connected_at.elapsed() < STABLE_CONNECTION {
+                    failures = failures.saturating_add(1);
+                } else {
+                    failures = 0;
+                }
+                let delay = Backoff::RECONNECT.delay(failures);
+                tracing::warn!(error = %error, ?delay, "rabbitmq connection lost; reconnecting");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
         }
     };

@@ -12,13 +12,17 @@ use crate::JobError;
 /// queue (through a delay) instead of holding it. A waiting job holds one of
 /// the worker's permits, so a long wait blocks the jobs of other locations
 /// whose tokens are ready: at 10 s, `flotilla bench` measured 0.87 of the
-/// allowed SendCommand rate with more jobs than permits; at 2 s, 0.97.
+/// allowed SendCommand rate with more jobs than permits; at 2 s, 0.97 (when
+/// tokens were polled; they are reserved now).
 const MAX_TOKEN_WAIT: Duration = Duration::from_secs(2);
 
 /// The bucket's region for account-wide APIs (AssumeRole).
 pub const GLOBAL_REGION: &str = "global";
 
-/// Waits for one token; `Ok(false)` when none came within [`MAX_TOKEN_WAIT`].
+/// Reserves one token and sleeps until it is this job's: one round trip to
+/// the store, no polling, so the calls go out at the allowed rate however many
+/// workers wait (GCRA in `take_tokens.lua`). `Ok(false)` when the next token
+/// is further than [`MAX_TOKEN_WAIT`] away: nothing is reserved then.
 pub async fn take_token<S: Store>(
     store: &S,
     account_id: &str,
@@ -37,19 +41,14 @@ pub async fn take_token<S: Store>(
         rate_per_second,
         burst: rate_per_second.max(1.0),
         tokens: 1,
+        max_wait: MAX_TOKEN_WAIT,
     };
-    let started = tokio::time::Instant::now();
-    loop {
-        match store.take_tokens(bucket, request).await? {
-            TokenGrant::Granted => return Ok(true),
-            TokenGrant::RetryAfter(wait) => {
-                if started.elapsed() + wait > MAX_TOKEN_WAIT {
-                    return Ok(false);
-                }
-                // A little jitter so waiting workers do not all ask at the same instant.
-                let jitter = wait.mul_f64(fastrand::f64() * 0.2);
-                tokio::time::sleep(wait + jitter).await;
-            }
+    match store.take_tokens(bucket, request).await? {
+        TokenGrant::Granted => Ok(true),
+        TokenGrant::Reserved(wait) => {
+            tokio::time::sleep(wait).await;
+            Ok(true)
         }
+        TokenGrant::RetryAfter(_) => Ok(false),
     }
 }
