@@ -75,6 +75,48 @@ fn consumers(queue: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Scans the fleet with two workers, calls `kill` once a third of the targets
+/// have started, and checks the run then completes with one result and one
+/// execution per target. Returns the run's progress.
+async fn scan_losing_something(
+    stack: &mut Stack,
+    campaign: &str,
+    kill: impl FnOnce(&mut Stack, uuid::Uuid),
+) -> scheduler::RunProgress {
+    stack.spawn_worker("worker-a", 8);
+    stack.spawn_worker("worker-b", 8);
+    let campaign = stack.campaign(campaign, SCAN);
+    let run_id = stack.start_run(&campaign).await;
+    let targets = stack.fleet_instance_ids().len();
+    stack
+        .wait_for("a third of the targets", Duration::from_secs(60), |stack| {
+            stack.executions().len() >= targets / 3
+        })
+        .await;
+    kill(stack, run_id);
+    let started_at_kill = stack.executions().len();
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(180))
+        .await;
+    stack.assert_each_target_ran_once(run_id, &progress);
+    assert!(
+        started_at_kill < targets,
+        "the loss came before the run had sent everything ({started_at_kill} of {targets})"
+    );
+    progress
+}
+
+/// SIGKILLs the process whose pid `pid_file` holds.
+fn sigkill(pid_file: &str) {
+    let pid = std::fs::read_to_string(pid_file)
+        .unwrap_or_else(|error| panic!("{pid_file}: {error}; is the test cluster running?"));
+    let killed = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "SIGKILL {}", pid.trim());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_scheduler_replicas_share_the_reports_and_losing_one_mid_run_loses_nothing() {
     let mut stack = Stack::start(fleet()).await;
@@ -94,24 +136,11 @@ async fn three_scheduler_replicas_share_the_reports_and_losing_one_mid_run_loses
             consumers(&reports) == 3
         })
         .await;
-    stack.spawn_worker("worker-a", 8);
-    stack.spawn_worker("worker-b", 8);
-    let campaign = stack.campaign("replicas", SCAN);
-    let run_id = stack.start_run(&campaign).await;
-    let targets = stack.fleet_instance_ids().len();
-    stack
-        .wait_for("a third of the targets", Duration::from_secs(60), |stack| {
-            stack.executions().len() >= targets / 3
-        })
-        .await;
     // As SIGKILL would: the replica stops between any two instructions, and
     // what it held unacked goes back to the others.
-    stack.kill_scheduler();
-
-    let progress = stack
-        .wait_until_final(run_id, Duration::from_secs(120))
-        .await;
-    stack.assert_each_target_ran_once(run_id, &progress);
+    let progress =
+        scan_losing_something(&mut stack, "replicas", |stack, _| stack.kill_scheduler()).await;
+    let targets = stack.fleet_instance_ids().len();
     let counted: u64 = progress
         .results
         .values()
@@ -202,40 +231,16 @@ async fn a_redis_cluster_master_killed_mid_run_loses_nothing_and_repeats_nothing
     let url = store::test_topologies::cluster_url();
     let _restart = RestartDeadNodes;
     let mut stack = Stack::start_with(fleet(), &url).await;
-    stack.spawn_worker("worker-a", 8);
-    stack.spawn_worker("worker-b", 8);
-    let campaign = stack.campaign("cluster-failover", SCAN);
-    let run_id = stack.start_run(&campaign).await;
-    let targets = stack.fleet_instance_ids().len();
-    stack
-        .wait_for("a third of the targets", Duration::from_secs(60), |stack| {
-            stack.executions().len() >= targets / 3
-        })
-        .await;
-
-    let port = master_port_of(hash_slot(&stack.names.run_key(run_id)));
-    let pid_file = format!("{}/{port}.pid", topologies_dir());
-    let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|error| {
-        panic!("{pid_file}: {error}; start the cluster with scripts/redis-topologies")
-    });
-    let killed = Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "SIGKILL the master on port {port}");
-    let started_at_kill = stack.executions().len();
-
-    let progress = stack
-        .wait_until_final(run_id, Duration::from_secs(180))
-        .await;
-    stack.assert_each_target_ran_once(run_id, &progress);
-    assert!(
-        started_at_kill < targets,
-        "the master died before the run had sent everything ({started_at_kill} of {targets})"
-    );
+    let mut killed_port = 0;
+    let progress = scan_losing_something(&mut stack, "cluster-failover", |stack, run_id| {
+        let port = master_port_of(hash_slot(&stack.names.run_key(run_id)));
+        sigkill(&format!("{}/{port}.pid", topologies_dir()));
+        killed_port = port;
+    })
+    .await;
     assert_ne!(
-        master_port_of(hash_slot(&stack.names.run_key(run_id))),
-        port,
+        master_port_of(hash_slot(&stack.names.run_key(progress.run_id))),
+        killed_port,
         "a replica took over the run's slot"
     );
     stack.teardown().await;
@@ -278,36 +283,14 @@ async fn a_rabbitmq_node_killed_mid_run_loses_nothing_and_repeats_nothing() {
     }
     let restart = RestartRabbitNodes;
     let mut stack = Stack::start_on_brokers(fleet(), &url).await;
-    stack.spawn_worker("worker-a", 8);
-    stack.spawn_worker("worker-b", 8);
-    let campaign = stack.campaign("broker-node-loss", SCAN);
-    let run_id = stack.start_run(&campaign).await;
-    let targets = stack.fleet_instance_ids().len();
-    stack
-        .wait_for("a third of the targets", Duration::from_secs(60), |stack| {
-            stack.executions().len() >= targets / 3
-        })
-        .await;
     // The node every service is connected to (the first URL) dies: they
     // reconnect to the next, and the quorum queues elect leaders there.
     let dir = std::env::var("FLOTILLA_RABBITMQ_CLUSTER_DIR")
         .unwrap_or_else(|_| "/tmp/flotilla-rabbitmq-cluster".into());
-    let pid = std::fs::read_to_string(format!("{dir}/1/pid")).unwrap();
-    let killed = Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "SIGKILL RabbitMQ node 1");
-    let started_at_kill = stack.executions().len();
-
-    let progress = stack
-        .wait_until_final(run_id, Duration::from_secs(180))
-        .await;
-    stack.assert_each_target_ran_once(run_id, &progress);
-    assert!(
-        started_at_kill < targets,
-        "the node died before the run had sent everything ({started_at_kill} of {targets})"
-    );
+    scan_losing_something(&mut stack, "broker-node-loss", |_, _| {
+        sigkill(&format!("{dir}/1/pid"));
+    })
+    .await;
     // The whole cluster again before the cleanup deletes the test's queues.
     drop(restart);
     stack.teardown().await;
