@@ -5,9 +5,8 @@
 //! campaigns, schedules, audit and tokens — is written once, as Redis commands
 //! and Lua scripts, and runs unchanged on either.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
@@ -194,21 +193,22 @@ impl Connection {
         let client = match self {
             Self::Redis { client, .. } => client.as_ref().clone(),
             Self::Cluster { seeds, .. } => {
-                let mut last = None;
+                let mut pubsub = None;
+                let mut last_error = None;
                 for seed in seeds.iter() {
                     match seed.get_async_pubsub().await {
-                        Ok(pubsub) => {
-                            last = Some(Ok(pubsub));
+                        Ok(opened) => {
+                            pubsub = Some(opened);
                             break;
                         }
-                        Err(error) => last = Some(Err(error)),
+                        Err(error) => last_error = Some(error),
                     }
                 }
-                let mut pubsub = match last {
-                    Some(pubsub) => pubsub?,
-                    None => {
-                        return Err(StoreError::Unexpected("a cluster URL without nodes".into()));
-                    }
+                let Some(mut pubsub) = pubsub else {
+                    return Err(match last_error {
+                        Some(error) => error.into(),
+                        None => StoreError::Unexpected("a cluster URL without nodes".into()),
+                    });
                 };
                 pubsub.subscribe(channel).await?;
                 forward(pubsub, sender);

@@ -37,7 +37,8 @@ pub const MAX_JOB_RETRIES: u32 = 8;
 const STORE_OUTAGE_RECHECK: Duration = Duration::from_secs(2);
 
 /// A connection to RabbitMQ that lasted this long was a good one: when it
-/// fails, the next connect is tried at once. One that failed sooner backs off.
+/// fails, reconnecting starts over from the shortest backoff. One that failed
+/// sooner backs off further each time.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// Delay before retry `retries` of a job: 5 s, 15 s, 60 s, then 300 s — the
