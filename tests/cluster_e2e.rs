@@ -22,18 +22,8 @@ use protocol::names::hash_slot;
 use sim::profile::FleetProfile;
 use support::Stack;
 
-const SCAN: &str = "
-steps:
-  - name: configure
-    document: AWS-RunShellScript
-    parameters:
-      commands: [\"echo configure\"]
-    timeout: 60s
-rate_control:
-  location_concurrency: 100%
-  max_concurrency: 12
-  max_errors: 100%
-";
+/// The scan's rate control (one shell step, from `support::one_step`).
+const SCAN_RATE: &str = "  location_concurrency: 100%\n  max_concurrency: 12\n  max_errors: 100%\n";
 
 /// Twelve locations of 8–12 instances whose commands take 0.5–3 s: a run
 /// that lasts long enough to lose something in the middle of it.
@@ -85,7 +75,7 @@ async fn scan_losing_something(
 ) -> scheduler::RunProgress {
     stack.spawn_worker("worker-a", 8);
     stack.spawn_worker("worker-b", 8);
-    let campaign = stack.campaign(campaign, SCAN);
+    let campaign = stack.campaign(campaign, support::one_step(SCAN_RATE));
     let run_id = stack.start_run(&campaign).await;
     let targets = stack.fleet_instance_ids().len();
     stack
@@ -162,16 +152,16 @@ fn topologies_dir() -> String {
         .unwrap_or_else(|_| "/tmp/flotilla-redis-topologies".into())
 }
 
-/// Starts every node of the test topologies that is down (it rejoins), when
-/// dropped: the cluster is whole again after this test, also if it fails.
-struct RestartDeadNodes;
+/// Runs `scripts/<name> start` when dropped: the test cluster's killed node
+/// starts again and rejoins, also when the test fails.
+struct RestartDeadNodes(&'static str);
 
 impl Drop for RestartDeadNodes {
     fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-topologies");
-        match Command::new(script).arg("start").status() {
+        let script = format!("{}/scripts/{}", env!("CARGO_MANIFEST_DIR"), self.0);
+        match Command::new(&script).arg("start").status() {
             Ok(status) if status.success() => {}
-            other => eprintln!("could not restart the test Redis Cluster's nodes: {other:?}"),
+            other => eprintln!("could not restart the nodes of {script}: {other:?}"),
         }
     }
 }
@@ -234,7 +224,7 @@ fn master_port_of(slot: u16) -> u16 {
 async fn a_redis_cluster_master_killed_mid_run_loses_nothing_and_repeats_nothing() {
     log_warnings();
     let url = store::test_topologies::cluster_url();
-    let _restart = RestartDeadNodes;
+    let _restart = RestartDeadNodes("redis-topologies");
     let mut stack = Stack::start_with(fleet(), &url).await;
     let mut killed_port = 0;
     let progress = scan_losing_something(&mut stack, "cluster-failover", |stack, run_id| {
@@ -262,19 +252,6 @@ fn rabbitmq_cluster_url() -> String {
     })
 }
 
-/// Starts the test RabbitMQ cluster's stopped nodes when dropped (they rejoin).
-struct RestartRabbitNodes;
-
-impl Drop for RestartRabbitNodes {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster");
-        match Command::new(script).arg("start").status() {
-            Ok(status) if status.success() => {}
-            other => eprintln!("could not restart the test RabbitMQ cluster's nodes: {other:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_node_killed_mid_run_loses_nothing_and_repeats_nothing() {
     log_warnings();
@@ -286,7 +263,7 @@ async fn a_rabbitmq_node_killed_mid_run_loses_nothing_and_repeats_nothing() {
             protocol::redact_password(&url)
         );
     }
-    let restart = RestartRabbitNodes;
+    let restart = RestartDeadNodes("rabbitmq-cluster");
     let mut stack = Stack::start_on_brokers(fleet(), &url).await;
     // The node every service is connected to (the first URL) dies: they
     // reconnect to the next, and the quorum queues elect leaders there.
