@@ -135,13 +135,15 @@ impl Scheduler {
     ) -> Result<Approval, SchedulerError> {
         let outcome = {
             let mut connection = self.ledger.connection();
+            let key = self.broker.names().campaign_key(name);
             let (status, author, approved_by, approved_ms): (u8, String, String, u64) = APPROVE
-                .key(self.broker.names().campaign_key(name))
+                .key(&key)
                 .arg(version)
                 .arg(&approver.name)
                 .arg(now_ms())
                 .invoke_async(&mut connection)
                 .await?;
+            connection.replicated(&key).await?;
             match status {
                 0 => ApproveOutcome::UnknownVersion,
                 3 => ApproveOutcome::AuthorCannotApprove { author },

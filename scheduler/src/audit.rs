@@ -127,6 +127,8 @@ impl AuditLog {
                 .arg(&json)
                 .query_async(&mut connection)
                 .await?;
+            // An auditor must find what was answered.
+            connection.replicated(&self.stream_key).await?;
         }
         if let Some(files) = &self.files {
             let date = chrono::DateTime::from_timestamp_millis(

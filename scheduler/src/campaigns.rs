@@ -55,14 +55,16 @@ impl Scheduler {
             )));
         }
         let mut connection = self.ledger.connection();
+        let keys = names.campaign_script_keys(&campaign.name);
         let (version, changed): (u32, u8) = APPLY
-            .key(&names.campaign_script_keys(&campaign.name)[..])
+            .key(&keys[..])
             .arg(&campaign.name)
             .arg(spec)
             .arg(now_ms())
             .arg(author)
             .invoke_async(&mut connection)
             .await?;
+        connection.replicated(&keys[0]).await?;
         Ok(Applied {
             version,
             changed: changed == 1,

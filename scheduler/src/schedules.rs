@@ -213,14 +213,18 @@ impl Scheduler {
     ) -> Result<i64, SchedulerError> {
         let mut connection = self.ledger.connection();
         let names = self.broker.names();
-        Ok(FIRE
-            .key(&names.schedule_fire_keys()[..])
+        let keys = names.schedule_fire_keys();
+        let fired = FIRE
+            .key(&keys[..])
             .arg(lease_value)
             .arg(campaign)
             .arg(occurrence_ms)
             .arg(u8::from(start))
             .invoke_async(&mut connection)
-            .await?)
+            .await?;
+        // An occurrence a failover forgot would fire twice.
+        connection.replicated(&keys[0]).await?;
+        Ok(fired)
     }
 
     /// Starts the run of a recorded occurrence unless it exists.

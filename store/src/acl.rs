@@ -37,6 +37,10 @@ pub fn users(prefix: &str, scheduler: &str, worker: &str, admin: &str) -> String
         "+hset",
         "+pexpire",
         "+del",
+        // Claims wait for replicas (`?wait_replicas=N`); a cluster client
+        // learns the slots' masters.
+        "+wait",
+        "+cluster|slots",
     ]
     .join(" ");
     format!(

@@ -13,7 +13,7 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 
 use crate::StoreError;
@@ -51,9 +51,17 @@ impl RedisTls {
     }
 }
 
-/// A cheap-to-clone connection onto one Redis, real or in memory.
+/// A cheap-to-clone connection onto one Redis, real or in memory, and how
+/// many replicas must hold a write before [`Connection::replicated`] says so.
 #[derive(Clone)]
-pub enum Connection {
+pub struct Connection {
+    link: Link,
+    wait_replicas: u32,
+}
+
+/// Where the commands go.
+#[derive(Clone)]
+enum Link {
     Redis {
         /// For pub/sub, which needs a connection of its own (boxed: it is
         /// large and seldom used).
@@ -74,12 +82,16 @@ pub enum Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Redis { .. } => f.write_str("Connection::Redis"),
-            Self::Cluster { .. } => f.write_str("Connection::Cluster"),
-            Self::Sentinel(_) => f.write_str("Connection::Sentinel"),
-            Self::Memory(_) => f.write_str("Connection::Memory"),
-        }
+        let kind = match self.link {
+            Link::Redis { .. } => "Redis",
+            Link::Cluster { .. } => "Cluster",
+            Link::Sentinel(_) => "Sentinel",
+            Link::Memory(_) => "Memory",
+        };
+        f.debug_struct("Connection")
+            .field("kind", &kind)
+            .field("wait_replicas", &self.wait_replicas)
+            .finish()
     }
 }
 
@@ -87,6 +99,11 @@ impl std::fmt::Debug for Connection {
 /// second, and a Redis that does not answer must stop workers (fail closed)
 /// rather than stall them. Reconnects back off up to a second.
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long [`Connection::replicated`] waits for the replicas: well inside
+/// [`RESPONSE_TIMEOUT`], and far more than a replica on the same network
+/// takes to acknowledge.
+pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 pub(crate) fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
@@ -100,7 +117,7 @@ impl Connection {
     /// Connects (and reconnects by itself later); fails at once if Redis does
     /// not answer. The URL forms are [`Endpoint`]'s.
     pub async fn open(url: &str, tls: &RedisTls) -> Result<Self, StoreError> {
-        let endpoint = Endpoint::parse(url)?;
+        let (endpoint, options) = Endpoint::parse_with_options(url)?;
         let unreachable = |source| StoreError::Unreachable {
             url: protocol::redact_password(url),
             source,
@@ -113,9 +130,9 @@ impl Connection {
             client_tls: None,
             root_cert: root_cert.clone(),
         };
-        match endpoint {
+        let link = match endpoint {
             Endpoint::Memory(name) => MemoryRedis::named(&name)
-                .map(Self::Memory)
+                .map(Link::Memory)
                 .map_err(StoreError::Unexpected),
             Endpoint::Node(url) => {
                 let client = match &root_cert {
@@ -129,7 +146,7 @@ impl Connection {
                 let manager = ConnectionManager::new_with_config(client.clone(), manager_config())
                     .await
                     .map_err(unreachable)?;
-                Ok(Self::Redis {
+                Ok(Link::Redis {
                     client: Box::new(client),
                     manager,
                 })
@@ -156,7 +173,7 @@ impl Connection {
                 }
                 let client = builder.build().map_err(unreachable)?;
                 let connection = client.get_async_connection().await.map_err(unreachable)?;
-                Ok(Self::Cluster {
+                Ok(Link::Cluster {
                     seeds: clients.into(),
                     connection,
                 })
@@ -172,9 +189,50 @@ impl Connection {
                 tls,
             } => SentinelConnection::open(sentinels, &master, username, password, tls)
                 .await
-                .map(Self::Sentinel)
+                .map(Link::Sentinel)
                 .map_err(unreachable),
+        }?;
+        Ok(Self {
+            link,
+            wait_replicas: options.wait_replicas,
+        })
+    }
+
+    /// Returns once `wait_replicas` replicas (the URL's `?wait_replicas=N`;
+    /// none by default) hold every write this connection has made to the
+    /// node of `key`, or fails (retryably) after [`REPLICA_WAIT`]. A write
+    /// acknowledged by Redis but not yet replicated is lost when its master
+    /// dies and a replica takes over; a caller that must not lose a write —
+    /// the run ledger before it acks a report or publishes a job, a worker's
+    /// claim before it sends — calls this after it.
+    ///
+    /// `WAIT` counts the writes of the connection it is sent on, so it goes
+    /// to the very node (the master of `key`'s slot) on the multiplexed
+    /// connection the write went through. It is not consensus: two writes
+    /// racing a failover can still both be lost with a replica that did not
+    /// get them promoted. It is what Redis offers.
+    pub async fn replicated(&self, key: &str) -> Result<(), StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
         }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_replicas)
+            .arg(REPLICA_WAIT.as_millis() as u64);
+        let acked: u32 = match &self.link {
+            Link::Cluster { connection, .. } => {
+                let route = Route::new(protocol::names::hash_slot(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                parsed(connection.clone().route_command(wait, routing).await?)?
+            }
+            _ => wait.query_async(&mut self.clone()).await?,
+        };
+        if acked < self.wait_replicas {
+            return Err(StoreError::NotReplicated {
+                wanted: self.wait_replicas,
+                acked,
+            });
+        }
+        Ok(())
     }
 
     /// Wakes the receiver on every message published to `channel`. The
@@ -190,9 +248,9 @@ impl Connection {
         channel: &str,
     ) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        let client = match self {
-            Self::Redis { client, .. } => client.as_ref().clone(),
-            Self::Cluster { seeds, .. } => {
+        let client = match &self.link {
+            Link::Redis { client, .. } => client.as_ref().clone(),
+            Link::Cluster { seeds, .. } => {
                 let mut pubsub = None;
                 let mut last_error = None;
                 for seed in seeds.iter() {
@@ -214,8 +272,8 @@ impl Connection {
                 forward(pubsub, sender);
                 return Ok(receiver);
             }
-            Self::Sentinel(sentinel) => sentinel.master_client(),
-            Self::Memory(memory) => {
+            Link::Sentinel(sentinel) => sentinel.master_client(),
+            Link::Memory(memory) => {
                 let mut messages = memory.subscribe(channel);
                 tokio::spawn(async move {
                     while messages.recv().await.is_some() {
@@ -236,8 +294,8 @@ impl Connection {
     /// Every key matching `pattern`, from every master of a cluster.
     pub async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();
-        match self {
-            Self::Cluster { connection, .. } => {
+        match &self.link {
+            Link::Cluster { connection, .. } => {
                 let mut connection = connection.clone();
                 for (host, port) in cluster_masters(&mut connection).await? {
                     let mut cursor = 0u64;
@@ -338,11 +396,11 @@ fn wake(sender: &tokio::sync::mpsc::Sender<()>) -> bool {
 
 impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Redis { manager, .. } => manager.req_packed_command(cmd),
-            Self::Cluster { connection, .. } => connection.req_packed_command(cmd),
-            Self::Sentinel(sentinel) => sentinel.req_packed_command(cmd),
-            Self::Memory(memory) => memory.req_packed_command(cmd),
+        match &mut self.link {
+            Link::Redis { manager, .. } => manager.req_packed_command(cmd),
+            Link::Cluster { connection, .. } => connection.req_packed_command(cmd),
+            Link::Sentinel(sentinel) => sentinel.req_packed_command(cmd),
+            Link::Memory(memory) => memory.req_packed_command(cmd),
         }
     }
 
@@ -352,9 +410,9 @@ impl redis::aio::ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Redis { manager, .. } => manager.req_packed_commands(pipeline, offset, count),
-            Self::Cluster { connection, .. } => Box::pin(async move {
+        match &mut self.link {
+            Link::Redis { manager, .. } => manager.req_packed_commands(pipeline, offset, count),
+            Link::Cluster { connection, .. } => Box::pin(async move {
                 match connection
                     .req_packed_commands(pipeline, offset, count)
                     .await
@@ -377,17 +435,17 @@ impl redis::aio::ConnectionLike for Connection {
                     other => other,
                 }
             }),
-            Self::Sentinel(sentinel) => sentinel.req_packed_commands(pipeline, offset, count),
-            Self::Memory(memory) => memory.req_packed_commands(pipeline, offset, count),
+            Link::Sentinel(sentinel) => sentinel.req_packed_commands(pipeline, offset, count),
+            Link::Memory(memory) => memory.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Redis { manager, .. } => manager.get_db(),
-            Self::Cluster { connection, .. } => connection.get_db(),
-            Self::Sentinel(sentinel) => sentinel.get_db(),
-            Self::Memory(memory) => memory.get_db(),
+        match &self.link {
+            Link::Redis { manager, .. } => manager.get_db(),
+            Link::Cluster { connection, .. } => connection.get_db(),
+            Link::Sentinel(sentinel) => sentinel.get_db(),
+            Link::Memory(memory) => memory.get_db(),
         }
     }
 }

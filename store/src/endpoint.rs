@@ -9,11 +9,25 @@
 //!   after a failover; the credentials are the master's, the sentinels are
 //!   reached without;
 //! - `memory://name` — the in-memory Redis of that name.
+//!
+//! Any of the Redis forms may end in `?wait_replicas=N` (0 to
+//! [`MAX_WAIT_REPLICAS`]): the writes that must survive a failover wait until
+//! N replicas hold them (`store::Connection::replicated`).
 
 use crate::StoreError;
 
 /// At most this many seed nodes or sentinels in one URL.
 pub const MAX_NODES: usize = 64;
+
+/// At most this many replicas are waited for.
+pub const MAX_WAIT_REPLICAS: u32 = 16;
+
+/// What a URL's query sets, for every Redis form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Replicas that must hold a write the caller must not lose.
+    pub wait_replicas: u32,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -36,22 +50,78 @@ pub enum Endpoint {
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Self, StoreError> {
-        if let Some(name) = protocol::names::in_memory_name(url) {
-            return Ok(Self::Memory(name.to_string()));
-        }
+        Self::parse_with_options(url).map(|(endpoint, _)| endpoint)
+    }
+
+    /// The endpoint, and the options of the URL's query (taken out of it;
+    /// a one-node URL keeps the redis crate's own parameters).
+    pub fn parse_with_options(url: &str) -> Result<(Self, Options), StoreError> {
         let invalid = |what: String| {
             StoreError::Unexpected(format!(
                 "--redis-url {}: {what}",
                 protocol::redact_password(url)
             ))
         };
-        let Some((scheme, rest)) = url.split_once("://") else {
+        // The query starts at the first '?' after the credentials.
+        let after_credentials = url.rfind('@').map_or(0, |at| at + 1);
+        let (base, query) = match url[after_credentials..].find('?') {
+            Some(at) => (
+                &url[..after_credentials + at],
+                &url[after_credentials + at + 1..],
+            ),
+            None => (url, ""),
+        };
+        let mut options = Options::default();
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("wait_replicas", value)) => {
+                    options.wait_replicas = value
+                        .parse()
+                        .ok()
+                        .filter(|count| *count <= MAX_WAIT_REPLICAS)
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "wait_replicas={value:?} is not a number from 0 to {MAX_WAIT_REPLICAS}"
+                            ))
+                        })?;
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let endpoint = Self::parse_base(base, &invalid)?;
+        match &endpoint {
+            Self::Memory(_) if options.wait_replicas > 0 => {
+                return Err(invalid(
+                    "the in-memory Redis has no replicas; remove wait_replicas".into(),
+                ));
+            }
+            Self::Node(node) if !kept.is_empty() => {
+                return Ok((Self::Node(format!("{node}?{}", kept.join("&"))), options));
+            }
+            Self::Memory(_) | Self::Node(_) => {}
+            Self::Cluster { .. } | Self::Sentinel { .. } => {
+                if let Some(unknown) = kept.first() {
+                    return Err(invalid(format!(
+                        "unknown parameter {unknown:?}; a cluster or Sentinel URL takes wait_replicas=N only"
+                    )));
+                }
+            }
+        }
+        Ok((endpoint, options))
+    }
+
+    fn parse_base(base: &str, invalid: &dyn Fn(String) -> StoreError) -> Result<Self, StoreError> {
+        if let Some(name) = protocol::names::in_memory_name(base) {
+            return Ok(Self::Memory(name.to_string()));
+        }
+        let Some((scheme, rest)) = base.split_once("://") else {
             return Err(invalid(
                 "not a URL; use redis://host:port, rediss://…, redis+cluster://host:port,host:port, redis+sentinel://host:port,…/master or memory://name".into(),
             ));
         };
         let (kind, tls) = match scheme {
-            "redis" | "rediss" => return Ok(Self::Node(url.to_string())),
+            "redis" | "rediss" => return Ok(Self::Node(base.to_string())),
             "redis+cluster" => ("cluster", false),
             "rediss+cluster" => ("cluster", true),
             "redis+sentinel" => ("sentinel", false),
@@ -188,6 +258,37 @@ mod tests {
     }
 
     #[test]
+    fn wait_replicas_comes_out_of_every_form_and_other_parameters_stay_where_they_belong() {
+        let (endpoint, options) =
+            Endpoint::parse_with_options("redis+cluster://u:p?w@h1:7000,h2:7001?wait_replicas=1")
+                .unwrap();
+        assert_eq!(options.wait_replicas, 1);
+        assert_eq!(
+            endpoint,
+            Endpoint::Cluster {
+                seeds: vec![
+                    "redis://u:p?w@h1:7000".into(),
+                    "redis://u:p?w@h2:7001".into()
+                ]
+            }
+        );
+        let (endpoint, options) =
+            Endpoint::parse_with_options("redis://h1:6379/2?protocol=resp3&wait_replicas=2")
+                .unwrap();
+        assert_eq!(options.wait_replicas, 2);
+        assert_eq!(
+            endpoint,
+            Endpoint::Node("redis://h1:6379/2?protocol=resp3".into())
+        );
+        let (endpoint, options) =
+            Endpoint::parse_with_options("redis+sentinel://s1:26379/m?wait_replicas=1").unwrap();
+        assert_eq!(options.wait_replicas, 1);
+        assert!(matches!(endpoint, Endpoint::Sentinel { master, .. } if master == "m"));
+        let (_, options) = Endpoint::parse_with_options("redis://h1:6379").unwrap();
+        assert_eq!(options, Options::default());
+    }
+
+    #[test]
     fn bad_urls_say_what_is_wrong_without_the_password() {
         for (url, expected) in [
             ("redis+sentinel://s1:26379", "master name"),
@@ -196,6 +297,13 @@ mod tests {
             ("redis+cluster://u:secret@h1:7000/3", "one database"),
             ("mysql://h1", "scheme \"mysql\""),
             ("h1:6379", "not a URL"),
+            ("redis://u:secret@h1?wait_replicas=x", "wait_replicas=\"x\""),
+            ("redis://u:secret@h1?wait_replicas=17", "from 0 to 16"),
+            (
+                "redis+cluster://u:secret@h1?tls=1",
+                "unknown parameter \"tls=1\"",
+            ),
+            ("memory://demo?wait_replicas=1", "no replicas"),
         ] {
             let error = Endpoint::parse(url).unwrap_err().to_string();
             assert!(error.contains(expected), "{url}: {error}");

@@ -46,6 +46,10 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("Redis answered something unexpected: {0}")]
     Unexpected(String),
+    #[error(
+        "a write reached {acked} of the {wanted} Redis replicas that must hold it (wait_replicas in --redis-url); is a replica down?"
+    )]
+    NotReplicated { wanted: u32, acked: u32 },
 }
 
 impl StoreError {
@@ -55,6 +59,8 @@ impl StoreError {
             Self::Unreachable { .. } => true,
             Self::Redis(error) => redis_error_is_retryable(error),
             Self::Unexpected(_) => false,
+            // A replica may come back, or a new one be attached.
+            Self::NotReplicated { .. } => true,
         }
     }
 }

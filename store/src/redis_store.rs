@@ -126,11 +126,14 @@ impl Store for RedisStore {
             KillScope::Global => encode_kill_engaged(reason),
             KillScope::Campaign(_) => reason.to_string(),
         };
-        let () = connection.set(self.kill_key(scope), value).await?;
+        let key = self.kill_key(scope);
+        let () = connection.set(&key, value).await?;
         let _: i64 = connection
             .publish(self.names.kill_channel(), "engaged")
             .await?;
-        Ok(())
+        // Engaged at once on the master; an error here says a failover
+        // could still forget it (engaging again is harmless).
+        self.connection.replicated(&key).await
     }
 
     async fn init_kill_switch(&self) -> Result<bool, StoreError> {
@@ -151,8 +154,9 @@ impl Store for RedisStore {
 
     async fn request_cancel_in_flight(&self, scope: &KillScope) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let () = connection.set(self.cancel_key(scope), 1).await?;
-        Ok(())
+        let key = self.cancel_key(scope);
+        let () = connection.set(&key, 1).await?;
+        self.connection.replicated(&key).await
     }
 
     async fn release_kill_switch(&self, scope: &KillScope) -> Result<(), StoreError> {
@@ -169,16 +173,18 @@ impl Store for RedisStore {
         let _: i64 = connection
             .publish(self.names.kill_channel(), "released")
             .await?;
-        Ok(())
+        self.connection.replicated(&self.kill_key(scope)).await
     }
 
     async fn kill_reason(&self, campaign: &str) -> Result<Option<String>, StoreError> {
-        let mut connection = self.connection.clone();
-        let keys = [
-            self.names.kill_switch_key(),
-            self.names.campaign_kill_key(campaign),
-        ];
-        let (global, campaign): (Option<String>, Option<String>) = connection.mget(&keys).await?;
+        // Two GETs, not one MGET: the keys are in different slots, and
+        // redis-rs' cluster client answered a split MGET during a failover
+        // with "Mismatch in the number of multi-slot results".
+        let (mut first, mut second) = (self.connection.clone(), self.connection.clone());
+        let global_key = self.names.kill_switch_key();
+        let campaign_key = self.names.campaign_kill_key(campaign);
+        let (global, campaign): (Option<String>, Option<String>) =
+            tokio::try_join!(first.get(&global_key), second.get(&campaign_key))?;
         Ok(global_kill_reason(global.as_deref()).or(campaign))
     }
 
@@ -302,13 +308,13 @@ impl Store for RedisStore {
             .conditional_set(redis::ExistenceCheck::NX)
             .get(true)
             .with_expiration(redis::SetExpiry::EX(COMMAND_RECORD_TTL.as_secs()));
+        let key = self.names.job_command_key(run_id, job_id);
         let previous: Option<String> = connection
-            .set_options(
-                self.names.job_command_key(run_id, job_id),
-                encode_claim_in_progress(now_ms),
-                options,
-            )
+            .set_options(&key, encode_claim_in_progress(now_ms), options)
             .await?;
+        // A claim a failover could undo would let a redelivered job send
+        // again: it must be on the replicas before anything is sent.
+        self.connection.replicated(&key).await?;
         match previous {
             None => Ok(SendClaim::Claimed),
             Some(value) => decode_claim(&value),
@@ -323,12 +329,14 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
+        let key = self.names.job_command_key(run_id, job_id);
         let swapped: u8 = RECLAIM_SEND
-            .key(self.names.job_command_key(run_id, job_id))
+            .key(&key)
             .arg(encode_claim_in_progress(since_ms))
             .arg(encode_claim_in_progress(now_ms))
             .invoke_async(&mut connection)
             .await?;
+        self.connection.replicated(&key).await?;
         Ok(swapped == 1)
     }
 
@@ -339,13 +347,15 @@ impl Store for RedisStore {
         command_id: &str,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
+        let key = self.names.job_command_key(run_id, job_id);
         let () = connection
             .set_ex(
-                self.names.job_command_key(run_id, job_id),
+                &key,
                 encode_claim_sent(command_id),
                 COMMAND_RECORD_TTL.as_secs(),
             )
             .await?;
+        self.connection.replicated(&key).await?;
         Ok(())
     }
 
@@ -356,11 +366,13 @@ impl Store for RedisStore {
         since_ms: u64,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
+        let key = self.names.job_command_key(run_id, job_id);
         let released: u8 = RELEASE_SEND
-            .key(self.names.job_command_key(run_id, job_id))
+            .key(&key)
             .arg(encode_claim_in_progress(since_ms))
             .invoke_async(&mut connection)
             .await?;
+        self.connection.replicated(&key).await?;
         Ok(released == 1)
     }
 

@@ -3,15 +3,20 @@
 //! runs it), and what to say when they are not there.
 
 /// The test cluster's URL (`FLOTILLA_TEST_REDIS_CLUSTER_URL` overrides).
+/// Writes that must survive a failover wait for one replica, as the README
+/// advises for every deployment with replicas.
 pub fn cluster_url() -> String {
-    std::env::var("FLOTILLA_TEST_REDIS_CLUSTER_URL")
-        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into())
+    std::env::var("FLOTILLA_TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| {
+        "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103?wait_replicas=1".into()
+    })
 }
 
-/// The test Sentinel's URL (`FLOTILLA_TEST_REDIS_SENTINEL_URL` overrides).
+/// The test Sentinel's URL (`FLOTILLA_TEST_REDIS_SENTINEL_URL` overrides),
+/// waiting for its one replica as [`cluster_url`] does.
 pub fn sentinel_url() -> String {
     std::env::var("FLOTILLA_TEST_REDIS_SENTINEL_URL").unwrap_or_else(|_| {
-        "redis+sentinel://127.0.0.1:26401,127.0.0.1:26402,127.0.0.1:26403/flotilla".into()
+        "redis+sentinel://127.0.0.1:26401,127.0.0.1:26402,127.0.0.1:26403/flotilla?wait_replicas=1"
+            .into()
     })
 }
 

@@ -638,6 +638,31 @@ impl Drop for TlsRedis {
     }
 }
 
+/// A deployment that asks for a replica's copy of every claim gets an error,
+/// not a silent promise, from a Redis without replicas: a claim only the
+/// master holds could be lost in a failover and the job sent twice.
+#[tokio::test]
+async fn a_claim_no_replica_holds_is_a_retryable_error_when_replicas_are_asked_for() {
+    let store = store_at(&format!("{REDIS_URL}?wait_replicas=1")).await;
+    let error = store
+        .claim_send(Uuid::new_v4(), Uuid::new_v4(), 1)
+        .await
+        .expect_err("127.0.0.1:6379 has no replica to acknowledge the claim");
+    assert!(
+        matches!(
+            error,
+            store::StoreError::NotReplicated {
+                wanted: 1,
+                acked: 0
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.is_retryable(), "a replica may come back: {error}");
+    assert!(error.to_string().contains("wait_replicas"), "{error}");
+    store.purge().await.unwrap();
+}
+
 #[tokio::test]
 async fn over_tls_redis_keeps_the_kill_switch_tokens_claims_and_gate() {
     let redis = TlsRedis::start().await;

@@ -61,6 +61,17 @@ impl Ledger {
         script.key(&self.names.run_script_keys(run_id)[..])
     }
 
+    /// Returns once the run's writes so far are on the replicas the Redis
+    /// URL asks for (`?wait_replicas=N`): before a report is acked, a job
+    /// published or an answer given, so a failover cannot undo what the
+    /// rest of the system already acted on.
+    async fn replicated(&self, run_id: Uuid) -> Result<(), SchedulerError> {
+        Ok(self
+            .connection
+            .replicated(&self.names.run_key(run_id))
+            .await?)
+    }
+
     pub async fn create_run(
         &self,
         run_id: Uuid,
@@ -85,6 +96,7 @@ impl Ledger {
             }
         }
         let () = pipe.query_async(&mut connection).await?;
+        self.replicated(run_id).await?;
         let mut indexes = redis::pipe();
         if let Some(start_after_ms) = run.start_after_ms {
             indexes.zadd(
@@ -99,6 +111,14 @@ impl Ledger {
             run.created_ms,
         );
         let () = indexes.query_async(&mut connection).await?;
+        self.connection
+            .replicated(&self.names.runs_index_key())
+            .await?;
+        if run.start_after_ms.is_some() {
+            self.connection
+                .replicated(&self.names.pending_runs_key())
+                .await?;
+        }
         Ok(())
     }
 
@@ -114,6 +134,7 @@ impl Ledger {
         let () = connection
             .hset(self.names.run_key(run_id), "contract", json)
             .await?;
+        self.replicated(run_id).await?;
         Ok(())
     }
 
@@ -165,6 +186,7 @@ impl Ledger {
             .arg(u8::from(last_page))
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         Ok(PageRecorded {
             new: new == 1,
             location_discovered: location_discovered == 1,
@@ -186,6 +208,7 @@ impl Ledger {
             .arg(reason)
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         Ok((new == 1, complete == 1))
     }
 
@@ -204,6 +227,7 @@ impl Ledger {
             .arg(allowed_errors)
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         state.parse().map_err(SchedulerError::Corrupt)
     }
 
@@ -213,6 +237,7 @@ impl Ledger {
             .invocation(&ADMIT, run_id)
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         raw.iter()
             .map(|entry| serde_json::from_str(entry).map_err(SchedulerError::from))
             .collect()
@@ -245,6 +270,7 @@ impl Ledger {
             .arg(next)
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         Ok((new == 1, state.parse().map_err(SchedulerError::Corrupt)?))
     }
 
@@ -254,6 +280,7 @@ impl Ledger {
             .invocation(&COMPLETE_IF_DONE, run_id)
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         state.parse().map_err(SchedulerError::Corrupt)
     }
 
@@ -274,6 +301,7 @@ impl Ledger {
             .arg(reason)
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         Ok(changed == 1)
     }
 
@@ -357,6 +385,7 @@ impl Ledger {
             .arg(serde_json::to_string(counters)?)
             .invoke_async(&mut connection)
             .await?;
+        self.replicated(run_id).await?;
         Ok(first == 1)
     }
 
@@ -369,6 +398,7 @@ impl Ledger {
         for id in due {
             // ZREM decides which replica starts it.
             let removed: u32 = connection.zrem(&key, &id).await?;
+            self.connection.replicated(&key).await?;
             if removed == 1
                 && let Ok(run_id) = id.parse()
             {
