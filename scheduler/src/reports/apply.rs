@@ -34,12 +34,14 @@ impl Scheduler {
             Report::TargetsDiscovered(discovered) => self.apply_discovered(discovered).await?,
             Report::LocationFailed(failed) => {
                 let reason = format!("{:?}: {}", failed.reason, failed.detail);
-                let (_, complete) = self
+                let (new, complete) = self
                     .ledger
                     .record_location_failed(run_id, &failed.location, &reason)
                     .await?;
                 if complete {
                     self.discovery_complete(run_id).await?;
+                } else if !new {
+                    self.resolve_after_a_repeat(run_id).await?;
                 }
             }
             Report::StepResults(results) => self.apply_results(results).await?,
@@ -67,8 +69,30 @@ impl Scheduler {
             self.discovery_complete(report.run_id).await?;
         } else if recorded.location_discovered {
             self.resolve_limits(report.run_id, false).await?;
+        } else if !recorded.new {
+            self.resolve_after_a_repeat(report.run_id).await?;
         }
         Ok(())
+    }
+
+    /// A discovery report seen before: the attempt that recorded it may have
+    /// stopped before resolving the limits it called for (it died, or its
+    /// write was not replicated in time and it failed after it), so they are
+    /// resolved again from the ledger's counts. Repeating this is harmless.
+    async fn resolve_after_a_repeat(&self, run_id: Uuid) -> Result<(), SchedulerError> {
+        let fields = self
+            .ledger
+            .run_fields(run_id)
+            .await?
+            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let discovered = fields.number("discovered_locations");
+        if discovered >= fields.number("location_count") {
+            self.discovery_complete(run_id).await
+        } else if discovered > 0 {
+            self.resolve_limits(run_id, false).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Every location is discovered: the total is known, so percentages resolve

@@ -146,15 +146,20 @@ impl Scheduler {
         let report = opened.message;
         let mut attempt: u32 = 0;
         loop {
+            // A duplicate's follow-up re-publishes what is admitted itself.
+            let mut duplicate = false;
             let handled = match self.check_report(&report).await {
                 Ok(Verdict::Accept) => self.handle_report(&report).await,
                 Ok(Verdict::Duplicate) => {
+                    duplicate = true;
                     self.metrics.report(report_kind(&report), "duplicate");
-                    if delivery.redelivered() {
-                        // Its first holder (another replica, or this one
-                        // before a restart) applied it and may have died
-                        // before publishing what it admitted or before
-                        // completing the run: both are done again here.
+                    if delivery.redelivered() || attempt > 0 {
+                        // Its first holder (another replica, this one before
+                        // a restart, or this one's attempt whose ledger write
+                        // went through but failed after: a replica's WAIT)
+                        // applied it and may have stopped before admitting,
+                        // publishing what it admitted or completing the run:
+                        // all are done again here.
                         self.finish_for_a_lost_holder(report.run_id()).await
                     } else {
                         Ok(())
@@ -168,7 +173,7 @@ impl Scheduler {
             };
             match handled {
                 Ok(()) => {
-                    if attempt > 0 {
+                    if attempt > 0 && !duplicate {
                         // An update whose answer was lost may have happened
                         // anyway: batches it admitted were never published.
                         if let Err(error) = self.republish_admitted(report.run_id()).await {
