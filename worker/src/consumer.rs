@@ -33,6 +33,15 @@ use crate::{Context, JobError, JobOutcome, WorkerConfig, discover, execute, poll
 /// Retries of one job after retryable errors before it is dead-lettered.
 pub const MAX_JOB_RETRIES: u32 = 8;
 
+/// A job delivered this many times before without being settled is taken off
+/// RabbitMQ's count (see `handle_delivery`): below the queues' delivery limit
+/// (`broker::topology::DELIVERY_LIMIT`, 5), which dead-letters silently, and
+/// above the one return every in-flight job takes when a worker dies.
+const RETURNED_TOO_OFTEN: u32 = 2;
+const _: () = assert!(
+    RETURNED_TOO_OFTEN > 1 && (RETURNED_TOO_OFTEN as i64) < broker::topology::DELIVERY_LIMIT as i64
+);
+
 /// How soon a job that met an unreachable Redis tries again.
 const STORE_OUTAGE_RECHECK: Duration = Duration::from_secs(2);
 
@@ -267,7 +276,13 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
             job,
             cancel_in_flight,
         }) => {
+            let returned = delivery.earlier_deliveries();
             let outcome = match job.clone() {
+                // Before RabbitMQ's delivery limit dead-letters it unreported
+                // (and its run waits for it forever), the job goes round
+                // again as a new message, spending one of its own retries;
+                // once those are spent it is reported failed.
+                _ if returned >= RETURNED_TOO_OFTEN => Err(JobError::Returned(returned)),
                 Job::Discover(discover) => discover::handle(context, discover).await,
                 Job::Execute(execute) => execute::handle(context, execute).await,
                 Job::Poll(poll) => poll::handle(context, poll, cancel_in_flight).await,

@@ -127,11 +127,18 @@ pub enum JobError {
     Broker(#[from] BrokerError),
     #[error("{0}")]
     Invalid(String),
+    /// Delivered this many times before without being settled: the workers
+    /// that held it died or lost their connection (or it kills them).
+    #[error(
+        "the broker returned this job {0} times unsettled (workers died or lost their connection holding it)"
+    )]
+    Returned(u32),
 }
 
 impl JobError {
     pub fn is_retryable(&self) -> bool {
         match self {
+            Self::Returned(_) => true,
             Self::Aws(error) => error.kind.is_retryable(),
             Self::Store(error) => error.is_retryable(),
             Self::Broker(error) => error.is_retryable(),
