@@ -98,13 +98,7 @@ async fn scan_losing_something(
 
 /// SIGKILLs the process whose pid `pid_file` holds.
 fn sigkill(pid_file: &str) {
-    let pid = std::fs::read_to_string(pid_file)
-        .unwrap_or_else(|error| panic!("{pid_file}: {error}; is the test cluster running?"));
-    let killed = Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "SIGKILL {}", pid.trim());
+    signal("-KILL", pid_file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +185,16 @@ fn cluster_nodes() -> String {
 
 /// The port of the master that serves `slot`, from `CLUSTER NODES`.
 fn master_port_of(slot: u16) -> u16 {
-    let nodes = cluster_nodes();
+    serving_master(slot, &cluster_nodes()).unwrap_or_else(|| {
+        panic!(
+            "no master serves slot {slot}; the cluster says:\n{}",
+            cluster_nodes()
+        )
+    })
+}
+
+/// The port of the master (not failed) that serves `slot` in `nodes`.
+fn serving_master(slot: u16, nodes: &str) -> Option<u16> {
     for line in nodes.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -209,35 +212,114 @@ fn master_port_of(slot: u16) -> u16 {
         });
         if serves {
             let address = fields[1].split('@').next().unwrap_or_default();
-            return address.rsplit(':').next().unwrap().parse().unwrap();
+            return address.rsplit(':').next()?.parse().ok();
         }
     }
-    panic!("no master serves slot {slot}; the cluster says:\n{nodes}");
+    None
 }
 
-// Known to fail now and then: Redis replicates asynchronously and flotilla
-// does not WAIT for a replica yet, so the failover can lose a ledger write
-// acked just before it and the run stalls (README: "What a failover can still
-// cost"). Run it with `cargo nextest run --run-ignored all -E 'test(redis_cluster_master)'`.
-#[ignore = "a Redis failover can lose a just-acked ledger write (no WAIT yet); see README"]
+/// The port of the master that serves `slot` once it is not `old`, or None
+/// if no replica took over within `within`.
+fn new_master_of(slot: u16, old: u16, within: Duration) -> Option<u16> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        match serving_master(slot, &cluster_nodes()) {
+            Some(port) if port != old => return Some(port),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// The services wait for a replica's copy of every write that must survive
+/// (`?wait_replicas=1` in the test URL): the master of the run's keys dies,
+/// its replica takes over, and — as ElastiCache replaces a lost node — the
+/// dead node is started again and rejoins as the new master's replica. Until
+/// then writes to those keys are refused (fail closed) and retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_master_killed_mid_run_loses_nothing_and_repeats_nothing() {
     log_warnings();
     let url = store::test_topologies::cluster_url();
     let _restart = RestartDeadNodes("redis-topologies");
     let mut stack = Stack::start_with(fleet(), &url).await;
-    let mut killed_port = 0;
+    let mut killed = None;
     let progress = scan_losing_something(&mut stack, "cluster-failover", |stack, run_id| {
-        let port = master_port_of(hash_slot(&stack.names.run_key(run_id)));
+        let slot = hash_slot(&stack.names.run_key(run_id));
+        let port = master_port_of(slot);
         sigkill(&format!("{}/{port}.pid", topologies_dir()));
-        killed_port = port;
+        // The replacement, once a replica has taken over.
+        killed = Some((
+            port,
+            std::thread::spawn(move || {
+                let new_master = new_master_of(slot, port, Duration::from_secs(30));
+                drop(RestartDeadNodes("redis-topologies"));
+                new_master
+            }),
+        ));
     })
     .await;
-    assert_ne!(
-        master_port_of(hash_slot(&stack.names.run_key(progress.run_id))),
-        killed_port,
-        "a replica took over the run's slot"
+    let (killed_port, replacement) = killed.expect("the master was killed");
+    let new_master = replacement.join().unwrap();
+    assert!(
+        new_master.is_some_and(|port| port != killed_port),
+        "a replica took over the run's slot from {killed_port}: {new_master:?}"
     );
+    assert_eq!(
+        master_port_of(hash_slot(&stack.names.run_key(progress.run_id))),
+        new_master.unwrap_or_default(),
+        "the restarted node rejoined as a replica"
+    );
+    stack.teardown().await;
+}
+
+/// Sends SIGCONT to the process whose pid `pid_file` holds when dropped: a
+/// stopped node goes on, also when the test fails.
+struct Resume(String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+/// Sends `signal` (`-KILL`, `-STOP`, …) to the process whose pid `pid_file` holds.
+fn signal(signal: &str, pid_file: &str) {
+    let pid = std::fs::read_to_string(pid_file)
+        .unwrap_or_else(|error| panic!("{pid_file}: {error}; is the test cluster running?"));
+    let sent = Command::new("kill")
+        .args([signal, pid.trim()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {}", pid.trim());
+}
+
+/// Through Sentinel with `?wait_replicas=1`: the master's one replica stops
+/// answering for a while mid-run (SIGSTOP), so every write that must be
+/// replicated is applied on the master but refused (`NotReplicated`) — reports
+/// retried after their ledger update went through, send claims retried after
+/// they were taken. When it goes on, the run completes with one result per
+/// target and no target run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_acknowledging_mid_run_holds_writes_back_and_loses_nothing() {
+    log_warnings();
+    let url = store::test_topologies::sentinel_url();
+    let mut stack = Stack::start_with(fleet(), &url).await;
+    let replica = format!("{}/7202.pid", topologies_dir());
+    let mut resume = None;
+    scan_losing_something(&mut stack, "replica-pause", |_, _| {
+        signal("-STOP", &replica);
+        let guard = Resume(replica.clone());
+        resume = Some(std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(5));
+            drop(guard);
+        }));
+    })
+    .await;
+    resume
+        .expect("the replica was stopped")
+        .join()
+        .expect("the replica went on");
     stack.teardown().await;
 }
 
