@@ -100,6 +100,12 @@ pub struct SchedulerArgs {
     /// refused when applied or started, naming both numbers.
     #[arg(long, env = "FLOTILLA_MAX_LOCATIONS", default_value_t = protocol::campaign::DEFAULT_MAX_LOCATIONS)]
     pub max_locations: u64,
+    /// How many of a run's locations are being discovered at once: their
+    /// Discover jobs share the work queue with the Execute jobs of locations
+    /// already discovered, so a larger window discovers faster and delays
+    /// execution more.
+    #[arg(long, env = "FLOTILLA_DISCOVERY_WINDOW", default_value_t = scheduler::runs::DISCOVERY_WINDOW)]
+    pub discovery_window: std::num::NonZeroUsize,
     /// The largest API request body read (bytes); larger ones are refused
     /// with 413 before anything parses them.
     #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = scheduler::access::MAX_REQUEST_BYTES)]
@@ -298,6 +304,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         .keys
         .keyring(protocol::signing::SignerKind::Scheduler)?;
     config.max_locations = args.max_locations;
+    config.discovery_window = args.discovery_window;
     config.max_request_bytes = args.max_request_bytes;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -255,8 +255,14 @@ impl Names {
         format!("{}:run:{{{run_id}}}:ready", self.prefix)
     }
 
-    /// The nine keys every run script gets, in the order of `run_prelude.lua`.
-    pub fn run_script_keys(&self, run_id: Uuid) -> [String; 9] {
+    /// Locations whose discovery is open (their Discover job published) and
+    /// not finished: at most the scheduler's discovery window.
+    pub fn run_discovering_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:discovering", self.prefix)
+    }
+
+    /// The ten keys every run script gets, in the order of `run_prelude.lua`.
+    pub fn run_script_keys(&self, run_id: Uuid) -> [String; 10] {
         [
             self.run_key(run_id),
             self.run_locations_key(run_id),
@@ -267,6 +273,7 @@ impl Names {
             self.run_applied_key(run_id),
             self.run_counters_key(run_id),
             self.run_ready_key(run_id),
+            self.run_discovering_key(run_id),
         ]
     }
 

@@ -172,6 +172,9 @@ pub struct SchedulerConfig {
     pub keys: protocol::signing::Keyring,
     /// The most account-region pairs one run may have.
     pub max_locations: u64,
+    /// How many of a run's locations are being discovered at once
+    /// (`runs::DISCOVERY_WINDOW` by default; at least 1).
+    pub discovery_window: std::num::NonZeroUsize,
     /// The largest API request body read; larger ones are refused (413)
     /// before they are parsed.
     pub max_request_bytes: usize,
@@ -219,6 +222,7 @@ impl SchedulerConfig {
             api_tls: None,
             keys: protocol::signing::Keyring::default(),
             max_locations: protocol::campaign::DEFAULT_MAX_LOCATIONS,
+            discovery_window: crate::runs::DISCOVERY_WINDOW,
             max_request_bytes: crate::access::MAX_REQUEST_BYTES,
         }
     }

@@ -70,6 +70,7 @@ run_scripts! {
     COMPLETE_IF_DONE = "complete_if_done.lua";
     MARK_DRAINED = "mark_drained.lua";
     TRANSITION = "transition.lua";
+    OPEN_DISCOVERY = "open_discovery.lua";
 }
 
 #[cfg(test)]

@@ -132,6 +132,7 @@ conformance!(
     concurrent_failures_halt_the_run_once_at_the_budget,
     admission_keeps_to_location_concurrency_and_max_in_flight,
     execution_starts_with_the_first_location_discovered,
+    discovery_opens_at_most_a_window_of_locations_at_once,
     a_failed_location_counts_once_against_location_max_errors,
     a_stopped_run_counts_its_never_started_targets_once,
     delayed_runs_are_taken_once_when_due_and_listed_newest_first,
@@ -349,6 +350,86 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         statuses
             .iter()
             .all(|status| status.state == "done" && status.targets == 4)
+    );
+}
+
+async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let locations = [location(1), location(2), location(3), location(4)];
+    ledger
+        .create_run(run_id, &new_run(4, 4), &locations)
+        .await
+        .unwrap();
+    let open =
+        |keys: Vec<String>| -> std::collections::BTreeSet<String> { keys.into_iter().collect() };
+    let keys = |indexes: &[usize]| -> std::collections::BTreeSet<String> {
+        indexes
+            .iter()
+            .map(|&i| location_key(&locations[i]))
+            .collect()
+    };
+    assert_eq!(ledger.open_discovery(run_id, 2).await.unwrap(), [0, 1]);
+    assert_eq!(
+        ledger.open_discovery(run_id, 2).await.unwrap(),
+        Vec::<usize>::new(),
+        "the window is full"
+    );
+    assert_eq!(
+        open(ledger.discovery_unpublished(run_id).await.unwrap()),
+        keys(&[0, 1]),
+        "opened, not yet published"
+    );
+    ledger
+        .discovery_published(run_id, &[location_key(&locations[0])])
+        .await
+        .unwrap();
+    assert_eq!(
+        open(ledger.discovery_unpublished(run_id).await.unwrap()),
+        keys(&[1]),
+        "what a scheduler that died after opening must publish again"
+    );
+    ledger
+        .discovery_published(run_id, &[location_key(&locations[1])])
+        .await
+        .unwrap();
+    // A page that is not the last leaves the location open.
+    ledger
+        .record_page(run_id, &locations[0], 0, &ids(1, 2), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.open_discovery(run_id, 2).await.unwrap(),
+        Vec::<usize>::new()
+    );
+    // Its last page closes it: the next location opens, in list order.
+    ledger
+        .record_page(run_id, &locations[0], 1, &ids(2, 2), true)
+        .await
+        .unwrap();
+    assert_eq!(ledger.open_discovery(run_id, 2).await.unwrap(), [2]);
+    // A failed location closes too.
+    ledger
+        .record_location_failed(run_id, &locations[1], "AccessDenied")
+        .await
+        .unwrap();
+    assert_eq!(
+        open(ledger.discovery_unpublished(run_id).await.unwrap()),
+        keys(&[2]),
+        "closed locations are not published again"
+    );
+    assert_eq!(
+        ledger.open_discovery(run_id, 2).await.unwrap(),
+        [3],
+        "the last location, with room for more"
+    );
+    assert_eq!(
+        ledger.open_discovery(run_id, 2).await.unwrap(),
+        Vec::<usize>::new()
+    );
+    assert_eq!(
+        open(ledger.discovery_unpublished(run_id).await.unwrap()),
+        keys(&[2, 3])
     );
 }
 

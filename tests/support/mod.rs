@@ -234,6 +234,9 @@ impl Stack {
         let keys = protocol::signing::Keyring::ephemeral_deployment().unwrap();
         let mut config = SchedulerConfig::new(amqp_url, redis_url, names.clone());
         config.keys = keys.scheduler.clone();
+        // A window smaller than most test fleets' locations: every run opens
+        // discovery as locations finish, also through the failover tests.
+        config.discovery_window = std::num::NonZeroUsize::new(3).unwrap();
         config.s3 = scheduler::sink::S3Settings {
             endpoint_url: Some(sim.endpoint_url()),
             region: Some("us-east-1".into()),

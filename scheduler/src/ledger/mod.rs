@@ -32,8 +32,8 @@ pub use self::model::{
 use self::model::{location_statuses, page_entry, run_hash_fields};
 use crate::SchedulerError;
 use crate::scripts::{
-    ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, LOCATION_FAILED, MARK_DRAINED, RECORD_PAGE,
-    START_EXECUTION, TRANSITION,
+    ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, LOCATION_FAILED, MARK_DRAINED, OPEN_DISCOVERY,
+    RECORD_PAGE, START_EXECUTION, TRANSITION,
 };
 
 /// The ledger of every run, in Redis (real or in memory).
@@ -164,6 +164,66 @@ impl Ledger {
             admitted,
             applied: entry_key.is_some() && applied,
         })
+    }
+
+    /// Opens the discovery of the run's next locations, keeping at most
+    /// `window` open at once; returns their indexes in the run's location list.
+    pub async fn open_discovery(
+        &self,
+        run_id: Uuid,
+        window: usize,
+    ) -> Result<Vec<usize>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let opened: Vec<usize> = self
+            .invocation(&OPEN_DISCOVERY, run_id)
+            .arg(window)
+            .invoke_async(&mut connection)
+            .await?;
+        self.replicated(run_id).await?;
+        Ok(opened)
+    }
+
+    /// Records that the Discover jobs of these opened locations are published.
+    pub async fn discovery_published(
+        &self,
+        run_id: Uuid,
+        location_keys: &[String],
+    ) -> Result<(), SchedulerError> {
+        if location_keys.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        let fields: Vec<(String, u8)> = location_keys
+            .iter()
+            .map(|key| (format!("{key}:published"), 1))
+            .collect();
+        let () = connection
+            .hset_multiple(self.names.run_location_state_key(run_id), &fields)
+            .await?;
+        self.replicated(run_id).await
+    }
+
+    /// The location keys whose discovery is open, not finished, and whose
+    /// Discover job is not known to be published (its publisher died).
+    pub async fn discovery_unpublished(&self, run_id: Uuid) -> Result<Vec<String>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let open: Vec<String> = connection
+            .smembers(self.names.run_discovering_key(run_id))
+            .await?;
+        if open.is_empty() {
+            return Ok(open);
+        }
+        let fields: Vec<String> = open.iter().map(|key| format!("{key}:published")).collect();
+        let published: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.names.run_location_state_key(run_id))
+            .arg(&fields)
+            .query_async(&mut connection)
+            .await?;
+        Ok(open
+            .into_iter()
+            .zip(published)
+            .filter_map(|(key, published)| published.is_none().then_some(key))
+            .collect())
     }
 
     /// Returns (new, discovery complete).

@@ -8,6 +8,7 @@ local expected = tonumber(redis.call('HGET', locstate, loc .. ':pages'))
 local seen = tonumber(redis.call('HGET', locstate, loc .. ':pages_seen')) or 0
 local was_discovered = expected and seen == expected
 redis.call('HSET', locstate, loc .. ':failed', ARGV[2])
+redis.call('SREM', discovering, loc)
 local failed = redis.call('HINCRBY', run, 'failed_locations', 1)
 local allowed = tonumber(redis.call('HGET', run, 'allowed_location_errors'))
 if failed > allowed then

@@ -12,6 +12,7 @@ local seen = redis.call('HINCRBY', locstate, loc .. ':pages_seen', 1)
 if ARGV[5] == '1' then redis.call('HSET', locstate, loc .. ':pages', page + 1) end
 local expected = tonumber(redis.call('HGET', locstate, loc .. ':pages'))
 if expected and seen == expected then
+  redis.call('SREM', discovering, loc)
   redis.call('RPUSH', ready, loc)
   if location_discovered() then return {1, 1, 1} end
   return {1, 1, 0}

@@ -43,6 +43,9 @@ impl Scheduler {
                 } else if !new {
                     self.resolve_after_a_repeat(run_id).await?;
                 }
+                if new {
+                    self.discover_more(run_id).await?;
+                }
             }
             Report::StepResults(results) => self.apply_results(results).await?,
         }
@@ -69,6 +72,7 @@ impl Scheduler {
             self.discovery_complete(report.run_id).await?;
         } else if recorded.location_discovered {
             self.resolve_limits(report.run_id, false).await?;
+            self.discover_more(report.run_id).await?;
         } else if !recorded.new {
             self.resolve_after_a_repeat(report.run_id).await?;
         }
@@ -76,10 +80,13 @@ impl Scheduler {
     }
 
     /// A discovery report seen before: the attempt that recorded it may have
-    /// stopped before resolving the limits it called for (it died, or its
-    /// write was not replicated in time and it failed after it), so they are
-    /// resolved again from the ledger's counts. Repeating this is harmless.
+    /// stopped before resolving the limits it called for or before opening
+    /// (and publishing) more discovery (it died, or its write was not
+    /// replicated in time and it failed after it), so the limits are resolved
+    /// again from the ledger's counts and open discovery is published again.
+    /// Repeating this is harmless.
     async fn resolve_after_a_repeat(&self, run_id: Uuid) -> Result<(), SchedulerError> {
+        self.rediscover(run_id).await?;
         let fields = self
             .ledger
             .run_fields(run_id)
@@ -353,12 +360,17 @@ impl Scheduler {
             {
                 continue;
             }
-            let plan = self.plan(run_id).await?;
             let republished = self.republish_admitted(run_id).await?;
             if state != RunState::Pending
                 && fields.number("discovered_locations") < fields.number("location_count")
             {
-                self.publish_discovery(&plan).await?;
+                if fields.get("discover_next").is_some() {
+                    self.rediscover(run_id).await?;
+                } else {
+                    // Created before the discovery window (or its contract
+                    // was never recorded): begin as a new run does.
+                    self.begin_discovery(run_id).await?;
+                }
             }
             tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
             self.advance(run_id).await?;
