@@ -242,7 +242,10 @@ impl Scheduler {
     /// discovery ends.
     pub(crate) async fn discover_more(&self, run_id: Uuid) -> Result<(), SchedulerError> {
         let window = self.config().discovery_window.get();
-        let opened = self.ledger.open_discovery(run_id, window).await?;
+        // Published in chunks of a sixteenth of the window: one confirm
+        // round per chunk rather than per location.
+        let chunk = (window / 16).max(1);
+        let opened = self.ledger.open_discovery(run_id, window, chunk).await?;
         if opened.is_empty() {
             return Ok(());
         }

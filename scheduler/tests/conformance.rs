@@ -133,6 +133,7 @@ conformance!(
     admission_keeps_to_location_concurrency_and_max_in_flight,
     execution_starts_with_the_first_location_discovered,
     discovery_opens_at_most_a_window_of_locations_at_once,
+    discovery_opens_in_chunks_except_for_the_last_locations,
     a_failed_location_counts_once_against_location_max_errors,
     a_stopped_run_counts_its_never_started_targets_once,
     delayed_runs_are_taken_once_when_due_and_listed_newest_first,
@@ -369,9 +370,9 @@ async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend
             .map(|&i| location_key(&locations[i]))
             .collect()
     };
-    assert_eq!(ledger.open_discovery(run_id, 2).await.unwrap(), [0, 1]);
+    assert_eq!(ledger.open_discovery(run_id, 2, 1).await.unwrap(), [0, 1]);
     assert_eq!(
-        ledger.open_discovery(run_id, 2).await.unwrap(),
+        ledger.open_discovery(run_id, 2, 1).await.unwrap(),
         Vec::<usize>::new(),
         "the window is full"
     );
@@ -399,7 +400,7 @@ async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend
         .await
         .unwrap();
     assert_eq!(
-        ledger.open_discovery(run_id, 2).await.unwrap(),
+        ledger.open_discovery(run_id, 2, 1).await.unwrap(),
         Vec::<usize>::new()
     );
     // Its last page closes it: the next location opens, in list order.
@@ -407,7 +408,7 @@ async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend
         .record_page(run_id, &locations[0], 1, &ids(2, 2), true)
         .await
         .unwrap();
-    assert_eq!(ledger.open_discovery(run_id, 2).await.unwrap(), [2]);
+    assert_eq!(ledger.open_discovery(run_id, 2, 1).await.unwrap(), [2]);
     // A failed location closes too.
     ledger
         .record_location_failed(run_id, &locations[1], "AccessDenied")
@@ -419,17 +420,58 @@ async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend
         "closed locations are not published again"
     );
     assert_eq!(
-        ledger.open_discovery(run_id, 2).await.unwrap(),
+        ledger.open_discovery(run_id, 2, 1).await.unwrap(),
         [3],
         "the last location, with room for more"
     );
     assert_eq!(
-        ledger.open_discovery(run_id, 2).await.unwrap(),
+        ledger.open_discovery(run_id, 2, 1).await.unwrap(),
         Vec::<usize>::new()
     );
     assert_eq!(
         open(ledger.discovery_unpublished(run_id).await.unwrap()),
         keys(&[2, 3])
+    );
+}
+
+async fn discovery_opens_in_chunks_except_for_the_last_locations(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let locations = [
+        location(1),
+        location(2),
+        location(3),
+        location(4),
+        location(5),
+    ];
+    ledger
+        .create_run(run_id, &new_run(5, 5), &locations)
+        .await
+        .unwrap();
+    let none = Vec::<usize>::new();
+    assert_eq!(
+        ledger.open_discovery(run_id, 3, 2).await.unwrap(),
+        [0, 1, 2]
+    );
+    for (index, opens) in [(0, none.clone()), (1, vec![3, 4])] {
+        ledger
+            .record_page(run_id, &locations[index], 0, &ids(index as u32, 1), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            ledger.open_discovery(run_id, 3, 2).await.unwrap(),
+            opens,
+            "after location {index} is discovered"
+        );
+    }
+    ledger
+        .record_location_failed(run_id, &locations[2], "AccessDenied")
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.open_discovery(run_id, 3, 2).await.unwrap(),
+        none,
+        "nothing is left to open"
     );
 }
 

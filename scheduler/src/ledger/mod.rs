@@ -167,16 +167,19 @@ impl Ledger {
     }
 
     /// Opens the discovery of the run's next locations, keeping at most
-    /// `window` open at once; returns their indexes in the run's location list.
+    /// `window` open at once and opening at least `chunk` (or all that are
+    /// left); returns their indexes in the run's location list.
     pub async fn open_discovery(
         &self,
         run_id: Uuid,
         window: usize,
+        chunk: usize,
     ) -> Result<Vec<usize>, SchedulerError> {
         let mut connection = self.connection.clone();
         let opened: Vec<usize> = self
             .invocation(&OPEN_DISCOVERY, run_id)
             .arg(window)
+            .arg(chunk)
             .invoke_async(&mut connection)
             .await?;
         self.replicated(run_id).await?;

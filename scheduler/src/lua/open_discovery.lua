@@ -1,12 +1,15 @@
--- ARGV window. Opens the discovery of the run's next locations, in the
+-- ARGV window, chunk. Opens the discovery of the run's next locations, in the
 -- order of its location list, so that at most `window` are being discovered
 -- at once: Discover jobs never pile up in front of the Execute jobs of the
 -- locations already discovered. Returns the opened locations' indexes in the
--- list (the caller publishes their Discover jobs).
-local window = tonumber(ARGV[1])
+-- list (the caller publishes their Discover jobs). Opens nothing while the
+-- room is less than `chunk` and more locations than that are left, so jobs
+-- are published (and confirmed) in chunks, not one by one.
+local window, chunk = tonumber(ARGV[1]), tonumber(ARGV[2])
 local next = tonumber(redis.call('HGET', run, 'discover_next')) or 0
-local room = math.min(window - redis.call('SCARD', discovering), location_count() - next)
-if room <= 0 then return {} end
+local left = location_count() - next
+local room = math.min(window - redis.call('SCARD', discovering), left)
+if room <= 0 or (room < chunk and room < left) then return {} end
 local opened = {}
 for i, loc in ipairs(redis.call('LRANGE', locations, next, next + room - 1)) do
   redis.call('SADD', discovering, loc)
