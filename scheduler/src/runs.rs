@@ -11,17 +11,18 @@ use protocol::{Job, SpecFormat};
 use uuid::Uuid;
 
 use crate::ledger::{BatchEntry, NewRun};
+pub use crate::progress::RunProgress;
+use crate::progress::progress_from;
+use crate::{Scheduler, SchedulerError, now_ms};
 
 /// How many locations of a run are being discovered at once. Discover jobs
 /// share the work queue with Execute jobs: published all at once (200,000
 /// for a large run) they would stand in front of every Execute job of the
 /// locations already discovered. A window of 1,024 keeps every worker busy
 /// discovering while costing an Execute job at most 1,024 Discover jobs of
-/// waiting (about half a second on the 2-core bench machine).
+/// waiting (about half a second on the 2-core bench machine). Discovery opens
+/// in chunks of a sixteenth of the window.
 pub const DISCOVERY_WINDOW: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1024).unwrap();
-pub use crate::progress::RunProgress;
-use crate::progress::progress_from;
-use crate::{Scheduler, SchedulerError, now_ms};
 
 /// How a run is started.
 #[derive(Debug, Clone)]
