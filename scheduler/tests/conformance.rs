@@ -394,6 +394,18 @@ async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend
         .discovery_published(run_id, &[location_key(&locations[1])])
         .await
         .unwrap();
+    let labels: Vec<String> = ledger
+        .location_statuses(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|status| status.state)
+        .collect();
+    assert_eq!(
+        labels,
+        ["discovering", "discovering", "queued", "queued"],
+        "outside the window, a location is queued"
+    );
     // A page that is not the last leaves the location open.
     ledger
         .record_page(run_id, &locations[0], 0, &ids(1, 2), false)
@@ -483,6 +495,12 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
         .create_run(run_id, &new_run(3, 1), &locations)
         .await
         .unwrap();
+    assert_eq!(
+        ledger.open_discovery(run_id, 3, 1).await.unwrap(),
+        [0, 1, 2]
+    );
+    let keys: Vec<String> = locations.iter().map(location_key).collect();
+    ledger.discovery_published(run_id, &keys).await.unwrap();
     let first_page = ledger
         .record_page(run_id, &locations[1], 0, &ids(1, 2), false)
         .await

@@ -53,7 +53,8 @@ pub fn parse_location(key: &str) -> Result<Location, SchedulerError> {
 pub struct LocationStatus {
     pub account_id: String,
     pub region: String,
-    /// discovering, failed, waiting, active or done.
+    /// queued (discovery not opened yet), discovering, failed, waiting,
+    /// active or done.
     pub state: String,
     pub targets: u64,
     /// Batches not yet through every step (active locations).
@@ -187,8 +188,12 @@ pub(super) fn location_statuses(
         let pages = number(format!("{key}:pages"));
         let seen = number(format!("{key}:pages_seen")).unwrap_or(0);
         let remaining = number(format!("{key}:remaining")).unwrap_or(0).max(0);
+        let opened = state.contains_key(&format!("{key}:published"));
         let label = if failure.is_some() {
             "failed"
+        } else if pages.is_none() && seen == 0 && !opened {
+            // Outside the discovery window so far (or being opened now).
+            "queued"
         } else if pages != Some(seen) {
             "discovering"
         } else if !state.contains_key(&format!("{key}:activated")) {
