@@ -343,11 +343,7 @@ impl Scheduler {
         if let Some(plan) = self.cached_plan(run_id) {
             return Ok(plan);
         }
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let fields = self.ledger.known_run_fields(run_id).await?;
         let spec: CampaignSpec = serde_json::from_str(fields.get("spec").unwrap_or_default())?;
         let spec_json = serde_json::to_string(&spec)?;
         let campaign = Campaign::parse(&spec_json, SpecFormat::Json).map_err(|errors| {
@@ -407,11 +403,7 @@ impl Scheduler {
     }
 
     pub async fn progress(&self, run_id: Uuid) -> Result<RunProgress, SchedulerError> {
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let fields = self.ledger.known_run_fields(run_id).await?;
         let counters = self.ledger.counters(run_id).await?;
         progress_from(run_id, &fields, counters)
     }
@@ -429,11 +421,7 @@ impl Scheduler {
     }
 
     pub async fn resume(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let fields = self.ledger.known_run_fields(run_id).await?;
         // A run paused during discovery goes back to discovering.
         let to = if fields.get("max_in_flight").is_some() {
             RunState::Running

@@ -375,6 +375,14 @@ impl Ledger {
         Ok((!fields.is_empty()).then_some(RunFields(fields)))
     }
 
+    /// [`Ledger::run_fields`] of a run that must exist: a missing record is
+    /// [`SchedulerError::UnknownRun`].
+    pub async fn known_run_fields(&self, run_id: Uuid) -> Result<RunFields, SchedulerError> {
+        self.run_fields(run_id)
+            .await?
+            .ok_or(SchedulerError::UnknownRun(run_id))
+    }
+
     pub async fn counters(&self, run_id: Uuid) -> Result<HashMap<String, u64>, SchedulerError> {
         let mut connection = self.connection.clone();
         Ok(connection

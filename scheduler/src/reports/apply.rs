@@ -38,12 +38,11 @@ impl Scheduler {
                     .ledger
                     .record_location_failed(run_id, &failed.location, &reason)
                     .await?;
-                if complete {
-                    self.discovery_complete(run_id).await?;
-                } else if !new {
+                if !new {
                     self.resolve_after_a_repeat(run_id).await?;
-                }
-                if new {
+                } else if complete {
+                    self.discovery_complete(run_id).await?;
+                } else {
                     self.discover_more(run_id).await?;
                 }
             }
@@ -87,11 +86,7 @@ impl Scheduler {
     /// Repeating this is harmless.
     async fn resolve_after_a_repeat(&self, run_id: Uuid) -> Result<(), SchedulerError> {
         self.rediscover(run_id).await?;
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let fields = self.ledger.known_run_fields(run_id).await?;
         let discovered = fields.number("discovered_locations");
         if discovered >= fields.number("location_count") {
             self.discovery_complete(run_id).await
@@ -122,11 +117,7 @@ impl Scheduler {
         all_discovered: bool,
     ) -> Result<(), SchedulerError> {
         let plan = self.plan(run_id).await?;
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let fields = self.ledger.known_run_fields(run_id).await?;
         let total = fields.number("total");
         let rate = &plan.campaign.rate_control;
         let max_in_flight = rate.max_concurrency.concurrency(total).max(1);
@@ -272,11 +263,7 @@ impl Scheduler {
     /// A halted or cancelled run with nothing in flight: every target it never
     /// started gets a NotStarted result.
     async fn drain(&self, run_id: Uuid) -> Result<(), SchedulerError> {
-        let fields = self
-            .ledger
-            .run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))?;
+        let fields = self.ledger.known_run_fields(run_id).await?;
         let discovery_done =
             fields.number("discovered_locations") >= fields.number("location_count");
         if fields.get("drained").is_some() || fields.number("in_flight") > 0 || !discovery_done {
