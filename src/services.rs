@@ -106,6 +106,12 @@ pub struct SchedulerArgs {
     /// execution more.
     #[arg(long, env = "FLOTILLA_DISCOVERY_WINDOW", default_value_t = scheduler::runs::DISCOVERY_WINDOW)]
     pub discovery_window: std::num::NonZeroUsize,
+    /// Reports a replica holds unacked and applies at once (RabbitMQ's
+    /// prefetch on the reports queue). More keeps the CPUs busy while reports
+    /// wait on Redis and RabbitMQ; each one held is applied again by another
+    /// replica if this one dies.
+    #[arg(long, env = "FLOTILLA_REPORT_PREFETCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub report_prefetch: u16,
     /// The largest API request body read (bytes); larger ones are refused
     /// with 413 before anything parses them.
     #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = scheduler::access::MAX_REQUEST_BYTES)]
@@ -305,6 +311,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         .keyring(protocol::signing::SignerKind::Scheduler)?;
     config.max_locations = args.max_locations;
     config.discovery_window = args.discovery_window;
+    config.report_prefetch = args.report_prefetch;
     config.max_request_bytes = args.max_request_bytes;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)

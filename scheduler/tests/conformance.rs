@@ -132,6 +132,7 @@ conformance!(
     concurrent_failures_halt_the_run_once_at_the_budget,
     admission_keeps_to_location_concurrency_and_max_in_flight,
     execution_starts_with_the_first_location_discovered,
+    limits_resolved_against_fewer_targets_do_not_replace_newer_ones,
     discovery_opens_at_most_a_window_of_locations_at_once,
     discovery_opens_in_chunks_except_for_the_last_locations,
     a_failed_location_counts_once_against_location_max_errors,
@@ -189,7 +190,13 @@ async fn running_run(ledger: &Ledger, batches: u32, allowed_errors: u64) -> (Uui
         "one page of the only location completes discovery"
     );
     let state = ledger
-        .start_execution(run_id, u64::from(batches), 1, allowed_errors)
+        .start_execution(
+            run_id,
+            u64::from(batches),
+            1,
+            allowed_errors,
+            u64::from(batches),
+        )
         .await
         .unwrap();
     assert_eq!(state, RunState::Running);
@@ -292,7 +299,7 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         12
     );
     // Batches of 2, at most 4 targets in flight, 2 locations at a time.
-    let state = ledger.start_execution(run_id, 4, 2, 100).await.unwrap();
+    let state = ledger.start_execution(run_id, 4, 2, 100, 12).await.unwrap();
     assert_eq!(state, RunState::Running);
     let first = ledger.admit(run_id).await.unwrap();
     assert_eq!(first.len(), 2, "4 targets in flight: two batches of two");
@@ -513,7 +520,7 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
     assert!(last_page.location_discovered && !last_page.all_discovered);
     // The scheduler resolves the limits against the 2 targets discovered so
     // far and execution starts while the other locations are discovering.
-    let state = ledger.start_execution(run_id, 2, 1, 0).await.unwrap();
+    let state = ledger.start_execution(run_id, 2, 1, 0, 4).await.unwrap();
     assert_eq!(state, RunState::Running);
     let admitted = ledger.admit(run_id).await.unwrap();
     assert_eq!(
@@ -545,7 +552,7 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
         .await
         .unwrap();
     assert!(last.location_discovered && last.all_discovered);
-    let state = ledger.start_execution(run_id, 3, 1, 0).await.unwrap();
+    let state = ledger.start_execution(run_id, 3, 1, 0, 8).await.unwrap();
     assert_eq!(state, RunState::Running);
     assert_eq!(
         labels(ledger.location_statuses(run_id).await.unwrap()),
@@ -581,6 +588,36 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
         ledger.complete_if_done(run_id).await.unwrap(),
         RunState::Completed,
         "the failed location counts as done once"
+    );
+}
+
+/// Two reports of one run applied at the same time (by one replica or two)
+/// each resolve the limits against the targets discovered when they read the
+/// run: the one that read fewer may write last. Its limits are stale and are
+/// not written — above all not over the final ones, resolved against the total.
+async fn limits_resolved_against_fewer_targets_do_not_replace_newer_ones(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let (run_id, _location) = running_run(ledger, 6, 3).await;
+    let limits = |fields: &scheduler::ledger::RunFields| {
+        ["max_in_flight", "batch_size", "allowed_errors"].map(|name| fields.number(name))
+    };
+    // running_run resolved them against its 6 targets; one resolved against
+    // 4 (read before the last location came in) arrives after.
+    let state = ledger.start_execution(run_id, 2, 1, 1, 4).await.unwrap();
+    assert_eq!(state, RunState::Running);
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(
+        limits(&fields),
+        [6, 1, 3],
+        "the stale limits are not written"
+    );
+    // Resolved against as many or more, they are.
+    ledger.start_execution(run_id, 8, 4, 5, 6).await.unwrap();
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(
+        limits(&fields),
+        [8, 4, 5],
+        "limits resolved against as many are"
     );
 }
 
@@ -655,7 +692,7 @@ async fn a_stopped_run_counts_its_never_started_targets_once(backend: &Backend) 
             .await
             .unwrap();
     }
-    ledger.start_execution(run_id, 1, 1, 0).await.unwrap();
+    ledger.start_execution(run_id, 1, 1, 0, 1).await.unwrap();
     let admitted = ledger.admit(run_id).await.unwrap();
     assert_eq!(admitted.len(), 1);
     assert!(

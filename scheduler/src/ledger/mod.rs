@@ -281,6 +281,7 @@ impl Ledger {
         max_in_flight: u64,
         batch_size: u64,
         allowed_errors: u64,
+        resolved_for: u64,
     ) -> Result<RunState, SchedulerError> {
         let mut connection = self.connection.clone();
         let state: String = self
@@ -288,6 +289,7 @@ impl Ledger {
             .arg(max_in_flight)
             .arg(batch_size)
             .arg(allowed_errors)
+            .arg(resolved_for)
             .invoke_async(&mut connection)
             .await?;
         self.replicated(run_id).await?;

@@ -146,7 +146,7 @@ impl Scheduler {
         }
         let state = self
             .ledger
-            .start_execution(run_id, max_in_flight, batch_size, allowed_errors)
+            .start_execution(run_id, max_in_flight, batch_size, allowed_errors, total)
             .await?;
         if all_discovered {
             tracing::info!(%run_id, total, max_in_flight, allowed_errors, state = state.as_str(), "discovery complete");

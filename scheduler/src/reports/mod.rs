@@ -16,6 +16,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use broker::Delivery;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use protocol::Report;
 use tokio_util::sync::CancellationToken;
 
@@ -83,23 +85,39 @@ impl Scheduler {
                     &format!("{}-reports", self.config.name),
                 )
                 .await?;
-            loop {
-                let delivery = tokio::select! {
-                    () = stop.cancelled() => break,
-                    delivery = consumer.next() => delivery,
-                };
-                match delivery {
-                    Some(Ok(delivery)) => self.handle_delivery(delivery, &stop).await,
-                    Some(Err(error)) => return Err(error.into()),
-                    None => {
-                        return Err(SchedulerError::ConnectionLost(
-                            "the broker closed the reports consumer".into(),
-                        ));
+            // Up to a prefetch of reports are applied at once: a report is a
+            // chain of round trips (check, apply, resolve, admit, publish),
+            // and applied one by one they left the CPUs idle. Reports of one
+            // run may be applied in any order and at the same time, as by
+            // several replicas: each step is one atomic script.
+            let mut applying = FuturesUnordered::new();
+            let ended = loop {
+                tokio::select! {
+                    () = stop.cancelled() => break Ok(()),
+                    Some(()) = applying.next(), if !applying.is_empty() => {}
+                    delivery = consumer.next(), if applying.len() < usize::from(self.config.report_prefetch.max(1)) => {
+                        match delivery {
+                            Some(Ok(delivery)) => applying.push(self.handle_delivery(delivery, &stop)),
+                            Some(Err(error)) => break Err(error.into()),
+                            None => {
+                                break Err(SchedulerError::ConnectionLost(
+                                    "the broker closed the reports consumer".into(),
+                                ));
+                            }
+                        }
                     }
                 }
+            };
+            if ended.is_ok() {
+                // Stopping: what is being applied finishes (or gives up its
+                // retries) before the consumer goes. On a lost connection it
+                // is dropped instead, as by a crash: unacked, those reports
+                // come again, to this replica or another.
+                while applying.next().await.is_some() {}
             }
+            drop(applying);
             let _ = consumer.cancel().await;
-            Ok(())
+            ended
         };
         // Reports that waited a minute (unwritable results) go back to the
         // reports queue through a delay pump, as delayed jobs do in workers.
