@@ -1,7 +1,8 @@
 //! Talking to AWS: one shared SDK configuration (one HTTP client and connection
 //! pool), role credentials cached per (account, role) and refreshed before they
-//! expire, SSM clients cached per (account, role, region), and every AWS error
-//! classified once, in [`classify`].
+//! expire, an SSM client built from them for each job (cheap: the HTTP client
+//! and its pool are shared), and every AWS error classified once, in
+//! [`classify`].
 //!
 //! Credentials live only in this module's memory: they are never logged, put in
 //! messages or used as metric labels.
@@ -15,7 +16,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::http::HttpResponse;
-use aws_sdk_ssm::config::{Credentials, Region};
+use aws_sdk_ssm::config::{Credentials, IdentityCache, Region};
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use protocol::backoff::Backoff;
@@ -48,10 +49,14 @@ const MAX_ATTEMPTS: u32 = 4;
 /// Refresh role credentials when less than this is left.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
-/// Role sessions (each with its SSM clients) a worker keeps. A session and its
-/// clients cost about 100 KiB; `flotilla bench` saw 2.5 GiB per worker when a
-/// 20,000-location scan kept them all. Past the bound the sessions expiring
-/// soonest go first (an evicted location assumes its role again).
+/// Role sessions (credentials only) a worker keeps. Past the bound the
+/// sessions expiring soonest go first (an evicted location assumes its role
+/// again).
+///
+/// Sessions once kept their SSM clients too, about 100 KiB each with them:
+/// `flotilla bench` saw 2.5 GiB per worker when a 20,000-location scan kept
+/// them all, and still 165 MiB at 2,048 sessions. A session is now its
+/// credentials (well under 2 KiB) and a job builds the SSM client it needs.
 ///
 /// A `moka` cache with the same bound was tried and measured (scan-1m,
 /// `flotilla bench`, twice each): worker peak RSS 517/524 and 514/508 MiB
@@ -209,7 +214,6 @@ struct RoleKey {
 struct RoleSession {
     credentials: Credentials,
     expires: SystemTime,
-    ssm_by_region: HashMap<String, aws_sdk_ssm::Client>,
 }
 
 /// Shared by every job a worker handles; cheap to clone.
@@ -294,26 +298,30 @@ impl Aws {
 
     /// An SSM client for the location if the role's credentials are cached and fresh.
     pub fn cached_ssm(&self, run: &RunContext, location: &Location) -> Option<aws_sdk_ssm::Client> {
-        let key = Self::role_key(run, location);
-        let mut sessions = self.sessions();
-        let session = sessions.get_mut(&key)?;
-        let fresh = session
-            .expires
-            .duration_since(SystemTime::now())
-            .is_ok_and(|left| left > REFRESH_MARGIN);
-        if !fresh {
-            return None;
-        }
-        let client = session
-            .ssm_by_region
-            .entry(location.region.clone())
-            .or_insert_with(|| self.ssm_client(&session.credentials, &location.region));
-        Some(client.clone())
+        let credentials = {
+            let sessions = self.sessions();
+            let session = sessions.get(&Self::role_key(run, location))?;
+            let fresh = session
+                .expires
+                .duration_since(SystemTime::now())
+                .is_ok_and(|left| left > REFRESH_MARGIN);
+            if !fresh {
+                return None;
+            }
+            session.credentials.clone()
+        };
+        Some(self.ssm_client(credentials, &location.region))
     }
 
-    fn ssm_client(&self, credentials: &Credentials, region: &str) -> aws_sdk_ssm::Client {
+    /// A client of its own for one job: it shares the worker's HTTP client
+    /// and connection pool through `base`, so building it costs no
+    /// connection. No identity cache: the credentials are fixed, and the
+    /// SDK's shared cache would keep a partition for every client's
+    /// credentials for the life of the process.
+    fn ssm_client(&self, credentials: Credentials, region: &str) -> aws_sdk_ssm::Client {
         let config = aws_sdk_ssm::config::Builder::from(&self.base)
-            .credentials_provider(credentials.clone())
+            .identity_cache(IdentityCache::no_cache())
+            .credentials_provider(credentials)
             .region(Region::new(region.to_string()))
             .build();
         aws_sdk_ssm::Client::from_conf(config)
@@ -375,15 +383,11 @@ impl Aws {
             Some(expires),
             "flotilla-assume-role",
         );
-        let client = self.ssm_client(&credentials, &location.region);
-        let mut session = RoleSession {
+        let client = self.ssm_client(credentials.clone(), &location.region);
+        let session = RoleSession {
             credentials,
             expires,
-            ssm_by_region: HashMap::new(),
         };
-        session
-            .ssm_by_region
-            .insert(location.region.clone(), client.clone());
         let mut sessions = self.sessions();
         if sessions.len() >= MAX_ROLE_SESSIONS {
             evict_sessions(&mut sessions);
@@ -437,7 +441,6 @@ mod tests {
         RoleSession {
             credentials: Credentials::new("AKIA", "secret", None, None, "test"),
             expires,
-            ssm_by_region: HashMap::new(),
         }
     }
 
