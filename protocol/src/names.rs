@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::job::Priority;
 
 /// Delays a worker may ask for, in seconds; each is one TTL'd queue.
-pub const DELAY_STEPS_SECONDS: [u32; 5] = [1, 5, 15, 60, 300];
+pub const DELAY_STEPS_SECONDS: [u32; 6] = [1, 2, 5, 15, 60, 300];
 
 /// The step of [`DELAY_STEPS_SECONDS`] a delay of `seconds` waits: the
 /// smallest at least that long, or the longest.
@@ -416,6 +416,8 @@ mod tests {
     fn delays_round_up_to_a_queue_that_exists() {
         let names = Names::new("t");
         assert_eq!(names.delay_queue(0, Priority::Bulk), "t.delayed.1s.bulk");
+        assert_eq!(names.delay_queue(2, Priority::Bulk), "t.delayed.2s.bulk");
+        assert_eq!(names.delay_queue(3, Priority::Bulk), "t.delayed.5s.bulk");
         assert_eq!(names.delay_queue(5, Priority::Bulk), "t.delayed.5s.bulk");
         assert_eq!(
             names.delay_queue(6, Priority::Urgent),

@@ -50,12 +50,16 @@ const STORE_OUTAGE_RECHECK: Duration = Duration::from_secs(2);
 /// sooner backs off further each time.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
+/// The delay step of a job's first retry (5 s).
+const FIRST_RETRY_STEP: usize = 2;
+const _: () = assert!(DELAY_STEPS_SECONDS[FIRST_RETRY_STEP] == 5);
+
 /// Delay before retry `retries` of a job: 5 s, 15 s, 60 s, then 300 s — the
-/// delay queues' own steps ([`DELAY_STEPS_SECONDS`] after the first), so each
+/// delay queues' own steps ([`DELAY_STEPS_SECONDS`] from 5 s), so each
 /// retry waits exactly what this says (a delay between steps would be rounded
 /// up to the next queue). Eight retries span about 26 minutes.
 fn retry_delay(retries: u32) -> Duration {
-    let steps = &DELAY_STEPS_SECONDS[1..];
+    let steps = &DELAY_STEPS_SECONDS[FIRST_RETRY_STEP..];
     let index = usize::try_from(retries)
         .unwrap_or(usize::MAX)
         .min(steps.len() - 1);
