@@ -19,6 +19,11 @@ use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::config::{Credentials, IdentityCache, Region};
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use protocol::backoff::Backoff;
 use protocol::job::{Location, RunContext};
 
@@ -204,6 +209,30 @@ where
     }
 }
 
+/// The worker's one HTTPS client, as SDK clients see it: its connectors
+/// (one per timeout setting, cached inside) serve every SDK client. The SDK
+/// asks an HTTP client to validate itself whenever an SDK client is built,
+/// and the hyper client does so by building a whole TLS connector — parsing
+/// every root certificate — only to drop it: once per job, as a job builds
+/// its SSM client. This wrapper answers that check as already done; the
+/// connector is built, once, by the first request.
+#[derive(Debug)]
+struct BuiltOnce(SharedHttpClient);
+
+impl HttpClient for BuiltOnce {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RoleKey {
     account_id: String,
@@ -236,11 +265,13 @@ impl Aws {
         // the system's root certificates parsed anew into a TLS configuration
         // of its own and a connection pool of its own: most of a worker's
         // memory and much of its CPU on a scan of many accounts.
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .build_https();
+        let http = SharedHttpClient::new(BuiltOnce(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .build_https(),
+        ));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .retry_config(RetryConfig::disabled())
