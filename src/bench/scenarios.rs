@@ -37,6 +37,7 @@ pub(super) fn run(
 ) -> anyhow::Result<(&'static str, Value)> {
     match scenario {
         Scenario::Scan => scan(bench, out),
+        Scenario::Scan10m => scan_at_ten_times(bench, out),
         Scenario::RateFidelity => rate_fidelity_scenario(bench, out),
         Scenario::Killswitch => killswitch(bench, out),
         Scenario::ScaleOut => scale_out(bench, out),
@@ -98,6 +99,31 @@ fn scan(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'static str, Val
     )?;
     print::run(out, &format!("scan ({} workers)", args.workers), &figures)?;
     Ok(("scan", serde_json::to_value(&figures)?))
+}
+
+/// The `scan` fleet with ten times the accounts, the same instances per
+/// location: the per-target figures should not change.
+fn scan_at_ten_times(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'static str, Value)> {
+    let args = bench.args;
+    let mut fleet = bench.scan_fleet.clone();
+    fleet.accounts = fleet.accounts.saturating_mul(10);
+    let profile = profile_file(bench.dir, "scan-10m", &fleet)?;
+    let campaign = scan_campaign("bench-scan-10m", &fleet, 15.0, &bench.results);
+    let locations = u64::from(fleet.accounts) * fleet.regions.len() as u64;
+    let figures = measure_on(
+        bench,
+        &profile,
+        args.workers,
+        args.worker_concurrency,
+        &campaign,
+        &mut During::Fanout(locations),
+    )?;
+    print::run(
+        out,
+        &format!("scan at 10x ({} workers)", args.workers),
+        &figures,
+    )?;
+    Ok(("scan_10m", serde_json::to_value(&figures)?))
 }
 
 fn rate_fidelity_scenario(
