@@ -115,8 +115,6 @@ impl Cluster {
                 .env("FLOTILLA_AMQP_URL", &args.amqp_url)
                 .env("FLOTILLA_REDIS_URL", &args.redis_url)
                 .env("FLOTILLA_PREFIX", &prefix)
-                // scan-10m names 100,000 accounts: a 1.5 MB campaign.
-                .env("FLOTILLA_MAX_REQUEST_BYTES", (16 << 20).to_string())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
