@@ -19,10 +19,10 @@ use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::config::{Credentials, IdentityCache, Region};
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
 };
-use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use protocol::backoff::Backoff;
 use protocol::job::{Location, RunContext};
