@@ -118,9 +118,11 @@ impl Connection {
     /// not answer. The URL forms are [`Endpoint`]'s.
     pub async fn open(url: &str, tls: &RedisTls) -> Result<Self, StoreError> {
         let (endpoint, options) = Endpoint::parse_with_options(url)?;
+        let hint = endpoint.unreachable_hint();
         let unreachable = |source| StoreError::Unreachable {
             url: protocol::redact_password(url),
             source,
+            hint,
         };
         // rustls needs one crypto provider for the process; the SDKs bring
         // two. Installing it again is harmless.

@@ -53,6 +53,39 @@ impl Endpoint {
         Self::parse_with_options(url).map(|(endpoint, _)| endpoint)
     }
 
+    /// What to check when this endpoint does not answer: starting a local
+    /// Redis helps only when every node it names is on this machine.
+    pub fn unreachable_hint(&self) -> &'static str {
+        let local = |nodes: &[String]| {
+            nodes.iter().all(|node| {
+                redis::parse_redis_url(node).is_some_and(|url| {
+                    matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+                })
+            })
+        };
+        match self {
+            Self::Memory(_) => "the in-memory Redis lives in this process",
+            Self::Node(node) if local(std::slice::from_ref(node)) => {
+                "start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no` or `docker compose up -d redis`"
+            }
+            Self::Node(_) => {
+                "check that it runs and is reachable, and that the host, port and credentials in the URL are right"
+            }
+            Self::Cluster { seeds } if local(seeds) => {
+                "are the cluster's nodes up? (the test suite's loopback cluster: `scripts/redis-topologies start`)"
+            }
+            Self::Cluster { .. } => {
+                "are the cluster's seed nodes up and reachable, and the credentials in the URL right?"
+            }
+            Self::Sentinel { sentinels, .. } if local(sentinels) => {
+                "are the sentinels up and do they name the master? (the test suite's: `scripts/redis-topologies start`)"
+            }
+            Self::Sentinel { .. } => {
+                "are the sentinels up and reachable, do they name the master, and are the credentials in the URL right?"
+            }
+        }
+    }
+
     /// The endpoint, and the options of the URL's query (taken out of it;
     /// a one-node URL keeps the redis crate's own parameters).
     pub fn parse_with_options(url: &str) -> Result<(Self, Options), StoreError> {
@@ -225,6 +258,22 @@ fn parse_hosts(hosts: &str, default_port: u16) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_redis_is_explained_for_the_endpoint_it_was_reached_at() {
+        let hint = |url: &str| Endpoint::parse(url).unwrap().unreachable_hint();
+        assert!(hint("redis://127.0.0.1:6379/").starts_with("start it with `redis-server"));
+        assert!(hint("redis://user:pw@localhost:6379/0").starts_with("start it with"));
+        assert!(
+            !hint("rediss://flotilla:pw@cache.abc123.use1.cache.amazonaws.com:6379")
+                .contains("redis-server"),
+            "a remote Redis is not started here"
+        );
+        assert!(hint("redis+cluster://127.0.0.1:7101,127.0.0.1:7102").contains("redis-topologies"));
+        let remote_cluster = hint("rediss+cluster://u:pw@node-1.example:6379,node-2.example:6379");
+        assert!(remote_cluster.contains("seed nodes") && !remote_cluster.contains("redis-server"));
+        assert!(hint("redis+sentinel://10.0.0.5:26379/mymaster").contains("sentinels"));
+    }
 
     #[test]
     fn one_node_cluster_and_sentinel_urls() {

@@ -35,10 +35,12 @@ pub use redis_store::RedisStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("Redis at {url} is unreachable ({source}); {}", unreachable_hint(.url))]
+    #[error("Redis at {url} is unreachable ({source}); {hint}")]
     Unreachable {
         url: String,
         source: redis::RedisError,
+        /// What to check, for this kind of endpoint ([`crate::endpoint::Endpoint::unreachable_hint`]).
+        hint: &'static str,
     },
     #[error("Redis command failed: {0}")]
     Redis(#[from] redis::RedisError),
@@ -60,37 +62,6 @@ impl StoreError {
             // A replica may come back, or a new one be attached.
             Self::NotReplicated { .. } => true,
         }
-    }
-}
-
-/// What to do about an unreachable Redis, by the kind of URL: starting a
-/// local one helps only when the URL names this machine.
-fn unreachable_hint(url: &str) -> &'static str {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority = rest.split('/').next().unwrap_or_default();
-    let hosts = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, hosts)| hosts);
-    let local = hosts.split(',').all(|host| {
-        let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
-        matches!(name, "127.0.0.1" | "localhost" | "[::1]")
-    });
-    if scheme.ends_with("+cluster") {
-        if local {
-            "are the cluster's nodes up? (the test suite's loopback cluster: `scripts/redis-topologies start`)"
-        } else {
-            "are the cluster's seed nodes up and reachable, and the credentials in the URL right?"
-        }
-    } else if scheme.ends_with("+sentinel") {
-        if local {
-            "are the sentinels up and do they name the master? (the test suite's: `scripts/redis-topologies start`)"
-        } else {
-            "are the sentinels up and reachable, do they name the master, and are the credentials in the URL right?"
-        }
-    } else if local {
-        "start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no` or `docker compose up -d redis`"
-    } else {
-        "check that it runs and is reachable, and that the host, port and credentials in the URL are right"
     }
 }
 
@@ -462,22 +433,6 @@ pub(crate) fn parse_state(state: Option<String>) -> Result<Option<RunState>, Sto
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_unreachable_redis_is_explained_for_the_url_it_was_reached_at() {
-        let hint = |url: &str| unreachable_hint(url);
-        assert!(hint("redis://127.0.0.1:6379/").starts_with("start it with `redis-server"));
-        assert!(hint("redis://user:***@localhost:6379/0").starts_with("start it with"));
-        assert!(
-            !hint("rediss://flotilla:***@cache.abc123.use1.cache.amazonaws.com:6379")
-                .contains("redis-server"),
-            "a remote Redis is not started here"
-        );
-        assert!(hint("redis+cluster://127.0.0.1:7101,127.0.0.1:7102").contains("redis-topologies"));
-        let remote_cluster = hint("rediss+cluster://u:***@node-1.example:6379,node-2.example:6379");
-        assert!(remote_cluster.contains("seed nodes") && !remote_cluster.contains("redis-server"));
-        assert!(hint("redis+sentinel://10.0.0.5:26379/mymaster").contains("sentinels"));
-    }
 
     #[test]
     fn only_live_runs_send_paused_runs_wait_and_final_runs_report_not_started() {
