@@ -209,6 +209,18 @@ async fn running_run(ledger: &Ledger, batches: u32, allowed_errors: u64) -> (Uui
     (run_id, location)
 }
 
+/// Each location's state label (queued, discovering, waiting, active, …), in
+/// the run's location order.
+async fn location_states(ledger: &Ledger, run_id: Uuid) -> Vec<String> {
+    ledger
+        .location_statuses(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|status| status.state)
+        .collect()
+}
+
 fn failed(location: &Location, batch: &BatchEntry) -> (String, HashMap<String, u64>) {
     assert_eq!(batch.location, location_key(location));
     (batch.key(), HashMap::from([("0:Failed".to_string(), 1)]))
@@ -312,12 +324,10 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         ledger.admit(run_id).await.unwrap().is_empty(),
         "no room left"
     );
-    let statuses = ledger.location_statuses(run_id).await.unwrap();
-    let labels: Vec<&str> = statuses
-        .iter()
-        .map(|status| status.state.as_str())
-        .collect();
-    assert_eq!(labels, ["active", "active", "waiting"]);
+    assert_eq!(
+        location_states(ledger, run_id).await,
+        ["active", "active", "waiting"]
+    );
 
     let mut finished = 0;
     let mut admitted = first;
@@ -401,15 +411,8 @@ async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend
         .discovery_published(run_id, &[location_key(&locations[1])])
         .await
         .unwrap();
-    let labels: Vec<String> = ledger
-        .location_statuses(run_id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|status| status.state)
-        .collect();
     assert_eq!(
-        labels,
+        location_states(ledger, run_id).await,
         ["discovering", "discovering", "queued", "queued"],
         "outside the window, a location is queued"
     );
@@ -533,11 +536,8 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
             .iter()
             .all(|batch| batch.location == location_key(&locations[1]))
     );
-    let labels = |statuses: Vec<scheduler::ledger::LocationStatus>| -> Vec<String> {
-        statuses.into_iter().map(|status| status.state).collect()
-    };
     assert_eq!(
-        labels(ledger.location_statuses(run_id).await.unwrap()),
+        location_states(ledger, run_id).await,
         ["discovering", "active", "discovering"]
     );
     // One location fails before its discovery ends: done at once. The last
@@ -555,7 +555,7 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
     let state = ledger.start_execution(run_id, 3, 1, 0, 8).await.unwrap();
     assert_eq!(state, RunState::Running);
     assert_eq!(
-        labels(ledger.location_statuses(run_id).await.unwrap()),
+        location_states(ledger, run_id).await,
         ["failed", "active", "waiting"],
         "discovered, not admitted yet"
     );
