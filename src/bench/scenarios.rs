@@ -85,26 +85,20 @@ fn measure_then<T>(
 }
 
 fn scan(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'static str, Value)> {
-    let args = bench.args;
     let fleet = &bench.scan_fleet;
     let campaign = scan_campaign("bench-scan", fleet, 15.0, &bench.results);
-    let locations = u64::from(fleet.accounts) * fleet.regions.len() as u64;
-    let figures = measure_on(
-        bench,
-        &bench.scan_profile,
-        args.workers,
-        args.worker_concurrency,
-        &campaign,
-        &mut During::Fanout(locations),
+    let figures = measure_scan(bench, fleet, &bench.scan_profile, &campaign)?;
+    print::run(
+        out,
+        &format!("scan ({} workers)", bench.args.workers),
+        &figures,
     )?;
-    print::run(out, &format!("scan ({} workers)", args.workers), &figures)?;
     Ok(("scan", serde_json::to_value(&figures)?))
 }
 
 /// The `scan` fleet with ten times the accounts, the same instances per
 /// location: the per-target figures should not change.
 fn scan_at_ten_times(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'static str, Value)> {
-    let args = bench.args;
     let mut fleet = bench.scan_fleet.clone();
     fleet.accounts = fleet.accounts.saturating_mul(10);
     let profile = profile_file(bench.dir, "scan-10m", &fleet)?;
@@ -114,21 +108,31 @@ fn scan_at_ten_times(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'st
     // Organizations when the run starts, as a real organization would be.
     let root = sim::fleet::Fleet::new(fleet.clone()).root_id();
     campaign["accounts"] = json!({"organizational_units": [root], "include_child_ous": true});
-    let locations = u64::from(fleet.accounts) * fleet.regions.len() as u64;
-    let figures = measure_on(
-        bench,
-        &profile,
-        args.workers,
-        args.worker_concurrency,
-        &campaign,
-        &mut During::Fanout(locations),
-    )?;
+    let figures = measure_scan(bench, &fleet, &profile, &campaign)?;
     print::run(
         out,
-        &format!("scan at 10x ({} workers)", args.workers),
+        &format!("scan at 10x ({} workers)", bench.args.workers),
         &figures,
     )?;
     Ok(("scan_10m", serde_json::to_value(&figures)?))
+}
+
+/// A scan of every location of `fleet`, with the fanout figures.
+fn measure_scan(
+    bench: &Bench,
+    fleet: &sim::FleetProfile,
+    profile: &Path,
+    campaign: &Value,
+) -> anyhow::Result<RunFigures> {
+    let locations = u64::from(fleet.accounts) * fleet.regions.len() as u64;
+    measure_on(
+        bench,
+        profile,
+        bench.args.workers,
+        bench.args.worker_concurrency,
+        campaign,
+        &mut During::Fanout(locations),
+    )
 }
 
 fn rate_fidelity_scenario(
