@@ -283,6 +283,11 @@ impl Names {
     }
 
     /// Runs waiting to start (an event's delay), scored by when they may start.
+    /// Runs baking between two waves: run id → when the bake ends (Unix ms).
+    pub fn baking_runs_key(&self) -> String {
+        format!("{}:runs:baking", self.prefix)
+    }
+
     pub fn pending_runs_key(&self) -> String {
         format!("{}:runs:pending", self.prefix)
     }

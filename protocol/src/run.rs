@@ -3,7 +3,10 @@
 //!
 //! Pending → Discovering → Running → Completed | Halted | Cancelled, with Paused
 //! between Running and the rest. Halted (the error budget), Cancelled and Completed
-//! are final: no worker sends another command for the run.
+//! are final: no worker sends another command for the run. A run with a rollout
+//! goes Running → Baking (a wave is done; nothing is sent until its bake time
+//! has passed and its health gates pass) → AwaitingApproval (when the rollout
+//! asks for an approval) → Running (the next wave).
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,6 +18,10 @@ pub enum RunState {
     Pending,
     Discovering,
     Running,
+    /// Between two waves of a rollout: the last wave's bake time, then its gates.
+    Baking,
+    /// Between two waves: the gates passed, an approver has to say go on.
+    AwaitingApproval,
     Paused,
     Completed,
     Halted,
@@ -22,10 +29,12 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Pending,
         Self::Discovering,
         Self::Running,
+        Self::Baking,
+        Self::AwaitingApproval,
         Self::Paused,
         Self::Completed,
         Self::Halted,
@@ -37,6 +46,8 @@ impl RunState {
             Self::Pending => "Pending",
             Self::Discovering => "Discovering",
             Self::Running => "Running",
+            Self::Baking => "Baking",
+            Self::AwaitingApproval => "AwaitingApproval",
             Self::Paused => "Paused",
             Self::Completed => "Completed",
             Self::Halted => "Halted",

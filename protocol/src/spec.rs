@@ -51,6 +51,60 @@ pub struct CampaignSpec {
     /// `role:<role>` entries; anyone allowed to start runs when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run_by: Vec<String>,
+    /// Go a little at a time: waves, bake time, health gates, approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// Waves of a run, as written: cumulative counts or percentages of the run's
+/// targets, with a bake time and health gates between them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// Cumulative: `[1, 5, "10%", "100%"]`; a last wave of 100% is implied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Scalar>,
+    /// Accounts whose targets are the first wave; the waves then count the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_accounts: Vec<Scalar>,
+    /// How long nothing is sent after a wave before its gates are checked; 0s when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<Scalar>,
+    /// Failed targets a wave may have, a count or a percentage of the wave; 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wave_errors: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateSpec>,
+    /// Wait for `flotilla run approve` after the gates of every wave pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approve: bool,
+    /// What a failed gate does to the run: `halt` (when absent) or `pause`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_gate_failure: Option<GateFailure>,
+}
+
+/// One health gate: a PromQL query that must return nothing, or no firing
+/// Alertmanager alert matching a label set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager_url: Option<String>,
+    /// Label name → exact value; alerts with all of them fail the gate.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matchers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateFailure {
+    #[default]
+    Halt,
+    Pause,
 }
 
 fn default_version() -> u32 {

@@ -834,3 +834,144 @@ fn secrets_are_referenced_from_ssm_never_written_into_a_spec() {
         &step("commands: [\"x\"], ApiToken: \"{{ssm-secure:/prod/api}}\""),
     )]);
 }
+
+#[test]
+fn a_rollout_reads_waves_bake_gates_and_approval() {
+    use protocol::campaign::HealthGate;
+    use protocol::spec::GateFailure;
+    let campaign = valid(&[
+        ("rate_control", "{ max_errors: \"5%\" }"),
+        (
+            "rollout",
+            r#"
+  waves: [1, 5, "10%", "100%"]
+  canary_accounts: ["111122223333"]
+  bake: 30m
+  gates:
+    - prometheus_url: http://prometheus:9090/
+      query: 'sum(rate(flotilla_scheduler_target_results_total{status="Failed"}[5m])) > 0'
+    - alertmanager_url: https://alertmanager.example:9093
+      matchers: { campaign: base, severity: page }
+  approve: true
+  on_gate_failure: pause"#,
+        ),
+    ]);
+    let rollout = campaign.rollout.unwrap();
+    assert_eq!(
+        rollout.waves,
+        vec![
+            RateValue::Count(1),
+            RateValue::Count(5),
+            RateValue::Percent(10),
+            RateValue::Percent(100)
+        ]
+    );
+    assert_eq!(rollout.canary_accounts, vec!["111122223333".to_string()]);
+    assert_eq!(rollout.bake, Duration::from_secs(1800));
+    assert_eq!(
+        rollout.max_wave_errors,
+        RateValue::Percent(5),
+        "a wave may fail as much as the run may, unless told otherwise"
+    );
+    assert!(rollout.approve);
+    assert_eq!(rollout.on_gate_failure, GateFailure::Pause);
+    assert!(
+        matches!(&rollout.gates[0], HealthGate::Prometheus { url, .. } if url == "http://prometheus:9090")
+    );
+    assert!(
+        matches!(&rollout.gates[1], HealthGate::Alertmanager { matchers, .. } if matchers.len() == 2)
+    );
+    assert!(
+        valid(&[]).rollout.is_none(),
+        "no rollout: every target at once"
+    );
+}
+
+#[test]
+fn a_rollout_names_each_mistake() {
+    rejects(
+        &[("rollout", "{ bake: 1h }")],
+        "rollout",
+        "must list waves, canary_accounts",
+    );
+    rejects(
+        &[("rollout", "{ waves: [0] }")],
+        "rollout.waves[0]",
+        "at least 1",
+    );
+    rejects(
+        &[("rollout", "{ waves: [\"150%\"] }")],
+        "rollout.waves[0]",
+        "1% to 100%",
+    );
+    rejects(
+        &[("rollout", "{ waves: [5, 2] }")],
+        "rollout.waves[1]",
+        "cumulative",
+    );
+    rejects(
+        &[("rollout", "{ waves: [1], bake: 8d }")],
+        "rollout.bake",
+        "between 0s and 7d",
+    );
+    rejects(
+        &[("rollout", "{ waves: [1], max_wave_errors: \"x\" }")],
+        "rollout.max_wave_errors",
+        "0% to 100%",
+    );
+    rejects(
+        &[("rollout", "{ canary_accounts: [\"12\"] }")],
+        "rollout.canary_accounts[0]",
+        "12-digit account id",
+    );
+    rejects(
+        &[(
+            "rollout",
+            "{ waves: [1], gates: [{ prometheus_url: http://p:9090 }] }",
+        )],
+        "rollout.gates[0].query",
+        "is required",
+    );
+    rejects(
+        &[("rollout", "{ waves: [1], gates: [{ query: up }] }")],
+        "rollout.gates[0]",
+        "exactly one of prometheus_url",
+    );
+    rejects(
+        &[(
+            "rollout",
+            "{ waves: [1], gates: [{ prometheus_url: ftp://p, query: up }] }",
+        )],
+        "rollout.gates[0].prometheus_url",
+        "http:// or https://",
+    );
+    rejects(
+        &[(
+            "rollout",
+            "{ waves: [1], gates: [{ prometheus_url: \"http://u:pw@p\", query: up }] }",
+        )],
+        "rollout.gates[0].prometheus_url",
+        "credentials",
+    );
+    rejects(
+        &[(
+            "rollout",
+            "{ waves: [1], gates: [{ alertmanager_url: http://am }] }",
+        )],
+        "rollout.gates[0].matchers",
+        "at least one label",
+    );
+    rejects(
+        &[(
+            "rollout",
+            "{ waves: [1], gates: [{ alertmanager_url: http://am, matchers: { 1x: a } }] }",
+        )],
+        "rollout.gates[0].matchers.1x",
+        "label names",
+    );
+    rejects(
+        &[("rollout", "{ waves: [1], on_gate_failure: retry }")],
+        "rollout.on_gate_failure",
+        "expected `halt` or `pause`",
+    );
+}

@@ -159,6 +159,7 @@ pub fn route_permission(method: &str, route: &str, metrics_open: bool) -> Option
         ("DELETE", "/campaigns/{name}") => DeleteCampaign,
         ("POST", "/campaigns/{name}/runs") => StartRun,
         ("POST", "/campaigns/{name}/versions/{version}/approve") => ApproveCampaign,
+        ("POST", "/runs/{id}/approve") => ApproveCampaign,
         ("POST", "/runs/{id}/{action}") => SteerRun,
         ("POST", "/kill") => EngageKill,
         ("DELETE", "/kill") => ReleaseKill,

@@ -49,6 +49,7 @@ pub mod oidc;
 pub mod organizations;
 mod progress;
 pub mod reports;
+pub mod rollout;
 pub mod runs;
 pub mod schedules;
 pub mod scripts;

@@ -23,6 +23,8 @@ pub struct SchedulerMetrics {
     connected: IntGaugeVec,
     insecure: prometheus::IntGauge,
     auth_refused: prometheus::IntCounter,
+    gate_checks: IntCounterVec,
+    waves_ended: IntCounterVec,
 }
 
 impl SchedulerMetrics {
@@ -119,6 +121,20 @@ impl SchedulerMetrics {
             ),
             &["service"],
         )?;
+        let gate_checks = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_rollout_gate_checks_total",
+                "Health gates checked after a rollout's wave, by campaign, gate (wave_errors, prometheus, alertmanager) and result (passed, failed)",
+            ),
+            &["campaign", "gate", "result"],
+        )?;
+        let waves_ended = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_rollout_waves_total",
+                "Rollout waves moved on from, by campaign and outcome (next, approval, approved, resumed, pause, halt)",
+            ),
+            &["campaign", "outcome"],
+        )?;
         let auth_refused = prometheus::IntCounter::new(
             "flotilla_scheduler_auth_refused_total",
             "API requests refused for a missing, unknown or expired credential",
@@ -148,6 +164,8 @@ impl SchedulerMetrics {
             Box::new(connected.clone()),
             Box::new(insecure.clone()),
             Box::new(auth_refused.clone()),
+            Box::new(gate_checks.clone()),
+            Box::new(waves_ended.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -169,7 +187,21 @@ impl SchedulerMetrics {
             connected,
             insecure,
             auth_refused,
+            gate_checks,
+            waves_ended,
         })
+    }
+
+    pub fn gate_checked(&self, campaign: &str, gate: &str, result: &str) {
+        self.gate_checks
+            .with_label_values(&[campaign, gate, result])
+            .inc();
+    }
+
+    pub fn wave_ended(&self, campaign: &str, outcome: &str) {
+        self.waves_ended
+            .with_label_values(&[campaign, outcome])
+            .inc();
     }
 
     pub fn auth_refused(&self) {

@@ -36,6 +36,12 @@ pub struct RunProgress {
     /// `schedule:<campaign>` or `event:<instance>`.
     #[serde(default)]
     pub started_by: String,
+    /// A rollout's waves (empty without one, or before discovery ends).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<crate::rollout::WaveProgress>,
+    /// While baking between two waves: when the bake ends (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_until_ms: Option<u64>,
 }
 
 impl RunProgress {
@@ -93,5 +99,7 @@ pub(crate) fn progress_from(
             .unwrap_or_default()
             .to_string(),
         started_by: fields.get("started_by").unwrap_or_default().to_string(),
+        waves: crate::rollout::waves_of(fields),
+        bake_until_ms: (state == RunState::Baking).then(|| fields.number("bake_until")),
     })
 }

@@ -205,6 +205,10 @@ impl Scheduler {
             plan_only: options.plan_only,
             targets_json: targets_json.as_deref(),
             started_by: &options.started_by,
+            rollout_bake_ms: campaign
+                .rollout
+                .as_ref()
+                .map(|rollout| u64::try_from(rollout.bake.as_millis()).unwrap_or(u64::MAX)),
         };
         self.ledger.create_run(run_id, &new_run, &locations).await?;
         self.metrics
@@ -413,7 +417,12 @@ impl Scheduler {
         self.ledger
             .transition(
                 run_id,
-                &[RunState::Running, RunState::Discovering],
+                &[
+                    RunState::Running,
+                    RunState::Discovering,
+                    RunState::Baking,
+                    RunState::AwaitingApproval,
+                ],
                 RunState::Paused,
                 reason,
             )
@@ -422,6 +431,11 @@ impl Scheduler {
 
     pub async fn resume(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
         let fields = self.ledger.known_run_fields(run_id).await?;
+        // A run a failed gate paused goes on with its next wave.
+        if self.resume_past_gate(run_id, &fields, reason).await? {
+            self.advance(run_id).await?;
+            return Ok(true);
+        }
         // A run paused during discovery goes back to discovering.
         let to = if fields.get("max_in_flight").is_some() {
             RunState::Running
@@ -469,6 +483,8 @@ impl Scheduler {
                     RunState::Pending,
                     RunState::Discovering,
                     RunState::Running,
+                    RunState::Baking,
+                    RunState::AwaitingApproval,
                     RunState::Paused,
                 ],
                 RunState::Cancelled,

@@ -21,6 +21,12 @@ use redis::Script;
 /// many batches (a page is at most 1,000 targets, a batch at least one).
 pub(crate) const BATCH_STRIDE: u32 = 1000;
 
+/// A batch split where a rollout's wave ends gets its remainder a new id
+/// from here up (`SPLIT_BASE + n`, n counting the run's splits): above every
+/// `page × BATCH_STRIDE + chunk` id of a location (pages hold ≤ 1,000
+/// targets, so ids below 2³¹ cover 2 billion targets per location).
+pub(crate) const SPLIT_BASE: u32 = 1 << 31;
+
 /// `STATE`, `FINAL` and `BATCH_STRIDE` for the run scripts.
 fn constants() -> String {
     let states: Vec<String> = RunState::ALL
@@ -33,7 +39,7 @@ fn constants() -> String {
         .map(|state| format!("{} = true", state.as_str()))
         .collect();
     format!(
-        "local STATE = {{{}}}\nlocal FINAL = {{{}}}\nlocal BATCH_STRIDE = {BATCH_STRIDE}\n",
+        "local STATE = {{{}}}\nlocal FINAL = {{{}}}\nlocal BATCH_STRIDE = {BATCH_STRIDE}\nlocal SPLIT_BASE = {SPLIT_BASE}\n",
         states.join(", "),
         finals.join(", ")
     )
@@ -71,6 +77,7 @@ run_scripts! {
     MARK_DRAINED = "mark_drained.lua";
     TRANSITION = "transition.lua";
     OPEN_DISCOVERY = "open_discovery.lua";
+    WAVE_GATE = "wave_gate.lua";
 }
 
 #[cfg(test)]
@@ -89,6 +96,7 @@ mod tests {
             );
         }
         assert!(header.contains(&format!("BATCH_STRIDE = {BATCH_STRIDE}")));
+        assert!(header.contains(&format!("SPLIT_BASE = {SPLIT_BASE}")));
     }
 
     #[test]

@@ -288,6 +288,7 @@ impl Scheduler {
     /// (if this replica leads).
     pub async fn tick(&self) -> Result<(), SchedulerError> {
         self.start_due_runs().await?;
+        self.rollout_tick().await?;
         self.schedule_tick().await?;
         Ok(())
     }

@@ -128,6 +128,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_rollout_admits_wave_by_wave_and_bakes_between_waves,
+    a_rollout_admits_its_canary_locations_first,
     a_report_applied_twice_counts_once,
     concurrent_failures_halt_the_run_once_at_the_budget,
     admission_keeps_to_location_concurrency_and_max_in_flight,
@@ -163,6 +165,7 @@ fn new_run(location_concurrency: u64, allowed_location_errors: u64) -> NewRun<'s
         plan_only: false,
         targets_json: None,
         started_by: "test",
+        rollout_bake_ms: None,
     }
 }
 
@@ -196,11 +199,12 @@ async fn running_run(ledger: &Ledger, batches: u32, allowed_errors: u64) -> (Uui
             1,
             allowed_errors,
             u64::from(batches),
+            None,
         )
         .await
         .unwrap();
     assert_eq!(state, RunState::Running);
-    let admitted = ledger.admit(run_id).await.unwrap();
+    let admitted = ledger.admit(run_id, 0).await.unwrap().batches;
     assert_eq!(
         admitted.len(),
         batches as usize,
@@ -275,7 +279,7 @@ async fn concurrent_failures_halt_the_run_once_at_the_budget(backend: &Backend) 
         "the halting update is the one that crossed the budget"
     );
     assert!(
-        ledger.admit(run_id).await.unwrap().is_empty(),
+        ledger.admit(run_id, 0).await.unwrap().batches.is_empty(),
         "a halted run admits nothing"
     );
 }
@@ -311,9 +315,12 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         12
     );
     // Batches of 2, at most 4 targets in flight, 2 locations at a time.
-    let state = ledger.start_execution(run_id, 4, 2, 100, 12).await.unwrap();
+    let state = ledger
+        .start_execution(run_id, 4, 2, 100, 12, None)
+        .await
+        .unwrap();
     assert_eq!(state, RunState::Running);
-    let first = ledger.admit(run_id).await.unwrap();
+    let first = ledger.admit(run_id, 0).await.unwrap().batches;
     assert_eq!(first.len(), 2, "4 targets in flight: two batches of two");
     assert!(
         first
@@ -321,7 +328,7 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
             .all(|batch| batch.location == location_key(&locations[0]))
     );
     assert!(
-        ledger.admit(run_id).await.unwrap().is_empty(),
+        ledger.admit(run_id, 0).await.unwrap().batches.is_empty(),
         "no room left"
     );
     assert_eq!(
@@ -347,7 +354,7 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
             fields.number("active_locations") <= 2,
             "location concurrency holds"
         );
-        admitted = ledger.admit(run_id).await.unwrap();
+        admitted = ledger.admit(run_id, 0).await.unwrap().batches;
         assert!(
             admitted
                 .iter()
@@ -523,9 +530,12 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
     assert!(last_page.location_discovered && !last_page.all_discovered);
     // The scheduler resolves the limits against the 2 targets discovered so
     // far and execution starts while the other locations are discovering.
-    let state = ledger.start_execution(run_id, 2, 1, 0, 4).await.unwrap();
+    let state = ledger
+        .start_execution(run_id, 2, 1, 0, 4, None)
+        .await
+        .unwrap();
     assert_eq!(state, RunState::Running);
-    let admitted = ledger.admit(run_id).await.unwrap();
+    let admitted = ledger.admit(run_id, 0).await.unwrap().batches;
     assert_eq!(
         admitted.len(),
         2,
@@ -552,7 +562,10 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
         .await
         .unwrap();
     assert!(last.location_discovered && last.all_discovered);
-    let state = ledger.start_execution(run_id, 3, 1, 0, 8).await.unwrap();
+    let state = ledger
+        .start_execution(run_id, 3, 1, 0, 8, None)
+        .await
+        .unwrap();
     assert_eq!(state, RunState::Running);
     assert_eq!(
         location_states(ledger, run_id).await,
@@ -578,7 +591,7 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
                 .unwrap();
             batches += 1;
         }
-        admitted = ledger.admit(run_id).await.unwrap();
+        admitted = ledger.admit(run_id, 0).await.unwrap().batches;
     }
     assert_eq!(
         batches, 8,
@@ -603,7 +616,10 @@ async fn limits_resolved_against_fewer_targets_do_not_replace_newer_ones(backend
     };
     // running_run resolved them against its 6 targets; one resolved against
     // 4 (read before the last location came in) arrives after.
-    let state = ledger.start_execution(run_id, 2, 1, 1, 4).await.unwrap();
+    let state = ledger
+        .start_execution(run_id, 2, 1, 1, 4, None)
+        .await
+        .unwrap();
     assert_eq!(state, RunState::Running);
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
     assert_eq!(
@@ -612,7 +628,10 @@ async fn limits_resolved_against_fewer_targets_do_not_replace_newer_ones(backend
         "the stale limits are not written"
     );
     // Resolved against as many or more, they are.
-    ledger.start_execution(run_id, 8, 4, 5, 6).await.unwrap();
+    ledger
+        .start_execution(run_id, 8, 4, 5, 6, None)
+        .await
+        .unwrap();
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
     assert_eq!(
         limits(&fields),
@@ -692,8 +711,11 @@ async fn a_stopped_run_counts_its_never_started_targets_once(backend: &Backend) 
             .await
             .unwrap();
     }
-    ledger.start_execution(run_id, 1, 1, 0, 1).await.unwrap();
-    let admitted = ledger.admit(run_id).await.unwrap();
+    ledger
+        .start_execution(run_id, 1, 1, 0, 1, None)
+        .await
+        .unwrap();
+    let admitted = ledger.admit(run_id, 0).await.unwrap().batches;
     assert_eq!(admitted.len(), 1);
     assert!(
         ledger
@@ -709,7 +731,7 @@ async fn a_stopped_run_counts_its_never_started_targets_once(backend: &Backend) 
         "a transition from a state the run is not in changes nothing"
     );
     assert!(
-        ledger.admit(run_id).await.unwrap().is_empty(),
+        ledger.admit(run_id, 0).await.unwrap().batches.is_empty(),
         "a paused run admits nothing"
     );
     assert!(
@@ -906,4 +928,227 @@ async fn one_replica_holds_the_schedule_lease(backend: &Backend) {
         "renewing keeps the token"
     );
     assert!(first.schedule_fires().await.unwrap().is_empty());
+}
+
+/// Reports every admitted batch through with `failures` failed targets in
+/// the first one; returns the batches.
+async fn report_all(
+    ledger: &Ledger,
+    run_id: Uuid,
+    batches: &[BatchEntry],
+    failures: u64,
+) -> Vec<BatchEntry> {
+    for (index, batch) in batches.iter().enumerate() {
+        let failed = if index == 0 { failures } else { 0 };
+        let counters = HashMap::from([("0:Success".to_string(), batch.instance_ids.len() as u64)]);
+        let (new, _) = ledger
+            .apply_results(
+                run_id,
+                &batch.key(),
+                &batch.location().unwrap(),
+                batch.instance_ids.len(),
+                failed,
+                &counters,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(new);
+    }
+    batches.to_vec()
+}
+
+async fn a_rollout_admits_wave_by_wave_and_bakes_between_waves(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let location = location(333_344_445);
+    let mut run = new_run(1, 0);
+    run.rollout_bake_ms = Some(60_000);
+    ledger
+        .create_run(run_id, &run, std::slice::from_ref(&location))
+        .await
+        .unwrap();
+    ledger
+        .record_page(run_id, &location, 0, &ids(3, 10), true)
+        .await
+        .unwrap();
+    // Limits resolved before the waves are known: a rollout admits nothing.
+    ledger
+        .start_execution(run_id, 10, 5, 100, 10, None)
+        .await
+        .unwrap();
+    assert!(ledger.admit(run_id, 0).await.unwrap().batches.is_empty());
+    let caps = [1, 4, 10];
+    ledger
+        .start_execution(run_id, 10, 5, 100, 10, Some((&caps, &[])))
+        .await
+        .unwrap();
+
+    // Wave 1: one target, split off a batch of five.
+    let wave1 = ledger.admit(run_id, 1_000).await.unwrap();
+    assert_eq!(wave1.state, RunState::Running);
+    assert_eq!(wave1.batches.len(), 1);
+    assert_eq!(wave1.batches[0].instance_ids, ids(3, 10)[..1].to_vec());
+    assert!(
+        ledger
+            .admit(run_id, 1_000)
+            .await
+            .unwrap()
+            .batches
+            .is_empty()
+    );
+    report_all(ledger, run_id, &wave1.batches, 0).await;
+    let baking = ledger.admit(run_id, 2_000).await.unwrap();
+    assert_eq!(baking.state, RunState::Baking, "the wave is through");
+    assert_eq!(baking.bake_until_ms, Some(62_000));
+    assert!(baking.batches.is_empty(), "nothing is sent while baking");
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(fields.number("wave:0:targets"), 1);
+    assert_eq!(fields.number("wave:0:failures"), 0);
+
+    // The gates pass: once, whichever replica gets there first.
+    let next = scheduler::ledger::WaveOutcome::Next;
+    assert!(
+        ledger
+            .wave_gate(run_id, 0, next, "gates passed", "[]", 63_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .wave_gate(run_id, 0, next, "gates passed", "[]", 63_000)
+            .await
+            .unwrap()
+    );
+
+    // Wave 2: three more targets (the rest of the split batch, split again).
+    let wave2 = ledger.admit(run_id, 64_000).await.unwrap();
+    let admitted: Vec<String> = wave2
+        .batches
+        .iter()
+        .flat_map(|b| b.instance_ids.clone())
+        .collect();
+    assert_eq!(admitted, ids(3, 10)[1..4].to_vec());
+    report_all(ledger, run_id, &wave2.batches, 2).await;
+    assert_eq!(
+        ledger.admit(run_id, 65_000).await.unwrap().state,
+        RunState::Baking
+    );
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(fields.number("wave:1:targets"), 3);
+    assert_eq!(
+        fields.number("wave:1:failures"),
+        2,
+        "the wave's own failures"
+    );
+
+    // A failed gate that pauses; resuming past it starts the last wave.
+    let pause = scheduler::ledger::WaveOutcome::Pause;
+    assert!(
+        ledger
+            .wave_gate(run_id, 1, pause, "gate failed", "[]", 126_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ledger
+            .run_fields(run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state()
+            .unwrap(),
+        RunState::Paused
+    );
+    let resumed = scheduler::ledger::WaveOutcome::Resumed;
+    assert!(
+        ledger
+            .wave_gate(run_id, 1, resumed, "looked", "", 127_000)
+            .await
+            .unwrap()
+    );
+    let wave3 = ledger.admit(run_id, 128_000).await.unwrap();
+    let admitted: Vec<String> = wave3
+        .batches
+        .iter()
+        .flat_map(|b| b.instance_ids.clone())
+        .collect();
+    assert_eq!(
+        admitted,
+        ids(3, 10)[4..].to_vec(),
+        "the last wave: every other target"
+    );
+    let mut keys: Vec<String> = wave1
+        .batches
+        .iter()
+        .chain(&wave2.batches)
+        .chain(&wave3.batches)
+        .map(BatchEntry::key)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        wave1.batches.len() + wave2.batches.len() + wave3.batches.len(),
+        "split batches get ids of their own"
+    );
+    report_all(ledger, run_id, &wave3.batches, 0).await;
+    let last = ledger.admit(run_id, 129_000).await.unwrap();
+    assert_eq!(last.state, RunState::Running, "no bake after the last wave");
+    assert_eq!(
+        ledger.complete_if_done(run_id).await.unwrap(),
+        RunState::Completed
+    );
+}
+
+async fn a_rollout_admits_its_canary_locations_first(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let (other, canary) = (location(1), location(2));
+    let mut run = new_run(1, 0);
+    run.rollout_bake_ms = Some(0);
+    ledger
+        .create_run(run_id, &run, &[other.clone(), canary.clone()])
+        .await
+        .unwrap();
+    for (index, place) in [&other, &canary].into_iter().enumerate() {
+        ledger
+            .record_page(run_id, place, 0, &ids(index as u32, 3), true)
+            .await
+            .unwrap();
+    }
+    let canary_key = location_key(&canary);
+    assert_eq!(
+        ledger
+            .location_targets(
+                run_id,
+                &[canary_key.clone(), "999999999999/us-east-1".into()]
+            )
+            .await
+            .unwrap(),
+        vec![Some(3), Some(0)]
+    );
+    ledger
+        .start_execution(
+            run_id,
+            10,
+            5,
+            100,
+            6,
+            Some((&[3, 6], std::slice::from_ref(&canary_key))),
+        )
+        .await
+        .unwrap();
+    let wave1 = ledger.admit(run_id, 0).await.unwrap();
+    assert_eq!(wave1.batches.len(), 1);
+    assert_eq!(
+        wave1.batches[0].location, canary_key,
+        "discovered last, admitted first"
+    );
+    report_all(ledger, run_id, &wave1.batches, 0).await;
+    let baking = ledger.admit(run_id, 5).await.unwrap();
+    assert_eq!(
+        (baking.state, baking.bake_until_ms),
+        (RunState::Baking, Some(5))
+    );
 }

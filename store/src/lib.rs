@@ -148,6 +148,8 @@ pub enum GateCause {
     KillSwitchCampaign(String),
     /// Each with the reason the run's record gives.
     RunPaused(String),
+    /// Between two waves of a rollout (baking, gates, approval).
+    RunBetweenWaves(String),
     RunHalted(String),
     RunCancelled(String),
     RunCompleted(String),
@@ -191,6 +193,9 @@ impl SendGate {
         match state {
             RunState::Pending | RunState::Discovering | RunState::Running => Self::Open,
             RunState::Paused => Self::Shut(GateCause::RunPaused(reason())),
+            RunState::Baking | RunState::AwaitingApproval => {
+                Self::Shut(GateCause::RunBetweenWaves(reason()))
+            }
             RunState::Halted => Self::Shut(GateCause::RunHalted(reason())),
             RunState::Cancelled => Self::Shut(GateCause::RunCancelled(reason())),
             RunState::Completed => Self::Shut(GateCause::RunCompleted(reason())),
@@ -208,6 +213,7 @@ impl GateCause {
             Self::KillSwitchGlobal(_)
             | Self::KillSwitchCampaign(_)
             | Self::RunPaused(_)
+            | Self::RunBetweenWaves(_)
             | Self::RunUnknown
             | Self::StoreUnreachable(_) => SendDecision::Wait,
         }
@@ -219,6 +225,7 @@ impl GateCause {
             Self::KillSwitchGlobal(_) => "kill_switch_global",
             Self::KillSwitchCampaign(_) => "kill_switch_campaign",
             Self::RunPaused(_) => "run_paused",
+            Self::RunBetweenWaves(_) => "run_between_waves",
             Self::RunHalted(_) => "run_halted",
             Self::RunCancelled(_) => "run_cancelled",
             Self::RunCompleted(_) => "run_completed",
@@ -236,6 +243,7 @@ impl std::fmt::Display for GateCause {
                 write!(f, "campaign kill switch engaged: {reason}")
             }
             Self::RunPaused(reason)
+            | Self::RunBetweenWaves(reason)
             | Self::RunHalted(reason)
             | Self::RunCancelled(reason)
             | Self::RunCompleted(reason) => f.write_str(reason),
@@ -440,7 +448,13 @@ mod tests {
         for state in [RunState::Pending, RunState::Discovering, RunState::Running] {
             assert_eq!(gate(state), SendGate::Open);
         }
-        assert_eq!(gate(RunState::Paused).decision(), SendDecision::Wait);
+        for state in [
+            RunState::Paused,
+            RunState::Baking,
+            RunState::AwaitingApproval,
+        ] {
+            assert_eq!(gate(state).decision(), SendDecision::Wait, "{state}");
+        }
         for state in [RunState::Halted, RunState::Cancelled, RunState::Completed] {
             assert!(state.is_final());
             assert_eq!(gate(state).decision(), SendDecision::NotStarted);

@@ -9,6 +9,7 @@
 
 mod parse;
 mod patterns;
+mod rollout;
 mod rules;
 mod values;
 
@@ -26,6 +27,7 @@ use crate::validation::{FieldError, FieldErrors, FieldPath, Validator};
 pub use self::parse::{MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES, parse_spec};
 use self::patterns::{RUN_BY, check_name};
 pub use self::patterns::{is_account_id, is_instance_id, is_region};
+pub use self::rollout::{HealthGate, Rollout};
 use self::rules::{
     validate_accounts, validate_api_rate_limits, validate_rate_control, validate_regions,
     validate_role, validate_steps, validate_targets,
@@ -66,6 +68,8 @@ pub struct Campaign {
     pub schedule: Option<CampaignSchedule>,
     pub triggers: Vec<Trigger>,
     pub output: OutputLocation,
+    /// Waves, bake time and health gates; every target at once when absent.
+    pub rollout: Option<Rollout>,
     /// The spec this was built from, for storing and showing back.
     pub spec: CampaignSpec,
 }
@@ -331,6 +335,15 @@ impl Campaign {
             );
         }
 
+        let rollout = spec.rollout.as_ref().and_then(|rollout| {
+            rollout::validate_rollout(
+                &mut v,
+                rollout,
+                rate_control.map(|rate| rate.max_errors),
+                &root.at("rollout"),
+            )
+        });
+
         v.finish()?;
         // Every piece validated above is Some once `finish` reported no error.
         let (Some(role), Some(rate_control), Some(output)) = (role, rate_control, output) else {
@@ -350,6 +363,7 @@ impl Campaign {
             schedule,
             triggers,
             output,
+            rollout,
             spec,
         })
     }

@@ -47,7 +47,9 @@ use self::campaigns::{
     show_campaign_version, start_run,
 };
 pub use self::runs::RunDetail;
-use self::runs::{engage_kill, kill_state, list_runs, release_kill, show_run, steer_run};
+use self::runs::{
+    approve_run, engage_kill, kill_state, list_runs, release_kill, show_run, steer_run,
+};
 
 /// The scheduler the API uses: `None` while it reconnects.
 pub type CurrentScheduler = watch::Receiver<Option<Scheduler>>;
@@ -94,6 +96,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(show_run))
+        .route("/runs/{id}/approve", post(approve_run))
         .route("/runs/{id}/{action}", post(steer_run))
         .route(
             "/kill",

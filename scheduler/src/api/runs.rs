@@ -110,10 +110,55 @@ pub(super) async fn steer_run(
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}; use pause, resume or cancel"),
+                format!("unknown action {other:?}; use pause, resume, cancel or approve"),
             ));
         }
     };
+    let progress = scheduler.progress(run_id).await?;
+    Ok(Json(
+        json!({ "changed": changed, "state": progress.state, "reason": progress.reason }),
+    ))
+}
+
+/// An approver lets a rollout waiting between two waves go on. Not the
+/// principal that started the run (two people see each wave through), unless
+/// the API runs without authentication.
+pub(super) async fn approve_run(
+    State(current): State<CurrentScheduler>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
+    Path(id): Path<String>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let run_id = parse_run_id(&id)?;
+    let progress = scheduler.progress(run_id).await?;
+    if principal.name != crate::auth::Principal::anonymous().name
+        && progress.started_by == principal.name
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} started this run and cannot approve its waves; another approver must",
+                principal.name
+            ),
+        ));
+    }
+    let reason = reason_of(&body, "approved")?;
+    let changed = scheduler
+        .approve_wave(
+            run_id,
+            &format!("next wave approved by {}: {reason}", principal.name),
+        )
+        .await?;
+    if !changed && progress.state != protocol::run::RunState::AwaitingApproval {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "run {run_id} is {}, not AwaitingApproval: nothing to approve",
+                progress.state
+            ),
+        ));
+    }
     let progress = scheduler.progress(run_id).await?;
     Ok(Json(
         json!({ "changed": changed, "state": progress.state, "reason": progress.reason }),

@@ -33,8 +33,49 @@ use self::model::{location_statuses, page_entry, run_hash_fields};
 use crate::SchedulerError;
 use crate::scripts::{
     ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, LOCATION_FAILED, MARK_DRAINED, OPEN_DISCOVERY,
-    RECORD_PAGE, START_EXECUTION, TRANSITION,
+    RECORD_PAGE, START_EXECUTION, TRANSITION, WAVE_GATE,
 };
+
+/// What [`Ledger::admit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The run's state after it.
+    pub state: RunState,
+    /// While the run bakes between two waves: when the bake ends (Unix ms).
+    pub bake_until_ms: Option<u64>,
+    /// The batches admitted, to publish.
+    pub batches: Vec<BatchEntry>,
+}
+
+/// Where a rollout's run goes from the end of a wave (`wave_gate.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveOutcome {
+    /// The gates passed: the next wave starts.
+    Next,
+    /// The gates passed: an approver has to say go on.
+    Approval,
+    /// An approver said go on.
+    Approved,
+    /// An operator resumed a run a failed gate paused: the next wave starts.
+    Resumed,
+    /// A gate failed: the run pauses.
+    Pause,
+    /// A gate failed: the run halts.
+    Halt,
+}
+
+impl WaveOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Next => "next",
+            Self::Approval => "approval",
+            Self::Approved => "approved",
+            Self::Resumed => "resumed",
+            Self::Pause => "pause",
+            Self::Halt => "halt",
+        }
+    }
+}
 
 /// The ledger of every run, in Redis (real or in memory).
 #[derive(Clone)]
@@ -275,6 +316,9 @@ impl Ledger {
         Ok((new == 1, complete == 1))
     }
 
+    /// `waves`: a rollout's wave caps and canary location keys, once every
+    /// location is discovered (written once; nothing of a rollout is
+    /// admitted before).
     pub async fn start_execution(
         &self,
         run_id: Uuid,
@@ -282,30 +326,133 @@ impl Ledger {
         batch_size: u64,
         allowed_errors: u64,
         resolved_for: u64,
+        waves: Option<(&[u64], &[String])>,
     ) -> Result<RunState, SchedulerError> {
         let mut connection = self.connection.clone();
+        let (caps, canary) = match waves {
+            Some((caps, canary)) => (serde_json::to_string(caps)?, serde_json::to_string(canary)?),
+            None => (String::new(), String::new()),
+        };
         let state: String = self
             .invocation(&START_EXECUTION, run_id)
             .arg(max_in_flight)
             .arg(batch_size)
             .arg(allowed_errors)
             .arg(resolved_for)
+            .arg(caps)
+            .arg(canary)
             .invoke_async(&mut connection)
             .await?;
         self.replicated(run_id).await?;
         state.parse().map_err(SchedulerError::Corrupt)
     }
 
-    pub async fn admit(&self, run_id: Uuid) -> Result<Vec<BatchEntry>, SchedulerError> {
+    pub async fn admit(&self, run_id: Uuid, now_ms: u64) -> Result<Admission, SchedulerError> {
         let mut connection = self.connection.clone();
         let raw: Vec<String> = self
             .invocation(&ADMIT, run_id)
+            .arg(now_ms)
             .invoke_async(&mut connection)
             .await?;
         self.replicated(run_id).await?;
-        raw.iter()
-            .map(|entry| serde_json::from_str(entry).map_err(SchedulerError::from))
-            .collect()
+        let mut raw = raw.into_iter();
+        let state = raw.next().unwrap_or_default();
+        let state = state.parse().map_err(|_| {
+            SchedulerError::Corrupt(format!("run {run_id} has the state {state:?}"))
+        })?;
+        let bake_until_ms = raw.next().and_then(|until| until.parse().ok());
+        let batches = raw
+            .map(|entry| serde_json::from_str(&entry).map_err(SchedulerError::from))
+            .collect::<Result<_, _>>()?;
+        Ok(Admission {
+            state,
+            bake_until_ms,
+            batches,
+        })
+    }
+
+    /// Moves a rollout's run on from the end of `wave` (0-based); false when
+    /// the run is not where `outcome` starts from (another replica moved it).
+    pub async fn wave_gate(
+        &self,
+        run_id: Uuid,
+        wave: u64,
+        outcome: WaveOutcome,
+        reason: &str,
+        gates_json: &str,
+        now_ms: u64,
+    ) -> Result<bool, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let moved: u8 = self
+            .invocation(&WAVE_GATE, run_id)
+            .arg(wave)
+            .arg(outcome.as_str())
+            .arg(reason)
+            .arg(gates_json)
+            .arg(now_ms)
+            .invoke_async(&mut connection)
+            .await?;
+        self.replicated(run_id).await?;
+        Ok(moved == 1)
+    }
+
+    /// Targets discovered in each of `location_keys`; None for a location
+    /// whose discovery failed (its targets are never admitted).
+    pub async fn location_targets(
+        &self,
+        run_id: Uuid,
+        location_keys: &[String],
+    ) -> Result<Vec<Option<u64>>, SchedulerError> {
+        if location_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        let mut fields = Vec::with_capacity(location_keys.len() * 2);
+        for key in location_keys {
+            fields.push(format!("{key}:targets"));
+            fields.push(format!("{key}:failed"));
+        }
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.names.run_location_state_key(run_id))
+            .arg(&fields)
+            .query_async(&mut connection)
+            .await?;
+        Ok(values
+            .chunks(2)
+            .map(|pair| match pair {
+                [targets, None] => Some(
+                    targets
+                        .as_deref()
+                        .and_then(|count| count.parse().ok())
+                        .unwrap_or(0),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Indexes a baking run under when its bake ends, for every replica's ticker.
+    pub async fn index_baking(&self, run_id: Uuid, until_ms: u64) -> Result<(), SchedulerError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.baking_runs_key();
+        let () = connection.zadd(&key, run_id.to_string(), until_ms).await?;
+        Ok(self.connection.replicated(&key).await?)
+    }
+
+    /// Baking runs whose bake has ended by `now_ms` (at most `limit`).
+    pub async fn baked_runs(&self, now_ms: u64, limit: isize) -> Result<Vec<Uuid>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> = connection
+            .zrangebyscore_limit(self.names.baking_runs_key(), 0, now_ms, 0, limit)
+            .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    pub async fn unindex_baking(&self, run_id: Uuid) -> Result<(), SchedulerError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.baking_runs_key();
+        let () = connection.zrem(&key, run_id.to_string()).await?;
+        Ok(self.connection.replicated(&key).await?)
     }
 
     /// Returns (new, state after).

@@ -105,6 +105,8 @@ pub struct NewRun<'a> {
     pub targets_json: Option<&'a str>,
     /// What started the run (operator, schedule, event), for operators.
     pub started_by: &'a str,
+    /// A rollout's bake time between waves (ms); None without a rollout.
+    pub rollout_bake_ms: Option<u64>,
 }
 
 /// A run as the ledger holds it (the run hash, counters separately).
@@ -171,6 +173,10 @@ pub(super) fn run_hash_fields(
     ];
     if let Some(targets) = run.targets_json {
         fields.push(("targets", targets.to_string()));
+    }
+    if let Some(bake_ms) = run.rollout_bake_ms {
+        fields.push(("rollout", "1".into()));
+        fields.push(("bake_ms", bake_ms.to_string()));
     }
     fields
 }

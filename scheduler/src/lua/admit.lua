@@ -1,7 +1,19 @@
--- Releases ready (fully discovered) locations FIFO up to the location
--- concurrency and batches up to max in flight. Returns the admitted batches
--- (JSON entries).
-if redis.call('HGET', run, 'state') ~= STATE.Running then return {} end
+-- ARGV now (Unix ms). Releases ready (fully discovered) locations FIFO up to
+-- the location concurrency and batches up to max in flight; in a rollout, new
+-- targets (step 0) only up to the current wave's cap, and a wave whose every
+-- target is through moves the run to Baking. Returns {state, bake until (ms)
+-- or '', the admitted batches (JSON entries)...}.
+local state = redis.call('HGET', run, 'state')
+if state ~= STATE.Running then
+  return {state or '', redis.call('HGET', run, 'bake_until') or ''}
+end
+local caps = nil
+if redis.call('HGET', run, 'rollout') == '1' then
+  local raw = redis.call('HGET', run, 'wave_caps')
+  -- The waves resolve against the total: nothing starts before discovery ends.
+  if not raw then return {state, ''} end
+  caps = cjson.decode(raw)
+end
 local batch_size = tonumber(redis.call('HGET', run, 'batch_size'))
 local function activate(loc)
   local page_count = tonumber(redis.call('HGET', locstate, loc .. ':pages')) or 0
@@ -35,17 +47,55 @@ end
 redis.call('HSET', run, 'active_locations', active)
 local in_flight = tonumber(redis.call('HGET', run, 'in_flight')) or 0
 local max = tonumber(redis.call('HGET', run, 'max_in_flight'))
+local wave = tonumber(redis.call('HGET', run, 'wave')) or 0
+local wave_admitted = tonumber(redis.call('HGET', run, 'wave_admitted')) or 0
 local out = {}
 while true do
   local raw = redis.call('LINDEX', pending, 0)
   if not raw then break end
   local entry = cjson.decode(raw)
+  if caps and entry.s == 0 then
+    local room = caps[wave + 1] - wave_admitted
+    if room <= 0 then break end
+    if #entry.i > room then
+      -- The wave ends inside this batch: its first targets go now, the
+      -- rest wait under a new batch id (one more batch for the location).
+      local head, rest = {}, {}
+      for j = 1, #entry.i do
+        if j <= room then head[#head + 1] = entry.i[j] else rest[#rest + 1] = entry.i[j] end
+      end
+      local split = SPLIT_BASE + redis.call('HINCRBY', run, 'batch_splits', 1)
+      redis.call('LSET', pending, 0, cjson.encode({l = entry.l, b = split, s = 0, i = rest}))
+      entry.i = head
+      raw = cjson.encode(entry)
+      redis.call('LPUSH', pending, raw)
+      redis.call('HINCRBY', locstate, entry.l .. ':remaining', 1)
+    end
+  end
   local n = #entry.i
   if in_flight > 0 and in_flight + n > max then break end
   redis.call('LPOP', pending)
   in_flight = in_flight + n
+  if entry.s == 0 then wave_admitted = wave_admitted + n end
   redis.call('HSET', admitted, entry.l .. '|' .. entry.b .. '|' .. entry.s, raw)
   out[#out + 1] = raw
 end
-redis.call('HSET', run, 'in_flight', in_flight)
-return out
+redis.call('HSET', run, 'in_flight', in_flight, 'wave_admitted', wave_admitted)
+if caps and wave + 1 < #caps and wave_admitted >= caps[wave + 1] and in_flight == 0 then
+  -- Later steps of the wave's targets wait at the head of `pending`.
+  local head = redis.call('LINDEX', pending, 0)
+  if not (head and cjson.decode(head).s > 0) then
+    local failures = tonumber(redis.call('HGET', run, 'failures')) or 0
+    local base = tonumber(redis.call('HGET', run, 'wave_failures_base')) or 0
+    local first = (wave == 0) and 0 or caps[wave]
+    local bake_until = tonumber(ARGV[1]) + (tonumber(redis.call('HGET', run, 'bake_ms')) or 0)
+    local w = 'wave:' .. wave .. ':'
+    redis.call('HSET', run, 'state', STATE.Baking, 'bake_until', bake_until,
+      w .. 'targets', wave_admitted - first, w .. 'failures', failures - base, w .. 'done_ms', ARGV[1],
+      'reason', 'wave ' .. (wave + 1) .. ' of ' .. #caps .. ' is through; baking, then its gates')
+    return {STATE.Baking, tostring(bake_until)}
+  end
+end
+local answer = {state, ''}
+for _, raw in ipairs(out) do answer[#answer + 1] = raw end
+return answer

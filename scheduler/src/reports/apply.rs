@@ -144,9 +144,25 @@ impl Scheduler {
             tracing::info!(%run_id, total, "plan complete");
             return Ok(());
         }
+        let waves = match (&plan.campaign.rollout, all_discovered) {
+            (Some(rollout), true) => Some(
+                self.resolve_waves(run_id, rollout, &plan.campaign.regions, total)
+                    .await?,
+            ),
+            _ => None,
+        };
         let state = self
             .ledger
-            .start_execution(run_id, max_in_flight, batch_size, allowed_errors, total)
+            .start_execution(
+                run_id,
+                max_in_flight,
+                batch_size,
+                allowed_errors,
+                total,
+                waves
+                    .as_ref()
+                    .map(|(caps, canary)| (caps.as_slice(), canary.as_slice())),
+            )
             .await?;
         if all_discovered {
             tracing::info!(%run_id, total, max_in_flight, allowed_errors, state = state.as_str(), "discovery complete");
@@ -245,10 +261,15 @@ impl Scheduler {
 
     /// Admits what may start, completes a finished run, drains a stopped one.
     pub async fn advance(&self, run_id: Uuid) -> Result<(), SchedulerError> {
-        let admitted = self.ledger.admit(run_id).await?;
-        if !admitted.is_empty() {
+        let admission = self.ledger.admit(run_id, crate::now_ms()).await?;
+        if !admission.batches.is_empty() {
             let plan = self.plan(run_id).await?;
-            self.publish_batches(&plan, &admitted).await?;
+            self.publish_batches(&plan, &admission.batches).await?;
+        }
+        if let (RunState::Baking, Some(until)) = (admission.state, admission.bake_until_ms) {
+            // Idempotent: every advance of a baking run indexes it again, so a
+            // replica that died between the script and this line loses nothing.
+            self.ledger.index_baking(run_id, until).await?;
         }
         let state = self.ledger.complete_if_done(run_id).await?;
         if state == RunState::Completed {

@@ -354,7 +354,7 @@ impl Db {
             }
             "HGET" | "HSET" | "HMSET" | "HSETNX" | "HGETALL" | "HMGET" | "HDEL" | "HEXISTS"
             | "HINCRBY" | "HVALS" | "HKEYS" | "HLEN" => self.hashes(&name, args),
-            "RPUSH" | "LPUSH" | "LINDEX" | "LPOP" | "LRANGE" | "LTRIM" | "LLEN" => {
+            "RPUSH" | "LPUSH" | "LINDEX" | "LSET" | "LPOP" | "LRANGE" | "LTRIM" | "LLEN" => {
                 self.lists(&name, args)
             }
             "SADD" | "SREM" | "SISMEMBER" | "SMEMBERS" | "SCARD" => self.sets(&name, args),

@@ -133,6 +133,19 @@ impl Db {
                 }
                 int(list.len())
             }
+            "LSET" => {
+                let index = index_arg(2)?;
+                arity(args, 4)?;
+                let list = self.list(key)?.ok_or("ERR no such key")?;
+                let len = i64::try_from(list.len()).unwrap_or(i64::MAX);
+                let index = if index < 0 { len + index } else { index };
+                let slot = usize::try_from(index)
+                    .ok()
+                    .and_then(|index| list.get_mut(index))
+                    .ok_or("ERR index out of range")?;
+                *slot = args[3].clone();
+                Value::Okay
+            }
             "LPOP" => match self.list(key)? {
                 Some(list) => list.pop_front().map_or(Value::Nil, |value| bulk(&value)),
                 None => Value::Nil,
@@ -267,10 +280,23 @@ impl Db {
                 members.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
                 if name == "ZRANGEBYSCORE" {
                     let (min, max) = (float(&args[2])?, float(&args[3])?);
+                    // `LIMIT offset count`; a negative count is every one.
+                    let (offset, count) = match args.get(4) {
+                        Some(word) if word.eq_ignore_ascii_case(b"LIMIT") => {
+                            arity(args, 7)?;
+                            (integer(&args[5])?, integer(&args[6])?)
+                        }
+                        Some(_) => return Err("ERR syntax error".into()),
+                        None => (0, -1),
+                    };
+                    let offset = usize::try_from(offset).unwrap_or(0);
+                    let count = usize::try_from(count).unwrap_or(usize::MAX);
                     return Ok(array(
                         members
                             .iter()
                             .filter(|(score, _)| *score >= min && *score <= max)
+                            .skip(offset)
+                            .take(count)
                             .map(|(_, member)| bulk(member)),
                     ));
                 }

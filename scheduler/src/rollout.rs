@@ -1,0 +1,453 @@
+//! Rollouts: a run's targets in waves. The ledger's scripts admit a wave's
+//! targets and move the run to Baking when the wave is through
+//! (`admit.lua`); here what happens between two waves — after the bake time,
+//! the health gates (the wave's own failures, PromQL queries, Alertmanager
+//! alerts), then the next wave, an approval, a pause or a halt
+//! (`wave_gate.lua`).
+//!
+//! Every replica's ticker looks at the runs whose bake has ended (a sorted
+//! set indexed by bake end); all the state is in the run's record, so a
+//! scheduler killed mid-bake loses nothing: the next one (or another replica)
+//! checks the gates when the bake ends. Two replicas checking the same run at
+//! once is harmless: the move is one script that only one of them wins.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use protocol::campaign::{HealthGate, Rollout};
+use protocol::run::RunState;
+use protocol::spec::GateFailure;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ledger::{RunFields, WaveOutcome, location_key};
+use crate::{Scheduler, SchedulerError, now_ms};
+
+/// How long a gate's HTTP request may take, all in.
+const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest gate answer read (a PromQL result or alert list).
+const MAX_GATE_ANSWER_BYTES: u64 = 1 << 20;
+/// Baked runs looked at per tick.
+const BAKED_PER_TICK: isize = 100;
+
+/// One gate's verdict on a wave, kept in the run record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateResult {
+    /// `wave_errors`, `prometheus` or `alertmanager`.
+    pub gate: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// One wave of a run, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveProgress {
+    /// 1-based.
+    pub wave: u64,
+    /// Targets admitted by the end of this wave, cumulative.
+    pub cumulative_targets: u64,
+    /// `pending`, `running`, `baking`, `awaiting approval`, `passed`, `failed`.
+    pub state: String,
+    /// Targets of this wave and how many failed (once it is through).
+    pub targets: Option<u64>,
+    pub failures: Option<u64>,
+    #[serde(default)]
+    pub gates: Vec<GateResult>,
+}
+
+/// The waves of a run from its record; empty without a rollout or before
+/// discovery ends.
+pub(crate) fn waves_of(fields: &RunFields) -> Vec<WaveProgress> {
+    let Some(caps) = fields
+        .get("wave_caps")
+        .and_then(|raw| serde_json::from_str::<Vec<u64>>(raw).ok())
+    else {
+        return Vec::new();
+    };
+    let current = fields.number("wave");
+    let state = fields.state().ok();
+    caps.iter()
+        .enumerate()
+        .map(|(index, cap)| {
+            let index = index as u64;
+            let field = |name: &str| {
+                fields
+                    .get(&format!("wave:{index}:{name}"))
+                    .map(str::to_string)
+            };
+            let number = |name: &str| field(name).and_then(|value| value.parse().ok());
+            let gates: Vec<GateResult> = field("gates")
+                .and_then(|raw| serde_json::from_str(&raw).ok())
+                .unwrap_or_default();
+            let label = match (index.cmp(&current), field("outcome").as_deref()) {
+                (std::cmp::Ordering::Greater, _) => "pending",
+                (_, Some("pause" | "halt")) => "failed",
+                (std::cmp::Ordering::Less, _) => "passed",
+                (std::cmp::Ordering::Equal, _) => match state {
+                    Some(RunState::Baking) => "baking",
+                    Some(RunState::AwaitingApproval) => "awaiting approval",
+                    Some(RunState::Completed) => "passed",
+                    _ if index as usize + 1 == caps.len() || field("done_ms").is_none() => {
+                        "running"
+                    }
+                    _ => "through",
+                },
+            };
+            WaveProgress {
+                wave: index + 1,
+                cumulative_targets: *cap,
+                state: label.to_string(),
+                targets: number("targets"),
+                failures: number("failures"),
+                gates,
+            }
+        })
+        .collect()
+}
+
+impl Scheduler {
+    /// A rollout's wave caps and canary location keys, once every location
+    /// of the run is discovered (`total` targets).
+    pub(crate) async fn resolve_waves(
+        &self,
+        run_id: Uuid,
+        rollout: &Rollout,
+        regions: &[String],
+        total: u64,
+    ) -> Result<(Vec<u64>, Vec<String>), SchedulerError> {
+        let canary: Vec<String> = rollout
+            .canary_accounts
+            .iter()
+            .flat_map(|account_id| {
+                regions.iter().map(move |region| {
+                    location_key(&protocol::job::Location {
+                        account_id: account_id.clone(),
+                        region: region.clone(),
+                    })
+                })
+            })
+            .collect();
+        let counts = self.ledger.location_targets(run_id, &canary).await?;
+        // Canary accounts not in the run (or whose discovery failed) add nothing.
+        let canary: Vec<(String, u64)> = canary
+            .into_iter()
+            .zip(counts)
+            .filter_map(|(key, count)| count.map(|count| (key, count)))
+            .collect();
+        let canary_targets = canary.iter().map(|(_, count)| count).sum();
+        let caps = rollout.wave_caps(total, canary_targets);
+        Ok((caps, canary.into_iter().map(|(key, _)| key).collect()))
+    }
+
+    /// Once a second: every baked run whose bake has ended gets its gates
+    /// checked and moves on.
+    pub(crate) async fn rollout_tick(&self) -> Result<(), SchedulerError> {
+        for run_id in self.ledger.baked_runs(now_ms(), BAKED_PER_TICK).await? {
+            let fields = match self.ledger.run_fields(run_id).await? {
+                Some(fields) if fields.state()? == RunState::Baking => fields,
+                // Moved on (by another replica, a pause, a cancel) or gone.
+                _ => {
+                    self.ledger.unindex_baking(run_id).await?;
+                    continue;
+                }
+            };
+            let until = fields.number("bake_until");
+            if until > now_ms() {
+                // Baking again (a later wave) since it was indexed.
+                self.ledger.index_baking(run_id, until).await?;
+                continue;
+            }
+            self.check_gates(run_id, &fields).await?;
+            self.ledger.unindex_baking(run_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks the gates of the wave a baked run has finished, and moves it on.
+    async fn check_gates(&self, run_id: Uuid, fields: &RunFields) -> Result<(), SchedulerError> {
+        let plan = self.plan(run_id).await?;
+        let Some(rollout) = plan.campaign.rollout.as_ref() else {
+            return Err(SchedulerError::Corrupt(format!(
+                "run {run_id} is baking but its campaign has no rollout"
+            )));
+        };
+        let wave = fields.number("wave");
+        let waves = fields
+            .get("wave_caps")
+            .and_then(|raw| serde_json::from_str::<Vec<u64>>(raw).ok())
+            .map_or(0, |caps| caps.len());
+        let targets = fields.number(&format!("wave:{wave}:targets"));
+        let failures = fields.number(&format!("wave:{wave}:failures"));
+        let allowed = rollout.max_wave_errors.allowed_errors(targets);
+        let mut results = vec![GateResult {
+            gate: "wave_errors".into(),
+            passed: failures <= allowed,
+            detail: format!(
+                "{failures} of {targets} targets failed; {allowed} allowed (max_wave_errors {})",
+                rollout.max_wave_errors
+            ),
+        }];
+        for gate in &rollout.gates {
+            let (passed, detail) = match check_gate(gate).await {
+                Ok(()) => (true, describe_gate(gate)),
+                Err(problem) => (false, format!("{}: {problem}", describe_gate(gate))),
+            };
+            results.push(GateResult {
+                gate: gate.kind().into(),
+                passed,
+                detail,
+            });
+        }
+        for result in &results {
+            self.metrics.gate_checked(
+                &plan.campaign.name,
+                &result.gate,
+                if result.passed { "passed" } else { "failed" },
+            );
+        }
+        let failed: Vec<&GateResult> = results.iter().filter(|result| !result.passed).collect();
+        let (outcome, reason) = match failed.first() {
+            Some(first) => (
+                match rollout.on_gate_failure {
+                    GateFailure::Halt => WaveOutcome::Halt,
+                    GateFailure::Pause => WaveOutcome::Pause,
+                },
+                format!(
+                    "wave {} of {waves}: gate {} failed: {}",
+                    wave + 1,
+                    first.gate,
+                    first.detail
+                ),
+            ),
+            None if rollout.approve => (
+                WaveOutcome::Approval,
+                format!(
+                    "wave {} of {waves} passed its gates; waiting for an approver (flotilla run approve)",
+                    wave + 1
+                ),
+            ),
+            None => (
+                WaveOutcome::Next,
+                format!(
+                    "wave {} of {waves} passed its gates; wave {} started",
+                    wave + 1,
+                    wave + 2
+                ),
+            ),
+        };
+        let gates_json = serde_json::to_string(&results)?;
+        if self
+            .ledger
+            .wave_gate(run_id, wave, outcome, &reason, &gates_json, now_ms())
+            .await?
+        {
+            self.metrics
+                .wave_ended(&plan.campaign.name, outcome.as_str());
+            tracing::info!(%run_id, wave = wave + 1, outcome = outcome.as_str(), reason, "wave gates checked");
+            self.advance(run_id).await?;
+        }
+        Ok(())
+    }
+
+    /// An approver lets a run waiting between two waves go on.
+    pub async fn approve_wave(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        let fields = self.ledger.known_run_fields(run_id).await?;
+        let wave = fields.number("wave");
+        let approved = self
+            .ledger
+            .wave_gate(run_id, wave, WaveOutcome::Approved, reason, "", now_ms())
+            .await?;
+        if approved {
+            self.advance(run_id).await?;
+        }
+        Ok(approved)
+    }
+
+    /// Resumes a run a failed gate paused: the operator has looked, and the
+    /// next wave starts. False for any other run.
+    pub(crate) async fn resume_past_gate(
+        &self,
+        run_id: Uuid,
+        fields: &RunFields,
+        reason: &str,
+    ) -> Result<bool, SchedulerError> {
+        if fields.get("gate_failed_wave").is_none() {
+            return Ok(false);
+        }
+        self.ledger
+            .wave_gate(
+                run_id,
+                fields.number("wave"),
+                WaveOutcome::Resumed,
+                reason,
+                "",
+                now_ms(),
+            )
+            .await
+    }
+}
+
+fn describe_gate(gate: &HealthGate) -> String {
+    match gate {
+        HealthGate::Prometheus { url, query } => format!("{url} query {query:?}"),
+        HealthGate::Alertmanager { url, matchers } => format!("{url} alerts matching {matchers:?}"),
+    }
+}
+
+/// Ok when the gate passes; else what it found (or why it could not look:
+/// a gate that cannot be checked fails — closed).
+async fn check_gate(gate: &HealthGate) -> Result<(), String> {
+    let gate = gate.clone();
+    tokio::task::spawn_blocking(move || match &gate {
+        HealthGate::Prometheus { url, query } => {
+            let answer = get_json(&format!("{url}/api/v1/query"), &[("query", query.as_str())])?;
+            prometheus_verdict(&answer)
+        }
+        HealthGate::Alertmanager { url, matchers } => {
+            let filters: Vec<String> = matchers
+                .iter()
+                .map(|(name, value)| format!("{name}=\"{value}\""))
+                .collect();
+            let mut query = vec![
+                ("active", "true"),
+                ("silenced", "false"),
+                ("inhibited", "false"),
+            ];
+            query.extend(filters.iter().map(|filter| ("filter", filter.as_str())));
+            let answer = get_json(&format!("{url}/api/v2/alerts"), &query)?;
+            alertmanager_verdict(&answer, matchers)
+        }
+    })
+    .await
+    .map_err(|error| format!("the check did not finish: {error}"))?
+}
+
+fn get_json(url: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(GATE_TIMEOUT))
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (name, value) in query {
+        request = request.query(*name, *value);
+    }
+    let mut response = request
+        .call()
+        .map_err(|error| format!("cannot reach it: {error}"))?;
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_GATE_ANSWER_BYTES)
+        .read_to_string()
+        .map_err(|error| format!("reading its answer: {error}"))?;
+    if !status.is_success() {
+        let excerpt: String = body.chars().take(200).collect();
+        return Err(format!("answered HTTP {status}: {excerpt}"));
+    }
+    serde_json::from_str(&body).map_err(|error| format!("its answer is not JSON: {error}"))
+}
+
+/// A PromQL instant query passes when it returns an empty vector.
+fn prometheus_verdict(answer: &serde_json::Value) -> Result<(), String> {
+    if answer["status"] != "success" {
+        return Err(format!(
+            "the query failed: {}",
+            answer["error"].as_str().unwrap_or("no error message")
+        ));
+    }
+    if answer["data"]["resultType"] != "vector" {
+        return Err(format!(
+            "the query must return a vector, it returned a {}",
+            answer["data"]["resultType"]
+        ));
+    }
+    match answer["data"]["result"].as_array() {
+        Some(series) if series.is_empty() => Ok(()),
+        Some(series) => Err(format!(
+            "it returned {} series, e.g. {}",
+            series.len(),
+            series[0]["metric"]
+        )),
+        None => Err("its answer has no result list".into()),
+    }
+}
+
+/// Alertmanager passes when no active alert carries every matcher label
+/// (checked here too: an Alertmanager that ignored the filter must not pass
+/// unrelated alerts, nor fail on them).
+fn alertmanager_verdict(
+    answer: &serde_json::Value,
+    matchers: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let alerts = answer
+        .as_array()
+        .ok_or("its answer is not a list of alerts")?;
+    let firing: Vec<&str> = alerts
+        .iter()
+        .filter(|alert| {
+            alert["status"]["state"].as_str().unwrap_or("active") == "active"
+                && matchers
+                    .iter()
+                    .all(|(name, value)| alert["labels"][name].as_str() == Some(value.as_str()))
+        })
+        .map(|alert| alert["labels"]["alertname"].as_str().unwrap_or("unnamed"))
+        .collect();
+    if firing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} alert(s) firing: {}",
+            firing.len(),
+            firing.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_prometheus_gate_passes_only_on_an_empty_vector() {
+        let empty = json!({"status": "success", "data": {"resultType": "vector", "result": []}});
+        assert_eq!(prometheus_verdict(&empty), Ok(()));
+        let series = json!({"status": "success", "data": {"resultType": "vector",
+            "result": [{"metric": {"campaign": "c"}, "value": [1, "0.4"]}]}});
+        assert!(
+            prometheus_verdict(&series)
+                .unwrap_err()
+                .contains("1 series")
+        );
+        let scalar =
+            json!({"status": "success", "data": {"resultType": "scalar", "result": [1, "1"]}});
+        assert!(prometheus_verdict(&scalar).unwrap_err().contains("vector"));
+        let failed = json!({"status": "error", "error": "parse error"});
+        assert!(
+            prometheus_verdict(&failed)
+                .unwrap_err()
+                .contains("parse error")
+        );
+    }
+
+    #[test]
+    fn an_alertmanager_gate_fails_on_a_matching_active_alert_only() {
+        let matchers = BTreeMap::from([("campaign".to_string(), "patch".to_string())]);
+        let alerts = json!([
+            {"labels": {"alertname": "Other", "campaign": "scan"}, "status": {"state": "active"}},
+            {"labels": {"alertname": "Silenced", "campaign": "patch"}, "status": {"state": "suppressed"}},
+        ]);
+        assert_eq!(alertmanager_verdict(&alerts, &matchers), Ok(()));
+        let firing = json!([
+            {"labels": {"alertname": "FlotillaTargetErrorRateHigh", "campaign": "patch"}, "status": {"state": "active"}},
+        ]);
+        assert!(
+            alertmanager_verdict(&firing, &matchers)
+                .unwrap_err()
+                .contains("FlotillaTargetErrorRateHigh")
+        );
+        assert!(alertmanager_verdict(&json!({}), &matchers).is_err());
+    }
+}
