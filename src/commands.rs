@@ -103,6 +103,13 @@ pub enum RunCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Let a rollout waiting between two waves (AwaitingApproval) go on
+    /// (an approver's, not the run's starter's).
+    Approve {
+        run_id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// How `run list` and `run show` print.
@@ -297,6 +304,9 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
             }
             let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
             writeln!(out, "{}", progress_line(&detail.progress))?;
+            for line in crate::watch::wave_lines(&detail.progress) {
+                writeln!(out, "  {line}")?;
+            }
             for location in &detail.location_states {
                 writeln!(
                     out,
@@ -317,6 +327,7 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
         RunCommand::Pause { run_id, reason } => steer(&client, run_id, "pause", reason, out)?,
         RunCommand::Resume { run_id, reason } => steer(&client, run_id, "resume", reason, out)?,
         RunCommand::Cancel { run_id, reason } => steer(&client, run_id, "cancel", reason, out)?,
+        RunCommand::Approve { run_id, reason } => steer(&client, run_id, "approve", reason, out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,6 +44,58 @@ pub fn progress_line(progress: &RunProgress) -> String {
     )
 }
 
+/// One wave of a rollout: where it is, its targets and failures, its gates.
+pub fn wave_line(wave: &scheduler::rollout::WaveProgress, waves: usize) -> String {
+    let through = match (wave.targets, wave.failures) {
+        (Some(targets), Some(failures)) => format!(", {targets} targets, {failures} failed"),
+        _ => String::new(),
+    };
+    let gates: Vec<String> = wave
+        .gates
+        .iter()
+        .map(|gate| {
+            if gate.passed {
+                format!("{} passed", gate.gate)
+            } else {
+                format!("{} FAILED: {}", gate.gate, gate.detail)
+            }
+        })
+        .collect();
+    format!(
+        "wave {}/{waves} (up to {} targets): {}{through}{}",
+        wave.wave,
+        wave.cumulative_targets,
+        wave.state,
+        if gates.is_empty() {
+            String::new()
+        } else {
+            format!(" | {}", gates.join("; "))
+        }
+    )
+}
+
+/// The wave lines of a run, bake end included.
+pub fn wave_lines(progress: &RunProgress) -> Vec<String> {
+    progress
+        .waves
+        .iter()
+        .map(|wave| {
+            let mut line = wave_line(wave, progress.waves.len());
+            if wave.state == "baking"
+                && let Some(until) = progress
+                    .bake_until_ms
+                    .and_then(|ms| chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?))
+            {
+                line.push_str(&format!(
+                    ", gates checked at {}",
+                    until.format("%H:%M:%S UTC")
+                ));
+            }
+            line
+        })
+        .collect()
+}
+
 /// Progress bars until the run is finished: targets with a result of the last
 /// step reached, failures against the budget, and locations by state.
 /// The failures bar's text: the real count, never clamped to the bar.
@@ -78,6 +130,7 @@ pub(crate) fn watch(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let locations = bars.add(ProgressBar::new_spinner());
+    let waves = bars.add(ProgressBar::new_spinner());
     loop {
         let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
         let progress = &detail.progress;
@@ -106,13 +159,27 @@ pub(crate) fn watch(
             .collect();
         locations.set_message(format!("locations {}", states.join(" · ")));
         locations.tick();
+        let lines = wave_lines(progress);
+        let current = progress
+            .waves
+            .iter()
+            .position(|wave| wave.state != "passed")
+            .unwrap_or(lines.len().saturating_sub(1));
+        if let Some(line) = lines.get(current) {
+            waves.set_message(line.clone());
+            waves.tick();
+        }
         if progress.finished {
             // `abandon`, not `finish`: finishing fills a bar to its length,
             // which would show a budget spent that was not.
             targets.abandon();
             budget.abandon();
             locations.abandon();
+            waves.finish_and_clear();
             writeln!(out, "{}", progress_line(progress))?;
+            for line in &lines {
+                writeln!(out, "  {line}")?;
+            }
             writeln!(out, "results: {}", progress.results_location)?;
             return Ok(if progress.state == protocol::run::RunState::Completed {
                 ExitCode::SUCCESS

@@ -250,6 +250,7 @@ async fn walk_every_route(backend: Backend) {
     let alert = r#"{"alerts":[{"status":"resolved","labels":{"alertname":"Quiet"}}]}"#;
     let run_path = format!("/runs/{run_id}");
     let pause_path = format!("/runs/{run_id}/pause");
+    let approve_path = format!("/runs/{run_id}/approve");
     // (method, path, body, action for the audit, roles allowed)
     use Role::*;
     let readers = [Viewer, Operator, Approver, Admin];
@@ -285,6 +286,13 @@ async fn walk_every_route(backend: Backend) {
             "{\"reason\":\"walk\"}",
             "runs:pause",
             vec![Operator, Admin],
+        ),
+        (
+            "POST",
+            approve_path.as_str(),
+            "{\"reason\":\"walk\"}",
+            "runs:approve",
+            vec![Approver, Admin],
         ),
         ("GET", "/kill", "", "read", readers.to_vec()),
         (

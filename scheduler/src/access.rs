@@ -259,7 +259,9 @@ pub async fn guard(
     };
     let mutating = method != "GET" && method != "HEAD";
     let action = match permission {
-        Permission::SteerRun => route_action(request.uri().path()).unwrap_or(permission.as_str()),
+        Permission::SteerRun | Permission::ApproveCampaign => {
+            route_action(request.uri().path()).unwrap_or(permission.as_str())
+        }
         _ => permission.as_str(),
     };
     let object = request.uri().path_and_query().map_or_else(
@@ -357,13 +359,18 @@ pub async fn guard(
     response
 }
 
-/// `runs:pause`, `runs:resume` or `runs:cancel` for a steering path.
+/// `runs:pause`, `runs:resume`, `runs:cancel` or `runs:approve` for a
+/// steering path.
 fn route_action(path: &str) -> Option<&'static str> {
-    let action = path.split('?').next()?.rsplit('/').next()?;
-    match action {
+    let path = path.split('?').next()?;
+    if !path.starts_with("/runs/") {
+        return None;
+    }
+    match path.rsplit('/').next()? {
         "pause" => Some("runs:pause"),
         "resume" => Some("runs:resume"),
         "cancel" => Some("runs:cancel"),
+        "approve" => Some("runs:approve"),
         _ => None,
     }
 }
@@ -394,5 +401,7 @@ mod tests {
         assert_eq!(route_action("/runs/abc/pause"), Some("runs:pause"));
         assert_eq!(route_action("/runs/abc/cancel?x=1"), Some("runs:cancel"));
         assert_eq!(route_action("/runs/abc/explode"), None);
+        assert_eq!(route_action("/runs/abc/approve"), Some("runs:approve"));
+        assert_eq!(route_action("/campaigns/c/versions/1/approve"), None);
     }
 }

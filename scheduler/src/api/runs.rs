@@ -132,6 +132,15 @@ pub(super) async fn approve_run(
     let scheduler = scheduler(&current)?;
     let run_id = parse_run_id(&id)?;
     let progress = scheduler.progress(run_id).await?;
+    if progress.state != protocol::run::RunState::AwaitingApproval {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "run {run_id} is {}, not AwaitingApproval: nothing to approve",
+                progress.state
+            ),
+        ));
+    }
     if principal.name != crate::auth::Principal::anonymous().name
         && progress.started_by == principal.name
     {
@@ -150,15 +159,6 @@ pub(super) async fn approve_run(
             &format!("next wave approved by {}: {reason}", principal.name),
         )
         .await?;
-    if !changed && progress.state != protocol::run::RunState::AwaitingApproval {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "run {run_id} is {}, not AwaitingApproval: nothing to approve",
-                progress.state
-            ),
-        ));
-    }
     let progress = scheduler.progress(run_id).await?;
     Ok(Json(
         json!({ "changed": changed, "state": progress.state, "reason": progress.reason }),
