@@ -96,6 +96,9 @@ pub enum RunCommand {
         run_id: Uuid,
         #[arg(long)]
         reason: Option<String>,
+        /// Resume although an alert fires for the run's campaign: why (recorded).
+        #[arg(long, value_name = "REASON")]
+        despite_alert: Option<String>,
     },
     /// End the run; what was not started is reported as Not Started.
     Cancel {
@@ -325,7 +328,11 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
         }
         RunCommand::Watch { run_id } => return watch(&client, run_id, out),
         RunCommand::Pause { run_id, reason } => steer(&client, run_id, "pause", reason, out)?,
-        RunCommand::Resume { run_id, reason } => steer(&client, run_id, "resume", reason, out)?,
+        RunCommand::Resume {
+            run_id,
+            reason,
+            despite_alert,
+        } => steer_with(&client, run_id, "resume", reason, despite_alert, out)?,
         RunCommand::Cancel { run_id, reason } => steer(&client, run_id, "cancel", reason, out)?,
         RunCommand::Approve { run_id, reason } => steer(&client, run_id, "approve", reason, out)?,
     }
@@ -357,10 +364,24 @@ fn steer(
     reason: Option<String>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let body = match reason {
-        Some(reason) => json!({ "reason": reason }),
-        None => json!({}),
-    };
+    steer_with(client, run_id, action, reason, None, out)
+}
+
+fn steer_with(
+    client: &ApiClient,
+    run_id: Uuid,
+    action: &str,
+    reason: Option<String>,
+    despite_alert: Option<String>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut body = json!({});
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
+    }
+    if let Some(why) = despite_alert {
+        body["despite_alert"] = json!(why);
+    }
     let answer: serde_json::Value = client.post_json(&format!("/runs/{run_id}/{action}"), &body)?;
     let verb = if answer["changed"] == json!(true) {
         "now"

@@ -317,6 +317,44 @@ async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
     assert_eq!(stack.commands().len(), sent, "sent while paused");
     assert!(!stack.scheduler.progress(run_id).await.unwrap().finished);
 
+    // The alert still fires: a plain resume is refused, an override works.
+    let refused = stack.scheduler.resume(run_id, "looks fine").await;
+    assert!(
+        matches!(&refused, Err(scheduler::SchedulerError::AlertFiring(message)) if message.contains("FlotillaTargetErrorRateHigh") && message.contains("--despite-alert")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        stack.scheduler.progress(run_id).await.unwrap().state,
+        RunState::Paused
+    );
+    assert!(
+        stack
+            .scheduler
+            .resume_despite_alert(run_id, "resumed", "a known flaky host")
+            .await
+            .unwrap()
+    );
+    let resumed = stack.scheduler.progress(run_id).await.unwrap();
+    assert!(
+        resumed
+            .reason
+            .contains("despite alert FlotillaTargetErrorRateHigh: a known flaky host"),
+        "{}",
+        resumed.reason
+    );
+    // Paused again; once the alert resolves, a plain resume works.
+    assert!(stack.scheduler.pause(run_id, "operator").await.unwrap());
+    let mut resolved = payload.clone();
+    resolved.alerts[0].status = "resolved".into();
+    stack.scheduler.handle_alerts(&resolved).await.unwrap();
+    assert!(
+        stack
+            .scheduler
+            .firing_alerts("alerting")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         stack
             .scheduler

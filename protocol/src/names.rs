@@ -283,6 +283,12 @@ impl Names {
     }
 
     /// Runs waiting to start (an event's delay), scored by when they may start.
+    /// The alerts firing for a campaign (from Alertmanager's webhooks):
+    /// alert identity → JSON (name, summary, since when).
+    pub fn campaign_alerts_key(&self, campaign: &str) -> String {
+        format!("{}:alerts:campaign:{campaign}", self.prefix)
+    }
+
     /// Runs baking between two waves: run id → when the bake ends (Unix ms).
     pub fn baking_runs_key(&self) -> String {
         format!("{}:runs:baking", self.prefix)

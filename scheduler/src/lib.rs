@@ -99,6 +99,10 @@ pub enum SchedulerError {
     Forbidden(String),
     #[error("{0}")]
     NeedsApproval(String),
+    /// A paused run whose campaign has an alert firing is not resumed
+    /// without an override.
+    #[error("{0}")]
+    AlertFiring(String),
     #[error("campaign {name:?} has no version {version}")]
     UnknownCampaignVersion { name: String, version: u32 },
 }
@@ -128,6 +132,7 @@ impl SchedulerError {
             | Self::Corrupt(_)
             | Self::Forbidden(_)
             | Self::NeedsApproval(_)
+            | Self::AlertFiring(_)
             | Self::UnknownCampaignVersion { .. } => false,
         }
     }

@@ -429,8 +429,62 @@ impl Scheduler {
             .await
     }
 
+    /// Resumes a paused run — refused while an alert fires for its campaign
+    /// (Alertmanager repeats a firing alert only hourly: a resumed run would
+    /// run on unpaused meanwhile); see [`Scheduler::resume_despite_alert`].
     pub async fn resume(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        self.resume_with(run_id, reason, None).await
+    }
+
+    /// Resumes a paused run even while alerts fire for its campaign; the
+    /// override and its reason are in the run's reason and the audit trail.
+    pub async fn resume_despite_alert(
+        &self,
+        run_id: Uuid,
+        reason: &str,
+        override_reason: &str,
+    ) -> Result<bool, SchedulerError> {
+        if override_reason.trim().is_empty() {
+            return Err(SchedulerError::Invalid(
+                "despite_alert: give the reason for resuming while an alert fires".into(),
+            ));
+        }
+        self.resume_with(run_id, reason, Some(override_reason))
+            .await
+    }
+
+    async fn resume_with(
+        &self,
+        run_id: Uuid,
+        reason: &str,
+        despite_alert: Option<&str>,
+    ) -> Result<bool, SchedulerError> {
         let fields = self.ledger.known_run_fields(run_id).await?;
+        let campaign = fields.get("campaign").unwrap_or_default().to_string();
+        let firing = self.firing_alerts(&campaign).await?;
+        let names: Vec<String> = firing.iter().map(|alert| alert.alert.clone()).collect();
+        let reason = match (names.is_empty(), despite_alert) {
+            (true, _) => reason.to_string(),
+            (false, None) if fields.state()? == RunState::Paused => {
+                return Err(SchedulerError::AlertFiring(format!(
+                    "run {run_id} stays paused: alert {} firing for campaign {campaign}; resume once it resolves, or with --despite-alert REASON",
+                    names.join(", ")
+                )));
+            }
+            (false, None) => reason.to_string(),
+            (false, Some(why)) => {
+                let reason = format!("{reason} (despite alert {}: {why})", names.join(", "));
+                self.audit_internal(
+                    "scheduler".into(),
+                    "runs:resume-despite-alert",
+                    format!("run {run_id}"),
+                    reason.clone(),
+                )
+                .await;
+                reason
+            }
+        };
+        let reason = reason.as_str();
         // A run a failed gate paused goes on with its next wave.
         if self.resume_past_gate(run_id, &fields, reason).await? {
             self.advance(run_id).await?;

@@ -14,7 +14,7 @@ use store::{KillScope, Store};
 use uuid::Uuid;
 
 use crate::runs::StartOptions;
-use crate::{Scheduler, SchedulerError};
+use crate::{Scheduler, SchedulerError, now_ms};
 
 /// An EventBridge event, as EventBridge delivers it to a target.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,10 +100,36 @@ pub struct AlertmanagerPayload {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Alert {
     pub status: String,
+    /// Alertmanager's identity of the alert (its label set's hash).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+}
+
+impl Alert {
+    /// The alert's identity: Alertmanager's fingerprint, else its labels.
+    fn identity(&self) -> String {
+        match &self.fingerprint {
+            Some(fingerprint) if !fingerprint.is_empty() => fingerprint.clone(),
+            _ => self
+                .labels
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+/// An alert firing for a campaign, as the scheduler remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiringAlert {
+    pub alert: String,
+    pub summary: String,
+    pub since_ms: u64,
 }
 
 /// What an alert made flotilla do.
@@ -187,7 +213,54 @@ impl Scheduler {
         Ok(started)
     }
 
-    /// Acts on firing alerts; resolved ones change nothing (an operator resumes).
+    /// The alerts firing for `campaign` now, as Alertmanager last said.
+    pub async fn firing_alerts(&self, campaign: &str) -> Result<Vec<FiringAlert>, SchedulerError> {
+        use redis::AsyncCommands as _;
+        let mut connection = self.ledger().connection();
+        let raw: Vec<String> = connection
+            .hvals(self.ledger().names().campaign_alerts_key(campaign))
+            .await?;
+        // A record that does not parse still says an alert fires: fail closed.
+        Ok(raw
+            .iter()
+            .map(|raw| {
+                serde_json::from_str(raw).unwrap_or_else(|_| FiringAlert {
+                    alert: "unreadable alert record".into(),
+                    summary: String::new(),
+                    since_ms: 0,
+                })
+            })
+            .collect())
+    }
+
+    /// Remembers whether a campaign's alert fires (a resolved one is forgotten).
+    async fn record_alert(
+        &self,
+        campaign: &str,
+        alert: &Alert,
+        name: &str,
+        summary: &str,
+    ) -> Result<(), SchedulerError> {
+        use redis::AsyncCommands as _;
+        let mut connection = self.ledger().connection();
+        let key = self.ledger().names().campaign_alerts_key(campaign);
+        if alert.status == "firing" {
+            let record = FiringAlert {
+                alert: name.to_string(),
+                summary: summary.to_string(),
+                since_ms: now_ms(),
+            };
+            let _: u8 = connection
+                .hset_nx(&key, alert.identity(), serde_json::to_string(&record)?)
+                .await?;
+        } else {
+            let _: u8 = connection.hdel(&key, alert.identity()).await?;
+        }
+        Ok(self.ledger().connection().replicated(&key).await?)
+    }
+
+    /// Acts on firing alerts and remembers which of a campaign's fire: its
+    /// paused runs are not resumed while one does, unless overridden.
     pub async fn handle_alerts(
         &self,
         payload: &AlertmanagerPayload,
@@ -206,6 +279,10 @@ impl Scheduler {
                 .map(|text| format!(": {text}"))
                 .unwrap_or_default();
             let reason = format!("alert {name} firing{summary}");
+            if let Some(campaign) = alert.labels.get("campaign") {
+                self.record_alert(campaign, alert, &name, summary.trim_start_matches(": "))
+                    .await?;
+            }
             let ignored = |campaign: Option<String>| AlertAction {
                 alert: name.clone(),
                 action: "ignored".into(),

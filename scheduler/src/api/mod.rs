@@ -138,7 +138,9 @@ impl From<SchedulerError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             SchedulerError::Forbidden(_) => StatusCode::FORBIDDEN,
-            SchedulerError::NeedsApproval(_) => StatusCode::CONFLICT,
+            SchedulerError::NeedsApproval(_) | SchedulerError::AlertFiring(_) => {
+                StatusCode::CONFLICT
+            }
             SchedulerError::Invalid(_) | SchedulerError::Json(_) => StatusCode::BAD_REQUEST,
             error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -72,6 +72,8 @@ pub(super) async fn show_run(
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ReasonBody {
     reason: Option<String>,
+    /// Resume although an alert fires for the run's campaign, and why.
+    despite_alert: Option<String>,
 }
 
 pub(super) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
@@ -82,6 +84,17 @@ pub(super) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
         ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
     })?;
     Ok(parsed.reason.unwrap_or_else(|| default.to_string()))
+}
+
+/// The `despite_alert` reason of a resume's body, if any.
+fn despite_alert_of(body: &str) -> Result<Option<String>, ApiError> {
+    if body.trim().is_empty() {
+        return Ok(None);
+    }
+    let parsed: ReasonBody = serde_json::from_str(body).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
+    })?;
+    Ok(parsed.despite_alert)
 }
 
 pub(super) async fn steer_run(
@@ -98,9 +111,15 @@ pub(super) async fn steer_run(
                 .await?
         }
         "resume" => {
-            scheduler
-                .resume(run_id, &reason_of(&body, "resumed by an operator")?)
-                .await?
+            let reason = reason_of(&body, "resumed by an operator")?;
+            match despite_alert_of(&body)? {
+                Some(why) => {
+                    scheduler
+                        .resume_despite_alert(run_id, &reason, &why)
+                        .await?
+                }
+                None => scheduler.resume(run_id, &reason).await?,
+            }
         }
         "cancel" => {
             scheduler
