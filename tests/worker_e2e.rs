@@ -614,3 +614,82 @@ async fn access_denied_on_patch_states_is_not_retried() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instances_full_output_lands_in_s3_one_object_per_instance_and_step() {
+    use futures_util::TryStreamExt as _;
+    use object_store::{ObjectStore as _, ObjectStoreExt as _};
+    let mut stack = Stack::start(support::single_location(6, false)).await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "logged",
+        "
+steps:
+  - name: first
+    document: AWS-RunShellScript
+    parameters: { commands: [\"echo one\"] }
+    timeout: 60s
+  - name: second
+    document: AWS-RunShellScript
+    parameters: { commands: [\"echo two\"] }
+    timeout: 60s
+rate_control:
+  max_errors: 0
+output_logging:
+  s3: s3://flotilla-output/runs/patch-tuesday/
+  cloudwatch_log_group: /flotilla/patch-tuesday
+",
+    );
+    let run_id = stack.start_run(&campaign).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    // SendCommand carried the settings.
+    let commands = stack.commands();
+    assert_eq!(commands.len(), 2, "one command per step");
+    for command in &commands {
+        assert_eq!(
+            command.output_s3,
+            Some(("flotilla-output".into(), "runs/patch-tuesday".into()))
+        );
+        assert_eq!(
+            command.cloudwatch_log_group.as_deref(),
+            Some("/flotilla/patch-tuesday")
+        );
+    }
+    // Read back through S3, as an operator would.
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("flotilla-output")
+        .with_region("us-east-1")
+        .with_endpoint(stack.sim.endpoint_url())
+        .with_allow_http(true)
+        .with_access_key_id("AKIAFLOTILLASIMULATOR")
+        .with_secret_access_key("flotilla-test-secret")
+        .build()
+        .unwrap();
+    let prefix = object_store::path::Path::from("runs/patch-tuesday");
+    let listed: Vec<object_store::ObjectMeta> = s3.list(Some(&prefix)).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 12, "6 instances × 2 steps: {listed:#?}");
+    let records = stack.records(run_id);
+    assert_eq!(records.len(), 12);
+    for record in &records {
+        let location = record.output_location.as_deref().unwrap();
+        let command_id = record.command_id.as_deref().unwrap();
+        assert_eq!(
+            location,
+            format!(
+                "s3://flotilla-output/runs/patch-tuesday/{command_id}/{}/",
+                record.instance_id
+            )
+        );
+        let key = object_store::path::Path::from(format!(
+            "runs/patch-tuesday/{command_id}/{}/awsrunShellScript/stdout",
+            record.instance_id
+        ));
+        let body = s3.get(&key).await.unwrap().bytes().await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains(&record.instance_id), "{text}");
+    }
+    stack.teardown().await;
+}

@@ -137,6 +137,7 @@ fn job(priority: Priority) -> Job {
             },
             api_rate_limits: ApiRateLimits::default(),
             priority,
+            output_logging: None,
         },
         location: Location {
             account_id: "100000000000".into(),

@@ -149,6 +149,7 @@ fn job() -> Job {
             },
             api_rate_limits: ApiRateLimits::default(),
             priority: Priority::Bulk,
+            output_logging: None,
         },
         location: Location {
             account_id: "111122223333".into(),

@@ -24,7 +24,8 @@ use crate::signing::{Keyring, SIGNATURE_LEN, SignerKind, SigningIdentity};
 const MAGIC: &[u8; 3] = b"FLT";
 /// Bump when a message type changes shape; old consumers then dead-letter new messages.
 /// Version 2: signed (version 1 messages were not, and are refused).
-pub const FORMAT_VERSION: u8 = 2;
+/// Version 3: a job's run context carries the run's output logging.
+pub const FORMAT_VERSION: u8 = 3;
 /// Magic, version, kind, signed-at, key id length: what precedes the key id.
 const HEADER_LEN: usize = MAGIC.len() + 2 + 8 + 1;
 /// No job or report comes close; a larger declared size is garbage.

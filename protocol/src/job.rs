@@ -66,6 +66,8 @@ pub struct RunContext {
     pub api_rate_limits: ApiRateLimits,
     /// Event-triggered runs go through the urgent queue.
     pub priority: Priority,
+    /// Where SSM keeps each command's full output (SendCommand's settings).
+    pub output_logging: Option<crate::campaign::OutputLogging>,
 }
 
 /// Which work queue a run's jobs take.

@@ -51,9 +51,24 @@ pub struct CampaignSpec {
     /// `role:<role>` entries; anyone allowed to start runs when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run_by: Vec<String>,
+    /// Where SSM keeps every instance's full command output (S3, CloudWatch Logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_logging: Option<OutputLoggingSpec>,
     /// Go a little at a time: waves, bake time, health gates, approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+}
+
+/// SendCommand's output settings, as written.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputLoggingSpec {
+    /// `s3://bucket/prefix`: OutputS3BucketName and OutputS3KeyPrefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<String>,
+    /// CloudWatchOutputConfig's log group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudwatch_log_group: Option<String>,
 }
 
 /// Waves of a run, as written: cumulative counts or percentages of the run's

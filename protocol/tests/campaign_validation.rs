@@ -975,3 +975,44 @@ fn a_rollout_names_each_mistake() {
         "expected `halt` or `pause`",
     );
 }
+
+#[test]
+fn output_logging_names_an_s3_prefix_and_or_a_log_group() {
+    let campaign = valid(&[(
+        "output_logging",
+        "{ s3: \"s3://flotilla-output/patch/\", cloudwatch_log_group: /flotilla/patch }",
+    )]);
+    let logging = campaign.output_logging.unwrap();
+    assert_eq!(logging.s3_bucket.as_deref(), Some("flotilla-output"));
+    assert_eq!(logging.s3_key_prefix.as_deref(), Some("patch"));
+    assert_eq!(
+        logging.cloudwatch_log_group.as_deref(),
+        Some("/flotilla/patch")
+    );
+    assert_eq!(
+        logging
+            .s3_location("cmd-1", "i-0123456789abcdef0")
+            .as_deref(),
+        Some("s3://flotilla-output/patch/cmd-1/i-0123456789abcdef0/")
+    );
+    rejects(
+        &[("output_logging", "{}")],
+        "output_logging",
+        "must name s3",
+    );
+    rejects(
+        &[("output_logging", "{ s3: /tmp/out }")],
+        "output_logging.s3",
+        "must be s3://bucket/prefix",
+    );
+    rejects(
+        &[("output_logging", "{ s3: \"s3://No_Such\" }")],
+        "output_logging.s3",
+        "S3 bucket",
+    );
+    rejects(
+        &[("output_logging", "{ cloudwatch_log_group: \"bad group\" }")],
+        "output_logging.cloudwatch_log_group",
+        "CloudWatch Logs group",
+    );
+}

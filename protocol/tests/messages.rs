@@ -10,7 +10,7 @@ use proptest::collection::{btree_map, vec};
 use proptest::option;
 use proptest::prelude::*;
 use protocol::campaign::{
-    ApiRateLimits, ExecutionRole, Platform, Step, TargetSelection, TargetSelector,
+    ApiRateLimits, ExecutionRole, OutputLogging, Platform, Step, TargetSelection, TargetSelector,
 };
 use protocol::envelope::{self, EnvelopeError, FORMAT_VERSION, Message};
 use protocol::job::{
@@ -100,6 +100,11 @@ fn run_context() -> impl Strategy<Value = RunContext> {
                     } else {
                         Priority::Bulk
                     },
+                    output_logging: (rate > 9_000.0).then(|| OutputLogging {
+                        s3_bucket: Some("flotilla-output".into()),
+                        s3_key_prefix: Some("patch/tuesday".into()),
+                        cloudwatch_log_group: None,
+                    }),
                 }
             },
         )
@@ -409,6 +414,7 @@ fn sample_job() -> Job {
             },
             api_rate_limits: ApiRateLimits::default(),
             priority: Priority::Bulk,
+            output_logging: None,
         },
         location: Location {
             account_id: "111122223333".into(),

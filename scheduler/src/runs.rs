@@ -372,6 +372,7 @@ impl Scheduler {
                 role: campaign.role.clone(),
                 api_rate_limits: campaign.api_rate_limits,
                 priority,
+                output_logging: campaign.output_logging.clone(),
             },
             results: self.results_store(&campaign.output)?,
             campaign,

@@ -46,6 +46,10 @@ pub struct ResultRecord {
     /// Why a succeeded patch step has no compliance counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compliance_missing: Option<String>,
+    /// Where SSM keeps the instance's full output of this step
+    /// (`s3://bucket/prefix/command/instance/`), with `output_logging`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_location: Option<String>,
 }
 
 impl ResultRecord {
@@ -77,6 +81,7 @@ impl ResultRecord {
             output: result.output_excerpt,
             compliance: result.compliance,
             compliance_missing: result.compliance_missing,
+            output_location: None,
         }
     }
 

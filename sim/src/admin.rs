@@ -114,6 +114,10 @@ pub struct CommandRecord {
     pub requested_at: f64,
     /// When the last of its invocations is (or will be) terminal.
     pub finished_at: f64,
+    /// OutputS3BucketName and OutputS3KeyPrefix, as sent.
+    pub output_s3: Option<(String, String)>,
+    /// CloudWatchOutputConfig's log group, as sent (enabled).
+    pub cloudwatch_log_group: Option<String>,
 }
 
 /// Every command sent so far, oldest first.
@@ -145,6 +149,8 @@ pub fn command_records(state: &SimState) -> Vec<CommandRecord> {
                     command.cancelled_at.map_or(finish, |at| finish.min(at))
                 })
                 .fold(command.requested_at, f64::max),
+            output_s3: command.output_s3.clone(),
+            cloudwatch_log_group: command.cloudwatch_log_group.clone(),
         })
         .collect();
     records.sort_by(|a, b| a.requested_at.total_cmp(&b.requested_at));

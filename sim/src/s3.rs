@@ -39,7 +39,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn http_date() -> String {
+pub(crate) fn http_date() -> String {
     httpdate(std::time::SystemTime::now())
 }
 
@@ -97,12 +97,12 @@ pub async fn get_object(
     State(state): State<Arc<SimState>>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    let Some(object) = state
-        .lock()
-        .objects
-        .get(&format!("{bucket}/{key}"))
-        .cloned()
-    else {
+    let object = {
+        let mut inner = state.lock();
+        state.write_due_outputs(&mut inner);
+        inner.objects.get(&format!("{bucket}/{key}")).cloned()
+    };
+    let Some(object) = object else {
         return error(
             StatusCode::NOT_FOUND,
             "NoSuchKey",
@@ -142,7 +142,8 @@ pub async fn list_objects(
         );
     }
     let prefix = format!("{bucket}/{}", query.prefix.unwrap_or_default());
-    let inner = state.lock();
+    let mut inner = state.lock();
+    state.write_due_outputs(&mut inner);
     let mut contents = String::new();
     let mut count = 0;
     for (path, object) in inner.objects.range(prefix.clone()..) {

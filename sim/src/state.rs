@@ -91,6 +91,12 @@ pub struct Command {
     pub max_errors: String,
     pub cancelled_at: Option<f64>,
     pub invocations: Vec<Invocation>,
+    /// SendCommand's OutputS3BucketName and OutputS3KeyPrefix.
+    pub output_s3: Option<(String, String)>,
+    /// CloudWatchOutputConfig's log group, when enabled.
+    pub cloudwatch_log_group: Option<String>,
+    /// Invocations (indexes) whose output objects are not written yet.
+    pub outputs_pending: Vec<usize>,
 }
 
 /// Seconds between SendCommand and the agent picking the command up.
@@ -247,6 +253,8 @@ pub struct Inner {
     pub dark_regions: HashSet<String>,
     /// S3 objects by `bucket/key` (results files written to the simulator).
     pub objects: std::collections::BTreeMap<String, crate::s3::StoredObject>,
+    /// Commands with an S3 output location and invocations not yet written.
+    pub outputs_due: Vec<String>,
     pub stats: Stats,
     pub next_session: u64,
 }
@@ -272,6 +280,61 @@ impl SimState {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the output object of every invocation with an S3 output
+    /// location that has ended by now, as SSM does when a plugin finishes:
+    /// `<prefix>/<command id>/<instance id>/<plugin>/stdout`. Called before
+    /// S3 is read, which is when anyone can tell.
+    pub fn write_due_outputs(&self, inner: &mut Inner) {
+        let now = self.clock.now();
+        let mut written = Vec::new();
+        let due = std::mem::take(&mut inner.outputs_due);
+        for command_id in due {
+            let Some(command) = inner.commands.get_mut(&command_id) else {
+                continue;
+            };
+            let Some((bucket, prefix)) = command.output_s3.clone() else {
+                continue;
+            };
+            let mut still = Vec::new();
+            for index in std::mem::take(&mut command.outputs_pending) {
+                let Some(invocation) = command.invocations.get(index) else {
+                    continue;
+                };
+                let state = command.state(invocation, now);
+                if state.finished.is_none() {
+                    still.push(index);
+                    continue;
+                }
+                let plugin = crate::ssm::plugin_directory(&command.document);
+                let prefix = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
+                let key = format!(
+                    "{bucket}/{prefix}{}/{}/{plugin}/stdout",
+                    command.id, invocation.instance_id
+                );
+                let body = crate::ssm::output_of(command, invocation, state.details);
+                written.push((key, body));
+            }
+            let pending = !still.is_empty();
+            command.outputs_pending = still;
+            if pending {
+                inner.outputs_due.push(command_id);
+            }
+        }
+        for (key, body) in written {
+            inner.objects.insert(
+                key,
+                crate::s3::StoredObject {
+                    body: body.into(),
+                    last_modified: crate::s3::http_date(),
+                },
+            );
+        }
     }
 
     pub fn bucket_config(&self, api: Api) -> Bucket {
@@ -393,6 +456,9 @@ mod tests {
             max_errors: "0".into(),
             cancelled_at: None,
             invocations: vec![invocation.clone()],
+            output_s3: None,
+            cloudwatch_log_group: None,
+            outputs_pending: Vec::new(),
         };
         (command, invocation)
     }

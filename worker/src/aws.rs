@@ -516,6 +516,7 @@ mod tests {
             },
             api_rate_limits: ApiRateLimits::default(),
             priority: Priority::Bulk,
+            output_logging: None,
         };
         let name = role_session_name(&run);
         assert!(name.len() <= 64, "{name}");

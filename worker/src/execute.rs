@@ -132,9 +132,20 @@ async fn send_claimed<S: Store>(
     let parameters: std::collections::HashMap<String, Vec<String>> =
         job.step.parameters.clone().into_iter().collect();
     let targets = job.batch.instance_ids.len().to_string();
+    let logging = job.run.output_logging.clone().unwrap_or_default();
+    let cloudwatch = logging.cloudwatch_log_group.as_ref().map(|group| {
+        aws_sdk_ssm::types::CloudWatchOutputConfig::builder()
+            .cloud_watch_log_group_name(group)
+            .cloud_watch_output_enabled(true)
+            .build()
+    });
     let sent = call(&ctx.metrics, "SendCommand", Repeat::ThrottledOnly, || {
         client
             .send_command()
+            // Every instance's full output, kept by SSM (the results keep an excerpt).
+            .set_output_s3_bucket_name(logging.s3_bucket.clone())
+            .set_output_s3_key_prefix(logging.s3_key_prefix.clone().filter(|p| !p.is_empty()))
+            .set_cloud_watch_output_config(cloudwatch.clone())
             .set_instance_ids(Some(job.batch.instance_ids.clone()))
             .document_name(&job.step.document)
             .set_parameters(Some(parameters.clone()))

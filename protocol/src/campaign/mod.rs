@@ -70,6 +70,8 @@ pub struct Campaign {
     pub output: OutputLocation,
     /// Waves, bake time and health gates; every target at once when absent.
     pub rollout: Option<Rollout>,
+    /// Where SSM keeps every command's full output; nowhere when absent.
+    pub output_logging: Option<OutputLogging>,
     /// The spec this was built from, for storing and showing back.
     pub spec: CampaignSpec,
 }
@@ -187,6 +189,30 @@ pub struct CampaignSchedule {
 pub struct Trigger {
     pub event: TriggerEvent,
     pub delay: Duration,
+}
+
+/// SendCommand's OutputS3BucketName / OutputS3KeyPrefix and
+/// CloudWatchOutputConfig: SSM writes every instance's full stdout and
+/// stderr there (results keep an excerpt).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutputLogging {
+    pub s3_bucket: Option<String>,
+    pub s3_key_prefix: Option<String>,
+    pub cloudwatch_log_group: Option<String>,
+}
+
+impl OutputLogging {
+    /// Where one instance's output of one command is: `s3://bucket/prefix/command/instance/`.
+    pub fn s3_location(&self, command_id: &str, instance_id: &str) -> Option<String> {
+        let bucket = self.s3_bucket.as_ref()?;
+        let prefix = self.s3_key_prefix.as_deref().unwrap_or_default();
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        Some(format!("s3://{bucket}/{prefix}{command_id}/{instance_id}/"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,6 +361,9 @@ impl Campaign {
             );
         }
 
+        let output_logging = spec.output_logging.as_ref().and_then(|logging| {
+            values::validate_output_logging(&mut v, logging, &root.at("output_logging"))
+        });
         let rollout = spec.rollout.as_ref().and_then(|rollout| {
             rollout::validate_rollout(
                 &mut v,
@@ -364,6 +393,7 @@ impl Campaign {
             triggers,
             output,
             rollout,
+            output_logging,
             spec,
         })
     }

@@ -16,6 +16,9 @@ pub(super) static SECRET_NAME: LazyLock<Regex> =
     LazyLock::new(|| regex(r"(?i)(password|passwd|secret|token|api_?key|private_?key|credential)"));
 pub(super) static SSM_REFERENCE: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^\{\{\s*ssm(-secure)?:[A-Za-z0-9_.\-/]+\s*\}\}$"));
+/// A CloudWatch Logs log group name.
+pub(super) static LOG_GROUP: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^[A-Za-z0-9_\-/.#]{1,512}$"));
 /// A Prometheus label name.
 pub(super) static LABEL_NAME: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"));

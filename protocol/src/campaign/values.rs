@@ -63,6 +63,53 @@ pub fn short_duration(duration: Duration) -> String {
     }
 }
 
+/// SSM's limit on OutputS3KeyPrefix.
+const MAX_OUTPUT_KEY_PREFIX: usize = 500;
+
+/// `output_logging`: an `s3://bucket/prefix` and/or a CloudWatch Logs group.
+pub(super) fn validate_output_logging(
+    v: &mut crate::validation::Validator,
+    spec: &crate::spec::OutputLoggingSpec,
+    path: &crate::validation::FieldPath,
+) -> Option<super::OutputLogging> {
+    if spec.s3.is_none() && spec.cloudwatch_log_group.is_none() {
+        v.error(path, "must name s3, cloudwatch_log_group, or both");
+        return None;
+    }
+    let s3 = spec.s3.as_deref().and_then(|url| {
+        let parsed = match parse_output(Some(url)) {
+            Ok(OutputLocation::S3 { bucket, prefix }) if prefix.len() <= MAX_OUTPUT_KEY_PREFIX => {
+                Ok((bucket, prefix))
+            }
+            Ok(OutputLocation::S3 { .. }) => Err(format!(
+                "the key prefix must be at most {MAX_OUTPUT_KEY_PREFIX} characters (SSM's OutputS3KeyPrefix)"
+            )),
+            Ok(OutputLocation::Local(_)) => {
+                Err(format!("must be s3://bucket/prefix, got {url:?}"))
+            }
+            Err(error) => Err(error),
+        };
+        v.check(&path.at("s3"), parsed)
+    });
+    if let Some(group) = &spec.cloudwatch_log_group
+        && !super::patterns::LOG_GROUP.is_match(group)
+    {
+        v.error(
+            &path.at("cloudwatch_log_group"),
+            format!("must be a CloudWatch Logs group name: 1-512 of letters, digits, '_', '-', '/', '.', '#', got {group:?}"),
+        );
+    }
+    let (s3_bucket, s3_key_prefix) = match s3 {
+        Some((bucket, prefix)) => (Some(bucket), Some(prefix)),
+        None => (None, None),
+    };
+    Some(super::OutputLogging {
+        s3_bucket,
+        s3_key_prefix,
+        cloudwatch_log_group: spec.cloudwatch_log_group.clone(),
+    })
+}
+
 pub fn parse_output(output: Option<&str>) -> Result<OutputLocation, String> {
     let Some(output) = output else {
         return Ok(OutputLocation::Local(PathBuf::from(

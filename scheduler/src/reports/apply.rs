@@ -187,7 +187,7 @@ impl Scheduler {
             .iter()
             .cloned()
             .map(|result| {
-                ResultRecord::new(
+                let mut record = ResultRecord::new(
                     report.run_id,
                     &plan.campaign.name,
                     &report.location,
@@ -195,7 +195,16 @@ impl Scheduler {
                     report.step_index,
                     &step_name,
                     result,
-                )
+                );
+                record.output_location = plan
+                    .campaign
+                    .output_logging
+                    .as_ref()
+                    .zip(record.command_id.as_deref())
+                    .and_then(|(logging, command_id)| {
+                        logging.s3_location(command_id, &record.instance_id)
+                    });
+                record
             })
             .collect();
         // Durable first: the ledger counts only what is written.

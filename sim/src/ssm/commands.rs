@@ -38,6 +38,27 @@ pub(super) fn send_command(
         })?,
     };
     let comment = str_field(body, "Comment")?.unwrap_or_default().to_string();
+    let output_s3 = str_field(body, "OutputS3BucketName")?.map(|bucket| {
+        Ok::<_, AwsError>((
+            bucket.to_string(),
+            str_field(body, "OutputS3KeyPrefix")?
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string(),
+        ))
+    });
+    let output_s3 = output_s3.transpose()?;
+    let cloudwatch = body.get("CloudWatchOutputConfig");
+    let cloudwatch_log_group = match cloudwatch {
+        Some(config) if config.get("CloudWatchOutputEnabled") == Some(&Value::Bool(true)) => Some(
+            config
+                .get("CloudWatchLogGroupName")
+                .and_then(Value::as_str)
+                .unwrap_or("/aws/ssm/AWS-RunShellScript")
+                .to_string(),
+        ),
+        _ => None,
+    };
     if comment.chars().count() > 100 {
         return Err(AwsError::validation(
             "Comment must be at most 100 characters",
@@ -152,7 +173,14 @@ pub(super) fn send_command(
         max_concurrency,
         max_errors,
         cancelled_at: None,
+        outputs_pending: if output_s3.is_some() {
+            (0..invocations.len()).collect()
+        } else {
+            Vec::new()
+        },
         invocations,
+        output_s3,
+        cloudwatch_log_group,
     };
     for invocation in &command.invocations {
         let finish = command.finish_time(invocation);
@@ -189,6 +217,9 @@ pub(super) fn send_command(
         .entry(scope.account)
         .or_default()
         .push(id.clone());
+    if !command.outputs_pending.is_empty() {
+        inner.outputs_due.push(id.clone());
+    }
     inner.commands.insert(id, command);
     Ok(response)
 }

@@ -18,6 +18,21 @@ use self::invocations::{get_command_invocation, list_command_invocations};
 use crate::state::{Api, SimState};
 use crate::wire::{AwsError, Signer, caller_account};
 
+/// The directory SSM writes a plugin's output objects under: the plugin's
+/// name without the `:` (`awsrunShellScript`, `PatchLinux`).
+pub(crate) fn plugin_directory(document: &str) -> String {
+    invocations::plugin_name(document).replace(':', "")
+}
+
+/// An invocation's full standard output, as its output object holds it.
+pub(crate) fn output_of(
+    command: &crate::state::Command,
+    invocation: &crate::state::Invocation,
+    details: &str,
+) -> String {
+    invocations::output_text(command, invocation, details)
+}
+
 /// Documents every account has, besides those the profile names.
 const KNOWN_DOCUMENTS: [&str; 6] = [
     "AWS-RunPatchBaseline",
