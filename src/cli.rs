@@ -93,6 +93,14 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::KillCommand,
     },
+    /// Change freezes: while one covers a campaign that changes hosts, its
+    /// runs neither start nor send (read-only scans run on).
+    Calendar {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
+        #[command(subcommand)]
+        command: crate::commands::CalendarCommand,
+    },
     /// API tokens: create (printed once), list, revoke; offline in a tokens
     /// file or through the API.
     Token {
@@ -149,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Campaign { api, command } => crate::commands::campaign(&api, command, &mut out),
         Command::Run { api, command } => crate::commands::run(&api, command, &mut out),
         Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),
+        Command::Calendar { api, command } => crate::commands::calendar(&api, command, &mut out),
         Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
         Command::Admin { command } => crate::admin::admin(command, &mut out),
         Command::Keys { command } => crate::keys::keys(command, &mut out),

@@ -68,6 +68,10 @@ pub enum RunCommand {
         /// Show progress until the run ends; exit 0 only if it completed.
         #[arg(long)]
         watch: bool,
+        /// Start although a change freeze covers the campaign: why
+        /// (recorded; an approver's or admin's).
+        #[arg(long, value_name = "REASON")]
+        override_freeze: Option<String>,
     },
     /// Recent runs with their counters.
     List {
@@ -144,6 +148,32 @@ pub enum KillCommand {
     Status {
         #[arg(long)]
         campaign: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CalendarCommand {
+    /// Add a change freeze (an approver's or admin's).
+    Add {
+        /// Start, RFC 3339 (2026-12-24T00:00:00Z).
+        #[arg(long)]
+        from: String,
+        /// End, RFC 3339.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        reason: String,
+        /// Only this campaign (every campaign that changes hosts when absent).
+        #[arg(long)]
+        campaign: Option<String>,
+    },
+    /// Every freeze, and whether the calendar is OPEN or CLOSED now.
+    List {
+        #[arg(long)]
+        campaign: Option<String>,
+    },
+    Remove {
+        id: String,
     },
 }
 
@@ -256,6 +286,7 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
             file,
             plan,
             watch: follow,
+            override_freeze,
         } => {
             if let Some(file) = file {
                 let applied = apply(&client, &file, out)?;
@@ -269,7 +300,7 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
             }
             let started: serde_json::Value = client.post_json(
                 &format!("/campaigns/{name}/runs"),
-                &json!({ "plan_only": plan }),
+                &json!({ "plan_only": plan, "override_freeze": override_freeze }),
             )?;
             let run_id: Uuid = serde_json::from_value(started["run_id"].clone())
                 .context("the API answered without a run id")?;
@@ -437,6 +468,75 @@ pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow
         )?;
     } else {
         writeln!(out, "{scope}: released")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn calendar(
+    api: &ApiArgs,
+    command: CalendarCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_args(api)?;
+    let time = |ms: &serde_json::Value| {
+        ms.as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map_or_else(|| "-".to_string(), |at| at.to_rfc3339())
+    };
+    match command {
+        CalendarCommand::Add {
+            from,
+            to,
+            reason,
+            campaign,
+        } => {
+            let freeze: serde_json::Value = client.post_json(
+                "/calendar",
+                &json!({ "from": from, "to": to, "reason": reason, "campaign": campaign }),
+            )?;
+            writeln!(
+                out,
+                "{} added: {} to {}",
+                freeze["id"].as_str().unwrap_or_default(),
+                time(&freeze["from_ms"]),
+                time(&freeze["to_ms"])
+            )?;
+        }
+        CalendarCommand::List { campaign } => {
+            let path = match &campaign {
+                Some(campaign) => format!("/calendar?campaign={campaign}"),
+                None => "/calendar".to_string(),
+            };
+            let answer: serde_json::Value = client.get(&path)?;
+            writeln!(
+                out,
+                "{} now{}",
+                answer["state"]["state"].as_str().unwrap_or_default(),
+                match answer["state"]["next_transition_ms"].as_i64() {
+                    Some(_) => format!(
+                        "; changes at {}",
+                        time(&answer["state"]["next_transition_ms"])
+                    ),
+                    None => String::new(),
+                }
+            )?;
+            for freeze in answer["freezes"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{}  {} → {}  {}  {} (by {})",
+                    freeze["id"].as_str().unwrap_or_default(),
+                    time(&freeze["from_ms"]),
+                    time(&freeze["to_ms"]),
+                    freeze["campaign"].as_str().unwrap_or("every campaign"),
+                    freeze["reason"].as_str().unwrap_or_default(),
+                    freeze["created_by"].as_str().unwrap_or_default()
+                )?;
+            }
+        }
+        CalendarCommand::Remove { id } => {
+            let _: serde_json::Value = client.delete(&format!("/calendar/{id}"))?;
+            writeln!(out, "{id} removed")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -251,6 +251,14 @@ async fn walk_every_route(backend: Backend) {
     let run_path = format!("/runs/{run_id}");
     let pause_path = format!("/runs/{run_id}/pause");
     let approve_path = format!("/runs/{run_id}/approve");
+    // A freeze in the future: it changes nothing the walk does.
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    let freeze = serde_json::json!({
+        "from": tomorrow.to_rfc3339(),
+        "to": (tomorrow + chrono::Duration::hours(1)).to_rfc3339(),
+        "reason": "walk",
+    })
+    .to_string();
     // (method, path, body, action for the audit, roles allowed)
     use Role::*;
     let readers = [Viewer, Operator, Approver, Admin];
@@ -295,6 +303,14 @@ async fn walk_every_route(backend: Backend) {
             vec![Approver, Admin],
         ),
         ("GET", "/kill", "", "read", readers.to_vec()),
+        ("GET", "/calendar", "", "read", readers.to_vec()),
+        (
+            "POST",
+            "/calendar",
+            freeze.as_str(),
+            "calendar:manage",
+            vec![Approver, Admin],
+        ),
         (
             "POST",
             "/kill?campaign=guarded",
@@ -960,6 +976,183 @@ async fn oversized_and_malformed_requests_are_refused_and_recorded() {
             ("campaigns:approve", "error: 400"),
             ("auth:refused", "unauthenticated")
         ]
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_override_is_recorded() {
+    let mut stack = Stack::start(support::slow_single_location(16)).await;
+    stack.spawn_worker("worker-a", 4);
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let otto = add_token(&tokens_path, "otto", Role::Operator, None);
+    let ada = add_token(&tokens_path, "ada", Role::Admin, None);
+    let anna = add_token(&tokens_path, "anna", Role::Approver, None);
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        metrics_open: true,
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    let call = |token: &str, method: &str, path: &str, body: &str| {
+        let (token, method, path, body) = (
+            token.to_string(),
+            method.to_string(),
+            path.to_string(),
+            body.to_string(),
+        );
+        async move {
+            support::http_as(
+                port,
+                Some(&token),
+                &method,
+                &path,
+                "application/json",
+                &body,
+            )
+            .await
+        }
+    };
+    let run_of = |body: &str| -> uuid::Uuid {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // A campaign that changes hosts (approved), and a read-only scan.
+    let install = stack.campaign(
+        "install",
+        support::one_step("  max_concurrency: 4\n  max_errors: 0\n"),
+    );
+    let scan = stack.campaign(
+        "scan",
+        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\nrate_control:\n  max_errors: 100%\n",
+    );
+    for campaign in [&install, &scan] {
+        let (status, body) = call(
+            &ada,
+            "POST",
+            "/campaigns",
+            &serde_json::to_string(&campaign.spec).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = call(&anna, "POST", "/campaigns/install/versions/1/approve", "").await;
+    assert_eq!(status, 200, "{body}");
+    // A run already going when the freeze begins.
+    let (status, body) = call(&otto, "POST", "/campaigns/install/runs", "").await;
+    assert_eq!(status, 200, "{body}");
+    let running = run_of(&body);
+    stack.wait_for_commands(1).await;
+
+    // Only those who may approve changes manage the calendar.
+    let now = chrono::Utc::now();
+    let freeze = serde_json::json!({
+        "from": (now - chrono::Duration::minutes(1)).to_rfc3339(),
+        "to": (now + chrono::Duration::hours(1)).to_rfc3339(),
+        "reason": "year-end change freeze",
+    })
+    .to_string();
+    let (status, _) = call(&otto, "POST", "/calendar", &freeze).await;
+    assert_eq!(status, 403, "an operator does not freeze changes");
+    let bad = freeze.replace(&(now + chrono::Duration::hours(1)).to_rfc3339(), "tomorrow");
+    let (status, body) = call(&anna, "POST", "/calendar", &bad).await;
+    assert!(
+        status == 400 && body.contains("to: \\\"tomorrow\\\" is not an RFC 3339 time"),
+        "{status} {body}"
+    );
+    let (status, body) = call(&anna, "POST", "/calendar", &freeze).await;
+    assert_eq!(status, 200, "{body}");
+    let freeze_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, body) = call(&otto, "GET", "/calendar?campaign=install", "").await;
+    assert!(body.contains("\"state\":\"CLOSED\""), "{body}");
+
+    // The live run pauses (within the scheduler's tick); nothing new starts.
+    let mut paused = stack.scheduler.progress(running).await.unwrap();
+    for _ in 0..50 {
+        if paused.state == protocol::run::RunState::Paused {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        paused = stack.scheduler.progress(running).await.unwrap();
+    }
+    assert_eq!(paused.state, protocol::run::RunState::Paused, "{paused:#?}");
+    assert!(
+        paused.reason.starts_with("change freeze"),
+        "{}",
+        paused.reason
+    );
+    let (status, body) = call(&otto, "POST", "/campaigns/install/runs", "").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("calendar is CLOSED") && body.contains("year-end change freeze"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &otto,
+        "POST",
+        "/campaigns/install/runs",
+        "{\"override_freeze\": \"CVE\"}",
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "an operator does not override a freeze: {body}"
+    );
+    // A scan changes nothing: it runs.
+    let (status, body) = call(&otto, "POST", "/campaigns/scan/runs", "").await;
+    assert_eq!(status, 200, "{body}");
+    let scan_run = run_of(&body);
+    // An admin overrides, with a reason, and the trail says so.
+    let (status, body) = call(
+        &ada,
+        "POST",
+        "/campaigns/install/runs",
+        "{\"override_freeze\": \"CVE-2026-0001 emergency\"}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let overridden = run_of(&body);
+    let (_, body) = call(&ada, "GET", "/audit?action=runs:start", "").await;
+    let trail: Vec<AuditRecord> = serde_json::from_str(&body).unwrap();
+    assert!(
+        trail.iter().any(|record| record.principal == "ada"
+            && record
+                .reason
+                .contains("change freeze overridden by ada: CVE-2026-0001 emergency")),
+        "{trail:#?}"
+    );
+    for run_id in [scan_run, overridden] {
+        let progress = stack
+            .wait_until_final(run_id, std::time::Duration::from_secs(90))
+            .await;
+        assert_eq!(
+            progress.state,
+            protocol::run::RunState::Completed,
+            "{progress:#?}"
+        );
+    }
+    assert_eq!(
+        stack.scheduler.progress(running).await.unwrap().state,
+        protocol::run::RunState::Paused,
+        "still frozen"
+    );
+    // The freeze is lifted: the paused run goes on by itself.
+    let (status, body) = call(&anna, "DELETE", &format!("/calendar/{freeze_id}"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let progress = stack
+        .wait_until_final(running, std::time::Duration::from_secs(90))
+        .await;
+    assert_eq!(
+        progress.state,
+        protocol::run::RunState::Completed,
+        "{progress:#?}"
     );
     stack.teardown().await;
 }

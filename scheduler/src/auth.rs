@@ -56,7 +56,12 @@ impl Role {
         use Permission::*;
         match self {
             Self::Viewer => matches!(permission, Read | ReadAudit),
-            Self::Approver => matches!(permission, Read | ReadAudit | ApproveCampaign),
+            Self::Approver => {
+                matches!(
+                    permission,
+                    Read | ReadAudit | ApproveCampaign | ManageCalendar
+                )
+            }
             Self::Operator => matches!(
                 permission,
                 Read | ReadAudit | ApplyCampaign | StartRun | SteerRun | EngageKill
@@ -104,6 +109,8 @@ pub enum Permission {
     ManageTokens,
     /// Approve a campaign version that changes hosts (not one's own).
     ApproveCampaign,
+    /// Add and remove change freezes.
+    ManageCalendar,
     PostAlerts,
     PostEvents,
     /// A mutating route the table does not name: admins only (fail closed).
@@ -111,7 +118,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Read,
         Self::ReadAudit,
         Self::ApplyCampaign,
@@ -122,6 +129,7 @@ impl Permission {
         Self::ReleaseKill,
         Self::ManageTokens,
         Self::ApproveCampaign,
+        Self::ManageCalendar,
         Self::PostAlerts,
         Self::PostEvents,
         Self::Administer,
@@ -139,6 +147,7 @@ impl Permission {
             Self::ReleaseKill => "kill:release",
             Self::ManageTokens => "tokens:manage",
             Self::ApproveCampaign => "campaigns:approve",
+            Self::ManageCalendar => "calendar:manage",
             Self::PostAlerts => "alerts:post",
             Self::PostEvents => "events:post",
             Self::Administer => "admin",
@@ -165,6 +174,7 @@ pub fn route_permission(method: &str, route: &str, metrics_open: bool) -> Option
         ("DELETE", "/kill") => ReleaseKill,
         (_, "/tokens") | (_, "/tokens/{name}") => ManageTokens,
         ("POST", "/alerts") => PostAlerts,
+        ("POST", "/calendar") | ("DELETE", "/calendar/{id}") => ManageCalendar,
         ("POST", "/events") => PostEvents,
         ("GET" | "HEAD", _) => Read,
         // A mutating route missing from this table is an admin's until it

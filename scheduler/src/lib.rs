@@ -42,6 +42,7 @@ pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod calendar;
 pub mod campaigns;
 pub mod ledger;
 pub mod metrics;
@@ -103,6 +104,9 @@ pub enum SchedulerError {
     /// without an override.
     #[error("{0}")]
     AlertFiring(String),
+    /// A change freeze keeps a run that changes hosts from starting.
+    #[error("{0}")]
+    Frozen(String),
     #[error("campaign {name:?} has no version {version}")]
     UnknownCampaignVersion { name: String, version: u32 },
 }
@@ -133,6 +137,7 @@ impl SchedulerError {
             | Self::Forbidden(_)
             | Self::NeedsApproval(_)
             | Self::AlertFiring(_)
+            | Self::Frozen(_)
             | Self::UnknownCampaignVersion { .. } => false,
         }
     }

@@ -41,6 +41,8 @@ pub struct StartOptions {
     pub started_by: String,
     /// A given run id (a schedule occurrence's); a run with it is not created twice.
     pub run_id: Option<Uuid>,
+    /// Started during a change freeze, and why: the freeze does not pause it.
+    pub freeze_override: Option<String>,
 }
 
 impl Default for StartOptions {
@@ -54,6 +56,7 @@ impl Default for StartOptions {
             campaign_version: None,
             started_by: "operator".into(),
             run_id: None,
+            freeze_override: None,
         }
     }
 }
@@ -205,6 +208,7 @@ impl Scheduler {
             plan_only: options.plan_only,
             targets_json: targets_json.as_deref(),
             started_by: &options.started_by,
+            freeze_override: options.freeze_override.as_deref(),
             rollout_bake_ms: campaign
                 .rollout
                 .as_ref()

@@ -240,8 +240,11 @@ impl Scheduler {
         }
         // Schedules fire only approved versions (or read-only ones); an
         // occurrence of an unapproved one is skipped, and says so.
-        let approved = self.check_approved(campaign, version).await;
-        if let Err(SchedulerError::NeedsApproval(why)) = approved {
+        let approved = match self.check_approved(campaign, version).await {
+            Ok(_) => self.check_not_frozen(campaign).await,
+            Err(error) => Err(error),
+        };
+        if let Err(SchedulerError::NeedsApproval(why) | SchedulerError::Frozen(why)) = approved {
             tracing::warn!(
                 campaign = campaign.name.as_str(),
                 version,

@@ -170,8 +170,12 @@ impl Scheduler {
                 continue;
             }
             // Events start only approved versions (or read-only ones).
-            let approved = self.check_approved(&campaign, stored.version).await;
-            if let Err(SchedulerError::NeedsApproval(why)) = approved {
+            let approved = match self.check_approved(&campaign, stored.version).await {
+                Ok(_) => self.check_not_frozen(&campaign).await,
+                Err(error) => Err(error),
+            };
+            if let Err(SchedulerError::NeedsApproval(why) | SchedulerError::Frozen(why)) = approved
+            {
                 tracing::warn!(campaign = name.as_str(), "event ignored: {why}");
                 self.audit_internal(
                     format!("event:{instance_id}"),
@@ -366,6 +370,7 @@ impl Scheduler {
     pub async fn tick(&self) -> Result<(), SchedulerError> {
         self.start_due_runs().await?;
         self.rollout_tick().await?;
+        self.freeze_tick().await?;
         self.schedule_tick().await?;
         Ok(())
     }

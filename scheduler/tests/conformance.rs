@@ -166,6 +166,7 @@ fn new_run(location_concurrency: u64, allowed_location_errors: u64) -> NewRun<'s
         targets_json: None,
         started_by: "test",
         rollout_bake_ms: None,
+        freeze_override: None,
     }
 }
 

@@ -406,5 +406,10 @@ fn internal_error() -> FieldErrors {
     }])
 }
 
+/// Checks a campaign name (as a spec's `name` must be) given elsewhere.
+pub fn check_campaign_name(name: &str) -> Result<(), String> {
+    check_name(name)
+}
+
 /// The most account-region pairs a run may have unless configured otherwise.
 pub const DEFAULT_MAX_LOCATIONS: u64 = 200_000;

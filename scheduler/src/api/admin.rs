@@ -1,4 +1,4 @@
-//! `/events`, `/alerts`, `/audit` and `/tokens`.
+//! `/events`, `/alerts`, `/audit`, `/tokens` and `/calendar`.
 
 use axum::Extension;
 use axum::Json;
@@ -137,4 +137,58 @@ pub(super) async fn revoke_tokens(
         ));
     }
     Ok(Json(json!({ "revoked": revoked })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CalendarQuery {
+    campaign: Option<String>,
+}
+
+/// The calendar's freezes and its state now (for one campaign, or every one).
+pub(super) async fn calendar(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<CalendarQuery>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    let state = scheduler.calendar_state(query.campaign.as_deref()).await?;
+    let freezes = scheduler.freezes().await?;
+    Ok(Json(json!({ "state": state, "freezes": freezes })))
+}
+
+pub(super) async fn add_freeze(
+    State(current): State<CurrentScheduler>,
+    Extension(principal): Extension<Principal>,
+    body: String,
+) -> Result<axum::response::Response, ApiError> {
+    let scheduler = scheduler(&current)?;
+    let request: crate::calendar::NewFreeze = serde_json::from_str(&body).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
+    })?;
+    let freeze = scheduler.add_freeze(&request, &principal.name).await?;
+    let note = format!(
+        "{} from {} to {}{}",
+        freeze.id,
+        request.from,
+        request.to,
+        freeze
+            .campaign
+            .as_deref()
+            .map(|campaign| format!(" for {campaign}"))
+            .unwrap_or_default()
+    );
+    Ok(super::with_note(Json(freeze), note))
+}
+
+pub(super) async fn remove_freeze(
+    State(current): State<CurrentScheduler>,
+    Path(id): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let scheduler = scheduler(&current)?;
+    if !scheduler.remove_freeze(&id).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no freeze {id:?} in the calendar"),
+        ));
+    }
+    Ok(Json(json!({ "removed": id })))
 }

@@ -181,6 +181,10 @@ pub(super) async fn delete_campaign(
 pub(super) struct StartRequest {
     #[serde(default)]
     plan_only: bool,
+    /// Start although a change freeze covers the campaign, and why (a
+    /// principal who may approve changes only).
+    #[serde(default)]
+    override_freeze: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -225,10 +229,40 @@ pub(super) async fn start_run(
     } else {
         Some(scheduler.check_approved(&campaign, stored.version).await?)
     };
+    // A change freeze: no run that changes hosts starts, unless someone who
+    // may approve changes overrides it with a reason.
+    let mut freeze_note = None;
+    if !request.plan_only
+        && let Err(SchedulerError::Frozen(why)) = scheduler.check_not_frozen(&campaign).await
+    {
+        match request.override_freeze.as_deref().map(str::trim) {
+            None | Some("") => return Err(SchedulerError::Frozen(why).into()),
+            Some(_)
+                if !principal
+                    .role
+                    .allows(crate::auth::Permission::ApproveCampaign) =>
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{} (role {}) may not override a change freeze: it takes a principal who may approve changes (approver or admin)",
+                        principal.name, principal.role
+                    ),
+                ));
+            }
+            Some(override_reason) => {
+                freeze_note = Some(format!(
+                    "change freeze overridden by {}: {override_reason} ({why})",
+                    principal.name
+                ));
+            }
+        }
+    }
     let options = StartOptions {
         plan_only: request.plan_only,
         campaign_version: Some(stored.version),
         started_by: principal.name,
+        freeze_override: freeze_note.clone(),
         ..StartOptions::default()
     };
     let run_id = scheduler.start_run(&campaign, options).await?;
@@ -240,6 +274,10 @@ pub(super) async fn start_run(
             approval.approver.as_deref().unwrap_or("nobody (read-only)")
         ),
         None => format!("plan {run_id} of {name} v{}", stored.version),
+    };
+    let note = match freeze_note {
+        Some(freeze) => format!("{note}; {freeze}"),
+        None => note,
     };
     let answer = Json(StartedRun {
         run_id,

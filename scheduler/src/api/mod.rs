@@ -40,7 +40,10 @@ use tokio::sync::watch;
 use crate::{Scheduler, SchedulerError};
 
 pub use self::admin::ListedToken;
-use self::admin::{alerts, audit_query, create_token, events, list_tokens, revoke_tokens};
+use self::admin::{
+    add_freeze, alerts, audit_query, calendar, create_token, events, list_tokens, remove_freeze,
+    revoke_tokens,
+};
 pub use self::campaigns::StartedRun;
 use self::campaigns::{
     apply_campaign, approve_campaign, delete_campaign, list_campaigns, show_campaign,
@@ -104,6 +107,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/events", post(events))
         .route("/alerts", post(alerts))
+        .route("/calendar", get(calendar).post(add_freeze))
+        .route("/calendar/{id}", axum::routing::delete(remove_freeze))
         .route("/audit", get(audit_query))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", axum::routing::delete(revoke_tokens))
@@ -138,9 +143,9 @@ impl From<SchedulerError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             SchedulerError::Forbidden(_) => StatusCode::FORBIDDEN,
-            SchedulerError::NeedsApproval(_) | SchedulerError::AlertFiring(_) => {
-                StatusCode::CONFLICT
-            }
+            SchedulerError::NeedsApproval(_)
+            | SchedulerError::AlertFiring(_)
+            | SchedulerError::Frozen(_) => StatusCode::CONFLICT,
             SchedulerError::Invalid(_) | SchedulerError::Json(_) => StatusCode::BAD_REQUEST,
             error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

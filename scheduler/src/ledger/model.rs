@@ -107,6 +107,8 @@ pub struct NewRun<'a> {
     pub started_by: &'a str,
     /// A rollout's bake time between waves (ms); None without a rollout.
     pub rollout_bake_ms: Option<u64>,
+    /// Started during a change freeze by an override, and why.
+    pub freeze_override: Option<&'a str>,
 }
 
 /// A run as the ledger holds it (the run hash, counters separately).
@@ -173,6 +175,9 @@ pub(super) fn run_hash_fields(
     ];
     if let Some(targets) = run.targets_json {
         fields.push(("targets", targets.to_string()));
+    }
+    if let Some(why) = run.freeze_override {
+        fields.push(("freeze_override", why.to_string()));
     }
     if let Some(bake_ms) = run.rollout_bake_ms {
         fields.push(("rollout", "1".into()));
