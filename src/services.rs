@@ -144,6 +144,33 @@ pub struct SchedulerArgs {
     /// AWS-RunPatchBaseline:Operation=Scan.
     #[arg(long = "read-only-document", value_name = "DOCUMENT[:PARAMETER=VALUE]")]
     pub read_only_documents: Vec<scheduler::approvals::ReadOnlyDocument>,
+    /// A webhook told about every campaign's runs and the kill switch (the
+    /// deployment's default); repeat for several. https://, or http:// to
+    /// loopback only.
+    #[arg(
+        long = "notify-webhook",
+        env = "FLOTILLA_NOTIFY_WEBHOOK",
+        value_delimiter = ','
+    )]
+    pub notify_webhooks: Vec<String>,
+    /// The events the default webhooks hear about.
+    #[arg(
+        long,
+        env = "FLOTILLA_NOTIFY_ON",
+        value_delimiter = ',',
+        default_value = "halted,gate_failed,paused,kill_switch"
+    )]
+    pub notify_on: Vec<String>,
+    /// `json` (signed with --notify-hmac-key-file) or `slack`.
+    #[arg(long, env = "FLOTILLA_NOTIFY_FORMAT", default_value = "json")]
+    pub notify_format: String,
+    /// The key (a file of at least 32 bytes) JSON notifications are signed
+    /// with: `X-Flotilla-Signature: t=…,v1=<HMAC-SHA256>`.
+    #[arg(long, env = "FLOTILLA_NOTIFY_HMAC_KEY_FILE")]
+    pub notify_hmac_key_file: Option<PathBuf>,
+    /// The API's address as people reach it, for links in notifications.
+    #[arg(long, env = "FLOTILLA_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Accept JWTs of this OIDC issuer (its `iss`); needs --oidc-audience and
     /// --oidc-jwks. Turns authentication on.
     #[arg(long, env = "FLOTILLA_OIDC_ISSUER", requires_all = ["oidc_audience", "oidc_jwks"])]
@@ -304,6 +331,13 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     if !args.read_only_documents.is_empty() {
         config.read_only_documents = args.read_only_documents;
     }
+    config.notify = notify_settings(
+        &args.notify_webhooks,
+        &args.notify_on,
+        &args.notify_format,
+        args.notify_hmac_key_file.as_deref(),
+        args.public_url.clone(),
+    )?;
     scheduler::auth::check_listen(args.listen, &config.auth, args.insecure_no_auth)
         .map_err(anyhow::Error::msg)?;
     config.keys = args
@@ -341,4 +375,66 @@ async fn warn_without_auth(listen: SocketAddr, public: bool) {
             return;
         }
     }
+}
+
+/// A flag's value read as one of an enum's snake_case names.
+fn parse_named<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> anyhow::Result<T> {
+    serde_json::from_value(serde_json::Value::String(text.trim().to_string()))
+        .map_err(|_| anyhow::anyhow!("{name}: unknown value {text:?}"))
+}
+
+/// The scheduler's `--notify-*` flags as settings; every bad value named.
+fn notify_settings(
+    webhooks: &[String],
+    on: &[String],
+    format: &str,
+    hmac_key_file: Option<&std::path::Path>,
+    public_url: Option<String>,
+) -> anyhow::Result<scheduler::notify::NotifySettings> {
+    let on: Vec<protocol::spec::NotifyEvent> = on
+        .iter()
+        .map(|event| parse_named("--notify-on (halted, completed, cancelled, paused, gate_failed, awaiting_approval, kill_switch)", event))
+        .collect::<anyhow::Result<_>>()?;
+    let format: protocol::spec::NotifyFormat =
+        parse_named("--notify-format (json, slack)", format)?;
+    let mut defaults = Vec::new();
+    for webhook in webhooks {
+        protocol::campaign::check_webhook(webhook)
+            .map_err(|error| anyhow::anyhow!("--notify-webhook: {error}"))?;
+        defaults.push(protocol::spec::NotifySpec {
+            on: on.clone(),
+            webhook: webhook.clone(),
+            format,
+        });
+    }
+    let hmac_key = match hmac_key_file {
+        Some(path) => {
+            let metadata = std::fs::metadata(path).map_err(|error| {
+                anyhow::anyhow!("--notify-hmac-key-file {}: {error}", path.display())
+            })?;
+            if metadata.len() > 4096 {
+                anyhow::bail!(
+                    "--notify-hmac-key-file {}: larger than a key (4096 bytes)",
+                    path.display()
+                );
+            }
+            let key = std::fs::read(path).map_err(|error| {
+                anyhow::anyhow!("--notify-hmac-key-file {}: {error}", path.display())
+            })?;
+            let key: Vec<u8> = key.trim_ascii().to_vec();
+            if key.len() < 32 {
+                anyhow::bail!(
+                    "--notify-hmac-key-file {}: a key has at least 32 bytes (e.g. `openssl rand -hex 32`)",
+                    path.display()
+                );
+            }
+            Some(std::sync::Arc::new(key))
+        }
+        None => None,
+    };
+    Ok(scheduler::notify::NotifySettings {
+        defaults,
+        hmac_key,
+        link_base: public_url,
+    })
 }

@@ -270,3 +270,164 @@ async fn a_rollout_waits_for_an_approval_between_waves() {
     stack.assert_each_target_ran_once(run_id, &progress);
     stack.teardown().await;
 }
+
+/// A webhook receiver on loopback: every request's path, signature header and body.
+struct Receiver {
+    port: u16,
+    received: Arc<std::sync::Mutex<Vec<(String, Option<String>, String)>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = received.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+                let store = store.clone();
+                async move {
+                    let signature = headers
+                        .get("x-flotilla-signature")
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_string);
+                    store
+                        .lock()
+                        .unwrap()
+                        .push((uri.path().to_string(), signature, body));
+                    "ok"
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            port,
+            received,
+            server,
+        }
+    }
+
+    fn at(&self, path: &str) -> Vec<(Option<String>, String)> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _, _)| at == path)
+            .map(|(_, signature, body)| (signature.clone(), body.clone()))
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_run_posts_one_signed_notification_and_the_kill_switch_tells_the_default() {
+    use protocol::spec::{NotifyEvent, NotifyFormat, NotifySpec};
+    let receiver = Receiver::start().await;
+    let key = b"0123456789abcdef0123456789abcdef".to_vec();
+    let mut stack = Stack::start(support::single_location(10, true)).await;
+    stack.kill_scheduler();
+    stack.scheduler_config_mut().notify = scheduler::notify::NotifySettings {
+        defaults: vec![NotifySpec {
+            on: vec![NotifyEvent::KillSwitch],
+            webhook: format!("http://127.0.0.1:{}/default", receiver.port),
+            format: NotifyFormat::Json,
+        }],
+        hmac_key: Some(Arc::new(key.clone())),
+        link_base: Some("https://flotilla.example".into()),
+    };
+    stack.start_scheduler();
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "notified",
+        format!(
+            "{}notify:
+  - on: [halted, completed]
+    webhook: http://127.0.0.1:{port}/hook
+  - on: [halted]
+    webhook: http://localhost:{port}/slack
+    format: slack
+",
+            support::one_step("  max_concurrency: 2\n  max_errors: 0\n"),
+            port = receiver.port
+        ),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Halted);
+    stack
+        .wait_for("the notifications", Duration::from_secs(20), |_| {
+            receiver.at("/hook").len() + receiver.at("/slack").len() >= 2
+        })
+        .await;
+    // Reports still arriving must not announce the halt again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hook = receiver.at("/hook");
+    assert_eq!(hook.len(), 1, "one notification for the halt: {hook:#?}");
+    let (signature, body) = &hook[0];
+    let signature = signature.as_deref().expect("a signed JSON body");
+    let seconds: u64 = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert_eq!(
+        signature,
+        scheduler::notify::signature(&key, seconds, body),
+        "the body is signed with the deployment's key"
+    );
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["event"], "halted");
+    assert_eq!(json["run_id"], run_id.to_string());
+    assert_eq!(json["campaign"], "notified");
+    assert_eq!(
+        json["link"],
+        format!("https://flotilla.example/runs/{run_id}")
+    );
+    assert!(
+        json["reason"].as_str().unwrap().contains("error budget"),
+        "{json}"
+    );
+    let slack = receiver.at("/slack");
+    assert_eq!(slack.len(), 1);
+    assert!(slack[0].0.is_none(), "Slack messages are not signed");
+    let text: serde_json::Value = serde_json::from_str(&slack[0].1).unwrap();
+    assert!(text["text"].as_str().unwrap().contains("halted"), "{text}");
+
+    // The kill switch tells the deployment's default webhook.
+    let replica = scheduler::Scheduler::connect(stack.scheduler_config())
+        .await
+        .unwrap();
+    replica
+        .engage_kill_switch(
+            &store::KillScope::Campaign("notified".into()),
+            "incident 7",
+            false,
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for(
+            "the kill switch notification",
+            Duration::from_secs(20),
+            |_| !receiver.at("/default").is_empty(),
+        )
+        .await;
+    let (_, body) = &receiver.at("/default")[0];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["event"], "kill_switch");
+    assert!(
+        json["reason"].as_str().unwrap().contains("incident 7"),
+        "{json}"
+    );
+    stack.teardown().await;
+}

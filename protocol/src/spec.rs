@@ -57,6 +57,57 @@ pub struct CampaignSpec {
     /// Go a little at a time: waves, bake time, health gates, approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// Webhooks told when a run halts, completes, pauses, fails a gate, ….
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifySpec>,
+}
+
+/// One webhook and the run events it is told about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySpec {
+    pub on: Vec<NotifyEvent>,
+    /// `https://…` (`http://` only to 127.0.0.1 or localhost).
+    pub webhook: String,
+    #[serde(default)]
+    pub format: NotifyFormat,
+}
+
+/// What happened to a run (or the deployment) that a webhook may be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    Halted,
+    Completed,
+    Cancelled,
+    Paused,
+    GateFailed,
+    AwaitingApproval,
+    /// The kill switch was engaged (the deployment's default webhooks).
+    KillSwitch,
+}
+
+impl NotifyEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Halted => "halted",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+            Self::Paused => "paused",
+            Self::GateFailed => "gate_failed",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::KillSwitch => "kill_switch",
+        }
+    }
+}
+
+/// A Slack-compatible message (`text`), or a JSON body signed with an HMAC header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyFormat {
+    Slack,
+    #[default]
+    Json,
 }
 
 /// SendCommand's output settings, as written.

@@ -1016,3 +1016,49 @@ fn output_logging_names_an_s3_prefix_and_or_a_log_group() {
         "CloudWatch Logs group",
     );
 }
+
+#[test]
+fn notify_takes_https_webhooks_and_run_events() {
+    use protocol::spec::{NotifyEvent, NotifyFormat};
+    let campaign = valid(&[(
+        "notify",
+        "\n  - on: [halted, gate_failed]\n    webhook: https://hooks.slack.com/services/T/B/x\n    format: slack\n  - on: [completed]\n    webhook: http://127.0.0.1:9000/hook",
+    )]);
+    assert_eq!(campaign.notify.len(), 2);
+    assert_eq!(campaign.notify[0].format, NotifyFormat::Slack);
+    assert_eq!(campaign.notify[1].on, vec![NotifyEvent::Completed]);
+    assert_eq!(
+        campaign.notify[1].format,
+        NotifyFormat::Json,
+        "JSON unless told"
+    );
+    rejects(
+        &[(
+            "notify",
+            "[{ on: [halted], webhook: \"http://hooks.example.com/x\" }]",
+        )],
+        "notify[0].webhook",
+        "must be https://",
+    );
+    rejects(
+        &[("notify", "[{ on: [], webhook: \"https://h.example\" }]")],
+        "notify[0].on",
+        "at least one event",
+    );
+    rejects(
+        &[(
+            "notify",
+            "[{ on: [kill_switch], webhook: \"https://h.example\" }]",
+        )],
+        "notify[0].on",
+        "deployment's default webhooks",
+    );
+    rejects(
+        &[(
+            "notify",
+            "[{ on: [exploded], webhook: \"https://h.example\" }]",
+        )],
+        "notify[0].on[0]",
+        "unknown variant",
+    );
+}

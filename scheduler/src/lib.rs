@@ -46,6 +46,7 @@ pub mod calendar;
 pub mod campaigns;
 pub mod ledger;
 pub mod metrics;
+pub mod notify;
 pub mod oidc;
 pub mod organizations;
 mod progress;
@@ -189,6 +190,8 @@ pub struct SchedulerConfig {
     /// The largest API request body read; larger ones are refused (413)
     /// before they are parsed.
     pub max_request_bytes: usize,
+    /// Webhooks told about every campaign's runs and the kill switch.
+    pub notify: crate::notify::NotifySettings,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -209,6 +212,7 @@ impl std::fmt::Debug for SchedulerConfig {
             .field("amqp_tls", &self.amqp_tls)
             .field("api_tls", &self.api_tls.is_some())
             .field("keys", &self.keys.trusted_ids())
+            .field("notify", &self.notify)
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +239,7 @@ impl SchedulerConfig {
             max_locations: protocol::campaign::DEFAULT_MAX_LOCATIONS,
             discovery_window: crate::runs::DISCOVERY_WINDOW,
             max_request_bytes: crate::access::MAX_REQUEST_BYTES,
+            notify: crate::notify::NotifySettings::default(),
         }
     }
 }

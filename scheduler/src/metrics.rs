@@ -25,6 +25,7 @@ pub struct SchedulerMetrics {
     auth_refused: prometheus::IntCounter,
     gate_checks: IntCounterVec,
     waves_ended: IntCounterVec,
+    notifications: IntCounterVec,
 }
 
 impl SchedulerMetrics {
@@ -135,6 +136,13 @@ impl SchedulerMetrics {
             ),
             &["campaign", "outcome"],
         )?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_notifications_total",
+                "Webhook notifications, by event and outcome (delivered; retried: an attempt failed; failed: every attempt did)",
+            ),
+            &["event", "outcome"],
+        )?;
         let auth_refused = prometheus::IntCounter::new(
             "flotilla_scheduler_auth_refused_total",
             "API requests refused for a missing, unknown or expired credential",
@@ -166,6 +174,7 @@ impl SchedulerMetrics {
             Box::new(auth_refused.clone()),
             Box::new(gate_checks.clone()),
             Box::new(waves_ended.clone()),
+            Box::new(notifications.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -189,12 +198,19 @@ impl SchedulerMetrics {
             auth_refused,
             gate_checks,
             waves_ended,
+            notifications,
         })
     }
 
     pub fn gate_checked(&self, campaign: &str, gate: &str, result: &str) {
         self.gate_checks
             .with_label_values(&[campaign, gate, result])
+            .inc();
+    }
+
+    pub fn notification(&self, event: &str, outcome: &str) {
+        self.notifications
+            .with_label_values(&[event, outcome])
             .inc();
     }
 

@@ -243,6 +243,16 @@ impl Scheduler {
         {
             self.metrics
                 .wave_ended(&plan.campaign.name, outcome.as_str());
+            let event = match outcome {
+                WaveOutcome::Halt | WaveOutcome::Pause => {
+                    Some(protocol::spec::NotifyEvent::GateFailed)
+                }
+                WaveOutcome::Approval => Some(protocol::spec::NotifyEvent::AwaitingApproval),
+                _ => None,
+            };
+            if let Some(event) = event {
+                self.announce(run_id, event, &format!("wave-{wave}")).await;
+            }
             tracing::info!(%run_id, wave = wave + 1, outcome = outcome.as_str(), reason, "wave gates checked");
             self.advance(run_id).await?;
         }

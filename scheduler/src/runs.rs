@@ -419,7 +419,8 @@ impl Scheduler {
 
     /// Stops admitting and sending; in-flight commands finish.
     pub async fn pause(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
-        self.ledger
+        let paused = self
+            .ledger
             .transition(
                 run_id,
                 &[
@@ -431,7 +432,16 @@ impl Scheduler {
                 RunState::Paused,
                 reason,
             )
-            .await
+            .await?;
+        if paused {
+            self.announce(
+                run_id,
+                protocol::spec::NotifyEvent::Paused,
+                &now_ms().to_string(),
+            )
+            .await;
+        }
+        Ok(paused)
     }
 
     /// Resumes a paused run — refused while an alert fires for its campaign
@@ -528,6 +538,14 @@ impl Scheduler {
         }
         self.store().engage_kill_switch(scope, reason).await?;
         tracing::warn!(?scope, reason, cancel_in_flight, "kill switch engaged");
+        let scope_text = match scope {
+            store::KillScope::Global => "the global kill switch".to_string(),
+            store::KillScope::Campaign(campaign) => format!("the kill switch of {campaign}"),
+        };
+        self.notify_deployment(
+            protocol::spec::NotifyEvent::KillSwitch,
+            &format!("{scope_text} is engaged: {reason}"),
+        );
         Ok(())
     }
 

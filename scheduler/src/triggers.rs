@@ -305,6 +305,10 @@ impl Scheduler {
                     alert = name.as_str(),
                     "alert engaged the global kill switch"
                 );
+                self.notify_deployment(
+                    protocol::spec::NotifyEvent::KillSwitch,
+                    &format!("the global kill switch is engaged: {reason}"),
+                );
                 self.audit_internal(
                     format!("alert:{name}"),
                     "kill:engage",

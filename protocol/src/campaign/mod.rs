@@ -72,6 +72,8 @@ pub struct Campaign {
     pub rollout: Option<Rollout>,
     /// Where SSM keeps every command's full output; nowhere when absent.
     pub output_logging: Option<OutputLogging>,
+    /// Webhooks told about the campaign's runs.
+    pub notify: Vec<crate::spec::NotifySpec>,
     /// The spec this was built from, for storing and showing back.
     pub spec: CampaignSpec,
 }
@@ -364,6 +366,22 @@ impl Campaign {
         let output_logging = spec.output_logging.as_ref().and_then(|logging| {
             values::validate_output_logging(&mut v, logging, &root.at("output_logging"))
         });
+        if spec.notify.len() > MAX_WEBHOOKS {
+            v.error(
+                &root.at("notify"),
+                format!("may list at most {MAX_WEBHOOKS} webhooks"),
+            );
+        }
+        for (index, notify) in spec.notify.iter().enumerate() {
+            let path = root.at("notify").index(index);
+            if notify.on.is_empty() {
+                v.error(&path.at("on"), "must list at least one event (halted, completed, cancelled, paused, gate_failed, awaiting_approval)");
+            }
+            if notify.on.contains(&crate::spec::NotifyEvent::KillSwitch) {
+                v.error(&path.at("on"), "kill_switch goes to the deployment's default webhooks (the scheduler's --notify-webhook), not a campaign's");
+            }
+            v.check(&path.at("webhook"), check_webhook(&notify.webhook));
+        }
         let rollout = spec.rollout.as_ref().and_then(|rollout| {
             rollout::validate_rollout(
                 &mut v,
@@ -394,6 +412,7 @@ impl Campaign {
             output,
             rollout,
             output_logging,
+            notify: spec.notify.clone(),
             spec,
         })
     }
@@ -404,6 +423,34 @@ fn internal_error() -> FieldErrors {
         path: String::new(),
         message: "internal error: a field failed validation without an error message".into(),
     }])
+}
+
+const MAX_WEBHOOKS: usize = 10;
+
+/// A webhook URL: `https://`, or `http://` to loopback only (a test
+/// receiver, a local relay), without credentials in it, bounded.
+pub fn check_webhook(url: &str) -> Result<(), String> {
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be a URL of at most 2048 characters, without spaces".into());
+    }
+    let (secure, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err(format!("must start with https://, got {url:?}")),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err("must name a host, without user:password@".into());
+    }
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    if !secure && !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+        return Err(format!(
+            "must be https:// (plain http only to 127.0.0.1 or localhost), got {url:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a campaign name (as a spec's `name` must be) given elsewhere.

@@ -284,6 +284,15 @@ impl Scheduler {
         if state == RunState::Completed {
             tracing::info!(%run_id, "run completed");
         }
+        let event = match state {
+            RunState::Completed => Some(protocol::spec::NotifyEvent::Completed),
+            RunState::Halted => Some(protocol::spec::NotifyEvent::Halted),
+            RunState::Cancelled => Some(protocol::spec::NotifyEvent::Cancelled),
+            _ => None,
+        };
+        if let Some(event) = event {
+            self.announce(run_id, event, "run").await;
+        }
         if matches!(state, RunState::Halted | RunState::Cancelled) {
             self.drain(run_id).await?;
         }
