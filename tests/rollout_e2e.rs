@@ -271,10 +271,13 @@ async fn a_rollout_waits_for_an_approval_between_waves() {
     stack.teardown().await;
 }
 
+/// One request a receiver got: its path, signature header and body.
+type Received = (String, Option<String>, String);
+
 /// A webhook receiver on loopback: every request's path, signature header and body.
 struct Receiver {
     port: u16,
-    received: Arc<std::sync::Mutex<Vec<(String, Option<String>, String)>>>,
+    received: Arc<std::sync::Mutex<Vec<Received>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
