@@ -434,3 +434,69 @@ async fn a_halted_run_posts_one_signed_notification_and_the_kill_switch_tells_th
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_closes_mid_run_stops_sends_until_the_next_one_opens() {
+    // Windows open every minute for 50 s: [hh:mm:00, hh:mm:50).
+    const WINDOW_MS: u64 = 50_000;
+    let mut stack = Stack::start(support::slow_single_location(24)).await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "windowed",
+        format!(
+            "{}windows:\n  - schedule: rate(1 minute)\n    duration: 50s\n",
+            support::one_step("  max_concurrency: 4\n  max_errors: 0\n")
+        ),
+    );
+    // Start 3-8 s before a window closes: the run (twelve batches of two,
+    // two at a time, at least 2 s each) cannot end before it closes.
+    let into_minute = support::now_unix_ms() % 60_000;
+    let start_at = 42_000;
+    let wait = (60_000 + start_at - into_minute) % 60_000;
+    if !(0..5_000).contains(&(into_minute.wrapping_sub(start_at))) {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    let run_id = stack.start_run(&campaign).await;
+    let mut states = Vec::new();
+    let started = tokio::time::Instant::now();
+    let progress = loop {
+        let progress = stack.scheduler.progress(run_id).await.unwrap();
+        if states.last() != Some(&progress.state) {
+            states.push(progress.state);
+        }
+        if progress.finished {
+            break progress;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the run did not finish: {progress:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stack.assert_each_target_ran_once(run_id, &progress);
+    assert!(
+        states.contains(&RunState::OutsideWindow),
+        "it waited outside the windows: {states:?}"
+    );
+    let commands = stack.commands();
+    // A send decided just before the close may reach the simulator a few
+    // milliseconds after it.
+    let late: Vec<u64> = commands
+        .iter()
+        .map(|command| command.received_unix_ms % 60_000)
+        .filter(|into| *into >= WINDOW_MS + 500)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "sent outside the windows (ms into the minute): {late:?}"
+    );
+    let windows: std::collections::BTreeSet<u64> = commands
+        .iter()
+        .map(|command| command.received_unix_ms / 60_000)
+        .collect();
+    assert!(
+        windows.len() >= 2,
+        "the run went on in the next window: {windows:?}"
+    );
+    stack.teardown().await;
+}

@@ -289,6 +289,11 @@ impl Names {
         format!("{}:alerts:campaign:{campaign}", self.prefix)
     }
 
+    /// Runs with maintenance windows: run id → when to look at it next (Unix ms).
+    pub fn windowed_runs_key(&self) -> String {
+        format!("{}:runs:windowed", self.prefix)
+    }
+
     /// Runs baking between two waves: run id → when the bake ends (Unix ms).
     pub fn baking_runs_key(&self) -> String {
         format!("{}:runs:baking", self.prefix)

@@ -22,6 +22,9 @@ pub enum RunState {
     Baking,
     /// Between two waves: the gates passed, an approver has to say go on.
     AwaitingApproval,
+    /// Its campaign's maintenance windows are closed: nothing is sent until
+    /// the next one opens (commands in flight finish).
+    OutsideWindow,
     Paused,
     Completed,
     Halted,
@@ -29,12 +32,13 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Pending,
         Self::Discovering,
         Self::Running,
         Self::Baking,
         Self::AwaitingApproval,
+        Self::OutsideWindow,
         Self::Paused,
         Self::Completed,
         Self::Halted,
@@ -48,6 +52,7 @@ impl RunState {
             Self::Running => "Running",
             Self::Baking => "Baking",
             Self::AwaitingApproval => "AwaitingApproval",
+            Self::OutsideWindow => "OutsideWindow",
             Self::Paused => "Paused",
             Self::Completed => "Completed",
             Self::Halted => "Halted",

@@ -60,6 +60,24 @@ pub struct CampaignSpec {
     /// Webhooks told when a run halts, completes, pauses, fails a gate, ….
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifySpec>,
+    /// Maintenance windows: commands are sent only while one is open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowSpec>,
+}
+
+/// A maintenance window: it opens at each occurrence of `schedule` and stays
+/// open for `duration`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// `cron(…)` or `rate(…)`, as a campaign's schedule.
+    pub schedule: String,
+    /// `4h`, `90m`; 10s to 7d.
+    pub duration: Scalar,
+    /// IANA name the cron fields are read in; the campaign's schedule's
+    /// timezone, else UTC, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// One webhook and the run events it is told about.

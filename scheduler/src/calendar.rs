@@ -296,6 +296,7 @@ impl Scheduler {
                         | RunState::Running
                         | RunState::Baking
                         | RunState::AwaitingApproval
+                        | RunState::OutsideWindow
                 );
                 if !live || fields.get("freeze_override").is_some() {
                     continue;

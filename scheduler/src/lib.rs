@@ -59,6 +59,7 @@ pub mod sink;
 pub mod tls;
 pub mod tokens;
 pub mod triggers;
+pub mod windows;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -209,6 +209,7 @@ impl Scheduler {
             targets_json: targets_json.as_deref(),
             started_by: &options.started_by,
             freeze_override: options.freeze_override.as_deref(),
+            send_until_ms: crate::windows::send_until(campaign, now_ms()),
             rollout_bake_ms: campaign
                 .rollout
                 .as_ref()
@@ -428,6 +429,7 @@ impl Scheduler {
                     RunState::Discovering,
                     RunState::Baking,
                     RunState::AwaitingApproval,
+                    RunState::OutsideWindow,
                 ],
                 RunState::Paused,
                 reason,
@@ -505,11 +507,14 @@ impl Scheduler {
             self.advance(run_id).await?;
             return Ok(true);
         }
-        // A run paused during discovery goes back to discovering.
-        let to = if fields.get("max_in_flight").is_some() {
-            RunState::Running
-        } else {
+        // A run paused during discovery goes back to discovering; one whose
+        // maintenance windows are closed waits outside them.
+        let to = if fields.get("max_in_flight").is_none() {
             RunState::Discovering
+        } else if fields.get("send_until_ms") == Some("0") {
+            RunState::OutsideWindow
+        } else {
+            RunState::Running
         };
         let resumed = self
             .ledger
@@ -562,6 +567,7 @@ impl Scheduler {
                     RunState::Running,
                     RunState::Baking,
                     RunState::AwaitingApproval,
+                    RunState::OutsideWindow,
                     RunState::Paused,
                 ],
                 RunState::Cancelled,

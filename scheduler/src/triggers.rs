@@ -375,6 +375,7 @@ impl Scheduler {
         self.start_due_runs().await?;
         self.rollout_tick().await?;
         self.freeze_tick().await?;
+        self.window_tick().await?;
         self.schedule_tick().await?;
         Ok(())
     }

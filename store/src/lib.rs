@@ -150,6 +150,8 @@ pub enum GateCause {
     RunPaused(String),
     /// Between two waves of a rollout (baking, gates, approval).
     RunBetweenWaves(String),
+    /// Outside the campaign's maintenance windows.
+    RunOutsideWindow(String),
     RunHalted(String),
     RunCancelled(String),
     RunCompleted(String),
@@ -196,9 +198,24 @@ impl SendGate {
             RunState::Baking | RunState::AwaitingApproval => {
                 Self::Shut(GateCause::RunBetweenWaves(reason()))
             }
+            RunState::OutsideWindow => Self::Shut(GateCause::RunOutsideWindow(reason())),
             RunState::Halted => Self::Shut(GateCause::RunHalted(reason())),
             RunState::Cancelled => Self::Shut(GateCause::RunCancelled(reason())),
             RunState::Completed => Self::Shut(GateCause::RunCompleted(reason())),
+        }
+    }
+}
+
+impl SendGate {
+    /// An open gate shuts at `send_until_ms` (Unix ms), the end of the
+    /// maintenance window the scheduler last saw open: a worker never sends
+    /// after a window closes, however late the scheduler notices.
+    pub fn within_window(self, send_until_ms: Option<u64>, now_ms: u64) -> Self {
+        match (self, send_until_ms) {
+            (Self::Open, Some(until)) if now_ms >= until => Self::Shut(
+                GateCause::RunOutsideWindow("the campaign's maintenance window is closed".into()),
+            ),
+            (gate, _) => gate,
         }
     }
 }
@@ -214,6 +231,7 @@ impl GateCause {
             | Self::KillSwitchCampaign(_)
             | Self::RunPaused(_)
             | Self::RunBetweenWaves(_)
+            | Self::RunOutsideWindow(_)
             | Self::RunUnknown
             | Self::StoreUnreachable(_) => SendDecision::Wait,
         }
@@ -226,6 +244,7 @@ impl GateCause {
             Self::KillSwitchCampaign(_) => "kill_switch_campaign",
             Self::RunPaused(_) => "run_paused",
             Self::RunBetweenWaves(_) => "run_between_waves",
+            Self::RunOutsideWindow(_) => "run_outside_window",
             Self::RunHalted(_) => "run_halted",
             Self::RunCancelled(_) => "run_cancelled",
             Self::RunCompleted(_) => "run_completed",
@@ -244,6 +263,7 @@ impl std::fmt::Display for GateCause {
             }
             Self::RunPaused(reason)
             | Self::RunBetweenWaves(reason)
+            | Self::RunOutsideWindow(reason)
             | Self::RunHalted(reason)
             | Self::RunCancelled(reason)
             | Self::RunCompleted(reason) => f.write_str(reason),
@@ -452,6 +472,7 @@ mod tests {
             RunState::Paused,
             RunState::Baking,
             RunState::AwaitingApproval,
+            RunState::OutsideWindow,
         ] {
             assert_eq!(gate(state).decision(), SendDecision::Wait, "{state}");
         }
@@ -459,6 +480,20 @@ mod tests {
             assert!(state.is_final());
             assert_eq!(gate(state).decision(), SendDecision::NotStarted);
         }
+    }
+
+    #[test]
+    fn an_open_gate_shuts_when_the_window_ends() {
+        assert_eq!(SendGate::Open.within_window(None, 5), SendGate::Open);
+        assert_eq!(SendGate::Open.within_window(Some(6), 5), SendGate::Open);
+        let shut = SendGate::Open.within_window(Some(5), 5);
+        assert_eq!(shut.decision(), SendDecision::Wait);
+        let SendGate::Shut(cause) = shut else {
+            panic!("a closed window shuts the gate");
+        };
+        assert_eq!(cause.label(), "run_outside_window");
+        let halted = SendGate::Shut(GateCause::RunHalted("budget".into()));
+        assert_eq!(halted.clone().within_window(Some(0), 5), halted);
     }
 
     #[test]

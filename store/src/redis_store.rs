@@ -249,23 +249,27 @@ impl Store for RedisStore {
         type Reading = (
             Option<String>,
             Option<String>,
-            (Option<String>, Option<String>),
+            (Option<String>, Option<String>, Option<String>),
         );
-        let (kill, campaign_kill, (state, reason)): Reading = redis::pipe()
+        let (kill, campaign_kill, (state, reason, send_until)): Reading = redis::pipe()
             .get(self.names.kill_switch_key())
             .get(self.names.campaign_kill_key(campaign))
             .cmd("HMGET")
             .arg(self.names.run_key(run_id))
             .arg("state")
             .arg("reason")
+            .arg("send_until_ms")
             .query_async(&mut connection)
             .await?;
+        // A value that does not parse closes the window (fail closed).
+        let send_until = send_until.map(|until| until.parse::<u64>().unwrap_or(0));
         Ok(SendGate::decide(
             global_kill_reason(kill.as_deref()),
             campaign_kill,
             parse_state(state)?,
             reason,
-        ))
+        )
+        .within_window(send_until, protocol::job::UnixMillis::now().0))
     }
 
     async fn run_contract(

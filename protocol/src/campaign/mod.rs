@@ -74,6 +74,8 @@ pub struct Campaign {
     pub output_logging: Option<OutputLogging>,
     /// Webhooks told about the campaign's runs.
     pub notify: Vec<crate::spec::NotifySpec>,
+    /// Commands are sent only inside one of these; any time when empty.
+    pub windows: Vec<MaintenanceWindow>,
     /// The spec this was built from, for storing and showing back.
     pub spec: CampaignSpec,
 }
@@ -223,6 +225,61 @@ pub enum OutputLocation {
     S3 { bucket: String, prefix: String },
 }
 
+/// A maintenance window: open from each occurrence of `schedule` for `duration`.
+#[derive(Debug, Clone)]
+pub struct MaintenanceWindow {
+    pub schedule: Schedule,
+    pub duration: Duration,
+}
+
+/// Where a campaign's maintenance windows stand at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowState {
+    /// Open until then (the latest end of the windows open now).
+    Open {
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    /// Closed; the next opens then (None: no occurrence ahead).
+    Closed {
+        opens: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+const WINDOW_DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_secs(10), Duration::from_secs(7 * 86_400));
+const MAX_WINDOWS: usize = 20;
+
+impl Campaign {
+    /// Where the campaign's windows stand at `now`; None without windows
+    /// (it may send any time). A window is open on [occurrence, occurrence +
+    /// duration).
+    pub fn window_at(&self, now: chrono::DateTime<chrono::Utc>) -> Option<WindowState> {
+        if self.windows.is_empty() {
+            return None;
+        }
+        let mut until: Option<chrono::DateTime<chrono::Utc>> = None;
+        let mut opens: Option<chrono::DateTime<chrono::Utc>> = None;
+        for window in &self.windows {
+            let length =
+                chrono::Duration::from_std(window.duration).unwrap_or(chrono::Duration::zero());
+            let mut cursor = now - length;
+            while let Some(occurrence) = window.schedule.next_fire_time(cursor) {
+                if occurrence > now {
+                    opens = Some(opens.map_or(occurrence, |soonest| soonest.min(occurrence)));
+                    break;
+                }
+                let end = occurrence + length;
+                until = Some(until.map_or(end, |latest| latest.max(end)));
+                cursor = occurrence;
+            }
+        }
+        Some(match until {
+            Some(until) => WindowState::Open { until },
+            None => WindowState::Closed { opens },
+        })
+    }
+}
+
 /// The format a spec is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecFormat {
@@ -366,6 +423,40 @@ impl Campaign {
         let output_logging = spec.output_logging.as_ref().and_then(|logging| {
             values::validate_output_logging(&mut v, logging, &root.at("output_logging"))
         });
+        if spec.windows.len() > MAX_WINDOWS {
+            v.error(
+                &root.at("windows"),
+                format!("may list at most {MAX_WINDOWS} windows"),
+            );
+        }
+        let windows: Vec<MaintenanceWindow> = spec
+            .windows
+            .iter()
+            .enumerate()
+            .filter_map(|(index, window)| {
+                let path = root.at("windows").index(index);
+                let timezone = window
+                    .timezone
+                    .as_deref()
+                    .or_else(|| spec.schedule.as_ref().and_then(|s| s.timezone.as_deref()));
+                let schedule = v.check(
+                    &path.at("schedule"),
+                    Schedule::parse(&window.schedule, None).map(|s| s.expression),
+                );
+                let timezone = v.check(&path.at("timezone"), parse_timezone(timezone));
+                let duration = v.check(
+                    &path.at("duration"),
+                    parse_duration_in(&window.duration, WINDOW_DURATION_RANGE),
+                );
+                Some(MaintenanceWindow {
+                    schedule: Schedule {
+                        expression: schedule?,
+                        timezone: timezone?,
+                    },
+                    duration: duration?,
+                })
+            })
+            .collect();
         if spec.notify.len() > MAX_WEBHOOKS {
             v.error(
                 &root.at("notify"),
@@ -413,6 +504,7 @@ impl Campaign {
             rollout,
             output_logging,
             notify: spec.notify.clone(),
+            windows,
             spec,
         })
     }

@@ -151,6 +151,14 @@ impl Ledger {
             run_id.to_string(),
             run.created_ms,
         );
+        if run.send_until_ms.is_some() {
+            // The ticker looks at it at once, then as its windows open and close.
+            indexes.zadd(
+                self.names.windowed_runs_key(),
+                run_id.to_string(),
+                run.created_ms,
+            );
+        }
         let () = indexes.query_async(&mut connection).await?;
         self.connection
             .replicated(&self.names.runs_index_key())
@@ -429,6 +437,15 @@ impl Ledger {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Sets when the run's workers stop sending (the open window's end; 0: closed).
+    pub async fn set_send_until(&self, run_id: Uuid, until_ms: u64) -> Result<(), SchedulerError> {
+        let mut connection = self.connection.clone();
+        let () = connection
+            .hset(self.names.run_key(run_id), "send_until_ms", until_ms)
+            .await?;
+        self.replicated(run_id).await
     }
 
     /// Indexes a baking run under when its bake ends, for every replica's ticker.

@@ -109,6 +109,9 @@ pub struct NewRun<'a> {
     pub rollout_bake_ms: Option<u64>,
     /// Started during a change freeze by an override, and why.
     pub freeze_override: Option<&'a str>,
+    /// With maintenance windows: the end of the one open at creation (0
+    /// while all are closed); workers send only before it.
+    pub send_until_ms: Option<u64>,
 }
 
 /// A run as the ledger holds it (the run hash, counters separately).
@@ -175,6 +178,9 @@ pub(super) fn run_hash_fields(
     ];
     if let Some(targets) = run.targets_json {
         fields.push(("targets", targets.to_string()));
+    }
+    if let Some(until) = run.send_until_ms {
+        fields.push(("send_until_ms", until.to_string()));
     }
     if let Some(why) = run.freeze_override {
         fields.push(("freeze_override", why.to_string()));

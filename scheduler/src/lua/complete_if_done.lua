@@ -1,7 +1,9 @@
--- Moves a live run to Completed once every location is done. Returns the state.
+-- Moves a live run to Completed once every location is done (also outside
+-- its maintenance windows: its last commands may end after one closes).
+-- Returns the state.
 local state = redis.call('HGET', run, 'state')
 local done = tonumber(redis.call('HGET', run, 'locations_done')) or 0
-if state == STATE.Running and done >= location_count() then
+if (state == STATE.Running or state == STATE.OutsideWindow) and done >= location_count() then
   redis.call('HSET', run, 'state', STATE.Completed, 'reason', 'every location is done')
   return STATE.Completed
 end
