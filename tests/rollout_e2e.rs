@@ -15,6 +15,16 @@ use protocol::run::RunState;
 use support::Stack;
 use uuid::Uuid;
 
+/// Serves `app` on a free loopback port; returns the port and the server task.
+async fn serve(app: axum::Router) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (port, server)
+}
+
 /// A Prometheus that answers every instant query with one series while
 /// `firing`, else with an empty vector; counts the queries.
 struct FakePrometheus {
@@ -51,11 +61,7 @@ impl FakePrometheus {
                 ),
             )
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (port, server) = serve(app).await;
         Self {
             port,
             firing,
@@ -301,11 +307,7 @@ impl Receiver {
                 }
             },
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (port, server) = serve(app).await;
         Self {
             port,
             received,

@@ -932,6 +932,15 @@ async fn one_replica_holds_the_schedule_lease(backend: &Backend) {
     assert!(first.schedule_fires().await.unwrap().is_empty());
 }
 
+/// Every instance of an admission's batches, in order.
+fn admitted_ids(admission: &scheduler::ledger::Admission) -> Vec<String> {
+    admission
+        .batches
+        .iter()
+        .flat_map(|batch| batch.instance_ids.clone())
+        .collect()
+}
+
 /// Reports every admitted batch through with `failures` failed targets in
 /// the first one; returns the batches.
 async fn report_all(
@@ -1025,11 +1034,7 @@ async fn a_rollout_admits_wave_by_wave_and_bakes_between_waves(backend: &Backend
 
     // Wave 2: three more targets (the rest of the split batch, split again).
     let wave2 = ledger.admit(run_id, 64_000).await.unwrap();
-    let admitted: Vec<String> = wave2
-        .batches
-        .iter()
-        .flat_map(|b| b.instance_ids.clone())
-        .collect();
+    let admitted = admitted_ids(&wave2);
     assert_eq!(admitted, ids(3, 10)[1..4].to_vec());
     report_all(ledger, run_id, &wave2.batches, 2).await;
     assert_eq!(
@@ -1070,11 +1075,7 @@ async fn a_rollout_admits_wave_by_wave_and_bakes_between_waves(backend: &Backend
             .unwrap()
     );
     let wave3 = ledger.admit(run_id, 128_000).await.unwrap();
-    let admitted: Vec<String> = wave3
-        .batches
-        .iter()
-        .flat_map(|b| b.instance_ids.clone())
-        .collect();
+    let admitted = admitted_ids(&wave3);
     assert_eq!(
         admitted,
         ids(3, 10)[4..].to_vec(),
