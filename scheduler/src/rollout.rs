@@ -268,6 +268,10 @@ impl Scheduler {
             .wave_gate(run_id, wave, WaveOutcome::Approved, reason, "", now_ms())
             .await?;
         if approved {
+            self.metrics.wave_ended(
+                fields.get("campaign").unwrap_or_default(),
+                WaveOutcome::Approved.as_str(),
+            );
             self.advance(run_id).await?;
         }
         Ok(approved)
@@ -284,7 +288,8 @@ impl Scheduler {
         if fields.get("gate_failed_wave").is_none() {
             return Ok(false);
         }
-        self.ledger
+        let resumed = self
+            .ledger
             .wave_gate(
                 run_id,
                 fields.number("wave"),
@@ -293,7 +298,14 @@ impl Scheduler {
                 "",
                 now_ms(),
             )
-            .await
+            .await?;
+        if resumed {
+            self.metrics.wave_ended(
+                fields.get("campaign").unwrap_or_default(),
+                WaveOutcome::Resumed.as_str(),
+            );
+        }
+        Ok(resumed)
     }
 }
 
