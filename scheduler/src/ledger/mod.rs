@@ -645,6 +645,18 @@ impl Ledger {
         Ok(taken)
     }
 
+    /// The newest `limit` runs, newest first.
+    pub async fn newest_run_ids(&self, limit: usize) -> Result<Vec<Uuid>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let stop = isize::try_from(limit)
+            .unwrap_or(isize::MAX)
+            .saturating_sub(1);
+        let ids: Vec<String> = connection
+            .zrevrange(self.names.runs_index_key(), 0, stop)
+            .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
     /// Runs newest first.
     pub async fn run_ids(&self) -> Result<Vec<Uuid>, SchedulerError> {
         let mut connection = self.connection.clone();
