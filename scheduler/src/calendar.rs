@@ -279,13 +279,7 @@ impl Scheduler {
             return Ok(());
         }
         if !active.is_empty() {
-            for run_id in self
-                .ledger()
-                .run_ids()
-                .await?
-                .into_iter()
-                .take(RUNS_SCANNED)
-            {
+            for run_id in self.ledger().newest_run_ids(RUNS_SCANNED).await? {
                 let Some(fields) = self.ledger().run_fields(run_id).await? else {
                     continue;
                 };
