@@ -1,6 +1,6 @@
 //! `flotilla report RUN`: a run's results as operators read them — totals by
 //! status, per account and region, non-compliant instances, the most common
-//! failures — from the results files, as a table, CSV or JSON.
+//! failures — from the results files, as a table, CSV, JSON or one HTML file.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,6 +18,8 @@ pub enum Format {
     Table,
     Csv,
     Json,
+    /// One self-contained HTML file (inline CSS and SVG charts; opens offline).
+    Html,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -179,6 +181,7 @@ fn csv_field(text: &str) -> String {
 pub fn write(report: &Report, format: Format, out: &mut impl Write) -> anyhow::Result<()> {
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(report)?)?,
+        Format::Html => out.write_all(crate::report_html::render(report).as_bytes())?,
         Format::Csv => {
             writeln!(out, "section,key,status,targets")?;
             for (step, statuses) in &report.by_status {
@@ -392,5 +395,50 @@ mod tests {
             csv.contains("non_compliant,111122223333/us-east-1/i-2"),
             "{csv}"
         );
+    }
+
+    #[test]
+    fn the_html_report_is_self_contained_and_escapes_what_hosts_wrote() {
+        let missing = PatchCompliance {
+            missing: 3,
+            critical_non_compliant: 1,
+            ..PatchCompliance::default()
+        };
+        let records = vec![
+            record("i-1", StatusDetail::Success, "ok", Some(missing)),
+            record(
+                "i-2",
+                StatusDetail::Failed,
+                "<script>fetch('https://evil.example/x')</script> & more",
+                None,
+            ),
+        ];
+        let report = build(Uuid::nil(), &records);
+        let mut html = Vec::new();
+        write(&report, Format::Html, &mut html).unwrap();
+        let html = String::from_utf8(html).unwrap();
+        assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
+        assert!(html.contains("<svg"), "charts are inline SVG");
+        // What a host printed is text, never markup or a request.
+        assert!(!html.contains("<script"), "{html}");
+        assert!(html.contains(
+            "&lt;script&gt;fetch(&#39;https://evil.example/x&#39;)&lt;/script&gt; &amp; more"
+        ));
+        // Nothing is fetched from anywhere: no URL outside the escaped text.
+        let outside = html.replace("https://evil.example/x", "");
+        assert!(
+            !outside.contains("http://")
+                && !outside.contains("https://")
+                && !outside.contains("//"),
+            "{outside}"
+        );
+        for attribute in ["src=", "href=", "url("] {
+            assert!(!html.contains(attribute), "{attribute} in {html}");
+        }
+        assert!(
+            html.contains(">i-1</td>"),
+            "the non-compliant instance is listed"
+        );
+        assert!(html.contains("critical"), "severity chart");
     }
 }

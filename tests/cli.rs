@@ -254,6 +254,37 @@ fn demo_runs_the_example_scan_in_memory_and_leaves_results() {
     let (output, dir) = demo(&[]);
     assert_demo_reported(&output, dir.path());
     assert!(stdout(&output).contains("in-memory queues and state"));
+
+    // The run's report as one HTML file that opens offline.
+    let results = dir.path().join("flotilla-demo");
+    let run = std::fs::read_dir(&results)
+        .unwrap()
+        .find_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("run=").map(str::to_string)
+        })
+        .unwrap();
+    let output = flotilla(&[
+        "report",
+        &run,
+        "--format",
+        "html",
+        "--dir",
+        results.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let html = stdout(&output);
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    assert!(html.contains(&format!("flotilla run {run}")) && html.contains("<svg"));
+    assert!(html.contains("55 results"), "the demo's 55 targets");
+    assert!(
+        !html.contains("http:") && !html.contains("https:") && !html.contains("//"),
+        "a reference to somewhere else: {html}"
+    );
 }
 
 #[test]
