@@ -550,4 +550,63 @@ mod tests {
             );
         }
     }
+
+    /// The Athena table's columns (`deploy/athena/results.sql`), in order,
+    /// with a struct's fields as `name.field`.
+    fn athena_columns() -> Vec<String> {
+        let ddl = include_str!("../../deploy/athena/results.sql");
+        let body = ddl
+            .split_once("CREATE EXTERNAL TABLE flotilla_results (")
+            .and_then(|(_, rest)| rest.split_once("\n)\nPARTITIONED BY"))
+            .map(|(columns, _)| columns)
+            .unwrap();
+        let mut columns = Vec::new();
+        let mut within: Option<String> = None;
+        for line in body.lines().map(str::trim).filter(|line| !line.is_empty()) {
+            let name = line.split([' ', ':', '>', ',']).next().unwrap().to_string();
+            if line.ends_with("struct<") {
+                within = Some(name);
+                continue;
+            }
+            match &within {
+                Some(parent) => columns.push(format!("{parent}.{name}")),
+                None => columns.push(name),
+            }
+            if line.ends_with(">,") || line.ends_with('>') {
+                within = None;
+            }
+        }
+        columns
+    }
+
+    #[test]
+    fn the_athena_table_has_a_column_for_every_field_the_sink_writes() {
+        // Every optional field present, as the fullest record has them.
+        let mut full = record("i-0123456789abcdef0", StatusDetail::Success);
+        full.command_id = Some("cmd".into());
+        full.requested_at = Some(UnixMillis(1));
+        full.started_at = Some(UnixMillis(2));
+        full.finished_at = Some(UnixMillis(3));
+        full.response_code = Some(0);
+        full.compliance = Some(PatchCompliance::default());
+        full.compliance_missing = Some("why".into());
+        full.output_location = Some("s3://b/p/cmd/i-0123456789abcdef0/".into());
+        let json = serde_json::to_value(&full).unwrap();
+        let mut written: Vec<String> = Vec::new();
+        for (key, value) in json.as_object().unwrap() {
+            match value.as_object() {
+                Some(fields) => written.extend(fields.keys().map(|field| format!("{key}.{field}"))),
+                None => written.push(key.clone()),
+            }
+        }
+        // `region` is the table's partition column (region=… in the path).
+        written.retain(|field| field != "region");
+        written.sort();
+        let mut columns = athena_columns();
+        columns.sort();
+        assert_eq!(
+            columns, written,
+            "deploy/athena/results.sql and ResultRecord differ"
+        );
+    }
 }
