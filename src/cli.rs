@@ -101,6 +101,15 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::CalendarCommand,
     },
+    /// The fleet's patch compliance across runs: the latest result of every
+    /// instance, by account, region and severity, the daily trend, and the
+    /// instances that need attention.
+    Compliance {
+        #[command(flatten)]
+        api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        args: crate::commands::ComplianceArgs,
+    },
     /// API tokens: create (printed once), list, revoke; offline in a tokens
     /// file or through the API.
     Token {
@@ -158,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { api, command } => crate::commands::run(&api, command, &mut out),
         Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),
         Command::Calendar { api, command } => crate::commands::calendar(&api, command, &mut out),
+        Command::Compliance { api, args } => crate::commands::compliance(&api, args, &mut out),
         Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
         Command::Admin { command } => crate::admin::admin(command, &mut out),
         Command::Keys { command } => crate::keys::keys(command, &mut out),

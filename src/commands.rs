@@ -178,6 +178,25 @@ pub enum CalendarCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct ComplianceArgs {
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// critical, security, other or compliant.
+    #[arg(long)]
+    pub severity: Option<String>,
+    /// Instances not reported for longer are stale.
+    #[arg(long, default_value_t = 7)]
+    pub stale_days: u64,
+    /// At most this many instances listed.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
 pub struct ReportArgs {
     pub run_id: Uuid,
     #[arg(long, value_enum, default_value = "table")]
@@ -536,6 +555,63 @@ pub fn calendar(
         CalendarCommand::Remove { id } => {
             let _: serde_json::Value = client.delete(&format!("/calendar/{id}"))?;
             writeln!(out, "{id} removed")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn compliance(
+    api: &ApiArgs,
+    args: ComplianceArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_args(api)?;
+    let mut query = vec![
+        format!("stale_days={}", args.stale_days),
+        format!("limit={}", args.limit),
+    ];
+    for (name, value) in [
+        ("account", &args.account),
+        ("region", &args.region),
+        ("severity", &args.severity),
+    ] {
+        if let Some(value) = value {
+            query.push(format!("{name}={value}"));
+        }
+    }
+    let path = format!("/compliance?{}", query.join("&"));
+    if args.format == Format::Json {
+        print_json(out, &client.get(&path)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view: scheduler::compliance::FleetCompliance = client.get(&path)?;
+    match args.format {
+        Format::Html => out.write_all(crate::report_html::render_fleet(&view).as_bytes())?,
+        Format::Csv => out.write_all(scheduler::compliance::attention_csv(&view).as_bytes())?,
+        _ => {
+            writeln!(
+                out,
+                "{} instances, {} non-compliant, {} stale (> {} days)",
+                view.instances, view.non_compliant, view.stale, view.stale_days
+            )?;
+            for (severity, n) in &view.by_severity {
+                writeln!(out, "  {severity:<10} {n:>8}")?;
+            }
+            writeln!(out, "by account (instances, non-compliant)")?;
+            for (account, (instances, bad)) in &view.by_account {
+                writeln!(out, "  {account}  {instances:>8} {bad:>8}")?;
+            }
+            for state in view.attention.iter().take(20) {
+                writeln!(
+                    out,
+                    "  {:<22} {}/{}  {:<9} missing {:>3}",
+                    state.instance_id,
+                    state.account_id,
+                    state.region,
+                    state.severity(),
+                    state.missing
+                )?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -233,3 +233,100 @@ pub fn render(report: &Report) -> String {
     html.push_str("</table></body></html>\n");
     html
 }
+
+/// The fleet compliance view as one self-contained HTML document
+/// (`flotilla compliance --format html`).
+pub fn render_fleet(view: &scheduler::compliance::FleetCompliance) -> String {
+    let by_account: BTreeMap<String, BTreeMap<String, u64>> = view
+        .by_account
+        .iter()
+        .map(|(account, (instances, bad))| {
+            (
+                account.clone(),
+                BTreeMap::from([
+                    ("Failed".to_string(), *bad),
+                    ("Success".to_string(), instances - bad),
+                ]),
+            )
+        })
+        .collect();
+    let by_severity: BTreeMap<String, BTreeMap<String, u64>> = view
+        .by_severity
+        .iter()
+        .map(|(severity, n)| {
+            (
+                severity.clone(),
+                BTreeMap::from([("Failed".to_string(), *n)]),
+            )
+        })
+        .collect();
+    let mut trend = String::from(
+        "<svg width=\"640\" height=\"140\" role=\"img\" aria-label=\"non-compliant share per day\">",
+    );
+    let points: Vec<String> = view
+        .trend
+        .iter()
+        .enumerate()
+        .map(|(index, day)| {
+            let x = 20.0 + index as f64 * 20.0;
+            let y = 120.0 - day.share * 100.0;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let _ = write!(
+        trend,
+        "<line x1=\"20\" y1=\"120\" x2=\"620\" y2=\"120\" stroke=\"#999\"/><polyline fill=\"none\" stroke=\"#c62828\" stroke-width=\"2\" points=\"{}\"/>",
+        points.join(" ")
+    );
+    for (index, day) in view.trend.iter().enumerate() {
+        let _ = write!(
+            trend,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#c62828\"><title>{}: {} of {} non-compliant</title></circle>",
+            20.0 + index as f64 * 20.0,
+            120.0 - day.share * 100.0,
+            escape(&day.day),
+            day.non_compliant,
+            day.reported
+        );
+    }
+    trend.push_str("</svg>");
+    let mut html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>flotilla fleet compliance</title><style>{CSS}</style></head><body><h1>Fleet compliance</h1><p>{} instances, {} non-compliant, {} not reported for more than {} days.</p>",
+        view.instances, view.non_compliant, view.stale, view.stale_days
+    );
+    let _ = write!(
+        html,
+        "<div class=\"charts\"><div><h2>Per account (red: non-compliant)</h2>{}</div><div><h2>Non-compliant by severity</h2>{}</div></div><h2>Non-compliant share per day</h2>{trend}",
+        bars(&by_account, "instances per account"),
+        if by_severity.is_empty() {
+            "<p>none</p>".to_string()
+        } else {
+            bars(&by_severity, "non-compliant by severity")
+        }
+    );
+    html.push_str("<h2>Needing attention</h2><table><tr><th>instance</th><th>account</th><th>region</th><th>severity</th><th>missing</th><th>reported</th></tr>");
+    for state in &view.attention {
+        let reported =
+            chrono::DateTime::from_timestamp_millis(i64::try_from(state.reported_ms).unwrap_or(0))
+                .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default();
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{reported}</td></tr>",
+            escape(&state.instance_id),
+            escape(&state.account_id),
+            escape(&state.region),
+            state.severity(),
+            state.missing
+        );
+    }
+    if view.left_out > 0 {
+        let _ = write!(
+            html,
+            "<tr><td colspan=\"6\">… {} more</td></tr>",
+            view.left_out
+        );
+    }
+    html.push_str("</table></body></html>\n");
+    html
+}

@@ -1192,3 +1192,69 @@ async fn execution_starts_before_every_location_is_discovered_and_limits_grow_wi
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_compliance_view_keeps_each_instances_latest_scan() {
+    let mut stack = Stack::start(support::single_location(30, false)).await;
+    let port = stack.serve_api().await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "nightly",
+        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\nrate_control:\n  max_errors: 100%\n",
+    );
+    for _ in 0..2 {
+        let run_id = stack.start_run(&campaign).await;
+        let progress = stack
+            .wait_until_final(run_id, Duration::from_secs(60))
+            .await;
+        assert_eq!(progress.state, RunState::Completed);
+    }
+    let records = stack.records(stack.scheduler.ledger().run_ids().await.unwrap()[0]);
+    let non_compliant: std::collections::BTreeSet<String> = records
+        .iter()
+        .filter(|record| record.compliance.is_some_and(|c| !c.is_compliant()))
+        .map(|record| record.instance_id.clone())
+        .collect();
+    assert!(!non_compliant.is_empty(), "the simulated fleet misses patches somewhere");
+    let (status, body) = support::http(port, "GET", "/compliance", "", "").await;
+    assert_eq!(status, 200, "{body}");
+    let view: scheduler::compliance::FleetCompliance = serde_json::from_str(&body).unwrap();
+    assert_eq!(view.instances, 30, "each instance once, however many scans");
+    assert_eq!(view.non_compliant, non_compliant.len() as u64);
+    assert_eq!(view.stale, 0);
+    let listed: std::collections::BTreeSet<String> = view
+        .attention
+        .iter()
+        .map(|state| state.instance_id.clone())
+        .collect();
+    assert_eq!(
+        listed, non_compliant,
+        "the latest scan's non-compliant instances"
+    );
+    let today = view.trend.last().unwrap();
+    assert_eq!(today.reported, 60, "two scans of 30 today");
+    assert_eq!(today.non_compliant, 2 * non_compliant.len() as u64);
+    // Narrowed, as CSV, and refused when the filter is not one.
+    let (_, csv) = support::http(
+        port,
+        "GET",
+        "/compliance?format=csv&severity=critical",
+        "",
+        "",
+    )
+    .await;
+    assert!(
+        csv.starts_with("instance_id,account_id,region,severity"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().skip(1).all(|line| line.contains(",critical,")),
+        "{csv}"
+    );
+    let (status, body) = support::http(port, "GET", "/compliance?severity=worst", "", "").await;
+    assert!(
+        status == 400 && body.contains("severity: one of critical"),
+        "{body}"
+    );
+    stack.teardown().await;
+}

@@ -44,6 +44,7 @@ pub mod audit;
 pub mod auth;
 pub mod calendar;
 pub mod campaigns;
+pub mod compliance;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;

@@ -1,5 +1,7 @@
 //! `/events`, `/alerts`, `/audit`, `/tokens` and `/calendar`.
 
+use std::collections::BTreeMap;
+
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -191,4 +193,55 @@ pub(super) async fn remove_freeze(
         ));
     }
     Ok(Json(json!({ "removed": id })))
+}
+
+/// The fleet's compliance across runs (`?format=csv` for the instances that
+/// need attention as CSV).
+pub(super) async fn compliance(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let scheduler = scheduler(&current)?;
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        query
+            .get(name)
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{name}: must be a whole number, got {text:?}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    if let Some(severity) = query.get("severity")
+        && !["critical", "security", "other", "compliant"].contains(&severity.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("severity: one of critical, security, other, compliant, got {severity:?}"),
+        ));
+    }
+    let filter = crate::compliance::ComplianceQuery {
+        account: query.get("account").cloned(),
+        region: query.get("region").cloned(),
+        severity: query.get("severity").cloned(),
+        stale_days: number("stale_days")?,
+        limit: number("limit")?.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)),
+    };
+    let view = scheduler.fleet_compliance(&filter).await?;
+    match query.get("format").map(String::as_str) {
+        None | Some("json") => Ok(Json(view).into_response()),
+        Some("csv") => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/csv")],
+            crate::compliance::attention_csv(&view),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("format: json or csv, got {other:?}"),
+        )),
+    }
 }

@@ -41,8 +41,8 @@ use crate::{Scheduler, SchedulerError};
 
 pub use self::admin::ListedToken;
 use self::admin::{
-    add_freeze, alerts, audit_query, calendar, create_token, events, list_tokens, remove_freeze,
-    revoke_tokens,
+    add_freeze, alerts, audit_query, calendar, compliance, create_token, events, list_tokens,
+    remove_freeze, revoke_tokens,
 };
 pub use self::campaigns::StartedRun;
 use self::campaigns::{
@@ -108,6 +108,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/events", post(events))
         .route("/alerts", post(alerts))
         .route("/calendar", get(calendar).post(add_freeze))
+        .route("/compliance", get(compliance))
         .route("/calendar/{id}", axum::routing::delete(remove_freeze))
         .route("/audit", get(audit_query))
         .route("/tokens", get(list_tokens).post(create_token))

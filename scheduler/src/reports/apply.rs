@@ -261,6 +261,28 @@ impl Scheduler {
                 self.metrics
                     .result(&plan.campaign.name, result.status.as_ssm_str());
             }
+            // The fleet view keeps each instance's latest compliance.
+            let compliance: Vec<(String, protocol::report::PatchCompliance)> = report
+                .results
+                .iter()
+                .filter_map(|result| {
+                    result
+                        .compliance
+                        .map(|counts| (result.instance_id.clone(), counts))
+                })
+                .collect();
+            // Secondary to the run: a failure is logged, the next scan mends it.
+            if let Err(error) = self
+                .record_compliance(
+                    report.run_id,
+                    &plan.campaign.name,
+                    &report.location,
+                    &compliance,
+                )
+                .await
+            {
+                tracing::warn!(run_id = %report.run_id, error = %error, "could not update the fleet compliance view");
+            }
         }
         if new && state == RunState::Halted && failures > 0 {
             tracing::warn!(run_id = %report.run_id, "run halted by its error budget");
