@@ -330,3 +330,50 @@ pub fn render_fleet(view: &scheduler::compliance::FleetCompliance) -> String {
     html.push_str("</table></body></html>\n");
     html
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use scheduler::compliance::{FleetCompliance, InstanceCompliance, TrendDay};
+
+    #[test]
+    fn the_fleet_page_is_self_contained_and_escapes_instance_data() {
+        let instance = InstanceCompliance {
+            instance_id: "i-<img src=x>".into(),
+            account_id: "111122223333".into(),
+            region: "us-east-1".into(),
+            campaign: "nightly".into(),
+            run_id: uuid::Uuid::nil(),
+            reported_ms: 1_796_000_000_000,
+            missing: 3,
+            failed: 0,
+            pending_reboot: 0,
+            critical: 1,
+            security: 0,
+            other: 2,
+        };
+        let view = FleetCompliance {
+            instances: 10,
+            non_compliant: 1,
+            stale: 0,
+            stale_days: 7,
+            by_account: BTreeMap::from([("111122223333".into(), (10, 1))]),
+            by_region: BTreeMap::from([("us-east-1".into(), (10, 1))]),
+            by_severity: BTreeMap::from([("critical".into(), 1)]),
+            trend: vec![TrendDay {
+                day: "2026-12-03".into(),
+                reported: 10,
+                non_compliant: 1,
+                share: 0.1,
+            }],
+            attention: vec![instance],
+            left_out: 0,
+        };
+        let html = render_fleet(&view);
+        assert!(html.contains("10 instances, 1 non-compliant"));
+        assert!(html.contains("i-&lt;img src=x&gt;") && !html.contains("<img"));
+        assert!(html.contains("<polyline") && html.contains("critical"));
+        assert!(!html.contains("http") && !html.contains("//"), "{html}");
+    }
+}

@@ -1215,7 +1215,10 @@ async fn the_fleet_compliance_view_keeps_each_instances_latest_scan() {
         .filter(|record| record.compliance.is_some_and(|c| !c.is_compliant()))
         .map(|record| record.instance_id.clone())
         .collect();
-    assert!(!non_compliant.is_empty(), "the simulated fleet misses patches somewhere");
+    assert!(
+        !non_compliant.is_empty(),
+        "the simulated fleet misses patches somewhere"
+    );
     let (status, body) = support::http(port, "GET", "/compliance", "", "").await;
     assert_eq!(status, 200, "{body}");
     let view: scheduler::compliance::FleetCompliance = serde_json::from_str(&body).unwrap();
