@@ -41,6 +41,26 @@ fn add_token(path: &std::path::Path, name: &str, role: Role, expires_ms: Option<
     token
 }
 
+/// Serves the stack's API with tokens for otto (operator), ada (admin) and
+/// anna (approver); returns the port, their tokens, and the tokens file's
+/// directory (removed when dropped).
+async fn serve_with_three_principals(stack: &mut Stack) -> (u16, [String; 3], tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let tokens = [
+        add_token(&tokens_path, "otto", Role::Operator, None),
+        add_token(&tokens_path, "ada", Role::Admin, None),
+        add_token(&tokens_path, "anna", Role::Approver, None),
+    ];
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        metrics_open: true,
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    (port, tokens, secrets)
+}
+
 /// Reads every audit file under `dir`.
 fn audit_files(dir: &std::path::Path) -> Vec<AuditRecord> {
     let mut records = Vec::new();
@@ -552,17 +572,7 @@ async fn the_cli_sends_the_token_of_its_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_that_changes_hosts_runs_only_once_someone_else_approves_it() {
     let mut stack = Stack::start(support::single_location(3, false)).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let tokens_path = secrets.path().join("tokens");
-    let otto = add_token(&tokens_path, "otto", Role::Operator, None);
-    let ada = add_token(&tokens_path, "ada", Role::Admin, None);
-    let anna = add_token(&tokens_path, "anna", Role::Approver, None);
-    stack.scheduler_config_mut().auth = AuthSettings {
-        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
-        metrics_open: true,
-        ..AuthSettings::default()
-    };
-    let port = stack.serve_api().await;
+    let (port, [otto, ada, anna], _secrets) = serve_with_three_principals(&mut stack).await;
     let post = |token: &str, path: &str, body: &str| {
         let (token, path, body) = (token.to_string(), path.to_string(), body.to_string());
         async move {
@@ -984,17 +994,7 @@ async fn oversized_and_malformed_requests_are_refused_and_recorded() {
 async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_override_is_recorded() {
     let mut stack = Stack::start(support::slow_single_location(16)).await;
     stack.spawn_worker("worker-a", 4);
-    let secrets = tempfile::tempdir().unwrap();
-    let tokens_path = secrets.path().join("tokens");
-    let otto = add_token(&tokens_path, "otto", Role::Operator, None);
-    let ada = add_token(&tokens_path, "ada", Role::Admin, None);
-    let anna = add_token(&tokens_path, "anna", Role::Approver, None);
-    stack.scheduler_config_mut().auth = AuthSettings {
-        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
-        metrics_open: true,
-        ..AuthSettings::default()
-    };
-    let port = stack.serve_api().await;
+    let (port, [otto, ada, anna], _secrets) = serve_with_three_principals(&mut stack).await;
     let call = |token: &str, method: &str, path: &str, body: &str| {
         let (token, method, path, body) = (
             token.to_string(),
