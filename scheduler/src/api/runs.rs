@@ -101,9 +101,11 @@ pub(super) async fn steer_run(
     State(current): State<CurrentScheduler>,
     Path((id, action)): Path<(String, String)>,
     body: String,
-) -> ApiResult<serde_json::Value> {
+) -> Result<axum::response::Response, ApiError> {
     let scheduler = scheduler(&current)?;
     let run_id = parse_run_id(&id)?;
+    // The override of a firing alert goes into the request's audit record.
+    let mut note = None;
     let changed = match action.as_str() {
         "pause" => {
             scheduler
@@ -114,6 +116,7 @@ pub(super) async fn steer_run(
             let reason = reason_of(&body, "resumed by an operator")?;
             match despite_alert_of(&body)? {
                 Some(why) => {
+                    note = Some(format!("despite a firing alert: {why}"));
                     scheduler
                         .resume_despite_alert(run_id, &reason, &why)
                         .await?
@@ -134,9 +137,12 @@ pub(super) async fn steer_run(
         }
     };
     let progress = scheduler.progress(run_id).await?;
-    Ok(Json(
-        json!({ "changed": changed, "state": progress.state, "reason": progress.reason }),
-    ))
+    let answer =
+        Json(json!({ "changed": changed, "state": progress.state, "reason": progress.reason }));
+    Ok(match note {
+        Some(note) => super::with_note(answer, note),
+        None => axum::response::IntoResponse::into_response(answer),
+    })
 }
 
 /// An approver lets a rollout waiting between two waves go on. Not the
