@@ -281,6 +281,7 @@ async fn a_scheduler_restarted_mid_run_loses_no_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
     let mut stack = Stack::start(support::slow_single_location(120)).await;
+    let port = stack.serve_api().await;
     stack.spawn_worker("worker-a", 8);
     let campaign = stack.campaign(
         "alerting",
@@ -327,12 +328,27 @@ async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
         stack.scheduler.progress(run_id).await.unwrap().state,
         RunState::Paused
     );
+    // Through the API too: refused, then overridden with a reason that the
+    // request's audit record keeps.
+    let path = format!("/runs/{run_id}/resume");
+    let (status, body) = support::http(port, "POST", &path, "application/json", "").await;
     assert!(
-        stack
-            .scheduler
-            .resume_despite_alert(run_id, "resumed", "a known flaky host")
-            .await
-            .unwrap()
+        status == 409 && body.contains("--despite-alert"),
+        "{status} {body}"
+    );
+    let (status, body) = support::http(
+        port,
+        "POST",
+        &path,
+        "application/json",
+        r#"{"reason": "resumed", "despite_alert": "a known flaky host"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, trail) = support::http(port, "GET", "/audit?action=runs:resume", "", "").await;
+    assert!(
+        trail.contains("despite a firing alert: a known flaky host"),
+        "{trail}"
     );
     let resumed = stack.scheduler.progress(run_id).await.unwrap();
     assert!(
