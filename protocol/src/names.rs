@@ -289,6 +289,26 @@ impl Names {
         format!("{}:alerts:campaign:{campaign}", self.prefix)
     }
 
+    /// The change calendar: freeze id → freeze (JSON).
+    pub fn calendar_key(&self) -> String {
+        format!("{}:calendar", self.prefix)
+    }
+
+    /// Runs a change freeze paused (to resume when it ends).
+    pub fn frozen_runs_key(&self) -> String {
+        format!("{}:runs:frozen", self.prefix)
+    }
+
+    /// The fleet compliance view: instance id → its latest state (JSON).
+    pub fn compliance_key(&self) -> String {
+        format!("{}:compliance:instances", self.prefix)
+    }
+
+    /// One UTC day's compliance counts (`YYYY-MM-DD`).
+    pub fn compliance_day_key(&self, day: &str) -> String {
+        format!("{}:compliance:day:{day}", self.prefix)
+    }
+
     /// Runs with maintenance windows: run id → when to look at it next (Unix ms).
     pub fn windowed_runs_key(&self) -> String {
         format!("{}:runs:windowed", self.prefix)

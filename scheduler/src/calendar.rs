@@ -90,15 +90,13 @@ fn parse_time(field: &str, text: &str) -> Result<u64, SchedulerError> {
 }
 
 impl Scheduler {
-    fn calendar_key(&self) -> String {
-        format!("{}:calendar", self.ledger().names().prefix())
-    }
-
     /// Every freeze, soonest first.
     pub async fn freezes(&self) -> Result<Vec<Freeze>, SchedulerError> {
         use redis::AsyncCommands as _;
         let mut connection = self.ledger().connection();
-        let raw: Vec<String> = connection.hvals(self.calendar_key()).await?;
+        let raw: Vec<String> = connection
+            .hvals(self.ledger().names().calendar_key())
+            .await?;
         let mut freezes = raw
             .iter()
             .map(|raw| {
@@ -153,14 +151,18 @@ impl Scheduler {
                 "the calendar holds at most {MAX_FREEZES} freezes; remove some first"
             )));
         }
-        let all: Vec<String> = connection.hkeys(self.calendar_key()).await?;
+        let all: Vec<String> = connection
+            .hkeys(self.ledger().names().calendar_key())
+            .await?;
         let current: Vec<&str> = freezes.iter().map(|freeze| freeze.id.as_str()).collect();
         let past: Vec<&String> = all
             .iter()
             .filter(|id| !current.contains(&id.as_str()))
             .collect();
         if !past.is_empty() {
-            let _: u64 = connection.hdel(self.calendar_key(), past).await?;
+            let _: u64 = connection
+                .hdel(self.ledger().names().calendar_key(), past)
+                .await?;
         }
         let freeze = Freeze {
             id: format!("freeze-{}", &Uuid::new_v4().simple().to_string()[..12]),
@@ -173,14 +175,14 @@ impl Scheduler {
         };
         let _: u8 = connection
             .hset(
-                self.calendar_key(),
+                self.ledger().names().calendar_key(),
                 &freeze.id,
                 serde_json::to_string(&freeze)?,
             )
             .await?;
         self.ledger()
             .connection()
-            .replicated(&self.calendar_key())
+            .replicated(&self.ledger().names().calendar_key())
             .await?;
         Ok(freeze)
     }
@@ -188,10 +190,12 @@ impl Scheduler {
     pub async fn remove_freeze(&self, id: &str) -> Result<bool, SchedulerError> {
         use redis::AsyncCommands as _;
         let mut connection = self.ledger().connection();
-        let removed: u8 = connection.hdel(self.calendar_key(), id).await?;
+        let removed: u8 = connection
+            .hdel(self.ledger().names().calendar_key(), id)
+            .await?;
         self.ledger()
             .connection()
-            .replicated(&self.calendar_key())
+            .replicated(&self.ledger().names().calendar_key())
             .await?;
         Ok(removed == 1)
     }
@@ -271,7 +275,7 @@ impl Scheduler {
             .iter()
             .filter(|freeze| freeze.from_ms <= now && now < freeze.to_ms)
             .collect();
-        let frozen_key = format!("{}:runs:frozen", self.ledger().names().prefix());
+        let frozen_key = self.ledger().names().frozen_runs_key();
         let mut connection = self.ledger().connection();
         let frozen: Vec<String> =
             redis::AsyncCommands::smembers(&mut connection, &frozen_key).await?;

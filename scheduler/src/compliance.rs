@@ -106,14 +106,6 @@ fn day_of(ms: u64) -> String {
 }
 
 impl Scheduler {
-    fn compliance_key(&self) -> String {
-        format!("{}:compliance:instances", self.ledger().names().prefix())
-    }
-
-    fn compliance_day_key(&self, day: &str) -> String {
-        format!("{}:compliance:day:{day}", self.ledger().names().prefix())
-    }
-
     /// Records the compliance of a batch's instances (a report applied once).
     pub(crate) async fn record_compliance(
         &self,
@@ -146,10 +138,10 @@ impl Scheduler {
             non_compliant += u64::from(!state.compliant());
             fields.push((instance_id.clone(), serde_json::to_string(&state)?));
         }
-        let day_key = self.compliance_day_key(&day_of(now));
+        let day_key = self.ledger().names().compliance_day_key(&day_of(now));
         let mut connection = self.ledger().connection();
         let () = redis::pipe()
-            .hset_multiple(self.compliance_key(), &fields)
+            .hset_multiple(self.ledger().names().compliance_key(), &fields)
             .ignore()
             .hincr(&day_key, "reported", results.len() as u64)
             .ignore()
@@ -172,7 +164,9 @@ impl Scheduler {
     ) -> Result<FleetCompliance, SchedulerError> {
         use redis::AsyncCommands as _;
         let mut connection = self.ledger().connection();
-        let raw: Vec<String> = connection.hvals(self.compliance_key()).await?;
+        let raw: Vec<String> = connection
+            .hvals(self.ledger().names().compliance_key())
+            .await?;
         let now = now_ms();
         let stale_days = query.stale_days.unwrap_or(7);
         let stale_before = now.saturating_sub(stale_days.saturating_mul(DAY_MS));
@@ -249,7 +243,7 @@ impl Scheduler {
         let mut pipe = redis::pipe();
         for day in &days {
             pipe.cmd("HMGET")
-                .arg(self.compliance_day_key(day))
+                .arg(self.ledger().names().compliance_day_key(day))
                 .arg("reported")
                 .arg("non_compliant");
         }

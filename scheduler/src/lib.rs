@@ -480,6 +480,18 @@ pub async fn run(
     result
 }
 
+/// The HTTP client of the requests the scheduler makes on a campaign's
+/// behalf (rollout gates, notification webhooks): blocking (run it on
+/// tokio's blocking threads), `timeout` for the whole exchange, and non-2xx
+/// answers read as answers, so their body can be shown.
+pub(crate) fn outbound_http(timeout: std::time::Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
     protocol::job::UnixMillis::now().0

@@ -195,12 +195,9 @@ impl Scheduler {
 }
 
 fn post(url: &str, payload: &str, key: Option<&[u8]>) -> Result<(), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DELIVERY_TIMEOUT))
-        .build()
-        .into();
-    let mut request = agent.post(url).header("Content-Type", "application/json");
+    let mut request = crate::outbound_http(DELIVERY_TIMEOUT)
+        .post(url)
+        .header("Content-Type", "application/json");
     if let Some(key) = key {
         let seconds = now_ms() / 1000;
         request = request.header("X-Flotilla-Signature", signature(key, seconds, payload));

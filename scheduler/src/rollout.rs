@@ -55,13 +55,15 @@ pub struct WaveProgress {
     pub gates: Vec<GateResult>,
 }
 
+/// The cumulative caps of a run's waves, once discovery has resolved them.
+fn wave_caps(fields: &RunFields) -> Option<Vec<u64>> {
+    serde_json::from_str(fields.get("wave_caps")?).ok()
+}
+
 /// The waves of a run from its record; empty without a rollout or before
 /// discovery ends.
 pub(crate) fn waves_of(fields: &RunFields) -> Vec<WaveProgress> {
-    let Some(caps) = fields
-        .get("wave_caps")
-        .and_then(|raw| serde_json::from_str::<Vec<u64>>(raw).ok())
-    else {
+    let Some(caps) = wave_caps(fields) else {
         return Vec::new();
     };
     let current = fields.number("wave");
@@ -142,23 +144,24 @@ impl Scheduler {
     /// Once a second: every baked run whose bake has ended gets its gates
     /// checked and moves on.
     pub(crate) async fn rollout_tick(&self) -> Result<(), SchedulerError> {
-        for run_id in self.ledger.baked_runs(now_ms(), BAKED_PER_TICK).await? {
+        let key = self.ledger.names().baking_runs_key();
+        for run_id in self.ledger.due_runs(&key, now_ms(), BAKED_PER_TICK).await? {
             let fields = match self.ledger.run_fields(run_id).await? {
                 Some(fields) if fields.state()? == RunState::Baking => fields,
                 // Moved on (by another replica, a pause, a cancel) or gone.
                 _ => {
-                    self.ledger.unindex_baking(run_id).await?;
+                    self.ledger.unindex_run(&key, run_id).await?;
                     continue;
                 }
             };
             let until = fields.number("bake_until");
             if until > now_ms() {
                 // Baking again (a later wave) since it was indexed.
-                self.ledger.index_baking(run_id, until).await?;
+                self.ledger.index_run(&key, run_id, until).await?;
                 continue;
             }
             self.check_gates(run_id, &fields).await?;
-            self.ledger.unindex_baking(run_id).await?;
+            self.ledger.unindex_run(&key, run_id).await?;
         }
         Ok(())
     }
@@ -172,10 +175,7 @@ impl Scheduler {
             )));
         };
         let wave = fields.number("wave");
-        let waves = fields
-            .get("wave_caps")
-            .and_then(|raw| serde_json::from_str::<Vec<u64>>(raw).ok())
-            .map_or(0, |caps| caps.len());
+        let waves = wave_caps(fields).map_or(0, |caps| caps.len());
         let targets = fields.number(&format!("wave:{wave}:targets"));
         let failures = fields.number(&format!("wave:{wave}:failures"));
         let allowed = rollout.max_wave_errors.allowed_errors(targets);
@@ -345,12 +345,7 @@ async fn check_gate(gate: &HealthGate) -> Result<(), String> {
 }
 
 fn get_json(url: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(GATE_TIMEOUT))
-        .build()
-        .into();
-    let mut request = agent.get(url);
+    let mut request = crate::outbound_http(GATE_TIMEOUT).get(url);
     for (name, value) in query {
         request = request.query(*name, *value);
     }

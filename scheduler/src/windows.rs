@@ -41,26 +41,16 @@ pub fn send_until(campaign: &Campaign, now_ms: u64) -> Option<u64> {
 impl Scheduler {
     /// Once a second: every windowed run whose window opened or closed.
     pub(crate) async fn window_tick(&self) -> Result<(), SchedulerError> {
-        use redis::AsyncCommands as _;
         let key = self.ledger().names().windowed_runs_key();
-        let mut connection = self.ledger().connection();
-        let due: Vec<String> = connection
-            .zrangebyscore_limit(&key, 0, now_ms(), 0, WINDOWED_PER_TICK)
-            .await?;
-        for id in due {
-            let next = match id.parse::<Uuid>() {
-                Ok(run_id) => self.follow_window(run_id).await?,
-                Err(_) => None,
-            };
-            match next {
-                Some(at) => {
-                    let _: u8 = connection.zadd(&key, &id, at).await?;
-                }
-                None => {
-                    let _: u8 = connection.zrem(&key, &id).await?;
-                }
+        for run_id in self
+            .ledger()
+            .due_runs(&key, now_ms(), WINDOWED_PER_TICK)
+            .await?
+        {
+            match self.follow_window(run_id).await? {
+                Some(at) => self.ledger().index_run(&key, run_id, at).await?,
+                None => self.ledger().unindex_run(&key, run_id).await?,
             }
-            self.ledger().connection().replicated(&key).await?;
         }
         Ok(())
     }

@@ -76,25 +76,19 @@ pub(super) struct ReasonBody {
     despite_alert: Option<String>,
 }
 
-pub(super) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
+/// A steering request's body; an empty body is an empty one.
+fn reason_body(body: &str) -> Result<ReasonBody, ApiError> {
     if body.trim().is_empty() {
-        return Ok(default.to_string());
+        return Ok(ReasonBody::default());
     }
-    let parsed: ReasonBody = serde_json::from_str(body).map_err(|error| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
-    })?;
-    Ok(parsed.reason.unwrap_or_else(|| default.to_string()))
+    serde_json::from_str(body)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}")))
 }
 
-/// The `despite_alert` reason of a resume's body, if any.
-fn despite_alert_of(body: &str) -> Result<Option<String>, ApiError> {
-    if body.trim().is_empty() {
-        return Ok(None);
-    }
-    let parsed: ReasonBody = serde_json::from_str(body).map_err(|error| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
-    })?;
-    Ok(parsed.despite_alert)
+pub(super) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
+    Ok(reason_body(body)?
+        .reason
+        .unwrap_or_else(|| default.to_string()))
 }
 
 pub(super) async fn steer_run(
@@ -113,8 +107,11 @@ pub(super) async fn steer_run(
                 .await?
         }
         "resume" => {
-            let reason = reason_of(&body, "resumed by an operator")?;
-            match despite_alert_of(&body)? {
+            let parsed = reason_body(&body)?;
+            let reason = parsed
+                .reason
+                .unwrap_or_else(|| "resumed by an operator".to_string());
+            match parsed.despite_alert {
                 Some(why) => {
                     note = Some(format!("despite a firing alert: {why}"));
                     scheduler

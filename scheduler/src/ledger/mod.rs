@@ -448,28 +448,49 @@ impl Ledger {
         self.replicated(run_id).await
     }
 
-    /// Indexes a baking run under when its bake ends, for every replica's ticker.
-    pub async fn index_baking(&self, run_id: Uuid, until_ms: u64) -> Result<(), SchedulerError> {
+    /// Indexes a run in `key`, a sorted set of runs every replica's ticker
+    /// looks at when their time comes (`at_ms`): baking runs by when the bake
+    /// ends, windowed runs by when a window opens or closes.
+    pub async fn index_run(
+        &self,
+        key: &str,
+        run_id: Uuid,
+        at_ms: u64,
+    ) -> Result<(), SchedulerError> {
         let mut connection = self.connection.clone();
-        let key = self.names.baking_runs_key();
-        let () = connection.zadd(&key, run_id.to_string(), until_ms).await?;
-        Ok(self.connection.replicated(&key).await?)
+        let () = connection.zadd(key, run_id.to_string(), at_ms).await?;
+        Ok(self.connection.replicated(key).await?)
     }
 
-    /// Baking runs whose bake has ended by `now_ms` (at most `limit`).
-    pub async fn baked_runs(&self, now_ms: u64, limit: isize) -> Result<Vec<Uuid>, SchedulerError> {
+    /// The runs of `key` whose time has come by `now_ms` (at most `limit`);
+    /// an entry that is not a run id is dropped, so it cannot take a place
+    /// in every tick.
+    pub async fn due_runs(
+        &self,
+        key: &str,
+        now_ms: u64,
+        limit: isize,
+    ) -> Result<Vec<Uuid>, SchedulerError> {
         let mut connection = self.connection.clone();
         let ids: Vec<String> = connection
-            .zrangebyscore_limit(self.names.baking_runs_key(), 0, now_ms, 0, limit)
+            .zrangebyscore_limit(key, 0, now_ms, 0, limit)
             .await?;
-        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+        let mut due = Vec::with_capacity(ids.len());
+        for id in ids {
+            match id.parse() {
+                Ok(run_id) => due.push(run_id),
+                Err(_) => {
+                    let () = connection.zrem(key, &id).await?;
+                }
+            }
+        }
+        Ok(due)
     }
 
-    pub async fn unindex_baking(&self, run_id: Uuid) -> Result<(), SchedulerError> {
+    pub async fn unindex_run(&self, key: &str, run_id: Uuid) -> Result<(), SchedulerError> {
         let mut connection = self.connection.clone();
-        let key = self.names.baking_runs_key();
-        let () = connection.zrem(&key, run_id.to_string()).await?;
-        Ok(self.connection.replicated(&key).await?)
+        let () = connection.zrem(key, run_id.to_string()).await?;
+        Ok(self.connection.replicated(key).await?)
     }
 
     /// Returns (new, state after).

@@ -300,7 +300,9 @@ impl Scheduler {
         if let (RunState::Baking, Some(until)) = (admission.state, admission.bake_until_ms) {
             // Idempotent: every advance of a baking run indexes it again, so a
             // replica that died between the script and this line loses nothing.
-            self.ledger.index_baking(run_id, until).await?;
+            self.ledger
+                .index_run(&self.ledger.names().baking_runs_key(), run_id, until)
+                .await?;
         }
         let state = self.ledger.complete_if_done(run_id).await?;
         if state == RunState::Completed {
