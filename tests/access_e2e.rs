@@ -1064,6 +1064,29 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         status == 400 && body.contains("to: \\\"tomorrow\\\" is not an RFC 3339 time"),
         "{status} {body}"
     );
+    for (hostile, says) in [
+        ("{\"from\": ", "request body"),
+        (
+            "{\"from\": \"x\", \"to\": \"y\", \"reason\": \"r\", \"extra\": 1}",
+            "unknown field",
+        ),
+        (
+            "{\"to\": \"2027-01-01T00:00:00Z\", \"reason\": \"r\"}",
+            "missing field `from`",
+        ),
+    ] {
+        let (status, body) = call(&anna, "POST", "/calendar", hostile).await;
+        assert!(
+            status == 400 && body.contains(says),
+            "{hostile}: {status} {body}"
+        );
+    }
+    let long = freeze.replace("year-end change freeze", &"x".repeat(1025));
+    let (status, body) = call(&anna, "POST", "/calendar", &long).await;
+    assert!(
+        status == 400 && body.contains("reason: is required, at most 1024"),
+        "{body}"
+    );
     let (status, body) = call(&anna, "POST", "/calendar", &freeze).await;
     assert_eq!(status, 200, "{body}");
     let freeze_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]

@@ -1275,5 +1275,10 @@ async fn the_fleet_compliance_view_keeps_each_instances_latest_scan() {
         status == 400 && body.contains("severity: one of critical"),
         "{body}"
     );
+    let (status, body) = support::http(port, "GET", "/compliance?stale_days=-1", "", "").await;
+    assert!(
+        status == 400 && body.contains("stale_days: must be a whole number"),
+        "{body}"
+    );
     stack.teardown().await;
 }
