@@ -150,6 +150,12 @@ impl Names {
         format!("{}:tokens", self.prefix)
     }
 
+    /// One console session, by the hex SHA-256 of its cookie (never the
+    /// cookie itself); expires with the session.
+    pub fn session_key(&self, sha256: &str) -> String {
+        format!("{}:session:{sha256}", self.prefix)
+    }
+
     /// Set once, when a deployment's first scheduler starts (see the kill switch).
     pub fn deployment_key(&self) -> String {
         format!("{}:deployment", self.prefix)

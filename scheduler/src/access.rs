@@ -44,7 +44,7 @@ pub struct RefusalBudget {
 
 impl RefusalBudget {
     /// True while this second's records stay within the budget.
-    fn admit(&self) -> bool {
+    pub(crate) fn admit(&self) -> bool {
         let second = now_ms() / 1000;
         let mut window = self
             .window
@@ -66,15 +66,15 @@ pub const MAX_REQUEST_BYTES: usize = 2 * protocol::campaign::MAX_SPEC_BYTES;
 const MAX_TOKEN_CHARS: usize = 512;
 
 /// Why a request got no principal.
-struct Refusal {
-    status: StatusCode,
-    message: String,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
     /// A token was presented (and is wrong), as opposed to none at all.
     presented: bool,
 }
 
 impl Refusal {
-    fn unauthenticated(message: impl Into<String>, presented: bool) -> Self {
+    pub(crate) fn unauthenticated(message: impl Into<String>, presented: bool) -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
             message: message.into(),
@@ -82,7 +82,7 @@ impl Refusal {
         }
     }
 
-    fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.into(),
@@ -142,32 +142,22 @@ async fn authenticate(
             .verify(token)
             .map_err(|why| Refusal::unauthenticated(why, true));
     }
+    let record = token_record(state, token).await?;
+    Ok(Principal {
+        name: record.name,
+        role: record.role,
+    })
+}
+
+/// The live record of a flotilla token (`flt_…`): the tokens file first,
+/// then the tokens made through the API. Unknown, revoked or expired: 401;
+/// unreadable: 503 (fail closed).
+pub(crate) async fn token_record(
+    state: &ApiState,
+    token: &str,
+) -> Result<crate::auth::TokenRecord, Refusal> {
     let sha256 = token_hash(token);
-    let from_file = match &state.auth.tokens_file {
-        Some(tokens_file) => tokens_file.lookup(&sha256).map_err(|error| {
-            tracing::error!(
-                error = error.as_str(),
-                "tokens file unreadable: refusing every token"
-            );
-            Refusal::unavailable("the scheduler cannot read its tokens file; see its log")
-        })?,
-        None => None,
-    };
-    let record = match from_file {
-        Some(record) => Some(record),
-        None => {
-            let connected = state.current.borrow().clone();
-            let Some(scheduler) = connected else {
-                return Err(Refusal::unavailable(
-                    "the scheduler is reconnecting to RabbitMQ/Redis; try again shortly",
-                ));
-            };
-            scheduler.stored_token(&sha256).await.map_err(|error| {
-                tracing::error!(error = %error, "stored tokens unreadable: refusing the token");
-                Refusal::unavailable("the scheduler cannot read its stored tokens; see its log")
-            })?
-        }
-    };
+    let record = stored_record(state, &sha256).await?;
     let Some(record) = record else {
         return Err(Refusal::unauthenticated("unknown or revoked token", true));
     };
@@ -180,9 +170,36 @@ async fn authenticate(
             true,
         ));
     }
-    Ok(Principal {
-        name: record.name,
-        role: record.role,
+    Ok(record)
+}
+
+/// A token's record by its hash, wherever it is kept.
+pub(crate) async fn stored_record(
+    state: &ApiState,
+    sha256: &str,
+) -> Result<Option<crate::auth::TokenRecord>, Refusal> {
+    let from_file = match &state.auth.tokens_file {
+        Some(tokens_file) => tokens_file.lookup(sha256).map_err(|error| {
+            tracing::error!(
+                error = error.as_str(),
+                "tokens file unreadable: refusing every token"
+            );
+            Refusal::unavailable("the scheduler cannot read its tokens file; see its log")
+        })?,
+        None => None,
+    };
+    if from_file.is_some() {
+        return Ok(from_file);
+    }
+    let connected = state.current.borrow().clone();
+    let Some(scheduler) = connected else {
+        return Err(Refusal::unavailable(
+            "the scheduler is reconnecting to RabbitMQ/Redis; try again shortly",
+        ));
+    };
+    scheduler.stored_token(sha256).await.map_err(|error| {
+        tracing::error!(error = %error, "stored tokens unreadable: refusing the token");
+        Refusal::unavailable("the scheduler cannot read its stored tokens; see its log")
     })
 }
 
@@ -209,7 +226,7 @@ fn outcome_of(status: StatusCode) -> String {
 
 /// Appends an audit record through the connected scheduler; while it
 /// reconnects, the record goes to the log only.
-async fn audit(state: &ApiState, record: AuditRecord) {
+pub(crate) async fn audit(state: &ApiState, record: AuditRecord) {
     let connected = state.current.borrow().clone();
     let appended = match connected {
         Some(scheduler) => match scheduler.audit() {
@@ -238,8 +255,12 @@ async fn refuse(
     entry: AuditRecord,
     status: StatusCode,
     message: String,
+    console: bool,
 ) -> Response {
     audit(state, entry).await;
+    if console {
+        return crate::console::error_page(status, &message);
+    }
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
@@ -284,9 +305,25 @@ pub async fn guard(
         .extensions()
         .get::<crate::tls::ClientCertificate>()
         .cloned();
-    let authenticated = authenticate(&state, request.headers(), client.as_ref()).await;
+    // The console's pages authenticate by their session cookie only (and
+    // nothing else does), so a cookie can never drive the JSON API.
+    let console = crate::console::is_console(&route);
+    let mut session = None;
+    let authenticated = if console {
+        crate::console::session::authenticate(&state, request.headers())
+            .await
+            .map(|(principal, found)| {
+                session = Some(found);
+                principal
+            })
+    } else {
+        authenticate(&state, request.headers(), client.as_ref()).await
+    };
     let principal = match authenticated {
         Ok(principal) => principal,
+        Err(refusal) if console && refusal.status == StatusCode::UNAUTHORIZED => {
+            return crate::console::to_login(request.uri());
+        }
         Err(refusal) => {
             // Past the budget a refusal is only counted: a flood of bad
             // tokens must not become a flood of records (or of log lines).
@@ -318,11 +355,14 @@ pub async fn guard(
             message.clone(),
             "denied".into(),
         );
-        return refuse(&state, entry, StatusCode::FORBIDDEN, message).await;
+        return refuse(&state, entry, StatusCode::FORBIDDEN, message, console).await;
     }
     if !mutating {
         let mut request = request;
         request.extensions_mut().insert(principal);
+        if let Some(session) = session {
+            request.extensions_mut().insert(session);
+        }
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
@@ -335,11 +375,39 @@ pub async fn guard(
             message.clone(),
             "error: 413".into(),
         );
-        return refuse(&state, entry, StatusCode::PAYLOAD_TOO_LARGE, message).await;
+        return refuse(
+            &state,
+            entry,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            message,
+            console,
+        )
+        .await;
     };
-    let reason = reason_in(&bytes);
+    let reason = match &session {
+        Some(session) => {
+            // A console form: its CSRF token must be the session's (a page
+            // of another site cannot read it), and its reason is a field.
+            let form = crate::console::Form::parse(&bytes);
+            if !session.csrf_matches(form.get("csrf")) {
+                let message = "the form's CSRF token is missing or not this session's; reload the page and try again".to_string();
+                let entry = record(
+                    (&principal.name, principal.role.as_str()),
+                    action,
+                    message.clone(),
+                    "denied".into(),
+                );
+                return refuse(&state, entry, StatusCode::FORBIDDEN, message, console).await;
+            }
+            form.get("reason").chars().take(1024).collect()
+        }
+        None => reason_in(&bytes),
+    };
     let mut request = Request::from_parts(parts, Body::from(bytes));
     request.extensions_mut().insert(principal.clone());
+    if let Some(session) = session {
+        request.extensions_mut().insert(session);
+    }
     let response = next.run(request).await;
     let reason = match response.extensions().get::<AuditNote>() {
         Some(AuditNote(note)) if reason.is_empty() => note.clone(),
@@ -363,6 +431,8 @@ pub async fn guard(
 /// steering path.
 fn route_action(path: &str) -> Option<&'static str> {
     let path = path.split('?').next()?;
+    // The console's buttons are the same actions.
+    let path = path.strip_prefix("/ui").unwrap_or(path);
     if !path.starts_with("/runs/") {
         return None;
     }
@@ -403,5 +473,6 @@ mod tests {
         assert_eq!(route_action("/runs/abc/explode"), None);
         assert_eq!(route_action("/runs/abc/approve"), Some("runs:approve"));
         assert_eq!(route_action("/campaigns/c/versions/1/approve"), None);
+        assert_eq!(route_action("/ui/runs/abc/pause"), Some("runs:pause"));
     }
 }

@@ -161,6 +161,13 @@ pub fn route_permission(method: &str, route: &str, metrics_open: bool) -> Option
     use Permission::*;
     let permission = match (method, route) {
         (_, "/healthz") => return None,
+        // The console's door and its stylesheet and script.
+        (_, "/ui" | "/ui/login" | "/ui/static/{file}") => return None,
+        ("POST", "/ui/logout") => Read,
+        ("POST", "/ui/runs/{id}/approve") => ApproveCampaign,
+        ("POST", "/ui/runs/{id}/{action}") => SteerRun,
+        ("POST", "/ui/kill") => EngageKill,
+        ("POST", "/ui/kill/release") => ReleaseKill,
         (_, "/metrics") if metrics_open => return None,
         (_, "/metrics") => Read,
         ("GET", "/audit") => ReadAudit,

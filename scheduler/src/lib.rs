@@ -45,6 +45,7 @@ pub mod auth;
 pub mod calendar;
 pub mod campaigns;
 pub mod compliance;
+pub mod console;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;

@@ -42,6 +42,9 @@ pub struct RunProgress {
     /// While baking between two waves: when the bake ends (Unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_until_ms: Option<u64>,
+    /// When the run was made (Unix ms).
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 impl RunProgress {
@@ -101,5 +104,6 @@ pub(crate) fn progress_from(
         started_by: fields.get("started_by").unwrap_or_default().to_string(),
         waves: crate::rollout::waves_of(fields),
         bake_until_ms: (state == RunState::Baking).then(|| fields.number("bake_until")),
+        created_ms: fields.number("created_ms"),
     })
 }

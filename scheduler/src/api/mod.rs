@@ -27,7 +27,7 @@
 
 mod admin;
 mod campaigns;
-mod runs;
+pub(crate) mod runs;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -113,6 +113,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/audit", get(audit_query))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", axum::routing::delete(revoke_tokens))
+        .merge(crate::console::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::access::guard,
@@ -129,7 +130,23 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error and, for an invalid spec, its problems, as one line.
+    pub(crate) fn message(&self) -> String {
+        let mut message = self.body["error"].as_str().unwrap_or_default().to_string();
+        if let Some(problems) = self.body["problems"].as_array() {
+            for problem in problems.iter().filter_map(|problem| problem.as_str()) {
+                message.push_str("; ");
+                message.push_str(problem);
+            }
+        }
+        message
+    }
+
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             body: json!({ "error": message.into() }),
@@ -169,7 +186,7 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-fn scheduler(current: &CurrentScheduler) -> Result<Scheduler, ApiError> {
+pub(crate) fn scheduler(current: &CurrentScheduler) -> Result<Scheduler, ApiError> {
     current.borrow().clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

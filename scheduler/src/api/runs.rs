@@ -12,12 +12,12 @@ use super::{ApiError, ApiResult, CurrentScheduler, scheduler};
 use crate::runs::RunProgress;
 
 #[derive(Debug, Deserialize)]
-pub(super) struct RunsQuery {
+pub(crate) struct RunsQuery {
     campaign: Option<String>,
     limit: Option<usize>,
 }
 
-pub(super) async fn list_runs(
+pub(crate) async fn list_runs(
     State(current): State<CurrentScheduler>,
     Query(query): Query<RunsQuery>,
 ) -> ApiResult<Vec<RunProgress>> {
@@ -40,7 +40,7 @@ pub(super) async fn list_runs(
     Ok(Json(runs))
 }
 
-pub(super) fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -55,7 +55,7 @@ pub struct RunDetail {
     pub location_states: Vec<crate::ledger::LocationStatus>,
 }
 
-pub(super) async fn show_run(
+pub(crate) async fn show_run(
     State(current): State<CurrentScheduler>,
     Path(id): Path<String>,
 ) -> ApiResult<RunDetail> {
@@ -70,7 +70,7 @@ pub(super) async fn show_run(
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct ReasonBody {
+pub(crate) struct ReasonBody {
     reason: Option<String>,
     /// Resume although an alert fires for the run's campaign, and why.
     despite_alert: Option<String>,
@@ -85,13 +85,13 @@ fn reason_body(body: &str) -> Result<ReasonBody, ApiError> {
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}")))
 }
 
-pub(super) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
+pub(crate) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
     Ok(reason_body(body)?
         .reason
         .unwrap_or_else(|| default.to_string()))
 }
 
-pub(super) async fn steer_run(
+pub(crate) async fn steer_run(
     State(current): State<CurrentScheduler>,
     Path((id, action)): Path<(String, String)>,
     body: String,
@@ -145,7 +145,7 @@ pub(super) async fn steer_run(
 /// An approver lets a rollout waiting between two waves go on. Not the
 /// principal that started the run (two people see each wave through), unless
 /// the API runs without authentication.
-pub(super) async fn approve_run(
+pub(crate) async fn approve_run(
     State(current): State<CurrentScheduler>,
     axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     Path(id): Path<String>,
@@ -187,22 +187,22 @@ pub(super) async fn approve_run(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct KillQuery {
-    campaign: Option<String>,
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct KillQuery {
+    pub(crate) campaign: Option<String>,
     /// Also cancel the commands in flight (engage only).
     #[serde(default)]
-    cancel_in_flight: bool,
+    pub(crate) cancel_in_flight: bool,
 }
 
-pub(super) fn kill_scope(query: &KillQuery) -> KillScope {
+pub(crate) fn kill_scope(query: &KillQuery) -> KillScope {
     match &query.campaign {
         Some(campaign) => KillScope::Campaign(campaign.clone()),
         None => KillScope::Global,
     }
 }
 
-pub(super) async fn kill_state(
+pub(crate) async fn kill_state(
     State(current): State<CurrentScheduler>,
     Query(query): Query<KillQuery>,
 ) -> ApiResult<serde_json::Value> {
@@ -215,7 +215,7 @@ pub(super) async fn kill_state(
     ))
 }
 
-pub(super) async fn engage_kill(
+pub(crate) async fn engage_kill(
     State(current): State<CurrentScheduler>,
     Query(query): Query<KillQuery>,
     body: String,
@@ -236,7 +236,7 @@ pub(super) async fn engage_kill(
     ))
 }
 
-pub(super) async fn release_kill(
+pub(crate) async fn release_kill(
     State(current): State<CurrentScheduler>,
     Query(query): Query<KillQuery>,
 ) -> ApiResult<serde_json::Value> {

@@ -678,6 +678,22 @@ impl Ledger {
         Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
+    /// One page of runs, newest first, and how many runs there are.
+    pub async fn run_ids_page(
+        &self,
+        offset: usize,
+        count: usize,
+    ) -> Result<(Vec<Uuid>, u64), SchedulerError> {
+        let mut connection = self.connection.clone();
+        let start = isize::try_from(offset).unwrap_or(isize::MAX);
+        let stop = start.saturating_add(isize::try_from(count.max(1)).unwrap_or(1) - 1);
+        let ids: Vec<String> = connection
+            .zrevrange(self.names.runs_index_key(), start, stop)
+            .await?;
+        let total: u64 = connection.zcard(self.names.runs_index_key()).await?;
+        Ok((ids.iter().filter_map(|id| id.parse().ok()).collect(), total))
+    }
+
     /// Runs newest first.
     pub async fn run_ids(&self) -> Result<Vec<Uuid>, SchedulerError> {
         let mut connection = self.connection.clone();

@@ -60,6 +60,11 @@ pub struct LocationStatus {
     /// Batches not yet through every step (active locations).
     pub batches_left: u64,
     pub failure: Option<String>,
+    /// Targets whose results are in, and how many of them failed.
+    #[serde(default)]
+    pub results: u64,
+    #[serde(default)]
+    pub target_failures: u64,
 }
 
 /// What the ledger knows about a report's claims, read before the report is
@@ -227,6 +232,9 @@ pub(super) fn location_statuses(
             targets: u64::try_from(number(format!("{key}:targets")).unwrap_or(0)).unwrap_or(0),
             batches_left: u64::try_from(remaining).unwrap_or(0),
             failure,
+            results: u64::try_from(number(format!("{key}:results")).unwrap_or(0)).unwrap_or(0),
+            target_failures: u64::try_from(number(format!("{key}:target_failures")).unwrap_or(0))
+                .unwrap_or(0),
         });
     }
     Ok(statuses)

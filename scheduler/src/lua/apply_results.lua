@@ -8,6 +8,9 @@ local in_flight = (tonumber(redis.call('HGET', run, 'in_flight')) or 0) - tonumb
 redis.call('HSET', run, 'in_flight', math.max(0, in_flight))
 for status, n in pairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', counters, status, n) end
 local failed = tonumber(ARGV[4])
+-- Per location, for the console's grid: results in and targets failed.
+redis.call('HINCRBY', locstate, ARGV[2] .. ':results', tonumber(ARGV[3]))
+if failed > 0 then redis.call('HINCRBY', locstate, ARGV[2] .. ':target_failures', failed) end
 if failed > 0 then
   local allowed = tonumber(redis.call('HGET', run, 'allowed_errors'))
   local failures = redis.call('HINCRBY', run, 'failures', failed)
