@@ -217,7 +217,8 @@ fn reason_in(body: &[u8]) -> String {
 }
 
 fn outcome_of(status: StatusCode) -> String {
-    if status.is_success() {
+    // A console form is answered by a redirect to the page it came from.
+    if status.is_success() || status.is_redirection() {
         "ok".into()
     } else {
         format!("error: {}", status.as_u16())

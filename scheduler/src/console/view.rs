@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use maud::{DOCTYPE, Markup, html};
 use protocol::run::RunState;
 
-use crate::auth::Principal;
+use crate::auth::{Permission, Principal};
 use crate::compliance::FleetCompliance;
 use crate::ledger::LocationStatus;
 use crate::progress::RunProgress;
@@ -19,6 +19,13 @@ pub struct Frame<'a> {
     pub csrf: &'a str,
     /// The global kill switch's reason, when it is engaged.
     pub kill: Option<&'a str>,
+}
+
+impl Frame<'_> {
+    /// Whether to show a button: the server checks again on every request.
+    pub fn may(&self, permission: Permission) -> bool {
+        self.principal.role.allows(permission)
+    }
 }
 
 pub fn page(frame: &Frame, title: &str, content: Markup) -> Markup {
@@ -62,18 +69,18 @@ fn kill_switch(frame: &Frame) -> Markup {
                 section #kill .engaged {
                     strong { "KILL SWITCH ENGAGED" } " — " span #kill-reason { (reason) }
                     " Every worker has stopped sending commands."
-                    form.inline method="post" action="/ui/kill/release" {
+                    @if frame.may(Permission::ReleaseKill) { form.inline method="post" action="/ui/kill/release" {
                         input type="hidden" name="csrf" value=(frame.csrf);
                         input type="text" name="reason" placeholder="why release" required maxlength="1024";
                         label { input type="checkbox" name="confirm" value="yes" required; " I confirm" }
                         button #kill-release type="submit" { "Release" }
-                    }
+                    } }
                 }
             }
             None => {
                 section #kill .released {
                     span #kill-state { "Kill switch released." }
-                    details {
+                    @if frame.may(Permission::EngageKill) { details {
                         summary { "Engage the kill switch" }
                         form.inline method="post" action="/ui/kill" {
                             input type="hidden" name="csrf" value=(frame.csrf);
@@ -81,7 +88,7 @@ fn kill_switch(frame: &Frame) -> Markup {
                             label { input #kill-confirm type="checkbox" name="confirm" value="yes" required; " stop every worker now" }
                             button #kill-engage .danger type="submit" { "Engage" }
                         }
-                    }
+                    } }
                 }
             }
         }
@@ -377,9 +384,13 @@ pub fn run_page(frame: &Frame, progress: &RunProgress, live: Markup, live_url: &
         p { "Campaign " a href={ "/ui/campaigns/" (progress.campaign) } { (progress.campaign) } " · run " code { (id) } " · results in " code { (progress.results_location) } }
         @if !progress.state.is_final() {
             div.actions {
-                @if progress.state == RunState::Paused { (steer("resume", "Resume", "")) } @else { (steer("pause", "Pause", "")) }
-                @if progress.state == RunState::AwaitingApproval { (steer("approve", "Approve the next wave", "")) }
-                (steer("cancel", "Cancel", "danger"))
+                @if frame.may(Permission::SteerRun) {
+                    @if progress.state == RunState::Paused { (steer("resume", "Resume", "")) } @else { (steer("pause", "Pause", "")) }
+                }
+                @if progress.state == RunState::AwaitingApproval && frame.may(Permission::ApproveCampaign) {
+                    (steer("approve", "Approve the next wave", ""))
+                }
+                @if frame.may(Permission::SteerRun) { (steer("cancel", "Cancel", "danger")) }
             }
         }
         div #run-live data-live=(live_url) { (live) }
@@ -491,6 +502,9 @@ fn trend_chart(view: &FleetCompliance) -> Markup {
                 }
             }
             line x1="0" y1="100.5" x2=(width) y2="100.5" stroke="#999" {}
+        }
+        @if let (Some(first), Some(last)) = (view.trend.first(), view.trend.last()) {
+            p.hint { (first.day) " … " (last.day) "; bar height = share non-compliant (0–100%); hover for the numbers" }
         }
     }
 }

@@ -1,0 +1,712 @@
+//! The web console, end to end: its door over plain HTTP (sessions, CSRF,
+//! roles, escaping, the audit trail), and its pages driven in real headless
+//! Chromium through ChromeDriver (WebDriver, by `fantoccini`) during a live
+//! run on the simulator, RabbitMQ and Redis. Screenshots of the main pages go
+//! to `target/console-screenshots/` (CI keeps them as artifacts).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use scheduler::auth::{
+    AuthSettings, Role, TokenRecord, TokensFile, append_tokens_file, new_token, token_hash,
+};
+use support::Stack;
+
+fn add_token(path: &std::path::Path, name: &str, role: Role) -> String {
+    let token = new_token().unwrap();
+    append_tokens_file(
+        path,
+        &TokenRecord {
+            name: name.into(),
+            role,
+            sha256: token_hash(&token),
+            created_ms: support::now_unix_ms(),
+            expires_ms: None,
+            created_by: "test".into(),
+        },
+    )
+    .unwrap();
+    token
+}
+
+/// A scheduler API with a viewer, an operator and an admin.
+async fn serve_with_roles(stack: &mut Stack) -> (u16, [String; 3], tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let path = secrets.path().join("tokens");
+    let tokens = [
+        add_token(&path, "vera", Role::Viewer),
+        add_token(&path, "otto", Role::Operator),
+        add_token(&path, "ada", Role::Admin),
+    ];
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(path).unwrap()),
+        metrics_open: true,
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    (port, tokens, secrets)
+}
+
+/// One HTTP/1.0 exchange on loopback: (status, headers, body).
+async fn exchange(port: u16, request: String) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn get(path: &str, cookie: Option<&str>) -> String {
+    let cookie = cookie
+        .map(|c| format!("Cookie: flotilla_session={c}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}\r\n")
+}
+
+fn post_form(path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> String {
+    let cookie = cookie
+        .map(|c| format!("Cookie: flotilla_session={c}\r\n"))
+        .unwrap_or_default();
+    let body = serde_urlencoded::to_string(form).unwrap();
+    format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Signs in with `token`: the session cookie and the page's CSRF token.
+async fn sign_in(port: u16, token: &str) -> (String, String) {
+    let (status, head, body) = exchange(
+        port,
+        post_form("/ui/login", None, &[("token", token), ("next", "/ui/runs")]),
+    )
+    .await;
+    assert_eq!(status, 303, "{head}\n{body}");
+    let set_cookie = head
+        .lines()
+        .find(|line| line.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(
+            set_cookie.contains(attribute),
+            "{set_cookie} lacks {attribute}"
+        );
+    }
+    let cookie = set_cookie
+        .split_once("flotilla_session=")
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, _, page) = exchange(port, get("/ui/runs", Some(&cookie))).await;
+    assert_eq!(status, 200, "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    (cookie, csrf)
+}
+
+async fn kill_reason(stack: &Stack) -> Option<String> {
+    store::Store::kill_reason(&stack.store, "").await.unwrap()
+}
+
+async fn audit_actions(port: u16, admin: &str, action: &str) -> Vec<serde_json::Value> {
+    let (status, body) = support::http_as(
+        port,
+        Some(admin),
+        "GET",
+        &format!("/audit?action={action}"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_are_bound_to_their_token_role_and_csrf_and_every_act_is_audited() {
+    let mut stack = Stack::start(support::single_location(4, false)).await;
+    let (port, [viewer, operator, admin], secrets) = serve_with_roles(&mut stack).await;
+
+    // No session: to the sign-in page, and back after it.
+    let (status, head, _) = exchange(port, get("/ui/runs", None)).await;
+    assert_eq!(status, 303, "{head}");
+    assert!(
+        head.contains("location: /ui/login?next=%2Fui%2Fruns"),
+        "{head}"
+    );
+    // A bearer token does not open the console, a cookie not the API.
+    let bearer = format!("GET /ui/runs HTTP/1.0\r\nAuthorization: Bearer {operator}\r\n\r\n");
+    assert_eq!(exchange(port, bearer).await.0, 303);
+    let (operator_cookie, operator_csrf) = sign_in(port, &operator).await;
+    let (status, _, _) = exchange(port, get("/runs", Some(&operator_cookie))).await;
+    assert_eq!(
+        status, 401,
+        "a session cookie must not authenticate the JSON API"
+    );
+
+    // A wrong token is refused on the page and audited.
+    let (status, _, page) =
+        exchange(port, post_form("/ui/login", None, &[("token", "flt_nope")])).await;
+    assert_eq!(status, 401);
+    assert!(page.contains("unknown or revoked token"), "{page}");
+    assert!(!audit_actions(port, &admin, "auth:refused").await.is_empty());
+    // Only console pages after signing in: never another site.
+    let (_, head, _) = exchange(
+        port,
+        post_form(
+            "/ui/login",
+            None,
+            &[("token", &viewer), ("next", "//evil.example/")],
+        ),
+    )
+    .await;
+    assert!(head.contains("location: /ui/runs"), "{head}");
+
+    // The kill switch: a form without this session's CSRF token does nothing.
+    for csrf in ["", "0123456789abcdef"] {
+        let form = [("csrf", csrf), ("reason", "csrf test"), ("confirm", "yes")];
+        let (status, _, page) =
+            exchange(port, post_form("/ui/kill", Some(&operator_cookie), &form)).await;
+        assert_eq!(status, 403, "{page}");
+        assert!(page.contains("CSRF"), "{page}");
+    }
+    // Nor without the confirmation, nor with an empty reason.
+    let (status, _, page) = exchange(
+        port,
+        post_form(
+            "/ui/kill",
+            Some(&operator_cookie),
+            &[("csrf", &operator_csrf), ("reason", "x")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("confirm"), "{page}");
+    let (status, _, _) = exchange(
+        port,
+        post_form(
+            "/ui/kill",
+            Some(&operator_cookie),
+            &[("csrf", &operator_csrf), ("confirm", "yes")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(kill_reason(&stack).await, None);
+    // A viewer may look but not act.
+    let (viewer_cookie, viewer_csrf) = sign_in(port, &viewer).await;
+    let form = [
+        ("csrf", viewer_csrf.as_str()),
+        ("reason", "viewer"),
+        ("confirm", "yes"),
+    ];
+    let (status, _, page) =
+        exchange(port, post_form("/ui/kill", Some(&viewer_cookie), &form)).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("lacks the permission"), "{page}");
+    // The operator's engage works, audited with the reason and principal.
+    let form = [
+        ("csrf", operator_csrf.as_str()),
+        ("reason", "console drill"),
+        ("confirm", "yes"),
+    ];
+    let (status, head, _) =
+        exchange(port, post_form("/ui/kill", Some(&operator_cookie), &form)).await;
+    assert_eq!(status, 303, "{head}");
+    assert_eq!(kill_reason(&stack).await.as_deref(), Some("console drill"));
+    let engaged = audit_actions(port, &admin, "kill:engage").await;
+    assert!(
+        engaged.iter().any(|record| record["principal"] == "otto"
+            && record["reason"] == "console drill"
+            && record["object"] == "/ui/kill"
+            && record["outcome"] == "ok"),
+        "{engaged:?}"
+    );
+    let denied: Vec<_> = engaged
+        .iter()
+        .filter(|record| record["outcome"] == "denied")
+        .collect();
+    assert_eq!(
+        denied.len(),
+        3,
+        "two CSRF refusals and the viewer: {engaged:?}"
+    );
+    let (status, _, page) = exchange(port, get("/ui/runs", Some(&viewer_cookie))).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("KILL SWITCH ENGAGED") && page.contains("console drill"),
+        "the state on every page"
+    );
+    let form = [
+        ("csrf", operator_csrf.as_str()),
+        ("reason", "drill over"),
+        ("confirm", "yes"),
+    ];
+    let (status, _, _) = exchange(
+        port,
+        post_form("/ui/kill/release", Some(&operator_cookie), &form),
+    )
+    .await;
+    assert_eq!(status, 403, "an operator may engage but not release");
+    let (admin_cookie, admin_csrf) = sign_in(port, &admin).await;
+    let form = [
+        ("csrf", admin_csrf.as_str()),
+        ("reason", "drill over"),
+        ("confirm", "yes"),
+    ];
+    let (status, _, _) = exchange(
+        port,
+        post_form("/ui/kill/release", Some(&admin_cookie), &form),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(kill_reason(&stack).await, None);
+
+    // What hosts and authors wrote is text, never markup; the CSP forbids
+    // inline script anyway. Two versions show as YAML with a diff.
+    let hostile = |max_errors: u32| {
+        let step = "steps:\n  - name: configure\n    document: AWS-RunShellScript\n    parameters:\n      commands: [\"<script>alert(1)</script>\"]\n";
+        stack.campaign(
+            "hostile",
+            format!("{step}rate_control:\n  max_errors: {max_errors}\n"),
+        )
+    };
+    for version in [hostile(1), hostile(2)] {
+        stack
+            .scheduler
+            .apply_campaign_by(&version, "otto")
+            .await
+            .unwrap();
+    }
+    let (status, head, page) =
+        exchange(port, get("/ui/campaigns/hostile", Some(&viewer_cookie))).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !page.contains("<script>alert"),
+        "{page}"
+    );
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    let (status, _, page) = exchange(
+        port,
+        get(
+            "/ui/campaigns/hostile?version=2&against=1",
+            Some(&viewer_cookie),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("<span class=\"del\">- max_errors: &#39;1&#39;")
+            || page.contains("<span class=\"del\">-"),
+        "{page}"
+    );
+    assert!(page.contains("<span class=\"add\">+"), "{page}");
+    let (status, _, page) = exchange(
+        port,
+        get("/ui/campaigns/hostile?version=9", Some(&viewer_cookie)),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("version: a number from 1 to 2"), "{page}");
+
+    // Revoking the token ends its sessions at once; signing out ends one.
+    let revoked =
+        scheduler::auth::revoke_in_tokens_file(&secrets.path().join("tokens"), "vera").unwrap();
+    assert_eq!(revoked, 1);
+    assert_eq!(
+        exchange(port, get("/ui/runs", Some(&viewer_cookie)))
+            .await
+            .0,
+        303
+    );
+    let (status, _, _) = exchange(
+        port,
+        post_form(
+            "/ui/logout",
+            Some(&operator_cookie),
+            &[("csrf", &operator_csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        exchange(port, get("/ui/runs", Some(&operator_cookie)))
+            .await
+            .0,
+        303
+    );
+    assert!(
+        !audit_actions(port, &admin, "console:login")
+            .await
+            .is_empty()
+    );
+    stack.teardown().await;
+}
+
+/// ChromeDriver and its headless Chromium, killed (the whole process group)
+/// when dropped, also when the test fails.
+struct Browser {
+    driver: Child,
+    client: Option<Client>,
+    _profile: tempfile::TempDir,
+}
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+impl Browser {
+    async fn start() -> Self {
+        let driver_path =
+            std::env::var("FLOTILLA_CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.into());
+        let chromium = std::env::var("FLOTILLA_CHROMIUM").unwrap_or_else(|_| CHROMIUM.into());
+        for (path, what) in [(&driver_path, "chromedriver"), (&chromium, "chromium")] {
+            assert!(
+                std::path::Path::new(path).exists(),
+                "{what} not found at {path}: the browser tests need Debian's chromium and chromium-driver \
+                 (`apt-get install chromium chromium-driver`; scripts/test installs them), or set \
+                 FLOTILLA_CHROMIUM / FLOTILLA_CHROMEDRIVER"
+            );
+        }
+        let port = support::free_port();
+        // In the test's process group: a test runner that kills a hung
+        // test's group takes ChromeDriver and Chromium with it.
+        let driver = Command::new(&driver_path)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let profile = tempfile::tempdir().unwrap();
+        let mut browser = Self {
+            driver,
+            client: None,
+            _profile: profile,
+        };
+        let capabilities = serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-proxy-server",
+                    // Loopback only: any other host resolves to nothing.
+                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                    format!("--user-data-dir={}", browser._profile.path().display()),
+                ]
+            }
+        });
+        let capabilities = match capabilities {
+            serde_json::Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+        let began = Instant::now();
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(error) if began.elapsed() < Duration::from_secs(20) => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => panic!("ChromeDriver on port {port} did not start Chromium: {error}"),
+            }
+        };
+        browser.client = Some(client);
+        browser
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().unwrap()
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client()
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits up to `limit` for `what` to hold of the page.
+    async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let began = Instant::now();
+        while !check().await {
+            assert!(began.elapsed() < limit, "not within {limit:?}: {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client().screenshot().await.unwrap();
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+
+    async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = client.close().await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // ChromeDriver, and every Chromium process of this browser's own
+        // profile directory (no other browser has it).
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let profile = self._profile.path().display().to_string();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &profile])
+            .status();
+    }
+}
+
+/// A fleet of 4 accounts × 2 regions, 12 instances each, commands that take
+/// a few seconds: a run that is still going while the browser watches.
+fn watched_fleet() -> sim::FleetProfile {
+    let mut profile = support::single_location(12, false);
+    profile.accounts = 4;
+    profile.regions = vec!["us-east-1".into(), "eu-west-1".into()];
+    profile.time_scale = 10.0;
+    profile
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_every_worker() {
+    let mut stack = Stack::start(watched_fleet()).await;
+    let (port, [_viewer, operator, admin], _secrets) = serve_with_roles(&mut stack).await;
+    stack.spawn_worker("worker-a", 4);
+    let campaign = stack.campaign(
+        "nightly-scan",
+        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\nrate_control:\n  max_concurrency: 4\n  max_errors: 100%\n",
+    );
+    stack
+        .scheduler
+        .apply_campaign_by(&campaign, "otto")
+        .await
+        .unwrap();
+    let run_id = stack.start_run(&campaign).await;
+    let browser = Browser::start().await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = browser.client();
+
+    // Sign in: the console sends a browser without a session to the form.
+    client.goto(&format!("{base}/ui/runs")).await.unwrap();
+    assert!(
+        client
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/ui/login")
+    );
+    client
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(&operator)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(client.current_url().await.unwrap().path(), "/ui/runs");
+
+    // The runs page: the counts rise by themselves (no reload).
+    let row = format!("tr[data-run='{run_id}'] .done");
+    let first: u64 = browser.text(&row).await.parse().unwrap();
+    browser
+        .wait_for(
+            "the run's finished count rises on the page",
+            Duration::from_secs(40),
+            || async { browser.text(&row).await.parse::<u64>().unwrap_or(0) > first },
+        )
+        .await;
+    let refreshed = client
+        .find(Locator::Css("#runs"))
+        .await
+        .unwrap()
+        .attr("data-refreshed")
+        .await
+        .unwrap();
+    assert!(refreshed.is_some(), "the table was refreshed in place");
+    browser.screenshot("runs.png").await;
+
+    // The run page: the grid has a cell per location; pause with a reason.
+    client
+        .find(Locator::Css(&format!("tr[data-run='{run_id}'] a.run-link")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let cells = client.find_all(Locator::Css("#grid a.cell")).await.unwrap();
+    assert_eq!(cells.len(), 8, "4 accounts × 2 regions");
+    browser.screenshot("run.png").await;
+    let pause = client.find(Locator::Css("#run-pause")).await.unwrap();
+    client
+        .find(Locator::XPath(
+            "//button[@id='run-pause']/preceding-sibling::input[@name='reason']",
+        ))
+        .await
+        .unwrap()
+        .send_keys("browser says stop")
+        .await
+        .unwrap();
+    pause.click().await.unwrap();
+    browser
+        .wait_for(
+            "the run page shows Paused",
+            Duration::from_secs(10),
+            || async { browser.text("#run-state").await == "Paused" },
+        )
+        .await;
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(progress.state, protocol::run::RunState::Paused);
+    assert_eq!(progress.reason, "browser says stop");
+    let paused = audit_actions(port, &admin, "runs:pause").await;
+    assert!(
+        paused
+            .iter()
+            .any(|r| r["principal"] == "otto" && r["reason"] == "browser says stop"),
+        "{paused:?}"
+    );
+    client
+        .find(Locator::Css("#run-resume"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for("the run runs again", Duration::from_secs(10), || async {
+            browser.text("#run-state").await != "Paused"
+        })
+        .await;
+
+    // The kill switch from the page: every worker stops sending.
+    client
+        .find(Locator::Css("#kill summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#kill-reason-input"))
+        .await
+        .unwrap()
+        .send_keys("browser drill")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#kill-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#kill-engage"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(browser.text("#kill").await.contains("KILL SWITCH ENGAGED"));
+    assert_eq!(kill_reason(&stack).await.as_deref(), Some("browser drill"));
+    // Within a second every worker has seen it; no SendCommand after that.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = stack.commands().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        stack.commands().len(),
+        sent,
+        "commands sent under the kill switch"
+    );
+    store::Store::release_kill_switch(&stack.store, &store::KillScope::Global)
+        .await
+        .unwrap();
+    stack.scheduler.cancel(run_id, "test over").await.unwrap();
+    stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+
+    // The compliance page finds an instance the scan found non-compliant.
+    let non_compliant = stack
+        .records(run_id)
+        .into_iter()
+        .find(|record| record.compliance.is_some_and(|c| !c.is_compliant()))
+        .expect("the simulated fleet misses patches somewhere")
+        .instance_id;
+    client.goto(&format!("{base}/ui/compliance")).await.unwrap();
+    let row = client
+        .find(Locator::Css(&format!(
+            "#attention tr[data-instance='{non_compliant}']"
+        )))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains(&non_compliant), "{row}");
+    browser.screenshot("compliance.png").await;
+    client
+        .goto(&format!("{base}/ui/campaigns/nightly-scan"))
+        .await
+        .unwrap();
+    assert!(browser.text("#yaml").await.contains("AWS-RunPatchBaseline"));
+    browser.screenshot("campaign.png").await;
+    browser.close().await;
+    stack.teardown().await;
+}
