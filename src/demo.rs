@@ -186,6 +186,11 @@ impl Stack {
         })
     }
 
+    /// The demo's key and queue names (its own prefix on shared services).
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+
     /// On Ctrl-C: stop the services, clean up, exit 130 (as a shell would).
     pub(crate) fn stop_on_interrupt(&self) {
         let (stop, names, amqp_url, redis_url) = (

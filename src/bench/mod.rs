@@ -17,7 +17,9 @@
 //!   release, in the middle of a scan that must still finish with one result
 //!   per target;
 //! - `scale-out`: 1, 2, 4, 8 worker processes on commands that take seconds;
-//! - `embedded`: the `scan` fleet on the in-memory backends, in this process.
+//! - `embedded`: the `scan` fleet on the in-memory backends, in this process;
+//! - `console`: the web console's run page at 1,000 locations and its
+//!   compliance page over 100,000 instances, timed over loopback.
 //!
 //! - [`probe`]: what is read from the outside — `/proc` CPU time and peak
 //!   RSS, Prometheus text, Redis' command count, the machine;
@@ -27,6 +29,7 @@
 //! - [`print`]: the table.
 
 mod cluster;
+mod console;
 mod print;
 mod probe;
 mod scenarios;
@@ -55,6 +58,7 @@ pub enum Scenario {
     Killswitch,
     ScaleOut,
     Embedded,
+    Console,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -42,6 +42,7 @@ pub(super) fn run(
         Scenario::Killswitch => killswitch(bench, out),
         Scenario::ScaleOut => scale_out(bench, out),
         Scenario::Embedded => embedded_scenario(bench, out),
+        Scenario::Console => super::console::console(bench, out),
     }
 }
 
