@@ -52,6 +52,9 @@ pub struct DemoArgs {
     /// Where the results are written.
     #[arg(long, default_value = "flotilla-demo")]
     pub output: String,
+    /// After the run, keep the services up for the web console (`/ui`) until Ctrl-C.
+    #[arg(long)]
+    pub console: bool,
 }
 
 /// The campaign to run, as JSON for the API.
@@ -332,8 +335,20 @@ pub fn demo(args: DemoArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     ))?;
     runtime.block_on(async { stack.stop_on_interrupt() });
     let api_url = stack.api_url.clone();
+    writeln!(
+        out,
+        "web console: {api_url}/ui (loopback only, no token: the demo's API has no authentication)"
+    )?;
     // The services run on the runtime's threads; this thread drives them over HTTP.
     let outcome = drive(&api_url, campaign_json, out);
+    if args.console {
+        writeln!(
+            out,
+            "\nthe run is over; the console stays at {api_url}/ui until Ctrl-C"
+        )?;
+        // Ctrl-C stops the services, cleans up and exits (stop_on_interrupt).
+        runtime.block_on(std::future::pending::<()>());
+    }
     let stopped = runtime.block_on(stack.stop());
     let code = outcome?;
     stopped.context("stopping the demo")?;

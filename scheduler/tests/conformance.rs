@@ -253,6 +253,9 @@ async fn a_report_applied_twice_counts_once(backend: &Backend) {
     assert_eq!(fields.number("failures"), 1);
     assert_eq!(fields.number("in_flight"), 2);
     assert_eq!(ledger.counters(run_id).await.unwrap()["0:Failed"], 1);
+    // The console's grid: the location's results and failures, once too.
+    let status = ledger.location_statuses(run_id).await.unwrap().remove(0);
+    assert_eq!((status.results, status.target_failures), (1, 1));
 }
 
 async fn concurrent_failures_halt_the_run_once_at_the_budget(backend: &Backend) {
@@ -377,6 +380,12 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         statuses
             .iter()
             .all(|status| status.state == "done" && status.targets == 4)
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|status| status.results == 4 && status.target_failures == 0),
+        "{statuses:?}"
     );
 }
 

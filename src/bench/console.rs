@@ -50,7 +50,10 @@ pub(super) fn console(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'s
     let measured = measure(bench, &stack, &fleet);
     bench.runtime.block_on(stack.stop())?;
     let pages = measured?;
-    writeln!(out, "console (server time over loopback, {SAMPLES} fetches each):")?;
+    writeln!(
+        out,
+        "console (server time over loopback, {SAMPLES} fetches each):"
+    )?;
     for page in &pages {
         writeln!(
             out,
@@ -186,7 +189,12 @@ async fn seed_compliance(
             let state = scheduler::compliance::InstanceCompliance {
                 instance_id: format!("i-{index:017x}"),
                 account_id: format!("{:012}", 200_000_000_000u64 + (index % 2_000) as u64),
-                region: if index % 2 == 0 { "us-east-1" } else { "eu-west-1" }.into(),
+                region: if index % 2 == 0 {
+                    "us-east-1"
+                } else {
+                    "eu-west-1"
+                }
+                .into(),
                 campaign: "bench-console".into(),
                 run_id,
                 reported_ms: now,

@@ -796,3 +796,57 @@ async fn compliance_csv(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_returns_only_to_console_pages() {
+        assert_eq!(safe_next("/ui/runs/abc?x=1"), "/ui/runs/abc?x=1");
+        for hostile in [
+            "//evil.example/ui/",
+            "https://evil.example/ui/runs",
+            "/ui\\..\\x",
+            "/metrics",
+            "",
+        ] {
+            assert_eq!(safe_next(hostile), "/ui/runs", "{hostile}");
+        }
+        assert_eq!(safe_next(&format!("/ui/{}", "a".repeat(3000))), "/ui/runs");
+    }
+
+    #[test]
+    fn a_form_is_read_by_field_and_garbage_is_an_empty_form() {
+        let form = Form::parse(b"csrf=abc&reason=bad+patch%21&confirm=yes");
+        assert_eq!(form.get("reason"), "bad patch!");
+        assert_eq!(form.get("missing"), "");
+        assert_eq!(Form::parse(&[0xff, 0xfe, b'=', b'%']).get("csrf"), "");
+    }
+
+    #[test]
+    fn a_version_diff_marks_removed_and_added_lines() {
+        let diff = line_diff("a: 1\nb: 2\n", "a: 1\nb: 3\n");
+        assert_eq!(
+            diff,
+            vec![
+                (' ', "a: 1".to_string()),
+                ('-', "b: 2".to_string()),
+                ('+', "b: 3".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_version_outside_the_campaigns_is_a_clear_400() {
+        assert_eq!(version_in(Some("2"), 3).ok().flatten(), Some(2));
+        assert_eq!(version_in(Some(" "), 3).ok().flatten(), None);
+        for bad in ["0", "4", "-1", "v2"] {
+            let error = version_in(Some(bad), 3).err().map(|error| error.message());
+            assert_eq!(
+                error.as_deref(),
+                Some(format!("version: a number from 1 to 3, got {bad:?}").as_str())
+            );
+        }
+    }
+}

@@ -547,3 +547,55 @@ pub fn compliance_page(view: &FleetCompliance, query: &str) -> Markup {
         @if view.left_out > 0 { p { (view.left_out) " more not shown; narrow the filters or export the CSV." } }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(state: &str, results: u64, failed: u64, failure: Option<&str>) -> LocationStatus {
+        LocationStatus {
+            account_id: "111111111111".into(),
+            region: "us-east-1".into(),
+            state: state.into(),
+            targets: results,
+            batches_left: 0,
+            failure: failure.map(String::from),
+            results,
+            target_failures: failed,
+        }
+    }
+
+    #[test]
+    fn a_cell_shows_its_state_and_any_failure_share_in_fifths() {
+        assert_eq!(cell_class(&location("done", 100, 0, None)), "cell done f0");
+        assert_eq!(
+            cell_class(&location("done", 100, 1, None)),
+            "cell done f1",
+            "one failure shows"
+        );
+        assert_eq!(cell_class(&location("done", 100, 50, None)), "cell done f3");
+        assert_eq!(
+            cell_class(&location("active", 10, 10, None)),
+            "cell active f5"
+        );
+        assert_eq!(
+            cell_class(&location("waiting", 0, 0, None)),
+            "cell waiting f0"
+        );
+        assert_eq!(
+            cell_class(&location("done", 0, 0, Some("AccessDenied"))),
+            "cell failed f0"
+        );
+    }
+
+    #[test]
+    fn ages_read_in_the_largest_whole_unit() {
+        let now = 10 * 86_400_000;
+        assert_eq!(age(now, now - 5_000), "5s");
+        assert_eq!(age(now, now - 125_000), "2m");
+        assert_eq!(age(now, now - 7_200_000), "2h");
+        assert_eq!(age(now, now - 3 * 86_400_000), "3d");
+        assert_eq!(age(now, 0), "–");
+        assert_eq!(age(now, now + 5_000), "0s", "a clock ahead is not negative");
+    }
+}
