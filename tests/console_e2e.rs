@@ -456,14 +456,41 @@ impl Browser {
         self.client.as_ref().unwrap()
     }
 
+    /// The text of the first element `css` matches. The live regions are
+    /// re-rendered every 2 s, so an element found may be replaced before its
+    /// text is read (a stale element): then it is found again.
     async fn text(&self, css: &str) -> String {
-        self.client()
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let mut last_error = None;
+        for _ in 0..10 {
+            let read = async {
+                let element = self.client().find(Locator::Css(css)).await?;
+                element.text().await
+            };
+            match read.await {
+                Ok(text) => return text,
+                Err(error) => last_error = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no text at {css}: {last_error:?}");
+    }
+
+    /// Clicks the first element `css` matches, found again if a live
+    /// refresh replaced it in between.
+    async fn click(&self, css: &str) {
+        let mut last_error = None;
+        for _ in 0..10 {
+            let clicked = async {
+                let element = self.client().find(Locator::Css(css)).await?;
+                element.click().await
+            };
+            match clicked.await {
+                Ok(_) => return,
+                Err(error) => last_error = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not click {css}: {last_error:?}");
     }
 
     /// Waits up to `limit` for `what` to hold of the page.
@@ -583,13 +610,13 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
     browser.screenshot("runs.png").await;
 
     // The run page: the grid has a cell per location; pause with a reason.
-    client
-        .find(Locator::Css(&format!("tr[data-run='{run_id}'] a.run-link")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser
+        .click(&format!("tr[data-run='{run_id}'] a.run-link"))
+        .await;
+    assert_eq!(
+        client.current_url().await.unwrap().path(),
+        format!("/ui/runs/{run_id}")
+    );
     let cells = client.find_all(Locator::Css("#grid a.cell")).await.unwrap();
     assert_eq!(cells.len(), 8, "4 accounts × 2 regions");
     browser.screenshot("run.png").await;
