@@ -10,9 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use scheduler::audit::AuditRecord;
-use scheduler::auth::{
-    AuthSettings, Role, TokenRecord, TokensFile, append_tokens_file, new_token, token_hash,
-};
+use scheduler::auth::{AuthSettings, Role, TokensFile, new_token};
 use scheduler::oidc::{OidcVerifier, TestIssuer};
 use support::{Backend, Stack};
 
@@ -24,22 +22,7 @@ struct Caller {
     role: Option<Role>,
 }
 
-fn add_token(path: &std::path::Path, name: &str, role: Role, expires_ms: Option<u64>) -> String {
-    let token = new_token().unwrap();
-    append_tokens_file(
-        path,
-        &TokenRecord {
-            name: name.into(),
-            role,
-            sha256: token_hash(&token),
-            created_ms: support::now_unix_ms(),
-            expires_ms,
-            created_by: "test".into(),
-        },
-    )
-    .unwrap();
-    token
-}
+use support::add_token;
 
 /// Serves the stack's API with tokens for otto (operator), ada (admin) and
 /// anna (approver); returns the port, their tokens, and the tokens file's

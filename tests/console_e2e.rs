@@ -12,36 +12,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use scheduler::auth::{
-    AuthSettings, Role, TokenRecord, TokensFile, append_tokens_file, new_token, token_hash,
-};
-use support::Stack;
-
-fn add_token(path: &std::path::Path, name: &str, role: Role) -> String {
-    let token = new_token().unwrap();
-    append_tokens_file(
-        path,
-        &TokenRecord {
-            name: name.into(),
-            role,
-            sha256: token_hash(&token),
-            created_ms: support::now_unix_ms(),
-            expires_ms: None,
-            created_by: "test".into(),
-        },
-    )
-    .unwrap();
-    token
-}
+use scheduler::auth::{AuthSettings, Role, TokensFile};
+use support::{Stack, add_token};
 
 /// A scheduler API with a viewer, an operator and an admin.
 async fn serve_with_roles(stack: &mut Stack) -> (u16, [String; 3], tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let path = secrets.path().join("tokens");
     let tokens = [
-        add_token(&path, "vera", Role::Viewer),
-        add_token(&path, "otto", Role::Operator),
-        add_token(&path, "ada", Role::Admin),
+        add_token(&path, "vera", Role::Viewer, None),
+        add_token(&path, "otto", Role::Operator, None),
+        add_token(&path, "ada", Role::Admin, None),
     ];
     stack.scheduler_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(path).unwrap()),
@@ -52,30 +33,8 @@ async fn serve_with_roles(stack: &mut Stack) -> (u16, [String; 3], tempfile::Tem
     (port, tokens, secrets)
 }
 
-/// One HTTP/1.0 exchange on loopback: (status, headers, body).
 async fn exchange(port: u16, request: String) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    support::http_exchange(port, &request).await
 }
 
 fn get(path: &str, cookie: Option<&str>) -> String {
@@ -535,12 +494,20 @@ impl Drop for Browser {
 }
 
 /// A fleet of 4 accounts × 2 regions, 12 instances each, commands that take
-/// a few seconds: a run that is still going while the browser watches.
+/// a few seconds (15% of them fail): a run that is still going while the
+/// browser watches.
 fn watched_fleet() -> sim::FleetProfile {
     let mut profile = support::single_location(12, false);
     profile.accounts = 4;
     profile.regions = vec!["us-east-1".into(), "eu-west-1".into()];
     profile.time_scale = 10.0;
+    // Some failures, so the grid and the top failures have something to show.
+    profile.outcomes = sim::profile::OutcomeMix {
+        success: 85,
+        failed: 15,
+        timed_out: 0,
+        undeliverable: 0,
+    };
     profile
 }
 
@@ -548,10 +515,10 @@ fn watched_fleet() -> sim::FleetProfile {
 async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_every_worker() {
     let mut stack = Stack::start(watched_fleet()).await;
     let (port, [_viewer, operator, admin], _secrets) = serve_with_roles(&mut stack).await;
-    stack.spawn_worker("worker-a", 4);
+    stack.spawn_worker("worker-a", 8);
     let campaign = stack.campaign(
         "nightly-scan",
-        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\nrate_control:\n  max_concurrency: 4\n  max_errors: 100%\n",
+        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\nrate_control:\n  max_concurrency: 8\n  max_errors: 100%\n",
     );
     stack
         .scheduler
@@ -704,10 +671,16 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
     store::Store::release_kill_switch(&stack.store, &store::KillScope::Global)
         .await
         .unwrap();
-    stack.scheduler.cancel(run_id, "test over").await.unwrap();
-    stack
-        .wait_until_final(run_id, Duration::from_secs(60))
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(120))
         .await;
+    assert_eq!(progress.state, protocol::run::RunState::Completed);
+    client
+        .goto(&format!("{base}/ui/runs/{run_id}"))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("#run-state").await, "Completed");
+    browser.screenshot("run-final.png").await;
 
     // The compliance page finds an instance the scan found non-compliant.
     let non_compliant = stack

@@ -340,6 +340,9 @@ pub async fn guard(
                     audit(&state, entry).await;
                 }
             }
+            if console {
+                return crate::console::error_page(refusal.status, &refusal.message);
+            }
             return refusal.into_response();
         }
     };

@@ -733,6 +733,20 @@ pub async fn http_as(
     content_type: &str,
     body: &str,
 ) -> (u16, String) {
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{authorization}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, body) = http_exchange(port, &request).await;
+    (status, body)
+}
+
+/// One raw HTTP/1.0 exchange on loopback (5 s to connect, 10 s to answer):
+/// (status, head, body).
+pub async fn http_exchange(port: u16, request: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::time::timeout(
         Duration::from_secs(5),
@@ -741,25 +755,40 @@ pub async fn http_as(
     .await
     .unwrap()
     .unwrap();
-    let authorization = token
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{authorization}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8(response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
+    (status, head.to_string(), body.to_string())
+}
+
+/// Appends a token for `name` with `role` to the tokens file at `path`;
+/// returns the token.
+pub fn add_token(
+    path: &std::path::Path,
+    name: &str,
+    role: scheduler::auth::Role,
+    expires_ms: Option<u64>,
+) -> String {
+    let token = scheduler::auth::new_token().unwrap();
+    scheduler::auth::append_tokens_file(
+        path,
+        &scheduler::auth::TokenRecord {
+            name: name.into(),
+            role,
+            sha256: scheduler::auth::token_hash(&token),
+            created_ms: now_unix_ms(),
+            expires_ms,
+            created_by: "test".into(),
+        },
+    )
+    .unwrap();
+    token
 }
 
 /// GET `path` from 127.0.0.1:`port`; the body of a 200 answer.

@@ -14,6 +14,7 @@
 //! | `GET /healthz`, `GET /metrics` | liveness; Prometheus metrics |
 //! | `GET /audit?since=&principal=&action=&limit=` | the audit trail, oldest first |
 //! | `GET /tokens`, `POST /tokens`, `DELETE /tokens/{name}` | API tokens (admin) |
+//! | `/ui/…` | the web console, HTML, by session cookie ([`crate::console`]) |
 //!
 //! Every route but `/healthz` (and `/metrics` unless configured) needs a bearer
 //! token whose role allows it; see [`crate::access`] and [`crate::auth`].

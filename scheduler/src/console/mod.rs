@@ -304,7 +304,21 @@ async fn logout(State(state): State<ApiState>, headers: axum::http::HeaderMap) -
     response
 }
 
-/// The frame of every page: who, the CSRF token, the kill switch.
+/// A whole page: the frame (who, the CSRF token, the kill switch) around
+/// `content`.
+async fn whole_page(
+    current: &Scheduler,
+    principal: &Principal,
+    session: &Session,
+    title: &str,
+    content: Markup,
+) -> Result<Response, Response> {
+    let kill = frame_parts(current).await?;
+    let frame = frame(principal, session, kill.as_deref());
+    Ok(html(StatusCode::OK, view::page(&frame, title, content)))
+}
+
+/// The global kill switch's reason, when engaged.
 async fn frame_parts(current: &Scheduler) -> Result<Option<String>, ApiError> {
     use store::Store as _;
     Ok(current.store().kill_reason("").await?)
@@ -353,16 +367,14 @@ async fn runs_page(
     let pages = usize::try_from(total)
         .unwrap_or(usize::MAX)
         .div_ceil(RUNS_PER_PAGE);
-    let kill = frame_parts(&current).await?;
-    let content = view::runs_page(table, page, pages, total);
-    Ok(html(
-        StatusCode::OK,
-        view::page(
-            &frame(&principal, &session, kill.as_deref()),
-            "Runs",
-            content,
-        ),
-    ))
+    whole_page(
+        &current,
+        &principal,
+        &session,
+        "Runs",
+        view::runs_page(table, page, pages, total),
+    )
+    .await
 }
 
 /// The run page's live part, rendered; `pub` for the benchmark.
@@ -569,15 +581,14 @@ async fn campaigns_page(
             rows.push(campaign_row(&campaign, stored.version));
         }
     }
-    let kill = frame_parts(&current).await?;
-    Ok(html(
-        StatusCode::OK,
-        view::page(
-            &frame(&principal, &session, kill.as_deref()),
-            "Campaigns",
-            view::campaigns_page(&rows),
-        ),
-    ))
+    whole_page(
+        &current,
+        &principal,
+        &session,
+        "Campaigns",
+        view::campaigns_page(&rows),
+    )
+    .await
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -681,15 +692,14 @@ async fn campaign_page(
         runs,
         now_ms: now_ms(),
     };
-    let kill = frame_parts(&current).await?;
-    Ok(html(
-        StatusCode::OK,
-        view::page(
-            &frame(&principal, &session, kill.as_deref()),
-            &format!("Campaign {name}"),
-            view::campaign_page(&detail),
-        ),
-    ))
+    whole_page(
+        &current,
+        &principal,
+        &session,
+        &format!("Campaign {name}"),
+        view::campaign_page(&detail),
+    )
+    .await
 }
 
 /// A line diff: (`+`, `-` or ` `, line).
@@ -763,15 +773,14 @@ async fn compliance_page(
         .query()
         .map(|query| format!("?{query}"))
         .unwrap_or_default();
-    let kill = frame_parts(&current).await?;
-    Ok(html(
-        StatusCode::OK,
-        view::page(
-            &frame(&principal, &session, kill.as_deref()),
-            "Fleet compliance",
-            view::compliance_page(&view, &query_text),
-        ),
-    ))
+    whole_page(
+        &current,
+        &principal,
+        &session,
+        "Fleet compliance",
+        view::compliance_page(&view, &query_text),
+    )
+    .await
 }
 
 async fn compliance_csv(
