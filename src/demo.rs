@@ -255,7 +255,7 @@ pub(crate) async fn remove_shared_state(
 }
 
 /// Waits for the scheduler's API to answer (it connects first).
-fn wait_until_ready(client: &ApiClient) -> anyhow::Result<()> {
+pub(crate) fn wait_until_ready(client: &ApiClient) -> anyhow::Result<()> {
     let began = Instant::now();
     loop {
         match client.get::<serde_json::Value>("/campaigns") {

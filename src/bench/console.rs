@@ -74,6 +74,7 @@ fn measure(
     fleet: &sim::FleetProfile,
 ) -> anyhow::Result<Vec<PageTimes>> {
     let api = ApiClient::new(&stack.api_url);
+    crate::demo::wait_until_ready(&api)?;
     let campaign = scan_campaign("bench-console", fleet, 50.0, &bench.results);
     let _: Value = api.post("/campaigns", "application/json", campaign.to_string())?;
     let started: Value = api.post_json("/campaigns/bench-console/runs", &json!({}))?;
