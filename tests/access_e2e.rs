@@ -847,6 +847,11 @@ async fn the_cli_drives_the_api_over_https_and_client_certificates_are_principal
         .map(|record| (record.action.as_str(), record.outcome.as_str()))
         .collect();
     assert_eq!(actions, [("kill:engage", "ok"), ("kill:release", "denied")]);
+
+    // The console: a client certificate signs in without a token.
+    let login = "POST /ui/login HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n";
+    let status = https_with_client_certificate(port, &ca, (&ci_bot.0, &ci_bot.1), login).await;
+    assert_eq!(status, Some(303), "a certificate's session is made");
     stack.teardown().await;
 }
 

@@ -33,64 +33,7 @@ async fn serve_with_roles(stack: &mut Stack) -> (u16, [String; 3], tempfile::Tem
     (port, tokens, secrets)
 }
 
-async fn exchange(port: u16, request: String) -> (u16, String, String) {
-    support::http_exchange(port, &request).await
-}
-
-fn get(path: &str, cookie: Option<&str>) -> String {
-    let cookie = cookie
-        .map(|c| format!("Cookie: flotilla_session={c}\r\n"))
-        .unwrap_or_default();
-    format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}\r\n")
-}
-
-fn post_form(path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> String {
-    let cookie = cookie
-        .map(|c| format!("Cookie: flotilla_session={c}\r\n"))
-        .unwrap_or_default();
-    let body = serde_urlencoded::to_string(form).unwrap();
-    format!(
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// Signs in with `token`: the session cookie and the page's CSRF token.
-async fn sign_in(port: u16, token: &str) -> (String, String) {
-    let (status, head, body) = exchange(
-        port,
-        post_form("/ui/login", None, &[("token", token), ("next", "/ui/runs")]),
-    )
-    .await;
-    assert_eq!(status, 303, "{head}\n{body}");
-    let set_cookie = head
-        .lines()
-        .find(|line| line.to_ascii_lowercase().starts_with("set-cookie:"))
-        .unwrap_or_else(|| panic!("no session cookie: {head}"));
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
-        assert!(
-            set_cookie.contains(attribute),
-            "{set_cookie} lacks {attribute}"
-        );
-    }
-    let cookie = set_cookie
-        .split_once("flotilla_session=")
-        .unwrap()
-        .1
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let (status, _, page) = exchange(port, get("/ui/runs", Some(&cookie))).await;
-    assert_eq!(status, 200, "{page}");
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_string();
-    (cookie, csrf)
-}
+use support::console::{exchange, get, post_form, sign_in};
 
 async fn kill_reason(stack: &Stack) -> Option<String> {
     store::Store::kill_reason(&stack.store, "").await.unwrap()

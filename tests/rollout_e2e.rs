@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use protocol::run::RunState;
-use support::Stack;
+use scheduler::auth::{AuthSettings, Role, TokensFile};
+use support::{Stack, console};
 use uuid::Uuid;
 
 /// Serves `app` on a free loopback port; returns the port and the server task.
@@ -246,7 +247,22 @@ async fn a_rollout_waits_for_an_approval_between_waves() {
             support::one_step("  max_concurrency: 10\n  max_errors: 0\n")
         ),
     );
-    let run_id = stack.start_run(&campaign).await;
+    // Ada (admin) starts the run; Anna (approver) approves its next wave
+    // from the console.
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens = secrets.path().join("tokens");
+    let ada = support::add_token(&tokens, "ada", Role::Admin, None);
+    let anna = support::add_token(&tokens, "anna", Role::Approver, None);
+    stack.scheduler_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens).unwrap()),
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    let options = scheduler::StartOptions {
+        started_by: "ada".into(),
+        ..scheduler::StartOptions::default()
+    };
+    let run_id = stack.scheduler.start_run(&campaign, options).await.unwrap();
     let waiting = wait_for_state(&stack, run_id, RunState::AwaitingApproval, 0).await;
     assert!(
         waiting.reason.contains("waiting for an approver"),
@@ -259,12 +275,45 @@ async fn a_rollout_waits_for_an_approval_between_waves() {
         1,
         "nothing more before the approval"
     );
+    let approve = format!("/runs/{run_id}/approve");
+    let (status, body) = support::http_as(port, Some(&ada), "POST", &approve, "", "").await;
+    assert_eq!(status, 403, "{body}");
     assert!(
-        stack
-            .scheduler
-            .approve_wave(run_id, "approved by test")
-            .await
-            .unwrap()
+        body.contains("ada started this run and cannot approve its waves"),
+        "{body}"
+    );
+    let (cookie, csrf) = console::sign_in(port, &anna).await;
+    let form = [("csrf", csrf.as_str()), ("reason", "canary healthy")];
+    let (status, head, body) = console::exchange(
+        port,
+        console::post_form(&format!("/ui{approve}"), Some(&cookie), &form),
+    )
+    .await;
+    assert_eq!(status, 303, "{head}\n{body}");
+    let (status, body) = support::http_as(
+        port,
+        Some(&ada),
+        "GET",
+        "/audit?action=runs:approve",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let records: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let seen: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|record| {
+            (
+                record["principal"].as_str().unwrap_or_default(),
+                record["reason"].as_str().unwrap_or_default(),
+                record["outcome"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("ada", "", "error: 403"), ("anna", "canary healthy", "ok")]
     );
     assert!(
         !stack.scheduler.approve_wave(run_id, "again").await.unwrap(),

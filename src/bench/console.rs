@@ -3,8 +3,8 @@
 //! one loopback round trip, which is well under a millisecond). A scheduler,
 //! two workers and the simulator run in this process on RabbitMQ and Redis
 //! (`flotilla demo`'s stack); a scan over 1,000 locations (500 accounts × 2
-//! regions) runs to its end, then its run page is fetched `--samples`
-//! times; 100,000 instances are written into the fleet compliance view, then
+//! regions) runs to its end, then its run page is fetched 20 times; 99 plans
+//! of one account make 100 runs for the runs list; 100,000 instances are written into the fleet compliance view, then
 //! `/ui/compliance` and `GET /compliance` are fetched as often.
 
 use std::io::Write;
@@ -24,6 +24,8 @@ use crate::client::ApiClient;
 const SAMPLES: usize = 20;
 const LOCATIONS_ACCOUNTS: u32 = 500;
 const COMPLIANCE_INSTANCES: usize = 100_000;
+/// Runs in the runs list.
+const RUNS: usize = 100;
 
 #[derive(Debug, Serialize)]
 pub(super) struct PageTimes {
@@ -101,6 +103,19 @@ fn measure(
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
+    // 99 more runs (plans of one account, so they finish at once): the runs
+    // list pages through 100.
+    let mut small = fleet.clone();
+    small.accounts = 1;
+    let mut plans = scan_campaign("bench-console-plans", &small, 50.0, &bench.results);
+    plans["accounts"] = json!({"ids": [sim::fleet::account_id(0)]});
+    let _: Value = api.post("/campaigns", "application/json", plans.to_string())?;
+    for _ in 0..RUNS - 1 {
+        let _: Value = api.post_json(
+            "/campaigns/bench-console-plans/runs",
+            &json!({"plan_only": true}),
+        )?;
+    }
     let cookie = sign_in(&agent, &stack.api_url)?;
     let base = &stack.api_url;
     let mut pages = Vec::new();
@@ -115,7 +130,16 @@ fn measure(
             format!("/ui/runs/{run_id}?fragment=1"),
             true,
         ),
-        ("/ui/runs", "/ui/runs".to_string(), true),
+        (
+            "/ui/runs (page 1 of 100 runs)",
+            "/ui/runs".to_string(),
+            true,
+        ),
+        (
+            "/ui/runs?page=4 (the oldest 25)",
+            "/ui/runs?page=4".to_string(),
+            true,
+        ),
         (
             "/ui/compliance (100,000 instances)",
             "/ui/compliance".to_string(),

@@ -91,9 +91,21 @@ async fn armed(store: &impl Store) {
 /// Writes the global kill switch's record as someone with Redis access could.
 trait Tamper {
     async fn tamper_kill_record(&self, raw: Option<&str>);
+    /// Writes one field of a run's record, as the scheduler (or anyone with
+    /// Redis access) could.
+    async fn tamper_run_field(&self, run: Uuid, field: &str, raw: &str);
 }
 
 impl Tamper for RedisStore {
+    async fn tamper_run_field(&self, run: Uuid, field: &str, raw: &str) {
+        use ::redis::AsyncCommands;
+        let mut connection = self.connection();
+        let () = connection
+            .hset(self.names().run_key(run), field, raw)
+            .await
+            .unwrap();
+    }
+
     async fn tamper_kill_record(&self, raw: Option<&str>) {
         use ::redis::AsyncCommands;
         let mut connection = self.connection();
@@ -109,6 +121,7 @@ impl Tamper for RedisStore {
 
 conformance!(
     a_missing_or_corrupt_kill_record_stops_sends,
+    an_unreadable_window_end_stops_sends,
     kill_switch_global_and_per_campaign,
     token_bucket_grants_its_burst_then_asks_to_wait,
     token_bucket_refills_at_its_rate,
@@ -159,6 +172,31 @@ async fn a_missing_or_corrupt_kill_record_stops_sends(store: impl Store + Tamper
         store.send_gate("scan", run).await.unwrap().decision(),
         SendDecision::Send
     );
+}
+
+async fn an_unreadable_window_end_stops_sends(store: impl Store + Tamper) {
+    let run = Uuid::new_v4();
+    store
+        .set_run_state(run, RunState::Running, "started")
+        .await
+        .unwrap();
+    let in_an_hour = protocol::job::UnixMillis::now().0 + 3_600_000;
+    for (raw, expected) in [
+        (in_an_hour.to_string(), SendDecision::Send),
+        ("1".to_string(), SendDecision::Wait),
+        ("not a time".to_string(), SendDecision::Wait),
+        ("-5".to_string(), SendDecision::Wait),
+    ] {
+        store.tamper_run_field(run, "send_until_ms", &raw).await;
+        let gate = store.send_gate("scan", run).await.unwrap();
+        assert_eq!(gate.decision(), expected, "send_until_ms {raw:?}: {gate:?}");
+        if expected == SendDecision::Wait {
+            assert!(
+                matches!(gate, SendGate::Shut(GateCause::RunOutsideWindow(_))),
+                "{raw:?}: {gate:?}"
+            );
+        }
+    }
 }
 
 async fn kill_switch_global_and_per_campaign(store: impl Store) {

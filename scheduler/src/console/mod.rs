@@ -36,6 +36,7 @@ use crate::api::runs::{KillQuery, parse_run_id};
 use crate::api::{ApiError, ApiState, scheduler};
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
+use crate::tls::ClientCertificate;
 use crate::{Scheduler, now_ms};
 
 /// Runs on one page of the runs list.
@@ -163,11 +164,28 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-async fn login_page(State(state): State<ApiState>, Query(query): Query<LoginQuery>) -> Response {
+/// Who signs in without a token: `anonymous` where no authentication is
+/// configured, or the principal of a verified client certificate.
+fn tokenless(state: &ApiState, certificate: Option<&ClientCertificate>) -> Option<Principal> {
+    match certificate {
+        Some(ClientCertificate(principal)) => Some(principal.clone()),
+        None if state.auth.is_open() => Some(Principal::anonymous()),
+        None => None,
+    }
+}
+
+type Certificate = Option<Extension<ClientCertificate>>;
+
+async fn login_page(
+    State(state): State<ApiState>,
+    certificate: Certificate,
+    Query(query): Query<LoginQuery>,
+) -> Response {
     let next = safe_next(query.next.as_deref().unwrap_or_default());
+    let preset = tokenless(&state, certificate.as_deref());
     html(
         StatusCode::OK,
-        view::login(None, next, state.auth.is_open()),
+        view::login(None, next, preset.as_ref().map(|p| p.name.as_str())),
     )
 }
 
@@ -177,11 +195,12 @@ async fn login_page(State(state): State<ApiState>, Query(query): Query<LoginQuer
 async fn login(
     State(state): State<ApiState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    certificate: Certificate,
     body: axum::body::Bytes,
 ) -> Response {
     let form = Form::parse(&body);
     let next = safe_next(form.get("next")).to_string();
-    let open = state.auth.is_open();
+    let preset = tokenless(&state, certificate.as_deref());
     let current = match scheduler(&state.current) {
         Ok(current) => current,
         Err(error) => return error.into(),
@@ -198,7 +217,10 @@ async fn login(
             request_id: uuid::Uuid::new_v4().to_string(),
             outcome: outcome.into(),
         };
-    let signed_in = sign_in(&state, form.get("token")).await;
+    let signed_in = match &preset {
+        Some(principal) => Ok((principal.clone(), None, now_ms() + session::MAX_SESSION_MS)),
+        None => sign_in(&state, form.get("token")).await,
+    };
     let (principal, token_sha256, expires_ms) = match signed_in {
         Ok(found) => found,
         Err(refusal) => {
@@ -217,7 +239,7 @@ async fn login(
             }
             return html(
                 refusal.status,
-                view::login(Some(&refusal.message), &next, open),
+                view::login(Some(&refusal.message), &next, None),
             );
         }
     };
@@ -249,7 +271,7 @@ async fn login(
     response
 }
 
-/// The principal a sign-in token names, the token's hash (re-checked on
+/// The principal a sign-in token names (flotilla's or an SSO JWT), the token's hash (re-checked on
 /// every request of the session) and when the session ends.
 async fn sign_in(
     state: &ApiState,
@@ -257,9 +279,6 @@ async fn sign_in(
 ) -> Result<(Principal, Option<String>, u64), crate::access::Refusal> {
     use crate::access::Refusal;
     let now = now_ms();
-    if state.auth.is_open() {
-        return Ok((Principal::anonymous(), None, now + session::MAX_SESSION_MS));
-    }
     let token = token.trim();
     if token.is_empty() || token.len() > 4096 {
         return Err(Refusal::unauthenticated("enter a token", false));

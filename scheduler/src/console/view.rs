@@ -95,7 +95,9 @@ fn kill_switch(frame: &Frame) -> Markup {
     }
 }
 
-pub fn login(message: Option<&str>, next: &str, open: bool) -> Markup {
+/// The sign-in form; `preset` names who signs in without a token (anonymous
+/// without authentication, or a client certificate's principal).
+pub fn login(message: Option<&str>, next: &str, preset: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -110,8 +112,8 @@ pub fn login(message: Option<&str>, next: &str, open: bool) -> Markup {
                     @if let Some(message) = message { p.error { (message) } }
                     form method="post" action="/ui/login" {
                         input type="hidden" name="next" value=(next);
-                        @if open {
-                            p { "This scheduler runs without authentication (loopback only): you act as " code { "anonymous" } "." }
+                        @if let Some(name) = preset {
+                            p { "You sign in as " code { (name) } @if name == "anonymous" { " (this scheduler runs without authentication, on loopback only)" } @else { " (your client certificate)" } "." }
                         } @else {
                             label for="token" { "API token" }
                             input #token type="password" name="token" autocomplete="off" required maxlength="4096";
