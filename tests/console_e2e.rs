@@ -530,6 +530,15 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
     let cells = client.find_all(Locator::Css("#grid a.cell")).await.unwrap();
     assert_eq!(cells.len(), 8, "4 accounts × 2 regions");
     browser.screenshot("run.png").await;
+    // A cell opens its location's detail (which the live refresh keeps).
+    browser.click("#grid a.cell").await;
+    assert!(
+        browser
+            .text("#detail h2")
+            .await
+            .starts_with("Location 1000000000"),
+        "the detail of the clicked location"
+    );
     let pause = client.find(Locator::Css("#run-pause")).await.unwrap();
     client
         .find(Locator::XPath(

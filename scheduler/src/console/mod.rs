@@ -271,8 +271,9 @@ async fn login(
     response
 }
 
-/// The principal a sign-in token names (flotilla's or an SSO JWT), the token's hash (re-checked on
-/// every request of the session) and when the session ends.
+/// The principal a sign-in token names (flotilla's or an SSO JWT), the
+/// token's hash (re-checked on every request of the session) and when the
+/// session ends.
 async fn sign_in(
     state: &ApiState,
     token: &str,
@@ -396,8 +397,8 @@ async fn runs_page(
     .await
 }
 
-/// The run page's live part, rendered; `pub` for the benchmark.
-pub async fn run_live(
+/// The run page's live part, rendered.
+async fn run_live(
     current: &Scheduler,
     run_id: uuid::Uuid,
     location: Option<&str>,
@@ -426,9 +427,11 @@ async fn run_page(
         return Ok(html(StatusCode::OK, live));
     }
     let mut live_url = format!("/ui/runs/{run_id}?fragment=1");
-    if let Some(location) = location {
-        live_url.push_str("&location=");
-        live_url.push_str(&serde_urlencoded::to_string([("", location)]).unwrap_or_default()[1..]);
+    if let Some(location) = location
+        && let Ok(query) = serde_urlencoded::to_string([("location", location)])
+    {
+        live_url.push('&');
+        live_url.push_str(&query);
     }
     let kill = frame_parts(&current).await?;
     let frame = frame(&principal, &session, kill.as_deref());
