@@ -5,10 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use std::sync::LazyLock;
-
 use protocol::status::InvocationStatus;
-use regex::Regex;
 use scheduler::sink::ResultRecord;
 use serde::Serialize;
 use uuid::Uuid;
@@ -78,17 +75,11 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
             status,
             Some(InvocationStatus::Success | InvocationStatus::NotStarted)
         ) {
-            let detail: String = record
-                .output
-                .lines()
-                .find(|line| !line.trim().is_empty())
-                .unwrap_or("(no output)")
-                .trim()
-                .chars()
-                .take(120)
-                .collect();
             *failures
-                .entry((record.status_detail.clone(), failure_signature(&detail)))
+                .entry((
+                    record.status_detail.clone(),
+                    scheduler::failures::failure_kind(&record.output),
+                ))
                 .or_default() += 1;
         }
         if let Some(compliance) = record
@@ -136,39 +127,7 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
     }
 }
 
-/// What varies from host to host in a failure message, most specific first.
-static VARYING: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-    [
-        (
-            r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
-            "<id>",
-        ),
-        (
-            r"\b(?:i-[0-9a-f]{8}(?:[0-9a-f]{9})?|mi-[0-9a-f]{17})\b",
-            "<instance>",
-        ),
-        (
-            r"\b(?:ip|ec2)-\d{1,3}-\d{1,3}-\d{1,3}-\d{1,3}(?:\.[A-Za-z0-9-]+)*",
-            "<host>",
-        ),
-        (r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<ip>"),
-        (r"(?i)\b[a-z0-9-]+(?:\.[a-z0-9-]+){2,}\b", "<host>"),
-        (r"(?i)\b0x[0-9a-f]+\b|\b\d+(?:\.\d+)?\b", "<n>"),
-    ]
-    .into_iter()
-    .filter_map(|(pattern, mask)| Regex::new(pattern).ok().map(|regex| (regex, mask)))
-    .collect()
-});
-
-/// A failure message with instance ids, uuids, hosts, addresses and numbers
-/// masked, so that one cause on a thousand hosts is one group, not a thousand.
-pub fn failure_signature(detail: &str) -> String {
-    VARYING
-        .iter()
-        .fold(detail.to_string(), |text, (regex, mask)| {
-            regex.replace_all(&text, *mask).into_owned()
-        })
-}
+pub use scheduler::failures::failure_signature;
 
 fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {

@@ -286,6 +286,8 @@ struct Browser {
 }
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long the browser may take for a page or a change to show.
+const WAIT: Duration = Duration::from_secs(10);
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 impl Browser {
@@ -395,6 +397,19 @@ impl Browser {
         panic!("could not click {css}: {last_error:?}");
     }
 
+    /// Waits until the page shown is at `path` (a click returns before the
+    /// page it leads to is loaded).
+    async fn wait_for_path(&self, path: &str) {
+        self.wait_for(&format!("the browser at {path}"), WAIT, || async {
+            self.client()
+                .current_url()
+                .await
+                .is_ok_and(|url| url.path() == path)
+                && self.client().find(Locator::Css("main")).await.is_ok()
+        })
+        .await;
+    }
+
     /// Waits up to `limit` for `what` to hold of the page.
     async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
     where
@@ -497,7 +512,7 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         .click()
         .await
         .unwrap();
-    assert_eq!(client.current_url().await.unwrap().path(), "/ui/runs");
+    browser.wait_for_path("/ui/runs").await;
 
     // The runs page: the counts rise by themselves (no reload).
     let row = format!("tr[data-run='{run_id}'] .done");
@@ -523,22 +538,31 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
     browser
         .click(&format!("tr[data-run='{run_id}'] a.run-link"))
         .await;
-    assert_eq!(
-        client.current_url().await.unwrap().path(),
-        format!("/ui/runs/{run_id}")
-    );
-    let cells = client.find_all(Locator::Css("#grid a.cell")).await.unwrap();
-    assert_eq!(cells.len(), 8, "4 accounts × 2 regions");
+    browser.wait_for_path(&format!("/ui/runs/{run_id}")).await;
+    browser
+        .wait_for(
+            "a grid cell per location: 4 accounts × 2 regions",
+            WAIT,
+            || async {
+                client
+                    .find_all(Locator::Css("#grid a.cell"))
+                    .await
+                    .is_ok_and(|cells| cells.len() == 8)
+            },
+        )
+        .await;
     browser.screenshot("run.png").await;
     // A cell opens its location's detail (which the live refresh keeps).
     browser.click("#grid a.cell").await;
-    assert!(
-        browser
-            .text("#detail h2")
-            .await
-            .starts_with("Location 1000000000"),
-        "the detail of the clicked location"
-    );
+    browser
+        .wait_for("the detail of the clicked location", WAIT, || async {
+            client.find(Locator::Css("#detail h2")).await.is_ok()
+                && browser
+                    .text("#detail h2")
+                    .await
+                    .starts_with("Location 1000000000")
+        })
+        .await;
     let pause = client.find(Locator::Css("#run-pause")).await.unwrap();
     client
         .find(Locator::XPath(
@@ -575,7 +599,7 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         .await
         .unwrap();
     browser
-        .wait_for("the run runs again", Duration::from_secs(10), || async {
+        .wait_for("the run runs again", WAIT, || async {
             browser.text("#run-state").await != "Paused"
         })
         .await;
@@ -609,7 +633,13 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         .click()
         .await
         .unwrap();
-    assert!(browser.text("#kill").await.contains("KILL SWITCH ENGAGED"));
+    browser
+        .wait_for(
+            "the banner says the kill switch is engaged",
+            WAIT,
+            || async { browser.text("#kill").await.contains("KILL SWITCH ENGAGED") },
+        )
+        .await;
     assert_eq!(kill_reason(&stack).await.as_deref(), Some("browser drill"));
     // Within a second every worker has seen it; no SendCommand after that.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -632,6 +662,20 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         .await
         .unwrap();
     assert_eq!(browser.text("#run-state").await, "Completed");
+    // The failures, grouped by cause: one cause on many hosts is one row.
+    let failed = progress.results[&0]["Failed"];
+    assert!(failed > 0, "15% of the fleet fails");
+    assert_eq!(
+        progress.top_failures.len(),
+        1,
+        "{:?}",
+        progress.top_failures
+    );
+    assert_eq!(progress.top_failures[0].targets, failed);
+    assert_eq!(
+        browser.text("#failures td.cause").await,
+        "AWS-RunPatchBaseline failed on <instance>: exit status <n>"
+    );
     browser.screenshot("run-final.png").await;
 
     // The compliance page finds an instance the scan found non-compliant.

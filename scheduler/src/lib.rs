@@ -46,6 +46,7 @@ pub mod calendar;
 pub mod campaigns;
 pub mod compliance;
 pub mod console;
+pub mod failures;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;

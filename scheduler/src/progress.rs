@@ -45,7 +45,23 @@ pub struct RunProgress {
     /// When the run was made (Unix ms).
     #[serde(default)]
     pub created_ms: u64,
+    /// The most common causes of failure, most targets first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_failures: Vec<FailureKind>,
 }
+
+/// Failed targets of one step and status with one cause (the first line of
+/// their output, host-specific parts masked).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailureKind {
+    pub step: u16,
+    pub status: String,
+    pub cause: String,
+    pub targets: u64,
+}
+
+/// Causes a run's progress lists.
+const TOP_FAILURES: usize = 10;
 
 impl RunProgress {
     /// Results of one step, summed over statuses.
@@ -62,7 +78,23 @@ pub(crate) fn progress_from(
     counters: HashMap<String, u64>,
 ) -> Result<RunProgress, SchedulerError> {
     let mut results: BTreeMap<u16, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut top_failures = Vec::new();
     for (field, count) in counters {
+        if let Some(kind) = field.strip_prefix("f:") {
+            let mut parts = kind.splitn(3, ':');
+            if let (Some(step), Some(status), Some(cause)) =
+                (parts.next(), parts.next(), parts.next())
+                && let Ok(step) = step.parse()
+            {
+                top_failures.push(FailureKind {
+                    step,
+                    status: status.to_string(),
+                    cause: cause.to_string(),
+                    targets: count,
+                });
+            }
+            continue;
+        }
         let Some((step, status)) = field.split_once(':') else {
             continue;
         };
@@ -105,5 +137,14 @@ pub(crate) fn progress_from(
         waves: crate::rollout::waves_of(fields),
         bake_until_ms: (state == RunState::Baking).then(|| fields.number("bake_until")),
         created_ms: fields.number("created_ms"),
+        top_failures: {
+            top_failures.sort_by(|a, b| {
+                b.targets
+                    .cmp(&a.targets)
+                    .then_with(|| (a.step, &a.status, &a.cause).cmp(&(b.step, &b.status, &b.cause)))
+            });
+            top_failures.truncate(TOP_FAILURES);
+            top_failures
+        },
     })
 }

@@ -11,8 +11,8 @@ use protocol::{Job, SpecFormat};
 use uuid::Uuid;
 
 use crate::ledger::{BatchEntry, NewRun};
-pub use crate::progress::RunProgress;
 use crate::progress::progress_from;
+pub use crate::progress::{FailureKind, RunProgress};
 use crate::{Scheduler, SchedulerError, now_ms};
 
 /// How many locations of a run are being discovered at once. Discover jobs

@@ -131,6 +131,7 @@ conformance!(
     a_rollout_admits_wave_by_wave_and_bakes_between_waves,
     a_rollout_admits_its_canary_locations_first,
     a_report_applied_twice_counts_once,
+    failure_causes_are_counted_once_and_bounded_a_run,
     concurrent_failures_halt_the_run_once_at_the_budget,
     admission_keeps_to_location_concurrency_and_max_in_flight,
     execution_starts_with_the_first_location_discovered,
@@ -256,6 +257,59 @@ async fn a_report_applied_twice_counts_once(backend: &Backend) {
     // The console's grid: the location's results and failures, once too.
     let status = ledger.location_statuses(run_id).await.unwrap().remove(0);
     assert_eq!((status.results, status.target_failures), (1, 1));
+}
+
+async fn failure_causes_are_counted_once_and_bounded_a_run(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let (run_id, location) = running_run(ledger, 3, 1_000).await;
+    let batches = ledger.admitted(run_id).await.unwrap();
+    // 400 distinct causes in one report (output is the hosts' to choose).
+    let mut counters = HashMap::from([("0:Failed".to_string(), 400)]);
+    for cause in 0..400 {
+        counters.insert(format!("f:0:Failed:disk {cause} is full"), 1);
+    }
+    for _ in 0..2 {
+        ledger
+            .apply_results(
+                run_id,
+                &batches[0].key(),
+                &location,
+                400,
+                400,
+                &counters,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let stored = ledger.counters(run_id).await.unwrap();
+    let causes: Vec<(&String, &u64)> = stored
+        .iter()
+        .filter(|(field, _)| field.starts_with("f:"))
+        .collect();
+    assert!(
+        causes.len() <= scheduler::failures::MAX_FAILURE_KINDS + 64,
+        "{} causes kept",
+        causes.len()
+    );
+    assert_eq!(
+        causes.iter().map(|(_, count)| **count).sum::<u64>(),
+        400,
+        "every failed target counted once, in a cause or in `other`"
+    );
+    assert!(stored["f:0:Failed:other"] > 0);
+    // A cause seen before still counts as itself past the cap.
+    let seen = causes
+        .iter()
+        .find(|(field, _)| field.as_str() != "f:0:Failed:other")
+        .map(|(field, _)| (*field).clone())
+        .unwrap();
+    let again = HashMap::from([(seen.clone(), 1)]);
+    ledger
+        .apply_results(run_id, &batches[1].key(), &location, 1, 1, &again, None)
+        .await
+        .unwrap();
+    assert_eq!(ledger.counters(run_id).await.unwrap()[&seen], 2);
 }
 
 async fn concurrent_failures_halt_the_run_once_at_the_budget(backend: &Backend) {

@@ -345,28 +345,33 @@ pub fn run_live(
     }
 }
 
-/// What went wrong, grouped: results by failing status per step, and the
-/// locations that failed as a whole, by their failure.
+/// What went wrong, grouped: failed targets by step, status and cause (the
+/// first line of their output, masked), and whole locations by their failure.
 fn top_failures(progress: &RunProgress, locations: &[LocationStatus]) -> Markup {
-    let mut groups: BTreeMap<String, u64> = BTreeMap::new();
-    for (step, statuses) in &progress.results {
-        for (status, count) in statuses {
-            if status != "Success" {
-                *groups.entry(format!("step {step}: {status}")).or_default() += count;
-            }
-        }
-    }
+    let mut by_location: BTreeMap<String, u64> = BTreeMap::new();
     for location in locations {
         if let Some(failure) = &location.failure {
             let text: String = failure.chars().take(200).collect();
-            *groups.entry(format!("location: {text}")).or_default() += 1;
+            *by_location
+                .entry(crate::failures::failure_signature(&text))
+                .or_default() += 1;
         }
     }
-    let mut ranked: Vec<(String, u64)> = groups.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut by_location: Vec<(String, u64)> = by_location.into_iter().collect();
+    by_location.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     html! {
-        @if ranked.is_empty() { p { "None." } } @else {
-            table #failures { tbody { @for (what, count) in ranked.iter().take(10) { tr { td { (what) } td.n { (count) } } } } }
+        @if progress.top_failures.is_empty() && by_location.is_empty() { p { "None." } } @else {
+            table #failures {
+                thead { tr { th { "Step" } th { "Status" } th { "Cause" } th { "Targets" } } }
+                tbody {
+                    @for kind in &progress.top_failures {
+                        tr { td { (kind.step) } td { (kind.status) } td.cause { (kind.cause) } td.n { (kind.targets) } }
+                    }
+                    @for (failure, count) in by_location.iter().take(10) {
+                        tr { td { "–" } td { "location failed" } td.cause { (failure) } td.n { (count) " locations" } }
+                    }
+                }
+            }
         }
     }
 }

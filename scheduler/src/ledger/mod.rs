@@ -518,6 +518,7 @@ impl Ledger {
             .arg(failures)
             .arg(serde_json::to_string(counters)?)
             .arg(next)
+            .arg(crate::failures::MAX_FAILURE_KINDS + 64)
             .invoke_async(&mut connection)
             .await?;
         self.replicated(run_id).await?;

@@ -1,4 +1,5 @@
--- ARGV entry key, location, targets, failures, counters (JSON), next entry or ''.
+-- ARGV entry key, location, targets, failures, counters (JSON), next entry or '',
+-- the most fields the counters hash takes new failure causes up to.
 -- Returns {new, state}.
 if redis.call('SADD', applied, 'results:' .. ARGV[1]) == 0 then
   return {0, redis.call('HGET', run, 'state')}
@@ -6,7 +7,15 @@ end
 redis.call('HDEL', admitted, ARGV[1])
 local in_flight = (tonumber(redis.call('HGET', run, 'in_flight')) or 0) - tonumber(ARGV[3])
 redis.call('HSET', run, 'in_flight', math.max(0, in_flight))
-for status, n in pairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', counters, status, n) end
+for field, n in pairs(cjson.decode(ARGV[5])) do
+  -- Failure causes (`f:step:status:cause`) are bounded a run: past the cap a
+  -- new cause counts as `f:step:status:other`.
+  if string.sub(field, 1, 2) == 'f:' and redis.call('HEXISTS', counters, field) == 0
+      and redis.call('HLEN', counters) >= tonumber(ARGV[7]) then
+    field = string.match(field, '^(f:[^:]*:[^:]*:)') .. 'other'
+  end
+  redis.call('HINCRBY', counters, field, n)
+end
 local failed = tonumber(ARGV[4])
 -- Per location, for the console's grid: results in and targets failed.
 redis.call('HINCRBY', locstate, ARGV[2] .. ':results', tonumber(ARGV[3]))

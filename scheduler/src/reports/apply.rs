@@ -445,12 +445,26 @@ fn not_started(instance_id: &str, reason: &str) -> TargetResult {
 }
 
 /// Counter fields `<step>:<status detail>` for one report.
+/// A report's counters: targets per `step:status`, and failed targets per
+/// `f:step:status:cause` (the cause as [`crate::failures::failure_kind`]
+/// groups it; the ledger keeps at most [`crate::failures::MAX_FAILURE_KINDS`]
+/// causes a run, the rest as `other`).
 fn count_by_status(step_index: u16, results: &[TargetResult]) -> HashMap<String, u64> {
     let mut counters = HashMap::new();
     for result in results {
+        let status = result.status.as_ssm_str();
         *counters
-            .entry(format!("{step_index}:{}", result.status.as_ssm_str()))
+            .entry(format!("{step_index}:{status}"))
             .or_default() += 1;
+        if !matches!(
+            result.status,
+            StatusDetail::Success | StatusDetail::NotStarted
+        ) {
+            let cause = crate::failures::failure_kind(&result.output_excerpt);
+            *counters
+                .entry(format!("f:{step_index}:{status}:{cause}"))
+                .or_default() += 1;
+        }
     }
     counters
 }

@@ -1,0 +1,62 @@
+//! Failures grouped by cause: the first line of what a command printed, with
+//! what varies from host to host masked, so one cause on a thousand hosts is
+//! one group. `flotilla report` groups the results files so; the scheduler
+//! counts the same groups as reports arrive, for the console's run page.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// Distinct failure causes a run keeps (about: with its status counters, a
+/// run's counters hash takes new causes up to this + 64 fields): output is
+/// the hosts' to choose, so what it fills is bounded. Past it a new cause
+/// counts as `other`.
+pub const MAX_FAILURE_KINDS: usize = 256;
+
+/// What varies from host to host in a failure message, most specific first.
+static VARYING: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    [
+        (
+            r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+            "<id>",
+        ),
+        (
+            r"\b(?:i-[0-9a-f]{8}(?:[0-9a-f]{9})?|mi-[0-9a-f]{17})\b",
+            "<instance>",
+        ),
+        (
+            r"\b(?:ip|ec2)-\d{1,3}-\d{1,3}-\d{1,3}-\d{1,3}(?:\.[A-Za-z0-9-]+)*",
+            "<host>",
+        ),
+        (r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<ip>"),
+        (r"(?i)\b[a-z0-9-]+(?:\.[a-z0-9-]+){2,}\b", "<host>"),
+        (r"(?i)\b0x[0-9a-f]+\b|\b\d+(?:\.\d+)?\b", "<n>"),
+    ]
+    .into_iter()
+    .filter_map(|(pattern, mask)| Regex::new(pattern).ok().map(|regex| (regex, mask)))
+    .collect()
+});
+
+/// A failure message with instance ids, uuids, hosts, addresses and numbers
+/// masked, so that one cause on a thousand hosts is one group, not a thousand.
+pub fn failure_signature(detail: &str) -> String {
+    VARYING
+        .iter()
+        .fold(detail.to_string(), |text, (regex, mask)| {
+            regex.replace_all(&text, *mask).into_owned()
+        })
+}
+
+/// The group of a failed command's output: its first non-empty line, at most
+/// 120 characters, masked ([`failure_signature`]).
+pub fn failure_kind(output: &str) -> String {
+    let line: String = output
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("(no output)")
+        .trim()
+        .chars()
+        .take(120)
+        .collect();
+    failure_signature(&line)
+}
