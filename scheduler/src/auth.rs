@@ -233,12 +233,19 @@ impl TokenRecord {
 
 /// A new token: `flt_` and 64 hex digits from the operating system's RNG.
 pub fn new_token() -> Result<String, String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|error| format!("no randomness for a token: {error}"))?;
-    Ok(format!("flt_{}", hex::encode(bytes)))
+    random_secret("flt_")
 }
 
-/// What is stored and looked up: the hex SHA-256 of the token.
+/// `prefix` and 256 random bits from the operating system's RNG as 64 hex
+/// digits: tokens, console session cookies, CSRF tokens.
+pub fn random_secret(prefix: &str) -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|error| format!("no randomness for a secret: {error}"))?;
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
+}
+
+/// What is stored and looked up: the hex SHA-256 of the token (and of a
+/// console session's cookie).
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

@@ -195,14 +195,12 @@ pub(super) async fn remove_freeze(
     Ok(Json(json!({ "removed": id })))
 }
 
-/// The fleet's compliance across runs (`?format=csv` for the instances that
-/// need attention as CSV).
-pub(super) async fn compliance(
-    State(current): State<CurrentScheduler>,
-    Query(query): Query<BTreeMap<String, String>>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse as _;
-    let scheduler = scheduler(&current)?;
+/// The compliance view's filters from a query (`account`, `region`,
+/// `severity`, `stale_days`, `limit`), each checked; the console reads its
+/// forms with it too.
+pub(crate) fn compliance_filter(
+    query: &BTreeMap<String, String>,
+) -> Result<crate::compliance::ComplianceQuery, ApiError> {
     let number = |name: &str| -> Result<Option<u64>, ApiError> {
         query
             .get(name)
@@ -224,13 +222,24 @@ pub(super) async fn compliance(
             format!("severity: one of critical, security, other, compliant, got {severity:?}"),
         ));
     }
-    let filter = crate::compliance::ComplianceQuery {
+    Ok(crate::compliance::ComplianceQuery {
         account: query.get("account").cloned(),
         region: query.get("region").cloned(),
         severity: query.get("severity").cloned(),
         stale_days: number("stale_days")?,
         limit: number("limit")?.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)),
-    };
+    })
+}
+
+/// The fleet's compliance across runs (`?format=csv` for the instances that
+/// need attention as CSV).
+pub(super) async fn compliance(
+    State(current): State<CurrentScheduler>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let scheduler = scheduler(&current)?;
+    let filter = compliance_filter(&query)?;
     let view = scheduler.fleet_compliance(&filter).await?;
     match query.get("format").map(String::as_str) {
         None | Some("json") => Ok(Json(view).into_response()),

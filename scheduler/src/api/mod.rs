@@ -26,7 +26,7 @@
 //! [`campaigns`], [`runs`] (with the kill switch) and [`admin`] (events,
 //! alerts, audit, tokens).
 
-mod admin;
+pub(crate) mod admin;
 mod campaigns;
 pub(crate) mod runs;
 

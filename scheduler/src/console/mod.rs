@@ -739,43 +739,22 @@ pub fn line_diff(old: &str, new: &str) -> Vec<(char, String)> {
         .collect()
 }
 
-/// The compliance filters of a query, checked as the API checks them.
+/// The compliance filters of a console form: empty fields are no filter,
+/// values trimmed, the rest checked as the API checks them; at most `limit`
+/// instances listed.
 fn compliance_filter(
     query: &BTreeMap<String, String>,
     limit: usize,
 ) -> Result<crate::compliance::ComplianceQuery, ApiError> {
-    let text = |name: &str| {
-        query
-            .get(name)
-            .map(|value| value.trim().to_string())
-            .filter(|value| !value.is_empty())
-    };
-    let severity = text("severity");
-    if let Some(severity) = &severity
-        && !["critical", "security", "other", "compliant"].contains(&severity.as_str())
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("severity: one of critical, security, other, compliant, got {severity:?}"),
-        ));
-    }
-    let stale_days = text("stale_days")
-        .map(|days| {
-            days.parse::<u64>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("stale_days: must be a whole number, got {days:?}"),
-                )
-            })
-        })
-        .transpose()?;
-    Ok(crate::compliance::ComplianceQuery {
-        account: text("account"),
-        region: text("region"),
-        severity,
-        stale_days,
-        limit: Some(limit),
-    })
+    let filled: BTreeMap<String, String> = query
+        .iter()
+        .filter(|(name, _)| name.as_str() != "limit")
+        .map(|(name, value)| (name.clone(), value.trim().to_string()))
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    let mut filter = crate::api::admin::compliance_filter(&filled)?;
+    filter.limit = Some(limit);
+    Ok(filter)
 }
 
 async fn compliance_page(

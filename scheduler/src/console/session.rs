@@ -53,16 +53,8 @@ impl Session {
     }
 }
 
-fn random_hex(prefix: &str) -> Result<String, SchedulerError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|error| {
-        SchedulerError::Invalid(format!("no randomness for a session: {error}"))
-    })?;
-    Ok(format!("{prefix}{}", hex::encode(bytes)))
-}
-
-fn cookie_hash(cookie: &str) -> String {
-    hex::encode(Sha256::digest(cookie.as_bytes()))
+fn random_secret(prefix: &str) -> Result<String, SchedulerError> {
+    crate::auth::random_secret(prefix).map_err(SchedulerError::Invalid)
 }
 
 impl Scheduler {
@@ -73,18 +65,22 @@ impl Scheduler {
         token_sha256: Option<String>,
         expires_ms: u64,
     ) -> Result<(String, Session), SchedulerError> {
-        let cookie = random_hex("fls_")?;
+        let cookie = random_secret("fls_")?;
         let session = Session {
             name: principal.name.clone(),
             role: principal.role,
-            csrf: random_hex("")?,
+            csrf: random_secret("")?,
             token_sha256,
             expires_ms,
         };
         let ttl_ms = expires_ms.saturating_sub(now_ms()).max(1);
         let mut connection = self.ledger.connection();
         let () = redis::cmd("SET")
-            .arg(self.broker.names().session_key(&cookie_hash(&cookie)))
+            .arg(
+                self.broker
+                    .names()
+                    .session_key(&crate::auth::token_hash(&cookie)),
+            )
             .arg(serde_json::to_string(&session)?)
             .arg("PX")
             .arg(ttl_ms)
@@ -98,7 +94,11 @@ impl Scheduler {
         let json: Option<String> = {
             let mut connection = self.ledger.connection();
             connection
-                .get(self.broker.names().session_key(&cookie_hash(cookie)))
+                .get(
+                    self.broker
+                        .names()
+                        .session_key(&crate::auth::token_hash(cookie)),
+                )
                 .await?
         };
         let Some(json) = json else {
@@ -112,7 +112,11 @@ impl Scheduler {
     pub async fn end_session(&self, cookie: &str) -> Result<(), SchedulerError> {
         let mut connection = self.ledger.connection();
         let _: u32 = connection
-            .del(self.broker.names().session_key(&cookie_hash(cookie)))
+            .del(
+                self.broker
+                    .names()
+                    .session_key(&crate::auth::token_hash(cookie)),
+            )
             .await?;
         Ok(())
     }

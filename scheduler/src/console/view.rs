@@ -28,7 +28,9 @@ impl Frame<'_> {
     }
 }
 
-pub fn page(frame: &Frame, title: &str, content: Markup) -> Markup {
+/// Every console document: its head (the stylesheet; the script on pages
+/// with live parts) around `body`.
+fn document(title: &str, body_class: &str, live: bool, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -37,9 +39,15 @@ pub fn page(frame: &Frame, title: &str, content: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · flotilla" }
                 link rel="stylesheet" href="/ui/static/console.css";
-                script src="/ui/static/console.js" defer {}
+                @if live { script src="/ui/static/console.js" defer {} }
             }
-            body {
+            body class=[(!body_class.is_empty()).then_some(body_class)] { (body) }
+        }
+    }
+}
+
+pub fn page(frame: &Frame, title: &str, content: Markup) -> Markup {
+    let body = html! {
                 header {
                     a.brand href="/ui/runs" { "flotilla" }
                     nav {
@@ -55,9 +63,8 @@ pub fn page(frame: &Frame, title: &str, content: Markup) -> Markup {
                 }
                 (kill_switch(frame))
                 main { h1 { (title) } (content) }
-            }
-        }
-    }
+    };
+    document(title, "", true, body)
 }
 
 /// The kill switch on every page: its state, and engage or release with a
@@ -98,15 +105,7 @@ fn kill_switch(frame: &Frame) -> Markup {
 /// The sign-in form; `preset` names who signs in without a token (anonymous
 /// without authentication, or a client certificate's principal).
 pub fn login(message: Option<&str>, next: &str, preset: Option<&str>) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { "Sign in · flotilla" }
-                link rel="stylesheet" href="/ui/static/console.css";
-            }
-            body.login {
+    let body = html! {
                 main {
                     h1 { "flotilla" }
                     @if let Some(message) = message { p.error { (message) } }
@@ -122,29 +121,19 @@ pub fn login(message: Option<&str>, next: &str, preset: Option<&str>) -> Markup 
                         button #sign-in type="submit" { "Sign in" }
                     }
                 }
-            }
-        }
-    }
+    };
+    document("Sign in", "login", false, body)
 }
 
 pub fn error(status: u16, message: &str) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { "Error · flotilla" }
-                link rel="stylesheet" href="/ui/static/console.css";
-            }
-            body {
-                main {
-                    h1 { "Not done (" (status) ")" }
-                    p.error #error { (message) }
-                    p { a href="/ui/runs" { "Back to the runs" } }
-                }
-            }
+    let body = html! {
+        main {
+            h1 { "Not done (" (status) ")" }
+            p.error #error { (message) }
+            p { a href="/ui/runs" { "Back to the runs" } }
         }
-    }
+    };
+    document("Error", "", false, body)
 }
 
 /// `3m`, `2h`, `5d` since `then`.
