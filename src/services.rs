@@ -56,6 +56,12 @@ pub struct WorkerArgs {
     /// calls at once; costs memory and redelivery work if the worker dies.
     #[arg(long, env = "FLOTILLA_WORKER_CONCURRENCY", default_value_t = NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN))]
     pub concurrency: NonZeroU16,
+    /// Execute jobs that wait in the worker for their command's first poll
+    /// (2 s after the send) instead of sending it through a delay queue; they
+    /// hold a delivery, not a slot of --concurrency (added to the prefetch).
+    /// 0 sends every poll through a delay queue.
+    #[arg(long, env = "FLOTILLA_WORKER_HELD_POLLS", default_value_t = worker::DEFAULT_HELD_POLLS, value_parser = clap::value_parser!(u16).range(0..=4096))]
+    pub held_polls: u16,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -250,6 +256,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let mut config = worker::WorkerConfig::new(args.connection.amqp_url.clone(), names.clone());
     config.keys = args.keys.keyring(protocol::signing::SignerKind::Worker)?;
     config.concurrency = args.concurrency;
+    config.held_polls = args.held_polls;
     config.metrics_addr = args.metrics_addr;
     config.shutdown_timeout = args.shutdown_timeout;
     config.amqp_tls = broker::BrokerTls {

@@ -132,7 +132,7 @@ async fn a_two_step_campaign_yields_one_result_per_target_per_step_with_the_righ
 
     let metrics = support::http_get(metrics_port, "/metrics").await;
     for expected in [
-        "flotilla_worker_jobs_total{kind=\"execute\",outcome=\"continued\"}",
+        "flotilla_worker_jobs_total{kind=\"execute\",outcome=\"held\"}",
         "flotilla_worker_target_results_total{campaign=\"two-steps\",status=\"Success\"}",
         "flotilla_worker_aws_calls_total{operation=\"SendCommand\",outcome=\"ok\"}",
         "flotilla_worker_aws_call_seconds_bucket{operation=\"ListCommandInvocations\"",
@@ -218,6 +218,90 @@ async fn workers_killed_in_the_middle_of_execute_and_poll_lose_nothing_and_repea
         stack.calls("ListCommands") >= 1,
         "the redelivered execute job looked for the command its dead worker sent"
     );
+    stack.teardown().await;
+}
+
+/// A command that ends within two seconds costs no Poll message: the worker
+/// that sent it keeps the Execute delivery and polls in place. With no hold
+/// slot (`held_polls: 0`) every first poll travels as a Poll job through a
+/// delay queue instead, and the results are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_polls_are_made_in_place_unless_no_hold_slot_is_free() {
+    // Four batches; every command ends within a second.
+    let batches = 4;
+    for held_polls in [worker::DEFAULT_HELD_POLLS, 0] {
+        let mut stack = Stack::start(support::single_location(200, false)).await;
+        let metrics_port = support::free_port();
+        let mut config = stack.worker_config("worker-holding", 2);
+        config.held_polls = held_polls;
+        config.metrics_addr = Some(format!("127.0.0.1:{metrics_port}").parse().unwrap());
+        let (_keep_running, _worker) = stack.spawn_stoppable_worker(config);
+        let campaign = stack.campaign(
+            "polls-in-place",
+            support::one_step("  max_concurrency: 100%\n  max_errors: 0\n"),
+        );
+        let run_id = stack.start_run(&campaign).await;
+        let progress = stack
+            .wait_until_final(run_id, Duration::from_secs(60))
+            .await;
+        assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+        stack.assert_each_target_ran_once(run_id, &progress);
+        assert_eq!(stack.calls("SendCommand"), batches);
+
+        let metrics = support::http_get(metrics_port, "/metrics").await;
+        let jobs = |kind: &str, outcome: &str| {
+            let series =
+                format!("flotilla_worker_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}");
+            support::metric_value(&metrics, &series).unwrap_or(0.0)
+        };
+        if held_polls > 0 {
+            assert_eq!(jobs("execute", "held"), batches as f64, "{metrics}");
+            assert_eq!(jobs("poll", "done"), batches as f64, "{metrics}");
+            assert!(
+                !metrics.contains("outcome=\"continued\""),
+                "no Poll job went through a delay queue:\n{metrics}"
+            );
+        } else {
+            assert_eq!(jobs("execute", "held"), 0.0, "{metrics}");
+            assert_eq!(jobs("execute", "continued"), batches as f64, "{metrics}");
+            assert_eq!(jobs("poll", "done"), batches as f64, "{metrics}");
+        }
+        stack.teardown().await;
+    }
+}
+
+/// A worker that dies while it holds Execute deliveries for their first
+/// poll hands them back unacked; the next worker finds each job's command
+/// in its send record and polls it — nothing is sent twice, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_holding_first_polls_loses_nothing_and_sends_nothing_twice() {
+    let batches = 4;
+    let mut stack = Stack::start(support::single_location(200, false)).await;
+    let holding = stack.spawn_worker("worker-holding", 4);
+    let campaign = stack.campaign(
+        "killed-holding",
+        support::one_step("  max_concurrency: 100%\n  max_errors: 0\n"),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    stack
+        .wait_for("every batch sent", Duration::from_secs(20), |stack| {
+            stack.calls("SendCommand") == batches
+        })
+        .await;
+    stack.kill_worker(holding);
+    assert_eq!(
+        stack.calls("ListCommandInvocations"),
+        0,
+        "the worker died before any first poll (2 s after its send)"
+    );
+
+    stack.spawn_worker("worker-next", 4);
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+    stack.assert_each_target_ran_once(run_id, &progress);
+    assert_eq!(stack.calls("SendCommand"), batches, "nothing sent twice");
     stack.teardown().await;
 }
 

@@ -97,7 +97,18 @@ impl Broker {
     /// Publishes a new job (signed by this service) that comes to its work
     /// queue after `delay` (rounded up to a delay queue's step).
     pub async fn publish_job_after(&self, job: &Job, delay: Duration) -> Result<(), BrokerError> {
-        self.delay_job_bytes(&self.seal(job)?, job.run().priority, delay, 0)
+        self.defer_new_job(job, delay, 0).await
+    }
+
+    /// [`Self::publish_job_after`] for a job that has had `retries` retries
+    /// (a job a worker took on from its delivery, such as a poll in place).
+    pub async fn defer_new_job(
+        &self,
+        job: &Job,
+        delay: Duration,
+        retries: u32,
+    ) -> Result<(), BrokerError> {
+        self.delay_job_bytes(&self.seal(job)?, job.run().priority, delay, retries)
             .await
     }
 

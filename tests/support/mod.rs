@@ -791,6 +791,18 @@ pub fn add_token(
     token
 }
 
+/// The value of one series in a Prometheus text exposition (`series` as it
+/// appears there, labels and all); `None` when it is not exposed.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// GET `path` from 127.0.0.1:`port`; the body of a 200 answer.
 pub async fn http_get(port: u16, path: &str) -> String {
     let (status, body) = http(port, "GET", path, "text/plain", "").await;

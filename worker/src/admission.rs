@@ -56,6 +56,17 @@ pub(crate) async fn admit<S: Store>(
             ),
         });
     }
+    let cancel_in_flight = check_run(context, &job).await?;
+    Ok(Admitted {
+        job,
+        cancel_in_flight,
+    })
+}
+
+/// Checks a job against what its run recorded when it started (the run
+/// contract, read now) and returns whether the run's commands in flight must
+/// be cancelled.
+pub(crate) async fn check_run<S: Store>(context: &Context<S>, job: &Job) -> Result<bool, Refusal> {
     let run_id = job.run().run_id;
     let location = format!("{}/{}", job.location().account_id, job.location().region);
     let never = |reason: &'static str, detail: String| Refusal::Never { reason, detail };
@@ -99,7 +110,7 @@ pub(crate) async fn admit<S: Store>(
             ),
         ));
     }
-    contract.check(&job).map_err(|what| {
+    contract.check(job).map_err(|what| {
         never(
             "run_mismatch",
             format!(
@@ -108,10 +119,7 @@ pub(crate) async fn admit<S: Store>(
             ),
         )
     })?;
-    Ok(Admitted {
-        job,
-        cancel_in_flight: reading.cancel_in_flight,
-    })
+    Ok(reading.cancel_in_flight)
 }
 
 /// Schedulers issue the jobs a run starts with; a worker only derives the

@@ -1,7 +1,9 @@
 //! The consume loop. Urgent deliveries are taken before bulk ones whenever both
 //! are waiting; at most `concurrency` jobs run at once (a permit is taken before
-//! a delivery is), and each queue's prefetch is the same number, so a worker
-//! never holds more unacked work than it can start soon.
+//! a delivery is). Each queue's prefetch is `concurrency + held_polls`: an
+//! Execute job that sent its command keeps its delivery, without a permit,
+//! until its first poll two seconds later (see [`poll_in_place`]), so a worker
+//! holds at most that much unacked work.
 //!
 //! A lost connection is reconnected with backoff; deliveries of the old one go
 //! back to their queues. On shutdown the worker stops taking deliveries, lets
@@ -20,11 +22,11 @@ use protocol::names::DELAY_STEPS_SECONDS;
 use protocol::report::LocationFailure;
 use protocol::status::StatusDetail;
 use store::Store;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admitted, Refusal, admit};
+use crate::admission::{Admitted, Refusal, admit, check_run};
 use crate::aws::{Aws, AwsErrorKind};
 use crate::metrics::WorkerMetrics;
 use crate::safety::{self, SafetyState};
@@ -176,7 +178,8 @@ async fn consume<S: Store>(
     stop: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let names = context.broker.names().clone();
-    let prefetch = config.concurrency.get();
+    let concurrency = config.concurrency.get();
+    let prefetch = concurrency.saturating_add(config.held_polls);
     let mut urgent = context
         .broker
         .consume(
@@ -206,7 +209,8 @@ async fn consume<S: Store>(
             pumps_stop.clone(),
         ));
     }
-    let permits = Arc::new(Semaphore::new(usize::from(prefetch)));
+    let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
+    let holds = Arc::new(Semaphore::new(usize::from(prefetch - concurrency)));
     // Dropping the set aborts its jobs: a worker whose task is aborted stops
     // everything it was doing, like a killed process.
     let mut jobs = JoinSet::new();
@@ -234,10 +238,13 @@ async fn consume<S: Store>(
         match delivery {
             Some(Ok(delivery)) => {
                 let context = context.clone();
-                jobs.spawn(async move {
-                    handle_delivery(&context, delivery).await;
-                    drop(permit);
-                });
+                let slots = Slots {
+                    permit,
+                    permits: permits.clone(),
+                    holds: holds.clone(),
+                    stop: stop.clone(),
+                };
+                jobs.spawn(async move { handle_delivery(&context, delivery, slots).await });
             }
             Some(Err(error)) => break Some(error),
             None => {
@@ -273,7 +280,16 @@ async fn consume<S: Store>(
     Ok(())
 }
 
-async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
+/// What a delivery's task holds and may take: its permit to run, the
+/// worker's permits and hold slots (for [`poll_in_place`]), the stop signal.
+struct Slots {
+    permit: OwnedSemaphorePermit,
+    permits: Arc<Semaphore>,
+    holds: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
+async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery, slots: Slots) {
     context.metrics.job_started();
     match admit(context, &delivery).await {
         Ok(Admitted {
@@ -291,7 +307,16 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
                 Job::Execute(execute) => execute::handle(context, execute).await,
                 Job::Poll(poll) => poll::handle(context, poll, cancel_in_flight).await,
             };
-            settle_delivery(context, delivery, &job, outcome).await;
+            match outcome {
+                Ok(JobOutcome::Continue { next, delay })
+                    if matches!(job, Job::Execute(_)) && delay <= MAX_HOLD =>
+                {
+                    poll_in_place(context, delivery, (&job, *next), delay, slots).await;
+                }
+                outcome => {
+                    settle_delivery(context, delivery, &job, Resend::Delivery, outcome).await;
+                }
+            }
         }
         Err(Refusal::Later { error, priority }) => {
             // Redis unreadable: whether the job matches its run is unknown.
@@ -329,17 +354,92 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery) {
     context.metrics.job_finished();
 }
 
+/// The longest first poll a job waits for in the worker rather than in a
+/// delay queue: the first poll's own delay (2 s).
+const MAX_HOLD: Duration = Duration::from_secs(2);
+
+/// A command was just sent and its first poll is due in `delay`. Through a
+/// delay queue that poll would cost two more publishes, deliveries and acks
+/// (into the delay queue, back to the work queue) and another admission; here
+/// the worker keeps the Execute delivery unacked, gives its permit back while
+/// it waits, and polls itself. Durability is the delivery's: a worker that
+/// dies while holding it hands it back, and the Execute job's send record
+/// (the command it sent) turns the redelivery into the same first poll —
+/// nothing is sent twice. The poll runs as a delivered one would: the run is
+/// read again first (a kill switch engaged meanwhile cancels the command),
+/// and whatever it cannot finish now (tokens, retries, a command still
+/// running) goes on as a Poll job through the delay queues. With every hold
+/// slot taken, or on shutdown, the poll goes through a delay queue at once.
+async fn poll_in_place<S: Store>(
+    context: &Context<S>,
+    delivery: Delivery,
+    (execute, poll): (&Job, Job),
+    delay: Duration,
+    slots: Slots,
+) {
+    let through_queue = |delay| {
+        Ok(JobOutcome::Continue {
+            next: Box::new(poll.clone()),
+            delay,
+        })
+    };
+    let Ok(hold) = slots.holds.clone().try_acquire_owned() else {
+        let outcome = through_queue(delay);
+        return settle_delivery(context, delivery, execute, Resend::Delivery, outcome).await;
+    };
+    drop(slots.permit);
+    context.metrics.job_handled(execute.kind(), "held");
+    let stopped = tokio::select! {
+        () = slots.stop.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    };
+    let permit = match stopped {
+        false => slots.permits.acquire_owned().await.ok(),
+        true => None,
+    };
+    let Some(permit) = permit else {
+        let outcome = through_queue(Duration::ZERO);
+        return settle_delivery(context, delivery, execute, Resend::Delivery, outcome).await;
+    };
+    drop(hold);
+    let outcome = match (check_run(context, &poll).await, poll.clone()) {
+        (Ok(cancel_in_flight), Job::Poll(job)) => {
+            poll::handle(context, job, cancel_in_flight).await
+        }
+        // Whatever kept the run from being read, a delivered poll meets it
+        // too, and is refused or waits there as every delivery does.
+        _ => through_queue(Duration::ZERO),
+    };
+    settle_delivery(context, delivery, &poll, Resend::Job, outcome).await;
+    drop(permit);
+}
+
+/// What goes back to a queue when a job is deferred or retried.
+#[derive(Clone, Copy)]
+enum Resend {
+    /// The delivery, as it came (its signature stays), with its retries.
+    Delivery,
+    /// The job the worker took on from the delivery (a poll in place),
+    /// signed by this worker, starting with no retries.
+    Job,
+}
+
 /// The one place a delivery is settled: acked once whatever it produced is
 /// safely published; brought back later through a delay queue; or dead-lettered.
 async fn settle_delivery<S: Store>(
     context: &Context<S>,
     delivery: Delivery,
     job: &Job,
+    resend: Resend,
     outcome: Result<JobOutcome, JobError>,
 ) {
     let kind = job.kind();
-    let retries = delivery.retries();
     let broker = &context.broker;
+    let retries = match resend {
+        Resend::Delivery => delivery.retries(),
+        Resend::Job => 0,
+    };
+    let deferred = |delay, retries| defer(broker, &delivery, job, resend, delay, retries);
     let (label, published) = match outcome {
         Ok(JobOutcome::Done) => ("done", Ok(())),
         Ok(JobOutcome::Continue { next, delay }) => {
@@ -347,48 +447,23 @@ async fn settle_delivery<S: Store>(
         }
         Ok(JobOutcome::Wait { delay, reason }) => {
             tracing::debug!(kind, reason, "job waits");
-            (
-                "waiting",
-                broker
-                    .defer_job(&delivery, job.run().priority, delay, retries)
-                    .await,
-            )
+            ("waiting", deferred(delay, retries).await)
         }
         Err(JobError::Aws(error)) if error.kind == AwsErrorKind::ExpiredCredentials => {
             tracing::info!(kind, "role session expired; assuming the role again");
             context.aws.forget_session(job.run(), job.location());
-            (
-                "waiting",
-                broker
-                    .defer_job(
-                        &delivery,
-                        job.run().priority,
-                        Duration::from_secs(1),
-                        retries,
-                    )
-                    .await,
-            )
+            ("waiting", deferred(Duration::from_secs(1), retries).await)
         }
         // Redis out of reach: waiting is all that can be done, and an outage
         // must not use up a job's retries (the job would be dead-lettered).
         Err(JobError::Store(error)) if error.is_retryable() => {
             tracing::warn!(kind, error = %error, "redis unreachable; job waits");
-            (
-                "waiting",
-                broker
-                    .defer_job(&delivery, job.run().priority, STORE_OUTAGE_RECHECK, retries)
-                    .await,
-            )
+            ("waiting", deferred(STORE_OUTAGE_RECHECK, retries).await)
         }
         Err(error) if error.is_retryable() && retries < MAX_JOB_RETRIES => {
             let delay = retry_delay(retries);
             tracing::warn!(kind, retries, ?delay, error = %error, "job failed; retrying later");
-            (
-                "retried",
-                broker
-                    .defer_job(&delivery, job.run().priority, delay, retries + 1)
-                    .await,
-            )
+            ("retried", deferred(delay, retries + 1).await)
         }
         Err(error) => {
             tracing::error!(kind, retries, error = %error, "job failed for good; dead-lettering it");
@@ -436,6 +511,25 @@ async fn settle_delivery<S: Store>(
     };
     if let Err(error) = settled {
         tracing::warn!(kind, error = %error, "could not settle a delivery; the broker will redeliver it");
+    }
+}
+
+/// Sends a job back to its queue after `delay` (see [`Resend`]).
+async fn defer(
+    broker: &Broker,
+    delivery: &Delivery,
+    job: &Job,
+    resend: Resend,
+    delay: Duration,
+    retries: u32,
+) -> Result<(), BrokerError> {
+    match resend {
+        Resend::Delivery => {
+            broker
+                .defer_job(delivery, job.run().priority, delay, retries)
+                .await
+        }
+        Resend::Job => broker.defer_new_job(job, delay, retries).await,
     }
 }
 

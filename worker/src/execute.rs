@@ -8,8 +8,9 @@
 //!    a claim whose holder died), or nobody did (this delivery sends).
 //! 3. Rate tokens, then the gate once more right before SendCommand: the kill
 //!    switch stops sends within one round trip to Redis.
-//! 4. SendCommand (`Comment` = the job id), record the command id, publish the
-//!    first Poll through a delay queue.
+//! 4. SendCommand (`Comment` = the job id), record the command id, and the
+//!    first Poll two seconds later: done in place while the worker holds
+//!    this delivery, or through a delay queue when it cannot.
 
 use std::time::Duration;
 

@@ -46,6 +46,10 @@ pub use crate::aws::AwsSettings;
 pub use crate::consumer::run;
 pub use aws_sdk_ssm::config::Credentials;
 
+/// [`WorkerConfig::held_polls`] unless set: enough for a worker sending
+/// ~100 commands a second (each held 2 s), at a few KiB each.
+pub const DEFAULT_HELD_POLLS: u16 = 256;
+
 /// A worker's settings, validated (see `flotilla worker --help` for the flags).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -55,6 +59,12 @@ pub struct WorkerConfig {
     /// lets one worker wait on more AWS calls at once; it costs memory, and more
     /// redeliveries when the worker dies.
     pub concurrency: NonZeroU16,
+    /// Execute jobs that may wait in the worker for their command's first
+    /// poll (2 s after the send), holding their delivery but no permit,
+    /// instead of sending the poll through a delay queue: each saves the
+    /// broker two publishes and deliveries. Added to each queue's prefetch;
+    /// 0 sends every poll through a delay queue.
+    pub held_polls: u16,
     /// Where `/metrics` is served; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
     /// How long in-flight jobs may take to finish on shutdown before the rest is
@@ -77,6 +87,7 @@ impl WorkerConfig {
             amqp_url: amqp_url.into(),
             names,
             concurrency: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
+            held_polls: DEFAULT_HELD_POLLS,
             metrics_addr: None,
             shutdown_timeout: Duration::from_secs(30),
             aws: AwsSettings::default(),
@@ -102,7 +113,9 @@ pub enum JobOutcome {
     /// Finished; everything it produced is published.
     Done,
     /// Waiting is the work (a command still runs): the next poll is published
-    /// through a delay queue and this delivery is done.
+    /// through a delay queue and this delivery is done — or, for an Execute
+    /// job's first poll, done in place by the worker holding the delivery
+    /// (`consumer::poll_in_place`).
     Continue {
         next: Box<protocol::Job>,
         delay: Duration,

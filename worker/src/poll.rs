@@ -1,6 +1,8 @@
 //! Poll: look at a sent command's invocations. While targets still run, the
-//! next poll goes through a delay queue (never a sleep holding the delivery:
-//! RabbitMQ closes consumers that hold one past its consumer timeout). When every
+//! next poll goes through a delay queue (never a long sleep holding the
+//! delivery: RabbitMQ closes consumers that hold one past its consumer
+//! timeout; only the first poll, 2 s after the send, may be done in place by
+//! the worker that sent the command). When every
 //! target is terminal — or the deadline passed, and the rest are reported as
 //! timed out — the batch's results go to the scheduler in one report, with patch
 //! compliance counts for patch documents. The scheduler sends the targets that
