@@ -12,7 +12,10 @@ use std::time::Duration;
 use protocol::Job;
 use protocol::envelope;
 use protocol::job::{Location, Priority, UnixMillis};
-use protocol::report::{LocationFailed, LocationFailure, StepResults};
+use protocol::report::{
+    DiscoveredTarget, LocationFailed, LocationFailure, MAX_BUNDLED_REPORTS, Reports, StepResults,
+    TargetsDiscovered,
+};
 use protocol::run::RunState;
 use protocol::signing::{Keyring, SignerKind, SigningIdentity};
 use protocol::status::StatusDetail;
@@ -263,6 +266,56 @@ async fn forged_reports_change_no_counter_and_write_no_file() {
             )
             .unwrap(),
         ),
+        (
+            "a bundle holding a forged report",
+            envelope::seal(
+                &Reports(vec![results(run_id, &foreign, 0, &admitted_target)]),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "an empty bundle",
+            envelope::seal(&Reports(Vec::new()), &worker_key, now).unwrap(),
+        ),
+        (
+            "a bundle of too many reports",
+            envelope::seal(
+                &Reports(vec![
+                    results(run_id, &location, 0, &admitted_target);
+                    MAX_BUNDLED_REPORTS + 1
+                ]),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "a bundle holding a forged report",
+            envelope::seal(
+                &Reports(vec![results(run_id, &foreign, 0, &admitted_target)]),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
+        (
+            "an empty bundle",
+            envelope::seal(&Reports(Vec::new()), &worker_key, now).unwrap(),
+        ),
+        (
+            "a bundle of too many reports",
+            envelope::seal(
+                &Reports(vec![
+                    results(run_id, &location, 0, &admitted_target);
+                    MAX_BUNDLED_REPORTS + 1
+                ]),
+                &worker_key,
+                now,
+            )
+            .unwrap(),
+        ),
     ];
     let attacker = broker_signing(&stack, Keyring::default()).await;
     for (what, bytes) in &forgeries {
@@ -289,6 +342,57 @@ async fn forged_reports_change_no_counter_and_write_no_file() {
     );
     let outside = stack.results.path().parent().unwrap().join("tmp");
     assert!(!outside.join("region=..").exists());
+    attacker.close().await;
+    stack.teardown().await;
+}
+
+/// A bundle is handled report by report: the genuine ones beside a forged
+/// one are applied (nothing a worker reported is lost), and the bundle is
+/// dead-lettered for the forged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_with_a_forged_report_applies_the_genuine_ones_and_is_dead_lettered() {
+    let stack = Stack::start(support::single_location(10, false)).await;
+    let campaign = stack.campaign("bundled", support::one_step("  max_errors: 0\n"));
+    let run_id = stack.start_run(&campaign).await;
+    let location = stack.scheduler.plan(run_id).await.unwrap().locations[0].clone();
+    let discovered = Report::TargetsDiscovered(TargetsDiscovered {
+        run_id,
+        location: location.clone(),
+        page: 0,
+        targets: (0..3)
+            .map(|n| DiscoveredTarget {
+                instance_id: format!("i-{n:017x}"),
+                platform: None,
+                online: true,
+            })
+            .collect(),
+        last_page: true,
+    });
+    let forged = Report::LocationFailed(LocationFailed {
+        run_id,
+        location: Location {
+            account_id: "999999999999".into(),
+            region: location.region.clone(),
+        },
+        reason: LocationFailure::AccessDenied,
+        detail: "forged".into(),
+    });
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let bundle = envelope::seal(
+        &Reports(vec![forged, discovered]),
+        &worker_key,
+        UnixMillis::now(),
+    )
+    .unwrap();
+    let attacker = broker_signing(&stack, Keyring::default()).await;
+    attacker.publish_sealed_report(&bundle).await.unwrap();
+    wait_for_dead_letters(&attacker, 1).await;
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(
+        (progress.total_targets, progress.locations_failed),
+        (3, 0),
+        "the genuine report counted, the forged one did not: {progress:#?}"
+    );
     attacker.close().await;
     stack.teardown().await;
 }

@@ -39,6 +39,35 @@ impl Delivery {
         envelope::open(self.payload(), keyring, UnixMillis::now())
     }
 
+    /// [`Self::open`] for the reports queue, which carries single reports
+    /// and bundles ([`protocol::report::Reports`]): either way, the reports.
+    pub fn open_reports(
+        &self,
+        keyring: &Keyring,
+    ) -> Result<Opened<Vec<protocol::Report>>, EnvelopeError> {
+        use protocol::report::Reports;
+        let opened = match self.open::<Reports>(keyring) {
+            Err(EnvelopeError::WrongKind { found, .. })
+                if found == envelope::MessageKind::Report as u8 =>
+            {
+                let one = self.open::<protocol::Report>(keyring)?;
+                Opened {
+                    message: Reports(vec![one.message]),
+                    signer: one.signer,
+                    key_id: one.key_id,
+                    signed_at: one.signed_at,
+                }
+            }
+            opened => opened?,
+        };
+        Ok(Opened {
+            message: opened.message.0,
+            signer: opened.signer,
+            key_id: opened.key_id,
+            signed_at: opened.signed_at,
+        })
+    }
+
     /// A short fingerprint of the message's bytes, for logs and the audit
     /// trail of a message that could not be opened (its ids cannot be trusted).
     pub fn fingerprint(&self) -> String {

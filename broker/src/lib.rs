@@ -53,16 +53,22 @@ pub enum BrokerError {
     Envelope(#[from] EnvelopeError),
     #[error("{0}")]
     Invalid(String),
+    /// A message carrying several (a bundle of reports) failed as a whole;
+    /// each sender hears why. Retryable unless the failure was this
+    /// sender's own message (a bundle of one that can never be published).
+    #[error("the message carrying this one was not published: {why}")]
+    NotPublished { why: String, retryable: bool },
 }
 
 impl BrokerError {
     /// A broker that went away or refused a message may accept it later; a
     /// message that cannot be decoded never will.
     pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            Self::Envelope(_) | Self::CaFile { .. } | Self::Invalid(_)
-        )
+        match self {
+            Self::Envelope(_) | Self::CaFile { .. } | Self::Invalid(_) => false,
+            Self::NotPublished { retryable, .. } => *retryable,
+            _ => true,
+        }
     }
 }
 

@@ -157,6 +157,15 @@ impl Broker {
         self.publish("", &queue, report, 0).await
     }
 
+    /// Several reports in one message (see [`protocol::report::Reports`]).
+    pub async fn publish_reports(
+        &self,
+        reports: &protocol::report::Reports,
+    ) -> Result<(), BrokerError> {
+        let queue = self.names().reports_queue();
+        self.publish("", &queue, reports, 0).await
+    }
+
     /// Sends a delivered report back to the reports queue in
     /// [`protocol::names::REPORT_RETRY_SECONDS`] (its results could not be
     /// written now), as it came (the worker's signature stays); `parks`

@@ -12,7 +12,7 @@ use broker::topology::DELIVERY_LIMIT;
 use protocol::campaign::{ApiRateLimits, ExecutionRole, TargetSelection, TargetSelector};
 use protocol::job::{DiscoverJob, Location, Priority, RunContext};
 use protocol::names::Names;
-use protocol::report::{LocationFailed, LocationFailure};
+use protocol::report::{LocationFailed, LocationFailure, Reports};
 use protocol::{Job, Report};
 use uuid::Uuid;
 
@@ -121,6 +121,7 @@ conformance!(
     what_a_closed_connection_held_unacked_is_redelivered,
     prefetch_bounds_unsettled_deliveries,
     reports_reach_the_reports_queue_and_depths_count_ready_messages,
+    a_bundle_of_reports_is_one_message_and_opens_as_its_reports,
 );
 
 fn job(priority: Priority) -> Job {
@@ -411,6 +412,41 @@ async fn reports_reach_the_reports_queue_and_depths_count_ready_messages(url: &s
     let delivery = next(&mut reports).await;
     assert_eq!(delivery.open::<Report>(&keys()).unwrap().message, report);
     delivery.ack().await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
+
+/// The reports queue carries single reports and bundles; a consumer opens
+/// either as the reports it holds, in order.
+async fn a_bundle_of_reports_is_one_message_and_opens_as_its_reports(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let report = |detail: &str| {
+        Report::LocationFailed(LocationFailed {
+            run_id: Uuid::new_v4(),
+            location: Location {
+                account_id: "100000000000".into(),
+                region: "us-east-1".into(),
+            },
+            reason: LocationFailure::Rejected,
+            detail: detail.into(),
+        })
+    };
+    let bundle = vec![report("first"), report("second"), report("third")];
+    broker
+        .publish_reports(&Reports(bundle.clone()))
+        .await
+        .unwrap();
+    let alone = report("alone");
+    broker.publish_report(&alone).await.unwrap();
+    let mut reports = broker
+        .consume(&names.reports_queue(), 10, "s")
+        .await
+        .unwrap();
+    let first = next(&mut reports).await;
+    assert_eq!(first.open_reports(&keys()).unwrap().message, bundle);
+    let second = next(&mut reports).await;
+    assert_eq!(second.open_reports(&keys()).unwrap().message, vec![alone]);
+    first.ack().await.unwrap();
+    second.ack().await.unwrap();
     broker.delete_topology().await.unwrap();
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::job::{Job, UnixMillis};
-use crate::report::Report;
+use crate::report::{Report, Reports};
 use crate::signing::{Keyring, SIGNATURE_LEN, SignerKind, SigningIdentity};
 
 const MAGIC: &[u8; 3] = b"FLT";
@@ -36,6 +36,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub enum MessageKind {
     Job = 1,
     Report = 2,
+    /// Several reports ([`Reports`]); the reports queue carries both kinds.
+    Reports = 3,
 }
 
 /// A type that travels in an envelope.
@@ -49,6 +51,10 @@ impl Message for Job {
 
 impl Message for Report {
     const KIND: MessageKind = MessageKind::Report;
+}
+
+impl Message for Reports {
+    const KIND: MessageKind = MessageKind::Reports;
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -24,6 +24,17 @@ impl Report {
     }
 }
 
+/// Several reports in one message (envelope kind
+/// [`crate::envelope::MessageKind::Reports`]): a worker sends what its jobs
+/// report within a few milliseconds together — one publish, one signature
+/// and one delivery for all. Each is checked and applied as if it came alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reports(pub Vec<Report>);
+
+/// The most reports one [`Reports`] message carries; a scheduler refuses
+/// more (and none), unread.
+pub const MAX_BUNDLED_REPORTS: usize = 64;
+
 /// One page of discovered targets; the scheduler turns it into one batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetsDiscovered {

@@ -8,6 +8,7 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 pub struct SchedulerMetrics {
     registry: Registry,
     reports: IntCounterVec,
+    report_messages: prometheus::IntCounter,
     results: IntCounterVec,
     runs_started: IntCounterVec,
     jobs_published: IntCounterVec,
@@ -37,6 +38,10 @@ impl SchedulerMetrics {
                 "Reports handled, by kind and outcome (applied, duplicate, failed)",
             ),
             &["kind", "outcome"],
+        )?;
+        let report_messages = prometheus::IntCounter::new(
+            "flotilla_scheduler_report_messages_total",
+            "Messages taken from the reports queue (each one report or a worker's bundle of them)",
         )?;
         let results = IntCounterVec::new(
             Opts::new(
@@ -159,6 +164,7 @@ impl SchedulerMetrics {
             Box::new(schedule_fires.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(leader.clone()),
             Box::new(reports.clone()),
+            Box::new(report_messages.clone()),
             Box::new(results.clone()),
             Box::new(runs_started.clone()),
             Box::new(jobs_published.clone()),
@@ -181,6 +187,7 @@ impl SchedulerMetrics {
         Ok(Self {
             registry,
             reports,
+            report_messages,
             results,
             runs_started,
             jobs_published,
@@ -231,6 +238,10 @@ impl SchedulerMetrics {
     pub fn results_unwritable(&self, permanent: bool) {
         let cause = if permanent { "permanent" } else { "transient" };
         self.results_unwritable.with_label_values(&[cause]).inc();
+    }
+
+    pub fn report_message(&self) {
+        self.report_messages.inc();
     }
 
     pub fn report_rejected(&self, reason: &str) {

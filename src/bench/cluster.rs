@@ -215,15 +215,20 @@ impl Cluster {
         http_text(&format!("{}/metrics", self.api_url))
     }
 
-    /// Jobs and reports published: the scheduler's jobs, the reports it received,
-    /// and every job a worker put back (continued, waiting, retried).
+    /// Jobs and reports published: the scheduler's jobs, the report messages
+    /// it received (a worker's bundle of reports is one), and every job a
+    /// worker put back (continued, waiting, retried).
     pub(super) fn messages_published(&self) -> anyhow::Result<f64> {
         let scheduler = self.scheduler_metrics()?;
         let mut total = metric_sum(
             &scheduler,
             "flotilla_scheduler_jobs_published_total",
             |_| true,
-        ) + metric_sum(&scheduler, "flotilla_scheduler_reports_total", |_| true);
+        ) + metric_sum(
+            &scheduler,
+            "flotilla_scheduler_report_messages_total",
+            |_| true,
+        );
         for url in &self.worker_metrics {
             let worker = http_text(url)?;
             total += metric_sum(&worker, "flotilla_worker_jobs_total", |labels| {

@@ -132,6 +132,7 @@ pub async fn run<S: Store>(
             tracing::info!(name = config.name.as_str(), "connected to rabbitmq");
             let connected_at = tokio::time::Instant::now();
             let context = Arc::new(Context {
+                reports: crate::reporter::Reporter::start(broker.clone()),
                 broker,
                 store: store.clone(),
                 aws: aws.clone(),

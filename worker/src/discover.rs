@@ -91,7 +91,7 @@ pub(crate) async fn handle<S: Store>(
         targets,
         last_page: next_token.is_none(),
     });
-    ctx.broker.publish_report(&report).await?;
+    ctx.reports.publish(report).await?;
     Ok(JobOutcome::Done)
 }
 
@@ -115,7 +115,7 @@ pub(crate) async fn fail_location<S: Store>(
         reason,
         detail,
     });
-    ctx.broker.publish_report(&report).await?;
+    ctx.reports.publish(report).await?;
     Ok(JobOutcome::Done)
 }
 

@@ -332,7 +332,7 @@ impl<S: Store> Context<S> {
             step_index: job.step_index,
             results,
         });
-        self.broker.publish_report(&report).await?;
+        self.reports.publish(report).await?;
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ pub mod execute;
 pub mod metrics;
 pub mod poll;
 pub mod rate;
+pub mod reporter;
 pub mod safety;
 
 use std::net::SocketAddr;
@@ -101,6 +102,8 @@ impl WorkerConfig {
 /// What every job handler may use.
 pub(crate) struct Context<S: Store> {
     pub broker: Broker,
+    /// Reports go out through here, bundled (see [`reporter`]).
+    pub reports: reporter::Reporter,
     pub store: S,
     pub aws: Aws,
     pub metrics: WorkerMetrics,

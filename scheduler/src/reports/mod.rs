@@ -19,6 +19,7 @@ use broker::Delivery;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use protocol::Report;
+use protocol::report::MAX_BUNDLED_REPORTS;
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{BatchEntry, location_key};
@@ -32,6 +33,23 @@ const MAX_RESULTS_WRITE_ATTEMPTS: u32 = 5;
 /// How often a parked report comes back (once a minute) before it is given
 /// up to the dead-letter queue: a week.
 const MAX_REPORT_PARKS: u32 = 7 * 24 * 60;
+
+/// How one report of a delivery ended.
+enum Handled {
+    /// Applied, or a duplicate whose follow-up was done.
+    Done,
+    /// The scheduler is stopping: the delivery stays unacked.
+    Stopped,
+    /// Refused unread (forged, foreign, malformed): recorded, dead-lettered.
+    Refused {
+        reason: &'static str,
+        detail: String,
+    },
+    /// Its results cannot be written: its run pauses, the delivery is parked.
+    Unwritable(SinkError),
+    /// Cannot be applied, ever: dead-lettered.
+    Failed,
+}
 
 /// What [`Scheduler::check_report`] decided.
 enum Verdict {
@@ -140,10 +158,16 @@ impl Scheduler {
         result
     }
 
-    /// Handles one delivery, retrying outages in place until they pass (or the
-    /// scheduler stops, leaving the report unacked for the next one).
+    /// Handles one delivery — one report or a bundle of them, each handled
+    /// as if it came alone — and settles it: acked once every report is
+    /// applied; parked when a report's results cannot be written (the
+    /// reports applied already are duplicates when it comes back);
+    /// dead-lettered, after the others are applied, when one is refused.
+    /// Outages are retried in place until they pass, or the scheduler
+    /// stops and leaves the delivery unacked for the next one.
     async fn handle_delivery(&self, delivery: Delivery, stop: &CancellationToken) {
-        let opened = match delivery.open::<Report>(self.broker.keyring()) {
+        self.metrics.report_message();
+        let opened = match delivery.open_reports(self.broker.keyring()) {
             Ok(opened) => opened,
             Err(error) => {
                 self.reject_report(delivery, error.reason(), error.to_string())
@@ -161,17 +185,62 @@ impl Scheduler {
                 .await;
             return;
         }
-        let report = opened.message;
+        let reports = opened.message;
+        if reports.is_empty() || reports.len() > MAX_BUNDLED_REPORTS {
+            let detail = format!(
+                "a bundle of {} reports: 1 to {MAX_BUNDLED_REPORTS} are accepted",
+                reports.len()
+            );
+            self.reject_report(delivery, "malformed", detail).await;
+            return;
+        }
+        let fingerprint = delivery.fingerprint();
+        let (mut park, mut refused) = (false, false);
+        for report in &reports {
+            match self.handle_one(report, delivery.redelivered(), stop).await {
+                Handled::Done => {}
+                Handled::Stopped => return,
+                Handled::Refused { reason, detail } => {
+                    self.record_refusal(&fingerprint, reason, detail).await;
+                    refused = true;
+                }
+                Handled::Unwritable(error) => {
+                    self.pause_unwritable(report.run_id(), &error).await;
+                    park = true;
+                }
+                Handled::Failed => refused = true,
+            }
+        }
+        let settled = if park {
+            self.park_report(delivery).await;
+            return;
+        } else if refused {
+            delivery.dead_letter().await
+        } else {
+            delivery.ack().await
+        };
+        if let Err(error) = settled {
+            tracing::warn!(error = %error, "could not settle a report; it will be applied again (harmlessly)");
+        }
+    }
+
+    /// Checks and applies one report, retrying outages in place.
+    async fn handle_one(
+        &self,
+        report: &Report,
+        redelivered: bool,
+        stop: &CancellationToken,
+    ) -> Handled {
         let mut attempt: u32 = 0;
         loop {
             // A duplicate's follow-up re-publishes what is admitted itself.
             let mut duplicate = false;
-            let handled = match self.check_report(&report).await {
-                Ok(Verdict::Accept) => self.handle_report(&report).await,
+            let handled = match self.check_report(report).await {
+                Ok(Verdict::Accept) => self.handle_report(report).await,
                 Ok(Verdict::Duplicate) => {
                     duplicate = true;
-                    self.metrics.report(report_kind(&report), "duplicate");
-                    if delivery.redelivered() || attempt > 0 {
+                    self.metrics.report(report_kind(report), "duplicate");
+                    if redelivered || attempt > 0 {
                         // Its first holder (another replica, this one before
                         // a restart, or this one's attempt whose ledger write
                         // went through but failed after: a replica's WAIT)
@@ -184,8 +253,7 @@ impl Scheduler {
                     }
                 }
                 Ok(Verdict::Reject { reason, detail }) => {
-                    self.reject_report(delivery, reason, detail).await;
-                    return;
+                    return Handled::Refused { reason, detail };
                 }
                 Err(error) => Err(error),
             };
@@ -198,10 +266,7 @@ impl Scheduler {
                             tracing::warn!(error = %error, "could not re-publish admitted batches");
                         }
                     }
-                    if let Err(error) = delivery.ack().await {
-                        tracing::warn!(error = %error, "could not ack a report; it will be applied again (harmlessly)");
-                    }
-                    return;
+                    return Handled::Done;
                 }
                 // One run's unwritable results must not hold up every other
                 // run's reports: past a few tries, its run pauses and the report
@@ -209,22 +274,20 @@ impl Scheduler {
                 Err(SchedulerError::Results(error))
                     if error.permanent || attempt >= MAX_RESULTS_WRITE_ATTEMPTS =>
                 {
-                    self.park_report(delivery, &report, &error).await;
-                    return;
+                    return Handled::Unwritable(error);
                 }
                 Err(error) if error.is_retryable() => {
                     let delay = protocol::backoff::Backoff::RECONNECT.delay(attempt);
                     attempt += 1;
                     tracing::warn!(error = %error, attempt, "report not applied yet; retrying");
                     tokio::select! {
-                        () = stop.cancelled() => return,
+                        () = stop.cancelled() => return Handled::Stopped,
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
                 Err(error) => {
                     tracing::error!(run_id = %report.run_id(), error = %error, "report cannot be applied; dead-lettering it");
-                    let _ = delivery.dead_letter().await;
-                    return;
+                    return Handled::Failed;
                 }
             }
         }
@@ -233,7 +296,15 @@ impl Scheduler {
     /// Dead-letters a report without acting on it: counted, logged with the
     /// message's fingerprint (its ids are not to be trusted), and audited.
     async fn reject_report(&self, delivery: Delivery, reason: &'static str, detail: String) {
-        let fingerprint = delivery.fingerprint();
+        self.record_refusal(&delivery.fingerprint(), reason, detail)
+            .await;
+        if let Err(error) = delivery.dead_letter().await {
+            tracing::warn!(error = %error, "could not dead-letter a report");
+        }
+    }
+
+    /// Counts, logs and audits a refused report (of the message `fingerprint`).
+    async fn record_refusal(&self, fingerprint: &str, reason: &'static str, detail: String) {
         tracing::error!(message = %fingerprint, reason, detail, "report refused and dead-lettered without being acted on");
         self.metrics.report_rejected(reason);
         self.audit_internal(
@@ -243,9 +314,6 @@ impl Scheduler {
             format!("{reason}: {detail}"),
         )
         .await;
-        if let Err(error) = delivery.dead_letter().await {
-            tracing::warn!(error = %error, "could not dead-letter a report");
-        }
     }
 
     /// Checks a report against the ledger before anything is written or
@@ -346,13 +414,9 @@ impl Scheduler {
     }
 
     /// A report whose results cannot be written: its run pauses with the
-    /// reason (operators see it in `run show`, alerts fire on the metric), and
-    /// the report goes to the reports delay queue, to be tried again in a
-    /// minute, and every minute after, until the write succeeds. Nothing is
-    /// lost and no other run waits. If it cannot even be parked, it goes back
-    /// to the reports queue.
-    async fn park_report(&self, delivery: Delivery, report: &Report, error: &SinkError) {
-        let run_id = report.run_id();
+    /// reason (operators see it in `run show`, alerts fire on the metric),
+    /// and the delivery is parked ([`Self::park_report`]).
+    async fn pause_unwritable(&self, run_id: uuid::Uuid, error: &SinkError) {
         self.metrics.results_unwritable(error.permanent);
         tracing::error!(
             %run_id,
@@ -365,21 +429,31 @@ impl Scheduler {
         if let Err(paused) = self.pause(run_id, &reason).await {
             tracing::warn!(%run_id, error = %paused, "could not pause the run");
         }
+    }
+
+    /// The report goes to the reports delay queue, to be tried again in a
+    /// minute, and every minute after, until the write succeeds. Nothing is
+    /// lost and no other run waits. If it cannot even be parked, it goes back
+    /// to the reports queue.
+    async fn park_report(&self, delivery: Delivery) {
         let parks = delivery.retries().saturating_add(1);
         if parks > MAX_REPORT_PARKS {
-            tracing::error!(%run_id, parks, "results unwritable for a week; dead-lettering the report");
+            tracing::error!(
+                parks,
+                "results unwritable for a week; dead-lettering the report"
+            );
             let _ = delivery.dead_letter().await;
             return;
         }
         let settled = match self.broker.defer_report(&delivery, parks).await {
             Ok(()) => delivery.ack().await,
             Err(parked) => {
-                tracing::warn!(%run_id, error = %parked, "could not park the report; requeueing it");
+                tracing::warn!(error = %parked, "could not park the report; requeueing it");
                 delivery.requeue().await
             }
         };
         if let Err(settled) = settled {
-            tracing::warn!(%run_id, error = %settled, "could not settle a report; it will be delivered again");
+            tracing::warn!(error = %settled, "could not settle a report; it will be delivered again");
         }
     }
 }
