@@ -52,7 +52,7 @@ pub struct WorkerArgs {
     pub connection: ConnectionArgs,
     #[command(flatten)]
     pub keys: crate::keys::KeyArgs,
-    /// Jobs handled at once (and each queue's prefetch). More waits on more AWS
+    /// Jobs handled at once (each queue's prefetch is this plus --held-polls). More waits on more AWS
     /// calls at once; costs memory and redelivery work if the worker dies.
     #[arg(long, env = "FLOTILLA_WORKER_CONCURRENCY", default_value_t = NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN))]
     pub concurrency: NonZeroU16,

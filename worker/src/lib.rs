@@ -56,7 +56,8 @@ pub const DEFAULT_HELD_POLLS: u16 = 256;
 pub struct WorkerConfig {
     pub amqp_url: String,
     pub names: Names,
-    /// Jobs handled at once, and the prefetch of each queue's consumer. Raising it
+    /// Jobs handled at once (each queue's prefetch is this plus
+    /// `held_polls`). Raising it
     /// lets one worker wait on more AWS calls at once; it costs memory, and more
     /// redeliveries when the worker dies.
     pub concurrency: NonZeroU16,
