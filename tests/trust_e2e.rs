@@ -291,31 +291,6 @@ async fn forged_reports_change_no_counter_and_write_no_file() {
             )
             .unwrap(),
         ),
-        (
-            "a bundle holding a forged report",
-            envelope::seal(
-                &Reports(vec![results(run_id, &foreign, 0, &admitted_target)]),
-                &worker_key,
-                now,
-            )
-            .unwrap(),
-        ),
-        (
-            "an empty bundle",
-            envelope::seal(&Reports(Vec::new()), &worker_key, now).unwrap(),
-        ),
-        (
-            "a bundle of too many reports",
-            envelope::seal(
-                &Reports(vec![
-                    results(run_id, &location, 0, &admitted_target);
-                    MAX_BUNDLED_REPORTS + 1
-                ]),
-                &worker_key,
-                now,
-            )
-            .unwrap(),
-        ),
     ];
     let attacker = broker_signing(&stack, Keyring::default()).await;
     for (what, bytes) in &forgeries {
