@@ -32,7 +32,7 @@ impl Report {
 pub struct Reports(pub Vec<Report>);
 
 /// The most reports one [`Reports`] message carries; a scheduler refuses
-/// more (and none), unread.
+/// more (and none) without acting on any of them.
 pub const MAX_BUNDLED_REPORTS: usize = 64;
 
 /// One page of discovered targets; the scheduler turns it into one batch.

@@ -40,7 +40,8 @@ enum Handled {
     Done,
     /// The scheduler is stopping: the delivery stays unacked.
     Stopped,
-    /// Refused unread (forged, foreign, malformed): recorded, dead-lettered.
+    /// Refused without being acted on (forged, foreign, malformed): recorded,
+    /// and the delivery dead-lettered once the others are handled.
     Refused {
         reason: &'static str,
         detail: String,
