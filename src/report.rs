@@ -127,8 +127,6 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
     }
 }
 
-pub use scheduler::failures::failure_signature;
-
 fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
@@ -280,19 +278,6 @@ mod tests {
 
     #[test]
     fn failures_group_by_their_message_with_what_varies_masked() {
-        assert_eq!(
-            failure_signature(
-                "i-0abc1234def567890 on ip-10-0-3-17.ec2.internal: exit 137 after 12.5 s"
-            ),
-            "<instance> on <host>: exit <n> after <n> s"
-        );
-        assert_eq!(
-            failure_signature(
-                "mirror.example.com (203.0.113.9:443) timed out, request 6f1c2d3e-1a2b-4c5d-8e9f-0a1b2c3d4e5f"
-            ),
-            "<host> (<ip>) timed out, request <id>"
-        );
-        assert_eq!(failure_signature("yum: lock held"), "yum: lock held");
         let records = vec![
             record(
                 "i-00000000000000001",

@@ -60,3 +60,25 @@ pub fn failure_kind(output: &str) -> String {
         .collect();
     failure_signature(&line)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_varies_from_host_to_host_is_masked() {
+        assert_eq!(
+            failure_signature(
+                "i-0abc1234def567890 on ip-10-0-3-17.ec2.internal: exit 137 after 12.5 s"
+            ),
+            "<instance> on <host>: exit <n> after <n> s"
+        );
+        assert_eq!(
+            failure_signature(
+                "mirror.example.com (203.0.113.9:443) timed out, request 6f1c2d3e-1a2b-4c5d-8e9f-0a1b2c3d4e5f"
+            ),
+            "<host> (<ip>) timed out, request <id>"
+        );
+        assert_eq!(failure_signature("yum: lock held"), "yum: lock held");
+    }
+}

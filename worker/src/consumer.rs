@@ -356,8 +356,8 @@ async fn handle_delivery<S: Store>(context: &Context<S>, delivery: Delivery, slo
 }
 
 /// The longest first poll a job waits for in the worker rather than in a
-/// delay queue: the first poll's own delay (2 s).
-const MAX_HOLD: Duration = Duration::from_secs(2);
+/// delay queue: the first poll's own delay.
+const MAX_HOLD: Duration = execute::FIRST_POLL;
 
 /// A command was just sent and its first poll is due in `delay`. Through a
 /// delay queue that poll would cost two more publishes, deliveries and acks

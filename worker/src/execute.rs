@@ -36,7 +36,7 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(60);
 /// to its instances (the simulator spends one): a poll at 1 s found nearly
 /// every batch of the bench's sub-second scans unfinished and polled again.
 /// A delay queue's own step ([`protocol::names::DELAY_STEPS_SECONDS`]).
-const FIRST_POLL: Duration = Duration::from_secs(2);
+pub(crate) const FIRST_POLL: Duration = Duration::from_secs(2);
 
 pub(crate) async fn handle<S: Store>(
     ctx: &Context<S>,

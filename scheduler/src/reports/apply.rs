@@ -444,7 +444,6 @@ fn not_started(instance_id: &str, reason: &str) -> TargetResult {
     }
 }
 
-/// Counter fields `<step>:<status detail>` for one report.
 /// A report's counters: targets per `step:status`, and failed targets per
 /// `f:step:status:cause` (the cause as [`crate::failures::failure_kind`]
 /// groups it; the ledger keeps at most [`crate::failures::MAX_FAILURE_KINDS`]
