@@ -72,6 +72,10 @@ pub enum RunCommand {
         /// (recorded; an approver's or admin's).
         #[arg(long, value_name = "REASON")]
         override_freeze: Option<String>,
+        /// Start although another run of the campaign is live (by default a
+        /// second run is refused: both could act on the same hosts).
+        #[arg(long)]
+        allow_concurrent: bool,
     },
     /// Recent runs with their counters.
     List {
@@ -306,6 +310,7 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
             plan,
             watch: follow,
             override_freeze,
+            allow_concurrent,
         } => {
             if let Some(file) = file {
                 let applied = apply(&client, &file, out)?;
@@ -319,7 +324,11 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
             }
             let started: serde_json::Value = client.post_json(
                 &format!("/campaigns/{name}/runs"),
-                &json!({ "plan_only": plan, "override_freeze": override_freeze }),
+                &json!({
+                    "plan_only": plan,
+                    "override_freeze": override_freeze,
+                    "allow_concurrent": allow_concurrent,
+                }),
             )?;
             let run_id: Uuid = serde_json::from_value(started["run_id"].clone())
                 .context("the API answered without a run id")?;

@@ -11,6 +11,8 @@
 //! - [`admin`]: `flotilla admin purge`, removing a deployment's queues and keys.
 //! - [`access`]: `flotilla token` and `flotilla audit`.
 //! - [`keys`]: `flotilla keys`, and how services load their signing keys.
+//! - [`demo`]: `flotilla demo`, the whole system in one process.
+//! - [`bench`]: `flotilla bench`, the benchmark suite.
 
 pub mod access;
 pub mod admin;

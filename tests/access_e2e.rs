@@ -507,6 +507,35 @@ async fn a_refused_credential_gets_a_bearer_challenge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rs256_sso_token_of_a_2048_bit_key_is_accepted_by_the_api() {
+    let mut stack = Stack::start(support::single_location(1, false)).await;
+    let sso = TestIssuer::new_rsa("https://sso.example", "rsa-1").unwrap();
+    stack.scheduler_config_mut().auth = AuthSettings {
+        oidc: Some(
+            OidcVerifier::new(&sso.issuer, "flotilla", &sso.jwks(), "flotilla_role", "sub")
+                .unwrap(),
+        ),
+        metrics_open: false,
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    let in_an_hour = support::now_unix_ms() / 1000 + 3600;
+    let token = sso
+        .sign(serde_json::json!({"sub": "rita@example.com", "aud": "flotilla", "exp": in_an_hour, "flotilla_role": "viewer"}))
+        .unwrap();
+    assert!(token.len() > 512, "{} characters", token.len());
+    let (status, body) =
+        support::http_as(port, Some(&token), "GET", "/runs", "text/plain", "").await;
+    assert_eq!(status, 200, "{body}");
+    // Past the bound, still refused before it is parsed.
+    let oversized = format!("{token}{}", "A".repeat(4096));
+    let (status, _) =
+        support::http_as(port, Some(&oversized), "GET", "/runs", "text/plain", "").await;
+    assert_eq!(status, 401);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_the_token_of_its_environment() {
     let mut stack = Stack::start_on(support::single_location(1, false), Backend::Memory).await;
     let secrets = tempfile::tempdir().unwrap();
@@ -1120,12 +1149,24 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
     let (status, body) = call(&otto, "POST", "/campaigns/scan/runs", "").await;
     assert_eq!(status, 200, "{body}");
     let scan_run = run_of(&body);
-    // An admin overrides, with a reason, and the trail says so.
+    // An admin overrides, with a reason, and the trail says so (beside the
+    // paused run: a second live run is asked for by name).
     let (status, body) = call(
         &ada,
         "POST",
         "/campaigns/install/runs",
         "{\"override_freeze\": \"CVE-2026-0001 emergency\"}",
+    )
+    .await;
+    assert!(
+        status == 409 && body.contains("already has a live run"),
+        "{status} {body}"
+    );
+    let (status, body) = call(
+        &ada,
+        "POST",
+        "/campaigns/install/runs",
+        "{\"override_freeze\": \"CVE-2026-0001 emergency\", \"allow_concurrent\": true}",
     )
     .await;
     assert_eq!(status, 200, "{body}");

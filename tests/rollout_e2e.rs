@@ -262,7 +262,11 @@ async fn a_rollout_waits_for_an_approval_between_waves() {
         started_by: "ada".into(),
         ..scheduler::StartOptions::default()
     };
-    let run_id = stack.scheduler.start_run(&campaign, options).await.unwrap();
+    let run_id = stack
+        .scheduler
+        .start_run_unchecked(&campaign, options)
+        .await
+        .unwrap();
     let waiting = wait_for_state(&stack, run_id, RunState::AwaitingApproval, 0).await;
     assert!(
         waiting.reason.contains("waiting for an approver"),

@@ -445,7 +445,7 @@ async fn least_privilege_run(stack: &Stack) -> (scheduler::Scheduler, Uuid) {
         support::one_step("  max_concurrency: 50\n"),
     );
     let run_id = scheduler
-        .start_run(&campaign, scheduler::StartOptions::default())
+        .start_run_unchecked(&campaign, scheduler::StartOptions::default())
         .await
         .unwrap();
     let progress = stack

@@ -609,7 +609,7 @@ async fn urgent_work_overtakes_a_bulk_backlog() {
     let urgent = stack.campaign_in("agent-install", &accounts[1..], step);
     let urgent_run = stack
         .scheduler
-        .start_run(
+        .start_run_unchecked(
             &urgent,
             StartOptions {
                 priority: protocol::job::Priority::Urgent,

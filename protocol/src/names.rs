@@ -305,6 +305,26 @@ impl Names {
         format!("{}:runs:frozen", self.prefix)
     }
 
+    /// Runs that are not over, by creation time (Unix ms): the index every
+    /// "live runs" question reads (the start gate's one-live-run rule,
+    /// recovery, the gauges), so their cost follows live runs, not history.
+    /// Entries of runs found final are removed by whoever reads them.
+    pub fn live_runs_key(&self) -> String {
+        format!("{}:runs:live", self.prefix)
+    }
+
+    /// One campaign's runs by creation time (Unix ms), for listing a
+    /// campaign's runs without reading every run.
+    pub fn campaign_runs_key(&self, campaign: &str) -> String {
+        format!("{}:runs:campaign:{campaign}", self.prefix)
+    }
+
+    /// Held for a few seconds while one start of `campaign` passes the start
+    /// gate, so two starts at once cannot both find no live run.
+    pub fn campaign_start_lock_key(&self, campaign: &str) -> String {
+        format!("{}:{{campaigns}}:{campaign}:starting", self.prefix)
+    }
+
     /// The fleet compliance view: instance id → its latest state (JSON).
     pub fn compliance_key(&self) -> String {
         format!("{}:compliance:instances", self.prefix)
@@ -342,6 +362,12 @@ impl Names {
     }
 
     /// Every schedule fire (`campaign occurrence holder`), newest last.
+    /// Per campaign: the occurrence (Unix ms) the start gate refused, so a
+    /// refused occurrence is skipped and recorded once, not every tick.
+    pub fn schedule_skipped_key(&self) -> String {
+        format!("{}:{{schedule}}:skipped", self.prefix)
+    }
+
     pub fn schedule_fires_key(&self) -> String {
         format!("{}:{{schedule}}:fires", self.prefix)
     }

@@ -62,8 +62,10 @@ impl RefusalBudget {
 /// limit, JSON-escaped. `--max-request-bytes` changes it.
 pub const MAX_REQUEST_BYTES: usize = 2 * protocol::campaign::MAX_SPEC_BYTES;
 
-/// The longest bearer token looked at (a flotilla token is 68 characters).
-const MAX_TOKEN_CHARS: usize = 512;
+/// The longest bearer token looked at: a flotilla token is 68 characters,
+/// an SSO JWT signed with RSA-2,048 about 540 and one with RSA-4,096 about
+/// 900 (plus its claims); the console's sign-in form allows the same.
+pub(crate) const MAX_TOKEN_CHARS: usize = 4096;
 
 /// Why a request got no principal.
 pub(crate) struct Refusal {

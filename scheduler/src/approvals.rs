@@ -5,8 +5,10 @@
 //! it, and both go into the audit records of the apply, the approval and every
 //! run, so the change, its author, its approver and its runs are linked.
 //!
-//! Runs started through the API, by a schedule or by an event are checked;
-//! [`Scheduler::start_run`] itself is not (library callers are trusted code).
+//! The start gate ([`Scheduler::start_run_as`]) checks it for every door —
+//! the API, the console, schedules and events;
+//! [`Scheduler::start_run_unchecked`] does not (library callers are trusted
+//! code).
 
 use std::sync::LazyLock;
 

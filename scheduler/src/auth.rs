@@ -164,6 +164,7 @@ pub fn route_permission(method: &str, route: &str, metrics_open: bool) -> Option
         // The console's door and its stylesheet and script.
         (_, "/ui" | "/ui/login" | "/ui/static/{file}") => return None,
         ("POST", "/ui/logout") => Read,
+        ("POST", "/ui/campaigns/{name}/runs") => StartRun,
         ("POST", "/ui/runs/{id}/approve") => ApproveCampaign,
         ("POST", "/ui/runs/{id}/{action}") => SteerRun,
         ("POST", "/ui/kill") => EngageKill,

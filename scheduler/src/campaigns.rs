@@ -62,6 +62,7 @@ impl Scheduler {
             .arg(spec)
             .arg(now_ms())
             .arg(author)
+            .arg(self.accepted_max_locations())
             .invoke_async(&mut connection)
             .await?;
         connection.replicated(&keys[0]).await?;
@@ -76,12 +77,19 @@ impl Scheduler {
         &self,
         name: &str,
     ) -> Result<Option<(Campaign, CampaignVersion)>, SchedulerError> {
-        let Some((version, updated_ms, spec_json)) = self.latest_campaign(name).await? else {
+        let Some((version, updated_ms, spec_json, max_locations)) =
+            self.latest_campaign(name).await?
+        else {
             return Ok(None);
         };
-        let campaign = Campaign::parse(&spec_json, SpecFormat::Json).map_err(|errors| {
-            SchedulerError::Corrupt(format!("stored campaign {name} is invalid: {errors}"))
-        })?;
+        // Under the limit it was accepted under: raising --max-locations
+        // and lowering it again never makes a stored campaign unreadable
+        // (a run's size is checked against today's limit as it starts).
+        let max_locations = max_locations.unwrap_or_else(|| self.accepted_max_locations());
+        let campaign = Campaign::parse_within(&spec_json, SpecFormat::Json, max_locations)
+            .map_err(|errors| {
+                SchedulerError::Corrupt(format!("stored campaign {name} is invalid: {errors}"))
+            })?;
         let stored = CampaignVersion {
             name: name.to_string(),
             version,
@@ -91,11 +99,20 @@ impl Scheduler {
         Ok(Some((campaign, stored)))
     }
 
-    /// (latest version, updated ms, spec JSON) of a stored campaign.
+    /// The location limit a spec accepted now is accepted under: this
+    /// scheduler's `--max-locations`, and never less than the default.
+    pub(crate) fn accepted_max_locations(&self) -> u64 {
+        self.config
+            .max_locations
+            .max(protocol::campaign::DEFAULT_MAX_LOCATIONS)
+    }
+
+    /// (latest version, updated ms, spec JSON, the location limit it was
+    /// accepted under if recorded) of a stored campaign.
     async fn latest_campaign(
         &self,
         name: &str,
-    ) -> Result<Option<(u32, u64, String)>, SchedulerError> {
+    ) -> Result<Option<(u32, u64, String, Option<u64>)>, SchedulerError> {
         let mut connection = self.ledger.connection();
         let key = self.broker.names().campaign_key(name);
         let (latest, updated_ms, deleted_ms): (Option<u32>, Option<u64>, Option<u64>) =
@@ -109,8 +126,18 @@ impl Scheduler {
         let Some(version) = latest.filter(|_| deleted_ms.is_none()) else {
             return Ok(None);
         };
-        let spec_json: String = connection.hget(&key, format!("v:{version}")).await?;
-        Ok(Some((version, updated_ms.unwrap_or(0), spec_json)))
+        let (spec_json, max_locations): (String, Option<u64>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(format!("v:{version}"))
+            .arg(format!("max_locations:{version}"))
+            .query_async(&mut connection)
+            .await?;
+        Ok(Some((
+            version,
+            updated_ms.unwrap_or(0),
+            spec_json,
+            max_locations,
+        )))
     }
 
     pub async fn campaign_names(&self) -> Result<Vec<String>, SchedulerError> {

@@ -1,41 +1,62 @@
-//! flotilla's scheduler: turns a campaign into a run, the run into jobs, and the
-//! workers' reports into results, counters and decisions (admit more, halt,
-//! complete). All of a run's state is in Redis, so a restarted scheduler — or
-//! another replica — continues every run where it was.
+//! flotilla's scheduler, the run engine: turns a campaign into a run, the run
+//! into jobs, and the workers' reports into results, counters and decisions
+//! (admit more, halt, complete). **Every decision about a run is made here,
+//! once, given the acting principal** — whether it may start
+//! ([`start_gate`]), be steered or advance ([`steering`]) — whichever door
+//! asked (the HTTP API, the console, a schedule, an event). All of a run's
+//! state is in Redis, so a restarted scheduler — or another replica —
+//! continues every run where it was.
 //!
-//! - [`runs`]: starting a run (accounts × regions → locations → Discover jobs),
-//!   pausing, resuming, cancelling, and reading a run's progress (`progress`:
-//!   [`RunProgress`] from the ledger's fields and counters).
+//! The run engine:
+//! - [`start_gate`]: whether a run may start, for every door — `run_by`,
+//!   approval, freezes, one live run per campaign, size — failing closed.
+//! - [`steering`]: pause, resume, cancel, wave approval and the kill switch,
+//!   by a principal allowed to.
+//! - [`runs`]: creating a run (accounts × regions → locations → Discover
+//!   jobs), the run's plan, pausing, resuming, cancelling.
+//! - `progress`: [`RunProgress`] from the ledger's fields and counters.
 //! - [`reports`]: the reports consumer — applies each report once, writes
 //!   results before acking, admits what may start next, finishes runs.
-//! - [`campaigns`]: the versioned campaign store.
-//! - [`api`]: the HTTP API (axum, JSON) the CLI talks to; every route but
-//!   `/healthz` behind [`auth`] (bearer tokens, roles) and recorded in [`audit`].
-//! - [`auth`]: principals, roles, the permission each route needs, tokens.
-//! - [`tokens`]: API-made tokens in Redis (hashes only).
-//! - [`oidc`]: JWT bearer tokens of an OIDC issuer (RS256/ES256, its JWKS).
-//! - [`tls`]: HTTPS for the API, and client certificates as principals (mTLS).
-//! - [`audit`]: the append-only audit trail (Redis stream and durable files).
-//! - [`approvals`]: the two-person rule for campaigns that change hosts.
-//! - [`triggers`]: events and Alertmanager alerts that start or stop runs, and
-//!   the ticker that starts delayed runs.
-//! - [`schedules`]: cron/rate schedules, fired exactly once per occurrence by
-//!   the replica holding the leader lease.
-//! - [`organizations`]: accounts of OUs through AWS Organizations.
-//! - [`metrics`]: the scheduler's Prometheus metrics.
-//! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update.
+//! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update,
+//!   and the index of live runs.
 //! - [`scripts`]: those Lua scripts (`lua/*.lua`), written once: a real Redis
 //!   and the in-memory one (`memory://<name>`) run the same files. **The error
 //!   budget is checked there**: `apply_results.lua` halts a run whose failed
 //!   targets pass `max_errors`, `location_failed.lua` one whose failed
 //!   locations pass `location_max_errors`, in the same atomic update that
 //!   counts them; a halted run admits nothing more.
+//! - [`campaigns`]: the versioned campaign store.
+//! - [`approvals`]: the two-person rule for campaigns that change hosts.
+//! - [`calendar`]: change freezes, and the tick that pauses and resumes runs.
+//! - [`windows`]: maintenance windows of a campaign's runs.
+//! - [`rollout`]: waves, bakes and health gates between them.
+//! - [`triggers`]: events and Alertmanager alerts that start or stop runs,
+//!   and the once-a-second tick of independent duties.
+//! - [`schedules`]: cron/rate schedules, fired exactly once per occurrence by
+//!   the replica holding the leader lease.
+//! - [`organizations`]: accounts of OUs through AWS Organizations.
+//! - [`sink`]: durable, partitioned, compressed JSON-lines results.
+//! - [`compliance`]: the fleet's patch compliance view from results.
+//! - [`failures`]: failure causes, masked and grouped for the run page.
+//! - [`notify`]: webhooks told about runs and the kill switch.
+//! - [`audit`]: the append-only audit trail (Redis stream and durable files).
+//! - [`metrics`]: the scheduler's Prometheus metrics.
+//!
+//! Identity and the doors (to move into the HTTP crate, see ARCHITECTURE.md):
+//! - [`auth`]: principals, roles, the permission each route needs, tokens.
+//! - [`tokens`]: API-made tokens in Redis (hashes only).
+//! - [`oidc`]: JWT bearer tokens of an OIDC issuer (RS256/ES256, its JWKS).
+//! - [`tls`]: HTTPS for the API, and client certificates as principals (mTLS).
+//! - [`access`]: the API's one door: authenticate, authorize, audit.
+//! - [`api`]: the HTTP API (axum, JSON) the CLI talks to; parses, asks the
+//!   engine, answers.
+//! - [`console`]: the web console (HTML by maud), a second door on the same
+//!   engine functions.
 //!
 //! The kill switch is not read here before sends: workers read it (and the
 //! run's state) right before every SendCommand (`worker::Context::gate`). The
 //! scheduler only writes it (`/kill`, alerts); jobs it admits meanwhile wait
 //! at that gate.
-//! - [`sink`]: durable, partitioned, compressed JSON-lines results.
 
 pub mod access;
 pub mod api;
@@ -59,6 +80,8 @@ pub mod runs;
 pub mod schedules;
 pub mod scripts;
 pub mod sink;
+pub mod start_gate;
+pub mod steering;
 pub mod tls;
 pub mod tokens;
 pub mod triggers;
@@ -114,6 +137,24 @@ pub enum SchedulerError {
     Frozen(String),
     #[error("campaign {name:?} has no version {version}")]
     UnknownCampaignVersion { name: String, version: u32 },
+    #[error("campaign {0:?} is not stored; apply it with `flotilla campaign apply -f FILE`")]
+    UnknownCampaign(String),
+    /// The start gate's one-live-run rule: another run of the campaign is
+    /// live and its targets may overlap.
+    #[error("{0}")]
+    AlreadyRunning(String),
+    /// What would start reaches outside the campaign's selection (an
+    /// event's account or region the campaign does not cover).
+    #[error("{0}")]
+    OutOfScope(String),
+    /// A fault of the scheduler itself (randomness, metrics registration, a
+    /// panicked task): the API answers 500 and logs the message, never
+    /// showing it.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The run is not in a state that allows what was asked.
+    #[error("{0}")]
+    WrongState(String),
 }
 
 impl SchedulerError {
@@ -143,7 +184,12 @@ impl SchedulerError {
             | Self::NeedsApproval(_)
             | Self::AlertFiring(_)
             | Self::Frozen(_)
-            | Self::UnknownCampaignVersion { .. } => false,
+            | Self::UnknownCampaignVersion { .. }
+            | Self::UnknownCampaign(_)
+            | Self::AlreadyRunning(_)
+            | Self::OutOfScope(_)
+            | Self::Internal(_)
+            | Self::WrongState(_) => false,
         }
     }
 }
@@ -265,7 +311,7 @@ pub struct Scheduler {
 impl Scheduler {
     pub async fn connect(config: SchedulerConfig) -> Result<Self, SchedulerError> {
         let metrics = crate::metrics::SchedulerMetrics::new()
-            .map_err(|error| SchedulerError::Invalid(format!("metrics: {error}")))?;
+            .map_err(|error| SchedulerError::Internal(format!("metrics: {error}")))?;
         Self::connect_with_metrics(config, metrics).await
     }
 
@@ -413,7 +459,7 @@ pub async fn run(
     };
     let (current, current_receiver) = tokio::sync::watch::channel(None::<Scheduler>);
     let metrics = crate::metrics::SchedulerMetrics::new()
-        .map_err(|error| SchedulerError::Invalid(format!("metrics: {error}")))?;
+        .map_err(|error| SchedulerError::Internal(format!("metrics: {error}")))?;
     metrics.set_insecure(config.auth.is_open());
     let api = listener.map(|listener| {
         let stop = stop.clone();
@@ -432,13 +478,14 @@ pub async fn run(
         })
     });
     let work = async {
-        let mut failures: u32 = 0;
+        let mut reconnects = protocol::backoff::Reconnects::default();
         loop {
+            let mut connected_at = None;
             let outcome = match Scheduler::connect_with_metrics(config.clone(), metrics.clone())
                 .await
             {
                 Ok(scheduler) => {
-                    failures = 0;
+                    connected_at = Some(tokio::time::Instant::now());
                     current.send_replace(Some(scheduler.clone()));
                     // Boxed: the serving future is deep, and callers nest it further.
                     let served = Box::pin(scheduler.serve(stop.clone().cancelled_owned())).await;
@@ -450,8 +497,8 @@ pub async fn run(
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retryable() => {
-                    let delay = protocol::backoff::Backoff::RECONNECT.delay(failures);
-                    failures = failures.saturating_add(1);
+                    // The worker's rule: start over only after a lasting connection.
+                    let delay = reconnects.next_delay(connected_at.map(|at| at.elapsed()));
                     let service = error.service();
                     if let Some(service) = service {
                         metrics.connection(service, false);
@@ -492,6 +539,17 @@ pub(crate) fn outbound_http(timeout: std::time::Duration) -> ureq::Agent {
         .timeout_global(Some(timeout))
         .build()
         .into()
+}
+
+/// For a loop over many runs or campaigns: an outage (Redis or RabbitMQ
+/// away) stops the loop; any other error of one item is logged and the loop
+/// goes on, so one bad record never stops the work of the others.
+pub(crate) fn outage_or_log(error: SchedulerError, item: &str) -> Result<(), SchedulerError> {
+    if error.service().is_some() && error.is_retryable() {
+        return Err(error);
+    }
+    tracing::error!(item, error = %error, "skipped; the others go on");
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, now.

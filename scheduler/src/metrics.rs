@@ -27,6 +27,8 @@ pub struct SchedulerMetrics {
     gate_checks: IntCounterVec,
     waves_ended: IntCounterVec,
     notifications: IntCounterVec,
+    tick_failures: IntCounterVec,
+    starts_refused: IntCounterVec,
 }
 
 impl SchedulerMetrics {
@@ -67,7 +69,7 @@ impl SchedulerMetrics {
         let runs = IntGaugeVec::new(
             Opts::new(
                 "flotilla_scheduler_runs",
-                "Recent runs (the last 1,000), by state",
+                "Runs by state: every live run, and the finished among the newest 1,000",
             ),
             &["state"],
         )?;
@@ -148,6 +150,20 @@ impl SchedulerMetrics {
             ),
             &["event", "outcome"],
         )?;
+        let tick_failures = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_tick_failures_total",
+                "Ticks in which one duty failed (due_runs, rollouts, freezes, windows, schedules); the other duties still ran",
+            ),
+            &["duty"],
+        )?;
+        let starts_refused = IntCounterVec::new(
+            Opts::new(
+                "flotilla_scheduler_starts_refused_total",
+                "Starts the start gate refused, by door (api, console, schedule, event) and reason (forbidden, needs_approval, frozen, already_running, out_of_scope, invalid, unknown_campaign)",
+            ),
+            &["door", "reason"],
+        )?;
         let auth_refused = prometheus::IntCounter::new(
             "flotilla_scheduler_auth_refused_total",
             "API requests refused for a missing, unknown or expired credential",
@@ -181,6 +197,8 @@ impl SchedulerMetrics {
             Box::new(gate_checks.clone()),
             Box::new(waves_ended.clone()),
             Box::new(notifications.clone()),
+            Box::new(tick_failures.clone()),
+            Box::new(starts_refused.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -206,7 +224,17 @@ impl SchedulerMetrics {
             gate_checks,
             waves_ended,
             notifications,
+            tick_failures,
+            starts_refused,
         })
+    }
+
+    pub fn tick_failed(&self, duty: &str) {
+        self.tick_failures.with_label_values(&[duty]).inc();
+    }
+
+    pub fn start_refused(&self, door: &str, reason: &str) {
+        self.starts_refused.with_label_values(&[door, reason]).inc();
     }
 
     pub fn gate_checked(&self, campaign: &str, gate: &str, result: &str) {

@@ -149,13 +149,56 @@ impl OidcVerifier {
     }
 }
 
-/// An issuer with a fresh P-256 key, for tests and trying OIDC out: its JWKS
-/// and the tokens it signs.
+/// An issuer with a fresh key (P-256, or RSA-2048 as most identity
+/// providers use), for tests and trying OIDC out: its JWKS and the tokens
+/// it signs.
 pub struct TestIssuer {
     pub issuer: String,
     pub kid: String,
-    pkcs8: Vec<u8>,
-    public_point: Vec<u8>,
+    key: TestKey,
+}
+
+enum TestKey {
+    /// PKCS#8 private key and the uncompressed public point.
+    P256 { pkcs8: Vec<u8>, point: Vec<u8> },
+    /// PKCS#1 private key, modulus and exponent (big-endian, no leading 0).
+    Rsa {
+        pkcs1: Vec<u8>,
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+}
+
+/// One DER element at the start of `input`: (tag, contents, rest).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let length = bytes
+            .iter()
+            .fold(0usize, |length, byte| (length << 8) | usize::from(*byte));
+        (length, rest)
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(length);
+    Some((tag, contents, rest))
+}
+
+/// An INTEGER's bytes without the sign byte.
+fn unsigned(integer: &[u8]) -> Vec<u8> {
+    match integer {
+        [0, rest @ ..] if !rest.is_empty() => rest.to_vec(),
+        bytes => bytes.to_vec(),
+    }
 }
 
 impl TestIssuer {
@@ -170,8 +213,41 @@ impl TestIssuer {
         Ok(Self {
             issuer: issuer.to_string(),
             kid: kid.to_string(),
-            pkcs8: pkcs8.as_ref().to_vec(),
-            public_point: pair.public_key().as_ref().to_vec(),
+            key: TestKey::P256 {
+                pkcs8: pkcs8.as_ref().to_vec(),
+                point: pair.public_key().as_ref().to_vec(),
+            },
+        })
+    }
+
+    /// An issuer signing RS256 with a fresh 2,048-bit RSA key: its tokens
+    /// are about 540 characters long.
+    pub fn new_rsa(issuer: &str, kid: &str) -> Result<Self, String> {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        use aws_lc_rs::signature::KeyPair as _;
+        let refused = |what: &str| format!("no RSA key: {what}");
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .map_err(|_| refused("generation failed"))?;
+        let pkcs8: Pkcs8V1Der<'static> = pair.as_der().map_err(|_| refused("no PKCS#8"))?;
+        // PrivateKeyInfo: SEQUENCE { version, algorithm, OCTET STRING { RSAPrivateKey } }.
+        let (_, info, _) = der_element(pkcs8.as_ref()).ok_or_else(|| refused("PKCS#8"))?;
+        let (_, _, after_version) = der_element(info).ok_or_else(|| refused("version"))?;
+        let (_, _, after_algorithm) =
+            der_element(after_version).ok_or_else(|| refused("algorithm"))?;
+        let (_, pkcs1, _) = der_element(after_algorithm).ok_or_else(|| refused("key"))?;
+        // RSAPublicKey: SEQUENCE { INTEGER n, INTEGER e }.
+        let (_, public, _) =
+            der_element(pair.public_key().as_ref()).ok_or_else(|| refused("public key"))?;
+        let (_, n, after_n) = der_element(public).ok_or_else(|| refused("modulus"))?;
+        let (_, e, _) = der_element(after_n).ok_or_else(|| refused("exponent"))?;
+        Ok(Self {
+            issuer: issuer.to_string(),
+            kid: kid.to_string(),
+            key: TestKey::Rsa {
+                pkcs1: pkcs1.to_vec(),
+                n: unsigned(n),
+                e: unsigned(e),
+            },
         })
     }
 
@@ -179,22 +255,39 @@ impl TestIssuer {
     pub fn jwks(&self) -> String {
         use base64::Engine;
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        // An uncompressed point: 0x04, then X and Y, 32 bytes each.
-        let x = self.public_point.get(1..33).unwrap_or_default();
-        let y = self.public_point.get(33..65).unwrap_or_default();
-        serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256",
-            "kid": self.kid, "x": b64(x), "y": b64(y),
-        }]})
-        .to_string()
+        let key = match &self.key {
+            TestKey::P256 { point, .. } => {
+                // An uncompressed point: 0x04, then X and Y, 32 bytes each.
+                let x = point.get(1..33).unwrap_or_default();
+                let y = point.get(33..65).unwrap_or_default();
+                serde_json::json!({
+                    "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256",
+                    "kid": self.kid, "x": b64(x), "y": b64(y),
+                })
+            }
+            TestKey::Rsa { n, e, .. } => serde_json::json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256",
+                "kid": self.kid, "n": b64(n), "e": b64(e),
+            }),
+        };
+        serde_json::json!({ "keys": [key] }).to_string()
     }
 
     /// A token with `claims` (plus `iss`), signed with this issuer's key.
     pub fn sign(&self, mut claims: serde_json::Value) -> Result<String, String> {
         claims["iss"] = serde_json::Value::String(self.issuer.clone());
-        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        let (algorithm, key) = match &self.key {
+            TestKey::P256 { pkcs8, .. } => (
+                Algorithm::ES256,
+                jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
+            ),
+            TestKey::Rsa { pkcs1, .. } => (
+                Algorithm::RS256,
+                jsonwebtoken::EncodingKey::from_rsa_der(pkcs1),
+            ),
+        };
+        let mut header = jsonwebtoken::Header::new(algorithm);
         header.kid = Some(self.kid.clone());
-        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8);
         jsonwebtoken::encode(&header, &claims, &key).map_err(|error| error.to_string())
     }
 }
@@ -230,6 +323,22 @@ mod tests {
         let principal = verifier(&issuer).verify(&token).unwrap();
         assert_eq!(principal.name, "alice@example.com");
         assert_eq!(principal.role, Role::Operator);
+    }
+
+    #[test]
+    fn an_rs256_token_of_a_2048_bit_key_names_its_principal() {
+        let issuer = TestIssuer::new_rsa("https://sso.example", "r1").unwrap();
+        let token = issuer
+            .sign(json!({"sub": "carol@example.com", "aud": "flotilla", "exp": now() + 600, "flotilla_role": "approver"}))
+            .unwrap();
+        assert!(
+            token.len() > 512,
+            "an RS256 token is longer: {}",
+            token.len()
+        );
+        let principal = verifier(&issuer).verify(&token).unwrap();
+        assert_eq!(principal.name, "carol@example.com");
+        assert_eq!(principal.role, Role::Approver);
     }
 
     #[test]

@@ -151,7 +151,12 @@ pub fn locations(campaign: &Campaign, account_ids: &[String]) -> Vec<Location> {
 impl Scheduler {
     /// Records a new run of `campaign` and publishes one Discover job per location
     /// (or, with `start_after`, leaves it Pending for the ticker to start).
-    pub async fn start_run(
+    ///
+    /// Checks nothing but the run's size: who may start it, approval,
+    /// freezes and live runs are the start gate's
+    /// ([`Scheduler::start_run_as`]), which every door goes through. This is
+    /// for the gate and for trusted library callers (tests, benches).
+    pub async fn start_run_unchecked(
         &self,
         campaign: &Campaign,
         options: StartOptions,
@@ -203,6 +208,13 @@ impl Scheduler {
                 .location_max_errors
                 .allowed_errors(location_count),
             results_location: &output,
+            // The limit to read the spec back under: at least what the
+            // spec itself lists (it was valid when the run began).
+            max_locations: self.accepted_max_locations().max(
+                u64::try_from(campaign.accounts.ids.len())
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(u64::try_from(campaign.regions.len()).unwrap_or(u64::MAX)),
+            ),
             created_ms: now_ms(),
             start_after_ms,
             plan_only: options.plan_only,
@@ -355,9 +367,16 @@ impl Scheduler {
         let fields = self.ledger.known_run_fields(run_id).await?;
         let spec: CampaignSpec = serde_json::from_str(fields.get("spec").unwrap_or_default())?;
         let spec_json = serde_json::to_string(&spec)?;
-        let campaign = Campaign::parse(&spec_json, SpecFormat::Json).map_err(|errors| {
-            SchedulerError::Corrupt(format!("stored campaign no longer valid: {errors}"))
-        })?;
+        // Under the limit the run was started with (its locations are
+        // fixed already): a changed --max-locations never breaks a live run.
+        let max_locations = fields
+            .get("max_locations")
+            .and_then(|limit| limit.parse().ok())
+            .unwrap_or_else(|| self.accepted_max_locations());
+        let campaign = Campaign::parse_within(&spec_json, SpecFormat::Json, max_locations)
+            .map_err(|errors| {
+                SchedulerError::Corrupt(format!("stored campaign no longer valid: {errors}"))
+            })?;
         let priority = match fields.get("priority") {
             Some("urgent") => Priority::Urgent,
             _ => Priority::Bulk,

@@ -24,7 +24,6 @@ use protocol::spec::MissedOccurrence;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use crate::runs::StartOptions;
 use crate::{Scheduler, SchedulerError};
 
 /// An occurrence fired at most this late still counts as on time.
@@ -114,8 +113,13 @@ impl Scheduler {
         let lease_value = format!("{}:{token}", self.config.name);
         let now = self.config.clock.now();
         for name in self.campaign_names().await? {
-            let Some((campaign, stored)) = self.stored_campaign(&name).await? else {
-                continue;
+            let campaign = match self.stored_campaign(&name).await {
+                Ok(Some((campaign, _))) => campaign,
+                Ok(None) => continue,
+                Err(error) => {
+                    crate::outage_or_log(error, &format!("schedule of campaign {name}"))?;
+                    continue;
+                }
             };
             let Some(schedule) = &campaign.schedule else {
                 continue;
@@ -130,12 +134,15 @@ impl Scheduler {
                 Some((ms, _)) => (ms, true),
                 None => (last.as_str(), false),
             };
-            let last_ms: i64 = last_ms
-                .parse()
-                .map_err(|_| SchedulerError::Corrupt(format!("schedule fired value {last:?}")))?;
-            if !baseline {
-                self.ensure_occurrence_run(&campaign, stored.version, last_ms)
-                    .await?;
+            let Ok(last_ms) = last_ms.parse::<i64>() else {
+                crate::outage_or_log(
+                    SchedulerError::Corrupt(format!("schedule fired value {last:?}")),
+                    &format!("schedule of campaign {name}"),
+                )?;
+                continue;
+            };
+            if !baseline && let Err(error) = self.ensure_occurrence_run(&campaign, last_ms).await {
+                crate::outage_or_log(error, &format!("schedule of campaign {name}"))?;
             }
             let Some(after) = DateTime::<Utc>::from_timestamp_millis(last_ms) else {
                 continue;
@@ -169,12 +176,12 @@ impl Scheduler {
                         );
                     }
                     self.metrics.schedule_fired(&name);
-                    self.ensure_occurrence_run(
-                        &campaign,
-                        stored.version,
-                        latest.timestamp_millis(),
-                    )
-                    .await?;
+                    if let Err(error) = self
+                        .ensure_occurrence_run(&campaign, latest.timestamp_millis())
+                        .await
+                    {
+                        crate::outage_or_log(error, &format!("schedule of campaign {name}"))?;
+                    }
                 }
                 1 => tracing::warn!(
                     campaign = name.as_str(),
@@ -227,55 +234,55 @@ impl Scheduler {
         Ok(fired)
     }
 
-    /// Starts the run of a recorded occurrence unless it exists.
+    /// Starts the run of a recorded occurrence through the start gate,
+    /// unless it exists or the gate refused it before. A refusal (no
+    /// approval, a freeze, a live run of the campaign) skips the occurrence
+    /// and is recorded once; an outage leaves it to the next tick.
     async fn ensure_occurrence_run(
         &self,
         campaign: &Campaign,
-        version: u32,
         occurrence_ms: i64,
     ) -> Result<(), SchedulerError> {
         let run_id = occurrence_run_id(&campaign.name, occurrence_ms);
         if self.ledger.run_fields(run_id).await?.is_some() {
             return Ok(());
         }
-        // Schedules fire only approved versions (or read-only ones); an
-        // occurrence of an unapproved one is skipped, and says so.
-        let approved = match self.check_approved(campaign, version).await {
-            Ok(_) => self.check_not_frozen(campaign).await,
-            Err(error) => Err(error),
+        let skipped_key = self.broker.names().schedule_skipped_key();
+        let skipped: Option<i64> = {
+            let mut connection = self.ledger.connection();
+            connection.hget(&skipped_key, &campaign.name).await?
         };
-        if let Err(SchedulerError::NeedsApproval(why) | SchedulerError::Frozen(why)) = approved {
-            tracing::warn!(
-                campaign = campaign.name.as_str(),
-                version,
-                "schedule skipped: {why}"
-            );
-            self.audit_internal(
-                format!("schedule:{}", campaign.name),
-                "schedule:skipped",
-                format!("campaign {} v{version}", campaign.name),
-                why,
-            )
-            .await;
+        if skipped == Some(occurrence_ms) {
             return Ok(());
         }
-        // Anything else that kept the approval from being read: fail closed.
-        approved?;
-        let options = StartOptions {
-            run_id: Some(run_id),
-            campaign_version: Some(version),
-            started_by: format!("schedule:{}", campaign.name),
-            ..StartOptions::default()
-        };
-        self.start_run(campaign, options).await?;
-        tracing::info!(campaign = campaign.name.as_str(), %run_id, occurrence_ms, "schedule fired");
-        self.audit_internal(
-            format!("schedule:{}", campaign.name),
-            "schedule:fired",
-            format!("campaign {} v{version}, run {run_id}", campaign.name),
-            format!("occurrence at {occurrence_ms} ms"),
-        )
-        .await;
-        Ok(())
+        let starter = crate::start_gate::Starter::Schedule { occurrence_ms };
+        let request = crate::start_gate::StartRequest::default();
+        match self.start_run_as(&starter, &campaign.name, &request).await {
+            Ok(start) => {
+                tracing::info!(campaign = campaign.name.as_str(), run_id = %start.run_id, occurrence_ms, "schedule fired");
+                Ok(())
+            }
+            Err(
+                error @ (SchedulerError::NeedsApproval(_)
+                | SchedulerError::Frozen(_)
+                | SchedulerError::AlreadyRunning(_)
+                | SchedulerError::Forbidden(_)
+                | SchedulerError::UnknownCampaign(_)
+                | SchedulerError::Invalid(_)),
+            ) => {
+                tracing::warn!(
+                    campaign = campaign.name.as_str(),
+                    occurrence_ms,
+                    "schedule skipped: {error}"
+                );
+                let mut connection = self.ledger.connection();
+                let () = connection
+                    .hset(&skipped_key, &campaign.name, occurrence_ms)
+                    .await?;
+                Ok(connection.replicated(&skipped_key).await?)
+            }
+            // Anything that kept the gate from deciding: try next tick.
+            Err(error) => Err(error),
+        }
     }
 }

@@ -58,7 +58,7 @@ impl Scheduler {
                 "{MAX_STORED_TOKENS} tokens are stored already; revoke some first"
             )));
         }
-        let token = new_token().map_err(SchedulerError::Invalid)?;
+        let token = new_token().map_err(SchedulerError::Internal)?;
         let record = TokenRecord {
             name: name.to_string(),
             role,

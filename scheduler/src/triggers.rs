@@ -6,14 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use protocol::job::{Location, Priority};
+use protocol::job::Location;
 use protocol::run::RunState;
 use protocol::spec::TriggerEvent;
 use serde::{Deserialize, Serialize};
 use store::{KillScope, Store};
 use uuid::Uuid;
 
-use crate::runs::StartOptions;
 use crate::{Scheduler, SchedulerError, now_ms};
 
 /// An EventBridge event, as EventBridge delivers it to a target.
@@ -143,76 +142,42 @@ pub struct AlertAction {
 }
 
 impl Scheduler {
-    /// Starts every stored campaign whose trigger matches, for the event's instance.
+    /// Starts every stored campaign with a trigger of the event's kind, for
+    /// the event's instance only, through the start gate (which checks that
+    /// the campaign covers the event's account and region, approval,
+    /// freezes and live runs, and records what it decided).
     pub async fn handle_event(&self, event: &Event) -> Result<Vec<StartedRun>, SchedulerError> {
         let Some((kind, instance_id)) = trigger_of(event)? else {
             return Ok(Vec::new());
         };
+        let starter = crate::start_gate::Starter::Event {
+            kind,
+            location: Location {
+                account_id: event.account.clone(),
+                region: event.region.clone(),
+            },
+            instance_id,
+        };
+        let request = crate::start_gate::StartRequest::default();
         let mut started = Vec::new();
         for name in self.campaign_names().await? {
-            let Some((campaign, stored)) = self.stored_campaign(&name).await? else {
-                continue;
-            };
-            let Some(trigger) = campaign
-                .triggers
-                .iter()
-                .find(|trigger| trigger.event == kind)
-            else {
-                continue;
-            };
-            if !campaign.regions.contains(&event.region) {
-                continue;
+            match self.start_run_as(&starter, &name, &request).await {
+                Ok(start) => started.push(StartedRun {
+                    campaign: name,
+                    run_id: start.run_id,
+                }),
+                // Refused (recorded by the gate) or not this campaign's event.
+                Err(
+                    SchedulerError::OutOfScope(_)
+                    | SchedulerError::NeedsApproval(_)
+                    | SchedulerError::Frozen(_)
+                    | SchedulerError::AlreadyRunning(_)
+                    | SchedulerError::Forbidden(_)
+                    | SchedulerError::UnknownCampaign(_),
+                ) => {}
+                // Anything that kept the gate from deciding: fail closed.
+                Err(error) => return Err(error),
             }
-            let accounts = self.resolve_accounts(&campaign).await?;
-            let in_scope = accounts.contains(&event.account)
-                && !campaign.accounts.exclude_accounts.contains(&event.account);
-            if !in_scope {
-                continue;
-            }
-            // Events start only approved versions (or read-only ones).
-            let approved = match self.check_approved(&campaign, stored.version).await {
-                Ok(_) => self.check_not_frozen(&campaign).await,
-                Err(error) => Err(error),
-            };
-            if let Err(SchedulerError::NeedsApproval(why) | SchedulerError::Frozen(why)) = approved
-            {
-                tracing::warn!(campaign = name.as_str(), "event ignored: {why}");
-                self.audit_internal(
-                    format!("event:{instance_id}"),
-                    "runs:start",
-                    format!("campaign {name} v{}", stored.version),
-                    why,
-                )
-                .await;
-                continue;
-            }
-            // Anything else that kept the approval from being read: fail closed.
-            approved?;
-            let options = StartOptions {
-                priority: Priority::Urgent,
-                locations: Some(vec![Location {
-                    account_id: event.account.clone(),
-                    region: event.region.clone(),
-                }]),
-                instance_ids: Some(vec![instance_id.clone()]),
-                start_after: Some(trigger.delay),
-                campaign_version: Some(stored.version),
-                started_by: format!("event:{instance_id}"),
-                ..StartOptions::default()
-            };
-            let run_id = self.start_run(&campaign, options).await?;
-            tracing::info!(campaign = name.as_str(), %run_id, region = event.region.as_str(), "event started a run");
-            self.audit_internal(
-                format!("event:{instance_id}"),
-                "runs:start",
-                format!("campaign {name} v{}, run {run_id}", stored.version),
-                format!("{kind:?} in {}/{}", event.account, event.region),
-            )
-            .await;
-            started.push(StartedRun {
-                campaign: name,
-                run_id,
-            });
         }
         Ok(started)
     }
@@ -355,29 +320,61 @@ impl Scheduler {
         Ok(actions)
     }
 
-    /// Runs of `campaign` that are not over (newest first).
+    /// Runs of `campaign` that are not over (newest first), from the live
+    /// index. A run of it whose record does not parse is an error: whoever
+    /// asks (an alert pausing runs, the start gate) must not act as if it
+    /// were not there.
     pub async fn live_runs_of(&self, campaign: &str) -> Result<Vec<Uuid>, SchedulerError> {
+        Ok(self
+            .live_run_records_of(campaign)
+            .await?
+            .into_iter()
+            .map(|(run_id, _)| run_id)
+            .collect())
+    }
+
+    /// [`Scheduler::live_runs_of`] with each run's record.
+    pub async fn live_run_records_of(
+        &self,
+        campaign: &str,
+    ) -> Result<Vec<(Uuid, crate::ledger::RunFields)>, SchedulerError> {
         let mut live = Vec::new();
-        for run_id in self.ledger.run_ids().await? {
-            let Some(fields) = self.ledger.run_fields(run_id).await? else {
-                continue;
-            };
+        for (run_id, fields) in self.ledger.live_runs().await? {
+            let fields = fields?;
             if fields.get("campaign") == Some(campaign) && !fields.state()?.is_final() {
-                live.push(run_id);
+                live.push((run_id, fields));
             }
         }
         Ok(live)
     }
 
-    /// Once a second: start delayed runs whose time has come, and fire schedules
-    /// (if this replica leads).
+    /// Once a second: start delayed runs whose time has come, advance
+    /// rollouts, apply freezes and windows, and fire schedules (if this
+    /// replica leads). Each duty runs on its own: one that fails (an
+    /// unparseable calendar entry, an invalid stored spec) is logged and
+    /// counted in `flotilla_scheduler_tick_failures_total{duty}` and does
+    /// not keep the others from running. An outage (Redis or RabbitMQ
+    /// gone) is returned, for the caller to reconnect.
     pub async fn tick(&self) -> Result<(), SchedulerError> {
-        self.start_due_runs().await?;
-        self.rollout_tick().await?;
-        self.freeze_tick().await?;
-        self.window_tick().await?;
-        self.schedule_tick().await?;
-        Ok(())
+        let duties: [(&'static str, Result<(), SchedulerError>); 5] = [
+            ("due_runs", self.start_due_runs().await.map(|_| ())),
+            ("rollouts", self.rollout_tick().await),
+            ("freezes", self.freeze_tick().await),
+            ("windows", self.window_tick().await),
+            ("schedules", self.schedule_tick().await),
+        ];
+        let mut outage = None;
+        for (duty, result) in duties {
+            let Err(error) = result else { continue };
+            self.metrics.tick_failed(duty);
+            if error.service().is_some() && error.is_retryable() {
+                tracing::warn!(duty, error = %error, "tick duty failed: a service is away");
+                outage.get_or_insert(error);
+            } else {
+                tracing::error!(duty, error = %error, "tick duty failed; the other duties went on");
+            }
+        }
+        outage.map_or(Ok(()), Err)
     }
 
     /// Refreshes the gauges that describe runs and queues (at scrape time).
@@ -388,15 +385,20 @@ impl Scheduler {
             .collect();
         self.metrics.reset_run_gauges();
         let mut budgets: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for run_id in self.ledger.run_ids().await?.into_iter().take(1_000) {
-            let Some(fields) = self.ledger.run_fields(run_id).await? else {
-                continue;
+        // Live runs only (the index), every one of them: finished runs are
+        // history, and a cap taken over all runs dropped older live ones.
+        for (run_id, fields) in self.ledger.live_runs().await? {
+            let (fields, state) = match fields.and_then(|fields| Ok((fields.state()?, fields))) {
+                Ok((state, fields)) => (fields, state),
+                Err(error) => {
+                    tracing::warn!(%run_id, error = %error, "run record unreadable; left out of the gauges");
+                    continue;
+                }
             };
-            let state = fields.state()?;
-            *by_state.entry(state.as_str()).or_default() += 1;
             if state.is_final() {
                 continue;
             }
+            *by_state.entry(state.as_str()).or_default() += 1;
             let campaign = fields.get("campaign").unwrap_or_default().to_string();
             if fields.get("allowed_errors").is_some() {
                 let allowed = i64::try_from(fields.number("allowed_errors")).unwrap_or(i64::MAX);
@@ -414,6 +416,11 @@ impl Scheduler {
                 i64::try_from(fields.number("discovered_locations")).unwrap_or(0),
                 i64::try_from(fields.number("location_count")).unwrap_or(0),
             );
+        }
+        // Finished runs: the states of the newest 1,000, one pipelined read
+        // of one field each (the `Halted` alert watches this count rise).
+        for state in self.ledger.recent_final_states(1_000).await? {
+            *by_state.entry(state.as_str()).or_default() += 1;
         }
         for (campaign, (allowed, remaining)) in budgets {
             self.metrics.set_budget(&campaign, allowed, remaining);

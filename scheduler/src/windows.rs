@@ -47,9 +47,16 @@ impl Scheduler {
             .due_runs(&key, now_ms(), WINDOWED_PER_TICK)
             .await?
         {
-            match self.follow_window(run_id).await? {
-                Some(at) => self.ledger().index_run(&key, run_id, at).await?,
-                None => self.ledger().unindex_run(&key, run_id).await?,
+            match self.follow_window(run_id).await {
+                Ok(Some(at)) => self.ledger().index_run(&key, run_id, at).await?,
+                Ok(None) => self.ledger().unindex_run(&key, run_id).await?,
+                Err(error) => {
+                    crate::outage_or_log(error, &format!("maintenance window of run {run_id}"))?;
+                    // Looked at again in a minute, not every tick.
+                    self.ledger()
+                        .index_run(&key, run_id, now_ms() + 60_000)
+                        .await?;
+                }
             }
         }
         Ok(())

@@ -75,7 +75,17 @@ impl Backend {
 
     /// A scheduler replica named `name` on this state.
     async fn scheduler(&self, name: &str) -> Scheduler {
+        self.scheduler_with(name, |_| {}).await
+    }
+
+    /// A scheduler replica named `name` on this state, configured by `configure`.
+    async fn scheduler_with(
+        &self,
+        name: &str,
+        configure: impl FnOnce(&mut SchedulerConfig),
+    ) -> Scheduler {
         let mut config = SchedulerConfig::new(&self.amqp_url, &self.redis_url, self.names.clone());
+        configure(&mut config);
         config.name = name.into();
         config.keys = protocol::signing::Keyring::ephemeral_deployment()
             .unwrap()
@@ -141,7 +151,9 @@ conformance!(
     a_failed_location_counts_once_against_location_max_errors,
     a_stopped_run_counts_its_never_started_targets_once,
     delayed_runs_are_taken_once_when_due_and_listed_newest_first,
+    live_runs_are_indexed_until_settled_and_an_unreadable_one_is_not_hidden,
     campaigns_are_versioned_by_content,
+    a_campaign_accepted_under_a_raised_location_limit_reads_back,
     one_replica_holds_the_schedule_lease,
 );
 
@@ -161,6 +173,7 @@ fn new_run(location_concurrency: u64, allowed_location_errors: u64) -> NewRun<'s
         location_concurrency,
         allowed_location_errors,
         results_location: "unused",
+        max_locations: 1,
         created_ms: 0,
         start_after_ms: None,
         plan_only: false,
@@ -831,6 +844,81 @@ async fn a_stopped_run_counts_its_never_started_targets_once(backend: &Backend) 
     assert!(ledger.never_started(run_id).await.unwrap().is_empty());
 }
 
+async fn live_runs_are_indexed_until_settled_and_an_unreadable_one_is_not_hidden(
+    backend: &Backend,
+) {
+    let ledger = &backend.ledger;
+    let (finished, halted, live, garbled) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    for (created_ms, run_id) in [(1, finished), (2, halted), (3, live), (4, garbled)] {
+        let run = NewRun {
+            created_ms,
+            ..new_run(1, 0)
+        };
+        ledger
+            .create_run(run_id, &run, &[location(1)])
+            .await
+            .unwrap();
+    }
+    assert!(
+        ledger
+            .transition(
+                finished,
+                &[RunState::Discovering],
+                RunState::Completed,
+                "done"
+            )
+            .await
+            .unwrap()
+    );
+    // Halted with targets never started: over, but its results are owed.
+    assert!(
+        ledger
+            .transition(halted, &[RunState::Discovering], RunState::Halted, "budget")
+            .await
+            .unwrap()
+    );
+    let store = RedisStore::connect(&backend.redis_url, backend.names.clone())
+        .await
+        .unwrap();
+    let mut connection = store.connection();
+    let () = ::redis::AsyncCommands::hset(
+        &mut connection,
+        ledger.names().run_key(garbled),
+        "state",
+        "Sideways",
+    )
+    .await
+    .unwrap();
+    let listed = ledger.live_runs().await.unwrap();
+    let ids: Vec<Uuid> = listed.iter().map(|(run_id, _)| *run_id).collect();
+    assert_eq!(
+        ids,
+        vec![garbled, live, halted],
+        "newest first, settled runs out"
+    );
+    assert!(
+        listed[0].1.is_err(),
+        "the garbled run is an error, not left out"
+    );
+    assert!(listed[1].1.is_ok() && listed[2].1.is_ok());
+    // Once drained, the halted run leaves the index too.
+    let counters = HashMap::from([("0:NotStarted".to_string(), 0)]);
+    assert!(ledger.mark_drained(halted, &counters).await.unwrap());
+    let ids: Vec<Uuid> = ledger
+        .live_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(run_id, _)| run_id)
+        .collect();
+    assert_eq!(ids, vec![garbled, live]);
+}
+
 async fn delayed_runs_are_taken_once_when_due_and_listed_newest_first(backend: &Backend) {
     let ledger = &backend.ledger;
     let (early, delayed, late) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
@@ -883,6 +971,44 @@ regions: [us-east-1]
 role: {name: FlotillaExecutionRole}
 targets: {all: true}
 ";
+
+async fn a_campaign_accepted_under_a_raised_location_limit_reads_back(backend: &Backend) {
+    // 7,000 accounts × 30 regions: 210,000 locations, past the default 200,000.
+    let limit = 250_000;
+    let scheduler = backend
+        .scheduler_with("replica-wide", |config| config.max_locations = limit)
+        .await;
+    let accounts: Vec<String> = (0..7_000u64)
+        .map(|n| format!("\"{:012}\"", 100_000_000_000 + n))
+        .collect();
+    let regions: Vec<String> = (1..=30).map(|n| format!("xx-test-{n}")).collect();
+    let yaml = format!(
+        "name: conformance-wide\naccounts: {{ids: [{}]}}\nregions: [{}]\ntargets: {{all: true}}\nsteps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: {{Operation: Scan}}\n",
+        accounts.join(", "),
+        regions.join(", ")
+    );
+    assert!(
+        Campaign::parse(&yaml, SpecFormat::Yaml).is_err(),
+        "the default limit refuses it"
+    );
+    let wide = Campaign::parse_within(&yaml, SpecFormat::Yaml, limit).unwrap();
+    scheduler.apply_campaign(&wide).await.unwrap();
+    let (read, stored) = scheduler
+        .stored_campaign("conformance-wide")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((read.accounts.ids.len(), stored.version), (7_000, 1));
+    // A replica at the default limit reads it too: it was accepted.
+    let default_replica = backend.scheduler("replica-default").await;
+    assert!(
+        default_replica
+            .stored_campaign("conformance-wide")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
 
 async fn campaigns_are_versioned_by_content(backend: &Backend) {
     let scheduler = backend.scheduler("replica-a").await;

@@ -9,6 +9,11 @@
 //! - [`redis_store`]: the store; every multi-step update is one Lua script.
 //! - [`memory`]: the in-memory Redis (commands and Lua), on tokio's clock.
 //! - [`acl`]: the Redis ACL users of each kind of service.
+//! - [`endpoint`]: Redis URLs (TLS, Sentinel, Cluster, `wait_replicas`) as
+//!   settings.
+//! - [`sentinel`]: finding the master through Redis Sentinel.
+//! - [`test_topologies`]: where the test Redis Cluster and Sentinel listen
+//!   (for tests; they fail naming how to start them).
 //! - here: the [`Store`] trait, and [`SendGate`]/[`GateCause`] — what a worker
 //!   reads before every send (kill switches first, then the run's state).
 //!

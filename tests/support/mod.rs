@@ -482,7 +482,7 @@ impl Stack {
     /// Starts a run of `campaign` with default options.
     pub async fn start_run(&self, campaign: &Campaign) -> Uuid {
         self.scheduler
-            .start_run(campaign, scheduler::StartOptions::default())
+            .start_run_unchecked(campaign, scheduler::StartOptions::default())
             .await
             .unwrap()
     }

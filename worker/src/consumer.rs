@@ -17,7 +17,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use broker::{Broker, BrokerError, Delivery};
 use protocol::Job;
-use protocol::backoff::Backoff;
 use protocol::names::DELAY_STEPS_SECONDS;
 use protocol::report::LocationFailure;
 use protocol::status::StatusDetail;
@@ -46,11 +45,6 @@ const _: () = assert!(
 
 /// How soon a job that met an unreachable Redis tries again.
 const STORE_OUTAGE_RECHECK: Duration = Duration::from_secs(2);
-
-/// A connection to RabbitMQ that lasted this long was a good one: when it
-/// fails, reconnecting starts over from the shortest backoff. One that failed
-/// sooner backs off further each time.
-const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// The delay step of a job's first retry (5 s).
 const FIRST_RETRY_STEP: usize = 2;
@@ -109,7 +103,7 @@ pub async fn run<S: Store>(
         stop_on_shutdown.cancel();
     };
     let consuming = async {
-        let mut failures = 0;
+        let mut reconnects = protocol::backoff::Reconnects::default();
         while !stop.is_cancelled() {
             let connected = tokio::select! {
                 () = stop.cancelled() => break,
@@ -119,8 +113,7 @@ pub async fn run<S: Store>(
                 Ok(broker) => broker.with_keyring(config.keys.clone()),
                 Err(error) => {
                     metrics.connection("rabbitmq", false);
-                    let delay = Backoff::RECONNECT.delay(failures);
-                    failures = failures.saturating_add(1);
+                    let delay = reconnects.next_delay(None);
                     tracing::warn!(error = %error, ?delay, "rabbitmq unreachable; retrying");
                     tokio::select! {
                         () = stop.cancelled() => break,
@@ -141,18 +134,9 @@ pub async fn run<S: Store>(
             });
             if let Err(error) = consume(context, &config, &stop).await {
                 metrics.connection("rabbitmq", false);
-                // Every reconnect hands the deliveries this worker held back
-                // to the queue, and each return counts toward the queue's
-                // delivery limit: a connection that keeps failing soon after
-                // it opened (a cluster electing new queue leaders) must not
-                // be retried at once, or jobs are dead-lettered for the
-                // broker's trouble.
-                if connected_at.elapsed() < STABLE_CONNECTION {
-                    failures = failures.saturating_add(1);
-                } else {
-                    failures = 0;
-                }
-                let delay = Backoff::RECONNECT.delay(failures);
+                // Not at once after a connection that failed soon after it
+                // opened: see `Reconnects`.
+                let delay = reconnects.next_delay(Some(connected_at.elapsed()));
                 tracing::warn!(error = %error, ?delay, "rabbitmq connection lost; reconnecting");
                 tokio::select! {
                     () = stop.cancelled() => break,

@@ -16,6 +16,8 @@
 //!   job and again right before SendCommand. Its `store::GateCause` names why
 //!   a send was held back. The error budget is the scheduler's (it halts the
 //!   run; the gate then reports the rest not started).
+//! - [`reporter`]: one task per connection that gathers what jobs report
+//!   into signed bundles.
 //! - [`rate`]: shared per account-region-API token buckets.
 //! - [`aws`]: role sessions, SSM clients, retries and the one AWS error classifier.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.

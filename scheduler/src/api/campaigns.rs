@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{ApiError, ApiResult, CurrentScheduler, parse_version, scheduler, with_note};
 use crate::SchedulerError;
 use crate::auth::Principal;
-use crate::runs::StartOptions;
+use crate::start_gate::{Door, Starter};
 
 #[derive(Debug, Serialize)]
 pub(super) struct AppliedCampaign {
@@ -47,7 +47,7 @@ pub(super) async fn apply_campaign(
         tokio::task::spawn_blocking(move || Campaign::parse_within(&body, format, max_locations))
             .await
             .map_err(|error| {
-                SchedulerError::Invalid(format!("parsing the campaign failed: {error}"))
+                SchedulerError::Internal(format!("parsing the campaign failed: {error}"))
             })?;
     let campaign = parsed.map_err(|errors| ApiError {
         status: StatusCode::BAD_REQUEST,
@@ -185,6 +185,9 @@ pub(super) struct StartRequest {
     /// principal who may approve changes only).
     #[serde(default)]
     override_freeze: Option<String>,
+    /// Start although another run of the campaign is live.
+    #[serde(default)]
+    allow_concurrent: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -194,6 +197,7 @@ pub struct StartedRun {
     pub campaign_version: u32,
 }
 
+/// Parses the request and asks the engine's start gate; the gate decides.
 pub(super) async fn start_run(
     State(current): State<CurrentScheduler>,
     Extension(principal): Extension<Principal>,
@@ -208,81 +212,20 @@ pub(super) async fn start_run(
             ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
         })?
     };
-    let Some((campaign, stored)) = scheduler.stored_campaign(&name).await? else {
-        return Err(unknown_campaign(&name));
+    let starter = Starter::Principal {
+        principal,
+        door: Door::Api,
     };
-    // The campaign may name who runs it.
-    if !crate::auth::may_run(&principal, &campaign.spec.run_by) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} (role {}) may not run {name}: its run_by lists {}",
-                principal.name,
-                principal.role,
-                campaign.spec.run_by.join(", ")
-            ),
-        ));
-    }
-    // A plan only discovers: nothing runs on a host, so it needs no approval.
-    let approval = if request.plan_only {
-        None
-    } else {
-        Some(scheduler.check_approved(&campaign, stored.version).await?)
-    };
-    // A change freeze: no run that changes hosts starts, unless someone who
-    // may approve changes overrides it with a reason.
-    let mut freeze_note = None;
-    if !request.plan_only
-        && let Err(SchedulerError::Frozen(why)) = scheduler.check_not_frozen(&campaign).await
-    {
-        match request.override_freeze.as_deref().map(str::trim) {
-            None | Some("") => return Err(SchedulerError::Frozen(why).into()),
-            Some(_)
-                if !principal
-                    .role
-                    .allows(crate::auth::Permission::ApproveCampaign) =>
-            {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "{} (role {}) may not override a change freeze: it takes a principal who may approve changes (approver or admin)",
-                        principal.name, principal.role
-                    ),
-                ));
-            }
-            Some(override_reason) => {
-                freeze_note = Some(format!(
-                    "change freeze overridden by {}: {override_reason} ({why})",
-                    principal.name
-                ));
-            }
-        }
-    }
-    let options = StartOptions {
+    let request = crate::start_gate::StartRequest {
         plan_only: request.plan_only,
-        campaign_version: Some(stored.version),
-        started_by: principal.name,
-        freeze_override: freeze_note.clone(),
-        ..StartOptions::default()
+        override_freeze: request.override_freeze,
+        allow_concurrent: request.allow_concurrent,
     };
-    let run_id = scheduler.start_run(&campaign, options).await?;
-    let note = match &approval {
-        Some(approval) => format!(
-            "run {run_id} of {name} v{} written by {}, approved by {}",
-            stored.version,
-            approval.author,
-            approval.approver.as_deref().unwrap_or("nobody (read-only)")
-        ),
-        None => format!("plan {run_id} of {name} v{}", stored.version),
-    };
-    let note = match freeze_note {
-        Some(freeze) => format!("{note}; {freeze}"),
-        None => note,
-    };
+    let start = scheduler.start_run_as(&starter, &name, &request).await?;
     let answer = Json(StartedRun {
-        run_id,
-        campaign: name,
-        campaign_version: stored.version,
+        run_id: start.run_id,
+        campaign: start.campaign,
+        campaign_version: start.campaign_version,
     });
-    Ok(with_note(answer, note))
+    Ok(with_note(answer, start.note))
 }

@@ -4,13 +4,16 @@
 //! |---|---|
 //! | `POST /campaigns` | apply a spec (YAML, or JSON with `Content-Type: application/json`) |
 //! | `GET /campaigns`, `GET /campaigns/{name}`, `DELETE /campaigns/{name}` | list, show, forget |
-//! | `POST /campaigns/{name}/runs` | start a run; body `{"plan_only": true}` to only discover |
-//! | `GET /campaigns/{name}/versions/{v}`, `POST …/{v}/approve` | one version (also of a deleted campaign); approve it |
+//! | `POST /campaigns/{name}/runs` | start a run through the engine's start gate; body `{"plan_only": true, "override_freeze": "…", "allow_concurrent": true}`, each optional |
+//! | `GET /campaigns/{name}/versions/{version}`, `POST /campaigns/{name}/versions/{version}/approve` | one version (also of a deleted campaign); approve it |
 //! | `GET /runs`, `GET /runs/{id}` | runs with live counters; one run with its locations |
 //! | `POST /runs/{id}/pause`, `/resume`, `/cancel` | body `{"reason": "…"}` |
+//! | `POST /runs/{id}/approve` | a rollout's next wave |
 //! | `GET /kill`, `POST /kill`, `DELETE /kill` | kill switch; `?campaign=NAME` for one campaign; POST body `{"reason": "…"}` |
 //! | `POST /events` | an EventBridge event (or a list of them) |
 //! | `POST /alerts` | an Alertmanager webhook payload |
+//! | `GET /calendar`, `POST /calendar`, `DELETE /calendar/{id}` | change freezes; `?campaign=` for one campaign's state |
+//! | `GET /compliance` | the fleet's patch compliance (filters as query) |
 //! | `GET /healthz`, `GET /metrics` | liveness; Prometheus metrics |
 //! | `GET /audit?since=&principal=&action=&limit=` | the audit trail, oldest first |
 //! | `GET /tokens`, `POST /tokens`, `DELETE /tokens/{name}` | API tokens (admin) |
@@ -156,19 +159,34 @@ impl ApiError {
 }
 
 impl From<SchedulerError> for ApiError {
+    /// Bad input is 400, refusals 403/404/409, outages 503 — each with its
+    /// message. Internal faults (and records flotilla cannot read back) are
+    /// 500 with a message that names no detail; the detail goes to the log.
     fn from(error: SchedulerError) -> Self {
         let status = match &error {
-            SchedulerError::UnknownRun(_) | SchedulerError::UnknownCampaignVersion { .. } => {
-                StatusCode::NOT_FOUND
-            }
-            SchedulerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            SchedulerError::UnknownRun(_)
+            | SchedulerError::UnknownCampaignVersion { .. }
+            | SchedulerError::UnknownCampaign(_) => StatusCode::NOT_FOUND,
+            SchedulerError::Forbidden(_) | SchedulerError::OutOfScope(_) => StatusCode::FORBIDDEN,
             SchedulerError::NeedsApproval(_)
             | SchedulerError::AlertFiring(_)
-            | SchedulerError::Frozen(_) => StatusCode::CONFLICT,
-            SchedulerError::Invalid(_) | SchedulerError::Json(_) => StatusCode::BAD_REQUEST,
+            | SchedulerError::Frozen(_)
+            | SchedulerError::AlreadyRunning(_)
+            | SchedulerError::WrongState(_) => StatusCode::CONFLICT,
+            SchedulerError::Invalid(_) => StatusCode::BAD_REQUEST,
             error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            let reference = uuid::Uuid::new_v4();
+            tracing::error!(error = %error, %reference, "request failed inside the scheduler");
+            return Self::new(
+                status,
+                format!(
+                    "internal error (reference {reference}); the scheduler's log has the cause"
+                ),
+            );
+        }
         Self::new(status, error.to_string())
     }
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::{ApiError, ApiResult, CurrentScheduler, scheduler};
 use crate::runs::RunProgress;
+use crate::steering::Steer;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RunsQuery {
@@ -23,19 +24,14 @@ pub(crate) async fn list_runs(
 ) -> ApiResult<Vec<RunProgress>> {
     let scheduler = scheduler(&current)?;
     let limit = query.limit.unwrap_or(50).min(1_000);
-    let mut runs = Vec::new();
-    for run_id in scheduler.ledger().run_ids().await? {
-        if runs.len() >= limit {
-            break;
-        }
-        let progress = scheduler.progress(run_id).await?;
-        if query
-            .campaign
-            .as_ref()
-            .is_none_or(|campaign| *campaign == progress.campaign)
-        {
-            runs.push(progress);
-        }
+    // From the indexes: the newest `limit` runs, of one campaign or all.
+    let run_ids = match &query.campaign {
+        Some(campaign) => scheduler.ledger().campaign_run_ids(campaign, limit).await?,
+        None => scheduler.ledger().newest_run_ids(limit).await?,
+    };
+    let mut runs = Vec::with_capacity(run_ids.len());
+    for run_id in run_ids {
+        runs.push(scheduler.progress(run_id).await?);
     }
     Ok(Json(runs))
 }
@@ -85,66 +81,33 @@ fn reason_body(body: &str) -> Result<ReasonBody, ApiError> {
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}")))
 }
 
-pub(crate) fn reason_of(body: &str, default: &str) -> Result<String, ApiError> {
-    Ok(reason_body(body)?
-        .reason
-        .unwrap_or_else(|| default.to_string()))
-}
-
+/// Pause, resume or cancel: parsed here, decided by [`crate::Scheduler::steer`].
 pub(crate) async fn steer_run(
     State(current): State<CurrentScheduler>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     Path((id, action)): Path<(String, String)>,
     body: String,
 ) -> Result<axum::response::Response, ApiError> {
     let scheduler = scheduler(&current)?;
     let run_id = parse_run_id(&id)?;
-    // The override of a firing alert goes into the request's audit record.
-    let mut note = None;
-    let changed = match action.as_str() {
-        "pause" => {
-            scheduler
-                .pause(run_id, &reason_of(&body, "paused by an operator")?)
-                .await?
-        }
-        "resume" => {
-            let parsed = reason_body(&body)?;
-            let reason = parsed
-                .reason
-                .unwrap_or_else(|| "resumed by an operator".to_string());
-            match parsed.despite_alert {
-                Some(why) => {
-                    note = Some(format!("despite a firing alert: {why}"));
-                    scheduler
-                        .resume_despite_alert(run_id, &reason, &why)
-                        .await?
-                }
-                None => scheduler.resume(run_id, &reason).await?,
-            }
-        }
-        "cancel" => {
-            scheduler
-                .cancel(run_id, &reason_of(&body, "cancelled by an operator")?)
-                .await?
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}; use pause, resume, cancel or approve"),
-            ));
-        }
-    };
-    let progress = scheduler.progress(run_id).await?;
-    let answer =
-        Json(json!({ "changed": changed, "state": progress.state, "reason": progress.reason }));
+    let parsed = reason_body(&body)?;
+    let steer = Steer::parse(&action, parsed.despite_alert)
+        .map_err(|error| ApiError::new(StatusCode::NOT_FOUND, error))?;
+    let steered = scheduler
+        .steer(run_id, steer, parsed.reason.as_deref(), &principal)
+        .await?;
+    let note = steered.note.clone();
+    let answer = Json(
+        json!({ "changed": steered.changed, "state": steered.state, "reason": steered.reason }),
+    );
     Ok(match note {
         Some(note) => super::with_note(answer, note),
         None => axum::response::IntoResponse::into_response(answer),
     })
 }
 
-/// An approver lets a rollout waiting between two waves go on. Not the
-/// principal that started the run (two people see each wave through), unless
-/// the API runs without authentication.
+/// Approves a rollout's next wave: decided by
+/// [`crate::Scheduler::approve_wave_by`].
 pub(crate) async fn approve_run(
     State(current): State<CurrentScheduler>,
     axum::Extension(principal): axum::Extension<crate::auth::Principal>,
@@ -153,37 +116,12 @@ pub(crate) async fn approve_run(
 ) -> ApiResult<serde_json::Value> {
     let scheduler = scheduler(&current)?;
     let run_id = parse_run_id(&id)?;
-    let progress = scheduler.progress(run_id).await?;
-    if progress.state != protocol::run::RunState::AwaitingApproval {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "run {run_id} is {}, not AwaitingApproval: nothing to approve",
-                progress.state
-            ),
-        ));
-    }
-    if principal.name != crate::auth::Principal::anonymous().name
-        && progress.started_by == principal.name
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} started this run and cannot approve its waves; another approver must",
-                principal.name
-            ),
-        ));
-    }
-    let reason = reason_of(&body, "approved")?;
-    let changed = scheduler
-        .approve_wave(
-            run_id,
-            &format!("next wave approved by {}: {reason}", principal.name),
-        )
+    let parsed = reason_body(&body)?;
+    let steered = scheduler
+        .approve_wave_by(run_id, &principal, parsed.reason.as_deref())
         .await?;
-    let progress = scheduler.progress(run_id).await?;
     Ok(Json(
-        json!({ "changed": changed, "state": progress.state, "reason": progress.reason }),
+        json!({ "changed": steered.changed, "state": steered.state, "reason": steered.reason }),
     ))
 }
 
@@ -217,19 +155,19 @@ pub(crate) async fn kill_state(
 
 pub(crate) async fn engage_kill(
     State(current): State<CurrentScheduler>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     Query(query): Query<KillQuery>,
     body: String,
 ) -> ApiResult<serde_json::Value> {
     let scheduler = scheduler(&current)?;
-    let reason = reason_of(&body, "")?;
-    if reason.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "reason: required; say why everything stops (it is shown to every operator)",
-        ));
-    }
+    let reason = reason_body(&body)?.reason.unwrap_or_default();
     scheduler
-        .engage_kill_switch(&kill_scope(&query), &reason, query.cancel_in_flight)
+        .engage_kill_by(
+            &kill_scope(&query),
+            &reason,
+            query.cancel_in_flight,
+            &principal,
+        )
         .await?;
     Ok(Json(
         json!({ "engaged": true, "reason": reason, "cancel_in_flight": query.cancel_in_flight }),
@@ -238,13 +176,12 @@ pub(crate) async fn engage_kill(
 
 pub(crate) async fn release_kill(
     State(current): State<CurrentScheduler>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     Query(query): Query<KillQuery>,
 ) -> ApiResult<serde_json::Value> {
     let scheduler = scheduler(&current)?;
     scheduler
-        .store()
-        .release_kill_switch(&kill_scope(&query))
+        .release_kill_by(&kill_scope(&query), &principal)
         .await?;
-    tracing::warn!(campaign = ?query.campaign, "kill switch released");
     Ok(Json(json!({ "engaged": false })))
 }

@@ -13,11 +13,23 @@
 //!
 //! | page | shows |
 //! |---|---|
+//! | `/ui` | a redirect to `/ui/runs` |
+//! | `/ui/login`, `/ui/logout` | signing in (a token, or none where authentication is off or a client certificate names the principal) and out |
+//! | `/ui/static/{file}` | the stylesheet and the script |
 //! | `/ui/runs` | runs, newest first, 25 a page, live |
 //! | `/ui/runs/{id}` | bars per step, error budget, waves and gates, the location grid, top failures; pause/resume/cancel/approve |
-//! | `/ui/campaigns`, `/ui/campaigns/{name}` | versions as YAML with a diff, next fire times, triggers, last runs |
+//! | `/ui/campaigns`, `/ui/campaigns/{name}` | versions as YAML with a diff, next fire times, triggers, last runs; a start form |
 //! | `/ui/compliance` | the fleet view, trend, stale instances; `/ui/compliance.csv` |
+//!
+//! | form (POST) | does, through the engine |
+//! |---|---|
+//! | `/ui/campaigns/{name}/runs` | starts a run ([`crate::Scheduler::start_run_as`]) |
+//! | `/ui/runs/{id}/pause`, `/resume`, `/cancel` | steers a run ([`crate::Scheduler::steer`]) |
+//! | `/ui/runs/{id}/approve` | a rollout's next wave ([`crate::Scheduler::approve_wave_by`]) |
+//! | `/ui/kill`, `/ui/kill/release` | the global kill switch, with a ticked confirmation |
 
+mod forms;
+mod pages;
 pub mod session;
 pub mod view;
 
@@ -29,15 +41,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use maud::Markup;
-use serde_json::json;
 
-use self::session::Session;
-use crate::api::runs::{KillQuery, parse_run_id};
 use crate::api::{ApiError, ApiState, scheduler};
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
+use crate::now_ms;
 use crate::tls::ClientCertificate;
-use crate::{Scheduler, now_ms};
 
 /// Runs on one page of the runs list.
 pub const RUNS_PER_PAGE: usize = 25;
@@ -52,6 +61,10 @@ pub fn is_console(route: &str) -> bool {
 }
 
 pub fn routes() -> Router<ApiState> {
+    use self::forms::{approve, engage_kill, release_kill, start_run, steer};
+    use self::pages::{
+        campaign_page, campaigns_page, compliance_csv, compliance_page, run_page, runs_page,
+    };
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/static/{file}", get(asset))
@@ -65,6 +78,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/ui/kill/release", post(release_kill))
         .route("/ui/campaigns", get(campaigns_page))
         .route("/ui/campaigns/{name}", get(campaign_page))
+        .route("/ui/campaigns/{name}/runs", post(start_run))
         .route("/ui/compliance", get(compliance_page))
         .route("/ui/compliance.csv", get(compliance_csv))
         .layer(axum::middleware::map_response(security_headers))
@@ -281,7 +295,7 @@ async fn sign_in(
     use crate::access::Refusal;
     let now = now_ms();
     let token = token.trim();
-    if token.is_empty() || token.len() > 4096 {
+    if token.is_empty() || token.len() > crate::access::MAX_TOKEN_CHARS {
         return Err(Refusal::unauthenticated("enter a token", false));
     }
     if let Some(oidc) = &state.auth.oidc
@@ -324,491 +338,9 @@ async fn logout(State(state): State<ApiState>, headers: axum::http::HeaderMap) -
     response
 }
 
-/// A whole page: the frame (who, the CSRF token, the kill switch) around
-/// `content`.
-async fn whole_page(
-    current: &Scheduler,
-    principal: &Principal,
-    session: &Session,
-    title: &str,
-    content: Markup,
-) -> Result<Response, Response> {
-    let kill = frame_parts(current).await?;
-    let frame = frame(principal, session, kill.as_deref());
-    Ok(html(StatusCode::OK, view::page(&frame, title, content)))
-}
-
-/// The global kill switch's reason, when engaged.
-async fn frame_parts(current: &Scheduler) -> Result<Option<String>, ApiError> {
-    use store::Store as _;
-    Ok(current.store().kill_reason("").await?)
-}
-
-fn frame<'a>(
-    principal: &'a Principal,
-    session: &'a Session,
-    kill: Option<&'a str>,
-) -> view::Frame<'a> {
-    view::Frame {
-        principal,
-        csrf: &session.csrf,
-        kill,
-    }
-}
-
-#[derive(serde::Deserialize, Default)]
-struct PageQuery {
-    page: Option<usize>,
-    fragment: Option<u8>,
-    location: Option<String>,
-}
-
-async fn runs_page(
-    State(state): State<ApiState>,
-    Extension(principal): Extension<Principal>,
-    Extension(session): Extension<Session>,
-    Query(query): Query<PageQuery>,
-) -> Result<Response, Response> {
-    let current = scheduler(&state.current)?;
-    let page = query.page.unwrap_or(1).clamp(1, 100_000);
-    let (ids, total) = current
-        .ledger()
-        .run_ids_page((page - 1) * RUNS_PER_PAGE, RUNS_PER_PAGE)
-        .await
-        .map_err(ApiError::from)?;
-    let mut runs = Vec::with_capacity(ids.len());
-    for run_id in ids {
-        runs.push(current.progress(run_id).await.map_err(ApiError::from)?);
-    }
-    let table = view::runs_table(&runs, now_ms());
-    if query.fragment.is_some() {
-        return Ok(html(StatusCode::OK, table));
-    }
-    let pages = usize::try_from(total)
-        .unwrap_or(usize::MAX)
-        .div_ceil(RUNS_PER_PAGE);
-    whole_page(
-        &current,
-        &principal,
-        &session,
-        "Runs",
-        view::runs_page(table, page, pages, total),
-    )
-    .await
-}
-
-/// The run page's live part, rendered.
-async fn run_live(
-    current: &Scheduler,
-    run_id: uuid::Uuid,
-    location: Option<&str>,
-) -> Result<(crate::progress::RunProgress, Markup), ApiError> {
-    let progress = current.progress(run_id).await?;
-    let locations = current.ledger().location_statuses(run_id).await?;
-    let live = view::run_live(&progress, &locations, location);
-    Ok((progress, live))
-}
-
-async fn run_page(
-    State(state): State<ApiState>,
-    Extension(principal): Extension<Principal>,
-    Extension(session): Extension<Session>,
-    Path(id): Path<String>,
-    Query(query): Query<PageQuery>,
-) -> Result<Response, Response> {
-    let current = scheduler(&state.current)?;
-    let run_id = parse_run_id(&id)?;
-    let location = query
-        .location
-        .as_deref()
-        .filter(|location| location.len() <= 128);
-    let (progress, live) = run_live(&current, run_id, location).await?;
-    if query.fragment.is_some() {
-        return Ok(html(StatusCode::OK, live));
-    }
-    let mut live_url = format!("/ui/runs/{run_id}?fragment=1");
-    if let Some(location) = location
-        && let Ok(query) = serde_urlencoded::to_string([("location", location)])
-    {
-        live_url.push('&');
-        live_url.push_str(&query);
-    }
-    let kill = frame_parts(&current).await?;
-    let frame = frame(&principal, &session, kill.as_deref());
-    let content = view::run_page(&frame, &progress, live, &live_url);
-    Ok(html(
-        StatusCode::OK,
-        view::page(&frame, &format!("Run of {}", progress.campaign), content),
-    ))
-}
-
-/// A form's reason as the API's JSON body.
-fn reason_json(form: &Form) -> String {
-    let reason = form.get("reason").trim();
-    if reason.is_empty() {
-        String::new()
-    } else {
-        json!({ "reason": reason }).to_string()
-    }
-}
-
-/// Back to the page the button was on.
-fn back_to_run(run_id: &str) -> Response {
-    Redirect::to(&format!("/ui/runs/{run_id}")).into_response()
-}
-
-async fn steer(
-    State(state): State<ApiState>,
-    Path((id, action)): Path<(String, String)>,
-    body: axum::body::Bytes,
-) -> Result<Response, Response> {
-    let run_id = parse_run_id(&id)?;
-    let form = Form::parse(&body);
-    let answer = crate::api::runs::steer_run(
-        State(state.current.clone()),
-        Path((id, action)),
-        reason_json(&form),
-    )
-    .await?;
-    // Keep the API's note (an alert overridden, say) for the audit record.
-    let note = answer
-        .extensions()
-        .get::<crate::access::AuditNote>()
-        .cloned();
-    let mut response = back_to_run(&run_id.to_string());
-    if let Some(note) = note {
-        response.extensions_mut().insert(note);
-    }
-    Ok(response)
-}
-
-async fn approve(
-    State(state): State<ApiState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, Response> {
-    let run_id = parse_run_id(&id)?;
-    let form = Form::parse(&body);
-    let _approved = crate::api::runs::approve_run(
-        State(state.current.clone()),
-        Extension(principal),
-        Path(id),
-        reason_json(&form),
-    )
-    .await?;
-    Ok(back_to_run(&run_id.to_string()))
-}
-
-/// The console asks for a ticked confirmation before the kill switch moves.
-fn confirmed(form: &Form) -> Result<(), ApiError> {
-    if form.get("confirm") == "yes" {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "confirm: tick the confirmation to move the kill switch",
-        ))
-    }
-}
-
-/// Back where the form was sent from, when that is a console page.
-fn back(headers: &axum::http::HeaderMap) -> Response {
-    let target = headers
-        .get(header::REFERER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|referer| referer.find("/ui/").map(|at| referer[at..].to_string()))
-        .unwrap_or_else(|| "/ui/runs".into());
-    Redirect::to(safe_next(&target)).into_response()
-}
-
-async fn engage_kill(
-    State(state): State<ApiState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, Response> {
-    let form = Form::parse(&body);
-    confirmed(&form)?;
-    let _engaged = crate::api::runs::engage_kill(
-        State(state.current.clone()),
-        Query(KillQuery::default()),
-        reason_json(&form),
-    )
-    .await?;
-    Ok(back(&headers))
-}
-
-async fn release_kill(
-    State(state): State<ApiState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, Response> {
-    let form = Form::parse(&body);
-    confirmed(&form)?;
-    let _released =
-        crate::api::runs::release_kill(State(state.current.clone()), Query(KillQuery::default()))
-            .await?;
-    Ok(back(&headers))
-}
-
-/// A campaign's row: its schedule's next three fire times, its triggers.
-fn campaign_row(campaign: &protocol::Campaign, version: u32) -> view::CampaignRow {
-    let schedule = campaign.spec.schedule.as_ref();
-    let next_fires = schedule
-        .and_then(|schedule| {
-            protocol::schedule::Schedule::parse(&schedule.expression, schedule.timezone.as_deref())
-                .ok()
-        })
-        .map(|parsed| {
-            parsed
-                .next_fire_times(chrono::Utc::now(), 3)
-                .iter()
-                .map(|at| at.format("%Y-%m-%d %H:%M").to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    view::CampaignRow {
-        name: campaign.name.clone(),
-        version,
-        description: campaign.description.clone(),
-        schedule: schedule.map(|schedule| schedule.expression.clone()),
-        next_fires,
-        triggers: campaign
-            .spec
-            .triggers
-            .iter()
-            .map(|trigger| {
-                serde_json::to_value(trigger.event)
-                    .ok()
-                    .and_then(|value| value.as_str().map(String::from))
-                    .unwrap_or_default()
-            })
-            .collect(),
-    }
-}
-
-async fn campaigns_page(
-    State(state): State<ApiState>,
-    Extension(principal): Extension<Principal>,
-    Extension(session): Extension<Session>,
-) -> Result<Response, Response> {
-    let current = scheduler(&state.current)?;
-    let mut rows = Vec::new();
-    for name in current.campaign_names().await.map_err(ApiError::from)? {
-        if let Some((campaign, stored)) = current
-            .stored_campaign(&name)
-            .await
-            .map_err(ApiError::from)?
-        {
-            rows.push(campaign_row(&campaign, stored.version));
-        }
-    }
-    whole_page(
-        &current,
-        &principal,
-        &session,
-        "Campaigns",
-        view::campaigns_page(&rows),
-    )
-    .await
-}
-
-#[derive(serde::Deserialize, Default)]
-struct VersionQuery {
-    version: Option<String>,
-    against: Option<String>,
-}
-
-fn version_in(text: Option<&str>, latest: u32) -> Result<Option<u32>, ApiError> {
-    match text.map(str::trim).filter(|text| !text.is_empty()) {
-        None => Ok(None),
-        Some(text) => match text.parse::<u32>() {
-            Ok(version) if (1..=latest).contains(&version) => Ok(Some(version)),
-            _ => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("version: a number from 1 to {latest}, got {text:?}"),
-            )),
-        },
-    }
-}
-
-/// How many runs the campaign page looks through for its last runs.
-const RUNS_SCANNED_FOR_CAMPAIGN: usize = 200;
-
-async fn campaign_page(
-    State(state): State<ApiState>,
-    Extension(principal): Extension<Principal>,
-    Extension(session): Extension<Session>,
-    Path(name): Path<String>,
-    Query(query): Query<VersionQuery>,
-) -> Result<Response, Response> {
-    let current = scheduler(&state.current)?;
-    let Some((campaign, stored)) = current
-        .stored_campaign(&name)
-        .await
-        .map_err(ApiError::from)?
-    else {
-        return Err(error_page(
-            StatusCode::NOT_FOUND,
-            &format!("no campaign {name:?}"),
-        ));
-    };
-    let row = campaign_row(&campaign, stored.version);
-    let shown = version_in(query.version.as_deref(), stored.version)?.unwrap_or(stored.version);
-    let against = version_in(query.against.as_deref(), stored.version)?;
-    let yaml_of = |spec: &protocol::spec::CampaignSpec| {
-        serde_norway::to_string(spec).map_err(|error| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("campaign {name} as YAML: {error}"),
-            )
-        })
-    };
-    let Some((spec, approval)) = current
-        .campaign_version(&name, shown)
-        .await
-        .map_err(ApiError::from)?
-    else {
-        return Err(error_page(
-            StatusCode::NOT_FOUND,
-            &format!("campaign {name:?} has no version {shown}"),
-        ));
-    };
-    let yaml = yaml_of(&spec)?;
-    let diff = match against {
-        Some(against) => {
-            let old = match current
-                .campaign_version(&name, against)
-                .await
-                .map_err(ApiError::from)?
-            {
-                Some((old, _)) => yaml_of(&old)?,
-                None => String::new(),
-            };
-            Some((against, line_diff(&old, &yaml)))
-        }
-        None => None,
-    };
-    let mut runs = Vec::new();
-    for run_id in current
-        .ledger()
-        .newest_run_ids(RUNS_SCANNED_FOR_CAMPAIGN)
-        .await
-        .map_err(ApiError::from)?
-    {
-        let progress = current.progress(run_id).await.map_err(ApiError::from)?;
-        if progress.campaign == name {
-            runs.push(progress);
-            if runs.len() == 10 {
-                break;
-            }
-        }
-    }
-    let detail = view::CampaignDetail {
-        row: &row,
-        shown,
-        yaml,
-        author: approval.author,
-        approver: approval.approver,
-        diff,
-        runs,
-        now_ms: now_ms(),
-    };
-    whole_page(
-        &current,
-        &principal,
-        &session,
-        &format!("Campaign {name}"),
-        view::campaign_page(&detail),
-    )
-    .await
-}
-
-/// A line diff: (`+`, `-` or ` `, line).
-pub fn line_diff(old: &str, new: &str) -> Vec<(char, String)> {
-    similar::TextDiff::from_lines(old, new)
-        .iter_all_changes()
-        .map(|change| {
-            let sign = match change.tag() {
-                similar::ChangeTag::Delete => '-',
-                similar::ChangeTag::Insert => '+',
-                similar::ChangeTag::Equal => ' ',
-            };
-            (sign, change.value().trim_end_matches('\n').to_string())
-        })
-        .collect()
-}
-
-/// The compliance filters of a console form: empty fields are no filter,
-/// values trimmed, the rest checked as the API checks them; at most `limit`
-/// instances listed.
-fn compliance_filter(
-    query: &BTreeMap<String, String>,
-    limit: usize,
-) -> Result<crate::compliance::ComplianceQuery, ApiError> {
-    let filled: BTreeMap<String, String> = query
-        .iter()
-        .filter(|(name, _)| name.as_str() != "limit")
-        .map(|(name, value)| (name.clone(), value.trim().to_string()))
-        .filter(|(_, value)| !value.is_empty())
-        .collect();
-    let mut filter = crate::api::admin::compliance_filter(&filled)?;
-    filter.limit = Some(limit);
-    Ok(filter)
-}
-
-async fn compliance_page(
-    State(state): State<ApiState>,
-    Extension(principal): Extension<Principal>,
-    Extension(session): Extension<Session>,
-    uri: Uri,
-    Query(query): Query<BTreeMap<String, String>>,
-) -> Result<Response, Response> {
-    let current = scheduler(&state.current)?;
-    let filter = compliance_filter(&query, ATTENTION_SHOWN)?;
-    let view = current
-        .fleet_compliance(&filter)
-        .await
-        .map_err(ApiError::from)?;
-    let query_text = uri
-        .query()
-        .map(|query| format!("?{query}"))
-        .unwrap_or_default();
-    whole_page(
-        &current,
-        &principal,
-        &session,
-        "Fleet compliance",
-        view::compliance_page(&view, &query_text),
-    )
-    .await
-}
-
-async fn compliance_csv(
-    State(state): State<ApiState>,
-    Query(query): Query<BTreeMap<String, String>>,
-) -> Result<Response, Response> {
-    let current = scheduler(&state.current)?;
-    let filter = compliance_filter(&query, CSV_ROWS)?;
-    let view = current
-        .fleet_compliance(&filter)
-        .await
-        .map_err(ApiError::from)?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"flotilla-compliance.csv\"",
-            ),
-        ],
-        crate::compliance::attention_csv(&view),
-    )
-        .into_response())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::pages::{line_diff, version_in};
     use super::*;
 
     #[test]

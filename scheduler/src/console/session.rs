@@ -54,7 +54,7 @@ impl Session {
 }
 
 fn random_secret(prefix: &str) -> Result<String, SchedulerError> {
-    crate::auth::random_secret(prefix).map_err(SchedulerError::Invalid)
+    crate::auth::random_secret(prefix).map_err(SchedulerError::Internal)
 }
 
 impl Scheduler {

@@ -433,11 +433,26 @@ pub struct CampaignDetail<'a> {
     pub diff: Option<(u32, Vec<(char, String)>)>,
     pub runs: Vec<RunProgress>,
     pub now_ms: u64,
+    /// The session's CSRF token when its principal may start runs (the
+    /// start form is shown; the start gate decides).
+    pub start_csrf: Option<&'a str>,
 }
 
 pub fn campaign_page(detail: &CampaignDetail) -> Markup {
     let row = detail.row;
     html! {
+        @if let Some(csrf) = detail.start_csrf {
+            form.start method="post" action={ "/ui/campaigns/" (row.name) "/runs" } {
+                input type="hidden" name="csrf" value=(csrf);
+                label { input type="checkbox" name="plan_only" value="yes"; " plan only (discover, send nothing)" }
+                " "
+                label { input type="checkbox" name="allow_concurrent" value="yes"; " allow a second live run" }
+                " "
+                input type="text" name="override_freeze" placeholder="override a change freeze: why" maxlength="1024";
+                " "
+                button #start-run type="submit" { "Start a run of v" (row.version) }
+            }
+        }
         dl.summary {
             dt { "Latest version" } dd { "v" (row.version) }
             dt { "Schedule" } dd { (row.schedule.clone().unwrap_or_else(|| "none".into())) }

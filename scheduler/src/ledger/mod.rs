@@ -11,9 +11,11 @@
 //! (batches waiting for room), `admitted` (sent to workers, not yet reported),
 //! `applied` (reports already counted) and `counters` (results per step and status).
 //!
-//! [`model`] holds the types and their Redis encodings; this module the
-//! operations.
+//! [`model`] holds the types and their Redis encodings; [`indexes`] the
+//! deployment's indexes of runs (all, live, per campaign, due); this module
+//! the operations on one run.
 
+mod indexes;
 mod model;
 
 use std::collections::HashMap;
@@ -148,6 +150,16 @@ impl Ledger {
         }
         indexes.zadd(
             self.names.runs_index_key(),
+            run_id.to_string(),
+            run.created_ms,
+        );
+        indexes.zadd(
+            self.names.live_runs_key(),
+            run_id.to_string(),
+            run.created_ms,
+        );
+        indexes.zadd(
+            self.names.campaign_runs_key(run.campaign),
             run_id.to_string(),
             run.created_ms,
         );
@@ -448,51 +460,6 @@ impl Ledger {
         self.replicated(run_id).await
     }
 
-    /// Indexes a run in `key`, a sorted set of runs every replica's ticker
-    /// looks at when their time comes (`at_ms`): baking runs by when the bake
-    /// ends, windowed runs by when a window opens or closes.
-    pub async fn index_run(
-        &self,
-        key: &str,
-        run_id: Uuid,
-        at_ms: u64,
-    ) -> Result<(), SchedulerError> {
-        let mut connection = self.connection.clone();
-        let () = connection.zadd(key, run_id.to_string(), at_ms).await?;
-        Ok(self.connection.replicated(key).await?)
-    }
-
-    /// The runs of `key` whose time has come by `now_ms` (at most `limit`);
-    /// an entry that is not a run id is dropped, so it cannot take a place
-    /// in every tick.
-    pub async fn due_runs(
-        &self,
-        key: &str,
-        now_ms: u64,
-        limit: isize,
-    ) -> Result<Vec<Uuid>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let ids: Vec<String> = connection
-            .zrangebyscore_limit(key, 0, now_ms, 0, limit)
-            .await?;
-        let mut due = Vec::with_capacity(ids.len());
-        for id in ids {
-            match id.parse() {
-                Ok(run_id) => due.push(run_id),
-                Err(_) => {
-                    let () = connection.zrem(key, &id).await?;
-                }
-            }
-        }
-        Ok(due)
-    }
-
-    pub async fn unindex_run(&self, key: &str, run_id: Uuid) -> Result<(), SchedulerError> {
-        let mut connection = self.connection.clone();
-        let () = connection.zrem(key, run_id.to_string()).await?;
-        Ok(self.connection.replicated(key).await?)
-    }
-
     /// Returns (new, state after).
     #[allow(clippy::too_many_arguments)]
     pub async fn apply_results(
@@ -646,61 +613,5 @@ impl Ledger {
             .await?;
         self.replicated(run_id).await?;
         Ok(first == 1)
-    }
-
-    /// Pending runs whose start time has come, and forgets them as pending.
-    pub async fn take_due_runs(&self, now_ms: u64) -> Result<Vec<Uuid>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let key = self.names.pending_runs_key();
-        let due: Vec<String> = connection.zrangebyscore(&key, 0, now_ms).await?;
-        let mut taken = Vec::new();
-        for id in due {
-            // ZREM decides which replica starts it.
-            let removed: u32 = connection.zrem(&key, &id).await?;
-            self.connection.replicated(&key).await?;
-            if removed == 1
-                && let Ok(run_id) = id.parse()
-            {
-                taken.push(run_id);
-            }
-        }
-        Ok(taken)
-    }
-
-    /// The newest `limit` runs, newest first.
-    pub async fn newest_run_ids(&self, limit: usize) -> Result<Vec<Uuid>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let stop = isize::try_from(limit)
-            .unwrap_or(isize::MAX)
-            .saturating_sub(1);
-        let ids: Vec<String> = connection
-            .zrevrange(self.names.runs_index_key(), 0, stop)
-            .await?;
-        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
-    }
-
-    /// One page of runs, newest first, and how many runs there are.
-    pub async fn run_ids_page(
-        &self,
-        offset: usize,
-        count: usize,
-    ) -> Result<(Vec<Uuid>, u64), SchedulerError> {
-        let mut connection = self.connection.clone();
-        let start = isize::try_from(offset).unwrap_or(isize::MAX);
-        let stop = start.saturating_add(isize::try_from(count.max(1)).unwrap_or(1) - 1);
-        let ids: Vec<String> = connection
-            .zrevrange(self.names.runs_index_key(), start, stop)
-            .await?;
-        let total: u64 = connection.zcard(self.names.runs_index_key()).await?;
-        Ok((ids.iter().filter_map(|id| id.parse().ok()).collect(), total))
-    }
-
-    /// Runs newest first.
-    pub async fn run_ids(&self) -> Result<Vec<Uuid>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let ids: Vec<String> = connection
-            .zrevrange(self.names.runs_index_key(), 0, -1)
-            .await?;
-        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 }

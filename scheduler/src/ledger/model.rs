@@ -101,6 +101,8 @@ pub struct NewRun<'a> {
     pub location_concurrency: u64,
     pub allowed_location_errors: u64,
     pub results_location: &'a str,
+    /// The location limit the run's spec is read back under.
+    pub max_locations: u64,
     pub created_ms: u64,
     /// Discovering at once, or Pending until `start_after_ms`.
     pub start_after_ms: Option<u64>,
@@ -137,10 +139,16 @@ impl RunFields {
     pub fn state(&self) -> Result<RunState, SchedulerError> {
         parse_run_state(self.get("state"))
     }
+
+    /// A final run with nothing left to do: completed, or drained (the
+    /// targets it never started reported as such).
+    pub fn is_settled(&self, state: RunState) -> bool {
+        state.is_final() && (state == RunState::Completed || self.get("drained").is_some())
+    }
 }
 
 /// The run hash's `state` field.
-fn parse_run_state(state: Option<&str>) -> Result<RunState, SchedulerError> {
+pub(super) fn parse_run_state(state: Option<&str>) -> Result<RunState, SchedulerError> {
     state
         .ok_or_else(|| SchedulerError::Corrupt("run without a state".into()))?
         .parse()
@@ -174,6 +182,7 @@ pub(super) fn run_hash_fields(
             run.allowed_location_errors.to_string(),
         ),
         ("results_location", run.results_location.to_string()),
+        ("max_locations", run.max_locations.to_string()),
         ("total", "0".into()),
         ("in_flight", "0".into()),
         ("failures", "0".into()),

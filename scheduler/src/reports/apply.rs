@@ -400,14 +400,21 @@ impl Scheduler {
     /// Re-publishes what live runs admitted (a previous scheduler may have died
     /// between admitting and publishing), re-starts discovery of locations not
     /// yet discovered, and advances every live run.
+    /// Reads the live index only (backfilled once from the history), so a
+    /// reconnect costs what is live, not every run ever made; a run whose
+    /// record does not parse is logged and skipped — it never keeps the
+    /// others from recovering.
     pub async fn recover(&self) -> Result<(), SchedulerError> {
-        for run_id in self.ledger.run_ids().await? {
-            let Some(fields) = self.ledger.run_fields(run_id).await? else {
-                continue;
+        self.ledger.backfill_live_index().await?;
+        for (run_id, fields) in self.ledger.live_runs().await? {
+            let (fields, state) = match fields.and_then(|fields| Ok((fields.state()?, fields))) {
+                Ok((state, fields)) => (fields, state),
+                Err(error) => {
+                    tracing::error!(%run_id, error = %error, "run record unreadable; not recovered");
+                    continue;
+                }
             };
-            let state = fields.state()?;
-            if state.is_final() && (state == RunState::Completed || fields.get("drained").is_some())
-            {
+            if fields.is_settled(state) {
                 continue;
             }
             let republished = self.republish_admitted(run_id).await?;

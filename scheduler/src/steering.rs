@@ -1,0 +1,195 @@
+//! Steering a live run and moving the kill switch, decided once, here, for
+//! every door (the API, the console, alerts): the doors parse what they
+//! were given and call one function each.
+//!
+//! - [`Scheduler::steer`]: pause, resume (refused while an alert fires for
+//!   the campaign unless overridden with a reason) or cancel, by a principal
+//!   who may steer runs.
+//! - [`Scheduler::approve_wave_by`]: lets a rollout waiting between two
+//!   waves go on, by a principal who may approve changes and who did not
+//!   start the run (two people see each wave through), unless the API runs
+//!   without authentication.
+//! - [`Scheduler::engage_kill_by`], [`Scheduler::release_kill_by`]: the kill
+//!   switch, by principals allowed to move it, with a reason to engage.
+
+use protocol::run::RunState;
+use serde::{Deserialize, Serialize};
+use store::KillScope;
+use uuid::Uuid;
+
+use crate::auth::{Permission, Principal};
+use crate::{Scheduler, SchedulerError};
+
+/// What to do to a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steer {
+    Pause,
+    /// `despite_alert`: resume although an alert fires for the campaign, and why.
+    Resume {
+        despite_alert: Option<String>,
+    },
+    Cancel,
+}
+
+impl Steer {
+    /// The steering named by a route's last segment.
+    pub fn parse(action: &str, despite_alert: Option<String>) -> Result<Self, String> {
+        match action {
+            "pause" => Ok(Self::Pause),
+            "resume" => Ok(Self::Resume { despite_alert }),
+            "cancel" => Ok(Self::Cancel),
+            other => Err(format!(
+                "unknown action {other:?}; use pause, resume, cancel or approve"
+            )),
+        }
+    }
+
+    fn default_reason(&self) -> &'static str {
+        match self {
+            Self::Pause => "paused by an operator",
+            Self::Resume { .. } => "resumed by an operator",
+            Self::Cancel => "cancelled by an operator",
+        }
+    }
+}
+
+/// What steering did: whether the state changed, and the run's state and
+/// reason after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Steered {
+    pub changed: bool,
+    pub state: RunState,
+    pub reason: String,
+    /// For the audit record: an override given (a firing alert).
+    #[serde(skip)]
+    pub note: Option<String>,
+}
+
+fn require(
+    principal: &Principal,
+    permission: Permission,
+    what: &str,
+) -> Result<(), SchedulerError> {
+    if principal.role.allows(permission) {
+        return Ok(());
+    }
+    Err(SchedulerError::Forbidden(format!(
+        "{} (role {}) may not {what}",
+        principal.name, principal.role
+    )))
+}
+
+/// A reason as given, or the default when it is empty.
+fn reason_or(reason: Option<&str>, default: &str) -> String {
+    match reason.map(str::trim) {
+        Some(reason) if !reason.is_empty() => reason.to_string(),
+        _ => default.to_string(),
+    }
+}
+
+impl Scheduler {
+    /// Pauses, resumes or cancels a run for `by`.
+    pub async fn steer(
+        &self,
+        run_id: Uuid,
+        steer: Steer,
+        reason: Option<&str>,
+        by: &Principal,
+    ) -> Result<Steered, SchedulerError> {
+        require(by, Permission::SteerRun, "pause, resume or cancel runs")?;
+        let reason = reason_or(reason, steer.default_reason());
+        let mut note = None;
+        let changed = match steer {
+            Steer::Pause => self.pause(run_id, &reason).await?,
+            Steer::Resume {
+                despite_alert: Some(why),
+            } => {
+                note = Some(format!("despite a firing alert: {why}"));
+                self.resume_despite_alert(run_id, &reason, &why).await?
+            }
+            Steer::Resume {
+                despite_alert: None,
+            } => self.resume(run_id, &reason).await?,
+            Steer::Cancel => self.cancel(run_id, &reason).await?,
+        };
+        self.steered(run_id, changed, note).await
+    }
+
+    /// Approves the next wave of a rollout waiting for it, for `by`.
+    pub async fn approve_wave_by(
+        &self,
+        run_id: Uuid,
+        by: &Principal,
+        reason: Option<&str>,
+    ) -> Result<Steered, SchedulerError> {
+        require(by, Permission::ApproveCampaign, "approve a rollout's waves")?;
+        let progress = self.progress(run_id).await?;
+        if progress.state != RunState::AwaitingApproval {
+            return Err(SchedulerError::WrongState(format!(
+                "run {run_id} is {}, not AwaitingApproval: nothing to approve",
+                progress.state
+            )));
+        }
+        if by.name != Principal::anonymous().name && progress.started_by == by.name {
+            return Err(SchedulerError::Forbidden(format!(
+                "{} started this run and cannot approve its waves; another approver must",
+                by.name
+            )));
+        }
+        let reason = reason_or(reason, "approved");
+        let changed = self
+            .approve_wave(
+                run_id,
+                &format!("next wave approved by {}: {reason}", by.name),
+            )
+            .await?;
+        self.steered(run_id, changed, None).await
+    }
+
+    async fn steered(
+        &self,
+        run_id: Uuid,
+        changed: bool,
+        note: Option<String>,
+    ) -> Result<Steered, SchedulerError> {
+        let progress = self.progress(run_id).await?;
+        Ok(Steered {
+            changed,
+            state: progress.state,
+            reason: progress.reason,
+            note,
+        })
+    }
+
+    /// Engages a kill switch for `by`; the reason is required (it is shown
+    /// to every operator).
+    pub async fn engage_kill_by(
+        &self,
+        scope: &KillScope,
+        reason: &str,
+        cancel_in_flight: bool,
+        by: &Principal,
+    ) -> Result<(), SchedulerError> {
+        require(by, Permission::EngageKill, "engage the kill switch")?;
+        if reason.trim().is_empty() {
+            return Err(SchedulerError::Invalid(
+                "reason: required; say why everything stops (it is shown to every operator)".into(),
+            ));
+        }
+        self.engage_kill_switch(scope, reason, cancel_in_flight)
+            .await
+    }
+
+    /// Releases a kill switch for `by`.
+    pub async fn release_kill_by(
+        &self,
+        scope: &KillScope,
+        by: &Principal,
+    ) -> Result<(), SchedulerError> {
+        use store::Store as _;
+        require(by, Permission::ReleaseKill, "release the kill switch")?;
+        self.store().release_kill_switch(scope).await?;
+        tracing::warn!(?scope, by = by.name.as_str(), "kill switch released");
+        Ok(())
+    }
+}

@@ -1,0 +1,351 @@
+//! The start gate on real RabbitMQ and Redis: every door — the API, the
+//! console's form, a schedule and an event — goes through the engine's one
+//! start gate, which fails closed and lets one run of a campaign live at a
+//! time unless asked otherwise.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use scheduler::auth::{AuthSettings, Role, TokensFile};
+use support::Stack;
+use uuid::Uuid;
+
+/// Serves the API with two principals: an admin (`ada`) and EventBridge
+/// (`eb`); their tokens, and the directory holding the tokens file.
+async fn serve_with_admin_and_eventbridge(
+    stack: &mut Stack,
+    configure: impl FnOnce(&mut scheduler::SchedulerConfig),
+) -> (u16, String, String, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let admin = support::add_token(&tokens_path, "ada", Role::Admin, None);
+    let eventbridge = support::add_token(&tokens_path, "eb", Role::Eventbridge, None);
+    let config = stack.scheduler_config_mut();
+    config.auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        metrics_open: true,
+        ..AuthSettings::default()
+    };
+    configure(config);
+    let port = stack.serve_api().await;
+    (port, admin, eventbridge, secrets)
+}
+
+/// The CSRF token of the campaign's console page (its start form).
+async fn start_form_csrf(port: u16, cookie: &str, campaign: &str) -> String {
+    let (status, _, page) = support::console::exchange(
+        port,
+        support::console::get(&format!("/ui/campaigns/{campaign}"), Some(cookie)),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"start-run\""), "no start form: {page}");
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string()
+}
+
+/// Every run of the stack's deployment.
+async fn run_ids(stack: &Stack) -> Vec<Uuid> {
+    stack.scheduler.ledger().run_ids().await.unwrap()
+}
+
+fn event_for(account: &str, instance_id: &str) -> String {
+    serde_json::json!({
+        "source": "aws.ec2",
+        "detail-type": "EC2 Instance State-change Notification",
+        "account": account,
+        "region": "us-east-1",
+        "detail": { "instance-id": instance_id, "state": "running" }
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_door_starts_a_host_changing_run_during_a_freeze_when_the_calendar_cannot_be_read() {
+    let mut stack = Stack::start(support::single_location(3, false)).await;
+    // A minute of schedule time a second: `rate(1 minute)` fires every second.
+    let (port, admin, eventbridge, _secrets) =
+        serve_with_admin_and_eventbridge(&mut stack, |config| {
+            config.clock =
+                scheduler::schedules::SchedulerClock::accelerated(chrono::Utc::now(), 60);
+        })
+        .await;
+    let install = stack.campaign(
+        "frozen-install",
+        format!(
+            "{}schedule:\n  expression: rate(1 minute)\ntriggers:\n  - event: ec2-instance-running\n",
+            support::one_step("  max_errors: 0\n")
+        ),
+    );
+    // A read-only scan on a schedule: the ticker's other duties go on.
+    let scan = stack.campaign(
+        "scheduled-scan",
+        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\nrate_control:\n  max_errors: 100%\nschedule:\n  expression: rate(1 minute)\n",
+    );
+    stack.apply_approved(&install).await;
+    stack.apply_approved(&scan).await;
+
+    // A freeze covers now, and one calendar entry does not parse.
+    let now = chrono::Utc::now();
+    let freeze = serde_json::json!({
+        "from": (now - chrono::Duration::minutes(1)).to_rfc3339(),
+        "to": (now + chrono::Duration::hours(1)).to_rfc3339(),
+        "reason": "quarter-end freeze",
+    })
+    .to_string();
+    let (status, body) = support::http_as(
+        port,
+        Some(&admin),
+        "POST",
+        "/calendar",
+        "application/json",
+        &freeze,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut redis = stack.store.connection();
+    let () = redis
+        .hset(stack.names.calendar_key(), "garbled", "{not a freeze")
+        .await
+        .unwrap();
+
+    // The API.
+    let (status, body) = support::http_as(
+        port,
+        Some(&admin),
+        "POST",
+        "/campaigns/frozen-install/runs",
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!(status, 500, "the API must refuse: {body}");
+    assert!(
+        !body.contains("garbled") && !body.contains("not a freeze"),
+        "an internal fault's detail is not shown: {body}"
+    );
+    // The console's form.
+    let (cookie, _) = support::console::sign_in(port, &admin).await;
+    let csrf = start_form_csrf(port, &cookie, "frozen-install").await;
+    let (status, _, page) = support::console::exchange(
+        port,
+        support::console::post_form(
+            "/ui/campaigns/frozen-install/runs",
+            Some(&cookie),
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, 500, "the console must refuse: {page}");
+    // An event for one of its instances.
+    let account = stack.account_ids()[0].clone();
+    let instance = stack.fleet_instance_ids()[0].clone();
+    let (status, body) = support::http_as(
+        port,
+        Some(&eventbridge),
+        "POST",
+        "/events",
+        "application/json",
+        &event_for(&account, &instance),
+    )
+    .await;
+    assert_eq!(status, 500, "the event must not start a run: {body}");
+    // Its schedule: occurrences fire, none of its runs starts — while the
+    // scan's schedule (read-only: no calendar needed) starts its run.
+    let mut install_fired = 0;
+    let mut campaigns_run = Vec::new();
+    for _ in 0..150 {
+        let fires = stack.scheduler.schedule_fires().await.unwrap();
+        install_fired = fires
+            .iter()
+            .filter(|entry| entry.starts_with("frozen-install ") && entry.contains(" fired "))
+            .count();
+        campaigns_run.clear();
+        for run_id in run_ids(&stack).await {
+            campaigns_run.push(stack.scheduler.progress(run_id).await.unwrap().campaign);
+        }
+        if install_fired >= 2 && !campaigns_run.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(install_fired >= 2, "the install's schedule did not fire");
+    assert!(
+        campaigns_run
+            .iter()
+            .any(|campaign| campaign == "scheduled-scan"),
+        "the scan's schedule started nothing: one bad calendar entry stopped the ticker"
+    );
+    assert!(
+        campaigns_run
+            .iter()
+            .all(|campaign| campaign == "scheduled-scan"),
+        "a run of the frozen campaign started: {campaigns_run:?}"
+    );
+
+    // Once the calendar reads again, the freeze itself refuses, by name.
+    let () = redis
+        .hdel(stack.names.calendar_key(), "garbled")
+        .await
+        .unwrap();
+    let (status, body) = support::http_as(
+        port,
+        Some(&admin),
+        "POST",
+        "/campaigns/frozen-install/runs",
+        "application/json",
+        "",
+    )
+    .await;
+    assert!(
+        status == 409 && body.contains("quarter-end freeze"),
+        "{status} {body}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_other_instances_do_not_overlap()
+ {
+    // No worker: every run stays live (discovering).
+    let mut stack = Stack::start(support::single_location(3, false)).await;
+    let (port, admin, eventbridge, _secrets) =
+        serve_with_admin_and_eventbridge(&mut stack, |_| {}).await;
+    let call = |token: &str, method: &str, path: &str, body: &str| {
+        let (token, method, path, body) = (
+            token.to_string(),
+            method.to_string(),
+            path.to_string(),
+            body.to_string(),
+        );
+        async move {
+            support::http_as(
+                port,
+                Some(&token),
+                &method,
+                &path,
+                "application/json",
+                &body,
+            )
+            .await
+        }
+    };
+    let install = stack.campaign(
+        "agent",
+        format!(
+            "{}triggers:\n  - event: ec2-instance-running\n",
+            support::one_step("  max_errors: 0\n")
+        ),
+    );
+    stack.apply_approved(&install).await;
+    let account = stack.account_ids()[0].clone();
+    let instances = stack.fleet_instance_ids();
+    let started_of = |body: &str| -> Vec<String> {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["started"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|run| run["run_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Events of two instances: two runs, one instance each.
+    for instance in &instances[..2] {
+        let (status, body) = call(
+            &eventbridge,
+            "POST",
+            "/events",
+            &event_for(&account, instance),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(started_of(&body).len(), 1, "{body}");
+    }
+    // The same instance again while its run is live: skipped, and recorded.
+    let (status, body) = call(
+        &eventbridge,
+        "POST",
+        "/events",
+        &event_for(&account, &instances[0]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started_of(&body).is_empty(), "{body}");
+    let (_, trail) = call(&admin, "GET", "/audit?action=runs:start", "").await;
+    assert!(
+        trail.contains(&format!("event:{}", instances[0]))
+            && trail.contains("already has a live run"),
+        "{trail}"
+    );
+    // A full run while event runs are live: refused, naming the live run.
+    let (status, body) = call(&admin, "POST", "/campaigns/agent/runs", "").await;
+    assert!(
+        status == 409
+            && body.contains("already has a live run")
+            && body.contains("--allow-concurrent"),
+        "{status} {body}"
+    );
+    // A plan only discovers: it neither counts nor is counted.
+    let (status, body) = call(
+        &admin,
+        "POST",
+        "/campaigns/agent/runs",
+        "{\"plan_only\": true}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Asked for by name, a second run starts, and the trail says so.
+    let (status, body) = call(
+        &admin,
+        "POST",
+        "/campaigns/agent/runs",
+        "{\"allow_concurrent\": true}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, trail) = call(&admin, "GET", "/audit?action=runs:start", "").await;
+    assert!(trail.contains("concurrent runs allowed"), "{trail}");
+    // The console's form goes through the same gate.
+    let (cookie, _) = support::console::sign_in(port, &admin).await;
+    let csrf = start_form_csrf(port, &cookie, "agent").await;
+    let (status, _, page) = support::console::exchange(
+        port,
+        support::console::post_form(
+            "/ui/campaigns/agent/runs",
+            Some(&cookie),
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert!(
+        status == 409 && page.contains("already has a live run"),
+        "{status} {page}"
+    );
+    // Once every run is cancelled, a run starts again, from the console.
+    for run_id in run_ids(&stack).await {
+        let _ = stack.scheduler.cancel(run_id, "test over").await.unwrap();
+    }
+    let (status, head, page) = support::console::exchange(
+        port,
+        support::console::post_form(
+            "/ui/campaigns/agent/runs",
+            Some(&cookie),
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert!(
+        status == 303 && head.to_ascii_lowercase().contains("location: /ui/runs/"),
+        "{status} {head} {page}"
+    );
+    // Two event runs, the plan, the concurrent run, and this one.
+    assert_eq!(run_ids(&stack).await.len(), 5);
+    stack.teardown().await;
+}
