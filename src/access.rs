@@ -11,13 +11,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use api::auth::{append_tokens_file, read_tokens_file, revoke_in_tokens_file};
+use api::json::ListedToken;
 use clap::{Args, Subcommand};
-use scheduler::api::ListedToken;
 use scheduler::audit::AuditRecord;
-use scheduler::auth::{
-    Role, TokenRecord, append_tokens_file, check_principal_name, new_token, read_tokens_file,
-    revoke_in_tokens_file, token_hash,
-};
+use scheduler::auth::{Role, TokenRecord, check_principal_name, new_token, token_hash};
 use serde_json::json;
 
 use crate::client::ApiClient;

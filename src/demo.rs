@@ -156,7 +156,7 @@ impl Stack {
         let api_url = format!("http://{}", listener.local_addr()?);
         let stopped = stop.clone().cancelled_owned();
         services.push(tokio::spawn(async move {
-            scheduler::run(config, Some(listener), stopped).await?;
+            api::run(config, api::ApiConfig::default(), Some(listener), stopped).await?;
             Ok(())
         }));
 

@@ -68,7 +68,7 @@ impl KeyArgs {
 }
 
 fn read_key_text(path: &Path, what: &str) -> anyhow::Result<String> {
-    let bytes = scheduler::auth::read_bounded(path, MAX_KEY_TEXT_BYTES as u64, what)
+    let bytes = api::auth::read_bounded(path, MAX_KEY_TEXT_BYTES as u64, what)
         .map_err(anyhow::Error::msg)?;
     String::from_utf8(bytes).with_context(|| format!("{what} {} is not UTF-8", path.display()))
 }

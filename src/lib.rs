@@ -6,8 +6,8 @@
 //! - [`commands`]: the operator's subcommands (campaign, run, kill, report),
 //!   through [`client`], the scheduler API's client.
 //! - [`watch`]: a run's live progress (`run watch`, the demo).
-//! - [`report`]: `flotilla report`'s summaries and formats; [`report_html`]
-//!   its self-contained HTML.
+//! - [`report`]: `flotilla report`'s model and formats (table, CSV, JSON,
+//!   self-contained HTML).
 //! - [`admin`]: `flotilla admin purge`, removing a deployment's queues and keys.
 //! - [`access`]: `flotilla token` and `flotilla audit`.
 //! - [`keys`]: `flotilla keys`, and how services load their signing keys.
@@ -23,6 +23,5 @@ pub mod commands;
 pub mod demo;
 pub mod keys;
 pub mod report;
-pub mod report_html;
 pub mod services;
 pub mod watch;

@@ -120,7 +120,7 @@ pub struct SchedulerArgs {
     pub report_prefetch: u16,
     /// The largest API request body read (bytes); larger ones are refused
     /// with 413 before anything parses them.
-    #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = scheduler::access::MAX_REQUEST_BYTES)]
+    #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = api::access::credentials::MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
     /// Serve the API on a non-loopback address without authentication.
     /// Anyone who reaches it can run commands on every host: tests only.
@@ -216,9 +216,8 @@ fn read_jwks(source: &str) -> anyhow::Result<String> {
             .read_to_string()
             .with_context(|| format!("reading the JWKS {source}"));
     }
-    let bytes =
-        scheduler::auth::read_bounded(std::path::Path::new(source), MAX_JWKS_BYTES, "JWKS file")
-            .map_err(anyhow::Error::msg)?;
+    let bytes = api::auth::read_bounded(std::path::Path::new(source), MAX_JWKS_BYTES, "JWKS file")
+        .map_err(anyhow::Error::msg)?;
     String::from_utf8(bytes).with_context(|| format!("JWKS file {source}"))
 }
 
@@ -303,17 +302,17 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         region: args.aws_region,
         credentials: None,
     };
-    config.auth = scheduler::auth::AuthSettings {
+    let auth = api::auth::AuthSettings {
         tokens_file: args
             .tokens_file
-            .map(scheduler::auth::TokensFile::open)
+            .map(api::auth::TokensFile::open)
             .transpose()
             .map_err(anyhow::Error::msg)?,
         metrics_open: !args.metrics_need_token,
         client_certificates: args.tls_client_ca.is_some(),
         oidc: match (&args.oidc_issuer, &args.oidc_audience, &args.oidc_jwks) {
             (Some(issuer), Some(audience), Some(jwks)) => Some(
-                scheduler::oidc::OidcVerifier::new(
+                api::oidc::OidcVerifier::new(
                     issuer,
                     audience,
                     &read_jwks(jwks)?,
@@ -329,12 +328,18 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         protocol::campaign::parse_output(Some(&args.audit_output))
             .map_err(|error| anyhow::anyhow!("--audit-output: {error}"))?,
     );
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.api_tls = Some(
-            scheduler::tls::ApiTls::from_files(cert, key, args.tls_client_ca.as_deref())
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            api::tls::ApiTls::from_files(cert, key, args.tls_client_ca.as_deref())
                 .map_err(|error| anyhow::anyhow!("--tls-cert/--tls-key: {error}"))?,
-        );
-    }
+        ),
+        _ => None,
+    };
+    let api_config = api::ApiConfig {
+        auth,
+        tls,
+        max_request_bytes: args.max_request_bytes,
+    };
     if !args.read_only_documents.is_empty() {
         config.read_only_documents = args.read_only_documents;
     }
@@ -345,7 +350,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         args.notify_hmac_key_file.as_deref(),
         args.public_url.clone(),
     )?;
-    scheduler::auth::check_listen(args.listen, &config.auth, args.insecure_no_auth)
+    api::auth::check_listen(args.listen, &api_config.auth, args.insecure_no_auth)
         .map_err(anyhow::Error::msg)?;
     config.keys = args
         .keys
@@ -353,17 +358,16 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     config.max_locations = args.max_locations;
     config.discovery_window = args.discovery_window;
     config.report_prefetch = args.report_prefetch;
-    config.max_request_bytes = args.max_request_bytes;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(api = %args.listen, authentication = !config.auth.is_open(), "scheduler starting");
-        if config.auth.is_open() {
+        tracing::info!(api = %args.listen, authentication = !api_config.auth.is_open(), "scheduler starting");
+        if api_config.auth.is_open() {
             let public = !args.listen.ip().is_loopback();
             tokio::spawn(warn_without_auth(args.listen, public));
         }
-        scheduler::run(config, Some(listener), termination()).await?;
+        api::run(config, api_config, Some(listener), termination()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

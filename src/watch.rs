@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use api::json::RunDetail;
 use scheduler::RunProgress;
-use scheduler::api::RunDetail;
 use uuid::Uuid;
 
 use crate::client::ApiClient;

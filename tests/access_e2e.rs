@@ -9,10 +9,12 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use api::auth::{AuthSettings, TokensFile};
+use api::oidc::{OidcVerifier, TestIssuer};
 use scheduler::audit::AuditRecord;
-use scheduler::auth::{AuthSettings, Role, TokensFile, new_token};
-use scheduler::oidc::{OidcVerifier, TestIssuer};
+use scheduler::auth::{Role, new_token};
 use support::{Backend, Stack};
+use test_support::pki::Pki;
 
 /// A caller of the walk: a name for messages, a token (or none), and the role
 /// it authenticates as (`None`: it does not authenticate).
@@ -35,7 +37,7 @@ async fn serve_with_three_principals(stack: &mut Stack) -> (u16, [String; 3], te
         add_token(&tokens_path, "ada", Role::Admin, None),
         add_token(&tokens_path, "anna", Role::Approver, None),
     ];
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: true,
         ..AuthSettings::default()
@@ -172,21 +174,18 @@ async fn walk_every_route(backend: Backend) {
         "eventbridge" => "eb",
         _ => "unknown",
     };
-    {
-        let config = stack.scheduler_config_mut();
-        config.auth = AuthSettings {
-            tokens_file: Some(TokensFile::open(tokens_path.clone()).unwrap()),
-            oidc: Some(
-                OidcVerifier::new(&sso.issuer, "flotilla", &sso.jwks(), "flotilla_role", "sub")
-                    .unwrap(),
-            ),
-            metrics_open: true,
-            client_certificates: false,
-        };
-        config.audit_output = Some(protocol::campaign::OutputLocation::Local(
-            audit_dir.path().to_path_buf(),
-        ));
-    }
+    stack.api_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path.clone()).unwrap()),
+        oidc: Some(
+            OidcVerifier::new(&sso.issuer, "flotilla", &sso.jwks(), "flotilla_role", "sub")
+                .unwrap(),
+        ),
+        metrics_open: true,
+        client_certificates: false,
+    };
+    stack.scheduler_config_mut().audit_output = Some(protocol::campaign::OutputLocation::Local(
+        audit_dir.path().to_path_buf(),
+    ));
     let port = stack.serve_api().await;
     let admin = callers[8].token.clone().unwrap();
 
@@ -479,7 +478,7 @@ async fn a_refused_credential_gets_a_bearer_challenge() {
     let secrets = tempfile::tempdir().unwrap();
     let tokens_path = secrets.path().join("tokens");
     add_token(&tokens_path, "ada", Role::Admin, None);
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: false,
         ..AuthSettings::default()
@@ -510,7 +509,7 @@ async fn a_refused_credential_gets_a_bearer_challenge() {
 async fn an_rs256_sso_token_of_a_2048_bit_key_is_accepted_by_the_api() {
     let mut stack = Stack::start(support::single_location(1, false)).await;
     let sso = TestIssuer::new_rsa("https://sso.example", "rsa-1").unwrap();
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         oidc: Some(
             OidcVerifier::new(&sso.issuer, "flotilla", &sso.jwks(), "flotilla_role", "sub")
                 .unwrap(),
@@ -543,7 +542,7 @@ async fn the_cli_sends_the_token_of_its_environment() {
     let token = add_token(&tokens_path, "vera", Role::Viewer, None);
     let token_file = secrets.path().join("my-token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: true,
         ..AuthSettings::default()
@@ -696,47 +695,6 @@ async fn a_campaign_that_changes_hosts_runs_only_once_someone_else_approves_it()
     stack.teardown().await;
 }
 
-/// A CA, a server certificate for 127.0.0.1, client certificates: PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let dir = tempfile::tempdir().unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let certificate = params.self_signed(&key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), certificate.pem()).unwrap();
-        Self {
-            dir,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `<name>.pem` and `<name>.key` for `subject_alt_names`, with CN and OU.
-    fn issue(&self, name: &str, subject_alt_names: &[&str], cn: &str, ou: &str) {
-        use rcgen::{CertificateParams, DnType, KeyPair};
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = subject_alt_names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, ou);
-        let certificate = params.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(self.path(&format!("{name}.pem")), certificate.pem()).unwrap();
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
-}
-
 /// One HTTP/1.0 request over TLS with a client certificate; the status, or
 /// `None` when the handshake failed.
 async fn https_with_client_certificate(
@@ -785,14 +743,14 @@ async fn the_cli_drives_the_api_over_https_and_client_certificates_are_principal
     let tokens_path = secrets.path().join("tokens");
     let viewer = add_token(&tokens_path, "vera", Role::Viewer, None);
     {
-        let config = stack.scheduler_config_mut();
+        let config = stack.api_config_mut();
         config.auth = AuthSettings {
             tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
             client_certificates: true,
             ..AuthSettings::default()
         };
-        config.api_tls = Some(
-            scheduler::tls::ApiTls::from_files(
+        config.tls = Some(
+            api::tls::ApiTls::from_files(
                 &pki.path("server.pem"),
                 &pki.path("server.key"),
                 Some(&pki.path("ca.pem")),
@@ -891,7 +849,7 @@ async fn a_campaign_names_who_may_run_it() {
     let tokens_path = secrets.path().join("tokens");
     let otto = add_token(&tokens_path, "otto", Role::Operator, None);
     let olga = add_token(&tokens_path, "olga", Role::Operator, None);
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         ..AuthSettings::default()
     };
@@ -930,12 +888,12 @@ async fn oversized_and_malformed_requests_are_refused_and_recorded() {
     let secrets = tempfile::tempdir().unwrap();
     let tokens_path = secrets.path().join("tokens");
     let ada = add_token(&tokens_path, "ada", Role::Admin, None);
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         ..AuthSettings::default()
     };
     let port = stack.serve_api().await;
-    let huge = "x".repeat(scheduler::access::MAX_REQUEST_BYTES + 1);
+    let huge = "x".repeat(api::access::credentials::MAX_REQUEST_BYTES + 1);
     let (status, body) = support::http_as(
         port,
         Some(&ada),
@@ -947,7 +905,7 @@ async fn oversized_and_malformed_requests_are_refused_and_recorded() {
     .await;
     assert_eq!(status, 413, "{body}");
     // A deployment's own cap (--max-request-bytes) applies the same way.
-    stack.scheduler_config_mut().max_request_bytes = 4_096;
+    stack.api_config_mut().max_request_bytes = 4_096;
     let port = stack.serve_api().await;
     let (status, body) = support::http_as(
         port,
@@ -1012,25 +970,6 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
     let mut stack = Stack::start(support::slow_single_location(16)).await;
     stack.spawn_worker("worker-a", 4);
     let (port, [otto, ada, anna], _secrets) = serve_with_three_principals(&mut stack).await;
-    let call = |token: &str, method: &str, path: &str, body: &str| {
-        let (token, method, path, body) = (
-            token.to_string(),
-            method.to_string(),
-            path.to_string(),
-            body.to_string(),
-        );
-        async move {
-            support::http_as(
-                port,
-                Some(&token),
-                &method,
-                &path,
-                "application/json",
-                &body,
-            )
-            .await
-        }
-    };
     let run_of = |body: &str| -> uuid::Uuid {
         serde_json::from_str::<serde_json::Value>(body).unwrap()["run_id"]
             .as_str()
@@ -1048,7 +987,8 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\nrate_control:\n  max_errors: 100%\n",
     );
     for campaign in [&install, &scan] {
-        let (status, body) = call(
+        let (status, body) = support::call(
+            port,
             &ada,
             "POST",
             "/campaigns",
@@ -1057,10 +997,17 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         .await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = call(&anna, "POST", "/campaigns/install/versions/1/approve", "").await;
+    let (status, body) = support::call(
+        port,
+        &anna,
+        "POST",
+        "/campaigns/install/versions/1/approve",
+        "",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     // A run already going when the freeze begins.
-    let (status, body) = call(&otto, "POST", "/campaigns/install/runs", "").await;
+    let (status, body) = support::call(port, &otto, "POST", "/campaigns/install/runs", "").await;
     assert_eq!(status, 200, "{body}");
     let running = run_of(&body);
     stack.wait_for_commands(1).await;
@@ -1073,10 +1020,10 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         "reason": "year-end change freeze",
     })
     .to_string();
-    let (status, _) = call(&otto, "POST", "/calendar", &freeze).await;
+    let (status, _) = support::call(port, &otto, "POST", "/calendar", &freeze).await;
     assert_eq!(status, 403, "an operator does not freeze changes");
     let bad = freeze.replace(&(now + chrono::Duration::hours(1)).to_rfc3339(), "tomorrow");
-    let (status, body) = call(&anna, "POST", "/calendar", &bad).await;
+    let (status, body) = support::call(port, &anna, "POST", "/calendar", &bad).await;
     assert!(
         status == 400 && body.contains("to: \\\"tomorrow\\\" is not an RFC 3339 time"),
         "{status} {body}"
@@ -1092,25 +1039,25 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
             "missing field `from`",
         ),
     ] {
-        let (status, body) = call(&anna, "POST", "/calendar", hostile).await;
+        let (status, body) = support::call(port, &anna, "POST", "/calendar", hostile).await;
         assert!(
             status == 400 && body.contains(says),
             "{hostile}: {status} {body}"
         );
     }
     let long = freeze.replace("year-end change freeze", &"x".repeat(1025));
-    let (status, body) = call(&anna, "POST", "/calendar", &long).await;
+    let (status, body) = support::call(port, &anna, "POST", "/calendar", &long).await;
     assert!(
         status == 400 && body.contains("reason: is required, at most 1024"),
         "{body}"
     );
-    let (status, body) = call(&anna, "POST", "/calendar", &freeze).await;
+    let (status, body) = support::call(port, &anna, "POST", "/calendar", &freeze).await;
     assert_eq!(status, 200, "{body}");
     let freeze_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let (_, body) = call(&otto, "GET", "/calendar?campaign=install", "").await;
+    let (_, body) = support::call(port, &otto, "GET", "/calendar?campaign=install", "").await;
     assert!(body.contains("\"state\":\"CLOSED\""), "{body}");
 
     // The live run pauses (within the scheduler's tick); nothing new starts.
@@ -1128,13 +1075,14 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         "{}",
         paused.reason
     );
-    let (status, body) = call(&otto, "POST", "/campaigns/install/runs", "").await;
+    let (status, body) = support::call(port, &otto, "POST", "/campaigns/install/runs", "").await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body.contains("calendar is CLOSED") && body.contains("year-end change freeze"),
         "{body}"
     );
-    let (status, body) = call(
+    let (status, body) = support::call(
+        port,
         &otto,
         "POST",
         "/campaigns/install/runs",
@@ -1146,12 +1094,13 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         "an operator does not override a freeze: {body}"
     );
     // A scan changes nothing: it runs.
-    let (status, body) = call(&otto, "POST", "/campaigns/scan/runs", "").await;
+    let (status, body) = support::call(port, &otto, "POST", "/campaigns/scan/runs", "").await;
     assert_eq!(status, 200, "{body}");
     let scan_run = run_of(&body);
     // An admin overrides, with a reason, and the trail says so (beside the
     // paused run: a second live run is asked for by name).
-    let (status, body) = call(
+    let (status, body) = support::call(
+        port,
         &ada,
         "POST",
         "/campaigns/install/runs",
@@ -1162,7 +1111,8 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         status == 409 && body.contains("already has a live run"),
         "{status} {body}"
     );
-    let (status, body) = call(
+    let (status, body) = support::call(
+        port,
         &ada,
         "POST",
         "/campaigns/install/runs",
@@ -1171,7 +1121,7 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
     .await;
     assert_eq!(status, 200, "{body}");
     let overridden = run_of(&body);
-    let (_, body) = call(&ada, "GET", "/audit?action=runs:start", "").await;
+    let (_, body) = support::call(port, &ada, "GET", "/audit?action=runs:start", "").await;
     let trail: Vec<AuditRecord> = serde_json::from_str(&body).unwrap();
     assert!(
         trail.iter().any(|record| record.principal == "ada"
@@ -1196,7 +1146,8 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         "still frozen"
     );
     // The freeze is lifted: the paused run goes on by itself.
-    let (status, body) = call(&anna, "DELETE", &format!("/calendar/{freeze_id}"), "").await;
+    let (status, body) =
+        support::call(port, &anna, "DELETE", &format!("/calendar/{freeze_id}"), "").await;
     assert_eq!(status, 200, "{body}");
     let progress = stack
         .wait_until_final(running, std::time::Duration::from_secs(90))

@@ -109,7 +109,7 @@ async fn three_scheduler_replicas_share_the_reports_and_losing_one_mid_run_loses
         let mut config = stack.scheduler_config();
         config.name = format!("{name}-{}", stack.names.prefix());
         replicas.push(tokio::spawn(async move {
-            scheduler::run(config, None, std::future::pending())
+            scheduler::run(config, std::future::pending())
                 .await
                 .unwrap();
         }));
@@ -240,7 +240,7 @@ fn new_master_of(slot: u16, old: u16, within: Duration) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_master_killed_mid_run_loses_nothing_and_repeats_nothing() {
     log_warnings();
-    let url = store::test_topologies::cluster_url();
+    let url = test_support::topologies::cluster_url();
     let _restart = RestartDeadNodes("redis-topologies");
     let mut stack = Stack::start_with(fleet(), &url).await;
     let mut killed = None;
@@ -303,7 +303,7 @@ fn signal(signal: &str, pid_file: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_stops_acknowledging_mid_run_holds_writes_back_and_loses_nothing() {
     log_warnings();
-    let url = store::test_topologies::sentinel_url();
+    let url = test_support::topologies::sentinel_url();
     let mut stack = Stack::start_with(fleet(), &url).await;
     let replica = format!("{}/7202.pid", topologies_dir());
     let mut resume = None;

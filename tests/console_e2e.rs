@@ -11,8 +11,9 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use api::auth::{AuthSettings, TokensFile};
 use fantoccini::{Client, ClientBuilder, Locator};
-use scheduler::auth::{AuthSettings, Role, TokensFile};
+use scheduler::auth::Role;
 use support::{Stack, add_token};
 
 /// A scheduler API with a viewer, an operator and an admin.
@@ -24,7 +25,7 @@ async fn serve_with_roles(stack: &mut Stack) -> (u16, [String; 3], tempfile::Tem
         add_token(&path, "otto", Role::Operator, None),
         add_token(&path, "ada", Role::Admin, None),
     ];
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(path).unwrap()),
         metrics_open: true,
         ..AuthSettings::default()
@@ -244,8 +245,7 @@ async fn console_sessions_are_bound_to_their_token_role_and_csrf_and_every_act_i
     assert!(page.contains("version: a number from 1 to 2"), "{page}");
 
     // Revoking the token ends its sessions at once; signing out ends one.
-    let revoked =
-        scheduler::auth::revoke_in_tokens_file(&secrets.path().join("tokens"), "vera").unwrap();
+    let revoked = api::auth::revoke_in_tokens_file(&secrets.path().join("tokens"), "vera").unwrap();
     assert_eq!(revoked, 1);
     assert_eq!(
         exchange(port, get("/ui/runs", Some(&viewer_cookie)))

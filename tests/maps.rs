@@ -1,8 +1,9 @@
 //! The maps stay true: every module of every crate is on its crate's map
 //! (the `//!` list at the top of its `lib.rs`), every crate is on
-//! `ARCHITECTURE.md`'s code map, and every route of the API and the console
-//! is in its route table. A module or route added without its line fails
-//! here, naming it.
+//! `ARCHITECTURE.md`'s code map, every route of the API and the console is
+//! in its route table, and the run engine depends on nothing that serves
+//! HTTP. A module, route or dependency added against the map fails here,
+//! naming it.
 
 use std::path::Path;
 
@@ -11,6 +12,8 @@ const CRATES: &[(&str, &str)] = &[
     ("store", "store/src/lib.rs"),
     ("broker", "broker/src/lib.rs"),
     ("scheduler", "scheduler/src/lib.rs"),
+    ("api", "api/src/lib.rs"),
+    ("test-support", "test-support/src/lib.rs"),
     ("worker", "worker/src/lib.rs"),
     ("sim", "sim/src/lib.rs"),
     ("flotilla", "src/lib.rs"),
@@ -96,25 +99,13 @@ fn names_path(table: &str, path: &str) -> bool {
     })
 }
 
-/// Route paths registered in a router source (`.route("/path", …)`).
-fn routes(source: &str) -> Vec<String> {
-    source
-        .split(".route(")
-        .skip(1)
-        .filter_map(|rest| {
-            let rest = rest.trim_start().strip_prefix('"')?;
-            rest.split('"').next().map(str::to_string)
-        })
-        .collect()
-}
-
 #[test]
 fn every_route_is_in_its_route_table() {
     let mut missing = Vec::new();
-    for file in ["scheduler/src/api/mod.rs", "scheduler/src/console/mod.rs"] {
+    for file in ["api/src/json/mod.rs", "api/src/console/mod.rs"] {
         let source = read(file);
         let table = crate_map(&source);
-        let found = routes(&source);
+        let found = test_support::routes::registered(&source);
         assert!(found.len() > 5, "{file}: routes not found");
         for route in found {
             // A table names `/runs/{id}/pause`, `/resume`, … for `{action}`.
@@ -125,4 +116,37 @@ fn every_route_is_in_its_route_table() {
         }
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+#[test]
+fn the_run_engine_depends_on_nothing_that_serves_http() {
+    let manifest = read("scheduler/Cargo.toml");
+    let dependencies = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .expect("scheduler/Cargo.toml has [dependencies]");
+    let names: Vec<&str> = dependencies
+        .lines()
+        .filter_map(|line| line.split(['.', ' ', '=']).next())
+        .filter(|name| !name.is_empty())
+        .collect();
+    assert!(names.contains(&"redis"), "dependencies not read: {names:?}");
+    for http in [
+        "axum",
+        "maud",
+        "hyper",
+        "hyper-util",
+        "rustls",
+        "tokio-rustls",
+        "jsonwebtoken",
+        "x509-parser",
+        "tower",
+        "serde_urlencoded",
+    ] {
+        assert!(
+            !names.contains(&http),
+            "the scheduler (run engine) depends on {http}: HTTP belongs to the api crate"
+        );
+    }
 }

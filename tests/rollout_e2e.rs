@@ -7,12 +7,14 @@
 
 mod support;
 
+use protocol::run_fields::WaveField;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use api::auth::{AuthSettings, TokensFile};
 use protocol::run::RunState;
-use scheduler::auth::{AuthSettings, Role, TokensFile};
+use scheduler::auth::Role;
 use support::{Stack, console};
 use uuid::Uuid;
 
@@ -117,8 +119,14 @@ async fn bake_interval(stack: &Stack, run_id: Uuid, wave: u64) -> (u64, u64) {
         .await
         .unwrap();
     (
-        fields.number(&format!("wave:{wave}:done_ms")),
-        fields.number(&format!("wave:{}:started_ms", wave + 1)),
+        fields
+            .wave_number(wave, WaveField::DoneMs)
+            .unwrap()
+            .unwrap(),
+        fields
+            .wave_number(wave + 1, WaveField::StartedMs)
+            .unwrap()
+            .unwrap(),
     )
 }
 
@@ -253,7 +261,7 @@ async fn a_rollout_waits_for_an_approval_between_waves() {
     let tokens = secrets.path().join("tokens");
     let ada = support::add_token(&tokens, "ada", Role::Admin, None);
     let anna = support::add_token(&tokens, "anna", Role::Approver, None);
-    stack.scheduler_config_mut().auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens).unwrap()),
         ..AuthSettings::default()
     };

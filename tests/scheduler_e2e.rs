@@ -5,6 +5,7 @@
 
 mod support;
 
+use protocol::run_fields::RunField;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -606,7 +607,7 @@ fn start_replica(
     config.clock = clock.clone();
     let full_name = config.name.clone();
     let task = tokio::spawn(async move {
-        scheduler::run(config, None, std::future::pending())
+        scheduler::run(config, std::future::pending())
             .await
             .unwrap();
     });
@@ -732,7 +733,7 @@ async fn two_replicas_fire_each_occurrence_once_and_hand_over_when_the_leader_di
         config.lease_ttl = Duration::from_secs(2);
         config.clock = clock.clone();
         let task = tokio::spawn(async move {
-            scheduler::run(config, None, std::future::pending())
+            scheduler::run(config, std::future::pending())
                 .await
                 .unwrap();
         });
@@ -1089,9 +1090,14 @@ async fn a_broker_that_never_completes_the_handshake_shows_in_metrics() {
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let scheduler = tokio::spawn(scheduler::run(config, Some(listener), async {
-        let _ = stopped.await;
-    }));
+    let scheduler = tokio::spawn(api::run(
+        config,
+        api::ApiConfig::default(),
+        Some(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     // The handshake bound is 10 s; then the failure is counted and logged.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let metrics = loop {
@@ -1181,11 +1187,12 @@ async fn execution_starts_before_every_location_is_discovered_and_limits_grow_wi
     let ledger = stack.scheduler.ledger();
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
     assert!(
-        fields.number("discovered_locations") < fields.number("location_count"),
+        fields.number(RunField::DiscoveredLocations).unwrap()
+            < fields.number(RunField::LocationCount).unwrap(),
         "a command was sent while a location was still being discovered: {fields:?}"
     );
-    let so_far = fields.number("total");
-    let limit_so_far = fields.number("max_in_flight");
+    let so_far = fields.number(RunField::Total).unwrap();
+    let limit_so_far = fields.number(RunField::MaxInFlight).unwrap();
     assert!(
         limit_so_far >= 1 && limit_so_far <= max_concurrency.concurrency(so_far),
         "50% of the {so_far} targets discovered so far, not {limit_so_far}"
@@ -1196,9 +1203,9 @@ async fn execution_starts_before_every_location_is_discovered_and_limits_grow_wi
         .await;
     stack.assert_each_target_ran_once(run_id, &progress);
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
-    let total = fields.number("total");
+    let total = fields.number(RunField::Total).unwrap();
     assert_eq!(
-        fields.number("max_in_flight"),
+        fields.number(RunField::MaxInFlight).unwrap(),
         max_concurrency.concurrency(total),
         "once every location is discovered, 50% of the total"
     );

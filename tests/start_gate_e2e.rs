@@ -9,8 +9,9 @@ mod support;
 
 use std::time::Duration;
 
+use api::auth::{AuthSettings, TokensFile};
 use redis::AsyncCommands;
-use scheduler::auth::{AuthSettings, Role, TokensFile};
+use scheduler::auth::Role;
 use support::Stack;
 use uuid::Uuid;
 
@@ -24,13 +25,12 @@ async fn serve_with_admin_and_eventbridge(
     let tokens_path = secrets.path().join("tokens");
     let admin = support::add_token(&tokens_path, "ada", Role::Admin, None);
     let eventbridge = support::add_token(&tokens_path, "eb", Role::Eventbridge, None);
-    let config = stack.scheduler_config_mut();
-    config.auth = AuthSettings {
+    stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: true,
         ..AuthSettings::default()
     };
-    configure(config);
+    configure(stack.scheduler_config_mut());
     let port = stack.serve_api().await;
     (port, admin, eventbridge, secrets)
 }
@@ -49,6 +49,21 @@ async fn start_form_csrf(port: u16, cookie: &str, campaign: &str) -> String {
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_string()
+}
+
+/// Posts the campaign page's start form as the session `cookie`: (status,
+/// head, page).
+async fn start_from_the_console(port: u16, cookie: &str, campaign: &str) -> (u16, String, String) {
+    let csrf = start_form_csrf(port, cookie, campaign).await;
+    support::console::exchange(
+        port,
+        support::console::post_form(
+            &format!("/ui/campaigns/{campaign}/runs"),
+            Some(cookie),
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await
 }
 
 /// Every run of the stack's deployment.
@@ -100,15 +115,7 @@ async fn no_door_starts_a_host_changing_run_during_a_freeze_when_the_calendar_ca
         "reason": "quarter-end freeze",
     })
     .to_string();
-    let (status, body) = support::http_as(
-        port,
-        Some(&admin),
-        "POST",
-        "/calendar",
-        "application/json",
-        &freeze,
-    )
-    .await;
+    let (status, body) = support::call(port, &admin, "POST", "/calendar", &freeze).await;
     assert_eq!(status, 200, "{body}");
     let mut redis = stack.store.connection();
     let () = redis
@@ -117,15 +124,8 @@ async fn no_door_starts_a_host_changing_run_during_a_freeze_when_the_calendar_ca
         .unwrap();
 
     // The API.
-    let (status, body) = support::http_as(
-        port,
-        Some(&admin),
-        "POST",
-        "/campaigns/frozen-install/runs",
-        "application/json",
-        "",
-    )
-    .await;
+    let (status, body) =
+        support::call(port, &admin, "POST", "/campaigns/frozen-install/runs", "").await;
     assert_eq!(status, 500, "the API must refuse: {body}");
     assert!(
         !body.contains("garbled") && !body.contains("not a freeze"),
@@ -133,29 +133,13 @@ async fn no_door_starts_a_host_changing_run_during_a_freeze_when_the_calendar_ca
     );
     // The console's form.
     let (cookie, _) = support::console::sign_in(port, &admin).await;
-    let csrf = start_form_csrf(port, &cookie, "frozen-install").await;
-    let (status, _, page) = support::console::exchange(
-        port,
-        support::console::post_form(
-            "/ui/campaigns/frozen-install/runs",
-            Some(&cookie),
-            &[("csrf", &csrf)],
-        ),
-    )
-    .await;
+    let (status, _, page) = start_from_the_console(port, &cookie, "frozen-install").await;
     assert_eq!(status, 500, "the console must refuse: {page}");
     // An event for one of its instances.
     let account = stack.account_ids()[0].clone();
     let instance = stack.fleet_instance_ids()[0].clone();
-    let (status, body) = support::http_as(
-        port,
-        Some(&eventbridge),
-        "POST",
-        "/events",
-        "application/json",
-        &event_for(&account, &instance),
-    )
-    .await;
+    let event = event_for(&account, &instance);
+    let (status, body) = support::call(port, &eventbridge, "POST", "/events", &event).await;
     assert_eq!(status, 500, "the event must not start a run: {body}");
     // Its schedule: occurrences fire, none of its runs starts — while the
     // scan's schedule (read-only: no calendar needed) starts its run.
@@ -195,15 +179,8 @@ async fn no_door_starts_a_host_changing_run_during_a_freeze_when_the_calendar_ca
         .hdel(stack.names.calendar_key(), "garbled")
         .await
         .unwrap();
-    let (status, body) = support::http_as(
-        port,
-        Some(&admin),
-        "POST",
-        "/campaigns/frozen-install/runs",
-        "application/json",
-        "",
-    )
-    .await;
+    let (status, body) =
+        support::call(port, &admin, "POST", "/campaigns/frozen-install/runs", "").await;
     assert!(
         status == 409 && body.contains("quarter-end freeze"),
         "{status} {body}"
@@ -218,25 +195,6 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
     let mut stack = Stack::start(support::single_location(3, false)).await;
     let (port, admin, eventbridge, _secrets) =
         serve_with_admin_and_eventbridge(&mut stack, |_| {}).await;
-    let call = |token: &str, method: &str, path: &str, body: &str| {
-        let (token, method, path, body) = (
-            token.to_string(),
-            method.to_string(),
-            path.to_string(),
-            body.to_string(),
-        );
-        async move {
-            support::http_as(
-                port,
-                Some(&token),
-                &method,
-                &path,
-                "application/json",
-                &body,
-            )
-            .await
-        }
-    };
     let install = stack.campaign(
         "agent",
         format!(
@@ -258,7 +216,8 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
 
     // Events of two instances: two runs, one instance each.
     for instance in &instances[..2] {
-        let (status, body) = call(
+        let (status, body) = support::call(
+            port,
             &eventbridge,
             "POST",
             "/events",
@@ -269,7 +228,8 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
         assert_eq!(started_of(&body).len(), 1, "{body}");
     }
     // The same instance again while its run is live: skipped, and recorded.
-    let (status, body) = call(
+    let (status, body) = support::call(
+        port,
         &eventbridge,
         "POST",
         "/events",
@@ -278,14 +238,14 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(started_of(&body).is_empty(), "{body}");
-    let (_, trail) = call(&admin, "GET", "/audit?action=runs:start", "").await;
+    let (_, trail) = support::call(port, &admin, "GET", "/audit?action=runs:start", "").await;
     assert!(
         trail.contains(&format!("event:{}", instances[0]))
             && trail.contains("already has a live run"),
         "{trail}"
     );
     // A full run while event runs are live: refused, naming the live run.
-    let (status, body) = call(&admin, "POST", "/campaigns/agent/runs", "").await;
+    let (status, body) = support::call(port, &admin, "POST", "/campaigns/agent/runs", "").await;
     assert!(
         status == 409
             && body.contains("already has a live run")
@@ -293,7 +253,8 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
         "{status} {body}"
     );
     // A plan only discovers: it neither counts nor is counted.
-    let (status, body) = call(
+    let (status, body) = support::call(
+        port,
         &admin,
         "POST",
         "/campaigns/agent/runs",
@@ -302,7 +263,8 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
     .await;
     assert_eq!(status, 200, "{body}");
     // Asked for by name, a second run starts, and the trail says so.
-    let (status, body) = call(
+    let (status, body) = support::call(
+        port,
         &admin,
         "POST",
         "/campaigns/agent/runs",
@@ -310,20 +272,11 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (_, trail) = call(&admin, "GET", "/audit?action=runs:start", "").await;
+    let (_, trail) = support::call(port, &admin, "GET", "/audit?action=runs:start", "").await;
     assert!(trail.contains("concurrent runs allowed"), "{trail}");
     // The console's form goes through the same gate.
     let (cookie, _) = support::console::sign_in(port, &admin).await;
-    let csrf = start_form_csrf(port, &cookie, "agent").await;
-    let (status, _, page) = support::console::exchange(
-        port,
-        support::console::post_form(
-            "/ui/campaigns/agent/runs",
-            Some(&cookie),
-            &[("csrf", &csrf)],
-        ),
-    )
-    .await;
+    let (status, _, page) = start_from_the_console(port, &cookie, "agent").await;
     assert!(
         status == 409 && page.contains("already has a live run"),
         "{status} {page}"
@@ -332,15 +285,7 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
     for run_id in run_ids(&stack).await {
         let _ = stack.scheduler.cancel(run_id, "test over").await.unwrap();
     }
-    let (status, head, page) = support::console::exchange(
-        port,
-        support::console::post_form(
-            "/ui/campaigns/agent/runs",
-            Some(&cookie),
-            &[("csrf", &csrf)],
-        ),
-    )
-    .await;
+    let (status, head, page) = start_from_the_console(port, &cookie, "agent").await;
     assert!(
         status == 303 && head.to_ascii_lowercase().contains("location: /ui/runs/"),
         "{status} {head} {page}"

@@ -24,13 +24,7 @@ fn keys() -> protocol::signing::Keyring {
     KEYS.clone()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use test_support::ports::free_port;
 
 /// A private RabbitMQ node; stopped on drop.
 struct TlsRabbit {
@@ -38,28 +32,15 @@ struct TlsRabbit {
     node: String,
     ca_file: std::path::PathBuf,
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    _pki: test_support::pki::Pki,
 }
 
 impl TlsRabbit {
     #[allow(clippy::zombie_processes)] // reaped by Drop
     async fn start() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let server_key = KeyPair::generate().unwrap();
-        let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &issuer)
-            .unwrap();
-        let path = |name: &str| dir.path().join(name);
-        std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(path("server.pem"), server_cert.pem()).unwrap();
-        std::fs::write(path("server.key"), server_key.serialize_pem()).unwrap();
+        let pki = test_support::pki::Pki::new();
+        pki.issue_loopback_server();
+        let path = |name: &str| pki.path(name);
         let port = free_port();
         std::fs::write(
             path("rabbitmq.conf"),
@@ -75,7 +56,7 @@ impl TlsRabbit {
         // The node runs as the rabbitmq user (Debian's wrapper switches to it).
         let chowned = std::process::Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(dir.path())
+            .arg(pki.dir())
             .status();
         assert!(
             chowned.is_ok_and(|status| status.success()),
@@ -104,7 +85,7 @@ impl TlsRabbit {
             node,
             ca_file: path("ca.pem"),
             child,
-            _dir: dir,
+            _pki: pki,
         };
         for _ in 0..600 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -10,6 +10,7 @@
 //! - [`job`]: the jobs workers consume (Discover, Execute, Poll).
 //! - [`report`]: what workers report back (targets discovered, results).
 //! - [`run`]: a run's lifecycle states and what they allow workers to do.
+//! - [`run_fields`]: the run record's field names, once for Rust and Lua.
 //! - [`status`]: SSM's invocation statuses and which ones spend the error budget.
 //! - [`envelope`]: the versioned, signed wire format around bincode.
 //! - [`signing`]: Ed25519 signing keys, keyrings, who may sign what.
@@ -24,6 +25,7 @@ pub mod names;
 pub mod rate_control;
 pub mod report;
 pub mod run;
+pub mod run_fields;
 pub mod schedule;
 pub mod signing;
 pub mod spec;

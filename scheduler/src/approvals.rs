@@ -189,7 +189,7 @@ impl Scheduler {
         // caller is `anonymous`): the rule cannot hold there, and the README
         // says so. Loopback only, unless --insecure-no-auth.
         if approval.approver.is_none()
-            && !self.config.auth.is_open()
+            && self.config.authenticated
             && changes_hosts(campaign, &self.config.read_only_documents)
         {
             return Err(SchedulerError::NeedsApproval(format!(

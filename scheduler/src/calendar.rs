@@ -10,6 +10,7 @@
 //! during a freeze with an override that gives a reason, by a principal who
 //! may approve changes; it is then not paused by the freeze.
 
+use protocol::run_fields::RunField;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -296,10 +297,10 @@ impl Scheduler {
                         | RunState::AwaitingApproval
                         | RunState::OutsideWindow
                 );
-                if !live || fields.get("freeze_override").is_some() {
+                if !live || fields.get(RunField::FreezeOverride).is_some() {
                     continue;
                 }
-                let campaign = fields.get("campaign").unwrap_or_default();
+                let campaign = fields.get(RunField::Campaign).unwrap_or_default();
                 let Some(freeze) = active.iter().find(|freeze| freeze.covers(campaign, now)) else {
                     continue;
                 };
@@ -331,12 +332,12 @@ impl Scheduler {
             let held = fields.as_ref().is_some_and(|fields| {
                 fields.state().ok() == Some(RunState::Paused)
                     && fields
-                        .get("reason")
+                        .get(RunField::Reason)
                         .is_some_and(|reason| reason.starts_with(FROZEN_REASON))
             });
             let campaign = fields
                 .as_ref()
-                .and_then(|fields| fields.get("campaign"))
+                .and_then(|fields| fields.get(RunField::Campaign))
                 .unwrap_or_default();
             if held && active.iter().any(|freeze| freeze.covers(campaign, now)) {
                 continue;

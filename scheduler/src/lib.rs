@@ -11,9 +11,10 @@
 //! - [`start_gate`]: whether a run may start, for every door — `run_by`,
 //!   approval, freezes, one live run per campaign, size — failing closed.
 //! - [`steering`]: pause, resume, cancel, wave approval and the kill switch,
-//!   by a principal allowed to.
+//!   by a principal allowed to (and the state changes themselves).
 //! - [`runs`]: creating a run (accounts × regions → locations → Discover
-//!   jobs), the run's plan, pausing, resuming, cancelling.
+//!   jobs) and publishing its jobs.
+//! - [`plan`]: a run's plan — its campaign, targets, locations, job context.
 //! - `progress`: [`RunProgress`] from the ledger's fields and counters.
 //! - [`reports`]: the reports consumer — applies each report once, writes
 //!   results before acking, admits what may start next, finishes runs.
@@ -41,48 +42,43 @@
 //! - [`notify`]: webhooks told about runs and the kill switch.
 //! - [`audit`]: the append-only audit trail (Redis stream and durable files).
 //! - [`metrics`]: the scheduler's Prometheus metrics.
+//! - [`config`]: the settings of one scheduler process.
 //!
-//! Identity and the doors (to move into the HTTP crate, see ARCHITECTURE.md):
-//! - [`auth`]: principals, roles, the permission each route needs, tokens.
+//! - [`auth`]: identity — principals, roles, permissions, token records.
 //! - [`tokens`]: API-made tokens in Redis (hashes only).
-//! - [`oidc`]: JWT bearer tokens of an OIDC issuer (RS256/ES256, its JWKS).
-//! - [`tls`]: HTTPS for the API, and client certificates as principals (mTLS).
-//! - [`access`]: the API's one door: authenticate, authorize, audit.
-//! - [`api`]: the HTTP API (axum, JSON) the CLI talks to; parses, asks the
-//!   engine, answers.
-//! - [`console`]: the web console (HTML by maud), a second door on the same
-//!   engine functions.
+//! - [`sessions`]: console sessions as stored (by the cookie's hash).
+//!
+//! This crate knows no HTTP: the doors — access control, the JSON API and
+//! the web console — are the `api` crate's, and call the functions above.
 //!
 //! The kill switch is not read here before sends: workers read it (and the
 //! run's state) right before every SendCommand (`worker::Context::gate`). The
 //! scheduler only writes it (`/kill`, alerts); jobs it admits meanwhile wait
 //! at that gate.
 
-pub mod access;
-pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod calendar;
 pub mod campaigns;
 pub mod compliance;
-pub mod console;
+pub mod config;
 pub mod failures;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;
-pub mod oidc;
 pub mod organizations;
+pub mod plan;
 mod progress;
 pub mod reports;
 pub mod rollout;
 pub mod runs;
 pub mod schedules;
 pub mod scripts;
+pub mod sessions;
 pub mod sink;
 pub mod start_gate;
 pub mod steering;
-pub mod tls;
 pub mod tokens;
 pub mod triggers;
 pub mod windows;
@@ -91,12 +87,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use broker::{Broker, BrokerError};
-use protocol::names::Names;
 use store::StoreError;
 use uuid::Uuid;
 
+pub use crate::config::SchedulerConfig;
 use crate::ledger::Ledger;
-use crate::runs::RunPlan;
+use crate::plan::RunPlan;
 
 pub use crate::runs::{RunProgress, StartOptions};
 
@@ -190,106 +186,6 @@ impl SchedulerError {
             | Self::OutOfScope(_)
             | Self::Internal(_)
             | Self::WrongState(_) => false,
-        }
-    }
-}
-
-/// Settings of one scheduler process. `Debug` redacts the passwords of the
-/// URLs and the S3 secret.
-#[derive(Clone)]
-pub struct SchedulerConfig {
-    pub amqp_url: String,
-    pub redis_url: String,
-    pub names: Names,
-    /// Where S3 is, for campaigns whose `output` is `s3://…`.
-    pub s3: crate::sink::S3Settings,
-    /// Reports received ahead of handling; raising it smooths bursts and costs
-    /// redelivery work when the scheduler dies.
-    pub report_prefetch: u16,
-    pub name: String,
-    /// For campaigns that name organizational units.
-    pub organizations: crate::organizations::OrganizationsSettings,
-    /// How long the schedule leader lease lasts without renewal: how long a
-    /// dead leader's schedules wait for another replica. Renewed every second.
-    pub lease_ttl: std::time::Duration,
-    pub clock: crate::schedules::SchedulerClock,
-    /// How the API authenticates; open (everyone is `anonymous`) unless a
-    /// tokens file is set.
-    pub auth: crate::auth::AuthSettings,
-    /// Where audit files go besides the Redis stream (a directory or
-    /// `s3://bucket/prefix`); `None` keeps only the stream.
-    pub audit_output: Option<protocol::campaign::OutputLocation>,
-    /// Documents that only read (`AWS-RunPatchBaseline` with `Operation:
-    /// Scan` by default); campaigns with any other step need a second
-    /// principal's approval before they run.
-    pub read_only_documents: Vec<crate::approvals::ReadOnlyDocument>,
-    /// A CA for `rediss://` Redis URLs.
-    pub redis_tls: store::RedisTls,
-    /// A CA for `amqps://` broker URLs.
-    pub amqp_tls: broker::BrokerTls,
-    /// HTTPS for the API (and client certificates, with a client CA).
-    pub api_tls: Option<crate::tls::ApiTls>,
-    /// The scheduler's signing key (for jobs) and the keys it trusts
-    /// (workers', for reports). The default signs nothing: connect refuses it.
-    pub keys: protocol::signing::Keyring,
-    /// The most account-region pairs one run may have.
-    pub max_locations: u64,
-    /// How many of a run's locations are being discovered at once
-    /// (`runs::DISCOVERY_WINDOW` by default; at least 1).
-    pub discovery_window: std::num::NonZeroUsize,
-    /// The largest API request body read; larger ones are refused (413)
-    /// before they are parsed.
-    pub max_request_bytes: usize,
-    /// Webhooks told about every campaign's runs and the kill switch.
-    pub notify: crate::notify::NotifySettings,
-}
-
-impl std::fmt::Debug for SchedulerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchedulerConfig")
-            .field("amqp_url", &protocol::redact_password(&self.amqp_url))
-            .field("redis_url", &protocol::redact_password(&self.redis_url))
-            .field("names", &self.names)
-            .field("s3", &self.s3)
-            .field("report_prefetch", &self.report_prefetch)
-            .field("name", &self.name)
-            .field("organizations", &self.organizations)
-            .field("lease_ttl", &self.lease_ttl)
-            .field("auth", &self.auth)
-            .field("audit_output", &self.audit_output)
-            .field("read_only_documents", &self.read_only_documents)
-            .field("redis_tls", &self.redis_tls)
-            .field("amqp_tls", &self.amqp_tls)
-            .field("api_tls", &self.api_tls.is_some())
-            .field("keys", &self.keys.trusted_ids())
-            .field("notify", &self.notify)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SchedulerConfig {
-    pub fn new(amqp_url: impl Into<String>, redis_url: impl Into<String>, names: Names) -> Self {
-        Self {
-            amqp_url: amqp_url.into(),
-            redis_url: redis_url.into(),
-            names,
-            s3: Default::default(),
-            report_prefetch: 64,
-            name: "flotilla-scheduler".into(),
-            organizations: Default::default(),
-            lease_ttl: std::time::Duration::from_secs(10),
-            clock: crate::schedules::SchedulerClock::system(),
-            auth: crate::auth::AuthSettings::default(),
-            audit_output: None,
-            read_only_documents: crate::approvals::default_read_only_documents(),
-            redis_tls: store::RedisTls::default(),
-            amqp_tls: broker::BrokerTls::default(),
-            api_tls: None,
-            keys: protocol::signing::Keyring::default(),
-            max_locations: protocol::campaign::DEFAULT_MAX_LOCATIONS,
-            discovery_window: crate::runs::DISCOVERY_WINDOW,
-            max_request_bytes: crate::access::MAX_REQUEST_BYTES,
-            notify: crate::notify::NotifySettings::default(),
         }
     }
 }
@@ -442,13 +338,26 @@ impl Scheduler {
     }
 }
 
-/// Runs a scheduler until `shutdown`: connects, serves reports (and the HTTP
-/// API on `listener`, if given), and connects again (with backoff) whenever
-/// RabbitMQ or Redis goes away; the API answers 503 meanwhile. Fails only on
-/// errors that waiting cannot fix.
+/// Runs a scheduler until `shutdown`: connects, serves reports, and
+/// connects again (with backoff) whenever RabbitMQ or Redis goes away. Fails
+/// only on errors that waiting cannot fix. No HTTP: `api::run` serves the
+/// API beside it.
 pub async fn run(
     config: SchedulerConfig,
-    listener: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), SchedulerError> {
+    let metrics = crate::metrics::SchedulerMetrics::new()
+        .map_err(|error| SchedulerError::Internal(format!("metrics: {error}")))?;
+    let (current, _) = tokio::sync::watch::channel(None::<Scheduler>);
+    run_with(config, metrics, current, shutdown).await
+}
+
+/// [`run`], reporting into `metrics` and telling `current` the connected
+/// scheduler (`None` while it reconnects) — how the HTTP doors reach it.
+pub async fn run_with(
+    config: SchedulerConfig,
+    metrics: crate::metrics::SchedulerMetrics,
+    current: tokio::sync::watch::Sender<Option<Scheduler>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), SchedulerError> {
     let stop = tokio_util::sync::CancellationToken::new();
@@ -457,26 +366,6 @@ pub async fn run(
         shutdown.await;
         stopper.cancel();
     };
-    let (current, current_receiver) = tokio::sync::watch::channel(None::<Scheduler>);
-    let metrics = crate::metrics::SchedulerMetrics::new()
-        .map_err(|error| SchedulerError::Internal(format!("metrics: {error}")))?;
-    metrics.set_insecure(config.auth.is_open());
-    let api = listener.map(|listener| {
-        let stop = stop.clone();
-        let state = api::ApiState {
-            current: current_receiver,
-            metrics: metrics.clone(),
-            auth: config.auth.clone(),
-            tls: config.api_tls.clone(),
-            refusals: std::sync::Arc::default(),
-            max_request_bytes: config.max_request_bytes,
-        };
-        tokio::spawn(async move {
-            if let Err(error) = api::serve(listener, state, stop.cancelled_owned()).await {
-                tracing::error!(error = %error, "the HTTP API stopped");
-            }
-        })
-    });
     let work = async {
         let mut reconnects = protocol::backoff::Reconnects::default();
         loop {
@@ -497,7 +386,7 @@ pub async fn run(
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retryable() => {
-                    // The worker's rule: start over only after a lasting connection.
+                    // Start over only after a lasting connection (the worker's rule).
                     let delay = reconnects.next_delay(connected_at.map(|at| at.elapsed()));
                     let service = error.service();
                     if let Some(service) = service {
@@ -523,9 +412,6 @@ pub async fn run(
         () = watch => Ok(()),
     };
     stop.cancel();
-    if let Some(api) = api {
-        let _ = api.await;
-    }
     result
 }
 
@@ -555,24 +441,4 @@ pub(crate) fn outage_or_log(error: SchedulerError, item: &str) -> Result<(), Sch
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
     protocol::job::UnixMillis::now().0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_config_shown_for_debugging_shows_no_secret() {
-        let mut config = SchedulerConfig::new(
-            "amqp://flotilla:amqp-secret@rabbitmq:5672/%2f",
-            "redis://:redis-secret@redis:6379/",
-            Names::default(),
-        );
-        config.s3.credentials = Some(("AKIAEXAMPLE".into(), "s3-secret".into()));
-        let shown = format!("{config:?}");
-        for secret in ["amqp-secret", "redis-secret", "s3-secret"] {
-            assert!(!shown.contains(secret), "{secret} in {shown}");
-        }
-        assert!(shown.contains("AKIAEXAMPLE") && shown.contains("rabbitmq:5672"));
-    }
 }

@@ -1,6 +1,7 @@
 //! A run's progress as operators see it, read from the run's ledger fields
 //! and result counters.
 
+use protocol::run_fields::RunField;
 use std::collections::{BTreeMap, HashMap};
 
 use protocol::run::RunState;
@@ -110,33 +111,41 @@ pub(crate) fn progress_from(
     let state = fields.state()?;
     Ok(RunProgress {
         run_id,
-        campaign: fields.get("campaign").unwrap_or_default().to_string(),
+        campaign: fields
+            .get(RunField::Campaign)
+            .unwrap_or_default()
+            .to_string(),
         state,
         finished: state == RunState::Completed
-            || (state.is_final() && fields.get("drained").is_some()),
-        reason: fields.get("reason").unwrap_or_default().to_string(),
-        total_targets: fields.number("total"),
-        locations: fields.number("location_count"),
-        locations_discovered: fields.number("discovered_locations"),
-        locations_failed: fields.number("failed_locations"),
-        locations_done: fields.number("locations_done"),
-        active_locations: fields.number("active_locations"),
-        targets_in_flight: fields.number("in_flight"),
-        failures: fields.number("failures"),
-        allowed_errors: fields
-            .get("allowed_errors")
-            .map(|_| fields.number("allowed_errors")),
+            || (state.is_final() && fields.get(RunField::Drained).is_some()),
+        reason: fields.get(RunField::Reason).unwrap_or_default().to_string(),
+        total_targets: fields.number(RunField::Total)?,
+        locations: fields.number(RunField::LocationCount)?,
+        locations_discovered: fields.number(RunField::DiscoveredLocations)?,
+        locations_failed: fields.number(RunField::FailedLocations)?,
+        locations_done: fields.number(RunField::LocationsDone)?,
+        active_locations: fields.number(RunField::ActiveLocations)?,
+        targets_in_flight: fields.number(RunField::InFlight)?,
+        failures: fields.number(RunField::Failures)?,
+        allowed_errors: fields.optional_number(RunField::AllowedErrors)?,
         results,
         // Runs recorded before the field's rename name it `output_dir`.
         results_location: fields
-            .get("results_location")
-            .or_else(|| fields.get("output_dir"))
+            .get(RunField::ResultsLocation)
+            .or_else(|| fields.get(RunField::OutputDir))
             .unwrap_or_default()
             .to_string(),
-        started_by: fields.get("started_by").unwrap_or_default().to_string(),
-        waves: crate::rollout::waves_of(fields),
-        bake_until_ms: (state == RunState::Baking).then(|| fields.number("bake_until")),
-        created_ms: fields.number("created_ms"),
+        started_by: fields
+            .get(RunField::StartedBy)
+            .unwrap_or_default()
+            .to_string(),
+        waves: crate::rollout::waves_of(fields)?,
+        bake_until_ms: if state == RunState::Baking {
+            Some(fields.number(RunField::BakeUntil)?)
+        } else {
+            None
+        },
+        created_ms: fields.number(RunField::CreatedMs)?,
         top_failures: {
             top_failures.sort_by(|a, b| {
                 b.targets

@@ -11,6 +11,7 @@
 //! checks the gates when the bake ends. Two replicas checking the same run at
 //! once is harmless: the move is one script that only one of them wins.
 
+use protocol::run_fields::{RunField, WaveField};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -57,31 +58,26 @@ pub struct WaveProgress {
 
 /// The cumulative caps of a run's waves, once discovery has resolved them.
 fn wave_caps(fields: &RunFields) -> Option<Vec<u64>> {
-    serde_json::from_str(fields.get("wave_caps")?).ok()
+    serde_json::from_str(fields.get(RunField::WaveCaps)?).ok()
 }
 
 /// The waves of a run from its record; empty without a rollout or before
 /// discovery ends.
-pub(crate) fn waves_of(fields: &RunFields) -> Vec<WaveProgress> {
+pub(crate) fn waves_of(fields: &RunFields) -> Result<Vec<WaveProgress>, SchedulerError> {
     let Some(caps) = wave_caps(fields) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let current = fields.number("wave");
+    let current = fields.number(RunField::Wave)?;
     let state = fields.state().ok();
     caps.iter()
         .enumerate()
         .map(|(index, cap)| {
             let index = index as u64;
-            let field = |name: &str| {
-                fields
-                    .get(&format!("wave:{index}:{name}"))
-                    .map(str::to_string)
-            };
-            let number = |name: &str| field(name).and_then(|value| value.parse().ok());
-            let gates: Vec<GateResult> = field("gates")
-                .and_then(|raw| serde_json::from_str(&raw).ok())
+            let gates: Vec<GateResult> = fields
+                .wave(index, WaveField::Gates)
+                .and_then(|raw| serde_json::from_str(raw).ok())
                 .unwrap_or_default();
-            let label = match (index.cmp(&current), field("outcome").as_deref()) {
+            let label = match (index.cmp(&current), fields.wave(index, WaveField::Outcome)) {
                 (std::cmp::Ordering::Greater, _) => "pending",
                 (_, Some("pause" | "halt")) => "failed",
                 (std::cmp::Ordering::Less, _) => "passed",
@@ -89,20 +85,22 @@ pub(crate) fn waves_of(fields: &RunFields) -> Vec<WaveProgress> {
                     Some(RunState::Baking) => "baking",
                     Some(RunState::AwaitingApproval) => "awaiting approval",
                     Some(RunState::Completed) => "passed",
-                    _ if index as usize + 1 == caps.len() || field("done_ms").is_none() => {
+                    _ if index as usize + 1 == caps.len()
+                        || fields.wave(index, WaveField::DoneMs).is_none() =>
+                    {
                         "running"
                     }
                     _ => "through",
                 },
             };
-            WaveProgress {
+            Ok(WaveProgress {
                 wave: index + 1,
                 cumulative_targets: *cap,
                 state: label.to_string(),
-                targets: number("targets"),
-                failures: number("failures"),
+                targets: fields.wave_number(index, WaveField::Targets)?,
+                failures: fields.wave_number(index, WaveField::Failures)?,
                 gates,
-            }
+            })
         })
         .collect()
 }
@@ -154,7 +152,7 @@ impl Scheduler {
                     continue;
                 }
             };
-            let until = fields.number("bake_until");
+            let until = fields.number(RunField::BakeUntil)?;
             if until > now_ms() {
                 // Baking again (a later wave) since it was indexed.
                 self.ledger.index_run(&key, run_id, until).await?;
@@ -174,10 +172,14 @@ impl Scheduler {
                 "run {run_id} is baking but its campaign has no rollout"
             )));
         };
-        let wave = fields.number("wave");
+        let wave = fields.number(RunField::Wave)?;
         let waves = wave_caps(fields).map_or(0, |caps| caps.len());
-        let targets = fields.number(&format!("wave:{wave}:targets"));
-        let failures = fields.number(&format!("wave:{wave}:failures"));
+        let targets = fields
+            .wave_number(wave, WaveField::Targets)?
+            .unwrap_or_default();
+        let failures = fields
+            .wave_number(wave, WaveField::Failures)?
+            .unwrap_or_default();
         let allowed = rollout.max_wave_errors.allowed_errors(targets);
         let mut results = vec![GateResult {
             gate: "wave_errors".into(),
@@ -262,14 +264,14 @@ impl Scheduler {
     /// An approver lets a run waiting between two waves go on.
     pub async fn approve_wave(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
         let fields = self.ledger.known_run_fields(run_id).await?;
-        let wave = fields.number("wave");
+        let wave = fields.number(RunField::Wave)?;
         let approved = self
             .ledger
             .wave_gate(run_id, wave, WaveOutcome::Approved, reason, "", now_ms())
             .await?;
         if approved {
             self.metrics.wave_ended(
-                fields.get("campaign").unwrap_or_default(),
+                fields.get(RunField::Campaign).unwrap_or_default(),
                 WaveOutcome::Approved.as_str(),
             );
             self.advance(run_id).await?;
@@ -285,14 +287,14 @@ impl Scheduler {
         fields: &RunFields,
         reason: &str,
     ) -> Result<bool, SchedulerError> {
-        if fields.get("gate_failed_wave").is_none() {
+        if fields.get(RunField::GateFailedWave).is_none() {
             return Ok(false);
         }
         let resumed = self
             .ledger
             .wave_gate(
                 run_id,
-                fields.number("wave"),
+                fields.number(RunField::Wave)?,
                 WaveOutcome::Resumed,
                 reason,
                 "",
@@ -301,7 +303,7 @@ impl Scheduler {
             .await?;
         if resumed {
             self.metrics.wave_ended(
-                fields.get("campaign").unwrap_or_default(),
+                fields.get(RunField::Campaign).unwrap_or_default(),
                 WaveOutcome::Resumed.as_str(),
             );
         }

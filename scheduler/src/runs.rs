@@ -1,16 +1,16 @@
-//! Runs: starting one, steering it (pause, resume, cancel) and reading where it is.
+//! Runs: creating one (accounts × regions → locations), opening its
+//! discovery, publishing its jobs, and reading where it is.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use protocol::campaign::{Campaign, OutputLocation, TargetSelection, TargetSelector};
-use protocol::job::{Batch, DiscoverJob, ExecuteJob, Location, Priority, RunContext};
+use protocol::Job;
+use protocol::campaign::{Campaign, TargetSelection, TargetSelector};
+use protocol::job::{Location, Priority};
 use protocol::run::RunState;
-use protocol::spec::CampaignSpec;
-use protocol::{Job, SpecFormat};
 use uuid::Uuid;
 
-use crate::ledger::{BatchEntry, NewRun};
+use crate::ledger::NewRun;
+use crate::plan::RunPlan;
 use crate::progress::progress_from;
 pub use crate::progress::{FailureKind, RunProgress};
 use crate::{Scheduler, SchedulerError, now_ms};
@@ -58,70 +58,6 @@ impl Default for StartOptions {
             run_id: None,
             freeze_override: None,
         }
-    }
-}
-
-/// A run's campaign and what every job of it carries.
-#[derive(Debug)]
-pub struct RunPlan {
-    pub campaign: Campaign,
-    /// The campaign's targets, or the run's override (an event's instance).
-    pub targets: TargetSelection,
-    /// The run's locations in admission order.
-    pub locations: Vec<Location>,
-    pub context: RunContext,
-    /// Where the run's results go.
-    pub results: crate::sink::ResultsStore,
-}
-
-impl RunPlan {
-    pub fn discover_job(&self, location: &Location) -> Job {
-        Job::Discover(DiscoverJob {
-            job_id: DiscoverJob::derive_id(self.context.run_id, location, 0),
-            run: self.context.clone(),
-            location: location.clone(),
-            targets: self.targets.clone(),
-            page: 0,
-            next_token: None,
-        })
-    }
-
-    /// What every job of this run is, for workers to check jobs against.
-    pub fn contract(&self) -> protocol::run::RunContract {
-        protocol::run::RunContract::new(&self.context, &self.targets, &self.campaign.steps)
-    }
-
-    pub fn execute_job(&self, entry: &BatchEntry) -> Result<Job, SchedulerError> {
-        let location = entry.location()?;
-        let step = self
-            .campaign
-            .steps
-            .get(usize::from(entry.step_index))
-            .ok_or_else(|| {
-                SchedulerError::Corrupt(format!(
-                    "batch {} names step {} of a {}-step campaign",
-                    entry.key(),
-                    entry.step_index,
-                    self.campaign.steps.len()
-                ))
-            })?;
-        Ok(Job::Execute(ExecuteJob {
-            job_id: ExecuteJob::derive_id(
-                self.context.run_id,
-                &location,
-                entry.batch_id,
-                entry.step_index,
-            ),
-            run: self.context.clone(),
-            location,
-            batch: Batch {
-                batch_id: entry.batch_id,
-                instance_ids: entry.instance_ids.clone(),
-            },
-            step_index: entry.step_index,
-            step: step.clone(),
-            collect_patch_compliance: step.is_patch_baseline(),
-        }))
     }
 }
 
@@ -359,243 +295,9 @@ impl Scheduler {
         Ok(started)
     }
 
-    /// The run's plan, from memory or rebuilt from the spec stored with the run.
-    pub async fn plan(&self, run_id: Uuid) -> Result<Arc<RunPlan>, SchedulerError> {
-        if let Some(plan) = self.cached_plan(run_id) {
-            return Ok(plan);
-        }
-        let fields = self.ledger.known_run_fields(run_id).await?;
-        let spec: CampaignSpec = serde_json::from_str(fields.get("spec").unwrap_or_default())?;
-        let spec_json = serde_json::to_string(&spec)?;
-        // Under the limit the run was started with (its locations are
-        // fixed already): a changed --max-locations never breaks a live run.
-        let max_locations = fields
-            .get("max_locations")
-            .and_then(|limit| limit.parse().ok())
-            .unwrap_or_else(|| self.accepted_max_locations());
-        let campaign = Campaign::parse_within(&spec_json, SpecFormat::Json, max_locations)
-            .map_err(|errors| {
-                SchedulerError::Corrupt(format!("stored campaign no longer valid: {errors}"))
-            })?;
-        let priority = match fields.get("priority") {
-            Some("urgent") => Priority::Urgent,
-            _ => Priority::Bulk,
-        };
-        let targets = match fields.get("targets") {
-            Some(targets) => serde_json::from_str(targets)?,
-            None => campaign.targets.clone(),
-        };
-        let locations = self.ledger.locations(run_id).await?;
-        let plan = Arc::new(RunPlan {
-            targets,
-            locations,
-            context: RunContext {
-                run_id,
-                campaign: campaign.name.clone(),
-                campaign_version: campaign.version,
-                role: campaign.role.clone(),
-                api_rate_limits: campaign.api_rate_limits,
-                priority,
-                output_logging: campaign.output_logging.clone(),
-            },
-            results: self.results_store(&campaign.output)?,
-            campaign,
-        });
-        self.plans
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(run_id, plan.clone());
-        Ok(plan)
-    }
-
-    /// The results store of a campaign's `output`.
-    pub fn results_store(
-        &self,
-        output: &OutputLocation,
-    ) -> Result<crate::sink::ResultsStore, SchedulerError> {
-        match output {
-            OutputLocation::Local(path) => Ok(crate::sink::ResultsStore::Local(path.clone())),
-            OutputLocation::S3 { bucket, prefix } => {
-                crate::sink::ResultsStore::s3(bucket, prefix, &self.config.s3).map_err(|error| {
-                    SchedulerError::Invalid(format!("output s3://{bucket}/{prefix}: {error}"))
-                })
-            }
-        }
-    }
-
-    fn cached_plan(&self, run_id: Uuid) -> Option<Arc<RunPlan>> {
-        self.plans
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&run_id)
-            .cloned()
-    }
-
     pub async fn progress(&self, run_id: Uuid) -> Result<RunProgress, SchedulerError> {
         let fields = self.ledger.known_run_fields(run_id).await?;
         let counters = self.ledger.counters(run_id).await?;
         progress_from(run_id, &fields, counters)
-    }
-
-    /// Stops admitting and sending; in-flight commands finish.
-    pub async fn pause(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
-        let paused = self
-            .ledger
-            .transition(
-                run_id,
-                &[
-                    RunState::Running,
-                    RunState::Discovering,
-                    RunState::Baking,
-                    RunState::AwaitingApproval,
-                    RunState::OutsideWindow,
-                ],
-                RunState::Paused,
-                reason,
-            )
-            .await?;
-        if paused {
-            self.announce(
-                run_id,
-                protocol::spec::NotifyEvent::Paused,
-                &now_ms().to_string(),
-            )
-            .await;
-        }
-        Ok(paused)
-    }
-
-    /// Resumes a paused run — refused while an alert fires for its campaign
-    /// (Alertmanager repeats a firing alert only hourly: a resumed run would
-    /// run on unpaused meanwhile); see [`Scheduler::resume_despite_alert`].
-    pub async fn resume(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
-        self.resume_with(run_id, reason, None).await
-    }
-
-    /// Resumes a paused run even while alerts fire for its campaign; the
-    /// override and its reason are in the run's reason and the audit trail.
-    pub async fn resume_despite_alert(
-        &self,
-        run_id: Uuid,
-        reason: &str,
-        override_reason: &str,
-    ) -> Result<bool, SchedulerError> {
-        if override_reason.trim().is_empty() {
-            return Err(SchedulerError::Invalid(
-                "despite_alert: give the reason for resuming while an alert fires".into(),
-            ));
-        }
-        self.resume_with(run_id, reason, Some(override_reason))
-            .await
-    }
-
-    async fn resume_with(
-        &self,
-        run_id: Uuid,
-        reason: &str,
-        despite_alert: Option<&str>,
-    ) -> Result<bool, SchedulerError> {
-        let fields = self.ledger.known_run_fields(run_id).await?;
-        let campaign = fields.get("campaign").unwrap_or_default().to_string();
-        let firing = self.firing_alerts(&campaign).await?;
-        let names: Vec<String> = firing.iter().map(|alert| alert.alert.clone()).collect();
-        let reason = match (names.is_empty(), despite_alert) {
-            (true, _) => reason.to_string(),
-            (false, None) if fields.state()? == RunState::Paused => {
-                return Err(SchedulerError::AlertFiring(format!(
-                    "run {run_id} stays paused: alert {} firing for campaign {campaign}; resume once it resolves, or with --despite-alert REASON",
-                    names.join(", ")
-                )));
-            }
-            (false, None) => reason.to_string(),
-            (false, Some(why)) => {
-                let reason = format!("{reason} (despite alert {}: {why})", names.join(", "));
-                self.audit_internal(
-                    "scheduler".into(),
-                    "runs:resume-despite-alert",
-                    format!("run {run_id}"),
-                    reason.clone(),
-                )
-                .await;
-                reason
-            }
-        };
-        let reason = reason.as_str();
-        // A run a failed gate paused goes on with its next wave.
-        if self.resume_past_gate(run_id, &fields, reason).await? {
-            self.advance(run_id).await?;
-            return Ok(true);
-        }
-        // A run paused during discovery goes back to discovering; one whose
-        // maintenance windows are closed waits outside them.
-        let to = if fields.get("max_in_flight").is_none() {
-            RunState::Discovering
-        } else if fields.get("send_until_ms") == Some("0") {
-            RunState::OutsideWindow
-        } else {
-            RunState::Running
-        };
-        let resumed = self
-            .ledger
-            .transition(run_id, &[RunState::Paused], to, reason)
-            .await?;
-        if resumed {
-            self.advance(run_id).await?;
-        }
-        Ok(resumed)
-    }
-
-    /// Engages a kill switch; with `cancel_in_flight`, workers also call
-    /// CancelCommand for every command still running under it as they next
-    /// poll it (per location, under its rate limit), and its targets are
-    /// reported `Cancelled`.
-    pub async fn engage_kill_switch(
-        &self,
-        scope: &store::KillScope,
-        reason: &str,
-        cancel_in_flight: bool,
-    ) -> Result<(), SchedulerError> {
-        use store::Store as _;
-        if cancel_in_flight {
-            // First, so no worker sees the switch without the request.
-            self.store().request_cancel_in_flight(scope).await?;
-        }
-        self.store().engage_kill_switch(scope, reason).await?;
-        tracing::warn!(?scope, reason, cancel_in_flight, "kill switch engaged");
-        let scope_text = match scope {
-            store::KillScope::Global => "the global kill switch".to_string(),
-            store::KillScope::Campaign(campaign) => format!("the kill switch of {campaign}"),
-        };
-        self.notify_deployment(
-            protocol::spec::NotifyEvent::KillSwitch,
-            &format!("{scope_text} is engaged: {reason}"),
-        );
-        Ok(())
-    }
-
-    /// Cancels a run: nothing more is sent, and workers cancel its commands
-    /// in flight (CancelCommand) as they next poll them.
-    pub async fn cancel(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
-        let cancelled = self
-            .ledger
-            .transition(
-                run_id,
-                &[
-                    RunState::Pending,
-                    RunState::Discovering,
-                    RunState::Running,
-                    RunState::Baking,
-                    RunState::AwaitingApproval,
-                    RunState::OutsideWindow,
-                    RunState::Paused,
-                ],
-                RunState::Cancelled,
-                reason,
-            )
-            .await?;
-        if cancelled {
-            self.advance(run_id).await?;
-        }
-        Ok(cancelled)
     }
 }

@@ -22,7 +22,6 @@ use chrono::{DateTime, Utc};
 use protocol::Campaign;
 use protocol::spec::MissedOccurrence;
 use redis::{AsyncCommands, Script};
-use uuid::Uuid;
 
 use crate::{Scheduler, SchedulerError};
 
@@ -65,12 +64,7 @@ static FIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/schedule_fire.lua")));
 
 /// The run of one occurrence: the same id whoever starts it.
-pub fn occurrence_run_id(campaign: &str, occurrence_ms: i64) -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("flotilla/schedule/{campaign}/{occurrence_ms}").as_bytes(),
-    )
-}
+pub use crate::start_gate::occurrence_run_id;
 
 impl Scheduler {
     /// Takes or renews the leader lease; the fencing token, or `None` if another replica leads.

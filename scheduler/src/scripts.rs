@@ -8,13 +8,16 @@
 //! Redis is the script's; in memory, a script runs under the database's lock.
 //!
 //! What a script must agree on with Rust — state names, which states are
-//! final, the batch id stride — is not written in the `.lua` files: a header
-//! generated here from `protocol::run::RunState` and [`BATCH_STRIDE`] defines
-//! `STATE`, `FINAL` and `BATCH_STRIDE` before the shared prelude.
+//! final, the batch id stride, the run record's field names — is not written
+//! in the `.lua` files: a header generated here from `protocol::run::RunState`,
+//! `protocol::run_fields` and [`BATCH_STRIDE`] defines `STATE`, `FINAL`,
+//! `BATCH_STRIDE`, `F` (run fields), `WF` (a wave's fields) and
+//! `wave_field(n, WF.x)` before the shared prelude.
 
 use std::sync::LazyLock;
 
 use protocol::run::RunState;
+use protocol::run_fields::{RunField, WAVE_FIELD_PREFIX, WaveField};
 use redis::Script;
 
 /// A batch's id is `page × BATCH_STRIDE + chunk`: pages hold at most this
@@ -38,10 +41,22 @@ fn constants() -> String {
         .filter(|state| state.is_final())
         .map(|state| format!("{} = true", state.as_str()))
         .collect();
+    let fields: Vec<String> = RunField::ALL
+        .iter()
+        .map(|field| format!("{0} = '{0}'", field.as_str()))
+        .collect();
+    let wave_fields: Vec<String> = WaveField::ALL
+        .iter()
+        .map(|field| format!("{0} = '{0}'", field.as_str()))
+        .collect();
     format!(
-        "local STATE = {{{}}}\nlocal FINAL = {{{}}}\nlocal BATCH_STRIDE = {BATCH_STRIDE}\nlocal SPLIT_BASE = {SPLIT_BASE}\n",
+        "local STATE = {{{}}}\nlocal FINAL = {{{}}}\nlocal BATCH_STRIDE = {BATCH_STRIDE}\nlocal SPLIT_BASE = {SPLIT_BASE}\n\
+         local F = {{{}}}\nlocal WF = {{{}}}\n\
+         local function wave_field(n, field) return '{WAVE_FIELD_PREFIX}' .. n .. ':' .. field end\n",
         states.join(", "),
-        finals.join(", ")
+        finals.join(", "),
+        fields.join(", "),
+        wave_fields.join(", ")
     )
 }
 
@@ -97,6 +112,49 @@ mod tests {
         }
         assert!(header.contains(&format!("BATCH_STRIDE = {BATCH_STRIDE}")));
         assert!(header.contains(&format!("SPLIT_BASE = {SPLIT_BASE}")));
+    }
+
+    #[test]
+    fn run_scripts_name_run_fields_only_through_the_generated_tables() {
+        let prelude = include_str!("lua/run_prelude.lua");
+        let known = |table: &str, name: &str| match table {
+            "F" => RunField::ALL.iter().any(|field| field.as_str() == name),
+            _ => WaveField::ALL.iter().any(|field| field.as_str() == name),
+        };
+        for body in std::iter::once(&prelude).chain(RUN_SCRIPT_BODIES) {
+            for line in body
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("--"))
+            {
+                // No field name as a string literal in a command on the run hash.
+                if let Some((_, args)) = line.split_once(", run, ") {
+                    for field in RunField::ALL {
+                        assert!(
+                            !args.contains(&format!("'{}'", field.as_str())),
+                            "{} spelled out in: {line}",
+                            field.as_str()
+                        );
+                    }
+                }
+                // Every F.x and WF.x names a field Rust knows (a misspelled
+                // one would be nil in Lua, so an error only at run time).
+                for table in ["WF", "F"] {
+                    let marker = format!("{table}.");
+                    for (at, _) in line.match_indices(&marker) {
+                        let before = line[..at].chars().next_back();
+                        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                            continue;
+                        }
+                        let name: String = line[at + marker.len()..]
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect();
+                        assert!(known(table, &name), "{table}.{name} is no field: {line}");
+                    }
+                }
+            }
+        }
+        assert!(constants().contains("F = {campaign = 'campaign'"));
     }
 
     #[test]

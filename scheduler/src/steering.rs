@@ -13,12 +13,13 @@
 //!   switch, by principals allowed to move it, with a reason to engage.
 
 use protocol::run::RunState;
+use protocol::run_fields::RunField;
 use serde::{Deserialize, Serialize};
 use store::KillScope;
 use uuid::Uuid;
 
 use crate::auth::{Permission, Principal};
-use crate::{Scheduler, SchedulerError};
+use crate::{Scheduler, SchedulerError, now_ms};
 
 /// What to do to a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,5 +192,175 @@ impl Scheduler {
         self.store().release_kill_switch(scope).await?;
         tracing::warn!(?scope, by = by.name.as_str(), "kill switch released");
         Ok(())
+    }
+}
+
+/// The run-state changes steering makes, shared by every caller that steers
+/// (the doors through [`Scheduler::steer`], alerts, freezes, a results
+/// destination that stopped accepting).
+impl Scheduler {
+    /// Stops admitting and sending; in-flight commands finish.
+    pub async fn pause(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        let paused = self
+            .ledger
+            .transition(
+                run_id,
+                &[
+                    RunState::Running,
+                    RunState::Discovering,
+                    RunState::Baking,
+                    RunState::AwaitingApproval,
+                    RunState::OutsideWindow,
+                ],
+                RunState::Paused,
+                reason,
+            )
+            .await?;
+        if paused {
+            self.announce(
+                run_id,
+                protocol::spec::NotifyEvent::Paused,
+                &now_ms().to_string(),
+            )
+            .await;
+        }
+        Ok(paused)
+    }
+
+    /// Resumes a paused run — refused while an alert fires for its campaign
+    /// (Alertmanager repeats a firing alert only hourly: a resumed run would
+    /// run on unpaused meanwhile); see [`Scheduler::resume_despite_alert`].
+    pub async fn resume(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        self.resume_with(run_id, reason, None).await
+    }
+
+    /// Resumes a paused run even while alerts fire for its campaign; the
+    /// override and its reason are in the run's reason and the audit trail.
+    pub async fn resume_despite_alert(
+        &self,
+        run_id: Uuid,
+        reason: &str,
+        override_reason: &str,
+    ) -> Result<bool, SchedulerError> {
+        if override_reason.trim().is_empty() {
+            return Err(SchedulerError::Invalid(
+                "despite_alert: give the reason for resuming while an alert fires".into(),
+            ));
+        }
+        self.resume_with(run_id, reason, Some(override_reason))
+            .await
+    }
+
+    async fn resume_with(
+        &self,
+        run_id: Uuid,
+        reason: &str,
+        despite_alert: Option<&str>,
+    ) -> Result<bool, SchedulerError> {
+        let fields = self.ledger.known_run_fields(run_id).await?;
+        let campaign = fields
+            .get(RunField::Campaign)
+            .unwrap_or_default()
+            .to_string();
+        let firing = self.firing_alerts(&campaign).await?;
+        let names: Vec<String> = firing.iter().map(|alert| alert.alert.clone()).collect();
+        let reason = match (names.is_empty(), despite_alert) {
+            (true, _) => reason.to_string(),
+            (false, None) if fields.state()? == RunState::Paused => {
+                return Err(SchedulerError::AlertFiring(format!(
+                    "run {run_id} stays paused: alert {} firing for campaign {campaign}; resume once it resolves, or with --despite-alert REASON",
+                    names.join(", ")
+                )));
+            }
+            (false, None) => reason.to_string(),
+            (false, Some(why)) => {
+                let reason = format!("{reason} (despite alert {}: {why})", names.join(", "));
+                self.audit_internal(
+                    "scheduler".into(),
+                    "runs:resume-despite-alert",
+                    format!("run {run_id}"),
+                    reason.clone(),
+                )
+                .await;
+                reason
+            }
+        };
+        let reason = reason.as_str();
+        // A run a failed gate paused goes on with its next wave.
+        if self.resume_past_gate(run_id, &fields, reason).await? {
+            self.advance(run_id).await?;
+            return Ok(true);
+        }
+        // A run paused during discovery goes back to discovering; one whose
+        // maintenance windows are closed waits outside them.
+        let to = if fields.get(RunField::MaxInFlight).is_none() {
+            RunState::Discovering
+        } else if fields.get(RunField::SendUntilMs) == Some("0") {
+            RunState::OutsideWindow
+        } else {
+            RunState::Running
+        };
+        let resumed = self
+            .ledger
+            .transition(run_id, &[RunState::Paused], to, reason)
+            .await?;
+        if resumed {
+            self.advance(run_id).await?;
+        }
+        Ok(resumed)
+    }
+
+    /// Engages a kill switch; with `cancel_in_flight`, workers also call
+    /// CancelCommand for every command still running under it as they next
+    /// poll it (per location, under its rate limit), and its targets are
+    /// reported `Cancelled`.
+    pub async fn engage_kill_switch(
+        &self,
+        scope: &store::KillScope,
+        reason: &str,
+        cancel_in_flight: bool,
+    ) -> Result<(), SchedulerError> {
+        use store::Store as _;
+        if cancel_in_flight {
+            // First, so no worker sees the switch without the request.
+            self.store().request_cancel_in_flight(scope).await?;
+        }
+        self.store().engage_kill_switch(scope, reason).await?;
+        tracing::warn!(?scope, reason, cancel_in_flight, "kill switch engaged");
+        let scope_text = match scope {
+            store::KillScope::Global => "the global kill switch".to_string(),
+            store::KillScope::Campaign(campaign) => format!("the kill switch of {campaign}"),
+        };
+        self.notify_deployment(
+            protocol::spec::NotifyEvent::KillSwitch,
+            &format!("{scope_text} is engaged: {reason}"),
+        );
+        Ok(())
+    }
+
+    /// Cancels a run: nothing more is sent, and workers cancel its commands
+    /// in flight (CancelCommand) as they next poll them.
+    pub async fn cancel(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
+        let cancelled = self
+            .ledger
+            .transition(
+                run_id,
+                &[
+                    RunState::Pending,
+                    RunState::Discovering,
+                    RunState::Running,
+                    RunState::Baking,
+                    RunState::AwaitingApproval,
+                    RunState::OutsideWindow,
+                    RunState::Paused,
+                ],
+                RunState::Cancelled,
+                reason,
+            )
+            .await?;
+        if cancelled {
+            self.advance(run_id).await?;
+        }
+        Ok(cancelled)
     }
 }

@@ -4,6 +4,7 @@
 //! alert labelled with a campaign pauses its runs; `scope=global` engages the
 //! kill switch), as SSM stops a command on a CloudWatch alarm.
 
+use protocol::run_fields::RunField;
 use std::collections::BTreeMap;
 
 use protocol::job::Location;
@@ -341,7 +342,7 @@ impl Scheduler {
         let mut live = Vec::new();
         for (run_id, fields) in self.ledger.live_runs().await? {
             let fields = fields?;
-            if fields.get("campaign") == Some(campaign) && !fields.state()?.is_final() {
+            if fields.get(RunField::Campaign) == Some(campaign) && !fields.state()?.is_final() {
                 live.push((run_id, fields));
             }
         }
@@ -399,10 +400,15 @@ impl Scheduler {
                 continue;
             }
             *by_state.entry(state.as_str()).or_default() += 1;
-            let campaign = fields.get("campaign").unwrap_or_default().to_string();
-            if fields.get("allowed_errors").is_some() {
-                let allowed = i64::try_from(fields.number("allowed_errors")).unwrap_or(i64::MAX);
-                let failures = i64::try_from(fields.number("failures")).unwrap_or(i64::MAX);
+            let campaign = fields
+                .get(RunField::Campaign)
+                .unwrap_or_default()
+                .to_string();
+            if fields.get(RunField::AllowedErrors).is_some() {
+                let allowed =
+                    i64::try_from(fields.number(RunField::AllowedErrors)?).unwrap_or(i64::MAX);
+                let failures =
+                    i64::try_from(fields.number(RunField::Failures)?).unwrap_or(i64::MAX);
                 // The run closest to halting speaks for its campaign.
                 let tightest = budgets
                     .entry(campaign.clone())
@@ -413,8 +419,8 @@ impl Scheduler {
             }
             self.metrics.set_discovery(
                 &campaign,
-                i64::try_from(fields.number("discovered_locations")).unwrap_or(0),
-                i64::try_from(fields.number("location_count")).unwrap_or(0),
+                i64::try_from(fields.number(RunField::DiscoveredLocations)?).unwrap_or(0),
+                i64::try_from(fields.number(RunField::LocationCount)?).unwrap_or(0),
             );
         }
         // Finished runs: the states of the newest 1,000, one pipelined read

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use protocol::run_fields::{RunField, WaveField};
 use std::collections::HashMap;
 
 use protocol::job::Location;
@@ -38,18 +39,18 @@ impl Backend {
     }
 
     async fn cluster() -> Self {
-        Self::real(store::test_topologies::cluster_url()).await
+        Self::real(test_support::topologies::cluster_url()).await
     }
 
     async fn sentinel() -> Self {
-        Self::real(store::test_topologies::sentinel_url()).await
+        Self::real(test_support::topologies::sentinel_url()).await
     }
 
     async fn real(url: String) -> Self {
         let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
         let store = match RedisStore::connect(&url, names.clone()).await {
             Ok(store) => store,
-            Err(error) => panic!("{}", store::test_topologies::needs(&url, &error)),
+            Err(error) => panic!("{}", test_support::topologies::needs(&url, &error)),
         };
         Self {
             ledger: Ledger::new(store.connection(), names.clone()),
@@ -84,13 +85,24 @@ impl Backend {
         name: &str,
         configure: impl FnOnce(&mut SchedulerConfig),
     ) -> Scheduler {
+        let metrics = scheduler::metrics::SchedulerMetrics::new().unwrap();
+        self.scheduler_reporting(name, configure, metrics).await
+    }
+
+    /// [`Backend::scheduler_with`], reporting into `metrics`.
+    async fn scheduler_reporting(
+        &self,
+        name: &str,
+        configure: impl FnOnce(&mut SchedulerConfig),
+        metrics: scheduler::metrics::SchedulerMetrics,
+    ) -> Scheduler {
         let mut config = SchedulerConfig::new(&self.amqp_url, &self.redis_url, self.names.clone());
         configure(&mut config);
         config.name = name.into();
         config.keys = protocol::signing::Keyring::ephemeral_deployment()
             .unwrap()
             .scheduler;
-        match Scheduler::connect(config).await {
+        match Scheduler::connect_with_metrics(config, metrics).await {
             Ok(scheduler) => scheduler,
             Err(error) => panic!("these tests need RabbitMQ and Redis: {error}"),
         }
@@ -152,6 +164,7 @@ conformance!(
     a_stopped_run_counts_its_never_started_targets_once,
     delayed_runs_are_taken_once_when_due_and_listed_newest_first,
     live_runs_are_indexed_until_settled_and_an_unreadable_one_is_not_hidden,
+    the_gauges_count_a_live_run_however_many_runs_finished_after_it,
     campaigns_are_versioned_by_content,
     a_campaign_accepted_under_a_raised_location_limit_reads_back,
     one_replica_holds_the_schedule_lease,
@@ -264,8 +277,8 @@ async fn a_report_applied_twice_counts_once(backend: &Backend) {
         "the second application is recognised as a repeat"
     );
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
-    assert_eq!(fields.number("failures"), 1);
-    assert_eq!(fields.number("in_flight"), 2);
+    assert_eq!(fields.number(RunField::Failures).unwrap(), 1);
+    assert_eq!(fields.number(RunField::InFlight).unwrap(), 2);
     assert_eq!(ledger.counters(run_id).await.unwrap()["0:Failed"], 1);
     // The console's grid: the location's results and failures, once too.
     let status = ledger.location_statuses(run_id).await.unwrap().remove(0);
@@ -344,9 +357,13 @@ async fn concurrent_failures_halt_the_run_once_at_the_budget(backend: &Backend) 
     assert!(outcomes.iter().all(|(new, _)| *new));
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
     assert_eq!(fields.state().unwrap(), RunState::Halted);
-    assert_eq!(fields.number("failures"), 20, "every failure counted once");
     assert_eq!(
-        fields.get("halt_reason"),
+        fields.number(RunField::Failures).unwrap(),
+        20,
+        "every failure counted once"
+    );
+    assert_eq!(
+        fields.get(RunField::HaltReason),
         Some("error budget exceeded: 3 targets failed, 2 allowed"),
         "the halting update is the one that crossed the budget"
     );
@@ -383,7 +400,8 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
             .await
             .unwrap()
             .unwrap()
-            .number("total"),
+            .number(RunField::Total)
+            .unwrap(),
         12
     );
     // Batches of 2, at most 4 targets in flight, 2 locations at a time.
@@ -423,7 +441,7 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
         }
         let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
         assert!(
-            fields.number("active_locations") <= 2,
+            fields.number(RunField::ActiveLocations).unwrap() <= 2,
             "location concurrency holds"
         );
         admitted = ledger.admit(run_id, 0).await.unwrap().batches;
@@ -690,7 +708,12 @@ async fn limits_resolved_against_fewer_targets_do_not_replace_newer_ones(backend
     let ledger = &backend.ledger;
     let (run_id, _location) = running_run(ledger, 6, 3).await;
     let limits = |fields: &scheduler::ledger::RunFields| {
-        ["max_in_flight", "batch_size", "allowed_errors"].map(|name| fields.number(name))
+        [
+            RunField::MaxInFlight,
+            RunField::BatchSize,
+            RunField::AllowedErrors,
+        ]
+        .map(|field| fields.number(field).unwrap())
     };
     // running_run resolved them against its 6 targets; one resolved against
     // 4 (read before the last location came in) arrives after.
@@ -758,7 +781,7 @@ async fn a_failed_location_counts_once_against_location_max_errors(backend: &Bac
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
     assert_eq!(fields.state().unwrap(), RunState::Halted);
     assert_eq!(
-        fields.get("halt_reason"),
+        fields.get(RunField::HaltReason),
         Some(
             "location_max_errors exceeded: 2 locations failed, 1 allowed \
              (latest 000000000003/us-east-1: Rejected)"
@@ -917,6 +940,69 @@ async fn live_runs_are_indexed_until_settled_and_an_unreadable_one_is_not_hidden
         .map(|(run_id, _)| run_id)
         .collect();
     assert_eq!(ids, vec![garbled, live]);
+}
+
+async fn the_gauges_count_a_live_run_however_many_runs_finished_after_it(backend: &Backend) {
+    let metrics = scheduler::metrics::SchedulerMetrics::new().unwrap();
+    let scheduler = backend
+        .scheduler_reporting("replica-gauges", |_| {}, metrics.clone())
+        .await;
+    let ledger = &backend.ledger;
+    // The oldest run is live and has an error budget of 5 …
+    let oldest = Uuid::new_v4();
+    let run = NewRun {
+        campaign: "old-and-live",
+        created_ms: 1,
+        ..new_run(1, 0)
+    };
+    ledger
+        .create_run(oldest, &run, &[location(1)])
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&backend.redis_url, backend.names.clone())
+        .await
+        .unwrap();
+    let mut connection = store.connection();
+    let () = ::redis::AsyncCommands::hset(
+        &mut connection,
+        ledger.names().run_key(oldest),
+        RunField::AllowedErrors.as_str(),
+        5,
+    )
+    .await
+    .unwrap();
+    // … and the 1,000 runs after it are over.
+    for created_ms in 2..1_002 {
+        let run_id = Uuid::new_v4();
+        let run = NewRun {
+            campaign: "finished",
+            created_ms,
+            ..new_run(1, 0)
+        };
+        ledger
+            .create_run(run_id, &run, &[location(1)])
+            .await
+            .unwrap();
+        assert!(
+            ledger
+                .transition(
+                    run_id,
+                    &[RunState::Discovering],
+                    RunState::Completed,
+                    "done"
+                )
+                .await
+                .unwrap()
+        );
+    }
+    scheduler.refresh_gauges().await.unwrap();
+    let exposition = metrics.render();
+    assert!(
+        exposition.contains("flotilla_scheduler_error_budget_allowed{campaign=\"old-and-live\"} 5"),
+        "the live run's budget is missing from the gauges"
+    );
+    assert!(exposition.contains("flotilla_scheduler_runs{state=\"Discovering\"} 1"));
+    assert!(exposition.contains("flotilla_scheduler_runs{state=\"Completed\"} 1000"));
 }
 
 async fn delayed_runs_are_taken_once_when_due_and_listed_newest_first(backend: &Backend) {
@@ -1203,8 +1289,14 @@ async fn a_rollout_admits_wave_by_wave_and_bakes_between_waves(backend: &Backend
     assert_eq!(baking.bake_until_ms, Some(62_000));
     assert!(baking.batches.is_empty(), "nothing is sent while baking");
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
-    assert_eq!(fields.number("wave:0:targets"), 1);
-    assert_eq!(fields.number("wave:0:failures"), 0);
+    assert_eq!(
+        fields.wave_number(0, WaveField::Targets).unwrap().unwrap(),
+        1
+    );
+    assert_eq!(
+        fields.wave_number(0, WaveField::Failures).unwrap().unwrap(),
+        0
+    );
 
     // The gates pass: once, whichever replica gets there first.
     let next = scheduler::ledger::WaveOutcome::Next;
@@ -1231,9 +1323,12 @@ async fn a_rollout_admits_wave_by_wave_and_bakes_between_waves(backend: &Backend
         RunState::Baking
     );
     let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
-    assert_eq!(fields.number("wave:1:targets"), 3);
     assert_eq!(
-        fields.number("wave:1:failures"),
+        fields.wave_number(1, WaveField::Targets).unwrap().unwrap(),
+        3
+    );
+    assert_eq!(
+        fields.wave_number(1, WaveField::Failures).unwrap().unwrap(),
         2,
         "the wave's own failures"
     );

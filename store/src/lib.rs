@@ -12,8 +12,6 @@
 //! - [`endpoint`]: Redis URLs (TLS, Sentinel, Cluster, `wait_replicas`) as
 //!   settings.
 //! - [`sentinel`]: finding the master through Redis Sentinel.
-//! - [`test_topologies`]: where the test Redis Cluster and Sentinel listen
-//!   (for tests; they fail naming how to start them).
 //! - here: the [`Store`] trait, and [`SendGate`]/[`GateCause`] — what a worker
 //!   reads before every send (kill switches first, then the run's state).
 //!
@@ -26,7 +24,6 @@ pub mod endpoint;
 pub mod memory;
 pub mod redis_store;
 pub mod sentinel;
-pub mod test_topologies;
 
 use std::future::Future;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! atomic across every worker; token buckets keep time with Redis's own clock
 //! (`TIME`), so workers with skewed clocks still share one rate.
 
+use protocol::run_fields::RunField;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -238,7 +239,10 @@ impl Store for RedisStore {
         let () = connection
             .hset_multiple(
                 self.names.run_key(run_id),
-                &[("state", state.as_str()), ("reason", reason)],
+                &[
+                    (RunField::State.as_str(), state.as_str()),
+                    (RunField::Reason.as_str(), reason),
+                ],
             )
             .await?;
         Ok(())
@@ -256,9 +260,9 @@ impl Store for RedisStore {
             .get(self.names.campaign_kill_key(campaign))
             .cmd("HMGET")
             .arg(self.names.run_key(run_id))
-            .arg("state")
-            .arg("reason")
-            .arg("send_until_ms")
+            .arg(RunField::State.as_str())
+            .arg(RunField::Reason.as_str())
+            .arg(RunField::SendUntilMs.as_str())
             .query_async(&mut connection)
             .await?;
         // A value that does not parse closes the window (fail closed).
@@ -286,8 +290,8 @@ impl Store for RedisStore {
                 .exists(&run_key)
                 .cmd("HMGET")
                 .arg(&run_key)
-                .arg("contract")
-                .arg("state")
+                .arg(RunField::Contract.as_str())
+                .arg(RunField::State.as_str())
                 .sismember(self.names.run_location_set_key(run_id), location)
                 .exists(self.names.kill_cancel_key())
                 .exists(self.names.campaign_kill_cancel_key(campaign))

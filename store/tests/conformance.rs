@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use protocol::names::Names;
 use protocol::run::{RunState, SendDecision};
-use store::test_topologies;
 use store::{
     BucketId, GateCause, KillScope, RedisStore, SendClaim, SendGate, Store, TokenGrant,
     TokenRequest,
 };
+use test_support::topologies as test_topologies;
 use uuid::Uuid;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -598,84 +598,6 @@ async fn the_in_memory_redis_keeps_tokios_clock() {
     );
 }
 
-/// A redis-server of the test's own speaking TLS only, on a free loopback
-/// port, with a certificate for 127.0.0.1 from a CA the test makes. Killed
-/// on drop.
-struct TlsRedis {
-    url: String,
-    ca_file: std::path::PathBuf,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl TlsRedis {
-    // The child is reaped by Drop, which clippy cannot see.
-    #[allow(clippy::zombie_processes)]
-    async fn start() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let server_key = KeyPair::generate().unwrap();
-        let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &issuer)
-            .unwrap();
-        let write = |name: &str, text: String| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        let ca_file = write("ca.pem", ca_cert.pem());
-        let cert_file = write("server.pem", server_cert.pem());
-        let key_file = write("server.key", server_key.serialize_pem());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
-            .arg("--tls-cert-file")
-            .arg(&cert_file)
-            .arg("--tls-key-file")
-            .arg(&key_file)
-            .arg("--tls-ca-cert-file")
-            .arg(&ca_file)
-            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("this test starts its own redis-server with TLS ({error}); install it with `apt-get install redis-server`")
-            });
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self {
-                    url: format!("rediss://127.0.0.1:{port}/"),
-                    ca_file,
-                    child,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server with TLS on port {port} did not start within 5 s");
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A deployment that asks for a replica's copy of every claim gets an error,
 /// not a silent promise, from a Redis without replicas: a claim only the
 /// master holds could be lost in a failover and the job sent twice.
@@ -703,10 +625,10 @@ async fn a_claim_no_replica_holds_is_a_retryable_error_when_replicas_are_asked_f
 
 #[tokio::test]
 async fn over_tls_redis_keeps_the_kill_switch_tokens_claims_and_gate() {
-    let redis = TlsRedis::start().await;
+    let redis = test_support::redis::PrivateRedis::start_tls().await;
     let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
     let tls = store::RedisTls {
-        ca_file: Some(redis.ca_file.clone()),
+        ca_file: redis.ca_file.clone(),
     };
     let connected = RedisStore::connect_with(&redis.url, names.clone(), &tls).await;
     let store = connected.unwrap_or_else(|error| panic!("TLS connection: {error}"));

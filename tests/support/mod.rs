@@ -84,6 +84,8 @@ pub struct Stack {
     pub amqp_url: String,
     pub scheduler: Scheduler,
     scheduler_config: SchedulerConfig,
+    /// How the stack's API is served (authentication, TLS, limits).
+    api_config: api::ApiConfig,
     /// The stack's signing keys (a scheduler's and a worker's, each trusted by both).
     pub keys: protocol::signing::DeploymentKeys,
     pub results: tempfile::TempDir,
@@ -264,6 +266,7 @@ impl Stack {
             amqp_url: amqp_url.to_string(),
             scheduler,
             scheduler_config: config,
+            api_config: api::ApiConfig::default(),
             keys,
             results,
             attempt_timeout: Duration::from_secs(5),
@@ -284,8 +287,9 @@ impl Stack {
     /// Runs the scheduler, with its HTTP API on `listener` if given.
     pub fn start_scheduler_with_api(&mut self, listener: Option<tokio::net::TcpListener>) {
         let config = self.scheduler_config.clone();
+        let api_config = self.api_config.clone();
         self.scheduler_task = Some(tokio::spawn(async move {
-            scheduler::run(config, listener, std::future::pending())
+            api::run(config, api_config, listener, std::future::pending())
                 .await
                 .unwrap();
         }));
@@ -312,6 +316,11 @@ impl Stack {
     /// The settings the stack's scheduler (re)starts with.
     pub fn scheduler_config_mut(&mut self) -> &mut SchedulerConfig {
         &mut self.scheduler_config
+    }
+
+    /// How the stack's API is (re)started: authentication, TLS, limits.
+    pub fn api_config_mut(&mut self) -> &mut api::ApiConfig {
+        &mut self.api_config
     }
 
     /// The stack's scheduler settings, for starting more replicas.
@@ -634,83 +643,11 @@ pub fn now_unix_ms() -> u64 {
     protocol::job::UnixMillis::now().0
 }
 
-/// A Redis server of one test's own, on a free loopback port, so the test can
-/// stop and continue it without disturbing other tests. Killed on drop.
-pub struct PrivateRedis {
-    pub url: String,
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    // The child is reaped by Drop, which clippy cannot see.
-    #[allow(clippy::zombie_processes)]
-    pub async fn start() -> Self {
-        Self::start_with_args(&[]).await
-    }
-
-    /// [`PrivateRedis::start`] with more `redis-server` arguments (`--aclfile F`).
-    pub async fn start_with_args(extra: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("this test starts its own redis-server ({error}); install it with `apt-get install redis-server`")
-            });
-        let url = format!("redis://127.0.0.1:{port}/");
-        // Dropped (killed and reaped) if it never answers.
-        let redis = Self { url, child };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server on port {port} did not start within 5 s (does it accept {extra:?}?)");
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    /// Freezes the server: connections stay open, nothing is answered.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use test_support::ports::free_port;
+#[allow(unused_imports)]
+pub use test_support::redis::PrivateRedis;
 
 /// One HTTP/1.0 request to 127.0.0.1:`port`; (status, body).
 pub async fn http(
@@ -742,6 +679,12 @@ pub async fn http_as(
     );
     let (status, _, body) = http_exchange(port, &request).await;
     (status, body)
+}
+
+/// A JSON request to the API on 127.0.0.1:`port` as the holder of `token`;
+/// (status, body).
+pub async fn call(port: u16, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_as(port, Some(token), method, path, "application/json", body).await
 }
 
 /// One raw HTTP/1.0 exchange on loopback (5 s to connect, 10 s to answer):
@@ -776,7 +719,7 @@ pub fn add_token(
     expires_ms: Option<u64>,
 ) -> String {
     let token = scheduler::auth::new_token().unwrap();
-    scheduler::auth::append_tokens_file(
+    api::auth::append_tokens_file(
         path,
         &scheduler::auth::TokenRecord {
             name: name.into(),

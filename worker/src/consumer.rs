@@ -89,7 +89,7 @@ pub async fn run<S: Store>(
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
         tracing::info!(%addr, "serving /metrics");
-        background.spawn(serve_metrics(
+        background.spawn(crate::metrics::serve(
             listener,
             metrics.clone(),
             background_stop.clone(),
@@ -532,26 +532,6 @@ fn log_keys(keys: &protocol::signing::Keyring) {
         max_age = ?keys.max_age,
         "message keys loaded"
     );
-}
-
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    metrics: WorkerMetrics,
-    stop: CancellationToken,
-) {
-    use axum::routing::get;
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
-        .route("/healthz", get(|| std::future::ready("ok")));
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(error = %error, "metrics server failed");
-    }
 }
 
 #[cfg(test)]

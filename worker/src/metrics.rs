@@ -186,3 +186,24 @@ impl WorkerMetrics {
         String::from_utf8_lossy(&buffer).into_owned()
     }
 }
+
+/// Serves `/metrics` (and `/healthz`) on `listener` until `stop`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: WorkerMetrics,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok")));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(error = %error, "metrics server failed");
+    }
+}

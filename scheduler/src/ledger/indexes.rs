@@ -5,6 +5,7 @@
 //! history.
 
 use protocol::run::RunState;
+use protocol::run_fields::RunField;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -150,7 +151,7 @@ impl Ledger {
         }
         let mut pipe = redis::pipe();
         for run_id in &ids {
-            pipe.hget(self.names.run_key(*run_id), "state");
+            pipe.hget(self.names.run_key(*run_id), RunField::State.as_str());
         }
         let mut connection = self.connection.clone();
         let states: Vec<Option<String>> = pipe.query_async(&mut connection).await?;
@@ -175,12 +176,12 @@ impl Ledger {
             let Some(fields) = self.run_fields(run_id).await? else {
                 continue;
             };
-            if let Some(campaign) = fields.get("campaign") {
+            if let Some(campaign) = fields.get(RunField::Campaign) {
                 let () = connection
                     .zadd(
                         self.names.campaign_runs_key(campaign),
                         run_id.to_string(),
-                        fields.number("created_ms"),
+                        fields.number(RunField::CreatedMs)?,
                     )
                     .await?;
             }
@@ -192,7 +193,7 @@ impl Ledger {
                     .zadd(
                         self.names.live_runs_key(),
                         run_id.to_string(),
-                        fields.number("created_ms"),
+                        fields.number(RunField::CreatedMs)?,
                     )
                     .await?;
             }

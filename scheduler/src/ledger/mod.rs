@@ -12,9 +12,11 @@
 //! `applied` (reports already counted) and `counters` (results per step and status).
 //!
 //! [`model`] holds the types and their Redis encodings; [`indexes`] the
-//! deployment's indexes of runs (all, live, per campaign, due); this module
-//! the operations on one run.
+//! deployment's indexes of runs (all, live, per campaign, due);
+//! [`discovery`] a run's discovery; this module the other operations on one
+//! run.
 
+mod discovery;
 mod indexes;
 mod model;
 
@@ -23,6 +25,7 @@ use std::collections::HashMap;
 use protocol::job::Location;
 use protocol::names::Names;
 use protocol::run::RunState;
+use protocol::run_fields::RunField;
 use redis::{AsyncCommands, Script};
 use store::Connection;
 use uuid::Uuid;
@@ -34,8 +37,7 @@ pub use self::model::{
 use self::model::{location_statuses, page_entry, run_hash_fields};
 use crate::SchedulerError;
 use crate::scripts::{
-    ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, LOCATION_FAILED, MARK_DRAINED, OPEN_DISCOVERY,
-    RECORD_PAGE, START_EXECUTION, TRANSITION, WAVE_GATE,
+    ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, MARK_DRAINED, START_EXECUTION, TRANSITION, WAVE_GATE,
 };
 
 /// What [`Ledger::admit`] did.
@@ -123,7 +125,10 @@ impl Ledger {
     ) -> Result<(), SchedulerError> {
         let location_keys: Vec<String> = locations.iter().map(location_key).collect();
         let mut connection = self.connection.clone();
-        let fields = run_hash_fields(run, locations.len());
+        let fields: Vec<(&str, String)> = run_hash_fields(run, locations.len())
+            .into_iter()
+            .map(|(field, value)| (field.as_str(), value))
+            .collect();
         // The run's own keys in one transaction (one hash slot: `{run-id}`),
         // then the deployment's indexes, which live in other slots of a
         // cluster. A scheduler that dies in between leaves a record nobody
@@ -193,7 +198,11 @@ impl Ledger {
         let json = serde_json::to_string(contract)?;
         let mut connection = self.connection.clone();
         let () = connection
-            .hset(self.names.run_key(run_id), "contract", json)
+            .hset(
+                self.names.run_key(run_id),
+                RunField::Contract.as_str(),
+                json,
+            )
             .await?;
         self.replicated(run_id).await?;
         Ok(())
@@ -225,115 +234,6 @@ impl Ledger {
             admitted,
             applied: entry_key.is_some() && applied,
         })
-    }
-
-    /// Opens the discovery of the run's next locations, keeping at most
-    /// `window` open at once and opening at least `chunk` (or all that are
-    /// left); returns their indexes in the run's location list.
-    pub async fn open_discovery(
-        &self,
-        run_id: Uuid,
-        window: usize,
-        chunk: usize,
-    ) -> Result<Vec<usize>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let opened: Vec<usize> = self
-            .invocation(&OPEN_DISCOVERY, run_id)
-            .arg(window)
-            .arg(chunk)
-            .invoke_async(&mut connection)
-            .await?;
-        self.replicated(run_id).await?;
-        Ok(opened)
-    }
-
-    /// Records that the Discover jobs of these opened locations are published.
-    pub async fn discovery_published(
-        &self,
-        run_id: Uuid,
-        location_keys: &[String],
-    ) -> Result<(), SchedulerError> {
-        if location_keys.is_empty() {
-            return Ok(());
-        }
-        let mut connection = self.connection.clone();
-        let fields: Vec<(String, u8)> = location_keys
-            .iter()
-            .map(|key| (format!("{key}:published"), 1))
-            .collect();
-        let () = connection
-            .hset_multiple(self.names.run_location_state_key(run_id), &fields)
-            .await?;
-        self.replicated(run_id).await
-    }
-
-    /// The location keys whose discovery is open, not finished, and whose
-    /// Discover job is not known to be published (its publisher died).
-    pub async fn discovery_unpublished(&self, run_id: Uuid) -> Result<Vec<String>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let open: Vec<String> = connection
-            .smembers(self.names.run_discovering_key(run_id))
-            .await?;
-        if open.is_empty() {
-            return Ok(open);
-        }
-        let fields: Vec<String> = open.iter().map(|key| format!("{key}:published")).collect();
-        let published: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.names.run_location_state_key(run_id))
-            .arg(&fields)
-            .query_async(&mut connection)
-            .await?;
-        Ok(open
-            .into_iter()
-            .zip(published)
-            .filter_map(|(key, published)| published.is_none().then_some(key))
-            .collect())
-    }
-
-    /// Returns (new, discovery complete).
-    pub async fn record_page(
-        &self,
-        run_id: Uuid,
-        location: &Location,
-        page: u32,
-        instance_ids: &[String],
-        last_page: bool,
-    ) -> Result<PageRecorded, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let ids = serde_json::to_string(instance_ids)?;
-        let (new, location_discovered, all_discovered): (u8, u8, u8) = self
-            .invocation(&RECORD_PAGE, run_id)
-            .arg(location_key(location))
-            .arg(page)
-            .arg(ids)
-            .arg(instance_ids.len())
-            .arg(u8::from(last_page))
-            .invoke_async(&mut connection)
-            .await?;
-        self.replicated(run_id).await?;
-        Ok(PageRecorded {
-            new: new == 1,
-            location_discovered: location_discovered == 1,
-            all_discovered: all_discovered == 1,
-        })
-    }
-
-    /// Returns (new, discovery complete).
-    pub async fn record_location_failed(
-        &self,
-        run_id: Uuid,
-        location: &Location,
-        reason: &str,
-    ) -> Result<(bool, bool), SchedulerError> {
-        let mut connection = self.connection.clone();
-        let (new, complete): (u8, u8) = self
-            .invocation(&LOCATION_FAILED, run_id)
-            .arg(location_key(location))
-            .arg(reason)
-            .invoke_async(&mut connection)
-            .await?;
-        self.replicated(run_id).await?;
-        Ok((new == 1, complete == 1))
     }
 
     /// `waves`: a rollout's wave caps and canary location keys, once every
@@ -455,7 +355,11 @@ impl Ledger {
     pub async fn set_send_until(&self, run_id: Uuid, until_ms: u64) -> Result<(), SchedulerError> {
         let mut connection = self.connection.clone();
         let () = connection
-            .hset(self.names.run_key(run_id), "send_until_ms", until_ms)
+            .hset(
+                self.names.run_key(run_id),
+                RunField::SendUntilMs.as_str(),
+                until_ms,
+            )
             .await?;
         self.replicated(run_id).await
     }

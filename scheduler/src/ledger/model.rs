@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use protocol::job::Location;
 use protocol::run::RunState;
+use protocol::run_fields::{RunField, WaveField};
 use serde::{Deserialize, Serialize};
 
 use crate::SchedulerError;
@@ -121,30 +122,77 @@ pub struct NewRun<'a> {
     pub send_until_ms: Option<u64>,
 }
 
-/// A run as the ledger holds it (the run hash, counters separately).
+/// A run as the ledger holds it (the run hash, counters separately), read
+/// by [`RunField`]: the names are written once (`protocol::run_fields`), and
+/// a required field that is missing, or a number that does not parse, is an
+/// error — never a silent 0.
 #[derive(Debug, Clone, Default)]
 pub struct RunFields(pub HashMap<String, String>);
 
 impl RunFields {
-    pub fn get(&self, field: &str) -> Option<&str> {
-        self.0.get(field).map(String::as_str)
+    pub fn get(&self, field: RunField) -> Option<&str> {
+        self.0.get(field.as_str()).map(String::as_str)
     }
 
-    pub fn number(&self, field: &str) -> u64 {
+    /// A required field's text; absent, the record is broken.
+    pub fn required(&self, field: RunField) -> Result<&str, SchedulerError> {
+        self.get(field).ok_or_else(|| {
+            SchedulerError::Corrupt(format!("the run record has no {}", field.as_str()))
+        })
+    }
+
+    /// A counter or limit. Absent: an error for a required field, 0 for an
+    /// optional one (not written yet); not a number: an error.
+    pub fn number(&self, field: RunField) -> Result<u64, SchedulerError> {
+        match self.get(field) {
+            Some(text) => parse_number(field.as_str(), text),
+            None if field.is_required() => Err(SchedulerError::Corrupt(format!(
+                "the run record has no {}",
+                field.as_str()
+            ))),
+            None => Ok(0),
+        }
+    }
+
+    /// An optional number: `None` while it is not written.
+    pub fn optional_number(&self, field: RunField) -> Result<Option<u64>, SchedulerError> {
         self.get(field)
-            .and_then(|value| value.parse::<i64>().ok())
-            .map_or(0, |value| u64::try_from(value).unwrap_or(0))
+            .map(|text| parse_number(field.as_str(), text))
+            .transpose()
+    }
+
+    /// A field of rollout wave `wave` (0-based).
+    pub fn wave(&self, wave: u64, field: WaveField) -> Option<&str> {
+        self.0.get(&field.of(wave)).map(String::as_str)
+    }
+
+    /// A number of rollout wave `wave`: `None` while it is not written.
+    pub fn wave_number(&self, wave: u64, field: WaveField) -> Result<Option<u64>, SchedulerError> {
+        self.wave(wave, field)
+            .map(|text| parse_number(&field.of(wave), text))
+            .transpose()
     }
 
     pub fn state(&self) -> Result<RunState, SchedulerError> {
-        parse_run_state(self.get("state"))
+        parse_run_state(self.get(RunField::State))
     }
 
     /// A final run with nothing left to do: completed, or drained (the
     /// targets it never started reported as such).
     pub fn is_settled(&self, state: RunState) -> bool {
-        state.is_final() && (state == RunState::Completed || self.get("drained").is_some())
+        state.is_final() && (state == RunState::Completed || self.get(RunField::Drained).is_some())
     }
+}
+
+/// A number of the run hash: a counter may dip below zero between two
+/// updates of one report (read as 0); anything else that is not a number
+/// is an error.
+fn parse_number(name: &str, text: &str) -> Result<u64, SchedulerError> {
+    text.parse::<i64>()
+        .map(|value| u64::try_from(value).unwrap_or(0))
+        .map_err(|_| {
+            SchedulerError::Corrupt(format!("run record field {name} is {text:?}, not a number"))
+        })
 }
 
 /// The run hash's `state` field.
@@ -156,52 +204,52 @@ pub(super) fn parse_run_state(state: Option<&str>) -> Result<RunState, Scheduler
 }
 
 /// The run hash `create_run` writes.
-pub(super) fn run_hash_fields(
-    run: &NewRun<'_>,
-    location_count: usize,
-) -> Vec<(&'static str, String)> {
+pub(super) fn run_hash_fields(run: &NewRun<'_>, location_count: usize) -> Vec<(RunField, String)> {
     let state = if run.start_after_ms.is_some() {
         RunState::Pending
     } else {
         RunState::Discovering
     };
-    let mut fields: Vec<(&'static str, String)> = vec![
-        ("campaign", run.campaign.to_string()),
-        ("campaign_version", run.campaign_version.to_string()),
-        ("spec", run.spec_json.to_string()),
-        ("priority", run.priority.to_string()),
-        ("state", state.as_str().to_string()),
-        ("reason", format!("started by {}", run.started_by)),
-        ("started_by", run.started_by.to_string()),
-        ("plan_only", u8::from(run.plan_only).to_string()),
-        ("created_ms", run.created_ms.to_string()),
-        ("location_count", location_count.to_string()),
-        ("location_concurrency", run.location_concurrency.to_string()),
+    let mut fields: Vec<(RunField, String)> = vec![
+        (RunField::Campaign, run.campaign.to_string()),
+        (RunField::CampaignVersion, run.campaign_version.to_string()),
+        (RunField::Spec, run.spec_json.to_string()),
+        (RunField::Priority, run.priority.to_string()),
+        (RunField::State, state.as_str().to_string()),
+        (RunField::Reason, format!("started by {}", run.started_by)),
+        (RunField::StartedBy, run.started_by.to_string()),
+        (RunField::PlanOnly, u8::from(run.plan_only).to_string()),
+        (RunField::CreatedMs, run.created_ms.to_string()),
+        (RunField::LocationCount, location_count.to_string()),
         (
-            "allowed_location_errors",
+            RunField::LocationConcurrency,
+            run.location_concurrency.to_string(),
+        ),
+        (
+            RunField::AllowedLocationErrors,
             run.allowed_location_errors.to_string(),
         ),
-        ("results_location", run.results_location.to_string()),
-        ("max_locations", run.max_locations.to_string()),
-        ("total", "0".into()),
-        ("in_flight", "0".into()),
-        ("failures", "0".into()),
-        ("discovered_locations", "0".into()),
-        ("failed_locations", "0".into()),
-        ("locations_done", "0".into()),
+        (RunField::ResultsLocation, run.results_location.to_string()),
+        (RunField::MaxLocations, run.max_locations.to_string()),
+        (RunField::Total, "0".into()),
+        (RunField::InFlight, "0".into()),
+        (RunField::Failures, "0".into()),
+        (RunField::DiscoveredLocations, "0".into()),
+        (RunField::FailedLocations, "0".into()),
+        (RunField::LocationsDone, "0".into()),
     ];
     if let Some(targets) = run.targets_json {
-        fields.push(("targets", targets.to_string()));
+        fields.push((RunField::Targets, targets.to_string()));
     }
     if let Some(until) = run.send_until_ms {
-        fields.push(("send_until_ms", until.to_string()));
+        fields.push((RunField::SendUntilMs, until.to_string()));
     }
     if let Some(why) = run.freeze_override {
-        fields.push(("freeze_override", why.to_string()));
+        fields.push((RunField::FreezeOverride, why.to_string()));
     }
     if let Some(bake_ms) = run.rollout_bake_ms {
-        fields.push(("rollout", "1".into()));
-        fields.push(("bake_ms", bake_ms.to_string()));
+        fields.push((RunField::Rollout, "1".into()));
+        fields.push((RunField::BakeMs, bake_ms.to_string()));
     }
     fields
 }
@@ -266,4 +314,38 @@ pub(super) fn page_entry(
         step_index: 0,
         instance_ids,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(pairs: &[(&str, &str)]) -> RunFields {
+        RunFields(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_missing_required_field_or_a_garbled_number_is_an_error_not_a_zero() {
+        let fields = record(&[("total", "12"), ("failures", "x"), ("wave:1:targets", "5")]);
+        assert_eq!(fields.number(RunField::Total).unwrap(), 12);
+        let missing = fields.number(RunField::InFlight).unwrap_err().to_string();
+        assert!(missing.contains("no in_flight"), "{missing}");
+        let garbled = fields.number(RunField::Failures).unwrap_err().to_string();
+        assert!(garbled.contains("failures is \"x\""), "{garbled}");
+        // Optional fields not written yet read as 0 (or None).
+        assert_eq!(fields.number(RunField::Wave).unwrap(), 0);
+        assert_eq!(
+            fields.optional_number(RunField::AllowedErrors).unwrap(),
+            None
+        );
+        assert_eq!(fields.wave_number(1, WaveField::Targets).unwrap(), Some(5));
+        assert_eq!(fields.wave_number(0, WaveField::Targets).unwrap(), None);
+        assert!(fields.required(RunField::Campaign).is_err());
+    }
 }

@@ -3,18 +3,18 @@
 -- targets (step 0) only up to the current wave's cap, and a wave whose every
 -- target is through moves the run to Baking. Returns {state, bake until (ms)
 -- or '', the admitted batches (JSON entries)...}.
-local state = redis.call('HGET', run, 'state')
+local state = redis.call('HGET', run, F.state)
 if state ~= STATE.Running then
-  return {state or '', redis.call('HGET', run, 'bake_until') or ''}
+  return {state or '', redis.call('HGET', run, F.bake_until) or ''}
 end
 local caps = nil
-if redis.call('HGET', run, 'rollout') == '1' then
-  local raw = redis.call('HGET', run, 'wave_caps')
+if redis.call('HGET', run, F.rollout) == '1' then
+  local raw = redis.call('HGET', run, F.wave_caps)
   -- The waves resolve against the total: nothing starts before discovery ends.
   if not raw then return {state, ''} end
   caps = cjson.decode(raw)
 end
-local batch_size = tonumber(redis.call('HGET', run, 'batch_size'))
+local batch_size = tonumber(redis.call('HGET', run, F.batch_size))
 local function activate(loc)
   local page_count = tonumber(redis.call('HGET', locstate, loc .. ':pages')) or 0
   local chunks = 0
@@ -35,20 +35,20 @@ local function activate(loc)
   redis.call('HSET', locstate, loc .. ':remaining', chunks, loc .. ':activated', 1)
   return chunks
 end
-local concurrency = tonumber(redis.call('HGET', run, 'location_concurrency'))
-local active = tonumber(redis.call('HGET', run, 'active_locations')) or 0
+local concurrency = tonumber(redis.call('HGET', run, F.location_concurrency))
+local active = tonumber(redis.call('HGET', run, F.active_locations)) or 0
 while active < concurrency do
   local loc = redis.call('LPOP', ready)
   if not loc then break end
   local chunks = 0
   if redis.call('HEXISTS', locstate, loc .. ':failed') == 0 then chunks = activate(loc) end
-  if chunks > 0 then active = active + 1 else redis.call('HINCRBY', run, 'locations_done', 1) end
+  if chunks > 0 then active = active + 1 else redis.call('HINCRBY', run, F.locations_done, 1) end
 end
-redis.call('HSET', run, 'active_locations', active)
-local in_flight = tonumber(redis.call('HGET', run, 'in_flight')) or 0
-local max = tonumber(redis.call('HGET', run, 'max_in_flight'))
-local wave = tonumber(redis.call('HGET', run, 'wave')) or 0
-local wave_admitted = tonumber(redis.call('HGET', run, 'wave_admitted')) or 0
+redis.call('HSET', run, F.active_locations, active)
+local in_flight = tonumber(redis.call('HGET', run, F.in_flight)) or 0
+local max = tonumber(redis.call('HGET', run, F.max_in_flight))
+local wave = tonumber(redis.call('HGET', run, F.wave)) or 0
+local wave_admitted = tonumber(redis.call('HGET', run, F.wave_admitted)) or 0
 local out = {}
 while true do
   local raw = redis.call('LINDEX', pending, 0)
@@ -64,7 +64,7 @@ while true do
       for j = 1, #entry.i do
         if j <= room then head[#head + 1] = entry.i[j] else rest[#rest + 1] = entry.i[j] end
       end
-      local split = SPLIT_BASE + redis.call('HINCRBY', run, 'batch_splits', 1)
+      local split = SPLIT_BASE + redis.call('HINCRBY', run, F.batch_splits, 1)
       redis.call('LSET', pending, 0, cjson.encode({l = entry.l, b = split, s = 0, i = rest}))
       entry.i = head
       raw = cjson.encode(entry)
@@ -80,19 +80,18 @@ while true do
   redis.call('HSET', admitted, entry.l .. '|' .. entry.b .. '|' .. entry.s, raw)
   out[#out + 1] = raw
 end
-redis.call('HSET', run, 'in_flight', in_flight, 'wave_admitted', wave_admitted)
+redis.call('HSET', run, F.in_flight, in_flight, F.wave_admitted, wave_admitted)
 if caps and wave + 1 < #caps and wave_admitted >= caps[wave + 1] and in_flight == 0 then
   -- Later steps of the wave's targets wait at the head of `pending`.
   local head = redis.call('LINDEX', pending, 0)
   if not (head and cjson.decode(head).s > 0) then
-    local failures = tonumber(redis.call('HGET', run, 'failures')) or 0
-    local base = tonumber(redis.call('HGET', run, 'wave_failures_base')) or 0
+    local failures = tonumber(redis.call('HGET', run, F.failures)) or 0
+    local base = tonumber(redis.call('HGET', run, F.wave_failures_base)) or 0
     local first = (wave == 0) and 0 or caps[wave]
-    local bake_until = tonumber(ARGV[1]) + (tonumber(redis.call('HGET', run, 'bake_ms')) or 0)
-    local w = 'wave:' .. wave .. ':'
-    redis.call('HSET', run, 'state', STATE.Baking, 'bake_until', bake_until,
-      w .. 'targets', wave_admitted - first, w .. 'failures', failures - base, w .. 'done_ms', ARGV[1],
-      'reason', 'wave ' .. (wave + 1) .. ' of ' .. #caps .. ' is through; baking, then its gates')
+    local bake_until = tonumber(ARGV[1]) + (tonumber(redis.call('HGET', run, F.bake_ms)) or 0)
+    redis.call('HSET', run, F.state, STATE.Baking, F.bake_until, bake_until,
+      wave_field(wave, WF.targets), wave_admitted - first, wave_field(wave, WF.failures), failures - base, wave_field(wave, WF.done_ms), ARGV[1],
+      F.reason, 'wave ' .. (wave + 1) .. ' of ' .. #caps .. ' is through; baking, then its gates')
     return {STATE.Baking, tostring(bake_until)}
   end
 end

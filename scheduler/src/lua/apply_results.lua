@@ -2,11 +2,11 @@
 -- the most fields the counters hash takes new failure causes up to.
 -- Returns {new, state}.
 if redis.call('SADD', applied, 'results:' .. ARGV[1]) == 0 then
-  return {0, redis.call('HGET', run, 'state')}
+  return {0, redis.call('HGET', run, F.state)}
 end
 redis.call('HDEL', admitted, ARGV[1])
-local in_flight = (tonumber(redis.call('HGET', run, 'in_flight')) or 0) - tonumber(ARGV[3])
-redis.call('HSET', run, 'in_flight', math.max(0, in_flight))
+local in_flight = (tonumber(redis.call('HGET', run, F.in_flight)) or 0) - tonumber(ARGV[3])
+redis.call('HSET', run, F.in_flight, math.max(0, in_flight))
 for field, n in pairs(cjson.decode(ARGV[5])) do
   -- Failure causes (`f:step:status:cause`) are bounded a run: past the cap a
   -- new cause counts as `f:step:status:other`.
@@ -21,8 +21,8 @@ local failed = tonumber(ARGV[4])
 redis.call('HINCRBY', locstate, ARGV[2] .. ':results', tonumber(ARGV[3]))
 if failed > 0 then redis.call('HINCRBY', locstate, ARGV[2] .. ':target_failures', failed) end
 if failed > 0 then
-  local allowed = tonumber(redis.call('HGET', run, 'allowed_errors'))
-  local failures = redis.call('HINCRBY', run, 'failures', failed)
+  local allowed = tonumber(redis.call('HGET', run, F.allowed_errors))
+  local failures = redis.call('HINCRBY', run, F.failures, failed)
   if failures - failed <= allowed and failures > allowed then
     halt('error budget exceeded: ' .. failures .. ' targets failed, ' .. allowed .. ' allowed')
   end
@@ -30,7 +30,7 @@ end
 if ARGV[6] ~= '' then
   redis.call('LPUSH', pending, ARGV[6])
 elseif redis.call('HINCRBY', locstate, ARGV[2] .. ':remaining', -1) <= 0 then
-  redis.call('HINCRBY', run, 'active_locations', -1)
-  redis.call('HINCRBY', run, 'locations_done', 1)
+  redis.call('HINCRBY', run, F.active_locations, -1)
+  redis.call('HINCRBY', run, F.locations_done, 1)
 end
-return {1, redis.call('HGET', run, 'state')}
+return {1, redis.call('HGET', run, F.state)}

@@ -9,14 +9,14 @@ local seen = tonumber(redis.call('HGET', locstate, loc .. ':pages_seen')) or 0
 local was_discovered = expected and seen == expected
 redis.call('HSET', locstate, loc .. ':failed', ARGV[2])
 redis.call('SREM', discovering, loc)
-local failed = redis.call('HINCRBY', run, 'failed_locations', 1)
-local allowed = tonumber(redis.call('HGET', run, 'allowed_location_errors'))
+local failed = redis.call('HINCRBY', run, F.failed_locations, 1)
+local allowed = tonumber(redis.call('HGET', run, F.allowed_location_errors))
 if failed > allowed then
   halt('location_max_errors exceeded: ' .. failed .. ' locations failed, ' .. allowed ..
        ' allowed (latest ' .. loc .. ': ' .. ARGV[2] .. ')')
 end
 if not was_discovered then
-  redis.call('HINCRBY', run, 'locations_done', 1)
+  redis.call('HINCRBY', run, F.locations_done, 1)
   if location_discovered() then return {1, 1} end
 end
 return {1, 0}

@@ -6,7 +6,7 @@
 -- room is less than `chunk` and more locations than that are left, so jobs
 -- are published (and confirmed) in chunks, not one by one.
 local window, chunk = tonumber(ARGV[1]), tonumber(ARGV[2])
-local next = tonumber(redis.call('HGET', run, 'discover_next')) or 0
+local next = tonumber(redis.call('HGET', run, F.discover_next)) or 0
 local left = location_count() - next
 local room = math.min(window - redis.call('SCARD', discovering), left)
 if room <= 0 or (room < chunk and room < left) then return {} end
@@ -15,5 +15,5 @@ for i, loc in ipairs(redis.call('LRANGE', locations, next, next + room - 1)) do
   redis.call('SADD', discovering, loc)
   opened[i] = next + i - 1
 end
-redis.call('HSET', run, 'discover_next', next + #opened)
+redis.call('HSET', run, F.discover_next, next + #opened)
 return opened

@@ -7,7 +7,7 @@ if redis.call('SADD', applied, 'page:' .. loc .. ':' .. page) == 0 then return {
 if redis.call('HEXISTS', locstate, loc .. ':failed') == 1 then return {1, 0, 0} end
 if n > 0 then redis.call('HSET', pages, loc .. ':' .. page, ARGV[3]) end
 redis.call('HINCRBY', locstate, loc .. ':targets', n)
-redis.call('HINCRBY', run, 'total', n)
+redis.call('HINCRBY', run, F.total, n)
 local seen = redis.call('HINCRBY', locstate, loc .. ':pages_seen', 1)
 if ARGV[5] == '1' then redis.call('HSET', locstate, loc .. ':pages', page + 1) end
 local expected = tonumber(redis.call('HGET', locstate, loc .. ':pages'))

@@ -7,13 +7,13 @@
 -- fewer targets than those in place are stale — a report applied at the same
 -- time, by this replica or another, resolved them later against more — and
 -- are not written: the limits only grow, up to what the total gives.
-if tonumber(ARGV[4]) >= (tonumber(redis.call('HGET', run, 'limits_resolved_for')) or -1) then
-  redis.call('HSET', run, 'max_in_flight', ARGV[1], 'batch_size', ARGV[2],
-    'allowed_errors', ARGV[3], 'limits_resolved_for', ARGV[4])
+if tonumber(ARGV[4]) >= (tonumber(redis.call('HGET', run, F.limits_resolved_for)) or -1) then
+  redis.call('HSET', run, F.max_in_flight, ARGV[1], F.batch_size, ARGV[2],
+    F.allowed_errors, ARGV[3], F.limits_resolved_for, ARGV[4])
 end
-if (ARGV[5] or '') ~= '' and redis.call('HEXISTS', run, 'wave_caps') == 0 then
-  redis.call('HSET', run, 'wave_caps', ARGV[5], 'wave', 0, 'wave_admitted', 0,
-    'wave_failures_base', redis.call('HGET', run, 'failures') or 0)
+if (ARGV[5] or '') ~= '' and redis.call('HEXISTS', run, F.wave_caps) == 0 then
+  redis.call('HSET', run, F.wave_caps, ARGV[5], F.wave, 0, F.wave_admitted, 0,
+    F.wave_failures_base, redis.call('HGET', run, F.failures) or 0)
   -- The canary locations go to the front of the admission FIFO (nothing of
   -- a rollout is admitted before this), in their order.
   local canary = {}
@@ -32,7 +32,7 @@ if (ARGV[5] or '') ~= '' and redis.call('HEXISTS', run, 'wave_caps') == 0 then
     end
   end
 end
-if redis.call('HGET', run, 'state') == STATE.Discovering then
-  redis.call('HSET', run, 'state', STATE.Running, 'reason', 'discovery complete')
+if redis.call('HGET', run, F.state) == STATE.Discovering then
+  redis.call('HSET', run, F.state, STATE.Running, F.reason, 'discovery complete')
 end
-return redis.call('HGET', run, 'state')
+return redis.call('HGET', run, F.state)

@@ -1,8 +1,8 @@
 -- ARGV from-states (comma separated), to-state, reason. Returns 1 if changed.
-local state = redis.call('HGET', run, 'state')
+local state = redis.call('HGET', run, F.state)
 for from in string.gmatch(ARGV[1], '[^,]+') do
   if state == from then
-    redis.call('HSET', run, 'state', ARGV[2], 'reason', ARGV[3])
+    redis.call('HSET', run, F.state, ARGV[2], F.reason, ARGV[3])
     return 1
   end
 end

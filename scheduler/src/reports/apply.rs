@@ -1,6 +1,7 @@
 //! What a report changes: the ledger's counts, the results files, and what
 //! follows — admitting more, completing, halting, draining what never started.
 
+use protocol::run_fields::RunField;
 use std::collections::HashMap;
 
 use protocol::Report;
@@ -87,8 +88,8 @@ impl Scheduler {
     async fn resolve_after_a_repeat(&self, run_id: Uuid) -> Result<(), SchedulerError> {
         self.rediscover(run_id).await?;
         let fields = self.ledger.known_run_fields(run_id).await?;
-        let discovered = fields.number("discovered_locations");
-        if discovered >= fields.number("location_count") {
+        let discovered = fields.number(RunField::DiscoveredLocations)?;
+        if discovered >= fields.number(RunField::LocationCount)? {
             self.discovery_complete(run_id).await
         } else if discovered > 0 {
             self.resolve_limits(run_id, false).await
@@ -118,20 +119,20 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let plan = self.plan(run_id).await?;
         let fields = self.ledger.known_run_fields(run_id).await?;
-        let total = fields.number("total");
+        let total = fields.number(RunField::Total)?;
         let rate = &plan.campaign.rate_control;
         let max_in_flight = rate.max_concurrency.concurrency(total).max(1);
         // At least two batches fit under the limit, so one finishing lets the
         // next start while the other still runs.
         let batch_size = (max_in_flight / 2).clamp(1, MAX_BATCH);
         let allowed_errors = rate.max_errors.allowed_errors(total);
-        if fields.get("plan_only") == Some("1") {
+        if fields.get(RunField::PlanOnly) == Some("1") {
             if !all_discovered {
                 return Ok(());
             }
             let reason = format!(
                 "plan only: {total} targets in {} locations",
-                fields.number("location_count")
+                fields.number(RunField::LocationCount)?
             );
             self.ledger
                 .transition(
@@ -327,13 +328,19 @@ impl Scheduler {
     /// started gets a NotStarted result.
     async fn drain(&self, run_id: Uuid) -> Result<(), SchedulerError> {
         let fields = self.ledger.known_run_fields(run_id).await?;
-        let discovery_done =
-            fields.number("discovered_locations") >= fields.number("location_count");
-        if fields.get("drained").is_some() || fields.number("in_flight") > 0 || !discovery_done {
+        let discovery_done = fields.number(RunField::DiscoveredLocations)?
+            >= fields.number(RunField::LocationCount)?;
+        if fields.get(RunField::Drained).is_some()
+            || fields.number(RunField::InFlight)? > 0
+            || !discovery_done
+        {
             return Ok(());
         }
         let plan = self.plan(run_id).await?;
-        let reason = fields.get("reason").unwrap_or("run stopped").to_string();
+        let reason = fields
+            .get(RunField::Reason)
+            .unwrap_or("run stopped")
+            .to_string();
         let mut counters: HashMap<String, u64> = HashMap::new();
         for entry in self.ledger.never_started(run_id).await? {
             let location = entry.location()?;
@@ -419,9 +426,10 @@ impl Scheduler {
             }
             let republished = self.republish_admitted(run_id).await?;
             if state != RunState::Pending
-                && fields.number("discovered_locations") < fields.number("location_count")
+                && fields.number(RunField::DiscoveredLocations)?
+                    < fields.number(RunField::LocationCount)?
             {
-                if fields.get("discover_next").is_some() {
+                if fields.get(RunField::DiscoverNext).is_some() {
                     self.rediscover(run_id).await?;
                 } else {
                     // Created before the discovery window (or its contract

@@ -1,0 +1,78 @@
+//! The console's session cookie on a request: reading it (bounded) and
+//! authenticating the request by it. Sessions themselves are stored by the
+//! engine (`scheduler::sessions`). A session made from a flotilla token
+//! re-checks that token on every request, so revoking the token (or its
+//! expiry) ends the session at once; one from an SSO token lasts an hour.
+
+use axum::http::{HeaderMap, header};
+use scheduler::auth::Principal;
+use scheduler::sessions::Session;
+
+use super::credentials::{Refusal, stored_record};
+use crate::now_ms;
+use crate::state::ApiState;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "flotilla_session";
+/// The longest a session lasts (a working day).
+pub const MAX_SESSION_MS: u64 = 8 * 3_600_000;
+/// A session from an SSO token (whose expiry is the IdP's business).
+pub const SSO_SESSION_MS: u64 = 3_600_000;
+/// The longest cookie value looked at (`fls_` and 64 hex digits).
+const MAX_COOKIE_CHARS: usize = 128;
+
+/// Is this route one of the console's (authenticated by its cookie only)?
+pub fn is_console(route: &str) -> bool {
+    route == "/ui" || route.starts_with("/ui/")
+}
+
+/// The session cookie of a request, bounded.
+pub fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|value| !value.is_empty() && value.len() <= MAX_COOKIE_CHARS)
+}
+
+/// The principal of a console request: its session, and the token the
+/// session came from still valid. No session: 401 (the guard sends the
+/// browser to the sign-in page); Redis away: 503 (fail closed).
+pub async fn authenticate(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<(Principal, Session), Refusal> {
+    let Some(cookie) = cookie_of(headers) else {
+        return Err(Refusal::unauthenticated("sign in to the console", false));
+    };
+    let connected = state.current.borrow().clone();
+    let Some(scheduler) = connected else {
+        return Err(Refusal::unavailable(
+            "the scheduler is reconnecting to RabbitMQ/Redis; try again shortly",
+        ));
+    };
+    let session = scheduler.session(&cookie).await.map_err(|error| {
+        tracing::error!(error = %error, "console sessions unreadable: refusing the session");
+        Refusal::unavailable("the scheduler cannot read its console sessions; see its log")
+    })?;
+    let Some(session) = session else {
+        return Err(Refusal::unauthenticated(
+            "the console session ended; sign in again",
+            true,
+        ));
+    };
+    if let Some(sha256) = &session.token_sha256 {
+        let record = stored_record(state, sha256).await?;
+        if record.is_none_or(|record| record.is_expired(now_ms())) {
+            return Err(Refusal::unauthenticated(
+                "the token this session was made from is revoked or expired",
+                true,
+            ));
+        }
+    }
+    Ok((session.principal(), session))
+}

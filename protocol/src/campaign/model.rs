@@ -1,0 +1,253 @@
+//! The typed campaign that validation builds: every value checked, every
+//! default applied, durations and schedules parsed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PATCH_BASELINE_DOCUMENT, Rollout};
+use crate::rate_control::RateValue;
+use crate::schedule::Schedule;
+use crate::spec::{CampaignSpec, MissedOccurrence, TriggerEvent};
+
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub name: String,
+    pub description: String,
+    pub version: u32,
+    pub steps: Vec<Step>,
+    pub accounts: AccountSelection,
+    pub regions: Vec<String>,
+    pub role: ExecutionRole,
+    pub targets: TargetSelection,
+    pub rate_control: RateControl,
+    pub api_rate_limits: ApiRateLimits,
+    pub schedule: Option<CampaignSchedule>,
+    pub triggers: Vec<Trigger>,
+    pub output: OutputLocation,
+    /// Waves, bake time and health gates; every target at once when absent.
+    pub rollout: Option<Rollout>,
+    /// Where SSM keeps every command's full output; nowhere when absent.
+    pub output_logging: Option<OutputLogging>,
+    /// Webhooks told about the campaign's runs.
+    pub notify: Vec<crate::spec::NotifySpec>,
+    /// Commands are sent only inside one of these; any time when empty.
+    pub windows: Vec<MaintenanceWindow>,
+    /// The spec this was built from, for storing and showing back.
+    pub spec: CampaignSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub document: String,
+    /// SSM's shape: every parameter is a list of strings.
+    pub parameters: BTreeMap<String, Vec<String>>,
+    pub timeout: Duration,
+}
+
+impl Step {
+    /// True for AWS-RunPatchBaseline steps, whose results carry compliance counts.
+    pub fn is_patch_baseline(&self) -> bool {
+        self.document == PATCH_BASELINE_DOCUMENT
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSelection {
+    pub ids: Vec<String>,
+    pub organizational_units: Vec<String>,
+    pub include_child_ous: bool,
+    pub exclude_accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionRole {
+    pub name: String,
+    pub external_id: Option<String>,
+    pub session_duration: Duration,
+}
+
+impl ExecutionRole {
+    pub fn arn(&self, account_id: &str) -> String {
+        format!("arn:aws:iam::{account_id}:role/{}", self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetSelection {
+    pub selector: TargetSelector,
+    pub platform: Option<Platform>,
+    pub online_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetSelector {
+    All,
+    InstanceIds(Vec<String>),
+    /// Tag key → accepted values; keys ANDed, values ORed.
+    Tags(BTreeMap<String, Vec<String>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Platform {
+    Linux,
+    Windows,
+    MacOS,
+}
+
+impl Platform {
+    /// SSM's PlatformType name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linux => "Linux",
+            Self::Windows => "Windows",
+            Self::MacOS => "MacOS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateControl {
+    pub location_concurrency: RateValue,
+    pub location_max_errors: RateValue,
+    pub max_concurrency: RateValue,
+    pub max_errors: RateValue,
+}
+
+/// Requests per second shared by all workers: per account-region for the SSM calls,
+/// per account for AssumeRole.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ApiRateLimits {
+    pub send_command: f64,
+    pub list_command_invocations: f64,
+    pub describe_instance_information: f64,
+    pub describe_instance_patch_states: f64,
+    pub assume_role: f64,
+}
+
+impl Default for ApiRateLimits {
+    /// Well under the SSM and STS limits of one account-region, leaving room for
+    /// the account's other automation.
+    fn default() -> Self {
+        Self {
+            send_command: 5.0,
+            list_command_invocations: 10.0,
+            describe_instance_information: 5.0,
+            describe_instance_patch_states: 5.0,
+            assume_role: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CampaignSchedule {
+    pub schedule: Schedule,
+    pub on_missed: MissedOccurrence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub event: TriggerEvent,
+    pub delay: Duration,
+}
+
+/// SendCommand's OutputS3BucketName / OutputS3KeyPrefix and
+/// CloudWatchOutputConfig: SSM writes every instance's full stdout and
+/// stderr there (results keep an excerpt).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutputLogging {
+    pub s3_bucket: Option<String>,
+    pub s3_key_prefix: Option<String>,
+    pub cloudwatch_log_group: Option<String>,
+}
+
+impl OutputLogging {
+    /// Where one instance's output of one command is: `s3://bucket/prefix/command/instance/`.
+    pub fn s3_location(&self, command_id: &str, instance_id: &str) -> Option<String> {
+        let bucket = self.s3_bucket.as_ref()?;
+        let prefix = self.s3_key_prefix.as_deref().unwrap_or_default();
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        Some(format!("s3://{bucket}/{prefix}{command_id}/{instance_id}/"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputLocation {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// A maintenance window: open from each occurrence of `schedule` for `duration`.
+#[derive(Debug, Clone)]
+pub struct MaintenanceWindow {
+    pub schedule: Schedule,
+    pub duration: Duration,
+}
+
+/// Where a campaign's maintenance windows stand at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowState {
+    /// Open until then (the latest end of the windows open now).
+    Open {
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    /// Closed; the next opens then (None: no occurrence ahead).
+    Closed {
+        opens: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+impl Campaign {
+    /// Where the campaign's windows stand at `now`; None without windows
+    /// (it may send any time). A window is open on [occurrence, occurrence +
+    /// duration).
+    pub fn window_at(&self, now: chrono::DateTime<chrono::Utc>) -> Option<WindowState> {
+        if self.windows.is_empty() {
+            return None;
+        }
+        let mut until: Option<chrono::DateTime<chrono::Utc>> = None;
+        let mut opens: Option<chrono::DateTime<chrono::Utc>> = None;
+        for window in &self.windows {
+            let length =
+                chrono::Duration::from_std(window.duration).unwrap_or(chrono::Duration::zero());
+            let mut cursor = now - length;
+            while let Some(occurrence) = window.schedule.next_fire_time(cursor) {
+                if occurrence > now {
+                    opens = Some(opens.map_or(occurrence, |soonest| soonest.min(occurrence)));
+                    break;
+                }
+                let end = occurrence + length;
+                until = Some(until.map_or(end, |latest| latest.max(end)));
+                cursor = occurrence;
+            }
+        }
+        Some(match until {
+            Some(until) => WindowState::Open { until },
+            None => WindowState::Closed { opens },
+        })
+    }
+}
+
+/// The format a spec is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    Yaml,
+    Json,
+}
+
+impl SpecFormat {
+    /// `.json` files are JSON; everything else is read as YAML.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => Self::Json,
+            _ => Self::Yaml,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Console sessions as stored: a browser signs in once (the HTTP crate's
+//! console checks how) and holds a random session cookie instead.
+//!
+//! Redis keeps `<prefix>:session:<sha256 of the cookie>` → the session, with
+//! the session's TTL: the cookie itself is never stored, and every replica of
+//! the scheduler knows every session.
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Principal, Role};
+use crate::{Scheduler, SchedulerError, now_ms};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    pub name: String,
+    pub role: Role,
+    /// The value every form of this session carries.
+    pub csrf: String,
+    /// The flotilla token it was made from, by hash; `None` for SSO and
+    /// for a deployment without authentication.
+    pub token_sha256: Option<String>,
+    pub expires_ms: u64,
+}
+
+impl Session {
+    pub fn principal(&self) -> Principal {
+        Principal {
+            name: self.name.clone(),
+            role: self.role,
+        }
+    }
+
+    /// Compares the digests, so the time taken says nothing about the value.
+    pub fn csrf_matches(&self, presented: &str) -> bool {
+        !presented.is_empty() && Sha256::digest(presented) == Sha256::digest(&self.csrf)
+    }
+}
+
+fn random_secret(prefix: &str) -> Result<String, SchedulerError> {
+    crate::auth::random_secret(prefix).map_err(SchedulerError::Internal)
+}
+
+impl Scheduler {
+    /// Starts a session for `principal` until `expires_ms`; returns the cookie.
+    pub async fn create_session(
+        &self,
+        principal: &Principal,
+        token_sha256: Option<String>,
+        expires_ms: u64,
+    ) -> Result<(String, Session), SchedulerError> {
+        let cookie = random_secret("fls_")?;
+        let session = Session {
+            name: principal.name.clone(),
+            role: principal.role,
+            csrf: random_secret("")?,
+            token_sha256,
+            expires_ms,
+        };
+        let ttl_ms = expires_ms.saturating_sub(now_ms()).max(1);
+        let mut connection = self.ledger.connection();
+        let () = redis::cmd("SET")
+            .arg(
+                self.broker
+                    .names()
+                    .session_key(&crate::auth::token_hash(&cookie)),
+            )
+            .arg(serde_json::to_string(&session)?)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut connection)
+            .await?;
+        Ok((cookie, session))
+    }
+
+    /// The live session a cookie names, if any.
+    pub async fn session(&self, cookie: &str) -> Result<Option<Session>, SchedulerError> {
+        let json: Option<String> = {
+            let mut connection = self.ledger.connection();
+            connection
+                .get(
+                    self.broker
+                        .names()
+                        .session_key(&crate::auth::token_hash(cookie)),
+                )
+                .await?
+        };
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let session: Session = serde_json::from_str(&json)
+            .map_err(|error| SchedulerError::Corrupt(format!("console session: {error}")))?;
+        Ok((session.expires_ms > now_ms()).then_some(session))
+    }
+
+    pub async fn end_session(&self, cookie: &str) -> Result<(), SchedulerError> {
+        let mut connection = self.ledger.connection();
+        let _: u32 = connection
+            .del(
+                self.broker
+                    .names()
+                    .session_key(&crate::auth::token_hash(cookie)),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! `flotilla compliance` and `flotilla report`: the fleet's compliance and
+//! one run's report, from the API or straight from the results.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use api::json::RunDetail;
+use clap::Args;
+use uuid::Uuid;
+
+use super::{ApiArgs, print_json};
+use crate::client::ApiClient;
+use crate::report::{self, Format};
+
+#[derive(Debug, Args)]
+pub struct ComplianceArgs {
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// critical, security, other or compliant.
+    #[arg(long)]
+    pub severity: Option<String>,
+    /// Instances not reported for longer are stale.
+    #[arg(long, default_value_t = 7)]
+    pub stale_days: u64,
+    /// At most this many instances listed.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    pub run_id: Uuid,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// The results directory or `s3://bucket/prefix` (default: the run's, as
+    /// the scheduler reports it).
+    #[arg(long)]
+    pub dir: Option<String>,
+    /// Read `s3://` results here instead of AWS (credentials: AWS_* variables).
+    #[arg(long, env = "FLOTILLA_S3_ENDPOINT_URL")]
+    pub s3_endpoint_url: Option<String>,
+}
+
+pub fn compliance(
+    api: &ApiArgs,
+    args: ComplianceArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_args(api)?;
+    let mut query = vec![
+        format!("stale_days={}", args.stale_days),
+        format!("limit={}", args.limit),
+    ];
+    for (name, value) in [
+        ("account", &args.account),
+        ("region", &args.region),
+        ("severity", &args.severity),
+    ] {
+        if let Some(value) = value {
+            query.push(format!("{name}={value}"));
+        }
+    }
+    let path = format!("/compliance?{}", query.join("&"));
+    if args.format == Format::Json {
+        print_json(out, &client.get(&path)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view: scheduler::compliance::FleetCompliance = client.get(&path)?;
+    match args.format {
+        Format::Html => out.write_all(crate::report::html::render_fleet(&view).as_bytes())?,
+        Format::Csv => out.write_all(scheduler::compliance::attention_csv(&view).as_bytes())?,
+        _ => {
+            writeln!(
+                out,
+                "{} instances, {} non-compliant, {} stale (> {} days)",
+                view.instances, view.non_compliant, view.stale, view.stale_days
+            )?;
+            for (severity, n) in &view.by_severity {
+                writeln!(out, "  {severity:<10} {n:>8}")?;
+            }
+            writeln!(out, "by account (instances, non-compliant)")?;
+            for (account, (instances, bad)) in &view.by_account {
+                writeln!(out, "  {account}  {instances:>8} {bad:>8}")?;
+            }
+            for state in view.attention.iter().take(20) {
+                writeln!(
+                    out,
+                    "  {:<22} {}/{}  {:<9} missing {:>3}",
+                    state.instance_id,
+                    state.account_id,
+                    state.region,
+                    state.severity(),
+                    state.missing
+                )?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let output = match args.dir {
+        Some(dir) => dir,
+        None => {
+            let detail: RunDetail =
+                ApiClient::from_args(api)?.get(&format!("/runs/{}", args.run_id))?;
+            detail.progress.results_location
+        }
+    };
+    let store = match output.strip_prefix("s3://") {
+        Some(location) => {
+            let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+            let settings = scheduler::sink::S3Settings {
+                endpoint_url: args.s3_endpoint_url,
+                region: std::env::var("AWS_REGION").ok(),
+                credentials: None,
+            };
+            scheduler::sink::ResultsStore::s3(bucket, prefix, &settings)
+                .with_context(|| format!("results at {output}"))?
+        }
+        None => scheduler::sink::ResultsStore::Local(PathBuf::from(&output)),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let records = runtime
+        .block_on(store.read_run(args.run_id))
+        .with_context(|| format!("reading the results of run {} at {output}", args.run_id))?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "no results of run {} at {output}; pass where the scheduler writes them with --dir",
+            args.run_id
+        );
+    }
+    report::write(&report::build(args.run_id, &records), args.format, out)?;
+    Ok(ExitCode::SUCCESS)
+}
