@@ -238,21 +238,23 @@ async fn every_json_route_answers_every_caller_as_its_role_allows() {
 async fn every_console_route_answers_by_session_only_and_as_the_role_allows() {
     let matrix = matrix().await;
     let run = Uuid::new_v4();
-    // A session per role, made as the sign-in form makes them.
-    let mut sessions = Vec::new();
-    for role in Role::ALL {
-        let principal = Principal {
-            name: format!("the-{role}"),
-            role,
-        };
-        let expires = protocol::job::UnixMillis::now().0 + 60_000;
-        let (cookie, session) = matrix
-            .scheduler
-            .create_session(&principal, None, expires)
-            .await
-            .unwrap();
-        sessions.push((role, cookie, session.csrf));
-    }
+    // A session per role and request, made as the sign-in form makes them
+    // (`/ui/logout` ends the one it is sent with).
+    let session_of = |role: Role| {
+        let scheduler = matrix.scheduler.clone();
+        async move {
+            let principal = Principal {
+                name: format!("the-{role}"),
+                role,
+            };
+            let expires = protocol::job::UnixMillis::now().0 + 60_000;
+            let (cookie, session) = scheduler
+                .create_session(&principal, None, expires)
+                .await
+                .unwrap();
+            (cookie, session.csrf)
+        }
+    };
     for (method, pattern, path) in routes(run) {
         if !pattern.starts_with("/ui") {
             continue;
@@ -280,7 +282,8 @@ async fn every_console_route_answers_by_session_only_and_as_the_role_allows() {
                 "{method} {pattern} with a bearer token: {status} {location}"
             );
         }
-        for (role, cookie, csrf) in &sessions {
+        for role in Role::ALL {
+            let (cookie, csrf) = session_of(role).await;
             let body = serde_urlencoded::to_string([("csrf", csrf.as_str())]).unwrap();
             let request = Request::builder()
                 .method(method)

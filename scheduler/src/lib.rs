@@ -151,6 +151,10 @@ pub enum SchedulerError {
     /// The run is not in a state that allows what was asked.
     #[error("{0}")]
     WrongState(String),
+    /// Another start of the campaign held the start gate too long: nothing
+    /// was decided; try again (a schedule tries on its next tick).
+    #[error("{0}")]
+    StartBusy(String),
 }
 
 impl SchedulerError {
@@ -169,7 +173,7 @@ impl SchedulerError {
             Self::Broker(error) => error.is_retryable(),
             Self::Store(error) => error.is_retryable(),
             Self::Redis(error) => store::redis_error_is_retryable(error),
-            Self::Io(_) | Self::ConnectionLost(_) => true,
+            Self::Io(_) | Self::ConnectionLost(_) | Self::StartBusy(_) => true,
             Self::Results(error) => !error.permanent,
             Self::Organizations { retryable, .. } => *retryable,
             Self::Json(_)

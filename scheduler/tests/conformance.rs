@@ -118,6 +118,24 @@ impl Backend {
     }
 }
 
+/// Runs a check; if it fails, removes the backend's keys and queues first
+/// (a failed test leaves nothing behind), then fails as the check did.
+async fn checked(backend: &Backend, check: impl std::future::Future<Output = ()>) {
+    use futures_util::FutureExt as _;
+    let outcome = std::panic::AssertUnwindSafe(check).catch_unwind().await;
+    if let Err(panic) = outcome {
+        if let Some(store) = &backend.redis {
+            let _ = store.purge().await;
+            if let Ok(broker) =
+                broker::Broker::connect(AMQP_URL, backend.names.clone(), "cleanup").await
+            {
+                let _ = broker.delete_topology().await;
+            }
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// Runs `$check(&backend)` once on each backend, as four tests.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -126,7 +144,7 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     let backend = super::Backend::memory().await;
-                    super::$name(&backend).await;
+                    super::checked(&backend, super::$name(&backend)).await;
                     backend.clean_up().await;
                 }
             )*
@@ -141,7 +159,7 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     let backend = super::Backend::$backend().await;
-                    super::$name(&backend).await;
+                    super::checked(&backend, super::$name(&backend)).await;
                     backend.clean_up().await;
                 }
             )*

@@ -70,10 +70,17 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
+                    use futures_util::FutureExt as _;
                     let store = super::$open().await;
                     super::armed(&store).await;
-                    super::$name(store.clone()).await;
+                    // A failed check removes its keys too, then fails.
+                    let outcome = std::panic::AssertUnwindSafe(super::$name(store.clone()))
+                        .catch_unwind()
+                        .await;
                     store.purge().await.unwrap();
+                    if let Err(panic) = outcome {
+                        std::panic::resume_unwind(panic);
+                    }
                 }
             )*
         }

@@ -13,12 +13,13 @@
 //!
 //! [`model`] holds the types and their Redis encodings; [`indexes`] the
 //! deployment's indexes of runs (all, live, per campaign, due);
-//! [`discovery`] a run's discovery; this module the other operations on one
-//! run.
+//! [`discovery`] a run's discovery; [`reading`] what the ledger answers
+//! about one run; this module the other operations on one run.
 
 mod discovery;
 mod indexes;
 mod model;
+mod reading;
 
 use std::collections::HashMap;
 
@@ -34,7 +35,7 @@ pub use self::model::{
     BatchEntry, LocationStatus, NewRun, PageRecorded, ReportScope, RunFields, location_key,
     parse_location,
 };
-use self::model::{location_statuses, page_entry, run_hash_fields};
+use self::model::{page_entry, run_hash_fields};
 use crate::SchedulerError;
 use crate::scripts::{
     ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, MARK_DRAINED, START_EXECUTION, TRANSITION, WAVE_GATE,
@@ -425,52 +426,6 @@ impl Ledger {
             .await?;
         self.replicated(run_id).await?;
         Ok(changed == 1)
-    }
-
-    pub async fn run_fields(&self, run_id: Uuid) -> Result<Option<RunFields>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let fields: HashMap<String, String> =
-            connection.hgetall(self.names.run_key(run_id)).await?;
-        Ok((!fields.is_empty()).then_some(RunFields(fields)))
-    }
-
-    /// [`Ledger::run_fields`] of a run that must exist: a missing record is
-    /// [`SchedulerError::UnknownRun`].
-    pub async fn known_run_fields(&self, run_id: Uuid) -> Result<RunFields, SchedulerError> {
-        self.run_fields(run_id)
-            .await?
-            .ok_or(SchedulerError::UnknownRun(run_id))
-    }
-
-    pub async fn counters(&self, run_id: Uuid) -> Result<HashMap<String, u64>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        Ok(connection
-            .hgetall(self.names.run_counters_key(run_id))
-            .await?)
-    }
-
-    /// The run's locations in admission order.
-    pub async fn locations(&self, run_id: Uuid) -> Result<Vec<Location>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let keys: Vec<String> = connection
-            .lrange(self.names.run_locations_key(run_id), 0, -1)
-            .await?;
-        keys.iter().map(|key| parse_location(key)).collect()
-    }
-
-    /// Every location with its state, in admission order.
-    pub async fn location_statuses(
-        &self,
-        run_id: Uuid,
-    ) -> Result<Vec<LocationStatus>, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let locations: Vec<String> = connection
-            .lrange(self.names.run_locations_key(run_id), 0, -1)
-            .await?;
-        let state: HashMap<String, String> = connection
-            .hgetall(self.names.run_location_state_key(run_id))
-            .await?;
-        location_statuses(&locations, &state)
     }
 
     /// Batches sent to workers and not reported yet (re-published on recovery).

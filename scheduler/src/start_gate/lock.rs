@@ -35,7 +35,7 @@ impl Scheduler {
                 return Ok(value);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(SchedulerError::AlreadyRunning(format!(
+                return Err(SchedulerError::StartBusy(format!(
                     "another start of campaign {campaign} is passing the start gate; try again in a moment"
                 )));
             }
