@@ -308,7 +308,8 @@ impl Names {
     /// Runs that are not over, by creation time (Unix ms): the index every
     /// "live runs" question reads (the start gate's one-live-run rule,
     /// recovery, the gauges), so their cost follows live runs, not history.
-    /// Entries of runs found final are removed by whoever reads them.
+    /// Entries of runs found settled (completed, or drained) are removed by
+    /// whoever reads them.
     pub fn live_runs_key(&self) -> String {
         format!("{}:runs:live", self.prefix)
     }

@@ -54,8 +54,6 @@ run_fields! {
         Priority = "priority",
         State = "state",
         Reason = "reason",
-        StartedBy = "started_by",
-        PlanOnly = "plan_only",
         CreatedMs = "created_ms",
         LocationCount = "location_count",
         LocationConcurrency = "location_concurrency",
@@ -68,6 +66,10 @@ run_fields! {
         LocationsDone = "locations_done",
     }
     optional {
+        // Written at creation by every version since they were added; runs
+        // of older versions lack them.
+        StartedBy = "started_by",
+        PlanOnly = "plan_only",
         // Where results go; `output_dir` in runs of older versions.
         ResultsLocation = "results_location",
         OutputDir = "output_dir",

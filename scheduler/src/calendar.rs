@@ -24,8 +24,6 @@ const MAX_FREEZES: usize = 1000;
 /// The longest freeze: a year.
 const MAX_FREEZE_MS: u64 = 366 * 86_400 * 1000;
 const MAX_REASON_CHARS: usize = 1024;
-/// Runs looked at, newest first, when a freeze begins or ends.
-const RUNS_SCANNED: usize = 1000;
 /// A run's reason while a freeze holds it paused starts with this.
 const FROZEN_REASON: &str = "change freeze";
 
@@ -284,11 +282,11 @@ impl Scheduler {
             return Ok(());
         }
         if !active.is_empty() {
-            for run_id in self.ledger().newest_run_ids(RUNS_SCANNED).await? {
-                let Some(fields) = self.ledger().run_fields(run_id).await? else {
+            // Every live run, however old (the live index).
+            for (run_id, fields) in self.ledger().live_runs().await? {
+                let Ok(state) = fields.state() else {
                     continue;
                 };
-                let state = fields.state()?;
                 let live = matches!(
                     state,
                     RunState::Discovering
@@ -304,7 +302,13 @@ impl Scheduler {
                 let Some(freeze) = active.iter().find(|freeze| freeze.covers(campaign, now)) else {
                     continue;
                 };
-                let plan = self.plan(run_id).await?;
+                let plan = match self.plan(run_id).await {
+                    Ok(plan) => plan,
+                    Err(error) => {
+                        crate::outage_or_log(error, &format!("freeze of run {run_id}"))?;
+                        continue;
+                    }
+                };
                 if !changes_hosts(&plan.campaign, &self.config().read_only_documents) {
                     continue;
                 }

@@ -84,7 +84,9 @@ impl SchedulerConfig {
             organizations: Default::default(),
             lease_ttl: std::time::Duration::from_secs(10),
             clock: crate::schedules::SchedulerClock::system(),
-            authenticated: false,
+            // Fail closed: `api::run` turns it off only for an API without
+            // authentication.
+            authenticated: true,
             audit_output: None,
             read_only_documents: crate::approvals::default_read_only_documents(),
             redis_tls: store::RedisTls::default(),

@@ -161,6 +161,10 @@ impl Scheduler {
         };
         let request = crate::start_gate::StartRequest::default();
         let mut started = Vec::new();
+        // An outage, or a campaign whose start gate was busy, fails the
+        // request once every campaign had its turn (the sender retries; what
+        // started is not started twice: a live run refuses its instance).
+        let mut retry = None;
         for name in self.campaign_names().await? {
             match self.start_run_as(&starter, &name, &request).await {
                 Ok(start) => started.push(StartedRun {
@@ -176,11 +180,23 @@ impl Scheduler {
                     | SchedulerError::Forbidden(_)
                     | SchedulerError::UnknownCampaign(_),
                 ) => {}
-                // Anything that kept the gate from deciding: fail closed.
-                Err(error) => return Err(error),
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(campaign = name.as_str(), error = %error, "event not decided for a campaign; the request fails for a retry");
+                    retry.get_or_insert(error);
+                }
+                // One campaign's fault (a stored spec that no longer reads,
+                // a calendar entry that does not parse) starts nothing for
+                // it — fail closed — and keeps no other campaign from its turn.
+                Err(error) => {
+                    tracing::error!(campaign = name.as_str(), error = %error, "event started nothing for a campaign that cannot be checked");
+                    retry.get_or_insert(error);
+                }
             }
         }
-        Ok(started)
+        match retry {
+            Some(error) => Err(error),
+            None => Ok(started),
+        }
     }
 
     /// The alerts firing for `campaign` now, as Alertmanager last said.
@@ -322,9 +338,8 @@ impl Scheduler {
     }
 
     /// Runs of `campaign` that are not over (newest first), from the live
-    /// index. A run of it whose record does not parse is an error: whoever
-    /// asks (an alert pausing runs, the start gate) must not act as if it
-    /// were not there.
+    /// index; one of it whose state does not parse counts as live (an
+    /// alert tries to pause it, the start gate refuses beside it).
     pub async fn live_runs_of(&self, campaign: &str) -> Result<Vec<Uuid>, SchedulerError> {
         Ok(self
             .live_run_records_of(campaign)
@@ -339,14 +354,16 @@ impl Scheduler {
         &self,
         campaign: &str,
     ) -> Result<Vec<(Uuid, crate::ledger::RunFields)>, SchedulerError> {
-        let mut live = Vec::new();
-        for (run_id, fields) in self.ledger.live_runs().await? {
-            let fields = fields?;
-            if fields.get(RunField::Campaign) == Some(campaign) && !fields.state()?.is_final() {
-                live.push((run_id, fields));
-            }
-        }
-        Ok(live)
+        Ok(self
+            .ledger
+            .live_runs()
+            .await?
+            .into_iter()
+            .filter(|(_, fields)| {
+                fields.get(RunField::Campaign) == Some(campaign)
+                    && fields.state().map_or(true, |state| !state.is_final())
+            })
+            .collect())
     }
 
     /// Once a second: start delayed runs whose time has come, advance
@@ -389,8 +406,8 @@ impl Scheduler {
         // Live runs only (the index), every one of them: finished runs are
         // history, and a cap taken over all runs dropped older live ones.
         for (run_id, fields) in self.ledger.live_runs().await? {
-            let (fields, state) = match fields.and_then(|fields| Ok((fields.state()?, fields))) {
-                Ok((state, fields)) => (fields, state),
+            let state = match fields.state() {
+                Ok(state) => state,
                 Err(error) => {
                     tracing::warn!(%run_id, error = %error, "run record unreadable; left out of the gauges");
                     continue;

@@ -112,9 +112,7 @@ impl Ledger {
     /// here; one
     /// whose record does not parse stays and is returned as an error for
     /// its caller to count and skip.
-    pub async fn live_runs(
-        &self,
-    ) -> Result<Vec<(Uuid, Result<RunFields, SchedulerError>)>, SchedulerError> {
+    pub async fn live_runs(&self) -> Result<Vec<(Uuid, RunFields)>, SchedulerError> {
         let mut connection = self.connection.clone();
         let key = self.names.live_runs_key();
         let ids: Vec<String> = connection.zrevrange(&key, 0, -1).await?;
@@ -135,8 +133,9 @@ impl Ledger {
                 Ok(state) if state.is_final() && fields.is_settled(state) => {
                     let () = connection.zrem(&key, &id).await?;
                 }
-                Ok(_) => live.push((run_id, Ok(fields))),
-                Err(error) => live.push((run_id, Err(error))),
+                // A state that does not parse stays listed: its callers
+                // decide (recovery skips it, the start gate refuses).
+                _ => live.push((run_id, fields)),
             }
         }
         Ok(live)
@@ -181,7 +180,7 @@ impl Ledger {
                     .zadd(
                         self.names.campaign_runs_key(campaign),
                         run_id.to_string(),
-                        fields.number(RunField::CreatedMs)?,
+                        fields.number(RunField::CreatedMs).unwrap_or_default(),
                     )
                     .await?;
             }
@@ -193,7 +192,7 @@ impl Ledger {
                     .zadd(
                         self.names.live_runs_key(),
                         run_id.to_string(),
-                        fields.number(RunField::CreatedMs)?,
+                        fields.number(RunField::CreatedMs).unwrap_or_default(),
                     )
                     .await?;
             }

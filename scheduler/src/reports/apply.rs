@@ -414,8 +414,8 @@ impl Scheduler {
     pub async fn recover(&self) -> Result<(), SchedulerError> {
         self.ledger.backfill_live_index().await?;
         for (run_id, fields) in self.ledger.live_runs().await? {
-            let (fields, state) = match fields.and_then(|fields| Ok((fields.state()?, fields))) {
-                Ok((state, fields)) => (fields, state),
+            let state = match fields.state() {
+                Ok(state) => state,
                 Err(error) => {
                     tracing::error!(%run_id, error = %error, "run record unreadable; not recovered");
                     continue;
@@ -424,23 +424,35 @@ impl Scheduler {
             if fields.is_settled(state) {
                 continue;
             }
-            let republished = self.republish_admitted(run_id).await?;
-            if state != RunState::Pending
-                && fields.number(RunField::DiscoveredLocations)?
-                    < fields.number(RunField::LocationCount)?
-            {
-                if fields.get(RunField::DiscoverNext).is_some() {
-                    self.rediscover(run_id).await?;
-                } else {
-                    // Created before the discovery window (or its contract
-                    // was never recorded): begin as a new run does.
-                    self.begin_discovery(run_id).await?;
-                }
+            if let Err(error) = self.recover_run(run_id, &fields, state).await {
+                crate::outage_or_log(error, &format!("recovery of run {run_id}"))?;
             }
-            tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
-            self.advance(run_id).await?;
         }
         Ok(())
+    }
+
+    /// [`Scheduler::recover`] for one run.
+    async fn recover_run(
+        &self,
+        run_id: Uuid,
+        fields: &crate::ledger::RunFields,
+        state: RunState,
+    ) -> Result<(), SchedulerError> {
+        let republished = self.republish_admitted(run_id).await?;
+        if state != RunState::Pending
+            && fields.number(RunField::DiscoveredLocations)?
+                < fields.number(RunField::LocationCount)?
+        {
+            if fields.get(RunField::DiscoverNext).is_some() {
+                self.rediscover(run_id).await?;
+            } else {
+                // Created before the discovery window (or its contract
+                // was never recorded): begin as a new run does.
+                self.begin_discovery(run_id).await?;
+            }
+        }
+        tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
+        self.advance(run_id).await
     }
 }
 

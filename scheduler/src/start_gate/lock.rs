@@ -8,6 +8,13 @@ use uuid::Uuid;
 
 use crate::{Scheduler, SchedulerError};
 
+/// Deletes the lock only while it holds the caller's value.
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
+
 /// How long one start holds its campaign's start lock at most.
 const START_LOCK: Duration = Duration::from_secs(30);
 /// How long a start waits for another start of the same campaign to pass
@@ -43,24 +50,19 @@ impl Scheduler {
         }
     }
 
-    /// Releases the lock if it is still ours (it expires by itself anyway).
+    /// Releases the lock if it is still ours, in one step (a lock that
+    /// expired and was taken by another start is not removed); it expires
+    /// by itself anyway.
     pub(super) async fn release_start_lock(&self, campaign: &str, value: &str) {
         let key = self.ledger().names().campaign_start_lock_key(campaign);
         let mut connection = self.ledger().connection();
-        let held: Result<Option<String>, _> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut connection)
+        let released: Result<u8, _> = RELEASE
+            .key(&key)
+            .arg(value)
+            .invoke_async(&mut connection)
             .await;
-        if let Ok(Some(held)) = held
-            && held == value
-        {
-            let released: Result<(), _> = redis::cmd("DEL")
-                .arg(&key)
-                .query_async(&mut connection)
-                .await;
-            if let Err(error) = released {
-                tracing::warn!(campaign, error = %error, "start lock not released; it expires by itself");
-            }
+        if let Err(error) = released {
+            tracing::warn!(campaign, error = %error, "start lock not released; it expires by itself");
         }
     }
 }
