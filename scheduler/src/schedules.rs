@@ -256,14 +256,8 @@ impl Scheduler {
                 tracing::info!(campaign = campaign.name.as_str(), run_id = %start.run_id, occurrence_ms, "schedule fired");
                 Ok(())
             }
-            Err(
-                error @ (SchedulerError::NeedsApproval(_)
-                | SchedulerError::Frozen(_)
-                | SchedulerError::AlreadyRunning(_)
-                | SchedulerError::Forbidden(_)
-                | SchedulerError::UnknownCampaign(_)
-                | SchedulerError::Invalid(_)),
-            ) => {
+            // Refused (recorded by the gate): skipped.
+            Err(error) if crate::start_gate::refusal_reason(&error).is_some() => {
                 tracing::warn!(
                     campaign = campaign.name.as_str(),
                     occurrence_ms,

@@ -172,14 +172,7 @@ impl Scheduler {
                     run_id: start.run_id,
                 }),
                 // Refused (recorded by the gate) or not this campaign's event.
-                Err(
-                    SchedulerError::OutOfScope(_)
-                    | SchedulerError::NeedsApproval(_)
-                    | SchedulerError::Frozen(_)
-                    | SchedulerError::AlreadyRunning(_)
-                    | SchedulerError::Forbidden(_)
-                    | SchedulerError::UnknownCampaign(_),
-                ) => {}
+                Err(error) if crate::start_gate::refusal_reason(&error).is_some() => {}
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(campaign = name.as_str(), error = %error, "event not decided for a campaign; the request fails for a retry");
                     retry.get_or_insert(error);

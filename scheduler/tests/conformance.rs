@@ -74,6 +74,19 @@ impl Backend {
         }
     }
 
+    /// Writes one field of a run's record as something other than the
+    /// scheduler would (a garbled or hand-set value).
+    async fn set_run_field(&self, run_id: Uuid, field: &str, value: &str) {
+        let store = RedisStore::connect(&self.redis_url, self.names.clone())
+            .await
+            .unwrap();
+        let mut connection = store.connection();
+        let () =
+            ::redis::AsyncCommands::hset(&mut connection, self.names.run_key(run_id), field, value)
+                .await
+                .unwrap();
+    }
+
     /// A scheduler replica named `name` on this state.
     async fn scheduler(&self, name: &str) -> Scheduler {
         self.scheduler_with(name, |_| {}).await
@@ -923,18 +936,7 @@ async fn live_runs_are_indexed_until_settled_and_an_unreadable_one_is_not_hidden
             .await
             .unwrap()
     );
-    let store = RedisStore::connect(&backend.redis_url, backend.names.clone())
-        .await
-        .unwrap();
-    let mut connection = store.connection();
-    let () = ::redis::AsyncCommands::hset(
-        &mut connection,
-        ledger.names().run_key(garbled),
-        "state",
-        "Sideways",
-    )
-    .await
-    .unwrap();
+    backend.set_run_field(garbled, "state", "Sideways").await;
     let listed = ledger.live_runs().await.unwrap();
     let ids: Vec<Uuid> = listed.iter().map(|(run_id, _)| *run_id).collect();
     assert_eq!(
@@ -977,18 +979,9 @@ async fn the_gauges_count_a_live_run_however_many_runs_finished_after_it(backend
         .create_run(oldest, &run, &[location(1)])
         .await
         .unwrap();
-    let store = RedisStore::connect(&backend.redis_url, backend.names.clone())
-        .await
-        .unwrap();
-    let mut connection = store.connection();
-    let () = ::redis::AsyncCommands::hset(
-        &mut connection,
-        ledger.names().run_key(oldest),
-        RunField::AllowedErrors.as_str(),
-        5,
-    )
-    .await
-    .unwrap();
+    backend
+        .set_run_field(oldest, RunField::AllowedErrors.as_str(), "5")
+        .await;
     // … and the 1,000 runs after it are over.
     for created_ms in 2..1_002 {
         let run_id = Uuid::new_v4();

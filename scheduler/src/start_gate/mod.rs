@@ -113,8 +113,11 @@ pub struct RunStart {
     pub note: String,
 }
 
-/// The metric label of a refusal.
-fn refusal_reason(error: &SchedulerError) -> Option<&'static str> {
+/// The metric label of a refusal: the gate decided "no" (and, for a
+/// schedule or an event, recorded it). `None` for what kept it from
+/// deciding (an outage, a busy gate, a record it cannot read). Schedules and
+/// events tell a refusal from a failure by this one function.
+pub(crate) fn refusal_reason(error: &SchedulerError) -> Option<&'static str> {
     Some(match error {
         SchedulerError::Forbidden(_) => "forbidden",
         SchedulerError::NeedsApproval(_) => "needs_approval",
