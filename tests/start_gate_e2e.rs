@@ -294,3 +294,96 @@ async fn one_live_run_of_a_campaign_at_a_time_unless_asked_and_event_runs_of_oth
     assert_eq!(run_ids(&stack).await.len(), 5);
     stack.teardown().await;
 }
+
+/// Trust III, finding 1: an event narrows a campaign to its instance only
+/// within the campaign's targets. An event for a production host runs
+/// neither a staging-tagged campaign nor an id-list campaign there (the
+/// id list is refused at the gate and audited; the tag campaign's run
+/// discovers with the tags and the instance id together and finds
+/// nothing); an event for a staging host runs both, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_never_runs_a_campaign_on_a_host_outside_its_targets() {
+    let mut stack = Stack::start(support::single_location(12, false)).await;
+    stack.spawn_worker("worker", 4);
+    let (port, admin, eventbridge, _secrets) =
+        serve_with_admin_and_eventbridge(&mut stack, |_| {}).await;
+    let account = stack.account_ids()[0].clone();
+    let production = stack.instances_tagged("Environment", "prod");
+    let staging = stack.instances_tagged("Environment", "staging");
+    assert!(!production.is_empty() && !staging.is_empty());
+    let rest = format!(
+        "{}triggers:\n  - event: ec2-instance-running\n",
+        support::one_step("  max_errors: 0\n")
+    );
+    let tagged = stack.campaign_selecting(
+        "staging-agent",
+        std::slice::from_ref(&account),
+        "tags:\n    Environment: staging\n  online_only: false",
+        &rest,
+    );
+    let listed = stack.campaign_selecting(
+        "listed-agent",
+        std::slice::from_ref(&account),
+        &format!("instance_ids: [{}]\n  online_only: false", staging[0]),
+        &rest,
+    );
+    stack.apply_approved(&tagged).await;
+    stack.apply_approved(&listed).await;
+
+    let (status, body) = support::call(
+        port,
+        &eventbridge,
+        "POST",
+        "/events",
+        &event_for(&account, &production[0]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, trail) = support::call(port, &admin, "GET", "/audit?action=runs:start", "").await;
+    assert!(
+        trail.contains(&format!(
+            "instance {} is not one of campaign listed-agent's targets",
+            production[0]
+        )),
+        "the refusal is audited: {trail}"
+    );
+    for run_id in run_ids(&stack).await {
+        let progress = stack
+            .wait_until_final(run_id, Duration::from_secs(60))
+            .await;
+        assert_eq!(progress.campaign, "staging-agent", "{progress:#?}");
+        assert_eq!(progress.total_targets, 0, "{progress:#?}");
+    }
+
+    let (status, body) = support::call(
+        port,
+        &eventbridge,
+        "POST",
+        "/events",
+        &event_for(&account, &staging[0]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let runs = run_ids(&stack).await;
+    for run_id in &runs {
+        stack
+            .wait_until_final(*run_id, Duration::from_secs(60))
+            .await;
+    }
+    assert_eq!(
+        runs.len(),
+        3,
+        "one run of each campaign for the staging host"
+    );
+    assert_eq!(
+        stack.runs_on(&production[0]),
+        0,
+        "nothing ran on the production host"
+    );
+    assert_eq!(
+        stack.runs_on(&staging[0]),
+        2,
+        "each campaign ran once on the staging host"
+    );
+    stack.teardown().await;
+}

@@ -607,3 +607,141 @@ async fn a_run_completes_with_one_redis_user_per_service_and_a_worker_cannot_rel
     assert!(resumed.is_err(), "a worker changed a run's state");
     stack.teardown().await;
 }
+
+/// A one-location stack whose campaign `name` selects `Environment=staging`
+/// hosts, its kill switch engaged so nothing is sent yet.
+async fn staging_campaign_held(name: &str) -> (Stack, protocol::Campaign) {
+    let stack = Stack::start(support::single_location(12, false)).await;
+    let campaign = stack.campaign_selecting(
+        name,
+        &stack.account_ids(),
+        "tags:\n    Environment: staging\n  online_only: false",
+        support::one_step("  max_errors: 100%\n"),
+    );
+    stack
+        .scheduler
+        .engage_kill_switch(&store::KillScope::Campaign(name.into()), "held", false)
+        .await
+        .unwrap();
+    (stack, campaign)
+}
+
+async fn release(stack: &Stack, campaign: &str) {
+    store::Store::release_kill_switch(&stack.store, &store::KillScope::Campaign(campaign.into()))
+        .await
+        .unwrap();
+}
+
+/// Trust III, finding 2: a targets-discovered report forged with a worker's
+/// key lists production hosts for a staging campaign. The scheduler cannot
+/// tell tags apart and admits them, but the worker that sends re-checks the
+/// batch against the campaign's selection right before SendCommand: no
+/// production host runs anything, and each is reported Not Started with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_discovery_cannot_add_hosts_outside_the_campaign() {
+    let (mut stack, campaign) = staging_campaign_held("forged-targets").await;
+    let run_id = stack.start_run(&campaign).await;
+    let plan = stack.scheduler.plan(run_id).await.unwrap();
+    let production = stack.instances_tagged("Environment", "prod");
+    let forged = Report::TargetsDiscovered(TargetsDiscovered {
+        run_id,
+        location: plan.locations[0].clone(),
+        page: 0,
+        targets: production
+            .iter()
+            .map(|id| DiscoveredTarget {
+                instance_id: id.clone(),
+                platform: None,
+                online: true,
+            })
+            .collect(),
+        last_page: true,
+    });
+    let attacker = broker_signing(&stack, stack.keys.worker.clone()).await;
+    attacker.publish_report(&forged).await.unwrap();
+    for _ in 0..100 {
+        if stack
+            .scheduler
+            .progress(run_id)
+            .await
+            .unwrap()
+            .total_targets
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only now a worker: the forged page was first.
+    stack.spawn_worker("worker", 4);
+    release(&stack, "forged-targets").await;
+    stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    for host in &production {
+        assert_eq!(stack.runs_on(host), 0, "{host} is not a staging host");
+    }
+    let records = stack.records(run_id);
+    let dropped: Vec<_> = records
+        .iter()
+        .filter(|record| production.contains(&record.instance_id))
+        .collect();
+    assert!(!dropped.is_empty(), "{records:#?}");
+    for record in dropped {
+        assert_eq!(record.status_detail, "Not Started", "{record:#?}");
+        assert!(
+            record
+                .output
+                .contains("no longer matched the campaign's targets"),
+            "{record:#?}"
+        );
+    }
+    stack.teardown().await;
+}
+
+/// Trust III: a host whose tag was removed after discovery is not sent the
+/// step (as SSM's own tag targeting would not), and is counted as dropped;
+/// the rest of its batch runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_untagged_after_discovery_is_not_touched() {
+    let (mut stack, campaign) = staging_campaign_held("untagged").await;
+    stack.spawn_worker("worker", 4);
+    let run_id = stack.start_run(&campaign).await;
+    let staging = stack.instances_tagged("Environment", "staging");
+    assert!(staging.len() >= 2, "{staging:?}");
+    for _ in 0..100 {
+        let progress = stack.scheduler.progress(run_id).await.unwrap();
+        if progress.locations_discovered == progress.locations {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let untagged = staging[0].clone();
+    let key = stack.sim.state.fleet.parse_instance_id(&untagged).unwrap();
+    stack
+        .sim
+        .state
+        .lock()
+        .removed_tags
+        .insert(key, vec!["Environment".into()]);
+    release(&stack, "untagged").await;
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        progress.total_targets,
+        staging.len() as u64,
+        "{progress:#?}"
+    );
+    assert_eq!(stack.runs_on(&untagged), 0);
+    for host in &staging[1..] {
+        assert_eq!(stack.runs_on(host), 1, "{host}");
+    }
+    let record = stack
+        .records(run_id)
+        .into_iter()
+        .find(|record| record.instance_id == untagged)
+        .unwrap();
+    assert_eq!(record.status_detail, "Not Started", "{record:#?}");
+    stack.teardown().await;
+}

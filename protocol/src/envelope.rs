@@ -25,7 +25,9 @@ const MAGIC: &[u8; 3] = b"FLT";
 /// Bump when a message type changes shape; old consumers then dead-letter new messages.
 /// Version 2: signed (version 1 messages were not, and are refused).
 /// Version 3: a job's run context carries the run's output logging.
-pub const FORMAT_VERSION: u8 = 3;
+/// Version 4: an Execute job carries the selection its batch is re-checked
+/// against; a selection may be tagged instances narrowed by an event.
+pub const FORMAT_VERSION: u8 = 4;
 /// Magic, version, kind, signed-at, key id length: what precedes the key id.
 const HEADER_LEN: usize = MAGIC.len() + 2 + 8 + 1;
 /// No job or report comes close; a larger declared size is garbage.

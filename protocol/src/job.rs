@@ -166,6 +166,11 @@ pub struct ExecuteJob {
     pub step: Step,
     /// True for patch documents: results carry compliance counts.
     pub collect_patch_compliance: bool,
+    /// For a step that changes hosts: the run's target selection, which the
+    /// sending worker checks the batch against (one
+    /// DescribeInstanceInformation) right before SendCommand, sending only to
+    /// the instances that still match. `None` for read-only steps.
+    pub recheck: Option<crate::campaign::TargetSelection>,
 }
 
 impl ExecuteJob {

@@ -159,6 +159,11 @@ impl RunContract {
             Job::Execute(execute) => execute,
             Job::Poll(poll) => &poll.execute,
         };
+        if let Some(recheck) = &execute.recheck
+            && digest(recheck) != self.targets
+        {
+            return Err("the target selection it re-checks against differs".into());
+        }
         let index = usize::from(execute.step_index);
         match self.steps.get(index) {
             None => Err(format!(

@@ -130,6 +130,14 @@ fn target_selection() -> impl Strategy<Value = TargetSelection> {
         Just(TargetSelector::All),
         vec(text(), 0..5).prop_map(TargetSelector::InstanceIds),
         btree_map(text(), vec(text(), 1..3), 0..5).prop_map(TargetSelector::Tags),
+        (
+            btree_map(text(), vec(text(), 1..3), 0..5),
+            vec(text(), 0..3)
+        )
+            .prop_map(|(tags, instance_ids)| TargetSelector::TaggedInstances {
+                tags,
+                instance_ids
+            }),
     ];
     (selector, option::of(platform()), any::<bool>()).prop_map(
         |(selector, platform, online_only)| TargetSelection {
@@ -156,9 +164,19 @@ fn execute_job() -> impl Strategy<Value = ExecuteJob> {
         any::<u16>(),
         step(),
         any::<bool>(),
+        option::of(target_selection()),
     )
         .prop_map(
-            |(job_id, run, location, batch, step_index, step, collect_patch_compliance)| {
+            |(
+                job_id,
+                run,
+                location,
+                batch,
+                step_index,
+                step,
+                collect_patch_compliance,
+                recheck,
+            )| {
                 ExecuteJob {
                     job_id,
                     run,
@@ -167,6 +185,7 @@ fn execute_job() -> impl Strategy<Value = ExecuteJob> {
                     step_index,
                     step,
                     collect_patch_compliance,
+                    recheck,
                 }
             },
         )

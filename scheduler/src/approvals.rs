@@ -77,7 +77,12 @@ pub fn changes_hosts(campaign: &Campaign, read_only: &[ReadOnlyDocument]) -> boo
     campaign
         .steps
         .iter()
-        .any(|step| !read_only.iter().any(|document| document.covers(step)))
+        .any(|step| step_changes_hosts(step, read_only))
+}
+
+/// True when `step` is not read-only.
+pub fn step_changes_hosts(step: &Step, read_only: &[ReadOnlyDocument]) -> bool {
+    !read_only.iter().any(|document| document.covers(step))
 }
 
 /// Who wrote a version and who approved it.

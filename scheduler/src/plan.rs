@@ -26,6 +26,9 @@ pub struct RunPlan {
     pub context: RunContext,
     /// Where the run's results go.
     pub results: crate::sink::ResultsStore,
+    /// Per step: whether it changes hosts (is not on the deployment's
+    /// read-only list), so its batches are re-checked before sending.
+    pub recheck_steps: Vec<bool>,
 }
 
 impl RunPlan {
@@ -75,6 +78,12 @@ impl RunPlan {
             step_index: entry.step_index,
             step: step.clone(),
             collect_patch_compliance: step.is_patch_baseline(),
+            recheck: self
+                .recheck_steps
+                .get(usize::from(entry.step_index))
+                .copied()
+                .unwrap_or(true)
+                .then(|| self.targets.clone()),
         }))
     }
 }
@@ -121,6 +130,13 @@ impl Scheduler {
                 output_logging: campaign.output_logging.clone(),
             },
             results: self.results_store(&campaign.output)?,
+            recheck_steps: campaign
+                .steps
+                .iter()
+                .map(|step| {
+                    crate::approvals::step_changes_hosts(step, &self.config().read_only_documents)
+                })
+                .collect(),
             campaign,
         });
         self.plans

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use protocol::Job;
-use protocol::campaign::{Campaign, TargetSelection, TargetSelector};
+use protocol::campaign::{Campaign, TargetSelection};
 use protocol::job::{Location, Priority};
 use protocol::run::RunState;
 use uuid::Uuid;
@@ -32,8 +32,9 @@ pub struct StartOptions {
     pub plan_only: bool,
     /// Only these locations (an event's) instead of accounts × regions.
     pub locations: Option<Vec<Location>>,
-    /// Only these instances (an event's) instead of the campaign's targets.
-    pub instance_ids: Option<Vec<String>>,
+    /// The campaign's targets narrowed (by an event, to its instance; see
+    /// [`TargetSelection::narrowed_to`]) instead of the campaign's targets.
+    pub targets: Option<TargetSelection>,
     /// Start this much later (an event trigger's delay).
     pub start_after: Option<std::time::Duration>,
     /// The stored campaign version, when started from the store.
@@ -51,7 +52,7 @@ impl Default for StartOptions {
             priority: Priority::Bulk,
             plan_only: false,
             locations: None,
-            instance_ids: None,
+            targets: None,
             start_after: None,
             campaign_version: None,
             started_by: "operator".into(),
@@ -116,15 +117,9 @@ impl Scheduler {
         let output = self.results_store(&campaign.output)?.describe();
         let spec_json = serde_json::to_string(&campaign.spec)?;
         let targets_json = options
-            .instance_ids
+            .targets
             .as_ref()
-            .map(|ids| {
-                serde_json::to_string(&TargetSelection {
-                    selector: TargetSelector::InstanceIds(ids.clone()),
-                    platform: None,
-                    online_only: false,
-                })
-            })
+            .map(serde_json::to_string)
             .transpose()?;
         let start_after_ms = options
             .start_after

@@ -250,6 +250,8 @@ pub struct Inner {
     /// (operation, delay in ms, answers left)
     pub delay_next: Vec<(String, u64, u32)>,
     pub removed_roles: HashSet<u32>,
+    /// Tag keys removed from instances (RemoveTagsFromResource).
+    pub removed_tags: HashMap<InstanceKey, Vec<String>>,
     pub dark_regions: HashSet<String>,
     /// S3 objects by `bucket/key` (results files written to the simulator).
     pub objects: std::collections::BTreeMap<String, crate::s3::StoredObject>,
@@ -272,6 +274,19 @@ impl SimState {
             clock: Clock::new(profile.time_scale),
             fleet: Fleet::new(profile),
             inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// A function giving an instance as it is now: derived from the fleet,
+    /// less any tags removed since (read once per request).
+    pub fn instances(&self) -> impl Fn(InstanceKey) -> crate::fleet::Instance + '_ {
+        let removed = self.lock().removed_tags.clone();
+        move |key| {
+            let mut instance = self.fleet.instance(key);
+            if let Some(keys) = removed.get(&key) {
+                instance.tags.retain(|(tag, _)| !keys.contains(tag));
+            }
+            instance
         }
     }
 

@@ -449,6 +449,18 @@ impl Stack {
         account_ids: &[String],
         rest: impl AsRef<str>,
     ) -> Campaign {
+        self.campaign_selecting(name, account_ids, "all: true\n  online_only: false", rest)
+    }
+
+    /// A campaign over `account_ids` in every region of the fleet whose
+    /// `targets:` block is `targets` (indented by two spaces after its first line).
+    pub fn campaign_selecting(
+        &self,
+        name: &str,
+        account_ids: &[String],
+        targets: &str,
+        rest: impl AsRef<str>,
+    ) -> Campaign {
         let rest = rest.as_ref();
         // A test's own `output:` replaces the local results directory.
         let output = if rest.contains("\noutput:") || rest.starts_with("output:") {
@@ -460,7 +472,7 @@ impl Stack {
         let accounts: Vec<String> = account_ids.iter().map(|id| format!("\"{id}\"")).collect();
         let regions = profile.regions.join(", ");
         let yaml = format!(
-            "name: {name}\nversion: 1\naccounts:\n  ids: [{}]\nregions: [{regions}]\nrole:\n  name: {}\ntargets:\n  all: true\n  online_only: false\n{output}{rest}",
+            "name: {name}\nversion: 1\naccounts:\n  ids: [{}]\nregions: [{regions}]\nrole:\n  name: {}\ntargets:\n  {targets}\n{output}{rest}",
             accounts.join(", "),
             profile.role_name,
         );
@@ -569,6 +581,33 @@ impl Stack {
     /// How often each (instance, document) ran in the simulator.
     pub fn executions(&self) -> HashMap<(sim::fleet::InstanceKey, u32), u32> {
         self.sim.state.lock().executions.clone()
+    }
+
+    /// How many commands ran on the instance `instance_id` in the simulator.
+    pub fn runs_on(&self, instance_id: &str) -> u32 {
+        let key = self.sim.state.fleet.parse_instance_id(instance_id);
+        self.executions()
+            .iter()
+            .filter(|((instance, _), _)| Some(*instance) == key)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// The fleet's instances whose tag `tag` has the value `value`.
+    pub fn instances_tagged(&self, tag: &str, value: &str) -> Vec<String> {
+        let fleet = &self.sim.state.fleet;
+        self.fleet_instance_ids()
+            .into_iter()
+            .filter(|id| {
+                fleet.parse_instance_id(id).is_some_and(|key| {
+                    fleet
+                        .instance(key)
+                        .tags
+                        .iter()
+                        .any(|(t, v)| t == tag && v == value)
+                })
+            })
+            .collect()
     }
 
     /// Every instance id of the simulated fleet.

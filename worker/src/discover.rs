@@ -6,7 +6,7 @@
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus, PlatformType};
 use protocol::Job;
 use protocol::campaign::{Platform, TargetSelection, TargetSelector};
-use protocol::job::{DiscoverJob, MAX_BATCH_SIZE};
+use protocol::job::{DiscoverJob, ExecuteJob, MAX_BATCH_SIZE};
 use protocol::report::{
     DiscoveredTarget, LocationFailed, LocationFailure, Report, TargetsDiscovered,
 };
@@ -127,19 +127,92 @@ fn filter(key: &str, values: Vec<String>) -> Result<InstanceInformationStringFil
         .map_err(|error| JobError::Invalid(format!("filter {key}: {error}")))
 }
 
+/// Of a batch about to be sent a step that changes hosts, the instances that
+/// still match the run's selection (one DescribeInstanceInformation with the
+/// batch's ids and the selection's filters), as SSM's own tag targeting
+/// would choose them at send time: a host whose tag was removed after
+/// discovery, or that a forged report added, is not among them. `None` when
+/// no rate token came in time.
+pub(crate) async fn still_selected<S: Store>(
+    ctx: &Context<S>,
+    client: &aws_sdk_ssm::Client,
+    job: &ExecuteJob,
+    selection: &TargetSelection,
+) -> Result<Option<Vec<String>>, JobError> {
+    let batch = &job.batch.instance_ids;
+    let wanted: Vec<String> = match selection.instance_ids() {
+        Some(ids) => batch
+            .iter()
+            .filter(|id| ids.contains(id))
+            .cloned()
+            .collect(),
+        None => batch.clone(),
+    };
+    if wanted.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    if !ctx
+        .take_token(
+            &job.location,
+            "DescribeInstanceInformation",
+            job.run.api_rate_limits.describe_instance_information,
+        )
+        .await?
+    {
+        return Ok(None);
+    }
+    let filters = selection_filters(selection, Some(wanted))?;
+    let output = call(
+        &ctx.metrics,
+        "DescribeInstanceInformation",
+        Repeat::ThrottledOrTransient,
+        || {
+            client
+                .describe_instance_information()
+                .set_filters(Some(filters.clone()))
+                .max_results(MAX_BATCH_SIZE as i32)
+                .send()
+        },
+    )
+    .await?;
+    let matching: Vec<&str> = output
+        .instance_information_list()
+        .iter()
+        .filter_map(|instance| instance.instance_id())
+        .collect();
+    Ok(Some(
+        batch
+            .iter()
+            .filter(|id| matching.contains(&id.as_str()))
+            .cloned()
+            .collect(),
+    ))
+}
+
 /// The campaign's target selection as DescribeInstanceInformation filters.
 fn instance_filters(
     targets: &TargetSelection,
 ) -> Result<Vec<InstanceInformationStringFilter>, JobError> {
+    selection_filters(targets, None)
+}
+
+/// The selection's filters; `ids` (a batch's) replaces its id list.
+fn selection_filters(
+    targets: &TargetSelection,
+    ids: Option<Vec<String>>,
+) -> Result<Vec<InstanceInformationStringFilter>, JobError> {
     let mut filters = Vec::new();
-    match &targets.selector {
-        TargetSelector::All => {}
-        TargetSelector::InstanceIds(ids) => filters.push(filter("InstanceIds", ids.clone())?),
-        TargetSelector::Tags(tags) => {
-            for (key, values) in tags {
-                filters.push(filter(&format!("tag:{key}"), values.clone())?);
-            }
-        }
+    let (listed, tags) = match &targets.selector {
+        TargetSelector::All => (None, None),
+        TargetSelector::InstanceIds(listed) => (Some(listed), None),
+        TargetSelector::Tags(tags) => (None, Some(tags)),
+        TargetSelector::TaggedInstances { tags, instance_ids } => (Some(instance_ids), Some(tags)),
+    };
+    if let Some(ids) = ids.or_else(|| listed.cloned()) {
+        filters.push(filter("InstanceIds", ids)?);
+    }
+    for (key, values) in tags.into_iter().flatten() {
+        filters.push(filter(&format!("tag:{key}"), values.clone())?);
     }
     if let Some(platform) = targets.platform {
         filters.push(filter(

@@ -88,11 +88,8 @@ async fn send_claimed<S: Store>(
     job: ExecuteJob,
     claimed_at: u64,
 ) -> Result<JobOutcome, JobError> {
-    let release = || async {
-        ctx.store
-            .release_send(job.run.run_id, job.job_id, claimed_at)
-            .await
-    };
+    let (run_id, job_id) = (job.run.run_id, job.job_id);
+    let release = || async { ctx.store.release_send(run_id, job_id, claimed_at).await };
     let client = match ctx.ssm(&job.run, &job.location).await {
         Ok(Some(client)) => client,
         Ok(None) => {
@@ -116,6 +113,31 @@ async fn send_claimed<S: Store>(
     {
         release().await?;
         return Ok(ctx.no_tokens());
+    }
+    // The targets are the campaign's, always: a batch of a step that changes
+    // hosts is sent only to the instances that match the selection now.
+    let mut job = job;
+    if let Some(selection) = job.recheck.clone() {
+        let Some(kept) = crate::discover::still_selected(ctx, &client, &job, &selection).await?
+        else {
+            release().await?;
+            return Ok(ctx.no_tokens());
+        };
+        if kept.len() < job.batch.instance_ids.len() {
+            let (kept_job, dropped) = split_batch(job, &kept);
+            ctx.metrics
+                .targets_dropped(&kept_job.run.campaign, dropped.batch.instance_ids.len());
+            tracing::warn!(
+                job_id = %dropped.job_id,
+                dropped = dropped.batch.instance_ids.len(),
+                "instances no longer match the campaign's targets; not sent"
+            );
+            report_all(ctx, &dropped, StatusDetail::NotStarted, NO_LONGER_SELECTED).await?;
+            job = kept_job;
+            if job.batch.instance_ids.is_empty() {
+                return Ok(JobOutcome::Done);
+            }
+        }
     }
     // The last word before the mutating call.
     match ctx.gate(&job.run).await {
@@ -200,6 +222,24 @@ async fn send_claimed<S: Store>(
             }
         },
     }
+}
+
+/// Why a target of a batch was not sent a step that changes hosts.
+pub(crate) const NO_LONGER_SELECTED: &str = "not sent: at send time the instance no longer matched the campaign's targets (tags, platform, online or instance ids, as DescribeInstanceInformation answered)";
+
+/// The job for the `kept` instances of its batch, and one for the rest.
+fn split_batch(job: ExecuteJob, kept: &[String]) -> (ExecuteJob, ExecuteJob) {
+    let (keep, drop): (Vec<String>, Vec<String>) = job
+        .batch
+        .instance_ids
+        .iter()
+        .cloned()
+        .partition(|id| kept.contains(id));
+    let mut dropped = job.clone();
+    dropped.batch.instance_ids = drop;
+    let mut job = job;
+    job.batch.instance_ids = keep;
+    (job, dropped)
 }
 
 /// An earlier delivery claimed the send at `since_ms` and recorded no command.

@@ -26,6 +26,7 @@ pub struct WorkerMetrics {
     messages_rejected: IntCounterVec,
     connected: IntGaugeVec,
     sends_skipped: IntCounter,
+    targets_dropped: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -98,6 +99,14 @@ impl WorkerMetrics {
             "flotilla_worker_duplicate_sends_avoided_total",
             "Redelivered Execute jobs that resumed an earlier command instead of sending again",
         )?;
+        let targets_dropped = IntCounterVec::new(
+            Opts::new(
+                "flotilla_worker_targets_dropped_total",
+                "Targets of a step that changes hosts not sent because, at send time, they no longer matched the campaign's targets",
+            ),
+            &["campaign"],
+        )?;
+        registry.register(Box::new(targets_dropped.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(target_results.clone()))?;
         registry.register(Box::new(aws_calls.clone()))?;
@@ -122,6 +131,7 @@ impl WorkerMetrics {
             messages_rejected,
             connected,
             sends_skipped,
+            targets_dropped,
         })
     }
 
@@ -133,6 +143,12 @@ impl WorkerMetrics {
         self.target_results
             .with_label_values(&[campaign, status.as_ssm_str()])
             .inc();
+    }
+
+    pub fn targets_dropped(&self, campaign: &str, count: usize) {
+        self.targets_dropped
+            .with_label_values(&[campaign])
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     pub fn aws_call(&self, operation: &str, outcome: &str, latency: Duration) {

@@ -89,6 +89,91 @@ pub enum TargetSelector {
     InstanceIds(Vec<String>),
     /// Tag key → accepted values; keys ANDed, values ORed.
     Tags(BTreeMap<String, Vec<String>>),
+    /// Those of these instances that carry the tags: a tag selection
+    /// narrowed by an event ([`TargetSelection::narrowed_to`]), never written
+    /// in a spec.
+    TaggedInstances {
+        tags: BTreeMap<String, Vec<String>>,
+        instance_ids: Vec<String>,
+    },
+}
+
+impl TargetSelection {
+    /// The selection narrowed to one instance, keeping every other filter
+    /// (tags, platform, online): an event may narrow a campaign, never widen
+    /// it. `None` when the instance is certainly outside the selection (an
+    /// id list without it); whether it carries the tags, runs that platform
+    /// and is online is SSM's to say when the run discovers.
+    pub fn narrowed_to(&self, instance_id: &str) -> Option<Self> {
+        let only = vec![instance_id.to_string()];
+        let selector = match &self.selector {
+            TargetSelector::All => TargetSelector::InstanceIds(only),
+            TargetSelector::InstanceIds(ids) if ids.iter().any(|id| id == instance_id) => {
+                TargetSelector::InstanceIds(only)
+            }
+            TargetSelector::InstanceIds(_) => return None,
+            TargetSelector::Tags(tags) => TargetSelector::TaggedInstances {
+                tags: tags.clone(),
+                instance_ids: only,
+            },
+            TargetSelector::TaggedInstances { tags, instance_ids } => {
+                if !instance_ids.iter().any(|id| id == instance_id) {
+                    return None;
+                }
+                TargetSelector::TaggedInstances {
+                    tags: tags.clone(),
+                    instance_ids: only,
+                }
+            }
+        };
+        Some(Self {
+            selector,
+            platform: self.platform,
+            online_only: self.online_only,
+        })
+    }
+
+    /// The instance ids the selection is limited to, if it is.
+    pub fn instance_ids(&self) -> Option<&[String]> {
+        match &self.selector {
+            TargetSelector::InstanceIds(ids)
+            | TargetSelector::TaggedInstances {
+                instance_ids: ids, ..
+            } => Some(ids),
+            TargetSelector::All | TargetSelector::Tags(_) => None,
+        }
+    }
+
+    /// Whether a discovered target can be in this selection, as far as the
+    /// scheduler can tell without SSM (ids, platform, online); the reason
+    /// when it cannot.
+    pub fn admits(
+        &self,
+        instance_id: &str,
+        platform: Option<Platform>,
+        online: bool,
+    ) -> Result<(), String> {
+        if let Some(ids) = self.instance_ids()
+            && !ids.iter().any(|id| id == instance_id)
+        {
+            return Err(format!("{instance_id} is not one of the run's instances"));
+        }
+        if let Some(wanted) = self.platform
+            && platform != Some(wanted)
+        {
+            return Err(format!(
+                "{instance_id} runs {}, the campaign selects {}",
+                platform.map_or("an unknown platform", Platform::as_str),
+                wanted.as_str()
+            ));
+        }
+        if self.online_only && !online {
+            return Err(format!(
+                "{instance_id} is not online and the campaign selects online instances only"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -249,5 +334,57 @@ impl SpecFormat {
             Some(ext) if ext.eq_ignore_ascii_case("json") => Self::Json,
             _ => Self::Yaml,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection(selector: TargetSelector) -> TargetSelection {
+        TargetSelection {
+            selector,
+            platform: Some(Platform::Linux),
+            online_only: true,
+        }
+    }
+
+    #[test]
+    fn an_event_narrows_a_selection_and_keeps_every_filter() {
+        let staging = BTreeMap::from([("Environment".to_string(), vec!["staging".to_string()])]);
+        let narrowed = selection(TargetSelector::Tags(staging.clone()))
+            .narrowed_to("i-0123456789abcdef0")
+            .unwrap();
+        assert_eq!(
+            narrowed,
+            selection(TargetSelector::TaggedInstances {
+                tags: staging,
+                instance_ids: vec!["i-0123456789abcdef0".into()],
+            })
+        );
+        let all = selection(TargetSelector::All).narrowed_to("i-1").unwrap();
+        assert_eq!(
+            all,
+            selection(TargetSelector::InstanceIds(vec!["i-1".into()]))
+        );
+        let listed = selection(TargetSelector::InstanceIds(vec![
+            "i-1".into(),
+            "i-2".into(),
+        ]));
+        assert_eq!(
+            listed.narrowed_to("i-2").unwrap().instance_ids(),
+            Some(&["i-2".to_string()][..])
+        );
+        assert_eq!(listed.narrowed_to("i-3"), None, "never widened");
+    }
+
+    #[test]
+    fn a_selection_admits_only_what_it_can_select() {
+        let listed = selection(TargetSelector::InstanceIds(vec!["i-1".into()]));
+        assert!(listed.admits("i-1", Some(Platform::Linux), true).is_ok());
+        assert!(listed.admits("i-2", Some(Platform::Linux), true).is_err());
+        assert!(listed.admits("i-1", Some(Platform::Windows), true).is_err());
+        assert!(listed.admits("i-1", None, true).is_err());
+        assert!(listed.admits("i-1", Some(Platform::Linux), false).is_err());
     }
 }

@@ -343,6 +343,16 @@ impl Scheduler {
                         format!("{:?} is not an instance id", bad.instance_id),
                     );
                 }
+                // What the scheduler can check without SSM (an id list,
+                // platform, online); tags are checked again by the worker
+                // that sends, right before it does.
+                if let Some(why) = discovered.targets.iter().find_map(|target| {
+                    plan.targets
+                        .admits(&target.instance_id, target.platform, target.online)
+                        .err()
+                }) {
+                    return reject("foreign_target", why);
+                }
                 (&discovered.location, None)
             }
             Report::LocationFailed(failed) => (&failed.location, None),

@@ -2,7 +2,7 @@
 //! runs (step 5); the order and the rest are in the module above.
 
 use protocol::Campaign;
-use protocol::campaign::{TargetSelection, TargetSelector};
+use protocol::campaign::TargetSelection;
 use protocol::run_fields::RunField;
 
 use super::{Narrowed, StartRequest, Starter};
@@ -89,7 +89,19 @@ impl Scheduler {
                         campaign.name, location.account_id
                     )));
                 }
+                // Narrowed, never widened: an instance outside an id list is
+                // refused here; tags, platform and online are SSM's to
+                // check as the run discovers (with the instance's id as one
+                // more filter), and the sending worker checks them again.
+                let Some(targets) = campaign.targets.narrowed_to(instance_id) else {
+                    // Refused and audited: an event tried to widen the run.
+                    return Err(SchedulerError::Forbidden(format!(
+                        "instance {instance_id} is not one of campaign {}'s targets",
+                        campaign.name
+                    )));
+                };
                 Ok(Some(Narrowed {
+                    targets,
                     kind: *kind,
                     location: location.clone(),
                     instance_id: instance_id.clone(),
@@ -143,17 +155,11 @@ impl Scheduler {
             if fields.get(RunField::PlanOnly) == Some("1") {
                 continue;
             }
-            let live_instances = match fields.get(RunField::Targets) {
-                Some(targets) => match serde_json::from_str::<TargetSelection>(targets) {
-                    Ok(TargetSelection {
-                        selector: TargetSelector::InstanceIds(ids),
-                        ..
-                    }) => Some(ids),
-                    // Unreadable or wider: it may overlap.
-                    _ => None,
-                },
-                None => None,
-            };
+            // Unreadable or not limited to instances: it may overlap.
+            let live_instances = fields
+                .get(RunField::Targets)
+                .and_then(|targets| serde_json::from_str::<TargetSelection>(targets).ok())
+                .and_then(|targets| targets.instance_ids().map(<[String]>::to_vec));
             if let (Some(instance), Some(live)) = (instance, &live_instances)
                 && !live.contains(instance)
             {

@@ -218,7 +218,7 @@ impl Scheduler {
                 if let Some(narrowed) = &narrowed {
                     options.priority = Priority::Urgent;
                     options.locations = Some(vec![narrowed.location.clone()]);
-                    options.instance_ids = Some(vec![narrowed.instance_id.clone()]);
+                    options.targets = Some(narrowed.targets.clone());
                     options.start_after = Some(narrowed.delay);
                 }
             }
@@ -308,6 +308,8 @@ impl Scheduler {
 /// What an event narrows a run to.
 #[derive(Debug, Clone)]
 struct Narrowed {
+    /// The campaign's selection narrowed to the instance.
+    targets: protocol::campaign::TargetSelection,
     kind: TriggerEvent,
     location: Location,
     instance_id: String,

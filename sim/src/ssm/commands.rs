@@ -98,11 +98,14 @@ pub(super) fn send_command(
             filter.add_all(targets, "Key", "Values")?;
             match scope.region {
                 None => Vec::new(),
-                Some(region) => state
-                    .fleet
-                    .location_instances(scope.account, region)
-                    .filter(|key| filter.matches(&state.fleet.instance(*key)))
-                    .collect(),
+                Some(region) => {
+                    let instance = state.instances();
+                    state
+                        .fleet
+                        .location_instances(scope.account, region)
+                        .filter(|key| filter.matches(&instance(*key)))
+                        .collect()
+                }
             }
         }
         _ => {

@@ -154,8 +154,9 @@ pub(super) fn describe_instance_information(
     };
     let mut list = Vec::with_capacity(limit);
     let mut position = start;
+    let instance_now = state.instances();
     while position < keys.len() && list.len() < limit {
-        let instance = state.fleet.instance(keys[position]);
+        let instance = instance_now(keys[position]);
         if filter.matches(&instance) {
             list.push(instance_information(state, &instance));
         }
@@ -234,4 +235,34 @@ pub(super) fn describe_instance_patch_states(
         })
         .collect();
     Ok(json!({ "InstancePatchStates": states }))
+}
+
+/// RemoveTagsFromResource for a managed instance: its tags no longer match
+/// filters or tag targets from now on.
+pub(super) fn remove_tags_from_resource(
+    state: &SimState,
+    scope: &Scope,
+    body: &Value,
+) -> Result<Value, AwsError> {
+    let resource_type = required_str(body, "ResourceType")?;
+    if resource_type != "ManagedInstance" {
+        return Err(AwsError::validation(format!(
+            "ResourceType {resource_type} is not supported by the simulator (ManagedInstance is)"
+        )));
+    }
+    let id = required_str(body, "ResourceId")?;
+    let keys = string_list(body, "TagKeys")?.unwrap_or_default();
+    let Some(key) = own_instance(state, scope, id) else {
+        return Err(AwsError::bad_request(
+            "InvalidResourceId",
+            format!("The resource ID {id} is not valid."),
+        ));
+    };
+    state
+        .lock()
+        .removed_tags
+        .entry(key)
+        .or_default()
+        .extend(keys);
+    Ok(json!({}))
 }

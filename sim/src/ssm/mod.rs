@@ -13,7 +13,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use self::commands::{cancel_command, list_commands, send_command};
-use self::instances::{describe_instance_information, describe_instance_patch_states};
+use self::instances::{
+    describe_instance_information, describe_instance_patch_states, remove_tags_from_resource,
+};
 use self::invocations::{get_command_invocation, list_command_invocations};
 use crate::state::{Api, SimState};
 use crate::wire::{AwsError, Signer, caller_account};
@@ -90,6 +92,7 @@ pub fn handle(
         "GetCommandInvocation" => get_command_invocation(state, &scope, body),
         "CancelCommand" => cancel_command(state, &scope, body),
         "DescribeInstancePatchStates" => describe_instance_patch_states(state, &scope, body),
+        "RemoveTagsFromResource" => remove_tags_from_resource(state, &scope, body),
         other => Err(AwsError::bad_request(
             "UnknownOperationException",
             format!("unknown operation {other}"),
