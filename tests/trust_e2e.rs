@@ -552,6 +552,7 @@ async fn a_run_completes_with_one_broker_user_per_service_and_each_is_kept_to_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_completes_with_one_redis_user_per_service_and_a_worker_cannot_release_the_kill_switch()
  {
+    use redis::AsyncCommands as _;
     use store::Store as _;
     let dir = tempfile::tempdir().unwrap();
     let acl = dir.path().join("users.acl");
@@ -605,6 +606,122 @@ async fn a_run_completes_with_one_redis_user_per_service_and_a_worker_cannot_rel
         .set_run_state(run_id, RunState::Running, "forged")
         .await;
     assert!(resumed.is_err(), "a worker changed a run's state");
+
+    // Trust III, finding 3: what a worker credential can do to the send
+    // record and to Redis itself.
+    let mut worker = worker_store.connection();
+    let sends = names.run_sends_key(run_id);
+    let recorded: std::collections::HashMap<String, String> =
+        stack.store.connection().hgetall(&sends).await.unwrap();
+    assert!(
+        recorded.keys().any(|field| field.ends_with(":command")),
+        "the run's send record holds its commands: {recorded:?}"
+    );
+    let field = recorded.keys().next().unwrap().clone();
+    let refused = |what: &str, result: redis::RedisResult<redis::Value>| {
+        let error = result.expect_err(&format!("a worker may not {what}"));
+        assert!(
+            error.to_string().to_lowercase().contains("noperm"),
+            "{what}: {error}"
+        );
+    };
+    refused(
+        "delete the send record",
+        redis::cmd("DEL").arg(&sends).query_async(&mut worker).await,
+    );
+    refused(
+        "delete a field of it",
+        redis::cmd("HDEL")
+            .arg(&sends)
+            .arg(&field)
+            .query_async(&mut worker)
+            .await,
+    );
+    refused(
+        "overwrite a field of it",
+        redis::cmd("HSET")
+            .arg(&sends)
+            .arg(&field)
+            .arg("x")
+            .query_async(&mut worker)
+            .await,
+    );
+    refused(
+        "make it expire",
+        redis::cmd("PEXPIRE")
+            .arg(&sends)
+            .arg(1)
+            .query_async(&mut worker)
+            .await,
+    );
+    refused(
+        "run Lua of its own",
+        redis::cmd("EVAL")
+            .arg("while true do end")
+            .arg(0)
+            .query_async(&mut worker)
+            .await,
+    );
+    refused(
+        "load a script",
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg("return 1")
+            .query_async(&mut worker)
+            .await,
+    );
+    refused(
+        "load a function",
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg("#!lua name=mine\nredis.register_function('mine', function() while true do end end)")
+            .query_async(&mut worker)
+            .await,
+    );
+    let added: bool = worker.hset_nx(&sends, &field, "0").await.unwrap();
+    assert!(!added, "HSETNX never overwrites");
+    let after: std::collections::HashMap<String, String> =
+        stack.store.connection().hgetall(&sends).await.unwrap();
+    assert_eq!(after, recorded, "the send record is unchanged");
+    stack.teardown().await;
+}
+
+/// Trust III, finding 3: a stolen worker credential erases a sent job's send
+/// claim and republishes the captured, genuinely signed Execute while the run
+/// is live. The run's append-only send record still names the command: the
+/// replay polls it, and no instance runs the document twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_execute_never_runs_twice_even_with_its_send_claim_erased() {
+    use redis::AsyncCommands as _;
+    let mut stack = Stack::start(support::slow_single_location(50)).await;
+    stack.spawn_worker("worker", 4);
+    let campaign = stack.campaign(
+        "replayed",
+        support::one_step("  max_concurrency: 10\n  max_errors: 0\n"),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    stack.wait_for_commands(1).await;
+    let entries = stack.scheduler.ledger().admitted(run_id).await.unwrap();
+    assert!(!entries.is_empty());
+    let plan = stack.scheduler.plan(run_id).await.unwrap();
+    let replayer = broker_signing(&stack, stack.keys.scheduler.clone()).await;
+    let mut redis = stack.store.connection();
+    for entry in &entries {
+        let job = plan.execute_job(entry).unwrap();
+        let Job::Execute(execute) = &job else {
+            unreachable!()
+        };
+        let _: i64 = redis
+            .del(stack.names.job_command_key(run_id, execute.job_id))
+            .await
+            .unwrap();
+        replayer.publish_job(&job).await.unwrap();
+    }
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(90))
+        .await;
+    stack.assert_each_target_ran_once(run_id, &progress);
     stack.teardown().await;
 }
 

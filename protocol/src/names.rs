@@ -217,6 +217,13 @@ impl Names {
         format!("{}:run:{{{run_id}}}:job:{job_id}:command", self.prefix)
     }
 
+    /// The run's send record, append-only for workers (`HSETNX` only): per
+    /// job, `<job>` = when a delivery was about to send it and
+    /// `<job>:command` = the command it sent.
+    pub fn run_sends_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:sends", self.prefix)
+    }
+
     /// The run's locations in admission order (FIFO), one `account/region` each.
     pub fn run_locations_key(&self, run_id: Uuid) -> String {
         format!("{}:run:{{{run_id}}}:locations", self.prefix)

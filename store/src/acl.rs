@@ -5,8 +5,11 @@
 //!
 //! - **worker**: reads the kill switches and run records (never writes
 //!   them: a stolen worker cannot release the kill switch or resume a run),
-//!   writes only its send claims and the API token buckets, and hears the
-//!   kill switch channel.
+//!   writes only its send claims and the API token buckets, adds to a run's
+//!   send record with `HSETNX` alone (a selector: it can neither delete nor
+//!   overwrite what is recorded there), runs only flotilla's Redis Functions
+//!   (`FCALL`; no `EVAL`, no `FUNCTION LOAD`), and hears the kill switch
+//!   channel.
 //! - **scheduler**: everything under the prefix, without `@dangerous`
 //!   commands (no `KEYS`, `FLUSHALL`, `CONFIG`, `DEBUG`, …).
 //! - **admin**: everything under the prefix (`flotilla admin purge`).
@@ -28,9 +31,8 @@ pub fn users(prefix: &str, scheduler: &str, worker: &str, admin: &str) -> String
         "+sismember",
         "+set",
         "+setex",
-        "+evalsha",
-        "+eval",
-        "+script|load",
+        // flotilla's Redis Functions only: no EVAL, no script of its own.
+        "+fcall",
         "+subscribe",
         "+unsubscribe",
         "+time",
@@ -47,7 +49,8 @@ pub fn users(prefix: &str, scheduler: &str, worker: &str, admin: &str) -> String
         "user default off\n\
          user flotilla-scheduler on {scheduler} resetkeys resetchannels ~{prefix}:* &{prefix}:* +@all -@dangerous\n\
          user flotilla-worker on {worker} resetkeys resetchannels -@all {worker_commands} \
-         %R~{prefix}:kill* %R~{prefix}:run:* %RW~{prefix}:run:*:job:*:command %RW~{prefix}:rate:* &{prefix}:kill:changes\n\
+         %R~{prefix}:kill* %R~{prefix}:run:* %RW~{prefix}:run:*:job:*:command %RW~{prefix}:rate:* &{prefix}:kill:changes \
+         (+hsetnx %W~{prefix}:run:*:sends)\n\
          user flotilla-admin on {admin} resetkeys resetchannels ~{prefix}:* &{prefix}:* +@all\n"
     )
 }

@@ -133,6 +133,18 @@ pub enum SendClaim {
     Sent { command_id: String },
 }
 
+/// What a run's append-only send record says of a job ([`Store::mark_send`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendRecord {
+    /// No delivery was about to send it before: send.
+    First,
+    /// A delivery was about to send it at `since_ms` and recorded no command:
+    /// it may have sent (ask SSM once that send would be visible) or died first.
+    Attempted { since_ms: u64 },
+    /// It was sent: poll the command, never send again.
+    Sent { command_id: String },
+}
+
 /// Whether a campaign's run may send a command now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendGate {
@@ -394,7 +406,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         since_ms: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Records the command a claimed job sent.
+    /// Records, right before SendCommand and in a record no worker can
+    /// change (written only by `HSETNX`, which workers alone may use on it),
+    /// that the job is about to send; says what an earlier delivery recorded
+    /// there. The send claim above is the fast path; this is what still
+    /// holds when a claim is erased by a stolen worker credential or lost.
+    fn mark_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<SendRecord, StoreError>> + Send;
+
+    /// Records the command a claimed job sent (in the claim, and once and
+    /// for good in the run's send record).
     fn record_command(
         &self,
         run_id: Uuid,

@@ -5,29 +5,25 @@
 //! (`TIME`), so workers with skewed clocks still share one rate.
 
 use protocol::run_fields::RunField;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use protocol::names::Names;
 use protocol::run::RunState;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use uuid::Uuid;
 
 use crate::connection::{Connection, RedisTls};
 use crate::{
-    BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, Store, StoreError, TokenGrant,
-    TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent, encode_kill_engaged,
-    global_kill_reason, parse_state,
+    BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, SendRecord, Store, StoreError,
+    TokenGrant, TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent,
+    encode_kill_engaged, global_kill_reason, parse_state,
 };
 
-static TAKE_TOKENS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/take_tokens.lua")));
-
-static RECLAIM_SEND: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/reclaim_send.lua")));
-
-static RELEASE_SEND: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/release_send.lua")));
+/// The Redis Functions workers call (`FCALL`); they may not `EVAL`.
+pub const WORKER_FUNCTIONS: &str = include_str!("lua/worker_functions.lua");
+const TAKE_TOKENS: &str = "flotilla_take_tokens_v1";
+const RECLAIM_SEND: &str = "flotilla_reclaim_send_v1";
+const RELEASE_SEND: &str = "flotilla_release_send_v1";
 
 /// How long an idempotency record outlives its job: longer than any step's timeout.
 const COMMAND_RECORD_TTL: Duration = Duration::from_secs(31 * 86_400);
@@ -55,8 +51,52 @@ impl RedisStore {
     }
 
     /// [`RedisStore::connect`], with a CA for `rediss://` URLs.
+    /// Loads flotilla's Redis Functions where the connection's user may (a
+    /// worker's may not: it calls what a scheduler loaded).
     pub async fn connect_with(url: &str, names: Names, tls: &RedisTls) -> Result<Self, StoreError> {
-        Ok(Self::on(Connection::open(url, tls).await?, names))
+        let store = Self::on(Connection::open(url, tls).await?, names);
+        if let Err(error) = store.load_functions().await {
+            tracing::debug!(%error, "flotilla's Redis functions not loaded by this connection");
+        }
+        Ok(store)
+    }
+
+    /// `FUNCTION LOAD REPLACE` of the worker functions (on every master of a
+    /// cluster): the scheduler's and admin's Redis users may, a worker's not.
+    pub async fn load_functions(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: redis::Value = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(WORKER_FUNCTIONS)
+            .query_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// `FCALL function 1 key args…`; a function missing (a Redis restarted
+    /// without persistence, a new cluster node) is loaded once if this
+    /// connection may, else the error says who loads it.
+    async fn fcall<T: redis::FromRedisValue>(
+        &self,
+        function: &str,
+        key: &str,
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        let mut command = redis::cmd("FCALL");
+        command.arg(function).arg(1).arg(key).arg(args);
+        let mut connection = self.connection.clone();
+        match command.query_async(&mut connection).await {
+            Err(error) if error.to_string().contains("Function not found") => {
+                if let Err(load) = self.load_functions().await {
+                    return Err(StoreError::Unexpected(format!(
+                        "the Redis function {function} is not loaded and this Redis user may not load it ({load}); a scheduler loads flotilla's functions as it connects: start one"
+                    )));
+                }
+                Ok(command.query_async(&mut connection).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The store over an open connection.
@@ -201,17 +241,20 @@ impl Store for RedisStore {
                 request.rate_per_second, request.burst
             )));
         }
-        let mut connection = self.connection.clone();
         let key = self
             .names
             .token_bucket_key(bucket.account_id, bucket.region, bucket.api);
-        let (reserved, wait): (u8, String) = TAKE_TOKENS
-            .key(key)
-            .arg(request.rate_per_second)
-            .arg(request.burst)
-            .arg(request.tokens)
-            .arg(request.max_wait.as_secs_f64())
-            .invoke_async(&mut connection)
+        let (reserved, wait): (u8, String) = self
+            .fcall(
+                TAKE_TOKENS,
+                &key,
+                &[
+                    request.rate_per_second.to_string(),
+                    request.burst.to_string(),
+                    request.tokens.to_string(),
+                    request.max_wait.as_secs_f64().to_string(),
+                ],
+            )
             .await?;
         let wait = wait
             .parse::<f64>()
@@ -336,16 +379,50 @@ impl Store for RedisStore {
         since_ms: u64,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
         let key = self.names.job_command_key(run_id, job_id);
-        let swapped: u8 = RECLAIM_SEND
-            .key(&key)
-            .arg(encode_claim_in_progress(since_ms))
-            .arg(encode_claim_in_progress(now_ms))
-            .invoke_async(&mut connection)
+        let swapped: u8 = self
+            .fcall(
+                RECLAIM_SEND,
+                &key,
+                &[
+                    encode_claim_in_progress(since_ms),
+                    encode_claim_in_progress(now_ms),
+                ],
+            )
             .await?;
         self.connection.replicated(&key).await?;
         Ok(swapped == 1)
+    }
+
+    async fn mark_send(
+        &self,
+        run_id: Uuid,
+        job_id: Uuid,
+        now_ms: u64,
+    ) -> Result<SendRecord, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.run_sends_key(run_id);
+        let (attempt_field, command_field) = (job_id.to_string(), format!("{job_id}:command"));
+        let (first, (attempt, command)): (bool, (Option<String>, Option<String>)) = redis::pipe()
+            .hset_nx(&key, &attempt_field, now_ms)
+            .cmd("HMGET")
+            .arg(&key)
+            .arg(&attempt_field)
+            .arg(&command_field)
+            .query_async(&mut connection)
+            .await?;
+        // As for the claim: on the replicas before anything is sent.
+        self.connection.replicated(&key).await?;
+        Ok(match (command, first) {
+            (Some(command_id), _) => SendRecord::Sent { command_id },
+            (None, true) => SendRecord::First,
+            (None, false) => SendRecord::Attempted {
+                // Unreadable reads as "just now": wait, then ask SSM.
+                since_ms: attempt
+                    .and_then(|since| since.parse().ok())
+                    .unwrap_or(now_ms),
+            },
+        })
     }
 
     async fn record_command(
@@ -356,12 +433,15 @@ impl Store for RedisStore {
     ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let key = self.names.job_command_key(run_id, job_id);
-        let () = connection
+        let sends = self.names.run_sends_key(run_id);
+        let ((), _): ((), bool) = redis::pipe()
             .set_ex(
                 &key,
                 encode_claim_sent(command_id),
                 COMMAND_RECORD_TTL.as_secs(),
             )
+            .hset_nx(&sends, format!("{job_id}:command"), command_id)
+            .query_async(&mut connection)
             .await?;
         self.connection.replicated(&key).await?;
         Ok(())
@@ -373,12 +453,9 @@ impl Store for RedisStore {
         job_id: Uuid,
         since_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
         let key = self.names.job_command_key(run_id, job_id);
-        let released: u8 = RELEASE_SEND
-            .key(&key)
-            .arg(encode_claim_in_progress(since_ms))
-            .invoke_async(&mut connection)
+        let released: u8 = self
+            .fcall(RELEASE_SEND, &key, &[encode_claim_in_progress(since_ms)])
             .await?;
         self.connection.replicated(&key).await?;
         Ok(released == 1)

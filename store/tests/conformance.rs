@@ -12,7 +12,7 @@ use std::time::Duration;
 use protocol::names::Names;
 use protocol::run::{RunState, SendDecision};
 use store::{
-    BucketId, GateCause, KillScope, RedisStore, SendClaim, SendGate, Store, TokenGrant,
+    BucketId, GateCause, KillScope, RedisStore, SendClaim, SendGate, SendRecord, Store, TokenGrant,
     TokenRequest,
 };
 use test_support::topologies as test_topologies;
@@ -101,9 +101,20 @@ trait Tamper {
     /// Writes one field of a run's record, as the scheduler (or anyone with
     /// Redis access) could.
     async fn tamper_run_field(&self, run: Uuid, field: &str, raw: &str);
+    /// Deletes a job's send claim, as a worker's Redis user may.
+    async fn erase_claim(&self, run: Uuid, job: Uuid);
 }
 
 impl Tamper for RedisStore {
+    async fn erase_claim(&self, run: Uuid, job: Uuid) {
+        use ::redis::AsyncCommands;
+        let mut connection = self.connection();
+        let _: i64 = connection
+            .del(self.names().job_command_key(run, job))
+            .await
+            .unwrap();
+    }
+
     async fn tamper_run_field(&self, run: Uuid, field: &str, raw: &str) {
         use ::redis::AsyncCommands;
         let mut connection = self.connection();
@@ -137,6 +148,7 @@ conformance!(
     a_redelivered_job_finds_its_claim_or_command,
     a_stale_claim_is_taken_over_once,
     a_released_claim_can_be_claimed_again_but_a_sent_one_cannot,
+    an_erased_claim_still_finds_the_command_on_record,
     the_send_gate_follows_kill_switches_and_run_state,
     kill_switch_changes_are_pushed,
 );
@@ -463,6 +475,47 @@ async fn a_released_claim_can_be_claimed_again_but_a_sent_one_cannot(store: impl
         SendClaim::Sent {
             command_id: "cmd".into()
         }
+    );
+}
+
+async fn an_erased_claim_still_finds_the_command_on_record(store: impl Store + Tamper) {
+    let (run, job) = (Uuid::new_v4(), Uuid::new_v4());
+    store.claim_send(run, job, 1_000).await.unwrap();
+    assert_eq!(
+        store.mark_send(run, job, 1_000).await.unwrap(),
+        SendRecord::First
+    );
+    assert_eq!(
+        store.mark_send(run, job, 2_000).await.unwrap(),
+        SendRecord::Attempted { since_ms: 1_000 },
+        "a second mark finds the first"
+    );
+    store.record_command(run, job, "cmd-first").await.unwrap();
+    store.erase_claim(run, job).await;
+    assert_eq!(
+        store.claim_send(run, job, 3_000).await.unwrap(),
+        SendClaim::Claimed,
+        "the claim is gone"
+    );
+    assert_eq!(
+        store.mark_send(run, job, 3_000).await.unwrap(),
+        SendRecord::Sent {
+            command_id: "cmd-first".into()
+        },
+        "the send record still names the command"
+    );
+    store.record_command(run, job, "cmd-second").await.unwrap();
+    assert_eq!(
+        store.mark_send(run, job, 4_000).await.unwrap(),
+        SendRecord::Sent {
+            command_id: "cmd-first".into()
+        },
+        "a recorded command is never overwritten"
+    );
+    assert_eq!(
+        store.mark_send(run, Uuid::new_v4(), 4_000).await.unwrap(),
+        SendRecord::First,
+        "other jobs are independent"
     );
 }
 

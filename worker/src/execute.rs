@@ -19,7 +19,7 @@ use protocol::job::{ExecuteJob, PollJob, UnixMillis};
 use protocol::report::{Report, StepResults, TargetResult};
 use protocol::run::SendDecision;
 use protocol::status::StatusDetail;
-use store::{GateCause, SendClaim, SendGate, Store};
+use store::{GateCause, SendClaim, SendGate, SendRecord, Store};
 
 use crate::aws::{AwsErrorKind, Repeat, call};
 use crate::{Context, JobError, JobOutcome, now_ms};
@@ -151,6 +151,33 @@ async fn send_claimed<S: Store>(
             return Ok(JobOutcome::Done);
         }
     }
+    // The append-only record: what no worker credential can erase. An
+    // earlier delivery that was about to send may have sent.
+    match ctx
+        .store
+        .mark_send(job.run.run_id, job.job_id, now_ms())
+        .await?
+    {
+        SendRecord::First => {}
+        SendRecord::Sent { command_id } => {
+            return resume_recorded(ctx, job, command_id).await;
+        }
+        SendRecord::Attempted { since_ms } => {
+            let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
+            let stale_after = ctx.aws.stale_claim_after();
+            if age < stale_after {
+                release().await?;
+                return Ok(JobOutcome::Wait {
+                    delay: (stale_after - age).max(GATE_RECHECK),
+                    reason: "an earlier delivery may be sending",
+                });
+            }
+            if let Some(command_id) = find_sent_command(ctx, &client, &job).await? {
+                return resume_recorded(ctx, job, command_id).await;
+            }
+            tracing::warn!(job_id = %job.job_id, "an earlier delivery was about to send and SSM has no command of it: sending");
+        }
+    }
     let timeout_seconds = i32::try_from(job.step.timeout.as_secs()).unwrap_or(i32::MAX);
     let parameters: std::collections::HashMap<String, Vec<String>> =
         job.step.parameters.clone().into_iter().collect();
@@ -261,41 +288,12 @@ async fn recover<S: Store>(
     let Some(client) = ctx.ssm(&job.run, &job.location).await? else {
         return Ok(ctx.no_tokens());
     };
-    let Some(first_instance) = job.batch.instance_ids.first().cloned() else {
-        return Ok(JobOutcome::Done);
-    };
-    let comment = job.job_id.to_string();
-    let mut next_token = None;
-    loop {
-        let page = call(
-            &ctx.metrics,
-            "ListCommands",
-            Repeat::ThrottledOrTransient,
-            || {
-                client
-                    .list_commands()
-                    .instance_id(&first_instance)
-                    .set_next_token(next_token.clone())
-                    .send()
-            },
-        )
-        .await?;
-        if let Some(command_id) = page
-            .commands()
-            .iter()
-            .find(|command| command.comment() == Some(comment.as_str()))
-            .and_then(|command| command.command_id())
-        {
-            ctx.store
-                .record_command(job.run.run_id, job.job_id, command_id)
-                .await?;
-            ctx.metrics.duplicate_send_avoided();
-            return Ok(first_poll(job, command_id.to_string(), since_ms));
-        }
-        next_token = page.next_token().map(str::to_string);
-        if next_token.is_none() {
-            break;
-        }
+    if let Some(command_id) = find_sent_command(ctx, &client, &job).await? {
+        ctx.store
+            .record_command(job.run.run_id, job.job_id, command_id.as_str())
+            .await?;
+        ctx.metrics.duplicate_send_avoided();
+        return Ok(first_poll(job, command_id, since_ms));
     }
     if ctx
         .store
@@ -309,6 +307,62 @@ async fn recover<S: Store>(
         delay: GATE_RECHECK,
         reason: "another delivery took over",
     })
+}
+
+/// The command an earlier delivery of `job` sent, if SSM has one (the
+/// comment names the job).
+async fn find_sent_command<S: Store>(
+    ctx: &Context<S>,
+    client: &aws_sdk_ssm::Client,
+    job: &ExecuteJob,
+) -> Result<Option<String>, JobError> {
+    let Some(first_instance) = job.batch.instance_ids.first() else {
+        return Ok(None);
+    };
+    let comment = job.job_id.to_string();
+    let mut next_token = None;
+    loop {
+        let page = call(
+            &ctx.metrics,
+            "ListCommands",
+            Repeat::ThrottledOrTransient,
+            || {
+                client
+                    .list_commands()
+                    .instance_id(first_instance)
+                    .set_next_token(next_token.clone())
+                    .send()
+            },
+        )
+        .await?;
+        if let Some(command_id) = page
+            .commands()
+            .iter()
+            .find(|command| command.comment() == Some(comment.as_str()))
+            .and_then(|command| command.command_id())
+        {
+            return Ok(Some(command_id.to_string()));
+        }
+        next_token = page.next_token().map(str::to_string);
+        if next_token.is_none() {
+            return Ok(None);
+        }
+    }
+}
+
+/// The job's command is on record (an earlier delivery sent it): poll it,
+/// never send again.
+async fn resume_recorded<S: Store>(
+    ctx: &Context<S>,
+    job: ExecuteJob,
+    command_id: String,
+) -> Result<JobOutcome, JobError> {
+    ctx.store
+        .record_command(job.run.run_id, job.job_id, &command_id)
+        .await?;
+    ctx.metrics.duplicate_send_avoided();
+    tracing::warn!(job_id = %job.job_id, "the job's command is on record: polling it, not sending again");
+    Ok(first_poll(job, command_id, now_ms()))
 }
 
 fn first_poll(job: ExecuteJob, command_id: String, sent_at: u64) -> JobOutcome {

@@ -19,6 +19,8 @@ pub(super) struct Scripting {
     lua: Lua,
     /// SHA-1 (hex) → compiled script, as `SCRIPT LOAD` caches them.
     scripts: HashMap<String, Function>,
+    /// Function name → (library, function), as `FUNCTION LOAD` registers them.
+    functions: HashMap<String, (String, Function)>,
 }
 
 fn lua_error(error: &mlua::Error) -> String {
@@ -44,7 +46,67 @@ impl Scripting {
         Ok(Self {
             lua,
             scripts: HashMap::new(),
+            functions: HashMap::new(),
         })
+    }
+
+    /// `FUNCTION LOAD [REPLACE]`: runs a library (`#!lua name=<library>`
+    /// first) whose `redis.register_function(name, function)` calls register
+    /// its functions; returns the library's name.
+    pub(super) fn load_library(&mut self, source: &[u8], replace: bool) -> Reply {
+        let text = String::from_utf8_lossy(source);
+        let (header, body) = text.split_once('\n').unwrap_or((&text, ""));
+        let Some(library) = header
+            .strip_prefix("#!lua name=")
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        else {
+            return Err("ERR Missing library metadata".into());
+        };
+        let exists = self.functions.values().any(|(owner, _)| owner == library);
+        if exists && !replace {
+            return Err(format!("ERR Library '{library}' already exists"));
+        }
+        let registered = RefCell::new(Vec::new());
+        let redis: Table = self
+            .lua
+            .globals()
+            .get("redis")
+            .map_err(|error| lua_error(&error))?;
+        self.lua
+            .scope(|scope| {
+                redis.set(
+                    "register_function",
+                    scope.create_function(|_, (name, function): (String, Function)| {
+                        registered.borrow_mut().push((name, function));
+                        Ok(())
+                    })?,
+                )?;
+                self.lua
+                    .load(body)
+                    .set_name(format!("@user_function:{library}"))
+                    .exec()
+            })
+            .map_err(|error| lua_error(&error))?;
+        self.functions.retain(|_, (owner, _)| owner != library);
+        for (name, function) in registered.into_inner() {
+            self.functions.insert(name, (library.to_string(), function));
+        }
+        Ok(Value::BulkString(library.as_bytes().to_vec()))
+    }
+
+    /// `FCALL` arguments: function name, numkeys, keys, args.
+    pub(super) fn call_function(&self, db: &mut Db, args: &[Bytes]) -> Reply {
+        let name = args
+            .first()
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .unwrap_or_default();
+        let Some((_, function)) = self.functions.get(&name) else {
+            return Err("ERR Function not found".into());
+        };
+        let (keys, argv) = split_keys(&args[1..])?;
+        self.call(db, function, keys, argv, true)
+            .map_err(|error| lua_error(&error))?
     }
 
     /// `SCRIPT LOAD`: compiles `source` and returns its SHA-1.
@@ -67,14 +129,8 @@ impl Scripting {
         let Some(function) = self.scripts.get(&sha.to_ascii_lowercase()) else {
             return Err("NOSCRIPT No matching script. Please use EVAL.".into());
         };
-        let key_count: usize = args
-            .first()
-            .and_then(|count| std::str::from_utf8(count).ok())
-            .and_then(|count| count.parse().ok())
-            .filter(|count| *count < args.len())
-            .ok_or_else(|| "ERR Number of keys can't be greater than number of args".to_string())?;
-        let (keys, argv) = args[1..].split_at(key_count);
-        self.call(db, function, keys, argv)
+        let (keys, argv) = split_keys(args)?;
+        self.call(db, function, keys, argv, false)
             .map_err(|error| lua_error(&error))?
     }
 
@@ -84,6 +140,9 @@ impl Scripting {
         function: &Function,
         keys: &[Bytes],
         argv: &[Bytes],
+        // A function gets its keys and arguments as parameters, a script as
+        // the globals KEYS and ARGV.
+        as_function: bool,
     ) -> mlua::Result<Reply> {
         let lua = &self.lua;
         let globals = lua.globals();
@@ -120,10 +179,25 @@ impl Scripting {
                     Err(error) => error_table(lua, &error),
                 })?,
             )?;
-            let result: LuaValue = function.call(())?;
+            let result: LuaValue = if as_function {
+                function.call((strings(lua, keys)?, strings(lua, argv)?))?
+            } else {
+                function.call(())?
+            };
             Ok(from_lua(&result))
         })
     }
+}
+
+/// numkeys, keys, args → (keys, args).
+fn split_keys(args: &[Bytes]) -> Result<(&[Bytes], &[Bytes]), String> {
+    let key_count: usize = args
+        .first()
+        .and_then(|count| std::str::from_utf8(count).ok())
+        .and_then(|count| count.parse().ok())
+        .filter(|count| *count < args.len())
+        .ok_or_else(|| "ERR Number of keys can't be greater than number of args".to_string())?;
+    Ok(args[1..].split_at(key_count))
 }
 
 fn strings(lua: &Lua, values: &[Bytes]) -> mlua::Result<Table> {

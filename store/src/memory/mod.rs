@@ -99,6 +99,19 @@ impl Engine {
                 };
                 self.scripting.run(&mut self.db, &sha, &args[2..])
             }
+            "FCALL" => self.scripting.call_function(&mut self.db, &args[1..]),
+            "FUNCTION" => match args.get(1..) {
+                Some([verb, source]) if verb.eq_ignore_ascii_case(b"LOAD") => {
+                    self.scripting.load_library(source, false)
+                }
+                Some([verb, replace, source])
+                    if verb.eq_ignore_ascii_case(b"LOAD")
+                        && replace.eq_ignore_ascii_case(b"REPLACE") =>
+                {
+                    self.scripting.load_library(source, true)
+                }
+                _ => Err("ERR unknown FUNCTION subcommand".into()),
+            },
             "SCRIPT" => match args.get(1..3) {
                 Some([verb, source]) if verb.eq_ignore_ascii_case(b"LOAD") => {
                     Ok(Value::BulkString(self.scripting.load(source)?.into_bytes()))
