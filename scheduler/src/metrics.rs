@@ -29,6 +29,7 @@ pub struct SchedulerMetrics {
     notifications: IntCounterVec,
     tick_failures: IntCounterVec,
     starts_refused: IntCounterVec,
+    unreadable_runs: prometheus::IntCounter,
 }
 
 impl SchedulerMetrics {
@@ -164,6 +165,10 @@ impl SchedulerMetrics {
             ),
             &["door", "reason"],
         )?;
+        let unreadable_runs = prometheus::IntCounter::new(
+            "flotilla_scheduler_unreadable_runs_total",
+            "Reads that found a run record unreadable (a garbled field, a deleted hash): the run is skipped and listed as unreadable, never a reason to stop",
+        )?;
         let auth_refused = prometheus::IntCounter::new(
             "flotilla_scheduler_auth_refused_total",
             "API requests refused for a missing, unknown or expired credential",
@@ -199,6 +204,7 @@ impl SchedulerMetrics {
             Box::new(notifications.clone()),
             Box::new(tick_failures.clone()),
             Box::new(starts_refused.clone()),
+            Box::new(unreadable_runs.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -226,11 +232,16 @@ impl SchedulerMetrics {
             notifications,
             tick_failures,
             starts_refused,
+            unreadable_runs,
         })
     }
 
     pub fn tick_failed(&self, duty: &str) {
         self.tick_failures.with_label_values(&[duty]).inc();
+    }
+
+    pub fn unreadable_run(&self) {
+        self.unreadable_runs.inc();
     }
 
     pub fn start_refused(&self, door: &str, reason: &str) {

@@ -49,6 +49,11 @@ pub struct RunProgress {
     /// The most common causes of failure, most targets first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_failures: Vec<FailureKind>,
+    /// Set when the run's record cannot be read (a garbled field, a deleted
+    /// hash): why. Such a run is listed as Halted with nothing counted; the
+    /// scheduler skips it and goes on with every other run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 /// Failed targets of one step and status with one cause (the first line of
@@ -65,6 +70,34 @@ pub struct FailureKind {
 const TOP_FAILURES: usize = 10;
 
 impl RunProgress {
+    /// The listing of a run whose record cannot be read.
+    pub fn unreadable(run_id: Uuid, why: String) -> Self {
+        Self {
+            run_id,
+            campaign: String::new(),
+            state: RunState::Halted,
+            reason: format!("run record unreadable: {why}"),
+            finished: true,
+            total_targets: 0,
+            locations: 0,
+            locations_discovered: 0,
+            locations_failed: 0,
+            locations_done: 0,
+            active_locations: 0,
+            targets_in_flight: 0,
+            failures: 0,
+            allowed_errors: None,
+            results: BTreeMap::new(),
+            results_location: String::new(),
+            started_by: String::new(),
+            waves: Vec::new(),
+            bake_until_ms: None,
+            created_ms: 0,
+            top_failures: Vec::new(),
+            unreadable: Some(why),
+        }
+    }
+
     /// Results of one step, summed over statuses.
     pub fn step_results(&self, step_index: u16) -> u64 {
         self.results
@@ -155,5 +188,6 @@ pub(crate) fn progress_from(
             top_failures.truncate(TOP_FAILURES);
             top_failures
         },
+        unreadable: None,
     })
 }

@@ -295,4 +295,19 @@ impl Scheduler {
         let counters = self.ledger.counters(run_id).await?;
         progress_from(run_id, &fields, counters)
     }
+
+    /// A run's progress for a list of runs: a record that cannot be read
+    /// (garbled, its hash deleted) is listed as unreadable and counted
+    /// (`flotilla_scheduler_unreadable_runs_total`) — one bad record never
+    /// hides the others. An outage is still an error.
+    pub async fn progress_listed(&self, run_id: Uuid) -> Result<RunProgress, SchedulerError> {
+        match self.progress(run_id).await {
+            Err(error) if !error.is_retryable() => {
+                tracing::error!(%run_id, %error, "run record unreadable; listed as such");
+                self.metrics.unreadable_run();
+                Ok(RunProgress::unreadable(run_id, error.to_string()))
+            }
+            read => read,
+        }
+    }
 }

@@ -73,7 +73,12 @@ pub(super) async fn runs_page(
         .map_err(ApiError::from)?;
     let mut runs = Vec::with_capacity(ids.len());
     for run_id in ids {
-        runs.push(current.progress(run_id).await.map_err(ApiError::from)?);
+        runs.push(
+            current
+                .progress_listed(run_id)
+                .await
+                .map_err(ApiError::from)?,
+        );
     }
     let table = view::runs_table(&runs, now_ms());
     if query.fragment.is_some() {
@@ -279,7 +284,12 @@ pub(super) async fn campaign_page(
         .await
         .map_err(ApiError::from)?
     {
-        runs.push(current.progress(run_id).await.map_err(ApiError::from)?);
+        runs.push(
+            current
+                .progress_listed(run_id)
+                .await
+                .map_err(ApiError::from)?,
+        );
     }
     let detail = view::CampaignDetail {
         row: &row,

@@ -34,7 +34,7 @@ pub(crate) async fn list_runs(
     };
     let mut runs = Vec::with_capacity(run_ids.len());
     for run_id in run_ids {
-        runs.push(scheduler.progress(run_id).await?);
+        runs.push(scheduler.progress_listed(run_id).await?);
     }
     Ok(Json(runs))
 }

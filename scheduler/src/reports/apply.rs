@@ -418,6 +418,7 @@ impl Scheduler {
                 Ok(state) => state,
                 Err(error) => {
                     tracing::error!(%run_id, error = %error, "run record unreadable; not recovered");
+                    self.metrics.unreadable_run();
                     continue;
                 }
             };

@@ -45,6 +45,13 @@ pub fn runs_table(runs: &[RunProgress], now_ms: u64) -> Markup {
             tbody {
                 @for run in runs {
                     @let done = finished_targets(run);
+                    @if run.unreadable.is_some() {
+                        tr data-run=(run.run_id) {
+                            td { span.st.bad { "Unreadable" } }
+                            td colspan="5" { (run.reason) }
+                            td { (short_id(&run.run_id.to_string())) }
+                        }
+                    } @else {
                     tr data-run=(run.run_id) {
                         td { span class=(state_class(run.state)) { (run.state) } }
                         td { a href={ "/ui/campaigns/" (run.campaign) } { (run.campaign) } }
@@ -56,6 +63,7 @@ pub fn runs_table(runs: &[RunProgress], now_ms: u64) -> Markup {
                         td { (run.started_by) }
                         td { (age(now_ms, run.created_ms)) }
                         td { a.run-link href={ "/ui/runs/" (run.run_id) } { (short_id(&run.run_id.to_string())) } }
+                    }
                     }
                 }
                 @if runs.is_empty() { tr { td colspan="7" { "No runs yet." } } }

@@ -1,0 +1,89 @@
+//! Trust III on real RabbitMQ and Redis, as an attacker or a careless
+//! operator would try it: bad records degrade, never stop the scheduler.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use api::auth::{AuthSettings, TokensFile};
+use protocol::run::RunState;
+use redis::AsyncCommands;
+use scheduler::auth::Role;
+use support::Stack;
+
+/// Serves the API with an admin (`ada`); its token, and the directory
+/// holding the tokens file.
+async fn serve_with_admin(stack: &mut Stack) -> (u16, String, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    let admin = support::add_token(&tokens_path, "ada", Role::Admin, None);
+    stack.api_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        metrics_open: true,
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    (port, admin, secrets)
+}
+
+/// Trust III, finding 12: a live run whose state is garbled and a run whose
+/// record was deleted neither keep the scheduler from starting (recovery)
+/// nor hide the other runs from `GET /runs` and the console: they are listed
+/// as unreadable, counted, and the other runs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_run_record_never_stops_the_scheduler_or_hides_other_runs() {
+    let mut stack = Stack::start(support::single_location(5, false)).await;
+    stack.spawn_worker("worker", 4);
+    let done = stack.campaign("done", support::one_step("  max_errors: 0\n"));
+    let deleted_run = stack.start_run(&done).await;
+    stack
+        .wait_until_final(deleted_run, Duration::from_secs(60))
+        .await;
+    // A live run (held by its campaign's kill switch), then garbled.
+    let held = stack.campaign("held", support::one_step("  max_errors: 0\n"));
+    stack
+        .scheduler
+        .engage_kill_switch(&store::KillScope::Campaign("held".into()), "held", false)
+        .await
+        .unwrap();
+    let garbled_run = stack.start_run(&held).await;
+    let mut redis = stack.store.connection();
+    let () = redis
+        .hset(stack.names.run_key(garbled_run), "state", "garbled")
+        .await
+        .unwrap();
+    let _: i64 = redis.del(stack.names.run_key(deleted_run)).await.unwrap();
+
+    // The scheduler restarts (recovery reads the live runs) and answers.
+    let (port, admin, _secrets) = serve_with_admin(&mut stack).await;
+    let good = stack.campaign("good", support::one_step("  max_errors: 0\n"));
+    let good_run = stack.start_run(&good).await;
+    let progress = stack
+        .wait_until_final(good_run, Duration::from_secs(60))
+        .await;
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+
+    let (status, body) = support::call(port, &admin, "GET", "/runs", "").await;
+    assert_eq!(status, 200, "{body}");
+    let runs: Vec<scheduler::RunProgress> = serde_json::from_str(&body).unwrap();
+    let listed = |run_id| runs.iter().find(|run| run.run_id == run_id).unwrap();
+    assert_eq!(listed(good_run).unreadable, None);
+    for bad in [garbled_run, deleted_run] {
+        let run = listed(bad);
+        assert!(run.unreadable.is_some(), "{run:#?}");
+        assert!(run.reason.starts_with("run record unreadable"), "{run:#?}");
+    }
+    let (cookie, _) = support::console::sign_in(port, &admin).await;
+    let (status, _, page) =
+        support::console::exchange(port, support::console::get("/ui/runs", Some(&cookie))).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&good_run.to_string()), "{page}");
+    assert!(page.contains("run record unreadable"), "{page}");
+    let metrics = support::http_get(port, "/metrics").await;
+    let unreadable =
+        support::metric_value(&metrics, "flotilla_scheduler_unreadable_runs_total").unwrap();
+    assert!(unreadable >= 2.0, "{unreadable}");
+    stack.teardown().await;
+}
