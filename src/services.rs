@@ -122,6 +122,17 @@ pub struct SchedulerArgs {
     /// with 413 before anything parses them.
     #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = api::access::credentials::MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Open API connections at most; one more is closed as it is accepted.
+    #[arg(long, env = "FLOTILLA_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub api_max_connections: u32,
+    /// Seconds a client has to send a request's headers, after connecting
+    /// or after the previous response (an idle kept-alive connection is
+    /// closed then; HTTP/2 connections are pinged at this interval).
+    #[arg(long, env = "FLOTILLA_API_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub api_header_timeout: u64,
+    /// Seconds within which a request must be answered (503 otherwise).
+    #[arg(long, env = "FLOTILLA_API_REQUEST_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub api_request_timeout: u64,
     /// Serve the API on a non-loopback address without authentication.
     /// Anyone who reaches it can run commands on every host: tests only.
     #[arg(long, env = "FLOTILLA_INSECURE_NO_AUTH")]
@@ -339,6 +350,11 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         auth,
         tls,
         max_request_bytes: args.max_request_bytes,
+        limits: api::listen::ConnectionLimits {
+            max_connections: usize::try_from(args.api_max_connections).unwrap_or(usize::MAX),
+            header_timeout: std::time::Duration::from_secs(args.api_header_timeout),
+            request_timeout: std::time::Duration::from_secs(args.api_request_timeout),
+        },
     };
     if !args.read_only_documents.is_empty() {
         config.read_only_documents = args.read_only_documents;

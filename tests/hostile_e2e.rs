@@ -87,3 +87,66 @@ async fn one_bad_run_record_never_stops_the_scheduler_or_hides_other_runs() {
     assert!(unreadable >= 2.0, "{unreadable}");
     stack.teardown().await;
 }
+
+/// Reads from `stream` until the server closes it; how long that took, or
+/// `None` if it stayed open for `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt as _;
+    let started = tokio::time::Instant::now();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(started + limit, stream.read(&mut buffer)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Trust III, finding 13: idle, half-sent and kept-alive-but-silent
+/// connections are closed after the header deadline, and connections past
+/// the cap are closed as they are accepted; once the idle ones are gone, a
+/// request is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_closed_and_capped() {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stack = Stack::start(support::single_location(1, false)).await;
+    stack.api_config_mut().limits = api::listen::ConnectionLimits {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+    };
+    let port = stack.serve_api().await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+
+    // A kept-alive connection that goes quiet after one answer.
+    let mut kept = connect().await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Half-sent headers, and silence.
+    let mut half = connect().await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (mut idle, mut silent) = (connect().await.unwrap(), connect().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The cap: a fifth connection is closed at once.
+    let mut over = connect().await.unwrap();
+    let closed = closed_within(&mut over, Duration::from_secs(1)).await;
+    assert!(closed.is_some(), "a connection past the cap was kept open");
+
+    for stream in [&mut kept, &mut half, &mut idle, &mut silent] {
+        let closed = closed_within(stream, Duration::from_secs(5)).await;
+        assert!(
+            closed.is_some(),
+            "a silent connection was still open after 5 s (header deadline 1 s)"
+        );
+    }
+    let (status, body) = support::http(port, "GET", "/healthz", "text/plain", "").await;
+    assert_eq!(
+        status, 200,
+        "served again once the silent ones are gone: {body}"
+    );
+    stack.teardown().await;
+}

@@ -9,6 +9,7 @@
 //!   deployment's authentication settings.
 //! - [`oidc`]: SSO bearer tokens (JWTs of an OIDC issuer, RS256/ES256).
 //! - [`tls`]: HTTPS, and client certificates as principals (mTLS).
+//! - [`listen`]: serving connections, with the connection cap and deadlines.
 //! - [`json`]: the JSON API the CLI talks to (the route table is there).
 //! - [`console`]: the web console, HTML rendered with maud.
 //! - [`state`]: what handlers share (the connected engine, metrics).
@@ -25,6 +26,7 @@ pub mod console;
 pub mod error;
 pub mod form;
 pub mod json;
+pub mod listen;
 pub mod oidc;
 pub mod parse;
 pub mod state;
@@ -52,6 +54,8 @@ pub struct ApiConfig {
     /// The largest request body read; larger ones are refused (413) before
     /// they are parsed.
     pub max_request_bytes: usize,
+    /// Open connections, header and request deadlines.
+    pub limits: crate::listen::ConnectionLimits,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +64,7 @@ impl Default for ApiConfig {
             auth: crate::auth::AuthSettings::default(),
             tls: None,
             max_request_bytes: crate::access::credentials::MAX_REQUEST_BYTES,
+            limits: crate::listen::ConnectionLimits::default(),
         }
     }
 }
@@ -78,6 +83,10 @@ pub fn router(state: ApiState) -> Router {
             state.max_request_bytes,
         ))
         .layer(axum::middleware::from_fn(console_refusals))
+        .layer(axum::middleware::from_fn({
+            let limit = state.limits.request_timeout;
+            move |request, next| crate::listen::request_deadline(limit, request, next)
+        }))
         .with_state(state)
 }
 
@@ -99,15 +108,8 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if let Some(tls) = state.tls.clone() {
-        return crate::tls::serve(listener, router(state), tls, shutdown).await;
-    }
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let (tls, limits) = (state.tls.clone(), state.limits);
+    crate::listen::serve(listener, router(state), tls, limits, shutdown).await
 }
 
 /// Runs the scheduler service until `shutdown`: the run engine
@@ -134,6 +136,7 @@ pub async fn run(
             tls: api.tls.clone(),
             refusals: Arc::default(),
             max_request_bytes: api.max_request_bytes,
+            limits: api.limits,
         };
         let stopped = stop.clone().cancelled_owned();
         tokio::spawn(async move {

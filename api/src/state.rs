@@ -27,6 +27,8 @@ pub struct ApiState {
     pub refusals: Arc<RefusalBudget>,
     /// The largest request body read.
     pub max_request_bytes: usize,
+    /// Open connections, header and request deadlines.
+    pub limits: crate::listen::ConnectionLimits,
 }
 
 impl axum::extract::FromRef<ApiState> for CurrentScheduler {

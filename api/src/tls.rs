@@ -6,21 +6,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use scheduler::auth::{Principal, Role};
-
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest PEM file read.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
@@ -57,6 +49,10 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 impl ApiTls {
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
     /// From PEM files: the server's certificate chain and key, and the CA
     /// whose client certificates are accepted (mTLS), if any.
     pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, String> {
@@ -118,67 +114,22 @@ pub fn principal_of(certificate: &[u8]) -> Result<Principal, String> {
     })
 }
 
-/// Serves `app` over TLS until `shutdown`; each connection's peer address
-/// (and verified client certificate) go into its requests' extensions.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    tls: ApiTls,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(error = %error, "accepting an API connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app) = (tls.acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::info!(%peer, error = %error, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let certificate = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certificates| certificates.first())
-                .map(|certificate| principal_of(certificate.as_ref()));
-            let client = match certificate {
-                Some(Ok(principal)) => Some(ClientCertificate(principal)),
-                Some(Err(why)) => {
-                    tracing::warn!(%peer, why, "client certificate without a usable principal");
-                    None
-                }
-                None => None,
-            };
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    if let Some(client) = &client {
-                        request.extensions_mut().insert(client.clone());
-                    }
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%peer, error = %error, "API connection ended");
-            }
-        });
+/// The principal of the connection's verified client certificate, if any.
+pub(crate) fn client_certificate(
+    stream: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: std::net::SocketAddr,
+) -> Option<ClientCertificate> {
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certificates| certificates.first())
+        .map(|certificate| principal_of(certificate.as_ref()))?;
+    match certificate {
+        Ok(principal) => Some(ClientCertificate(principal)),
+        Err(why) => {
+            tracing::warn!(%peer, why, "client certificate without a usable principal");
+            None
+        }
     }
 }

@@ -141,6 +141,7 @@ async fn matrix() -> Matrix {
         tls: None,
         refusals: Arc::default(),
         max_request_bytes: 1 << 20,
+        limits: api::listen::ConnectionLimits::default(),
     };
     Matrix {
         app: api::router(state),
