@@ -3,6 +3,9 @@
 //! A deployment is everything under one `--prefix`: 14 RabbitMQ queues and 2
 //! exchanges (`<prefix>.…`) and the Redis keys `<prefix>:*`. `purge` removes
 //! them all, for an operator retiring a deployment and for test cleanup.
+//! `arm` arms a new deployment: its global kill switch starts released —
+//! the one explicit, audited act that does, never inferred from a missing
+//! record.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -25,6 +28,25 @@ pub enum AdminCommand {
             default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
         )]
         amqp_url: String,
+        #[arg(
+            long,
+            env = "FLOTILLA_REDIS_URL",
+            hide_env_values = true,
+            default_value = "redis://127.0.0.1:6379/"
+        )]
+        redis_url: String,
+    },
+    /// Arm a new deployment: release its global kill switch. Only a
+    /// deployment with no marker and no run is armed; anywhere else this
+    /// changes nothing (a missing kill switch record stays engaged: release
+    /// it with `flotilla kill release`). Audited as done by `--by`.
+    Arm {
+        /// The deployment's prefix.
+        #[arg(long, env = "FLOTILLA_PREFIX", default_value = "flotilla", value_parser = parse_prefix)]
+        prefix: String,
+        /// Who arms it, for the audit trail.
+        #[arg(long, default_value = "admin")]
+        by: String,
         #[arg(
             long,
             env = "FLOTILLA_REDIS_URL",
@@ -87,6 +109,36 @@ pub fn admin(
                 )?;
             }
             Ok(std::process::ExitCode::SUCCESS)
+        }
+        AdminCommand::Arm {
+            prefix,
+            by,
+            redis_url,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let names = Names::new(prefix.clone());
+            let arming = runtime.block_on(async {
+                let store = store::RedisStore::connect(&redis_url, names.clone()).await?;
+                let audit = scheduler::audit::AuditLog::new(
+                    store.connection(),
+                    names.audit_stream_key(),
+                    None,
+                );
+                anyhow::Ok(scheduler::arm_new_deployment(&store, audit, &by).await?)
+            })?;
+            let (line, code) = match arming {
+                store::Arming::Armed => ("armed: the global kill switch is released", 0),
+                store::Arming::AlreadyArmed => (
+                    "already armed: nothing changed (an engaged kill switch is released with `flotilla kill release`)",
+                    0,
+                ),
+                store::Arming::HasRuns => (
+                    "refused: the deployment has runs but no marker (was it deleted?); nothing changed, a missing kill switch record stays engaged",
+                    1,
+                ),
+            };
+            writeln!(out, "{prefix}: {line}")?;
+            Ok(std::process::ExitCode::from(code))
         }
     }
 }

@@ -150,6 +150,11 @@ impl Stack {
             region: Some("us-east-1".into()),
             credentials: Some(credentials()),
         };
+        // A new deployment of its own: armed explicitly, as `flotilla admin arm` does.
+        scheduler::Scheduler::connect(config.clone())
+            .await?
+            .arm_new_deployment("demo")
+            .await?;
         let listener = tokio::net::TcpListener::bind(loopback)
             .await
             .context("cannot listen on 127.0.0.1 for the scheduler's API")?;

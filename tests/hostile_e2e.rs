@@ -150,3 +150,49 @@ async fn idle_and_half_sent_connections_are_closed_and_capped() {
     );
     stack.teardown().await;
 }
+
+/// Trust III, finding 8: the global kill switch engaged, its record and the
+/// deployment marker deleted, the scheduler restarted: the switch stays
+/// engaged (nothing is sent), and arming is refused because the deployment
+/// has runs — and that attempt is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_kill_switch_record_never_releases_itself() {
+    use store::Store as _;
+    let mut stack = Stack::start(support::single_location(5, false)).await;
+    stack.spawn_worker("worker", 4);
+    let first = stack.campaign("first", support::one_step("  max_errors: 0\n"));
+    let run_id = stack.start_run(&first).await;
+    stack
+        .wait_until_final(run_id, Duration::from_secs(60))
+        .await;
+    let sent_before = stack.commands().len();
+    stack
+        .scheduler
+        .engage_kill_switch(&store::KillScope::Global, "incident", false)
+        .await
+        .unwrap();
+    let mut redis = stack.store.connection();
+    let _: i64 = redis
+        .del(&[stack.names.kill_switch_key(), stack.names.deployment_key()])
+        .await
+        .unwrap();
+    let (port, admin, _secrets) = serve_with_admin(&mut stack).await;
+
+    let reason = stack.store.kill_reason("second").await.unwrap();
+    assert!(reason.is_some(), "a missing record reads as engaged");
+    let second = stack.campaign("second", support::one_step("  max_errors: 0\n"));
+    stack.start_run(&second).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.commands().len(), sent_before, "nothing was sent");
+
+    let arming = stack.scheduler.arm_new_deployment("mallory").await.unwrap();
+    assert_eq!(arming, store::Arming::HasRuns);
+    assert!(stack.store.kill_reason("second").await.unwrap().is_some());
+    let (status, trail) = support::call(port, &admin, "GET", "/audit?action=kill:arm", "").await;
+    assert_eq!(status, 200, "{trail}");
+    assert!(
+        trail.contains("mallory") && trail.contains("refused"),
+        "{trail}"
+    );
+    stack.teardown().await;
+}

@@ -90,7 +90,7 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    pub(crate) fn new(
+    pub fn new(
         connection: store::Connection,
         stream_key: String,
         files: Option<ResultsStore>,

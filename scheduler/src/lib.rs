@@ -242,9 +242,10 @@ impl Scheduler {
         .await;
         metrics.connection("rabbitmq", broker.is_ok());
         let broker = broker?.with_keyring(config.keys.clone());
-        if store::Store::init_kill_switch(&store).await? {
-            tracing::info!(
-                "first start of this deployment: the global kill switch is armed (released)"
+        if let Ok(Some(reason)) = store::Store::kill_reason(&store, "").await {
+            tracing::warn!(
+                reason,
+                "the global kill switch is engaged: nothing is sent until it is released (a new deployment is armed with `flotilla admin arm`)"
             );
         }
         let ledger = Ledger::new(store.connection(), config.names.clone());
@@ -324,6 +325,11 @@ impl Scheduler {
 
     /// Appends a record of the scheduler's own act (a schedule firing, an
     /// event or alert acting); a failure to record is logged, not fatal.
+    /// [`arm_new_deployment`] of this scheduler's deployment.
+    pub async fn arm_new_deployment(&self, by: &str) -> Result<store::Arming, SchedulerError> {
+        arm_new_deployment(&self.store, self.audit()?, by).await
+    }
+
     pub async fn audit_internal(
         &self,
         principal: String,
@@ -340,6 +346,35 @@ impl Scheduler {
             tracing::error!(error = %error, action, "could not write an audit record");
         }
     }
+}
+
+/// Arms a new deployment (its global kill switch released) if it has no
+/// marker and no run — the explicit act `flotilla admin arm` is — and audits
+/// the attempt as done by `by`, whatever its outcome.
+pub async fn arm_new_deployment(
+    store: &store::RedisStore,
+    audit: crate::audit::AuditLog,
+    by: &str,
+) -> Result<store::Arming, SchedulerError> {
+    let arming = store::Store::arm_new_deployment(store).await?;
+    let outcome = match arming {
+        store::Arming::Armed => "armed: the global kill switch is released",
+        store::Arming::AlreadyArmed => {
+            "already armed: nothing changed (release an engaged switch with `flotilla kill release`)"
+        }
+        store::Arming::HasRuns => {
+            "refused: the deployment has runs but no marker (deleted?); nothing changed"
+        }
+    };
+    tracing::warn!(by, outcome, "arming the deployment");
+    let record = crate::audit::AuditRecord::internal(
+        by.to_string(),
+        "kill:arm",
+        format!("deployment {}", store.names().prefix()),
+        outcome.to_string(),
+    );
+    audit.append(&record).await?;
+    Ok(arming)
 }
 
 /// Runs a scheduler until `shutdown`: connects, serves reports, and

@@ -156,6 +156,16 @@ impl Cluster {
             "the scheduler",
             Duration::from_secs(30),
         )?;
+        // A new deployment: armed explicitly (`flotilla admin arm`).
+        let armed = Command::new(&exe)
+            .args(["admin", "arm", "--by", "bench"])
+            .env("FLOTILLA_AMQP_URL", &args.amqp_url)
+            .env("FLOTILLA_REDIS_URL", &args.redis_url)
+            .env("FLOTILLA_PREFIX", &prefix)
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run flotilla admin arm")?;
+        anyhow::ensure!(armed.success(), "flotilla admin arm failed: {armed}");
         let mut worker_metrics = Vec::new();
         for index in 0..workers {
             let port = free_port()?;

@@ -133,6 +133,19 @@ pub enum SendClaim {
     Sent { command_id: String },
 }
 
+/// What [`Store::arm_new_deployment`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arming {
+    /// A new deployment: its global kill switch is released.
+    Armed,
+    /// The deployment was armed before: nothing changed (a missing kill
+    /// switch record stays engaged; release it as any engaged switch).
+    AlreadyArmed,
+    /// No marker, but runs exist: someone deleted the marker. Nothing
+    /// changed; the switch stays as it is (engaged if its record is missing).
+    HasRuns,
+}
+
 /// What a run's append-only send record says of a job ([`Store::mark_send`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendRecord {
@@ -320,9 +333,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         scope: &KillScope,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Arms the global switch (released) the first time a deployment's
-    /// scheduler starts; later, a missing record stays engaged. True if it did.
-    fn init_kill_switch(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Arms a new deployment: writes its marker and releases the global
+    /// switch — only if the deployment has neither a marker nor any run.
+    /// Never inferred: an explicit, audited act (`flotilla admin arm`,
+    /// `Scheduler::arm_new_deployment`). Everywhere else a missing record
+    /// stays engaged, so deleting it (and the marker) never releases sends.
+    fn arm_new_deployment(&self) -> impl Future<Output = Result<Arming, StoreError>> + Send;
 
     fn release_kill_switch(
         &self,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::connection::{Connection, RedisTls};
 use crate::{
-    BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, SendRecord, Store, StoreError,
+    Arming, BucketId, KILL_RELEASED, KillScope, SendClaim, SendGate, SendRecord, Store, StoreError,
     TokenGrant, TokenRequest, decode_claim, encode_claim_in_progress, encode_claim_sent,
     encode_kill_engaged, global_kill_reason, parse_state,
 };
@@ -177,20 +177,39 @@ impl Store for RedisStore {
         self.connection.replicated(&key).await
     }
 
-    async fn init_kill_switch(&self) -> Result<bool, StoreError> {
+    async fn arm_new_deployment(&self) -> Result<Arming, StoreError> {
         let mut connection = self.connection.clone();
+        let (runs, live): (bool, bool) = redis::pipe()
+            .exists(self.names.runs_index_key())
+            .exists(self.names.live_runs_key())
+            .query_async(&mut connection)
+            .await?;
+        let marked: bool = connection.exists(self.names.deployment_key()).await?;
+        if marked {
+            return Ok(Arming::AlreadyArmed);
+        }
+        if runs || live {
+            return Ok(Arming::HasRuns);
+        }
         let first: bool = connection
             .set_nx(
                 self.names.deployment_key(),
                 protocol::job::UnixMillis::now().0,
             )
             .await?;
-        if first {
-            let _: bool = connection
-                .set_nx(self.names.kill_switch_key(), KILL_RELEASED)
-                .await?;
+        if !first {
+            return Ok(Arming::AlreadyArmed);
         }
-        Ok(first)
+        let () = connection
+            .set(self.names.kill_switch_key(), KILL_RELEASED)
+            .await?;
+        let _: i64 = connection
+            .publish(self.names.kill_channel(), "released")
+            .await?;
+        self.connection
+            .replicated(&self.names.kill_switch_key())
+            .await?;
+        Ok(Arming::Armed)
     }
 
     async fn request_cancel_in_flight(&self, scope: &KillScope) -> Result<(), StoreError> {

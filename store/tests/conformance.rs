@@ -12,8 +12,8 @@ use std::time::Duration;
 use protocol::names::Names;
 use protocol::run::{RunState, SendDecision};
 use store::{
-    BucketId, GateCause, KillScope, RedisStore, SendClaim, SendGate, SendRecord, Store, TokenGrant,
-    TokenRequest,
+    Arming, BucketId, GateCause, KillScope, RedisStore, SendClaim, SendGate, SendRecord, Store,
+    TokenGrant, TokenRequest,
 };
 use test_support::topologies as test_topologies;
 use uuid::Uuid;
@@ -87,10 +87,11 @@ macro_rules! conformance {
     };
 }
 
-/// A deployment's first scheduler arms (releases) the global switch once.
+/// A new deployment is armed (its global switch released) explicitly, once.
 async fn armed(store: &impl Store) {
-    assert!(
-        store.init_kill_switch().await.unwrap(),
+    assert_eq!(
+        store.arm_new_deployment().await.unwrap(),
+        Arming::Armed,
         "a new deployment is armed"
     );
 }
@@ -178,8 +179,11 @@ async fn a_missing_or_corrupt_kill_record_stops_sends(store: impl Store + Tamper
             "{tampered:?} must stop sends: {gate:?}"
         );
         assert_eq!(gate.decision(), SendDecision::Wait);
-        // A scheduler starting again does not re-arm a deployment it armed before.
-        assert!(!store.init_kill_switch().await.unwrap());
+        // Arming again does not release a deployment armed before.
+        assert_eq!(
+            store.arm_new_deployment().await.unwrap(),
+            Arming::AlreadyArmed
+        );
         assert_eq!(
             store.send_gate("scan", run).await.unwrap().decision(),
             SendDecision::Wait

@@ -259,6 +259,11 @@ impl Stack {
                 "end-to-end tests need RabbitMQ on {amqp_url} and Redis: {error}; start RabbitMQ with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`"
             ),
         };
+        // The explicit act that arms a new deployment (`flotilla admin arm`).
+        assert_eq!(
+            scheduler.arm_new_deployment("test-setup").await.unwrap(),
+            store::Arming::Armed
+        );
         let mut stack = Self {
             sim,
             names,
