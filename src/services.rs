@@ -170,6 +170,42 @@ pub struct SchedulerArgs {
         value_delimiter = ','
     )]
     pub notify_webhooks: Vec<String>,
+    /// A directory campaigns' results may go under (a relative one: under
+    /// the scheduler's working directory); repeat for several. Campaigns
+    /// whose `output` is elsewhere are refused.
+    #[arg(
+        long = "output-root",
+        env = "FLOTILLA_OUTPUT_ROOTS",
+        value_delimiter = ',',
+        default_value = "."
+    )]
+    pub output_roots: Vec<PathBuf>,
+    /// An S3 bucket campaigns' results may go to; repeat for several. None
+    /// by default.
+    #[arg(
+        long = "output-bucket",
+        env = "FLOTILLA_OUTPUT_BUCKETS",
+        value_delimiter = ','
+    )]
+    pub output_buckets: Vec<String>,
+    /// A host the scheduler may reach on a campaign's or the deployment's
+    /// behalf (rollout gates, webhooks, the OIDC key set) over https;
+    /// `*.example.com` allows its subdomains. Repeat for several. Nothing is
+    /// reached without one.
+    #[arg(
+        long = "egress-allow-host",
+        env = "FLOTILLA_EGRESS_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    pub egress_allow_hosts: Vec<String>,
+    /// A host that may also be reached over plain http (exact name; for
+    /// tests and a sidecar on loopback). Repeat for several.
+    #[arg(
+        long = "egress-allow-plain-http",
+        env = "FLOTILLA_EGRESS_ALLOW_PLAIN_HTTP",
+        value_delimiter = ','
+    )]
+    pub egress_allow_plain_http: Vec<String>,
     /// The events the default webhooks hear about.
     #[arg(
         long,
@@ -195,10 +231,15 @@ pub struct SchedulerArgs {
     /// The `aud` the tokens must carry.
     #[arg(long, env = "FLOTILLA_OIDC_AUDIENCE")]
     pub oidc_audience: Option<String>,
-    /// The issuer's keys: a JWKS file, or an http(s) URL read at start
-    /// (https checked against the Mozilla roots).
+    /// The issuer's keys: a JWKS file, or an https URL (on the egress allow
+    /// list; plain http only to a host allowed so) read at start and every
+    /// --oidc-jwks-refresh seconds (https checked against the Mozilla roots).
     #[arg(long, env = "FLOTILLA_OIDC_JWKS")]
     pub oidc_jwks: Option<String>,
+    /// Seconds between reads of the --oidc-jwks key set (a rotation needs no
+    /// restart; a failed read keeps the keys it has).
+    #[arg(long, env = "FLOTILLA_OIDC_JWKS_REFRESH", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub oidc_jwks_refresh: u64,
     /// The claim holding the flotilla role (a string or a list).
     #[arg(
         long,
@@ -214,12 +255,24 @@ pub struct SchedulerArgs {
 /// The largest JWKS read.
 const MAX_JWKS_BYTES: u64 = 256 * 1024;
 
-/// The JWKS text of a file or an http(s) URL, bounded.
-fn read_jwks(source: &str) -> anyhow::Result<String> {
-    if source.starts_with("http://") || source.starts_with("https://") {
-        let mut response = ureq::get(source)
-            .call()
-            .with_context(|| format!("fetching the JWKS {source}"))?;
+/// The JWKS text of a file or an http(s) URL the egress policy allows
+/// (redirects not followed), bounded.
+pub fn read_jwks(source: &str, egress: &scheduler::egress::EgressPolicy) -> anyhow::Result<String> {
+    if source.contains("://") {
+        egress
+            .check("the OIDC key set", source)
+            .map_err(anyhow::Error::msg)?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .max_redirects(0)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut response = agent.get(source).call().with_context(|| {
+            format!(
+                "fetching the JWKS {}",
+                scheduler::egress::redacted_url(source)
+            )
+        })?;
         return response
             .body_mut()
             .with_config()
@@ -296,6 +349,14 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let names = Names::new(args.connection.prefix.clone());
     let mut config =
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
+    config.output_roots = scheduler::sink::OutputRoots {
+        local: args.output_roots.clone(),
+        buckets: args.output_buckets.clone(),
+    };
+    config.egress = scheduler::egress::EgressPolicy {
+        allowed_hosts: args.egress_allow_hosts.clone(),
+        plain_http_hosts: args.egress_allow_plain_http.clone(),
+    };
     config.redis_tls = store::RedisTls {
         ca_file: args.connection.redis_ca_file,
     };
@@ -326,7 +387,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
                 api::oidc::OidcVerifier::new(
                     issuer,
                     audience,
-                    &read_jwks(jwks)?,
+                    &read_jwks(jwks, &config.egress)?,
                     &args.oidc_role_claim,
                     &args.oidc_name_claim,
                 )
@@ -383,9 +444,41 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             let public = !args.listen.ip().is_loopback();
             tokio::spawn(warn_without_auth(args.listen, public));
         }
+        if let (Some(verifier), Some(source)) = (&api_config.auth.oidc, &args.oidc_jwks) {
+            tokio::spawn(refresh_jwks(
+                verifier.clone(),
+                source.clone(),
+                config.egress.clone(),
+                std::time::Duration::from_secs(args.oidc_jwks_refresh),
+            ));
+        }
         api::run(config, api_config, Some(listener), termination()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reads the OIDC key set again every `every`: the issuer's key rotation
+/// takes effect without a restart; a failed read keeps the keys it has.
+async fn refresh_jwks(
+    verifier: api::oidc::OidcVerifier,
+    source: String,
+    egress: scheduler::egress::EgressPolicy,
+    every: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let (read_from, policy) = (source.clone(), egress.clone());
+        let read = tokio::task::spawn_blocking(move || read_jwks(&read_from, &policy)).await;
+        match read.map_err(anyhow::Error::from).and_then(|read| read) {
+            Ok(jwks) => match verifier.replace_keys(&jwks) {
+                Ok(keys) => tracing::info!(keys, "OIDC key set refreshed"),
+                Err(error) => tracing::warn!(%error, "OIDC key set refresh: kept the keys we have"),
+            },
+            Err(error) => {
+                tracing::warn!(error = %error, "OIDC key set refresh: kept the keys we have")
+            }
+        }
+    }
 }
 
 /// Without authentication: says so at start, and every minute when the API

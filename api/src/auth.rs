@@ -131,9 +131,8 @@ pub fn revoke_in_tokens_file(path: &Path, name: &str) -> Result<usize, String> {
         text.push_str(&serde_json::to_string(record).map_err(|error| error.to_string())?);
         text.push('\n');
     }
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text)
-        .and_then(|()| std::fs::rename(&temporary, path))
+    // A new private file renamed over the old one: 0600 after every rewrite.
+    scheduler::files::replace_private(path, text.as_bytes())
         .map_err(|error| format!("tokens file {}: {error}", path.display()))?;
     Ok(removed)
 }

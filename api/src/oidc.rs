@@ -1,8 +1,9 @@
 //! OIDC / JWT bearer tokens, so a company's SSO can front flotilla: a token
 //! signed by the configured issuer (RS256 or ES256, a key of its JWKS), for
 //! the configured audience, within `nbf`..`exp`, whose role claim names a
-//! flotilla role. The JWKS is read once at start, from a file or a URL the
-//! binary fetches (a key rotation needs a restart, for now).
+//! flotilla role. The JWKS is read at start, from a file or a URL the
+//! binary fetches, and again periodically ([`OidcVerifier::replace_keys`]):
+//! an issuer's key rotation needs no restart.
 
 use std::collections::HashMap;
 
@@ -25,8 +26,29 @@ pub struct OidcVerifier {
     role_claim: String,
     /// The claim that names the principal (`sub`, `email`, …).
     name_claim: String,
-    /// The issuer's keys by `kid` (`""` for a key without one).
-    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    /// The issuer's keys by `kid` (`""` for a key without one); shared by
+    /// every clone, so a refresh reaches them all.
+    keys: std::sync::Arc<std::sync::RwLock<Keys>>,
+}
+
+type Keys = HashMap<String, (Algorithm, DecodingKey)>;
+
+/// The RS256 and ES256 keys of a JWKS; an issuer with none is an error.
+fn keys_of(jwks_json: &str) -> Result<Keys, String> {
+    let set: JwkSet = serde_json::from_str(jwks_json).map_err(|error| format!("JWKS: {error}"))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let Ok(algorithm) = algorithm_of(jwk) else {
+            continue;
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("JWKS key: {error}"))?;
+        let kid = jwk.common.key_id.clone().unwrap_or_default();
+        keys.insert(kid, (algorithm, key));
+    }
+    if keys.is_empty() {
+        return Err("the JWKS has no RS256 or ES256 key".into());
+    }
+    Ok(keys)
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -36,7 +58,10 @@ impl std::fmt::Debug for OidcVerifier {
             .field("audience", &self.audience)
             .field("role_claim", &self.role_claim)
             .field("name_claim", &self.name_claim)
-            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self.read_keys().keys().cloned().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -62,20 +87,7 @@ impl OidcVerifier {
         role_claim: &str,
         name_claim: &str,
     ) -> Result<Self, String> {
-        let set: JwkSet =
-            serde_json::from_str(jwks_json).map_err(|error| format!("JWKS: {error}"))?;
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let Ok(algorithm) = algorithm_of(jwk) else {
-                continue;
-            };
-            let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("JWKS key: {error}"))?;
-            let kid = jwk.common.key_id.clone().unwrap_or_default();
-            keys.insert(kid, (algorithm, key));
-        }
-        if keys.is_empty() {
-            return Err("the JWKS has no RS256 or ES256 key".into());
-        }
+        let keys = keys_of(jwks_json)?;
         if issuer.is_empty() || audience.is_empty() {
             return Err("OIDC needs an issuer and an audience".into());
         }
@@ -84,8 +96,26 @@ impl OidcVerifier {
             audience: audience.to_string(),
             role_claim: role_claim.to_string(),
             name_claim: name_claim.to_string(),
-            keys,
+            keys: std::sync::Arc::new(std::sync::RwLock::new(keys)),
         })
+    }
+
+    /// Replaces the issuer's keys with those of a JWKS read again (a key
+    /// rotation); a JWKS without a usable key changes nothing.
+    pub fn replace_keys(&self, jwks_json: &str) -> Result<usize, String> {
+        let keys = keys_of(jwks_json)?;
+        let count = keys.len();
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        Ok(count)
+    }
+
+    fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// True for what looks like a JWT (three dot-separated parts), as opposed
@@ -99,14 +129,10 @@ impl OidcVerifier {
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
         let header = decode_header(token).map_err(|error| format!("not a JWT: {error}"))?;
         let kid = header.kid.clone().unwrap_or_default();
-        let (algorithm, key) = self
-            .keys
+        let keys = self.read_keys();
+        let (algorithm, key) = keys
             .get(&kid)
-            .or_else(|| {
-                (self.keys.len() == 1)
-                    .then(|| self.keys.values().next())
-                    .flatten()
-            })
+            .or_else(|| (keys.len() == 1).then(|| keys.values().next()).flatten())
             .ok_or_else(|| format!("no key {kid:?} in the issuer's JWKS"))?;
         if header.alg != *algorithm {
             return Err(format!(
@@ -328,6 +354,23 @@ mod tests {
         let principal = verifier(&issuer).verify(&token).unwrap();
         assert_eq!(principal.name, "alice@example.com");
         assert_eq!(principal.role, Role::Operator);
+    }
+
+    #[test]
+    fn a_rotated_key_set_takes_effect_in_every_clone_without_a_restart() {
+        let old = TestIssuer::new("https://sso.example", "k1").unwrap();
+        let new = TestIssuer::new("https://sso.example", "k2").unwrap();
+        let claims = json!({"sub": "alice", "aud": "flotilla", "exp": now() + 600, "flotilla_role": "viewer"});
+        let verifier = verifier(&old);
+        let serving = verifier.clone();
+        assert!(serving.verify(&new.sign(claims.clone()).unwrap()).is_err());
+        assert_eq!(verifier.replace_keys(&new.jwks()).unwrap(), 1);
+        assert!(serving.verify(&new.sign(claims.clone()).unwrap()).is_ok());
+        assert!(
+            serving.verify(&old.sign(claims).unwrap()).is_err(),
+            "the retired key is gone"
+        );
+        assert!(verifier.replace_keys("{\"keys\": []}").is_err());
     }
 
     #[test]

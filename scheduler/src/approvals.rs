@@ -80,6 +80,24 @@ pub fn changes_hosts(campaign: &Campaign, read_only: &[ReadOnlyDocument]) -> boo
         .any(|step| step_changes_hosts(step, read_only))
 }
 
+/// Why a campaign needs a second principal's approval before it runs, if
+/// it does: it changes hosts, names outbound URLs (gates, webhooks: the
+/// scheduler reaches them on its behalf) or names where its results go.
+pub fn approval_needed(
+    campaign: &Campaign,
+    read_only: &[ReadOnlyDocument],
+) -> Option<&'static str> {
+    if changes_hosts(campaign, read_only) {
+        Some("changes hosts")
+    } else if !crate::egress::campaign_urls(campaign).is_empty() {
+        Some("names outbound URLs (rollout gates or webhooks)")
+    } else if campaign.spec.output.is_some() {
+        Some("names an output location")
+    } else {
+        None
+    }
+}
+
 /// True when `step` is not read-only.
 pub fn step_changes_hosts(step: &Step, read_only: &[ReadOnlyDocument]) -> bool {
     !read_only.iter().any(|document| document.covers(step))
@@ -193,12 +211,12 @@ impl Scheduler {
         // Without authentication there are no principals to tell apart (every
         // caller is `anonymous`): the rule cannot hold there, and the README
         // says so. Loopback only, unless --insecure-no-auth.
-        if approval.approver.is_none()
+        if let Some(why) = approval_needed(campaign, &self.config.read_only_documents)
+            && approval.approver.is_none()
             && self.config.authenticated
-            && changes_hosts(campaign, &self.config.read_only_documents)
         {
             return Err(SchedulerError::NeedsApproval(format!(
-                "{} v{version} changes hosts and has no approval yet; an approver other than its author ({}) must run `flotilla campaign approve {} --version {version}`",
+                "{} v{version} {why} and has no approval yet; an approver other than its author ({}) must run `flotilla campaign approve {} --version {version}`",
                 campaign.name,
                 if approval.author.is_empty() {
                     "unknown"

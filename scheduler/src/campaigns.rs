@@ -44,6 +44,16 @@ impl Scheduler {
         campaign: &Campaign,
         author: &str,
     ) -> Result<Applied, SchedulerError> {
+        // Outbound URLs only to hosts the deployment allows.
+        self.config
+            .egress
+            .check_campaign(campaign)
+            .map_err(SchedulerError::Invalid)?;
+        // Results only under the deployment's roots and buckets.
+        self.config
+            .output_roots
+            .check(&campaign.output)
+            .map_err(SchedulerError::Invalid)?;
         let names = self.broker.names();
         let spec = serde_json::to_string(&campaign.spec)?;
         // Stored specs are parsed again, under the same bound.

@@ -48,6 +48,11 @@ pub struct SchedulerConfig {
     pub discovery_window: std::num::NonZeroUsize,
     /// Webhooks told about every campaign's runs and the kill switch.
     pub notify: crate::notify::NotifySettings,
+    /// The hosts gates and webhooks may reach; empty: none.
+    pub egress: crate::egress::EgressPolicy,
+    /// Where campaigns may put results (under the working directory, no
+    /// bucket, by default).
+    pub output_roots: crate::sink::OutputRoots,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -68,6 +73,8 @@ impl std::fmt::Debug for SchedulerConfig {
             .field("amqp_tls", &self.amqp_tls)
             .field("keys", &self.keys.trusted_ids())
             .field("notify", &self.notify)
+            .field("egress", &self.egress)
+            .field("output_roots", &self.output_roots)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +102,8 @@ impl SchedulerConfig {
             max_locations: protocol::campaign::DEFAULT_MAX_LOCATIONS,
             discovery_window: crate::runs::DISCOVERY_WINDOW,
             notify: crate::notify::NotifySettings::default(),
+            egress: crate::egress::EgressPolicy::default(),
+            output_roots: crate::sink::OutputRoots::default(),
         }
     }
 }

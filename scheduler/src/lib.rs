@@ -39,6 +39,8 @@
 //! - [`sink`]: durable, partitioned, compressed JSON-lines results.
 //! - [`compliance`]: the fleet's patch compliance view from results.
 //! - [`failures`]: failure causes, masked and grouped for the run page.
+//! - [`egress`]: the hosts the scheduler may reach (gates, webhooks, OIDC).
+//! - [`files`]: files holding secrets or results, the owner's only (0600/0700).
 //! - [`notify`]: webhooks told about runs and the kill switch.
 //! - [`audit`]: the append-only audit trail (Redis stream and durable files).
 //! - [`metrics`]: the scheduler's Prometheus metrics.
@@ -63,7 +65,9 @@ pub mod calendar;
 pub mod campaigns;
 pub mod compliance;
 pub mod config;
+pub mod egress;
 pub mod failures;
+pub mod files;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;
@@ -456,12 +460,14 @@ pub async fn run_with(
 
 /// The HTTP client of the requests the scheduler makes on a campaign's
 /// behalf (rollout gates, notification webhooks): blocking (run it on
-/// tokio's blocking threads), `timeout` for the whole exchange, and non-2xx
-/// answers read as answers, so their body can be shown.
+/// tokio's blocking threads), `timeout` for the whole exchange, non-2xx
+/// answers read as answers (reported by status), redirects never followed.
 pub(crate) fn outbound_http(timeout: std::time::Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
+        // A redirect could lead past the egress policy: it is an answer.
+        .max_redirects(0)
         .build()
         .into()
 }

@@ -147,6 +147,16 @@ impl Scheduler {
         body: &serde_json::Value,
         text: &str,
     ) {
+        let shown = crate::egress::redacted_url(&target.webhook);
+        if let Err(why) = self.config().egress.check("the webhook", &target.webhook) {
+            self.metrics.notification(event.as_str(), "failed");
+            tracing::warn!(
+                webhook = shown.as_str(),
+                why,
+                "notification not sent: the egress policy refuses the webhook"
+            );
+            return;
+        }
         let payload = match target.format {
             NotifyFormat::Slack => json!({ "text": text }).to_string(),
             NotifyFormat::Json => body.to_string(),
@@ -157,7 +167,7 @@ impl Scheduler {
         };
         if target.format == NotifyFormat::Json && key.is_none() {
             tracing::warn!(
-                webhook = target.webhook.as_str(),
+                webhook = shown.as_str(),
                 "a JSON notification goes unsigned: the scheduler has no --notify-hmac-key-file"
             );
         }
@@ -180,8 +190,10 @@ impl Scheduler {
                     }
                     Err(error) => {
                         metrics.notification(event.as_str(), "retried");
+                        // The webhook's path is its secret (Slack): never logged.
+                        let error = error.replace(&target.webhook, &shown);
                         tracing::warn!(
-                            webhook = target.webhook.as_str(),
+                            webhook = shown.as_str(),
                             attempt,
                             error,
                             "notification not delivered"

@@ -190,7 +190,7 @@ impl Scheduler {
             ),
         }];
         for gate in &rollout.gates {
-            let (passed, detail) = match check_gate(gate).await {
+            let (passed, detail) = match check_gate(gate, &self.config().egress).await {
                 Ok(()) => (true, describe_gate(gate)),
                 Err(problem) => (false, format!("{}: {problem}", describe_gate(gate))),
             };
@@ -320,7 +320,9 @@ fn describe_gate(gate: &HealthGate) -> String {
 
 /// Ok when the gate passes; else what it found (or why it could not look:
 /// a gate that cannot be checked fails — closed).
-async fn check_gate(gate: &HealthGate) -> Result<(), String> {
+async fn check_gate(gate: &HealthGate, egress: &crate::egress::EgressPolicy) -> Result<(), String> {
+    // Again at every check: the policy may have changed since the apply.
+    egress.check("the gate URL", gate.url())?;
     let gate = gate.clone();
     tokio::task::spawn_blocking(move || match &gate {
         HealthGate::Prometheus { url, query } => {
@@ -361,34 +363,30 @@ fn get_json(url: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, Stri
         .limit(MAX_GATE_ANSWER_BYTES)
         .read_to_string()
         .map_err(|error| format!("reading its answer: {error}"))?;
-    if !status.is_success() {
-        let excerpt: String = body.chars().take(200).collect();
-        return Err(format!("answered HTTP {status}: {excerpt}"));
+    // Reported by status, never by body: what a gate answered is not shown
+    // to viewers nor posted to webhooks.
+    if status.is_redirection() {
+        return Err(format!(
+            "answered HTTP {status}, a redirect (never followed)"
+        ));
     }
-    serde_json::from_str(&body).map_err(|error| format!("its answer is not JSON: {error}"))
+    if !status.is_success() {
+        return Err(format!("answered HTTP {status}"));
+    }
+    serde_json::from_str(&body).map_err(|_| "its answer is not JSON".to_string())
 }
 
 /// A PromQL instant query passes when it returns an empty vector.
 fn prometheus_verdict(answer: &serde_json::Value) -> Result<(), String> {
     if answer["status"] != "success" {
-        return Err(format!(
-            "the query failed: {}",
-            answer["error"].as_str().unwrap_or("no error message")
-        ));
+        return Err("the query failed (Prometheus answered status error)".into());
     }
     if answer["data"]["resultType"] != "vector" {
-        return Err(format!(
-            "the query must return a vector, it returned a {}",
-            answer["data"]["resultType"]
-        ));
+        return Err("the query must return a vector, it returned something else".into());
     }
     match answer["data"]["result"].as_array() {
         Some(series) if series.is_empty() => Ok(()),
-        Some(series) => Err(format!(
-            "it returned {} series, e.g. {}",
-            series.len(),
-            series[0]["metric"]
-        )),
+        Some(series) => Err(format!("it returned {} series", series.len())),
         None => Err("its answer has no result list".into()),
     }
 }
@@ -403,7 +401,7 @@ fn alertmanager_verdict(
     let alerts = answer
         .as_array()
         .ok_or("its answer is not a list of alerts")?;
-    let firing: Vec<&str> = alerts
+    let firing = alerts
         .iter()
         .filter(|alert| {
             alert["status"]["state"].as_str().unwrap_or("active") == "active"
@@ -411,22 +409,112 @@ fn alertmanager_verdict(
                     .iter()
                     .all(|(name, value)| alert["labels"][name].as_str() == Some(value.as_str()))
         })
-        .map(|alert| alert["labels"]["alertname"].as_str().unwrap_or("unnamed"))
-        .collect();
-    if firing.is_empty() {
+        .count();
+    if firing == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "{} alert(s) firing: {}",
-            firing.len(),
-            firing.join(", ")
-        ))
+        Err(format!("{firing} alert(s) firing"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-shot HTTP server on loopback answering `response` to every
+    /// connection (at most `connections`); how many it served.
+    fn answering(
+        response: &'static str,
+        connections: usize,
+    ) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served = std::thread::spawn(move || {
+            let mut served = 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while served < connections && std::time::Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(1)))
+                            .unwrap();
+                        let mut request = [0u8; 4096];
+                        let _ = stream.read(&mut request);
+                        let _ = stream.write_all(response.as_bytes());
+                        served += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            served
+        });
+        (url, served)
+    }
+
+    #[tokio::test]
+    async fn a_gate_is_reported_by_status_never_by_body_and_never_redirected() {
+        let loopback = crate::egress::EgressPolicy::plain_http_to(&["127.0.0.1"]);
+        // A target the redirect points at: it must never be asked.
+        let (target, target_served) =
+            answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]", 1);
+        let redirect: &'static str = Box::leak(
+            format!("HTTP/1.1 302 Found\r\nlocation: {target}/api/v2/alerts\r\ncontent-length: 0\r\n\r\n")
+                .into_boxed_str(),
+        );
+        let (redirecting, _) = answering(redirect, 1);
+        let gate = HealthGate::Alertmanager {
+            url: redirecting,
+            matchers: BTreeMap::new(),
+        };
+        let why = check_gate(&gate, &loopback).await.unwrap_err();
+        assert!(
+            why.contains("302") && why.contains("never followed"),
+            "{why}"
+        );
+        assert_eq!(
+            target_served.join().unwrap(),
+            0,
+            "the redirect was followed"
+        );
+
+        let (leaking, _) = answering(
+            "HTTP/1.1 500 Oops\r\ncontent-length: 24\r\n\r\nredis_password=SECRET123",
+            1,
+        );
+        let gate = HealthGate::Prometheus {
+            url: leaking,
+            query: "up == 0".into(),
+        };
+        let why = check_gate(&gate, &loopback).await.unwrap_err();
+        assert!(why.contains("500") && !why.contains("SECRET"), "{why}");
+
+        let (erroring, _) = answering(
+            "HTTP/1.1 200 OK\r\ncontent-length: 38\r\n\r\n{\"status\":\"error\",\"error\":\"SECRET123\"}",
+            1,
+        );
+        let gate = HealthGate::Prometheus {
+            url: erroring,
+            query: "up == 0".into(),
+        };
+        let why = check_gate(&gate, &loopback).await.unwrap_err();
+        assert!(!why.contains("SECRET"), "{why}");
+
+        // A gate the policy does not allow is not asked at all.
+        let (unasked, unasked_served) =
+            answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]", 1);
+        let gate = HealthGate::Alertmanager {
+            url: unasked,
+            matchers: BTreeMap::new(),
+        };
+        let why = check_gate(&gate, &crate::egress::EgressPolicy::default())
+            .await
+            .unwrap_err();
+        assert!(why.contains("--egress-allow"), "{why}");
+        assert_eq!(unasked_served.join().unwrap(), 0);
+    }
     use serde_json::json;
 
     #[test]
@@ -444,10 +532,10 @@ mod tests {
             json!({"status": "success", "data": {"resultType": "scalar", "result": [1, "1"]}});
         assert!(prometheus_verdict(&scalar).unwrap_err().contains("vector"));
         let failed = json!({"status": "error", "error": "parse error"});
+        let why = prometheus_verdict(&failed).unwrap_err();
         assert!(
-            prometheus_verdict(&failed)
-                .unwrap_err()
-                .contains("parse error")
+            why.contains("query failed") && !why.contains("parse error"),
+            "by status, never by body: {why}"
         );
     }
 
@@ -462,10 +550,10 @@ mod tests {
         let firing = json!([
             {"labels": {"alertname": "FlotillaTargetErrorRateHigh", "campaign": "patch"}, "status": {"state": "active"}},
         ]);
+        let why = alertmanager_verdict(&firing, &matchers).unwrap_err();
         assert!(
-            alertmanager_verdict(&firing, &matchers)
-                .unwrap_err()
-                .contains("FlotillaTargetErrorRateHigh")
+            why.contains("1 alert(s) firing") && !why.contains("FlotillaTargetErrorRateHigh"),
+            "counted, not named: {why}"
         );
         assert!(alertmanager_verdict(&json!({}), &matchers).is_err());
     }

@@ -114,6 +114,10 @@ impl Scheduler {
                 campaign.name
             )));
         }
+        self.config()
+            .output_roots
+            .check(&campaign.output)
+            .map_err(SchedulerError::Invalid)?;
         let output = self.results_store(&campaign.output)?.describe();
         let spec_json = serde_json::to_string(&campaign.spec)?;
         let targets_json = options

@@ -407,22 +407,10 @@ pub fn write_batch(
     Ok(path)
 }
 
-/// Writes `body` to `path` so that a reader sees all of it or nothing:
-/// a temporary file beside it, fsync, rename.
+/// Writes `body` to `path` so that a reader sees all of it or nothing,
+/// readable by the scheduler's user only ([`crate::files::replace_private`]).
 fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other(format!("{} has no directory", path.display())))?;
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.{}.tmp", Uuid::new_v4().simple()));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(body)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    crate::files::replace_private(path, body)
 }
 
 /// Reads every record of a run (for reports and tests).
@@ -453,10 +441,138 @@ pub fn read_run(root: &Path, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>>
     Ok(records)
 }
 
+/// Where the deployment lets campaigns put results (`--output-root`,
+/// `--output-bucket`): a campaign whose `output` is elsewhere is refused at
+/// apply and at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRoots {
+    /// Directories results may go under (relative ones: to the scheduler's
+    /// working directory).
+    pub local: Vec<PathBuf>,
+    /// S3 buckets results may go to.
+    pub buckets: Vec<String>,
+}
+
+impl Default for OutputRoots {
+    /// Under the scheduler's working directory; no bucket.
+    fn default() -> Self {
+        Self {
+            local: vec![PathBuf::from(".")],
+            buckets: Vec::new(),
+        }
+    }
+}
+
+/// `path` made absolute (against the working directory), lexically: `.`
+/// dropped; `None` if it climbs with `..`.
+fn absolute(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let base = if path.is_absolute() {
+        PathBuf::new()
+    } else {
+        std::env::current_dir().ok()?
+    };
+    let mut absolute = base;
+    for component in path.components() {
+        match component {
+            Component::ParentDir => return None,
+            Component::CurDir => {}
+            other => absolute.push(other),
+        }
+    }
+    Some(absolute)
+}
+
+impl OutputRoots {
+    /// Ok when results may go to `output`; else why not, naming the flag
+    /// that would allow it.
+    pub fn check(&self, output: &protocol::campaign::OutputLocation) -> Result<(), String> {
+        use protocol::campaign::OutputLocation;
+        match output {
+            OutputLocation::Local(path) => {
+                let Some(wanted) = absolute(path) else {
+                    return Err(format!(
+                        "output {}: a results directory may not climb out with `..`",
+                        path.display()
+                    ));
+                };
+                if self
+                    .local
+                    .iter()
+                    .filter_map(|root| absolute(root))
+                    .any(|root| wanted.starts_with(root))
+                {
+                    return Ok(());
+                }
+                Err(format!(
+                    "output {}: not under a results root of this deployment ({}); --output-root allows one",
+                    path.display(),
+                    self.local
+                        .iter()
+                        .map(|root| root.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            OutputLocation::S3 { bucket, .. } => {
+                if self.buckets.iter().any(|allowed| allowed == bucket) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "output s3://{bucket}/…: bucket {bucket} is not one this deployment writes results to ({}); --output-bucket {bucket} allows it",
+                        if self.buckets.is_empty() {
+                            "none is".to_string()
+                        } else {
+                            self.buckets.join(", ")
+                        }
+                    ))
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn outputs_stay_under_the_deployments_roots_and_buckets() {
+        use protocol::campaign::OutputLocation;
+        let roots = OutputRoots {
+            local: vec![PathBuf::from("/srv/results"), PathBuf::from("relative")],
+            buckets: vec!["acme-results".into()],
+        };
+        let local = |path: &str| OutputLocation::Local(PathBuf::from(path));
+        let s3 = |bucket: &str| OutputLocation::S3 {
+            bucket: bucket.into(),
+            prefix: "p".into(),
+        };
+        assert!(roots.check(&local("/srv/results/nightly")).is_ok());
+        assert!(roots.check(&local("/srv/results/./a")).is_ok());
+        assert!(roots.check(&local("relative/a")).is_ok());
+        assert!(roots.check(&local("./relative")).is_ok());
+        assert!(roots.check(&s3("acme-results")).is_ok());
+        for (bad, why) in [
+            (local("/srv/results/../../etc"), "may not climb out"),
+            (local("../../.."), "may not climb out"),
+            (local("/srv/results-evil"), "not under a results root"),
+            (local("/etc/cron.d"), "not under a results root"),
+            (local("elsewhere"), "not under a results root"),
+            (
+                s3("someone-elses-bucket"),
+                "--output-bucket someone-elses-bucket",
+            ),
+        ] {
+            let error = roots.check(&bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+        let error = OutputRoots::default()
+            .check(&s3("acme-results"))
+            .unwrap_err();
+        assert!(error.contains("none is"), "{error}");
+    }
 
     fn record(instance_id: &str, status: StatusDetail) -> ResultRecord {
         let location = Location {

@@ -248,6 +248,14 @@ impl Stack {
             )),
         };
         config.name = format!("scheduler-{}", names.prefix());
+        // Gates and webhooks of the tests are loopback servers over http.
+        config.egress = scheduler::egress::EgressPolicy::plain_http_to(&["127.0.0.1"]);
+        // The tests' results directories are temporary ones; their buckets
+        // are the simulator's.
+        config.output_roots = scheduler::sink::OutputRoots {
+            local: vec![std::env::temp_dir()],
+            buckets: vec!["flotilla-results".into(), "locked-bucket".into()],
+        };
         config.organizations = scheduler::organizations::OrganizationsSettings {
             endpoint_url: Some(sim.endpoint_url()),
             region: Some("us-east-1".into()),

@@ -137,6 +137,24 @@ async fn refuse(
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
+/// The request's path as the audit trail records it: query values
+/// redacted (`?campaign=…&token=…`), since a query may carry a secret the
+/// caller should not have sent there — viewers read the trail.
+pub fn redacted_target(uri: &axum::http::Uri) -> String {
+    match uri.query() {
+        None => uri.path().to_string(),
+        Some(query) => {
+            let keys: Vec<&str> = query
+                .split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| pair.split_once('=').map_or(pair, |(key, _)| key))
+                .collect();
+            let redacted: Vec<String> = keys.iter().map(|key| format!("{key}=…")).collect();
+            format!("{}?{}", uri.path(), redacted.join("&"))
+        }
+    }
+}
+
 pub async fn guard(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -158,10 +176,7 @@ pub async fn guard(
         }
         _ => permission.as_str(),
     };
-    let object = request.uri().path_and_query().map_or_else(
-        || request.uri().path().to_string(),
-        |path| path.as_str().to_string(),
-    );
+    let object = redacted_target(request.uri());
     let record =
         |(name, role): (&str, &str), action: &str, reason: String, outcome: String| AuditRecord {
             time_ms: now_ms(),

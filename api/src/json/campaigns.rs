@@ -63,8 +63,8 @@ pub(super) async fn apply_campaign(
     let applied = scheduler
         .apply_campaign_by(&campaign, &principal.name)
         .await?;
-    let changes_hosts =
-        scheduler::approvals::changes_hosts(&campaign, &scheduler.config().read_only_documents);
+    let approval_needed =
+        scheduler::approvals::approval_needed(&campaign, &scheduler.config().read_only_documents);
     let note = format!(
         "{} v{}{}{}",
         campaign.name,
@@ -74,17 +74,15 @@ pub(super) async fn apply_campaign(
         } else {
             " (unchanged)"
         },
-        if changes_hosts {
-            ", changes hosts: needs approval"
-        } else {
-            ""
-        }
+        approval_needed
+            .map(|why| format!(", {why}: needs approval"))
+            .unwrap_or_default()
     );
     let answer = Json(AppliedCampaign {
         name: campaign.name,
         version: applied.version,
         changed: applied.changed,
-        needs_approval: changes_hosts,
+        needs_approval: approval_needed.is_some(),
     });
     Ok(with_note(answer, note))
 }

@@ -58,6 +58,13 @@ impl HealthGate {
             Self::Alertmanager { .. } => "alertmanager",
         }
     }
+
+    /// The base URL the gate asks.
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Prometheus { url, .. } | Self::Alertmanager { url, .. } => url,
+        }
+    }
 }
 
 impl Rollout {
