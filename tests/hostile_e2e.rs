@@ -196,3 +196,88 @@ async fn a_deleted_kill_switch_record_never_releases_itself() {
     );
     stack.teardown().await;
 }
+
+/// Trust III, findings 4 and 5: a campaign naming an internal service as
+/// its gate or webhook, or results outside the deployment's roots, is
+/// refused at apply with the reason; a read-only scan that names a webhook
+/// needs a second person like a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_urls_and_outputs_outside_the_deployments_lists_are_refused_at_apply() {
+    let mut stack = Stack::start(support::single_location(1, false)).await;
+    stack.scheduler_config_mut().egress = scheduler::egress::EgressPolicy {
+        allowed_hosts: vec!["hooks.example.com".into()],
+        plain_http_hosts: Vec::new(),
+    };
+    let (port, admin, _secrets) = serve_with_admin(&mut stack).await;
+    let results = stack.results.path().display().to_string();
+    let scan = "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan }\n";
+    let account = stack.account_ids()[0].clone();
+    let yaml = |name: &str, rest: String| {
+        format!(
+            "name: {name}\naccounts: {{ids: [\"{account}\"]}}\nregions: [us-east-1]\nrole: {{name: FlotillaExecutionRole}}\ntargets: {{all: true}}\n{scan}{rest}"
+        )
+    };
+    for (name, rest, why) in [
+        (
+            "gate-to-redis",
+            format!(
+                "output: {results}\nrollout:\n  waves: [1]\n  gates:\n    - {{prometheus_url: \"http://127.0.0.1:6379\", query: \"up\"}}\n"
+            ),
+            "plain http",
+        ),
+        (
+            "hook-to-metadata",
+            format!(
+                "output: {results}\nnotify:\n  - on: [halted]\n    webhook: https://169.254.169.254/latest\n"
+            ),
+            "not on the deployment's outbound allow list",
+        ),
+        (
+            "climbing-output",
+            "output: ../../../tmp/x\n".to_string(),
+            "may not climb out",
+        ),
+        (
+            "foreign-bucket",
+            "output: s3://someone-elses-bucket/x\n".to_string(),
+            "--output-bucket",
+        ),
+    ] {
+        let (status, body) = support::http_as(
+            port,
+            Some(&admin),
+            "POST",
+            "/campaigns",
+            "application/yaml",
+            &yaml(name, rest),
+        )
+        .await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(body.contains(why), "{name}: {body}");
+    }
+    let hooked = yaml(
+        "hooked-scan",
+        format!(
+            "output: {results}\nnotify:\n  - on: [halted]\n    webhook: https://hooks.example.com/T0/B0/x\n"
+        ),
+    );
+    let (status, body) = support::http_as(
+        port,
+        Some(&admin),
+        "POST",
+        "/campaigns",
+        "application/yaml",
+        &hooked,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"needs_approval\":true"), "{body}");
+    let (status, body) =
+        support::call(port, &admin, "POST", "/campaigns/hooked-scan/runs", "").await;
+    assert!(
+        status == 409 || status == 403,
+        "a scan naming a webhook starts only once approved: {status} {body}"
+    );
+    assert!(body.contains("names outbound URLs"), "{body}");
+    stack.teardown().await;
+}
