@@ -149,6 +149,9 @@ impl Cluster {
                 format!("127.0.0.1:{api_port}"),
                 "--aws-endpoint-url".into(),
                 sim_url.clone(),
+                // The bench's results go under its own directory.
+                "--output-root".into(),
+                dir.display().to_string(),
             ],
         )?);
         wait_for(
