@@ -244,6 +244,8 @@ async fn walk_every_route(backend: Backend) {
         request_id: String::new(),
         outcome: outcome.into(),
     };
+    // The stack's setup armed the new deployment: an audited act too.
+    expected.push(record("test-setup", "kill:arm", "ok"));
     expected.push(record("ada", "campaigns:apply", "ok"));
     expected.push(record("anna", "campaigns:approve", "ok"));
     expected.push(record("ada", "runs:start", "ok"));
@@ -442,6 +444,8 @@ async fn walk_every_route(backend: Backend) {
     assert!(
         trail
             .iter()
+            // Arming was done from the command line, not over HTTP.
+            .filter(|record| record.action != "kill:arm")
             .all(|record| record.source == "127.0.0.1" && !record.request_id.is_empty())
     );
     assert!(
@@ -451,9 +455,15 @@ async fn walk_every_route(backend: Backend) {
             .all(|record| record.reason == "walk" && record.object.ends_with("/pause")),
         "the reason and object of an act are recorded"
     );
+    // The files start with the API, after the setup's arming.
+    let served: Vec<AuditRecord> = expected
+        .iter()
+        .filter(|record| record.action != "kill:arm")
+        .cloned()
+        .collect();
     assert_eq!(
         tally(&audit_files(audit_dir.path())),
-        tally(&expected),
+        tally(&served),
         "the audit files"
     );
     // Filters.
@@ -849,12 +859,14 @@ async fn a_campaign_names_who_may_run_it() {
     let tokens_path = secrets.path().join("tokens");
     let otto = add_token(&tokens_path, "otto", Role::Operator, None);
     let olga = add_token(&tokens_path, "olga", Role::Operator, None);
+    let anna = add_token(&tokens_path, "anna", Role::Approver, None);
     stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         ..AuthSettings::default()
     };
     let port = stack.serve_api().await;
-    // A read-only scan (no approval needed) that only olga may run.
+    // A read-only scan that only olga may run (approved because it names
+    // where its results go).
     let scan = serde_json::to_string(
         &stack
             .campaign(
@@ -871,6 +883,8 @@ async fn a_campaign_names_who_may_run_it() {
         }
     };
     assert_eq!(post(&otto, "/campaigns", &scan).await.0, 200);
+    let (status, body) = post(&anna, "/campaigns/olgas-scan/versions/1/approve", "").await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = post(&otto, "/campaigns/olgas-scan/runs", "").await;
     assert_eq!(status, 403, "{body}");
     assert!(
@@ -956,6 +970,7 @@ async fn oversized_and_malformed_requests_are_refused_and_recorded() {
     assert_eq!(
         outcomes,
         [
+            ("kill:arm", "ok"),
             ("campaigns:apply", "error: 413"),
             ("campaigns:apply", "error: 413"),
             ("campaigns:approve", "error: 400"),
@@ -997,15 +1012,15 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         .await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = support::call(
-        port,
-        &anna,
-        "POST",
+    // Both need anna's approval: the install changes hosts, the scan names
+    // where its results go.
+    for path in [
         "/campaigns/install/versions/1/approve",
-        "",
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+        "/campaigns/scan/versions/1/approve",
+    ] {
+        let (status, body) = support::call(port, &anna, "POST", path, "").await;
+        assert_eq!(status, 200, "{body}");
+    }
     // A run already going when the freeze begins.
     let (status, body) = support::call(port, &otto, "POST", "/campaigns/install/runs", "").await;
     assert_eq!(status, 200, "{body}");

@@ -418,7 +418,7 @@ async fn a_halted_run_posts_one_signed_notification_and_the_kill_switch_tells_th
   - on: [halted, completed]
     webhook: http://127.0.0.1:{port}/hook
   - on: [halted]
-    webhook: http://localhost:{port}/slack
+    webhook: http://127.0.0.1:{port}/slack
     format: slack
 ",
             support::one_step("  max_concurrency: 2\n  max_errors: 0\n"),

@@ -57,7 +57,8 @@ macro_rules! conformance {
                 async fn $name() {
                     let store = super::memory_store().await;
                     super::armed(&store).await;
-                    super::$name(store).await;
+                    super::$name(store.clone()).await;
+                    super::purged(&store).await;
                 }
             )*
         }
@@ -77,7 +78,7 @@ macro_rules! conformance {
                     let outcome = std::panic::AssertUnwindSafe(super::$name(store.clone()))
                         .catch_unwind()
                         .await;
-                    store.purge().await.unwrap();
+                    super::purged(&store).await;
                     if let Err(panic) = outcome {
                         std::panic::resume_unwind(panic);
                     }
@@ -85,6 +86,14 @@ macro_rules! conformance {
             )*
         }
     };
+}
+
+/// `flotilla admin purge` removes every key of the deployment (there is
+/// at least its arming marker), so a second purge finds none.
+async fn purged(store: &RedisStore) {
+    let deleted = store.purge().await.unwrap();
+    assert!(deleted > 0, "the purge found none of the deployment's keys");
+    assert_eq!(store.purge().await.unwrap(), 0, "a purge leaves no key");
 }
 
 /// A new deployment is armed (its global switch released) explicitly, once.

@@ -127,6 +127,9 @@ fn arguments(cmd: &Cmd) -> Vec<Bytes> {
     cmd.args_iter()
         .filter_map(|arg| match arg {
             redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+            // A SCAN's cursor: this Redis answers every SCAN in one pass
+            // (cursor 0 back), so the iterator only ever asks from 0.
+            redis::Arg::Cursor => Some(b"0".to_vec()),
             _ => None,
         })
         .collect()
