@@ -21,7 +21,7 @@ pub struct ConnectionArgs {
         long,
         env = "FLOTILLA_AMQP_URL",
         hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: String,
     /// Redis URL (a password in it is never logged or shown by --help).
@@ -44,6 +44,39 @@ pub struct ConnectionArgs {
     /// must use different ones.
     #[arg(long, env = "FLOTILLA_PREFIX", default_value = "flotilla")]
     pub prefix: String,
+}
+
+/// The RabbitMQ URL used when none is given (the local broker's guest).
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+impl ConnectionArgs {
+    /// Warns of a password given on the command line: every user of the
+    /// host sees it in `ps` and `/proc`. The environment (or a file the
+    /// environment is read from) keeps it out of sight.
+    pub fn warn_of_passwords_in_flags(&self) {
+        for warning in [
+            password_in_flag("--amqp-url", &self.amqp_url, "FLOTILLA_AMQP_URL"),
+            password_in_flag("--redis-url", &self.redis_url, "FLOTILLA_REDIS_URL"),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tracing::warn!("{warning}");
+        }
+    }
+}
+
+/// The warning for `value` of `flag` when it carries a password and came
+/// from the command line (not the environment variable `env`, not the
+/// default).
+pub fn password_in_flag(flag: &str, value: &str, env: &str) -> Option<String> {
+    let from_environment = std::env::var(env).is_ok_and(|set| set == value);
+    if value == DEFAULT_AMQP_URL || from_environment || protocol::redact_password(value) == value {
+        return None;
+    }
+    Some(format!(
+        "{flag} carries a password, which every user of this host can read in the process list; set {env} in the service's environment instead"
+    ))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -315,6 +348,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    args.connection.warn_of_passwords_in_flags();
     let names = Names::new(args.connection.prefix.clone());
     let mut config = worker::WorkerConfig::new(args.connection.amqp_url.clone(), names.clone());
     config.keys = args.keys.keyring(protocol::signing::SignerKind::Worker)?;
@@ -346,6 +380,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    args.connection.warn_of_passwords_in_flags();
     let names = Names::new(args.connection.prefix.clone());
     let mut config =
         SchedulerConfig::new(args.connection.amqp_url, args.connection.redis_url, names);
@@ -557,4 +592,25 @@ fn notify_settings(
         hmac_key,
         link_base: public_url,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_on_the_command_line_is_warned_of_never_shown() {
+        // An environment variable no one sets: the value came from a flag.
+        let unset = "FLOTILLA_TEST_NEVER_SET_URL";
+        let warning = password_in_flag("--redis-url", "redis://:hunter2@redis:6379/", unset)
+            .expect("a password in a flag is warned of");
+        assert!(
+            warning.contains("--redis-url") && warning.contains(unset),
+            "{warning}"
+        );
+        assert!(!warning.contains("hunter2"), "{warning}");
+        for quiet in ["redis://redis:6379/", DEFAULT_AMQP_URL] {
+            assert_eq!(password_in_flag("--url", quiet, unset), None, "{quiet}");
+        }
+    }
 }

@@ -629,6 +629,41 @@ async fn a_campaign_that_changes_hosts_runs_only_once_someone_else_approves_it()
         body.contains("two-person rule") && body.contains("ada wrote install v2"),
         "{body}"
     );
+    // Nor through a second name: an approver token ada makes for someone
+    // approves nothing ada wrote, and the trail says whom it was made for.
+    let (status, body) = post(
+        &ada,
+        "/tokens",
+        r#"{"name": "mallory", "role": "approver"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mallory = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = post(&mallory, "/campaigns/install/versions/2/approve", "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("made the token mallory approves with"),
+        "{body}"
+    );
+    let (_, body) = support::http_as(
+        port,
+        Some(&ada),
+        "GET",
+        "/audit?action=tokens:manage",
+        "",
+        "",
+    )
+    .await;
+    let made: Vec<AuditRecord> = serde_json::from_str(&body).unwrap();
+    assert!(
+        made.iter().any(|record| record
+            .reason
+            .contains("token for mallory (role approver) made by ada")),
+        "{made:?}"
+    );
     let (status, body) = post(&anna, "/campaigns/install/versions/2/approve", "").await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = post(&anna, "/campaigns/install/versions/9/approve", "").await;

@@ -198,15 +198,41 @@ async fn a_four_wave_rollout_bakes_stops_at_a_failing_gate_and_survives_a_killed
         "a failed gate sends nothing more"
     );
 
-    // Fixed; the operator resumes: the next waves go on.
+    // Fixed. Going on past a failed gate is an override: an operator may
+    // not, an approver may, as with a change freeze.
     prometheus.firing.store(false, Ordering::SeqCst);
+    let as_role = |name: &str, role| scheduler::auth::Principal {
+        name: name.into(),
+        role,
+        issued_by: None,
+    };
+    let resume = scheduler::steering::Steer::Resume {
+        despite_alert: None,
+    };
+    let refused = stack
+        .scheduler
+        .steer(
+            run_id,
+            resume.clone(),
+            Some("looks fine to me"),
+            &as_role("otto", scheduler::auth::Role::Operator),
+        )
+        .await;
     assert!(
-        stack
-            .scheduler
-            .resume(run_id, "looked at it, fine")
-            .await
-            .unwrap()
+        matches!(&refused, Err(scheduler::SchedulerError::Forbidden(why)) if why.contains("failed health gate")),
+        "{refused:?}"
     );
+    let resumed = stack
+        .scheduler
+        .steer(
+            run_id,
+            resume,
+            Some("looked at it, fine"),
+            &as_role("anna", scheduler::auth::Role::Approver),
+        )
+        .await
+        .unwrap();
+    assert!(resumed.changed, "{resumed:?}");
     let progress = stack
         .wait_until_final(run_id, Duration::from_secs(120))
         .await;

@@ -54,6 +54,7 @@ impl From<SchedulerError> for ApiError {
             | SchedulerError::AlreadyRunning(_)
             | SchedulerError::WrongState(_) => StatusCode::CONFLICT,
             SchedulerError::Invalid(_) => StatusCode::BAD_REQUEST,
+            SchedulerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             error if error.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -171,6 +171,7 @@ impl OidcVerifier {
         Ok(Principal {
             name: name.to_string(),
             role,
+            issued_by: None,
         })
     }
 }

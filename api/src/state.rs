@@ -8,7 +8,6 @@ use scheduler::Scheduler;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
-use crate::now_ms;
 
 /// The scheduler the API uses: `None` while it reconnects.
 pub type CurrentScheduler = watch::Receiver<Option<Scheduler>>;
@@ -47,52 +46,5 @@ pub fn connected(current: &CurrentScheduler) -> Result<Scheduler, ApiError> {
     })
 }
 
-/// At most this many refused credentials a second become audit records (per
-/// scheduler); the rest are counted in `flotilla_scheduler_auth_refused_total`
-/// and logged — a flood of bad tokens must not fill Redis and the disk.
-pub const MAX_REFUSAL_RECORDS_PER_SECOND: u32 = 100;
-
-/// The refusals recorded in the current second.
-#[derive(Debug, Default)]
-pub struct RefusalBudget {
-    /// (Unix second, records in it).
-    window: std::sync::Mutex<(u64, u32)>,
-}
-
-impl RefusalBudget {
-    /// True while this second's records stay within the budget.
-    pub fn admit(&self) -> bool {
-        let second = now_ms() / 1000;
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if window.0 != second {
-            *window = (second, 0);
-        }
-        window.1 = window.1.saturating_add(1);
-        window.1 <= MAX_REFUSAL_RECORDS_PER_SECOND
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refused_credentials_are_audited_up_to_a_budget_a_second() {
-        // Retried if a second boundary falls inside the loop.
-        for _ in 0..3 {
-            let budget = RefusalBudget::default();
-            let second = now_ms() / 1000;
-            let admitted = (0..MAX_REFUSAL_RECORDS_PER_SECOND + 50)
-                .filter(|_| budget.admit())
-                .count();
-            if now_ms() / 1000 == second {
-                assert_eq!(admitted, MAX_REFUSAL_RECORDS_PER_SECOND as usize);
-                return;
-            }
-        }
-        panic!("three second boundaries in a row");
-    }
-}
+/// Refused credentials recorded one by one, per second (the rest counted).
+pub use scheduler::audit::RefusalBudget;

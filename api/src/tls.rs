@@ -111,6 +111,7 @@ pub fn principal_of(certificate: &[u8]) -> Result<Principal, String> {
     Ok(Principal {
         name: name.to_string(),
         role,
+        issued_by: None,
     })
 }
 

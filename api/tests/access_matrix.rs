@@ -247,6 +247,7 @@ async fn every_console_route_answers_by_session_only_and_as_the_role_allows() {
             let principal = Principal {
                 name: format!("the-{role}"),
                 role,
+                issued_by: None,
             };
             let expires = protocol::job::UnixMillis::now().0 + 60_000;
             let (cookie, session) = scheduler

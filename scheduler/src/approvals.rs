@@ -120,6 +120,7 @@ pub(crate) enum ApproveOutcome {
     UnknownVersion,
     Approved(Approval),
     AuthorCannotApprove { author: String },
+    AuthorMadeTheToken { author: String },
 }
 
 impl Scheduler {
@@ -166,12 +167,14 @@ impl Scheduler {
                 .arg(version)
                 .arg(&approver.name)
                 .arg(now_ms())
+                .arg(approver.issued_by.as_deref().unwrap_or_default())
                 .invoke_async(&mut connection)
                 .await?;
             connection.replicated(&key).await?;
             match status {
                 0 => ApproveOutcome::UnknownVersion,
                 3 => ApproveOutcome::AuthorCannotApprove { author },
+                4 => ApproveOutcome::AuthorMadeTheToken { author },
                 _ => ApproveOutcome::Approved(Approval {
                     version,
                     author,
@@ -188,6 +191,12 @@ impl Scheduler {
             ApproveOutcome::AuthorCannotApprove { author } => {
                 Err(SchedulerError::Forbidden(format!(
                     "two-person rule: {author} wrote {name} v{version} and cannot approve it; another approver must"
+                )))
+            }
+            ApproveOutcome::AuthorMadeTheToken { author } => {
+                Err(SchedulerError::Forbidden(format!(
+                    "two-person rule: {author} wrote {name} v{version} and made the token {} approves with; an approver whose token {author} did not make must",
+                    approver.name
                 )))
             }
             ApproveOutcome::Approved(approval) => Ok(approval),

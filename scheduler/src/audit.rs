@@ -16,6 +16,61 @@ use crate::{SchedulerError, now_ms};
 /// How long the Redis stream keeps records; the files keep them for good.
 pub const AUDIT_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// Refusals of one kind (bad credentials at the API, reports refused off the
+/// queue) that become audit records in one second, per process; the rest
+/// are counted in metrics and folded into the next record.
+pub const MAX_REFUSAL_RECORDS_PER_SECOND: u32 = 100;
+
+/// The longest a refusal's detail is kept in its record: it may carry an
+/// attacker's text.
+pub const MAX_REFUSAL_DETAIL_CHARS: usize = 200;
+
+/// How many refusals of one kind are recorded one by one each second: a
+/// flood of bad tokens or forged reports must not become a flood of records.
+#[derive(Debug, Default)]
+pub struct RefusalBudget {
+    /// (Unix second, records in it, refusals not recorded since the last
+    /// record).
+    window: std::sync::Mutex<(u64, u32, u64)>,
+}
+
+impl RefusalBudget {
+    /// `Some(n)` while this second's records stay within
+    /// [`MAX_REFUSAL_RECORDS_PER_SECOND`]: record this refusal, saying that
+    /// `n` before it were not recorded; `None` past the budget (count it only).
+    pub fn admit(&self) -> Option<u64> {
+        let second = now_ms() / 1000;
+        let mut window = self
+            .window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if window.0 != second {
+            window.0 = second;
+            window.1 = 0;
+        }
+        window.1 = window.1.saturating_add(1);
+        if window.1 > MAX_REFUSAL_RECORDS_PER_SECOND {
+            window.2 = window.2.saturating_add(1);
+            return None;
+        }
+        Some(std::mem::take(&mut window.2))
+    }
+
+    /// `reason`, bounded, with the refusals left unrecorded before it.
+    pub fn reason(reason: &str, unrecorded: u64) -> String {
+        let mut bounded: String = reason.chars().take(MAX_REFUSAL_DETAIL_CHARS).collect();
+        if bounded.len() < reason.len() {
+            bounded.push('…');
+        }
+        if unrecorded > 0 {
+            bounded.push_str(&format!(
+                " (and {unrecorded} more refused before it, counted in the metrics but past the audit budget of {MAX_REFUSAL_RECORDS_PER_SECOND} a second)"
+            ));
+        }
+        bounded
+    }
+}
+
 /// Records `GET /audit` returns at most.
 pub const MAX_AUDIT_QUERY: usize = 1_000;
 
@@ -193,5 +248,49 @@ impl AuditLog {
             cursor = format!("({last_id}");
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_audited_up_to_a_budget_a_second_and_the_rest_folded_in() {
+        // Retried if a second boundary falls inside the loop.
+        for _ in 0..3 {
+            let budget = RefusalBudget::default();
+            let second = now_ms() / 1000;
+            let admitted = (0..MAX_REFUSAL_RECORDS_PER_SECOND + 50)
+                .filter(|_| budget.admit().is_some())
+                .count();
+            if now_ms() / 1000 != second {
+                continue;
+            }
+            assert_eq!(admitted, MAX_REFUSAL_RECORDS_PER_SECOND as usize);
+            // The next second's first record says how many were not recorded.
+            while now_ms() / 1000 == second {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert_eq!(budget.admit(), Some(50));
+            assert_eq!(budget.admit(), Some(0));
+            return;
+        }
+        panic!("three second boundaries in a row");
+    }
+
+    #[test]
+    fn a_refusals_reason_is_bounded_and_says_what_was_left_out() {
+        let long = "x".repeat(5_000);
+        let reason = RefusalBudget::reason(&long, 0);
+        assert!(
+            reason.chars().count() <= MAX_REFUSAL_DETAIL_CHARS + 1,
+            "{reason}"
+        );
+        let folded = RefusalBudget::reason("bad signature", 7);
+        assert!(
+            folded.starts_with("bad signature (and 7 more refused"),
+            "{folded}"
+        );
     }
 }

@@ -158,6 +158,11 @@ impl Permission {
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// Who made the credential presented, when flotilla did: the principal
+    /// that created its token through the API. Separation of duties: a
+    /// change's author may not approve it through a token they created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
 }
 
 impl Principal {
@@ -167,6 +172,7 @@ impl Principal {
         Self {
             name: "anonymous".into(),
             role: Role::Admin,
+            issued_by: None,
         }
     }
 }
@@ -188,6 +194,15 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// The principal presenting this token.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            name: self.name.clone(),
+            role: self.role,
+            issued_by: Some(self.created_by.clone()).filter(|by| !by.is_empty()),
+        }
+    }
+
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_ms.is_some_and(|expires| expires <= now_ms)
     }
@@ -270,6 +285,7 @@ mod tests {
         let otto = Principal {
             name: "otto".into(),
             role: Role::Operator,
+            issued_by: None,
         };
         assert!(may_run(&otto, &[]));
         assert!(may_run(&otto, &["role:operator".into()]));

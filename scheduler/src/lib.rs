@@ -159,6 +159,10 @@ pub enum SchedulerError {
     /// was decided; try again (a schedule tries on its next tick).
     #[error("{0}")]
     StartBusy(String),
+    /// More in one request than one request may carry (events, alerts):
+    /// nothing of it was acted on.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl SchedulerError {
@@ -192,6 +196,7 @@ impl SchedulerError {
             | Self::UnknownCampaign(_)
             | Self::AlreadyRunning(_)
             | Self::OutOfScope(_)
+            | Self::TooLarge(_)
             | Self::Internal(_)
             | Self::WrongState(_) => false,
         }
@@ -210,6 +215,8 @@ pub struct Scheduler {
     /// Created on first use: only campaigns naming OUs need it.
     organizations: Arc<tokio::sync::OnceCell<crate::organizations::Organizations>>,
     pub(crate) metrics: crate::metrics::SchedulerMetrics,
+    /// Refused reports audited one by one (the rest counted).
+    report_refusals: Arc<crate::audit::RefusalBudget>,
 }
 
 impl Scheduler {
@@ -261,6 +268,7 @@ impl Scheduler {
             plans: Arc::new(Mutex::new(HashMap::new())),
             organizations: Arc::new(tokio::sync::OnceCell::new()),
             metrics,
+            report_refusals: Arc::default(),
         })
     }
 

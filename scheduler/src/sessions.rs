@@ -22,6 +22,9 @@ pub struct Session {
     /// The flotilla token it was made from, by hash; `None` for SSO and
     /// for a deployment without authentication.
     pub token_sha256: Option<String>,
+    /// Who made the token it was made from (see `Principal::issued_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
     pub expires_ms: u64,
 }
 
@@ -30,6 +33,7 @@ impl Session {
         Principal {
             name: self.name.clone(),
             role: self.role,
+            issued_by: self.issued_by.clone(),
         }
     }
 
@@ -57,6 +61,7 @@ impl Scheduler {
             role: principal.role,
             csrf: random_secret("")?,
             token_sha256,
+            issued_by: principal.issued_by.clone(),
             expires_ms,
         };
         let ttl_ms = expires_ms.saturating_sub(now_ms()).max(1);

@@ -4,7 +4,8 @@
 //!
 //! - [`Scheduler::steer`]: pause, resume (refused while an alert fires for
 //!   the campaign unless overridden with a reason) or cancel, by a principal
-//!   who may steer runs.
+//!   who may steer runs; resuming a run a failed health gate paused takes
+//!   one who may approve changes, as overriding a change freeze does.
 //! - [`Scheduler::approve_wave_by`]: lets a rollout waiting between two
 //!   waves go on, by a principal who may approve changes and who did not
 //!   start the run (two people see each wave through), unless the API runs
@@ -98,6 +99,20 @@ impl Scheduler {
         by: &Principal,
     ) -> Result<Steered, SchedulerError> {
         require(by, Permission::SteerRun, "pause, resume or cancel runs")?;
+        if matches!(steer, Steer::Resume { .. })
+            && self
+                .ledger
+                .known_run_fields(run_id)
+                .await?
+                .get(RunField::GateFailedWave)
+                .is_some()
+        {
+            require(
+                by,
+                Permission::ApproveCampaign,
+                "resume a run past a failed health gate: that takes a principal who may approve changes (approver or admin), as overriding a change freeze does",
+            )?;
+        }
         let reason = reason_or(reason, steer.default_reason());
         let mut note = None;
         let changed = match steer {

@@ -28,6 +28,24 @@ pub struct Event {
     pub detail: serde_json::Value,
 }
 
+/// The most events one `POST /events` may carry (EventBridge's API
+/// destinations deliver one at a time); more is refused whole (413).
+pub const MAX_EVENTS_PER_REQUEST: usize = 100;
+/// The most alerts one `POST /alerts` may carry; Alertmanager's
+/// `webhook_config.max_alerts` keeps its groups under it. More is refused
+/// whole (413).
+pub const MAX_ALERTS_PER_REQUEST: usize = 200;
+
+/// Refuses a batch of `count` `what`s over `max`, before any is acted on.
+fn check_batch(what: &str, count: usize, max: usize, hint: &str) -> Result<(), SchedulerError> {
+    if count > max {
+        return Err(SchedulerError::TooLarge(format!(
+            "{count} {what} in one request; at most {max} are taken at once{hint}"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a `POST /events` body: one EventBridge event or an array of them.
 /// The error names the event (by index) and what is wrong with it.
 pub fn parse_events(body: &str) -> Result<Vec<Event>, String> {
@@ -147,6 +165,17 @@ impl Scheduler {
     /// the event's instance only, through the start gate (which checks that
     /// the campaign covers the event's account and region, approval,
     /// freezes and live runs, and records what it decided).
+    /// Handles the events of one request, at most
+    /// [`MAX_EVENTS_PER_REQUEST`] (else none).
+    pub async fn handle_events(&self, events: &[Event]) -> Result<Vec<StartedRun>, SchedulerError> {
+        check_batch("events", events.len(), MAX_EVENTS_PER_REQUEST, "")?;
+        let mut started = Vec::new();
+        for event in events {
+            started.extend(self.handle_event(event).await?);
+        }
+        Ok(started)
+    }
+
     pub async fn handle_event(&self, event: &Event) -> Result<Vec<StartedRun>, SchedulerError> {
         let Some((kind, instance_id)) = trigger_of(event)? else {
             return Ok(Vec::new());
@@ -244,7 +273,16 @@ impl Scheduler {
         &self,
         payload: &AlertmanagerPayload,
     ) -> Result<Vec<AlertAction>, SchedulerError> {
+        check_batch(
+            "alerts",
+            payload.alerts.len(),
+            MAX_ALERTS_PER_REQUEST,
+            "; set max_alerts in Alertmanager's webhook_config",
+        )?;
         let mut actions = Vec::new();
+        // The global switch is engaged, told and recorded once per request,
+        // however many of its alerts ask for it.
+        let mut engaged_globally = false;
         for alert in &payload.alerts {
             let name = alert
                 .labels
@@ -273,6 +311,16 @@ impl Scheduler {
                 continue;
             }
             if alert.labels.get("scope").map(String::as_str) == Some("global") {
+                if engaged_globally {
+                    actions.push(AlertAction {
+                        alert: name.clone(),
+                        action: "kill_switch_engaged".into(),
+                        campaign: None,
+                        run_id: None,
+                    });
+                    continue;
+                }
+                engaged_globally = true;
                 self.store
                     .engage_kill_switch(&KillScope::Global, &reason)
                     .await?;

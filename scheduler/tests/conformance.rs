@@ -1160,10 +1160,12 @@ async fn campaigns_are_versioned_by_content(backend: &Backend) {
     let author = scheduler::auth::Principal {
         name: "system".into(),
         role: scheduler::auth::Role::Admin,
+        issued_by: None,
     };
     let anna = scheduler::auth::Principal {
         name: "anna".into(),
         role: scheduler::auth::Role::Approver,
+        issued_by: None,
     };
     let own = scheduler
         .approve_campaign("conformance-scan", 3, &author)

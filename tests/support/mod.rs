@@ -506,6 +506,7 @@ impl Stack {
         let approver = scheduler::auth::Principal {
             name: "test-approver".into(),
             role: scheduler::auth::Role::Approver,
+            issued_by: None,
         };
         self.scheduler
             .approve_campaign(&campaign.name, applied.version, &approver)

@@ -98,11 +98,7 @@ pub async fn authenticate(
             .verify(token)
             .map_err(|why| Refusal::unauthenticated(why, true));
     }
-    let record = token_record(state, token).await?;
-    Ok(Principal {
-        name: record.name,
-        role: record.role,
-    })
+    Ok(token_record(state, token).await?.principal())
 }
 
 /// The live record of a flotilla token (`flt_…`): the tokens file first,

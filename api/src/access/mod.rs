@@ -30,7 +30,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use scheduler::audit::AuditRecord;
+use scheduler::audit::{AuditRecord, RefusalBudget};
 use scheduler::auth::Permission;
 use serde_json::json;
 
@@ -217,11 +217,11 @@ pub async fn guard(
             // tokens must not become a flood of records (or of log lines).
             if refusal.status == StatusCode::UNAUTHORIZED {
                 state.metrics.auth_refused();
-                if state.refusals.admit() {
+                if let Some(unrecorded) = state.refusals.admit() {
                     let entry = record(
                         ("unknown", "none"),
                         "auth:refused",
-                        refusal.message.clone(),
+                        RefusalBudget::reason(&refusal.message, unrecorded),
                         "unauthenticated".into(),
                     );
                     audit(&state, entry).await;

@@ -222,12 +222,12 @@ async fn login(
         Err(refusal) => {
             if refusal.status == StatusCode::UNAUTHORIZED {
                 state.metrics.auth_refused();
-                if state.refusals.admit() {
+                if let Some(unrecorded) = state.refusals.admit() {
                     let entry = record(
                         "unknown",
                         "none",
                         "auth:refused",
-                        &refusal.message,
+                        &crate::state::RefusalBudget::reason(&refusal.message, unrecorded),
                         "unauthenticated",
                     );
                     crate::access::audit(&state, entry).await;
@@ -294,14 +294,7 @@ async fn sign_in(
         .map_or(now + session::MAX_SESSION_MS, |expires| {
             expires.min(now + session::MAX_SESSION_MS)
         });
-    Ok((
-        Principal {
-            name: record.name,
-            role: record.role,
-        },
-        Some(record.sha256),
-        expires,
-    ))
+    Ok((record.principal(), Some(record.sha256), expires))
 }
 
 async fn logout(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {

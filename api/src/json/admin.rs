@@ -22,10 +22,7 @@ pub(super) async fn events(
     let scheduler = connected(&current)?;
     let events = scheduler::triggers::parse_events(&body)
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error))?;
-    let mut started = Vec::new();
-    for event in &events {
-        started.extend(scheduler.handle_event(event).await?);
-    }
+    let started = scheduler.handle_events(&events).await?;
     Ok(Json(json!({ "started": started })))
 }
 
@@ -93,7 +90,7 @@ pub(super) async fn create_token(
     State(current): State<CurrentScheduler>,
     Extension(principal): Extension<Principal>,
     body: String,
-) -> ApiResult<serde_json::Value> {
+) -> Result<axum::response::Response, ApiError> {
     let scheduler = connected(&current)?;
     let request: CreateToken = serde_json::from_str(&body).map_err(|error| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {error}"))
@@ -118,12 +115,20 @@ pub(super) async fn create_token(
     let (token, record) = scheduler
         .create_token(&request.name, role, expires_ms, &principal)
         .await?;
-    Ok(Json(json!({
+    // The trail names whom the token is for and what it may do.
+    let note = format!(
+        "token for {} (role {}) made by {}",
+        record.name,
+        record.role.as_str(),
+        principal.name
+    );
+    let answer = Json(json!({
         "token": token,
         "name": record.name,
         "role": record.role,
         "expires_ms": record.expires_ms,
-    })))
+    }));
+    Ok(super::with_note(answer, note))
 }
 
 pub(super) async fn revoke_tokens(

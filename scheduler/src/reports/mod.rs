@@ -308,11 +308,16 @@ impl Scheduler {
     async fn record_refusal(&self, fingerprint: &str, reason: &'static str, detail: String) {
         tracing::error!(message = %fingerprint, reason, detail, "report refused and dead-lettered without being acted on");
         self.metrics.report_rejected(reason);
+        // Anyone who may publish to the queue can send these: past the
+        // budget they are only counted (and logged).
+        let Some(unrecorded) = self.report_refusals.admit() else {
+            return;
+        };
         self.audit_internal(
             "broker".into(),
             "report.reject",
             format!("message:{fingerprint}"),
-            format!("{reason}: {detail}"),
+            crate::audit::RefusalBudget::reason(&format!("{reason}: {detail}"), unrecorded),
         )
         .await;
     }
