@@ -748,6 +748,18 @@ async fn https_with_client_certificate(
     client: (&std::path::Path, &std::path::Path),
     request: &str,
 ) -> Option<u16> {
+    let response = https_exchange(port, ca, Some(client), request).await?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+/// One request over TLS (with `client`'s certificate, if any): the whole
+/// response, or `None` if the handshake or the exchange failed.
+async fn https_exchange(
+    port: u16,
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+    request: &str,
+) -> Option<String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -756,14 +768,19 @@ async fn https_with_client_certificate(
     roots
         .add(CertificateDer::from_pem_file(ca).unwrap())
         .unwrap();
-    let chain = vec![CertificateDer::from_pem_file(client.0).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(client.1).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((certificate, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(certificate).unwrap()],
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -773,7 +790,7 @@ async fn https_with_client_certificate(
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
-    response.split(' ').nth(1)?.parse().ok()
+    Some(response)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,10 +897,41 @@ async fn the_cli_drives_the_api_over_https_and_client_certificates_are_principal
         .collect();
     assert_eq!(actions, [("kill:engage", "ok"), ("kill:release", "denied")]);
 
-    // The console: a client certificate signs in without a token.
-    let login = "POST /ui/login HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n";
-    let status = https_with_client_certificate(port, &ca, (&ci_bot.0, &ci_bot.1), login).await;
-    assert_eq!(status, Some(303), "a certificate's session is made");
+    // The console: a client certificate signs in without a token, from
+    // the sign-in page's own form.
+    let certificate = Some((ci_bot.0.as_path(), ci_bot.1.as_path()));
+    let page = https_exchange(
+        port,
+        &ca,
+        certificate,
+        &support::console::get("/ui/login", None),
+    )
+    .await
+    .unwrap();
+    let nonce = support::console::set_cookie(&page, "flotilla_login").unwrap();
+    let body = format!("login_csrf={nonce}");
+    let login = format!(
+        "POST /ui/login HTTP/1.0\r\nHost: 127.0.0.1\r\nCookie: flotilla_login={nonce}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = https_exchange(port, &ca, certificate, &login)
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.0 303"),
+        "a certificate's session is made: {answer}"
+    );
+    let session = support::console::set_cookie(&answer, "flotilla_session").unwrap();
+    let runs = support::console::get("/ui/runs", Some(&session));
+    let answer = https_exchange(port, &ca, certificate, &runs).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    // The session holds only with the certificate it was made with: the
+    // same cookie on a connection without it is sent to sign in again.
+    let answer = https_exchange(port, &ca, None, &runs).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.0 303") && answer.contains("location: /ui/login"),
+        "{answer}"
+    );
     stack.teardown().await;
 }
 
@@ -1207,5 +1255,61 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
         protocol::run::RunState::Completed,
         "{progress:#?}"
     );
+    stack.teardown().await;
+}
+
+/// Trust III, finding 7: a console session records how it was made and is
+/// checked against the rules on every request. One made while the API ran
+/// without authentication dies when it runs with tokens; one made from an
+/// SSO token dies when the issuer's key that signed it is rotated out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_when_the_rules_they_were_made_under_change() {
+    use support::console::{exchange, get, login_post, set_cookie};
+    let mut stack = Stack::start(support::single_location(1, false)).await;
+    // Without authentication (loopback): everyone signs in as anonymous.
+    let port = stack.serve_api().await;
+    let (status, head, _) = exchange(port, login_post(port, &[("next", "/ui/runs")]).await).await;
+    assert_eq!(status, 303, "{head}");
+    let anonymous = set_cookie(&head, "flotilla_session").unwrap();
+    assert_eq!(
+        exchange(port, get("/ui/runs", Some(&anonymous))).await.0,
+        200
+    );
+
+    // The scheduler comes back with tokens and SSO: that session is over.
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_path = secrets.path().join("tokens");
+    add_token(&tokens_path, "ada", Role::Admin, None);
+    let sso = TestIssuer::new("https://sso.example", "k1").unwrap();
+    let verifier =
+        OidcVerifier::new(&sso.issuer, "flotilla", &sso.jwks(), "flotilla_role", "sub").unwrap();
+    stack.api_config_mut().auth = AuthSettings {
+        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
+        oidc: Some(verifier.clone()),
+        ..AuthSettings::default()
+    };
+    let port = stack.serve_api().await;
+    let (status, head, _) = exchange(port, get("/ui/runs", Some(&anonymous))).await;
+    assert_eq!(
+        status, 303,
+        "an anonymous session ends under authentication: {head}"
+    );
+    assert!(head.contains("location: /ui/login"), "{head}");
+    let (status, _, _) = exchange(port, login_post(port, &[]).await).await;
+    assert_eq!(status, 401, "and nobody signs in without a credential now");
+
+    // An SSO session lasts while the key that signed its token is trusted.
+    let in_an_hour = support::now_unix_ms() / 1000 + 3600;
+    let jwt = sso
+        .sign(serde_json::json!({"sub": "sam@example.com", "aud": "flotilla", "exp": in_an_hour, "flotilla_role": "operator"}))
+        .unwrap();
+    let (status, head, _) = exchange(port, login_post(port, &[("token", &jwt)]).await).await;
+    assert_eq!(status, 303, "{head}");
+    let sam = set_cookie(&head, "flotilla_session").unwrap();
+    assert_eq!(exchange(port, get("/ui/runs", Some(&sam))).await.0, 200);
+    let rotated = TestIssuer::new("https://sso.example", "k2").unwrap();
+    verifier.replace_keys(&rotated.jwks()).unwrap();
+    let (status, head, _) = exchange(port, get("/ui/runs", Some(&sam))).await;
+    assert_eq!(status, 303, "a session of a rotated-out key ends: {head}");
     stack.teardown().await;
 }

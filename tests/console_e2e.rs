@@ -34,7 +34,7 @@ async fn serve_with_roles(stack: &mut Stack) -> (u16, [String; 3], tempfile::Tem
     (port, tokens, secrets)
 }
 
-use support::console::{exchange, get, post_form, sign_in};
+use support::console::{exchange, get, login_post, post_form, sign_in};
 
 async fn kill_reason(stack: &Stack) -> Option<String> {
     store::Store::kill_reason(&stack.store, "").await.unwrap()
@@ -77,22 +77,30 @@ async fn console_sessions_are_bound_to_their_token_role_and_csrf_and_every_act_i
     );
 
     // A wrong token is refused on the page and audited.
-    let (status, _, page) =
-        exchange(port, post_form("/ui/login", None, &[("token", "flt_nope")])).await;
+    let login = login_post(port, &[("token", "flt_nope")]).await;
+    let (status, _, page) = exchange(port, login).await;
     assert_eq!(status, 401);
     assert!(page.contains("unknown or revoked token"), "{page}");
     assert!(!audit_actions(port, &admin, "auth:refused").await.is_empty());
     // Only console pages after signing in: never another site.
-    let (_, head, _) = exchange(
-        port,
+    let login = login_post(port, &[("token", &viewer), ("next", "//evil.example/")]).await;
+    let (_, head, _) = exchange(port, login).await;
+    assert!(head.contains("location: /ui/runs"), "{head}");
+    // A sign-in posted from another site (no form cookie, or a value not
+    // its own) makes no session: login CSRF.
+    for forged in [
+        post_form("/ui/login", None, &[("token", &viewer)]),
         post_form(
             "/ui/login",
             None,
-            &[("token", &viewer), ("next", "//evil.example/")],
+            &[("token", &viewer), ("login_csrf", "x")],
         ),
-    )
-    .await;
-    assert!(head.contains("location: /ui/runs"), "{head}");
+    ] {
+        let (status, head, page) = exchange(port, forged).await;
+        assert_eq!(status, 403, "{head}\n{page}");
+        assert!(!head.contains("flotilla_session="), "{head}");
+        assert!(page.contains("did not come from this console"), "{page}");
+    }
 
     // The kill switch: a form without this session's CSRF token does nothing.
     for csrf in ["", "0123456789abcdef"] {

@@ -127,12 +127,27 @@ impl OidcVerifier {
     /// The principal of a valid token; why not, for anything else (shown in
     /// the 401).
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        self.verify_signed(token).map(|signed| signed.principal)
+    }
+
+    /// The issuer trusted.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Whether the key set (as last read) still holds the key `key_id`.
+    pub fn has_key(&self, key_id: &str) -> bool {
+        self.read_keys().contains_key(key_id)
+    }
+
+    /// [`Self::verify`], with the key that signed the token and its expiry.
+    pub fn verify_signed(&self, token: &str) -> Result<Signed, String> {
         let header = decode_header(token).map_err(|error| format!("not a JWT: {error}"))?;
         let kid = header.kid.clone().unwrap_or_default();
         let keys = self.read_keys();
-        let (algorithm, key) = keys
-            .get(&kid)
-            .or_else(|| (keys.len() == 1).then(|| keys.values().next()).flatten())
+        let (key_id, (algorithm, key)) = keys
+            .get_key_value(&kid)
+            .or_else(|| (keys.len() == 1).then(|| keys.iter().next()).flatten())
             .ok_or_else(|| format!("no key {kid:?} in the issuer's JWKS"))?;
         if header.alg != *algorithm {
             return Err(format!(
@@ -168,12 +183,29 @@ impl OidcVerifier {
                 self.role_claim
             )
         })?;
-        Ok(Principal {
-            name: name.to_string(),
-            role,
-            issued_by: None,
+        let expires_ms = claims
+            .get("exp")
+            .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|exp| exp as u64)))
+            .map_or(0, |seconds| seconds.saturating_mul(1000));
+        Ok(Signed {
+            principal: Principal {
+                name: name.to_string(),
+                role,
+                issued_by: None,
+            },
+            key_id: key_id.clone(),
+            expires_ms,
         })
     }
+}
+
+/// A verified SSO token: whom it names, the key that signed it (as the key
+/// set names it) and when it expires (Unix ms).
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub principal: Principal,
+    pub key_id: String,
+    pub expires_ms: u64,
 }
 
 /// An issuer with a fresh key (P-256, or RSA-2048 as most identity

@@ -243,6 +243,15 @@ async fn every_console_route_answers_by_session_only_and_as_the_role_allows() {
     // (`/ui/logout` ends the one it is sent with).
     let session_of = |role: Role| {
         let scheduler = matrix.scheduler.clone();
+        // The session is made from the role's token, as signing in with it.
+        let sha256 = matrix
+            .callers
+            .iter()
+            .find_map(|caller| match caller {
+                Caller::Token(of, token) if *of == role => Some(token_hash(token)),
+                _ => None,
+            })
+            .unwrap();
         async move {
             let principal = Principal {
                 name: format!("the-{role}"),
@@ -251,7 +260,11 @@ async fn every_console_route_answers_by_session_only_and_as_the_role_allows() {
             };
             let expires = protocol::job::UnixMillis::now().0 + 60_000;
             let (cookie, session) = scheduler
-                .create_session(&principal, None, expires)
+                .create_session(
+                    &principal,
+                    scheduler::sessions::SessionOrigin::Token { sha256 },
+                    expires,
+                )
                 .await
                 .unwrap();
             (cookie, session.csrf)

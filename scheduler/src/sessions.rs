@@ -12,6 +12,27 @@ use sha2::{Digest, Sha256};
 use crate::auth::{Principal, Role};
 use crate::{Scheduler, SchedulerError, now_ms};
 
+/// How a session was made. The API checks it again on every request of the
+/// session, so a session outlives neither its credential nor the rules it
+/// was made under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SessionOrigin {
+    /// Made while the API ran without authentication: it ends once the API
+    /// runs with any.
+    Anonymous,
+    /// From a flotilla token (by hash): it ends when the token is revoked or
+    /// expires.
+    Token { sha256: String },
+    /// From an SSO token: it ends at the token's expiry (or after an hour),
+    /// and when the deployment no longer trusts the issuer or the key that
+    /// signed it (a rotation).
+    Sso { issuer: String, key_id: String },
+    /// From a client certificate: each request must come over a connection
+    /// whose certificate names the same principal and role.
+    Certificate,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Session {
@@ -19,9 +40,8 @@ pub struct Session {
     pub role: Role,
     /// The value every form of this session carries.
     pub csrf: String,
-    /// The flotilla token it was made from, by hash; `None` for SSO and
-    /// for a deployment without authentication.
-    pub token_sha256: Option<String>,
+    /// How it was made.
+    pub origin: SessionOrigin,
     /// Who made the token it was made from (see `Principal::issued_by`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_by: Option<String>,
@@ -52,7 +72,7 @@ impl Scheduler {
     pub async fn create_session(
         &self,
         principal: &Principal,
-        token_sha256: Option<String>,
+        origin: SessionOrigin,
         expires_ms: u64,
     ) -> Result<(String, Session), SchedulerError> {
         let cookie = random_secret("fls_")?;
@@ -60,7 +80,7 @@ impl Scheduler {
             name: principal.name.clone(),
             role: principal.role,
             csrf: random_secret("")?,
-            token_sha256,
+            origin,
             issued_by: principal.issued_by.clone(),
             expires_ms,
         };
@@ -95,8 +115,15 @@ impl Scheduler {
         let Some(json) = json else {
             return Ok(None);
         };
-        let session: Session = serde_json::from_str(&json)
-            .map_err(|error| SchedulerError::Corrupt(format!("console session: {error}")))?;
+        // A session of an older form (or garbled) has ended: its holder
+        // signs in again.
+        let session: Session = match serde_json::from_str(&json) {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(error = %error, "a console session does not read back; it has ended");
+                return Ok(None);
+            }
+        };
         Ok((session.expires_ms > now_ms()).then_some(session))
     }
 

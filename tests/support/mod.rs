@@ -867,17 +867,47 @@ pub mod console {
         )
     }
 
+    /// The value a `Set-Cookie` header of `head` gives cookie `name`.
+    pub fn set_cookie(head: &str, name: &str) -> Option<String> {
+        head.lines()
+            .filter(|line| line.to_ascii_lowercase().starts_with("set-cookie:"))
+            .find_map(|line| {
+                let value = line.split_once(&format!("{name}="))?.1;
+                Some(value.split(';').next()?.to_string())
+            })
+    }
+
+    /// A sign-in post as the sign-in page makes it: the page's cookie and
+    /// the value its form repeats (fetched first), then `form`.
+    pub async fn login_post(port: u16, form: &[(&str, &str)]) -> String {
+        let (status, head, page) = exchange(port, get("/ui/login", None)).await;
+        assert_eq!(status, 200, "{head}\n{page}");
+        let nonce = set_cookie(&head, "flotilla_login")
+            .unwrap_or_else(|| panic!("the sign-in page sets no form cookie: {head}"));
+        assert!(
+            page.contains(&format!("name=\"login_csrf\" value=\"{nonce}\"")),
+            "the form repeats the cookie's value: {page}"
+        );
+        let mut form = form.to_vec();
+        form.push(("login_csrf", &nonce));
+        let body = serde_urlencoded::to_string(&form).unwrap();
+        format!(
+            "POST /ui/login HTTP/1.0\r\nHost: 127.0.0.1\r\nCookie: flotilla_login={nonce}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
     /// Signs in with `token`: the session cookie and the page's CSRF token.
     pub async fn sign_in(port: u16, token: &str) -> (String, String) {
-        let (status, head, body) = exchange(
-            port,
-            post_form("/ui/login", None, &[("token", token), ("next", "/ui/runs")]),
-        )
-        .await;
+        let login = login_post(port, &[("token", token), ("next", "/ui/runs")]).await;
+        let (status, head, body) = exchange(port, login).await;
         assert_eq!(status, 303, "{head}\n{body}");
         let set_cookie = head
             .lines()
-            .find(|line| line.to_ascii_lowercase().starts_with("set-cookie:"))
+            .find(|line| {
+                line.to_ascii_lowercase().starts_with("set-cookie:")
+                    && line.contains("flotilla_session=")
+            })
             .unwrap_or_else(|| panic!("no session cookie: {head}"));
         for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
             assert!(

@@ -198,7 +198,7 @@ pub async fn guard(
     let console = session::is_console(&route);
     let mut session = None;
     let authenticated = if console {
-        session::authenticate(&state, request.headers())
+        session::authenticate(&state, request.headers(), client.as_ref())
             .await
             .map(|(principal, found)| {
                 session = Some(found);

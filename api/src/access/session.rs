@@ -1,12 +1,16 @@
 //! The console's session cookie on a request: reading it (bounded) and
 //! authenticating the request by it. Sessions themselves are stored by the
-//! engine (`scheduler::sessions`). A session made from a flotilla token
-//! re-checks that token on every request, so revoking the token (or its
-//! expiry) ends the session at once; one from an SSO token lasts an hour.
+//! engine (`scheduler::sessions`). Every request re-checks how its session
+//! was made against the rules now: a session from a flotilla token ends
+//! when the token is revoked or expires; one from an SSO token at the
+//! token's expiry (an hour at most) or once the issuer or its signing key is
+//! no longer trusted; one from a client certificate needs that certificate
+//! on every connection; one made without authentication ends once the API
+//! runs with any.
 
 use axum::http::{HeaderMap, header};
 use scheduler::auth::Principal;
-use scheduler::sessions::Session;
+use scheduler::sessions::{Session, SessionOrigin};
 
 use super::credentials::{Refusal, stored_record};
 use crate::now_ms;
@@ -45,6 +49,7 @@ pub fn cookie_of(headers: &HeaderMap) -> Option<String> {
 pub async fn authenticate(
     state: &ApiState,
     headers: &HeaderMap,
+    certificate: Option<&crate::tls::ClientCertificate>,
 ) -> Result<(Principal, Session), Refusal> {
     let Some(cookie) = cookie_of(headers) else {
         return Err(Refusal::unauthenticated("sign in to the console", false));
@@ -65,14 +70,51 @@ pub async fn authenticate(
             true,
         ));
     };
-    if let Some(sha256) = &session.token_sha256 {
-        let record = stored_record(state, sha256).await?;
-        if record.is_none_or(|record| record.is_expired(now_ms())) {
-            return Err(Refusal::unauthenticated(
-                "the token this session was made from is revoked or expired",
-                true,
-            ));
-        }
-    }
+    still_accepted(state, &session, certificate).await?;
     Ok((session.principal(), session))
+}
+
+/// Refuses a session whose credential would not be accepted now.
+async fn still_accepted(
+    state: &ApiState,
+    session: &Session,
+    certificate: Option<&crate::tls::ClientCertificate>,
+) -> Result<(), Refusal> {
+    let ended = |why: &str| {
+        Err(Refusal::unauthenticated(
+            format!("{why}; sign in again"),
+            true,
+        ))
+    };
+    match &session.origin {
+        SessionOrigin::Anonymous if state.auth.is_open() => Ok(()),
+        SessionOrigin::Anonymous => {
+            ended("this session was made while the API ran without authentication")
+        }
+        SessionOrigin::Token { sha256 } => {
+            let record = stored_record(state, sha256).await?;
+            if record.is_none_or(|record| record.is_expired(now_ms())) {
+                return ended("the token this session was made from is revoked or expired");
+            }
+            Ok(())
+        }
+        SessionOrigin::Sso { issuer, key_id } => match &state.auth.oidc {
+            Some(oidc) if oidc.issuer() == issuer && oidc.has_key(key_id) => Ok(()),
+            _ => ended(
+                "the SSO issuer or the key that signed this session's token is no longer trusted",
+            ),
+        },
+        SessionOrigin::Certificate => match certificate {
+            Some(crate::tls::ClientCertificate(presented))
+                if state.auth.client_certificates
+                    && presented.name == session.name
+                    && presented.role == session.role =>
+            {
+                Ok(())
+            }
+            _ => ended(
+                "this session was made with a client certificate this connection does not present",
+            ),
+        },
+    }
 }

@@ -41,6 +41,7 @@ use maud::Markup;
 
 use scheduler::audit::AuditRecord;
 use scheduler::auth::Principal;
+use scheduler::sessions::SessionOrigin;
 
 use crate::access::session;
 use crate::error::ApiError;
@@ -172,6 +173,56 @@ fn tokenless(state: &ApiState, certificate: Option<&ClientCertificate>) -> Optio
 
 type Certificate = Option<Extension<ClientCertificate>>;
 
+/// The sign-in form's own cookie: a random value the form repeats, so only
+/// a page this API served (to this browser) can sign it in — a post from
+/// another site carries neither (login CSRF).
+const LOGIN_COOKIE: &str = "flotilla_login";
+
+/// The sign-in page with a fresh form value and its cookie.
+fn login_form(
+    state: &ApiState,
+    status: StatusCode,
+    message: Option<&str>,
+    next: &str,
+    preset: Option<&Principal>,
+) -> Response {
+    let Ok(nonce) = scheduler::auth::random_secret("") else {
+        return error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no randomness for the sign-in form; see the scheduler's log",
+        );
+    };
+    let mut response = html(
+        status,
+        view::login(message, next, preset.map(|p| p.name.as_str()), &nonce),
+    );
+    let secure = if state.tls.is_some() { "; Secure" } else { "" };
+    let cookie = format!(
+        "{LOGIN_COOKIE}={nonce}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=900{secure}"
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// True when the posted form repeats the value of the sign-in cookie this
+/// browser was given (compared by digest).
+fn login_form_is_ours(headers: &axum::http::HeaderMap, form: &Form) -> bool {
+    use sha2::{Digest, Sha256};
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == LOGIN_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty() && value.len() <= 128);
+    let posted = form.get("login_csrf");
+    cookie.is_some_and(|cookie| Sha256::digest(cookie) == Sha256::digest(posted))
+}
+
 async fn login_page(
     State(state): State<ApiState>,
     certificate: Certificate,
@@ -179,10 +230,7 @@ async fn login_page(
 ) -> Response {
     let next = safe_next(query.next.as_deref().unwrap_or_default());
     let preset = tokenless(&state, certificate.as_deref());
-    html(
-        StatusCode::OK,
-        view::login(None, next, preset.as_ref().map(|p| p.name.as_str())),
-    )
+    login_form(&state, StatusCode::OK, None, next, preset.as_ref())
 }
 
 /// Signs in: the token is checked as the API checks it, a session is made,
@@ -192,11 +240,23 @@ async fn login(
     State(state): State<ApiState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     certificate: Certificate,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let form = Form::parse(&body);
     let next = safe_next(form.get("next")).to_string();
     let preset = tokenless(&state, certificate.as_deref());
+    if !login_form_is_ours(&headers, &form) {
+        return login_form(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some(
+                "This sign-in did not come from this console's own page (or the page is older than 15 minutes): sign in here.",
+            ),
+            &next,
+            preset.as_ref(),
+        );
+    }
     let current = match connected(&state.current) {
         Ok(current) => current,
         Err(error) => return error.into(),
@@ -213,11 +273,20 @@ async fn login(
             request_id: uuid::Uuid::new_v4().to_string(),
             outcome: outcome.into(),
         };
-    let signed_in = match &preset {
-        Some(principal) => Ok((principal.clone(), None, now_ms() + session::MAX_SESSION_MS)),
-        None => sign_in(&state, form.get("token")).await,
+    let signed_in = match (&preset, certificate.as_deref()) {
+        (Some(principal), Some(_)) => Ok((
+            principal.clone(),
+            SessionOrigin::Certificate,
+            now_ms() + session::MAX_SESSION_MS,
+        )),
+        (Some(principal), None) => Ok((
+            principal.clone(),
+            SessionOrigin::Anonymous,
+            now_ms() + session::MAX_SESSION_MS,
+        )),
+        (None, _) => sign_in(&state, form.get("token")).await,
     };
-    let (principal, token_sha256, expires_ms) = match signed_in {
+    let (principal, origin, expires_ms) = match signed_in {
         Ok(found) => found,
         Err(refusal) => {
             if refusal.status == StatusCode::UNAUTHORIZED {
@@ -233,15 +302,10 @@ async fn login(
                     crate::access::audit(&state, entry).await;
                 }
             }
-            return html(
-                refusal.status,
-                view::login(Some(&refusal.message), &next, None),
-            );
+            return login_form(&state, refusal.status, Some(&refusal.message), &next, None);
         }
     };
-    let created = current
-        .create_session(&principal, token_sha256, expires_ms)
-        .await;
+    let created = current.create_session(&principal, origin, expires_ms).await;
     let (cookie, _) = match created {
         Ok(created) => created,
         Err(error) => return ApiError::from(error).into(),
@@ -267,13 +331,12 @@ async fn login(
     response
 }
 
-/// The principal a sign-in token names (flotilla's or an SSO JWT), the
-/// token's hash (re-checked on every request of the session) and when the
-/// session ends.
+/// The principal a sign-in token names (flotilla's or an SSO JWT), how the
+/// session is made (re-checked on every request of it) and when it ends.
 async fn sign_in(
     state: &ApiState,
     token: &str,
-) -> Result<(Principal, Option<String>, u64), crate::access::credentials::Refusal> {
+) -> Result<(Principal, SessionOrigin, u64), crate::access::credentials::Refusal> {
     use crate::access::credentials::Refusal;
     let now = now_ms();
     let token = token.trim();
@@ -283,10 +346,15 @@ async fn sign_in(
     if let Some(oidc) = &state.auth.oidc
         && crate::oidc::OidcVerifier::looks_like_jwt(token)
     {
-        let principal = oidc
-            .verify(token)
+        let signed = oidc
+            .verify_signed(token)
             .map_err(|why| Refusal::unauthenticated(why, true))?;
-        return Ok((principal, None, now + session::SSO_SESSION_MS));
+        let origin = SessionOrigin::Sso {
+            issuer: oidc.issuer().to_string(),
+            key_id: signed.key_id,
+        };
+        let ends = signed.expires_ms.min(now + session::SSO_SESSION_MS);
+        return Ok((signed.principal, origin, ends));
     }
     let record = crate::access::credentials::token_record(state, token).await?;
     let expires = record
@@ -294,7 +362,10 @@ async fn sign_in(
         .map_or(now + session::MAX_SESSION_MS, |expires| {
             expires.min(now + session::MAX_SESSION_MS)
         });
-    Ok((record.principal(), Some(record.sha256), expires))
+    let origin = SessionOrigin::Token {
+        sha256: record.sha256.clone(),
+    };
+    Ok((record.principal(), origin, expires))
 }
 
 async fn logout(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {

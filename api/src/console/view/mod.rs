@@ -106,13 +106,14 @@ fn kill_switch(frame: &Frame) -> Markup {
 
 /// The sign-in form; `preset` names who signs in without a token (anonymous
 /// without authentication, or a client certificate's principal).
-pub fn login(message: Option<&str>, next: &str, preset: Option<&str>) -> Markup {
+pub fn login(message: Option<&str>, next: &str, preset: Option<&str>, login_csrf: &str) -> Markup {
     let body = html! {
                 main {
                     h1 { "flotilla" }
                     @if let Some(message) = message { p.error { (message) } }
                     form method="post" action="/ui/login" {
                         input type="hidden" name="next" value=(next);
+                        input type="hidden" name="login_csrf" value=(login_csrf);
                         @if let Some(name) = preset {
                             p { "You sign in as " code { (name) } @if name == "anonymous" { " (this scheduler runs without authentication, on loopback only)" } @else { " (your client certificate)" } "." }
                         } @else {
