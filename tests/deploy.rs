@@ -176,6 +176,14 @@ fn the_compose_stack_runs_every_service_with_real_flags_and_wires_alerts_to_the_
         &["url"],
     );
     assert_eq!(url, "http://scheduler:8080/alerts");
+    // Alertmanager's groups fit in one request the scheduler takes.
+    let max_alerts = alertmanager["receivers"][0]["webhook_configs"][0]["max_alerts"]
+        .as_u64()
+        .expect("the webhook sets max_alerts");
+    assert!(
+        max_alerts > 0 && max_alerts <= scheduler::triggers::MAX_ALERTS_PER_REQUEST as u64,
+        "max_alerts {max_alerts}"
+    );
     let prometheus = &yaml_documents(Path::new("deploy/prometheus/prometheus.yml"))[0];
     for rules in prometheus["rule_files"].as_sequence().unwrap() {
         assert!(
