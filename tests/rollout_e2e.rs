@@ -199,7 +199,8 @@ async fn a_four_wave_rollout_bakes_stops_at_a_failing_gate_and_survives_a_killed
     );
 
     // Fixed. Going on past a failed gate is an override: an operator may
-    // not, an approver may, as with a change freeze.
+    // not, an admin (who may also approve changes) may, as with a change
+    // freeze.
     prometheus.firing.store(false, Ordering::SeqCst);
     let as_role = |name: &str, role| scheduler::auth::Principal {
         name: name.into(),
@@ -228,7 +229,7 @@ async fn a_four_wave_rollout_bakes_stops_at_a_failing_gate_and_survives_a_killed
             run_id,
             resume,
             Some("looked at it, fine"),
-            &as_role("anna", scheduler::auth::Role::Approver),
+            &as_role("ada", scheduler::auth::Role::Admin),
         )
         .await
         .unwrap();

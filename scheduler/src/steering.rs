@@ -110,7 +110,7 @@ impl Scheduler {
             require(
                 by,
                 Permission::ApproveCampaign,
-                "resume a run past a failed health gate: that takes a principal who may approve changes (approver or admin), as overriding a change freeze does",
+                "resume a run past a failed health gate: that takes a principal who may also approve changes (an admin), as overriding a change freeze does",
             )?;
         }
         let reason = reason_or(reason, steer.default_reason());
