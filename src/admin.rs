@@ -14,8 +14,8 @@ use protocol::names::Names;
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
     /// Delete deployments' queues, exchanges and Redis keys, whatever they hold.
-    /// Stop their schedulers and workers first: running services declare the
-    /// queues again when they reconnect.
+    /// Stop their schedulers and workers first (they wait for the queues to
+    /// be declared again by `flotilla admin arm`).
     Purge {
         /// The deployment's prefix; repeat to purge several.
         #[arg(long = "prefix", required = true, value_parser = parse_prefix)]
@@ -36,10 +36,13 @@ pub enum AdminCommand {
         )]
         redis_url: String,
     },
-    /// Arm a new deployment: release its global kill switch. Only a
-    /// deployment with no marker and no run is armed; anywhere else this
-    /// changes nothing (a missing kill switch record stays engaged: release
-    /// it with `flotilla kill release`). Audited as done by `--by`.
+    /// Set up a new deployment: declare its queues and exchanges on RabbitMQ
+    /// (idempotent; the services only check them and may not configure) and
+    /// release its global kill switch. Only a deployment with no marker and
+    /// no run is armed; anywhere else the kill switch is left as it is (a
+    /// missing record stays engaged: release it with `flotilla kill
+    /// release`). Audited as done by `--by`. Run it with the broker's setup
+    /// user (deploy/rabbitmq/users.sh: flotilla-setup).
     Arm {
         /// The deployment's prefix.
         #[arg(long, env = "FLOTILLA_PREFIX", default_value = "flotilla", value_parser = parse_prefix)]
@@ -47,6 +50,17 @@ pub enum AdminCommand {
         /// Who arms it, for the audit trail.
         #[arg(long, default_value = "admin")]
         by: String,
+        /// RabbitMQ URL of a user that may configure the prefix's queues.
+        #[arg(
+            long,
+            env = "FLOTILLA_AMQP_URL",
+            hide_env_values = true,
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
+        amqp_url: String,
+        /// The CA (PEM) of RabbitMQ's certificate, for an `amqps://` URL.
+        #[arg(long, env = "FLOTILLA_AMQP_CA_FILE")]
+        amqp_ca_file: Option<std::path::PathBuf>,
         #[arg(
             long,
             env = "FLOTILLA_REDIS_URL",
@@ -113,10 +127,19 @@ pub fn admin(
         AdminCommand::Arm {
             prefix,
             by,
+            amqp_url,
+            amqp_ca_file,
             redis_url,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
             let names = Names::new(prefix.clone());
+            let tls = broker::BrokerTls {
+                ca_file: amqp_ca_file,
+            };
+            runtime
+                .block_on(broker::Broker::declare_topology(&amqp_url, &names, &tls))
+                .with_context(|| format!("declaring the queues of {prefix}"))?;
+            writeln!(out, "{prefix}: queues and exchanges declared")?;
             let arming = runtime.block_on(async {
                 let store = store::RedisStore::connect(&redis_url, names.clone()).await?;
                 let audit = scheduler::audit::AuditLog::new(

@@ -116,11 +116,10 @@ impl Stack {
                 &Uuid::new_v4().simple().to_string()[..8]
             ))
         };
-        // Fail now, with how to start them, rather than retry forever.
-        broker::Broker::connect(amqp_url, names.clone(), "flotilla-demo")
-            .await?
-            .close()
-            .await;
+        // Fail now, with how to start them, rather than retry forever. A new
+        // deployment of its own: its queues are declared here, as `flotilla
+        // admin arm` does (the services only check them).
+        broker::Broker::declare_topology(amqp_url, &names, &Default::default()).await?;
         store::RedisStore::connect(redis_url, names.clone()).await?;
 
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -150,7 +149,7 @@ impl Stack {
             region: Some("us-east-1".into()),
             credentials: Some(credentials()),
         };
-        // A new deployment of its own: armed explicitly, as `flotilla admin arm` does.
+        // Its kill switch armed explicitly, as `flotilla admin arm` does.
         scheduler::Scheduler::connect(config.clone())
             .await?
             .arm_new_deployment("demo")

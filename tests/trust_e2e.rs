@@ -541,6 +541,34 @@ async fn a_run_completes_with_one_broker_user_per_service_and_each_is_kept_to_it
             .is_err(),
         "a scheduler consumed jobs"
     );
+    // Trust III, finding 9: neither may delete, redeclare or rebind a queue
+    // (no `configure`), and only the scheduler reads dead letters.
+    assert!(
+        as_worker.delete_topology().await.is_err(),
+        "a worker deleted the deployment's queues"
+    );
+    assert!(
+        as_scheduler.delete_topology().await.is_err(),
+        "a scheduler deleted the deployment's queues"
+    );
+    assert!(
+        as_worker
+            .consume(&names.dead_letter_queue(), 1, "steal")
+            .await
+            .is_err(),
+        "a worker read the dead letters"
+    );
+    assert!(
+        as_scheduler
+            .consume(&names.dead_letter_queue(), 1, "operator")
+            .await
+            .is_ok(),
+        "the scheduler reads the dead letters"
+    );
+    let admin = broker::Broker::connect(&stack.amqp_url, names.clone(), "check")
+        .await
+        .expect("the queues are all still there");
+    admin.close().await;
     as_worker.close().await;
     as_scheduler.close().await;
     stack.teardown().await;

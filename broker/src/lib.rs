@@ -53,6 +53,12 @@ pub enum BrokerError {
     Envelope(#[from] EnvelopeError),
     #[error("{0}")]
     Invalid(String),
+    /// The deployment's queues and exchanges are not there: services only
+    /// check them; the setup step declares them.
+    #[error(
+        "RabbitMQ has no flotilla queues for prefix {prefix} ({why}): declare them once with `flotilla admin arm --prefix {prefix}` as a broker user that may configure `^{prefix}\\.` (deploy/rabbitmq/users.sh: flotilla-setup)"
+    )]
+    NoTopology { prefix: String, why: String },
     /// A message carrying several (a bundle of reports) failed as a whole;
     /// each sender hears why. Retryable unless the failure was this
     /// sender's own message (a bundle of one that can never be published).
@@ -192,8 +198,10 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Connects, declares the topology (idempotent) and enables publisher
-    /// confirms. A `memory://<name>` URL connects to the in-memory hub of that name.
+    /// Connects, checks the deployment's topology is there (declaring
+    /// nothing: [`Broker::declare_topology`] does, once) and enables
+    /// publisher confirms. A `memory://<name>` URL connects to the in-memory
+    /// hub of that name.
     pub async fn connect(
         url: &str,
         names: Names,
@@ -209,12 +217,35 @@ impl Broker {
         connection_name: &str,
         tls: &BrokerTls,
     ) -> Result<Self, BrokerError> {
+        let missing = |why: String| BrokerError::NoTopology {
+            prefix: names.prefix().to_string(),
+            why,
+        };
         if let Some(hub) = protocol::names::in_memory_name(url) {
-            return Ok(Self::in_memory(memory::hub(hub), names));
+            let hub = memory::hub(hub);
+            if !hub.has_topology(&names) {
+                return Err(missing("the in-memory broker has none".into()));
+            }
+            return Ok(Self::in_memory(hub, names));
         }
         let connection = open_connection(url, connection_name, tls).await?;
         let publish_channel = connection.create_channel().await?;
-        topology::declare(&publish_channel, &names).await?;
+        if let Err(error) = topology::verify(&publish_channel, &names).await {
+            let _ = connection.close(200, "no topology".into()).await;
+            return Err(match error.kind() {
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if matches!(
+                        amqp.kind(),
+                        lapin::protocol::AMQPErrorKind::Soft(
+                            lapin::protocol::AMQPSoftError::NOTFOUND
+                        )
+                    ) =>
+                {
+                    missing(amqp.get_message().to_string())
+                }
+                _ => error.into(),
+            });
+        }
         publish_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -226,6 +257,25 @@ impl Broker {
             names,
             keyring: protocol::signing::Keyring::default(),
         })
+    }
+
+    /// Declares a deployment's exchanges and queues (idempotent): the setup
+    /// step of a new deployment (`flotilla admin arm`), with a broker user
+    /// that may configure the prefix's resources. Services only check them.
+    pub async fn declare_topology(
+        url: &str,
+        names: &Names,
+        tls: &BrokerTls,
+    ) -> Result<(), BrokerError> {
+        if let Some(hub) = protocol::names::in_memory_name(url) {
+            memory::hub(hub).declare(names);
+            return Ok(());
+        }
+        let connection = open_connection(url, "flotilla-admin-setup", tls).await?;
+        let channel = connection.create_channel().await?;
+        let declared = topology::declare(&channel, names).await;
+        let _ = connection.close(200, "declared".into()).await;
+        Ok(declared?)
     }
 
     /// Signs what it publishes with `keyring`'s signing key. Without one (the
@@ -241,7 +291,8 @@ impl Broker {
 
     /// Deletes a deployment's queues and exchanges, whatever they hold, without
     /// declaring anything (`flotilla admin purge`, test cleanup). Services of
-    /// that deployment still running declare them again when they reconnect.
+    /// that deployment still running wait for `flotilla admin arm` to
+    /// declare them again.
     pub async fn delete_deployment(url: &str, names: &Names) -> Result<(), BrokerError> {
         if let Some(hub) = protocol::names::in_memory_name(url) {
             memory::hub(hub).delete(names);
@@ -255,10 +306,10 @@ impl Broker {
         Ok(deleted?)
     }
 
-    /// A connection to an in-memory hub (declares the topology there).
-    pub fn in_memory(hub: memory::Hub, names: Names) -> Self {
+    /// A connection to an in-memory hub (whose topology was declared).
+    fn in_memory(hub: memory::Hub, names: Names) -> Self {
         Self {
-            backend: Backend::Memory(memory::Connection::open(hub, &names)),
+            backend: Backend::Memory(memory::Connection::open(hub)),
             names,
             keyring: protocol::signing::Keyring::default(),
         }

@@ -104,8 +104,17 @@ impl Hub {
         self.inner.changed.notify_waiters();
     }
 
+    /// Whether `names`' topology was declared (its work and reports queues
+    /// are there), as `topology::verify` checks on RabbitMQ.
+    pub(crate) fn has_topology(&self, names: &Names) -> bool {
+        let state = self.lock();
+        crate::topology::queue_names(names)
+            .iter()
+            .all(|queue| state.queues.contains_key(queue))
+    }
+
     /// Declares `names`' topology, as `topology::declare` does on RabbitMQ.
-    fn declare(&self, names: &Names) {
+    pub(crate) fn declare(&self, names: &Names) {
         let mut state = self.lock();
         let dead_letter = names.dead_letter_queue();
         state
@@ -198,8 +207,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn open(hub: Hub, names: &Names) -> Self {
-        hub.declare(names);
+    pub(crate) fn open(hub: Hub) -> Self {
         Self {
             id: hub.next_id(),
             hub,

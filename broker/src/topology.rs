@@ -147,6 +147,35 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
     Ok(())
 }
 
+/// Checks that the deployment's exchanges and queues exist, declaring
+/// nothing: a passive declare needs no `configure` right, so services run
+/// with users that may not create, delete or rebind anything. The setup
+/// step (`flotilla admin arm`) declares them.
+pub async fn verify(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+    let exchange = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (name, kind) in [
+        (names.dead_letter_exchange(), ExchangeKind::Fanout),
+        (names.jobs_exchange(), ExchangeKind::Direct),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, exchange, FieldTable::default())
+            .await?;
+    }
+    let queue = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    for name in queue_names(names) {
+        channel
+            .queue_declare(name.into(), queue, FieldTable::default())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Every queue name of a deployment (for tests' cleanup and for monitoring).
 pub fn queue_names(names: &Names) -> Vec<String> {
     let mut queues = vec![
@@ -187,6 +216,8 @@ pub async fn delete(channel: &Channel, names: &Names) -> Result<(), lapin::Error
 pub enum ServiceKind {
     Scheduler,
     Worker,
+    /// The setup step that declares the topology (`flotilla admin arm`).
+    Setup,
 }
 
 /// A RabbitMQ user's permissions on the deployment's vhost: regexes over
@@ -198,38 +229,44 @@ pub struct Permissions {
     pub read: String,
 }
 
-/// The least a service of `kind` needs. Both declare the whole topology on
-/// connect (configure on the prefix; binding a queue needs write on it and
-/// read on its exchange). Publishing through the default exchange needs
-/// write on `amq.default`. Then:
-/// - a scheduler publishes jobs and parks reports, and reads only reports;
+/// The least a user of `kind` needs. Only the setup step declares (and may
+/// delete or rebind): configure, and write and read on the prefix (binding
+/// a queue needs write on it and read on its exchange). Services only check
+/// the topology (a passive declare needs no right) and have no `configure`.
+/// Publishing through the default exchange needs write on `amq.default`.
+/// Then:
+/// - a scheduler publishes jobs and parks reports, and reads only reports
+///   and the dead-letter queue;
 /// - a worker publishes jobs it derives (polls, next pages), delayed jobs and
-///   reports, and reads only work and delay queues: it cannot consume reports.
+///   reports, and reads only work and delay queues: it cannot consume
+///   reports or dead letters.
 pub fn permissions(names: &Names, kind: ServiceKind) -> Permissions {
     let prefix = regex_escape(names.prefix());
     let ours = |names: &[&str]| format!("^{prefix}\\.({})$", names.join("|"));
-    let bound = ["jobs", "jobs\\.bulk", "jobs\\.urgent", "dead-letter"];
     let (write, read): (Vec<&str>, Vec<&str>) = match kind {
+        ServiceKind::Setup => {
+            let everything = format!("^{prefix}\\..*");
+            return Permissions {
+                configure: everything.clone(),
+                write: everything.clone(),
+                read: everything,
+            };
+        }
         ServiceKind::Scheduler => (
-            [&bound[..], &["reports", "delayed\\.[0-9]+s\\.reports"]].concat(),
-            vec![
-                "jobs",
-                "dead-letter",
-                "reports",
-                "delayed\\.[0-9]+s\\.reports",
-            ],
+            vec!["jobs", "reports", "delayed\\.[0-9]+s\\.reports"],
+            vec!["dead-letter", "reports", "delayed\\.[0-9]+s\\.reports"],
         ),
         ServiceKind::Worker => (
-            [
-                &bound[..],
-                &["reports", "delayed\\.[0-9]+s\\.(bulk|urgent)"],
-            ]
-            .concat(),
-            [&bound[..], &["delayed\\.[0-9]+s\\.(bulk|urgent)"]].concat(),
+            vec!["jobs", "reports", "delayed\\.[0-9]+s\\.(bulk|urgent)"],
+            vec![
+                "jobs\\.bulk",
+                "jobs\\.urgent",
+                "delayed\\.[0-9]+s\\.(bulk|urgent)",
+            ],
         ),
     };
     Permissions {
-        configure: format!("^{prefix}\\..*"),
+        configure: "^$".into(),
         write: format!("^amq\\.default$|{}", ours(&write)),
         read: ours(&read),
     }
@@ -255,7 +292,11 @@ mod tests {
     #[test]
     fn the_deployed_permissions_are_the_ones_the_code_needs() {
         let script = include_str!("../../deploy/rabbitmq/users.sh");
-        for kind in [ServiceKind::Scheduler, ServiceKind::Worker] {
+        for kind in [
+            ServiceKind::Scheduler,
+            ServiceKind::Worker,
+            ServiceKind::Setup,
+        ] {
             let wanted = permissions(&Names::default(), kind);
             for regex in [&wanted.configure, &wanted.write, &wanted.read] {
                 assert!(script.contains(&format!("'{regex}'")), "{kind:?}: {regex}");

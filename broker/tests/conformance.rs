@@ -20,7 +20,9 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Where a test's broker lives: an AMQP URL or a `memory://` one.
 async fn connect(url: &str, names: &Names) -> Broker {
-    match Broker::connect(url, names.clone(), "broker-test").await {
+    // The setup step declares; a service only checks.
+    let declared = Broker::declare_topology(url, names, &Default::default()).await;
+    match declared.and(Broker::connect(url, names.clone(), "broker-test").await) {
         Ok(broker) => broker.with_keyring(keys()),
         Err(error) => panic!("these tests need RabbitMQ: {error}"),
     }
@@ -122,7 +124,28 @@ conformance!(
     prefetch_bounds_unsettled_deliveries,
     reports_reach_the_reports_queue_and_depths_count_ready_messages,
     a_bundle_of_reports_is_one_message_and_opens_as_its_reports,
+    a_service_finds_no_queues_until_the_setup_step_declares_them,
 );
+
+/// Trust III, finding 9: services declare nothing (their broker users may
+/// not configure); until the setup step (`flotilla admin arm`) has declared
+/// the deployment's queues, a service's connection says so and how to fix it.
+async fn a_service_finds_no_queues_until_the_setup_step_declares_them(url: &str, names: Names) {
+    let error = Broker::connect(url, names.clone(), "service")
+        .await
+        .expect_err("a service connected to a deployment with no queues");
+    let message = error.to_string();
+    assert!(
+        matches!(error, broker::BrokerError::NoTopology { .. })
+            && message.contains("flotilla admin arm")
+            && message.contains(names.prefix()),
+        "{message}"
+    );
+    assert!(error.is_retryable(), "services wait for the setup step");
+    let broker = connect(url, &names).await;
+    broker.publish_job(&job(Priority::Bulk)).await.unwrap();
+    broker.delete_topology().await.unwrap();
+}
 
 fn job(priority: Priority) -> Job {
     Job::Discover(DiscoverJob {

@@ -156,7 +156,9 @@ async fn jobs_go_through_a_broker_that_speaks_only_tls() {
     let mut broker = None;
     // The listener opens before the node accepts logins; give it a moment.
     for _ in 0..50 {
-        match Broker::connect_with(&rabbit.url("amqps"), names.clone(), "tls-test", &tls).await {
+        let url = rabbit.url("amqps");
+        let declared = Broker::declare_topology(&url, &names, &tls).await;
+        match declared.and(Broker::connect_with(&url, names.clone(), "tls-test", &tls).await) {
             Ok(connected) => {
                 broker = Some(connected.with_keyring(keys()));
                 break;

@@ -115,6 +115,13 @@ impl Backend {
         config.keys = protocol::signing::Keyring::ephemeral_deployment()
             .unwrap()
             .scheduler;
+        // The setup step declares the queues; the scheduler only checks them.
+        let declared =
+            broker::Broker::declare_topology(&self.amqp_url, &self.names, &Default::default())
+                .await;
+        if let Err(error) = declared {
+            panic!("these tests need RabbitMQ: {error}");
+        }
         match Scheduler::connect_with_metrics(config, metrics).await {
             Ok(scheduler) => scheduler,
             Err(error) => panic!("these tests need RabbitMQ and Redis: {error}"),

@@ -139,6 +139,17 @@ impl Cluster {
             "the simulator",
             Duration::from_secs(60),
         )?;
+        // A new deployment: its queues declared and its kill switch armed
+        // explicitly (`flotilla admin arm`), before any service starts.
+        let armed = Command::new(&exe)
+            .args(["admin", "arm", "--by", "bench"])
+            .env("FLOTILLA_AMQP_URL", &args.amqp_url)
+            .env("FLOTILLA_REDIS_URL", &args.redis_url)
+            .env("FLOTILLA_PREFIX", &prefix)
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run flotilla admin arm")?;
+        anyhow::ensure!(armed.success(), "flotilla admin arm failed: {armed}");
         let api_port = free_port()?;
         let api_url = format!("http://127.0.0.1:{api_port}");
         processes.push(spawn(
@@ -159,16 +170,6 @@ impl Cluster {
             "the scheduler",
             Duration::from_secs(30),
         )?;
-        // A new deployment: armed explicitly (`flotilla admin arm`).
-        let armed = Command::new(&exe)
-            .args(["admin", "arm", "--by", "bench"])
-            .env("FLOTILLA_AMQP_URL", &args.amqp_url)
-            .env("FLOTILLA_REDIS_URL", &args.redis_url)
-            .env("FLOTILLA_PREFIX", &prefix)
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run flotilla admin arm")?;
-        anyhow::ensure!(armed.success(), "flotilla admin arm failed: {armed}");
         let mut worker_metrics = Vec::new();
         for index in 0..workers {
             let port = free_port()?;

@@ -261,6 +261,15 @@ impl Stack {
             region: Some("us-east-1".into()),
             credentials: Some(caller_credentials(&sim)),
         };
+        // The setup step (`flotilla admin arm`) declares the queues; the
+        // services only check them.
+        if let Err(error) =
+            broker::Broker::declare_topology(amqp_url, &names, &Default::default()).await
+        {
+            panic!(
+                "end-to-end tests need RabbitMQ on {amqp_url}: {error}; start it with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`"
+            );
+        }
         let scheduler = match Scheduler::connect(config.clone()).await {
             Ok(scheduler) => scheduler,
             Err(error) => panic!(
