@@ -104,6 +104,10 @@ struct Matrix {
 async fn matrix() -> Matrix {
     let url = format!("memory://access-matrix-{}", Uuid::new_v4());
     let names = Names::new(format!("access-matrix-{}", Uuid::new_v4()));
+    // The setup step (`flotilla admin arm`) declares the queues.
+    broker::Broker::declare_topology(&url, &names, &Default::default())
+        .await
+        .unwrap();
     let mut config = SchedulerConfig::new(&url, &url, names);
     config.keys = protocol::signing::Keyring::ephemeral_deployment()
         .unwrap()

@@ -145,6 +145,16 @@ impl Names {
         format!("{}:audit", self.prefix)
     }
 
+    /// The id of the last audit record written to files.
+    pub fn audit_export_mark_key(&self) -> String {
+        format!("{}:audit:exported", self.prefix)
+    }
+
+    /// Which scheduler replica exports audit records to files now.
+    pub fn audit_export_lease_key(&self) -> String {
+        format!("{}:audit:export-lease", self.prefix)
+    }
+
     /// API tokens made through the API: hex SHA-256 → record (never a token).
     pub fn tokens_key(&self) -> String {
         format!("{}:tokens", self.prefix)

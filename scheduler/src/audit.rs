@@ -4,9 +4,13 @@
 //! events and alerts, alert-driven pauses.
 //!
 //! Records go to a Redis stream (`<prefix>:audit`, trimmed to 30 days, read by
-//! `GET /audit`) and to durable files in the results layout
-//! (`audit/date=YYYY-MM-DD/part-<ms>-<request id>.jsonl.gz`: temporary file,
-//! fsync, rename; or S3), so they outlive Redis.
+//! `GET /audit`), and from it, in batches, to durable files in the results
+//! layout (`audit/date=YYYY-MM-DD/part-<first id>-<last id>.jsonl.gz`:
+//! temporary file, fsync, rename; or S3), so they outlive Redis. The
+//! scheduler's tick exports them ([`AuditLog::export`]): a flood of records
+//! is a few files, not one each.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +73,19 @@ impl RefusalBudget {
         }
         bounded
     }
+}
+
+/// Records one audit file holds at most.
+pub const MAX_AUDIT_FILE_RECORDS: usize = 10_000;
+
+/// How long one replica holds the audit export; the others skip it meanwhile.
+pub const AUDIT_EXPORT_LEASE_MS: u64 = 2_000;
+
+/// `YYYY-MM-DD` of a Unix time in ms (UTC).
+fn date_of(time_ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(time_ms).unwrap_or(i64::MAX))
+        .map(|time| time.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Records `GET /audit` returns at most.
@@ -157,8 +174,10 @@ impl AuditLog {
         }
     }
 
-    /// Appends a record to the stream and to its own file. A failure is
-    /// logged and returned; the act it records has happened either way.
+    /// Appends a record to the stream (replicated before it returns); the
+    /// stream's new records go to files in batches ([`AuditLog::export`]).
+    /// A failure is logged and returned; the act it records has happened
+    /// either way.
     pub async fn append(&self, record: &AuditRecord) -> Result<(), SchedulerError> {
         let json = serde_json::to_string(record)?;
         tracing::info!(
@@ -185,21 +204,87 @@ impl AuditLog {
             // An auditor must find what was answered.
             connection.replicated(&self.stream_key).await?;
         }
-        if let Some(files) = &self.files {
-            let date = chrono::DateTime::from_timestamp_millis(
-                i64::try_from(record.time_ms).unwrap_or(i64::MAX),
-            )
-            .map(|time| time.format("%Y-%m-%d").to_string())
-            .unwrap_or_else(|| "unknown".into());
-            let relative = format!(
-                "audit/date={date}/part-{}-{}.jsonl.gz",
-                record.time_ms, record.request_id
-            );
-            files
-                .put_lines(&relative, std::slice::from_ref(record))
-                .await?;
-        }
         Ok(())
+    }
+
+    /// Writes the records appended since the last export to files, a batch
+    /// (at most [`MAX_AUDIT_FILE_RECORDS`]) per file and date, then moves the
+    /// export mark (`mark_key`) past them; how many it wrote. One replica at
+    /// a time exports (a lease of [`AUDIT_EXPORT_LEASE_MS`] under
+    /// `lease_key`). The mark moves only after the file is written, so a
+    /// crash loses nothing: the next export writes that batch again (a
+    /// record may then be in two files, under the same request id).
+    pub async fn export(
+        &self,
+        mark_key: &str,
+        lease_key: &str,
+        holder: &str,
+    ) -> Result<usize, SchedulerError> {
+        let Some(files) = &self.files else {
+            return Ok(0);
+        };
+        let mut connection = self.connection.clone();
+        let leased: Option<String> = redis::cmd("SET")
+            .arg(lease_key)
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(AUDIT_EXPORT_LEASE_MS)
+            .query_async(&mut connection)
+            .await?;
+        if leased.is_none() {
+            return Ok(0);
+        }
+        let mut exported = 0;
+        // A bounded amount per call: the tick comes back for the rest.
+        for _ in 0..10 {
+            let mark: Option<String> = redis::cmd("GET")
+                .arg(mark_key)
+                .query_async(&mut connection)
+                .await?;
+            let start = mark.map_or_else(|| "-".to_string(), |mark| format!("({mark}"));
+            let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(&self.stream_key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(MAX_AUDIT_FILE_RECORDS)
+                .query_async(&mut connection)
+                .await?;
+            let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) else {
+                break;
+            };
+            let (first, last) = (first.clone(), last.clone());
+            let mut by_date: BTreeMap<String, Vec<AuditRecord>> = BTreeMap::new();
+            for (_, fields) in &entries {
+                // A record flotilla did not write is left out, not fatal.
+                let Some(record) = fields
+                    .get(1)
+                    .and_then(|json| serde_json::from_str::<AuditRecord>(json).ok())
+                else {
+                    continue;
+                };
+                by_date
+                    .entry(date_of(record.time_ms))
+                    .or_default()
+                    .push(record);
+            }
+            for (date, records) in &by_date {
+                let relative = format!("audit/date={date}/part-{first}-{last}.jsonl.gz");
+                files.put_lines(&relative, records).await?;
+                exported += records.len();
+            }
+            let () = redis::cmd("SET")
+                .arg(mark_key)
+                .arg(&last)
+                .query_async(&mut connection)
+                .await?;
+            connection.replicated(mark_key).await?;
+            if entries.len() < MAX_AUDIT_FILE_RECORDS {
+                break;
+            }
+        }
+        Ok(exported)
     }
 
     /// Records from `query.since` on, oldest first, filtered, at most

@@ -335,6 +335,19 @@ impl Scheduler {
         ))
     }
 
+    /// Writes the audit records appended since the last export to files
+    /// (with `--audit-output`); how many.
+    pub async fn export_audit(&self) -> Result<usize, SchedulerError> {
+        let names = self.broker.names();
+        self.audit()?
+            .export(
+                &names.audit_export_mark_key(),
+                &names.audit_export_lease_key(),
+                &self.config.name,
+            )
+            .await
+    }
+
     /// Appends a record of the scheduler's own act (a schedule firing, an
     /// event or alert acting); a failure to record is logged, not fatal.
     /// [`arm_new_deployment`] of this scheduler's deployment.

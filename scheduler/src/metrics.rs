@@ -154,7 +154,7 @@ impl SchedulerMetrics {
         let tick_failures = IntCounterVec::new(
             Opts::new(
                 "flotilla_scheduler_tick_failures_total",
-                "Ticks in which one duty failed (due_runs, rollouts, freezes, windows, schedules); the other duties still ran",
+                "Ticks in which one duty failed (due_runs, rollouts, freezes, windows, schedules, audit_files); the other duties still ran",
             ),
             &["duty"],
         )?;

@@ -408,19 +408,20 @@ impl Scheduler {
     }
 
     /// Once a second: start delayed runs whose time has come, advance
-    /// rollouts, apply freezes and windows, and fire schedules (if this
-    /// replica leads). Each duty runs on its own: one that fails (an
+    /// rollouts, apply freezes and windows, fire schedules (if this replica
+    /// leads) and write new audit records to files. Each duty runs on its own: one that fails (an
     /// unparseable calendar entry, an invalid stored spec) is logged and
     /// counted in `flotilla_scheduler_tick_failures_total{duty}` and does
     /// not keep the others from running. An outage (Redis or RabbitMQ
     /// gone) is returned, for the caller to reconnect.
     pub async fn tick(&self) -> Result<(), SchedulerError> {
-        let duties: [(&'static str, Result<(), SchedulerError>); 5] = [
+        let duties: [(&'static str, Result<(), SchedulerError>); 6] = [
             ("due_runs", self.start_due_runs().await.map(|_| ())),
             ("rollouts", self.rollout_tick().await),
             ("freezes", self.freeze_tick().await),
             ("windows", self.window_tick().await),
             ("schedules", self.schedule_tick().await),
+            ("audit_files", self.export_audit().await.map(|_| ())),
         ];
         let mut outage = None;
         for (duty, result) in duties {
