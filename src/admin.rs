@@ -131,6 +131,15 @@ pub fn admin(
             amqp_ca_file,
             redis_url,
         } => {
+            for warning in [
+                crate::services::password_in_flag("--amqp-url", &amqp_url, "FLOTILLA_AMQP_URL"),
+                crate::services::password_in_flag("--redis-url", &redis_url, "FLOTILLA_REDIS_URL"),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                tracing::warn!("{warning}");
+            }
             let runtime = tokio::runtime::Runtime::new()?;
             let names = Names::new(prefix.clone());
             let tls = broker::BrokerTls {

@@ -245,9 +245,7 @@ pub(crate) async fn remove_shared_state(
     names: Names,
 ) -> anyhow::Result<()> {
     if in_memory_name(amqp_url).is_none() {
-        let broker = broker::Broker::connect(amqp_url, names.clone(), "flotilla-demo").await?;
-        broker.delete_topology().await?;
-        broker.close().await;
+        broker::Broker::delete_deployment(amqp_url, &names).await?;
     }
     if in_memory_name(redis_url).is_none() {
         store::RedisStore::connect(redis_url, names)

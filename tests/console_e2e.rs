@@ -101,6 +101,15 @@ async fn console_sessions_are_bound_to_their_token_role_and_csrf_and_every_act_i
         assert!(!head.contains("flotilla_session="), "{head}");
         assert!(page.contains("did not come from this console"), "{page}");
     }
+    // Nor one whose cookie was planted (a sibling host can set cookies):
+    // the browser says where the post came from.
+    for from in ["Origin: https://evil.example", "Sec-Fetch-Site: cross-site"] {
+        let genuine = login_post(port, &[("token", &viewer)]).await;
+        let forged = genuine.replacen("\r\n", &format!("\r\n{from}\r\n"), 1);
+        let (status, head, _) = exchange(port, forged).await;
+        assert_eq!(status, 403, "{from}: {head}");
+        assert!(!head.contains("flotilla_session="), "{head}");
+    }
 
     // The kill switch: a form without this session's CSRF token does nothing.
     for csrf in ["", "0123456789abcdef"] {

@@ -78,8 +78,25 @@ impl RefusalBudget {
 /// Records one audit file holds at most.
 pub const MAX_AUDIT_FILE_RECORDS: usize = 10_000;
 
-/// How long one replica holds the audit export; the others skip it meanwhile.
-pub const AUDIT_EXPORT_LEASE_MS: u64 = 2_000;
+/// How long one replica may hold the audit export (it releases it when
+/// done); the others skip it meanwhile.
+pub const AUDIT_EXPORT_LEASE_MS: u64 = 60_000;
+
+/// KEYS mark; ARGV the mark read ('' for none), the new one: moves the mark
+/// only if it is still where the batch began. 1 if moved.
+static MOVE_MARK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end \
+         redis.call('SET', KEYS[1], ARGV[2]) return 1",
+    )
+});
+
+/// KEYS lease; ARGV holder: deletes the lease if this holder has it.
+static RELEASE_LEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
 
 /// `YYYY-MM-DD` of a Unix time in ms (UTC).
 fn date_of(time_ms: u64) -> String {
@@ -235,6 +252,22 @@ impl AuditLog {
         if leased.is_none() {
             return Ok(0);
         }
+        let exported = self.export_batches(files, mark_key).await;
+        // Released for whoever comes next, if still ours.
+        let _: i64 = RELEASE_LEASE
+            .key(lease_key)
+            .arg(holder)
+            .invoke_async(&mut connection)
+            .await?;
+        exported
+    }
+
+    async fn export_batches(
+        &self,
+        files: &ResultsStore,
+        mark_key: &str,
+    ) -> Result<usize, SchedulerError> {
+        let mut connection = self.connection.clone();
         let mut exported = 0;
         // A bounded amount per call: the tick comes back for the rest.
         for _ in 0..10 {
@@ -242,7 +275,9 @@ impl AuditLog {
                 .arg(mark_key)
                 .query_async(&mut connection)
                 .await?;
-            let start = mark.map_or_else(|| "-".to_string(), |mark| format!("({mark}"));
+            let start = mark
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |mark| format!("({mark}"));
             let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
                 .arg(&self.stream_key)
                 .arg(&start)
@@ -274,13 +309,16 @@ impl AuditLog {
                 files.put_lines(&relative, records).await?;
                 exported += records.len();
             }
-            let () = redis::cmd("SET")
-                .arg(mark_key)
+            // Only from where this batch began: a mark never goes back, even
+            // if another replica exported meanwhile (its lease ran out).
+            let moved: i64 = MOVE_MARK
+                .key(mark_key)
+                .arg(mark.as_deref().unwrap_or_default())
                 .arg(&last)
-                .query_async(&mut connection)
+                .invoke_async(&mut connection)
                 .await?;
             connection.replicated(mark_key).await?;
-            if entries.len() < MAX_AUDIT_FILE_RECORDS {
+            if moved == 0 || entries.len() < MAX_AUDIT_FILE_RECORDS {
                 break;
             }
         }

@@ -311,13 +311,13 @@ impl Scheduler {
                 continue;
             }
             if alert.labels.get("scope").map(String::as_str) == Some("global") {
+                actions.push(AlertAction {
+                    alert: name.clone(),
+                    action: "kill_switch_engaged".into(),
+                    campaign: None,
+                    run_id: None,
+                });
                 if engaged_globally {
-                    actions.push(AlertAction {
-                        alert: name.clone(),
-                        action: "kill_switch_engaged".into(),
-                        campaign: None,
-                        run_id: None,
-                    });
                     continue;
                 }
                 engaged_globally = true;
@@ -339,12 +339,6 @@ impl Scheduler {
                     reason.clone(),
                 )
                 .await;
-                actions.push(AlertAction {
-                    alert: name.clone(),
-                    action: "kill_switch_engaged".into(),
-                    campaign: None,
-                    run_id: None,
-                });
                 continue;
             }
             let Some(campaign) = alert.labels.get("campaign") else {

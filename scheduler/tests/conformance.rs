@@ -131,9 +131,7 @@ impl Backend {
     async fn clean_up(self) {
         if let Some(store) = self.redis {
             store.purge().await.unwrap();
-            if let Ok(broker) = broker::Broker::connect(AMQP_URL, self.names, "cleanup").await {
-                let _ = broker.delete_topology().await;
-            }
+            let _ = broker::Broker::delete_deployment(AMQP_URL, &self.names).await;
         }
     }
 }
@@ -146,11 +144,7 @@ async fn checked(backend: &Backend, check: impl std::future::Future<Output = ()>
     if let Err(panic) = outcome {
         if let Some(store) = &backend.redis {
             let _ = store.purge().await;
-            if let Ok(broker) =
-                broker::Broker::connect(AMQP_URL, backend.names.clone(), "cleanup").await
-            {
-                let _ = broker.delete_topology().await;
-            }
+            let _ = broker::Broker::delete_deployment(AMQP_URL, &backend.names).await;
         }
         std::panic::resume_unwind(panic);
     }

@@ -32,13 +32,19 @@ pub fn is_console(route: &str) -> bool {
 
 /// The session cookie of a request, bounded.
 pub fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+/// The value of the cookie `name` of a request, if any and at most
+/// [`MAX_COOKIE_CHARS`] long.
+pub fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(found, _)| *found == name)
         .map(|(_, value)| value.trim().to_string())
         .filter(|value| !value.is_empty() && value.len() <= MAX_COOKIE_CHARS)
 }
@@ -93,8 +99,15 @@ async fn still_accepted(
         }
         SessionOrigin::Token { sha256 } => {
             let record = stored_record(state, sha256).await?;
-            if record.is_none_or(|record| record.is_expired(now_ms())) {
+            let Some(record) = record.filter(|record| !record.is_expired(now_ms())) else {
                 return ended("the token this session was made from is revoked or expired");
+            };
+            // A token given another name or role since: the session made
+            // under the old one is over.
+            if record.name != session.name || record.role != session.role {
+                return ended(
+                    "the token this session was made from now names another principal or role",
+                );
             }
             Ok(())
         }

@@ -207,20 +207,26 @@ fn login_form(
 }
 
 /// True when the posted form repeats the value of the sign-in cookie this
-/// browser was given (compared by digest).
+/// browser was given (compared by digest), and the browser does not say the
+/// post came from another site (`Sec-Fetch-Site`, `Origin`): a cookie
+/// planted from a sibling host is not enough.
 fn login_form_is_ours(headers: &axum::http::HeaderMap, form: &Form) -> bool {
     use sha2::{Digest, Sha256};
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == LOGIN_COOKIE)
-        .map(|(_, value)| value.trim())
-        .filter(|value| !value.is_empty() && value.len() <= 128);
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if header("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
+        return false;
+    }
+    // `null` is what a browser sends under the console's `no-referrer`
+    // policy; it says nothing, and `Sec-Fetch-Site` above has spoken.
+    if let Some(origin) = header("origin").filter(|origin| *origin != "null") {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, host)| host);
+        if header("host") != Some(origin_host) {
+            return false;
+        }
+    }
     let posted = form.get("login_csrf");
-    cookie.is_some_and(|cookie| Sha256::digest(cookie) == Sha256::digest(posted))
+    session::cookie_named(headers, LOGIN_COOKIE)
+        .is_some_and(|cookie| Sha256::digest(cookie) == Sha256::digest(posted))
 }
 
 async fn login_page(
