@@ -374,7 +374,7 @@ fn worker_logs(extra: &[&str]) -> String {
 #[test]
 fn logs_to_a_pipe_are_plain_text_or_json_lines() {
     let text = worker_logs(&[]);
-    assert!(text.contains("rabbitmq unreachable"), "{text}");
+    assert!(text.contains("cannot use rabbitmq yet"), "{text}");
     assert!(
         !text.contains('\u{1b}'),
         "no color codes in a pipe: {text:?}"

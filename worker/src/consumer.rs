@@ -114,7 +114,7 @@ pub async fn run<S: Store>(
                 Err(error) => {
                     metrics.connection("rabbitmq", false);
                     let delay = reconnects.next_delay(None);
-                    tracing::warn!(error = %error, ?delay, "rabbitmq unreachable; retrying");
+                    tracing::warn!(error = %error, ?delay, "cannot use rabbitmq yet; retrying");
                     tokio::select! {
                         () = stop.cancelled() => break,
                         () = tokio::time::sleep(delay) => continue,
