@@ -161,10 +161,6 @@ pub struct AlertAction {
 }
 
 impl Scheduler {
-    /// Starts every stored campaign with a trigger of the event's kind, for
-    /// the event's instance only, through the start gate (which checks that
-    /// the campaign covers the event's account and region, approval,
-    /// freezes and live runs, and records what it decided).
     /// Handles the events of one request, at most
     /// [`MAX_EVENTS_PER_REQUEST`] (else none).
     pub async fn handle_events(&self, events: &[Event]) -> Result<Vec<StartedRun>, SchedulerError> {
@@ -176,6 +172,10 @@ impl Scheduler {
         Ok(started)
     }
 
+    /// Starts every stored campaign with a trigger of the event's kind, for
+    /// the event's instance only, through the start gate (which checks that
+    /// the campaign covers the event's account and region, approval,
+    /// freezes and live runs, and records what it decided).
     pub async fn handle_event(&self, event: &Event) -> Result<Vec<StartedRun>, SchedulerError> {
         let Some((kind, instance_id)) = trigger_of(event)? else {
             return Ok(Vec::new());
