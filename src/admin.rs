@@ -25,7 +25,7 @@ pub enum AdminCommand {
             long,
             env = "FLOTILLA_AMQP_URL",
             hide_env_values = true,
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+            default_value = crate::services::DEFAULT_AMQP_URL
         )]
         amqp_url: String,
         #[arg(
@@ -55,7 +55,7 @@ pub enum AdminCommand {
             long,
             env = "FLOTILLA_AMQP_URL",
             hide_env_values = true,
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+            default_value = crate::services::DEFAULT_AMQP_URL
         )]
         amqp_url: String,
         /// The CA (PEM) of RabbitMQ's certificate, for an `amqps://` URL.
@@ -131,15 +131,7 @@ pub fn admin(
             amqp_ca_file,
             redis_url,
         } => {
-            for warning in [
-                crate::services::password_in_flag("--amqp-url", &amqp_url, "FLOTILLA_AMQP_URL"),
-                crate::services::password_in_flag("--redis-url", &redis_url, "FLOTILLA_REDIS_URL"),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                tracing::warn!("{warning}");
-            }
+            crate::services::warn_of_passwords_in_flags(&amqp_url, &redis_url);
             let runtime = tokio::runtime::Runtime::new()?;
             let names = Names::new(prefix.clone());
             let tls = broker::BrokerTls {

@@ -47,22 +47,28 @@ pub struct ConnectionArgs {
 }
 
 /// The RabbitMQ URL used when none is given (the local broker's guest).
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 impl ConnectionArgs {
-    /// Warns of a password given on the command line: every user of the
-    /// host sees it in `ps` and `/proc`. The environment (or a file the
-    /// environment is read from) keeps it out of sight.
+    /// [`warn_of_passwords_in_flags`] for these URLs.
     pub fn warn_of_passwords_in_flags(&self) {
-        for warning in [
-            password_in_flag("--amqp-url", &self.amqp_url, "FLOTILLA_AMQP_URL"),
-            password_in_flag("--redis-url", &self.redis_url, "FLOTILLA_REDIS_URL"),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            tracing::warn!("{warning}");
-        }
+        warn_of_passwords_in_flags(&self.amqp_url, &self.redis_url);
+    }
+}
+
+/// Warns of a password given on the command line in `--amqp-url` or
+/// `--redis-url`: every user of the host sees it in `ps` and `/proc`. The
+/// environment (or a file the environment is read from) keeps it out of
+/// sight.
+pub fn warn_of_passwords_in_flags(amqp_url: &str, redis_url: &str) {
+    for warning in [
+        password_in_flag("--amqp-url", amqp_url, "FLOTILLA_AMQP_URL"),
+        password_in_flag("--redis-url", redis_url, "FLOTILLA_REDIS_URL"),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tracing::warn!("{warning}");
     }
 }
 

@@ -13,18 +13,28 @@ use redis::AsyncCommands;
 use scheduler::auth::Role;
 use support::Stack;
 
-/// Serves the API with an admin (`ada`); its token, and the directory
-/// holding the tokens file.
-async fn serve_with_admin(stack: &mut Stack) -> (u16, String, tempfile::TempDir) {
+/// Serves the API (metrics open) with a token for each of `principals`;
+/// the port, their tokens, and the directory holding the tokens file.
+async fn serve_with<const N: usize>(
+    stack: &mut Stack,
+    principals: [(&str, Role); N],
+) -> (u16, [String; N], tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let tokens_path = secrets.path().join("tokens");
-    let admin = support::add_token(&tokens_path, "ada", Role::Admin, None);
+    let tokens = principals.map(|(name, role)| support::add_token(&tokens_path, name, role, None));
     stack.api_config_mut().auth = AuthSettings {
         tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
         metrics_open: true,
         ..AuthSettings::default()
     };
     let port = stack.serve_api().await;
+    (port, tokens, secrets)
+}
+
+/// Serves the API with an admin (`ada`); its token, and the directory
+/// holding the tokens file.
+async fn serve_with_admin(stack: &mut Stack) -> (u16, String, tempfile::TempDir) {
+    let (port, [admin], secrets) = serve_with(stack, [("ada", Role::Admin)]).await;
     (port, admin, secrets)
 }
 
@@ -299,17 +309,15 @@ fn counter_sum(exposition: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_of_events_alerts_and_refused_reports_stay_bounded() {
     let mut stack = Stack::start(support::single_location(1, false)).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let tokens_path = secrets.path().join("tokens");
-    let admin = support::add_token(&tokens_path, "ada", Role::Admin, None);
-    let eventbridge = support::add_token(&tokens_path, "eb", Role::Eventbridge, None);
-    let alertmanager = support::add_token(&tokens_path, "am", Role::Alertmanager, None);
-    stack.api_config_mut().auth = AuthSettings {
-        tokens_file: Some(TokensFile::open(tokens_path).unwrap()),
-        metrics_open: true,
-        ..AuthSettings::default()
-    };
-    let port = stack.serve_api().await;
+    let (port, [admin, eventbridge, alertmanager], _secrets) = serve_with(
+        &mut stack,
+        [
+            ("ada", Role::Admin),
+            ("eb", Role::Eventbridge),
+            ("am", Role::Alertmanager),
+        ],
+    )
+    .await;
 
     let event = serde_json::json!({
         "source": "aws.ec2",

@@ -278,27 +278,12 @@ impl AuditLog {
             let start = mark
                 .as_ref()
                 .map_or_else(|| "-".to_string(), |mark| format!("({mark}"));
-            let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-                .arg(&self.stream_key)
-                .arg(&start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(MAX_AUDIT_FILE_RECORDS)
-                .query_async(&mut connection)
-                .await?;
-            let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) else {
+            let Some(page) = self.page(&start, MAX_AUDIT_FILE_RECORDS).await? else {
                 break;
             };
-            let (first, last) = (first.clone(), last.clone());
+            let (first, last) = (&page.first, &page.last);
             let mut by_date: BTreeMap<String, Vec<AuditRecord>> = BTreeMap::new();
-            for (_, fields) in &entries {
-                // A record flotilla did not write is left out, not fatal.
-                let Some(record) = fields
-                    .get(1)
-                    .and_then(|json| serde_json::from_str::<AuditRecord>(json).ok())
-                else {
-                    continue;
-                };
+            for record in page.records {
                 by_date
                     .entry(date_of(record.time_ms))
                     .or_default()
@@ -314,11 +299,11 @@ impl AuditLog {
             let moved: i64 = MOVE_MARK
                 .key(mark_key)
                 .arg(mark.as_deref().unwrap_or_default())
-                .arg(&last)
+                .arg(last)
                 .invoke_async(&mut connection)
                 .await?;
             connection.replicated(mark_key).await?;
-            if moved == 0 || entries.len() < MAX_AUDIT_FILE_RECORDS {
+            if moved == 0 || !page.full {
                 break;
             }
         }
@@ -334,30 +319,10 @@ impl AuditLog {
         let mut cursor = since.to_string();
         // Read in pages until `limit` records pass the filters or the stream ends.
         loop {
-            let page: Vec<(String, String)> = {
-                let mut connection = self.connection.clone();
-                let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-                    .arg(&self.stream_key)
-                    .arg(&cursor)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(MAX_AUDIT_QUERY)
-                    .query_async(&mut connection)
-                    .await?;
-                entries
-                    .into_iter()
-                    .filter_map(|(id, fields)| fields.get(1).cloned().map(|json| (id, json)))
-                    .collect()
-            };
-            let Some((last_id, _)) = page.last().cloned() else {
+            let Some(page) = self.page(&cursor, MAX_AUDIT_QUERY).await? else {
                 break;
             };
-            let full_page = page.len() >= MAX_AUDIT_QUERY;
-            for (_, json) in page {
-                // A record flotilla did not write is skipped, not fatal.
-                let Ok(record) = serde_json::from_str::<AuditRecord>(&json) else {
-                    continue;
-                };
+            for record in page.records {
                 if query.matches(&record) {
                     found.push(record);
                     if found.len() >= limit {
@@ -365,13 +330,50 @@ impl AuditLog {
                     }
                 }
             }
-            if !full_page {
+            if !page.full {
                 break;
             }
-            cursor = format!("({last_id}");
+            cursor = format!("({}", page.last);
         }
         Ok(found)
     }
+
+    /// The stream's entries from `start` (an XRANGE bound), at most `count`;
+    /// `None` when there are none. A record flotilla did not write is left
+    /// out, not fatal.
+    async fn page(&self, start: &str, count: usize) -> Result<Option<Page>, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&self.stream_key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut connection)
+            .await?;
+        let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) else {
+            return Ok(None);
+        };
+        Ok(Some(Page {
+            first: first.clone(),
+            last: last.clone(),
+            full: entries.len() >= count,
+            records: entries
+                .iter()
+                .filter_map(|(_, fields)| serde_json::from_str(fields.get(1)?).ok())
+                .collect(),
+        }))
+    }
+}
+
+/// A page of the audit stream.
+struct Page {
+    /// The ids of its first and last entries.
+    first: String,
+    last: String,
+    /// As many entries as asked for: there may be more after it.
+    full: bool,
+    records: Vec<AuditRecord>,
 }
 
 #[cfg(test)]

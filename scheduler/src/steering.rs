@@ -99,33 +99,17 @@ impl Scheduler {
         by: &Principal,
     ) -> Result<Steered, SchedulerError> {
         require(by, Permission::SteerRun, "pause, resume or cancel runs")?;
-        if matches!(steer, Steer::Resume { .. })
-            && self
-                .ledger
-                .known_run_fields(run_id)
-                .await?
-                .get(RunField::GateFailedWave)
-                .is_some()
-        {
-            require(
-                by,
-                Permission::ApproveCampaign,
-                "resume a run past a failed health gate: that takes a principal who may also approve changes (an admin), as overriding a change freeze does",
-            )?;
-        }
         let reason = reason_or(reason, steer.default_reason());
         let mut note = None;
         let changed = match steer {
             Steer::Pause => self.pause(run_id, &reason).await?,
-            Steer::Resume {
-                despite_alert: Some(why),
-            } => {
-                note = Some(format!("despite a firing alert: {why}"));
-                self.resume_despite_alert(run_id, &reason, &why).await?
+            Steer::Resume { despite_alert } => {
+                note = despite_alert
+                    .as_ref()
+                    .map(|why| format!("despite a firing alert: {why}"));
+                self.resume_with(run_id, &reason, despite_alert.as_deref(), Some(by))
+                    .await?
             }
-            Steer::Resume {
-                despite_alert: None,
-            } => self.resume(run_id, &reason).await?,
             Steer::Cancel => self.cancel(run_id, &reason).await?,
         };
         self.steered(run_id, changed, note).await
@@ -248,7 +232,7 @@ impl Scheduler {
     /// (Alertmanager repeats a firing alert only hourly: a resumed run would
     /// run on unpaused meanwhile); see [`Scheduler::resume_despite_alert`].
     pub async fn resume(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
-        self.resume_with(run_id, reason, None).await
+        self.resume_with(run_id, reason, None, None).await
     }
 
     /// Resumes a paused run even while alerts fire for its campaign; the
@@ -259,22 +243,36 @@ impl Scheduler {
         reason: &str,
         override_reason: &str,
     ) -> Result<bool, SchedulerError> {
-        if override_reason.trim().is_empty() {
-            return Err(SchedulerError::Invalid(
-                "despite_alert: give the reason for resuming while an alert fires".into(),
-            ));
-        }
-        self.resume_with(run_id, reason, Some(override_reason))
+        self.resume_with(run_id, reason, Some(override_reason), None)
             .await
     }
 
+    /// Resumes for `by` (`None`: the scheduler's own act, such as a freeze
+    /// ending). Going on past a failed health gate is an override: it takes
+    /// a principal who may also approve changes, decided on the same read
+    /// of the run that the resume acts on.
     async fn resume_with(
         &self,
         run_id: Uuid,
         reason: &str,
         despite_alert: Option<&str>,
+        by: Option<&Principal>,
     ) -> Result<bool, SchedulerError> {
+        if despite_alert.is_some_and(|why| why.trim().is_empty()) {
+            return Err(SchedulerError::Invalid(
+                "despite_alert: give the reason for resuming while an alert fires".into(),
+            ));
+        }
         let fields = self.ledger.known_run_fields(run_id).await?;
+        if let Some(by) = by
+            && fields.get(RunField::GateFailedWave).is_some()
+        {
+            require(
+                by,
+                Permission::ApproveCampaign,
+                "resume a run past a failed health gate: that takes a principal who may also approve changes (an admin), as overriding a change freeze does",
+            )?;
+        }
         let campaign = fields
             .get(RunField::Campaign)
             .unwrap_or_default()

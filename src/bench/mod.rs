@@ -78,7 +78,7 @@ pub struct BenchArgs {
     /// Kill-switch trials (default 20, 5 with --quick).
     #[arg(long)]
     pub trials: Option<u32>,
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, default_value = crate::services::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
