@@ -19,7 +19,7 @@ use scheduler::auth::{Role, TokenRecord, check_principal_name, new_token, token_
 use serde_json::json;
 
 use crate::client::ApiClient;
-use crate::commands::{ApiArgs, OutputFormat};
+use crate::commands::{ApiArgs, OutputArgs, OutputFormat, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -41,12 +41,15 @@ pub enum TokenCommand {
     },
     /// List tokens (names, roles, expiry; never the tokens).
     List {
+        /// Read this tokens file (offline) instead of asking the API.
         #[arg(long)]
         tokens_file: Option<PathBuf>,
     },
     /// Revoke every token of a principal.
     Revoke {
+        /// The principal whose tokens end.
         name: String,
+        /// Remove them from this tokens file (offline) instead of asking the API.
         #[arg(long)]
         tokens_file: Option<PathBuf>,
     },
@@ -62,11 +65,29 @@ fn expiry(expires: Option<Duration>) -> Option<u64> {
     })
 }
 
-fn print_tokens(out: &mut impl Write, tokens: &[ListedToken]) -> anyhow::Result<()> {
+/// Unix ms as RFC 3339 (UTC, milliseconds), or the number when out of range.
+fn rfc3339(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || ms.to_string(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+}
+
+fn print_tokens(
+    out: &mut impl Write,
+    output: OutputArgs,
+    tokens: &[ListedToken],
+) -> anyhow::Result<()> {
+    if output.json() {
+        return print_json(out, &tokens);
+    }
     for token in tokens {
         let expires = token.expires_ms.map_or_else(
             || "never expires".to_string(),
-            |expires| format!("expires at {expires} ms"),
+            |expires| format!("expires {}", rfc3339(expires)),
         );
         writeln!(
             out,
@@ -80,8 +101,42 @@ fn print_tokens(out: &mut impl Write, tokens: &[ListedToken]) -> anyhow::Result<
     Ok(())
 }
 
+/// A new token on stdout: the token alone, or `{"name", "role", "token"}`.
+fn print_new_token(
+    out: &mut impl Write,
+    output: OutputArgs,
+    name: &str,
+    role: Role,
+    token: &str,
+) -> anyhow::Result<()> {
+    if output.json() {
+        print_json(
+            out,
+            &json!({ "name": name, "role": role.as_str(), "token": token }),
+        )
+    } else {
+        writeln!(out, "{token}")?;
+        Ok(())
+    }
+}
+
+fn print_revoked(
+    out: &mut impl Write,
+    output: OutputArgs,
+    name: &str,
+    revoked: &serde_json::Value,
+) -> anyhow::Result<()> {
+    if output.json() {
+        print_json(out, &json!({ "name": name, "revoked": revoked }))
+    } else {
+        writeln!(out, "revoked {revoked} token(s) of {name}")?;
+        Ok(())
+    }
+}
+
 pub fn token(
     api: &ApiArgs,
+    output: OutputArgs,
     command: TokenCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
@@ -103,7 +158,7 @@ pub fn token(
                 created_by: "tokens-file".into(),
             };
             append_tokens_file(&path, &record).map_err(anyhow::Error::msg)?;
-            writeln!(out, "{token}")?;
+            print_new_token(out, output, &record.name, role, &token)?;
             eprintln!(
                 "token of {} ({}) added to {}; it is shown only now",
                 record.name,
@@ -127,7 +182,7 @@ pub fn token(
             let token = created["token"]
                 .as_str()
                 .context("the API's answer has no token")?;
-            writeln!(out, "{token}")?;
+            print_new_token(out, output, &name, role, token)?;
             eprintln!("token of {name} ({role}) made; it is shown only now");
         }
         TokenCommand::List {
@@ -135,11 +190,11 @@ pub fn token(
         } => {
             let records = read_tokens_file(&path).map_err(anyhow::Error::msg)?;
             let listed: Vec<ListedToken> = records.into_iter().map(ListedToken::from).collect();
-            print_tokens(out, &listed)?;
+            print_tokens(out, output, &listed)?;
         }
         TokenCommand::List { tokens_file: None } => {
             let listed: Vec<ListedToken> = ApiClient::from_args(api)?.get("/tokens")?;
-            print_tokens(out, &listed)?;
+            print_tokens(out, output, &listed)?;
         }
         TokenCommand::Revoke {
             name,
@@ -149,7 +204,7 @@ pub fn token(
             if removed == 0 {
                 bail!("no token of {name:?} in {}", path.display());
             }
-            writeln!(out, "revoked {removed} token(s) of {name}")?;
+            print_revoked(out, output, &name, &json!(removed))?;
         }
         TokenCommand::Revoke {
             name,
@@ -157,7 +212,7 @@ pub fn token(
         } => {
             let revoked: serde_json::Value =
                 ApiClient::from_args(api)?.delete(&format!("/tokens/{name}"))?;
-            writeln!(out, "revoked {} token(s) of {name}", revoked["revoked"])?;
+            print_revoked(out, output, &name, &revoked["revoked"])?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -168,13 +223,16 @@ pub struct AuditArgs {
     /// Records of this long ago or later (e.g. 1h, 7d); all kept when absent.
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<Duration>,
+    /// Only what this principal did (a token's name, `anonymous`, `schedule:NAME`).
     #[arg(long)]
     principal: Option<String>,
     /// e.g. runs:start, kill:engage, auth:refused.
     #[arg(long)]
     action: Option<String>,
+    /// At most this many records, newest first.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// `table` for people, `json` for scripts (each record with `time`, RFC 3339).
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     format: OutputFormat,
 }
@@ -194,13 +252,21 @@ pub fn audit(api: &ApiArgs, args: AuditArgs, out: &mut impl Write) -> anyhow::Re
     let path = format!("/audit?{}", query.join("&"));
     let records: Vec<AuditRecord> = ApiClient::from_args(api)?.get(&path)?;
     match args.format {
-        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
+        OutputFormat::Json => {
+            let mut timed = Vec::with_capacity(records.len());
+            for record in &records {
+                let mut value = serde_json::to_value(record)?;
+                value["time"] = json!(rfc3339(record.time_ms));
+                timed.push(value);
+            }
+            print_json(out, &timed)?;
+        }
         OutputFormat::Table => {
             for record in &records {
                 writeln!(
                     out,
                     "{} {:<20} {:<10} {:<16} {:<16} {} {}{}",
-                    record.time_ms,
+                    rfc3339(record.time_ms),
                     record.principal,
                     record.role,
                     record.source,

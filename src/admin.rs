@@ -28,6 +28,7 @@ pub enum AdminCommand {
             default_value = crate::services::DEFAULT_AMQP_URL
         )]
         amqp_url: String,
+        /// Redis URL (the deployment's keys live there).
         #[arg(
             long,
             env = "FLOTILLA_REDIS_URL",
@@ -61,6 +62,7 @@ pub enum AdminCommand {
         /// The CA (PEM) of RabbitMQ's certificate, for an `amqps://` URL.
         #[arg(long, env = "FLOTILLA_AMQP_CA_FILE")]
         amqp_ca_file: Option<std::path::PathBuf>,
+        /// Redis URL of a user that may write the prefix's kill switch and audit trail.
         #[arg(
             long,
             env = "FLOTILLA_REDIS_URL",

@@ -11,11 +11,32 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use protocol::{Campaign, SpecFormat};
 
+/// `--version`: the crate's version, the commit it was built from and when.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOTILLA_COMMIT"),
+    ", built ",
+    env!("FLOTILLA_BUILD_DATE"),
+    ")"
+);
+
+const EXIT_CODES: &str = "Exit codes:
+  0  done (a watched run completed; `validate`: every file is valid)
+  1  failed: an error (printed on stderr with its cause), an invalid file, or
+     a watched run that ended other than Completed
+  2  the command line is wrong (unknown flag, missing argument)
+  130  interrupted (Ctrl-C); a watched run goes on
+
+Every command that prints takes `--format json` (one JSON document on stdout).
+Shell completions: `flotilla completions bash|zsh|fish|elvish|powershell`.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "flotilla",
-    version,
-    about = "Operations campaigns across a fleet of cloud accounts, regions and instances"
+    version = LONG_VERSION,
+    about = "Operations campaigns across a fleet of cloud accounts, regions and instances",
+    after_help = EXIT_CODES,
 )]
 pub struct Cli {
     /// Log lines as text (colored only on a terminal) or as one JSON object
@@ -35,6 +56,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check campaign specs (YAML or JSON); print `ok` or every problem with its field path.
+    #[command(after_help = "Examples:
+  flotilla validate examples/*.yaml
+  flotilla validate patch-install.yaml --format json | jq '.[] | select(.ok | not)'")]
     Validate {
         /// Campaign files; `.json` is read as JSON, anything else as YAML.
         #[arg(required = true)]
@@ -42,9 +66,12 @@ pub enum Command {
         /// The most account-region pairs a run may have (as the scheduler's flag).
         #[arg(long, default_value_t = protocol::campaign::DEFAULT_MAX_LOCATIONS)]
         max_locations: u64,
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
     },
     /// Print a scheduled campaign's next fire times, in UTC and in its timezone.
     Schedule {
+        /// A campaign file with a `schedule`.
         file: PathBuf,
         /// How many fire times to print.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -52,8 +79,10 @@ pub enum Command {
         /// Start after this instant (RFC 3339, e.g. 2026-01-01T00:00:00Z); now when absent.
         #[arg(long)]
         after: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
     },
-    /// Run the AWS-compatible fleet simulator (STS, SSM, Organizations) until Ctrl-C.
+    /// Run the AWS-compatible fleet simulator (STS, SSM, Organizations, S3) until Ctrl-C.
     Sim {
         /// A preset (tiny, demo, large) or a fleet profile YAML file.
         #[arg(long, default_value = "demo")]
@@ -64,32 +93,64 @@ pub enum Command {
     },
     /// See flotilla work in one command: simulator, scheduler and workers in this
     /// process (no services needed), the example patch scan, live progress, the report.
+    #[command(after_help = "Examples:
+  flotilla demo
+  flotilla demo --profile large --workers 8
+  flotilla demo --console        # keep the web console up after the run")]
     Demo(crate::demo::DemoArgs),
     /// Measure: real campaigns against the simulator on real RabbitMQ and Redis,
     /// each service its own process; a table and a JSON report.
     Bench(crate::bench::BenchArgs),
     /// Run a worker: take jobs from RabbitMQ, assume roles, call SSM, report results.
+    #[command(after_help = "Examples:
+  flotilla worker --amqp-url amqp://flotilla-worker:…@rabbit:5672/%2f --redis-url redis://…
+  flotilla worker --aws-endpoint-url http://127.0.0.1:4566   # against `flotilla sim`
+The worker checks its own AWS credentials at start and exits when there are none.")]
     Worker(crate::services::WorkerArgs),
     /// Run the scheduler: apply workers' reports, admit work, write results.
+    #[command(after_help = "Examples:
+  flotilla scheduler --results-dir /var/lib/flotilla/results --tokens-file tokens
+  flotilla scheduler --insecure-no-auth   # loopback experiments only")]
     Scheduler(Box<crate::services::SchedulerArgs>),
     /// Stored campaigns (through the scheduler's API).
+    #[command(after_help = "Examples:
+  flotilla campaign apply -f examples/patch-scan.yaml
+  flotilla campaign list --format json
+  flotilla campaign approve patch-install --version 3")]
     Campaign {
         #[command(flatten)]
         api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
         #[command(subcommand)]
         command: crate::commands::CampaignCommand,
     },
     /// Runs: start, watch, steer (through the scheduler's API).
+    #[command(after_help = "Examples:
+  flotilla run start patch-scan --watch
+  flotilla run list --campaign patch-scan
+  flotilla run show RUN_ID            # state, why it waits, every location
+  flotilla run pause RUN_ID --reason 'DB team asked'
+Only one run of a campaign is live at a time: a second start is refused
+unless --allow-concurrent (both could act on the same hosts).")]
     Run {
         #[command(flatten)]
         api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
         #[command(subcommand)]
         command: crate::commands::RunCommand,
     },
     /// The kill switch: global, or one campaign's.
+    #[command(after_help = "Examples:
+  flotilla kill engage --reason 'bad patch' --cancel-in-flight
+  flotilla kill status --format json
+  flotilla kill release")]
     Kill {
         #[command(flatten)]
         api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
         #[command(subcommand)]
         command: crate::commands::KillCommand,
     },
@@ -98,6 +159,8 @@ pub enum Command {
     Calendar {
         #[command(flatten)]
         api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
         #[command(subcommand)]
         command: crate::commands::CalendarCommand,
     },
@@ -115,10 +178,15 @@ pub enum Command {
     Token {
         #[command(flatten)]
         api: crate::commands::ApiArgs,
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
         #[command(subcommand)]
         command: crate::access::TokenCommand,
     },
     /// The audit trail: who did what, from where, why, and how it ended.
+    #[command(after_help = "Examples:
+  flotilla audit --since 1h
+  flotilla audit --action runs:start --format json | jq '.[].time'")]
     Audit {
         #[command(flatten)]
         api: crate::commands::ApiArgs,
@@ -136,11 +204,22 @@ pub enum Command {
         command: crate::admin::AdminCommand,
     },
     /// A run's results: totals, per location, non-compliant instances, failures.
+    #[command(after_help = "Examples:
+  flotilla report RUN_ID
+  flotilla report RUN_ID --format csv > run.csv
+  flotilla report RUN_ID --dir flotilla-demo          # without the API
+  flotilla report RUN_ID --dir s3://bucket/results    # endpoint: FLOTILLA_S3_ENDPOINT_URL")]
     Report {
         #[command(flatten)]
         api: crate::commands::ApiArgs,
         #[command(flatten)]
         args: crate::commands::ReportArgs,
+    },
+    /// Print a completion script for a shell, e.g.
+    /// `flotilla completions bash > /etc/bash_completion.d/flotilla`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -151,11 +230,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate {
             files,
             max_locations,
-        } => validate(&files, max_locations, &mut out),
-        Command::Schedule { file, next, after } => schedule(
+            output,
+        } => validate(&files, max_locations, output, &mut out),
+        Command::Schedule {
+            file,
+            next,
+            after,
+            output,
+        } => schedule(
             &file,
             usize::from(next),
             after.unwrap_or_else(Utc::now),
+            output,
             &mut out,
         ),
         Command::Sim { profile, listen } => simulate(&profile, listen, &mut out),
@@ -163,16 +249,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => crate::bench::bench(args, &mut out),
         Command::Worker(args) => crate::services::worker(args),
         Command::Scheduler(args) => crate::services::scheduler(*args),
-        Command::Campaign { api, command } => crate::commands::campaign(&api, command, &mut out),
-        Command::Run { api, command } => crate::commands::run(&api, command, &mut out),
-        Command::Kill { api, command } => crate::commands::kill(&api, command, &mut out),
-        Command::Calendar { api, command } => crate::commands::calendar(&api, command, &mut out),
+        Command::Campaign {
+            api,
+            output,
+            command,
+        } => crate::commands::campaign(&api, output, command, &mut out),
+        Command::Run {
+            api,
+            output,
+            command,
+        } => crate::commands::run(&api, output, command, &mut out),
+        Command::Kill {
+            api,
+            output,
+            command,
+        } => crate::commands::kill(&api, output, command, &mut out),
+        Command::Calendar {
+            api,
+            output,
+            command,
+        } => crate::commands::calendar(&api, output, command, &mut out),
         Command::Compliance { api, args } => crate::commands::compliance(&api, args, &mut out),
         Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
         Command::Admin { command } => crate::admin::admin(command, &mut out),
         Command::Keys { command } => crate::keys::keys(command, &mut out),
-        Command::Token { api, command } => crate::access::token(&api, command, &mut out),
+        Command::Token {
+            api,
+            output,
+            command,
+        } => crate::access::token(&api, output, command, &mut out),
         Command::Audit { api, args } => crate::access::audit(&api, args, &mut out),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut out);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -202,28 +313,40 @@ fn load_within(
     ))
 }
 
-/// Prints `FILE: ok` or one `FILE: path: problem` line per problem; fails if any file
-/// is invalid or unreadable, after checking them all.
+/// Prints `FILE: ok` or one `FILE: path: problem` line per problem (as JSON:
+/// `[{"file", "ok", "problems"}]`); fails if any file is invalid or
+/// unreadable, after checking them all.
 pub fn validate(
     files: &[PathBuf],
     max_locations: u64,
+    output: crate::commands::OutputArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let mut all_valid = true;
+    let mut checked = Vec::with_capacity(files.len());
     for path in files {
-        match load_within(path, max_locations) {
-            Ok(Ok(_)) => writeln!(out, "{}: ok", path.display())?,
-            Ok(Err(errors)) => {
-                all_valid = false;
-                for error in errors.iter() {
-                    writeln!(out, "{}: {error}", path.display())?;
-                }
-            }
-            Err(error) => {
-                all_valid = false;
-                writeln!(out, "{}: {error:#}", path.display())?;
+        let problems: Vec<String> = match load_within(path, max_locations) {
+            Ok(Ok(_)) => Vec::new(),
+            Ok(Err(errors)) => errors.iter().map(ToString::to_string).collect(),
+            Err(error) => vec![format!("{error:#}")],
+        };
+        all_valid &= problems.is_empty();
+        if output.json() {
+            checked.push(serde_json::json!({
+                "file": path.display().to_string(),
+                "ok": problems.is_empty(),
+                "problems": problems,
+            }));
+        } else if problems.is_empty() {
+            writeln!(out, "{}: ok", path.display())?;
+        } else {
+            for problem in problems {
+                writeln!(out, "{}: {problem}", path.display())?;
             }
         }
+    }
+    if output.json() {
+        crate::commands::print_json(out, &checked)?;
     }
     Ok(if all_valid {
         ExitCode::SUCCESS
@@ -236,6 +359,7 @@ pub fn schedule(
     path: &Path,
     count: usize,
     after: DateTime<Utc>,
+    output: crate::commands::OutputArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let campaign = match load(path)? {
@@ -252,6 +376,20 @@ pub fn schedule(
     let times = schedule.schedule.next_fire_times(after, count);
     if times.is_empty() {
         bail!("{} never fires after {after}", schedule.schedule.expression);
+    }
+    if output.json() {
+        let fires: Vec<serde_json::Value> = times
+            .iter()
+            .map(|time| {
+                serde_json::json!({
+                    "utc": time.to_rfc3339(),
+                    "local": time.with_timezone(&timezone).to_rfc3339(),
+                    "timezone": timezone.name(),
+                })
+            })
+            .collect();
+        crate::commands::print_json(out, &fires)?;
+        return Ok(ExitCode::SUCCESS);
     }
     for time in times {
         if timezone == chrono_tz::UTC {

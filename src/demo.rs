@@ -271,7 +271,12 @@ pub(crate) fn wait_until_ready(client: &ApiClient) -> anyhow::Result<()> {
 }
 
 /// Applies the campaign, starts a run, watches it and prints its report.
-fn drive(api_url: &str, campaign_json: String, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+/// Runs the campaign through the API; its outcome and the run's id.
+fn drive(
+    api_url: &str,
+    campaign_json: String,
+    out: &mut impl Write,
+) -> anyhow::Result<(ExitCode, Uuid)> {
     let client = ApiClient::new(api_url);
     wait_until_ready(&client)?;
     let applied: serde_json::Value =
@@ -302,7 +307,7 @@ fn drive(api_url: &str, campaign_json: String, out: &mut impl Write) -> anyhow::
         s3_endpoint_url: None,
     };
     crate::commands::report(&api, report, out)?;
-    Ok(watched)
+    Ok((watched, run_id))
 }
 
 pub fn demo(args: DemoArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
@@ -352,13 +357,13 @@ pub fn demo(args: DemoArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         runtime.block_on(std::future::pending::<()>());
     }
     let stopped = runtime.block_on(stack.stop());
-    let code = outcome?;
+    let (code, run_id) = outcome?;
     stopped.context("stopping the demo")?;
+    let results = args.output.trim_end_matches('/');
     writeln!(
         out,
-        "\ndemo finished in {:.1} s; results are under {}/",
+        "\ndemo finished in {:.1} s; results are under {results}/\nits report again, no services needed: flotilla report {run_id} --dir {results}",
         began.elapsed().as_secs_f64(),
-        args.output.trim_end_matches('/')
     )?;
     if code != ExitCode::SUCCESS {
         bail!("the demo run did not complete");

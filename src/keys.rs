@@ -94,8 +94,10 @@ pub enum KeysCommand {
     /// Replace a signing key by a new one of the same kind: the old key moves
     /// to KEY.old, the new key's public line joins the keyring beside the old.
     Rotate {
+        /// The signing key file to replace.
         #[arg(long)]
         key: PathBuf,
+        /// The keyring the new public key joins.
         #[arg(long)]
         keyring: PathBuf,
         /// The new key's id (default: kind and time).
@@ -105,8 +107,10 @@ pub enum KeysCommand {
     /// Remove a key from a keyring (once no message signed with it can be
     /// young enough to be accepted).
     Retire {
+        /// The id of the key to remove, as the keyring lists it.
         #[arg(long)]
         id: String,
+        /// The keyring to remove it from.
         #[arg(long)]
         keyring: PathBuf,
     },

@@ -13,6 +13,7 @@
 //! - [`keys`]: `flotilla keys`, and how services load their signing keys.
 //! - [`demo`]: `flotilla demo`, the whole system in one process.
 //! - [`bench`]: `flotilla bench`, the benchmark suite.
+//! - [`reference`]: the book's CLI and configuration pages, from the code.
 
 pub mod access;
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod keys;
+pub mod reference;
 pub mod report;
 pub mod services;
 pub mod watch;

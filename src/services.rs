@@ -133,6 +133,7 @@ pub struct SchedulerArgs {
     /// Call AWS Organizations here instead of AWS (e.g. the simulator).
     #[arg(long, env = "FLOTILLA_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// The region Organizations is called in (default: the SDK's region chain, else us-east-1).
     #[arg(long, env = "FLOTILLA_AWS_REGION")]
     pub aws_region: Option<String>,
     /// API tokens (JSON lines of hashes, made by `flotilla token create

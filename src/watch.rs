@@ -10,6 +10,8 @@ use uuid::Uuid;
 
 use crate::client::ApiClient;
 
+/// A run on one line: state, counts and the error budget (the reason, which
+/// may name a budget of its own, goes on a line of its own: see [`reason_line`]).
 pub fn progress_line(progress: &RunProgress) -> String {
     let results: Vec<String> = progress
         .results
@@ -23,25 +25,100 @@ pub fn progress_line(progress: &RunProgress) -> String {
         })
         .collect();
     format!(
-        "{} {} ({}): {} targets, {} in flight, {}/{} locations done, {} failures{}{}",
+        "{} {} {}: {} targets, {} in flight, {}/{} locations done, {}{}",
         progress.run_id,
+        progress.campaign,
         progress.state,
-        progress.reason,
         progress.total_targets,
         progress.targets_in_flight,
         progress.locations_done,
         progress.locations,
-        progress.failures,
-        progress
-            .allowed_errors
-            .map(|allowed| format!(" of {allowed} allowed"))
-            .unwrap_or_default(),
+        budget_line(progress.failures, progress.allowed_errors),
         if results.is_empty() {
             String::new()
         } else {
             format!(" | {}", results.join("; "))
         }
     )
+}
+
+/// Why the run is in its state, as the scheduler recorded it.
+pub fn reason_line(progress: &RunProgress) -> Option<String> {
+    (!progress.reason.is_empty()).then(|| format!("  why: {}", progress.reason))
+}
+
+/// `run show`: the run, why it is where it is, what holds it, its waves and
+/// every location.
+pub fn detail_lines(detail: &RunDetail) -> Vec<String> {
+    let mut lines = vec![progress_line(&detail.progress)];
+    lines.extend(reason_line(&detail.progress));
+    lines.extend(hold_lines(detail));
+    lines.extend(
+        wave_lines(&detail.progress)
+            .into_iter()
+            .map(|line| format!("  {line}")),
+    );
+    for location in &detail.location_states {
+        lines.push(format!(
+            "  {}/{:<16} {:<12} {:>7} targets{}",
+            location.account_id,
+            location.region,
+            location.state,
+            location.targets,
+            location
+                .failure
+                .as_ref()
+                .map(|failure| format!("  {failure}"))
+                .unwrap_or_default()
+        ));
+    }
+    lines
+}
+
+/// What keeps the run from moving, as the scheduler sees it now.
+pub fn hold_lines(detail: &RunDetail) -> Vec<String> {
+    detail
+        .holds
+        .iter()
+        .map(|hold| format!("  waiting: {hold}"))
+        .collect()
+}
+
+/// The global kill switch when it is engaged (`run list` says it above the
+/// runs: it holds every send). Nothing when released or when the caller
+/// may not read it.
+pub fn kill_switch_line(client: &ApiClient) -> Option<String> {
+    let answer: serde_json::Value = client.get("/kill").ok()?;
+    (answer["engaged"] == serde_json::json!(true)).then(|| {
+        format!(
+            "the global kill switch is ENGAGED ({}): no run sends until `flotilla kill release`",
+            answer["reason"].as_str().unwrap_or("no reason given")
+        )
+    })
+}
+
+/// Ctrl-C while watching ends the watching, not the run: say so, and how to
+/// watch again, then exit 130 as an interrupted command does.
+pub fn on_interrupt_say_the_run_goes_on(run_id: Uuid) {
+    let spawned = std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
+                eprintln!(
+                    "\nstopped watching; run {run_id} goes on. Watch it again with `flotilla run watch {run_id}`, stop it with `flotilla run cancel {run_id}`"
+                );
+                std::process::exit(130);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::debug!(%error, "cannot watch for Ctrl-C; it stops the command silently");
+    }
 }
 
 /// One wave of a rollout: where it is, its targets and failures, its gates.
@@ -131,6 +208,8 @@ pub(crate) fn watch(
     );
     let locations = bars.add(ProgressBar::new_spinner());
     let waves = bars.add(ProgressBar::new_spinner());
+    let holds = bars.add(ProgressBar::new_spinner());
+    on_interrupt_say_the_run_goes_on(run_id);
     loop {
         let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
         let progress = &detail.progress;
@@ -169,6 +248,8 @@ pub(crate) fn watch(
             waves.set_message(line.clone());
             waves.tick();
         }
+        holds.set_message(hold_lines(&detail).join("\n"));
+        holds.tick();
         if progress.finished {
             // `abandon`, not `finish`: finishing fills a bar to its length,
             // which would show a budget spent that was not.
@@ -176,7 +257,11 @@ pub(crate) fn watch(
             budget.abandon();
             locations.abandon();
             waves.finish_and_clear();
+            holds.finish_and_clear();
             writeln!(out, "{}", progress_line(progress))?;
+            if let Some(reason) = reason_line(progress) {
+                writeln!(out, "{reason}")?;
+            }
             for line in &lines {
                 writeln!(out, "  {line}")?;
             }

@@ -233,12 +233,14 @@ fn assert_demo_reported(output: &Output, dir: &Path) {
         String::from_utf8_lossy(&output.stderr)
     );
     for section in [
-        "Completed (every location is done): 55 targets",
+        "Completed: 55 targets",
+        "why: every location is done",
         "by status",
         "by account and region",
         "100000000002/eu-west-1",
         "non-compliant instances: ",
         "results are under flotilla-demo/",
+        "its report again, no services needed: flotilla report ",
     ] {
         assert!(text.contains(section), "missing {section:?} in:\n{text}");
     }
@@ -287,6 +289,39 @@ fn demo_runs_the_example_scan_in_memory_and_leaves_results() {
     assert!(
         !html.contains("http:") && !html.contains("https:") && !html.contains("//"),
         "a reference to somewhere else: {html}"
+    );
+
+    // After the demo no API answers: `flotilla report RUN`, as the demo's
+    // last line says, reads ./flotilla-demo by itself (issue 33).
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["report", &run])
+        .env("FLOTILLA_API_URL", "http://127.0.0.1:1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout(&output).contains("55 results"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        stderr.contains("did not answer; reading the results in flotilla-demo/"),
+        "{stderr}"
+    );
+    // Elsewhere, with nothing to read, it says what to pass.
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["report", &run])
+        .env("FLOTILLA_API_URL", "http://127.0.0.1:1")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("cannot reach the flotilla API") && stderr.contains("--dir"),
+        "{stderr}"
     );
 }
 

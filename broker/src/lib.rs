@@ -189,6 +189,14 @@ enum Backend {
     Memory(memory::Connection),
 }
 
+/// One queue's ready messages and consumers, as the broker counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub messages: u32,
+    pub consumers: u32,
+}
+
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
@@ -317,6 +325,54 @@ impl Broker {
 
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// The work queues (bulk and urgent jobs): messages ready and consumers
+    /// now. A queue with messages and no consumer is work no worker takes:
+    /// `run show` says so.
+    pub async fn job_queue_depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let queues = [self.names.bulk_queue(), self.names.urgent_queue()];
+        let mut depths = Vec::with_capacity(queues.len());
+        match &self.backend {
+            Backend::RabbitMq { connection, .. } => {
+                // A channel of its own: a passive declare of a missing queue
+                // closes the channel it is made on.
+                let channel = connection.create_channel().await?;
+                let options = lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..lapin::options::QueueDeclareOptions::default()
+                };
+                for queue in queues {
+                    let declared = channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            options,
+                            lapin::types::FieldTable::default(),
+                        )
+                        .await;
+                    match declared {
+                        Ok(declared) => depths.push(QueueDepth {
+                            messages: declared.message_count(),
+                            consumers: declared.consumer_count(),
+                            queue,
+                        }),
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                let _ = channel.close(200, "depths read".into()).await;
+            }
+            Backend::Memory(connection) => {
+                for queue in queues {
+                    let (messages, consumers) = connection.depth(&queue)?;
+                    depths.push(QueueDepth {
+                        queue,
+                        messages,
+                        consumers,
+                    });
+                }
+            }
+        }
+        Ok(depths)
     }
 
     /// False once the connection failed or closed: drop this broker and reconnect.

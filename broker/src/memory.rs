@@ -52,6 +52,15 @@ struct State {
     unacked: HashMap<u64, Unacked>,
     /// Unsettled deliveries per consumer, against its prefetch.
     held: HashMap<u64, usize>,
+    /// Consumers by id: their queue, and whether they still take messages
+    /// (not cancelled, connection open), as RabbitMQ counts a queue's consumers.
+    consumers: HashMap<u64, ConsumerEntry>,
+}
+
+struct ConsumerEntry {
+    queue: String,
+    cancelled: Arc<AtomicBool>,
+    connection_closed: Arc<AtomicBool>,
 }
 
 struct Queue {
@@ -263,16 +272,54 @@ impl Connection {
 
     pub(crate) fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
         self.ensure_open()?;
-        if !self.hub.lock().queues.contains_key(queue) {
+        let id = self.hub.next_id();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let mut state = self.hub.lock();
+        if !state.queues.contains_key(queue) {
             return Err(BrokerError::Unroutable(format!("no queue {queue:?}")));
         }
+        state.consumers.insert(
+            id,
+            ConsumerEntry {
+                queue: queue.to_string(),
+                cancelled: cancelled.clone(),
+                connection_closed: self.closed.clone(),
+            },
+        );
+        drop(state);
         Ok(Consumer {
             connection: self.clone(),
             queue: queue.to_string(),
-            id: self.hub.next_id(),
+            id,
             prefetch: usize::from(prefetch.max(1)),
-            cancelled: Arc::new(AtomicBool::new(false)),
+            cancelled,
         })
+    }
+
+    /// Ready messages and live consumers of `queue`, as a passive declare
+    /// answers them on RabbitMQ.
+    pub(crate) fn depth(&self, queue: &str) -> Result<(u32, u32), BrokerError> {
+        self.ensure_open()?;
+        let state = self.hub.lock();
+        let ready = state
+            .queues
+            .get(queue)
+            .ok_or_else(|| BrokerError::Unroutable(format!("no queue {queue:?}")))?
+            .ready
+            .len();
+        let consumers = state
+            .consumers
+            .values()
+            .filter(|consumer| {
+                consumer.queue == queue
+                    && !consumer.cancelled.load(Ordering::Acquire)
+                    && !consumer.connection_closed.load(Ordering::Acquire)
+            })
+            .count();
+        Ok((
+            u32::try_from(ready).unwrap_or(u32::MAX),
+            u32::try_from(consumers).unwrap_or(u32::MAX),
+        ))
     }
 
     pub(crate) fn ready_count(&self, queue: &str) -> Result<u32, BrokerError> {
@@ -370,6 +417,12 @@ impl Consumer {
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
         self.connection.hub.changed();
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.connection.hub.lock().consumers.remove(&self.id);
     }
 }
 

@@ -125,7 +125,42 @@ conformance!(
     reports_reach_the_reports_queue_and_depths_count_ready_messages,
     a_bundle_of_reports_is_one_message_and_opens_as_its_reports,
     a_service_finds_no_queues_until_the_setup_step_declares_them,
+    job_queue_depths_count_waiting_jobs_and_consumers,
 );
+
+/// Issue 33: `run show` says when jobs wait and no worker consumes them;
+/// both backends count a queue's ready jobs and live consumers alike.
+async fn job_queue_depths_count_waiting_jobs_and_consumers(url: &str, names: Names) {
+    let broker = connect(url, &names).await;
+    let depth = |depths: Vec<broker::QueueDepth>, queue: String| {
+        depths
+            .into_iter()
+            .find(|depth| depth.queue == queue)
+            .map(|depth| (depth.messages, depth.consumers))
+            .expect("the queue's depth is listed")
+    };
+    broker.publish_job(&job(Priority::Bulk)).await.unwrap();
+    broker.publish_job(&job(Priority::Bulk)).await.unwrap();
+    let depths = broker.job_queue_depths().await.unwrap();
+    assert_eq!(depth(depths.clone(), names.bulk_queue()), (2, 0));
+    assert_eq!(depth(depths, names.urgent_queue()), (0, 0));
+
+    let mut consumer = broker.consume(&names.bulk_queue(), 1, "d").await.unwrap();
+    let delivery = next(&mut consumer).await;
+    // One delivered (unacked, not ready), one ready; one consumer.
+    assert_eq!(
+        depth(broker.job_queue_depths().await.unwrap(), names.bulk_queue()),
+        (1, 1)
+    );
+    delivery.ack().await.unwrap();
+    consumer.cancel().await.unwrap();
+    assert_eq!(
+        depth(broker.job_queue_depths().await.unwrap(), names.bulk_queue()).1,
+        0,
+        "a cancelled consumer is not counted"
+    );
+    broker.delete_topology().await.unwrap();
+}
 
 /// Trust III, finding 9: services declare nothing (their broker users may
 /// not configure); until the setup step (`flotilla admin arm`) has declared

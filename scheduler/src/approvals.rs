@@ -203,6 +203,18 @@ impl Scheduler {
         }
     }
 
+    /// Why `campaign` must be approved before it runs here, when the
+    /// two-person rule binds. Without authentication there are no principals
+    /// to tell apart (every caller is `anonymous`): the rule cannot hold
+    /// there, and the threat model says so. Loopback only, unless
+    /// --insecure-no-auth.
+    pub fn approval_binds(&self, campaign: &Campaign) -> Option<&'static str> {
+        if !self.config.authenticated {
+            return None;
+        }
+        approval_needed(campaign, &self.config.read_only_documents)
+    }
+
     /// Refuses to start a run of a version that changes hosts and is not
     /// approved; returns the approval (or the version's author) for the record.
     pub async fn check_approved(
@@ -217,12 +229,8 @@ impl Scheduler {
                 name: campaign.name.clone(),
                 version,
             })?;
-        // Without authentication there are no principals to tell apart (every
-        // caller is `anonymous`): the rule cannot hold there, and the README
-        // says so. Loopback only, unless --insecure-no-auth.
-        if let Some(why) = approval_needed(campaign, &self.config.read_only_documents)
+        if let Some(why) = self.approval_binds(campaign)
             && approval.approver.is_none()
-            && self.config.authenticated
         {
             return Err(SchedulerError::NeedsApproval(format!(
                 "{} v{version} {why} and has no approval yet; an approver other than its author ({}) must run `flotilla campaign approve {} --version {version}`",

@@ -66,6 +66,7 @@ pub mod campaigns;
 pub mod compliance;
 pub mod config;
 pub mod egress;
+pub mod explain;
 pub mod failures;
 pub mod files;
 pub mod ledger;
@@ -217,6 +218,8 @@ pub struct Scheduler {
     pub(crate) metrics: crate::metrics::SchedulerMetrics,
     /// Refused reports audited one by one (the rest counted).
     report_refusals: Arc<crate::audit::RefusalBudget>,
+    /// Since when job queues have held jobs no worker consumes.
+    unconsumed_since: crate::explain::UnconsumedSince,
 }
 
 impl Scheduler {
@@ -269,6 +272,7 @@ impl Scheduler {
             organizations: Arc::new(tokio::sync::OnceCell::new()),
             metrics,
             report_refusals: Arc::default(),
+            unconsumed_since: Default::default(),
         })
     }
 

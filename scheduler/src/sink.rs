@@ -414,9 +414,14 @@ fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads every record of a run (for reports and tests).
+/// The directory of a run's results under a local results root.
+pub fn local_run_dir(root: &Path, run_id: Uuid) -> PathBuf {
+    root.join(format!("run={run_id}"))
+}
+
 pub fn read_run(root: &Path, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>> {
     let mut records = Vec::new();
-    let run_dir = root.join(format!("run={run_id}"));
+    let run_dir = local_run_dir(root, run_id);
     if !run_dir.exists() {
         return Ok(records);
     }

@@ -78,8 +78,10 @@ pub struct BenchArgs {
     /// Kill-switch trials (default 20, 5 with --quick).
     #[arg(long)]
     pub trials: Option<u32>,
+    /// RabbitMQ to measure on (each scenario under a prefix of its own).
     #[arg(long, default_value = crate::services::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
+    /// Redis to measure on (each scenario under a prefix of its own).
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
     /// Where the JSON report goes.

@@ -7,15 +7,17 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::ApiArgs;
+use super::{ApiArgs, OutputArgs, print_json};
 use crate::client::ApiClient;
 
 #[derive(Debug, Subcommand)]
 pub enum KillCommand {
     /// Stop every worker from sending (or only one campaign's runs).
     Engage {
+        /// Why, for the audit trail, the notifications and `kill status`.
         #[arg(long)]
         reason: String,
+        /// Only this campaign's runs (every run when absent).
         #[arg(long)]
         campaign: Option<String>,
         /// Also cancel every command still running (CancelCommand per
@@ -23,11 +25,15 @@ pub enum KillCommand {
         #[arg(long)]
         cancel_in_flight: bool,
     },
+    /// Let sends go on again (the global switch, or one campaign's).
     Release {
+        /// Only this campaign's switch (the global one when absent).
         #[arg(long)]
         campaign: Option<String>,
     },
+    /// Whether a switch is engaged, and why.
     Status {
+        /// This campaign's runs: engaged if the global or its own switch is.
         #[arg(long)]
         campaign: Option<String>,
     },
@@ -43,6 +49,7 @@ pub enum CalendarCommand {
         /// End, RFC 3339.
         #[arg(long)]
         to: String,
+        /// Why, shown with the freeze and to every run it holds.
         #[arg(long)]
         reason: String,
         /// Only this campaign (every campaign that changes hosts when absent).
@@ -51,15 +58,23 @@ pub enum CalendarCommand {
     },
     /// Every freeze, and whether the calendar is OPEN or CLOSED now.
     List {
+        /// Whether the calendar is open for this campaign.
         #[arg(long)]
         campaign: Option<String>,
     },
+    /// Remove a freeze (an approver's or admin's).
     Remove {
+        /// The freeze's id, as `calendar list` prints it.
         id: String,
     },
 }
 
-pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+pub fn kill(
+    api: &ApiArgs,
+    output: OutputArgs,
+    command: KillCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_args(api)?;
     let query = |campaign: &Option<String>| {
         campaign
@@ -83,6 +98,10 @@ pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow
         KillCommand::Release { campaign } => client.delete(&format!("/kill{}", query(campaign)))?,
         KillCommand::Status { campaign } => client.get(&format!("/kill{}", query(campaign)))?,
     };
+    if output.json() {
+        print_json(out, &answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let scope = match &command {
         KillCommand::Engage { campaign, .. }
         | KillCommand::Release { campaign }
@@ -106,6 +125,7 @@ pub fn kill(api: &ApiArgs, command: KillCommand, out: &mut impl Write) -> anyhow
 
 pub fn calendar(
     api: &ApiArgs,
+    output: OutputArgs,
     command: CalendarCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
@@ -126,6 +146,10 @@ pub fn calendar(
                 "/calendar",
                 &json!({ "from": from, "to": to, "reason": reason, "campaign": campaign }),
             )?;
+            if output.json() {
+                print_json(out, &freeze)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             writeln!(
                 out,
                 "{} added: {} to {}",
@@ -140,6 +164,10 @@ pub fn calendar(
                 None => "/calendar".to_string(),
             };
             let answer: serde_json::Value = client.get(&path)?;
+            if output.json() {
+                print_json(out, &answer)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             writeln!(
                 out,
                 "{} now{}",
@@ -166,8 +194,12 @@ pub fn calendar(
             }
         }
         CalendarCommand::Remove { id } => {
-            let _: serde_json::Value = client.delete(&format!("/calendar/{id}"))?;
-            writeln!(out, "{id} removed")?;
+            let removed: serde_json::Value = client.delete(&format!("/calendar/{id}"))?;
+            if output.json() {
+                print_json(out, &removed)?;
+            } else {
+                writeln!(out, "{id} removed")?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

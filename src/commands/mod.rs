@@ -7,7 +7,7 @@ mod run;
 
 pub use self::control::{CalendarCommand, KillCommand, calendar, kill};
 pub use self::reports::{ComplianceArgs, ReportArgs, compliance, report};
-pub use self::run::{OutputFormat, RunCommand, run};
+pub use self::run::{RunCommand, run};
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,35 +35,75 @@ pub struct ApiArgs {
     pub ca_file: Option<PathBuf>,
 }
 
+/// How a command prints: for people, or one JSON document for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people.
+    #[default]
+    Table,
+    /// One pretty-printed JSON document on stdout (the API's answer where
+    /// there is one); messages for people go to stderr.
+    Json,
+}
+
+/// `--format`, given anywhere after the command's name.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArgs {
+    /// `table` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+impl OutputArgs {
+    pub fn json(self) -> bool {
+        self.format == OutputFormat::Json
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CampaignCommand {
     /// Store a campaign spec (a changed spec becomes a new version).
     Apply {
+        /// The campaign spec: `.json` is read as JSON, anything else as YAML.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// List stored campaigns.
+    /// List stored campaigns: name, latest version, schedule.
     List,
-    /// Show a stored campaign's latest version.
-    Show { name: String },
+    /// Show a stored campaign's latest version (always JSON).
+    Show {
+        /// The campaign's name.
+        name: String,
+    },
     /// Forget a campaign (its runs keep going).
-    Delete { name: String },
+    Delete {
+        /// The campaign's name.
+        name: String,
+    },
     /// Approve a version that changes hosts (two-person rule: not your own).
     Approve {
+        /// The campaign's name.
         name: String,
+        /// The version to approve, as `campaign apply` or `campaign list` printed it.
         #[arg(long)]
         version: u32,
     },
 }
 
-fn print_json(out: &mut impl Write, value: &serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(
+    out: &mut impl Write,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 
+/// Stores the spec; prints what happened (to stderr when `quiet`: the caller
+/// prints JSON on stdout).
 fn apply(
     client: &ApiClient,
     file: &PathBuf,
+    quiet: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<serde_json::Value> {
     let text =
@@ -74,8 +114,7 @@ fn apply(
         "application/yaml"
     };
     let applied: serde_json::Value = client.post("/campaigns", content_type, text)?;
-    writeln!(
-        out,
+    let line = format!(
         "campaign {} version {}{}{}",
         applied["name"].as_str().unwrap_or_default(),
         applied["version"],
@@ -84,31 +123,50 @@ fn apply(
         } else {
             " (unchanged)"
         },
-        if applied["needs_approval"] == json!(true) {
-            format!(
-                "; it changes hosts: another approver runs `flotilla campaign approve {} --version {}` before it can run",
-                applied["name"].as_str().unwrap_or_default(),
-                applied["version"]
-            )
-        } else {
-            String::new()
-        }
-    )?;
+        approval_hint(&applied)
+    );
+    if quiet {
+        eprintln!("{line}");
+    } else {
+        writeln!(out, "{line}")?;
+    }
     Ok(applied)
+}
+
+/// What an applied version still needs before it may run: said only when the
+/// two-person rule binds (with authentication off the version runs at once).
+fn approval_hint(applied: &serde_json::Value) -> String {
+    if applied["approval_required"] == json!(true) {
+        format!(
+            "; it changes hosts: another approver runs `flotilla campaign approve {} --version {}` before it can run",
+            applied["name"].as_str().unwrap_or_default(),
+            applied["version"]
+        )
+    } else {
+        String::new()
+    }
 }
 
 pub fn campaign(
     api: &ApiArgs,
+    output: OutputArgs,
     command: CampaignCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_args(api)?;
     match command {
         CampaignCommand::Apply { file } => {
-            apply(&client, &file, out)?;
+            let applied = apply(&client, &file, output.json(), out)?;
+            if output.json() {
+                print_json(out, &applied)?;
+            }
         }
         CampaignCommand::List => {
             let campaigns: Vec<serde_json::Value> = client.get("/campaigns")?;
+            if output.json() {
+                print_json(out, &campaigns)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             for campaign in campaigns {
                 writeln!(
                     out,
@@ -124,14 +182,22 @@ pub fn campaign(
             print_json(out, &campaign)?;
         }
         CampaignCommand::Delete { name } => {
-            let _: serde_json::Value = client.delete(&format!("/campaigns/{name}"))?;
-            writeln!(out, "campaign {name} deleted")?;
+            let deleted: serde_json::Value = client.delete(&format!("/campaigns/{name}"))?;
+            if output.json() {
+                print_json(out, &deleted)?;
+            } else {
+                writeln!(out, "campaign {name} deleted")?;
+            }
         }
         CampaignCommand::Approve { name, version } => {
             let approval: serde_json::Value = client.post_json(
                 &format!("/campaigns/{name}/versions/{version}/approve"),
                 &json!({}),
             )?;
+            if output.json() {
+                print_json(out, &approval)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             writeln!(
                 out,
                 "{name} v{version} (written by {}) approved by {}",

@@ -16,8 +16,10 @@ use crate::report::{self, Format};
 
 #[derive(Debug, Args)]
 pub struct ComplianceArgs {
+    /// Only this account (12 digits).
     #[arg(long)]
     pub account: Option<String>,
+    /// Only this region (e.g. eu-west-1).
     #[arg(long)]
     pub region: Option<String>,
     /// critical, security, other or compliant.
@@ -29,18 +31,24 @@ pub struct ComplianceArgs {
     /// At most this many instances listed.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    /// `table` for people, `json` for scripts, `csv` (the instances that
+    /// need attention) or `html` (a self-contained page).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
+    /// The run's id.
     pub run_id: Uuid,
+    /// `table` for people, `json` for scripts, `csv` (one row per target
+    /// and step) or `html` (a self-contained page).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// The results directory or `s3://bucket/prefix` (default: the run's, as
-    /// the scheduler reports it).
-    #[arg(long)]
+    /// the scheduler reports it; when the API does not answer,
+    /// ./flotilla-demo or ./flotilla-results if the run is there).
+    #[arg(long, env = "FLOTILLA_RESULTS")]
     pub dir: Option<String>,
     /// Read `s3://` results here instead of AWS (credentials: AWS_* variables).
     #[arg(long, env = "FLOTILLA_S3_ENDPOINT_URL")]
@@ -68,7 +76,7 @@ pub fn compliance(
     }
     let path = format!("/compliance?{}", query.join("&"));
     if args.format == Format::Json {
-        print_json(out, &client.get(&path)?)?;
+        print_json(out, &client.get::<serde_json::Value>(&path)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let view: scheduler::compliance::FleetCompliance = client.get(&path)?;
@@ -104,15 +112,51 @@ pub fn compliance(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let output = match args.dir {
-        Some(dir) => dir,
-        None => {
-            let detail: RunDetail =
-                ApiClient::from_args(api)?.get(&format!("/runs/{}", args.run_id))?;
-            detail.progress.results_location
+/// Where results are when the API cannot say: the demo's directory and a
+/// campaign's default one, under the current directory.
+const LOCAL_RESULTS: [&str; 2] = [
+    "flotilla-demo",
+    protocol::campaign::DEFAULT_OUTPUT_DIRECTORY,
+];
+
+/// True when the API did not answer at all (as opposed to answering an error).
+fn unreachable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<ureq::Error>().is_some())
+}
+
+/// Where the run's results are: `--dir`, else the scheduler's answer, else
+/// (the API unreachable) a local results directory holding the run.
+fn results_location(api: &ApiArgs, run_id: Uuid, dir: Option<String>) -> anyhow::Result<String> {
+    if let Some(dir) = dir {
+        return Ok(dir);
+    }
+    let asked = ApiClient::from_args(api)
+        .and_then(|client| client.get::<RunDetail>(&format!("/runs/{run_id}")));
+    match asked {
+        Ok(detail) => Ok(detail.progress.results_location),
+        Err(error) if unreachable(&error) => {
+            let found = LOCAL_RESULTS.iter().find(|dir| {
+                scheduler::sink::local_run_dir(std::path::Path::new(dir), run_id).is_dir()
+            });
+            match found {
+                Some(dir) => {
+                    eprintln!("the API at {} did not answer; reading the results in {dir}/", api.api);
+                    Ok((*dir).to_string())
+                }
+                None => Err(error.context(format!(
+                    "and no results of run {run_id} under {}; pass where they are with --dir (a directory or s3://bucket/prefix)",
+                    LOCAL_RESULTS.map(|dir| format!("./{dir}")).join(" or ")
+                ))),
+            }
         }
-    };
+        Err(error) => Err(error),
+    }
+}
+
+pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let output = results_location(api, args.run_id, args.dir)?;
     let store = match output.strip_prefix("s3://") {
         Some(location) => {
             let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));

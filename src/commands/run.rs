@@ -13,14 +13,20 @@ use scheduler::RunProgress;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{ApiArgs, apply, print_json};
+use super::{ApiArgs, OutputArgs, apply, print_json};
 use crate::client::ApiClient;
 use crate::watch::{progress_line, watch};
 
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
-    /// Start a run of a stored campaign.
+    /// Start a run of a stored campaign (through the start gate: approval,
+    /// freezes, one live run per campaign).
+    #[command(after_help = "Examples:
+  flotilla run start patch-scan --watch
+  flotilla run start patch-scan -f examples/patch-scan.yaml --plan
+  RUN=$(flotilla run start patch-scan --format json | jq -r .run_id)")]
     Start {
+        /// The stored campaign's name.
         name: String,
         /// Apply this spec first (it must be the campaign NAME).
         #[arg(short = 'f', long = "file")]
@@ -42,29 +48,34 @@ pub enum RunCommand {
     },
     /// Recent runs with their counters.
     List {
+        /// Only this campaign's runs.
         #[arg(long)]
         campaign: Option<String>,
-        /// `json` prints the API's answer as it is, for scripts.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
     },
-    /// One run: state, counters and every location.
+    /// One run: state, counters, why it is not moving, and every location.
     Show {
+        /// The run's id, as `run start` or `run list` printed it.
         run_id: Uuid,
-        /// `json` prints the API's answer as it is, for scripts.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
     },
-    /// Live progress until the run ends; exit 0 only if it completed.
-    Watch { run_id: Uuid },
+    /// Live progress until the run ends; exit 0 only if it completed
+    /// (Ctrl-C stops watching, not the run).
+    Watch {
+        /// The run's id.
+        run_id: Uuid,
+    },
     /// Stop admitting and sending; in-flight commands finish.
     Pause {
+        /// The run's id.
         run_id: Uuid,
+        /// Why, for the audit trail and the run's record.
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Go on after a pause (or past a failed rollout gate, an approver's).
     Resume {
+        /// The run's id.
         run_id: Uuid,
+        /// Why, for the audit trail and the run's record.
         #[arg(long)]
         reason: Option<String>,
         /// Resume although an alert fires for the run's campaign: why (recorded).
@@ -73,30 +84,31 @@ pub enum RunCommand {
     },
     /// End the run; what was not started is reported as Not Started.
     Cancel {
+        /// The run's id.
         run_id: Uuid,
+        /// Why, for the audit trail and the run's record.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Let a rollout waiting between two waves (AwaitingApproval) go on
     /// (an approver's, not the run's starter's).
     Approve {
+        /// The run's id.
         run_id: Uuid,
+        /// Why, for the audit trail and the run's record.
         #[arg(long)]
         reason: Option<String>,
     },
 }
 
-/// How `run list` and `run show` print.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// One line per run (and per location), for people.
-    Table,
-    /// The API's JSON, pretty-printed.
-    Json,
-}
-
-pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+pub fn run(
+    api: &ApiArgs,
+    output: OutputArgs,
+    command: RunCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_args(api)?;
+    let json = output.json();
     match command {
         RunCommand::Start {
             name,
@@ -107,7 +119,7 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
             allow_concurrent,
         } => {
             if let Some(file) = file {
-                let applied = apply(&client, &file, out)?;
+                let applied = apply(&client, &file, json, out)?;
                 if applied["name"].as_str() != Some(name.as_str()) {
                     anyhow::bail!(
                         "{} is campaign {}, not {name}",
@@ -126,11 +138,21 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
             )?;
             let run_id: Uuid = serde_json::from_value(started["run_id"].clone())
                 .context("the API answered without a run id")?;
-            writeln!(
-                out,
+            let line = format!(
                 "run {run_id} started ({name} v{})",
                 started["campaign_version"]
-            )?;
+            );
+            if json {
+                // One JSON document: the run as it ended when waited for,
+                // else the start's answer ({"run_id", "campaign_version", …}).
+                eprintln!("{line}");
+                if plan || follow {
+                    return wait_json(&client, run_id, out);
+                }
+                print_json(out, &started)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            writeln!(out, "{line}")?;
             out.flush()?;
             if plan {
                 return print_plan(&client, run_id, out);
@@ -139,55 +161,55 @@ pub fn run(api: &ApiArgs, command: RunCommand, out: &mut impl Write) -> anyhow::
                 return watch(&client, run_id, out);
             }
         }
-        RunCommand::List { campaign, format } => {
+        RunCommand::List { campaign } => {
             let path = match campaign {
                 Some(campaign) => format!("/runs?campaign={campaign}"),
                 None => "/runs".to_string(),
             };
-            if format == OutputFormat::Json {
-                print_json(out, &client.get(&path)?)?;
+            if json {
+                print_json(out, &client.get::<serde_json::Value>(&path)?)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let runs: Vec<RunProgress> = client.get(&path)?;
+            if let Some(switch) = crate::watch::kill_switch_line(&client) {
+                writeln!(out, "{switch}")?;
+            }
             for progress in &runs {
                 writeln!(out, "{}", progress_line(progress))?;
+                if let Some(reason) = crate::watch::reason_line(progress) {
+                    writeln!(out, "{reason}")?;
+                }
             }
         }
-        RunCommand::Show { run_id, format } => {
-            if format == OutputFormat::Json {
-                print_json(out, &client.get(&format!("/runs/{run_id}"))?)?;
+        RunCommand::Show { run_id } => {
+            if json {
+                print_json(
+                    out,
+                    &client.get::<serde_json::Value>(&format!("/runs/{run_id}"))?,
+                )?;
                 return Ok(ExitCode::SUCCESS);
             }
             let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
-            writeln!(out, "{}", progress_line(&detail.progress))?;
-            for line in crate::watch::wave_lines(&detail.progress) {
-                writeln!(out, "  {line}")?;
-            }
-            for location in &detail.location_states {
-                writeln!(
-                    out,
-                    "  {}/{:<16} {:<12} {:>7} targets{}",
-                    location.account_id,
-                    location.region,
-                    location.state,
-                    location.targets,
-                    location
-                        .failure
-                        .as_ref()
-                        .map(|failure| format!("  {failure}"))
-                        .unwrap_or_default()
-                )?;
+            for line in crate::watch::detail_lines(&detail) {
+                writeln!(out, "{line}")?;
             }
         }
+        RunCommand::Watch { run_id } if json => return wait_json(&client, run_id, out),
         RunCommand::Watch { run_id } => return watch(&client, run_id, out),
-        RunCommand::Pause { run_id, reason } => steer(&client, run_id, "pause", reason, out)?,
+        RunCommand::Pause { run_id, reason } => {
+            steer(&client, run_id, "pause", reason, None, json, out)?;
+        }
         RunCommand::Resume {
             run_id,
             reason,
             despite_alert,
-        } => steer_with(&client, run_id, "resume", reason, despite_alert, out)?,
-        RunCommand::Cancel { run_id, reason } => steer(&client, run_id, "cancel", reason, out)?,
-        RunCommand::Approve { run_id, reason } => steer(&client, run_id, "approve", reason, out)?,
+        } => steer(&client, run_id, "resume", reason, despite_alert, json, out)?,
+        RunCommand::Cancel { run_id, reason } => {
+            steer(&client, run_id, "cancel", reason, None, json, out)?;
+        }
+        RunCommand::Approve { run_id, reason } => {
+            steer(&client, run_id, "approve", reason, None, json, out)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -210,22 +232,31 @@ fn print_plan(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow:
     }
 }
 
+/// Waits for the run to end, then prints it as `run show --format json`
+/// does; exit 0 only if it completed (a plan completes when discovery ends).
+fn wait_json(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    crate::watch::on_interrupt_say_the_run_goes_on(run_id);
+    loop {
+        let detail: serde_json::Value = client.get(&format!("/runs/{run_id}"))?;
+        if detail["progress"]["finished"] == json!(true) {
+            print_json(out, &detail)?;
+            return Ok(if detail["progress"]["state"] == json!("Completed") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn steer(
     client: &ApiClient,
     run_id: Uuid,
     action: &str,
     reason: Option<String>,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    steer_with(client, run_id, action, reason, None, out)
-}
-
-fn steer_with(
-    client: &ApiClient,
-    run_id: Uuid,
-    action: &str,
-    reason: Option<String>,
     despite_alert: Option<String>,
+    json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let mut body = json!({});
@@ -236,6 +267,9 @@ fn steer_with(
         body["despite_alert"] = json!(why);
     }
     let answer: serde_json::Value = client.post_json(&format!("/runs/{run_id}/{action}"), &body)?;
+    if json {
+        return print_json(out, &answer);
+    }
     let verb = if answer["changed"] == json!(true) {
         "now"
     } else {

@@ -105,7 +105,8 @@ pub(super) async fn run_live(
 ) -> Result<(scheduler::RunProgress, Markup), ApiError> {
     let progress = current.progress(run_id).await?;
     let locations = current.ledger().location_statuses(run_id).await?;
-    let live = view::run_live(&progress, &locations, location);
+    let holds = current.holds(run_id, &progress).await;
+    let live = view::run_live(&progress, &holds, &locations, location);
     Ok((progress, live))
 }
 

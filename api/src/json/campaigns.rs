@@ -24,8 +24,12 @@ pub(super) struct AppliedCampaign {
     name: String,
     version: u32,
     changed: bool,
-    /// The version changes hosts: it runs only once another principal approves it.
+    /// The version changes hosts, names URLs or an output: with
+    /// authentication on, it runs only once another principal approves it.
     needs_approval: bool,
+    /// The two-person rule binds here (authentication is on): the version
+    /// waits for an approval before it runs. False when it runs at once.
+    approval_required: bool,
 }
 
 pub(super) async fn apply_campaign(
@@ -65,6 +69,7 @@ pub(super) async fn apply_campaign(
         .await?;
     let approval_needed =
         scheduler::approvals::approval_needed(&campaign, &scheduler.config().read_only_documents);
+    let approval_binds = scheduler.approval_binds(&campaign);
     let note = format!(
         "{} v{}{}{}",
         campaign.name,
@@ -74,7 +79,7 @@ pub(super) async fn apply_campaign(
         } else {
             " (unchanged)"
         },
-        approval_needed
+        approval_binds
             .map(|why| format!(", {why}: needs approval"))
             .unwrap_or_default()
     );
@@ -83,6 +88,7 @@ pub(super) async fn apply_campaign(
         version: applied.version,
         changed: applied.changed,
         needs_approval: approval_needed.is_some(),
+        approval_required: approval_binds.is_some(),
     });
     Ok(with_note(answer, note))
 }

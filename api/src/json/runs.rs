@@ -42,6 +42,10 @@ pub(crate) async fn list_runs(
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RunDetail {
     pub progress: RunProgress,
+    /// What keeps the run from moving now (a kill switch, a freeze, a closed
+    /// window, jobs no worker takes); empty when nothing does.
+    #[serde(default)]
+    pub holds: Vec<scheduler::explain::Hold>,
     pub location_states: Vec<scheduler::ledger::LocationStatus>,
 }
 
@@ -53,8 +57,10 @@ pub(crate) async fn show_run(
     let run_id = parse_run_id(&id)?;
     let progress = scheduler.progress(run_id).await?;
     let location_states = scheduler.ledger().location_statuses(run_id).await?;
+    let holds = scheduler.holds(run_id, &progress).await;
     Ok(Json(RunDetail {
         progress,
+        holds,
         location_states,
     }))
 }

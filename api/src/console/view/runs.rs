@@ -104,6 +104,7 @@ pub(super) fn cell_class(location: &LocationStatus) -> String {
 /// The live part of a run page: bars, budget, waves, grid, failures.
 pub fn run_live(
     progress: &RunProgress,
+    holds: &[scheduler::explain::Hold],
     locations: &[LocationStatus],
     selected: Option<&str>,
 ) -> Markup {
@@ -124,6 +125,10 @@ pub fn run_live(
         dl.summary {
             dt { "State" } dd { span #run-state class=(state_class(progress.state)) { (progress.state) } }
             dt { "Why" } dd #run-reason { (progress.reason) }
+            @if !holds.is_empty() {
+                dt { "Waiting" }
+                dd #run-holds { ul { @for hold in holds { li class=(format!("hold-{}", hold.kind)) { (hold.to_string()) } } } }
+            }
             dt { "Targets" } dd { span #run-done { (done) } " of " (progress.total_targets) " finished, " (progress.targets_in_flight) " in flight" }
             dt { "Locations" } dd { (progress.locations_done) " of " (progress.locations) " done, " (progress.locations_failed) " failed" }
             dt { "Error budget" } dd #run-budget { (budget(progress)) }

@@ -1,0 +1,167 @@
+//! Why a run is not moving: what holds its sends (a kill switch, a change
+//! freeze, a closed maintenance window) and whether any worker takes its
+//! jobs. `run show`, `run watch`, the API's run detail and the console say
+//! these, so a stalled run explains itself instead of sitting on
+//! "Discovering".
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use protocol::campaign::WindowState;
+use protocol::run::RunState;
+use serde::{Deserialize, Serialize};
+use store::Store as _;
+use uuid::Uuid;
+
+use crate::{RunProgress, Scheduler, SchedulerError, now_ms};
+
+/// One thing that keeps a run from moving now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// `kill_switch`, `freeze`, `window` or `no_worker`.
+    pub kind: String,
+    /// What it is and what ends it, for the operator.
+    pub detail: String,
+    /// Since when it has held (Unix ms), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.detail)?;
+        if let Some(since) = self.since_ms {
+            let seconds = now_ms().saturating_sub(since) / 1000;
+            match seconds {
+                0..60 => write!(f, " (for {seconds} s)")?,
+                60..3600 => write!(f, " (for {} min {} s)", seconds / 60, seconds % 60)?,
+                _ => write!(f, " (for {} h {} min)", seconds / 3600, seconds % 3600 / 60)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// When this scheduler first saw each job queue hold jobs with no consumer:
+/// the "for how long" of a `no_worker` hold (reset once a consumer shows up).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct UnconsumedSince(Arc<Mutex<HashMap<String, u64>>>);
+
+impl UnconsumedSince {
+    fn note(&self, queue: &str, unconsumed: bool, now: u64) -> Option<u64> {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if unconsumed {
+            Some(*seen.entry(queue.to_string()).or_insert(now))
+        } else {
+            seen.remove(queue);
+            None
+        }
+    }
+}
+
+/// States in which a run waits for workers or for its sends to be let through.
+fn may_be_held(state: RunState) -> bool {
+    matches!(
+        state,
+        RunState::Pending | RunState::Discovering | RunState::Running | RunState::OutsideWindow
+    )
+}
+
+impl Scheduler {
+    /// What holds the run now; nothing for a finished, paused or cancelled
+    /// run (its state says why). A hold that cannot be read is said as such:
+    /// an explanation never fails the run's page.
+    pub async fn holds(&self, run_id: Uuid, progress: &RunProgress) -> Vec<Hold> {
+        if progress.finished || !may_be_held(progress.state) {
+            return Vec::new();
+        }
+        let mut holds = Vec::new();
+        match self.store().kill_reason(&progress.campaign).await {
+            Ok(Some(reason)) => holds.push(Hold {
+                kind: "kill_switch".into(),
+                detail: format!(
+                    "a kill switch holds every send of this run ({reason}); `flotilla kill status --campaign {}` says which, `flotilla kill release` releases it",
+                    progress.campaign
+                ),
+                since_ms: None,
+            }),
+            Ok(None) => {}
+            Err(error) => holds.push(unreadable("kill_switch", &error.to_string())),
+        }
+        match self.campaign_holds(run_id).await {
+            Ok(found) => holds.extend(found),
+            Err(error) => holds.push(unreadable("freeze", &error.to_string())),
+        }
+        match self.broker.job_queue_depths().await {
+            Ok(depths) => {
+                let now = now_ms();
+                for depth in depths {
+                    let unconsumed = depth.messages > 0 && depth.consumers == 0;
+                    let since = self.unconsumed_since.note(&depth.queue, unconsumed, now);
+                    if unconsumed {
+                        holds.push(Hold {
+                            kind: "no_worker".into(),
+                            detail: format!(
+                                "{} job(s) wait in queue {} and no worker consumes it: start a worker (`flotilla worker`)",
+                                depth.messages, depth.queue
+                            ),
+                            since_ms: since,
+                        });
+                    }
+                }
+            }
+            Err(error) => holds.push(unreadable("no_worker", &error.to_string())),
+        }
+        holds
+    }
+
+    /// A change freeze or a closed maintenance window of the run's campaign.
+    async fn campaign_holds(&self, run_id: Uuid) -> Result<Vec<Hold>, SchedulerError> {
+        let plan = self.plan(run_id).await?;
+        let mut holds = Vec::new();
+        if let Some(freeze) = self.freeze_of(&plan.campaign).await? {
+            holds.push(Hold {
+                kind: "freeze".into(),
+                detail: format!(
+                    "a change freeze holds its sends until {} ({})",
+                    millis_to_rfc3339(freeze.to_ms),
+                    freeze.reason
+                ),
+                since_ms: Some(freeze.from_ms),
+            });
+        }
+        if let Some(WindowState::Closed { opens }) = plan.campaign.window_at(chrono::Utc::now()) {
+            holds.push(Hold {
+                kind: "window".into(),
+                detail: match opens {
+                    Some(opens) => format!(
+                        "outside its maintenance windows: sends wait until {}",
+                        opens.to_rfc3339()
+                    ),
+                    None => "outside its maintenance windows, and none opens again".into(),
+                },
+                since_ms: None,
+            });
+        }
+        Ok(holds)
+    }
+}
+
+fn unreadable(kind: &str, why: &str) -> Hold {
+    Hold {
+        kind: kind.into(),
+        detail: format!("cannot tell whether a {kind} holds the run: {why}"),
+        since_ms: None,
+    }
+}
+
+fn millis_to_rfc3339(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(|| format!("{ms} ms"), |at| at.to_rfc3339())
+}

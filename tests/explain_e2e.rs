@@ -1,0 +1,162 @@
+//! Issue 33 on real RabbitMQ and Redis: a run says why it is not moving (no
+//! worker takes its jobs, a kill switch holds its sends), the CLI prints one
+//! JSON document for scripts from every command used here, and an apply
+//! says an approval is needed only where the two-person rule binds.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::Stack;
+
+/// Runs the `flotilla` CLI against the API on `port`; returns (success, stdout, stderr).
+async fn flotilla(port: u16, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env("FLOTILLA_API_URL", format!("http://127.0.0.1:{port}"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the CLI answers within 60 s")
+        .expect("the CLI runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The CLI's stdout as JSON; the command must succeed.
+async fn json(port: u16, args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = flotilla(port, args).await;
+    assert!(ok, "{args:?} failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|error| panic!("{args:?} printed no JSON ({error}): {stdout}"))
+}
+
+/// Polls `run show --format json` until `done` holds for its answer.
+async fn wait_for_detail(
+    port: u16,
+    run_id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let detail = json(port, &["run", "show", run_id, "--format", "json"]).await;
+        if done(&detail) {
+            return detail;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "within 30 s: {what}; last: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn has_hold(detail: &serde_json::Value, kind: &str) -> bool {
+    detail["holds"]
+        .as_array()
+        .is_some_and(|holds| holds.iter().any(|hold| hold["kind"] == kind))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_says_when_no_worker_takes_its_jobs_and_when_a_kill_switch_holds_it() {
+    let mut stack = Stack::start(support::single_location(6, false)).await;
+    let port = stack.serve_api().await;
+    let campaign = stack.campaign("explained", support::one_step("  max_errors: 0\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("explained.json");
+    std::fs::write(&spec, serde_json::to_string(&campaign.spec).unwrap()).unwrap();
+
+    // Without authentication the two-person rule cannot bind: no hint that
+    // another approver must approve (the run starts at once).
+    let (ok, applied, stderr) =
+        flotilla(port, &["campaign", "apply", "-f", spec.to_str().unwrap()]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        applied.starts_with("campaign explained version 1"),
+        "{applied}"
+    );
+    assert!(!applied.contains("approve"), "{applied}");
+    let listed = json(port, &["campaign", "list", "--format", "json"]).await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "explained"),
+        "{listed}"
+    );
+
+    // No worker runs: the run's jobs wait, and the API and CLI say so.
+    let started = json(port, &["run", "start", "explained", "--format", "json"]).await;
+    let run_id = started["run_id"].as_str().expect("run_id").to_string();
+    let detail = wait_for_detail(port, &run_id, "a no_worker hold", |detail| {
+        has_hold(detail, "no_worker")
+    })
+    .await;
+    assert_eq!(detail["progress"]["state"], "Discovering", "{detail}");
+    let (_, shown, _) = flotilla(port, &["run", "show", &run_id]).await;
+    assert!(
+        shown.contains("waiting: ") && shown.contains("no worker consumes it"),
+        "{shown}"
+    );
+
+    // A kill switch holds every send: said by run show and run list.
+    let engaged = json(
+        port,
+        &[
+            "kill",
+            "engage",
+            "--reason",
+            "explain test",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(engaged["engaged"], true, "{engaged}");
+    let status = json(port, &["kill", "status", "--format", "json"]).await;
+    assert_eq!(status["reason"], "explain test", "{status}");
+    wait_for_detail(port, &run_id, "a kill_switch hold", |detail| {
+        has_hold(detail, "kill_switch")
+    })
+    .await;
+    let (_, runs, _) = flotilla(port, &["run", "list"]).await;
+    assert!(
+        runs.lines()
+            .next()
+            .is_some_and(|line| line.contains("kill switch is ENGAGED (explain test)")),
+        "{runs}"
+    );
+    let released = json(port, &["kill", "release", "--format", "json"]).await;
+    assert_eq!(released["engaged"], false, "{released}");
+
+    // A worker comes: the run completes and nothing holds it any more.
+    stack.spawn_worker("worker-a", 4);
+    let finished = wait_for_detail(port, &run_id, "the run completed", |detail| {
+        detail["progress"]["finished"] == true
+    })
+    .await;
+    assert_eq!(finished["progress"]["state"], "Completed", "{finished}");
+    assert_eq!(finished["holds"], serde_json::json!([]), "{finished}");
+
+    // The audit trail for scripts: RFC 3339 times.
+    let audit = json(
+        port,
+        &["audit", "--action", "kill:engage", "--format", "json"],
+    )
+    .await;
+    let record = &audit.as_array().unwrap()[0];
+    let time = record["time"].as_str().expect("a time");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+        "{record}"
+    );
+    stack.teardown().await;
+}
