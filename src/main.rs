@@ -11,7 +11,10 @@ fn main() -> ExitCode {
     let default_filter = match cli.command {
         // lapin reports the demo's own connections closing at the end as errors.
         flotilla::cli::Command::Demo(_) => "warn,lapin=off",
-        _ => "info",
+        // The SDK's credential chain logs each failed source (instance
+        // metadata's at length) at warn; the worker checks its credentials
+        // at start and says what is missing itself.
+        _ => "info,aws_config=error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));

@@ -406,6 +406,57 @@ fn worker_logs(extra: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Issue 33: a worker without AWS credentials (here with an endpoint URL,
+/// as against the simulator) exits at start saying what to give it, instead
+/// of retrying every job as if AWS were down.
+#[test]
+fn a_worker_without_aws_credentials_exits_saying_what_to_give_it() {
+    let worker = protocol::signing::SigningIdentity::generate(
+        protocol::signing::SignerKind::Worker,
+        "no-aws",
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    command
+        .args(["worker", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"])
+        .args(["--redis-url", "memory://no-aws"])
+        .args(["--aws-endpoint-url", "http://127.0.0.1:1"])
+        .env("FLOTILLA_SIGNING_KEY", worker.to_secret_text())
+        .env("FLOTILLA_TRUSTED_KEYS", worker.public_line())
+        .env("HOME", home.path())
+        // No instance metadata on a test machine: say so rather than wait.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") && name != "AWS_EC2_METADATA_DISABLED" {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command.spawn().expect("flotilla binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker without credentials did not exit within 40 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("no AWS credentials for the worker's own identity")
+            && stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cannot use rabbitmq"),
+        "checked before anything else is tried: {stderr}"
+    );
+}
+
 #[test]
 fn logs_to_a_pipe_are_plain_text_or_json_lines() {
     let text = worker_logs(&[]);
@@ -435,7 +486,7 @@ fn logs_to_a_pipe_are_plain_text_or_json_lines() {
 fn keys_are_generated_rotated_and_retired_and_services_refuse_to_run_without_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
-    // A directory that does not exist yet is made (the README's `keys/`).
+    // A directory that does not exist yet is made (the simulator tutorial's `keys/`).
     let (key, keyring) = (path("keys/scheduler.key"), path("keys/keyring"));
     let generate = || {
         flotilla(&[

@@ -160,3 +160,58 @@ async fn a_run_says_when_no_worker_takes_its_jobs_and_when_a_kill_switch_holds_i
     );
     stack.teardown().await;
 }
+
+/// Issue 33: SSM refusing the step itself (a misspelled document, a bad
+/// parameter) is one failure of the run with SSM's cause, not one failure
+/// per target: the run halts at the first refusal, every target is reported
+/// Not Started with the cause, and the target error budget is not charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_ssm_refuses_halts_the_run_once_without_charging_the_target_budget() {
+    let mut stack = Stack::start(support::single_location(12, false)).await;
+    stack.spawn_worker("worker-a", 4);
+    for (name, step, code) in [
+        (
+            "misspelled",
+            "  - name: configure\n    document: AWS-RunShellScirpt\n    parameters: { commands: [\"true\"] }\n",
+            "InvalidDocument",
+        ),
+        (
+            "bad-parameter",
+            "  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan, RebootOptoin: NoReboot }\n",
+            "InvalidParameters",
+        ),
+    ] {
+        let campaign = stack.campaign(
+            name,
+            format!("steps:\n{step}rate_control:\n  max_concurrency: 4\n  max_errors: 0\n"),
+        );
+        let run_id = stack.start_run(&campaign).await;
+        let progress = stack
+            .wait_until_final(run_id, Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            progress.state,
+            protocol::run::RunState::Halted,
+            "{progress:#?}"
+        );
+        assert!(
+            progress.reason.contains("SSM refused the step") && progress.reason.contains(code),
+            "the halt names SSM's cause: {}",
+            progress.reason
+        );
+        assert!(
+            !progress.reason.contains("allowed"),
+            "one budget per line, and this is no budget's: {}",
+            progress.reason
+        );
+        assert_eq!(progress.failures, 0, "no target charged: {progress:#?}");
+        let records = stack.records(run_id);
+        assert_eq!(records.len(), 12, "every target reported once");
+        for record in &records {
+            assert_eq!(record.status, "Not Started", "{record:?}");
+            assert!(record.output.contains(code), "{record:?}");
+        }
+    }
+    assert!(stack.commands().is_empty(), "SSM ran nothing");
+    stack.teardown().await;
+}

@@ -73,6 +73,22 @@ pub enum LocationFailure {
     Rejected,
     /// Retries were exhausted on a transient error.
     RetriesExhausted,
+    /// SSM refused to send a step here for what the location's targets
+    /// share (the role lacks access): the location fails, its targets are
+    /// reported Not Started, and the target error budget is not charged.
+    SendRefused,
+    /// SSM refused the step itself (its document, version, parameters or
+    /// output settings): every location would fail alike, so the run halts
+    /// with the cause; nothing charges the target error budget.
+    StepRefused,
+}
+
+impl LocationFailure {
+    /// True when the failure is the step's, not the location's: the run
+    /// halts at the first one.
+    pub fn is_run_wide(self) -> bool {
+        self == Self::StepRefused
+    }
 }
 
 /// Terminal results of one step on (part of) one batch.

@@ -331,7 +331,9 @@ fn report() -> impl Strategy<Value = Report> {
             prop_oneof![
                 Just(LocationFailure::AccessDenied),
                 Just(LocationFailure::Rejected),
-                Just(LocationFailure::RetriesExhausted)
+                Just(LocationFailure::RetriesExhausted),
+                Just(LocationFailure::SendRefused),
+                Just(LocationFailure::StepRefused)
             ],
             text()
         )

@@ -49,7 +49,7 @@ impl Role {
         }
     }
 
-    /// The role table of the README, as code.
+    /// The role table of the book (docs/src/security/access.md), as code.
     pub fn allows(self, permission: Permission) -> bool {
         use Permission::*;
         match self {

@@ -6,7 +6,7 @@
 //! Each event of a run is announced once (a field of the run record, set
 //! with HSETNX, decides which replica sends it). Delivery runs on a task of
 //! its own — retried with backoff, never holding up the run — and is metered;
-//! a scheduler that dies mid-retry loses that delivery (see the README).
+//! a scheduler that dies mid-retry loses that delivery (see docs/src/how-to/patch-tuesday.md).
 //! JSON bodies carry `X-Flotilla-Signature: t=<unix seconds>,v1=<hex
 //! HMAC-SHA256 of "<t>.<body>">` under the deployment's key; Slack bodies
 //! are a `text` message (Slack's incoming webhooks carry no signature).

@@ -131,7 +131,7 @@ impl Scheduler {
             )));
         }
         // Without authentication every caller is `anonymous`: there are no
-        // two people to tell apart (the README says so).
+        // two people to tell apart (docs/src/security/access.md says so).
         if self.config().authenticated && progress.started_by == by.name {
             return Err(SchedulerError::Forbidden(format!(
                 "{} started this run and cannot approve its waves; another approver must",

@@ -568,7 +568,7 @@ async fn discovery_opens_at_most_a_window_of_locations_at_once(backend: &Backend
     assert_eq!(ledger.open_discovery(run_id, 2, 1).await.unwrap(), [2]);
     // A failed location closes too.
     ledger
-        .record_location_failed(run_id, &locations[1], "AccessDenied")
+        .record_location_failed(run_id, &locations[1], "AccessDenied", false)
         .await
         .unwrap();
     assert_eq!(
@@ -622,7 +622,7 @@ async fn discovery_opens_in_chunks_except_for_the_last_locations(backend: &Backe
         );
     }
     ledger
-        .record_location_failed(run_id, &locations[2], "AccessDenied")
+        .record_location_failed(run_id, &locations[2], "AccessDenied", false)
         .await
         .unwrap();
     assert_eq!(
@@ -681,7 +681,7 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
     // One location fails before its discovery ends: done at once. The last
     // one discovered completes discovery, and the total is known.
     let failed = ledger
-        .record_location_failed(run_id, &locations[0], "AccessDenied")
+        .record_location_failed(run_id, &locations[0], "AccessDenied", false)
         .await
         .unwrap();
     assert_eq!(failed, (true, false));
@@ -786,11 +786,11 @@ async fn a_failed_location_counts_once_against_location_max_errors(backend: &Bac
         .await
         .unwrap();
     let first = ledger
-        .record_location_failed(run_id, &locations[1], "AccessDenied")
+        .record_location_failed(run_id, &locations[1], "AccessDenied", false)
         .await
         .unwrap();
     let again = ledger
-        .record_location_failed(run_id, &locations[1], "AccessDenied")
+        .record_location_failed(run_id, &locations[1], "AccessDenied", false)
         .await
         .unwrap();
     assert_eq!(first, (true, false));
@@ -806,7 +806,7 @@ async fn a_failed_location_counts_once_against_location_max_errors(backend: &Bac
         "one failure is allowed"
     );
     let (_, complete) = ledger
-        .record_location_failed(run_id, &locations[2], "Rejected")
+        .record_location_failed(run_id, &locations[2], "Rejected", false)
         .await
         .unwrap();
     assert!(complete, "a failed location counts as discovered");

@@ -3,7 +3,7 @@
 //! runs it), and what to say when they are not there.
 
 /// The test cluster's URL (`FLOTILLA_TEST_REDIS_CLUSTER_URL` overrides).
-/// Writes that must survive a failover wait for one replica, as the README
+/// Writes that must survive a failover wait for one replica, as the book (docs/src/how-to/clusters.md)
 /// advises for every deployment with replicas.
 pub fn cluster_url() -> String {
     std::env::var("FLOTILLA_TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| {

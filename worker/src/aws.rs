@@ -51,6 +51,10 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts per call for throttling and transient errors (then the job is delayed).
 const MAX_ATTEMPTS: u32 = 4;
 
+/// How long the start-up check waits for the credentials chain (instance
+/// metadata answers within a second where it exists).
+const CREDENTIALS_CHECK: Duration = Duration::from_secs(20);
+
 /// Refresh role credentials when less than this is left.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
@@ -303,6 +307,29 @@ impl Aws {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             metrics,
             attempt_timeout,
+        }
+    }
+
+    /// The worker's own AWS identity (from `--aws-*` settings, the
+    /// environment, a profile, or instance metadata) resolves: checked once at
+    /// start, so a worker without credentials exits saying so instead of
+    /// retrying every job as if AWS were down. With an endpoint URL (the
+    /// simulator) too: it needs the same credentials chain.
+    pub async fn check_credentials(&self) -> Result<(), String> {
+        use aws_sdk_sts::config::ProvideCredentials as _;
+        let Some(provider) = self.base.credentials_provider() else {
+            return Err("no AWS credentials provider is configured".into());
+        };
+        match tokio::time::timeout(CREDENTIALS_CHECK, provider.provide_credentials()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!(
+                "no AWS credentials for the worker's own identity: {}",
+                aws_sdk_sts::error::DisplayErrorContext(&error)
+            )),
+            Err(_) => Err(format!(
+                "the worker's AWS credentials did not resolve within {} s",
+                CREDENTIALS_CHECK.as_secs()
+            )),
         }
     }
 

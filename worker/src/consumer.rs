@@ -75,6 +75,11 @@ pub async fn run<S: Store>(
     log_keys(&config.keys);
     let metrics = WorkerMetrics::new().context("registering worker metrics")?;
     let aws = Aws::new(&config.aws, metrics.clone()).await;
+    if let Err(why) = aws.check_credentials().await {
+        anyhow::bail!(
+            "{why}. Give the worker an identity that may call sts:AssumeRole on the campaigns' roles: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (any secret for `flotilla sim`), AWS_PROFILE, or an instance/task role"
+        );
+    }
     let safety = SafetyState::default();
     let background_stop = CancellationToken::new();
     let mut background = JoinSet::new();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use protocol::Job;
 use protocol::job::{ExecuteJob, PollJob, UnixMillis};
-use protocol::report::{Report, StepResults, TargetResult};
+use protocol::report::{LocationFailed, LocationFailure, Report, StepResults, TargetResult};
 use protocol::run::SendDecision;
 use protocol::status::StatusDetail;
 use store::{GateCause, SendClaim, SendGate, SendRecord, Store};
@@ -238,7 +238,21 @@ async fn send_claimed<S: Store>(
             // delivery looks for the command before sending again.
             AwsErrorKind::Transient => Err(error.into()),
             AwsErrorKind::AccessDenied => {
+                refused(ctx, &job, LocationFailure::SendRefused, &error).await?;
                 report_all(ctx, &job, StatusDetail::AccessDenied, &error.to_string()).await?;
+                Ok(JobOutcome::Done)
+            }
+            AwsErrorKind::Rejected if refuses_the_step(&error.code) => {
+                // Not the targets' fault, and the same in every location:
+                // one failure with its cause, not one per target.
+                let detail = refused(ctx, &job, LocationFailure::StepRefused, &error).await?;
+                report_all(
+                    ctx,
+                    &job,
+                    StatusDetail::NotStarted,
+                    &format!("not sent: {detail}"),
+                )
+                .await?;
                 Ok(JobOutcome::Done)
             }
             AwsErrorKind::Rejected => {
@@ -249,6 +263,53 @@ async fn send_claimed<S: Store>(
             }
         },
     }
+}
+
+/// SendCommand's refusals of the step itself — its document, version,
+/// parameters, output or notification settings — which every location of
+/// the run would get alike (per-instance refusals such as InvalidInstanceId
+/// stay the targets' own).
+const STEP_REFUSALS: [&str; 6] = [
+    "InvalidDocument",
+    "InvalidDocumentVersion",
+    "InvalidParameters",
+    "InvalidOutputFolder",
+    "InvalidNotificationConfig",
+    "InvalidRole",
+];
+
+fn refuses_the_step(code: &str) -> bool {
+    STEP_REFUSALS.contains(&code)
+}
+
+/// Reports the location failed (the run, for a refused step) with SSM's
+/// refusal as the cause; returns that cause as reported.
+async fn refused<S: Store>(
+    ctx: &Context<S>,
+    job: &ExecuteJob,
+    reason: LocationFailure,
+    error: &crate::aws::AwsError,
+) -> Result<String, JobError> {
+    let detail = format!(
+        "step {} ({}) in {}/{}: {error}",
+        job.step_index, job.step.document, job.location.account_id, job.location.region
+    );
+    tracing::warn!(
+        campaign = job.run.campaign.as_str(),
+        region = job.location.region.as_str(),
+        code = error.code.as_str(),
+        ?reason,
+        "SendCommand refused; the location fails, no target is charged"
+    );
+    ctx.reports
+        .publish(Report::LocationFailed(LocationFailed {
+            run_id: job.run.run_id,
+            location: job.location.clone(),
+            reason,
+            detail: detail.clone(),
+        }))
+        .await?;
+    Ok(detail)
 }
 
 /// Why a target of a batch was not sent a step that changes hosts.

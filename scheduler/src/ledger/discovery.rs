@@ -108,12 +108,14 @@ impl Ledger {
         run_id: Uuid,
         location: &Location,
         reason: &str,
+        run_wide: bool,
     ) -> Result<(bool, bool), SchedulerError> {
         let mut connection = self.connection.clone();
         let (new, complete): (u8, u8) = self
             .invocation(&LOCATION_FAILED, run_id)
             .arg(location_key(location))
             .arg(reason)
+            .arg(if run_wide { "1" } else { "0" })
             .invoke_async(&mut connection)
             .await?;
         self.replicated(run_id).await?;

@@ -1,4 +1,6 @@
--- ARGV location, reason. Returns {new, every location discovered}.
+-- ARGV location, reason, run-wide ('1': the step itself was refused, every
+-- location would fail alike: the run halts with the reason). Returns {new,
+-- every location discovered}.
 -- A location that fails before its discovery ended is never ready, so it is
 -- done now; one that is ready or active finishes through admission or its
 -- batches.
@@ -8,6 +10,7 @@ local expected = tonumber(redis.call('HGET', locstate, loc .. ':pages'))
 local seen = tonumber(redis.call('HGET', locstate, loc .. ':pages_seen')) or 0
 local was_discovered = expected and seen == expected
 redis.call('HSET', locstate, loc .. ':failed', ARGV[2])
+if ARGV[3] == '1' then halt(ARGV[2]) end
 redis.call('SREM', discovering, loc)
 local failed = redis.call('HINCRBY', run, F.failed_locations, 1)
 local allowed = tonumber(redis.call('HGET', run, F.allowed_location_errors))

@@ -34,10 +34,18 @@ impl Scheduler {
         match report {
             Report::TargetsDiscovered(discovered) => self.apply_discovered(discovered).await?,
             Report::LocationFailed(failed) => {
-                let reason = format!("{:?}: {}", failed.reason, failed.detail);
+                let run_wide = failed.reason.is_run_wide();
+                let reason = if run_wide {
+                    format!(
+                        "SSM refused the step, as it would in every location: {}; fix the campaign and start a new run (no target was charged to the error budget)",
+                        failed.detail
+                    )
+                } else {
+                    format!("{:?}: {}", failed.reason, failed.detail)
+                };
                 let (new, complete) = self
                     .ledger
-                    .record_location_failed(run_id, &failed.location, &reason)
+                    .record_location_failed(run_id, &failed.location, &reason, run_wide)
                     .await?;
                 if !new {
                     self.resolve_after_a_repeat(run_id).await?;

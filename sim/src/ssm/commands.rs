@@ -11,6 +11,74 @@ use crate::wire::{
     AwsError, max_results, page_start, page_token, required_str, str_field, string_list,
 };
 
+/// The parameters the simulator knows of a document: (required, allowed).
+/// Documents not listed take any parameters.
+fn document_parameters(
+    document: &str,
+) -> Option<(&'static [&'static str], &'static [&'static str])> {
+    match document {
+        "AWS-RunPatchBaseline" => Some((
+            &["Operation"],
+            &[
+                "Operation",
+                "SnapshotId",
+                "InstallOverrideList",
+                "BaselineOverride",
+                "RebootOption",
+                "AssociationId",
+            ],
+        )),
+        "AWS-RunShellScript" | "AWS-RunPowerShellScript" => Some((
+            &["commands"],
+            &["commands", "workingDirectory", "executionTimeout"],
+        )),
+        _ => None,
+    }
+}
+
+/// Refuses parameters as SSM does before any instance is touched: a
+/// required one missing, one the document does not declare, or an
+/// Operation other than Scan or Install (InvalidParameters, HTTP 400).
+fn check_parameters(document: &str, parameters: Option<&Value>) -> Result<(), AwsError> {
+    let Some((required, allowed)) = document_parameters(document) else {
+        return Ok(());
+    };
+    let invalid = |message: String| AwsError::bad_request("InvalidParameters", message);
+    let empty = serde_json::Map::new();
+    let given = match parameters {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(given)) => given,
+        Some(_) => return Err(invalid("Parameters must be a map of lists".into())),
+    };
+    for name in given.keys() {
+        if !allowed.contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "Parameter \"{name}\" is not declared by document {document}."
+            )));
+        }
+    }
+    for name in required {
+        if !given.contains_key(*name) {
+            return Err(invalid(format!(
+                "Parameter \"{name}\" is required by document {document}."
+            )));
+        }
+    }
+    if document == "AWS-RunPatchBaseline" {
+        let operation = given
+            .get("Operation")
+            .and_then(|value| value.get(0))
+            .and_then(Value::as_str);
+        if !matches!(operation, Some("Scan" | "Install")) {
+            return Err(invalid(format!(
+                "Parameter \"Operation\" of document {document} must be Scan or Install, not {}.",
+                operation.unwrap_or("missing")
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn send_command(
     state: &SimState,
     scope: &Scope,
@@ -29,6 +97,7 @@ pub(super) fn send_command(
             format!("Document with name {document} does not exist."),
         ));
     }
+    check_parameters(&document, body.get("Parameters"))?;
     let instance_ids = string_list(body, "InstanceIds")?;
     let targets = body.get("Targets").and_then(Value::as_array);
     let timeout: u64 = match body.get("TimeoutSeconds") {
