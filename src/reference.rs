@@ -119,6 +119,17 @@ fn env_of(arg: &Arg) -> String {
         .unwrap_or_default()
 }
 
+/// One flag's table row: name, environment variable, default, help.
+fn row(arg: &Arg) -> String {
+    format!(
+        "| `{}` | {} | {} | {} |\n",
+        arg_name(arg),
+        env_of(arg),
+        default_of(arg),
+        help_of(arg)
+    )
+}
+
 /// The CLI reference: every command with its usage, flags and examples.
 pub fn cli_markdown() -> String {
     // A global flag is shown once, on the command that defines it, not on
@@ -143,13 +154,7 @@ pub fn cli_markdown() -> String {
             out.push_str("| Flag or argument | Environment | Default | What it is |\n");
             out.push_str("|---|---|---|---|\n");
             for arg in args {
-                out.push_str(&format!(
-                    "| `{}` | {} | {} | {} |\n",
-                    arg_name(arg),
-                    env_of(arg),
-                    default_of(arg),
-                    help_of(arg)
-                ));
+                out.push_str(&row(arg));
             }
             out.push('\n');
         }
@@ -196,13 +201,7 @@ pub fn configuration_markdown() -> String {
             .collect();
         args.sort_by_key(|arg| arg.get_long().unwrap_or_default().to_string());
         for arg in args {
-            out.push_str(&format!(
-                "| `{}` | {} | {} | {} |\n",
-                arg_name(arg),
-                env_of(arg),
-                default_of(arg),
-                help_of(arg)
-            ));
+            out.push_str(&row(arg));
         }
         out.push('\n');
     }
@@ -210,13 +209,7 @@ pub fn configuration_markdown() -> String {
         "## Every command\n\n| Flag | Environment | Default | What it is |\n|---|---|---|---|\n",
     );
     for arg in visible_args(&cli) {
-        out.push_str(&format!(
-            "| `{}` | {} | {} | {} |\n",
-            arg_name(arg),
-            env_of(arg),
-            default_of(arg),
-            help_of(arg)
-        ));
+        out.push_str(&row(arg));
     }
     out.trim_end().to_string() + "\n"
 }

@@ -52,6 +52,9 @@ pub fn reason_line(progress: &RunProgress) -> Option<String> {
 pub fn detail_lines(detail: &RunDetail) -> Vec<String> {
     let mut lines = vec![progress_line(&detail.progress)];
     lines.extend(reason_line(&detail.progress));
+    if let Some(overrides) = &detail.progress.overrides {
+        lines.push(format!("  {overrides}"));
+    }
     lines.extend(hold_lines(detail));
     lines.extend(
         wave_lines(&detail.progress)

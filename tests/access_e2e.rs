@@ -1288,10 +1288,12 @@ async fn a_change_freeze_stops_runs_that_change_hosts_but_not_scans_and_an_overr
 async fn sessions_end_when_the_rules_they_were_made_under_change() {
     use support::console::{exchange, get, login_post, set_cookie};
     let mut stack = Stack::start(support::single_location(1, false)).await;
-    // Without authentication (loopback): everyone signs in as anonymous.
+    // Without authentication (loopback): everyone is anonymous, and the
+    // console enters at once, no sign-in click (issue 33).
     let port = stack.serve_api().await;
-    let (status, head, _) = exchange(port, login_post(port, &[("next", "/ui/runs")]).await).await;
+    let (status, head, _) = exchange(port, get("/ui/login?next=/ui/runs", None)).await;
     assert_eq!(status, 303, "{head}");
+    assert!(head.contains("location: /ui/runs"), "{head}");
     let anonymous = set_cookie(&head, "flotilla_session").unwrap();
     assert_eq!(
         exchange(port, get("/ui/runs", Some(&anonymous))).await.0,

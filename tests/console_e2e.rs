@@ -667,6 +667,13 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         sent,
         "commands sent under the kill switch"
     );
+    // The run page, opened while the switch holds the run: it offers
+    // steering...
+    client
+        .goto(&format!("{base}/ui/runs/{run_id}"))
+        .await
+        .unwrap();
+    assert!(client.find(Locator::Css("#run-pause")).await.is_ok());
     store::Store::release_kill_switch(&stack.store, &store::KillScope::Global)
         .await
         .unwrap();
@@ -674,6 +681,14 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         .wait_until_final(run_id, Duration::from_secs(120))
         .await;
     assert_eq!(progress.state, protocol::run::RunState::Completed);
+    // ... and stops once the run is over, without a reload (the actions are
+    // part of the live fragment).
+    browser
+        .wait_for("no steering for a finished run", WAIT, || async {
+            client.find(Locator::Css("#run-actions")).await.is_err()
+                && browser.text("#run-state").await == "Completed"
+        })
+        .await;
     client
         .goto(&format!("{base}/ui/runs/{run_id}"))
         .await
@@ -694,6 +709,67 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         "AWS-RunPatchBaseline failed on <instance>: exit status <n>"
     );
     browser.screenshot("run-final.png").await;
+    // Issue 33: steps by name, when it was made and its pace, a legend of
+    // every colour in use.
+    let live = browser.text("#run-live").await;
+    assert!(live.contains("1. scan"), "the step by its name: {live}");
+    assert!(browser.text("#run-created").await.ends_with("UTC"));
+    assert!(browser.text("#run-pace").await.starts_with("finished"));
+    let legend = browser.text("#legend").await;
+    for colour in [
+        "queued or waiting",
+        "discovering",
+        "active",
+        "none failed",
+        "location failed",
+    ] {
+        assert!(legend.contains(colour), "{colour} missing from {legend}");
+    }
+    // A location's page lists its instances, failures first, each with
+    // what its command printed.
+    browser.click("#grid a.cell").await;
+    browser
+        .wait_for("the location's instances", WAIT, || async {
+            client
+                .find_all(Locator::Css("#instance-table tr[data-instance]"))
+                .await
+                .is_ok_and(|rows| !rows.is_empty())
+        })
+        .await;
+    let first = browser
+        .text("#instance-table tr[data-instance] td:nth-child(3)")
+        .await;
+    assert!(!first.is_empty(), "each instance has its status");
+    client
+        .find(Locator::Css("#instance-table details.output summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        !browser
+            .text("#instance-table details[open] pre")
+            .await
+            .is_empty(),
+        "the command's output opens in place"
+    );
+    // Its own top failures, when it has failed targets.
+    let heading = browser.text("#detail h2").await;
+    let key = heading.trim_start_matches("Location ").to_string();
+    let failed_here = stack
+        .records(run_id)
+        .iter()
+        .filter(|r| format!("{}/{}", r.account_id, r.region) == key && r.status == "Failed")
+        .count();
+    if failed_here > 0 {
+        let failures = browser.text("#location-failures").await;
+        assert!(
+            failures.contains("1. scan") && failures.contains(&failed_here.to_string()),
+            "{key}: {failed_here} failed; {failures}"
+        );
+    }
+    browser.screenshot("location.png").await;
 
     // The compliance page finds an instance the scan found non-compliant.
     let non_compliant = stack
@@ -713,6 +789,22 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
         .await
         .unwrap();
     assert!(row.contains(&non_compliant), "{row}");
+    // Severities worst first, not alphabetically.
+    let severities: Vec<String> = browser
+        .text("#by-severity")
+        .await
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect();
+    let order = ["critical", "security", "other", "compliant"];
+    let ranks: Vec<usize> = severities
+        .iter()
+        .filter_map(|s| order.iter().position(|o| o == s))
+        .collect();
+    assert!(
+        !ranks.is_empty() && ranks.windows(2).all(|w| w[0] < w[1]),
+        "by severity: {severities:?}"
+    );
     browser.screenshot("compliance.png").await;
     client
         .goto(&format!("{base}/ui/campaigns/nightly-scan"))

@@ -215,3 +215,207 @@ async fn a_step_ssm_refuses_halts_the_run_once_without_charging_the_target_budge
     assert!(stack.commands().is_empty(), "SSM ran nothing");
     stack.teardown().await;
 }
+
+/// Issue 33: overrides at start (Ansible's `--limit`, AWX's launch prompts)
+/// narrow the run within the campaign's selection, set only the parameters
+/// it declares overridable, are kept with the run and in the audit trail,
+/// and a widening attempt is refused by name with nothing started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_at_start_narrow_the_run_set_declared_parameters_and_never_widen() {
+    let mut profile = sim::FleetProfile::tiny();
+    profile.connection_lost_share = 0.0;
+    let mut stack = Stack::start(profile).await;
+    let port = stack.serve_api().await;
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "limited-scan",
+        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan, RebootOption: RebootIfNeeded }\noverridable_parameters: [RebootOption]\nrate_control:\n  max_errors: 100%\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("limited-scan.json");
+    std::fs::write(&spec, serde_json::to_string(&campaign.spec).unwrap()).unwrap();
+    let (ok, _, stderr) =
+        flotilla(port, &["campaign", "apply", "-f", spec.to_str().unwrap()]).await;
+    assert!(ok, "{stderr}");
+    let accounts = stack.account_ids();
+
+    // Widening attempts and undeclared parameters: refused by name.
+    for (args, expected) in [
+        (
+            vec!["--limit-regions", "ap-south-1"],
+            "region ap-south-1 is not one of campaign limited-scan's",
+        ),
+        (
+            vec!["--limit-accounts", "999999999999"],
+            "account 999999999999 is not one of campaign limited-scan's",
+        ),
+        (
+            vec!["--param", "Operation=Install"],
+            "parameter Operation of campaign limited-scan may not be overridden",
+        ),
+    ] {
+        let mut command = vec!["run", "start", "limited-scan"];
+        command.extend(args);
+        let (ok, _, stderr) = flotilla(port, &command).await;
+        assert!(!ok && stderr.contains(expected), "{command:?}: {stderr}");
+    }
+    assert!(
+        stack.scheduler.ledger().run_ids().await.unwrap().is_empty(),
+        "a refused start starts nothing"
+    );
+
+    // One account, one region, a new RebootOption.
+    let narrowed = json(
+        port,
+        &[
+            "run",
+            "start",
+            "limited-scan",
+            "--limit-accounts",
+            &accounts[0],
+            "--limit-regions",
+            "eu-west-1",
+            "--param",
+            "RebootOption=NoReboot",
+            "--watch",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    let overrides = narrowed["progress"]["overrides"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        overrides,
+        format!(
+            "overridden by anonymous: accounts {}; regions eu-west-1; parameters RebootOption=NoReboot",
+            accounts[0]
+        ),
+        "{narrowed}"
+    );
+    let run_id: uuid::Uuid = narrowed["progress"]["run_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let records = stack.records(run_id);
+    assert!(!records.is_empty());
+    assert!(
+        records
+            .iter()
+            .all(|r| r.account_id == accounts[0] && r.region == "eu-west-1"),
+        "only the limited location ran"
+    );
+    let commands = stack.commands();
+    assert!(!commands.is_empty());
+    for command in &commands {
+        assert_eq!(
+            (command.account_id.as_str(), command.region.as_str()),
+            (accounts[0].as_str(), "eu-west-1")
+        );
+        assert_eq!(
+            command.parameters["RebootOption"],
+            serde_json::json!(["NoReboot"]),
+            "the overridden value reached SendCommand"
+        );
+        assert_eq!(command.parameters["Operation"], serde_json::json!(["Scan"]));
+    }
+
+    // Two instances of the whole fleet.
+    let two: Vec<String> = stack.fleet_instance_ids().into_iter().take(2).collect();
+    let limited = json(
+        port,
+        &[
+            "run",
+            "start",
+            "limited-scan",
+            "--limit-instances",
+            &two.join(","),
+            "--watch",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    let run_id: uuid::Uuid = limited["progress"]["run_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut ran: Vec<String> = stack
+        .records(run_id)
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect();
+    ran.sort();
+    let mut expected = two.clone();
+    expected.sort();
+    assert_eq!(ran, expected, "exactly the limited instances");
+
+    // The audit trail says who overrode what.
+    let audit = json(
+        port,
+        &["audit", "--action", "runs:start", "--format", "json"],
+    )
+    .await;
+    assert!(
+        audit.as_array().unwrap().iter().any(|record| record
+            .to_string()
+            .contains(&format!("instances {}", two.join(",")))),
+        "{audit}"
+    );
+    stack.teardown().await;
+}
+
+/// Issue 33: a run cancelled before any worker discovered it ends its
+/// discovery with the cancel: the Discover jobs a worker takes later ask AWS
+/// nothing, and the run is over with no result to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_before_discovery_asks_aws_nothing_afterwards() {
+    let mut stack = Stack::start(support::single_location(5, false)).await;
+    let port = stack.serve_api().await;
+    let campaign = stack.campaign("cancelled-early", support::one_step("  max_errors: 0\n"));
+    let run_id = stack.start_run(&campaign).await;
+    let (ok, out, stderr) = flotilla(
+        port,
+        &[
+            "run",
+            "cancel",
+            &run_id.to_string(),
+            "--reason",
+            "wrong campaign",
+        ],
+    )
+    .await;
+    assert!(ok && out.contains("now Cancelled"), "{out}{stderr}");
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(progress.state, protocol::run::RunState::Cancelled);
+    assert_eq!(
+        progress.locations_discovered, progress.locations,
+        "{progress:#?}"
+    );
+
+    // A worker comes and takes the Discover job the cancel left queued.
+    stack.spawn_worker("worker-a", 4);
+    let broker = broker::Broker::connect(&stack.amqp_url, stack.names.clone(), "explain-test")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let depths = broker.job_queue_depths().await.unwrap();
+        if depths.iter().all(|depth| depth.messages == 0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{depths:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Taken and dropped: no call to AWS, no result.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.calls("DescribeInstanceInformation"), 0);
+    assert!(stack.records(run_id).is_empty());
+    broker.close().await;
+    stack.teardown().await;
+}

@@ -387,3 +387,51 @@ async fn an_event_never_runs_a_campaign_on_a_host_outside_its_targets() {
     );
     stack.teardown().await;
 }
+
+/// Issue 33: under the two-person rule a narrowed run of an approved version
+/// starts as it is, while new parameter values need a new approved version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_run_needs_no_new_approval_and_a_changed_parameter_does() {
+    let mut stack = Stack::start(support::single_location(4, false)).await;
+    let (port, admin, _eventbridge, _secrets) =
+        serve_with_admin_and_eventbridge(&mut stack, |_| {}).await;
+    let install = stack.campaign(
+        "limited-install",
+        "steps:\n  - name: patch\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Install, RebootOption: RebootIfNeeded }\noverridable_parameters: [RebootOption]\nrate_control:\n  max_errors: 100%\n",
+    );
+    stack.apply_approved(&install).await;
+    let (status, body) = support::call(
+        port,
+        &admin,
+        "POST",
+        "/campaigns/limited-install/runs",
+        r#"{"parameters": {"RebootOption": "NoReboot"}}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("new parameter values change what its approved version runs"),
+        "{body}"
+    );
+    assert!(run_ids(&stack).await.is_empty(), "nothing started");
+    let (status, body) = support::call(
+        port,
+        &admin,
+        "POST",
+        "/campaigns/limited-install/runs",
+        r#"{"limit": {"regions": ["us-east-1"]}, "plan_only": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let run_id: Uuid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(
+        progress.overrides.as_deref(),
+        Some("overridden by ada: regions us-east-1")
+    );
+    stack.teardown().await;
+}

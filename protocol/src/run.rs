@@ -64,6 +64,20 @@ impl RunState {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Halted | Self::Cancelled)
     }
+
+    /// The states a run can be paused from (`Scheduler::pause`; the
+    /// console offers Pause only in these).
+    pub const PAUSABLE: [Self; 5] = [
+        Self::Running,
+        Self::Discovering,
+        Self::Baking,
+        Self::AwaitingApproval,
+        Self::OutsideWindow,
+    ];
+
+    pub fn may_pause(self) -> bool {
+        Self::PAUSABLE.contains(&self)
+    }
 }
 
 /// May a worker send a command for a run now?

@@ -81,6 +81,8 @@ run_fields! {
         Contract = "contract",
         SendUntilMs = "send_until_ms",
         FreezeOverride = "freeze_override",
+        // What a principal overrode at start, and who (newer runs).
+        Overrides = "overrides",
         HaltReason = "halt_reason",
         Drained = "drained",
         DiscoverNext = "discover_next",

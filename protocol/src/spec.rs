@@ -63,6 +63,12 @@ pub struct CampaignSpec {
     /// Maintenance windows: commands are sent only while one is open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowSpec>,
+    /// Step parameters a run may be started with other values of
+    /// (`flotilla run start --param KEY=VALUE`); none when empty. A changed
+    /// value of a campaign under the two-person rule needs a new approved
+    /// version all the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridable_parameters: Vec<String>,
 }
 
 /// A maintenance window: it opens at each occurrence of `schedule` and stays

@@ -16,6 +16,8 @@
 //!   jobs) and publishing its jobs.
 //! - [`plan`]: a run's plan — its campaign, targets, locations, job context.
 //! - `progress`: [`RunProgress`] from the ledger's fields and counters.
+//! - [`explain`]: what holds a run that is not moving (no worker, a kill
+//!   switch, a freeze, a closed window), for every view of a run.
 //! - [`reports`]: the reports consumer — applies each report once, writes
 //!   results before acking, admits what may start next, finishes runs.
 //! - [`ledger`]: the run's bookkeeping in Redis, one Lua script per update,

@@ -15,6 +15,9 @@ use crate::ledger::RunFields;
 pub struct RunProgress {
     pub run_id: Uuid,
     pub campaign: String,
+    /// The stored campaign version it runs (absent for runs of unstored specs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_version: Option<u32>,
     pub state: RunState,
     pub reason: String,
     /// Every result is in: the run completed, or stopped and reported what it
@@ -37,6 +40,10 @@ pub struct RunProgress {
     /// `schedule:<campaign>` or `event:<instance>`.
     #[serde(default)]
     pub started_by: String,
+    /// What its starter overrode (accounts, regions, instances, parameters),
+    /// and who; absent for a run of the campaign as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<String>,
     /// A rollout's waves (empty without one, or before discovery ends).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<crate::rollout::WaveProgress>,
@@ -75,6 +82,7 @@ impl RunProgress {
         Self {
             run_id,
             campaign: String::new(),
+            campaign_version: None,
             state: RunState::Halted,
             reason: format!("run record unreadable: {why}"),
             finished: true,
@@ -90,6 +98,7 @@ impl RunProgress {
             results: BTreeMap::new(),
             results_location: String::new(),
             started_by: String::new(),
+            overrides: None,
             waves: Vec::new(),
             bake_until_ms: None,
             created_ms: 0,
@@ -148,6 +157,9 @@ pub(crate) fn progress_from(
             .get(RunField::Campaign)
             .unwrap_or_default()
             .to_string(),
+        campaign_version: fields
+            .get(RunField::CampaignVersion)
+            .and_then(|version| version.parse().ok()),
         state,
         finished: state == RunState::Completed
             || (state.is_final() && fields.get(RunField::Drained).is_some()),
@@ -172,6 +184,7 @@ pub(crate) fn progress_from(
             .get(RunField::StartedBy)
             .unwrap_or_default()
             .to_string(),
+        overrides: fields.get(RunField::Overrides).map(str::to_string),
         waves: crate::rollout::waves_of(fields)?,
         bake_until_ms: if state == RunState::Baking {
             Some(fields.number(RunField::BakeUntil)?)

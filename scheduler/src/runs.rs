@@ -44,6 +44,9 @@ pub struct StartOptions {
     pub run_id: Option<Uuid>,
     /// Started during a change freeze, and why: the freeze does not pause it.
     pub freeze_override: Option<String>,
+    /// What the starter overrode (accounts, regions, instances, parameters)
+    /// and who: kept with the run.
+    pub overrides: Option<String>,
 }
 
 impl Default for StartOptions {
@@ -58,6 +61,7 @@ impl Default for StartOptions {
             started_by: "operator".into(),
             run_id: None,
             freeze_override: None,
+            overrides: None,
         }
     }
 }
@@ -156,6 +160,7 @@ impl Scheduler {
             targets_json: targets_json.as_deref(),
             started_by: &options.started_by,
             freeze_override: options.freeze_override.as_deref(),
+            overrides: options.overrides.as_deref(),
             send_until_ms: crate::windows::send_until(campaign, now_ms()),
             rollout_bake_ms: campaign
                 .rollout

@@ -291,15 +291,36 @@ impl ResultsStore {
 
     /// Every record of a run.
     pub async fn read_run(&self, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>> {
+        self.read_under(format!("run={run_id}")).await
+    }
+
+    /// The records of one location of a run (the console's location page).
+    pub async fn read_location(
+        &self,
+        run_id: Uuid,
+        location: &Location,
+    ) -> std::io::Result<Vec<ResultRecord>> {
+        // Account and region as AWS spells them: no `/`, no `..`.
+        location.validate().map_err(std::io::Error::other)?;
+        self.read_under(format!(
+            "run={run_id}/account={}/region={}",
+            location.account_id, location.region
+        ))
+        .await
+    }
+
+    /// Every record below `relative` (made here from a UUID and a validated
+    /// location only).
+    async fn read_under(&self, relative: String) -> std::io::Result<Vec<ResultRecord>> {
         match self {
             Self::Local(root) => {
-                let root = root.clone();
-                tokio::task::spawn_blocking(move || read_run(&root, run_id))
+                let dir = root.join(relative);
+                tokio::task::spawn_blocking(move || read_dir_records(&dir))
                     .await
                     .map_err(std::io::Error::other)?
             }
             Self::S3 { store, prefix, .. } => {
-                let run_prefix = Self::object_path(prefix, &format!("run={run_id}"));
+                let run_prefix = Self::object_path(prefix, &relative);
                 let mut listing = store.list(Some(&run_prefix));
                 let mut records = Vec::new();
                 while let Some(meta) = listing.next().await {
@@ -420,12 +441,16 @@ pub fn local_run_dir(root: &Path, run_id: Uuid) -> PathBuf {
 }
 
 pub fn read_run(root: &Path, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>> {
+    read_dir_records(&local_run_dir(root, run_id))
+}
+
+/// Every record of the results files below `dir` (none when it is absent).
+fn read_dir_records(dir: &Path) -> std::io::Result<Vec<ResultRecord>> {
     let mut records = Vec::new();
-    let run_dir = local_run_dir(root, run_id);
-    if !run_dir.exists() {
+    if !dir.exists() {
         return Ok(records);
     }
-    let mut stack = vec![run_dir];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();

@@ -204,18 +204,7 @@ impl Scheduler {
     pub async fn pause(&self, run_id: Uuid, reason: &str) -> Result<bool, SchedulerError> {
         let paused = self
             .ledger
-            .transition(
-                run_id,
-                &[
-                    RunState::Running,
-                    RunState::Discovering,
-                    RunState::Baking,
-                    RunState::AwaitingApproval,
-                    RunState::OutsideWindow,
-                ],
-                RunState::Paused,
-                reason,
-            )
+            .transition(run_id, &RunState::PAUSABLE, RunState::Paused, reason)
             .await?;
         if paused {
             self.announce(

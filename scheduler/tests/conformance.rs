@@ -226,6 +226,7 @@ fn new_run(location_concurrency: u64, allowed_location_errors: u64) -> NewRun<'s
         started_by: "test",
         rollout_bake_ms: None,
         freeze_override: None,
+        overrides: None,
         send_until_ms: None,
     }
 }

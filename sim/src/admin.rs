@@ -118,6 +118,8 @@ pub struct CommandRecord {
     pub output_s3: Option<(String, String)>,
     /// CloudWatchOutputConfig's log group, as sent (enabled).
     pub cloudwatch_log_group: Option<String>,
+    /// The Parameters, as sent.
+    pub parameters: Value,
 }
 
 /// Every command sent so far, oldest first.
@@ -151,6 +153,7 @@ pub fn command_records(state: &SimState) -> Vec<CommandRecord> {
                 .fold(command.requested_at, f64::max),
             output_s3: command.output_s3.clone(),
             cloudwatch_log_group: command.cloudwatch_log_group.clone(),
+            parameters: command.parameters.clone(),
         })
         .collect();
     records.sort_by(|a, b| a.requested_at.total_cmp(&b.requested_at));

@@ -100,6 +100,7 @@ async fn send_shell(
     client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .set_instance_ids(Some(ids.to_vec()))
         .send()
         .await
@@ -374,6 +375,7 @@ async fn commands_run_and_report_through_every_invocation_api() {
     let sent = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .set_instance_ids(Some(ids.clone()))
         .parameters("commands", vec!["uptime".into()])
         .comment("job 1234")
@@ -510,6 +512,7 @@ async fn commands_run_and_report_through_every_invocation_api() {
     let slow = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .instance_ids(&ids[0])
         .timeout_seconds(3600)
         .send()
@@ -557,6 +560,7 @@ async fn send_command_validates_like_ssm() {
     let error = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .instance_ids(&ids[0])
         .timeout_seconds(10)
         .send()
@@ -567,6 +571,7 @@ async fn send_command_validates_like_ssm() {
     let error = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .set_instance_ids(Some(too_many))
         .send()
         .await
@@ -575,10 +580,33 @@ async fn send_command_validates_like_ssm() {
     let error = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .send()
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some("ValidationException"));
+    // Parameters as the document declares them (issue 33): one missing,
+    // one undeclared, an Operation that is neither Scan nor Install.
+    let error = client
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .instance_ids(&ids[0])
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("InvalidParameters"));
+    for (name, value) in [("Operation", "Scan"), ("Operation", "Scna")] {
+        let mut request = client
+            .send_command()
+            .document_name("AWS-RunPatchBaseline")
+            .instance_ids(&ids[0])
+            .parameters(name, vec![value.into()]);
+        if value == "Scan" {
+            request = request.parameters("RebootOptoin", vec!["NoReboot".into()]);
+        }
+        let error = request.send().await.unwrap_err();
+        assert_eq!(error.code(), Some("InvalidParameters"), "{value}");
+    }
 }
 
 #[tokio::test]
@@ -920,6 +948,7 @@ async fn send_command_by_tag_targets_reaches_exactly_the_tagged_instances() {
     let sent = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .targets(target)
         .send()
         .await
@@ -949,6 +978,7 @@ async fn send_command_by_tag_targets_reaches_exactly_the_tagged_instances() {
     let error = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .set_targets(Some(six))
         .send()
         .await
@@ -989,6 +1019,7 @@ async fn send_command_by_instance_id_target_reaches_only_those_instances() {
     let sent = client
         .send_command()
         .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
         .targets(target)
         .send()
         .await

@@ -195,10 +195,10 @@ fn measure(
 
 /// Signs in to a scheduler without authentication (the demo's): the cookie.
 fn sign_in(agent: &ureq::Agent, base: &str) -> anyhow::Result<String> {
+    // Without authentication the console enters at once as anonymous.
     let response = agent
-        .post(format!("{base}/ui/login"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .send("next=%2Fui%2Fruns")?;
+        .get(format!("{base}/ui/login?next=%2Fui%2Fruns"))
+        .call()?;
     response
         .headers()
         .get("set-cookie")

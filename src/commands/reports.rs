@@ -126,16 +126,21 @@ fn unreachable(error: &anyhow::Error) -> bool {
         .any(|cause| cause.downcast_ref::<ureq::Error>().is_some())
 }
 
-/// Where the run's results are: `--dir`, else the scheduler's answer, else
-/// (the API unreachable) a local results directory holding the run.
-fn results_location(api: &ApiArgs, run_id: Uuid, dir: Option<String>) -> anyhow::Result<String> {
+/// Where the run's results are: `--dir`, else the scheduler's answer (with
+/// the run, for the report's header), else (the API unreachable) a local
+/// results directory holding the run.
+fn results_location(
+    api: &ApiArgs,
+    run_id: Uuid,
+    dir: Option<String>,
+) -> anyhow::Result<(String, Option<RunDetail>)> {
     if let Some(dir) = dir {
-        return Ok(dir);
+        return Ok((dir, None));
     }
     let asked = ApiClient::from_args(api)
         .and_then(|client| client.get::<RunDetail>(&format!("/runs/{run_id}")));
     match asked {
-        Ok(detail) => Ok(detail.progress.results_location),
+        Ok(detail) => Ok((detail.progress.results_location.clone(), Some(detail))),
         Err(error) if unreachable(&error) => {
             let found = LOCAL_RESULTS.iter().find(|dir| {
                 scheduler::sink::local_run_dir(std::path::Path::new(dir), run_id).is_dir()
@@ -143,7 +148,7 @@ fn results_location(api: &ApiArgs, run_id: Uuid, dir: Option<String>) -> anyhow:
             match found {
                 Some(dir) => {
                     eprintln!("the API at {} did not answer; reading the results in {dir}/", api.api);
-                    Ok((*dir).to_string())
+                    Ok(((*dir).to_string(), None))
                 }
                 None => Err(error.context(format!(
                     "and no results of run {run_id} under {}; pass where they are with --dir (a directory or s3://bucket/prefix)",
@@ -156,7 +161,7 @@ fn results_location(api: &ApiArgs, run_id: Uuid, dir: Option<String>) -> anyhow:
 }
 
 pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let output = results_location(api, args.run_id, args.dir)?;
+    let (output, detail) = results_location(api, args.run_id, args.dir)?;
     let store = match output.strip_prefix("s3://") {
         Some(location) => {
             let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
@@ -180,6 +185,10 @@ pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::
             args.run_id
         );
     }
-    report::write(&report::build(args.run_id, &records), args.format, out)?;
+    let mut built = report::build(args.run_id, &records);
+    if let Some(detail) = detail {
+        built = built.with_run(&detail);
+    }
+    report::write(&built, &records, args.format, out)?;
     Ok(ExitCode::SUCCESS)
 }

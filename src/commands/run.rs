@@ -24,7 +24,9 @@ pub enum RunCommand {
     #[command(after_help = "Examples:
   flotilla run start patch-scan --watch
   flotilla run start patch-scan -f examples/patch-scan.yaml --plan
-  RUN=$(flotilla run start patch-scan --format json | jq -r .run_id)")]
+  RUN=$(flotilla run start patch-scan --format json | jq -r .run_id)
+  flotilla run start patch-install --limit-regions eu-west-1 --limit-instances i-0abc,i-0def
+  flotilla run start patch-install --param RebootOption=NoReboot")]
     Start {
         /// The stored campaign's name.
         name: String,
@@ -45,6 +47,22 @@ pub enum RunCommand {
         /// second run is refused: both could act on the same hosts).
         #[arg(long)]
         allow_concurrent: bool,
+        /// Only these of the campaign's accounts (comma-separated or
+        /// repeated); one it does not cover is refused, never added.
+        #[arg(long, value_delimiter = ',', value_name = "ACCOUNT")]
+        limit_accounts: Vec<String>,
+        /// Only these of the campaign's regions; one it does not list is refused.
+        #[arg(long, value_delimiter = ',', value_name = "REGION")]
+        limit_regions: Vec<String>,
+        /// Only these instances, each still matching the campaign's targets
+        /// (tags, platform, online); one outside its id list is refused.
+        #[arg(long, value_delimiter = ',', value_name = "INSTANCE_ID")]
+        limit_instances: Vec<String>,
+        /// A new value of a parameter the campaign lists in
+        /// `overridable_parameters`, for this run; repeat for several. Under
+        /// the two-person rule a changed value needs a new approved version.
+        #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
     },
     /// Recent runs with their counters.
     List {
@@ -117,6 +135,10 @@ pub fn run(
             watch: follow,
             override_freeze,
             allow_concurrent,
+            limit_accounts,
+            limit_regions,
+            limit_instances,
+            params,
         } => {
             if let Some(file) = file {
                 let applied = apply(&client, &file, json, out)?;
@@ -134,6 +156,12 @@ pub fn run(
                     "plan_only": plan,
                     "override_freeze": override_freeze,
                     "allow_concurrent": allow_concurrent,
+                    "limit": {
+                        "accounts": limit_accounts,
+                        "regions": limit_regions,
+                        "instance_ids": limit_instances,
+                    },
+                    "parameters": params.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 }),
             )?;
             let run_id: Uuid = serde_json::from_value(started["run_id"].clone())
@@ -229,6 +257,16 @@ fn print_plan(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow:
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `KEY=VALUE` of `--param`.
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
 }
 

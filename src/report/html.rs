@@ -182,6 +182,48 @@ fn severity(report: &Report) -> BTreeMap<String, BTreeMap<String, u64>> {
         .collect()
 }
 
+/// Non-compliant instances an HTML report lists (worst first); the CSV has all.
+pub const HTML_INSTANCES: usize = 500;
+
+fn when(ms: Option<u64>) -> String {
+    ms.and_then(|ms| i64::try_from(ms).ok())
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "unknown".into(),
+            |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
+}
+
+/// The report's heading facts, labelled (the table format's lines and the
+/// HTML's header); "unknown" where neither the results nor the scheduler say.
+pub fn header_fields(header: &super::Header) -> Vec<(&'static str, String)> {
+    let or_unknown = |value: Option<String>| value.unwrap_or_else(|| "unknown".into());
+    vec![
+        (
+            "campaign",
+            or_unknown(Some(header.campaign.clone()).filter(|name| !name.is_empty())),
+        ),
+        (
+            "version",
+            or_unknown(header.campaign_version.map(|v| v.to_string())),
+        ),
+        (
+            "documents",
+            or_unknown(Some(header.documents.join(", ")).filter(|d| !d.is_empty())),
+        ),
+        ("started by", or_unknown(header.started_by.clone())),
+        ("start", when(header.started_ms)),
+        ("end", when(header.ended_ms)),
+        (
+            "duration",
+            or_unknown(header.duration().map(|duration| {
+                humantime::format_duration(std::time::Duration::from_secs(duration.as_secs()))
+                    .to_string()
+            })),
+        ),
+    ]
+}
+
 /// The report as one self-contained HTML document.
 pub fn render(report: &Report) -> String {
     let totals = totals(report);
@@ -193,11 +235,22 @@ pub fn render(report: &Report) -> String {
             *row.entry(status.clone()).or_default() += n;
         }
     }
-    let title = format!("flotilla run {}", report.run_id);
+    let header = &report.header;
+    let title = if header.campaign.is_empty() {
+        format!("flotilla run {}", report.run_id)
+    } else {
+        format!("{} — flotilla run {}", header.campaign, report.run_id)
+    };
+    let shown = report.non_compliant.len().min(HTML_INSTANCES);
     document(
         &title,
         html! {
             h1 { (title) }
+            dl.header #header {
+                @for (label, value) in header_fields(header) {
+                    dt { (label) } dd { (value) }
+                }
+            }
             p { (report.results) " results in " (report.by_location.len()) " account-regions; " (report.non_compliant.len()) " non-compliant instances." }
             div.charts {
                 div { h2 { "Results by status" } (donut(&totals)) (legend(&totals)) }
@@ -216,9 +269,15 @@ pub fn render(report: &Report) -> String {
                 }
             }
             h2 { "Non-compliant instances" }
+            @if report.non_compliant.len() > shown {
+                p #more {
+                    "The worst " (shown) " of " (report.non_compliant.len()) ", most critical first. Every target, one row each: "
+                    code { "flotilla report " (report.run_id) " --format csv > run.csv" }
+                }
+            }
             table {
                 tr { th { "instance" } th { "account" } th { "region" } th { "missing" } th { "critical" } th { "security" } th { "failed" } th { "pending reboot" } }
-                @for instance in &report.non_compliant {
+                @for instance in report.non_compliant.iter().take(shown) {
                     tr {
                         td { (instance.instance_id) } td { (instance.account_id) } td { (instance.region) }
                         td.n { (instance.missing) } td.n { (instance.critical) } td.n { (instance.security) }

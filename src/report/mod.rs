@@ -12,22 +12,34 @@ pub mod table;
 
 use std::io::Write;
 
-pub use self::model::{FailureGroup, NonCompliant, Report, build};
+pub use self::model::{FailureGroup, Header, NonCompliant, Report, build};
+
+use scheduler::sink::ResultRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Totals, locations, the worst instances and failures, for people.
     Table,
+    /// One row per target and step, every compliance count a column.
     Csv,
+    /// The report as nested JSON (header, steps, locations, instances).
     Json,
     /// One self-contained HTML file (inline CSS and SVG charts; opens offline).
     Html,
 }
 
-pub fn write(report: &Report, format: Format, out: &mut impl Write) -> anyhow::Result<()> {
+/// Writes `report` (built from `records`) in `format`; the CSV is the
+/// records themselves, one tidy row each.
+pub fn write(
+    report: &Report,
+    records: &[ResultRecord],
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     match format {
-        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(report)?)?,
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report.json())?)?,
         Format::Html => out.write_all(html::render(report).as_bytes())?,
-        Format::Csv => table::write_csv(report, out)?,
+        Format::Csv => table::write_csv(records, out)?,
         Format::Table => table::write_table(report, out)?,
     }
     Ok(())
@@ -129,13 +141,77 @@ mod tests {
         assert_eq!(report.non_compliant[0].critical, 2);
         assert_eq!(report.top_failures[0].detail, "yum: lock held");
         assert_eq!(report.top_failures[0].targets, 2);
+        // The CSV: one tidy table, a row per target and step, every
+        // compliance count a column (issue 33).
         let mut csv = Vec::new();
-        write(&report, Format::Csv, &mut csv).unwrap();
+        write(&report, &records, Format::Csv, &mut csv).unwrap();
         let csv = String::from_utf8(csv).unwrap();
-        assert!(csv.contains("step,0 scan,Failed,2"), "{csv}");
+        let rows: Vec<Vec<&str>> = csv.lines().map(|line| line.split(',').collect()).collect();
+        assert_eq!(rows[0], table::CSV_COLUMNS, "{csv}");
+        assert_eq!(rows.len(), 1 + records.len(), "{csv}");
         assert!(
-            csv.contains("non_compliant,111122223333/us-east-1/i-2"),
+            rows.iter().all(|row| row.len() == table::CSV_COLUMNS.len()),
             "{csv}"
+        );
+        let column = |name: &str| {
+            table::CSV_COLUMNS
+                .iter()
+                .position(|column| *column == name)
+                .unwrap()
+        };
+        let i2 = rows
+            .iter()
+            .find(|row| row[column("instance_id")] == "i-2")
+            .unwrap();
+        assert_eq!(i2[column("missing")], "4");
+        assert_eq!(i2[column("critical_non_compliant")], "2");
+        assert_eq!(i2[column("status_detail")], "Success");
+        let i3 = rows
+            .iter()
+            .find(|row| row[column("instance_id")] == "i-3")
+            .unwrap();
+        assert_eq!(i3[column("missing")], "", "no patch counts without a scan");
+        assert_eq!(i3[column("output_first_line")], "yum: lock held");
+
+        // The JSON: nested objects, never joined keys.
+        let json = report.json();
+        assert_eq!(json["steps"][0]["index"], 0);
+        assert_eq!(json["steps"][0]["name"], "scan");
+        assert_eq!(json["steps"][0]["statuses"]["Success"], 2);
+        assert_eq!(json["locations"][0]["account_id"], "111122223333");
+        assert_eq!(json["locations"][0]["region"], "us-east-1");
+        assert_eq!(json["header"]["campaign"], "scan");
+    }
+
+    #[test]
+    fn the_html_report_names_the_run_and_lists_the_worst_500_instances() {
+        let records: Vec<ResultRecord> = (0..600)
+            .map(|n| {
+                let compliance = PatchCompliance {
+                    missing: 1 + n % 7,
+                    critical_non_compliant: n % 3,
+                    ..PatchCompliance::default()
+                };
+                record(
+                    &format!("i-{n:017}"),
+                    StatusDetail::Success,
+                    "ok",
+                    Some(compliance),
+                )
+            })
+            .collect();
+        let report = build(Uuid::nil(), &records);
+        let mut html = Vec::new();
+        write(&report, &records, Format::Html, &mut html).unwrap();
+        let html = String::from_utf8(html).unwrap();
+        assert!(html.contains("<title>scan — flotilla run "), "{html}");
+        for label in ["campaign", "documents", "started by", "start"] {
+            assert!(html.contains(&format!("<dt>{label}</dt>")), "{label}");
+        }
+        assert_eq!(html.matches("<tr><td>i-").count(), 500, "the worst 500");
+        assert!(
+            html.contains("The worst 500 of 600") && html.contains("--format csv &gt; run.csv"),
+            "{html}"
         );
     }
 
@@ -157,7 +233,7 @@ mod tests {
         ];
         let report = build(Uuid::nil(), &records);
         let mut html = Vec::new();
-        write(&report, Format::Html, &mut html).unwrap();
+        write(&report, &records, Format::Html, &mut html).unwrap();
         let html = String::from_utf8(html).unwrap();
         assert!(
             html.to_ascii_lowercase().starts_with("<!doctype html>")

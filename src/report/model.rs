@@ -12,6 +12,9 @@ use uuid::Uuid;
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Report {
     pub run_id: Uuid,
+    /// What ran, who started it, when: from the results, and from the
+    /// scheduler when it answers ([`Report::with_run`]).
+    pub header: Header,
     pub results: usize,
     /// step → status detail → targets
     pub by_status: BTreeMap<String, BTreeMap<String, u64>>,
@@ -19,6 +22,29 @@ pub struct Report {
     pub by_location: BTreeMap<String, BTreeMap<String, u64>>,
     pub non_compliant: Vec<NonCompliant>,
     pub top_failures: Vec<FailureGroup>,
+}
+
+/// A report's heading facts; `None` where neither the results nor the
+/// scheduler say.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Header {
+    pub campaign: String,
+    pub campaign_version: Option<u32>,
+    /// The steps' documents, in step order.
+    pub documents: Vec<String>,
+    pub started_by: Option<String>,
+    /// The first command's request and the last result's end (Unix ms).
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+}
+
+impl Header {
+    /// How long from the first request to the last result, when both are known.
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(
+            self.ended_ms?.checked_sub(self.started_ms?)?,
+        ))
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -42,6 +68,67 @@ pub struct FailureGroup {
 }
 
 const TOP_FAILURES: usize = 10;
+
+impl Report {
+    /// Adds what the scheduler knows of the run: its campaign's version and
+    /// documents, who started it and when it was made.
+    pub fn with_run(mut self, detail: &api::json::RunDetail) -> Self {
+        let progress = &detail.progress;
+        if self.header.campaign.is_empty() {
+            self.header.campaign = progress.campaign.clone();
+        }
+        self.header.campaign_version = progress.campaign_version;
+        self.header.documents = detail
+            .steps
+            .iter()
+            .map(|step| step.document.clone())
+            .collect();
+        if !progress.started_by.is_empty() {
+            self.header.started_by = Some(progress.started_by.clone());
+        }
+        if self.header.started_ms.is_none() && progress.created_ms > 0 {
+            self.header.started_ms = Some(progress.created_ms);
+        }
+        self
+    }
+
+    /// The report as JSON for scripts: nested objects, never joined keys.
+    pub fn json(&self) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .by_status
+            .iter()
+            .map(|(step, statuses)| {
+                let (index, name) = step.split_once(' ').unwrap_or((step, ""));
+                serde_json::json!({
+                    "index": index.parse::<u16>().ok(),
+                    "name": name,
+                    "statuses": statuses,
+                })
+            })
+            .collect();
+        let locations: Vec<serde_json::Value> = self
+            .by_location
+            .iter()
+            .map(|(location, statuses)| {
+                let (account_id, region) = location.split_once('/').unwrap_or((location, ""));
+                serde_json::json!({
+                    "account_id": account_id,
+                    "region": region,
+                    "statuses": statuses,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "run_id": self.run_id,
+            "header": self.header,
+            "results": self.results,
+            "steps": steps,
+            "locations": locations,
+            "non_compliant": self.non_compliant,
+            "top_failures": self.top_failures,
+        })
+    }
+}
 
 pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
     let mut by_status: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
@@ -107,8 +194,24 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
             .then_with(|| a.detail.cmp(&b.detail))
     });
     top_failures.truncate(TOP_FAILURES);
+    let header = Header {
+        campaign: records
+            .first()
+            .map(|record| record.campaign.clone())
+            .unwrap_or_default(),
+        started_ms: records
+            .iter()
+            .filter_map(|record| record.requested_at.map(|at| at.0))
+            .min(),
+        ended_ms: records
+            .iter()
+            .filter_map(|record| record.finished_at.map(|at| at.0))
+            .max(),
+        ..Header::default()
+    };
     Report {
         run_id,
+        header,
         results: records.len(),
         by_status,
         by_location,

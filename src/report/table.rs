@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use scheduler::sink::ResultRecord;
+
 use super::Report;
 
 fn csv_field(text: &str) -> String {
@@ -12,44 +14,92 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-/// The report as CSV: one section per kind of row.
-pub fn write_csv(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "section,key,status,targets")?;
-    for (step, statuses) in &report.by_status {
-        for (status, n) in statuses {
-            writeln!(out, "step,{},{},{n}", csv_field(step), csv_field(status))?;
-        }
-    }
-    for (location, statuses) in &report.by_location {
-        for (status, n) in statuses {
-            writeln!(
-                out,
-                "location,{},{},{n}",
-                csv_field(location),
-                csv_field(status)
-            )?;
-        }
-    }
-    for failure in &report.top_failures {
-        writeln!(
-            out,
-            "failure,{},{},{}",
-            csv_field(&failure.detail),
-            csv_field(&failure.status),
-            failure.targets
-        )?;
-    }
-    for instance in &report.non_compliant {
-        writeln!(
-            out,
-            "non_compliant,{}/{}/{},missing {} critical {} security {},1",
-            instance.account_id,
-            instance.region,
-            instance.instance_id,
-            instance.missing,
-            instance.critical,
-            instance.security
-        )?;
+/// The CSV's columns, in order: one row per target and step.
+pub const CSV_COLUMNS: [&str; 26] = [
+    "run_id",
+    "campaign",
+    "account_id",
+    "region",
+    "step_index",
+    "step",
+    "instance_id",
+    "status",
+    "status_detail",
+    "command_id",
+    "requested_at",
+    "started_at",
+    "finished_at",
+    "response_code",
+    "patch_operation",
+    "installed",
+    "installed_other",
+    "installed_pending_reboot",
+    "installed_rejected",
+    "missing",
+    "failed",
+    "not_applicable",
+    "critical_non_compliant",
+    "security_non_compliant",
+    "other_non_compliant",
+    "output_first_line",
+];
+
+fn rfc3339(at: Option<protocol::job::UnixMillis>) -> String {
+    at.and_then(|at| i64::try_from(at.0).ok())
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// The results as one tidy table: one row per target and step, times in
+/// RFC 3339, every compliance count a column (empty without a patch scan).
+pub fn write_csv(records: &[ResultRecord], out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "{}", CSV_COLUMNS.join(","))?;
+    for record in records {
+        let count = |pick: fn(&protocol::report::PatchCompliance) -> u32| {
+            record
+                .compliance
+                .as_ref()
+                .map(|compliance| pick(compliance).to_string())
+                .unwrap_or_default()
+        };
+        let row = [
+            record.run_id.to_string(),
+            record.campaign.clone(),
+            record.account_id.clone(),
+            record.region.clone(),
+            record.step_index.to_string(),
+            record.step.clone(),
+            record.instance_id.clone(),
+            record.status.clone(),
+            record.status_detail.clone(),
+            record.command_id.clone().unwrap_or_default(),
+            rfc3339(record.requested_at),
+            rfc3339(record.started_at),
+            rfc3339(record.finished_at),
+            record
+                .response_code
+                .map(|code| code.to_string())
+                .unwrap_or_default(),
+            record
+                .compliance
+                .as_ref()
+                .map(|compliance| format!("{:?}", compliance.operation))
+                .unwrap_or_default(),
+            count(|c| c.installed),
+            count(|c| c.installed_other),
+            count(|c| c.installed_pending_reboot),
+            count(|c| c.installed_rejected),
+            count(|c| c.missing),
+            count(|c| c.failed),
+            count(|c| c.not_applicable),
+            count(|c| c.critical_non_compliant),
+            count(|c| c.security_non_compliant),
+            count(|c| c.other_non_compliant),
+            record.output.lines().next().unwrap_or_default().to_string(),
+        ];
+        let fields: Vec<String> = row.iter().map(|field| csv_field(field)).collect();
+        writeln!(out, "{}", fields.join(","))?;
     }
     Ok(())
 }
@@ -57,6 +107,9 @@ pub fn write_csv(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
 /// The report as a table to read in a terminal.
 pub fn write_table(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "run {}: {} results", report.run_id, report.results)?;
+    for (label, value) in super::html::header_fields(&report.header) {
+        writeln!(out, "  {label}: {value}")?;
+    }
     writeln!(out, "\nby status")?;
     for (step, statuses) in &report.by_status {
         writeln!(out, "  step {step}")?;
@@ -94,8 +147,9 @@ pub fn write_table(report: &Report, out: &mut impl Write) -> std::io::Result<()>
     if report.non_compliant.len() > 20 {
         writeln!(
             out,
-            "  … {} more (--format csv or json lists all)",
-            report.non_compliant.len() - 20
+            "  … {} more (`flotilla report {} --format csv` lists every target)",
+            report.non_compliant.len() - 20,
+            report.run_id
         )?;
     }
     writeln!(out, "\ntop failures")?;

@@ -19,6 +19,13 @@ pub(crate) async fn handle<S: Store>(
     ctx: &Context<S>,
     job: DiscoverJob,
 ) -> Result<JobOutcome, JobError> {
+    // A cancelled (or unknown) run discovers no more: its discovery ended
+    // with the cancel, so nothing is asked of AWS for it.
+    if let store::SendGate::Shut(store::GateCause::RunCancelled(_) | store::GateCause::RunUnknown) =
+        ctx.gate(&job.run).await
+    {
+        return Ok(JobOutcome::Done);
+    }
     let client = match ctx.ssm(&job.run, &job.location).await {
         Ok(Some(client)) => client,
         Ok(None) => return Ok(ctx.no_tokens()),

@@ -89,6 +89,7 @@ pub(super) async fn start_run(
         override_freeze: Some(form.get("override_freeze").trim().to_string())
             .filter(|why| !why.is_empty()),
         allow_concurrent: form.get("allow_concurrent") == "yes",
+        overrides: Default::default(),
     };
     let starter = Starter::Principal {
         principal,

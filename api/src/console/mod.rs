@@ -229,14 +229,96 @@ fn login_form_is_ours(headers: &axum::http::HeaderMap, form: &Form) -> bool {
         .is_some_and(|cookie| Sha256::digest(cookie) == Sha256::digest(posted))
 }
 
+/// The sign-in page; where no authentication is configured (loopback
+/// only) there is no one to tell apart, so the console enters at once as
+/// `anonymous` instead of asking for a click.
 async fn login_page(
     State(state): State<ApiState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     certificate: Certificate,
     Query(query): Query<LoginQuery>,
 ) -> Response {
     let next = safe_next(query.next.as_deref().unwrap_or_default());
     let preset = tokenless(&state, certificate.as_deref());
+    if certificate.is_none()
+        && state.auth.is_open()
+        && let Some(anonymous) = &preset
+    {
+        let current = match connected(&state.current) {
+            Ok(current) => current,
+            Err(error) => return error.into(),
+        };
+        return start_session(
+            &state,
+            &current,
+            peer,
+            anonymous,
+            SessionOrigin::Anonymous,
+            now_ms() + session::MAX_SESSION_MS,
+            next,
+        )
+        .await;
+    }
     login_form(&state, StatusCode::OK, None, next, preset.as_ref())
+}
+
+/// The audit record of a sign-in or a refused one.
+fn login_record(
+    peer: std::net::SocketAddr,
+    principal: &str,
+    role: &str,
+    action: &str,
+    reason: &str,
+    outcome: &str,
+) -> AuditRecord {
+    AuditRecord {
+        time_ms: now_ms(),
+        principal: principal.into(),
+        role: role.into(),
+        source: peer.ip().to_string(),
+        action: action.into(),
+        object: "/ui/login".into(),
+        reason: reason.into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        outcome: outcome.into(),
+    }
+}
+
+/// Makes the session, audits the sign-in (`console:login`) and sends the
+/// browser on with its cookie.
+async fn start_session(
+    state: &ApiState,
+    current: &scheduler::Scheduler,
+    peer: std::net::SocketAddr,
+    principal: &Principal,
+    origin: SessionOrigin,
+    expires_ms: u64,
+    next: &str,
+) -> Response {
+    let cookie = match current.create_session(principal, origin, expires_ms).await {
+        Ok((cookie, _)) => cookie,
+        Err(error) => return ApiError::from(error).into(),
+    };
+    let entry = login_record(
+        peer,
+        &principal.name,
+        principal.role.as_str(),
+        "console:login",
+        "",
+        "ok",
+    );
+    crate::access::audit(state, entry).await;
+    let max_age = expires_ms.saturating_sub(now_ms()) / 1000;
+    let secure = if state.tls.is_some() { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        session::COOKIE
+    );
+    let mut response = Redirect::to(next).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// Signs in: the token is checked as the API checks it, a session is made,
@@ -267,18 +349,9 @@ async fn login(
         Ok(current) => current,
         Err(error) => return error.into(),
     };
-    let record =
-        |principal: &str, role: &str, action: &str, reason: &str, outcome: &str| AuditRecord {
-            time_ms: now_ms(),
-            principal: principal.into(),
-            role: role.into(),
-            source: peer.ip().to_string(),
-            action: action.into(),
-            object: "/ui/login".into(),
-            reason: reason.into(),
-            request_id: uuid::Uuid::new_v4().to_string(),
-            outcome: outcome.into(),
-        };
+    let record = |principal: &str, role: &str, action: &str, reason: &str, outcome: &str| {
+        login_record(peer, principal, role, action, reason, outcome)
+    };
     let signed_in = match (&preset, certificate.as_deref()) {
         (Some(principal), Some(_)) => Ok((
             principal.clone(),
@@ -311,30 +384,10 @@ async fn login(
             return login_form(&state, refusal.status, Some(&refusal.message), &next, None);
         }
     };
-    let created = current.create_session(&principal, origin, expires_ms).await;
-    let (cookie, _) = match created {
-        Ok(created) => created,
-        Err(error) => return ApiError::from(error).into(),
-    };
-    let entry = record(
-        &principal.name,
-        principal.role.as_str(),
-        "console:login",
-        "",
-        "ok",
-    );
-    crate::access::audit(&state, entry).await;
-    let max_age = expires_ms.saturating_sub(now_ms()) / 1000;
-    let secure = if state.tls.is_some() { "; Secure" } else { "" };
-    let cookie = format!(
-        "{}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
-        session::COOKIE
-    );
-    let mut response = Redirect::to(&next).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    start_session(
+        &state, &current, peer, &principal, origin, expires_ms, &next,
+    )
+    .await
 }
 
 /// The principal a sign-in token names (flotilla's or an SSO JWT), how the

@@ -100,14 +100,89 @@ pub(super) async fn runs_page(
 /// The run page's live part, rendered.
 pub(super) async fn run_live(
     current: &Scheduler,
+    frame: &view::Frame<'_>,
     run_id: uuid::Uuid,
     location: Option<&str>,
 ) -> Result<(scheduler::RunProgress, Markup), ApiError> {
     let progress = current.progress(run_id).await?;
     let locations = current.ledger().location_statuses(run_id).await?;
     let holds = current.holds(run_id, &progress).await;
-    let live = view::run_live(&progress, &holds, &locations, location);
+    let plan = current.plan(run_id).await.ok();
+    // Unnamed steps are shown by number.
+    let steps: Vec<String> = plan
+        .as_ref()
+        .map(|plan| {
+            plan.campaign
+                .steps
+                .iter()
+                .map(|step| step.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let instances = match (location, &plan) {
+        (Some(selected), Some(plan)) => {
+            Some(location_instances(current, plan, run_id, selected).await)
+        }
+        _ => None,
+    };
+    let live = maud::html! {
+        (view::run_actions(frame, &progress))
+        (view::run_live(&progress, &steps, &holds, &locations, location, now_ms()))
+        @if let Some(instances) = &instances { (view::location_instances(instances, &steps)) }
+    };
     Ok((progress, live))
+}
+
+/// The instances of a run's location (`account/region`) as its results
+/// say, failures first, at most [`view::LOCATION_INSTANCES`], and its own
+/// top failures; or why they cannot be read.
+async fn location_instances(
+    current: &Scheduler,
+    plan: &scheduler::plan::RunPlan,
+    run_id: uuid::Uuid,
+    selected: &str,
+) -> Result<view::LocationInstances, String> {
+    let Some((account_id, region)) = selected.split_once('/') else {
+        return Err(format!("{selected:?} is not account/region"));
+    };
+    let location = protocol::job::Location {
+        account_id: account_id.to_string(),
+        region: region.to_string(),
+    };
+    let store = current
+        .results_store(&plan.campaign.output)
+        .map_err(|error| error.to_string())?;
+    let mut records = store
+        .read_location(run_id, &location)
+        .await
+        .map_err(|error| format!("the results cannot be read: {error}"))?;
+    let total = records.len();
+    let mut failures: BTreeMap<(u16, String, String), u64> = BTreeMap::new();
+    for record in records
+        .iter()
+        .filter(|record| record.status != "Success" && record.status != "Not Started")
+    {
+        let cause = scheduler::failures::failure_kind(&record.output);
+        *failures
+            .entry((record.step_index, record.status_detail.clone(), cause))
+            .or_default() += 1;
+    }
+    let mut failures: Vec<((u16, String, String), u64)> = failures.into_iter().collect();
+    failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    failures.truncate(10);
+    records.sort_by(|a, b| {
+        (a.status == "Success", a.step_index, &a.instance_id).cmp(&(
+            b.status == "Success",
+            b.step_index,
+            &b.instance_id,
+        ))
+    });
+    records.truncate(view::LOCATION_INSTANCES);
+    Ok(view::LocationInstances {
+        total,
+        records,
+        failures,
+    })
 }
 
 pub(super) async fn run_page(
@@ -123,7 +198,9 @@ pub(super) async fn run_page(
         .location
         .as_deref()
         .filter(|location| location.len() <= 128);
-    let (progress, live) = run_live(&current, run_id, location).await?;
+    let kill = frame_parts(&current).await?;
+    let frame = frame(&principal, &session, kill.as_deref());
+    let (progress, live) = run_live(&current, &frame, run_id, location).await?;
     if query.fragment.is_some() {
         return Ok(html(StatusCode::OK, live));
     }
@@ -134,9 +211,7 @@ pub(super) async fn run_page(
         live_url.push('&');
         live_url.push_str(&query);
     }
-    let kill = frame_parts(&current).await?;
-    let frame = frame(&principal, &session, kill.as_deref());
-    let content = view::run_page(&frame, &progress, live, &live_url);
+    let content = view::run_page(&progress, live, &live_url);
     Ok(html(
         StatusCode::OK,
         view::page(&frame, &format!("Run of {}", progress.campaign), content),

@@ -196,6 +196,23 @@ pub(super) struct StartRequest {
     /// Start although another run of the campaign is live.
     #[serde(default)]
     allow_concurrent: bool,
+    /// Narrow the run and set overridable parameters (see
+    /// `scheduler::start_gate::RunOverrides`).
+    #[serde(default)]
+    limit: Limits,
+    #[serde(default)]
+    parameters: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    #[serde(default)]
+    accounts: Vec<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+    #[serde(default)]
+    instance_ids: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -228,6 +245,12 @@ pub(super) async fn start_run(
         plan_only: request.plan_only,
         override_freeze: request.override_freeze,
         allow_concurrent: request.allow_concurrent,
+        overrides: scheduler::start_gate::RunOverrides {
+            accounts: request.limit.accounts,
+            regions: request.limit.regions,
+            instance_ids: request.limit.instance_ids,
+            parameters: request.parameters,
+        },
     };
     let start = scheduler.start_run_as(&starter, &name, &request).await?;
     let answer = Json(StartedRun {

@@ -46,7 +46,17 @@ pub struct RunDetail {
     /// window, jobs no worker takes); empty when nothing does.
     #[serde(default)]
     pub holds: Vec<scheduler::explain::Hold>,
+    /// The run's steps: name and document (empty when its plan cannot be read).
+    #[serde(default)]
+    pub steps: Vec<StepInfo>,
     pub location_states: Vec<scheduler::ledger::LocationStatus>,
+}
+
+/// One step of a run, as `run show` and reports name it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepInfo {
+    pub name: String,
+    pub document: String,
 }
 
 pub(crate) async fn show_run(
@@ -58,9 +68,25 @@ pub(crate) async fn show_run(
     let progress = scheduler.progress(run_id).await?;
     let location_states = scheduler.ledger().location_statuses(run_id).await?;
     let holds = scheduler.holds(run_id, &progress).await;
+    let steps = match scheduler.plan(run_id).await {
+        Ok(plan) => plan
+            .campaign
+            .steps
+            .iter()
+            .map(|step| StepInfo {
+                name: step.name.clone(),
+                document: step.document.clone(),
+            })
+            .collect(),
+        Err(error) => {
+            tracing::debug!(%run_id, %error, "the run's steps cannot be read");
+            Vec::new()
+        }
+    };
     Ok(Json(RunDetail {
         progress,
         holds,
+        steps,
         location_states,
     }))
 }

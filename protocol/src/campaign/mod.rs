@@ -78,7 +78,8 @@ impl Campaign {
         Self::build_and_validate_within(spec, DEFAULT_MAX_LOCATIONS)
     }
 
-    fn build_and_validate_within(
+    /// [`Campaign::build_and_validate`] under a location limit.
+    pub fn build_and_validate_within(
         spec: CampaignSpec,
         max_locations: u64,
     ) -> Result<Self, FieldErrors> {
@@ -170,6 +171,24 @@ impl Campaign {
                     ),
                 );
             }
+        }
+        for (index, name) in spec.overridable_parameters.iter().enumerate() {
+            if !spec
+                .steps
+                .iter()
+                .any(|step| step.parameters.contains_key(name))
+            {
+                v.error(
+                    &root.at("overridable_parameters").index(index),
+                    format!("no step has a parameter {name:?} to override"),
+                );
+            }
+        }
+        if spec.overridable_parameters.len() > 32 {
+            v.error(
+                &root.at("overridable_parameters"),
+                "may list at most 32 parameters",
+            );
         }
         if spec.run_by.len() > 100 {
             v.error(

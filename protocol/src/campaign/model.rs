@@ -133,6 +133,38 @@ impl TargetSelection {
         })
     }
 
+    /// The selection narrowed to `ids`, keeping every other filter: a run
+    /// limited at start (`--limit-instances`) narrows, never widens. `Err`
+    /// names the first id certainly outside the selection (an id list
+    /// without it).
+    pub fn narrowed_to_instances(&self, ids: &[String]) -> Result<Self, String> {
+        let only = ids.to_vec();
+        let outside = |listed: &[String]| ids.iter().find(|id| !listed.contains(id)).cloned();
+        let selector = match &self.selector {
+            TargetSelector::All => TargetSelector::InstanceIds(only),
+            TargetSelector::InstanceIds(listed) => match outside(listed) {
+                Some(id) => return Err(id),
+                None => TargetSelector::InstanceIds(only),
+            },
+            TargetSelector::Tags(tags) => TargetSelector::TaggedInstances {
+                tags: tags.clone(),
+                instance_ids: only,
+            },
+            TargetSelector::TaggedInstances { tags, instance_ids } => match outside(instance_ids) {
+                Some(id) => return Err(id),
+                None => TargetSelector::TaggedInstances {
+                    tags: tags.clone(),
+                    instance_ids: only,
+                },
+            },
+        };
+        Ok(Self {
+            selector,
+            platform: self.platform,
+            online_only: self.online_only,
+        })
+    }
+
     /// The instance ids the selection is limited to, if it is.
     pub fn instance_ids(&self) -> Option<&[String]> {
         match &self.selector {

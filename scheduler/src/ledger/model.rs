@@ -117,6 +117,8 @@ pub struct NewRun<'a> {
     pub rollout_bake_ms: Option<u64>,
     /// Started during a change freeze by an override, and why.
     pub freeze_override: Option<&'a str>,
+    /// What the starter overrode, and who.
+    pub overrides: Option<&'a str>,
     /// With maintenance windows: the end of the one open at creation (0
     /// while all are closed); workers send only before it.
     pub send_until_ms: Option<u64>,
@@ -247,6 +249,9 @@ pub(super) fn run_hash_fields(run: &NewRun<'_>, location_count: usize) -> Vec<(R
     if let Some(why) = run.freeze_override {
         fields.push((RunField::FreezeOverride, why.to_string()));
     }
+    if let Some(overrides) = run.overrides {
+        fields.push((RunField::Overrides, overrides.to_string()));
+    }
     if let Some(bake_ms) = run.rollout_bake_ms {
         fields.push((RunField::Rollout, "1".into()));
         fields.push((RunField::BakeMs, bake_ms.to_string()));
@@ -270,6 +275,9 @@ pub(super) fn location_statuses(
         let opened = state.contains_key(&format!("{key}:published"));
         let label = if failure.is_some() {
             "failed"
+        } else if state.contains_key(&format!("{key}:closed")) {
+            // Its discovery ended with the run (a cancel).
+            "closed"
         } else if pages.is_none() && seen == 0 && !opened {
             // Outside the discovery window so far (or being opened now).
             "queued"

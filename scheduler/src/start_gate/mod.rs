@@ -8,7 +8,10 @@
 //! 2. **Who starts may**: a principal needs `runs:start` and a place in the
 //!    campaign's `run_by`; a schedule needs the campaign's schedule; an event
 //!    needs a trigger of its kind and an account and region the campaign
-//!    covers (it narrows the run to its instance, never widens it).
+//!    covers (it narrows the run to its instance, never widens it). A
+//!    principal's overrides (`overrides`) narrow accounts, regions and
+//!    instances within the campaign's and set parameters it declares
+//!    overridable; a changed parameter under the two-person rule refuses.
 //! 3. **Approval** (the two-person rule) of a version that changes hosts —
 //!    not for a plan, which only discovers.
 //! 4. **Change freezes**: none may cover a campaign that changes hosts,
@@ -26,10 +29,14 @@
 //! a schedule's or an event's outcome is written to the audit trail here
 //! (a principal's request is recorded by the HTTP door that carried it).
 //!
-//! - `checks`: steps 2, 4 and 5; `lock`: one start of a campaign at a time.
+//! - `checks`: steps 2, 4 and 5; `overrides`: step 2b, a principal's
+//!   narrowing and parameters; `lock`: one start of a campaign at a time.
 
 mod checks;
 mod lock;
+mod overrides;
+
+pub use self::overrides::RunOverrides;
 
 use std::time::Duration;
 
@@ -100,6 +107,9 @@ pub struct StartRequest {
     pub override_freeze: Option<String>,
     /// Start although another run of the campaign is live (a principal only).
     pub allow_concurrent: bool,
+    /// Narrower accounts, regions or instances and new parameter values for
+    /// this run (a principal only; see [`RunOverrides`]).
+    pub overrides: RunOverrides,
 }
 
 /// A run the gate let start.
@@ -163,10 +173,18 @@ impl Scheduler {
         let version = stored.version;
         // 2. Who starts, and what the run covers.
         let narrowed = self.check_starter(starter, &campaign, request).await?;
+        let overridden = if request.overrides.is_empty() {
+            None
+        } else {
+            Some(
+                self.apply_overrides(starter, &campaign, &request.overrides)
+                    .await?,
+            )
+        };
         // The rest, one start of the campaign at a time.
         let lock = self.take_start_lock(name).await?;
         let decided = self
-            .start_locked(starter, &campaign, version, narrowed, request)
+            .start_locked(starter, &campaign, version, narrowed, overridden, request)
             .await;
         self.release_start_lock(name, &lock).await;
         decided
@@ -179,8 +197,13 @@ impl Scheduler {
         campaign: &Campaign,
         version: u32,
         narrowed: Option<Narrowed>,
+        overridden: Option<overrides::Overridden>,
         request: &StartRequest,
     ) -> Result<RunStart, SchedulerError> {
+        // The run is of the overridden campaign, when there are overrides.
+        let campaign = overridden
+            .as_ref()
+            .map_or(campaign, |overridden| &overridden.campaign);
         let name = campaign.name.as_str();
         // 3. Approval.
         let approval = if request.plan_only {
@@ -222,7 +245,13 @@ impl Scheduler {
                     options.start_after = Some(narrowed.delay);
                 }
             }
-            Starter::Principal { .. } => {}
+            Starter::Principal { .. } => {
+                if let Some(overridden) = &overridden {
+                    options.locations = overridden.locations.clone();
+                    options.targets = overridden.targets.clone();
+                    options.overrides = Some(overridden.note.clone());
+                }
+            }
         }
         let run_id = self.start_run_unchecked(campaign, options).await?;
         let mut note = match &approval {
@@ -239,6 +268,10 @@ impl Scheduler {
         }
         if request.allow_concurrent {
             note.push_str("; concurrent runs allowed");
+        }
+        if let Some(overridden) = &overridden {
+            note.push_str("; ");
+            note.push_str(&overridden.note);
         }
         if let Some(narrowed) = &narrowed {
             note.push_str(&format!(

@@ -64,7 +64,7 @@ pub fn compliance_page(view: &FleetCompliance, query: &str) -> Markup {
         }
         div.charts {
             div { h2 { "By severity" }
-                table #by-severity { tbody { @for (severity, count) in &view.by_severity { tr { td { (severity) } td.n { (count) } } } } } }
+                table #by-severity { tbody { @for (severity, count) in by_severity(view) { tr { td { (severity) } td.n { (count) } } } } } }
             div { h2 { "Non-compliant share, last 30 days" } (trend_chart(view)) }
         }
         h2 { "By account" } (counts_table("by-account", "Account", &view.by_account))
@@ -85,4 +85,22 @@ pub fn compliance_page(view: &FleetCompliance, query: &str) -> Markup {
         }
         @if view.left_out > 0 { p { (view.left_out) " more not shown; narrow the filters or export the CSV." } }
     }
+}
+
+/// Severities worst first (critical, security, other, compliant), not
+/// alphabetically; any other name after them.
+fn by_severity(view: &scheduler::compliance::FleetCompliance) -> Vec<(&str, u64)> {
+    const ORDER: [&str; 4] = ["critical", "security", "other", "compliant"];
+    let mut rows: Vec<(&str, u64)> = view
+        .by_severity
+        .iter()
+        .map(|(severity, count)| (severity.as_str(), *count))
+        .collect();
+    rows.sort_by_key(|(severity, _)| {
+        ORDER
+            .iter()
+            .position(|known| known == severity)
+            .unwrap_or(ORDER.len())
+    });
+    rows
 }

@@ -9,7 +9,10 @@ mod runs;
 
 pub use self::campaigns::{CampaignDetail, CampaignRow, campaign_page, campaigns_page};
 pub use self::compliance::{compliance_page, trend_chart};
-pub use self::runs::{run_live, run_page, runs_page, runs_table};
+pub use self::runs::{
+    LOCATION_INSTANCES, LocationInstances, location_instances, run_actions, run_live, run_page,
+    runs_page, runs_table,
+};
 
 use maud::{DOCTYPE, Markup, html};
 

@@ -20,6 +20,17 @@ fn state_class(state: RunState) -> &'static str {
     }
 }
 
+/// When the run was made, in UTC.
+fn created_at(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "–".into(),
+            |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
+}
+
 /// Targets through the first step: every target's result has come in for it.
 fn finished_targets(progress: &RunProgress) -> u64 {
     progress.step_results(0)
@@ -102,11 +113,43 @@ pub(super) fn cell_class(location: &LocationStatus) -> String {
 }
 
 /// The live part of a run page: bars, budget, waves, grid, failures.
+/// "running 12m, about 4m left" from the run's own pace: targets finished
+/// so far over the time since it was made.
+pub(super) fn pace(progress: &RunProgress, now_ms: u64) -> String {
+    let elapsed_ms = now_ms.saturating_sub(progress.created_ms);
+    let took = age(now_ms, progress.created_ms);
+    if progress.finished {
+        return format!("finished; made {took} ago");
+    }
+    let done = finished_targets(progress);
+    let left = progress.total_targets.saturating_sub(done);
+    if done == 0 || left == 0 || elapsed_ms == 0 {
+        return format!("running {took}, no estimate yet");
+    }
+    // left / (done / elapsed), in whole milliseconds.
+    let eta_ms = u64::try_from(u128::from(left) * u128::from(elapsed_ms) / u128::from(done))
+        .unwrap_or(u64::MAX);
+    format!(
+        "running {took}, about {} left at its pace",
+        age(eta_ms, 0).trim_start_matches('–')
+    )
+}
+
+/// A step's label: its number from 1 and its name.
+fn step_label(steps: &[String], index: u16) -> String {
+    match steps.get(usize::from(index)) {
+        Some(name) => format!("{}. {name}", index + 1),
+        None => format!("step {}", index + 1),
+    }
+}
+
 pub fn run_live(
     progress: &RunProgress,
+    steps: &[String],
     holds: &[scheduler::explain::Hold],
     locations: &[LocationStatus],
     selected: Option<&str>,
+    now_ms: u64,
 ) -> Markup {
     let done = finished_targets(progress);
     let mut accounts: BTreeMap<&str, BTreeMap<&str, &LocationStatus>> = BTreeMap::new();
@@ -133,12 +176,15 @@ pub fn run_live(
             dt { "Locations" } dd { (progress.locations_done) " of " (progress.locations) " done, " (progress.locations_failed) " failed" }
             dt { "Error budget" } dd #run-budget { (budget(progress)) }
             dt { "Started by" } dd { (progress.started_by) }
+            dt { "Created" } dd #run-created { (created_at(progress.created_ms)) }
+            dt { "Time" } dd #run-pace { (pace(progress, now_ms)) }
+            @if let Some(overrides) = &progress.overrides { dt { "Overrides" } dd #run-overrides { (overrides) } }
         }
         h2 { "Steps" }
         @for (step, statuses) in &progress.results {
             @let through: u64 = statuses.values().sum();
             div.step {
-                span.label { "step " (step) } " "
+                span.label { (step_label(steps, *step)) } " "
                 progress max=(progress.total_targets.max(1)) value=(through) {}
                 " " (through) " / " (progress.total_targets) " · "
                 @for (status, count) in statuses { span.status { (status) " " (count) } " " }
@@ -163,9 +209,12 @@ pub fn run_live(
             }
         }
         h2 { "Locations" }
-        p.legend {
-            span.cell.waiting {} " waiting " span.cell.active {} " active " span.cell.done.f0 {} " done "
-            span.cell.done.f2 {} " some failed " span.cell.done.f5 {} " all failed " span.cell.failed {} " location failed"
+        p.legend #legend {
+            span.cell.waiting {} " queued or waiting to start " span.cell.discovering {} " discovering "
+            span.cell.active {} " active " span.cell.done.f0 {} " done, none failed "
+            span.cell.done.f1 {} " ≤ 20% failed " span.cell.done.f2 {} " ≤ 40% " span.cell.done.f3 {} " ≤ 60% "
+            span.cell.done.f4 {} " ≤ 80% " span.cell.done.f5 {} " more (active cells too) "
+            span.cell.failed {} " location failed " span.cell.closed {} " closed by a cancel"
         }
         table #grid .grid {
             thead { tr { th { "Account" } @for region in &regions { th { (region) } } } }
@@ -200,13 +249,13 @@ pub fn run_live(
             }
         }
         h2 { "Top failures" }
-        (top_failures(progress, locations))
+        (top_failures(progress, steps, locations))
     }
 }
 
 /// What went wrong, grouped: failed targets by step, status and cause (the
 /// first line of their output, masked), and whole locations by their failure.
-fn top_failures(progress: &RunProgress, locations: &[LocationStatus]) -> Markup {
+fn top_failures(progress: &RunProgress, steps: &[String], locations: &[LocationStatus]) -> Markup {
     let mut by_location: BTreeMap<String, u64> = BTreeMap::new();
     for location in locations {
         if let Some(failure) = &location.failure {
@@ -224,7 +273,7 @@ fn top_failures(progress: &RunProgress, locations: &[LocationStatus]) -> Markup 
                 thead { tr { th { "Step" } th { "Status" } th { "Cause" } th { "Targets" } } }
                 tbody {
                     @for kind in &progress.top_failures {
-                        tr { td { (kind.step) } td { (kind.status) } td.cause { (kind.cause) } td.n { (kind.targets) } }
+                        tr { td { (step_label(steps, kind.step)) } td { (kind.status) } td.cause { (kind.cause) } td.n { (kind.targets) } }
                     }
                     @for (failure, count) in by_location.iter().take(10) {
                         tr { td { "–" } td { "location failed" } td.cause { (failure) } td.n { (count) " locations" } }
@@ -235,7 +284,12 @@ fn top_failures(progress: &RunProgress, locations: &[LocationStatus]) -> Markup 
     }
 }
 
-pub fn run_page(frame: &Frame, progress: &RunProgress, live: Markup, live_url: &str) -> Markup {
+/// The steering a run's state allows, as the engine decides it: Pause while
+/// it may still send, Resume when paused, approving the next wave while a
+/// rollout waits for it, Cancel until it is over. Part of the live fragment,
+/// so a run that halts or completes while the page is open stops offering
+/// what it no longer allows.
+pub fn run_actions(frame: &Frame, progress: &RunProgress) -> Markup {
     let id = progress.run_id;
     let steer = |action: &str, label: &str, class: &str| {
         html! {
@@ -246,19 +300,103 @@ pub fn run_page(frame: &Frame, progress: &RunProgress, live: Markup, live_url: &
             }
         }
     };
+    let state = progress.state;
+    let steering = frame.may(Permission::SteerRun);
     html! {
-        p { "Campaign " a href={ "/ui/campaigns/" (progress.campaign) } { (progress.campaign) } " · run " code { (id) } " · results in " code { (progress.results_location) } }
-        @if !progress.state.is_final() {
-            div.actions {
-                @if frame.may(Permission::SteerRun) {
-                    @if progress.state == RunState::Paused { (steer("resume", "Resume", "")) } @else { (steer("pause", "Pause", "")) }
-                }
-                @if progress.state == RunState::AwaitingApproval && frame.may(Permission::ApproveCampaign) {
+        @if !state.is_final() && !progress.finished {
+            div.actions #run-actions {
+                @if steering && state == RunState::Paused { (steer("resume", "Resume", "")) }
+                @if steering && state.may_pause() { (steer("pause", "Pause", "")) }
+                @if state == RunState::AwaitingApproval && frame.may(Permission::ApproveCampaign) {
                     (steer("approve", "Approve the next wave", ""))
                 }
-                @if frame.may(Permission::SteerRun) { (steer("cancel", "Cancel", "danger")) }
+                @if steering { (steer("cancel", "Cancel", "danger")) }
             }
         }
+    }
+}
+
+pub fn run_page(progress: &RunProgress, live: Markup, live_url: &str) -> Markup {
+    let id = progress.run_id;
+    html! {
+        p { "Campaign " a href={ "/ui/campaigns/" (progress.campaign) } { (progress.campaign) } " · run " code { (id) } " · results in " code { (progress.results_location) } }
         div #run-live data-live=(live_url) { (live) }
+    }
+}
+
+/// Instances a location's page lists (failures first); the report's CSV has all.
+pub const LOCATION_INSTANCES: usize = 500;
+
+/// What a location's page shows of its results.
+pub struct LocationInstances {
+    /// Results of the location in all.
+    pub total: usize,
+    /// The first [`LOCATION_INSTANCES`], failures first.
+    pub records: Vec<scheduler::sink::ResultRecord>,
+    /// Failed results by (step, status, cause), most first (at most 10).
+    pub failures: Vec<((u16, String, String), u64)>,
+}
+
+fn at(ms: Option<protocol::job::UnixMillis>) -> String {
+    ms.and_then(|at| i64::try_from(at.0).ok())
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(|| "–".into(), |at| at.format("%H:%M:%S").to_string())
+}
+
+/// A location's instances: status, timings, and what each command printed
+/// (as SSM returned its start; with `output_logging`, where the whole output
+/// is). `Err`: why they cannot be read.
+pub fn location_instances(
+    instances: &Result<LocationInstances, String>,
+    steps: &[String],
+) -> Markup {
+    html! {
+        section #instances {
+            @if let Ok(found) = instances && !found.failures.is_empty() {
+                h2 { "This location's top failures" }
+                table #location-failures {
+                    thead { tr { th { "Step" } th { "Status" } th { "Cause" } th { "Targets" } } }
+                    tbody {
+                        @for ((step, status, cause), count) in &found.failures {
+                            tr { td { (step_label(steps, *step)) } td { (status) } td.cause { (cause) } td.n { (count) } }
+                        }
+                    }
+                }
+            }
+            h2 { "Instances" }
+            @match instances {
+                Err(why) => { p.error { (why) } }
+                Ok(found) if found.records.is_empty() => { p { "No results yet." } }
+                Ok(LocationInstances { total, records, .. }) => {
+                    @if *total > records.len() {
+                        p { "The first " (records.len()) " of " (*total) " results, failures first; every one: " code { "flotilla report RUN --format csv" } }
+                    }
+                    table #instance-table {
+                        thead { tr { th { "Instance" } th { "Step" } th { "Status" } th { "Requested" } th { "Started" } th { "Finished" } th { "Code" } th { "Output" } } }
+                        tbody {
+                            @for record in records {
+                                tr data-instance=(record.instance_id) {
+                                    td { (record.instance_id) }
+                                    td { (step_label(steps, record.step_index)) }
+                                    td { span class=(if record.status == "Success" { "st ok" } else if record.status == "Not Started" { "st warn" } else { "st bad" }) { (record.status_detail) } }
+                                    td { (at(record.requested_at)) }
+                                    td { (at(record.started_at)) }
+                                    td { (at(record.finished_at)) }
+                                    td.n { (record.response_code.map(|code| code.to_string()).unwrap_or_default()) }
+                                    td {
+                                        details.output {
+                                            summary { (record.output.lines().next().unwrap_or("(no output)")) }
+                                            pre { (record.output) }
+                                            @if let Some(location) = &record.output_location { p { "Whole output: " code { (location) } } }
+                                            @if let Some(command) = &record.command_id { p { "Command " code { (command) } } }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
