@@ -26,10 +26,11 @@ fn main() {
                 .map_or(0, |since| since.as_secs())
         });
     println!("cargo:rustc-env=FLOTILLA_COMMIT={commit}");
-    println!(
-        "cargo:rustc-env=FLOTILLA_BUILD_DATE={}",
-        date(seconds / 86_400)
-    );
+    let date = i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+        .map_or_else(|| "unknown".into(), |at| at.format("%Y-%m-%d").to_string());
+    println!("cargo:rustc-env=FLOTILLA_BUILD_DATE={date}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // Run again when the commit moves; a path that does not exist would make
     // cargo run this (and rebuild the crate) every time, so only those that do.
@@ -43,19 +44,4 @@ fn main() {
     if !watched {
         println!("cargo:rerun-if-changed=build.rs");
     }
-}
-
-/// YYYY-MM-DD of a day counted from 1970-01-01 (Howard Hinnant's
-/// civil_from_days).
-fn date(days: u64) -> String {
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
