@@ -372,6 +372,42 @@ async fn a_bundle_with_a_forged_report_applies_the_genuine_ones_and_is_dead_lett
     stack.teardown().await;
 }
 
+/// Issue 33's refused step halts a run; only where a send was made: a
+/// worker key's forged "the step was refused" for a location of the run
+/// whose execution never began is refused and halts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_refused_step_halts_no_run() {
+    let stack = Stack::start(support::single_location(10, false)).await;
+    let campaign = stack.campaign("not-halted", support::one_step("  max_errors: 0\n"));
+    let run_id = stack.start_run(&campaign).await;
+    let location = stack.scheduler.plan(run_id).await.unwrap().locations[0].clone();
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let attacker = broker_signing(&stack, Keyring::default()).await;
+    for reason in [LocationFailure::StepRefused, LocationFailure::SendRefused] {
+        let forged = envelope::seal(
+            &Report::LocationFailed(LocationFailed {
+                run_id,
+                location: location.clone(),
+                reason,
+                detail: "forged".into(),
+            }),
+            &worker_key,
+            UnixMillis::now(),
+        )
+        .unwrap();
+        attacker.publish_sealed_report(&forged).await.unwrap();
+    }
+    wait_for_dead_letters(&attacker, 2).await;
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(
+        (progress.state, progress.locations_failed),
+        (protocol::run::RunState::Discovering, 0),
+        "{progress:#?}"
+    );
+    attacker.close().await;
+    stack.teardown().await;
+}
+
 fn files_under(root: &std::path::Path) -> Vec<String> {
     let mut files = Vec::new();
     let mut dirs = vec![root.to_path_buf()];

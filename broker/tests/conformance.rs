@@ -76,8 +76,9 @@ impl Drop for DeleteOnDrop {
                 .build()
                 .unwrap();
             let delete = Broker::delete_deployment(&url, &names);
-            if let Ok(Err(error)) =
-                runtime.block_on(tokio::time::timeout(Duration::from_secs(20), delete))
+            // The timeout is made inside the runtime (a timer outside one panics).
+            if let Ok(Err(error)) = runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(20), delete).await })
             {
                 eprintln!("cleanup of {}: {error}", names.prefix());
             }
@@ -154,11 +155,19 @@ async fn job_queue_depths_count_waiting_jobs_and_consumers(url: &str, names: Nam
     );
     delivery.ack().await.unwrap();
     consumer.cancel().await.unwrap();
-    assert_eq!(
-        depth(broker.job_queue_depths().await.unwrap(), names.bulk_queue()).1,
-        0,
-        "a cancelled consumer is not counted"
-    );
+    // RabbitMQ counts a quorum queue's consumers a moment after cancel-ok.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let consumers = depth(broker.job_queue_depths().await.unwrap(), names.bulk_queue()).1;
+        if consumers == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a cancelled consumer is still counted after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     broker.delete_topology().await.unwrap();
 }
 

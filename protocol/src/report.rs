@@ -74,12 +74,13 @@ pub enum LocationFailure {
     /// Retries were exhausted on a transient error.
     RetriesExhausted,
     /// SSM refused to send a step here for what the location's targets
-    /// share (the role lacks access): the location fails, its targets are
+    /// share (a document of the deployment's own missing or different in
+    /// this account, its parameters): the location fails, its targets are
     /// reported Not Started, and the target error budget is not charged.
     SendRefused,
-    /// SSM refused the step itself (its document, version, parameters or
-    /// output settings): every location would fail alike, so the run halts
-    /// with the cause; nothing charges the target error budget.
+    /// SSM refused an AWS-owned document's step itself (unknown name,
+    /// version, parameters, output settings): every location would fail
+    /// alike, so the run halts with the cause; no target is charged.
     StepRefused,
 }
 

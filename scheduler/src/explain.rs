@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use protocol::campaign::WindowState;
 use protocol::run::RunState;
@@ -43,15 +44,28 @@ impl fmt::Display for Hold {
     }
 }
 
-/// When this scheduler first saw each job queue hold jobs with no consumer:
-/// the "for how long" of a `no_worker` hold (reset once a consumer shows up).
+/// How long the work queues' depths are reused: every view of a run asks
+/// (`run watch` twice a second, each console tab every 2 s), the broker once.
+const DEPTHS_FRESH: Duration = Duration::from_secs(1);
+/// How long a view waits for the broker's answer before saying it cannot tell.
+const DEPTHS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// When this scheduler first saw each job queue hold jobs with no consumer
+/// (the "for how long" of a `no_worker` hold, reset once a consumer shows
+/// up), and the depths last read.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct UnconsumedSince(Arc<Mutex<HashMap<String, u64>>>);
+pub(crate) struct UnconsumedSince {
+    since: Arc<Mutex<HashMap<String, u64>>>,
+    depths: Arc<tokio::sync::Mutex<Option<DepthsRead>>>,
+}
+
+/// The work queues' depths and when they were read.
+type DepthsRead = (Instant, Vec<broker::QueueDepth>);
 
 impl UnconsumedSince {
     fn note(&self, queue: &str, unconsumed: bool, now: u64) -> Option<u64> {
         let mut seen = self
-            .0
+            .since
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if unconsumed {
@@ -96,7 +110,7 @@ impl Scheduler {
             Ok(found) => holds.extend(found),
             Err(error) => holds.push(unreadable("freeze", &error.to_string())),
         }
-        match self.broker.job_queue_depths().await {
+        match self.job_queue_depths().await {
             Ok(depths) => {
                 let now = now_ms();
                 for depth in depths {
@@ -114,9 +128,32 @@ impl Scheduler {
                     }
                 }
             }
-            Err(error) => holds.push(unreadable("no_worker", &error.to_string())),
+            Err(why) => holds.push(unreadable("no_worker", &why)),
         }
         holds
+    }
+
+    /// The work queues' depths, read at most once a [`DEPTHS_FRESH`] and
+    /// waited for at most [`DEPTHS_TIMEOUT`] (a slow broker never stalls a
+    /// run's page).
+    async fn job_queue_depths(&self) -> Result<Vec<broker::QueueDepth>, String> {
+        let mut cached = self.unconsumed_since.depths.lock().await;
+        if let Some((read, depths)) = cached.as_ref()
+            && read.elapsed() < DEPTHS_FRESH
+        {
+            return Ok(depths.clone());
+        }
+        let depths = tokio::time::timeout(DEPTHS_TIMEOUT, self.broker.job_queue_depths())
+            .await
+            .map_err(|_| {
+                format!(
+                    "RabbitMQ did not answer within {} s",
+                    DEPTHS_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|error| error.to_string())?;
+        *cached = Some((Instant::now(), depths.clone()));
+        Ok(depths)
     }
 
     /// A change freeze or a closed maintenance window of the run's campaign.

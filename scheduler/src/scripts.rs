@@ -93,6 +93,7 @@ run_scripts! {
     TRANSITION = "transition.lua";
     OPEN_DISCOVERY = "open_discovery.lua";
     WAVE_GATE = "wave_gate.lua";
+    END_DISCOVERY = "end_discovery.lua";
 }
 
 #[cfg(test)]

@@ -119,11 +119,24 @@ const LOCAL_RESULTS: [&str; 2] = [
     protocol::campaign::DEFAULT_OUTPUT_DIRECTORY,
 ];
 
-/// True when the API did not answer at all (as opposed to answering an error).
+/// True when no API answered at all: nothing listens there, the host is
+/// unknown or the connection timed out (not a TLS failure, a bad CA or an
+/// answer cut off, which are errors of their own).
 fn unreachable(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| cause.downcast_ref::<ureq::Error>().is_some())
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ureq::Error>(),
+            Some(
+                ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Timeout(_)
+            )
+        ) || matches!(
+            cause.downcast_ref::<ureq::Error>(),
+            Some(ureq::Error::Io(io)) if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+            )
+        )
+    })
 }
 
 /// Where the run's results are: `--dir`, else the scheduler's answer (with

@@ -161,7 +161,7 @@ pub fn run(
                         "regions": limit_regions,
                         "instance_ids": limit_instances,
                     },
-                    "parameters": params.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "parameters": unique_params(params)?,
                 }),
             )?;
             let run_id: Uuid = serde_json::from_value(started["run_id"].clone())
@@ -258,6 +258,21 @@ fn print_plan(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow:
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The `--param` values by name; a name given twice is an error, not the
+/// last one silently winning.
+fn unique_params(
+    params: Vec<(String, String)>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut unique = std::collections::BTreeMap::new();
+    for (key, value) in params {
+        if unique.contains_key(&key) {
+            anyhow::bail!("--param {key} is given twice; give each parameter once");
+        }
+        unique.insert(key, value);
+    }
+    Ok(unique)
 }
 
 /// `KEY=VALUE` of `--param`.

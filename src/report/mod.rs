@@ -127,11 +127,17 @@ mod tests {
             record("i-3", StatusDetail::Failed, "yum: lock held\nmore", None),
             record("i-4", StatusDetail::Failed, "yum: lock held", None),
             record("i-5", StatusDetail::ExecutionTimedOut, "", None),
+            record(
+                "i-6",
+                StatusDetail::Failed,
+                "=HYPERLINK(\"http://evil.example\")",
+                None,
+            ),
         ];
         let report = build(Uuid::nil(), &records);
-        assert_eq!(report.results, 5);
+        assert_eq!(report.results, 6);
         assert_eq!(report.by_status["0 scan"]["Success"], 2);
-        assert_eq!(report.by_status["0 scan"]["Failed"], 2);
+        assert_eq!(report.by_status["0 scan"]["Failed"], 3);
         assert_eq!(
             report.by_location["111122223333/us-east-1"]["Execution Timed Out"],
             1
@@ -172,6 +178,11 @@ mod tests {
             .unwrap();
         assert_eq!(i3[column("missing")], "", "no patch counts without a scan");
         assert_eq!(i3[column("output_first_line")], "yum: lock held");
+        // What a host printed never becomes a spreadsheet formula.
+        assert!(
+            csv.contains("\"'=HYPERLINK(\"\"http://evil.example\"\")\""),
+            "{csv}"
+        );
 
         // The JSON: nested objects, never joined keys.
         let json = report.json();

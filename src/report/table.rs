@@ -6,11 +6,22 @@ use scheduler::sink::ResultRecord;
 
 use super::Report;
 
+/// One CSV cell: quoted when it holds a separator, quote or line break.
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
+    if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text.to_string()
+    }
+}
+
+/// A text cell: one a spreadsheet would run as a formula (`= + - @`, tab or
+/// CR first — what a host printed is anyone's) is prefixed with `'`.
+fn csv_text(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        csv_field(&format!("'{text}"))
+    } else {
+        csv_field(text)
     }
 }
 
@@ -98,7 +109,36 @@ pub fn write_csv(records: &[ResultRecord], out: &mut impl Write) -> std::io::Res
             count(|c| c.other_non_compliant),
             record.output.lines().next().unwrap_or_default().to_string(),
         ];
-        let fields: Vec<String> = row.iter().map(|field| csv_field(field)).collect();
+        // Every column but the counts and times is text from somewhere
+        // else (the campaign, SSM, the host).
+        const NUMERIC: [&str; 15] = [
+            "step_index",
+            "requested_at",
+            "started_at",
+            "finished_at",
+            "response_code",
+            "installed",
+            "installed_other",
+            "installed_pending_reboot",
+            "installed_rejected",
+            "missing",
+            "failed",
+            "not_applicable",
+            "critical_non_compliant",
+            "security_non_compliant",
+            "other_non_compliant",
+        ];
+        let fields: Vec<String> = row
+            .iter()
+            .zip(CSV_COLUMNS)
+            .map(|(field, column)| {
+                if NUMERIC.contains(&column) {
+                    csv_field(field)
+                } else {
+                    csv_text(field)
+                }
+            })
+            .collect();
         writeln!(out, "{}", fields.join(","))?;
     }
     Ok(())

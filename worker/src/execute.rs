@@ -237,15 +237,24 @@ async fn send_claimed<S: Store>(
             // The request may have reached SSM: the claim stays, and the next
             // delivery looks for the command before sending again.
             AwsErrorKind::Transient => Err(error.into()),
+            // IAM may deny per instance (resource tags, instance ARNs): the
+            // batch's targets, not the location (Access Denied charges no budget).
             AwsErrorKind::AccessDenied => {
-                refused(ctx, &job, LocationFailure::SendRefused, &error).await?;
                 report_all(ctx, &job, StatusDetail::AccessDenied, &error.to_string()).await?;
                 Ok(JobOutcome::Done)
             }
             AwsErrorKind::Rejected if refuses_the_step(&error.code) => {
-                // Not the targets' fault, and the same in every location:
-                // one failure with its cause, not one per target.
-                let detail = refused(ctx, &job, LocationFailure::StepRefused, &error).await?;
+                // Not the targets' fault: one failure with its cause, not one
+                // per target. An AWS-owned document is the same in every
+                // account, so its refusal halts the run; a document of the
+                // deployment's own may be missing or different in one
+                // account, so its refusal fails only the location.
+                let scope = if job.step.document.starts_with("AWS-") {
+                    LocationFailure::StepRefused
+                } else {
+                    LocationFailure::SendRefused
+                };
+                let detail = refused(ctx, &job, scope, &error).await?;
                 report_all(
                     ctx,
                     &job,
@@ -266,9 +275,8 @@ async fn send_claimed<S: Store>(
 }
 
 /// SendCommand's refusals of the step itself — its document, version,
-/// parameters, output or notification settings — which every location of
-/// the run would get alike (per-instance refusals such as InvalidInstanceId
-/// stay the targets' own).
+/// parameters, output or notification settings — not of its targets
+/// (per-instance refusals such as InvalidInstanceId stay the targets' own).
 const STEP_REFUSALS: [&str; 6] = [
     "InvalidDocument",
     "InvalidDocumentVersion",
@@ -299,7 +307,7 @@ async fn refused<S: Store>(
         region = job.location.region.as_str(),
         code = error.code.as_str(),
         ?reason,
-        "SendCommand refused; the location fails, no target is charged"
+        "SendCommand refused the step; no target is charged"
     );
     ctx.reports
         .publish(Report::LocationFailed(LocationFailed {

@@ -248,16 +248,26 @@ async fn login_page(
             Ok(current) => current,
             Err(error) => return error.into(),
         };
-        return start_session(
+        let cookie = match start_session(
             &state,
             &current,
             peer,
             anonymous,
             SessionOrigin::Anonymous,
             now_ms() + session::MAX_SESSION_MS,
-            next,
         )
-        .await;
+        .await
+        {
+            Ok(cookie) => cookie,
+            Err(refused) => return refused,
+        };
+        // A page that moves on by itself, not a redirect: a browser that
+        // came here from another site's link sends no SameSite=Strict
+        // cookie on the redirects of that navigation, and would loop; this
+        // page's own navigation is same-site.
+        let mut response = html(StatusCode::OK, view::entering(next));
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+        return response;
     }
     login_form(&state, StatusCode::OK, None, next, preset.as_ref())
 }
@@ -284,8 +294,8 @@ fn login_record(
     }
 }
 
-/// Makes the session, audits the sign-in (`console:login`) and sends the
-/// browser on with its cookie.
+/// Makes the session and audits the sign-in (`console:login`); the
+/// session's cookie, or the error page.
 async fn start_session(
     state: &ApiState,
     current: &scheduler::Scheduler,
@@ -293,11 +303,10 @@ async fn start_session(
     principal: &Principal,
     origin: SessionOrigin,
     expires_ms: u64,
-    next: &str,
-) -> Response {
+) -> Result<HeaderValue, Response> {
     let cookie = match current.create_session(principal, origin, expires_ms).await {
         Ok((cookie, _)) => cookie,
-        Err(error) => return ApiError::from(error).into(),
+        Err(error) => return Err(ApiError::from(error).into()),
     };
     let entry = login_record(
         peer,
@@ -314,11 +323,12 @@ async fn start_session(
         "{}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
         session::COOKIE
     );
-    let mut response = Redirect::to(next).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    HeaderValue::from_str(&cookie).map_err(|_| {
+        error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the session cookie could not be written; see the scheduler's log",
+        )
+    })
 }
 
 /// Signs in: the token is checked as the API checks it, a session is made,
@@ -384,10 +394,14 @@ async fn login(
             return login_form(&state, refusal.status, Some(&refusal.message), &next, None);
         }
     };
-    start_session(
-        &state, &current, peer, &principal, origin, expires_ms, &next,
-    )
-    .await
+    match start_session(&state, &current, peer, &principal, origin, expires_ms).await {
+        Ok(cookie) => {
+            let mut response = Redirect::to(&next).into_response();
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            response
+        }
+        Err(refused) => refused,
+    }
 }
 
 /// The principal a sign-in token names (flotilla's or an SSO JWT), how the

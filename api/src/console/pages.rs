@@ -107,30 +107,26 @@ pub(super) async fn run_live(
     let progress = current.progress(run_id).await?;
     let locations = current.ledger().location_statuses(run_id).await?;
     let holds = current.holds(run_id, &progress).await;
-    let plan = current.plan(run_id).await.ok();
-    // Unnamed steps are shown by number.
-    let steps: Vec<String> = plan
-        .as_ref()
-        .map(|plan| {
-            plan.campaign
-                .steps
-                .iter()
-                .map(|step| step.name.clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    let instances = match (location, &plan) {
-        (Some(selected), Some(plan)) => {
-            Some(location_instances(current, plan, run_id, selected).await)
-        }
-        _ => None,
-    };
+    let steps = step_names(current, run_id).await;
     let live = maud::html! {
         (view::run_actions(frame, &progress))
         (view::run_live(&progress, &steps, &holds, &locations, location, now_ms()))
-        @if let Some(instances) = &instances { (view::location_instances(instances, &steps)) }
     };
     Ok((progress, live))
+}
+
+/// The run's step names, in order; none when its plan cannot be read (the
+/// steps are then shown by number).
+async fn step_names(current: &Scheduler, run_id: uuid::Uuid) -> Vec<String> {
+    match current.plan(run_id).await {
+        Ok(plan) => plan
+            .campaign
+            .steps
+            .iter()
+            .map(|step| step.name.clone())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The instances of a run's location (`account/region`) as its results
@@ -138,10 +134,13 @@ pub(super) async fn run_live(
 /// top failures; or why they cannot be read.
 async fn location_instances(
     current: &Scheduler,
-    plan: &scheduler::plan::RunPlan,
     run_id: uuid::Uuid,
     selected: &str,
 ) -> Result<view::LocationInstances, String> {
+    let plan = current
+        .plan(run_id)
+        .await
+        .map_err(|error| error.to_string())?;
     let Some((account_id, region)) = selected.split_once('/') else {
         return Err(format!("{selected:?} is not account/region"));
     };
@@ -211,7 +210,17 @@ pub(super) async fn run_page(
         live_url.push('&');
         live_url.push_str(&query);
     }
-    let content = view::run_page(&progress, live, &live_url);
+    // A location's instances are read once per page view, not on every
+    // refresh of the live part: a large location's results are many files.
+    let instances = match location {
+        Some(selected) => Some(view::location_instances(
+            &location_instances(&current, run_id, selected).await,
+            &step_names(&current, run_id).await,
+            frame.may(Permission::SteerRun),
+        )),
+        None => None,
+    };
+    let content = view::run_page(&progress, live, &live_url, instances);
     Ok(html(
         StatusCode::OK,
         view::page(&frame, &format!("Run of {}", progress.campaign), content),

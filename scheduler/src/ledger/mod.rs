@@ -38,7 +38,8 @@ pub use self::model::{
 use self::model::{page_entry, run_hash_fields};
 use crate::SchedulerError;
 use crate::scripts::{
-    ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, MARK_DRAINED, START_EXECUTION, TRANSITION, WAVE_GATE,
+    ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, END_DISCOVERY, MARK_DRAINED, START_EXECUTION,
+    TRANSITION, WAVE_GATE,
 };
 
 /// What [`Ledger::admit`] did.
@@ -220,12 +221,17 @@ impl Ledger {
         let location = location_key(location);
         let mut connection = self.connection.clone();
         let key = entry_key.unwrap_or_default();
-        let (location_in_run, admitted, applied): (bool, Option<String>, bool) = redis::pipe()
-            .sismember(self.names.run_location_set_key(run_id), &location)
-            .hget(self.names.run_admitted_key(run_id), key)
-            .sismember(self.names.run_applied_key(run_id), format!("results:{key}"))
-            .query_async(&mut connection)
-            .await?;
+        let (location_in_run, admitted, applied, executing): (bool, Option<String>, bool, bool) =
+            redis::pipe()
+                .sismember(self.names.run_location_set_key(run_id), &location)
+                .hget(self.names.run_admitted_key(run_id), key)
+                .sismember(self.names.run_applied_key(run_id), format!("results:{key}"))
+                .hexists(
+                    self.names.run_location_state_key(run_id),
+                    format!("{location}:activated"),
+                )
+                .query_async(&mut connection)
+                .await?;
         let admitted = match (entry_key, admitted) {
             (Some(_), Some(raw)) => Some(serde_json::from_str(&raw)?),
             _ => None,
@@ -234,6 +240,7 @@ impl Ledger {
             location_in_run,
             admitted,
             applied: entry_key.is_some() && applied,
+            executing,
         })
     }
 
@@ -426,6 +433,18 @@ impl Ledger {
             .await?;
         self.replicated(run_id).await?;
         Ok(changed == 1)
+    }
+
+    /// Ends the discovery of a cancelled run (see `end_discovery` in the run
+    /// prelude); true if the run is cancelled.
+    pub async fn end_discovery(&self, run_id: Uuid) -> Result<bool, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let cancelled: u8 = self
+            .invocation(&END_DISCOVERY, run_id)
+            .invoke_async(&mut connection)
+            .await?;
+        self.replicated(run_id).await?;
+        Ok(cancelled == 1)
     }
 
     /// Batches sent to workers and not reported yet (re-published on recovery).

@@ -89,6 +89,9 @@ pub struct ReportScope {
     pub admitted: Option<BatchEntry>,
     /// Its results were applied already (a redelivered report).
     pub applied: bool,
+    /// Execution began in the location (its batches were activated): only
+    /// then can a send have been refused there.
+    pub executing: bool,
 }
 
 /// What `create_run` stores about a run besides its locations.

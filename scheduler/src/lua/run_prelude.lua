@@ -10,10 +10,12 @@ local function halt(reason)
   end
 end
 local function location_count() return tonumber(redis.call('HGET', run, F.location_count)) end
--- A cancelled run discovers no more: every location not yet discovered is
--- closed as it stands (targets its pages found so far stay, to be reported
--- Not Started; pages arriving later are ignored), so the run can drain
--- without a worker calling AWS for it.
+-- A cancelled run discovers no more: the locations being discovered (at
+-- most the discovery window) are closed as they stand — targets their pages
+-- found so far stay, to be reported Not Started, and pages arriving later
+-- are ignored — and those never opened never will be (no Discover job of
+-- theirs exists). Bounded work whatever the run's size; counted discovered,
+-- so the run can drain without a worker calling AWS for it.
 local function end_discovery()
   local count = location_count()
   local closed = 0
@@ -25,13 +27,11 @@ local function end_discovery()
   redis.call('DEL', discovering)
   local next = tonumber(redis.call('HGET', run, F.discover_next)) or 0
   if next < count then
-    for _, loc in ipairs(redis.call('LRANGE', locations, next, count - 1)) do
-      redis.call('HSET', locstate, loc .. ':pages', 0, loc .. ':closed', 1)
-      closed = closed + 1
-    end
+    closed = closed + (count - next)
     redis.call('HSET', run, F.discover_next, count)
   end
-  if closed > 0 then redis.call('HINCRBY', run, F.discovered_locations, closed) end
+  local discovered = tonumber(redis.call('HGET', run, F.discovered_locations)) or 0
+  redis.call('HSET', run, F.discovered_locations, math.min(count, discovered + closed))
 end
 local function location_discovered()
   return redis.call('HINCRBY', run, F.discovered_locations, 1) == location_count()

@@ -452,7 +452,12 @@ impl Scheduler {
             && fields.number(RunField::DiscoveredLocations)?
                 < fields.number(RunField::LocationCount)?
         {
-            if fields.get(RunField::DiscoverNext).is_some() {
+            if state == RunState::Cancelled {
+                // A cancel ends discovery; one that did not (an older
+                // scheduler's) does it now: workers take no Discover job of
+                // a cancelled run.
+                self.ledger.end_discovery(run_id).await?;
+            } else if fields.get(RunField::DiscoverNext).is_some() {
                 self.rediscover(run_id).await?;
             } else {
                 // Created before the discovery window (or its contract

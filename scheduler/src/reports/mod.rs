@@ -19,7 +19,7 @@ use broker::Delivery;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use protocol::Report;
-use protocol::report::MAX_BUNDLED_REPORTS;
+use protocol::report::{LocationFailure, MAX_BUNDLED_REPORTS};
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{BatchEntry, location_key};
@@ -390,6 +390,23 @@ impl Scheduler {
                 "foreign_location",
                 format!(
                     "{} is not one of run {run_id}'s locations",
+                    location_key(location)
+                ),
+            );
+        }
+        // A refused send is reported by the worker that sent: there must
+        // have been a send. Otherwise one forged report would halt any run.
+        if let Report::LocationFailed(failed) = report
+            && matches!(
+                failed.reason,
+                LocationFailure::SendRefused | LocationFailure::StepRefused
+            )
+            && !scope.executing
+        {
+            return reject(
+                "not_executing",
+                format!(
+                    "{} has no execution under way in run {run_id}: no send can have been refused there",
                     location_key(location)
                 ),
             );

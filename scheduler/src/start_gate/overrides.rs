@@ -17,9 +17,15 @@ use super::Starter;
 use crate::{Scheduler, SchedulerError};
 
 /// Bounds on one request's overrides (checked before anything is resolved).
-const MAX_LIMITED: usize = 1_000;
+const MAX_ACCOUNTS: usize = 1_000;
+const MAX_REGIONS: usize = 50;
+/// SSM's bound on one DescribeInstanceInformation filter's values.
+const MAX_INSTANCES: usize = 100;
 const MAX_PARAMETERS: usize = 32;
+const MAX_NAME_BYTES: usize = 128;
 const MAX_VALUE_BYTES: usize = 4_096;
+/// Values a run's record and audit note list before "and N more".
+const NOTE_VALUES: usize = 10;
 
 /// What one run is started with besides the stored campaign.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,8 +48,22 @@ impl RunOverrides {
             && self.parameters.is_empty()
     }
 
-    /// For the run's record and the audit trail.
+    /// For the run's record and the audit trail: bounded (the first
+    /// [`NOTE_VALUES`] of each list), parameter values quoted and escaped, so
+    /// a value cannot forge the note nor reach a terminal as control codes.
     pub fn describe(&self) -> String {
+        let listed = |values: &[String]| {
+            let mut text = values
+                .iter()
+                .take(NOTE_VALUES)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
+            if values.len() > NOTE_VALUES {
+                text.push_str(&format!(" and {} more", values.len() - NOTE_VALUES));
+            }
+            text
+        };
         let mut parts = Vec::new();
         for (label, values) in [
             ("accounts", &self.accounts),
@@ -51,18 +71,39 @@ impl RunOverrides {
             ("instances", &self.instance_ids),
         ] {
             if !values.is_empty() {
-                parts.push(format!("{label} {}", values.join(",")));
+                parts.push(format!("{label} {}", listed(values)));
             }
         }
         if !self.parameters.is_empty() {
             let set: Vec<String> = self
                 .parameters
                 .iter()
-                .map(|(name, value)| format!("{name}={value}"))
+                .map(|(name, value)| {
+                    let shown: String = value.chars().take(200).collect();
+                    format!("{}={shown:?}", name.escape_debug())
+                })
                 .collect();
-            parts.push(format!("parameters {}", set.join(",")));
+            parts.push(format!("parameters {}", listed(&set)));
         }
         parts.join("; ")
+    }
+
+    /// The same overrides with each list's repeats dropped (first kept).
+    fn deduplicated(&self) -> Self {
+        let unique = |values: &[String]| {
+            let mut seen = std::collections::HashSet::new();
+            values
+                .iter()
+                .filter(|value| seen.insert(value.as_str()))
+                .cloned()
+                .collect()
+        };
+        Self {
+            accounts: unique(&self.accounts),
+            regions: unique(&self.regions),
+            instance_ids: unique(&self.instance_ids),
+            parameters: self.parameters.clone(),
+        }
     }
 }
 
@@ -92,27 +133,45 @@ fn refused(what: &str, value: &str, campaign: &Campaign, allowed: &[String]) -> 
     ))
 }
 
+/// Checks the overrides' sizes and shapes before anything is resolved.
 fn check_bounds(overrides: &RunOverrides) -> Result<(), SchedulerError> {
-    for (label, values) in [
-        ("limit-accounts", &overrides.accounts),
-        ("limit-regions", &overrides.regions),
-        ("limit-instances", &overrides.instance_ids),
-    ] {
-        if values.len() > MAX_LIMITED {
+    use protocol::campaign::{is_account_id, is_instance_id, is_region};
+    // (flag, values, how many at most, the shape each must have, its name)
+    type Limit<'a> = (&'a str, &'a Vec<String>, usize, fn(&str) -> bool, &'a str);
+    let lists: [Limit; 3] = [
+        (
+            "limit-accounts",
+            &overrides.accounts,
+            MAX_ACCOUNTS,
+            is_account_id,
+            "a 12-digit account id",
+        ),
+        (
+            "limit-regions",
+            &overrides.regions,
+            MAX_REGIONS,
+            is_region,
+            "a region name (e.g. eu-west-1)",
+        ),
+        (
+            "limit-instances",
+            &overrides.instance_ids,
+            MAX_INSTANCES,
+            is_instance_id,
+            "an instance id (i-… or mi-…)",
+        ),
+    ];
+    for (label, values, most, valid, what) in lists {
+        if values.len() > most {
             return Err(SchedulerError::Invalid(format!(
-                "{label}: at most {MAX_LIMITED} values, got {}",
+                "{label}: at most {most} values, got {}",
                 values.len()
             )));
         }
-        if let Some(bad) = values.iter().find(|value| {
-            value.is_empty()
-                || value.len() > 128
-                || !value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        }) {
+        if let Some(bad) = values.iter().find(|value| !valid(value)) {
+            let shown: String = bad.chars().take(64).collect();
             return Err(SchedulerError::Invalid(format!(
-                "{label}: {bad:?} is not an id (1-128 of letters, digits, '-', '_')"
+                "{label}: {shown:?} is not {what}"
             )));
         }
     }
@@ -122,14 +181,18 @@ fn check_bounds(overrides: &RunOverrides) -> Result<(), SchedulerError> {
             overrides.parameters.len()
         )));
     }
-    if let Some((name, _)) = overrides
-        .parameters
-        .iter()
-        .find(|(_, value)| value.len() > MAX_VALUE_BYTES)
-    {
-        return Err(SchedulerError::Invalid(format!(
-            "param {name}: a value may have at most {MAX_VALUE_BYTES} bytes"
-        )));
+    for (name, value) in &overrides.parameters {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(SchedulerError::Invalid(format!(
+                "param: a name has 1 to {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(SchedulerError::Invalid(format!(
+                "param {}: a value may have at most {MAX_VALUE_BYTES} bytes",
+                name.escape_debug()
+            )));
+        }
     }
     Ok(())
 }
@@ -148,6 +211,7 @@ impl Scheduler {
             ));
         };
         check_bounds(overrides)?;
+        let overrides = &overrides.deduplicated();
         let mut spec = campaign.spec.clone();
         for region in &overrides.regions {
             if !campaign.regions.contains(region) {
@@ -161,7 +225,8 @@ impl Scheduler {
         for (name, value) in &overrides.parameters {
             if !spec.overridable_parameters.contains(name) {
                 return Err(SchedulerError::Invalid(format!(
-                    "parameter {name} of campaign {} may not be overridden: its overridable_parameters list {}",
+                    "parameter {} of campaign {} may not be overridden: its overridable_parameters list {}",
+                    name.escape_debug(),
                     campaign.name,
                     if spec.overridable_parameters.is_empty() {
                         "none".to_string()
@@ -233,5 +298,130 @@ impl Scheduler {
             locations,
             targets,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use protocol::campaign::{TargetSelection, TargetSelector};
+
+    use super::*;
+
+    fn ids(values: &[&str]) -> Vec<String> {
+        values.iter().map(|value| value.to_string()).collect()
+    }
+
+    #[test]
+    fn bounds_refuse_what_is_not_an_id_and_lists_too_long() {
+        let refused = |overrides: RunOverrides| match check_bounds(&overrides) {
+            Err(SchedulerError::Invalid(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        let why = refused(RunOverrides {
+            regions: ids(&["eu-west-1", "../x"]),
+            ..RunOverrides::default()
+        });
+        assert!(
+            why.starts_with("limit-regions: \"../x\" is not a region"),
+            "{why}"
+        );
+        let why = refused(RunOverrides {
+            accounts: ids(&["12345"]),
+            ..RunOverrides::default()
+        });
+        assert!(why.contains("12-digit account id"), "{why}");
+        let many: Vec<String> = (0..101).map(|n| format!("i-{n:017x}")).collect();
+        let why = refused(RunOverrides {
+            instance_ids: many,
+            ..RunOverrides::default()
+        });
+        assert_eq!(why, "limit-instances: at most 100 values, got 101");
+        let why = refused(RunOverrides {
+            parameters: BTreeMap::from([("k".to_string(), "x".repeat(4_097))]),
+            ..RunOverrides::default()
+        });
+        assert!(why.contains("at most 4096 bytes"), "{why}");
+        assert!(
+            check_bounds(&RunOverrides {
+                accounts: ids(&["123456789012"]),
+                regions: ids(&["us-east-1"]),
+                instance_ids: ids(&["i-0123456789abcdef0"]),
+                parameters: BTreeMap::from([("RebootOption".into(), "NoReboot".into())]),
+            })
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_note_is_bounded_and_a_value_cannot_forge_it() {
+        let overrides = RunOverrides {
+            instance_ids: (0..25).map(|n| format!("i-{n:017x}")).collect(),
+            parameters: BTreeMap::from([(
+                "RebootOption".to_string(),
+                "x; accounts 111111111111\u{1b}[2J".to_string(),
+            )]),
+            ..RunOverrides::default()
+        };
+        let note = overrides.describe();
+        assert!(note.contains(" and 15 more"), "{note}");
+        assert!(
+            note.ends_with(r#"parameters RebootOption="x; accounts 111111111111\u{1b}[2J""#),
+            "{note}"
+        );
+        assert!(
+            !note.contains('\u{1b}'),
+            "no control code reaches a terminal"
+        );
+        // Repeats are dropped before anything is resolved.
+        let repeated = RunOverrides {
+            regions: ids(&["us-east-1", "us-east-1"]),
+            ..RunOverrides::default()
+        };
+        assert_eq!(repeated.deduplicated().regions, ids(&["us-east-1"]));
+    }
+
+    #[test]
+    fn an_instance_limit_narrows_every_selection_and_never_widens_an_id_list() {
+        let selection = |selector| TargetSelection {
+            selector,
+            platform: None,
+            online_only: true,
+        };
+        let wanted = ids(&["i-00000000000000001"]);
+        let all = selection(TargetSelector::All).narrowed_to_instances(&wanted);
+        assert_eq!(
+            all.map(|s| s.selector),
+            Ok(TargetSelector::InstanceIds(wanted.clone()))
+        );
+        let listed = selection(TargetSelector::InstanceIds(ids(&[
+            "i-00000000000000001",
+            "i-00000000000000002",
+        ])));
+        assert_eq!(
+            listed.narrowed_to_instances(&wanted).map(|s| s.selector),
+            Ok(TargetSelector::InstanceIds(wanted.clone()))
+        );
+        assert_eq!(
+            listed
+                .narrowed_to_instances(&ids(&["i-00000000000000001", "i-00000000000000009"]))
+                .map(|s| s.selector),
+            Err("i-00000000000000009".to_string()),
+            "an id outside the list is refused by name"
+        );
+        let tags = BTreeMap::from([("PatchGroup".to_string(), ids(&["web"]))]);
+        let tagged = selection(TargetSelector::Tags(tags.clone())).narrowed_to_instances(&wanted);
+        assert_eq!(
+            tagged.map(|s| (s.selector, s.online_only)),
+            Ok((
+                TargetSelector::TaggedInstances {
+                    tags,
+                    instance_ids: wanted
+                },
+                true
+            )),
+            "the tags and the online filter still apply"
+        );
     }
 }

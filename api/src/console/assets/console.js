@@ -7,12 +7,10 @@
   for (const region of document.querySelectorAll("[data-live]")) {
     const url = region.getAttribute("data-live");
     let busy = false;
-    // A region someone is typing in (a steering form's reason) or reading
-    // (an instance's output opened) waits: its forms and outputs are part of
-    // the live fragment, re-rendered from the run's state.
+    // A region someone is typing in (a steering form's reason) waits: its
+    // forms are part of the live fragment, re-rendered from the run's state.
     const typing = function () {
       if (region.contains(document.activeElement)) return true;
-      if (region.querySelector("details[open]")) return true;
       for (const input of region.querySelectorAll("input[type=text]")) {
         if (input.value !== "") return true;
       }

@@ -131,6 +131,29 @@ pub fn login(message: Option<&str>, next: &str, preset: Option<&str>, login_csrf
     document("Sign in", "login", false, body)
 }
 
+/// Without authentication: the session is made, the page moves on to `next`
+/// by itself (a same-site navigation, so the new cookie goes with it).
+pub fn entering(next: &str) -> Markup {
+    let body = html! {
+        main {
+            h1 { "flotilla" }
+            p { "This scheduler runs without authentication (loopback only): you are " code { "anonymous" } ". "
+                a #enter href=(next) { "Enter the console" } }
+        }
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content=(format!("0; url={next}"));
+                title { "flotilla" }
+            }
+            body { (body) }
+        }
+    }
+}
+
 pub fn error(status: u16, message: &str) -> Markup {
     let body = html! {
         main {

@@ -316,11 +316,17 @@ pub fn run_actions(frame: &Frame, progress: &RunProgress) -> Markup {
     }
 }
 
-pub fn run_page(progress: &RunProgress, live: Markup, live_url: &str) -> Markup {
+pub fn run_page(
+    progress: &RunProgress,
+    live: Markup,
+    live_url: &str,
+    instances: Option<Markup>,
+) -> Markup {
     let id = progress.run_id;
     html! {
         p { "Campaign " a href={ "/ui/campaigns/" (progress.campaign) } { (progress.campaign) } " · run " code { (id) } " · results in " code { (progress.results_location) } }
         div #run-live data-live=(live_url) { (live) }
+        @if let Some(instances) = instances { (instances) }
     }
 }
 
@@ -345,10 +351,14 @@ fn at(ms: Option<protocol::job::UnixMillis>) -> String {
 
 /// A location's instances: status, timings, and what each command printed
 /// (as SSM returned its start; with `output_logging`, where the whole output
-/// is). `Err`: why they cannot be read.
+/// is) — to principals who may steer runs; others see each result's masked
+/// cause, as the run's top failures show it (outputs may hold what a host
+/// should not tell a viewer). `Err`: why they cannot be read. Read once per
+/// page view (reload for the latest).
 pub fn location_instances(
     instances: &Result<LocationInstances, String>,
     steps: &[String],
+    may_read_output: bool,
 ) -> Markup {
     html! {
         section #instances {
@@ -384,11 +394,15 @@ pub fn location_instances(
                                     td { (at(record.finished_at)) }
                                     td.n { (record.response_code.map(|code| code.to_string()).unwrap_or_default()) }
                                     td {
-                                        details.output {
-                                            summary { (record.output.lines().next().unwrap_or("(no output)")) }
-                                            pre { (record.output) }
-                                            @if let Some(location) = &record.output_location { p { "Whole output: " code { (location) } } }
-                                            @if let Some(command) = &record.command_id { p { "Command " code { (command) } } }
+                                        @if may_read_output {
+                                            details.output {
+                                                summary { (record.output.lines().next().unwrap_or("(no output)")) }
+                                                pre { (record.output) }
+                                                @if let Some(location) = &record.output_location { p { "Whole output: " code { (location) } } }
+                                                @if let Some(command) = &record.command_id { p { "Command " code { (command) } } }
+                                            }
+                                        } @else {
+                                            span.cause { (scheduler::failures::failure_kind(&record.output)) }
                                         }
                                     }
                                 }
