@@ -153,18 +153,11 @@ mod tests {
         write(&report, &records, Format::Csv, &mut csv).unwrap();
         let csv = String::from_utf8(csv).unwrap();
         let rows: Vec<Vec<&str>> = csv.lines().map(|line| line.split(',').collect()).collect();
-        assert_eq!(rows[0], table::CSV_COLUMNS, "{csv}");
+        let columns = table::csv_columns();
+        assert_eq!(rows[0], columns, "{csv}");
         assert_eq!(rows.len(), 1 + records.len(), "{csv}");
-        assert!(
-            rows.iter().all(|row| row.len() == table::CSV_COLUMNS.len()),
-            "{csv}"
-        );
-        let column = |name: &str| {
-            table::CSV_COLUMNS
-                .iter()
-                .position(|column| *column == name)
-                .unwrap()
-        };
+        assert!(rows.iter().all(|row| row.len() == columns.len()), "{csv}");
+        let column = |name: &str| columns.iter().position(|column| *column == name).unwrap();
         let i2 = rows
             .iter()
             .find(|row| row[column("instance_id")] == "i-2")

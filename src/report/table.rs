@@ -25,35 +25,48 @@ fn csv_text(text: &str) -> String {
     }
 }
 
-/// The CSV's columns, in order: one row per target and step.
-pub const CSV_COLUMNS: [&str; 26] = [
-    "run_id",
-    "campaign",
-    "account_id",
-    "region",
-    "step_index",
-    "step",
-    "instance_id",
-    "status",
-    "status_detail",
-    "command_id",
-    "requested_at",
-    "started_at",
-    "finished_at",
-    "response_code",
-    "patch_operation",
-    "installed",
-    "installed_other",
-    "installed_pending_reboot",
-    "installed_rejected",
-    "missing",
-    "failed",
-    "not_applicable",
-    "critical_non_compliant",
-    "security_non_compliant",
-    "other_non_compliant",
-    "output_first_line",
+/// The CSV's columns, in order (one row per target and step), and whether
+/// each holds a number (counts, times) or text from somewhere else (the
+/// campaign, SSM, the host), which is defused against spreadsheet formulas.
+const COLUMNS: [(&str, Cell); 26] = [
+    ("run_id", Cell::Text),
+    ("campaign", Cell::Text),
+    ("account_id", Cell::Text),
+    ("region", Cell::Text),
+    ("step_index", Cell::Number),
+    ("step", Cell::Text),
+    ("instance_id", Cell::Text),
+    ("status", Cell::Text),
+    ("status_detail", Cell::Text),
+    ("command_id", Cell::Text),
+    ("requested_at", Cell::Number),
+    ("started_at", Cell::Number),
+    ("finished_at", Cell::Number),
+    ("response_code", Cell::Number),
+    ("patch_operation", Cell::Text),
+    ("installed", Cell::Number),
+    ("installed_other", Cell::Number),
+    ("installed_pending_reboot", Cell::Number),
+    ("installed_rejected", Cell::Number),
+    ("missing", Cell::Number),
+    ("failed", Cell::Number),
+    ("not_applicable", Cell::Number),
+    ("critical_non_compliant", Cell::Number),
+    ("security_non_compliant", Cell::Number),
+    ("other_non_compliant", Cell::Number),
+    ("output_first_line", Cell::Text),
 ];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cell {
+    Number,
+    Text,
+}
+
+/// The CSV's column names, in order.
+pub fn csv_columns() -> Vec<&'static str> {
+    COLUMNS.iter().map(|(name, _)| *name).collect()
+}
 
 fn rfc3339(at: Option<protocol::job::UnixMillis>) -> String {
     at.and_then(|at| i64::try_from(at.0).ok())
@@ -65,7 +78,7 @@ fn rfc3339(at: Option<protocol::job::UnixMillis>) -> String {
 /// The results as one tidy table: one row per target and step, times in
 /// RFC 3339, every compliance count a column (empty without a patch scan).
 pub fn write_csv(records: &[ResultRecord], out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "{}", CSV_COLUMNS.join(","))?;
+    writeln!(out, "{}", csv_columns().join(","))?;
     for record in records {
         let count = |pick: fn(&protocol::report::PatchCompliance) -> u32| {
             record
@@ -109,34 +122,12 @@ pub fn write_csv(records: &[ResultRecord], out: &mut impl Write) -> std::io::Res
             count(|c| c.other_non_compliant),
             record.output.lines().next().unwrap_or_default().to_string(),
         ];
-        // Every column but the counts and times is text from somewhere
-        // else (the campaign, SSM, the host).
-        const NUMERIC: [&str; 15] = [
-            "step_index",
-            "requested_at",
-            "started_at",
-            "finished_at",
-            "response_code",
-            "installed",
-            "installed_other",
-            "installed_pending_reboot",
-            "installed_rejected",
-            "missing",
-            "failed",
-            "not_applicable",
-            "critical_non_compliant",
-            "security_non_compliant",
-            "other_non_compliant",
-        ];
         let fields: Vec<String> = row
             .iter()
-            .zip(CSV_COLUMNS)
-            .map(|(field, column)| {
-                if NUMERIC.contains(&column) {
-                    csv_field(field)
-                } else {
-                    csv_text(field)
-                }
+            .zip(COLUMNS)
+            .map(|(field, (_, cell))| match cell {
+                Cell::Number => csv_field(field),
+                Cell::Text => csv_text(field),
             })
             .collect();
         writeln!(out, "{}", fields.join(","))?;
