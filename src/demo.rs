@@ -120,7 +120,12 @@ impl Stack {
         // deployment of its own: its queues are declared here, as `flotilla
         // admin arm` does (the services only check them).
         broker::Broker::declare_topology(amqp_url, &names, &Default::default()).await?;
-        store::RedisStore::connect(redis_url, names.clone()).await?;
+        // Its kill switch armed explicitly, as `flotilla admin arm` does,
+        // before any service looks at it (a service finding it engaged warns).
+        let store = store::RedisStore::connect(redis_url, names.clone()).await?;
+        let audit =
+            scheduler::audit::AuditLog::new(store.connection(), names.audit_stream_key(), None);
+        scheduler::arm_new_deployment(&store, audit, "demo").await?;
 
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let caller_key = profile.caller_access_key_id.clone();
@@ -149,11 +154,6 @@ impl Stack {
             region: Some("us-east-1".into()),
             credentials: Some(credentials()),
         };
-        // Its kill switch armed explicitly, as `flotilla admin arm` does.
-        scheduler::Scheduler::connect(config.clone())
-            .await?
-            .arm_new_deployment("demo")
-            .await?;
         let listener = tokio::net::TcpListener::bind(loopback)
             .await
             .context("cannot listen on 127.0.0.1 for the scheduler's API")?;

@@ -397,7 +397,7 @@ pub async fn arm_new_deployment(
             "refused: the deployment has runs but no marker (deleted?); nothing changed"
         }
     };
-    tracing::warn!(by, outcome, "arming the deployment");
+    tracing::info!(by, outcome, "arming the deployment");
     let record = crate::audit::AuditRecord::internal(
         by.to_string(),
         "kill:arm",
