@@ -67,13 +67,9 @@ fn expiry(expires: Option<Duration>) -> Option<u64> {
 
 /// Unix ms as RFC 3339 (UTC, milliseconds), or the number when out of range.
 fn rfc3339(ms: u64) -> String {
-    i64::try_from(ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map_or_else(
-            || ms.to_string(),
-            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )
+    protocol::job::UnixMillis(ms)
+        .to_rfc3339()
+        .unwrap_or_else(|| ms.to_string())
 }
 
 fn print_tokens(

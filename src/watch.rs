@@ -164,7 +164,7 @@ pub fn wave_lines(progress: &RunProgress) -> Vec<String> {
             if wave.state == "baking"
                 && let Some(until) = progress
                     .bake_until_ms
-                    .and_then(|ms| chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?))
+                    .and_then(|ms| protocol::job::UnixMillis(ms).to_datetime())
             {
                 line.push_str(&format!(
                     ", gates checked at {}",

@@ -25,6 +25,20 @@ impl UnixMillis {
                 .unwrap_or(0),
         )
     }
+
+    /// This instant as a UTC date-time; `None` outside chrono's range.
+    pub fn to_datetime(self) -> Option<chrono::DateTime<chrono::Utc>> {
+        i64::try_from(self.0)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+    }
+
+    /// RFC 3339 in UTC with milliseconds (`2026-12-06T22:29:21.123Z`), as
+    /// scripts read times; `None` outside chrono's range.
+    pub fn to_rfc3339(self) -> Option<String> {
+        self.to_datetime()
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    }
 }
 
 /// One account-region pair of a run.

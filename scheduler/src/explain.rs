@@ -197,8 +197,7 @@ fn unreadable(kind: &str, why: &str) -> Hold {
 }
 
 fn millis_to_rfc3339(ms: u64) -> String {
-    i64::try_from(ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
+    protocol::job::UnixMillis(ms)
+        .to_datetime()
         .map_or_else(|| format!("{ms} ms"), |at| at.to_rfc3339())
 }

@@ -61,6 +61,33 @@ pub fn failure_kind(output: &str) -> String {
     failure_signature(&line)
 }
 
+/// The failed results of `records` (anything but Success and Not Started)
+/// by step, status detail and cause ([`failure_kind`]), with their counts:
+/// `flotilla report`'s top failures and the console's location page.
+pub fn failed_groups<'a>(
+    records: impl IntoIterator<Item = &'a crate::sink::ResultRecord>,
+) -> std::collections::BTreeMap<(u16, String, String), u64> {
+    use protocol::status::InvocationStatus;
+    let mut groups = std::collections::BTreeMap::new();
+    for record in records {
+        let status = record.status.parse::<InvocationStatus>().ok();
+        if matches!(
+            status,
+            Some(InvocationStatus::Success | InvocationStatus::NotStarted)
+        ) {
+            continue;
+        }
+        *groups
+            .entry((
+                record.step_index,
+                record.status_detail.clone(),
+                failure_kind(&record.output),
+            ))
+            .or_default() += 1;
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,20 +123,18 @@ const LOCAL_RESULTS: [&str; 2] = [
 /// unknown or the connection timed out (not a TLS failure, a bad CA or an
 /// answer cut off, which are errors of their own).
 fn unreachable(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<ureq::Error>(),
+    error
+        .chain()
+        .any(|cause| match cause.downcast_ref::<ureq::Error>() {
             Some(
-                ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Timeout(_)
-            )
-        ) || matches!(
-            cause.downcast_ref::<ureq::Error>(),
-            Some(ureq::Error::Io(io)) if matches!(
+                ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Timeout(_),
+            ) => true,
+            Some(ureq::Error::Io(io)) => matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
-            )
-        )
-    })
+            ),
+            _ => false,
+        })
 }
 
 /// Where the run's results are: `--dir`, else the scheduler's answer (with

@@ -243,20 +243,33 @@ pub fn run(
 }
 
 fn print_plan(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let detail: RunDetail =
+        serde_json::from_value(finished_run(client, run_id, Duration::from_millis(300))?)
+            .context("the API's run is not what this flotilla expects")?;
+    writeln!(out, "{}", detail.progress.reason)?;
+    for location in &detail.location_states {
+        writeln!(
+            out,
+            "  {}/{:<16} {:>7} targets",
+            location.account_id, location.region, location.targets
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run (`GET /runs/{id}`, as the API answers it) once it is finished,
+/// asked every `period`.
+fn finished_run(
+    client: &ApiClient,
+    run_id: Uuid,
+    period: Duration,
+) -> anyhow::Result<serde_json::Value> {
     loop {
-        let detail: RunDetail = client.get(&format!("/runs/{run_id}"))?;
-        if detail.progress.finished {
-            writeln!(out, "{}", detail.progress.reason)?;
-            for location in &detail.location_states {
-                writeln!(
-                    out,
-                    "  {}/{:<16} {:>7} targets",
-                    location.account_id, location.region, location.targets
-                )?;
-            }
-            return Ok(ExitCode::SUCCESS);
+        let detail: serde_json::Value = client.get(&format!("/runs/{run_id}"))?;
+        if detail["progress"]["finished"] == json!(true) {
+            return Ok(detail);
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(period);
     }
 }
 
@@ -289,18 +302,13 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 /// does; exit 0 only if it completed (a plan completes when discovery ends).
 fn wait_json(client: &ApiClient, run_id: Uuid, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     crate::watch::on_interrupt_say_the_run_goes_on(run_id);
-    loop {
-        let detail: serde_json::Value = client.get(&format!("/runs/{run_id}"))?;
-        if detail["progress"]["finished"] == json!(true) {
-            print_json(out, &detail)?;
-            return Ok(if detail["progress"]["state"] == json!("Completed") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let detail = finished_run(client, run_id, Duration::from_millis(500))?;
+    print_json(out, &detail)?;
+    Ok(if detail["progress"]["state"] == json!("Completed") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn steer(

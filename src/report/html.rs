@@ -186,8 +186,7 @@ fn severity(report: &Report) -> BTreeMap<String, BTreeMap<String, u64>> {
 pub const HTML_INSTANCES: usize = 500;
 
 fn when(ms: Option<u64>) -> String {
-    ms.and_then(|ms| i64::try_from(ms).ok())
-        .and_then(chrono::DateTime::from_timestamp_millis)
+    ms.and_then(|ms| protocol::job::UnixMillis(ms).to_datetime())
         .map_or_else(
             || "unknown".into(),
             |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),

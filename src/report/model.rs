@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use protocol::status::InvocationStatus;
 use scheduler::sink::ResultRecord;
 use serde::Serialize;
 use uuid::Uuid;
@@ -133,7 +132,6 @@ impl Report {
 pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
     let mut by_status: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut by_location: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut failures: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut non_compliant = Vec::new();
     for record in records {
         let step = format!("{} {}", record.step_index, record.step);
@@ -147,18 +145,6 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
             .or_default()
             .entry(record.status_detail.clone())
             .or_default() += 1;
-        let status = record.status.parse::<InvocationStatus>().ok();
-        if !matches!(
-            status,
-            Some(InvocationStatus::Success | InvocationStatus::NotStarted)
-        ) {
-            *failures
-                .entry((
-                    record.status_detail.clone(),
-                    scheduler::failures::failure_kind(&record.output),
-                ))
-                .or_default() += 1;
-        }
         if let Some(compliance) = record
             .compliance
             .filter(|compliance| !compliance.is_compliant())
@@ -180,6 +166,11 @@ pub fn build(run_id: Uuid, records: &[ResultRecord]) -> Report {
             .cmp(&(a.critical, a.security, a.missing))
             .then_with(|| a.instance_id.cmp(&b.instance_id))
     });
+    // Every step's failures of one status and cause together.
+    let mut failures: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for ((_, status, cause), count) in scheduler::failures::failed_groups(records) {
+        *failures.entry((status, cause)).or_default() += count;
+    }
     let mut top_failures: Vec<FailureGroup> = failures
         .into_iter()
         .map(|((status, detail), targets)| FailureGroup {

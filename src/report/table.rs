@@ -69,9 +69,7 @@ pub fn csv_columns() -> Vec<&'static str> {
 }
 
 fn rfc3339(at: Option<protocol::job::UnixMillis>) -> String {
-    at.and_then(|at| i64::try_from(at.0).ok())
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    at.and_then(protocol::job::UnixMillis::to_rfc3339)
         .unwrap_or_default()
 }
 

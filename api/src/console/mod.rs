@@ -359,9 +359,6 @@ async fn login(
         Ok(current) => current,
         Err(error) => return error.into(),
     };
-    let record = |principal: &str, role: &str, action: &str, reason: &str, outcome: &str| {
-        login_record(peer, principal, role, action, reason, outcome)
-    };
     let signed_in = match (&preset, certificate.as_deref()) {
         (Some(principal), Some(_)) => Ok((
             principal.clone(),
@@ -381,7 +378,8 @@ async fn login(
             if refusal.status == StatusCode::UNAUTHORIZED {
                 state.metrics.auth_refused();
                 if let Some(unrecorded) = state.refusals.admit() {
-                    let entry = record(
+                    let entry = login_record(
+                        peer,
                         "unknown",
                         "none",
                         "auth:refused",

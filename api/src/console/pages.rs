@@ -156,17 +156,10 @@ async fn location_instances(
         .await
         .map_err(|error| format!("the results cannot be read: {error}"))?;
     let total = records.len();
-    let mut failures: BTreeMap<(u16, String, String), u64> = BTreeMap::new();
-    for record in records
-        .iter()
-        .filter(|record| record.status != "Success" && record.status != "Not Started")
-    {
-        let cause = scheduler::failures::failure_kind(&record.output);
-        *failures
-            .entry((record.step_index, record.status_detail.clone(), cause))
-            .or_default() += 1;
-    }
-    let mut failures: Vec<((u16, String, String), u64)> = failures.into_iter().collect();
+    let mut failures: Vec<((u16, String, String), u64)> =
+        scheduler::failures::failed_groups(&records)
+            .into_iter()
+            .collect();
     failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     failures.truncate(10);
     records.sort_by(|a, b| {

@@ -22,13 +22,10 @@ fn state_class(state: RunState) -> &'static str {
 
 /// When the run was made, in UTC.
 fn created_at(ms: u64) -> String {
-    i64::try_from(ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map_or_else(
-            || "–".into(),
-            |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        )
+    protocol::job::UnixMillis(ms).to_datetime().map_or_else(
+        || "–".into(),
+        |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 /// Targets through the first step: every target's result has come in for it.
@@ -344,8 +341,7 @@ pub struct LocationInstances {
 }
 
 fn at(ms: Option<protocol::job::UnixMillis>) -> String {
-    ms.and_then(|at| i64::try_from(at.0).ok())
-        .and_then(chrono::DateTime::from_timestamp_millis)
+    ms.and_then(protocol::job::UnixMillis::to_datetime)
         .map_or_else(|| "–".into(), |at| at.format("%H:%M:%S").to_string())
 }
 
