@@ -27,7 +27,8 @@ const MAGIC: &[u8; 3] = b"FLT";
 /// Version 3: a job's run context carries the run's output logging.
 /// Version 4: an Execute job carries the selection its batch is re-checked
 /// against; a selection may be tagged instances narrowed by an event.
-pub const FORMAT_VERSION: u8 = 4;
+/// Version 5: a step carries the document version SendCommand runs.
+pub const FORMAT_VERSION: u8 = 5;
 /// Magic, version, kind, signed-at, key id length: what precedes the key id.
 const HEADER_LEN: usize = MAGIC.len() + 2 + 8 + 1;
 /// No job or report comes close; a larger declared size is garbage.

@@ -214,6 +214,10 @@ pub struct StepSpec {
     /// `90s`, `30m`, `2h` or seconds; 30s to 30d; 1h when absent (SSM's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Scalar>,
+    /// The document's version SendCommand runs: `$DEFAULT`, `$LATEST` or a
+    /// version number; SSM's default version when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_version: Option<Scalar>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

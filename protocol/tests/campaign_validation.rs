@@ -167,6 +167,34 @@ rate_control:
 }
 
 #[test]
+fn a_step_names_its_document_version_as_ssm_takes_it() {
+    for version in ["'$DEFAULT'", "'$LATEST'", "3", "'12'"] {
+        let steps = format!(
+            "[{{ name: a, document: AWS-RunShellScript, document_version: {version}, parameters: {{ commands: [true] }} }}]"
+        );
+        let campaign = parse(&spec_with(&[("steps", &steps)])).expect(&steps);
+        assert_eq!(
+            campaign.steps[0].document_version.as_deref(),
+            Some(version.trim_matches('\'')),
+        );
+    }
+    let campaign = parse(&spec_with(&[])).unwrap();
+    assert_eq!(campaign.steps[0].document_version, None, "SSM's default");
+    for version in ["0", "'v2'", "'$latest'", "'1.5'", "1234567890"] {
+        rejects(
+            &[(
+                "steps",
+                &format!(
+                    "[{{ name: a, document: AWS-RunShellScript, document_version: {version} }}]"
+                ),
+            )],
+            "steps[0].document_version",
+            "must be $DEFAULT, $LATEST or a version number",
+        );
+    }
+}
+
+#[test]
 fn steps_need_names_documents_and_sane_timeouts() {
     rejects(&[("steps", "[]")], "steps", "at least one step");
     rejects(

@@ -116,13 +116,17 @@ fn step() -> impl Strategy<Value = Step> {
         text(),
         btree_map(text(), vec(text(), 0..4), 0..4),
         30u64..=2_592_000,
+        proptest::option::of(text()),
     )
-        .prop_map(|(name, document, parameters, seconds)| Step {
-            name,
-            document,
-            parameters,
-            timeout: Duration::from_secs(seconds),
-        })
+        .prop_map(
+            |(name, document, parameters, seconds, document_version)| Step {
+                name,
+                document,
+                parameters,
+                timeout: Duration::from_secs(seconds),
+                document_version,
+            },
+        )
 }
 
 fn target_selection() -> impl Strategy<Value = TargetSelection> {

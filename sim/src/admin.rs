@@ -120,6 +120,8 @@ pub struct CommandRecord {
     pub cloudwatch_log_group: Option<String>,
     /// The Parameters, as sent.
     pub parameters: Value,
+    /// The DocumentVersion, as sent (`$DEFAULT` when none was).
+    pub document_version: String,
 }
 
 /// Every command sent so far, oldest first.
@@ -154,6 +156,7 @@ pub fn command_records(state: &SimState) -> Vec<CommandRecord> {
             output_s3: command.output_s3.clone(),
             cloudwatch_log_group: command.cloudwatch_log_group.clone(),
             parameters: command.parameters.clone(),
+            document_version: command.document_version.clone(),
         })
         .collect();
     records.sort_by(|a, b| a.requested_at.total_cmp(&b.requested_at));

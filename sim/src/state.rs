@@ -80,6 +80,8 @@ pub struct Command {
     pub account: u32,
     pub region: u8,
     pub document: String,
+    /// SendCommand's DocumentVersion, `$DEFAULT` when it named none.
+    pub document_version: String,
     pub parameters: serde_json::Value,
     pub comment: String,
     pub requested_at: f64,
@@ -462,6 +464,7 @@ mod tests {
             account: 1,
             region: 0,
             document: "AWS-RunShellScript".into(),
+            document_version: "$DEFAULT".into(),
             parameters: serde_json::Value::Null,
             comment: String::new(),
             requested_at: 100.0,

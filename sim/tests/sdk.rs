@@ -607,6 +607,35 @@ async fn send_command_validates_like_ssm() {
         let error = request.send().await.unwrap_err();
         assert_eq!(error.code(), Some("InvalidParameters"), "{value}");
     }
+    // DocumentVersion (issue 33): a version the document lacks is
+    // InvalidDocumentVersion, one off SSM's pattern a ValidationException;
+    // the version given is the one the command reports.
+    let send = |version: &str| {
+        client
+            .send_command()
+            .document_name("AWS-RunShellScript")
+            .document_version(version)
+            .parameters("commands", vec!["true".into()])
+            .instance_ids(&ids[0])
+            .send()
+    };
+    let error = send("7").await.unwrap_err();
+    assert_eq!(error.code(), Some("InvalidDocumentVersion"));
+    let error = send("v1").await.unwrap_err();
+    assert_eq!(error.code(), Some("ValidationException"));
+    let sent = send("$LATEST").await.unwrap();
+    let command_id = sent.command().and_then(|c| c.command_id()).unwrap();
+    let listed = client
+        .list_commands()
+        .command_id(command_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.commands()[0].document_version(),
+        Some("$LATEST"),
+        "ListCommands reports the version SendCommand was given"
+    );
 }
 
 #[tokio::test]

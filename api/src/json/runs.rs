@@ -57,6 +57,9 @@ pub struct RunDetail {
 pub struct StepInfo {
     pub name: String,
     pub document: String,
+    /// The DocumentVersion SendCommand is given; absent: SSM's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_version: Option<String>,
 }
 
 pub(crate) async fn show_run(
@@ -76,6 +79,7 @@ pub(crate) async fn show_run(
             .map(|step| StepInfo {
                 name: step.name.clone(),
                 document: step.document.clone(),
+                document_version: step.document_version.clone(),
             })
             .collect(),
         Err(error) => {

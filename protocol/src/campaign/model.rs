@@ -46,6 +46,9 @@ pub struct Step {
     /// SSM's shape: every parameter is a list of strings.
     pub parameters: BTreeMap<String, Vec<String>>,
     pub timeout: Duration,
+    /// `$DEFAULT`, `$LATEST` or a version number, passed to SendCommand as
+    /// DocumentVersion; `None`: the document's default version.
+    pub document_version: Option<String>,
 }
 
 impl Step {

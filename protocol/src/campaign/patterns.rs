@@ -28,6 +28,9 @@ pub(super) static STEP_NAME: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"));
 pub(super) static DOCUMENT: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^[A-Za-z0-9_\-.:/]{3,128}$"));
+/// SSM's DocumentVersion: `$DEFAULT`, `$LATEST` or a number from 1.
+pub(super) static DOCUMENT_VERSION: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^(\$DEFAULT|\$LATEST|[1-9][0-9]{0,8})$"));
 pub(super) static PARAMETER: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Za-z0-9_]{1,128}$"));
 pub(super) static ACCOUNT_ID: LazyLock<Regex> = LazyLock::new(|| regex(r"^[0-9]{12}$"));
 pub(super) static OU_ID: LazyLock<Regex> =

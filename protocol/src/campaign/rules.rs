@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::patterns::{
-    ACCOUNT_ID, DOCUMENT, EXTERNAL_ID, INSTANCE_ID, OU_ID, PARAMETER, REGION, ROLE_NAME,
-    SECRET_NAME, SSM_REFERENCE, STEP_NAME,
+    ACCOUNT_ID, DOCUMENT, DOCUMENT_VERSION, EXTERNAL_ID, INSTANCE_ID, OU_ID, PARAMETER, REGION,
+    ROLE_NAME, SECRET_NAME, SSM_REFERENCE, STEP_NAME,
 };
 use super::values::parse_duration_in;
 use super::{
@@ -91,12 +91,27 @@ pub(super) fn validate_steps(
                 parse_duration_in(text, STEP_TIMEOUT_RANGE),
             ),
         };
+        let document_version = step.document_version.as_ref().and_then(|version| {
+            if DOCUMENT_VERSION.is_match(&version.text) {
+                Some(version.text.clone())
+            } else {
+                v.error(
+                    &path.at("document_version"),
+                    format!(
+                        "must be $DEFAULT, $LATEST or a version number from 1, got {:?}",
+                        version.text
+                    ),
+                );
+                None
+            }
+        });
         if let Some(timeout) = timeout {
             steps.push(Step {
                 name: step.name.clone(),
                 document: step.document.clone(),
                 parameters,
                 timeout,
+                document_version,
             });
         }
     }

@@ -79,6 +79,30 @@ fn check_parameters(document: &str, parameters: Option<&Value>) -> Result<(), Aw
     Ok(())
 }
 
+/// Every document the simulator knows has one version, 1: `$DEFAULT`,
+/// `$LATEST` and `1` name it; another number is InvalidDocumentVersion, as
+/// SSM answers for a version that does not exist; anything else fails
+/// SendCommand's own pattern (ValidationException).
+fn check_document_version(document: &str, version: Option<&str>) -> Result<String, AwsError> {
+    let Some(version) = version else {
+        return Ok("$DEFAULT".into());
+    };
+    let number = !version.is_empty()
+        && !version.starts_with('0')
+        && version.len() <= 9
+        && version.bytes().all(|b| b.is_ascii_digit());
+    match version {
+        "$DEFAULT" | "$LATEST" | "1" => Ok(version.to_string()),
+        _ if number => Err(AwsError::bad_request(
+            "InvalidDocumentVersion",
+            format!("Document {document} has no version {version}."),
+        )),
+        _ => Err(AwsError::validation(format!(
+            "1 validation error detected: Value '{version}' at 'documentVersion' failed to satisfy constraint: Member must satisfy regular expression pattern: ([$]LATEST|[$]DEFAULT|^[1-9][0-9]*$)"
+        ))),
+    }
+}
+
 pub(super) fn send_command(
     state: &SimState,
     scope: &Scope,
@@ -97,6 +121,7 @@ pub(super) fn send_command(
             format!("Document with name {document} does not exist."),
         ));
     }
+    let document_version = check_document_version(&document, str_field(body, "DocumentVersion")?)?;
     check_parameters(&document, body.get("Parameters"))?;
     let instance_ids = string_list(body, "InstanceIds")?;
     let targets = body.get("Targets").and_then(Value::as_array);
@@ -237,6 +262,7 @@ pub(super) fn send_command(
         account: scope.account,
         region,
         document,
+        document_version,
         parameters,
         comment,
         requested_at: now,
