@@ -52,6 +52,8 @@ pub fn reason_line(progress: &RunProgress) -> Option<String> {
 pub fn detail_lines(detail: &RunDetail) -> Vec<String> {
     let mut lines = vec![progress_line(&detail.progress)];
     lines.extend(reason_line(&detail.progress));
+    lines.push(format!("  {}", time_line(&detail.progress)));
+    lines.extend(in_flight_line(detail));
     if let Some(overrides) = &detail.progress.overrides {
         lines.push(format!("  {overrides}"));
     }
@@ -76,6 +78,45 @@ pub fn detail_lines(detail: &RunDetail) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// When the run was made and ended, and how long it took (or runs).
+fn time_line(progress: &RunProgress) -> String {
+    let at = |ms: u64| {
+        protocol::job::UnixMillis(ms)
+            .to_rfc3339()
+            .unwrap_or_else(|| format!("{ms} ms"))
+    };
+    let took = |from: u64, to: u64| {
+        humantime::format_duration(Duration::from_secs(to.saturating_sub(from) / 1000))
+    };
+    match progress.ended_ms {
+        Some(ended) => format!(
+            "created {}, ended {} (took {})",
+            at(progress.created_ms),
+            at(ended),
+            took(progress.created_ms, ended)
+        ),
+        None if progress.finished => format!("created {}", at(progress.created_ms)),
+        None => format!(
+            "created {}, running for {}",
+            at(progress.created_ms),
+            took(progress.created_ms, protocol::job::UnixMillis::now().0)
+        ),
+    }
+}
+
+/// The targets in flight split into those sending (or running) and those
+/// whose send a worker holds back; nothing when none is held.
+fn in_flight_line(detail: &RunDetail) -> Option<String> {
+    let in_flight = detail.progress.targets_in_flight;
+    let held = scheduler::explain::held_targets(&detail.holds, in_flight);
+    (held > 0).then(|| {
+        format!(
+            "  in flight: {} sending or running, {held} held back",
+            in_flight - held
+        )
+    })
 }
 
 /// What keeps the run from moving, as the scheduler sees it now.
@@ -222,10 +263,18 @@ pub(crate) fn watch(
             .map_or(0, |statuses| statuses.values().sum());
         targets.set_length(progress.total_targets.max(1));
         targets.set_position(finished_targets);
-        targets.set_message(format!(
-            "{} in flight · {}",
-            progress.targets_in_flight, progress.state
-        ));
+        let held = scheduler::explain::held_targets(&detail.holds, progress.targets_in_flight);
+        targets.set_message(if held > 0 {
+            format!(
+                "{} in flight ({held} held back) · {}",
+                progress.targets_in_flight, progress.state
+            )
+        } else {
+            format!(
+                "{} in flight · {}",
+                progress.targets_in_flight, progress.state
+            )
+        });
         let allowed = progress.allowed_errors.unwrap_or(0);
         budget.set_length(allowed.max(1));
         budget.set_position(progress.failures.min(allowed));

@@ -714,7 +714,12 @@ async fn in_a_real_browser_the_console_follows_a_live_run_pauses_it_and_stops_ev
     let live = browser.text("#run-live").await;
     assert!(live.contains("1. scan"), "the step by its name: {live}");
     assert!(browser.text("#run-created").await.ends_with("UTC"));
-    assert!(browser.text("#run-pace").await.starts_with("finished"));
+    assert!(browser.text("#run-ended").await.ends_with("UTC"));
+    let pace = browser.text("#run-pace").await;
+    assert!(
+        pace.starts_with("took ") && pace.contains("ended"),
+        "{pace}"
+    );
     let legend = browser.text("#legend").await;
     for colour in [
         "queued or waiting",

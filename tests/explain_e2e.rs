@@ -134,17 +134,84 @@ async fn a_run_says_when_no_worker_takes_its_jobs_and_when_a_kill_switch_holds_i
             .is_some_and(|line| line.contains("kill switch is ENGAGED (explain test)")),
         "{runs}"
     );
+
+    // A worker comes while the switch holds: its sends are held back, and
+    // the targets in flight say so (held, not sending).
+    stack.spawn_worker("worker-a", 4);
+    let held_targets = |detail: &serde_json::Value| -> u64 {
+        detail["holds"].as_array().map_or(0, |holds| {
+            holds
+                .iter()
+                .filter(|hold| hold["kind"] == "held")
+                .filter_map(|hold| hold["targets"].as_u64())
+                .sum()
+        })
+    };
+    let held = wait_for_detail(
+        port,
+        &run_id,
+        "every target in flight held back",
+        |detail| {
+            let in_flight = detail["progress"]["targets_in_flight"]
+                .as_u64()
+                .unwrap_or(0);
+            in_flight > 0 && held_targets(detail) == in_flight
+        },
+    )
+    .await;
+    let in_flight = held["progress"]["targets_in_flight"].as_u64().unwrap();
+    let (_, shown, _) = flotilla(port, &["run", "show", &run_id]).await;
+    assert!(
+        shown.contains(&format!(
+            "in flight: 0 sending or running, {in_flight} held back"
+        )) && shown.contains("held back, not sent: global kill switch"),
+        "{shown}"
+    );
+
+    // Released, SSM fails the send once: the location says it retries,
+    // with SSM's cause and the next try.
+    stack.inject(sim::state::Fault::FailNext {
+        operation: "SendCommand".into(),
+        code: "InternalServerError".into(),
+        count: 1,
+    });
     let released = json(port, &["kill", "release", "--format", "json"]).await;
     assert_eq!(released["engaged"], false, "{released}");
+    let retrying = wait_for_detail(port, &run_id, "a location retrying", |detail| {
+        has_hold(detail, "retrying")
+    })
+    .await;
+    let hold = retrying["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|hold| hold["kind"] == "retrying")
+        .unwrap()
+        .clone();
+    let detail = hold["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("{}/", stack.account_ids()[0]))
+            && detail.contains("execute job")
+            && detail.contains("InternalServerError")
+            && detail.contains("next try"),
+        "{hold}"
+    );
 
-    // A worker comes: the run completes and nothing holds it any more.
-    stack.spawn_worker("worker-a", 4);
+    // The run completes and nothing holds it any more.
     let finished = wait_for_detail(port, &run_id, "the run completed", |detail| {
         detail["progress"]["finished"] == true
     })
     .await;
     assert_eq!(finished["progress"]["state"], "Completed", "{finished}");
     assert_eq!(finished["holds"], serde_json::json!([]), "{finished}");
+    let ended = finished["progress"]["ended_ms"].as_u64().expect("ended_ms");
+    let created = finished["progress"]["created_ms"].as_u64().unwrap();
+    assert!(ended >= created, "{finished}");
+    let (_, shown, _) = flotilla(port, &["run", "show", &run_id]).await;
+    assert!(
+        shown.contains(", ended ") && shown.contains("(took "),
+        "{shown}"
+    );
 
     // The audit trail for scripts: RFC 3339 times.
     let audit = json(
@@ -235,7 +302,7 @@ async fn overrides_at_start_narrow_the_run_set_declared_parameters_and_never_wid
     stack.spawn_worker("worker-a", 8);
     let campaign = stack.campaign(
         "limited-scan",
-        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    parameters: { Operation: Scan, RebootOption: RebootIfNeeded }\noverridable_parameters: [RebootOption]\nrate_control:\n  max_errors: 100%\n",
+        "steps:\n  - name: scan\n    document: AWS-RunPatchBaseline\n    document_version: $LATEST\n    parameters: { Operation: Scan, RebootOption: RebootIfNeeded }\noverridable_parameters: [RebootOption]\nrate_control:\n  max_errors: 100%\n",
     );
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("limited-scan.json");
@@ -326,6 +393,10 @@ async fn overrides_at_start_narrow_the_run_set_declared_parameters_and_never_wid
             "the overridden value reached SendCommand"
         );
         assert_eq!(command.parameters["Operation"], serde_json::json!(["Scan"]));
+        assert_eq!(
+            command.document_version, "$LATEST",
+            "the step's document_version reached SendCommand"
+        );
     }
 
     // Two instances of the whole fleet.

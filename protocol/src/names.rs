@@ -234,6 +234,12 @@ impl Names {
         format!("{}:run:{{{run_id}}}:sends", self.prefix)
     }
 
+    /// Why the run's jobs wait, as workers note it (held sends, retries):
+    /// a hash of notes that end by themselves (`store::WaitNote`).
+    pub fn run_waits_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:waits", self.prefix)
+    }
+
     /// The run's locations in admission order (FIFO), one `account/region` each.
     pub fn run_locations_key(&self, run_id: Uuid) -> String {
         format!("{}:run:{{{run_id}}}:locations", self.prefix)

@@ -83,6 +83,8 @@ run_fields! {
         FreezeOverride = "freeze_override",
         // What a principal overrode at start, and who (newer runs).
         Overrides = "overrides",
+        // When the run reached a final state (Redis's clock, Unix ms; newer runs).
+        EndedMs = "ended_ms",
         HaltReason = "halt_reason",
         Drained = "drained",
         DiscoverNext = "discover_next",

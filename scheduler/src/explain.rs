@@ -1,8 +1,10 @@
 //! Why a run is not moving: what holds its sends (a kill switch, a change
 //! freeze, a closed maintenance window) and whether any worker takes its
-//! jobs. `run show`, `run watch`, the API's run detail and the console say
-//! these, so a stalled run explains itself instead of sitting on
-//! "Discovering".
+//! jobs; which of its targets in flight are held rather than sending, and
+//! which locations retry after an error (the workers' notes,
+//! `worker::waits`). `run show`, `run watch`, the API's run detail and the
+//! console say these, so a stalled run explains itself instead of sitting
+//! on "Discovering".
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,14 +22,40 @@ use crate::{RunProgress, Scheduler, SchedulerError, now_ms};
 /// One thing that keeps a run from moving now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    /// `kill_switch`, `freeze`, `window` or `no_worker`.
+    /// `kill_switch`, `freeze`, `window`, `no_worker`, `held` (targets in
+    /// flight whose send a worker holds back) or `retrying` (a location's
+    /// job failed and comes back).
     pub kind: String,
     /// What it is and what ends it, for the operator.
     pub detail: String,
     /// Since when it has held (Unix ms), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ms: Option<u64>,
+    /// For `held`: how many targets in flight it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<u64>,
 }
+
+/// Targets in flight that workers hold back now (the rest are sending or
+/// running): the `held` holds' targets, at most `in_flight`.
+pub fn held_targets(holds: &[Hold], in_flight: u64) -> u64 {
+    holds
+        .iter()
+        .filter(|hold| hold.kind == "held")
+        .filter_map(|hold| hold.targets)
+        .sum::<u64>()
+        .min(in_flight)
+}
+
+/// A worker's note as text a terminal shows as it is: no control
+/// characters (notes come from workers; a view never trusts them).
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Locations retrying (and causes of held sends) that a view lists by
+/// name; the rest are counted.
+const NOTES_LISTED: usize = 5;
 
 impl fmt::Display for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,10 +118,22 @@ impl Scheduler {
     /// run (its state says why). A hold that cannot be read is said as such:
     /// an explanation never fails the run's page.
     pub async fn holds(&self, run_id: Uuid, progress: &RunProgress) -> Vec<Hold> {
-        if progress.finished || !may_be_held(progress.state) {
+        if progress.finished {
             return Vec::new();
         }
-        let mut holds = Vec::new();
+        let mut holds = match self.store().wait_notes(run_id, now_ms()).await {
+            Ok(Ok(notes)) => notes_as_holds(notes),
+            Ok(Err(count)) => vec![Hold {
+                kind: "held".into(),
+                detail: format!("workers noted {count} waiting jobs, too many to read"),
+                since_ms: None,
+                targets: None,
+            }],
+            Err(error) => vec![unreadable("held", &error.to_string())],
+        };
+        if !may_be_held(progress.state) {
+            return holds;
+        }
         match self.store().kill_reason(&progress.campaign).await {
             Ok(Some(reason)) => holds.push(Hold {
                 kind: "kill_switch".into(),
@@ -102,6 +142,7 @@ impl Scheduler {
                     progress.campaign
                 ),
                 since_ms: None,
+                targets: None,
             }),
             Ok(None) => {}
             Err(error) => holds.push(unreadable("kill_switch", &error.to_string())),
@@ -124,6 +165,7 @@ impl Scheduler {
                                 depth.messages, depth.queue
                             ),
                             since_ms: since,
+                            targets: None,
                         });
                     }
                 }
@@ -169,6 +211,7 @@ impl Scheduler {
                     freeze.reason
                 ),
                 since_ms: Some(freeze.from_ms),
+                targets: None,
             });
         }
         if let Some(WindowState::Closed { opens }) = plan.campaign.window_at(chrono::Utc::now()) {
@@ -182,6 +225,7 @@ impl Scheduler {
                     None => "outside its maintenance windows, and none opens again".into(),
                 },
                 since_ms: None,
+                targets: None,
             });
         }
         Ok(holds)
@@ -193,11 +237,153 @@ fn unreadable(kind: &str, why: &str) -> Hold {
         kind: kind.into(),
         detail: format!("cannot tell whether a {kind} holds the run: {why}"),
         since_ms: None,
+        targets: None,
     }
+}
+
+/// The workers' live notes as holds: one `held` per cause with its targets,
+/// one `retrying` per location (the [`NOTES_LISTED`] soonest by name,
+/// the rest counted).
+fn notes_as_holds(notes: Vec<(String, store::WaitNote)>) -> Vec<Hold> {
+    let now = now_ms();
+    let mut held: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut retrying: Vec<(u64, String, String, String)> = Vec::new();
+    for (field, note) in notes {
+        match note {
+            store::WaitNote::Held { targets, cause, .. } => {
+                *held.entry(cause).or_default() += u64::from(targets);
+            }
+            store::WaitNote::Retrying {
+                until_ms,
+                job,
+                cause,
+            } => {
+                let location = field.strip_prefix("retry:").unwrap_or(&field).to_string();
+                retrying.push((until_ms, location, job, cause));
+            }
+        }
+    }
+    let mut held: Vec<(u64, String)> = held.into_iter().map(|(c, t)| (t, c)).collect();
+    held.sort_by(|a, b| b.cmp(a));
+    let mut holds: Vec<Hold> = Vec::new();
+    let mut other_targets = 0;
+    for (index, (targets, cause)) in held.into_iter().enumerate() {
+        if index >= NOTES_LISTED {
+            other_targets += targets;
+            continue;
+        }
+        holds.push(Hold {
+            kind: "held".into(),
+            detail: format!(
+                "{targets} target(s) in flight held back, not sent: {}",
+                printable(&cause)
+            ),
+            since_ms: None,
+            targets: Some(targets),
+        });
+    }
+    if other_targets > 0 {
+        holds.push(Hold {
+            kind: "held".into(),
+            detail: format!("{other_targets} more target(s) held back for other causes"),
+            since_ms: None,
+            targets: Some(other_targets),
+        });
+    }
+    retrying.sort();
+    let more = retrying.len().saturating_sub(NOTES_LISTED);
+    for (until_ms, location, job, cause) in retrying.into_iter().take(NOTES_LISTED) {
+        let next = match until_ms.saturating_sub(now) / 1000 {
+            0 => "now".to_string(),
+            seconds => format!("in {seconds} s"),
+        };
+        holds.push(Hold {
+            kind: "retrying".into(),
+            detail: format!(
+                "{} retrying its {} job after: {}; next try {next}",
+                printable(&location),
+                printable(&job),
+                printable(&cause)
+            ),
+            since_ms: None,
+            targets: None,
+        });
+    }
+    if more > 0 {
+        holds.push(Hold {
+            kind: "retrying".into(),
+            detail: format!("and {more} more location(s) retrying"),
+            since_ms: None,
+            targets: None,
+        });
+    }
+    holds
 }
 
 fn millis_to_rfc3339(ms: u64) -> String {
     protocol::job::UnixMillis(ms)
         .to_datetime()
         .map_or_else(|| format!("{ms} ms"), |at| at.to_rfc3339())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::WaitNote;
+
+    fn held(targets: u32, cause: &str) -> WaitNote {
+        WaitNote::Held {
+            until_ms: now_ms() + 1_000,
+            targets,
+            cause: cause.into(),
+        }
+    }
+
+    #[test]
+    fn held_notes_sum_per_cause_and_retries_list_the_soonest_five() {
+        let mut notes = vec![
+            (
+                "held:1".to_string(),
+                held(50, "global kill switch engaged: x"),
+            ),
+            (
+                "held:2".to_string(),
+                held(20, "global kill switch engaged: x"),
+            ),
+            ("held:3".to_string(), held(3, "run paused: \u{1b}[31mred")),
+        ];
+        for n in 0..7u64 {
+            notes.push((
+                format!("retry:11112222333{n}/us-east-1"),
+                WaitNote::Retrying {
+                    until_ms: now_ms() + 1_000 * (10 - n),
+                    job: "execute".into(),
+                    cause: "InternalServerError".into(),
+                },
+            ));
+        }
+        let holds = notes_as_holds(notes);
+        let held: Vec<&Hold> = holds.iter().filter(|h| h.kind == "held").collect();
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].targets, Some(70), "{held:?}");
+        assert!(
+            held[0]
+                .detail
+                .starts_with("70 target(s) in flight held back")
+        );
+        assert!(
+            !held[1].detail.contains('\u{1b}'),
+            "no control characters from a worker's note: {:?}",
+            held[1].detail
+        );
+        assert_eq!(held_targets(&holds, 1_000), 73);
+        assert_eq!(held_targets(&holds, 60), 60, "never more than in flight");
+        let retrying: Vec<&Hold> = holds.iter().filter(|h| h.kind == "retrying").collect();
+        assert_eq!(retrying.len(), 6, "five by name and a count: {retrying:?}");
+        assert!(
+            retrying[0].detail.starts_with("111122223336/us-east-1"),
+            "soonest first"
+        );
+        assert_eq!(retrying[5].detail, "and 2 more location(s) retrying");
+    }
 }

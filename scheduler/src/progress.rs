@@ -53,6 +53,10 @@ pub struct RunProgress {
     /// When the run was made (Unix ms).
     #[serde(default)]
     pub created_ms: u64,
+    /// When it reached a final state (Unix ms, Redis's clock); absent while
+    /// it lives and for runs ended by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
     /// The most common causes of failure, most targets first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_failures: Vec<FailureKind>,
@@ -102,6 +106,7 @@ impl RunProgress {
             waves: Vec::new(),
             bake_until_ms: None,
             created_ms: 0,
+            ended_ms: None,
             top_failures: Vec::new(),
             unreadable: Some(why),
         }
@@ -192,6 +197,10 @@ pub(crate) fn progress_from(
             None
         },
         created_ms: fields.number(RunField::CreatedMs)?,
+        ended_ms: match fields.get(RunField::EndedMs) {
+            Some(_) => Some(fields.number(RunField::EndedMs)?),
+            None => None,
+        },
         top_failures: {
             top_failures.sort_by(|a, b| {
                 b.targets

@@ -88,6 +88,10 @@ impl Report {
         if self.header.started_ms.is_none() && progress.created_ms > 0 {
             self.header.started_ms = Some(progress.created_ms);
         }
+        // The run's own end is when it ended, not when its last result came.
+        if progress.ended_ms.is_some() {
+            self.header.ended_ms = progress.ended_ms;
+        }
         self
     }
 

@@ -5,7 +5,8 @@
 //!
 //! - **worker**: reads the kill switches and run records (never writes
 //!   them: a stolen worker cannot release the kill switch or resume a run),
-//!   writes only its send claims and the API token buckets, adds to a run's
+//!   writes only its send claims, the API token buckets and its notes of
+//!   why jobs wait (explanations only, bounded when read), adds to a run's
 //!   send record with `HSETNX` alone (a selector: it can neither delete nor
 //!   overwrite what is recorded there), runs only flotilla's Redis Functions
 //!   (`FCALL`; no `EVAL`, no `FUNCTION LOAD`), and hears the kill switch
@@ -49,7 +50,7 @@ pub fn users(prefix: &str, scheduler: &str, worker: &str, admin: &str) -> String
         "user default off\n\
          user flotilla-scheduler on {scheduler} resetkeys resetchannels ~{prefix}:* &{prefix}:* +@all -@dangerous\n\
          user flotilla-worker on {worker} resetkeys resetchannels -@all {worker_commands} \
-         %R~{prefix}:kill* %R~{prefix}:run:* %RW~{prefix}:run:*:job:*:command %RW~{prefix}:rate:* &{prefix}:kill:changes \
+         %R~{prefix}:kill* %R~{prefix}:run:* %RW~{prefix}:run:*:job:*:command %W~{prefix}:run:*:waits %RW~{prefix}:rate:* &{prefix}:kill:changes \
          (+hsetnx %W~{prefix}:run:*:sends)\n\
          user flotilla-admin on {admin} resetkeys resetchannels ~{prefix}:* &{prefix}:* +@all\n"
     )

@@ -161,7 +161,61 @@ conformance!(
     an_erased_claim_still_finds_the_command_on_record,
     the_send_gate_follows_kill_switches_and_run_state,
     kill_switch_changes_are_pushed,
+    wait_notes_read_back_until_they_end,
 );
+
+/// Workers' notes of why jobs wait (`run show`'s held and retrying lines):
+/// written in one round trip, read back while live, garbage and ended
+/// notes skipped, the key expiring by itself.
+async fn wait_notes_read_back_until_they_end(store: RedisStore) {
+    use store::WaitNote;
+    let run = Uuid::new_v4();
+    let now = 10_000_000;
+    let held = WaitNote::Held {
+        until_ms: now + 1_000,
+        targets: 50,
+        cause: "global kill switch engaged: bad patch".into(),
+    };
+    let retrying = WaitNote::Retrying {
+        until_ms: now + 20_000,
+        job: "execute".into(),
+        cause: "SendCommand failed (transient): InternalServerError: boom".into(),
+    };
+    let ended = WaitNote::Held {
+        until_ms: now - WaitNote::GRACE_MS - 1,
+        targets: 7,
+        cause: "run paused".into(),
+    };
+    let notes = vec![
+        ("held:a".to_string(), held.encode()),
+        (
+            "retry:111122223333/us-east-1".to_string(),
+            retrying.encode(),
+        ),
+        ("held:b".to_string(), ended.encode()),
+        ("held:c".to_string(), "held soon 3 not a number".to_string()),
+    ];
+    store
+        .note_waits(run, &notes, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut read = store.wait_notes(run, now).await.unwrap().unwrap();
+    read.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        read,
+        vec![
+            ("held:a".to_string(), held),
+            ("retry:111122223333/us-east-1".to_string(), retrying),
+        ]
+    );
+    use ::redis::AsyncCommands;
+    let ttl: i64 = store
+        .connection()
+        .pttl(store.names().run_waits_key(run))
+        .await
+        .unwrap();
+    assert!((1..=60_000).contains(&ttl), "the notes expire: {ttl} ms");
+}
 
 async fn a_missing_or_corrupt_kill_record_stops_sends(store: impl Store + Tamper) {
     let run = Uuid::new_v4();

@@ -89,6 +89,12 @@ pub async fn run<S: Store>(
         metrics.clone(),
         background_stop.clone(),
     ));
+    let waits = crate::waits::WaitNotes::default();
+    background.spawn(crate::waits::flush(
+        store.clone(),
+        waits.clone(),
+        background_stop.clone(),
+    ));
     if let Some(addr) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -136,6 +142,7 @@ pub async fn run<S: Store>(
                 aws: aws.clone(),
                 metrics: metrics.clone(),
                 safety: safety.clone(),
+                waits: waits.clone(),
             });
             if let Err(error) = consume(context, &config, &stop).await {
                 metrics.connection("rabbitmq", false);
@@ -453,6 +460,9 @@ async fn settle_delivery<S: Store>(
         Err(error) if error.is_retryable() && retries < MAX_JOB_RETRIES => {
             let delay = retry_delay(retries);
             tracing::warn!(kind, retries, ?delay, error = %error, "job failed; retrying later");
+            let next_ms = crate::now_ms()
+                .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            context.waits.retrying(job, next_ms, &error.to_string());
             ("retried", deferred(delay, retries + 1).await)
         }
         Err(error) => {

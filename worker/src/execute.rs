@@ -76,6 +76,11 @@ pub(crate) async fn handle<S: Store>(
 fn held_back<S: Store>(ctx: &Context<S>, job: &ExecuteJob, cause: &GateCause) -> JobOutcome {
     ctx.metrics.mutation_blocked(cause.label());
     tracing::debug!(job_id = %job.job_id, %cause, "send held back");
+    ctx.waits.held(
+        job,
+        now_ms().saturating_add(u64::try_from(GATE_RECHECK.as_millis()).unwrap_or(u64::MAX)),
+        &cause.to_string(),
+    );
     JobOutcome::Wait {
         delay: GATE_RECHECK,
         reason: cause.label(),
@@ -198,6 +203,7 @@ async fn send_claimed<S: Store>(
             .set_cloud_watch_output_config(cloudwatch.clone())
             .set_instance_ids(Some(job.batch.instance_ids.clone()))
             .document_name(&job.step.document)
+            .set_document_version(job.step.document_version.clone())
             .set_parameters(Some(parameters.clone()))
             .timeout_seconds(timeout_seconds)
             .comment(job.job_id.to_string())

@@ -32,6 +32,7 @@ pub mod poll;
 pub mod rate;
 pub mod reporter;
 pub mod safety;
+pub mod waits;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
@@ -111,6 +112,8 @@ pub(crate) struct Context<S: Store> {
     pub aws: Aws,
     pub metrics: WorkerMetrics,
     pub safety: SafetyState,
+    /// Why jobs wait here, for `run show` (see [`waits`]).
+    pub waits: waits::WaitNotes,
 }
 
 /// What to do with a delivery once its job was handled.

@@ -5,6 +5,7 @@ local state = redis.call('HGET', run, F.state)
 local done = tonumber(redis.call('HGET', run, F.locations_done)) or 0
 if (state == STATE.Running or state == STATE.OutsideWindow) and done >= location_count() then
   redis.call('HSET', run, F.state, STATE.Completed, F.reason, 'every location is done')
+  mark_ended()
   return STATE.Completed
 end
 return state

@@ -3,10 +3,17 @@
 -- Rust (scheduler::scripts), so no state name or stride is written here.
 local run, locations, locstate, pages, pending, admitted, applied, counters, ready, discovering =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+-- When the run reached its final state, by Redis's clock (Unix ms).
+local function mark_ended()
+  local now = redis.call('TIME')
+  redis.call('HSET', run, F.ended_ms,
+    string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)))
+end
 local function halt(reason)
   local state = redis.call('HGET', run, F.state)
   if not FINAL[state] then
     redis.call('HSET', run, F.state, STATE.Halted, F.reason, reason, F.halt_reason, reason)
+    mark_ended()
   end
 end
 local function location_count() return tonumber(redis.call('HGET', run, F.location_count)) end

@@ -116,7 +116,16 @@ pub(super) fn pace(progress: &RunProgress, now_ms: u64) -> String {
     let elapsed_ms = now_ms.saturating_sub(progress.created_ms);
     let took = age(now_ms, progress.created_ms);
     if progress.finished {
-        return format!("finished; made {took} ago");
+        return match progress.ended_ms {
+            Some(ended) => format!(
+                "took {}; ended {} ago",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    ended.saturating_sub(progress.created_ms) / 1000
+                )),
+                age(now_ms, ended)
+            ),
+            None => format!("finished; made {took} ago"),
+        };
     }
     let done = finished_targets(progress);
     let left = progress.total_targets.saturating_sub(done);
@@ -169,11 +178,16 @@ pub fn run_live(
                 dt { "Waiting" }
                 dd #run-holds { ul { @for hold in holds { li class=(format!("hold-{}", hold.kind)) { (hold.to_string()) } } } }
             }
-            dt { "Targets" } dd { span #run-done { (done) } " of " (progress.total_targets) " finished, " (progress.targets_in_flight) " in flight" }
+            dt { "Targets" } dd {
+                span #run-done { (done) } " of " (progress.total_targets) " finished, " (progress.targets_in_flight) " in flight"
+                @let held = scheduler::explain::held_targets(holds, progress.targets_in_flight);
+                @if held > 0 { " (" span #run-held { (held) } " held back)" }
+            }
             dt { "Locations" } dd { (progress.locations_done) " of " (progress.locations) " done, " (progress.locations_failed) " failed" }
             dt { "Error budget" } dd #run-budget { (budget(progress)) }
             dt { "Started by" } dd { (progress.started_by) }
             dt { "Created" } dd #run-created { (created_at(progress.created_ms)) }
+            @if let Some(ended) = progress.ended_ms { dt { "Ended" } dd #run-ended { (created_at(ended)) } }
             dt { "Time" } dd #run-pace { (pace(progress, now_ms)) }
             @if let Some(overrides) = &progress.overrides { dt { "Overrides" } dd #run-overrides { (overrides) } }
         }
