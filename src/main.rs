@@ -14,7 +14,14 @@ fn main() -> ExitCode {
         // The SDK's credential chain logs each failed source (instance
         // metadata's at length) at warn; the worker checks its credentials
         // at start and says what is missing itself.
-        _ => "info,aws_config=error",
+        flotilla::cli::Command::Worker(_)
+        | flotilla::cli::Command::Scheduler(_)
+        | flotilla::cli::Command::Sim { .. }
+        | flotilla::cli::Command::Bench(_) => "info,aws_config=error",
+        // A command that answers (report, run, kill, …) prints its answer
+        // and, on failure, its error once with the cause: no log lines of
+        // the libraries' retries before it.
+        _ => "warn,aws_config=error,object_store=error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));

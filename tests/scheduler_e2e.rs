@@ -995,6 +995,39 @@ async fn results_can_go_to_s3() {
         stack.records(run_id).is_empty(),
         "nothing went to the local directory"
     );
+
+    // With no API answering, `flotilla report RUN` finds the run in a
+    // bucket the services write to (FLOTILLA_OUTPUT_BUCKETS), one prefix
+    // down, with the endpoint and credentials from the environment.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["report", &run_id.to_string(), "--format", "json"])
+        .current_dir(elsewhere.path())
+        .env_remove("FLOTILLA_RESULTS")
+        .env("FLOTILLA_API_URL", "http://127.0.0.1:1")
+        .env("FLOTILLA_OUTPUT_BUCKETS", "other-bucket,flotilla-results")
+        .env("FLOTILLA_S3_ENDPOINT_URL", stack.sim.endpoint_url())
+        .env("AWS_ACCESS_KEY_ID", "AKIAFLOTILLASIMULATOR")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the report within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reading the results in s3://flotilla-results/nightly"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["results"].as_u64(),
+        Some(progress.total_targets),
+        "{report}"
+    );
     stack.teardown().await;
 }
 

@@ -294,6 +294,42 @@ impl ResultsStore {
         self.read_under(format!("run={run_id}")).await
     }
 
+    /// Whether any results file of the run is here (one listing, stopped
+    /// at the first object).
+    pub async fn has_run(&self, run_id: Uuid) -> std::io::Result<bool> {
+        match self {
+            Self::Local(root) => Ok(local_run_dir(root, run_id).is_dir()),
+            Self::S3 { store, prefix, .. } => {
+                let run_prefix = Self::object_path(prefix, &format!("run={run_id}"));
+                match store.list(Some(&run_prefix)).next().await {
+                    None => Ok(false),
+                    Some(found) => found.map(|_| true).map_err(std::io::Error::other),
+                }
+            }
+        }
+    }
+
+    /// The prefixes one level below this store's (at most `limit`): where
+    /// campaigns' `output: s3://bucket/<prefix>` put their runs. Empty for a
+    /// local store.
+    pub async fn child_prefixes(&self, limit: usize) -> std::io::Result<Vec<String>> {
+        let Self::S3 { store, prefix, .. } = self else {
+            return Ok(Vec::new());
+        };
+        let at = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix.as_str()));
+        let listed = store
+            .list_with_delimiter(at.as_ref())
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(listed
+            .common_prefixes
+            .into_iter()
+            .map(|path| path.to_string())
+            .filter(|path| !path.contains("run="))
+            .take(limit)
+            .collect())
+    }
+
     /// The records of one location of a run (the console's location page).
     pub async fn read_location(
         &self,

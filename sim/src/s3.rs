@@ -127,6 +127,8 @@ pub struct ListQuery {
     #[serde(rename = "list-type")]
     list_type: Option<String>,
     prefix: Option<String>,
+    /// With `/`: keys below the next `/` fold into CommonPrefixes, as S3 does.
+    delimiter: Option<String>,
 }
 
 pub async fn list_objects(
@@ -141,16 +143,25 @@ pub async fn list_objects(
             "only ListObjectsV2 (list-type=2) is simulated",
         );
     }
-    let prefix = format!("{bucket}/{}", query.prefix.unwrap_or_default());
+    let asked = query.prefix.unwrap_or_default();
+    let prefix = format!("{bucket}/{asked}");
+    let delimiter = query.delimiter.filter(|d| !d.is_empty());
     let mut inner = state.lock();
     state.write_due_outputs(&mut inner);
     let mut contents = String::new();
+    let mut common: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut count = 0;
     for (path, object) in inner.objects.range(prefix.clone()..) {
         if !path.starts_with(&prefix) {
             break;
         }
         let key = path.strip_prefix(&format!("{bucket}/")).unwrap_or(path);
+        if let Some(delimiter) = &delimiter
+            && let Some(at) = key[asked.len()..].find(delimiter.as_str())
+        {
+            common.insert(key[..asked.len() + at + delimiter.len()].to_string());
+            continue;
+        }
         count += 1;
         contents.push_str(&format!(
             "<Contents><Key>{}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>{}</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
@@ -159,9 +170,17 @@ pub async fn list_objects(
             object.body.len()
         ));
     }
+    for prefix in &common {
+        count += 1;
+        contents.push_str(&format!(
+            "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
+            xml_escape(prefix)
+        ));
+    }
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{}</Name><Prefix></Prefix><KeyCount>{count}</KeyCount><MaxKeys>100000</MaxKeys><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>",
-        xml_escape(&bucket)
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{}</Name><Prefix>{}</Prefix><KeyCount>{count}</KeyCount><MaxKeys>100000</MaxKeys><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>",
+        xml_escape(&bucket),
+        xml_escape(&asked)
     );
     ([(header::CONTENT_TYPE, "application/xml")], body).into_response()
 }

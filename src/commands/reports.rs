@@ -47,7 +47,8 @@ pub struct ReportArgs {
     pub format: Format,
     /// The results directory or `s3://bucket/prefix` (default: the run's, as
     /// the scheduler reports it; when the API does not answer,
-    /// ./flotilla-demo or ./flotilla-results if the run is there).
+    /// ./flotilla-demo or ./flotilla-results if the run is there, else the
+    /// buckets of FLOTILLA_OUTPUT_BUCKETS at their root or one prefix down).
     #[arg(long, env = "FLOTILLA_RESULTS")]
     pub dir: Option<String>,
     /// Read `s3://` results here instead of AWS (credentials: AWS_* variables).
@@ -137,56 +138,119 @@ fn unreachable(error: &anyhow::Error) -> bool {
         })
 }
 
+/// The buckets the services may write results to (`FLOTILLA_OUTPUT_BUCKETS`,
+/// as the scheduler is given them): where a report looks when the API does
+/// not answer and no local directory holds the run.
+const OUTPUT_BUCKETS_ENV: &str = "FLOTILLA_OUTPUT_BUCKETS";
+/// Prefixes of one bucket a report looks under: `s3://bucket/<prefix>`.
+const MAX_PREFIXES_SEARCHED: usize = 100;
+
 /// Where the run's results are: `--dir`, else the scheduler's answer (with
 /// the run, for the report's header), else (the API unreachable) a local
-/// results directory holding the run.
+/// results directory holding the run, else a bucket of
+/// `FLOTILLA_OUTPUT_BUCKETS` holding it at its root or one prefix down.
 fn results_location(
     api: &ApiArgs,
     run_id: Uuid,
-    dir: Option<String>,
+    args: &ReportArgs,
+    runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<(String, Option<RunDetail>)> {
-    if let Some(dir) = dir {
-        return Ok((dir, None));
+    if let Some(dir) = &args.dir {
+        return Ok((dir.clone(), None));
     }
     let asked = ApiClient::from_args(api)
         .and_then(|client| client.get::<RunDetail>(&format!("/runs/{run_id}")));
-    match asked {
-        Ok(detail) => Ok((detail.progress.results_location.clone(), Some(detail))),
-        Err(error) if unreachable(&error) => {
-            let found = LOCAL_RESULTS.iter().find(|dir| {
-                scheduler::sink::local_run_dir(std::path::Path::new(dir), run_id).is_dir()
-            });
-            match found {
-                Some(dir) => {
-                    eprintln!("the API at {} did not answer; reading the results in {dir}/", api.api);
-                    Ok(((*dir).to_string(), None))
-                }
-                None => Err(error.context(format!(
-                    "and no results of run {run_id} under {}; pass where they are with --dir (a directory or s3://bucket/prefix)",
-                    LOCAL_RESULTS.map(|dir| format!("./{dir}")).join(" or ")
-                ))),
+    let error = match asked {
+        Ok(detail) => return Ok((detail.progress.results_location.clone(), Some(detail))),
+        Err(error) if unreachable(&error) => error,
+        Err(error) => return Err(error),
+    };
+    let local = LOCAL_RESULTS
+        .iter()
+        .find(|dir| scheduler::sink::local_run_dir(std::path::Path::new(dir), run_id).is_dir());
+    if let Some(dir) = local {
+        eprintln!(
+            "the API at {} did not answer; reading the results in {dir}/",
+            api.api
+        );
+        return Ok(((*dir).to_string(), None));
+    }
+    let buckets: Vec<String> = std::env::var(OUTPUT_BUCKETS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|bucket| !bucket.is_empty())
+        .map(str::to_string)
+        .collect();
+    for bucket in &buckets {
+        match runtime.block_on(find_in_bucket(bucket, run_id, args.s3_endpoint_url.clone())) {
+            Ok(Some(location)) => {
+                eprintln!(
+                    "the API at {} did not answer; reading the results in {location}",
+                    api.api
+                );
+                return Ok((location, None));
             }
+            Ok(None) => {}
+            // One bucket out of reach does not stop the search: said once,
+            // with its cause.
+            Err(error) => eprintln!("could not look in s3://{bucket}: {error:#}"),
         }
-        Err(error) => Err(error),
+    }
+    let searched = LOCAL_RESULTS
+        .map(|dir| format!("./{dir}"))
+        .into_iter()
+        .chain(buckets.iter().map(|bucket| format!("s3://{bucket}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(error.context(format!(
+        "and no results of run {run_id} in {searched}; pass where they are with --dir (a directory or s3://bucket/prefix), or name the buckets to search in {OUTPUT_BUCKETS_ENV}"
+    )))
+}
+
+/// `s3://bucket` or `s3://bucket/<prefix>` when it holds the run's results
+/// (the bucket's root, then each prefix one level down, at most
+/// [`MAX_PREFIXES_SEARCHED`]).
+async fn find_in_bucket(
+    bucket: &str,
+    run_id: Uuid,
+    endpoint_url: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let settings = s3_settings(endpoint_url);
+    let root = scheduler::sink::ResultsStore::s3(bucket, "", &settings)?;
+    if root.has_run(run_id).await? {
+        return Ok(Some(root.describe()));
+    }
+    for prefix in root.child_prefixes(MAX_PREFIXES_SEARCHED).await? {
+        let store = scheduler::sink::ResultsStore::s3(bucket, &prefix, &settings)?;
+        if store.has_run(run_id).await? {
+            return Ok(Some(store.describe()));
+        }
+    }
+    Ok(None)
+}
+
+/// S3 as the services reach it: the endpoint given, the region and
+/// credentials from the AWS_* environment.
+fn s3_settings(endpoint_url: Option<String>) -> scheduler::sink::S3Settings {
+    scheduler::sink::S3Settings {
+        endpoint_url,
+        region: std::env::var("AWS_REGION").ok(),
+        credentials: None,
     }
 }
 
 pub fn report(api: &ApiArgs, args: ReportArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let (output, detail) = results_location(api, args.run_id, args.dir)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let (output, detail) = results_location(api, args.run_id, &args, &runtime)?;
     let store = match output.strip_prefix("s3://") {
         Some(location) => {
             let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-            let settings = scheduler::sink::S3Settings {
-                endpoint_url: args.s3_endpoint_url,
-                region: std::env::var("AWS_REGION").ok(),
-                credentials: None,
-            };
-            scheduler::sink::ResultsStore::s3(bucket, prefix, &settings)
+            scheduler::sink::ResultsStore::s3(bucket, prefix, &s3_settings(args.s3_endpoint_url))
                 .with_context(|| format!("results at {output}"))?
         }
         None => scheduler::sink::ResultsStore::Local(PathBuf::from(&output)),
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let records = runtime
         .block_on(store.read_run(args.run_id))
         .with_context(|| format!("reading the results of run {} at {output}", args.run_id))?;
