@@ -106,6 +106,7 @@ pub async fn purge(amqp_url: &str, redis_url: &str, names: &Names) -> anyhow::Re
 
 pub fn admin(
     command: AdminCommand,
+    output: crate::commands::OutputArgs,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<std::process::ExitCode> {
     match command {
@@ -115,14 +116,25 @@ pub fn admin(
             redis_url,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
+            let mut done = Vec::new();
             for prefix in prefixes {
                 let names = Names::new(prefix.clone());
                 let purged = runtime.block_on(purge(&amqp_url, &redis_url, &names))?;
-                writeln!(
-                    out,
-                    "{prefix}: queues and exchanges deleted, {} Redis keys deleted",
-                    purged.redis_keys
-                )?;
+                if !output.json() {
+                    writeln!(
+                        out,
+                        "{prefix}: queues and exchanges deleted, {} Redis keys deleted",
+                        purged.redis_keys
+                    )?;
+                }
+                done.push(serde_json::json!({
+                    "prefix": prefix,
+                    "queues_deleted": true,
+                    "redis_keys_deleted": purged.redis_keys,
+                }));
+            }
+            if output.json() {
+                crate::commands::print_json(out, &done)?;
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -142,7 +154,9 @@ pub fn admin(
             runtime
                 .block_on(broker::Broker::declare_topology(&amqp_url, &names, &tls))
                 .with_context(|| format!("declaring the queues of {prefix}"))?;
-            writeln!(out, "{prefix}: queues and exchanges declared")?;
+            if !output.json() {
+                writeln!(out, "{prefix}: queues and exchanges declared")?;
+            }
             let arming = runtime.block_on(async {
                 let store = store::RedisStore::connect(&redis_url, names.clone()).await?;
                 let audit = scheduler::audit::AuditLog::new(
@@ -152,18 +166,32 @@ pub fn admin(
                 );
                 anyhow::Ok(scheduler::arm_new_deployment(&store, audit, &by).await?)
             })?;
-            let (line, code) = match arming {
-                store::Arming::Armed => ("armed: the global kill switch is released", 0),
+            let (arming, line, code) = match arming {
+                store::Arming::Armed => ("armed", "armed: the global kill switch is released", 0),
                 store::Arming::AlreadyArmed => (
+                    "already_armed",
                     "already armed: nothing changed (an engaged kill switch is released with `flotilla kill release`)",
                     0,
                 ),
                 store::Arming::HasRuns => (
+                    "refused",
                     "refused: the deployment has runs but no marker (was it deleted?); nothing changed, a missing kill switch record stays engaged",
                     1,
                 ),
             };
-            writeln!(out, "{prefix}: {line}")?;
+            if output.json() {
+                crate::commands::print_json(
+                    out,
+                    &serde_json::json!({
+                        "prefix": prefix,
+                        "queues_declared": true,
+                        "arming": arming,
+                        "detail": line,
+                    }),
+                )?;
+            } else {
+                writeln!(out, "{prefix}: {line}")?;
+            }
             Ok(std::process::ExitCode::from(code))
         }
     }

@@ -195,11 +195,15 @@ unless --allow-concurrent (both could act on the same hosts).")]
     },
     /// Signing keys for jobs and reports: generate, rotate, retire (offline).
     Keys {
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
         #[command(subcommand)]
         command: crate::keys::KeysCommand,
     },
     /// Maintenance of a deployment's queues and keys (talks to RabbitMQ and Redis).
     Admin {
+        #[command(flatten)]
+        output: crate::commands::OutputArgs,
         #[command(subcommand)]
         command: crate::admin::AdminCommand,
     },
@@ -271,8 +275,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => crate::commands::calendar(&api, output, command, &mut out),
         Command::Compliance { api, args } => crate::commands::compliance(&api, args, &mut out),
         Command::Report { api, args } => crate::commands::report(&api, args, &mut out),
-        Command::Admin { command } => crate::admin::admin(command, &mut out),
-        Command::Keys { command } => crate::keys::keys(command, &mut out),
+        Command::Admin { output, command } => crate::admin::admin(command, output, &mut out),
+        Command::Keys { output, command } => crate::keys::keys(command, output, &mut out),
         Command::Token {
             api,
             output,

@@ -116,8 +116,14 @@ pub enum KeysCommand {
     },
 }
 
-pub fn keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    match command {
+pub fn keys(
+    command: KeysCommand,
+    output: crate::commands::OutputArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    // With `--format json`: what was done, as one object (paths and ids,
+    // never a key's secret).
+    let said = match command {
         KeysCommand::Generate {
             kind,
             id,
@@ -128,13 +134,20 @@ pub fn keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<ExitCo
             let identity = SigningIdentity::generate(kind, &id)?;
             write_secret(&path, &identity.to_secret_text(), false)?;
             add_to_keyring(&keyring, &identity)?;
-            writeln!(
-                out,
-                "{} key {id} written to {}; its public key is in {}",
-                kind.as_str(),
-                path.display(),
-                keyring.display()
-            )?;
+            (
+                format!(
+                    "{} key {id} written to {}; its public key is in {}",
+                    kind.as_str(),
+                    path.display(),
+                    keyring.display()
+                ),
+                serde_json::json!({
+                    "generated": id,
+                    "kind": kind.as_str(),
+                    "key_file": path,
+                    "keyring": keyring,
+                }),
+            )
         }
         KeysCommand::Rotate { key, keyring, id } => {
             let old = SigningIdentity::parse(&read_key_text(&key, "signing key")?)
@@ -148,20 +161,29 @@ pub fn keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<ExitCo
             let retired = PathBuf::from(format!("{}.old", key.display()));
             write_secret(&retired, &old.to_secret_text(), true)?;
             write_secret(&key, &new.to_secret_text(), true)?;
-            writeln!(
-                out,
-                "{} key {id} replaces {} in {} (the old key is in {}).\n\
-                 Next: roll out {} to every service, then restart the services signing with {};\n\
-                 after --max-message-age, `flotilla keys retire --id {} --keyring {}`.",
-                old.kind.as_str(),
-                old.id,
-                key.display(),
-                retired.display(),
-                keyring.display(),
-                key.display(),
-                old.id,
-                keyring.display()
-            )?;
+            (
+                format!(
+                    "{} key {id} replaces {} in {} (the old key is in {}).\n\
+                     Next: roll out {} to every service, then restart the services signing with {};\n\
+                     after --max-message-age, `flotilla keys retire --id {} --keyring {}`.",
+                    old.kind.as_str(),
+                    old.id,
+                    key.display(),
+                    retired.display(),
+                    keyring.display(),
+                    key.display(),
+                    old.id,
+                    keyring.display()
+                ),
+                serde_json::json!({
+                    "generated": id,
+                    "kind": old.kind.as_str(),
+                    "replaces": old.id,
+                    "key_file": key,
+                    "old_key_file": retired,
+                    "keyring": keyring,
+                }),
+            )
         }
         KeysCommand::Retire { id, keyring } => {
             let text = read_key_text(&keyring, "keyring")?;
@@ -185,8 +207,17 @@ pub fn keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<ExitCo
                 bail!("retiring {id:?} would leave {} empty", keyring.display());
             }
             write_secret(&keyring, &(kept.join("\n") + "\n"), true)?;
-            writeln!(out, "key {id} removed from {}", keyring.display())?;
+            (
+                format!("key {id} removed from {}", keyring.display()),
+                serde_json::json!({ "retired": id, "keyring": keyring }),
+            )
         }
+    };
+    let (line, json) = said;
+    if output.json() {
+        crate::commands::print_json(out, &json)?;
+    } else {
+        writeln!(out, "{line}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

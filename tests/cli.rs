@@ -337,6 +337,48 @@ fn demo_runs_the_same_scan_on_real_rabbitmq_and_redis() {
     assert!(stdout(&output).contains("RabbitMQ amqp://guest:***@127.0.0.1:5672/%2f"));
 }
 
+/// `admin arm` declares a deployment's topology and releases its kill
+/// switch once (again: nothing changes); `admin purge` removes it all. Both
+/// answer scripts in JSON (issue 33), on the real RabbitMQ and Redis.
+#[test]
+fn admin_arms_once_and_purges_and_says_so_in_json() {
+    let prefix = format!("flotilla-test-arm-{}", uuid::Uuid::new_v4().simple());
+    let services = [
+        "--amqp-url",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "--redis-url",
+        "redis://127.0.0.1:6379/",
+    ];
+    let admin = |command: &str| {
+        let mut args = vec!["admin", command, "--prefix", prefix.as_str()];
+        args.extend(services);
+        args.extend(["--format", "json"]);
+        let output = flotilla(&args);
+        let json: Option<serde_json::Value> = serde_json::from_str(&stdout(&output)).ok();
+        (output, json)
+    };
+    // Whatever happens below, the deployment is purged at the end.
+    struct Purge<'a>(&'a dyn Fn(&str) -> (Output, Option<serde_json::Value>));
+    impl Drop for Purge<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)("purge");
+        }
+    }
+    let _purge = Purge(&admin);
+    let (first, armed) = admin("arm");
+    assert!(first.status.success(), "{first:?}");
+    let armed = armed.expect("arm prints JSON");
+    assert_eq!(armed["arming"], "armed", "{armed}");
+    assert_eq!(armed["queues_declared"], true, "{armed}");
+    let (_, again) = admin("arm");
+    assert_eq!(again.expect("JSON")["arming"], "already_armed");
+    let (purged, said) = admin("purge");
+    assert!(purged.status.success(), "{purged:?}");
+    let said = said.expect("purge prints JSON");
+    assert_eq!(said[0]["prefix"], prefix.as_str(), "{said}");
+    assert!(said[0]["redis_keys_deleted"].as_u64() >= Some(1), "{said}");
+}
+
 #[test]
 fn demo_without_rabbitmq_says_how_to_start_it() {
     let (output, _dir) = demo(&["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"]);
@@ -541,8 +583,20 @@ fn keys_are_generated_rotated_and_retired_and_services_refuse_to_run_without_the
             .unwrap()
             .contains(" sched-1 ")
     );
-    let retired = flotilla(&["keys", "retire", "--id", "sched-1", "--keyring", &keyring]);
+    let retired = flotilla(&[
+        "keys",
+        "retire",
+        "--id",
+        "sched-1",
+        "--keyring",
+        &keyring,
+        "--format",
+        "json",
+    ]);
     assert!(retired.status.success(), "{retired:?}");
+    let said: serde_json::Value = serde_json::from_str(&stdout(&retired)).unwrap();
+    assert_eq!(said["retired"], "sched-1", "{said}");
+    assert_eq!(said["keyring"], keyring.as_str(), "{said}");
     let ring = std::fs::read_to_string(&keyring).unwrap();
     assert!(
         !ring.contains("sched-1") && ring.contains("sched-2"),
