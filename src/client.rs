@@ -74,13 +74,11 @@ impl ApiClient {
     }
 
     fn build(base: &str, ca: Option<ureq::tls::Certificate<'static>>) -> Self {
-        let mut config = ureq::Agent::config_builder();
+        let mut tls = scheduler::ureq_tls();
         if let Some(certificate) = ca {
-            let tls = ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&[certificate]))
-                .build();
-            config = config.tls_config(tls);
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[certificate]));
         }
+        let config = ureq::Agent::config_builder().tls_config(tls.build());
         let config = config
             // API errors carry a JSON message worth showing; read them as responses.
             .http_status_as_error(false)

@@ -144,8 +144,8 @@ pub fn keys(
                 serde_json::json!({
                     "generated": id,
                     "kind": kind.as_str(),
-                    "key_file": path,
-                    "keyring": keyring,
+                    "key_file": path.display().to_string(),
+                    "keyring": keyring.display().to_string(),
                 }),
             )
         }
@@ -179,9 +179,9 @@ pub fn keys(
                     "generated": id,
                     "kind": old.kind.as_str(),
                     "replaces": old.id,
-                    "key_file": key,
-                    "old_key_file": retired,
-                    "keyring": keyring,
+                    "key_file": key.display().to_string(),
+                    "old_key_file": retired.display().to_string(),
+                    "keyring": keyring.display().to_string(),
                 }),
             )
         }
@@ -209,7 +209,7 @@ pub fn keys(
             write_secret(&keyring, &(kept.join("\n") + "\n"), true)?;
             (
                 format!("key {id} removed from {}", keyring.display()),
-                serde_json::json!({ "retired": id, "keyring": keyring }),
+                serde_json::json!({ "retired": id, "keyring": keyring.display().to_string() }),
             )
         }
     };

@@ -303,6 +303,7 @@ pub fn read_jwks(source: &str, egress: &scheduler::egress::EgressPolicy) -> anyh
             .check("the OIDC key set", source)
             .map_err(anyhow::Error::msg)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(scheduler::ureq_tls().build())
             .max_redirects(0)
             .timeout_global(Some(std::time::Duration::from_secs(10)))
             .build()
@@ -410,6 +411,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         endpoint_url: args.s3_endpoint_url,
         region: args.aws_region.clone(),
         credentials: None,
+        retry_timeout: None,
     };
     config.organizations = scheduler::organizations::OrganizationsSettings {
         endpoint_url: args.aws_endpoint_url,

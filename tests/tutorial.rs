@@ -172,7 +172,6 @@ async fn the_tutorial_starts_everything_from_one_command_and_stops_it_on_ctrl_c(
         .expect("the script ends within 30 s of Ctrl-C")
         .unwrap();
     assert_eq!(ended.code(), Some(130), "interrupted");
-    cleanup.group = None;
     for port in [api_port, sim_port] {
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -181,4 +180,5 @@ async fn the_tutorial_starts_everything_from_one_command_and_stops_it_on_ctrl_c(
             "nothing listens on {port} any more"
         );
     }
+    cleanup.group = None;
 }

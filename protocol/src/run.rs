@@ -134,6 +134,28 @@ fn digest<T: Serialize>(value: &T) -> String {
     hex::encode(sha2::Sha256::digest(&json))
 }
 
+/// A step's digest. A step without a `document_version` digests as steps
+/// did before the field existed, so a run started by an older scheduler
+/// keeps its contract across the upgrade.
+fn step_digest(step: &crate::campaign::Step) -> String {
+    #[derive(Serialize)]
+    struct Digested<'a> {
+        name: &'a str,
+        document: &'a str,
+        parameters: &'a std::collections::BTreeMap<String, Vec<String>>,
+        timeout: &'a std::time::Duration,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        document_version: Option<&'a str>,
+    }
+    digest(&Digested {
+        name: &step.name,
+        document: &step.document,
+        parameters: &step.parameters,
+        timeout: &step.timeout,
+        document_version: step.document_version.as_deref(),
+    })
+}
+
 impl RunContract {
     pub fn new(
         context: &crate::job::RunContext,
@@ -143,7 +165,7 @@ impl RunContract {
         Self {
             context: digest(context),
             targets: digest(targets),
-            steps: steps.iter().map(digest).collect(),
+            steps: steps.iter().map(step_digest).collect(),
         }
     }
 
@@ -184,7 +206,7 @@ impl RunContract {
                 "step {index} does not exist (the run has {})",
                 self.steps.len()
             )),
-            Some(expected) if *expected != digest(&execute.step) => Err(format!(
+            Some(expected) if *expected != step_digest(&execute.step) => Err(format!(
                 "step {index} (document {:?}) differs from the run's step {index}",
                 execute.step.document
             )),
@@ -196,6 +218,30 @@ impl RunContract {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_without_a_document_version_digests_as_before_the_field() {
+        let mut step = crate::campaign::Step {
+            name: "scan".into(),
+            document: "AWS-RunPatchBaseline".into(),
+            parameters: [("Operation".to_string(), vec!["Scan".to_string()])].into(),
+            timeout: std::time::Duration::from_secs(3600),
+            document_version: None,
+        };
+        // What a scheduler without the field recorded in the run's contract.
+        let before = r#"{"name":"scan","document":"AWS-RunPatchBaseline","parameters":{"Operation":["Scan"]},"timeout":{"secs":3600,"nanos":0}}"#;
+        use sha2::Digest as _;
+        assert_eq!(
+            step_digest(&step),
+            hex::encode(sha2::Sha256::digest(before.as_bytes()))
+        );
+        step.document_version = Some("3".into());
+        assert_ne!(
+            step_digest(&step),
+            hex::encode(sha2::Sha256::digest(before.as_bytes())),
+            "a version is part of what the run may run"
+        );
+    }
 
     #[test]
     fn states_round_trip_through_their_names() {

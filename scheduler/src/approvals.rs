@@ -29,8 +29,14 @@ pub struct ReadOnlyDocument {
 }
 
 impl ReadOnlyDocument {
+    /// Only the document's default version: another (`$LATEST`, a number)
+    /// may be one that changes hosts, which nobody declared read-only.
     fn covers(&self, step: &Step) -> bool {
         step.document == self.document
+            && step
+                .document_version
+                .as_deref()
+                .is_none_or(|version| version == "$DEFAULT")
             && self.parameter.as_ref().is_none_or(|(name, value)| {
                 step.parameters
                     .get(name)
@@ -286,5 +292,17 @@ mod tests {
                 .parse::<ReadOnlyDocument>()
                 .is_err()
         );
+    }
+
+    /// A read-only document is read-only at its default version only:
+    /// `$LATEST` or a number may name one nobody declared read-only.
+    #[test]
+    fn another_document_version_is_not_read_only() {
+        let read_only = default_read_only_documents();
+        for (version, changes) in [("$DEFAULT", false), ("$LATEST", true), ("7", true)] {
+            let mut scan = campaign("AWS-RunPatchBaseline", "Scan");
+            scan.steps[0].document_version = Some(version.into());
+            assert_eq!(changes_hosts(&scan, &read_only), changes, "{version}");
+        }
     }
 }

@@ -19,13 +19,47 @@ use uuid::Uuid;
 
 use crate::{RunProgress, Scheduler, SchedulerError, now_ms};
 
+/// What kind of thing holds a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldKind {
+    /// The global or the campaign's kill switch holds every send.
+    KillSwitch,
+    /// A change freeze holds a campaign that changes hosts.
+    Freeze,
+    /// The campaign's maintenance windows are closed.
+    Window,
+    /// Jobs wait in a work queue no worker consumes.
+    NoWorker,
+    /// Targets in flight whose send a worker holds back.
+    Held,
+    /// A location's job failed and comes back.
+    Retrying,
+}
+
+impl HoldKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KillSwitch => "kill_switch",
+            Self::Freeze => "freeze",
+            Self::Window => "window",
+            Self::NoWorker => "no_worker",
+            Self::Held => "held",
+            Self::Retrying => "retrying",
+        }
+    }
+}
+
+impl fmt::Display for HoldKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One thing that keeps a run from moving now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    /// `kill_switch`, `freeze`, `window`, `no_worker`, `held` (targets in
-    /// flight whose send a worker holds back) or `retrying` (a location's
-    /// job failed and comes back).
-    pub kind: String,
+    pub kind: HoldKind,
     /// What it is and what ends it, for the operator.
     pub detail: String,
     /// Since when it has held (Unix ms), when known.
@@ -41,16 +75,21 @@ pub struct Hold {
 pub fn held_targets(holds: &[Hold], in_flight: u64) -> u64 {
     holds
         .iter()
-        .filter(|hold| hold.kind == "held")
+        .filter(|hold| hold.kind == HoldKind::Held)
         .filter_map(|hold| hold.targets)
         .sum::<u64>()
         .min(in_flight)
 }
 
 /// A worker's note as text a terminal shows as it is: no control
-/// characters (notes come from workers; a view never trusts them).
+/// characters and no bidirectional overrides (notes come from workers; a
+/// view never trusts them).
 fn printable(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).collect()
+    text.chars()
+        .filter(|c| {
+            !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
 }
 
 /// Locations retrying (and causes of held sends) that a view lists by
@@ -122,21 +161,30 @@ impl Scheduler {
             return Vec::new();
         }
         let mut holds = match self.store().wait_notes(run_id, now_ms()).await {
-            Ok(Ok(notes)) => notes_as_holds(notes),
-            Ok(Err(count)) => vec![Hold {
-                kind: "held".into(),
-                detail: format!("workers noted {count} waiting jobs, too many to read"),
-                since_ms: None,
-                targets: None,
-            }],
-            Err(error) => vec![unreadable("held", &error.to_string())],
+            Ok((notes, live)) => {
+                let read = notes.len();
+                let mut holds = notes_as_holds(notes);
+                if live > read {
+                    holds.push(Hold {
+                        kind: HoldKind::Held,
+                        detail: format!(
+                            "and {} more waiting job(s) noted than a view reads",
+                            live - read
+                        ),
+                        since_ms: None,
+                        targets: None,
+                    });
+                }
+                holds
+            }
+            Err(error) => vec![unreadable(HoldKind::Held, &error.to_string())],
         };
         if !may_be_held(progress.state) {
             return holds;
         }
         match self.store().kill_reason(&progress.campaign).await {
             Ok(Some(reason)) => holds.push(Hold {
-                kind: "kill_switch".into(),
+                kind: HoldKind::KillSwitch,
                 detail: format!(
                     "a kill switch holds every send of this run ({reason}); `flotilla kill status --campaign {}` says which, `flotilla kill release` releases it",
                     progress.campaign
@@ -145,11 +193,11 @@ impl Scheduler {
                 targets: None,
             }),
             Ok(None) => {}
-            Err(error) => holds.push(unreadable("kill_switch", &error.to_string())),
+            Err(error) => holds.push(unreadable(HoldKind::KillSwitch, &error.to_string())),
         }
         match self.campaign_holds(run_id).await {
             Ok(found) => holds.extend(found),
-            Err(error) => holds.push(unreadable("freeze", &error.to_string())),
+            Err(error) => holds.push(unreadable(HoldKind::Freeze, &error.to_string())),
         }
         match self.job_queue_depths().await {
             Ok(depths) => {
@@ -159,7 +207,7 @@ impl Scheduler {
                     let since = self.unconsumed_since.note(&depth.queue, unconsumed, now);
                     if unconsumed {
                         holds.push(Hold {
-                            kind: "no_worker".into(),
+                            kind: HoldKind::NoWorker,
                             detail: format!(
                                 "{} job(s) wait in queue {} and no worker consumes it: start a worker (`flotilla worker`)",
                                 depth.messages, depth.queue
@@ -170,7 +218,7 @@ impl Scheduler {
                     }
                 }
             }
-            Err(why) => holds.push(unreadable("no_worker", &why)),
+            Err(why) => holds.push(unreadable(HoldKind::NoWorker, &why)),
         }
         holds
     }
@@ -204,7 +252,7 @@ impl Scheduler {
         let mut holds = Vec::new();
         if let Some(freeze) = self.freeze_of(&plan.campaign).await? {
             holds.push(Hold {
-                kind: "freeze".into(),
+                kind: HoldKind::Freeze,
                 detail: format!(
                     "a change freeze holds its sends until {} ({})",
                     millis_to_rfc3339(freeze.to_ms),
@@ -216,7 +264,7 @@ impl Scheduler {
         }
         if let Some(WindowState::Closed { opens }) = plan.campaign.window_at(chrono::Utc::now()) {
             holds.push(Hold {
-                kind: "window".into(),
+                kind: HoldKind::Window,
                 detail: match opens {
                     Some(opens) => format!(
                         "outside its maintenance windows: sends wait until {}",
@@ -232,9 +280,9 @@ impl Scheduler {
     }
 }
 
-fn unreadable(kind: &str, why: &str) -> Hold {
+fn unreadable(kind: HoldKind, why: &str) -> Hold {
     Hold {
-        kind: kind.into(),
+        kind,
         detail: format!("cannot tell whether a {kind} holds the run: {why}"),
         since_ms: None,
         targets: None,
@@ -273,7 +321,7 @@ fn notes_as_holds(notes: Vec<(String, store::WaitNote)>) -> Vec<Hold> {
             continue;
         }
         holds.push(Hold {
-            kind: "held".into(),
+            kind: HoldKind::Held,
             detail: format!(
                 "{targets} target(s) in flight held back, not sent: {}",
                 printable(&cause)
@@ -284,7 +332,7 @@ fn notes_as_holds(notes: Vec<(String, store::WaitNote)>) -> Vec<Hold> {
     }
     if other_targets > 0 {
         holds.push(Hold {
-            kind: "held".into(),
+            kind: HoldKind::Held,
             detail: format!("{other_targets} more target(s) held back for other causes"),
             since_ms: None,
             targets: Some(other_targets),
@@ -298,7 +346,7 @@ fn notes_as_holds(notes: Vec<(String, store::WaitNote)>) -> Vec<Hold> {
             seconds => format!("in {seconds} s"),
         };
         holds.push(Hold {
-            kind: "retrying".into(),
+            kind: HoldKind::Retrying,
             detail: format!(
                 "{} retrying its {} job after: {}; next try {next}",
                 printable(&location),
@@ -311,7 +359,7 @@ fn notes_as_holds(notes: Vec<(String, store::WaitNote)>) -> Vec<Hold> {
     }
     if more > 0 {
         holds.push(Hold {
-            kind: "retrying".into(),
+            kind: HoldKind::Retrying,
             detail: format!("and {more} more location(s) retrying"),
             since_ms: None,
             targets: None,
@@ -363,7 +411,7 @@ mod tests {
             ));
         }
         let holds = notes_as_holds(notes);
-        let held: Vec<&Hold> = holds.iter().filter(|h| h.kind == "held").collect();
+        let held: Vec<&Hold> = holds.iter().filter(|h| h.kind == HoldKind::Held).collect();
         assert_eq!(held.len(), 2);
         assert_eq!(held[0].targets, Some(70), "{held:?}");
         assert!(
@@ -378,7 +426,10 @@ mod tests {
         );
         assert_eq!(held_targets(&holds, 1_000), 73);
         assert_eq!(held_targets(&holds, 60), 60, "never more than in flight");
-        let retrying: Vec<&Hold> = holds.iter().filter(|h| h.kind == "retrying").collect();
+        let retrying: Vec<&Hold> = holds
+            .iter()
+            .filter(|h| h.kind == HoldKind::Retrying)
+            .collect();
         assert_eq!(retrying.len(), 6, "five by name and a count: {retrying:?}");
         assert!(
             retrying[0].detail.starts_with("111122223336/us-east-1"),

@@ -485,12 +485,22 @@ pub async fn run_with(
     result
 }
 
+/// TLS for every ureq client flotilla makes: rustls with the process's
+/// provider, aws-lc-rs (ureq's own default, ring, is not built; see
+/// [`store::install_tls_provider`]). Without it an `https://` request
+/// would find no provider.
+pub fn ureq_tls() -> ureq::tls::TlsConfigBuilder {
+    store::install_tls_provider();
+    ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls)
+}
+
 /// The HTTP client of the requests the scheduler makes on a campaign's
 /// behalf (rollout gates, notification webhooks): blocking (run it on
 /// tokio's blocking threads), `timeout` for the whole exchange, non-2xx
 /// answers read as answers (reported by status), redirects never followed.
 pub(crate) fn outbound_http(timeout: std::time::Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
+        .tls_config(ureq_tls().build())
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         // A redirect could lead past the egress policy: it is an answer.

@@ -154,6 +154,10 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// (access key id, secret); `None` reads the AWS_* environment variables.
     pub credentials: Option<(String, String)>,
+    /// How long a request is retried before it fails; object_store's
+    /// default (3 minutes, 10 retries) when `None`. A command someone
+    /// waits on (`flotilla report`) gives up sooner.
+    pub retry_timeout: Option<std::time::Duration>,
 }
 
 /// Where a run's results go.
@@ -176,6 +180,7 @@ impl std::fmt::Debug for S3Settings {
                 "credentials",
                 &self.credentials.as_ref().map(|(key, _)| (key, "***")),
             )
+            .field("retry_timeout", &self.retry_timeout)
             .finish()
     }
 }
@@ -209,6 +214,13 @@ impl ResultsStore {
             builder = builder
                 .with_access_key_id(key)
                 .with_secret_access_key(secret);
+        }
+        if let Some(retry_timeout) = settings.retry_timeout {
+            builder = builder.with_retry(object_store::RetryConfig {
+                retry_timeout,
+                max_retries: 2,
+                ..object_store::RetryConfig::default()
+            });
         }
         Ok(Self::S3 {
             store: Arc::new(builder.build()?),

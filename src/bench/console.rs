@@ -98,6 +98,7 @@ fn measure(
         COMPLIANCE_INSTANCES,
     ))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(scheduler::ureq_tls().build())
         .max_redirects(0)
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))

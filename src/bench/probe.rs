@@ -57,7 +57,12 @@ pub(super) fn metric_sum(text: &str, name: &str, keep: impl Fn(&str) -> bool) ->
 }
 
 pub(super) fn http_text(url: &str) -> anyhow::Result<String> {
-    let mut response = ureq::get(url)
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(scheduler::ureq_tls().build())
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
         .call()
         .with_context(|| format!("GET {url}"))?;
     Ok(response.body_mut().read_to_string()?)

@@ -237,6 +237,9 @@ fn s3_settings(endpoint_url: Option<String>) -> scheduler::sink::S3Settings {
         endpoint_url,
         region: std::env::var("AWS_REGION").ok(),
         credentials: None,
+        // Someone waits on the command: an unreachable bucket fails in
+        // seconds, with its cause, not after object_store's 3 minutes.
+        retry_timeout: Some(std::time::Duration::from_secs(15)),
     }
 }
 

@@ -6,7 +6,8 @@
 //! - **worker**: reads the kill switches and run records (never writes
 //!   them: a stolen worker cannot release the kill switch or resume a run),
 //!   writes only its send claims, the API token buckets and its notes of
-//!   why jobs wait (explanations only, bounded when read), adds to a run's
+//!   why jobs wait (explanations only; read bounded and pruned by the
+//!   scheduler, `waits`), adds to a run's
 //!   send record with `HSETNX` alone (a selector: it can neither delete nor
 //!   overwrite what is recorded there), runs only flotilla's Redis Functions
 //!   (`FCALL`; no `EVAL`, no `FUNCTION LOAD`), and hears the kill switch

@@ -113,6 +113,14 @@ pub(crate) fn manager_config() -> ConnectionManagerConfig {
         .set_max_delay(RESPONSE_TIMEOUT)
 }
 
+/// Makes aws-lc-rs the process's rustls crypto provider: the one the AWS
+/// SDK, lapin and the API build, for Redis's TLS here and every ureq
+/// client (`scheduler::ureq_tls`); ring is not built at all. Installing it
+/// again is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 impl Connection {
     /// Connects (and reconnects by itself later); fails at once if Redis does
     /// not answer. The URL forms are [`Endpoint`]'s.
@@ -124,9 +132,7 @@ impl Connection {
             source,
             hint,
         };
-        // rustls needs one crypto provider for the process; the SDKs bring
-        // two. Installing it again is harmless.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        crate::install_tls_provider();
         let root_cert = tls.root_cert()?;
         let certificates = || redis::TlsCertificates {
             client_tls: None,

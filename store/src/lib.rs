@@ -24,6 +24,7 @@ pub mod endpoint;
 pub mod memory;
 pub mod redis_store;
 pub mod sentinel;
+pub mod waits;
 
 use std::future::Future;
 use std::time::Duration;
@@ -31,17 +32,10 @@ use std::time::Duration;
 use protocol::run::{RunState, SendDecision};
 use uuid::Uuid;
 
-pub use connection::{Connection, RedisTls};
-
-/// Makes aws-lc-rs the process's rustls crypto provider: the one the AWS
-/// SDK, lapin and the API build, for Redis's TLS here and every ureq
-/// client (`scheduler::ureq_tls`); ring is not built at all. Installing it
-/// again is harmless.
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
+pub use connection::{Connection, RedisTls, install_tls_provider};
 pub use memory::MemoryRedis;
 pub use redis_store::RedisStore;
+pub use waits::WaitNote;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -460,82 +454,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         notes: &[(String, String)],
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// Why jobs of a run wait, as a worker notes it (`worker::waits`) and the
-/// scheduler reads it (`Scheduler::holds`). Each note ends by itself at
-/// `until_ms` (plus [`WaitNote::GRACE_MS`] for the notes' flush interval):
-/// nobody deletes a note whose job went on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WaitNote {
-    /// A batch's send held back by a gate (kill switch, pause, window).
-    Held {
-        until_ms: u64,
-        targets: u32,
-        cause: String,
-    },
-    /// A job that failed and comes back at `until_ms`.
-    Retrying {
-        until_ms: u64,
-        job: String,
-        cause: String,
-    },
-}
-
-impl WaitNote {
-    /// How long after its `until_ms` a note still counts: the workers
-    /// write notes every 2 s, and a held job rechecks every second.
-    pub const GRACE_MS: u64 = 5_000;
-
-    pub fn until_ms(&self) -> u64 {
-        match self {
-            Self::Held { until_ms, .. } | Self::Retrying { until_ms, .. } => *until_ms,
-        }
-    }
-
-    /// Still true at `now_ms`.
-    pub fn is_live(&self, now_ms: u64) -> bool {
-        self.until_ms().saturating_add(Self::GRACE_MS) >= now_ms
-    }
-
-    /// `held <until> <targets> <cause>` or `retrying <until> <job> <cause>`.
-    pub fn encode(&self) -> String {
-        match self {
-            Self::Held {
-                until_ms,
-                targets,
-                cause,
-            } => format!("held {until_ms} {targets} {cause}"),
-            Self::Retrying {
-                until_ms,
-                job,
-                cause,
-            } => format!("retrying {until_ms} {job} {cause}"),
-        }
-    }
-
-    /// `None` for anything [`WaitNote::encode`] did not write: notes come
-    /// from workers, and a worker's key must not be able to break a view.
-    pub fn decode(text: &str) -> Option<Self> {
-        let mut parts = text.splitn(4, ' ');
-        let kind = parts.next()?;
-        let until_ms = parts.next()?.parse().ok()?;
-        let third = parts.next()?;
-        let cause = parts.next().unwrap_or_default().to_string();
-        match kind {
-            "held" => Some(Self::Held {
-                until_ms,
-                targets: third.parse().ok()?,
-                cause,
-            }),
-            "retrying" => Some(Self::Retrying {
-                until_ms,
-                job: third.to_string(),
-                cause,
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// The global kill switch's record when released. The switch is an explicit

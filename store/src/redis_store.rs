@@ -509,31 +509,3 @@ impl Store for RedisStore {
         self.connection.subscribe(&self.names.kill_channel()).await
     }
 }
-
-/// The most wait notes a view reads: beyond it, the notes are counted, not read.
-pub const MAX_WAIT_NOTES: usize = 10_000;
-
-impl RedisStore {
-    /// A run's wait notes that are still live at `now_ms`, with their
-    /// fields; `Err` with how many there are when more than
-    /// [`MAX_WAIT_NOTES`] (a view never reads an unbounded hash). Notes
-    /// that do not decode are skipped.
-    pub async fn wait_notes(
-        &self,
-        run_id: Uuid,
-        now_ms: u64,
-    ) -> Result<Result<Vec<(String, crate::WaitNote)>, usize>, StoreError> {
-        let mut connection = self.connection.clone();
-        let key = self.names.run_waits_key(run_id);
-        let count: usize = connection.hlen(&key).await?;
-        if count > MAX_WAIT_NOTES {
-            return Ok(Err(count));
-        }
-        let notes: Vec<(String, String)> = connection.hgetall(&key).await?;
-        Ok(Ok(notes
-            .into_iter()
-            .filter_map(|(field, text)| Some((field, crate::WaitNote::decode(&text)?)))
-            .filter(|(_, note)| note.is_live(now_ms))
-            .collect()))
-    }
-}

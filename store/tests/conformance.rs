@@ -199,7 +199,7 @@ async fn wait_notes_read_back_until_they_end(store: RedisStore) {
         .note_waits(run, &notes, Duration::from_secs(60))
         .await
         .unwrap();
-    let mut read = store.wait_notes(run, now).await.unwrap().unwrap();
+    let (mut read, live) = store.wait_notes(run, now).await.unwrap();
     read.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         read,
@@ -208,13 +208,47 @@ async fn wait_notes_read_back_until_they_end(store: RedisStore) {
             ("retry:111122223333/us-east-1".to_string(), retrying),
         ]
     );
+    assert_eq!(live, 2);
     use ::redis::AsyncCommands;
-    let ttl: i64 = store
-        .connection()
-        .pttl(store.names().run_waits_key(run))
+    let key = store.names().run_waits_key(run);
+    let ttl: i64 = store.connection().pttl(&key).await.unwrap();
+    assert!((1..=60_000).contains(&ttl), "the notes expire: {ttl} ms");
+    let left: usize = store.connection().hlen(&key).await.unwrap();
+    assert_eq!(left, 2, "the ended and the unreadable note were deleted");
+
+    // A note of any size reads back cut to MAX_NOTE_BYTES; more notes than
+    // a read returns are counted.
+    let huge = WaitNote::Retrying {
+        until_ms: now + 20_000,
+        job: "poll".into(),
+        cause: "x".repeat(100_000),
+    };
+    let many: Vec<(String, String)> = (0..store::waits::MAX_NOTES_READ + 5)
+        .map(|n| (format!("held:{n}"), held_note(now)))
+        .chain(std::iter::once(("retry:huge".to_string(), huge.encode())))
+        .collect();
+    store
+        .note_waits(run, &many, Duration::from_secs(60))
         .await
         .unwrap();
-    assert!((1..=60_000).contains(&ttl), "the notes expire: {ttl} ms");
+    let (read, live) = store.wait_notes(run, now).await.unwrap();
+    assert_eq!(live, store::waits::MAX_NOTES_READ + 5 + 1 + 2);
+    assert_eq!(read.len(), store::waits::MAX_NOTES_READ);
+    let longest = read
+        .iter()
+        .map(|(_, note)| note.encode().len())
+        .max()
+        .unwrap();
+    assert!(longest <= store::waits::MAX_NOTE_BYTES, "{longest}");
+}
+
+fn held_note(now: u64) -> String {
+    store::WaitNote::Held {
+        until_ms: now + 1_000,
+        targets: 1,
+        cause: "run paused".into(),
+    }
+    .encode()
 }
 
 async fn a_missing_or_corrupt_kill_record_stops_sends(store: impl Store + Tamper) {

@@ -246,6 +246,7 @@ impl Stack {
                 "AKIAFLOTILLASIMULATOR".into(),
                 "flotilla-test-secret".into(),
             )),
+            ..Default::default()
         };
         config.name = format!("scheduler-{}", names.prefix());
         // Gates and webhooks of the tests are loopback servers over http.
@@ -590,6 +591,7 @@ impl Stack {
                 endpoint_url: Some(self.sim.endpoint_url()),
                 region: Some("us-east-1".into()),
                 credentials: Some(("AKIAFLOTILLASIMULATOR".into(), "secret".into())),
+                ..Default::default()
             },
         )
         .unwrap();

@@ -19,6 +19,8 @@
 //! - [`reporter`]: one task per connection that gathers what jobs report
 //!   into signed bundles.
 //! - [`rate`]: shared per account-region-API token buckets.
+//! - [`waits`]: notes of why jobs wait (held sends, retries) for `run show`,
+//!   flushed to Redis every 2 s, only while jobs wait.
 //! - [`aws`]: role sessions, SSM clients, retries and the one AWS error classifier.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 
