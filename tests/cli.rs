@@ -310,6 +310,35 @@ fn demo_runs_the_example_scan_in_memory_and_leaves_results() {
         stderr.contains("did not answer; reading the results in flotilla-demo/"),
         "{stderr}"
     );
+    // And the fleet's compliance, from the same results: as many
+    // non-compliant instances as the run's report lists.
+    let without_api = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("FLOTILLA_API_URL", "http://127.0.0.1:1")
+            .env_remove("FLOTILLA_RESULTS")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let report = without_api(&["report", &run, "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let compliance = without_api(&["compliance", "--format", "json", "--stale-days", "100000"]);
+    let stderr = String::from_utf8_lossy(&compliance.stderr);
+    assert!(compliance.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("computing compliance from the results in flotilla-demo/"),
+        "{stderr}"
+    );
+    let fleet: serde_json::Value = serde_json::from_slice(&compliance.stdout).unwrap();
+    assert!(fleet["instances"].as_u64() > Some(0), "{fleet}");
+    assert_eq!(
+        fleet["non_compliant"].as_u64(),
+        report["non_compliant"]
+            .as_array()
+            .map(|list| list.len() as u64),
+        "{fleet}"
+    );
     // Elsewhere, with nothing to read, it says what to pass.
     let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(["report", &run])

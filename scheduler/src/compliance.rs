@@ -168,74 +168,15 @@ impl Scheduler {
             .hvals(self.ledger().names().compliance_key())
             .await?;
         let now = now_ms();
-        let stale_days = query.stale_days.unwrap_or(7);
-        let stale_before = now.saturating_sub(stale_days.saturating_mul(DAY_MS));
-        let limit = query.limit.unwrap_or(1000).min(100_000);
-        let mut view = FleetCompliance {
-            instances: 0,
-            non_compliant: 0,
-            stale: 0,
-            stale_days,
-            by_account: BTreeMap::new(),
-            by_region: BTreeMap::new(),
-            by_severity: BTreeMap::new(),
-            trend: Vec::new(),
-            attention: Vec::new(),
-            left_out: 0,
-        };
-        for raw in &raw {
-            let state: InstanceCompliance = serde_json::from_str(raw).map_err(|error| {
-                SchedulerError::Corrupt(format!("a compliance record does not parse: {error}"))
-            })?;
-            if query
-                .account
-                .as_ref()
-                .is_some_and(|a| *a != state.account_id)
-                || query.region.as_ref().is_some_and(|r| *r != state.region)
-                || query
-                    .severity
-                    .as_deref()
-                    .is_some_and(|s| s != state.severity())
-            {
-                continue;
-            }
-            let bad = !state.compliant();
-            let stale = state.reported_ms < stale_before;
-            view.instances += 1;
-            view.non_compliant += u64::from(bad);
-            view.stale += u64::from(stale);
-            for (map, key) in [
-                (&mut view.by_account, &state.account_id),
-                (&mut view.by_region, &state.region),
-            ] {
-                let entry = map.entry(key.clone()).or_default();
-                entry.0 += 1;
-                entry.1 += u64::from(bad);
-            }
-            if bad {
-                *view.by_severity.entry(state.severity().into()).or_default() += 1;
-            }
-            if bad || stale {
-                view.attention.push(state);
-            }
-        }
-        // Worst first: critical, security, other; then the most missing.
-        view.attention.sort_by(|a, b| {
-            let rank = |s: &InstanceCompliance| match s.severity() {
-                "critical" => 0,
-                "security" => 1,
-                "other" => 2,
-                _ => 3,
-            };
-            rank(a)
-                .cmp(&rank(b))
-                .then(b.missing.cmp(&a.missing))
-                .then(a.instance_id.cmp(&b.instance_id))
-        });
-        if view.attention.len() > limit {
-            view.left_out = (view.attention.len() - limit) as u64;
-            view.attention.truncate(limit);
-        }
+        let states = raw
+            .iter()
+            .map(|raw| {
+                serde_json::from_str::<InstanceCompliance>(raw).map_err(|error| {
+                    SchedulerError::Corrupt(format!("a compliance record does not parse: {error}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut view = fleet_view(states, query, now);
         let days: Vec<String> = (0..TREND_DAYS_SHOWN)
             .rev()
             .map(|back| day_of(now.saturating_sub(back * DAY_MS)))
@@ -262,6 +203,122 @@ impl Scheduler {
         }
         Ok(view)
     }
+}
+
+/// The fleet view of `states` at `now`, without the trend (which only the
+/// scheduler's daily counts hold): counts, severities and the instances
+/// that need attention, worst first.
+pub fn fleet_view(
+    states: impl IntoIterator<Item = InstanceCompliance>,
+    query: &ComplianceQuery,
+    now: u64,
+) -> FleetCompliance {
+    let stale_days = query.stale_days.unwrap_or(7);
+    let stale_before = now.saturating_sub(stale_days.saturating_mul(DAY_MS));
+    let limit = query.limit.unwrap_or(1000).min(100_000);
+    let mut view = FleetCompliance {
+        instances: 0,
+        non_compliant: 0,
+        stale: 0,
+        stale_days,
+        by_account: BTreeMap::new(),
+        by_region: BTreeMap::new(),
+        by_severity: BTreeMap::new(),
+        trend: Vec::new(),
+        attention: Vec::new(),
+        left_out: 0,
+    };
+    for state in states {
+        if query
+            .account
+            .as_ref()
+            .is_some_and(|a| *a != state.account_id)
+            || query.region.as_ref().is_some_and(|r| *r != state.region)
+            || query
+                .severity
+                .as_deref()
+                .is_some_and(|s| s != state.severity())
+        {
+            continue;
+        }
+        let bad = !state.compliant();
+        let stale = state.reported_ms < stale_before;
+        view.instances += 1;
+        view.non_compliant += u64::from(bad);
+        view.stale += u64::from(stale);
+        for (map, key) in [
+            (&mut view.by_account, &state.account_id),
+            (&mut view.by_region, &state.region),
+        ] {
+            let entry = map.entry(key.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(bad);
+        }
+        if bad {
+            *view.by_severity.entry(state.severity().into()).or_default() += 1;
+        }
+        if bad || stale {
+            view.attention.push(state);
+        }
+    }
+    // Worst first: critical, security, other; then the most missing.
+    view.attention.sort_by(|a, b| {
+        let rank = |s: &InstanceCompliance| match s.severity() {
+            "critical" => 0,
+            "security" => 1,
+            "other" => 2,
+            _ => 3,
+        };
+        rank(a)
+            .cmp(&rank(b))
+            .then(b.missing.cmp(&a.missing))
+            .then(a.instance_id.cmp(&b.instance_id))
+    });
+    if view.attention.len() > limit {
+        view.left_out = (view.attention.len() - limit) as u64;
+        view.attention.truncate(limit);
+    }
+    view
+}
+
+/// Every instance's latest compliance in result records (any runs): what
+/// the scheduler would hold had it applied them, for `flotilla compliance`
+/// without the service. The latest is the one that finished last.
+pub fn latest_from_results(records: &[crate::sink::ResultRecord]) -> Vec<InstanceCompliance> {
+    let mut latest: BTreeMap<&str, InstanceCompliance> = BTreeMap::new();
+    for record in records {
+        let Some(counts) = &record.compliance else {
+            continue;
+        };
+        let reported_ms = record
+            .finished_at
+            .or(record.requested_at)
+            .map_or(0, |at| at.0);
+        if latest
+            .get(record.instance_id.as_str())
+            .is_some_and(|kept| kept.reported_ms >= reported_ms)
+        {
+            continue;
+        }
+        latest.insert(
+            &record.instance_id,
+            InstanceCompliance {
+                instance_id: record.instance_id.clone(),
+                account_id: record.account_id.clone(),
+                region: record.region.clone(),
+                campaign: record.campaign.clone(),
+                run_id: record.run_id,
+                reported_ms,
+                missing: counts.missing,
+                failed: counts.failed,
+                pending_reboot: counts.installed_pending_reboot,
+                critical: counts.critical_non_compliant,
+                security: counts.security_non_compliant,
+                other: counts.other_non_compliant,
+            },
+        );
+    }
+    latest.into_values().collect()
 }
 
 /// The instances that need attention as CSV, one line each.
@@ -295,4 +352,65 @@ pub fn attention_csv(view: &FleetCompliance) -> String {
         ));
     }
     csv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::ResultRecord;
+    use protocol::job::UnixMillis;
+    use protocol::report::PatchCompliance;
+
+    fn record(instance: &str, finished_ms: u64, missing: Option<u32>) -> ResultRecord {
+        ResultRecord {
+            run_id: Uuid::nil(),
+            campaign: "scan".into(),
+            account_id: "111122223333".into(),
+            region: "eu-west-1".into(),
+            batch_id: 0,
+            step_index: 0,
+            step: "scan".into(),
+            instance_id: instance.into(),
+            status: "Success".into(),
+            status_detail: "Success".into(),
+            command_id: None,
+            requested_at: None,
+            started_at: None,
+            finished_at: Some(UnixMillis(finished_ms)),
+            response_code: Some(0),
+            output: String::new(),
+            compliance: missing.map(|missing| PatchCompliance {
+                missing,
+                critical_non_compliant: missing,
+                ..PatchCompliance::default()
+            }),
+            compliance_missing: None,
+            output_location: None,
+        }
+    }
+
+    /// Without the scheduler, each instance counts once, as its latest
+    /// result with compliance says; results without counts are skipped.
+    #[test]
+    fn the_latest_result_of_each_instance_is_its_compliance() {
+        let records = [
+            record("i-1", 2_000, Some(0)),
+            record("i-1", 1_000, Some(4)),
+            record("i-2", 1_000, Some(3)),
+            record("i-3", 5_000, None),
+        ];
+        let states = latest_from_results(&records);
+        assert_eq!(states.len(), 2);
+        let view = fleet_view(
+            states,
+            &ComplianceQuery {
+                stale_days: Some(1),
+                ..ComplianceQuery::default()
+            },
+            3_000,
+        );
+        assert_eq!((view.instances, view.non_compliant), (2, 1));
+        assert_eq!(view.attention[0].instance_id, "i-2");
+        assert_eq!(view.by_severity.get("critical"), Some(&1));
+    }
 }

@@ -488,6 +488,11 @@ pub fn local_run_dir(root: &Path, run_id: Uuid) -> PathBuf {
     root.join(format!("run={run_id}"))
 }
 
+/// Every record of every run under a local results directory.
+pub fn read_all_runs(root: &Path) -> std::io::Result<Vec<ResultRecord>> {
+    read_dir_records(root)
+}
+
 pub fn read_run(root: &Path, run_id: Uuid) -> std::io::Result<Vec<ResultRecord>> {
     read_dir_records(&local_run_dir(root, run_id))
 }

@@ -35,6 +35,11 @@ pub struct ComplianceArgs {
     /// need attention) or `html` (a self-contained page).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Compute it from the result files under this directory (every run's)
+    /// instead of asking the scheduler; when the API does not answer,
+    /// ./flotilla-demo and ./flotilla-results are read by themselves.
+    #[arg(long, env = "FLOTILLA_RESULTS")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -61,26 +66,63 @@ pub fn compliance(
     args: ComplianceArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::from_args(api)?;
-    let mut query = vec![
-        format!("stale_days={}", args.stale_days),
-        format!("limit={}", args.limit),
-    ];
-    for (name, value) in [
-        ("account", &args.account),
-        ("region", &args.region),
-        ("severity", &args.severity),
-    ] {
-        if let Some(value) = value {
-            query.push(format!("{name}={value}"));
+    let view = match &args.dir {
+        Some(dir) => compliance_from_results(std::slice::from_ref(dir), &args)?,
+        None => {
+            let mut query = vec![
+                format!("stale_days={}", args.stale_days),
+                format!("limit={}", args.limit),
+            ];
+            for (name, value) in [
+                ("account", &args.account),
+                ("region", &args.region),
+                ("severity", &args.severity),
+            ] {
+                if let Some(value) = value {
+                    query.push(format!("{name}={value}"));
+                }
+            }
+            let path = format!("/compliance?{}", query.join("&"));
+            let asked =
+                ApiClient::from_args(api).and_then(|client| client.get::<serde_json::Value>(&path));
+            match asked {
+                Ok(answer) if args.format == Format::Json => {
+                    print_json(out, &answer)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Ok(answer) => serde_json::from_value(answer)
+                    .context("the scheduler's compliance answer does not read")?,
+                Err(error) if unreachable(&error) => {
+                    let dirs: Vec<PathBuf> = LOCAL_RESULTS
+                        .iter()
+                        .map(PathBuf::from)
+                        .filter(|dir| dir.is_dir())
+                        .collect();
+                    if dirs.is_empty() {
+                        return Err(error.context(format!(
+                            "and no results under {}; pass where they are with --dir",
+                            LOCAL_RESULTS.map(|dir| format!("./{dir}")).join(" or ")
+                        )));
+                    }
+                    let named: Vec<String> = dirs
+                        .iter()
+                        .map(|dir| format!("{}/", dir.display()))
+                        .collect();
+                    eprintln!(
+                        "the API at {} did not answer; computing compliance from the results in {}",
+                        api.api,
+                        named.join(" and ")
+                    );
+                    compliance_from_results(&dirs, &args)?
+                }
+                Err(error) => return Err(error),
+            }
         }
-    }
-    let path = format!("/compliance?{}", query.join("&"));
+    };
     if args.format == Format::Json {
-        print_json(out, &client.get::<serde_json::Value>(&path)?)?;
+        print_json(out, &view)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let view: scheduler::compliance::FleetCompliance = client.get(&path)?;
     match args.format {
         Format::Html => out.write_all(crate::report::html::render_fleet(&view).as_bytes())?,
         Format::Csv => out.write_all(scheduler::compliance::attention_csv(&view).as_bytes())?,
@@ -111,6 +153,43 @@ pub fn compliance(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The fleet's compliance from the result files of every run under `dirs`:
+/// each instance's latest result with compliance counts, as the scheduler
+/// keeps it. No trend: only the scheduler counts days.
+fn compliance_from_results(
+    dirs: &[PathBuf],
+    args: &ComplianceArgs,
+) -> anyhow::Result<scheduler::compliance::FleetCompliance> {
+    let mut records = Vec::new();
+    for dir in dirs {
+        if dir.to_string_lossy().starts_with("s3://") {
+            anyhow::bail!(
+                "compliance reads a local results directory, not {}; ask the scheduler (FLOTILLA_API_URL) for a fleet whose results are in S3",
+                dir.display()
+            );
+        }
+        if !dir.is_dir() {
+            anyhow::bail!("{} is not a results directory", dir.display());
+        }
+        records.extend(
+            scheduler::sink::read_all_runs(dir)
+                .with_context(|| format!("reading the results under {}", dir.display()))?,
+        );
+    }
+    let query = scheduler::compliance::ComplianceQuery {
+        account: args.account.clone(),
+        region: args.region.clone(),
+        severity: args.severity.clone(),
+        stale_days: Some(args.stale_days),
+        limit: Some(args.limit),
+    };
+    Ok(scheduler::compliance::fleet_view(
+        scheduler::compliance::latest_from_results(&records),
+        &query,
+        protocol::job::UnixMillis::now().0,
+    ))
 }
 
 /// Where results are when the API cannot say: the demo's directory and a

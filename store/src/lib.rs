@@ -12,6 +12,8 @@
 //! - [`endpoint`]: Redis URLs (TLS, Sentinel, Cluster, `wait_replicas`) as
 //!   settings.
 //! - [`sentinel`]: finding the master through Redis Sentinel.
+//! - [`waits`]: workers' notes of why a run's jobs wait, and their bounded,
+//!   pruning read for `run show`.
 //! - here: the [`Store`] trait, and [`SendGate`]/[`GateCause`] — what a worker
 //!   reads before every send (kill switches first, then the run's state).
 //!

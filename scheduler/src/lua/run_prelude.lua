@@ -3,11 +3,12 @@
 -- Rust (scheduler::scripts), so no state name or stride is written here.
 local run, locations, locstate, pages, pending, admitted, applied, counters, ready, discovering =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
--- When the run reached its final state, by Redis's clock (Unix ms).
+-- When the run reached its final state, by Redis's clock (Unix ms): the
+-- seconds, then the milliseconds of the microseconds, as digits.
 local function mark_ended()
   local now = redis.call('TIME')
   redis.call('HSET', run, F.ended_ms,
-    string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)))
+    now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1e3)))
 end
 local function halt(reason)
   local state = redis.call('HGET', run, F.state)
