@@ -493,6 +493,39 @@ async fn throttling_is_retried_and_never_spends_the_error_budget() {
     stack.teardown().await;
 }
 
+/// A role session that expires between the send mark and SendCommand
+/// (the simulator's accelerated clock expires sessions within a minute):
+/// the same delivery assumes the role again and sends, instead of leaving
+/// its mark to hold the batch back for a minute. Each batch sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_at_send_time_is_renewed_and_sent_at_once() {
+    let mut stack = Stack::start(support::single_location(20, false)).await;
+    stack.inject(sim::state::Fault::FailNext {
+        operation: "SendCommand".into(),
+        code: "ExpiredTokenException".into(),
+        count: 1,
+    });
+    stack.spawn_worker("worker-a", 4);
+    let campaign = stack.campaign("expiring", ONE_STEP);
+    let run_id = stack.start_run(&campaign).await;
+    // A minute's hold would miss this bound by far; the run itself takes
+    // a few seconds.
+    let progress = stack
+        .wait_until_final(run_id, Duration::from_secs(40))
+        .await;
+    stack.assert_each_target_ran_once(run_id, &progress);
+    assert_eq!(stack.sim.state.lock().stats.injected_failures, 1);
+    let commands = stack.commands();
+    let sent: usize = commands.iter().map(|command| command.targets).sum();
+    assert_eq!(sent, 20, "every target sent once: {commands:?}");
+    assert_eq!(
+        stack.calls("SendCommand"),
+        commands.len() as u64 + 1,
+        "one attempt refused as expired, then each batch's one command"
+    );
+    stack.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_nothing_is_sent_and_nothing_is_lost() {
     let redis = support::PrivateRedis::start().await;

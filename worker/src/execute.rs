@@ -72,6 +72,28 @@ pub(crate) async fn handle<S: Store>(
     }
 }
 
+/// The gate right before SendCommand: `None` when open; else what becomes of
+/// the job (held for later, the claim released; or reported not started).
+async fn gate_before_send<S: Store>(
+    ctx: &Context<S>,
+    job: &ExecuteJob,
+    claimed_at: u64,
+) -> Result<Option<JobOutcome>, JobError> {
+    match ctx.gate(&job.run).await {
+        SendGate::Open => Ok(None),
+        SendGate::Shut(cause) if cause.decision() == SendDecision::Wait => {
+            ctx.store
+                .release_send(job.run.run_id, job.job_id, claimed_at)
+                .await?;
+            Ok(Some(held_back(ctx, job, &cause)))
+        }
+        SendGate::Shut(cause) => {
+            report_all(ctx, job, StatusDetail::NotStarted, &cause.to_string()).await?;
+            Ok(Some(JobOutcome::Done))
+        }
+    }
+}
+
 /// The gate is shut for now: count it and look again later.
 fn held_back<S: Store>(ctx: &Context<S>, job: &ExecuteJob, cause: &GateCause) -> JobOutcome {
     ctx.metrics.mutation_blocked(cause.label());
@@ -145,16 +167,8 @@ async fn send_claimed<S: Store>(
         }
     }
     // The last word before the mutating call.
-    match ctx.gate(&job.run).await {
-        SendGate::Open => {}
-        SendGate::Shut(cause) if cause.decision() == SendDecision::Wait => {
-            release().await?;
-            return Ok(held_back(ctx, &job, &cause));
-        }
-        SendGate::Shut(cause) => {
-            report_all(ctx, &job, StatusDetail::NotStarted, &cause.to_string()).await?;
-            return Ok(JobOutcome::Done);
-        }
+    if let Some(stopped) = gate_before_send(ctx, &job, claimed_at).await? {
+        return Ok(stopped);
     }
     // The append-only record: what no worker credential can erase. An
     // earlier delivery that was about to send may have sent.
@@ -194,26 +208,49 @@ async fn send_claimed<S: Store>(
             .cloud_watch_output_enabled(true)
             .build()
     });
-    let sent = call(&ctx.metrics, "SendCommand", Repeat::ThrottledOnly, || {
-        client
-            .send_command()
-            // Every instance's full output, kept by SSM (the results keep an excerpt).
-            .set_output_s3_bucket_name(logging.s3_bucket.clone())
-            .set_output_s3_key_prefix(logging.s3_key_prefix.clone().filter(|p| !p.is_empty()))
-            .set_cloud_watch_output_config(cloudwatch.clone())
-            .set_instance_ids(Some(job.batch.instance_ids.clone()))
-            .document_name(&job.step.document)
-            .set_document_version(job.step.document_version.clone())
-            .set_parameters(Some(parameters.clone()))
-            .timeout_seconds(timeout_seconds)
-            .comment(job.job_id.to_string())
-            // flotilla enforces concurrency and errors across the whole run;
-            // within one batch SSM must neither hold targets back nor stop early.
-            .max_concurrency(&targets)
-            .max_errors(&targets)
-            .send()
-    })
-    .await;
+    let mut client = client;
+    let mut renewed = false;
+    let sent = loop {
+        let sent = call(&ctx.metrics, "SendCommand", Repeat::ThrottledOnly, || {
+            client
+                .send_command()
+                // Every instance's full output, kept by SSM (the results keep an excerpt).
+                .set_output_s3_bucket_name(logging.s3_bucket.clone())
+                .set_output_s3_key_prefix(logging.s3_key_prefix.clone().filter(|p| !p.is_empty()))
+                .set_cloud_watch_output_config(cloudwatch.clone())
+                .set_instance_ids(Some(job.batch.instance_ids.clone()))
+                .document_name(&job.step.document)
+                .set_document_version(job.step.document_version.clone())
+                .set_parameters(Some(parameters.clone()))
+                .timeout_seconds(timeout_seconds)
+                .comment(job.job_id.to_string())
+                // flotilla enforces concurrency and errors across the whole run;
+                // within one batch SSM must neither hold targets back nor stop early.
+                .max_concurrency(&targets)
+                .max_errors(&targets)
+                .send()
+        })
+        .await;
+        let expired = matches!(&sent, Err(error) if error.kind == AwsErrorKind::ExpiredCredentials);
+        if !expired || renewed {
+            break sent;
+        }
+        // The role session expired: SSM refused the request before anything
+        // ran. This delivery holds the claim and wrote the send mark, so it
+        // sends again itself — a fresh session, the gate once more, once —
+        // rather than leave the mark to hold the next delivery back for
+        // `stale_claim_after` (a minute). One SendCommand more than the
+        // token taken, once per expired session.
+        renewed = true;
+        ctx.aws.forget_session(&job.run, &job.location);
+        match ctx.ssm(&job.run, &job.location).await {
+            Ok(Some(fresh)) => client = fresh,
+            Ok(None) | Err(_) => break sent,
+        }
+        if let Some(stopped) = gate_before_send(ctx, &job, claimed_at).await? {
+            return Ok(stopped);
+        }
+    };
     let sent_at = now_ms();
     match sent {
         Ok(output) => {
