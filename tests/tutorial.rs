@@ -163,15 +163,18 @@ async fn the_tutorial_starts_everything_from_one_command_and_stops_it_on_ctrl_c(
         "{report}"
     );
 
-    // Ctrl-C stops every service the script started.
+    // Ctrl-C, as a terminal sends it (to the script and the services it
+    // started), stops every service and says nothing failed.
     let _ = std::process::Command::new("kill")
-        .args(["-INT", &script.id().unwrap().to_string()])
+        .args(["-s", "INT", "--", &format!("-{}", script.id().unwrap())])
         .status();
     let ended = tokio::time::timeout(Duration::from_secs(30), script.wait())
         .await
         .expect("the script ends within 30 s of Ctrl-C")
         .unwrap();
     assert_eq!(ended.code(), Some(130), "interrupted");
+    let said = stderr.await.unwrap();
+    assert!(!said.contains("error:"), "{said}");
     for port in [api_port, sim_port] {
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -86,6 +86,31 @@ mod tests {
         )
     }
 
+    /// Results carry the hosts' times (the simulator's run fast); the
+    /// header's start and end are the run's own, by the scheduler's clock,
+    /// once it recorded an end — never one of each.
+    #[test]
+    fn the_header_takes_the_runs_start_and_end_by_one_clock() {
+        let mut late = record("i-1", StatusDetail::Success, "", None);
+        late.requested_at = Some(protocol::job::UnixMillis(9_000_000));
+        late.finished_at = Some(protocol::job::UnixMillis(9_500_000));
+        let mut progress = scheduler::RunProgress::unreadable(Uuid::nil(), String::new());
+        progress.created_ms = 1_000_000;
+        progress.ended_ms = Some(1_060_000);
+        let detail = api::json::RunDetail {
+            progress,
+            holds: Vec::new(),
+            steps: Vec::new(),
+            location_states: Vec::new(),
+        };
+        let built = build(Uuid::nil(), &[late]).with_run(&detail);
+        assert_eq!(built.header.started_ms, Some(1_000_000));
+        assert_eq!(
+            built.header.duration(),
+            Some(std::time::Duration::from_secs(60))
+        );
+    }
+
     #[test]
     fn failures_group_by_their_message_with_what_varies_masked() {
         let records = vec![

@@ -85,12 +85,14 @@ impl Report {
         if !progress.started_by.is_empty() {
             self.header.started_by = Some(progress.started_by.clone());
         }
-        if self.header.started_ms.is_none() && progress.created_ms > 0 {
+        // The run's own start and end, by one clock, when the scheduler
+        // recorded its end: the results' times are the hosts' (or the
+        // simulator's accelerated ones), not to be mixed with the run's.
+        if let (Some(ended), true) = (progress.ended_ms, progress.created_ms > 0) {
             self.header.started_ms = Some(progress.created_ms);
-        }
-        // The run's own end is when it ended, not when its last result came.
-        if progress.ended_ms.is_some() {
-            self.header.ended_ms = progress.ended_ms;
+            self.header.ended_ms = Some(ended);
+        } else if self.header.started_ms.is_none() && progress.created_ms > 0 {
+            self.header.started_ms = Some(progress.created_ms);
         }
         self
     }
