@@ -40,6 +40,31 @@ pub struct InstanceCompliance {
 }
 
 impl InstanceCompliance {
+    /// An instance's state from its compliance counts, reported at `reported_ms`.
+    pub fn from_counts(
+        instance_id: &str,
+        location: &Location,
+        campaign: &str,
+        run_id: Uuid,
+        reported_ms: u64,
+        counts: &PatchCompliance,
+    ) -> Self {
+        Self {
+            instance_id: instance_id.to_string(),
+            account_id: location.account_id.clone(),
+            region: location.region.clone(),
+            campaign: campaign.to_string(),
+            run_id,
+            reported_ms,
+            missing: counts.missing,
+            failed: counts.failed,
+            pending_reboot: counts.installed_pending_reboot,
+            critical: counts.critical_non_compliant,
+            security: counts.security_non_compliant,
+            other: counts.other_non_compliant,
+        }
+    }
+
     pub fn compliant(&self) -> bool {
         self.missing == 0 && self.failed == 0 && self.pending_reboot == 0
     }
@@ -121,20 +146,14 @@ impl Scheduler {
         let mut fields = Vec::with_capacity(results.len());
         let mut non_compliant = 0u64;
         for (instance_id, counts) in results {
-            let state = InstanceCompliance {
-                instance_id: instance_id.clone(),
-                account_id: location.account_id.clone(),
-                region: location.region.clone(),
-                campaign: campaign.to_string(),
+            let state = InstanceCompliance::from_counts(
+                instance_id,
+                location,
+                campaign,
                 run_id,
-                reported_ms: now,
-                missing: counts.missing,
-                failed: counts.failed,
-                pending_reboot: counts.installed_pending_reboot,
-                critical: counts.critical_non_compliant,
-                security: counts.security_non_compliant,
-                other: counts.other_non_compliant,
-            };
+                now,
+                counts,
+            );
             non_compliant += u64::from(!state.compliant());
             fields.push((instance_id.clone(), serde_json::to_string(&state)?));
         }
@@ -300,22 +319,20 @@ pub fn latest_from_results(records: &[crate::sink::ResultRecord]) -> Vec<Instanc
         {
             continue;
         }
+        let location = Location {
+            account_id: record.account_id.clone(),
+            region: record.region.clone(),
+        };
         latest.insert(
             &record.instance_id,
-            InstanceCompliance {
-                instance_id: record.instance_id.clone(),
-                account_id: record.account_id.clone(),
-                region: record.region.clone(),
-                campaign: record.campaign.clone(),
-                run_id: record.run_id,
+            InstanceCompliance::from_counts(
+                &record.instance_id,
+                &location,
+                &record.campaign,
+                record.run_id,
                 reported_ms,
-                missing: counts.missing,
-                failed: counts.failed,
-                pending_reboot: counts.installed_pending_reboot,
-                critical: counts.critical_non_compliant,
-                security: counts.security_non_compliant,
-                other: counts.other_non_compliant,
-            },
+                counts,
+            ),
         );
     }
     latest.into_values().collect()
