@@ -197,10 +197,7 @@ pub(crate) fn progress_from(
             None
         },
         created_ms: fields.number(RunField::CreatedMs)?,
-        ended_ms: match fields.get(RunField::EndedMs) {
-            Some(_) => Some(fields.number(RunField::EndedMs)?),
-            None => None,
-        },
+        ended_ms: fields.optional_number(RunField::EndedMs)?,
         top_failures: {
             top_failures.sort_by(|a, b| {
                 b.targets

@@ -229,6 +229,29 @@ impl ResultsStore {
         })
     }
 
+    /// The same store `child` below its root (`prefix/child`), sharing its
+    /// client: a search over many prefixes builds one HTTP client, not one
+    /// each.
+    pub fn within(&self, child: &str) -> Self {
+        let child = child.trim_matches('/');
+        match self {
+            Self::Local(root) => Self::Local(root.join(child)),
+            Self::S3 {
+                store,
+                bucket,
+                prefix,
+            } => Self::S3 {
+                store: store.clone(),
+                bucket: bucket.clone(),
+                prefix: [prefix.as_str(), child]
+                    .into_iter()
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            },
+        }
+    }
+
     /// `s3://bucket/prefix` or the local path: what runs and reports show.
     pub fn describe(&self) -> String {
         match self {

@@ -301,7 +301,7 @@ async fn find_in_bucket(
         return Ok(Some(root.describe()));
     }
     for prefix in root.child_prefixes(MAX_PREFIXES_SEARCHED).await? {
-        let store = scheduler::sink::ResultsStore::s3(bucket, &prefix, &settings)?;
+        let store = root.within(&prefix);
         if store.has_run(run_id).await? {
             return Ok(Some(store.describe()));
         }

@@ -34,17 +34,6 @@ impl WaitNote {
     /// write notes every 2 s, and a held job rechecks every second.
     pub const GRACE_MS: u64 = 5_000;
 
-    pub fn until_ms(&self) -> u64 {
-        match self {
-            Self::Held { until_ms, .. } | Self::Retrying { until_ms, .. } => *until_ms,
-        }
-    }
-
-    /// Still true at `now_ms`.
-    pub fn is_live(&self, now_ms: u64) -> bool {
-        self.until_ms().saturating_add(Self::GRACE_MS) >= now_ms
-    }
-
     /// `held <until> <targets> <cause>` or `retrying <until> <job> <cause>`.
     pub fn encode(&self) -> String {
         match self {
