@@ -90,6 +90,68 @@ impl ResultRecord {
     }
 }
 
+/// A [`ResultRecord`] borrowed from the report it comes from: the line
+/// written for each target of a report without copying its strings (the
+/// report path's allocations were a quarter of the scheduler's CPU).
+/// Serializes exactly as the record does (a test holds them together).
+#[derive(Debug, Serialize)]
+pub struct ResultLine<'a> {
+    pub run_id: Uuid,
+    pub campaign: &'a str,
+    pub account_id: &'a str,
+    pub region: &'a str,
+    pub batch_id: u32,
+    pub step_index: u16,
+    pub step: &'a str,
+    pub instance_id: &'a str,
+    pub status: &'static str,
+    pub status_detail: &'static str,
+    pub command_id: Option<&'a str>,
+    pub requested_at: Option<UnixMillis>,
+    pub started_at: Option<UnixMillis>,
+    pub finished_at: Option<UnixMillis>,
+    pub response_code: Option<i32>,
+    pub output: &'a str,
+    pub compliance: Option<PatchCompliance>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compliance_missing: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_location: Option<String>,
+}
+
+impl<'a> ResultLine<'a> {
+    /// The line of `result`, a target of `location`'s batch-step.
+    pub fn new(
+        run_id: Uuid,
+        campaign: &'a str,
+        location: &'a Location,
+        (batch_id, step_index, step): (u32, u16, &'a str),
+        result: &'a TargetResult,
+    ) -> Self {
+        Self {
+            run_id,
+            campaign,
+            account_id: &location.account_id,
+            region: &location.region,
+            batch_id,
+            step_index,
+            step,
+            instance_id: &result.instance_id,
+            status: result.status.status().as_str(),
+            status_detail: result.status.as_ssm_str(),
+            command_id: result.command_id.as_deref(),
+            requested_at: result.requested_at,
+            started_at: result.started_at,
+            finished_at: result.finished_at,
+            response_code: result.response_code,
+            output: &result.output_excerpt,
+            compliance: result.compliance,
+            compliance_missing: result.compliance_missing.as_deref(),
+            output_location: None,
+        }
+    }
+}
+
 /// Results that could not be written, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("results cannot be written to {destination}: {reason}")]
@@ -269,34 +331,14 @@ impl ResultsStore {
         }
     }
 
-    /// Writes one batch-step's records durably; replaces an earlier write of it.
-    pub async fn write_batch(
+    /// Writes one batch-step's records ([`ResultRecord`]s or
+    /// [`ResultLine`]s) durably; replaces an earlier write of it.
+    pub async fn write_batch<T: Serialize>(
         &self,
         path: &ResultPath,
-        records: Vec<ResultRecord>,
+        records: &[T],
     ) -> Result<(), SinkError> {
-        match self {
-            Self::Local(root) => {
-                let (root, path) = (root.clone(), path.clone());
-                let written = tokio::task::spawn_blocking(move || {
-                    write_batch(&root, &path, &records).map(|_| ())
-                })
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|written| written);
-                written.map_err(|error| SinkError::io(self.describe(), &error))
-            }
-            Self::S3 { store, prefix, .. } => {
-                let body =
-                    encode(&records).map_err(|error| SinkError::io(self.describe(), &error))?;
-                let path = Self::object_path(prefix, &path.relative());
-                store
-                    .put(&path, body.into())
-                    .await
-                    .map_err(|error| SinkError::object_store(self.describe(), &error))?;
-                Ok(())
-            }
-        }
+        self.put_lines(&path.relative(), records).await
     }
 
     /// Writes `records` as gzipped JSON lines to `relative` under this
@@ -732,6 +774,59 @@ mod tests {
         read.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         assert_eq!(read, records);
         assert_eq!(read[1].status, "Failed");
+    }
+
+    #[test]
+    fn a_borrowed_result_line_is_written_exactly_as_its_record() {
+        let location = Location {
+            account_id: "111122223333".into(),
+            region: "us-east-1".into(),
+        };
+        let full = TargetResult {
+            instance_id: "i-0123456789abcdef0".into(),
+            status: StatusDetail::Success,
+            command_id: Some("c-1".into()),
+            requested_at: Some(UnixMillis(1)),
+            started_at: Some(UnixMillis(2)),
+            finished_at: Some(UnixMillis(3)),
+            response_code: Some(0),
+            output_excerpt: "line \"one\"\n\u{7}".into(),
+            compliance: Some(PatchCompliance::default()),
+            compliance_missing: Some("DescribeInstancePatchStates failed".into()),
+        };
+        let sparse = TargetResult {
+            status: StatusDetail::NotStarted,
+            command_id: None,
+            requested_at: None,
+            started_at: None,
+            finished_at: None,
+            response_code: None,
+            compliance: None,
+            compliance_missing: None,
+            ..full.clone()
+        };
+        for (result, output_location) in [
+            (full, Some("s3://b/p/c-1/i-0/".to_string())),
+            (sparse, None),
+        ] {
+            let mut record = ResultRecord::new(
+                Uuid::nil(),
+                "scan",
+                &location,
+                7,
+                1,
+                "install",
+                result.clone(),
+            );
+            record.output_location = output_location.clone();
+            let mut line =
+                ResultLine::new(Uuid::nil(), "scan", &location, (7, 1, "install"), &result);
+            line.output_location = output_location;
+            assert_eq!(
+                serde_json::to_string(&line).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
+        }
     }
 
     #[test]

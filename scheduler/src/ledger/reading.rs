@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use protocol::job::Location;
+use protocol::run_fields::RunField;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -25,6 +26,37 @@ impl Ledger {
         self.run_fields(run_id)
             .await?
             .ok_or(SchedulerError::UnknownRun(run_id))
+    }
+
+    /// Only `fields` of a run that must exist (and its state), in one HMGET:
+    /// what the report path reads after each report, without the spec and
+    /// contract a whole record carries.
+    pub async fn known_run_fields_of(
+        &self,
+        run_id: Uuid,
+        fields: &[RunField],
+    ) -> Result<RunFields, SchedulerError> {
+        let mut connection = self.connection.clone();
+        let names: Vec<&str> = std::iter::once(RunField::State)
+            .chain(fields.iter().copied())
+            .map(RunField::as_str)
+            .collect();
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.names.run_key(run_id))
+            .arg(&names)
+            .query_async(&mut connection)
+            .await?;
+        // Every run record has a state: none means no record.
+        if values.first().is_none_or(Option::is_none) {
+            return Err(SchedulerError::UnknownRun(run_id));
+        }
+        Ok(RunFields(
+            names
+                .into_iter()
+                .zip(values)
+                .filter_map(|(name, value)| Some((name.to_string(), value?)))
+                .collect(),
+        ))
     }
 
     pub async fn counters(&self, run_id: Uuid) -> Result<HashMap<String, u64>, SchedulerError> {

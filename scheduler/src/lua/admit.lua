@@ -3,18 +3,19 @@
 -- targets (step 0) only up to the current wave's cap, and a wave whose every
 -- target is through moves the run to Baking. Returns {state, bake until (ms)
 -- or '', the admitted batches (JSON entries)...}.
-local state = redis.call('HGET', run, F.state)
+local r = run_fields(F.state, F.bake_until, F.rollout, F.wave_caps, F.batch_size,
+  F.location_concurrency, F.active_locations, F.in_flight, F.max_in_flight, F.wave, F.wave_admitted)
+local state = r[F.state]
 if state ~= STATE.Running then
-  return {state or '', redis.call('HGET', run, F.bake_until) or ''}
+  return {state or '', r[F.bake_until] or ''}
 end
 local caps = nil
-if redis.call('HGET', run, F.rollout) == '1' then
-  local raw = redis.call('HGET', run, F.wave_caps)
+if r[F.rollout] == '1' then
   -- The waves resolve against the total: nothing starts before discovery ends.
-  if not raw then return {state, ''} end
-  caps = cjson.decode(raw)
+  if not r[F.wave_caps] then return {state, ''} end
+  caps = cjson.decode(r[F.wave_caps])
 end
-local batch_size = tonumber(redis.call('HGET', run, F.batch_size))
+local batch_size = tonumber(r[F.batch_size])
 local function activate(loc)
   local page_count = tonumber(redis.call('HGET', locstate, loc .. ':pages')) or 0
   local chunks = 0
@@ -35,8 +36,8 @@ local function activate(loc)
   redis.call('HSET', locstate, loc .. ':remaining', chunks, loc .. ':activated', 1)
   return chunks
 end
-local concurrency = tonumber(redis.call('HGET', run, F.location_concurrency))
-local active = tonumber(redis.call('HGET', run, F.active_locations)) or 0
+local concurrency = tonumber(r[F.location_concurrency])
+local active = tonumber(r[F.active_locations]) or 0
 while active < concurrency do
   local loc = redis.call('LPOP', ready)
   if not loc then break end
@@ -44,11 +45,10 @@ while active < concurrency do
   if redis.call('HEXISTS', locstate, loc .. ':failed') == 0 then chunks = activate(loc) end
   if chunks > 0 then active = active + 1 else redis.call('HINCRBY', run, F.locations_done, 1) end
 end
-redis.call('HSET', run, F.active_locations, active)
-local in_flight = tonumber(redis.call('HGET', run, F.in_flight)) or 0
-local max = tonumber(redis.call('HGET', run, F.max_in_flight))
-local wave = tonumber(redis.call('HGET', run, F.wave)) or 0
-local wave_admitted = tonumber(redis.call('HGET', run, F.wave_admitted)) or 0
+local in_flight = tonumber(r[F.in_flight]) or 0
+local max = tonumber(r[F.max_in_flight])
+local wave = tonumber(r[F.wave]) or 0
+local wave_admitted = tonumber(r[F.wave_admitted]) or 0
 local out = {}
 while true do
   local raw = redis.call('LINDEX', pending, 0)
@@ -80,7 +80,7 @@ while true do
   redis.call('HSET', admitted, entry.l .. '|' .. entry.b .. '|' .. entry.s, raw)
   out[#out + 1] = raw
 end
-redis.call('HSET', run, F.in_flight, in_flight, F.wave_admitted, wave_admitted)
+redis.call('HSET', run, F.active_locations, active, F.in_flight, in_flight, F.wave_admitted, wave_admitted)
 if caps and wave + 1 < #caps and wave_admitted >= caps[wave + 1] and in_flight == 0 then
   -- Later steps of the wave's targets wait at the head of `pending`.
   local head = redis.call('LINDEX', pending, 0)

@@ -1,11 +1,13 @@
 -- ARGV entry key, location, targets, failures, counters (JSON), next entry or '',
 -- the most fields the counters hash takes new failure causes up to.
 -- Returns {new, state}.
+local r = run_fields(F.state, F.in_flight, F.allowed_errors)
+local state = r[F.state]
 if redis.call('SADD', applied, 'results:' .. ARGV[1]) == 0 then
-  return {0, redis.call('HGET', run, F.state)}
+  return {0, state}
 end
 redis.call('HDEL', admitted, ARGV[1])
-local in_flight = (tonumber(redis.call('HGET', run, F.in_flight)) or 0) - tonumber(ARGV[3])
+local in_flight = (tonumber(r[F.in_flight]) or 0) - tonumber(ARGV[3])
 redis.call('HSET', run, F.in_flight, math.max(0, in_flight))
 for field, n in pairs(cjson.decode(ARGV[5])) do
   -- Failure causes (`f:step:status:cause`) are bounded a run: past the cap a
@@ -21,10 +23,10 @@ local failed = tonumber(ARGV[4])
 redis.call('HINCRBY', locstate, ARGV[2] .. ':results', tonumber(ARGV[3]))
 if failed > 0 then redis.call('HINCRBY', locstate, ARGV[2] .. ':target_failures', failed) end
 if failed > 0 then
-  local allowed = tonumber(redis.call('HGET', run, F.allowed_errors))
+  local allowed = tonumber(r[F.allowed_errors])
   local failures = redis.call('HINCRBY', run, F.failures, failed)
   if failures - failed <= allowed and failures > allowed then
-    halt('error budget exceeded: ' .. failures .. ' targets failed, ' .. allowed .. ' allowed')
+    state = halt('error budget exceeded: ' .. failures .. ' targets failed, ' .. allowed .. ' allowed')
   end
 end
 if ARGV[6] ~= '' then
@@ -33,4 +35,4 @@ elseif redis.call('HINCRBY', locstate, ARGV[2] .. ':remaining', -1) <= 0 then
   redis.call('HINCRBY', run, F.active_locations, -1)
   redis.call('HINCRBY', run, F.locations_done, 1)
 end
-return {1, redis.call('HGET', run, F.state)}
+return {1, state}

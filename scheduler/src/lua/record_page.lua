@@ -4,8 +4,8 @@
 -- locations are still being discovered).
 local loc, page, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 if redis.call('SADD', applied, 'page:' .. loc .. ':' .. page) == 0 then return {0, 0, 0} end
-if redis.call('HEXISTS', locstate, loc .. ':failed') == 1 then return {1, 0, 0} end
-if redis.call('HEXISTS', locstate, loc .. ':closed') == 1 then return {1, 0, 0} end
+local ended = redis.call('HMGET', locstate, loc .. ':failed', loc .. ':closed')
+if ended[1] or ended[2] then return {1, 0, 0} end
 if n > 0 then redis.call('HSET', pages, loc .. ':' .. page, ARGV[3]) end
 redis.call('HINCRBY', locstate, loc .. ':targets', n)
 redis.call('HINCRBY', run, F.total, n)

@@ -10,12 +10,26 @@ local function mark_ended()
   redis.call('HSET', run, F.ended_ms,
     now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1e3)))
 end
+-- The run's fields `...` in one HMGET (not one HGET each: every command a
+-- script makes is a command Redis counts and runs): a table by field name,
+-- `false` for an absent field, as HGET answers.
+local function run_fields(...)
+  local names = {...}
+  local values = redis.call('HMGET', run, unpack(names))
+  local fields = {}
+  for i, name in ipairs(names) do fields[name] = values[i] end
+  return fields
+end
+-- Halts a live run; returns the run's state after (Halted, or the final
+-- state it was in).
 local function halt(reason)
   local state = redis.call('HGET', run, F.state)
   if not FINAL[state] then
     redis.call('HSET', run, F.state, STATE.Halted, F.reason, reason, F.halt_reason, reason)
     mark_ended()
+    return STATE.Halted
   end
+  return state
 end
 local function location_count() return tonumber(redis.call('HGET', run, F.location_count)) end
 -- A cancelled run discovers no more: the locations being discovered (at

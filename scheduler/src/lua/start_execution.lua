@@ -7,7 +7,8 @@
 -- fewer targets than those in place are stale — a report applied at the same
 -- time, by this replica or another, resolved them later against more — and
 -- are not written: the limits only grow, up to what the total gives.
-if tonumber(ARGV[4]) >= (tonumber(redis.call('HGET', run, F.limits_resolved_for)) or -1) then
+local r = run_fields(F.limits_resolved_for, F.state)
+if tonumber(ARGV[4]) >= (tonumber(r[F.limits_resolved_for]) or -1) then
   redis.call('HSET', run, F.max_in_flight, ARGV[1], F.batch_size, ARGV[2],
     F.allowed_errors, ARGV[3], F.limits_resolved_for, ARGV[4])
 end
@@ -32,7 +33,8 @@ if (ARGV[5] or '') ~= '' and redis.call('HEXISTS', run, F.wave_caps) == 0 then
     end
   end
 end
-if redis.call('HGET', run, F.state) == STATE.Discovering then
+if r[F.state] == STATE.Discovering then
   redis.call('HSET', run, F.state, STATE.Running, F.reason, 'discovery complete')
+  return STATE.Running
 end
-return redis.call('HGET', run, F.state)
+return r[F.state]

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::report_kind;
 use crate::ledger::{BatchEntry, location_key};
-use crate::sink::{ResultPath, ResultRecord};
+use crate::sink::{ResultLine, ResultPath, ResultRecord};
 use crate::{Scheduler, SchedulerError};
 
 /// The largest batch the scheduler admits (SendCommand's limit on InstanceIds).
@@ -95,7 +95,13 @@ impl Scheduler {
     /// Repeating this is harmless.
     async fn resolve_after_a_repeat(&self, run_id: Uuid) -> Result<(), SchedulerError> {
         self.rediscover(run_id).await?;
-        let fields = self.ledger.known_run_fields(run_id).await?;
+        let fields = self
+            .ledger
+            .known_run_fields_of(
+                run_id,
+                &[RunField::DiscoveredLocations, RunField::LocationCount],
+            )
+            .await?;
         let discovered = fields.number(RunField::DiscoveredLocations)?;
         if discovered >= fields.number(RunField::LocationCount)? {
             self.discovery_complete(run_id).await
@@ -126,7 +132,13 @@ impl Scheduler {
         all_discovered: bool,
     ) -> Result<(), SchedulerError> {
         let plan = self.plan(run_id).await?;
-        let fields = self.ledger.known_run_fields(run_id).await?;
+        let fields = self
+            .ledger
+            .known_run_fields_of(
+                run_id,
+                &[RunField::Total, RunField::PlanOnly, RunField::LocationCount],
+            )
+            .await?;
         let total = fields.number(RunField::Total)?;
         let rate = &plan.campaign.rate_control;
         let max_in_flight = rate.max_concurrency.concurrency(total).max(1);
@@ -187,33 +199,30 @@ impl Scheduler {
             .campaign
             .steps
             .get(usize::from(report.step_index))
-            .map(|step| step.name.clone())
+            .map(|step| step.name.as_str())
             .ok_or_else(|| {
                 SchedulerError::Invalid(format!("results for unknown step {}", report.step_index))
             })?;
-        let records: Vec<ResultRecord> = report
+        let lines: Vec<ResultLine<'_>> = report
             .results
             .iter()
-            .cloned()
             .map(|result| {
-                let mut record = ResultRecord::new(
+                let mut line = ResultLine::new(
                     report.run_id,
                     &plan.campaign.name,
                     &report.location,
-                    report.batch_id,
-                    report.step_index,
-                    &step_name,
+                    (report.batch_id, report.step_index, step_name),
                     result,
                 );
-                record.output_location = plan
+                line.output_location = plan
                     .campaign
                     .output_logging
                     .as_ref()
-                    .zip(record.command_id.as_deref())
+                    .zip(line.command_id)
                     .and_then(|(logging, command_id)| {
-                        logging.s3_location(command_id, &record.instance_id)
+                        logging.s3_location(command_id, line.instance_id)
                     });
-                record
+                line
             })
             .collect();
         // Durable first: the ledger counts only what is written.
@@ -224,7 +233,7 @@ impl Scheduler {
             report.step_index,
         )
         .map_err(SchedulerError::Invalid)?;
-        plan.results.write_batch(&path, records).await?;
+        plan.results.write_batch(&path, &lines).await?;
 
         let counters = count_by_status(report.step_index, &report.results);
         let failures = report
@@ -335,7 +344,19 @@ impl Scheduler {
     /// A halted or cancelled run with nothing in flight: every target it never
     /// started gets a NotStarted result.
     async fn drain(&self, run_id: Uuid) -> Result<(), SchedulerError> {
-        let fields = self.ledger.known_run_fields(run_id).await?;
+        let fields = self
+            .ledger
+            .known_run_fields_of(
+                run_id,
+                &[
+                    RunField::DiscoveredLocations,
+                    RunField::LocationCount,
+                    RunField::Drained,
+                    RunField::InFlight,
+                    RunField::Reason,
+                ],
+            )
+            .await?;
         let discovery_done = fields.number(RunField::DiscoveredLocations)?
             >= fields.number(RunField::LocationCount)?;
         if fields.get(RunField::Drained).is_some()
@@ -382,7 +403,7 @@ impl Scheduler {
                 .or_default() += records.len() as u64;
             let path = ResultPath::new(run_id, &location, entry.batch_id, entry.step_index)
                 .map_err(SchedulerError::Corrupt)?;
-            plan.results.write_batch(&path, records).await?;
+            plan.results.write_batch(&path, &records).await?;
         }
         if self.ledger.mark_drained(run_id, &counters).await? {
             let not_started: u64 = counters.values().sum();

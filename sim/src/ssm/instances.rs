@@ -1,8 +1,9 @@
 //! Instances: DescribeInstanceInformation and DescribeInstancePatchStates.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::Scope;
+use super::{Scope, json_object, to_json};
 use crate::fleet::{Instance, InstanceKey};
 use crate::state::SimState;
 use crate::wire::{AwsError, max_results, page_start, page_token, required_str, string_list};
@@ -106,7 +107,32 @@ impl InstanceFilter {
     }
 }
 
-pub(super) fn instance_information(state: &SimState, instance: &Instance) -> Value {
+/// One entry of DescribeInstanceInformation's answer, serialized as is
+/// (a `Value` tree per instance was most of the simulator's CPU).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct InstanceInformation<'a> {
+    instance_id: &'a str,
+    ping_status: &'static str,
+    last_ping_date_time: f64,
+    agent_version: &'static str,
+    is_latest_version: bool,
+    platform_type: &'static str,
+    platform_name: &'static str,
+    platform_version: &'static str,
+    resource_type: &'static str,
+    #[serde(rename = "IPAddress")]
+    ip_address: String,
+    computer_name: String,
+    association_status: &'static str,
+    source_id: &'a str,
+    source_type: &'static str,
+}
+
+pub(super) fn instance_information<'a>(
+    state: &SimState,
+    instance: &'a Instance,
+) -> InstanceInformation<'a> {
     let last_ping =
         state.clock.epoch(state.clock.now()) - if instance.online { 30.0 } else { 86_400.0 };
     let octets = [
@@ -114,29 +140,41 @@ pub(super) fn instance_information(state: &SimState, instance: &Instance) -> Val
         instance.key.account & 0xFF,
         instance.key.index & 0xFF,
     ];
-    json!({
-        "InstanceId": instance.id,
-        "PingStatus": if instance.online { "Online" } else { "ConnectionLost" },
-        "LastPingDateTime": last_ping,
-        "AgentVersion": "3.3.1142.0",
-        "IsLatestVersion": true,
-        "PlatformType": if instance.windows { "Windows" } else { "Linux" },
-        "PlatformName": if instance.windows { "Microsoft Windows Server 2022 Datacenter" } else { "Amazon Linux" },
-        "PlatformVersion": if instance.windows { "10.0.20348" } else { "2023" },
-        "ResourceType": "EC2Instance",
-        "IPAddress": format!("10.{}.{}.{}", octets[0], octets[1], octets[2]),
-        "ComputerName": format!("ip-10-{}-{}-{}", octets[0], octets[1], octets[2]),
-        "AssociationStatus": "Success",
-        "SourceId": instance.id,
-        "SourceType": "AWS::EC2::Instance",
-    })
+    InstanceInformation {
+        instance_id: &instance.id,
+        ping_status: if instance.online {
+            "Online"
+        } else {
+            "ConnectionLost"
+        },
+        last_ping_date_time: last_ping,
+        agent_version: "3.3.1142.0",
+        is_latest_version: true,
+        platform_type: if instance.windows { "Windows" } else { "Linux" },
+        platform_name: if instance.windows {
+            "Microsoft Windows Server 2022 Datacenter"
+        } else {
+            "Amazon Linux"
+        },
+        platform_version: if instance.windows {
+            "10.0.20348"
+        } else {
+            "2023"
+        },
+        resource_type: "EC2Instance",
+        ip_address: format!("10.{}.{}.{}", octets[0], octets[1], octets[2]),
+        computer_name: format!("ip-10-{}-{}-{}", octets[0], octets[1], octets[2]),
+        association_status: "Success",
+        source_id: &instance.id,
+        source_type: "AWS::EC2::Instance",
+    }
 }
 
 pub(super) fn describe_instance_information(
     state: &SimState,
     scope: &Scope,
     body: &Value,
-) -> Result<Value, AwsError> {
+) -> Result<String, AwsError> {
     let limit = max_results(body, 5..=50, 50)?;
     let filter = InstanceFilter::parse(body)?;
     let start = page_start(body)?;
@@ -152,28 +190,53 @@ pub(super) fn describe_instance_information(
             .location_instances(scope.account, region)
             .collect(),
     };
-    let mut list = Vec::with_capacity(limit);
+    let mut matching = Vec::with_capacity(limit);
     let mut position = start;
     let instance_now = state.instances();
-    while position < keys.len() && list.len() < limit {
+    while position < keys.len() && matching.len() < limit {
         let instance = instance_now(keys[position]);
         if filter.matches(&instance) {
-            list.push(instance_information(state, &instance));
+            matching.push(instance);
         }
         position += 1;
     }
-    let mut response = json!({ "InstanceInformationList": list });
-    if position < keys.len() {
-        response["NextToken"] = json!(page_token(position));
-    }
-    Ok(response)
+    let list: Vec<InstanceInformation<'_>> = matching
+        .iter()
+        .map(|instance| instance_information(state, instance))
+        .collect();
+    let next_token = (position < keys.len()).then(|| page_token(position));
+    to_json(&json_object("InstanceInformationList", list, next_token))
+}
+
+/// One entry of DescribeInstancePatchStates' answer.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InstancePatchState<'a> {
+    instance_id: &'a str,
+    patch_group: &'a str,
+    baseline_id: &'static str,
+    installed_count: u32,
+    installed_other_count: u32,
+    installed_pending_reboot_count: u32,
+    installed_rejected_count: u32,
+    missing_count: u32,
+    failed_count: u32,
+    unreported_not_applicable_count: u32,
+    not_applicable_count: u32,
+    operation_start_time: f64,
+    operation_end_time: f64,
+    operation: &'static str,
+    reboot_option: &'static str,
+    critical_non_compliant_count: u32,
+    security_non_compliant_count: u32,
+    other_non_compliant_count: u32,
 }
 
 pub(super) fn describe_instance_patch_states(
     state: &SimState,
     scope: &Scope,
     body: &Value,
-) -> Result<Value, AwsError> {
+) -> Result<String, AwsError> {
     let ids = string_list(body, "InstanceIds")?.unwrap_or_default();
     if ids.is_empty() || ids.len() > 50 {
         return Err(AwsError::validation(format!(
@@ -183,21 +246,37 @@ pub(super) fn describe_instance_patch_states(
     }
     let now = state.clock.now();
     let inner = state.lock();
-    let states: Vec<Value> = ids
+    let instances: Vec<Instance> = ids
         .iter()
         .filter_map(|id| own_instance(state, scope, id))
-        .map(|key| {
-            let instance = state.fleet.instance(key);
-            let (mut critical, mut security, mut other) = (instance.missing_critical, instance.missing_security, instance.missing_other);
+        .map(|key| state.fleet.instance(key))
+        .collect();
+    let states: Vec<InstancePatchState<'_>> = instances
+        .iter()
+        .map(|instance| {
+            let key = instance.key;
+            let (mut critical, mut security, mut other) = (
+                instance.missing_critical,
+                instance.missing_security,
+                instance.missing_other,
+            );
             let (mut installed, mut pending_reboot, mut failed) = (40u32, 0u32, 0u32);
             let mut operation = "Scan";
             let mut reboot_option = "RebootIfNeeded";
             let (mut started, mut ended) = (0.0, 0.0);
-            let records = inner.patch_records.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let records = inner
+                .patch_records
+                .get(&key)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             for record in records.iter().filter(|r| r.at <= now) {
                 (started, ended) = (record.started, record.at);
                 operation = if record.install { "Install" } else { "Scan" };
-                reboot_option = if record.no_reboot { "NoReboot" } else { "RebootIfNeeded" };
+                reboot_option = if record.no_reboot {
+                    "NoReboot"
+                } else {
+                    "RebootIfNeeded"
+                };
                 if !record.install {
                     continue;
                 }
@@ -211,30 +290,34 @@ pub(super) fn describe_instance_patch_states(
                     failed = 1;
                 }
             }
-            let missing = critical + security + other;
-            json!({
-                "InstanceId": instance.id,
-                "PatchGroup": instance.tags.iter().find(|(k, _)| k == "PatchGroup").map(|(_, v)| v.clone()).unwrap_or_default(),
-                "BaselineId": "pb-0123456789abcdef0",
-                "InstalledCount": installed,
-                "InstalledOtherCount": 2,
-                "InstalledPendingRebootCount": pending_reboot,
-                "InstalledRejectedCount": 0,
-                "MissingCount": missing,
-                "FailedCount": failed,
-                "UnreportedNotApplicableCount": 0,
-                "NotApplicableCount": 100,
-                "OperationStartTime": state.clock.epoch(started),
-                "OperationEndTime": state.clock.epoch(ended),
-                "Operation": operation,
-                "RebootOption": reboot_option,
-                "CriticalNonCompliantCount": critical,
-                "SecurityNonCompliantCount": security,
-                "OtherNonCompliantCount": other,
-            })
+            InstancePatchState {
+                instance_id: &instance.id,
+                patch_group: instance
+                    .tags
+                    .iter()
+                    .find(|(k, _)| k == "PatchGroup")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default(),
+                baseline_id: "pb-0123456789abcdef0",
+                installed_count: installed,
+                installed_other_count: 2,
+                installed_pending_reboot_count: pending_reboot,
+                installed_rejected_count: 0,
+                missing_count: critical + security + other,
+                failed_count: failed,
+                unreported_not_applicable_count: 0,
+                not_applicable_count: 100,
+                operation_start_time: state.clock.epoch(started),
+                operation_end_time: state.clock.epoch(ended),
+                operation,
+                reboot_option,
+                critical_non_compliant_count: critical,
+                security_non_compliant_count: security,
+                other_non_compliant_count: other,
+            }
         })
         .collect();
-    Ok(json!({ "InstancePatchStates": states }))
+    to_json(&json_object("InstancePatchStates", states, None))
 }
 
 /// RemoveTagsFromResource for a managed instance: its tags no longer match

@@ -88,10 +88,14 @@ pub fn handle(
         "SendCommand" => return send_command(state, &scope, body),
         "ListCommandInvocations" => return list_command_invocations(state, &scope, body),
         "ListCommands" => return list_commands(state, &scope, body),
-        "DescribeInstanceInformation" => describe_instance_information(state, &scope, body),
+        "DescribeInstanceInformation" => {
+            return describe_instance_information(state, &scope, body);
+        }
         "GetCommandInvocation" => get_command_invocation(state, &scope, body),
         "CancelCommand" => cancel_command(state, &scope, body),
-        "DescribeInstancePatchStates" => describe_instance_patch_states(state, &scope, body),
+        "DescribeInstancePatchStates" => {
+            return describe_instance_patch_states(state, &scope, body);
+        }
         "RemoveTagsFromResource" => remove_tags_from_resource(state, &scope, body),
         other => Err(AwsError::bad_request(
             "UnknownOperationException",
