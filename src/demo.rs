@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -100,11 +100,14 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
+    /// `results_root`: a directory besides the working directory the
+    /// scheduler may write results under (its `--output-root`).
     pub(crate) async fn start(
         amqp_url: &str,
         redis_url: &str,
         workers: u16,
         profile: sim::FleetProfile,
+        results_root: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let in_memory = in_memory_name(amqp_url).is_some() && in_memory_name(redis_url).is_some();
         // On shared RabbitMQ and Redis, names of our own (removed at the end).
@@ -149,6 +152,10 @@ impl Stack {
         let mut config = SchedulerConfig::new(amqp_url, redis_url, names.clone());
         config.name = "flotilla-demo-scheduler".into();
         config.keys = keys.scheduler.clone();
+        config
+            .output_roots
+            .local
+            .extend(results_root.map(Into::into));
         config.organizations = scheduler::organizations::OrganizationsSettings {
             endpoint_url: Some(sim.endpoint_url()),
             region: Some("us-east-1".into()),
@@ -334,11 +341,14 @@ pub fn demo(args: DemoArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     )?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let began = Instant::now();
+    // Results go where --output says, also outside the working directory.
+    let results_root = (!args.output.starts_with("s3://")).then(|| Path::new(&args.output));
     let stack = runtime.block_on(Stack::start(
         &args.amqp_url,
         &args.redis_url,
         args.workers,
         profile,
+        results_root,
     ))?;
     runtime.block_on(async { stack.stop_on_interrupt() });
     let api_url = stack.api_url.clone();

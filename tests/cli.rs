@@ -409,6 +409,23 @@ fn admin_arms_once_and_purges_and_says_so_in_json() {
 }
 
 #[test]
+fn demo_writes_its_results_where_output_says_outside_its_directory() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output_dir = elsewhere.path().join("results");
+    let (output, _dir) = demo(&["--output", output_dir.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let runs = std::fs::read_dir(&output_dir)
+        .unwrap_or_else(|error| panic!("{} missing: {error}", output_dir.display()))
+        .count();
+    assert_eq!(runs, 1, "one run directory under {}", output_dir.display());
+}
+
+#[test]
 fn demo_without_rabbitmq_says_how_to_start_it() {
     let (output, _dir) = demo(&["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"]);
     assert!(!output.status.success());
@@ -421,7 +438,9 @@ fn bench_quick_scan_measures_a_run_where_every_target_has_one_result() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["bench", "--quick", "--scenario", "scan", "--json"])
+        .args(["bench", "--quick", "--scenario", "scan"])
+        // The in-memory scan writes under the bench's own directory too.
+        .args(["--scenario", "embedded", "--json"])
         .arg(&json)
         .current_dir(dir.path())
         .output()
@@ -448,6 +467,10 @@ fn bench_quick_scan_measures_a_run_where_every_target_has_one_result() {
             .unwrap()
             > 0.0
     );
+    let embedded = &report["embedded"];
+    assert_eq!(embedded["state"], "Completed", "{embedded}");
+    assert_eq!(embedded["targets"].as_u64(), Some(targets));
+    assert_eq!(embedded["targets_with_one_result"].as_u64(), Some(targets));
 }
 
 /// Runs `flotilla worker` against a broker that is not there for a moment

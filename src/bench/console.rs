@@ -48,6 +48,7 @@ pub(super) fn console(bench: &Bench, out: &mut dyn Write) -> anyhow::Result<(&'s
         &args.redis_url,
         2,
         fleet.clone(),
+        Some(&bench.results),
     ))?;
     let measured = measure(bench, &stack, &fleet);
     bench.runtime.block_on(stack.stop())?;

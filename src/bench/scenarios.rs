@@ -473,6 +473,7 @@ pub(super) fn embedded(
         &url,
         args.workers,
         fleet.clone(),
+        Some(results),
     ))?;
     let api = ApiClient::new(&stack.api_url);
     let campaign = scan_campaign("bench-embedded", fleet, 15.0, results);
