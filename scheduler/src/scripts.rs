@@ -88,7 +88,6 @@ run_scripts! {
     START_EXECUTION = "start_execution.lua";
     ADMIT = "admit.lua";
     APPLY_RESULTS = "apply_results.lua";
-    COMPLETE_IF_DONE = "complete_if_done.lua";
     MARK_DRAINED = "mark_drained.lua";
     TRANSITION = "transition.lua";
     OPEN_DISCOVERY = "open_discovery.lua";

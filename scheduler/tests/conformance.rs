@@ -200,6 +200,7 @@ conformance!(
     campaigns_are_versioned_by_content,
     a_campaign_accepted_under_a_raised_location_limit_reads_back,
     one_replica_holds_the_schedule_lease,
+    the_admission_after_the_last_results_completes_the_run_also_outside_its_window,
 );
 
 fn location(account: u32) -> Location {
@@ -290,6 +291,47 @@ async fn location_states(ledger: &Ledger, run_id: Uuid) -> Vec<String> {
 fn failed(location: &Location, batch: &BatchEntry) -> (String, HashMap<String, u64>) {
     assert_eq!(batch.location, location_key(location));
     (batch.key(), HashMap::from([("0:Failed".to_string(), 1)]))
+}
+
+/// Completing is part of admitting: the last results' admission completes
+/// a live run, also outside its maintenance window (its last commands may
+/// end after it closes), and never a paused one.
+async fn the_admission_after_the_last_results_completes_the_run_also_outside_its_window(
+    backend: &Backend,
+) {
+    let ledger = &backend.ledger;
+    for (state, completes) in [(RunState::OutsideWindow, true), (RunState::Paused, false)] {
+        let (run_id, location) = running_run(ledger, 2, 10).await;
+        let batches = ledger.admitted(run_id).await.unwrap();
+        for batch in &batches {
+            let counters = HashMap::from([("0:Success".to_string(), 1)]);
+            ledger
+                .apply_results(run_id, &batch.key(), &location, 1, 0, &counters, None)
+                .await
+                .unwrap();
+        }
+        assert!(
+            ledger
+                .transition(run_id, &[RunState::Running], state, "test")
+                .await
+                .unwrap()
+        );
+        let admission = ledger.admit(run_id, 0).await.unwrap();
+        assert!(admission.batches.is_empty());
+        let expected = if completes {
+            RunState::Completed
+        } else {
+            state
+        };
+        assert_eq!(admission.state, expected, "from {state:?}");
+        let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+        assert_eq!(fields.state().unwrap(), expected);
+        assert_eq!(
+            fields.get(RunField::EndedMs).is_some(),
+            completes,
+            "ended_ms set with the completion only"
+        );
+    }
 }
 
 async fn a_report_applied_twice_counts_once(backend: &Backend) {
@@ -490,8 +532,9 @@ async fn admission_keeps_to_location_concurrency_and_max_in_flight(backend: &Bac
     assert_eq!(finished, 6, "every batch admitted exactly once");
     assert_eq!(ledger.counters(run_id).await.unwrap()["0:Success"], 12);
     assert_eq!(
-        ledger.complete_if_done(run_id).await.unwrap(),
-        RunState::Completed
+        ledger.admit(run_id, 0).await.unwrap().state,
+        RunState::Completed,
+        "the admission after the last results completes the run"
     );
     let statuses = ledger.location_statuses(run_id).await.unwrap();
     assert!(
@@ -727,7 +770,7 @@ async fn execution_starts_with_the_first_location_discovered(backend: &Backend) 
         "every discovered target once, in batches of one"
     );
     assert_eq!(
-        ledger.complete_if_done(run_id).await.unwrap(),
+        ledger.admit(run_id, 0).await.unwrap().state,
         RunState::Completed,
         "the failed location counts as done once"
     );
@@ -1396,11 +1439,12 @@ async fn a_rollout_admits_wave_by_wave_and_bakes_between_waves(backend: &Backend
     );
     report_all(ledger, run_id, &wave3.batches, 0).await;
     let last = ledger.admit(run_id, 129_000).await.unwrap();
-    assert_eq!(last.state, RunState::Running, "no bake after the last wave");
     assert_eq!(
-        ledger.complete_if_done(run_id).await.unwrap(),
-        RunState::Completed
+        last.state,
+        RunState::Completed,
+        "no bake after the last wave: the run completes"
     );
+    assert!(last.batches.is_empty());
 }
 
 async fn a_rollout_admits_its_canary_locations_first(backend: &Backend) {

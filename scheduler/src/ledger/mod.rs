@@ -38,8 +38,7 @@ pub use self::model::{
 use self::model::{page_entry, run_hash_fields};
 use crate::SchedulerError;
 use crate::scripts::{
-    ADMIT, APPLY_RESULTS, COMPLETE_IF_DONE, END_DISCOVERY, MARK_DRAINED, START_EXECUTION,
-    TRANSITION, WAVE_GATE,
+    ADMIT, APPLY_RESULTS, END_DISCOVERY, MARK_DRAINED, START_EXECUTION, TRANSITION, WAVE_GATE,
 };
 
 /// What [`Ledger::admit`] did.
@@ -275,6 +274,9 @@ impl Ledger {
         state.parse().map_err(SchedulerError::Corrupt)
     }
 
+    /// Admits what may start now and completes a live run whose every
+    /// location is done, in one script: the run's state after, and the
+    /// batches admitted.
     pub async fn admit(&self, run_id: Uuid, now_ms: u64) -> Result<Admission, SchedulerError> {
         let mut connection = self.connection.clone();
         let raw: Vec<String> = self
@@ -402,16 +404,6 @@ impl Ledger {
             .await?;
         self.replicated(run_id).await?;
         Ok((new == 1, state.parse().map_err(SchedulerError::Corrupt)?))
-    }
-
-    pub async fn complete_if_done(&self, run_id: Uuid) -> Result<RunState, SchedulerError> {
-        let mut connection = self.connection.clone();
-        let state: String = self
-            .invocation(&COMPLETE_IF_DONE, run_id)
-            .invoke_async(&mut connection)
-            .await?;
-        self.replicated(run_id).await?;
-        state.parse().map_err(SchedulerError::Corrupt)
     }
 
     /// Moves the run from one of `from` to `to`; false if it was in none of them.

@@ -1,18 +1,33 @@
 -- ARGV now (Unix ms). Releases ready (fully discovered) locations FIFO up to
 -- the location concurrency and batches up to max in flight; in a rollout, new
 -- targets (step 0) only up to the current wave's cap, and a wave whose every
--- target is through moves the run to Baking. Returns {state, bake until (ms)
--- or '', the admitted batches (JSON entries)...}.
+-- target is through moves the run to Baking; a live run whose every location
+-- is done completes. Returns {state after, bake until (ms) or '', the
+-- admitted batches (JSON entries)...}.
 local r = run_fields(F.state, F.bake_until, F.rollout, F.wave_caps, F.batch_size,
-  F.location_concurrency, F.active_locations, F.in_flight, F.max_in_flight, F.wave, F.wave_admitted)
+  F.location_concurrency, F.active_locations, F.in_flight, F.max_in_flight, F.wave, F.wave_admitted,
+  F.locations_done, F.location_count)
 local state = r[F.state]
+local done = tonumber(r[F.locations_done]) or 0
+-- Completes a live run whose every location is done — also outside its
+-- maintenance windows: its last commands may end after one closes. Returns
+-- the state after.
+local function complete_if_done()
+  if (state == STATE.Running or state == STATE.OutsideWindow)
+      and done >= tonumber(r[F.location_count]) then
+    redis.call('HSET', run, F.state, STATE.Completed, F.reason, 'every location is done')
+    mark_ended()
+    return STATE.Completed
+  end
+  return state
+end
 if state ~= STATE.Running then
-  return {state or '', r[F.bake_until] or ''}
+  return {complete_if_done() or '', r[F.bake_until] or ''}
 end
 local caps = nil
 if r[F.rollout] == '1' then
   -- The waves resolve against the total: nothing starts before discovery ends.
-  if not r[F.wave_caps] then return {state, ''} end
+  if not r[F.wave_caps] then return {complete_if_done(), ''} end
   caps = cjson.decode(r[F.wave_caps])
 end
 local batch_size = tonumber(r[F.batch_size])
@@ -43,7 +58,11 @@ while active < concurrency do
   if not loc then break end
   local chunks = 0
   if redis.call('HEXISTS', locstate, loc .. ':failed') == 0 then chunks = activate(loc) end
-  if chunks > 0 then active = active + 1 else redis.call('HINCRBY', run, F.locations_done, 1) end
+  if chunks > 0 then
+    active = active + 1
+  else
+    done = redis.call('HINCRBY', run, F.locations_done, 1)
+  end
 end
 local in_flight = tonumber(r[F.in_flight]) or 0
 local max = tonumber(r[F.max_in_flight])
@@ -95,6 +114,6 @@ if caps and wave + 1 < #caps and wave_admitted >= caps[wave + 1] and in_flight =
     return {STATE.Baking, tostring(bake_until)}
   end
 end
-local answer = {state, ''}
+local answer = {complete_if_done(), ''}
 for _, raw in ipairs(out) do answer[#answer + 1] = raw end
 return answer

@@ -322,7 +322,8 @@ impl Scheduler {
                 .index_run(&self.ledger.names().baking_runs_key(), run_id, until)
                 .await?;
         }
-        let state = self.ledger.complete_if_done(run_id).await?;
+        // The admission completed the run if every location is done.
+        let state = admission.state;
         if state == RunState::Completed {
             tracing::info!(%run_id, "run completed");
         }
