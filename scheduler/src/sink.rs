@@ -794,12 +794,10 @@ mod tests {
             compliance: Some(PatchCompliance::default()),
             compliance_missing: Some("DescribeInstancePatchStates failed".into()),
         };
+        // The optional fields a result of a target never sent lacks.
         let sparse = TargetResult {
             status: StatusDetail::NotStarted,
             command_id: None,
-            requested_at: None,
-            started_at: None,
-            finished_at: None,
             response_code: None,
             compliance: None,
             compliance_missing: None,
