@@ -9,9 +9,13 @@
 //! - [`topologies`]: where the test Redis Cluster and Sentinel of
 //!   `scripts/redis-topologies` listen, and what to say when they do not.
 //! - [`routes`]: the route patterns a router's source registers.
+//! - [`proxy`]: a TCP proxy on loopback that adds latency, limits
+//!   bandwidth, partitions, strands (half-open) or resets the connections
+//!   of one client to a service.
 
 pub mod pki;
 pub mod ports;
+pub mod proxy;
 pub mod redis;
 pub mod routes;
 pub mod topologies;
