@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
@@ -19,7 +19,7 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use crate::StoreError;
 use crate::endpoint::Endpoint;
 use crate::memory::MemoryRedis;
-use crate::sentinel::SentinelConnection;
+use crate::node::NodeConnection;
 
 /// TLS to Redis: a `rediss://` URL, checked against the system's roots or
 /// against the CA of `ca_file` (PEM) — a private CA, as ElastiCache's in-transit
@@ -62,12 +62,9 @@ pub struct Connection {
 /// Where the commands go.
 #[derive(Clone)]
 enum Link {
-    Redis {
-        /// For pub/sub, which needs a connection of its own (boxed: it is
-        /// large and seldom used).
-        client: Box<redis::Client>,
-        manager: ConnectionManager,
-    },
+    /// One node, by its URL or the master Sentinel names; replaced when it
+    /// stops answering.
+    Node(NodeConnection),
     /// A Redis Cluster: commands go to the master of their key's slot and
     /// follow MOVED/ASK and failovers by themselves.
     Cluster {
@@ -75,17 +72,14 @@ enum Link {
         seeds: Arc<[redis::Client]>,
         connection: ClusterConnection,
     },
-    /// The master that Redis Sentinel names.
-    Sentinel(SentinelConnection),
     Memory(MemoryRedis),
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.link {
-            Link::Redis { .. } => "Redis",
+            Link::Node(_) => "Redis",
             Link::Cluster { .. } => "Cluster",
-            Link::Sentinel(_) => "Sentinel",
             Link::Memory(_) => "Memory",
         };
         f.debug_struct("Connection")
@@ -151,13 +145,10 @@ impl Connection {
                     None => redis::Client::open(url.as_str()),
                 }
                 .map_err(unreachable)?;
-                let manager = ConnectionManager::new_with_config(client.clone(), manager_config())
+                NodeConnection::open(client)
                     .await
-                    .map_err(unreachable)?;
-                Ok(Link::Redis {
-                    client: Box::new(client),
-                    manager,
-                })
+                    .map(Link::Node)
+                    .map_err(unreachable)
             }
             Endpoint::Cluster { seeds } => {
                 if root_cert.is_some() && !seeds.iter().all(|seed| seed.starts_with("rediss://")) {
@@ -195,9 +186,9 @@ impl Connection {
                 username,
                 password,
                 tls,
-            } => SentinelConnection::open(sentinels, &master, username, password, tls)
+            } => NodeConnection::open_sentinel(sentinels, &master, username, password, tls)
                 .await
-                .map(Link::Sentinel)
+                .map(Link::Node)
                 .map_err(unreachable),
         }?;
         Ok(Self {
@@ -257,7 +248,7 @@ impl Connection {
     ) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let client = match &self.link {
-            Link::Redis { client, .. } => client.as_ref().clone(),
+            Link::Node(node) => node.client(),
             Link::Cluster { seeds, .. } => {
                 let mut pubsub = None;
                 let mut last_error = None;
@@ -280,7 +271,6 @@ impl Connection {
                 forward(pubsub, sender);
                 return Ok(receiver);
             }
-            Link::Sentinel(sentinel) => sentinel.master_client(),
             Link::Memory(memory) => {
                 let mut messages = memory.subscribe(channel);
                 tokio::spawn(async move {
@@ -405,9 +395,8 @@ fn wake(sender: &tokio::sync::mpsc::Sender<()>) -> bool {
 impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.link {
-            Link::Redis { manager, .. } => manager.req_packed_command(cmd),
+            Link::Node(node) => node.req_packed_command(cmd),
             Link::Cluster { connection, .. } => connection.req_packed_command(cmd),
-            Link::Sentinel(sentinel) => sentinel.req_packed_command(cmd),
             Link::Memory(memory) => memory.req_packed_command(cmd),
         }
     }
@@ -419,7 +408,7 @@ impl redis::aio::ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.link {
-            Link::Redis { manager, .. } => manager.req_packed_commands(pipeline, offset, count),
+            Link::Node(node) => node.req_packed_commands(pipeline, offset, count),
             Link::Cluster { connection, .. } => Box::pin(async move {
                 match connection
                     .req_packed_commands(pipeline, offset, count)
@@ -443,16 +432,14 @@ impl redis::aio::ConnectionLike for Connection {
                     other => other,
                 }
             }),
-            Link::Sentinel(sentinel) => sentinel.req_packed_commands(pipeline, offset, count),
             Link::Memory(memory) => memory.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match &self.link {
-            Link::Redis { manager, .. } => manager.get_db(),
+            Link::Node(node) => node.get_db(),
             Link::Cluster { connection, .. } => connection.get_db(),
-            Link::Sentinel(sentinel) => sentinel.get_db(),
             Link::Memory(memory) => memory.get_db(),
         }
     }

@@ -11,7 +11,8 @@
 //! - [`acl`]: the Redis ACL users of each kind of service.
 //! - [`endpoint`]: Redis URLs (TLS, Sentinel, Cluster, `wait_replicas`) as
 //!   settings.
-//! - [`sentinel`]: finding the master through Redis Sentinel.
+//! - [`node`]: the connection to one Redis node (by URL, or the master
+//!   Sentinel names), replaced when it stops answering.
 //! - [`waits`]: workers' notes of why a run's jobs wait, and their bounded,
 //!   pruning read for `run show`.
 //! - here: the [`Store`] trait, and [`SendGate`]/[`GateCause`] — what a worker
@@ -24,8 +25,8 @@ pub mod acl;
 pub mod connection;
 pub mod endpoint;
 pub mod memory;
+pub mod node;
 pub mod redis_store;
-pub mod sentinel;
 pub mod waits;
 
 use std::future::Future;
