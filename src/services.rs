@@ -16,7 +16,8 @@ use scheduler::SchedulerConfig;
 /// Where the queues and the shared state are.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// RabbitMQ URL (credentials in it are never logged).
+    /// RabbitMQ URL (credentials in it are never logged). Connections ask
+    /// for a 10 s AMQP heartbeat unless it sets `?heartbeat=N`.
     #[arg(
         long,
         env = "FLOTILLA_AMQP_URL",
