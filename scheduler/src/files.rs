@@ -42,10 +42,17 @@ pub fn replace_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temporary = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut file = create_private(&temporary)?;
-    file.write_all(body)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    let written = create_private(&temporary).and_then(|mut file| {
+        file.write_all(body)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    });
+    if written.is_err() {
+        // A full disk keeps failing every minute until it is freed: a
+        // partial file left each time would keep it full.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 #[cfg(all(test, unix))]

@@ -459,8 +459,19 @@ impl Scheduler {
             "results cannot be written; pausing the run and retrying the report every minute"
         );
         let reason = format!("paused: {error}; fix the destination, then resume the run");
-        if let Err(paused) = self.pause(run_id, &reason).await {
-            tracing::warn!(%run_id, error = %paused, "could not pause the run");
+        match self.pause(run_id, &reason).await {
+            Ok(true) => {
+                self.audit_internal(
+                    "scheduler".into(),
+                    "runs:pause",
+                    format!("run {run_id}"),
+                    reason,
+                )
+                .await;
+            }
+            // Paused already (this report's first park, or another's).
+            Ok(false) => {}
+            Err(paused) => tracing::warn!(%run_id, error = %paused, "could not pause the run"),
         }
     }
 
