@@ -582,6 +582,12 @@ impl Stack {
         sink::read_run(self.results.path(), run_id).unwrap()
     }
 
+    /// Every result of a run written under the local directory `dir` (a
+    /// campaign's own `output:`).
+    pub fn records_in(&self, dir: &std::path::Path, run_id: Uuid) -> Vec<ResultRecord> {
+        sink::read_run(dir, run_id).unwrap()
+    }
+
     /// Every result of a run written to the simulator's S3 under `bucket/prefix`.
     pub async fn s3_records(&self, bucket: &str, prefix: &str, run_id: Uuid) -> Vec<ResultRecord> {
         let store = sink::ResultsStore::s3(
