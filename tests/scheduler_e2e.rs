@@ -279,6 +279,189 @@ async fn a_scheduler_restarted_mid_run_loses_no_result() {
     stack.teardown().await;
 }
 
+/// Ready messages in the deployment's work queues (what workers would take).
+async fn queued_jobs(broker: &broker::Broker) -> u32 {
+    let names = broker.names();
+    let work = [names.bulk_queue(), names.urgent_queue()];
+    broker
+        .queue_depths()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(queue, _)| work.contains(queue))
+        .map(|(_, ready)| ready)
+        .sum()
+}
+
+/// Ready messages in the reports queue.
+async fn queued_reports(broker: &broker::Broker) -> u32 {
+    let reports = broker.names().reports_queue();
+    broker
+        .queue_depths()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(queue, _)| *queue == reports)
+        .map_or(0, |(_, ready)| ready)
+}
+
+/// Chaos II: a scheduler that applied a bundle and died before acking it
+/// leaves it to the next one, redelivered, every report a duplicate. The
+/// next one does what the first may have left undone — re-publish what the
+/// run admitted, advance it — once for the run, not once per report: 32
+/// duplicates of one run re-published its admitted batches 32 times before.
+/// The test plays the worker (reports signed with the worker key), so
+/// nothing consumes the jobs and each publish is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
+    use protocol::envelope;
+    use protocol::job::UnixMillis;
+    use protocol::report::{
+        DiscoveredTarget, Reports, StepResults, TargetResult, TargetsDiscovered,
+    };
+
+    const DUPLICATES: usize = 32;
+    let mut stack = Stack::start(support::single_location(100, false)).await;
+    let campaign = stack.campaign(
+        "redelivered",
+        support::one_step("  max_concurrency: 20\n  max_errors: 0\n"),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    let location = stack.scheduler.plan(run_id).await.unwrap().locations[0].clone();
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let seal = |reports: Vec<protocol::Report>| {
+        envelope::seal(&Reports(reports), &worker_key, UnixMillis::now()).unwrap()
+    };
+    let test_broker = broker::Broker::connect(&stack.amqp_url, stack.names.clone(), "test")
+        .await
+        .unwrap();
+    let discovered = protocol::Report::TargetsDiscovered(TargetsDiscovered {
+        run_id,
+        location: location.clone(),
+        page: 0,
+        targets: (0..100)
+            .map(|n| DiscoveredTarget {
+                instance_id: format!("i-{n:017x}"),
+                platform: None,
+                online: true,
+            })
+            .collect(),
+        last_page: true,
+    });
+    test_broker
+        .publish_sealed_report(&seal(vec![discovered]))
+        .await
+        .unwrap();
+    let ledger = stack.scheduler.ledger().clone();
+    let mut admitted = Vec::new();
+    for _ in 0..100 {
+        admitted = ledger.admitted(run_id).await.unwrap();
+        if !admitted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = admitted
+        .first()
+        .cloned()
+        .expect("batches admitted after discovery");
+    let results = protocol::Report::StepResults(StepResults {
+        run_id,
+        location: location.clone(),
+        batch_id: first.batch_id,
+        step_index: first.step_index,
+        results: first
+            .instance_ids
+            .iter()
+            .map(|instance_id| TargetResult {
+                instance_id: instance_id.clone(),
+                status: StatusDetail::Success,
+                command_id: Some("c-1".into()),
+                requested_at: None,
+                started_at: None,
+                finished_at: None,
+                response_code: Some(0),
+                output_excerpt: "ok".into(),
+                compliance: None,
+                compliance_missing: None,
+            })
+            .collect(),
+    });
+    test_broker
+        .publish_sealed_report(&seal(vec![results.clone()]))
+        .await
+        .unwrap();
+    stack
+        .wait_for(
+            "the first batch applied",
+            Duration::from_secs(10),
+            |stack| stack.records(run_id).len() == first.instance_ids.len(),
+        )
+        .await;
+    for _ in 0..100 {
+        if queued_reports(&test_broker).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Settled: the next batch is admitted in its place.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.kill_scheduler();
+
+    // The bundle a dead holder applied: taken once, not acked, given back.
+    test_broker
+        .publish_sealed_report(&seal(vec![results; DUPLICATES]))
+        .await
+        .unwrap();
+    let holder = broker::Broker::connect(&stack.amqp_url, stack.names.clone(), "holder")
+        .await
+        .unwrap();
+    let mut consumer = holder
+        .consume(&stack.names.reports_queue(), 1, "holder")
+        .await
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the bundle is delivered")
+        .expect("a delivery")
+        .unwrap();
+    assert!(!held.redelivered());
+    holder.close().await;
+    drop(held);
+
+    let still_admitted = ledger.admitted(run_id).await.unwrap().len() as u32;
+    assert!(
+        still_admitted > 0,
+        "batches stay admitted: nothing ran them"
+    );
+    let before = queued_jobs(&test_broker).await;
+    stack.start_scheduler();
+    // The next scheduler re-publishes what is admitted when it starts, and
+    // once more for the redelivered bundle's run.
+    let expected = before + 2 * still_admitted;
+    for _ in 0..100 {
+        if queued_reports(&test_broker).await == 0 && queued_jobs(&test_broker).await >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let published = queued_jobs(&test_broker).await - before;
+    assert_eq!(
+        published,
+        2 * still_admitted,
+        "{still_admitted} admitted batches: re-published once at start and once for the \
+         redelivered bundle of {DUPLICATES} duplicates, not once per duplicate"
+    );
+    assert_eq!(
+        stack.records(run_id).len(),
+        first.instance_ids.len(),
+        "a duplicate writes no second result"
+    );
+    test_broker.close().await;
+    stack.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
     let mut stack = Stack::start(support::slow_single_location(120)).await;

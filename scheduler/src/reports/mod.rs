@@ -12,6 +12,7 @@
 
 mod apply;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use futures_util::stream::FuturesUnordered;
 use protocol::Report;
 use protocol::report::{LocationFailure, MAX_BUNDLED_REPORTS};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::ledger::{BatchEntry, location_key};
 use crate::sink::SinkError;
@@ -36,7 +38,8 @@ const MAX_REPORT_PARKS: u32 = 7 * 24 * 60;
 
 /// How one report of a delivery ended.
 enum Handled {
-    /// Applied, or a duplicate whose follow-up was done.
+    /// Applied, or a duplicate (whose follow-up, when it needs one, is
+    /// done once per run after the delivery's last report).
     Done,
     /// The scheduler is stopping: the delivery stays unacked.
     Stopped,
@@ -68,6 +71,17 @@ fn report_kind(report: &Report) -> &'static str {
         Report::TargetsDiscovered(_) => "targets_discovered",
         Report::LocationFailed(_) => "location_failed",
         Report::StepResults(_) => "step_results",
+    }
+}
+
+/// Waits out an outage before the next try (backing off with `attempt`);
+/// false when the scheduler stops first.
+async fn wait_to_retry(attempt: &mut u32, stop: &CancellationToken) -> bool {
+    let delay = protocol::backoff::Backoff::RECONNECT.delay(*attempt);
+    *attempt += 1;
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -166,6 +180,12 @@ impl Scheduler {
     /// dead-lettered, after the others are applied, when one is refused.
     /// Outages are retried in place until they pass, or the scheduler
     /// stops and leaves the delivery unacked for the next one.
+    ///
+    /// Duplicates whose first holder may have stopped half-way are followed
+    /// up once per run, after the last report: a redelivered bundle of 64
+    /// reports of one run re-publishes what the run admitted once, not 64
+    /// times — and after every report of the bundle was seen, so also
+    /// what a holder still applying when the bundle came back admitted.
     async fn handle_delivery(&self, delivery: Delivery, stop: &CancellationToken) {
         self.metrics.report_message();
         let opened = match delivery.open_reports(self.broker.keyring()) {
@@ -197,8 +217,12 @@ impl Scheduler {
         }
         let fingerprint = delivery.fingerprint();
         let (mut park, mut refused) = (false, false);
+        let mut follow_up = BTreeSet::new();
         for report in &reports {
-            match self.handle_one(report, delivery.redelivered(), stop).await {
+            match self
+                .handle_one(report, delivery.redelivered(), &mut follow_up, stop)
+                .await
+            {
                 Handled::Done => {}
                 Handled::Stopped => return,
                 Handled::Refused { reason, detail } => {
@@ -210,6 +234,13 @@ impl Scheduler {
                     park = true;
                 }
                 Handled::Failed => refused = true,
+            }
+        }
+        for run_id in follow_up {
+            match self.follow_up(run_id, stop).await {
+                Handled::Stopped => return,
+                Handled::Done => {}
+                _ => refused = true,
             }
         }
         let settled = if park {
@@ -225,11 +256,13 @@ impl Scheduler {
         }
     }
 
-    /// Checks and applies one report, retrying outages in place.
+    /// Checks and applies one report, retrying outages in place. A
+    /// duplicate that needs a follow-up adds its run to `follow_up`.
     async fn handle_one(
         &self,
         report: &Report,
         redelivered: bool,
+        follow_up: &mut BTreeSet<Uuid>,
         stop: &CancellationToken,
     ) -> Handled {
         let mut attempt: u32 = 0;
@@ -247,11 +280,11 @@ impl Scheduler {
                         // went through but failed after: a replica's WAIT)
                         // applied it and may have stopped before admitting,
                         // publishing what it admitted or completing the run:
-                        // all are done again here.
-                        self.finish_for_a_lost_holder(report.run_id()).await
-                    } else {
-                        Ok(())
+                        // all are done again, once the delivery's reports
+                        // are through.
+                        follow_up.insert(report.run_id());
                     }
+                    Ok(())
                 }
                 Ok(Verdict::Reject { reason, detail }) => {
                     return Handled::Refused { reason, detail };
@@ -278,16 +311,35 @@ impl Scheduler {
                     return Handled::Unwritable(error);
                 }
                 Err(error) if error.is_retryable() => {
-                    let delay = protocol::backoff::Backoff::RECONNECT.delay(attempt);
-                    attempt += 1;
                     tracing::warn!(error = %error, attempt, "report not applied yet; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return Handled::Stopped,
-                        () = tokio::time::sleep(delay) => {}
+                    if !wait_to_retry(&mut attempt, stop).await {
+                        return Handled::Stopped;
                     }
                 }
                 Err(error) => {
                     tracing::error!(run_id = %report.run_id(), error = %error, "report cannot be applied; dead-lettering it");
+                    return Handled::Failed;
+                }
+            }
+        }
+    }
+
+    /// Does what a lost holder of the run's duplicate reports may have left
+    /// undone ([`Scheduler::finish_for_a_lost_holder`]), retrying outages in
+    /// place.
+    async fn follow_up(&self, run_id: Uuid, stop: &CancellationToken) -> Handled {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.finish_for_a_lost_holder(run_id).await {
+                Ok(()) => return Handled::Done,
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%run_id, error = %error, attempt, "duplicate reports not followed up yet; retrying");
+                    if !wait_to_retry(&mut attempt, stop).await {
+                        return Handled::Stopped;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%run_id, error = %error, "duplicate reports cannot be followed up; dead-lettering them");
                     return Handled::Failed;
                 }
             }
