@@ -16,14 +16,10 @@ use crate::campaign::{ApiRateLimits, ExecutionRole, Step, TargetSelection};
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
-    /// The system clock now (0 for a clock set before 1970).
+    /// Now, on the clock every service shares ([`crate::clock`]: this
+    /// host's, corrected to Redis's once a service has measured the difference).
     pub fn now() -> Self {
-        Self(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
-        )
+        Self(crate::clock::now_ms())
     }
 
     /// This instant as a UTC date-time; `None` outside chrono's range.

@@ -16,9 +16,12 @@
 //! - [`signing`]: Ed25519 signing keys, keyrings, who may sign what.
 //! - [`names`]: queue, exchange and Redis key names.
 //! - [`backoff`]: the one retry-delay formula every retry loop uses.
+//! - [`clock`]: the wall clock every service shares (this host's, corrected
+//!   to Redis's).
 
 pub mod backoff;
 pub mod campaign;
+pub mod clock;
 pub mod envelope;
 pub mod job;
 pub mod names;

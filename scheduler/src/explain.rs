@@ -262,7 +262,9 @@ impl Scheduler {
                 targets: None,
             });
         }
-        if let Some(WindowState::Closed { opens }) = plan.campaign.window_at(chrono::Utc::now()) {
+        if let Some(WindowState::Closed { opens }) =
+            plan.campaign.window_at(protocol::clock::now_utc())
+        {
             holds.push(Hold {
                 kind: HoldKind::Window,
                 detail: match opens {

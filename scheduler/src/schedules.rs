@@ -28,13 +28,14 @@ use crate::{Scheduler, SchedulerError};
 /// An occurrence fired at most this late still counts as on time.
 pub const ON_TIME: Duration = Duration::from_secs(60);
 
-/// What time it is for schedules. Tests accelerate it; everyone else uses UTC now.
+/// What time it is for schedules. Tests accelerate it; everyone else uses
+/// the clock every service shares (`protocol::clock`: Redis's).
 #[derive(Clone)]
 pub struct SchedulerClock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
 
 impl SchedulerClock {
     pub fn system() -> Self {
-        Self(Arc::new(Utc::now))
+        Self(Arc::new(protocol::clock::now_utc))
     }
 
     /// Starts at `start` and runs `speed` times faster than real time.

@@ -73,7 +73,7 @@ impl Scheduler {
             return Ok(None);
         }
         let plan = self.plan(run_id).await?;
-        let now = Utc::now();
+        let now = protocol::clock::now_utc();
         match plan.campaign.window_at(now) {
             None => Ok(None),
             Some(WindowState::Open { until }) => {

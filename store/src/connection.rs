@@ -289,6 +289,19 @@ impl Connection {
         Ok(receiver)
     }
 
+    /// Redis's clock (`TIME`, Unix ms): the clock every service shares
+    /// (`protocol::clock`); `None` in memory, which runs on this host's.
+    pub async fn server_time_ms(&self) -> Result<Option<u64>, StoreError> {
+        if matches!(self.link, Link::Memory(_)) {
+            return Ok(None);
+        }
+        let (seconds, micros): (u64, u64) =
+            redis::cmd("TIME").query_async(&mut self.clone()).await?;
+        Ok(Some(
+            seconds.saturating_mul(1_000).saturating_add(micros / 1_000),
+        ))
+    }
+
     /// Every key matching `pattern`, from every master of a cluster.
     pub async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();

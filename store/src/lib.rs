@@ -9,6 +9,8 @@
 //! - [`redis_store`]: the store; every multi-step update is one Lua script.
 //! - [`memory`]: the in-memory Redis (commands and Lua), on tokio's clock.
 //! - [`acl`]: the Redis ACL users of each kind of service.
+//! - [`clock`]: keeping a service on Redis's clock, the one every service
+//!   shares.
 //! - [`endpoint`]: Redis URLs (TLS, Sentinel, Cluster, `wait_replicas`) as
 //!   settings.
 //! - [`node`]: the connection to one Redis node (by URL, or the master
@@ -22,6 +24,7 @@
 //! in the scheduler crate (`scheduler::ledger`) and uses the same connection.
 
 pub mod acl;
+pub mod clock;
 pub mod connection;
 pub mod endpoint;
 pub mod memory;
@@ -324,6 +327,11 @@ pub struct ContractReading {
 /// The shared state every scheduler and worker sees. Implementations are cheap to
 /// clone handles onto one backend.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// Redis's clock (`TIME`, Unix ms), the one every service shares
+    /// ([`clock`]); `None` where the store runs on this host's clock (in
+    /// memory).
+    fn server_time_ms(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
     fn engage_kill_switch(
         &self,
         scope: &KillScope,

@@ -161,6 +161,10 @@ fn glob_escape(text: &str) -> String {
 }
 
 impl Store for RedisStore {
+    async fn server_time_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.connection.server_time_ms().await
+    }
+
     async fn engage_kill_switch(&self, scope: &KillScope, reason: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let value = match scope {

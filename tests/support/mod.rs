@@ -97,6 +97,9 @@ pub struct Stack {
     /// at teardown: one left running would reconnect and declare queues
     /// again after the cleanup (a lone `dead-letter` queue was left so).
     handed_out: Vec<tokio::task::AbortHandle>,
+    /// Services in processes of their own (see [`Stack::spawn_skewed`]),
+    /// killed with the tasks.
+    processes: Vec<tokio::process::Child>,
     /// Removes the stack's queues and keys when the stack is dropped, also
     /// when the test fails.
     cleanup: Option<Cleanup>,
@@ -296,6 +299,7 @@ impl Stack {
             scheduler_task: None,
             workers: Vec::new(),
             handed_out: Vec::new(),
+            processes: Vec::new(),
             cleanup: Some(cleanup),
         };
         stack.start_scheduler();
@@ -419,6 +423,67 @@ impl Stack {
         });
         self.handed_out.push(handle.abort_handle());
         (shutdown, handle)
+    }
+
+    /// Starts `flotilla worker` (`service` "worker") or `flotilla scheduler`
+    /// (`service` "scheduler", serving its API on a free loopback port) on
+    /// this stack, in a process of its own whose wall clock libfaketime
+    /// shifts by `offset` ("+5m", "-5m"). Killed at teardown.
+    pub fn spawn_skewed(&mut self, service: &str, name: &str, offset: &str) {
+        let libfaketime = libfaketime();
+        let keys = &self.keys;
+        let scheduler_key = keys.scheduler.signer().unwrap();
+        let worker_key = keys.worker.signer().unwrap();
+        let signer = if service == "scheduler" {
+            scheduler_key
+        } else {
+            worker_key
+        };
+        let trusted = format!(
+            "{};{}",
+            scheduler_key.public_line(),
+            worker_key.public_line()
+        );
+        // The library itself, not the `faketime` wrapper, which would run
+        // the service as a child of its own that a kill leaves running.
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        command
+            .arg(service)
+            .env("LD_PRELOAD", libfaketime)
+            .env("FAKETIME", offset)
+            // Wall clock only: the monotonic one (timers) is left alone.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FLOTILLA_AMQP_URL", &self.amqp_url)
+            .env("FLOTILLA_REDIS_URL", &self.scheduler_config.redis_url)
+            .env("FLOTILLA_PREFIX", self.names.prefix())
+            .env("FLOTILLA_SIGNING_KEY", signer.to_secret_text())
+            .env("FLOTILLA_TRUSTED_KEYS", trusted)
+            .env("FLOTILLA_AWS_ENDPOINT_URL", self.sim.endpoint_url())
+            .env("FLOTILLA_AWS_REGION", "us-east-1")
+            .env(
+                "AWS_ACCESS_KEY_ID",
+                &self.sim.state.fleet.profile.caller_access_key_id,
+            )
+            .env("AWS_SECRET_ACCESS_KEY", "flotilla-test-secret")
+            .env("RUST_LOG", "info")
+            .kill_on_drop(true);
+        if service == "scheduler" {
+            command
+                .env("FLOTILLA_API_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("FLOTILLA_INSECURE_NO_AUTH", "true")
+                .env("FLOTILLA_OUTPUT_ROOTS", std::env::temp_dir())
+                .env("FLOTILLA_AUDIT_OUTPUT", self.results.path().join("audit"))
+                .env("FLOTILLA_DISCOVERY_WINDOW", "3");
+        } else {
+            command
+                .env("FLOTILLA_WORKER_NAME", name)
+                .env("FLOTILLA_WORKER_CONCURRENCY", "8")
+                .env("FLOTILLA_SHUTDOWN_TIMEOUT", "1s");
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {service} {name} under faketime: {error}"));
+        self.processes.push(child);
     }
 
     pub fn kill_worker(&mut self, index: usize) {
@@ -695,6 +760,9 @@ impl Stack {
         for task in &self.handed_out {
             task.abort();
         }
+        for process in &mut self.processes {
+            let _ = process.start_kill();
+        }
         self.kill_scheduler();
     }
 }
@@ -708,6 +776,25 @@ impl Drop for Stack {
 }
 
 pub use sim::admin::CommandRecord as SentCommand;
+
+/// libfaketime's multi-threaded library (Debian's `libfaketime`, which the
+/// `faketime` package brings); the test fails with how to install it.
+fn libfaketime() -> PathBuf {
+    let mut candidates = vec![PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        for entry in entries.flatten() {
+            candidates.push(entry.path().join("faketime/libfaketimeMT.so.1"));
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs libfaketime to skew a service's clock: `apt-get install faketime`, or run the tests with scripts/test, which installs it"
+            )
+        })
+}
 
 pub fn now_unix_ms() -> u64 {
     protocol::job::UnixMillis::now().0

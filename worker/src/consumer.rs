@@ -80,9 +80,18 @@ pub async fn run<S: Store>(
             "{why}. Give the worker an identity that may call sts:AssumeRole on the campaigns' roles: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (any secret for `flotilla sim`), AWS_PROFILE, or an instance/task role"
         );
     }
+    // On the clock every service shares before the first job is read.
+    store::clock::sync_at_start(&store).await;
     let safety = SafetyState::default();
     let background_stop = CancellationToken::new();
     let mut background = JoinSet::new();
+    let (clock_store, clock_stop) = (store.clone(), background_stop.clone());
+    background.spawn(async move {
+        tokio::select! {
+            () = store::clock::keep_in_step(clock_store) => {}
+            () = clock_stop.cancelled() => {}
+        }
+    });
     background.spawn(safety::watch(
         store.clone(),
         safety.clone(),

@@ -230,7 +230,7 @@ pub(super) fn campaign_row(campaign: &protocol::Campaign, version: u32) -> view:
         })
         .map(|parsed| {
             parsed
-                .next_fire_times(chrono::Utc::now(), 3)
+                .next_fire_times(protocol::clock::now_utc(), 3)
                 .iter()
                 .map(|at| at.format("%Y-%m-%d %H:%M").to_string())
                 .collect()

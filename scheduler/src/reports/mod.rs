@@ -92,6 +92,9 @@ impl Scheduler {
         &self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), SchedulerError> {
+        // On the clock every service shares before the first tick: windows,
+        // freezes and schedules are read on it.
+        store::clock::sync_at_start(&self.store).await;
         let stop = CancellationToken::new();
         let stopper = stop.clone();
         let watch = async move {
@@ -164,6 +167,7 @@ impl Scheduler {
             result = work => result,
             () = watch => Ok(()),
             () = ticker => Ok(()),
+            () = store::clock::keep_in_step(self.store.clone()) => Ok(()),
             pumped = pump => match pumped {
                 Ok(()) => Ok(()),
                 Err(error) => Err(error.into()),
