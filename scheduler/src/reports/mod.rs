@@ -92,9 +92,6 @@ impl Scheduler {
         &self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), SchedulerError> {
-        // On the clock every service shares before the first tick: windows,
-        // freezes and schedules are read on it.
-        store::clock::sync_at_start(&self.store).await;
         let stop = CancellationToken::new();
         let stopper = stop.clone();
         let watch = async move {
@@ -242,9 +239,14 @@ impl Scheduler {
         }
         for run_id in follow_up {
             match self.follow_up(run_id, stop).await {
-                Handled::Stopped => return,
                 Handled::Done => {}
-                _ => refused = true,
+                Handled::Stopped => return,
+                // Draining a stopped run writes its never-started results.
+                Handled::Unwritable(error) => {
+                    self.pause_unwritable(run_id, &error).await;
+                    park = true;
+                }
+                Handled::Refused { .. } | Handled::Failed => refused = true,
             }
         }
         let settled = if park {
@@ -330,12 +332,18 @@ impl Scheduler {
 
     /// Does what a lost holder of the run's duplicate reports may have left
     /// undone ([`Scheduler::finish_for_a_lost_holder`]), retrying outages in
-    /// place.
+    /// place; results it cannot write (draining a stopped run) are handled
+    /// as a report's: the run pauses and the delivery is parked.
     async fn follow_up(&self, run_id: Uuid, stop: &CancellationToken) -> Handled {
         let mut attempt: u32 = 0;
         loop {
             match self.finish_for_a_lost_holder(run_id).await {
                 Ok(()) => return Handled::Done,
+                Err(SchedulerError::Results(error))
+                    if error.permanent || attempt >= MAX_RESULTS_WRITE_ATTEMPTS =>
+                {
+                    return Handled::Unwritable(error);
+                }
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%run_id, error = %error, attempt, "duplicate reports not followed up yet; retrying");
                     if !wait_to_retry(&mut attempt, stop).await {
