@@ -8,19 +8,27 @@
 //! process that never measured (the CLI, the in-memory backend, which runs on
 //! this host's clock) reads its host's clock unchanged.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// Milliseconds to add to this host's clock to read the shared one.
 static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+/// Whether [`OFFSET_MS`] was measured (else it is 0: the host's clock).
+static MEASURED: AtomicBool = AtomicBool::new(false);
 
 /// How far the shared clock is ahead of this host's (negative: behind), in ms.
 pub fn offset_ms() -> i64 {
     OFFSET_MS.load(Ordering::Relaxed)
 }
 
-/// Sets how far the shared clock is ahead of this host's, in ms.
+/// Sets how far the shared clock is ahead of this host's, in ms (measured).
 pub fn set_offset_ms(offset: i64) {
     OFFSET_MS.store(offset, Ordering::Relaxed);
+    MEASURED.store(true, Ordering::Relaxed);
+}
+
+/// Whether this process measured its offset yet.
+pub fn measured() -> bool {
+    MEASURED.load(Ordering::Relaxed)
 }
 
 /// This host's clock, uncorrected: Unix ms (0 for a clock set before 1970).

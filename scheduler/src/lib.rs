@@ -249,6 +249,9 @@ impl Scheduler {
         .await;
         metrics.connection("redis", store.is_ok());
         let store = store?;
+        // On the clock every service shares before anything reads the time:
+        // the API's start gate and tokens, windows, freezes, schedules.
+        store::clock::sync_at_start(&store).await;
         let broker = Broker::connect_with(
             &config.amqp_url,
             config.names.clone(),
