@@ -32,10 +32,16 @@ fn statuses(stack: &Stack, run_id: uuid::Uuid) -> BTreeMap<String, usize> {
         })
 }
 
-/// Polls the run until it is final, or panics after `limit`.
-async fn finished(stack: &Stack, run_id: uuid::Uuid, limit: Duration) -> scheduler::RunProgress {
+/// Polls the run until it is final, or panics after `limit` (or when a
+/// service process dies).
+async fn finished(
+    stack: &mut Stack,
+    run_id: uuid::Uuid,
+    limit: Duration,
+) -> scheduler::RunProgress {
     let started = tokio::time::Instant::now();
     loop {
+        stack.assert_processes_running();
         let progress = stack.scheduler.progress(run_id).await.unwrap();
         if progress.finished {
             return progress;
@@ -46,6 +52,22 @@ async fn finished(stack: &Stack, run_id: uuid::Uuid, limit: Duration) -> schedul
             statuses(stack, run_id)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Each skewed process measured the offset its skew calls for (within a
+/// second): libfaketime did skew its clock, and it corrected for it.
+fn assert_skews_measured(stack: &Stack, expected: &[(&str, i64)]) {
+    let measured = stack.measured_skews();
+    for (name, offset) in expected {
+        let found = measured
+            .iter()
+            .find(|(process, _)| process == name)
+            .and_then(|(_, offset)| *offset);
+        assert!(
+            found.is_some_and(|found| found.abs_diff(*offset) < 1_000),
+            "{name} should have measured Redis's clock {offset} ms off its own; it logged {found:?}"
+        );
     }
 }
 
@@ -64,13 +86,17 @@ async fn workers_five_minutes_ahead_and_behind_run_every_target_once() {
         support::one_step("  max_concurrency: 24\n  max_errors: 0\n"),
     );
     let run_id = stack.start_run(&campaign).await;
-    let progress = finished(&stack, run_id, Duration::from_secs(180)).await;
+    let progress = finished(&mut stack, run_id, Duration::from_secs(180)).await;
     assert_eq!(
         statuses(&stack, run_id),
         [("Success".to_string(), 120)].into(),
         "every command ran to its end, polled on any worker's clock: {progress:#?}"
     );
     stack.assert_each_target_ran_once(run_id, &progress);
+    assert_skews_measured(
+        &stack,
+        &[("worker-ahead", -300_000), ("worker-behind", 300_000)],
+    );
     stack.teardown().await;
 }
 
@@ -96,7 +122,7 @@ async fn a_scheduler_five_minutes_ahead_opens_a_window_on_time() {
         ),
     );
     let run_id = stack.start_run(&campaign).await;
-    let progress = finished(&stack, run_id, Duration::from_secs(240)).await;
+    let progress = finished(&mut stack, run_id, Duration::from_secs(240)).await;
     assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
     let early: Vec<u64> = stack
         .commands()
@@ -110,5 +136,6 @@ async fn a_scheduler_five_minutes_ahead_opens_a_window_on_time() {
         "commands sent before the window opened (ms early): {early:?}"
     );
     stack.assert_each_target_ran_once(run_id, &progress);
+    assert_skews_measured(&stack, &[("scheduler-ahead", -300_000)]);
     stack.teardown().await;
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU16;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protocol::names::Names;
@@ -15,6 +16,7 @@ use scheduler::{RunProgress, Scheduler, SchedulerConfig};
 use sim::SimServer;
 use sim::profile::FleetProfile;
 use store::RedisStore;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 use worker::{AwsSettings, Credentials, WorkerConfig};
@@ -100,6 +102,8 @@ pub struct Stack {
     /// Services in processes of their own (see [`Stack::spawn_skewed`]),
     /// killed with the tasks.
     processes: Vec<tokio::process::Child>,
+    /// Each skewed process's name and the offset it measured.
+    skews: Vec<(String, Arc<Mutex<Option<i64>>>)>,
     /// Removes the stack's queues and keys when the stack is dropped, also
     /// when the test fails.
     cleanup: Option<Cleanup>,
@@ -300,6 +304,7 @@ impl Stack {
             workers: Vec::new(),
             handed_out: Vec::new(),
             processes: Vec::new(),
+            skews: Vec::new(),
             cleanup: Some(cleanup),
         };
         stack.start_scheduler();
@@ -448,14 +453,15 @@ impl Stack {
         // the service as a child of its own that a kill leaves running.
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
         command
-            .arg(service)
+            // The prefix on the command line: scripts/test's sweep kills a
+            // process a killed test run left, by it.
+            .args([service, "--prefix", self.names.prefix()])
             .env("LD_PRELOAD", libfaketime)
             .env("FAKETIME", offset)
             // Wall clock only: the monotonic one (timers) is left alone.
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("FLOTILLA_AMQP_URL", &self.amqp_url)
             .env("FLOTILLA_REDIS_URL", &self.scheduler_config.redis_url)
-            .env("FLOTILLA_PREFIX", self.names.prefix())
             .env("FLOTILLA_SIGNING_KEY", signer.to_secret_text())
             .env("FLOTILLA_TRUSTED_KEYS", trusted)
             .env("FLOTILLA_AWS_ENDPOINT_URL", self.sim.endpoint_url())
@@ -480,10 +486,64 @@ impl Stack {
                 .env("FLOTILLA_WORKER_CONCURRENCY", "8")
                 .env("FLOTILLA_SHUTDOWN_TIMEOUT", "1s");
         }
-        let child = command
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("starting {service} {name} under faketime: {error}"));
+        // Its logs go to the test's output, and the offset it measured from
+        // Redis is kept: proof that its clock was skewed at all.
+        let offset = Arc::new(Mutex::new(None));
+        for output in [
+            child
+                .stdout
+                .take()
+                .map(|out| Box::new(out) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|err| Box::new(err) as Box<dyn AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (name, offset) = (name.to_string(), offset.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(output).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(measured) = line
+                        .split("offset_ms=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|value| value.parse::<i64>().ok())
+                    {
+                        *offset.lock().unwrap() = Some(measured);
+                    }
+                    eprintln!("[{name}] {line}");
+                }
+            });
+        }
         self.processes.push(child);
+        self.skews.push((name.to_string(), offset));
+    }
+
+    /// The offset from Redis's clock each skewed process measured (its
+    /// `clock: on Redis's time` line), by name; `None` before it logged one.
+    pub fn measured_skews(&self) -> Vec<(String, Option<i64>)> {
+        self.skews
+            .iter()
+            .map(|(name, offset)| (name.clone(), *offset.lock().unwrap()))
+            .collect()
+    }
+
+    /// Panics if a process of [`Stack::spawn_skewed`] has exited.
+    pub fn assert_processes_running(&mut self) {
+        for process in &mut self.processes {
+            if let Ok(Some(status)) = process.try_wait() {
+                panic!("a service process exited ({status}): see its lines above");
+            }
+        }
     }
 
     pub fn kill_worker(&mut self, index: usize) {
