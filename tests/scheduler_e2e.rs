@@ -316,9 +316,7 @@ async fn queued_reports(broker: &broker::Broker) -> u32 {
 async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
     use protocol::envelope;
     use protocol::job::UnixMillis;
-    use protocol::report::{
-        DiscoveredTarget, Reports, StepResults, TargetResult, TargetsDiscovered,
-    };
+    use protocol::report::{Reports, StepResults, TargetResult};
 
     const DUPLICATES: usize = 32;
     let mut stack = Stack::start(support::single_location(100, false)).await;
@@ -335,19 +333,7 @@ async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
     let test_broker = broker::Broker::connect(&stack.amqp_url, stack.names.clone(), "test")
         .await
         .unwrap();
-    let discovered = protocol::Report::TargetsDiscovered(TargetsDiscovered {
-        run_id,
-        location: location.clone(),
-        page: 0,
-        targets: (0..100)
-            .map(|n| DiscoveredTarget {
-                instance_id: format!("i-{n:017x}"),
-                platform: None,
-                online: true,
-            })
-            .collect(),
-        last_page: true,
-    });
+    let discovered = support::discovered(run_id, &location, 100);
     test_broker
         .publish_sealed_report(&seal(vec![discovered]))
         .await
@@ -407,6 +393,15 @@ async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
     // Settled: the next batch is admitted in its place.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.kill_scheduler();
+    // Its connections closed from the broker's side too: an aborted task's
+    // consumer may linger a moment and take the bundle first.
+    support::close_rabbitmq_connections(&stack.scheduler_connection_name());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        queued_reports(&test_broker).await,
+        0,
+        "the first scheduler held no report unacked"
+    );
 
     // The bundle a dead holder applied: taken once, not acked, given back.
     test_broker

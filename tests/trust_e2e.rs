@@ -330,19 +330,7 @@ async fn a_bundle_with_a_forged_report_applies_the_genuine_ones_and_is_dead_lett
     let campaign = stack.campaign("bundled", support::one_step("  max_errors: 0\n"));
     let run_id = stack.start_run(&campaign).await;
     let location = stack.scheduler.plan(run_id).await.unwrap().locations[0].clone();
-    let discovered = Report::TargetsDiscovered(TargetsDiscovered {
-        run_id,
-        location: location.clone(),
-        page: 0,
-        targets: (0..3)
-            .map(|n| DiscoveredTarget {
-                instance_id: format!("i-{n:017x}"),
-                platform: None,
-                online: true,
-            })
-            .collect(),
-        last_page: true,
-    });
+    let discovered = support::discovered(run_id, &location, 3);
     let forged = Report::LocationFailed(LocationFailed {
         run_id,
         location: Location {

@@ -837,6 +837,28 @@ impl Drop for Stack {
 
 pub use sim::admin::CommandRecord as SentCommand;
 
+/// What a worker reports on discovering `count` instances (`i-…0`, `i-…1`,
+/// …; online, platform unknown) in `location`, as its last page.
+pub fn discovered(
+    run_id: Uuid,
+    location: &protocol::job::Location,
+    count: u32,
+) -> protocol::Report {
+    protocol::Report::TargetsDiscovered(protocol::report::TargetsDiscovered {
+        run_id,
+        location: location.clone(),
+        page: 0,
+        targets: (0..count)
+            .map(|n| protocol::report::DiscoveredTarget {
+                instance_id: format!("i-{n:017x}"),
+                platform: None,
+                online: true,
+            })
+            .collect(),
+        last_page: true,
+    })
+}
+
 /// libfaketime's multi-threaded library (Debian's `libfaketime`, which the
 /// `faketime` package brings); the test fails with how to install it.
 fn libfaketime() -> PathBuf {
