@@ -22,6 +22,7 @@ pub struct SchedulerMetrics {
     results_unwritable: IntCounterVec,
     reports_rejected: IntCounterVec,
     connected: IntGaugeVec,
+    clock_offset: prometheus::Gauge,
     insecure: prometheus::IntGauge,
     auth_refused: prometheus::IntCounter,
     gate_checks: IntCounterVec,
@@ -130,6 +131,10 @@ impl SchedulerMetrics {
             ),
             &["service"],
         )?;
+        let clock_offset = prometheus::Gauge::new(
+            "flotilla_scheduler_clock_offset_seconds",
+            "How far Redis's clock, the one flotilla keeps, is ahead of this host's (negative: behind), in seconds; 0 until measured",
+        )?;
         let gate_checks = IntCounterVec::new(
             Opts::new(
                 "flotilla_scheduler_rollout_gate_checks_total",
@@ -197,6 +202,7 @@ impl SchedulerMetrics {
             Box::new(results_unwritable.clone()),
             Box::new(reports_rejected.clone()),
             Box::new(connected.clone()),
+            Box::new(clock_offset.clone()),
             Box::new(insecure.clone()),
             Box::new(auth_refused.clone()),
             Box::new(gate_checks.clone()),
@@ -225,6 +231,7 @@ impl SchedulerMetrics {
             results_unwritable,
             reports_rejected,
             connected,
+            clock_offset,
             insecure,
             auth_refused,
             gate_checks,
@@ -367,6 +374,8 @@ impl SchedulerMetrics {
     }
 
     pub fn render(&self) -> String {
+        self.clock_offset
+            .set(protocol::clock::offset_ms() as f64 / 1_000.0);
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         String::from_utf8_lossy(&buffer).into_owned()

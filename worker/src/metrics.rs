@@ -25,6 +25,7 @@ pub struct WorkerMetrics {
     mutations_blocked: IntCounterVec,
     messages_rejected: IntCounterVec,
     connected: IntGaugeVec,
+    clock_offset: prometheus::Gauge,
     sends_skipped: IntCounter,
     targets_dropped: IntCounterVec,
 }
@@ -95,6 +96,10 @@ impl WorkerMetrics {
             ),
             &["service"],
         )?;
+        let clock_offset = prometheus::Gauge::new(
+            "flotilla_worker_clock_offset_seconds",
+            "How far Redis's clock, the one flotilla keeps, is ahead of this host's (negative: behind), in seconds; 0 until measured",
+        )?;
         let sends_skipped = IntCounter::new(
             "flotilla_worker_duplicate_sends_avoided_total",
             "Redelivered Execute jobs that resumed an earlier command instead of sending again",
@@ -117,6 +122,7 @@ impl WorkerMetrics {
         registry.register(Box::new(mutations_blocked.clone()))?;
         registry.register(Box::new(messages_rejected.clone()))?;
         registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(clock_offset.clone()))?;
         registry.register(Box::new(sends_skipped.clone()))?;
         Ok(Self {
             registry,
@@ -130,6 +136,7 @@ impl WorkerMetrics {
             mutations_blocked,
             messages_rejected,
             connected,
+            clock_offset,
             sends_skipped,
             targets_dropped,
         })
@@ -196,6 +203,8 @@ impl WorkerMetrics {
 
     /// The text exposition format, for `/metrics`.
     pub fn render(&self) -> String {
+        self.clock_offset
+            .set(protocol::clock::offset_ms() as f64 / 1_000.0);
         let mut buffer = Vec::new();
         // Encoding our own well-formed families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
