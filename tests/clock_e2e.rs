@@ -56,8 +56,9 @@ async fn finished(
 }
 
 /// Each skewed process measured the offset its skew calls for (within a
-/// second): libfaketime did skew its clock, and it corrected for it.
-fn assert_skews_measured(stack: &Stack, expected: &[(&str, i64)]) {
+/// second) — libfaketime did skew its clock, and it corrected for it — and
+/// exports it as `metric`, for the `FlotillaClockSkewed` alert.
+async fn assert_skews_measured(stack: &Stack, metric: &str, expected: &[(&str, i64)]) {
     let measured = stack.measured_skews();
     for (name, offset) in expected {
         let found = measured
@@ -67,6 +68,12 @@ fn assert_skews_measured(stack: &Stack, expected: &[(&str, i64)]) {
         assert!(
             found.is_some_and(|found| found.abs_diff(*offset) < 1_000),
             "{name} should have measured Redis's clock {offset} ms off its own; it logged {found:?}"
+        );
+        let exposition = support::http_get(stack.skewed_metrics_port(name), "/metrics").await;
+        let exported = support::metric_value(&exposition, metric);
+        assert!(
+            exported.is_some_and(|seconds| (seconds * 1_000.0 - *offset as f64).abs() < 1_000.0),
+            "{name} should export {metric} near {offset} ms; it exports {exported:?}"
         );
     }
 }
@@ -95,8 +102,10 @@ async fn workers_five_minutes_ahead_and_behind_run_every_target_once() {
     stack.assert_each_target_ran_once(run_id, &progress);
     assert_skews_measured(
         &stack,
+        "flotilla_worker_clock_offset_seconds",
         &[("worker-ahead", -300_000), ("worker-behind", 300_000)],
-    );
+    )
+    .await;
     stack.teardown().await;
 }
 
@@ -136,6 +145,11 @@ async fn a_scheduler_five_minutes_ahead_opens_a_window_on_time() {
         "commands sent before the window opened (ms early): {early:?}"
     );
     stack.assert_each_target_ran_once(run_id, &progress);
-    assert_skews_measured(&stack, &[("scheduler-ahead", -300_000)]);
+    assert_skews_measured(
+        &stack,
+        "flotilla_scheduler_clock_offset_seconds",
+        &[("scheduler-ahead", -300_000)],
+    )
+    .await;
     stack.teardown().await;
 }

@@ -102,11 +102,20 @@ pub struct Stack {
     /// Services in processes of their own (see [`Stack::spawn_skewed`]),
     /// killed with the tasks.
     processes: Vec<tokio::process::Child>,
-    /// Each skewed process's name and the offset it measured.
-    skews: Vec<(String, Arc<Mutex<Option<i64>>>)>,
+    /// What each skewed process serves and logged.
+    skews: Vec<Skewed>,
     /// Removes the stack's queues and keys when the stack is dropped, also
     /// when the test fails.
     cleanup: Option<Cleanup>,
+}
+
+/// A service [`Stack::spawn_skewed`] started.
+struct Skewed {
+    name: String,
+    /// Where it serves `/metrics` (a worker's metrics address, a scheduler's API).
+    metrics_port: u16,
+    /// The offset from Redis's clock it logged measuring, once it has.
+    offset: Arc<Mutex<Option<i64>>>,
 }
 
 /// Which backends a stack runs on.
@@ -473,15 +482,17 @@ impl Stack {
             .env("AWS_SECRET_ACCESS_KEY", "flotilla-test-secret")
             .env("RUST_LOG", "info")
             .kill_on_drop(true);
+        let port = free_port();
         if service == "scheduler" {
             command
-                .env("FLOTILLA_API_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("FLOTILLA_API_ADDR", format!("127.0.0.1:{port}"))
                 .env("FLOTILLA_INSECURE_NO_AUTH", "true")
                 .env("FLOTILLA_OUTPUT_ROOTS", std::env::temp_dir())
                 .env("FLOTILLA_AUDIT_OUTPUT", self.results.path().join("audit"))
                 .env("FLOTILLA_DISCOVERY_WINDOW", "3");
         } else {
             command
+                .env("FLOTILLA_METRICS_ADDR", format!("127.0.0.1:{port}"))
                 .env("FLOTILLA_WORKER_NAME", name)
                 .env("FLOTILLA_WORKER_CONCURRENCY", "8")
                 .env("FLOTILLA_SHUTDOWN_TIMEOUT", "1s");
@@ -525,7 +536,11 @@ impl Stack {
             });
         }
         self.processes.push(child);
-        self.skews.push((name.to_string(), offset));
+        self.skews.push(Skewed {
+            name: name.to_string(),
+            metrics_port: port,
+            offset,
+        });
     }
 
     /// The offset from Redis's clock each skewed process measured (its
@@ -533,8 +548,18 @@ impl Stack {
     pub fn measured_skews(&self) -> Vec<(String, Option<i64>)> {
         self.skews
             .iter()
-            .map(|(name, offset)| (name.clone(), *offset.lock().unwrap()))
+            .map(|skewed| (skewed.name.clone(), *skewed.offset.lock().unwrap()))
             .collect()
+    }
+
+    /// The loopback port a skewed process serves `/metrics` on (a worker's
+    /// metrics address, a scheduler's API).
+    pub fn skewed_metrics_port(&self, name: &str) -> u16 {
+        self.skews
+            .iter()
+            .find(|skewed| skewed.name == name)
+            .map(|skewed| skewed.metrics_port)
+            .unwrap_or_else(|| panic!("no skewed process named {name}"))
     }
 
     /// Panics if a process of [`Stack::spawn_skewed`] has exited.
