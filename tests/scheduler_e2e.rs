@@ -282,27 +282,12 @@ async fn a_scheduler_restarted_mid_run_loses_no_result() {
 /// Ready messages in the deployment's work queues (what workers would take).
 async fn queued_jobs(broker: &broker::Broker) -> u32 {
     let names = broker.names();
-    let work = [names.bulk_queue(), names.urgent_queue()];
-    broker
-        .queue_depths()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|(queue, _)| work.contains(queue))
-        .map(|(_, ready)| ready)
-        .sum()
+    support::ready_in(broker, &[names.bulk_queue(), names.urgent_queue()]).await
 }
 
 /// Ready messages in the reports queue.
 async fn queued_reports(broker: &broker::Broker) -> u32 {
-    let reports = broker.names().reports_queue();
-    broker
-        .queue_depths()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|(queue, _)| *queue == reports)
-        .map_or(0, |(_, ready)| ready)
+    support::ready_in(broker, &[broker.names().reports_queue()]).await
 }
 
 /// Chaos II: a scheduler that applied a bundle and died before acking it

@@ -25,14 +25,7 @@ use uuid::Uuid;
 
 /// Ready messages in the deployment's dead-letter queue.
 async fn dead_lettered(broker: &broker::Broker) -> u32 {
-    let dead = broker.names().dead_letter_queue();
-    broker
-        .queue_depths()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|(queue, _)| *queue == dead)
-        .map_or(0, |(_, ready)| ready)
+    support::ready_in(broker, &[broker.names().dead_letter_queue()]).await
 }
 
 async fn wait_for_dead_letters(broker: &broker::Broker, count: u32) {

@@ -151,28 +151,24 @@ impl FaultProxy {
     ///
     /// [`heal`]: FaultProxy::heal
     pub fn partition(&self) {
-        *self
-            .shared
-            .new_fate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Fate::Held;
-        self.shared.set_fates(|fate| match fate {
-            Fate::Pass => Fate::Held,
-            other => other,
-        });
+        self.turn(Fate::Pass, Fate::Held);
     }
 
     /// Ends a partition: held bytes go on, in order.
     pub fn heal(&self) {
+        self.turn(Fate::Held, Fate::Pass);
+    }
+
+    /// New connections get `to`, and open ones that had `from` do too
+    /// (stranded and reset ones stay as they are).
+    fn turn(&self, from: Fate, to: Fate) {
         *self
             .shared
             .new_fate
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Fate::Pass;
-        self.shared.set_fates(|fate| match fate {
-            Fate::Held => Fate::Pass,
-            other => other,
-        });
+            .unwrap_or_else(PoisonError::into_inner) = to;
+        self.shared
+            .set_fates(|fate| if fate == from { to } else { fate });
     }
 
     /// The connections open now go silent for good, with no FIN and no

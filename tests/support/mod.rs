@@ -1010,6 +1010,18 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Ready messages in `queues` of `broker`'s deployment, together.
+pub async fn ready_in(broker: &broker::Broker, queues: &[String]) -> u32 {
+    broker
+        .queue_depths()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(queue, _)| queues.contains(queue))
+        .map(|(_, ready)| ready)
+        .sum()
+}
+
 /// GET `path` from 127.0.0.1:`port`; the body of a 200 answer.
 pub async fn http_get(port: u16, path: &str) -> String {
     let (status, body) = http(port, "GET", path, "text/plain", "").await;
