@@ -368,30 +368,50 @@ async fn a_rollout_waits_for_an_approval_between_waves() {
 /// One request a receiver got: its path, signature header and body.
 type Received = (String, Option<String>, String);
 
-/// A webhook receiver on loopback: every request's path, signature header and body.
+/// One try a receiver answered: its delivery id header, whether it was
+/// answered 200, and its body.
+type Try = (Option<String>, bool, String);
+
+/// A webhook receiver on loopback: every request's path, signature header
+/// and body; it answers 503 while told to fail.
 struct Receiver {
     port: u16,
     received: Arc<std::sync::Mutex<Vec<Received>>>,
+    tries: Arc<std::sync::Mutex<Vec<Try>>>,
+    failing: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
     async fn start() -> Self {
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let store = received.clone();
+        let tries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failing = Arc::new(AtomicBool::new(false));
+        let (store, tried, fail) = (received.clone(), tries.clone(), failing.clone());
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
-                let store = store.clone();
+                let (store, tried, fail) = (store.clone(), tried.clone(), fail.clone());
                 async move {
-                    let signature = headers
-                        .get("x-flotilla-signature")
-                        .and_then(|value| value.to_str().ok())
-                        .map(str::to_string);
-                    store
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|value| value.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    let ok = !fail.load(Ordering::SeqCst);
+                    tried
                         .lock()
                         .unwrap()
-                        .push((uri.path().to_string(), signature, body));
-                    "ok"
+                        .push((header("x-flotilla-delivery"), ok, body.clone()));
+                    if !ok {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down");
+                    }
+                    store.lock().unwrap().push((
+                        uri.path().to_string(),
+                        header("x-flotilla-signature"),
+                        body,
+                    ));
+                    (axum::http::StatusCode::OK, "ok")
                 }
             },
         );
@@ -399,6 +419,8 @@ impl Receiver {
         Self {
             port,
             received,
+            tries,
+            failing,
             server,
         }
     }
@@ -411,6 +433,10 @@ impl Receiver {
             .filter(|(at, _, _)| at == path)
             .map(|(_, signature, body)| (signature.clone(), body.clone()))
             .collect()
+    }
+
+    fn tries(&self) -> Vec<Try> {
+        self.tries.lock().unwrap().clone()
     }
 }
 
@@ -522,6 +548,140 @@ async fn a_halted_run_posts_one_signed_notification_and_the_kill_switch_tells_th
         json["reason"].as_str().unwrap().contains("incident 7"),
         "{json}"
     );
+    stack.teardown().await;
+}
+
+/// A notification in retry outlives the scheduler that queued it: the
+/// kill switch's notification, refused by its webhook, is delivered by a
+/// scheduler process started after the first was SIGKILLed — with the
+/// delivery id it had on every try, in the header and the signed body — and
+/// the outbox in Redis never holds the webhook's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_in_retry_is_delivered_after_its_scheduler_is_killed() {
+    let receiver = Receiver::start().await;
+    receiver.failing.store(true, Ordering::SeqCst);
+    let key = b"0123456789abcdef0123456789abcdef".to_vec();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("notify.key");
+    std::fs::write(&key_file, &key).unwrap();
+    let hook = format!("http://127.0.0.1:{}/secret-hook-path", receiver.port);
+    let mut stack = Stack::start(support::single_location(1, true)).await;
+    // Only the scheduler processes below deliver.
+    stack.kill_scheduler();
+    let env = [
+        ("FLOTILLA_NOTIFY_WEBHOOK", hook.clone()),
+        ("FLOTILLA_NOTIFY_ON", "kill_switch".to_string()),
+        ("FLOTILLA_EGRESS_ALLOW_PLAIN_HTTP", "127.0.0.1".to_string()),
+        (
+            "FLOTILLA_NOTIFY_HMAC_KEY_FILE",
+            key_file.display().to_string(),
+        ),
+    ];
+    stack.spawn_service("scheduler", "scheduler-a", &env);
+    let api = stack.skewed_metrics_port("scheduler-a");
+    assert!(
+        test_support::ports::wait_for_port(api, Duration::from_secs(60)).await,
+        "scheduler-a's API never listened"
+    );
+    // 503 until the process has connected to RabbitMQ and Redis.
+    let mut answer = (503, String::new());
+    for _ in 0..120 {
+        answer = support::http(
+            api,
+            "POST",
+            "/kill?campaign=outboxed",
+            "application/json",
+            r#"{"reason": "incident 9"}"#,
+        )
+        .await;
+        if answer.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    stack
+        .wait_for("two refused tries", Duration::from_secs(30), |_| {
+            receiver.tries().len() >= 2
+        })
+        .await;
+    stack.kill_process("scheduler-a").await;
+    let refused = receiver.tries().len();
+    receiver.failing.store(false, Ordering::SeqCst);
+    // No one else delivers it while no scheduler runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.tries().len(), refused, "{:#?}", receiver.tries());
+
+    stack.spawn_service("scheduler", "scheduler-b", &env);
+    stack
+        .wait_for(
+            "the notification, from scheduler-b",
+            Duration::from_secs(60),
+            |_| receiver.tries().iter().any(|(_, ok, _)| *ok),
+        )
+        .await;
+    // Delivered once: nothing more comes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tries = receiver.tries();
+    assert_eq!(
+        tries.iter().filter(|(_, ok, _)| *ok).count(),
+        1,
+        "delivered once: {tries:#?}"
+    );
+    let ids: std::collections::BTreeSet<_> = tries.iter().map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids.len(), 1, "one delivery id on every try: {tries:#?}");
+    let id = ids
+        .into_iter()
+        .next()
+        .unwrap()
+        .expect("an X-Flotilla-Delivery header");
+    let (signature, body) = receiver.at("/secret-hook-path").pop().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json["delivery_id"], id,
+        "the signed body names the delivery: {json}"
+    );
+    assert_eq!(json["event"], "kill_switch");
+    assert!(
+        json["reason"].as_str().unwrap().contains("incident 9"),
+        "{json}"
+    );
+    let signature = signature.expect("a signed JSON body");
+    let seconds: u64 = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert_eq!(
+        signature,
+        scheduler::notify::signature(&key, seconds, &body)
+    );
+
+    // The outbox kept the settled delivery (so its id is never queued
+    // again), and no part of the webhook's URL.
+    let mut redis = stack.store.connection();
+    let delivery_key = stack
+        .names
+        .notify_delivery_key(Uuid::parse_str(&id).unwrap());
+    let record: std::collections::HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut redis, &delivery_key)
+            .await
+            .unwrap();
+    assert_eq!(
+        record.get("state").map(String::as_str),
+        Some("delivered"),
+        "{record:#?}"
+    );
+    assert!(
+        record
+            .values()
+            .all(|value| !value.contains("secret-hook-path")),
+        "the outbox holds the webhook's URL: {record:#?}"
+    );
+    let due: u64 = redis::AsyncCommands::zcard(&mut redis, stack.names.notify_due_key())
+        .await
+        .unwrap();
+    assert_eq!(due, 0, "nothing left due");
     stack.teardown().await;
 }
 

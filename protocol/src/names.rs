@@ -212,6 +212,26 @@ impl Names {
         [self.campaign_key(campaign), self.campaigns_index_key()]
     }
 
+    /// The notification outbox: delivery id → when it is next due (Unix ms).
+    /// The outbox's keys share the `{notify}` hash tag: a delivery and the
+    /// queue change together in one script (one cluster slot).
+    pub fn notify_due_key(&self) -> String {
+        format!("{}:{{notify}}:due", self.prefix)
+    }
+
+    /// One notification of the outbox: its event, bodies, webhook reference
+    /// (never the URL), tries and state; kept a week once settled, so the
+    /// same delivery id is never queued twice.
+    pub fn notify_delivery_key(&self, delivery: Uuid) -> String {
+        format!("{}:{{notify}}:delivery:{delivery}", self.prefix)
+    }
+
+    /// The keys of `notify_enqueue.lua` and `notify_settle.lua`: the due
+    /// queue, the delivery.
+    pub fn notify_script_keys(&self, delivery: Uuid) -> [String; 2] {
+        [self.notify_due_key(), self.notify_delivery_key(delivery)]
+    }
+
     /// The run record (state, reason, totals) as a hash.
     pub fn run_key(&self, run_id: Uuid) -> String {
         format!("{}:run:{{{run_id}}}", self.prefix)
@@ -482,6 +502,10 @@ mod tests {
             ("campaign_approve", vec![names.campaign_key("nightly-scan")]),
             ("schedule_acquire", names.schedule_acquire_keys().to_vec()),
             ("schedule_fire", names.schedule_fire_keys().to_vec()),
+            (
+                "notify_enqueue/notify_settle",
+                names.notify_script_keys(Uuid::new_v4()).to_vec(),
+            ),
             (
                 "take_tokens",
                 vec![names.token_bucket_key("123456789012", "us-east-1", "SendCommand")],

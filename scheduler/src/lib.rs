@@ -222,6 +222,8 @@ pub struct Scheduler {
     report_refusals: Arc<crate::audit::RefusalBudget>,
     /// Since when job queues have held jobs no worker consumes.
     unconsumed_since: crate::explain::UnconsumedSince,
+    /// Wakes this replica's notification delivery loop when it queues one.
+    notifications_queued: Arc<tokio::sync::Notify>,
 }
 
 impl Scheduler {
@@ -278,6 +280,7 @@ impl Scheduler {
             metrics,
             report_refusals: Arc::default(),
             unconsumed_since: Default::default(),
+            notifications_queued: Arc::default(),
         })
     }
 

@@ -338,7 +338,8 @@ impl Scheduler {
         self.notify_deployment(
             protocol::spec::NotifyEvent::KillSwitch,
             &format!("{scope_text} is engaged: {reason}"),
-        );
+        )
+        .await;
         Ok(())
     }
 

@@ -331,7 +331,8 @@ impl Scheduler {
                 self.notify_deployment(
                     protocol::spec::NotifyEvent::KillSwitch,
                     &format!("the global kill switch is engaged: {reason}"),
-                );
+                )
+                .await;
                 self.audit_internal(
                     format!("alert:{name}"),
                     "kill:engage",

@@ -201,6 +201,7 @@ conformance!(
     a_campaign_accepted_under_a_raised_location_limit_reads_back,
     one_replica_holds_the_schedule_lease,
     the_admission_after_the_last_results_completes_the_run_also_outside_its_window,
+    a_queued_notification_is_retried_by_any_replica_and_delivered_once,
 );
 
 fn location(account: u32) -> Location {
@@ -1497,4 +1498,92 @@ async fn a_rollout_admits_its_canary_locations_first(backend: &Backend) {
         (baking.state, baking.bake_until_ms),
         (RunState::Baking, Some(5))
     );
+}
+
+/// A webhook on loopback that answers `statuses` in turn (then 200), one
+/// request per connection, for at most 10 s; each request's
+/// `X-Flotilla-Delivery` header and the status it was answered.
+fn webhook(
+    statuses: &'static [u16],
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, u16)>>>,
+) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+                .unwrap();
+            let mut request = vec![0u8; 16 * 1024];
+            let read = stream.read(&mut request).unwrap_or(0);
+            let head = String::from_utf8_lossy(&request[..read]).to_ascii_lowercase();
+            let delivery = head
+                .lines()
+                .find_map(|line| line.strip_prefix("x-flotilla-delivery:"))
+                .map(|value| value.trim().to_string());
+            let mut seen = record.lock().unwrap();
+            let status = statuses.get(seen.len()).copied().unwrap_or(200);
+            seen.push((delivery, status));
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// The outbox's scripts on every backend: a notification queued by one
+/// replica is tried, refused (503), not taken again before its backoff,
+/// then delivered by another replica with the same delivery id — and then
+/// is due nowhere.
+async fn a_queued_notification_is_retried_by_any_replica_and_delivered_once(backend: &Backend) {
+    use protocol::spec::{NotifyEvent, NotifyFormat, NotifySpec};
+    let (url, seen) = webhook(&[503]);
+    let configure = |config: &mut SchedulerConfig| {
+        config.notify.defaults = vec![NotifySpec {
+            on: vec![NotifyEvent::KillSwitch],
+            webhook: url.clone(),
+            format: NotifyFormat::Slack,
+        }];
+        config.egress = scheduler::egress::EgressPolicy::plain_http_to(&["127.0.0.1"]);
+    };
+    let first = backend.scheduler_with("replica-a", configure).await;
+    first
+        .engage_kill_switch(
+            &store::KillScope::Campaign("outboxed".into()),
+            "outbox test",
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.deliver_due_notifications().await.unwrap(), 1);
+    assert_eq!(seen.lock().unwrap().len(), 1, "tried once");
+    assert_eq!(
+        first.deliver_due_notifications().await.unwrap(),
+        0,
+        "not due again before its backoff"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let second = backend.scheduler_with("replica-b", configure).await;
+    assert_eq!(second.deliver_due_notifications().await.unwrap(), 1);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].1, 200, "{seen:?}");
+    assert!(seen[0].0.is_some(), "a delivery id header: {seen:?}");
+    assert_eq!(seen[0].0, seen[1].0, "the same delivery id on every try");
+    assert_eq!(first.deliver_due_notifications().await.unwrap(), 0);
+    assert_eq!(second.deliver_due_notifications().await.unwrap(), 0);
 }

@@ -444,7 +444,38 @@ impl Stack {
     /// this stack, in a process of its own whose wall clock libfaketime
     /// shifts by `offset` ("+5m", "-5m"). Killed at teardown.
     pub fn spawn_skewed(&mut self, service: &str, name: &str, offset: &str) {
-        let libfaketime = libfaketime();
+        self.spawn_process(service, name, Some(offset), &[]);
+    }
+
+    /// Starts `flotilla worker` or `flotilla scheduler` as
+    /// [`Stack::spawn_skewed`] does, on the true time, with `env` set
+    /// besides (e.g. `FLOTILLA_NOTIFY_WEBHOOK`). [`Stack::kill_process`]
+    /// SIGKILLs it.
+    pub fn spawn_service(&mut self, service: &str, name: &str, env: &[(&str, String)]) {
+        self.spawn_process(service, name, None, env);
+    }
+
+    /// SIGKILLs the process `name` of [`Stack::spawn_service`] or
+    /// [`Stack::spawn_skewed`] and waits for it to be gone.
+    pub async fn kill_process(&mut self, name: &str) {
+        let index = self
+            .skews
+            .iter()
+            .position(|skewed| skewed.name == name)
+            .unwrap_or_else(|| panic!("no process named {name}"));
+        self.skews.remove(index);
+        let mut child = self.processes.remove(index);
+        child.start_kill().expect("SIGKILL");
+        child.wait().await.expect("the killed process's status");
+    }
+
+    fn spawn_process(
+        &mut self,
+        service: &str,
+        name: &str,
+        offset: Option<&str>,
+        env: &[(&str, String)],
+    ) {
         let keys = &self.keys;
         let scheduler_key = keys.scheduler.signer().unwrap();
         let worker_key = keys.worker.signer().unwrap();
@@ -465,10 +496,6 @@ impl Stack {
             // The prefix on the command line: scripts/test's sweep kills a
             // process a killed test run left, by it.
             .args([service, "--prefix", self.names.prefix()])
-            .env("LD_PRELOAD", libfaketime)
-            .env("FAKETIME", offset)
-            // Wall clock only: the monotonic one (timers) is left alone.
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("FLOTILLA_AMQP_URL", &self.amqp_url)
             .env("FLOTILLA_REDIS_URL", &self.scheduler_config.redis_url)
             .env("FLOTILLA_SIGNING_KEY", signer.to_secret_text())
@@ -481,7 +508,15 @@ impl Stack {
             )
             .env("AWS_SECRET_ACCESS_KEY", "flotilla-test-secret")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .kill_on_drop(true);
+        if let Some(offset) = offset {
+            command
+                .env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", offset)
+                // Wall clock only: the monotonic one (timers) is left alone.
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         let port = free_port();
         if service == "scheduler" {
             command
@@ -502,7 +537,7 @@ impl Stack {
             .stderr(std::process::Stdio::piped());
         let mut child = command
             .spawn()
-            .unwrap_or_else(|error| panic!("starting {service} {name} under faketime: {error}"));
+            .unwrap_or_else(|error| panic!("starting {service} {name}: {error}"));
         // Its logs go to the test's output, and the offset it measured from
         // Redis is kept: proof that its clock was skewed at all.
         let offset = Arc::new(Mutex::new(None));

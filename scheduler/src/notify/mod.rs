@@ -3,26 +3,30 @@
 //! switch is engaged. A campaign names its own (`notify:`); the deployment's
 //! defaults (`--notify-webhook`) hear about every campaign and the kill switch.
 //!
-//! Each event of a run is announced once (a field of the run record, set
-//! with HSETNX, decides which replica sends it). Delivery runs on a task of
-//! its own — retried with backoff, never holding up the run — and is metered;
-//! a scheduler that dies mid-retry loses that delivery (see docs/src/how-to/patch-tuesday.md).
+//! Each event of a run is announced once: a field of the run record, set
+//! with HSETNX, records that it was, and the deliveries' ids derive from
+//! the run, the event and the webhook, so a replica announcing it again
+//! queues nothing new. Every notification goes through the durable outbox
+//! ([`outbox`]): written to Redis first, then delivered — retried with
+//! backoff, never holding up the run — by whichever replica is up, so one
+//! in retry survives the scheduler that queued it. Deliveries are metered.
 //! JSON bodies carry `X-Flotilla-Signature: t=<unix seconds>,v1=<hex
 //! HMAC-SHA256 of "<t>.<body>">` under the deployment's key; Slack bodies
 //! are a `text` message (Slack's incoming webhooks carry no signature).
+//! Every body carries an `X-Flotilla-Delivery: <uuid>` header (and a JSON
+//! body its `delivery_id`), the same on every try: delivery is at least
+//! once, and the receiver drops repeats by it.
+
+pub(crate) mod outbox;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use protocol::spec::{NotifyEvent, NotifyFormat, NotifySpec};
+use protocol::spec::{NotifyEvent, NotifySpec};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::{Scheduler, SchedulerError, now_ms};
-
-/// Tries of one delivery: at once, then after 1, 2, 4, 8 and 16 s.
-const MAX_ATTEMPTS: u32 = 6;
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+use outbox::{Outgoing, WebhookRef};
 
 /// The deployment's notification settings.
 #[derive(Clone, Default)]
@@ -63,26 +67,36 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         use redis::AsyncCommands as _;
         let plan = self.plan(run_id).await?;
-        let targets: Vec<NotifySpec> = plan
+        let campaign_hooks = plan
             .campaign
             .notify
             .iter()
-            .chain(&self.config().notify.defaults)
-            .filter(|spec| spec.on.contains(&event))
-            .cloned()
+            .map(WebhookRef::campaign_hook as fn(&NotifySpec) -> WebhookRef);
+        let default_hooks = self
+            .config()
+            .notify
+            .defaults
+            .iter()
+            .map(WebhookRef::default_hook as fn(&NotifySpec) -> WebhookRef);
+        let targets: Vec<WebhookRef> = plan
+            .campaign
+            .notify
+            .iter()
+            .zip(campaign_hooks)
+            .chain(self.config().notify.defaults.iter().zip(default_hooks))
+            .filter(|(spec, _)| spec.on.contains(&event))
+            .map(|(_, hook)| hook)
             .collect();
         if targets.is_empty() {
             return Ok(());
         }
+        let field = format!("notified:{}:{once}", event.as_str());
+        let run_key = self.ledger().names().run_key(run_id);
         let mut connection = self.ledger().connection();
-        let first: bool = connection
-            .hset_nx(
-                self.ledger().names().run_key(run_id),
-                format!("notified:{}:{once}", event.as_str()),
-                now_ms(),
-            )
-            .await?;
-        if !first {
+        // Announced already: nothing to queue. A replica that stopped
+        // between queueing and this mark is repeated by the next one, and
+        // the delivery ids make the repeat queue nothing twice.
+        if connection.hexists(&run_key, &field).await? {
             return Ok(());
         }
         let progress = self.progress(run_id).await?;
@@ -115,9 +129,19 @@ impl Scheduler {
             progress.failures,
             link.map(|link| format!(" <{link}>")).unwrap_or_default()
         );
-        for target in targets {
-            self.deliver(target, event, &body, &text);
+        for hook in targets {
+            let id = outbox::run_delivery_id(run_id, event, once, &hook);
+            self.enqueue_notification(Outgoing {
+                id,
+                event,
+                hook,
+                run_id: Some(run_id),
+                body: &body,
+                text: &text,
+            })
+            .await?;
         }
+        let _: bool = connection.hset_nx(&run_key, &field, now_ms()).await?;
         Ok(())
     }
 
@@ -129,98 +153,31 @@ impl Scheduler {
         }
     }
 
-    /// Tells the deployment's default webhooks that want `event` (the kill switch).
-    pub(crate) fn notify_deployment(&self, event: NotifyEvent, text: &str) {
+    /// Tells the deployment's default webhooks that want `event` (the kill
+    /// switch), through the outbox; a failure to queue is logged: a
+    /// notification never fails what it announces.
+    pub(crate) async fn notify_deployment(&self, event: NotifyEvent, text: &str) {
         let body = json!({ "event": event.as_str(), "reason": text, "time_ms": now_ms() });
-        for target in self.config().notify.defaults.clone() {
-            if target.on.contains(&event) {
-                self.deliver(target, event, &body, &format!("flotilla: {text}"));
+        let text = format!("flotilla: {text}");
+        for spec in &self.config().notify.defaults {
+            if !spec.on.contains(&event) {
+                continue;
             }
-        }
-    }
-
-    /// Posts on a task of its own, with retries; never waits for it.
-    fn deliver(
-        &self,
-        target: NotifySpec,
-        event: NotifyEvent,
-        body: &serde_json::Value,
-        text: &str,
-    ) {
-        let shown = crate::egress::redacted_url(&target.webhook);
-        if let Err(why) = self.config().egress.check("the webhook", &target.webhook) {
-            self.metrics.notification(event.as_str(), "failed");
-            tracing::warn!(
-                webhook = shown.as_str(),
-                why,
-                "notification not sent: the egress policy refuses the webhook"
-            );
-            return;
-        }
-        let payload = match target.format {
-            NotifyFormat::Slack => json!({ "text": text }).to_string(),
-            NotifyFormat::Json => body.to_string(),
-        };
-        let key = match target.format {
-            NotifyFormat::Json => self.config().notify.hmac_key.clone(),
-            NotifyFormat::Slack => None,
-        };
-        if target.format == NotifyFormat::Json && key.is_none() {
-            tracing::warn!(
-                webhook = shown.as_str(),
-                "a JSON notification goes unsigned: the scheduler has no --notify-hmac-key-file"
-            );
-        }
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            for attempt in 0..MAX_ATTEMPTS {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
-                }
-                let (url, payload, key) = (target.webhook.clone(), payload.clone(), key.clone());
-                let posted = tokio::task::spawn_blocking(move || {
-                    post(&url, &payload, key.as_deref().map(Vec::as_slice))
+            let queued = self
+                .enqueue_notification(Outgoing {
+                    id: Uuid::new_v4(),
+                    event,
+                    hook: WebhookRef::default_hook(spec),
+                    run_id: None,
+                    body: &body,
+                    text: &text,
                 })
-                .await
-                .unwrap_or_else(|error| Err(error.to_string()));
-                match posted {
-                    Ok(()) => {
-                        metrics.notification(event.as_str(), "delivered");
-                        return;
-                    }
-                    Err(error) => {
-                        metrics.notification(event.as_str(), "retried");
-                        // The webhook's path is its secret (Slack): never logged.
-                        let error = error.replace(&target.webhook, &shown);
-                        tracing::warn!(
-                            webhook = shown.as_str(),
-                            attempt,
-                            error,
-                            "notification not delivered"
-                        );
-                    }
-                }
+                .await;
+            if let Err(error) = queued {
+                self.metrics.notification(event.as_str(), "failed");
+                tracing::warn!(event = event.as_str(), error = %error, "could not queue a notification");
             }
-            metrics.notification(event.as_str(), "failed");
-        });
-    }
-}
-
-fn post(url: &str, payload: &str, key: Option<&[u8]>) -> Result<(), String> {
-    let mut request = crate::outbound_http(DELIVERY_TIMEOUT)
-        .post(url)
-        .header("Content-Type", "application/json");
-    if let Some(key) = key {
-        let seconds = now_ms() / 1000;
-        request = request.header("X-Flotilla-Signature", signature(key, seconds, payload));
-    }
-    let response = request
-        .send(payload)
-        .map_err(|error| format!("cannot reach it: {error}"))?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("it answered HTTP {}", response.status()))
+        }
     }
 }
 
