@@ -483,9 +483,33 @@ pub async fn run_with(
             }
         }
     };
+    // Notifications are delivered by the latest connected scheduler — and,
+    // while it reconnects (RabbitMQ away, say), by the one before: delivery
+    // needs Redis only, and a kill switch's notice matters most in an outage.
+    let delivering = async {
+        let mut connected = current.subscribe();
+        let mut latest: Option<Scheduler> = None;
+        while !stop.is_cancelled() {
+            if let Some(scheduler) = connected.borrow_and_update().clone() {
+                latest = Some(scheduler);
+            }
+            let changed = match &latest {
+                Some(scheduler) => tokio::select! {
+                    () = scheduler.deliver_notifications(&stop) => break,
+                    changed = connected.changed() => changed,
+                },
+                None => connected.changed().await,
+            };
+            if changed.is_err() {
+                break;
+            }
+        }
+        stop.cancelled().await;
+    };
     let result = tokio::select! {
         result = work => result,
         () = watch => Ok(()),
+        () = delivering => Ok(()),
     };
     stop.cancel();
     result

@@ -104,9 +104,12 @@ pub(crate) struct Outgoing<'a> {
 /// How a try went.
 enum Tried {
     Delivered,
+    /// Not delivered (refused, unreachable, or its webhook not found or
+    /// refused on this replica — another may know it): tried again until
+    /// the tries run out.
     Retry(String),
-    /// Not tried: the webhook is gone or refused by the egress policy.
-    Refused(String),
+    /// Settled already (by a replica whose try overlapped this one).
+    Settled,
 }
 
 impl Scheduler {
@@ -148,7 +151,8 @@ impl Scheduler {
     }
 
     /// Delivers what the outbox holds due, until `stop`: every replica runs
-    /// it (see the module's notes). An outage is logged and waited out.
+    /// it (see the module's notes), beside its report consumer and through
+    /// its reconnects — it needs Redis only. An outage is logged and waited out.
     pub(crate) async fn deliver_notifications(&self, stop: &CancellationToken) {
         loop {
             match self.deliver_due_notifications().await {
@@ -172,23 +176,24 @@ impl Scheduler {
         let names = self.ledger().names();
         let now = now_ms();
         let lease_ms = u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX);
+        let lease = now.saturating_add(lease_ms);
         let ids: Vec<String> = CLAIM
             .key(names.notify_due_key())
             .arg(now)
-            .arg(now.saturating_add(lease_ms))
+            .arg(lease)
             .arg(BATCH)
             .invoke_async(&mut self.ledger().connection())
             .await?;
         let taken = ids.len();
-        let tries = ids.into_iter().map(|id| self.try_delivery(id));
+        let tries = ids.into_iter().map(|id| self.try_delivery(id, lease));
         for result in futures_util::future::join_all(tries).await {
             result?;
         }
         Ok(taken)
     }
 
-    /// One try of one delivery, and its outcome recorded.
-    async fn try_delivery(&self, id: String) -> Result<(), SchedulerError> {
+    /// One try of one delivery (claimed until `lease`), and its outcome recorded.
+    async fn try_delivery(&self, id: String, lease: u64) -> Result<(), SchedulerError> {
         use redis::AsyncCommands as _;
         let names = self.ledger().names();
         let Ok(delivery) = Uuid::parse_str(&id) else {
@@ -205,21 +210,21 @@ impl Scheduler {
             self.ledger().connection().hgetall(&keys[1]).await?;
         let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
         let event = field("event").to_string();
-        let attempts: u32 = field("attempts").parse().unwrap_or(0);
+        // Unreadable: this try is its last.
+        let attempts: u32 = field("attempts")
+            .parse()
+            .unwrap_or(MAX_ATTEMPTS.saturating_sub(1));
         let tried = self.post_delivery(delivery, &fields).await;
         let (outcome, next_due) = match &tried {
             Tried::Delivered => {
                 self.metrics.notification(&event, "delivered");
                 ("delivered", 0)
             }
-            Tried::Refused(why) => {
+            // Nothing to record but its leaving the queue (the script does).
+            Tried::Settled => ("failed", 0),
+            Tried::Retry(error) if attempts.saturating_add(1) >= MAX_ATTEMPTS => {
                 self.metrics.notification(&event, "failed");
-                tracing::warn!(%delivery, event, why, "notification not sent");
-                ("failed", 0)
-            }
-            Tried::Retry(error) if attempts + 1 >= MAX_ATTEMPTS => {
-                self.metrics.notification(&event, "failed");
-                tracing::warn!(%delivery, event, error, tries = attempts + 1, "notification given up");
+                tracing::warn!(%delivery, event, error, tries = attempts.saturating_add(1), "notification given up");
                 ("failed", 0)
             }
             Tried::Retry(error) => {
@@ -236,6 +241,7 @@ impl Scheduler {
             .arg(outcome)
             .arg(next_due)
             .arg(KEEP_SETTLED.as_secs())
+            .arg(lease)
             .invoke_async(&mut self.ledger().connection())
             .await?;
         Ok(())
@@ -250,21 +256,21 @@ impl Scheduler {
     ) -> Tried {
         let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
         if field("state") != "pending" {
-            return Tried::Refused(format!("the delivery is {:?}, not pending", field("state")));
+            return Tried::Settled;
         }
         let hook = field("hook");
         let spec = match self.resolve_hook(hook, field("run")).await {
             Ok(Some(spec)) => spec,
             Ok(None) => {
-                return Tried::Refused(format!(
-                    "its webhook ({hook}) is no longer configured on this replica"
+                return Tried::Retry(format!(
+                    "its webhook ({hook}) is not configured on this replica"
                 ));
             }
             Err(error) => return Tried::Retry(format!("cannot look up its webhook: {error}")),
         };
         let shown = crate::egress::redacted_url(&spec.webhook);
         if let Err(why) = self.config().egress.check("the webhook", &spec.webhook) {
-            return Tried::Refused(format!("the egress policy refuses {shown}: {why}"));
+            return Tried::Retry(format!("the egress policy refuses {shown}: {why}"));
         }
         let (payload, key) = match spec.format {
             protocol::spec::NotifyFormat::Slack => (

@@ -165,7 +165,6 @@ impl Scheduler {
             () = watch => Ok(()),
             () = ticker => Ok(()),
             () = store::clock::keep_in_step(self.store.clone()) => Ok(()),
-            () = self.deliver_notifications(&stop) => Ok(()),
             pumped = pump => match pumped {
                 Ok(()) => Ok(()),
                 Err(error) => Err(error.into()),

@@ -267,6 +267,20 @@ impl Db {
                 })
             }
             "ZCARD" => return Ok(int(self.sorted_set(key)?.map_or(0, |set| set.len()))),
+            "ZSCORE" => {
+                arity(args, 3)?;
+                let score = self
+                    .sorted_set(key)?
+                    .and_then(|set| set.get(&args[2]).copied());
+                // As Redis prints a double: whole numbers without a fraction.
+                return Ok(match score {
+                    Some(score) if score.fract() == 0.0 && score.abs() < 1e17 => {
+                        bulk(format!("{}", score as i64).as_bytes())
+                    }
+                    Some(score) => bulk(score.to_string().as_bytes()),
+                    None => Value::Nil,
+                });
+            }
             _ => {
                 arity(args, 4)?;
                 let mut members: Vec<(f64, Bytes)> = self
