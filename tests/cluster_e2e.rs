@@ -21,6 +21,14 @@ use std::time::Duration;
 use protocol::names::hash_slot;
 use sim::profile::FleetProfile;
 use support::Stack;
+use test_support::topologies::{
+    RestartDeadNodes, master_port_of, new_master_of, rabbitmq_cluster_url, signal, topologies_dir,
+};
+
+/// SIGKILLs the process whose pid `pid_file` holds.
+fn sigkill(pid_file: &str) {
+    signal("-KILL", pid_file);
+}
 
 /// The scan's rate control (one shell step, from `support::one_step`).
 const SCAN_RATE: &str = "  location_concurrency: 100%\n  max_concurrency: 12\n  max_errors: 100%\n";
@@ -96,11 +104,6 @@ async fn scan_losing_something(
     progress
 }
 
-/// SIGKILLs the process whose pid `pid_file` holds.
-fn sigkill(pid_file: &str) {
-    signal("-KILL", pid_file);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_scheduler_replicas_share_the_reports_and_losing_one_mid_run_loses_nothing() {
     let mut stack = Stack::start(fleet()).await;
@@ -138,98 +141,6 @@ async fn three_scheduler_replicas_share_the_reports_and_losing_one_mid_run_loses
         replica.abort();
     }
     stack.teardown().await;
-}
-
-/// The directory of `scripts/redis-topologies` (node configs and pid files).
-fn topologies_dir() -> String {
-    std::env::var("FLOTILLA_REDIS_TOPOLOGIES_DIR")
-        .unwrap_or_else(|_| "/tmp/flotilla-redis-topologies".into())
-}
-
-/// Runs `scripts/<name> start` when dropped: the test cluster's killed node
-/// starts again and rejoins, also when the test fails.
-struct RestartDeadNodes(&'static str);
-
-impl Drop for RestartDeadNodes {
-    fn drop(&mut self) {
-        let script = format!("{}/scripts/{}", env!("CARGO_MANIFEST_DIR"), self.0);
-        match Command::new(&script).arg("start").status() {
-            Ok(status) if status.success() => {}
-            other => eprintln!("could not restart the nodes of {script}: {other:?}"),
-        }
-    }
-}
-
-/// The cluster's `CLUSTER NODES`, from the first node that answers (the
-/// test kills one).
-fn cluster_nodes() -> String {
-    for port in 7101..=7106 {
-        let output = Command::new("redis-cli")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "cluster",
-                "nodes",
-            ])
-            .output()
-            .expect("this test needs redis-cli (Debian's redis-tools)");
-        let nodes = String::from_utf8_lossy(&output.stdout).to_string();
-        if output.status.success() && nodes.contains("master") {
-            return nodes;
-        }
-    }
-    panic!("no node of the test Redis Cluster (127.0.0.1:7101-7106) answers");
-}
-
-/// The port of the master that serves `slot`, from `CLUSTER NODES`.
-fn master_port_of(slot: u16) -> u16 {
-    serving_master(slot, &cluster_nodes()).unwrap_or_else(|| {
-        panic!(
-            "no master serves slot {slot}; the cluster says:\n{}",
-            cluster_nodes()
-        )
-    })
-}
-
-/// The port of the master (not failed) that serves `slot` in `nodes`.
-fn serving_master(slot: u16, nodes: &str) -> Option<u16> {
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
-            continue;
-        }
-        let serves = fields[8..].iter().any(|range| {
-            let mut bounds = range
-                .split('-')
-                .filter_map(|bound| bound.parse::<u16>().ok());
-            match (bounds.next(), bounds.next()) {
-                (Some(low), Some(high)) => (low..=high).contains(&slot),
-                (Some(only), None) => only == slot,
-                _ => false,
-            }
-        });
-        if serves {
-            let address = fields[1].split('@').next().unwrap_or_default();
-            return address.rsplit(':').next()?.parse().ok();
-        }
-    }
-    None
-}
-
-/// The port of the master that serves `slot` once it is not `old`, or None
-/// if no replica took over within `within`.
-fn new_master_of(slot: u16, old: u16, within: Duration) -> Option<u16> {
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        match serving_master(slot, &cluster_nodes()) {
-            Some(port) if port != old => return Some(port),
-            _ => {}
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    None
 }
 
 /// The services wait for a replica's copy of every write that must survive
@@ -283,17 +194,6 @@ impl Drop for Resume {
     }
 }
 
-/// Sends `signal` (`-KILL`, `-STOP`, …) to the process whose pid `pid_file` holds.
-fn signal(signal: &str, pid_file: &str) {
-    let pid = std::fs::read_to_string(pid_file)
-        .unwrap_or_else(|error| panic!("{pid_file}: {error}; is the test cluster running?"));
-    let sent = Command::new("kill")
-        .args([signal, pid.trim()])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill {signal} {}", pid.trim());
-}
-
 /// Through Sentinel with `?wait_replicas=1`: the master's one replica stops
 /// answering for a while mid-run (SIGSTOP), so every write that must be
 /// replicated is applied on the master but refused (`NotReplicated`) — reports
@@ -323,34 +223,16 @@ async fn a_replica_that_stops_acknowledging_mid_run_holds_writes_back_and_loses_
     stack.teardown().await;
 }
 
-/// The test RabbitMQ cluster's nodes (`FLOTILLA_TEST_RABBITMQ_CLUSTER_URL`
-/// overrides), the first of which every service connects to.
-fn rabbitmq_cluster_url() -> String {
-    std::env::var("FLOTILLA_TEST_RABBITMQ_CLUSTER_URL").unwrap_or_else(|_| {
-        (1..=3)
-            .map(|node| format!("amqp://guest:guest@127.0.0.1:570{node}/%2f"))
-            .collect::<Vec<_>>()
-            .join(",")
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_node_killed_mid_run_loses_nothing_and_repeats_nothing() {
     log_warnings();
     let url = rabbitmq_cluster_url();
-    let first = std::net::SocketAddr::from(([127, 0, 0, 1], 5701));
-    if let Err(error) = std::net::TcpStream::connect_timeout(&first, Duration::from_secs(2)) {
-        panic!(
-            "this test needs the RabbitMQ cluster of scripts/rabbitmq-cluster ({}): {error}; run the tests with scripts/test, or start it with `scripts/rabbitmq-cluster start`",
-            protocol::redact_password(&url)
-        );
-    }
+    test_support::topologies::require_rabbitmq_cluster();
     let restart = RestartDeadNodes("rabbitmq-cluster");
     let mut stack = Stack::start_on_brokers(fleet(), &url).await;
     // The node every service is connected to (the first URL) dies: they
     // reconnect to the next, and the quorum queues elect leaders there.
-    let dir = std::env::var("FLOTILLA_RABBITMQ_CLUSTER_DIR")
-        .unwrap_or_else(|_| "/tmp/flotilla-rabbitmq-cluster".into());
+    let dir = test_support::topologies::rabbitmq_cluster_dir();
     scan_losing_something(&mut stack, "broker-node-loss", |_, _| {
         sigkill(&format!("{dir}/1/pid"));
     })

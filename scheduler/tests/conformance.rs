@@ -1500,15 +1500,13 @@ async fn a_rollout_admits_its_canary_locations_first(backend: &Backend) {
     );
 }
 
+/// Each try a webhook saw: its delivery id header and the status it answered.
+type Tries = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, u16)>>>;
+
 /// A webhook on loopback that answers `statuses` in turn (then 200), one
 /// request per connection, for at most 10 s; each request's
 /// `X-Flotilla-Delivery` header and the status it was answered.
-fn webhook(
-    statuses: &'static [u16],
-) -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, u16)>>>,
-) {
+fn webhook(statuses: &'static [u16]) -> (String, Tries) {
     use std::io::{Read as _, Write as _};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();

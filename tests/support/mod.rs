@@ -227,6 +227,13 @@ impl Stack {
         Self::start_in(profile, amqp_url, REDIS_URL, names).await
     }
 
+    /// A stack on the brokers of `amqp_url` (a RabbitMQ cluster) and the
+    /// Redis of `redis_url` (a Redis Cluster, say).
+    pub async fn start_on_clusters(profile: FleetProfile, amqp_url: &str, redis_url: &str) -> Self {
+        let names = Names::new(format!("flotilla-test-{}", Uuid::new_v4()));
+        Self::start_in(profile, amqp_url, redis_url, names).await
+    }
+
     /// [`Stack::start_with`] under the prefix of `names` (a Redis ACL names it).
     pub async fn start_named(profile: FleetProfile, redis_url: &str, names: Names) -> Self {
         Self::start_in(profile, AMQP_URL, redis_url, names).await
@@ -595,6 +602,16 @@ impl Stack {
             .find(|skewed| skewed.name == name)
             .map(|skewed| skewed.metrics_port)
             .unwrap_or_else(|| panic!("no skewed process named {name}"))
+    }
+
+    /// The name and process id of each process of [`Stack::spawn_service`]
+    /// and [`Stack::spawn_skewed`] still running.
+    pub fn process_ids(&self) -> Vec<(String, u32)> {
+        self.skews
+            .iter()
+            .zip(&self.processes)
+            .filter_map(|(skewed, child)| Some((skewed.name.clone(), child.id()?)))
+            .collect()
     }
 
     /// Panics if a process of [`Stack::spawn_skewed`] has exited.
