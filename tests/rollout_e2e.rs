@@ -440,6 +440,21 @@ impl Receiver {
     }
 }
 
+/// Checks `signature` (an `X-Flotilla-Signature` header) signs `body` under `key`.
+fn assert_signed(signature: Option<&str>, key: &[u8], body: &str) {
+    let signature = signature.expect("a signed JSON body");
+    let seconds: u64 = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert_eq!(
+        signature,
+        scheduler::notify::signature(key, seconds, body),
+        "the body is signed with the deployment's key"
+    );
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.server.abort();
@@ -493,17 +508,7 @@ async fn a_halted_run_posts_one_signed_notification_and_the_kill_switch_tells_th
     let hook = receiver.at("/hook");
     assert_eq!(hook.len(), 1, "one notification for the halt: {hook:#?}");
     let (signature, body) = &hook[0];
-    let signature = signature.as_deref().expect("a signed JSON body");
-    let seconds: u64 = signature
-        .strip_prefix("t=")
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|t| t.parse().ok())
-        .unwrap();
-    assert_eq!(
-        signature,
-        scheduler::notify::signature(&key, seconds, body),
-        "the body is signed with the deployment's key"
-    );
+    assert_signed(signature.as_deref(), &key, body);
     let json: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(json["event"], "halted");
     assert_eq!(json["run_id"], run_id.to_string());
@@ -646,16 +651,7 @@ async fn a_notification_in_retry_is_delivered_after_its_scheduler_is_killed() {
         json["reason"].as_str().unwrap().contains("incident 9"),
         "{json}"
     );
-    let signature = signature.expect("a signed JSON body");
-    let seconds: u64 = signature
-        .strip_prefix("t=")
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|t| t.parse().ok())
-        .unwrap();
-    assert_eq!(
-        signature,
-        scheduler::notify::signature(&key, seconds, &body)
-    );
+    assert_signed(signature.as_deref(), &key, &body);
 
     // The outbox kept the settled delivery (so its id is never queued
     // again), and no part of the webhook's URL.
