@@ -17,8 +17,10 @@
 //! runs 60) and `FLOTILLA_SOAK_ACCOUNTS` the fleet (accounts × 2 regions ×
 //! 8–12 instances; 20 unless set).
 //!
-//! Checked per scan: every target exactly one result, and no instance
-//! executed twice (the simulator's execution counts). At the end: the
+//! Checked per scan: every target exactly one result, none recorded as not
+//! run, and every instance executed exactly once (the simulator's execution
+//! counts, from where the last scan ended; after the last, every instance
+//! ran as many times as there were scans). At the end: the
 //! memory of the worker and the scheduler that were never killed is flat
 //! (peak RSS of the last quarter within 10% of the second quarter's), their
 //! open file descriptors do not grow (last quarter's most within 10 of the
@@ -150,6 +152,8 @@ struct Holdings {
     scan_keys: usize,
     /// Runs with keys.
     runs: usize,
+    /// Keys of every run.
+    run_keys: usize,
 }
 
 /// The deployment's queues (name → messages) as the RabbitMQ cluster counts them.
@@ -166,9 +170,16 @@ fn queues(prefix: &str) -> BTreeMap<String, u64> {
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter_map(|line| {
+        .map(|line| {
             let mut fields = line.split_whitespace();
-            Some((fields.next()?.to_string(), fields.next()?.parse().ok()?))
+            let name = fields.next().unwrap_or_default().to_string();
+            let messages = fields
+                .next()
+                .and_then(|count| count.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!("{script} queues: not `name messages consumers`: {line}")
+                });
+            (name, messages)
         })
         .collect()
 }
@@ -219,6 +230,7 @@ async fn holdings(stack: &Stack, scan: Option<Uuid>) -> Holdings {
             .and_then(|run_id| per_run.get(run_id.to_string().as_str()).copied())
             .unwrap_or(0),
         runs: per_run.len(),
+        run_keys: per_run.values().sum(),
     }
 }
 
@@ -245,11 +257,12 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
         .try_init();
     test_support::topologies::require_rabbitmq_cluster();
     let redis_url = test_support::topologies::cluster_url();
-    // Whatever happens, every node runs again afterwards.
-    let _broker_nodes = RestartDeadNodes("rabbitmq-cluster");
-    let _redis_nodes = RestartDeadNodes("redis-topologies");
     let mut stack =
         Stack::start_on_clusters(fleet(plan.accounts), &rabbitmq_cluster_url(), &redis_url).await;
+    // Whatever happens, every node runs again afterwards — before the
+    // stack's cleanup (dropped after these) purges its queues and keys.
+    let _broker_nodes = RestartDeadNodes("rabbitmq-cluster");
+    let _redis_nodes = RestartDeadNodes("redis-topologies");
     let targets = stack.fleet_instance_ids().len();
     // Only processes serve: SIGKILL is what is tried.
     stack.kill_scheduler();
@@ -269,8 +282,8 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
     let mut summary = String::new();
     writeln!(
         summary,
-        "soak: {} min, {targets} targets per scan ({} accounts × 2 regions), faults: a worker every {:?}, a scheduler every {:?}, a RabbitMQ node every {:?}, a Redis failover every {:?}",
-        plan.length.as_secs() / 60,
+        "soak: {:.1} min, {targets} targets per scan ({} accounts × 2 regions), faults: a worker every {:?}, a scheduler every {:?}, a RabbitMQ node every {:?}, a Redis failover every {:?}",
+        plan.length.as_secs_f64() / 60.0,
         plan.accounts,
         plan.worker_every,
         plan.scheduler_every,
@@ -299,6 +312,7 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
     let mut scans = 0;
     let mut current: Option<Scan> = None;
     let mut last_scan = None;
+    let mut ended_with = None;
     loop {
         let now = Instant::now();
         // Start the next scan, or end once the time is up and the last is done.
@@ -306,7 +320,9 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
             if now - began >= plan.length {
                 break;
             }
-            let before = stack.executions();
+            // The counts the last scan ended with: a command sent between two
+            // scans counts against the next.
+            let before = ended_with.take().unwrap_or_else(|| stack.executions());
             // A scheduler connected now: one connected before may have lost
             // its RabbitMQ node (the serving processes reconnect by themselves).
             let run_id = loop {
@@ -366,16 +382,13 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
                     );
                     let after = stack.executions();
                     let fleet = &stack.sim.state.fleet;
-                    let executed: HashMap<String, u32> = after
-                        .iter()
-                        .map(|(key, count)| {
-                            (
-                                fleet.instance_id(key.0),
-                                count - before.get(key).copied().unwrap_or(0),
-                            )
-                        })
-                        .filter(|(_, delta)| *delta > 0)
-                        .collect();
+                    let mut executed: HashMap<String, u32> = HashMap::new();
+                    for (key, count) in &after {
+                        let delta = count - before.get(key).copied().unwrap_or(0);
+                        if delta > 0 {
+                            *executed.entry(fleet.instance_id(key.0)).or_default() += delta;
+                        }
+                    }
                     let not_once: Vec<String> = records
                         .iter()
                         .filter(|record| executed.get(&record.instance_id) != Some(&1))
@@ -397,9 +410,19 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
                         "scan {scans}: every instance executed once; {} executed, not once: {not_once:#?}",
                         executed.len()
                     );
+                    // Executed once, so never recorded as not run.
+                    let mut statuses: BTreeMap<&str, usize> = BTreeMap::new();
+                    for record in &records {
+                        *statuses.entry(record.status.as_str()).or_default() += 1;
+                    }
+                    assert!(
+                        !statuses.contains_key("NotStarted") && !statuses.contains_key("Cancelled"),
+                        "scan {scans}: targets executed but recorded as not run: {statuses:?}"
+                    );
+                    ended_with = Some(after);
                     let held = holdings(&stack, Some(*run_id)).await;
                     let line = format!(
-                        "scan {scans}: {targets} targets in {:.0} s, one result each, executed once each; kills so far: {worker_kills} workers, {scheduler_kills} schedulers, {node_losses} RabbitMQ nodes, {failovers} Redis failovers; {held:?}",
+                        "scan {scans}: {targets} targets in {:.0} s, one result each ({statuses:?}), executed once each; kills so far: {worker_kills} workers, {scheduler_kills} schedulers, {node_losses} RabbitMQ nodes, {failovers} Redis failovers; {held:?}",
                         took.as_secs_f64()
                     );
                     eprintln!("{line}");
@@ -492,6 +515,14 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
                 if let Err(why) = outage.done.join().unwrap() {
                     panic!("{}: {why}", outage.what);
                 }
+                // A fault held back by this one comes after 20 s of calm,
+                // not at once.
+                let calm = Instant::now() + Duration::from_secs(20);
+                if outage.what.starts_with("RabbitMQ") {
+                    next_broker = next_broker.max(calm);
+                } else {
+                    next_redis = next_redis.max(calm);
+                }
             } else {
                 still.push(outage);
             }
@@ -500,6 +531,9 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
         // Memory and descriptors of every service, every 5 s.
         if now >= next_sample {
             next_sample += Duration::from_secs(5);
+            // A steady process that died (a leak ending in an OOM kill)
+            // fails here, not by leaving its quarters unsampled.
+            stack.assert_processes_running();
             let quarter = quarter_of(now);
             for (name, pid) in stack.process_ids() {
                 let service = if name.ends_with("-steady") {
@@ -512,12 +546,19 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
                 };
                 quarters.sample(quarter, service, pid);
             }
-            for node in 1..=3 {
+            // Not while a node is down: its pid file names a dead process.
+            let broker_down = outages
+                .iter()
+                .any(|outage| outage.what.starts_with("RabbitMQ"));
+            let redis_down = outages
+                .iter()
+                .any(|outage| outage.what.starts_with("Redis"));
+            for node in (1..=3).filter(|_| !broker_down) {
                 if let Some(pid) = pid_in(&format!("{}/{node}/pid", rabbitmq_cluster_dir())) {
                     quarters.sample(quarter, format!("rabbitmq node {node}"), pid);
                 }
             }
-            for port in 7101..=7106 {
+            for port in (7101..=7106).filter(|_| !redis_down) {
                 if let Some(pid) = pid_in(&format!("{}/{port}.pid", topologies_dir())) {
                     quarters.sample(quarter, format!("redis {port}"), pid);
                 }
@@ -536,6 +577,10 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
         }
     }
     assert!(scans >= 2, "at least two scans in {:?}", plan.length);
+    assert!(
+        scheduler_kills >= 1 && node_losses >= 1 && failovers >= 1,
+        "every kind of fault happened: {scheduler_kills} schedulers, {node_losses} RabbitMQ nodes, {failovers} Redis failovers"
+    );
 
     // The queues drain once nothing runs (late duplicates are acked as such).
     let drained = Instant::now();
@@ -545,6 +590,17 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
         last = holdings(&stack, last_scan).await;
     }
     let first = first_holdings.expect("a first scan");
+    // Nothing ran again after its scan, the drain included.
+    let twice: Vec<_> = stack
+        .executions()
+        .into_iter()
+        .filter(|(_, count)| *count as usize != scans)
+        .map(|(key, count)| (stack.sim.state.fleet.instance_id(key.0), count))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "after {scans} scans, instances executed another number of times: {twice:?}"
+    );
     writeln!(
         summary,
         "totals: {scans} scans of {targets} targets ({} results, each exactly once), {worker_kills} workers and {scheduler_kills} schedulers SIGKILLed, {node_losses} RabbitMQ nodes lost, {failovers} Redis failovers",
@@ -558,7 +614,7 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
     .unwrap();
     writeln!(
         summary,
-        "peak RSS (MiB) per quarter, and the most open descriptors:"
+        "peak RSS (MiB) per quarter, and the most open descriptors (the -steady rows are checked; the others are peaks over the processes that served in turn):"
     )
     .unwrap();
     for (service, peaks) in &quarters.rss_kib {
@@ -585,6 +641,10 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
     for service in ["worker-steady", "scheduler-steady"] {
         let peaks = quarters.rss_kib[service];
         assert!(
+            peaks[1] > 0 && peaks[3] > 0,
+            "{service}: sampled in the second and last quarters\n{summary}"
+        );
+        assert!(
             peaks[3] as f64 <= peaks[1] as f64 * 1.10,
             "{service}: memory grew: peak RSS {} KiB in the last quarter, {} KiB in the second\n{summary}",
             peaks[3],
@@ -609,6 +669,11 @@ async fn a_soak_of_back_to_back_scans_under_faults_loses_nothing_and_repeats_not
     assert!(
         last.other_keys <= first.other_keys,
         "Redis grew keys outside the runs'\n{summary}"
+    );
+    assert!(
+        last.runs <= scans && last.run_keys <= scans * (first.scan_keys + 5),
+        "runs hold more keys than {scans} scans of {} keys each\n{summary}",
+        first.scan_keys
     );
     // A run's keys vary by a few with what befell it (a job's command
     // record kept for a redelivery, a wait note); they must not grow with time.
