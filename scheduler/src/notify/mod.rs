@@ -67,25 +67,21 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         use redis::AsyncCommands as _;
         let plan = self.plan(run_id).await?;
-        let campaign_hooks = plan
-            .campaign
-            .notify
-            .iter()
-            .map(WebhookRef::campaign_hook as fn(&NotifySpec) -> WebhookRef);
-        let default_hooks = self
-            .config()
-            .notify
-            .defaults
-            .iter()
-            .map(WebhookRef::default_hook as fn(&NotifySpec) -> WebhookRef);
+        let wants = |spec: &&NotifySpec| spec.on.contains(&event);
         let targets: Vec<WebhookRef> = plan
             .campaign
             .notify
             .iter()
-            .zip(campaign_hooks)
-            .chain(self.config().notify.defaults.iter().zip(default_hooks))
-            .filter(|(spec, _)| spec.on.contains(&event))
-            .map(|(_, hook)| hook)
+            .filter(wants)
+            .map(WebhookRef::campaign_hook)
+            .chain(
+                self.config()
+                    .notify
+                    .defaults
+                    .iter()
+                    .filter(wants)
+                    .map(WebhookRef::default_hook),
+            )
             .collect();
         if targets.is_empty() {
             return Ok(());

@@ -170,8 +170,8 @@ impl Scheduler {
     }
 
     /// One round of the delivery loop: takes the deliveries due now (at
-    /// most 16) and tries each once; how many it took. `serve` runs it every
-    /// second and whenever this replica queues one.
+    /// most 16) and tries each once; how many it took. The loop of `run_with`
+    /// runs it every second and whenever this replica queues one.
     pub async fn deliver_due_notifications(&self) -> Result<usize, SchedulerError> {
         let names = self.ledger().names();
         let now = now_ms();
