@@ -682,6 +682,152 @@ async fn a_notification_in_retry_is_delivered_after_its_scheduler_is_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_is_sent_only_while_the_window_its_tag_names_is_open() {
+    // `short` opens every minute for 20 s: [hh:mm:00, hh:mm:20); `always`
+    // is always open; `none` names no window.
+    const SHORT_MS: u64 = 20_000;
+    let mut profile = support::slow_single_location(30);
+    profile.tags = [(
+        "PatchWindow".to_string(),
+        vec!["always".into(), "short".into(), "none".into()],
+    )]
+    .into();
+    let mut stack = Stack::start(profile).await;
+    let always = stack.instances_tagged("PatchWindow", "always");
+    let short = stack.instances_tagged("PatchWindow", "short");
+    let none = stack.instances_tagged("PatchWindow", "none");
+    assert!(
+        !always.is_empty() && !short.is_empty() && !none.is_empty(),
+        "the fleet has instances in each: {} always, {} short, {} none",
+        always.len(),
+        short.len(),
+        none.len()
+    );
+    stack.spawn_worker("worker-a", 8);
+    let campaign = stack.campaign(
+        "per-target-windows",
+        format!(
+            "{}window_tag: PatchWindow\nwindows:\n  - name: always\n    schedule: rate(1 minute)\n    duration: 2m\n  - name: short\n    schedule: rate(1 minute)\n    duration: 20s\n",
+            support::one_step(
+                "  max_concurrency: 4\n  max_errors: 0\n  location_concurrency: 100%\n"
+            )
+        ),
+    );
+    // Start 25-32 s into a minute: `short` is closed for the next 28 s.
+    let into_minute = support::now_unix_ms() % 60_000;
+    if !(25_000..32_000).contains(&into_minute) {
+        tokio::time::sleep(Duration::from_millis(
+            (60_000 + 25_000 - into_minute) % 60_000,
+        ))
+        .await;
+    }
+    let started_ms = support::now_unix_ms();
+    let run_id = stack.start_run(&campaign).await;
+    let started = tokio::time::Instant::now();
+
+    // The scheduler parks `short`'s batches. One of them also reaches a
+    // worker now, as a batch admitted just before its window closed would:
+    // the worker holds it until the window opens (and the scheduler's own
+    // copy later finds it sent: the same job, sent once).
+    let parked = loop {
+        let waiting = stack
+            .scheduler
+            .ledger()
+            .never_started(run_id)
+            .await
+            .unwrap();
+        if let Some(entry) = waiting.into_iter().find(|entry| entry.window == Some(2)) {
+            break entry;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no batch of the closed window was parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let plan = stack.scheduler.plan(run_id).await.unwrap();
+    let early = protocol::envelope::seal(
+        &plan.execute_job(&parked).unwrap(),
+        stack.keys.scheduler.signer().unwrap(),
+        protocol::job::UnixMillis::now(),
+    )
+    .unwrap();
+    let publisher = broker::Broker::connect(&stack.amqp_url, stack.names.clone(), "early")
+        .await
+        .unwrap();
+    publisher
+        .publish_sealed_job(protocol::job::Priority::Bulk, &early)
+        .await
+        .unwrap();
+    publisher.close().await;
+
+    let progress = loop {
+        let progress = stack.scheduler.progress(run_id).await.unwrap();
+        if progress.finished {
+            break progress;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the run did not finish: {progress:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(progress.state, RunState::Completed, "{progress:#?}");
+
+    // Every instance in a window ran once; none of the others ran.
+    for id in always.iter().chain(&short) {
+        assert_eq!(stack.runs_on(id), 1, "{id} ran once");
+    }
+    for id in &none {
+        assert_eq!(stack.runs_on(id), 0, "{id} names no window and never ran");
+    }
+    let commands = stack.commands();
+    let first_opening = started_ms - started_ms % 60_000 + 60_000;
+    for command in &commands {
+        let in_short = command
+            .instance_ids
+            .iter()
+            .filter(|id| short.contains(id))
+            .count();
+        assert!(
+            in_short == 0 || in_short == command.instance_ids.len(),
+            "a batch is of one window: {:?}",
+            command.instance_ids
+        );
+        if in_short > 0 {
+            // A send decided just before the close may reach the simulator a
+            // few milliseconds after it.
+            assert!(
+                command.received_unix_ms >= first_opening
+                    && command.received_unix_ms % 60_000 < SHORT_MS + 500,
+                "{:?} sent outside their window, {} ms into the minute (run started {} ms into it)",
+                command.instance_ids,
+                command.received_unix_ms % 60_000,
+                started_ms % 60_000
+            );
+        }
+    }
+    assert!(
+        commands
+            .iter()
+            .any(|command| command.received_unix_ms < first_opening),
+        "the open window's instances did not wait for the closed one"
+    );
+
+    // One result per target; the instances without a window are told why.
+    let records = stack.records(run_id);
+    assert_eq!(records.len(), always.len() + short.len() + none.len());
+    for record in records.iter().filter(|r| none.contains(&r.instance_id)) {
+        assert_eq!(record.status, "Not Started", "{record:?}");
+        assert!(
+            record.output.contains("PatchWindow") && record.output.contains("always, short"),
+            "the result names the tag and the windows: {record:?}"
+        );
+    }
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_that_closes_mid_run_stops_sends_until_the_next_one_opens() {
     // Windows open every minute for 50 s: [hh:mm:00, hh:mm:50).
     const WINDOW_MS: u64 = 50_000;

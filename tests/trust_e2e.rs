@@ -76,6 +76,7 @@ async fn forged_tampered_replayed_and_mismatched_jobs_are_dead_lettered_and_neve
         batch_id: 7_000,
         step_index: 0,
         instance_ids: vec!["i-00000000000000001".into()],
+        window: None,
     };
     let genuine = plan.execute_job(&batch).unwrap();
     let scheduler_key = stack.keys.scheduler.signer().unwrap().clone();
@@ -815,6 +816,7 @@ async fn a_forged_discovery_cannot_add_hosts_outside_the_campaign() {
                 instance_id: id.clone(),
                 platform: None,
                 online: true,
+                window: None,
             })
             .collect(),
         last_page: true,

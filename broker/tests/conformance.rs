@@ -218,6 +218,7 @@ fn job(priority: Priority) -> Job {
         },
         page: 0,
         next_token: None,
+        window_tag: None,
     })
 }
 

@@ -143,6 +143,7 @@ fn job() -> Job {
         },
         page: 0,
         next_token: None,
+        window_tag: None,
     })
 }
 

@@ -28,7 +28,9 @@ const MAGIC: &[u8; 3] = b"FLT";
 /// Version 4: an Execute job carries the selection its batch is re-checked
 /// against; a selection may be tagged instances narrowed by an event.
 /// Version 5: a step carries the document version SendCommand runs.
-pub const FORMAT_VERSION: u8 = 5;
+/// Version 6: per-target windows — a Discover job carries the window tag, a
+/// discovered target its window, an Execute job its batch's window.
+pub const FORMAT_VERSION: u8 = 6;
 /// Magic, version, kind, signed-at, key id length: what precedes the key id.
 const HEADER_LEN: usize = MAGIC.len() + 2 + 8 + 1;
 /// No job or report comes close; a larger declared size is garbage.

@@ -151,6 +151,64 @@ pub struct DiscoverJob {
     /// 0 for the first page.
     pub page: u32,
     pub next_token: Option<String>,
+    /// Per-target windows: which tag names each instance's window, and the
+    /// windows' names (the worker says which each target is in).
+    pub window_tag: Option<WindowTag>,
+}
+
+/// A campaign's per-target windows, as discovery needs them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowTag {
+    pub tag: String,
+    /// The windows' names, in the campaign's order.
+    pub names: Vec<String>,
+}
+
+/// The maintenance window of a batch's instances (`window_tag` campaigns):
+/// the worker sends only while it is open, by its own clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetWindow {
+    /// Their tag `tag` says `name`: sent only while that window is open.
+    Named {
+        tag: String,
+        name: String,
+        /// `cron(…)` or `rate(…)`, validated when the campaign was.
+        schedule: String,
+        /// IANA name.
+        timezone: String,
+        duration_ms: u64,
+    },
+    /// They have no tag `tag` naming one of the windows `names`: never sent.
+    Untagged { tag: String, names: Vec<String> },
+}
+
+impl TargetWindow {
+    /// Where the window stands at `now`; Err for a window that cannot be
+    /// read (it is then closed for good: fail closed) or an untagged batch.
+    pub fn state_at(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<crate::campaign::WindowState, String> {
+        match self {
+            Self::Named {
+                schedule,
+                timezone,
+                duration_ms,
+                ..
+            } => {
+                let window = crate::campaign::MaintenanceWindow {
+                    name: None,
+                    schedule: crate::schedule::Schedule::parse(schedule, Some(timezone))?,
+                    duration: std::time::Duration::from_millis(*duration_ms),
+                };
+                Ok(window.state_at(now))
+            }
+            Self::Untagged { tag, names } => Err(format!(
+                "not sent: the instance has no tag {tag:?} naming one of the campaign's maintenance windows ({})",
+                names.join(", ")
+            )),
+        }
+    }
 }
 
 /// Up to 50 targets of one location: one SendCommand.
@@ -181,6 +239,9 @@ pub struct ExecuteJob {
     /// DescribeInstanceInformation) right before SendCommand, sending only to
     /// the instances that still match. `None` for read-only steps.
     pub recheck: Option<crate::campaign::TargetSelection>,
+    /// Per-target windows: the batch's instances' window; `None` without
+    /// `window_tag` (the run's own windows, if any, hold every batch).
+    pub window: Option<TargetWindow>,
 }
 
 impl ExecuteJob {

@@ -285,6 +285,12 @@ impl Names {
         format!("{}:run:{{{run_id}}}:pending", self.prefix)
     }
 
+    /// Per-target windows: batches whose window is closed, scored by the
+    /// window's index (from 1), taken again when it opens.
+    pub fn run_parked_key(&self, run_id: Uuid) -> String {
+        format!("{}:run:{{{run_id}}}:parked", self.prefix)
+    }
+
     /// Batches admitted and not yet reported: what a restarted scheduler re-publishes.
     pub fn run_admitted_key(&self, run_id: Uuid) -> String {
         format!("{}:run:{{{run_id}}}:admitted", self.prefix)
@@ -310,8 +316,8 @@ impl Names {
         format!("{}:run:{{{run_id}}}:discovering", self.prefix)
     }
 
-    /// The ten keys every run script gets, in the order of `run_prelude.lua`.
-    pub fn run_script_keys(&self, run_id: Uuid) -> [String; 10] {
+    /// The eleven keys every run script gets, in the order of `run_prelude.lua`.
+    pub fn run_script_keys(&self, run_id: Uuid) -> [String; 11] {
         [
             self.run_key(run_id),
             self.run_locations_key(run_id),
@@ -323,6 +329,7 @@ impl Names {
             self.run_counters_key(run_id),
             self.run_ready_key(run_id),
             self.run_discovering_key(run_id),
+            self.run_parked_key(run_id),
         ]
     }
 
@@ -472,6 +479,7 @@ mod tests {
             names.run_location_state_key(run_id),
             names.run_pages_key(run_id),
             names.run_pending_key(run_id),
+            names.run_parked_key(run_id),
             names.run_admitted_key(run_id),
             names.run_applied_key(run_id),
         ] {

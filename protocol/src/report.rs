@@ -51,6 +51,9 @@ pub struct DiscoveredTarget {
     pub instance_id: String,
     pub platform: Option<Platform>,
     pub online: bool,
+    /// Per-target windows: the window the instance's `window_tag` tag names
+    /// (one of the campaign's); None without `window_tag`, or when it names none.
+    pub window: Option<String>,
 }
 
 /// The location cannot be worked on as a whole (counts against location_max_errors).

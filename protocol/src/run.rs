@@ -126,6 +126,11 @@ pub struct RunContract {
     pub targets: String,
     /// Per step, in order: document, parameters, timeout, name.
     pub steps: Vec<String>,
+    /// Per-target windows: every window a batch may carry (each named one
+    /// and the untagged); empty without `window_tag`, and then no batch
+    /// may carry one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<String>,
 }
 
 fn digest<T: Serialize>(value: &T) -> String {
@@ -161,11 +166,13 @@ impl RunContract {
         context: &crate::job::RunContext,
         targets: &crate::campaign::TargetSelection,
         steps: &[crate::campaign::Step],
+        windows: &[crate::job::TargetWindow],
     ) -> Self {
         Self {
             context: digest(context),
             targets: digest(targets),
             steps: steps.iter().map(step_digest).collect(),
+            windows: windows.iter().map(digest).collect(),
         }
     }
 
@@ -199,6 +206,13 @@ impl RunContract {
             && digest(recheck) != self.targets
         {
             return Err("the target selection it re-checks against differs".into());
+        }
+        let window_allowed = match &execute.window {
+            None => self.windows.is_empty(),
+            Some(window) => self.windows.contains(&digest(window)),
+        };
+        if !window_allowed {
+            return Err("its maintenance window differs from the run's windows".into());
         }
         let index = usize::from(execute.step_index);
         match self.steps.get(index) {

@@ -63,6 +63,11 @@ pub struct CampaignSpec {
     /// Maintenance windows: commands are sent only while one is open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowSpec>,
+    /// Per-target windows: the instance tag whose value names the window
+    /// (`windows[].name`) each instance is sent in. Every window then needs
+    /// a name; an instance without the tag, or naming no window, is not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_tag: Option<String>,
     /// Step parameters a run may be started with other values of
     /// (`flotilla run start --param KEY=VALUE`); none when empty. A changed
     /// value of a campaign under the two-person rule needs a new approved
@@ -76,6 +81,10 @@ pub struct CampaignSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
+    /// What an instance's `window_tag` tag says to be sent in this window
+    /// (a tag value); optional without `window_tag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `cron(…)` or `rate(…)`, as a campaign's schedule.
     pub schedule: String,
     /// `4h`, `90m`; 10s to 7d.

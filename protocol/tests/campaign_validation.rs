@@ -1090,3 +1090,113 @@ fn notify_takes_https_webhooks_and_run_events() {
         "unknown variant",
     );
 }
+
+const TWO_WINDOWS: &str = r#"
+  - name: sun-02
+    schedule: cron(0 2 ? * SUN *)
+    duration: 4h
+  - name: wed-22
+    schedule: cron(0 22 ? * WED *)
+    duration: 2h
+    timezone: Europe/Berlin"#;
+
+#[test]
+fn per_target_windows_name_each_window_by_a_tag_value() {
+    let campaign = valid(&[
+        ("window_tag", "PatchWindow"),
+        ("windows", TWO_WINDOWS),
+        ("rate_control", "{ location_concurrency: \"100%\" }"),
+    ]);
+    assert_eq!(campaign.window_tag.as_deref(), Some("PatchWindow"));
+    let tag = campaign.window_tag().unwrap();
+    assert_eq!(tag.names, vec!["sun-02".to_string(), "wed-22".to_string()]);
+    // Sunday 2026-12-06 03:00 UTC: sun-02 open, wed-22 closed.
+    let sunday = chrono::DateTime::parse_from_rfc3339("2026-12-06T03:00:00Z")
+        .unwrap()
+        .to_utc();
+    assert_eq!(campaign.open_target_windows(sunday), vec![true, false]);
+    let window = campaign.target_window(Some(1)).unwrap();
+    assert!(
+        matches!(&window, protocol::job::TargetWindow::Named { name, timezone, .. }
+            if name == "wed-22" && timezone == "Europe/Berlin"),
+        "{window:?}"
+    );
+    // What the worker reads back is what the scheduler meant: Wednesday
+    // 22:00 Berlin is 21:00 UTC.
+    let opens = window.state_at(sunday).unwrap().changes_at().unwrap();
+    assert_eq!(opens.to_rfc3339(), "2026-12-09T21:00:00+00:00");
+    assert!(
+        campaign
+            .target_window(None)
+            .unwrap()
+            .state_at(sunday)
+            .is_err(),
+        "an instance in no window is never sent"
+    );
+    // The next change of any window: sun-02 closes at 06:00.
+    assert_eq!(
+        campaign.next_window_change(sunday).unwrap().to_rfc3339(),
+        "2026-12-06T06:00:00+00:00"
+    );
+    assert!(
+        valid(&[("windows", TWO_WINDOWS)])
+            .open_target_windows(sunday)
+            .is_empty(),
+        "names without window_tag are labels only"
+    );
+}
+
+#[test]
+fn per_target_windows_need_named_windows_every_location_and_no_waves() {
+    let all_locations = ("rate_control", "{ location_concurrency: \"100%\" }");
+    rejects(
+        &[("window_tag", "PatchWindow"), all_locations],
+        "window_tag",
+        "needs windows",
+    );
+    rejects(
+        &[
+            ("window_tag", "PatchWindow"),
+            ("windows", "\n  - schedule: rate(1 day)\n    duration: 1h"),
+            all_locations,
+        ],
+        "windows[0].name",
+        "is required with window_tag",
+    );
+    rejects(
+        &[
+            ("window_tag", "PatchWindow"),
+            (
+                "windows",
+                "\n  - name: a\n    schedule: rate(1 day)\n    duration: 1h\n  - name: a\n    schedule: rate(2 days)\n    duration: 1h",
+            ),
+            all_locations,
+        ],
+        "windows[1].name",
+        "\"a\" names two windows",
+    );
+    rejects(
+        &[
+            ("window_tag", "tag:PatchWindow"),
+            ("windows", TWO_WINDOWS),
+            all_locations,
+        ],
+        "window_tag",
+        "without the \"tag:\" prefix",
+    );
+    rejects(
+        &[("window_tag", "PatchWindow"), ("windows", TWO_WINDOWS)],
+        "rate_control.location_concurrency",
+        "must be 100% with window_tag, got 1 (the default)",
+    );
+    rejects(
+        &[
+            ("window_tag", "PatchWindow"),
+            ("windows", TWO_WINDOWS),
+            all_locations,
+            ("rollout", "\n  waves: [1, \"100%\"]"),
+        ],
+        "window_tag",
+        "cannot be combined with rollout",
+    );
+}

@@ -14,7 +14,8 @@ use protocol::campaign::{
 };
 use protocol::envelope::{self, EnvelopeError, FORMAT_VERSION, Message};
 use protocol::job::{
-    Batch, DiscoverJob, ExecuteJob, Location, PollJob, Priority, RunContext, UnixMillis,
+    Batch, DiscoverJob, ExecuteJob, Location, PollJob, Priority, RunContext, TargetWindow,
+    UnixMillis, WindowTag,
 };
 use protocol::report::{
     DiscoveredTarget, LocationFailed, LocationFailure, PatchCompliance, PatchOperation,
@@ -159,6 +160,25 @@ fn batch() -> impl Strategy<Value = Batch> {
     })
 }
 
+fn window_tag() -> impl Strategy<Value = WindowTag> {
+    (text(), vec(text(), 0..10)).prop_map(|(tag, names)| WindowTag { tag, names })
+}
+
+fn target_window() -> impl Strategy<Value = TargetWindow> {
+    prop_oneof![
+        (text(), text(), text(), text(), any::<u64>()).prop_map(
+            |(tag, name, schedule, timezone, duration_ms)| TargetWindow::Named {
+                tag,
+                name,
+                schedule,
+                timezone,
+                duration_ms,
+            }
+        ),
+        (text(), vec(text(), 0..10)).prop_map(|(tag, names)| TargetWindow::Untagged { tag, names }),
+    ]
+}
+
 fn execute_job() -> impl Strategy<Value = ExecuteJob> {
     (
         uuid(),
@@ -169,6 +189,7 @@ fn execute_job() -> impl Strategy<Value = ExecuteJob> {
         step(),
         any::<bool>(),
         option::of(target_selection()),
+        option::of(target_window()),
     )
         .prop_map(
             |(
@@ -180,6 +201,7 @@ fn execute_job() -> impl Strategy<Value = ExecuteJob> {
                 step,
                 collect_patch_compliance,
                 recheck,
+                window,
             )| {
                 ExecuteJob {
                     job_id,
@@ -190,6 +212,7 @@ fn execute_job() -> impl Strategy<Value = ExecuteJob> {
                     step,
                     collect_patch_compliance,
                     recheck,
+                    window,
                 }
             },
         )
@@ -203,17 +226,21 @@ fn job() -> impl Strategy<Value = Job> {
             location(),
             target_selection(),
             any::<u32>(),
-            option::of(text())
+            option::of(text()),
+            option::of(window_tag())
         )
             .prop_map(
-                |(job_id, run, location, targets, page, next_token)| Job::Discover(DiscoverJob {
-                    job_id,
-                    run,
-                    location,
-                    targets,
-                    page,
-                    next_token,
-                })
+                |(job_id, run, location, targets, page, next_token, window_tag)| Job::Discover(
+                    DiscoverJob {
+                        job_id,
+                        run,
+                        location,
+                        targets,
+                        page,
+                        next_token,
+                        window_tag,
+                    }
+                )
             ),
         execute_job().prop_map(Job::Execute),
         (
@@ -308,7 +335,12 @@ fn report() -> impl Strategy<Value = Report> {
             location(),
             any::<u32>(),
             vec(
-                ("i-[0-9a-f]{8}", option::of(platform()), any::<bool>()),
+                (
+                    "i-[0-9a-f]{8}",
+                    option::of(platform()),
+                    any::<bool>(),
+                    option::of(text())
+                ),
                 0..50
             ),
             any::<bool>()
@@ -320,10 +352,11 @@ fn report() -> impl Strategy<Value = Report> {
                     page,
                     targets: targets
                         .into_iter()
-                        .map(|(instance_id, platform, online)| DiscoveredTarget {
+                        .map(|(instance_id, platform, online, window)| DiscoveredTarget {
                             instance_id,
                             platform,
                             online,
+                            window,
                         })
                         .collect(),
                     last_page,
@@ -455,6 +488,7 @@ fn sample_job() -> Job {
         },
         page: 0,
         next_token: None,
+        window_tag: None,
     })
 }
 

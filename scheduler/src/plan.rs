@@ -40,12 +40,18 @@ impl RunPlan {
             targets: self.targets.clone(),
             page: 0,
             next_token: None,
+            window_tag: self.campaign.window_tag(),
         })
     }
 
     /// What every job of this run is, for workers to check jobs against.
     pub fn contract(&self) -> protocol::run::RunContract {
-        protocol::run::RunContract::new(&self.context, &self.targets, &self.campaign.steps)
+        protocol::run::RunContract::new(
+            &self.context,
+            &self.targets,
+            &self.campaign.steps,
+            &self.campaign.target_windows(),
+        )
     }
 
     pub fn execute_job(&self, entry: &BatchEntry) -> Result<Job, SchedulerError> {
@@ -84,6 +90,9 @@ impl RunPlan {
                 .copied()
                 .unwrap_or(true)
                 .then(|| self.targets.clone()),
+            window: self
+                .campaign
+                .target_window(entry.window.and_then(|w| usize::from(w).checked_sub(1))),
         }))
     }
 }

@@ -5,6 +5,12 @@
 //! scheduler notices. The scheduler's ticker (every replica; the runs are
 //! indexed by when to look at them next) moves a run Running ⇄
 //! OutsideWindow as windows close and open, and keeps `send_until_ms` current.
+//!
+//! Per-target windows (`window_tag`): the run's windows together hold the
+//! run as above; each batch also carries its instances' own window, which
+//! the admission keeps to (a batch of a closed window is parked until it
+//! opens: the ticker admits at every window's opening and closing) and the
+//! worker checks right before SendCommand.
 
 use chrono::Utc;
 use protocol::Campaign;
@@ -36,6 +42,19 @@ pub fn send_until(campaign: &Campaign, now_ms: u64) -> Option<u64> {
         WindowState::Open { until } => millis(until),
         WindowState::Closed { .. } => 0,
     })
+}
+
+/// Per-target windows: whether each of the campaign's windows is open at
+/// `now_ms` (empty without `window_tag`).
+pub fn open_target_windows(campaign: &Campaign, now_ms: u64) -> Vec<bool> {
+    match i64::try_from(now_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+    {
+        Some(now) => campaign.open_target_windows(now),
+        // An instant no clock gives: every window closed (fail closed).
+        None => vec![false; campaign.windows.len()],
+    }
 }
 
 impl Scheduler {
@@ -91,6 +110,14 @@ impl Scheduler {
                 {
                     tracing::info!(%run_id, "maintenance window opened");
                     self.advance(run_id).await?;
+                } else if plan.campaign.window_tag.is_some() && state == RunState::Running {
+                    // Per-target windows: one opened (its parked batches are
+                    // admitted) or closed (its waiting batches are parked).
+                    self.advance(run_id).await?;
+                }
+                if plan.campaign.window_tag.is_some() {
+                    let next = plan.campaign.next_window_change(now).unwrap_or(until);
+                    return Ok(Some(millis(next)));
                 }
                 Ok(Some(millis(until)))
             }

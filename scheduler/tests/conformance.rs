@@ -16,7 +16,7 @@ use protocol::job::Location;
 use protocol::names::Names;
 use protocol::run::RunState;
 use protocol::{Campaign, SpecFormat};
-use scheduler::ledger::{BatchEntry, Ledger, NewRun, location_key};
+use scheduler::ledger::{BatchEntry, Ledger, NewRun, WindowGroup, location_key};
 use scheduler::{Scheduler, SchedulerConfig};
 use store::RedisStore;
 use uuid::Uuid;
@@ -202,6 +202,7 @@ conformance!(
     one_replica_holds_the_schedule_lease,
     the_admission_after_the_last_results_completes_the_run_also_outside_its_window,
     a_queued_notification_is_retried_by_any_replica_and_delivered_once,
+    batches_of_a_closed_window_wait_parked_until_it_opens,
 );
 
 fn location(account: u32) -> Location {
@@ -333,6 +334,118 @@ async fn the_admission_after_the_last_results_completes_the_run_also_outside_its
             "ended_ms set with the completion only"
         );
     }
+}
+
+/// Per-target windows: a page's instances are batched by window; a batch
+/// of a closed window is parked, not admitted, until its window opens; a
+/// later step stays in its batch's window; parked batches are among what a
+/// stopped run never started.
+async fn batches_of_a_closed_window_wait_parked_until_it_opens(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let run_id = Uuid::new_v4();
+    let location = location(111_122_223);
+    ledger
+        .create_run(run_id, &new_run(1, 0), std::slice::from_ref(&location))
+        .await
+        .unwrap();
+    let page = ids(1, 7);
+    let group = |window: u16, range: std::ops::Range<usize>| WindowGroup {
+        window,
+        instance_ids: page[range].to_vec(),
+    };
+    let recorded = ledger
+        .record_windowed_page(
+            run_id,
+            &location,
+            0,
+            vec![group(0, 0..1), group(1, 1..3), group(2, 3..7)],
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(recorded.all_discovered);
+    // Batches of up to two, room for every target.
+    let state = ledger
+        .start_execution(run_id, 100, 2, 10, 7, None)
+        .await
+        .unwrap();
+    assert_eq!(state, RunState::Running);
+    let windows = |batches: &[BatchEntry]| -> Vec<(Option<u16>, u16, usize)> {
+        batches
+            .iter()
+            .map(|batch| (batch.window, batch.step_index, batch.instance_ids.len()))
+            .collect()
+    };
+
+    // Window 1 open, window 2 closed: the untagged and window 1's go.
+    let admission = ledger
+        .admit_in_windows(run_id, 0, &[true, false])
+        .await
+        .unwrap();
+    assert_eq!(admission.state, RunState::Running);
+    assert_eq!(
+        windows(&admission.batches),
+        vec![(Some(0), 0, 1), (Some(1), 0, 2)],
+        "the closed window's batches wait"
+    );
+    let again = ledger
+        .admit_in_windows(run_id, 0, &[true, false])
+        .await
+        .unwrap();
+    assert!(again.batches.is_empty(), "{:?}", again.batches);
+
+    // Window 1's batch succeeds; its next step is queued, then window 1
+    // closes: the next step is parked with it.
+    let first = &admission.batches[1];
+    let next = BatchEntry {
+        step_index: 1,
+        window: None,
+        ..first.clone()
+    };
+    let counters = HashMap::from([("0:Success".to_string(), 2)]);
+    ledger
+        .apply_results(
+            run_id,
+            &first.key(),
+            &location,
+            2,
+            0,
+            &counters,
+            Some(&next),
+        )
+        .await
+        .unwrap();
+    let closed = ledger
+        .admit_in_windows(run_id, 0, &[false, false])
+        .await
+        .unwrap();
+    assert!(closed.batches.is_empty(), "{:?}", closed.batches);
+    let waiting = ledger.never_started(run_id).await.unwrap();
+    assert_eq!(
+        {
+            let mut waiting = windows(&waiting);
+            waiting.sort();
+            waiting
+        },
+        vec![(Some(1), 1, 2), (Some(2), 0, 2), (Some(2), 0, 2)],
+        "parked: window 1's next step and window 2's batches"
+    );
+
+    // Window 2 opens: its batches go; window 1's next step goes when it does.
+    let opened = ledger
+        .admit_in_windows(run_id, 0, &[false, true])
+        .await
+        .unwrap();
+    assert_eq!(
+        windows(&opened.batches),
+        vec![(Some(2), 0, 2), (Some(2), 0, 2)]
+    );
+    let reopened = ledger
+        .admit_in_windows(run_id, 0, &[true, true])
+        .await
+        .unwrap();
+    assert_eq!(windows(&reopened.batches), vec![(Some(1), 1, 2)]);
+    assert!(ledger.never_started(run_id).await.unwrap().is_empty());
 }
 
 async fn a_report_applied_twice_counts_once(backend: &Backend) {

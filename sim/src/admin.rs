@@ -110,6 +110,8 @@ pub struct CommandRecord {
     pub document: String,
     pub comment: String,
     pub targets: usize,
+    /// The instances it was sent to.
+    pub instance_ids: Vec<String>,
     pub received_unix_ms: u64,
     pub requested_at: f64,
     /// When the last of its invocations is (or will be) terminal.
@@ -143,6 +145,11 @@ pub fn command_records(state: &SimState) -> Vec<CommandRecord> {
             document: command.document.clone(),
             comment: command.comment.clone(),
             targets: command.invocations.len(),
+            instance_ids: command
+                .invocations
+                .iter()
+                .map(|invocation| invocation.instance_id.clone())
+                .collect(),
             received_unix_ms: command.received_unix_ms,
             requested_at: command.requested_at,
             finished_at: command

@@ -930,6 +930,7 @@ pub fn discovered(
                 instance_id: format!("i-{n:017x}"),
                 platform: None,
                 online: true,
+                window: None,
             })
             .collect(),
         last_page: true,

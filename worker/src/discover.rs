@@ -6,7 +6,7 @@
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus, PlatformType};
 use protocol::Job;
 use protocol::campaign::{Platform, TargetSelection, TargetSelector};
-use protocol::job::{DiscoverJob, ExecuteJob, MAX_BATCH_SIZE};
+use protocol::job::{DiscoverJob, ExecuteJob, MAX_BATCH_SIZE, WindowTag};
 use protocol::report::{
     DiscoveredTarget, LocationFailed, LocationFailure, Report, TargetsDiscovered,
 };
@@ -69,7 +69,7 @@ pub(crate) async fn handle<S: Store>(
         }
         Err(error) => return Err(error.into()),
     };
-    let targets: Vec<DiscoveredTarget> = output
+    let mut targets: Vec<DiscoveredTarget> = output
         .instance_information_list()
         .iter()
         .filter_map(|instance| {
@@ -77,9 +77,21 @@ pub(crate) async fn handle<S: Store>(
                 instance_id: instance.instance_id()?.to_string(),
                 platform: instance.platform_type().and_then(platform),
                 online: instance.ping_status() == Some(&PingStatus::Online),
+                window: None,
             })
         })
         .collect();
+    if let Some(windows) = &job.window_tag {
+        match assign_windows(ctx, &client, &job, windows, &mut targets).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(ctx.no_tokens()),
+            Err(JobError::Aws(error)) if error.kind == AwsErrorKind::AccessDenied => {
+                return fail_location(ctx, &job, LocationFailure::AccessDenied, error.to_string())
+                    .await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
     let next_token = output.next_token().filter(|token| !token.is_empty());
     if let Some(next_token) = next_token {
         let page = job.page + 1;
@@ -100,6 +112,68 @@ pub(crate) async fn handle<S: Store>(
     });
     ctx.reports.publish(report).await?;
     Ok(JobOutcome::Done)
+}
+
+/// Per-target windows: says which window each of the page's `targets` is
+/// in — one DescribeInstanceInformation per window (the page's ids and
+/// `tag:<window_tag>` = the window's name) until every target has one. A
+/// target whose tag names no window keeps `None` (it is never sent). False
+/// when no rate token came in time (the page is discovered again).
+async fn assign_windows<S: Store>(
+    ctx: &Context<S>,
+    client: &aws_sdk_ssm::Client,
+    job: &DiscoverJob,
+    windows: &WindowTag,
+    targets: &mut [DiscoveredTarget],
+) -> Result<bool, JobError> {
+    for name in &windows.names {
+        let unassigned: Vec<String> = targets
+            .iter()
+            .filter(|target| target.window.is_none())
+            .map(|target| target.instance_id.clone())
+            .collect();
+        if unassigned.is_empty() {
+            break;
+        }
+        if !ctx
+            .take_token(
+                &job.location,
+                "DescribeInstanceInformation",
+                job.run.api_rate_limits.describe_instance_information,
+            )
+            .await?
+        {
+            return Ok(false);
+        }
+        let filters = vec![
+            filter("InstanceIds", unassigned)?,
+            filter(&format!("tag:{}", windows.tag), vec![name.clone()])?,
+        ];
+        let output = call(
+            &ctx.metrics,
+            "DescribeInstanceInformation",
+            Repeat::ThrottledOrTransient,
+            || {
+                client
+                    .describe_instance_information()
+                    .set_filters(Some(filters.clone()))
+                    .max_results(MAX_BATCH_SIZE as i32)
+                    .send()
+            },
+        )
+        .await?;
+        let in_window: Vec<&str> = output
+            .instance_information_list()
+            .iter()
+            .filter_map(|instance| instance.instance_id())
+            .collect();
+        for target in targets.iter_mut() {
+            if target.window.is_none() && in_window.contains(&target.instance_id.as_str()) {
+                target.window = Some(name.clone());
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The location cannot be worked on at all; the scheduler counts it against
@@ -138,7 +212,8 @@ fn filter(key: &str, values: Vec<String>) -> Result<InstanceInformationStringFil
 /// still match the run's selection (one DescribeInstanceInformation with the
 /// batch's ids and the selection's filters), as SSM's own tag targeting
 /// would choose them at send time: a host whose tag was removed after
-/// discovery, or that a forged report added, is not among them. `None` when
+/// discovery, or that a forged report added, is not among them; with
+/// per-target windows, nor one whose window tag now names another window. `None` when
 /// no rate token came in time.
 pub(crate) async fn still_selected<S: Store>(
     ctx: &Context<S>,
@@ -168,7 +243,12 @@ pub(crate) async fn still_selected<S: Store>(
     {
         return Ok(None);
     }
-    let filters = selection_filters(selection, Some(wanted))?;
+    let mut filters = selection_filters(selection, Some(wanted))?;
+    // Per-target windows: only the instances whose tag still names the
+    // batch's window (a tag changed since discovery is not followed).
+    if let Some(protocol::job::TargetWindow::Named { tag, name, .. }) = &job.window {
+        filters.push(filter(&format!("tag:{tag}"), vec![name.clone()])?);
+    }
     let output = call(
         &ctx.metrics,
         "DescribeInstanceInformation",

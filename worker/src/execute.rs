@@ -47,7 +47,15 @@ pub(crate) async fn handle<S: Store>(
         SendGate::Shut(cause) if cause.decision() == SendDecision::Wait => {
             return Ok(held_back(ctx, &job, &cause));
         }
-        SendGate::Shut(cause) => Some(cause),
+        SendGate::Shut(cause) => Some(cause.to_string()),
+    };
+    let over = match (over, target_window(&job)) {
+        (Some(cause), _) => Some(cause),
+        (None, TargetWindowNow::Open) => None,
+        (None, TargetWindowNow::Closed { recheck, cause }) => {
+            return Ok(window_closed(ctx, &job, recheck, &cause));
+        }
+        (None, TargetWindowNow::Never(cause)) => Some(cause),
     };
     let claimed_at = now_ms();
     match ctx
@@ -63,8 +71,9 @@ pub(crate) async fn handle<S: Store>(
         SendClaim::InProgress { since_ms } => recover(ctx, job, since_ms).await,
         SendClaim::Claimed => match over {
             Some(cause) => {
-                // The run is over and this batch was never sent: say so, once.
-                report_all(ctx, &job, StatusDetail::NotStarted, &cause.to_string()).await?;
+                // The run is over (or the batch's instances have no window)
+                // and this batch was never sent: say so, once.
+                report_all(ctx, &job, StatusDetail::NotStarted, &cause).await?;
                 Ok(JobOutcome::Done)
             }
             None => send_claimed(ctx, job, claimed_at).await,
@@ -80,7 +89,19 @@ async fn gate_before_send<S: Store>(
     claimed_at: u64,
 ) -> Result<Option<JobOutcome>, JobError> {
     match ctx.gate(&job.run).await {
-        SendGate::Open => Ok(None),
+        SendGate::Open => match target_window(job) {
+            TargetWindowNow::Open => Ok(None),
+            TargetWindowNow::Closed { recheck, cause } => {
+                ctx.store
+                    .release_send(job.run.run_id, job.job_id, claimed_at)
+                    .await?;
+                Ok(Some(window_closed(ctx, job, recheck, &cause)))
+            }
+            TargetWindowNow::Never(cause) => {
+                report_all(ctx, job, StatusDetail::NotStarted, &cause).await?;
+                Ok(Some(JobOutcome::Done))
+            }
+        },
         SendGate::Shut(cause) if cause.decision() == SendDecision::Wait => {
             ctx.store
                 .release_send(job.run.run_id, job.job_id, claimed_at)
@@ -91,6 +112,78 @@ async fn gate_before_send<S: Store>(
             report_all(ctx, job, StatusDetail::NotStarted, &cause.to_string()).await?;
             Ok(Some(JobOutcome::Done))
         }
+    }
+}
+
+/// Per-target windows: where the batch's own window stands now, by this
+/// worker's clock (the one every send gate reads).
+enum TargetWindowNow {
+    /// Open, or the batch has no window of its own.
+    Open,
+    /// Closed: look again after `recheck`.
+    Closed { recheck: Duration, cause: String },
+    /// Never sent: its instances have no window, or it never opens again.
+    Never(String),
+}
+
+fn target_window(job: &ExecuteJob) -> TargetWindowNow {
+    use protocol::campaign::WindowState;
+    use protocol::job::TargetWindow;
+    let Some(window) = &job.window else {
+        return TargetWindowNow::Open;
+    };
+    let name = match window {
+        TargetWindow::Named { name, .. } => name.as_str(),
+        TargetWindow::Untagged { .. } => "",
+    };
+    let now = protocol::clock::now_utc();
+    match window.state_at(now) {
+        Ok(WindowState::Open { .. }) => TargetWindowNow::Open,
+        Ok(WindowState::Closed { opens: Some(opens) }) => TargetWindowNow::Closed {
+            recheck: recheck_before((opens - now).to_std().unwrap_or_default()),
+            cause: format!(
+                "the instances' maintenance window {name:?} is closed until {}",
+                opens.to_rfc3339()
+            ),
+        },
+        Ok(WindowState::Closed { opens: None }) => TargetWindowNow::Never(format!(
+            "not sent: the instances' maintenance window {name:?} never opens again"
+        )),
+        // Fail closed: a window this worker cannot read sends nothing.
+        Err(cause) => TargetWindowNow::Never(cause),
+    }
+}
+
+/// The longest delay-queue step that does not pass `wait` (at least 1 s):
+/// a batch waiting for its window looks again no later than it opens.
+fn recheck_before(wait: Duration) -> Duration {
+    let seconds = protocol::names::DELAY_STEPS_SECONDS
+        .into_iter()
+        .filter(|step| u64::from(*step) <= wait.as_secs())
+        .max()
+        .unwrap_or(1);
+    Duration::from_secs(u64::from(seconds))
+}
+
+/// The batch's own window is closed: count it and look again later. The
+/// scheduler parks batches of closed windows; this is a batch admitted just
+/// before its window closed.
+fn window_closed<S: Store>(
+    ctx: &Context<S>,
+    job: &ExecuteJob,
+    recheck: Duration,
+    cause: &str,
+) -> JobOutcome {
+    ctx.metrics.mutation_blocked("target_window_closed");
+    tracing::debug!(job_id = %job.job_id, cause, "send held back");
+    ctx.waits.held(
+        job,
+        now_ms().saturating_add(u64::try_from(recheck.as_millis()).unwrap_or(u64::MAX)),
+        cause,
+    );
+    JobOutcome::Wait {
+        delay: recheck,
+        reason: "target_window_closed",
     }
 }
 
@@ -364,7 +457,7 @@ async fn refused<S: Store>(
 }
 
 /// Why a target of a batch was not sent a step that changes hosts.
-pub(crate) const NO_LONGER_SELECTED: &str = "not sent: at send time the instance no longer matched the campaign's targets (tags, platform, online or instance ids, as DescribeInstanceInformation answered)";
+pub(crate) const NO_LONGER_SELECTED: &str = "not sent: at send time the instance no longer matched the campaign's targets (tags, platform, online or instance ids, or its window tag, as DescribeInstanceInformation answered)";
 
 /// The job for the `kept` instances of its batch, and one for the rest.
 fn split_batch(job: ExecuteJob, kept: &[String]) -> (ExecuteJob, ExecuteJob) {

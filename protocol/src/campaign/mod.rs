@@ -225,7 +225,16 @@ impl Campaign {
                     &path.at("duration"),
                     parse_duration_in(&window.duration, WINDOW_DURATION_RANGE),
                 );
+                if let Some(name) = &window.name
+                    && (name.is_empty() || name.chars().count() > 256)
+                {
+                    v.error(
+                        &path.at("name"),
+                        "a window's name is a tag value: 1-256 characters",
+                    );
+                }
                 Some(MaintenanceWindow {
+                    name: window.name.clone(),
                     schedule: Schedule {
                         expression: schedule?,
                         timezone: timezone?,
@@ -234,6 +243,7 @@ impl Campaign {
                 })
             })
             .collect();
+        validate_window_tag(&mut v, &spec, &root);
         if spec.notify.len() > MAX_WEBHOOKS {
             v.error(
                 &root.at("notify"),
@@ -282,8 +292,70 @@ impl Campaign {
             output_logging,
             notify: spec.notify.clone(),
             windows,
+            window_tag: spec.window_tag.clone(),
             spec,
         })
+    }
+}
+
+/// Per-target windows need few named windows (discovery asks SSM once per
+/// window for each page), every targeted location at once and no waves: a
+/// location or a wave would otherwise wait for its slowest window.
+const MAX_TARGET_WINDOWS: usize = 10;
+
+fn validate_window_tag(v: &mut Validator, spec: &CampaignSpec, root: &FieldPath) {
+    let Some(tag) = &spec.window_tag else {
+        return;
+    };
+    let path = root.at("window_tag");
+    let length = tag.chars().count();
+    if length == 0 || length > 128 {
+        v.error(&path, "tag keys must be 1-128 characters");
+    } else if tag.starts_with("tag:") {
+        v.error(&path, "write the tag key without the \"tag:\" prefix");
+    }
+    if spec.windows.is_empty() {
+        v.error(
+            &path,
+            "needs windows: each instance is sent in the window its tag names",
+        );
+    }
+    if spec.windows.len() > MAX_TARGET_WINDOWS {
+        v.error(
+            &root.at("windows"),
+            format!("with window_tag, may list at most {MAX_TARGET_WINDOWS} windows"),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, window) in spec.windows.iter().enumerate() {
+        let name_path = root.at("windows").index(index).at("name");
+        match &window.name {
+            None => v.error(
+                &name_path,
+                format!("is required with window_tag: the value of tag {tag:?} that puts an instance in this window"),
+            ),
+            Some(name) if !seen.insert(name.as_str()) => {
+                v.error(&name_path, format!("{name:?} names two windows"));
+            }
+            Some(_) => {}
+        }
+    }
+    if spec.rollout.is_some() {
+        v.error(
+            &path,
+            "cannot be combined with rollout: a wave would wait for its targets' windows (use the campaign's windows for every target, or run one campaign per window)",
+        );
+    }
+    let concurrency = spec
+        .rate_control
+        .location_concurrency
+        .as_ref()
+        .map_or("1 (the default)", |value| value.text.trim());
+    if concurrency != "100%" {
+        v.error(
+            &root.at("rate_control").at("location_concurrency"),
+            format!("must be 100% with window_tag, got {concurrency}: every location is worked on at once, as one waiting for its instances' windows would hold its place"),
+        );
     }
 }
 

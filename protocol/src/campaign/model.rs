@@ -35,6 +35,10 @@ pub struct Campaign {
     pub notify: Vec<crate::spec::NotifySpec>,
     /// Commands are sent only inside one of these; any time when empty.
     pub windows: Vec<MaintenanceWindow>,
+    /// Per-target windows: the tag whose value names each instance's window
+    /// (every window is then named); the campaign's windows for every
+    /// instance when absent.
+    pub window_tag: Option<String>,
     /// The spec this was built from, for storing and showing back.
     pub spec: CampaignSpec,
 }
@@ -307,11 +311,13 @@ pub enum OutputLocation {
 /// A maintenance window: open from each occurrence of `schedule` for `duration`.
 #[derive(Debug, Clone)]
 pub struct MaintenanceWindow {
+    /// The `window_tag` value that puts an instance in this window.
+    pub name: Option<String>,
     pub schedule: Schedule,
     pub duration: Duration,
 }
 
-/// Where a campaign's maintenance windows stand at an instant.
+/// Where maintenance windows stand at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowState {
     /// Open until then (the latest end of the windows open now).
@@ -324,10 +330,48 @@ pub enum WindowState {
     },
 }
 
+impl WindowState {
+    /// When this changes: the end of an open window, the opening of a closed one.
+    pub fn changes_at(self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Self::Open { until } => Some(until),
+            Self::Closed { opens } => opens,
+        }
+    }
+}
+
+impl MaintenanceWindow {
+    /// Where this window stands at `now`: open on [occurrence, occurrence +
+    /// duration) of each occurrence (overlapping occurrences: until the
+    /// latest end).
+    pub fn state_at(&self, now: chrono::DateTime<chrono::Utc>) -> WindowState {
+        let length = chrono::Duration::from_std(self.duration).unwrap_or(chrono::Duration::zero());
+        let mut until: Option<chrono::DateTime<chrono::Utc>> = None;
+        let mut cursor = now - length;
+        while let Some(occurrence) = self.schedule.next_fire_time(cursor) {
+            if occurrence > now {
+                return match until {
+                    Some(until) => WindowState::Open { until },
+                    None => WindowState::Closed {
+                        opens: Some(occurrence),
+                    },
+                };
+            }
+            let end = occurrence + length;
+            until = Some(until.map_or(end, |latest| latest.max(end)));
+            cursor = occurrence;
+        }
+        match until {
+            Some(until) => WindowState::Open { until },
+            None => WindowState::Closed { opens: None },
+        }
+    }
+}
+
 impl Campaign {
-    /// Where the campaign's windows stand at `now`; None without windows
-    /// (it may send any time). A window is open on [occurrence, occurrence +
-    /// duration).
+    /// Where the campaign's windows stand at `now`, together: open while
+    /// any is (until the latest end of those open), else closed until the
+    /// soonest opens. None without windows (it may send any time).
     pub fn window_at(&self, now: chrono::DateTime<chrono::Utc>) -> Option<WindowState> {
         if self.windows.is_empty() {
             return None;
@@ -335,23 +379,93 @@ impl Campaign {
         let mut until: Option<chrono::DateTime<chrono::Utc>> = None;
         let mut opens: Option<chrono::DateTime<chrono::Utc>> = None;
         for window in &self.windows {
-            let length =
-                chrono::Duration::from_std(window.duration).unwrap_or(chrono::Duration::zero());
-            let mut cursor = now - length;
-            while let Some(occurrence) = window.schedule.next_fire_time(cursor) {
-                if occurrence > now {
-                    opens = Some(opens.map_or(occurrence, |soonest| soonest.min(occurrence)));
-                    break;
+            match window.state_at(now) {
+                WindowState::Open { until: end } => {
+                    until = Some(until.map_or(end, |latest| latest.max(end)));
                 }
-                let end = occurrence + length;
-                until = Some(until.map_or(end, |latest| latest.max(end)));
-                cursor = occurrence;
+                WindowState::Closed {
+                    opens: Some(occurrence),
+                } => opens = Some(opens.map_or(occurrence, |soonest| soonest.min(occurrence))),
+                WindowState::Closed { opens: None } => {}
             }
         }
         Some(match until {
             Some(until) => WindowState::Open { until },
             None => WindowState::Closed { opens },
         })
+    }
+
+    /// The next time any one window opens or closes (per-target windows:
+    /// when the scheduler admits another window's batches or parks them).
+    pub fn next_window_change(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.windows
+            .iter()
+            .filter_map(|window| window.state_at(now).changes_at())
+            .min()
+    }
+
+    /// Per-target windows: for each window, in order, whether it is open at
+    /// `now`; empty without `window_tag`.
+    pub fn open_target_windows(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<bool> {
+        if self.window_tag.is_none() {
+            return Vec::new();
+        }
+        self.windows
+            .iter()
+            .map(|window| matches!(window.state_at(now), WindowState::Open { .. }))
+            .collect()
+    }
+
+    /// Per-target windows: the tag and the windows' names, as discovery
+    /// needs them; None without `window_tag`.
+    pub fn window_tag(&self) -> Option<crate::job::WindowTag> {
+        Some(crate::job::WindowTag {
+            tag: self.window_tag.clone()?,
+            names: self
+                .windows
+                .iter()
+                .map(|window| window.name.clone().unwrap_or_default())
+                .collect(),
+        })
+    }
+
+    /// Per-target windows: what a batch of instances in window `index`
+    /// (0-based; None: in none) carries to the worker; None without
+    /// `window_tag`.
+    pub fn target_window(&self, index: Option<usize>) -> Option<crate::job::TargetWindow> {
+        let tag = self.window_tag.clone()?;
+        Some(match index.and_then(|index| self.windows.get(index)) {
+            Some(window) => crate::job::TargetWindow::Named {
+                tag,
+                name: window.name.clone().unwrap_or_default(),
+                schedule: window.schedule.expression.to_string(),
+                timezone: window.schedule.timezone.name().to_string(),
+                duration_ms: u64::try_from(window.duration.as_millis()).unwrap_or(u64::MAX),
+            },
+            None => crate::job::TargetWindow::Untagged {
+                tag,
+                names: self
+                    .windows
+                    .iter()
+                    .filter_map(|window| window.name.clone())
+                    .collect(),
+            },
+        })
+    }
+
+    /// Every window a batch of this campaign may carry (the run's contract).
+    pub fn target_windows(&self) -> Vec<crate::job::TargetWindow> {
+        if self.window_tag.is_none() {
+            return Vec::new();
+        }
+        (0..self.windows.len())
+            .map(Some)
+            .chain([None])
+            .filter_map(|index| self.target_window(index))
+            .collect()
     }
 }
 

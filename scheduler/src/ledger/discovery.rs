@@ -6,7 +6,7 @@ use protocol::job::Location;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
-use super::{Ledger, PageRecorded, location_key};
+use super::{Ledger, PageRecorded, StoredPage, WindowGroup, location_key};
 use crate::SchedulerError;
 use crate::scripts::{LOCATION_FAILED, OPEN_DISCOVERY, RECORD_PAGE};
 
@@ -83,14 +83,49 @@ impl Ledger {
         instance_ids: &[String],
         last_page: bool,
     ) -> Result<PageRecorded, SchedulerError> {
+        self.record_stored_page(
+            run_id,
+            location,
+            page,
+            &StoredPage::Ids(instance_ids.to_vec()),
+            instance_ids.len(),
+            last_page,
+        )
+        .await
+    }
+
+    /// [`Self::record_page`] of a run with per-target windows: the page's
+    /// instances by window.
+    pub async fn record_windowed_page(
+        &self,
+        run_id: Uuid,
+        location: &Location,
+        page: u32,
+        groups: Vec<WindowGroup>,
+        last_page: bool,
+    ) -> Result<PageRecorded, SchedulerError> {
+        let count = groups.iter().map(|group| group.instance_ids.len()).sum();
+        let stored = StoredPage::Windowed(groups);
+        self.record_stored_page(run_id, location, page, &stored, count, last_page)
+            .await
+    }
+
+    async fn record_stored_page(
+        &self,
+        run_id: Uuid,
+        location: &Location,
+        page: u32,
+        stored: &StoredPage,
+        count: usize,
+        last_page: bool,
+    ) -> Result<PageRecorded, SchedulerError> {
         let mut connection = self.connection.clone();
-        let ids = serde_json::to_string(instance_ids)?;
         let (new, location_discovered, all_discovered): (u8, u8, u8) = self
             .invocation(&RECORD_PAGE, run_id)
             .arg(location_key(location))
             .arg(page)
-            .arg(ids)
-            .arg(instance_ids.len())
+            .arg(serde_json::to_string(stored)?)
+            .arg(count)
             .arg(u8::from(last_page))
             .invoke_async(&mut connection)
             .await?;

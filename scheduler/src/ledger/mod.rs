@@ -32,10 +32,10 @@ use store::Connection;
 use uuid::Uuid;
 
 pub use self::model::{
-    BatchEntry, LocationStatus, NewRun, PageRecorded, ReportScope, RunFields, location_key,
-    parse_location,
+    BatchEntry, LocationStatus, NewRun, PageRecorded, ReportScope, RunFields, StoredPage,
+    WindowGroup, location_key, parse_location,
 };
-use self::model::{page_entry, run_hash_fields};
+use self::model::{page_entries, run_hash_fields};
 use crate::SchedulerError;
 use crate::scripts::{
     ADMIT, APPLY_RESULTS, END_DISCOVERY, MARK_DRAINED, START_EXECUTION, TRANSITION, WAVE_GATE,
@@ -278,10 +278,23 @@ impl Ledger {
     /// location is done, in one script: the run's state after, and the
     /// batches admitted.
     pub async fn admit(&self, run_id: Uuid, now_ms: u64) -> Result<Admission, SchedulerError> {
+        self.admit_in_windows(run_id, now_ms, &[]).await
+    }
+
+    /// [`Self::admit`] of a run with per-target windows: `open` says, per
+    /// window of the campaign in order, whether it is open now; batches of
+    /// closed windows are parked until theirs opens.
+    pub async fn admit_in_windows(
+        &self,
+        run_id: Uuid,
+        now_ms: u64,
+        open: &[bool],
+    ) -> Result<Admission, SchedulerError> {
         let mut connection = self.connection.clone();
         let raw: Vec<String> = self
             .invocation(&ADMIT, run_id)
             .arg(now_ms)
+            .arg(serde_json::to_string(open)?)
             .invoke_async(&mut connection)
             .await?;
         self.replicated(run_id).await?;
@@ -450,21 +463,26 @@ impl Ledger {
             .collect()
     }
 
-    /// Everything a halted or cancelled run will never start: pending batches and
-    /// the pages of locations never admitted.
+    /// Everything a halted or cancelled run will never start: pending batches,
+    /// batches parked for their windows and the pages of locations never
+    /// admitted.
     pub async fn never_started(&self, run_id: Uuid) -> Result<Vec<BatchEntry>, SchedulerError> {
         let mut connection = self.connection.clone();
         let pending: Vec<String> = connection
             .lrange(self.names.run_pending_key(run_id), 0, -1)
             .await?;
+        let parked: Vec<String> = connection
+            .zrangebyscore(self.names.run_parked_key(run_id), "-inf", "+inf")
+            .await?;
         let mut entries: Vec<BatchEntry> = pending
             .iter()
+            .chain(&parked)
             .map(|entry| serde_json::from_str(entry))
             .collect::<Result<_, _>>()?;
         let pages: HashMap<String, String> =
             connection.hgetall(self.names.run_pages_key(run_id)).await?;
-        for (field, ids) in pages {
-            entries.push(page_entry(&field, serde_json::from_str(&ids)?)?);
+        for (field, page) in pages {
+            entries.extend(page_entries(&field, serde_json::from_str(&page)?)?);
         }
         Ok(entries)
     }

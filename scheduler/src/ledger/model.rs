@@ -23,6 +23,10 @@ pub struct BatchEntry {
     pub step_index: u16,
     #[serde(rename = "i")]
     pub instance_ids: Vec<String>,
+    /// Per-target windows: the index (from 1) of the campaign's window its
+    /// instances are in, 0 for none; absent without `window_tag`.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u16>,
 }
 
 impl BatchEntry {
@@ -308,22 +312,50 @@ pub(super) fn location_statuses(
     Ok(statuses)
 }
 
-/// A never-admitted page (`location:page` → ids) as the batch it would have been.
-pub(super) fn page_entry(
+/// A discovered page as the ledger keeps it until admission: its instance
+/// ids, or — per-target windows — its ids by window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredPage {
+    Ids(Vec<String>),
+    Windowed(Vec<WindowGroup>),
+}
+
+/// The instances of a page in one window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowGroup {
+    /// The window's index (from 1) in the campaign's windows; 0 for none.
+    #[serde(rename = "w")]
+    pub window: u16,
+    #[serde(rename = "i")]
+    pub instance_ids: Vec<String>,
+}
+
+/// A never-admitted page (`location:page` → ids) as the batches it would
+/// have been (one per window group).
+pub(super) fn page_entries(
     field: &str,
-    instance_ids: Vec<String>,
-) -> Result<BatchEntry, SchedulerError> {
-    let (location, page) = field
+    page: StoredPage,
+) -> Result<Vec<BatchEntry>, SchedulerError> {
+    let (location, number) = field
         .rsplit_once(':')
         .ok_or_else(|| SchedulerError::Corrupt(format!("page field {field:?}")))?;
-    let page: u32 = page
+    let number: u32 = number
         .parse()
         .map_err(|_| SchedulerError::Corrupt(format!("page field {field:?}")))?;
-    Ok(BatchEntry {
+    let entry = |chunk: u32, instance_ids: Vec<String>, window: Option<u16>| BatchEntry {
         location: location.to_string(),
-        batch_id: page.saturating_mul(BATCH_STRIDE),
+        batch_id: number.saturating_mul(BATCH_STRIDE).saturating_add(chunk),
         step_index: 0,
         instance_ids,
+        window,
+    };
+    Ok(match page {
+        StoredPage::Ids(ids) => vec![entry(0, ids, None)],
+        StoredPage::Windowed(groups) => (0u32..)
+            .zip(groups)
+            .map(|(chunk, group)| entry(chunk, group.instance_ids, Some(group.window)))
+            .collect(),
     })
 }
 

@@ -1,8 +1,12 @@
--- ARGV now (Unix ms). Releases ready (fully discovered) locations FIFO up to
+-- ARGV now (Unix ms), per-target windows open now (JSON: one boolean per
+-- window of the campaign, in order; [] without window_tag). Releases ready
+-- (fully discovered) locations FIFO up to
 -- the location concurrency and batches up to max in flight; in a rollout, new
 -- targets (step 0) only up to the current wave's cap, and a wave whose every
 -- target is through moves the run to Baking; a live run whose every location
--- is done completes. Returns {state after, bake until (ms) or '', the
+-- is done completes. Per-target windows: a batch whose window (entry.w, from
+-- 1; 0 for none) is closed is parked (scored by its window) instead, and
+-- taken first, before `pending`, once its window is open. Returns {state after, bake until (ms) or '', the
 -- admitted batches (JSON entries)...}.
 local r = run_fields(F.state, F.bake_until, F.rollout, F.wave_caps, F.batch_size,
   F.location_concurrency, F.active_locations, F.in_flight, F.max_in_flight, F.wave, F.wave_admitted,
@@ -31,20 +35,43 @@ if r[F.rollout] == '1' then
   caps = cjson.decode(r[F.wave_caps])
 end
 local batch_size = tonumber(r[F.batch_size])
+local open_windows = cjson.decode(ARGV[2] or '[]')
+local function closed(window)
+  return window and window > 0 and open_windows[window] ~= true
+end
+-- Queues the page's `ids` (of `window`, or none) as batches from chunk `c`;
+-- returns the next chunk number.
+local function queue(loc, p, c, ids, window)
+  local i = 1
+  while i <= #ids do
+    local chunk = {}
+    for j = i, math.min(i + batch_size - 1, #ids) do chunk[#chunk + 1] = ids[j] end
+    local entry = {l = loc, b = p * BATCH_STRIDE + c, s = 0, i = chunk}
+    if window then entry.w = window end
+    if closed(window) then
+      redis.call('ZADD', parked, window, cjson.encode(entry))
+    else
+      redis.call('RPUSH', pending, cjson.encode(entry))
+    end
+    c, i = c + 1, i + batch_size
+  end
+  return c
+end
 local function activate(loc)
   local page_count = tonumber(redis.call('HGET', locstate, loc .. ':pages')) or 0
   local chunks = 0
   for p = 0, page_count - 1 do
     local raw = redis.call('HGET', pages, loc .. ':' .. p)
     if raw then
-      local ids = cjson.decode(raw)
-      local c, i = 0, 1
-      while i <= #ids do
-        local chunk = {}
-        for j = i, math.min(i + batch_size - 1, #ids) do chunk[#chunk + 1] = ids[j] end
-        redis.call('RPUSH', pending, cjson.encode({l = loc, b = p * BATCH_STRIDE + c, s = 0, i = chunk}))
-        c, chunks, i = c + 1, chunks + 1, i + batch_size
+      local page = cjson.decode(raw)
+      local c = 0
+      if type(page[1]) == 'table' then
+        -- Per-target windows: the page's ids by window.
+        for _, group in ipairs(page) do c = queue(loc, p, c, group.i, group.w) end
+      else
+        c = queue(loc, p, 0, page, nil)
       end
+      chunks = chunks + c
       redis.call('HDEL', pages, loc .. ':' .. p)
     end
   end
@@ -69,35 +96,58 @@ local max = tonumber(r[F.max_in_flight])
 local wave = tonumber(r[F.wave]) or 0
 local wave_admitted = tonumber(r[F.wave_admitted]) or 0
 local out = {}
-while true do
+local function admit(raw, entry)
+  in_flight = in_flight + #entry.i
+  if entry.s == 0 then wave_admitted = wave_admitted + #entry.i end
+  redis.call('HSET', admitted, entry.l .. '|' .. entry.b .. '|' .. entry.s, raw)
+  out[#out + 1] = raw
+end
+local full = false
+-- Parked batches of the windows open now come first: they waited longest.
+for window, open in ipairs(open_windows) do
+  while open and not full do
+    local raw = redis.call('ZRANGEBYSCORE', parked, window, window, 'LIMIT', 0, 1)[1]
+    if not raw then break end
+    local entry = cjson.decode(raw)
+    if in_flight > 0 and in_flight + #entry.i > max then
+      full = true
+    else
+      redis.call('ZREM', parked, raw)
+      admit(raw, entry)
+    end
+  end
+end
+while not full do
   local raw = redis.call('LINDEX', pending, 0)
   if not raw then break end
   local entry = cjson.decode(raw)
-  if caps and entry.s == 0 then
-    local room = caps[wave + 1] - wave_admitted
-    if room <= 0 then break end
-    if #entry.i > room then
-      -- The wave ends inside this batch: its first targets go now, the
-      -- rest wait under a new batch id (one more batch for the location).
-      local head, rest = {}, {}
-      for j = 1, #entry.i do
-        if j <= room then head[#head + 1] = entry.i[j] else rest[#rest + 1] = entry.i[j] end
+  if closed(entry.w) then
+    -- Its window closed while it waited: parked until the window opens.
+    redis.call('LPOP', pending)
+    redis.call('ZADD', parked, entry.w, raw)
+  else
+    if caps and entry.s == 0 then
+      local room = caps[wave + 1] - wave_admitted
+      if room <= 0 then break end
+      if #entry.i > room then
+        -- The wave ends inside this batch: its first targets go now, the
+        -- rest wait under a new batch id (one more batch for the location).
+        local head, rest = {}, {}
+        for j = 1, #entry.i do
+          if j <= room then head[#head + 1] = entry.i[j] else rest[#rest + 1] = entry.i[j] end
+        end
+        local split = SPLIT_BASE + redis.call('HINCRBY', run, F.batch_splits, 1)
+        redis.call('LSET', pending, 0, cjson.encode({l = entry.l, b = split, s = 0, i = rest}))
+        entry.i = head
+        raw = cjson.encode(entry)
+        redis.call('LPUSH', pending, raw)
+        redis.call('HINCRBY', locstate, entry.l .. ':remaining', 1)
       end
-      local split = SPLIT_BASE + redis.call('HINCRBY', run, F.batch_splits, 1)
-      redis.call('LSET', pending, 0, cjson.encode({l = entry.l, b = split, s = 0, i = rest}))
-      entry.i = head
-      raw = cjson.encode(entry)
-      redis.call('LPUSH', pending, raw)
-      redis.call('HINCRBY', locstate, entry.l .. ':remaining', 1)
     end
+    if in_flight > 0 and in_flight + #entry.i > max then break end
+    redis.call('LPOP', pending)
+    admit(raw, entry)
   end
-  local n = #entry.i
-  if in_flight > 0 and in_flight + n > max then break end
-  redis.call('LPOP', pending)
-  in_flight = in_flight + n
-  if entry.s == 0 then wave_admitted = wave_admitted + n end
-  redis.call('HSET', admitted, entry.l .. '|' .. entry.b .. '|' .. entry.s, raw)
-  out[#out + 1] = raw
 end
 redis.call('HSET', run, F.active_locations, active, F.in_flight, in_flight, F.wave_admitted, wave_admitted)
 if caps and wave + 1 < #caps and wave_admitted >= caps[wave + 1] and in_flight == 0 then

@@ -6,6 +6,10 @@ local state = r[F.state]
 if redis.call('SADD', applied, 'results:' .. ARGV[1]) == 0 then
   return {0, state}
 end
+-- Per-target windows: the next step stays in the batch's window.
+local window = nil
+local was = redis.call('HGET', admitted, ARGV[1])
+if was and string.find(was, '"w":', 1, true) then window = cjson.decode(was).w end
 redis.call('HDEL', admitted, ARGV[1])
 local in_flight = (tonumber(r[F.in_flight]) or 0) - tonumber(ARGV[3])
 redis.call('HSET', run, F.in_flight, math.max(0, in_flight))
@@ -30,7 +34,13 @@ if failed > 0 then
   end
 end
 if ARGV[6] ~= '' then
-  redis.call('LPUSH', pending, ARGV[6])
+  local next_entry = ARGV[6]
+  if window then
+    local entry = cjson.decode(next_entry)
+    entry.w = window
+    next_entry = cjson.encode(entry)
+  end
+  redis.call('LPUSH', pending, next_entry)
 elseif redis.call('HINCRBY', locstate, ARGV[2] .. ':remaining', -1) <= 0 then
   redis.call('HINCRBY', run, F.active_locations, -1)
   redis.call('HINCRBY', run, F.locations_done, 1)

@@ -2,5 +2,5 @@
 -- targets once. Returns 1 the first time.
 if redis.call('HSETNX', run, F.drained, 1) == 0 then return 0 end
 for status, n in pairs(cjson.decode(ARGV[1])) do redis.call('HINCRBY', counters, status, n) end
-redis.call('DEL', pending, pages)
+redis.call('DEL', pending, pages, parked)
 return 1

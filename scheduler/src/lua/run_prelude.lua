@@ -1,8 +1,8 @@
--- Shared by every run script: the ten keys of one run, and a halt that
+-- Shared by every run script: the eleven keys of one run, and a halt that
 -- never overrides a final state. STATE, FINAL and BATCH_STRIDE come from
 -- Rust (scheduler::scripts), so no state name or stride is written here.
-local run, locations, locstate, pages, pending, admitted, applied, counters, ready, discovering =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local run, locations, locstate, pages, pending, admitted, applied, counters, ready, discovering, parked =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 -- When the run reached its final state, by Redis's clock (Unix ms): the
 -- seconds, then the milliseconds of the microseconds, as digits.
 local function mark_ended()

@@ -66,16 +66,28 @@ impl Scheduler {
             .iter()
             .map(|target| target.instance_id.clone())
             .collect();
-        let recorded = self
-            .ledger
-            .record_page(
-                report.run_id,
-                &report.location,
-                report.page,
-                &ids,
-                report.last_page,
-            )
-            .await?;
+        let plan = self.plan(report.run_id).await?;
+        let recorded = if plan.campaign.window_tag.is_some() {
+            self.ledger
+                .record_windowed_page(
+                    report.run_id,
+                    &report.location,
+                    report.page,
+                    window_groups(&plan.campaign, report),
+                    report.last_page,
+                )
+                .await?
+        } else {
+            self.ledger
+                .record_page(
+                    report.run_id,
+                    &report.location,
+                    report.page,
+                    &ids,
+                    report.last_page,
+                )
+                .await?
+        };
         if recorded.all_discovered {
             self.discovery_complete(report.run_id).await?;
         } else if recorded.location_discovered {
@@ -254,12 +266,14 @@ impl Scheduler {
                 batch_id: report.batch_id,
                 step_index: next_step,
                 instance_ids: succeeded,
+                window: None, // the admitted entry's, added by the script
             });
         let entry_key = BatchEntry {
             location: location_key(&report.location),
             batch_id: report.batch_id,
             step_index: report.step_index,
             instance_ids: Vec::new(),
+            window: None,
         }
         .key();
         let (new, state) = self
@@ -310,9 +324,11 @@ impl Scheduler {
 
     /// Admits what may start, completes a finished run, drains a stopped one.
     pub async fn advance(&self, run_id: Uuid) -> Result<(), SchedulerError> {
-        let admission = self.ledger.admit(run_id, crate::now_ms()).await?;
+        let plan = self.plan(run_id).await?;
+        let now = crate::now_ms();
+        let open = crate::windows::open_target_windows(&plan.campaign, now);
+        let admission = self.ledger.admit_in_windows(run_id, now, &open).await?;
         if !admission.batches.is_empty() {
-            let plan = self.plan(run_id).await?;
             self.publish_batches(&plan, &admission.batches).await?;
         }
         if let (RunState::Baking, Some(until)) = (admission.state, admission.bake_until_ms) {
@@ -529,4 +545,35 @@ fn count_by_status(step_index: u16, results: &[TargetResult]) -> HashMap<String,
         }
     }
     counters
+}
+
+/// Per-target windows: a page's instances by the window their tag names (its
+/// index from 1; 0 for an instance whose tag names none of the campaign's
+/// windows — never sent), in the page's order within each window.
+fn window_groups(
+    campaign: &protocol::Campaign,
+    report: &TargetsDiscovered,
+) -> Vec<crate::ledger::WindowGroup> {
+    let index_of = |name: &str| {
+        campaign
+            .windows
+            .iter()
+            .position(|window| window.name.as_deref() == Some(name))
+            .and_then(|index| u16::try_from(index + 1).ok())
+    };
+    let mut groups: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for target in &report.targets {
+        let window = target.window.as_deref().and_then(index_of).unwrap_or(0);
+        groups
+            .entry(window)
+            .or_default()
+            .push(target.instance_id.clone());
+    }
+    groups
+        .into_iter()
+        .map(|(window, instance_ids)| crate::ledger::WindowGroup {
+            window,
+            instance_ids,
+        })
+        .collect()
 }

@@ -437,6 +437,7 @@ impl Scheduler {
                     batch_id: results.batch_id,
                     step_index: results.step_index,
                     instance_ids: Vec::new(),
+                    window: None,
                 }
                 .key();
                 (&results.location, Some(key))
