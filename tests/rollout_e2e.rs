@@ -745,6 +745,15 @@ async fn each_instance_is_sent_only_while_the_window_its_tag_names_is_open() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // `run show` says what the run waits for.
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    let holds = stack.scheduler.holds(run_id, &progress).await;
+    assert!(
+        holds.iter().any(|hold| hold
+            .detail
+            .contains("maintenance window \"short\", which opens at")),
+        "{holds:#?}"
+    );
     let plan = stack.scheduler.plan(run_id).await.unwrap();
     let early = protocol::envelope::seal(
         &plan.execute_job(&parked).unwrap(),

@@ -278,6 +278,36 @@ impl Scheduler {
                 targets: None,
             });
         }
+        if plan.campaign.window_tag.is_some() {
+            let parked = self
+                .ledger()
+                .parked_batches(run_id, plan.campaign.windows.len())
+                .await?;
+            let now = protocol::clock::now_utc();
+            for (window, batches) in plan.campaign.windows.iter().zip(parked) {
+                if batches == 0 {
+                    continue;
+                }
+                let name = window.name.as_deref().unwrap_or_default();
+                holds.push(Hold {
+                    kind: HoldKind::Window,
+                    detail: match window.state_at(now) {
+                        WindowState::Closed { opens: Some(opens) } => format!(
+                            "{batches} batch(es) wait for their instances' maintenance window {name:?}, which opens at {}",
+                            opens.to_rfc3339()
+                        ),
+                        WindowState::Closed { opens: None } => format!(
+                            "{batches} batch(es) wait for their instances' maintenance window {name:?}, which never opens again"
+                        ),
+                        WindowState::Open { .. } => format!(
+                            "{batches} batch(es) of maintenance window {name:?} are being admitted now that it is open"
+                        ),
+                    },
+                    since_ms: None,
+                    targets: None,
+                });
+            }
+        }
         Ok(holds)
     }
 }

@@ -420,6 +420,11 @@ async fn batches_of_a_closed_window_wait_parked_until_it_opens(backend: &Backend
         .await
         .unwrap();
     assert!(closed.batches.is_empty(), "{:?}", closed.batches);
+    assert_eq!(
+        ledger.parked_batches(run_id, 2).await.unwrap(),
+        vec![1, 2],
+        "what `run show` says waits for each window"
+    );
     let waiting = ledger.never_started(run_id).await.unwrap();
     assert_eq!(
         {

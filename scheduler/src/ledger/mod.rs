@@ -463,6 +463,25 @@ impl Ledger {
             .collect()
     }
 
+    /// Per-target windows: how many batches wait parked for each of the
+    /// campaign's `windows` windows (in order).
+    pub async fn parked_batches(
+        &self,
+        run_id: Uuid,
+        windows: usize,
+    ) -> Result<Vec<u64>, SchedulerError> {
+        if windows == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.names.run_parked_key(run_id);
+        let mut pipe = redis::pipe();
+        for window in 1..=windows {
+            pipe.zcount(&key, window, window);
+        }
+        let mut connection = self.connection.clone();
+        Ok(pipe.query_async(&mut connection).await?)
+    }
+
     /// Everything a halted or cancelled run will never start: pending batches,
     /// batches parked for their windows and the pages of locations never
     /// admitted.

@@ -358,7 +358,7 @@ impl Db {
                 self.lists(&name, args)
             }
             "SADD" | "SREM" | "SISMEMBER" | "SMEMBERS" | "SCARD" => self.sets(&name, args),
-            "ZADD" | "ZREM" | "ZSCORE" | "ZRANGEBYSCORE" | "ZREVRANGE" | "ZCARD" => {
+            "ZADD" | "ZREM" | "ZSCORE" | "ZRANGEBYSCORE" | "ZREVRANGE" | "ZCARD" | "ZCOUNT" => {
                 self.sorted_sets(&name, args)
             }
             "XADD" | "XRANGE" => self.streams(&name, args),

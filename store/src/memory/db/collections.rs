@@ -267,6 +267,15 @@ impl Db {
                 })
             }
             "ZCARD" => return Ok(int(self.sorted_set(key)?.map_or(0, |set| set.len()))),
+            "ZCOUNT" => {
+                arity(args, 4)?;
+                let (min, max) = (float(&args[2])?, float(&args[3])?);
+                return Ok(int(self.sorted_set(key)?.map_or(0, |set| {
+                    set.values()
+                        .filter(|score| **score >= min && **score <= max)
+                        .count()
+                })));
+            }
             "ZSCORE" => {
                 arity(args, 3)?;
                 let score = self
