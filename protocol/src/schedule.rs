@@ -93,6 +93,25 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The last fire time at or before `at`, in UTC (None: none that early).
+    pub fn latest_fire_time(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match &self.expression {
+            ScheduleExpression::Cron { cron, .. } => {
+                let local = at.with_timezone(&self.timezone);
+                let latest = cron.find_previous_occurrence(&local, true).ok()?;
+                Some(latest.with_timezone(&Utc))
+            }
+            ScheduleExpression::Rate { every, .. } => {
+                let every_seconds = i64::try_from(every.as_secs()).ok()?;
+                let periods = at.timestamp().div_euclid(every_seconds);
+                Utc.timestamp_opt(periods.checked_mul(every_seconds)?, 0)
+                    .single()
+            }
+        }
+    }
+}
+
 /// An IANA timezone name; UTC when absent.
 pub fn parse_timezone(name: Option<&str>) -> Result<Tz, String> {
     match name {

@@ -1115,6 +1115,28 @@ fn per_target_windows_name_each_window_by_a_tag_value() {
         .unwrap()
         .to_utc();
     assert_eq!(campaign.open_target_windows(sunday), vec![true, false]);
+    // The last minute of sun-02 (it closes at 06:00) admits nothing new.
+    let closing = chrono::DateTime::parse_from_rfc3339("2026-12-06T05:59:30Z")
+        .unwrap()
+        .to_utc();
+    assert_eq!(campaign.open_target_windows(closing), vec![false, false]);
+    // A window that never opens again admits at once: its instances are
+    // reported not sent, and the run can end.
+    let past = valid(&[
+        ("window_tag", "PatchWindow"),
+        (
+            "windows",
+            "\n  - name: once\n    schedule: cron(0 0 1 1 ? 2020)\n    duration: 1h",
+        ),
+        ("rate_control", "{ location_concurrency: \"100%\" }"),
+    ]);
+    assert_eq!(past.open_target_windows(sunday), vec![true]);
+    assert!(
+        past.target_window(Some(0))
+            .unwrap()
+            .state_at(sunday)
+            .is_ok_and(|state| state == protocol::campaign::WindowState::Closed { opens: None })
+    );
     let window = campaign.target_window(Some(1)).unwrap();
     assert!(
         matches!(&window, protocol::job::TargetWindow::Named { name, timezone, .. }

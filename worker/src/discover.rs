@@ -135,40 +135,16 @@ async fn assign_windows<S: Store>(
         if unassigned.is_empty() {
             break;
         }
-        if !ctx
-            .take_token(
-                &job.location,
-                "DescribeInstanceInformation",
-                job.run.api_rate_limits.describe_instance_information,
-            )
-            .await?
-        {
-            return Ok(false);
-        }
         let filters = vec![
             filter("InstanceIds", unassigned)?,
             filter(&format!("tag:{}", windows.tag), vec![name.clone()])?,
         ];
-        let output = call(
-            &ctx.metrics,
-            "DescribeInstanceInformation",
-            Repeat::ThrottledOrTransient,
-            || {
-                client
-                    .describe_instance_information()
-                    .set_filters(Some(filters.clone()))
-                    .max_results(MAX_BATCH_SIZE as i32)
-                    .send()
-            },
-        )
-        .await?;
-        let in_window: Vec<&str> = output
-            .instance_information_list()
-            .iter()
-            .filter_map(|instance| instance.instance_id())
-            .collect();
+        let Some(in_window) = matching_ids(ctx, client, &job.location, &job.run, filters).await?
+        else {
+            return Ok(false);
+        };
         for target in targets.iter_mut() {
-            if target.window.is_none() && in_window.contains(&target.instance_id.as_str()) {
+            if target.window.is_none() && in_window.contains(&target.instance_id) {
                 target.window = Some(name.clone());
             }
         }
@@ -208,21 +184,21 @@ fn filter(key: &str, values: Vec<String>) -> Result<InstanceInformationStringFil
         .map_err(|error| JobError::Invalid(format!("filter {key}: {error}")))
 }
 
-/// Of a batch about to be sent a step that changes hosts, the instances that
-/// still match the run's selection (one DescribeInstanceInformation with the
-/// batch's ids and the selection's filters), as SSM's own tag targeting
-/// would choose them at send time: a host whose tag was removed after
-/// discovery, or that a forged report added, is not among them; with
-/// per-target windows, nor one whose window tag now names another window. `None` when
-/// no rate token came in time.
+/// Of a batch about to be sent, the instances that still match the run's
+/// selection (`selection`: a step that changes hosts) and, with per-target
+/// windows, whose tag still names the batch's window — one
+/// DescribeInstanceInformation with the batch's ids and those filters, as
+/// SSM's own tag targeting would choose them at send time: a host whose tag
+/// was removed or changed after discovery, or that a forged report added,
+/// is not among them. `None` when no rate token came in time.
 pub(crate) async fn still_selected<S: Store>(
     ctx: &Context<S>,
     client: &aws_sdk_ssm::Client,
     job: &ExecuteJob,
-    selection: &TargetSelection,
+    selection: Option<&TargetSelection>,
 ) -> Result<Option<Vec<String>>, JobError> {
     let batch = &job.batch.instance_ids;
-    let wanted: Vec<String> = match selection.instance_ids() {
+    let wanted: Vec<String> = match selection.and_then(TargetSelection::instance_ids) {
         Some(ids) => batch
             .iter()
             .filter(|id| ids.contains(id))
@@ -233,47 +209,79 @@ pub(crate) async fn still_selected<S: Store>(
     if wanted.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    if !ctx
-        .take_token(
-            &job.location,
-            "DescribeInstanceInformation",
-            job.run.api_rate_limits.describe_instance_information,
-        )
-        .await?
-    {
-        return Ok(None);
-    }
-    let mut filters = selection_filters(selection, Some(wanted))?;
+    let mut filters = match selection {
+        Some(selection) => selection_filters(selection, Some(wanted))?,
+        None => vec![filter("InstanceIds", wanted)?],
+    };
     // Per-target windows: only the instances whose tag still names the
     // batch's window (a tag changed since discovery is not followed).
     if let Some(protocol::job::TargetWindow::Named { tag, name, .. }) = &job.window {
         filters.push(filter(&format!("tag:{tag}"), vec![name.clone()])?);
     }
-    let output = call(
-        &ctx.metrics,
-        "DescribeInstanceInformation",
-        Repeat::ThrottledOrTransient,
-        || {
-            client
-                .describe_instance_information()
-                .set_filters(Some(filters.clone()))
-                .max_results(MAX_BATCH_SIZE as i32)
-                .send()
-        },
-    )
-    .await?;
-    let matching: Vec<&str> = output
-        .instance_information_list()
-        .iter()
-        .filter_map(|instance| instance.instance_id())
-        .collect();
+    let Some(matching) = matching_ids(ctx, client, &job.location, &job.run, filters).await? else {
+        return Ok(None);
+    };
     Ok(Some(
         batch
             .iter()
-            .filter(|id| matching.contains(&id.as_str()))
+            .filter(|id| matching.contains(id.as_str()))
             .cloned()
             .collect(),
     ))
+}
+
+/// The ids of the instances DescribeInstanceInformation lists for
+/// `filters`, every page of them (a filtered listing may answer a page
+/// short, with a next token); `None` when no rate token came in time.
+async fn matching_ids<S: Store>(
+    ctx: &Context<S>,
+    client: &aws_sdk_ssm::Client,
+    location: &protocol::job::Location,
+    run: &protocol::job::RunContext,
+    filters: Vec<InstanceInformationStringFilter>,
+) -> Result<Option<std::collections::HashSet<String>>, JobError> {
+    let mut matching = std::collections::HashSet::new();
+    let mut next_token: Option<String> = None;
+    loop {
+        if !ctx
+            .take_token(
+                location,
+                "DescribeInstanceInformation",
+                run.api_rate_limits.describe_instance_information,
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        let output = call(
+            &ctx.metrics,
+            "DescribeInstanceInformation",
+            Repeat::ThrottledOrTransient,
+            || {
+                client
+                    .describe_instance_information()
+                    .set_filters(Some(filters.clone()))
+                    .max_results(MAX_BATCH_SIZE as i32)
+                    .set_next_token(next_token.clone())
+                    .send()
+            },
+        )
+        .await?;
+        matching.extend(
+            output
+                .instance_information_list()
+                .iter()
+                .filter_map(|instance| instance.instance_id())
+                .map(str::to_string),
+        );
+        next_token = output
+            .next_token()
+            .filter(|token| !token.is_empty())
+            .map(str::to_string);
+        if next_token.is_none() {
+            return Ok(Some(matching));
+        }
+    }
 }
 
 /// The campaign's target selection as DescribeInstanceInformation filters.

@@ -87,6 +87,7 @@ async fn gate_before_send<S: Store>(
     ctx: &Context<S>,
     job: &ExecuteJob,
     claimed_at: u64,
+    dropped: &[String],
 ) -> Result<Option<JobOutcome>, JobError> {
     match ctx.gate(&job.run).await {
         SendGate::Open => match target_window(job) {
@@ -98,7 +99,7 @@ async fn gate_before_send<S: Store>(
                 Ok(Some(window_closed(ctx, job, recheck, &cause)))
             }
             TargetWindowNow::Never(cause) => {
-                report_all(ctx, job, StatusDetail::NotStarted, &cause).await?;
+                report_split(ctx, job, StatusDetail::NotStarted, &cause, dropped).await?;
                 Ok(Some(JobOutcome::Done))
             }
         },
@@ -109,7 +110,14 @@ async fn gate_before_send<S: Store>(
             Ok(Some(held_back(ctx, job, &cause)))
         }
         SendGate::Shut(cause) => {
-            report_all(ctx, job, StatusDetail::NotStarted, &cause.to_string()).await?;
+            report_split(
+                ctx,
+                job,
+                StatusDetail::NotStarted,
+                &cause.to_string(),
+                dropped,
+            )
+            .await?;
             Ok(Some(JobOutcome::Done))
         }
     }
@@ -235,32 +243,42 @@ async fn send_claimed<S: Store>(
         return Ok(ctx.no_tokens());
     }
     // The targets are the campaign's, always: a batch of a step that changes
-    // hosts is sent only to the instances that match the selection now.
+    // hosts is sent only to the instances that match the selection now, and
+    // a batch of per-target windows (any step) only to the instances whose
+    // tag still names its window. The rest are left out of the command and
+    // reported with the batch (one report per batch: its poll's, or the one
+    // a refusal makes).
     let mut job = job;
-    if let Some(selection) = job.recheck.clone() {
-        let Some(kept) = crate::discover::still_selected(ctx, &client, &job, &selection).await?
+    let full_batch = job.batch.instance_ids.clone();
+    let mut dropped: Vec<String> = Vec::new();
+    let own_window = matches!(job.window, Some(protocol::job::TargetWindow::Named { .. }));
+    if job.recheck.is_some() || own_window {
+        let selection = job.recheck.clone();
+        let Some(kept) =
+            crate::discover::still_selected(ctx, &client, &job, selection.as_ref()).await?
         else {
             release().await?;
             return Ok(ctx.no_tokens());
         };
         if kept.len() < job.batch.instance_ids.len() {
-            let (kept_job, dropped) = split_batch(job, &kept);
+            let (kept_job, left_out) = split_batch(job, &kept);
             ctx.metrics
-                .targets_dropped(&kept_job.run.campaign, dropped.batch.instance_ids.len());
+                .targets_dropped(&kept_job.run.campaign, left_out.batch.instance_ids.len());
             tracing::warn!(
-                job_id = %dropped.job_id,
-                dropped = dropped.batch.instance_ids.len(),
+                job_id = %left_out.job_id,
+                dropped = left_out.batch.instance_ids.len(),
                 "instances no longer match the campaign's targets; not sent"
             );
-            report_all(ctx, &dropped, StatusDetail::NotStarted, NO_LONGER_SELECTED).await?;
-            job = kept_job;
-            if job.batch.instance_ids.is_empty() {
+            if kept_job.batch.instance_ids.is_empty() {
+                report_all(ctx, &left_out, StatusDetail::NotStarted, NO_LONGER_SELECTED).await?;
                 return Ok(JobOutcome::Done);
             }
+            dropped = left_out.batch.instance_ids;
+            job = kept_job;
         }
     }
     // The last word before the mutating call.
-    if let Some(stopped) = gate_before_send(ctx, &job, claimed_at).await? {
+    if let Some(stopped) = gate_before_send(ctx, &job, claimed_at, &dropped).await? {
         return Ok(stopped);
     }
     // The append-only record: what no worker credential can erase. An
@@ -340,7 +358,7 @@ async fn send_claimed<S: Store>(
             Ok(Some(fresh)) => client = fresh,
             Ok(None) | Err(_) => break sent,
         }
-        if let Some(stopped) = gate_before_send(ctx, &job, claimed_at).await? {
+        if let Some(stopped) = gate_before_send(ctx, &job, claimed_at, &dropped).await? {
             return Ok(stopped);
         }
     };
@@ -355,7 +373,11 @@ async fn send_claimed<S: Store>(
             ctx.store
                 .record_command(job.run.run_id, job.job_id, command_id)
                 .await?;
-            Ok(first_poll(job, command_id.to_string(), sent_at))
+            // The poll reports the whole batch: the targets left out are
+            // those the command does not list.
+            let mut polled = job;
+            polled.batch.instance_ids = full_batch;
+            Ok(first_poll(polled, command_id.to_string(), sent_at))
         }
         Err(error) => match error.kind {
             AwsErrorKind::Throttled => {
@@ -376,7 +398,8 @@ async fn send_claimed<S: Store>(
             // IAM may deny per instance (resource tags, instance ARNs): the
             // batch's targets, not the location (Access Denied charges no budget).
             AwsErrorKind::AccessDenied => {
-                report_all(ctx, &job, StatusDetail::AccessDenied, &error.to_string()).await?;
+                let detail = error.to_string();
+                report_split(ctx, &job, StatusDetail::AccessDenied, &detail, &dropped).await?;
                 Ok(JobOutcome::Done)
             }
             AwsErrorKind::Rejected if refuses_the_step(&error.code) => {
@@ -391,19 +414,15 @@ async fn send_claimed<S: Store>(
                     LocationFailure::SendRefused
                 };
                 let detail = refused(ctx, &job, scope, &error).await?;
-                report_all(
-                    ctx,
-                    &job,
-                    StatusDetail::NotStarted,
-                    &format!("not sent: {detail}"),
-                )
-                .await?;
+                let detail = format!("not sent: {detail}");
+                report_split(ctx, &job, StatusDetail::NotStarted, &detail, &dropped).await?;
                 Ok(JobOutcome::Done)
             }
             AwsErrorKind::Rejected => {
                 // A bad document, parameter or instance id fails the targets: it
                 // counts against the error budget, so a broken campaign halts.
-                report_all(ctx, &job, StatusDetail::Failed, &error.to_string()).await?;
+                let detail = error.to_string();
+                report_split(ctx, &job, StatusDetail::Failed, &detail, &dropped).await?;
                 Ok(JobOutcome::Done)
             }
         },
@@ -515,44 +534,55 @@ async fn recover<S: Store>(
 }
 
 /// The command an earlier delivery of `job` sent, if SSM has one (the
-/// comment names the job).
+/// comment names the job). Looked for by each instance of the batch in turn:
+/// the earlier delivery may have left the first ones out of its command (at
+/// send time they no longer matched), and a command is listed only under
+/// the instances it names.
 async fn find_sent_command<S: Store>(
     ctx: &Context<S>,
     client: &aws_sdk_ssm::Client,
     job: &ExecuteJob,
 ) -> Result<Option<String>, JobError> {
-    let Some(first_instance) = job.batch.instance_ids.first() else {
-        return Ok(None);
-    };
     let comment = job.job_id.to_string();
-    let mut next_token = None;
-    loop {
-        let page = call(
-            &ctx.metrics,
-            "ListCommands",
-            Repeat::ThrottledOrTransient,
-            || {
-                client
-                    .list_commands()
-                    .instance_id(first_instance)
-                    .set_next_token(next_token.clone())
-                    .send()
-            },
-        )
-        .await?;
-        if let Some(command_id) = page
-            .commands()
-            .iter()
-            .find(|command| command.comment() == Some(comment.as_str()))
-            .and_then(|command| command.command_id())
-        {
-            return Ok(Some(command_id.to_string()));
-        }
-        next_token = page.next_token().map(str::to_string);
-        if next_token.is_none() {
-            return Ok(None);
+    // A batch nothing is left out of (no re-check at send time) is named
+    // whole by its command: its first instance finds it.
+    let may_leave_out = job.recheck.is_some() || job.window.is_some();
+    let searched = if may_leave_out {
+        job.batch.instance_ids.len()
+    } else {
+        1
+    };
+    for instance in job.batch.instance_ids.iter().take(searched) {
+        let mut next_token = None;
+        loop {
+            let page = call(
+                &ctx.metrics,
+                "ListCommands",
+                Repeat::ThrottledOrTransient,
+                || {
+                    client
+                        .list_commands()
+                        .instance_id(instance)
+                        .set_next_token(next_token.clone())
+                        .send()
+                },
+            )
+            .await?;
+            if let Some(command_id) = page
+                .commands()
+                .iter()
+                .find(|command| command.comment() == Some(comment.as_str()))
+                .and_then(|command| command.command_id())
+            {
+                return Ok(Some(command_id.to_string()));
+            }
+            next_token = page.next_token().map(str::to_string);
+            if next_token.is_none() {
+                break;
+            }
         }
     }
+    Ok(None)
 }
 
 /// The job's command is on record (an earlier delivery sent it): poll it,
@@ -595,24 +625,50 @@ pub(crate) async fn report_all<S: Store>(
     status: StatusDetail,
     detail: &str,
 ) -> Result<(), JobError> {
-    let results = job
+    report_split(ctx, job, status, detail, &[]).await
+}
+
+/// Reports the batch's targets with one status (nothing was run) and, in
+/// the same report, the targets left out of it at send time (`dropped`) as
+/// not sent: a batch has one report, whatever became of its targets.
+async fn report_split<S: Store>(
+    ctx: &Context<S>,
+    job: &ExecuteJob,
+    status: StatusDetail,
+    detail: &str,
+    dropped: &[String],
+) -> Result<(), JobError> {
+    let mut results: Vec<TargetResult> = job
         .batch
         .instance_ids
         .iter()
         .map(|instance_id| TargetResult {
-            instance_id: instance_id.clone(),
             status,
-            command_id: None,
-            requested_at: None,
-            started_at: None,
-            finished_at: None,
-            response_code: None,
-            output_excerpt: detail.chars().take(500).collect(),
-            compliance: None,
-            compliance_missing: None,
+            ..not_sent(instance_id, detail)
         })
         .collect();
+    results.extend(
+        dropped
+            .iter()
+            .map(|instance_id| not_sent(instance_id, NO_LONGER_SELECTED)),
+    );
     ctx.publish_results(job, results).await
+}
+
+/// The result of a target the step was not sent to, and why.
+pub(crate) fn not_sent(instance_id: &str, detail: &str) -> TargetResult {
+    TargetResult {
+        instance_id: instance_id.to_string(),
+        status: StatusDetail::NotStarted,
+        command_id: None,
+        requested_at: None,
+        started_at: None,
+        finished_at: None,
+        response_code: None,
+        output_excerpt: detail.chars().take(500).collect(),
+        compliance: None,
+        compliance_missing: None,
+    }
 }
 
 impl<S: Store> Context<S> {

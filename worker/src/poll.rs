@@ -118,17 +118,25 @@ pub(crate) async fn handle<S: Store>(
         }
     }
 
-    let statuses: Vec<StatusDetail> = execute
+    // SSM lists an invocation for every instance a command names from the
+    // moment it is sent: once it lists any, a target of the batch it does
+    // not list was not sent the command — the sending worker left it out
+    // (at send time it no longer matched the campaign's targets). Its
+    // result goes in this one report of the batch (`None` here).
+    let listed = !invocations.is_empty();
+    let statuses: Vec<Option<StatusDetail>> = execute
         .batch
         .instance_ids
         .iter()
-        .map(|instance_id| {
-            invocations
-                .get(instance_id)
-                .map_or(StatusDetail::Pending, status_detail)
+        .map(|instance_id| match invocations.get(instance_id) {
+            Some(invocation) => Some(status_detail(invocation)),
+            None if listed => None,
+            None => Some(StatusDetail::Pending),
         })
         .collect();
-    let all_terminal = statuses.iter().all(|status| status.is_terminal());
+    let all_terminal = statuses
+        .iter()
+        .all(|status| status.is_none_or(|status| status.is_terminal()));
     let past_deadline = now_ms() >= job.deadline.0;
     if !all_terminal && !past_deadline {
         let attempt = job.attempt + 1;
@@ -145,6 +153,9 @@ pub(crate) async fn handle<S: Store>(
         .iter()
         .zip(statuses)
         .map(|(instance_id, status)| {
+            let Some(status) = status else {
+                return crate::execute::not_sent(instance_id, crate::execute::NO_LONGER_SELECTED);
+            };
             let status = if status.is_terminal() {
                 status
             } else if status == StatusDetail::InProgress {

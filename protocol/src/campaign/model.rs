@@ -341,29 +341,27 @@ impl WindowState {
 }
 
 impl MaintenanceWindow {
+    /// The end of the window that admits no new batch of per-target
+    /// windows: a tenth of it, at most a minute.
+    pub fn cutoff(&self) -> Duration {
+        (self.duration / 10).min(Duration::from_secs(60))
+    }
+
     /// Where this window stands at `now`: open on [occurrence, occurrence +
     /// duration) of each occurrence (overlapping occurrences: until the
-    /// latest end).
+    /// latest's end). One look back and one ahead, however many occurrences
+    /// a long window spans.
     pub fn state_at(&self, now: chrono::DateTime<chrono::Utc>) -> WindowState {
         let length = chrono::Duration::from_std(self.duration).unwrap_or(chrono::Duration::zero());
-        let mut until: Option<chrono::DateTime<chrono::Utc>> = None;
-        let mut cursor = now - length;
-        while let Some(occurrence) = self.schedule.next_fire_time(cursor) {
-            if occurrence > now {
-                return match until {
-                    Some(until) => WindowState::Open { until },
-                    None => WindowState::Closed {
-                        opens: Some(occurrence),
-                    },
-                };
-            }
-            let end = occurrence + length;
-            until = Some(until.map_or(end, |latest| latest.max(end)));
-            cursor = occurrence;
+        if let Some(latest) = self.schedule.latest_fire_time(now)
+            && latest + length > now
+        {
+            return WindowState::Open {
+                until: latest + length,
+            };
         }
-        match until {
-            Some(until) => WindowState::Open { until },
-            None => WindowState::Closed { opens: None },
+        WindowState::Closed {
+            opens: self.schedule.next_fire_time(now),
         }
     }
 }
@@ -407,15 +405,27 @@ impl Campaign {
             .min()
     }
 
-    /// Per-target windows: for each window, in order, whether it is open at
-    /// `now`; empty without `window_tag`.
+    /// Per-target windows: for each window, in order, whether its batches
+    /// may be admitted at `now` (empty without `window_tag`): while it is
+    /// open and not about to close — the last [`MaintenanceWindow::cutoff`]
+    /// of it admits nothing new, as an SSM maintenance window's cutoff, so a
+    /// batch rarely reaches its worker after the window closed — and, for a
+    /// window that never opens again, at once (its worker reports its
+    /// instances not sent, and the run can end).
     pub fn open_target_windows(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<bool> {
         if self.window_tag.is_none() {
             return Vec::new();
         }
         self.windows
             .iter()
-            .map(|window| matches!(window.state_at(now), WindowState::Open { .. }))
+            .map(|window| match window.state_at(now) {
+                WindowState::Open { until } => {
+                    until - now
+                        >= chrono::Duration::from_std(window.cutoff())
+                            .unwrap_or(chrono::Duration::zero())
+                }
+                WindowState::Closed { opens } => opens.is_none(),
+            })
             .collect()
     }
 
@@ -535,5 +545,73 @@ mod tests {
         assert!(listed.admits("i-1", Some(Platform::Windows), true).is_err());
         assert!(listed.admits("i-1", None, true).is_err());
         assert!(listed.admits("i-1", Some(Platform::Linux), false).is_err());
+    }
+
+    /// The window's state by walking every occurrence of the last
+    /// `duration`: what `state_at` must agree with.
+    fn walked(window: &MaintenanceWindow, now: chrono::DateTime<chrono::Utc>) -> WindowState {
+        let length = chrono::Duration::from_std(window.duration).unwrap();
+        let mut until = None;
+        let mut cursor = now - length;
+        while let Some(occurrence) = window.schedule.next_fire_time(cursor) {
+            if occurrence > now {
+                return match until {
+                    Some(until) => WindowState::Open { until },
+                    None => WindowState::Closed {
+                        opens: Some(occurrence),
+                    },
+                };
+            }
+            until = Some(occurrence + length);
+            cursor = occurrence;
+        }
+        match until {
+            Some(until) => WindowState::Open { until },
+            None => WindowState::Closed { opens: None },
+        }
+    }
+
+    #[test]
+    fn a_window_state_looks_back_once_and_agrees_with_every_occurrence_walked() {
+        let windows = [
+            ("cron(0 22 ? * SAT *)", "Europe/Berlin", 4 * 3600),
+            ("cron(*/5 * * * ? *)", "UTC", 24 * 3600),
+            ("cron(0 2 ? * TUE#2 *)", "America/New_York", 6 * 3600),
+            ("rate(1 hour)", "UTC", 600),
+            ("rate(1 minute)", "UTC", 20),
+            ("cron(0 0 1 1 ? 2199)", "UTC", 3600),
+        ];
+        let start = chrono::DateTime::parse_from_rfc3339("2026-12-05T20:00:00Z")
+            .unwrap()
+            .to_utc();
+        for (expression, timezone, seconds) in windows {
+            let window = MaintenanceWindow {
+                name: None,
+                schedule: Schedule::parse(expression, Some(timezone)).unwrap(),
+                duration: Duration::from_secs(seconds),
+            };
+            // Every 57 min 47 s over 12 days, and the instants at the edges.
+            for step in 0..300 {
+                let now = start + chrono::Duration::seconds(step * 3467);
+                assert_eq!(
+                    window.state_at(now),
+                    walked(&window, now),
+                    "{expression} at {now}"
+                );
+            }
+            if let WindowState::Closed { opens: Some(opens) } = window.state_at(start) {
+                let length = chrono::Duration::seconds(seconds as i64);
+                assert_eq!(
+                    window.state_at(opens),
+                    WindowState::Open {
+                        until: opens + length
+                    }
+                );
+                assert!(matches!(
+                    window.state_at(opens - chrono::Duration::milliseconds(1)),
+                    WindowState::Closed { .. }
+                ));
+            }
+        }
     }
 }
