@@ -821,7 +821,23 @@ async fn a_forged_discovery_cannot_add_hosts_outside_the_campaign() {
             .collect(),
         last_page: true,
     });
+    // A page larger than any listing answers is refused whole.
+    let oversized = Report::TargetsDiscovered(TargetsDiscovered {
+        run_id,
+        location: plan.locations[0].clone(),
+        page: 1,
+        targets: (0..=protocol::job::MAX_BATCH_SIZE)
+            .map(|n| DiscoveredTarget {
+                instance_id: format!("i-{n:017x}"),
+                platform: None,
+                online: true,
+                window: None,
+            })
+            .collect(),
+        last_page: false,
+    });
     let attacker = broker_signing(&stack, stack.keys.worker.clone()).await;
+    attacker.publish_report(&oversized).await.unwrap();
     attacker.publish_report(&forged).await.unwrap();
     for _ in 0..100 {
         if stack
@@ -845,6 +861,12 @@ async fn a_forged_discovery_cannot_add_hosts_outside_the_campaign() {
     for host in &production {
         assert_eq!(stack.runs_on(host), 0, "{host} is not a staging host");
     }
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(
+        progress.total_targets,
+        production.len() as u64,
+        "the oversized page was refused: {progress:#?}"
+    );
     let records = stack.records(run_id);
     let dropped: Vec<_> = records
         .iter()

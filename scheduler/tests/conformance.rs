@@ -203,6 +203,7 @@ conformance!(
     the_admission_after_the_last_results_completes_the_run_also_outside_its_window,
     a_queued_notification_is_retried_by_any_replica_and_delivered_once,
     batches_of_a_closed_window_wait_parked_until_it_opens,
+    an_instance_listed_on_two_pages_is_batched_once,
 );
 
 fn location(account: u32) -> Location {
@@ -451,6 +452,67 @@ async fn batches_of_a_closed_window_wait_parked_until_it_opens(backend: &Backend
         .unwrap();
     assert_eq!(windows(&reopened.batches), vec![(Some(1), 1, 2)]);
     assert!(ledger.never_started(run_id).await.unwrap().is_empty());
+}
+
+/// A listing that moved while it was paged through (or a forged page) may
+/// name an instance twice: it is one target, batched and sent once, and a
+/// stopped run counts it once.
+async fn an_instance_listed_on_two_pages_is_batched_once(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let location = location(111_122_223);
+    let first = ids(1, 3);
+    let second = vec![first[2].clone(), ids(2, 1)[0].clone()];
+    let mut runs = Vec::new();
+    for admitted in [true, false] {
+        let run_id = Uuid::new_v4();
+        ledger
+            .create_run(run_id, &new_run(1, 0), std::slice::from_ref(&location))
+            .await
+            .unwrap();
+        ledger
+            .record_page(run_id, &location, 0, &first, false)
+            .await
+            .unwrap();
+        ledger
+            .record_page(run_id, &location, 1, &second, true)
+            .await
+            .unwrap();
+        if admitted {
+            ledger
+                .start_execution(run_id, 100, 50, 10, 5, None)
+                .await
+                .unwrap();
+        }
+        runs.push((run_id, admitted));
+    }
+    for (run_id, admitted) in runs {
+        let batches = if admitted {
+            ledger.admit(run_id, 0).await.unwrap().batches
+        } else {
+            ledger.never_started(run_id).await.unwrap()
+        };
+        let mut targets: Vec<String> = batches
+            .into_iter()
+            .flat_map(|batch| batch.instance_ids)
+            .collect();
+        targets.sort();
+        let mut expected = vec![
+            first[0].clone(),
+            first[1].clone(),
+            first[2].clone(),
+            second[1].clone(),
+        ];
+        expected.sort();
+        assert_eq!(targets, expected, "admitted: {admitted}");
+        if admitted {
+            let progress = ledger.run_fields(run_id).await.unwrap().unwrap();
+            assert_eq!(
+                progress.get(RunField::Total),
+                Some("4"),
+                "the total counts it once"
+            );
+        }
+    }
 }
 
 async fn a_report_applied_twice_counts_once(backend: &Backend) {

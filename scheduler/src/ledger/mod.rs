@@ -503,6 +503,16 @@ impl Ledger {
         for (field, page) in pages {
             entries.extend(page_entries(&field, serde_json::from_str(&page)?)?);
         }
+        // An instance listed on two pages is one target (as admission
+        // batches it once).
+        let mut seen = std::collections::HashSet::new();
+        for entry in &mut entries {
+            let location = entry.location.clone();
+            entry
+                .instance_ids
+                .retain(|id| entry.step_index > 0 || seen.insert((location.clone(), id.clone())));
+        }
+        entries.retain(|entry| !entry.instance_ids.is_empty());
         Ok(entries)
     }
 

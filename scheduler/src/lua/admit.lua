@@ -60,6 +60,16 @@ end
 local function activate(loc)
   local page_count = tonumber(redis.call('HGET', locstate, loc .. ':pages')) or 0
   local chunks = 0
+  -- An instance listed on two pages (a listing that moved while it was
+  -- paged through, or a forged page) is batched once: sent once.
+  local seen, repeated = {}, 0
+  local function unseen(ids)
+    local fresh = {}
+    for _, id in ipairs(ids) do
+      if seen[id] then repeated = repeated + 1 else seen[id] = true; fresh[#fresh + 1] = id end
+    end
+    return fresh
+  end
   for p = 0, page_count - 1 do
     local raw = redis.call('HGET', pages, loc .. ':' .. p)
     if raw then
@@ -67,13 +77,17 @@ local function activate(loc)
       local c = 0
       if type(page[1]) == 'table' then
         -- Per-target windows: the page's ids by window.
-        for _, group in ipairs(page) do c = queue(loc, p, c, group.i, group.w) end
+        for _, group in ipairs(page) do c = queue(loc, p, c, unseen(group.i), group.w) end
       else
-        c = queue(loc, p, 0, page, nil)
+        c = queue(loc, p, 0, unseen(page), nil)
       end
       chunks = chunks + c
       redis.call('HDEL', pages, loc .. ':' .. p)
     end
+  end
+  if repeated > 0 then
+    redis.call('HINCRBY', locstate, loc .. ':targets', -repeated)
+    redis.call('HINCRBY', run, F.total, -repeated)
   end
   redis.call('HSET', locstate, loc .. ':remaining', chunks, loc .. ':activated', 1)
   return chunks

@@ -402,6 +402,18 @@ impl Scheduler {
         };
         let (location, entry_key) = match report {
             Report::TargetsDiscovered(discovered) => {
+                // A page is one DescribeInstanceInformation page: at most a
+                // batch (and batch ids leave room for no more).
+                if discovered.targets.len() > protocol::job::MAX_BATCH_SIZE {
+                    return reject(
+                        "page_too_large",
+                        format!(
+                            "a page of {} targets; a discovery page has at most {}",
+                            discovered.targets.len(),
+                            protocol::job::MAX_BATCH_SIZE
+                        ),
+                    );
+                }
                 if let Some(bad) = discovered
                     .targets
                     .iter()
