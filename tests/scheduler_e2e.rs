@@ -320,7 +320,7 @@ async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
         .unwrap();
     let discovered = support::discovered(run_id, &location, 100);
     test_broker
-        .publish_sealed_report(&seal(vec![discovered]))
+        .publish_sealed_report(&seal(discovered))
         .await
         .unwrap();
     let ledger = stack.scheduler.ledger().clone();

@@ -324,7 +324,7 @@ async fn a_bundle_with_a_forged_report_applies_the_genuine_ones_and_is_dead_lett
     let campaign = stack.campaign("bundled", support::one_step("  max_errors: 0\n"));
     let run_id = stack.start_run(&campaign).await;
     let location = stack.scheduler.plan(run_id).await.unwrap().locations[0].clone();
-    let discovered = support::discovered(run_id, &location, 3);
+    let discovered = support::discovered(run_id, &location, 3).remove(0);
     let forged = Report::LocationFailed(LocationFailed {
         run_id,
         location: Location {

@@ -125,6 +125,25 @@ pub struct TargetResult {
     pub compliance_missing: Option<String>,
 }
 
+impl TargetResult {
+    /// A target the step was never sent to, and why (the first 500
+    /// characters of it).
+    pub fn not_started(instance_id: &str, reason: &str) -> Self {
+        Self {
+            instance_id: instance_id.to_string(),
+            status: StatusDetail::NotStarted,
+            command_id: None,
+            requested_at: None,
+            started_at: None,
+            finished_at: None,
+            response_code: None,
+            output_excerpt: reason.chars().take(500).collect(),
+            compliance: None,
+            compliance_missing: None,
+        }
+    }
+}
+
 /// Patch compliance counts of one instance, as DescribeInstancePatchStates reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PatchCompliance {

@@ -221,7 +221,10 @@ impl Connection {
             Link::Cluster { connection, .. } => {
                 let route = Route::new(protocol::names::hash_slot(key), SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                parsed(connection.clone().route_command(wait, routing).await?)?
+                replicas_acked(
+                    connection.clone().route_command(wait, routing).await?,
+                    self.wait_replicas,
+                )?
             }
             _ => wait.query_async(&mut self.clone()).await?,
         };
@@ -381,6 +384,18 @@ async fn cluster_masters(
     Ok(masters)
 }
 
+/// WAIT's answer from the node that held `key`'s slot: how many replicas
+/// acknowledged. An error from a node that is no master any more (WAIT
+/// cannot be used with replica instances: a failover moved the slot since
+/// the write) says the write is not known to be replicated — retried like
+/// too few replicas, never the end of a job.
+fn replicas_acked(answer: Value, wanted: u32) -> Result<u32, StoreError> {
+    match answer {
+        Value::ServerError(_) => Err(StoreError::NotReplicated { wanted, acked: 0 }),
+        answer => parsed(answer),
+    }
+}
+
 fn parsed<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
     redis::from_redis_value(value)
         .map_err(|error| StoreError::Unexpected(format!("a cluster node answered: {error}")))
@@ -455,5 +470,26 @@ impl redis::aio::ConnectionLike for Connection {
             Link::Cluster { connection, .. } => connection.get_db(),
             Link::Memory(memory) => memory.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Seen in the soak: a Redis Cluster failover demoted the node a worker's
+    /// WAIT went to between its write and the WAIT; the error reply was
+    /// taken for garbage and the job dead-lettered.
+    #[test]
+    fn a_wait_answered_by_a_demoted_master_is_retried() {
+        let demoted = redis::parse_redis_value(
+            b"-ERR WAIT cannot be used with replica instances. Please also note that since Redis 4.0 if a replica is configured to be writable (which is not the default) writes to replicas are just local and are not propagated.\r\n",
+        )
+        .unwrap();
+        let error = replicas_acked(demoted, 1).unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+        assert_eq!(replicas_acked(Value::Int(1), 1).unwrap(), 1);
+        assert!(!replicas_acked(Value::Nil, 1).unwrap_err().is_retryable());
     }
 }

@@ -915,26 +915,35 @@ impl Drop for Stack {
 pub use sim::admin::CommandRecord as SentCommand;
 
 /// What a worker reports on discovering `count` instances (`i-…0`, `i-…1`,
-/// …; online, platform unknown) in `location`, as its last page.
+/// …; online, platform unknown) in `location`: its pages of at most 50, as
+/// DescribeInstanceInformation answers.
 pub fn discovered(
     run_id: Uuid,
     location: &protocol::job::Location,
     count: u32,
-) -> protocol::Report {
-    protocol::Report::TargetsDiscovered(protocol::report::TargetsDiscovered {
-        run_id,
-        location: location.clone(),
-        page: 0,
-        targets: (0..count)
-            .map(|n| protocol::report::DiscoveredTarget {
-                instance_id: format!("i-{n:017x}"),
-                platform: None,
-                online: true,
-                window: None,
+) -> Vec<protocol::Report> {
+    let ids: Vec<u32> = (0..count).collect();
+    let pages = ids.chunks(protocol::job::MAX_BATCH_SIZE).count();
+    (0u32..)
+        .zip(ids.chunks(protocol::job::MAX_BATCH_SIZE))
+        .map(|(page, chunk)| {
+            protocol::Report::TargetsDiscovered(protocol::report::TargetsDiscovered {
+                run_id,
+                location: location.clone(),
+                page,
+                targets: chunk
+                    .iter()
+                    .map(|n| protocol::report::DiscoveredTarget {
+                        instance_id: format!("i-{n:017x}"),
+                        platform: None,
+                        online: true,
+                        window: None,
+                    })
+                    .collect(),
+                last_page: page as usize + 1 == pages,
             })
-            .collect(),
-        last_page: true,
-    })
+        })
+        .collect()
 }
 
 /// libfaketime's multi-threaded library (Debian's `libfaketime`, which the

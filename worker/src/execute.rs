@@ -644,31 +644,15 @@ async fn report_split<S: Store>(
         .iter()
         .map(|instance_id| TargetResult {
             status,
-            ..not_sent(instance_id, detail)
+            ..TargetResult::not_started(instance_id, detail)
         })
         .collect();
     results.extend(
         dropped
             .iter()
-            .map(|instance_id| not_sent(instance_id, NO_LONGER_SELECTED)),
+            .map(|instance_id| TargetResult::not_started(instance_id, NO_LONGER_SELECTED)),
     );
     ctx.publish_results(job, results).await
-}
-
-/// The result of a target the step was not sent to, and why.
-pub(crate) fn not_sent(instance_id: &str, detail: &str) -> TargetResult {
-    TargetResult {
-        instance_id: instance_id.to_string(),
-        status: StatusDetail::NotStarted,
-        command_id: None,
-        requested_at: None,
-        started_at: None,
-        finished_at: None,
-        response_code: None,
-        output_excerpt: detail.chars().take(500).collect(),
-        compliance: None,
-        compliance_missing: None,
-    }
 }
 
 impl<S: Store> Context<S> {

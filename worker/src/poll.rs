@@ -154,7 +154,7 @@ pub(crate) async fn handle<S: Store>(
         .zip(statuses)
         .map(|(instance_id, status)| {
             let Some(status) = status else {
-                return crate::execute::not_sent(instance_id, crate::execute::NO_LONGER_SELECTED);
+                return TargetResult::not_started(instance_id, crate::execute::NO_LONGER_SELECTED);
             };
             let status = if status.is_terminal() {
                 status

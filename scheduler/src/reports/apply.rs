@@ -407,7 +407,7 @@ impl Scheduler {
                         entry.batch_id,
                         entry.step_index,
                         &step_name,
-                        not_started(instance_id, &reason),
+                        TargetResult::not_started(instance_id, &reason),
                     )
                 })
                 .collect();
@@ -505,21 +505,6 @@ impl Scheduler {
         }
         tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
         self.advance(run_id).await
-    }
-}
-
-fn not_started(instance_id: &str, reason: &str) -> TargetResult {
-    TargetResult {
-        instance_id: instance_id.to_string(),
-        status: StatusDetail::NotStarted,
-        command_id: None,
-        requested_at: None,
-        started_at: None,
-        finished_at: None,
-        response_code: None,
-        output_excerpt: reason.to_string(),
-        compliance: None,
-        compliance_missing: None,
     }
 }
 
