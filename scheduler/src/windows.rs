@@ -30,6 +30,11 @@ fn millis(at: chrono::DateTime<Utc>) -> u64 {
     u64::try_from(at.timestamp_millis()).unwrap_or(0)
 }
 
+/// The instant of Unix ms `ms` (None out of chrono's range).
+fn instant(ms: u64) -> Option<chrono::DateTime<Utc>> {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
+}
+
 fn describe(at: Option<chrono::DateTime<Utc>>) -> String {
     at.map_or_else(|| "never".into(), |at| at.to_rfc3339())
 }
@@ -37,8 +42,7 @@ fn describe(at: Option<chrono::DateTime<Utc>>) -> String {
 /// The `send_until_ms` a run of `campaign` has at `now_ms`: None without
 /// windows, the open window's end, or 0 while they are all closed.
 pub fn send_until(campaign: &Campaign, now_ms: u64) -> Option<u64> {
-    let now = chrono::DateTime::from_timestamp_millis(i64::try_from(now_ms).ok()?)?;
-    Some(match campaign.window_at(now)? {
+    Some(match campaign.window_at(instant(now_ms)?)? {
         WindowState::Open { until } => millis(until),
         WindowState::Closed { .. } => 0,
     })
@@ -47,10 +51,7 @@ pub fn send_until(campaign: &Campaign, now_ms: u64) -> Option<u64> {
 /// Per-target windows: whether each of the campaign's windows is open at
 /// `now_ms` (empty without `window_tag`).
 pub fn open_target_windows(campaign: &Campaign, now_ms: u64) -> Vec<bool> {
-    match i64::try_from(now_ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-    {
+    match instant(now_ms) {
         Some(now) => campaign.open_target_windows(now),
         // An instant no clock gives: every window closed (fail closed).
         None => vec![false; campaign.windows.len()],

@@ -249,7 +249,6 @@ async fn send_claimed<S: Store>(
     // reported with the batch (one report per batch: its poll's, or the one
     // a refusal makes).
     let mut job = job;
-    let full_batch = job.batch.instance_ids.clone();
     let mut dropped: Vec<String> = Vec::new();
     let own_window = matches!(job.window, Some(protocol::job::TargetWindow::Named { .. }));
     if job.recheck.is_some() || own_window {
@@ -261,20 +260,25 @@ async fn send_claimed<S: Store>(
             return Ok(ctx.no_tokens());
         };
         if kept.len() < job.batch.instance_ids.len() {
-            let (kept_job, left_out) = split_batch(job, &kept);
-            ctx.metrics
-                .targets_dropped(&kept_job.run.campaign, left_out.batch.instance_ids.len());
+            let left_out = job.batch.instance_ids.len() - kept.len();
+            ctx.metrics.targets_dropped(&job.run.campaign, left_out);
             tracing::warn!(
-                job_id = %left_out.job_id,
-                dropped = left_out.batch.instance_ids.len(),
+                job_id = %job.job_id,
+                dropped = left_out,
                 "instances no longer match the campaign's targets; not sent"
             );
-            if kept_job.batch.instance_ids.is_empty() {
-                report_all(ctx, &left_out, StatusDetail::NotStarted, NO_LONGER_SELECTED).await?;
+            if kept.is_empty() {
+                report_all(ctx, &job, StatusDetail::NotStarted, NO_LONGER_SELECTED).await?;
                 return Ok(JobOutcome::Done);
             }
-            dropped = left_out.batch.instance_ids;
-            job = kept_job;
+            dropped = job
+                .batch
+                .instance_ids
+                .iter()
+                .filter(|id| !kept.contains(id))
+                .cloned()
+                .collect();
+            job.batch.instance_ids = kept;
         }
     }
     // The last word before the mutating call.
@@ -376,7 +380,7 @@ async fn send_claimed<S: Store>(
             // The poll reports the whole batch: the targets left out are
             // those the command does not list.
             let mut polled = job;
-            polled.batch.instance_ids = full_batch;
+            polled.batch.instance_ids.extend(dropped);
             Ok(first_poll(polled, command_id.to_string(), sent_at))
         }
         Err(error) => match error.kind {
@@ -477,21 +481,6 @@ async fn refused<S: Store>(
 
 /// Why a target of a batch was not sent a step that changes hosts.
 pub(crate) const NO_LONGER_SELECTED: &str = "not sent: at send time the instance no longer matched the campaign's targets (tags, platform, online or instance ids, or its window tag, as DescribeInstanceInformation answered)";
-
-/// The job for the `kept` instances of its batch, and one for the rest.
-fn split_batch(job: ExecuteJob, kept: &[String]) -> (ExecuteJob, ExecuteJob) {
-    let (keep, drop): (Vec<String>, Vec<String>) = job
-        .batch
-        .instance_ids
-        .iter()
-        .cloned()
-        .partition(|id| kept.contains(id));
-    let mut dropped = job.clone();
-    dropped.batch.instance_ids = drop;
-    let mut job = job;
-    job.batch.instance_ids = keep;
-    (job, dropped)
-}
 
 /// An earlier delivery claimed the send at `since_ms` and recorded no command.
 async fn recover<S: Store>(

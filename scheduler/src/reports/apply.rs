@@ -61,11 +61,6 @@ impl Scheduler {
     }
 
     async fn apply_discovered(&self, report: &TargetsDiscovered) -> Result<(), SchedulerError> {
-        let ids: Vec<String> = report
-            .targets
-            .iter()
-            .map(|target| target.instance_id.clone())
-            .collect();
         let plan = self.plan(report.run_id).await?;
         let recorded = if plan.campaign.window_tag.is_some() {
             self.ledger
@@ -78,6 +73,11 @@ impl Scheduler {
                 )
                 .await?
         } else {
+            let ids: Vec<String> = report
+                .targets
+                .iter()
+                .map(|target| target.instance_id.clone())
+                .collect();
             self.ledger
                 .record_page(
                     report.run_id,
