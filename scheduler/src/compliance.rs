@@ -131,13 +131,13 @@ fn day_of(ms: u64) -> String {
 }
 
 impl Scheduler {
-    /// Records the compliance of a batch's instances (a report applied once).
+    /// Records the compliance of the instances of a run's reports applied
+    /// now (each once): one pipeline for a bundle.
     pub(crate) async fn record_compliance(
         &self,
         run_id: Uuid,
         campaign: &str,
-        location: &Location,
-        results: &[(String, PatchCompliance)],
+        results: &[(&str, &Location, PatchCompliance)],
     ) -> Result<(), SchedulerError> {
         if results.is_empty() {
             return Ok(());
@@ -145,7 +145,7 @@ impl Scheduler {
         let now = now_ms();
         let mut fields = Vec::with_capacity(results.len());
         let mut non_compliant = 0u64;
-        for (instance_id, counts) in results {
+        for (instance_id, location, counts) in results {
             let state = InstanceCompliance::from_counts(
                 instance_id,
                 location,
@@ -155,7 +155,7 @@ impl Scheduler {
                 counts,
             );
             non_compliant += u64::from(!state.compliant());
-            fields.push((instance_id.clone(), serde_json::to_string(&state)?));
+            fields.push((*instance_id, serde_json::to_string(&state)?));
         }
         let day_key = self.ledger().names().compliance_day_key(&day_of(now));
         let mut connection = self.ledger().connection();

@@ -16,7 +16,9 @@ use protocol::job::Location;
 use protocol::names::Names;
 use protocol::run::RunState;
 use protocol::{Campaign, SpecFormat};
-use scheduler::ledger::{BatchEntry, Ledger, NewRun, WindowGroup, location_key};
+use scheduler::ledger::{
+    BatchEntry, Ledger, NewRun, ResultsApplication, WindowGroup, location_key,
+};
 use scheduler::{Scheduler, SchedulerConfig};
 use store::RedisStore;
 use uuid::Uuid;
@@ -185,6 +187,7 @@ conformance!(
     a_rollout_admits_wave_by_wave_and_bakes_between_waves,
     a_rollout_admits_its_canary_locations_first,
     a_report_applied_twice_counts_once,
+    a_bundle_of_reports_counts_each_once_and_halts_at_the_budget,
     failure_causes_are_counted_once_and_bounded_a_run,
     concurrent_failures_halt_the_run_once_at_the_budget,
     admission_keeps_to_location_concurrency_and_max_in_flight,
@@ -539,6 +542,64 @@ async fn a_report_applied_twice_counts_once(backend: &Backend) {
     // The console's grid: the location's results and failures, once too.
     let status = ledger.location_statuses(run_id).await.unwrap().remove(0);
     assert_eq!((status.results, status.target_failures), (1, 1));
+}
+
+/// A bundle's results reports are applied in one call: each counts once —
+/// a report applied before, or twice in the bundle, is a repeat — and the
+/// error budget halts the run at the report that crosses it.
+async fn a_bundle_of_reports_counts_each_once_and_halts_at_the_budget(backend: &Backend) {
+    let ledger = &backend.ledger;
+    let (run_id, location) = running_run(ledger, 4, 1).await;
+    let batches = ledger.admitted(run_id).await.unwrap();
+    let application = |batch: &BatchEntry, status: &str, failures: u64| ResultsApplication {
+        entry_key: batch.key(),
+        location: location_key(&location),
+        targets: 1,
+        failures,
+        counters: HashMap::from([(format!("0:{status}"), 1)]),
+        next: None,
+    };
+    let (before, _) = ledger
+        .apply_results_bundle(run_id, &[application(&batches[3], "Failed", 1)])
+        .await
+        .unwrap();
+    assert_eq!(before, [true]);
+    let bundle = [
+        application(&batches[0], "Success", 0),
+        application(&batches[1], "Failed", 1),
+        application(&batches[1], "Failed", 1),
+        application(&batches[2], "Failed", 1),
+        application(&batches[3], "Failed", 1),
+    ];
+    let (applied, state) = ledger.apply_results_bundle(run_id, &bundle).await.unwrap();
+    assert_eq!(
+        applied,
+        [true, true, false, true, false],
+        "a report twice in the bundle, or applied before, is a repeat"
+    );
+    assert_eq!(
+        state,
+        RunState::Halted,
+        "the second failure crossed a budget of 1"
+    );
+    let fields = ledger.run_fields(run_id).await.unwrap().unwrap();
+    assert_eq!(fields.number(RunField::Failures).unwrap(), 3);
+    assert_eq!(fields.number(RunField::InFlight).unwrap(), 0);
+    assert_eq!(fields.number(RunField::LocationsDone).unwrap(), 1);
+    assert!(
+        fields
+            .get(RunField::Reason)
+            .is_some_and(|reason| reason.contains("2 targets failed, 1 allowed")),
+        "halted by the report that crossed the budget: {:?}",
+        fields.get(RunField::Reason)
+    );
+    let counters = ledger.counters(run_id).await.unwrap();
+    assert_eq!((counters["0:Success"], counters["0:Failed"]), (1, 3));
+    let status = ledger.location_statuses(run_id).await.unwrap().remove(0);
+    assert_eq!((status.results, status.target_failures), (4, 3));
+    let (again, _) = ledger.apply_results_bundle(run_id, &bundle).await.unwrap();
+    assert_eq!(again, [false; 5], "the whole bundle again changes nothing");
+    assert_eq!(ledger.counters(run_id).await.unwrap()["0:Failed"], 3);
 }
 
 async fn failure_causes_are_counted_once_and_bounded_a_run(backend: &Backend) {

@@ -110,6 +110,8 @@ pub(super) struct RunFigures {
     pub(super) aws_calls_per_target: BTreeMap<String, f64>,
     pub(super) throttles: BTreeMap<String, u64>,
     pub(super) redis_commands_per_target: f64,
+    /// The same by command (scripts' inner commands under their own names).
+    pub(super) redis_commands_per_target_by_command: BTreeMap<String, f64>,
     pub(super) cpu_seconds_per_10k_targets: BTreeMap<String, f64>,
     pub(super) processes: Vec<ProcessCost>,
     pub(super) fanout: Option<Fanout>,

@@ -48,6 +48,17 @@ pub(super) fn run(out: &mut dyn Write, title: &str, figures: &RunFigures) -> any
         "Redis commands per target",
         format!("{:.2}", figures.redis_commands_per_target),
     )?;
+    let mut by_command: Vec<(&String, &f64)> = figures
+        .redis_commands_per_target_by_command
+        .iter()
+        .collect();
+    by_command.sort_by(|a, b| b.1.total_cmp(a.1));
+    let top: Vec<String> = by_command
+        .iter()
+        .take(12)
+        .map(|(name, n)| format!("{name} {n:.3}"))
+        .collect();
+    row(out, "  by command (top 12)", top.join(", "))?;
     let cpu: Vec<String> = figures
         .cpu_seconds_per_10k_targets
         .iter()

@@ -83,15 +83,63 @@ pub(super) fn wait_for(url: &str, what: &str, within: Duration) -> anyhow::Resul
     Ok(())
 }
 
-/// Commands the Redis at `redis_url` has processed since it started.
-pub(super) fn redis_commands(redis_url: &str) -> anyhow::Result<u64> {
+/// Commands the Redis at `redis_url` has processed since it started: in
+/// all (`total_commands_processed`, which counts the commands scripts and
+/// functions make too) and by command (`INFO commandstats`, lower-case names
+/// such as `evalsha`, `hincrby`).
+pub(super) fn redis_commands(redis_url: &str) -> anyhow::Result<RedisCommands> {
     let client = redis::Client::open(redis_url)?;
     let mut connection = client.get_connection()?;
-    let info: String = redis::cmd("INFO").arg("stats").query(&mut connection)?;
-    info.lines()
+    let stats: String = redis::cmd("INFO").arg("stats").query(&mut connection)?;
+    let total = stats
+        .lines()
         .find_map(|line| line.strip_prefix("total_commands_processed:"))
         .and_then(|value| value.trim().parse().ok())
-        .context("INFO stats without total_commands_processed")
+        .context("INFO stats without total_commands_processed")?;
+    let commandstats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connection)?;
+    Ok(RedisCommands {
+        total,
+        by_command: parse_commandstats(&commandstats),
+    })
+}
+
+/// What [`redis_commands`] read.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RedisCommands {
+    pub(super) total: u64,
+    pub(super) by_command: std::collections::BTreeMap<String, u64>,
+}
+
+impl RedisCommands {
+    /// The commands processed between `before` and `self`, by command.
+    pub(super) fn since(&self, before: &RedisCommands) -> std::collections::BTreeMap<String, u64> {
+        self.by_command
+            .iter()
+            .map(|(name, calls)| {
+                let earlier = before.by_command.get(name).copied().unwrap_or(0);
+                (name.clone(), calls.saturating_sub(earlier))
+            })
+            .filter(|(_, calls)| *calls > 0)
+            .collect()
+    }
+}
+
+/// `cmdstat_hincrby:calls=12,usec=…` lines → calls by command name
+/// (sub-commands as Redis names them, e.g. `client|setname`).
+fn parse_commandstats(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = fields
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
 }
 
 pub(super) fn unix_ms() -> u64 {
@@ -149,6 +197,26 @@ flotilla_worker_in_flight_jobs 3
             3.0
         );
         assert_eq!(metric_sum(EXPOSITION, "absent", |_| true), 0.0);
+    }
+
+    #[test]
+    fn commandstats_give_calls_by_command() {
+        let text = "# Commandstats\r\ncmdstat_evalsha:calls=120,usec=900,usec_per_call=7.50,rejected_calls=0,failed_calls=1\r\ncmdstat_client|setname:calls=3,usec=1,usec_per_call=0.33,rejected_calls=0,failed_calls=0\r\nnot a stat\r\n";
+        let calls = parse_commandstats(text);
+        assert_eq!(calls.get("evalsha"), Some(&120));
+        assert_eq!(calls.get("client|setname"), Some(&3));
+        assert_eq!(calls.len(), 2);
+        let before = RedisCommands {
+            total: 0,
+            by_command: [("evalsha".to_string(), 100)].into(),
+        };
+        let after = RedisCommands {
+            total: 0,
+            by_command: calls,
+        };
+        let since = after.since(&before);
+        assert_eq!(since.get("evalsha"), Some(&20));
+        assert_eq!(since.get("client|setname"), Some(&3));
     }
 
     #[test]

@@ -278,7 +278,14 @@ pub(super) fn measure_run(
         targets_per_second: progress.total_targets as f64 / wall,
         state: progress.state.to_string(),
         messages_published_per_target: per_target(published),
-        redis_commands_per_target: per_target(redis_after.saturating_sub(redis_before) as f64),
+        redis_commands_per_target: per_target(
+            redis_after.total.saturating_sub(redis_before.total) as f64
+        ),
+        redis_commands_per_target_by_command: redis_after
+            .since(&redis_before)
+            .into_iter()
+            .map(|(name, calls)| (name, per_target(calls as f64)))
+            .collect(),
         fanout,
         ..RunFigures::default()
     };

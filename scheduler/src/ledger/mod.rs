@@ -32,8 +32,8 @@ use store::Connection;
 use uuid::Uuid;
 
 pub use self::model::{
-    BatchEntry, LocationStatus, NewRun, PageRecorded, ReportScope, RunFields, StoredPage,
-    WindowGroup, location_key, parse_location,
+    BatchEntry, LocationStatus, NewRun, PageRecorded, ReportScope, ResultsApplication, RunFields,
+    StoredPage, WindowGroup, location_key, parse_location,
 };
 use self::model::{page_entries, run_hash_fields};
 use crate::SchedulerError;
@@ -387,6 +387,7 @@ impl Ledger {
         self.replicated(run_id).await
     }
 
+    /// Applies one results report: [`Ledger::apply_results_bundle`] of one.
     /// Returns (new, state after).
     #[allow(clippy::too_many_arguments)]
     pub async fn apply_results(
@@ -399,24 +400,69 @@ impl Ledger {
         counters: &HashMap<String, u64>,
         next: Option<&BatchEntry>,
     ) -> Result<(bool, RunState), SchedulerError> {
-        let mut connection = self.connection.clone();
-        let next = next
-            .map(serde_json::to_string)
-            .transpose()?
-            .unwrap_or_default();
-        let (new, state): (u8, String) = self
-            .invocation(&APPLY_RESULTS, run_id)
-            .arg(entry_key)
-            .arg(location_key(location))
-            .arg(targets)
-            .arg(failures)
-            .arg(serde_json::to_string(counters)?)
-            .arg(next)
-            .arg(crate::failures::MAX_FAILURE_KINDS + 64)
-            .invoke_async(&mut connection)
+        let report = ResultsApplication {
+            entry_key: entry_key.to_string(),
+            location: location_key(location),
+            targets,
+            failures,
+            counters: counters.clone(),
+            next: next.cloned(),
+        };
+        let (new, state) = self
+            .apply_results_bundle(run_id, std::slice::from_ref(&report))
             .await?;
+        Ok((new.first().copied().unwrap_or(false), state))
+    }
+
+    /// Applies the results reports of one run in one script call (a
+    /// bundle's): each report not applied before — also earlier in
+    /// `reports` — counts once. Returns whether each was applied now, in
+    /// `reports`' order, and the run's state after.
+    pub async fn apply_results_bundle(
+        &self,
+        run_id: Uuid,
+        reports: &[ResultsApplication],
+    ) -> Result<(Vec<bool>, RunState), SchedulerError> {
+        if reports.is_empty() {
+            let state = self.known_run_fields_of(run_id, &[RunField::State]).await?;
+            return Ok((Vec::new(), state.state()?));
+        }
+        let mut connection = self.connection.clone();
+        let mut invocation = self.invocation(&APPLY_RESULTS, run_id);
+        invocation.arg(crate::failures::MAX_FAILURE_KINDS + 64);
+        for report in reports {
+            let next = report
+                .next
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?
+                .unwrap_or_default();
+            invocation
+                .arg(&report.entry_key)
+                .arg(&report.location)
+                .arg(report.targets)
+                .arg(report.failures)
+                .arg(serde_json::to_string(&report.counters)?)
+                .arg(next);
+        }
+        let answer: Vec<String> = invocation.invoke_async(&mut connection).await?;
         self.replicated(run_id).await?;
-        Ok((new == 1, state.parse().map_err(SchedulerError::Corrupt)?))
+        let Some((state, applied)) = answer.split_first() else {
+            return Err(SchedulerError::Corrupt(
+                "the apply-results script answered nothing".into(),
+            ));
+        };
+        if applied.len() != reports.len() {
+            return Err(SchedulerError::Corrupt(format!(
+                "the apply-results script answered for {} of {} reports",
+                applied.len(),
+                reports.len()
+            )));
+        }
+        Ok((
+            applied.iter().map(|flag| flag == "1").collect(),
+            state.parse().map_err(SchedulerError::Corrupt)?,
+        ))
     }
 
     /// Moves the run from one of `from` to `to`; false if it was in none of them.

@@ -85,6 +85,23 @@ pub struct PageRecorded {
     pub all_discovered: bool,
 }
 
+/// One results report as the ledger applies it ([`super::Ledger::apply_results_bundle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsApplication {
+    /// The batch-step's [`BatchEntry::key`].
+    pub entry_key: String,
+    /// The batch's [`location_key`].
+    pub location: String,
+    /// Targets reported (all leave the in-flight count).
+    pub targets: usize,
+    /// Targets that count against the error budget.
+    pub failures: u64,
+    /// Targets per `step:status`, failed targets per `f:step:status:cause`.
+    pub counters: HashMap<String, u64>,
+    /// The batch's next step (its targets that succeeded), if there is one.
+    pub next: Option<BatchEntry>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportScope {
     /// The report's location is one of the run's.

@@ -11,7 +11,7 @@ use protocol::status::StatusDetail;
 use uuid::Uuid;
 
 use super::report_kind;
-use crate::ledger::{BatchEntry, location_key};
+use crate::ledger::{BatchEntry, ResultsApplication, location_key};
 use crate::sink::{ResultLine, ResultPath, ResultRecord};
 use crate::{Scheduler, SchedulerError};
 
@@ -23,8 +23,12 @@ impl Scheduler {
         let run_id = report.run_id();
         let kind = report_kind(report);
         let applied = self.apply_report(report).await;
-        self.metrics
-            .report(kind, if applied.is_ok() { "applied" } else { "failed" });
+        // Results reports are counted as the ledger applies them (a sink
+        // write that fails is counted by its retry, not here).
+        if !matches!(report, Report::StepResults(_)) {
+            self.metrics
+                .report(kind, if applied.is_ok() { "applied" } else { "failed" });
+        }
         applied?;
         self.advance(run_id).await
     }
@@ -55,7 +59,10 @@ impl Scheduler {
                     self.discover_more(run_id).await?;
                 }
             }
-            Report::StepResults(results) => self.apply_results(results).await?,
+            Report::StepResults(results) => {
+                self.write_results(results).await?;
+                self.apply_results(run_id, &[results]).await?;
+            }
         }
         Ok(())
     }
@@ -205,16 +212,11 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn apply_results(&self, report: &StepResults) -> Result<(), SchedulerError> {
+    /// Writes a results report's lines to the run's results destination:
+    /// durable before the ledger counts them.
+    pub(super) async fn write_results(&self, report: &StepResults) -> Result<(), SchedulerError> {
         let plan = self.plan(report.run_id).await?;
-        let step_name = plan
-            .campaign
-            .steps
-            .get(usize::from(report.step_index))
-            .map(|step| step.name.as_str())
-            .ok_or_else(|| {
-                SchedulerError::Invalid(format!("results for unknown step {}", report.step_index))
-            })?;
+        let step_name = step_name(&plan.campaign, report.step_index)?;
         let lines: Vec<ResultLine<'_>> = report
             .results
             .iter()
@@ -237,7 +239,6 @@ impl Scheduler {
                 line
             })
             .collect();
-        // Durable first: the ledger counts only what is written.
         let path = ResultPath::new(
             report.run_id,
             &report.location,
@@ -246,78 +247,55 @@ impl Scheduler {
         )
         .map_err(SchedulerError::Invalid)?;
         plan.results.write_batch(&path, &lines).await?;
+        Ok(())
+    }
 
-        let counters = count_by_status(report.step_index, &report.results);
-        let failures = report
-            .results
+    /// Counts results reports of one run whose lines are written
+    /// ([`Self::write_results`]): one ledger script call for all of them
+    /// (a bundle's), then the metrics and the fleet's compliance view of
+    /// those applied now (not of repeats). Each report counts once however
+    /// often it comes.
+    pub(super) async fn apply_results(
+        &self,
+        run_id: Uuid,
+        reports: &[&StepResults],
+    ) -> Result<(), SchedulerError> {
+        let plan = self.plan(run_id).await?;
+        let applications = reports
             .iter()
-            .filter(|result| result.status.counts_against_error_budget())
-            .count() as u64;
-        let succeeded: Vec<String> = report
-            .results
-            .iter()
-            .filter(|result| result.status == StatusDetail::Success)
-            .map(|result| result.instance_id.clone())
-            .collect();
-        let next_step = report.step_index + 1;
-        let next = (usize::from(next_step) < plan.campaign.steps.len() && !succeeded.is_empty())
-            .then(|| BatchEntry {
-                location: location_key(&report.location),
-                batch_id: report.batch_id,
-                step_index: next_step,
-                instance_ids: succeeded,
-                window: None, // the admitted entry's, added by the script
-            });
-        let entry_key = BatchEntry {
-            location: location_key(&report.location),
-            batch_id: report.batch_id,
-            step_index: report.step_index,
-            instance_ids: Vec::new(),
-            window: None,
-        }
-        .key();
-        let (new, state) = self
+            .map(|report| results_application(&plan.campaign, report))
+            .collect::<Result<Vec<_>, _>>()?;
+        let applied = self
             .ledger
-            .apply_results(
-                report.run_id,
-                &entry_key,
-                &report.location,
-                report.results.len(),
-                failures,
-                &counters,
-                next.as_ref(),
-            )
-            .await?;
-        if new {
+            .apply_results_bundle(run_id, &applications)
+            .await;
+        let outcome = if applied.is_ok() { "applied" } else { "failed" };
+        for _ in reports {
+            self.metrics.report("step_results", outcome);
+        }
+        let (new, state) = applied?;
+        let mut compliance = Vec::new();
+        let mut failures = 0;
+        for (report, _) in reports.iter().zip(&new).filter(|(_, new)| **new) {
             for result in &report.results {
                 self.metrics
                     .result(&plan.campaign.name, result.status.as_ssm_str());
-            }
-            // The fleet view keeps each instance's latest compliance.
-            let compliance: Vec<(String, protocol::report::PatchCompliance)> = report
-                .results
-                .iter()
-                .filter_map(|result| {
-                    result
-                        .compliance
-                        .map(|counts| (result.instance_id.clone(), counts))
-                })
-                .collect();
-            // Secondary to the run: a failure is logged, the next scan mends it.
-            if let Err(error) = self
-                .record_compliance(
-                    report.run_id,
-                    &plan.campaign.name,
-                    &report.location,
-                    &compliance,
-                )
-                .await
-            {
-                tracing::warn!(run_id = %report.run_id, error = %error, "could not update the fleet compliance view");
+                failures += u64::from(result.status.counts_against_error_budget());
+                // The fleet view keeps each instance's latest compliance.
+                if let Some(counts) = result.compliance {
+                    compliance.push((result.instance_id.as_str(), &report.location, counts));
+                }
             }
         }
-        if new && state == RunState::Halted && failures > 0 {
-            tracing::warn!(run_id = %report.run_id, "run halted by its error budget");
+        // Secondary to the run: a failure is logged, the next scan mends it.
+        if let Err(error) = self
+            .record_compliance(run_id, &plan.campaign.name, &compliance)
+            .await
+        {
+            tracing::warn!(%run_id, error = %error, "could not update the fleet compliance view");
+        }
+        if state == RunState::Halted && failures > 0 {
+            tracing::warn!(%run_id, "run halted by its error budget");
         }
         Ok(())
     }
@@ -506,6 +484,62 @@ impl Scheduler {
         tracing::info!(%run_id, state = state.as_str(), republished, "recovered run");
         self.advance(run_id).await
     }
+}
+
+/// The name of step `index` of `campaign`.
+fn step_name(campaign: &protocol::Campaign, index: u16) -> Result<&str, SchedulerError> {
+    campaign
+        .steps
+        .get(usize::from(index))
+        .map(|step| step.name.as_str())
+        .ok_or_else(|| SchedulerError::Invalid(format!("results for unknown step {index}")))
+}
+
+/// What a results report changes in the ledger: its counters, failures and
+/// the batch's next step (the targets that succeeded, when a step follows).
+fn results_application(
+    campaign: &protocol::Campaign,
+    report: &StepResults,
+) -> Result<ResultsApplication, SchedulerError> {
+    step_name(campaign, report.step_index)?;
+    let location = location_key(&report.location);
+    let succeeded: Vec<String> = report
+        .results
+        .iter()
+        .filter(|result| result.status == StatusDetail::Success)
+        .map(|result| result.instance_id.clone())
+        .collect();
+    let next_step = report.step_index + 1;
+    let next =
+        (usize::from(next_step) < campaign.steps.len() && !succeeded.is_empty()).then(|| {
+            BatchEntry {
+                location: location.clone(),
+                batch_id: report.batch_id,
+                step_index: next_step,
+                instance_ids: succeeded,
+                window: None, // the admitted entry's, added by the script
+            }
+        });
+    let entry_key = BatchEntry {
+        location: location.clone(),
+        batch_id: report.batch_id,
+        step_index: report.step_index,
+        instance_ids: Vec::new(),
+        window: None,
+    }
+    .key();
+    Ok(ResultsApplication {
+        entry_key,
+        location,
+        targets: report.results.len(),
+        failures: report
+            .results
+            .iter()
+            .filter(|result| result.status.counts_against_error_budget())
+            .count() as u64,
+        counters: count_by_status(report.step_index, &report.results),
+        next,
+    })
 }
 
 /// A report's counters: targets per `step:status`, and failed targets per

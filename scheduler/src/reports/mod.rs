@@ -12,15 +12,16 @@
 
 mod apply;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
 use broker::Delivery;
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use protocol::Report;
-use protocol::report::{LocationFailure, MAX_BUNDLED_REPORTS};
+use protocol::report::{LocationFailure, MAX_BUNDLED_REPORTS, StepResults};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -219,11 +220,26 @@ impl Scheduler {
         let fingerprint = delivery.fingerprint();
         let (mut park, mut refused) = (false, false);
         let mut follow_up = BTreeSet::new();
-        for report in &reports {
-            match self
+        // Results reports are applied together (one ledger call per run of
+        // the bundle, one admission after); the others one by one.
+        let (results, others): (Vec<&Report>, Vec<&Report>) = reports
+            .iter()
+            .partition(|report| matches!(report, Report::StepResults(_)));
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for report in others {
+            let handled = self
                 .handle_one(report, delivery.redelivered(), &mut follow_up, stop)
-                .await
-            {
+                .await;
+            outcomes.push((report.run_id(), handled));
+        }
+        if !results.is_empty() {
+            let handled = self
+                .handle_results(&results, delivery.redelivered(), &mut follow_up, stop)
+                .await;
+            outcomes.extend(results.iter().map(|report| report.run_id()).zip(handled));
+        }
+        for (run_id, handled) in outcomes {
+            match handled {
                 Handled::Done => {}
                 Handled::Stopped => return,
                 Handled::Refused { reason, detail } => {
@@ -231,7 +247,7 @@ impl Scheduler {
                     refused = true;
                 }
                 Handled::Unwritable(error) => {
-                    self.pause_unwritable(report.run_id(), &error).await;
+                    self.pause_unwritable(run_id, &error).await;
                     park = true;
                 }
                 Handled::Failed => refused = true,
@@ -328,6 +344,156 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Checks and applies a bundle's results reports together, retrying
+    /// outages in place; returns how each ended, in `reports`' order. Each
+    /// pass checks the reports not yet decided, writes the accepted ones'
+    /// results (at once), applies those written with one ledger call per
+    /// run, then admits once per run. A report whose results cannot be
+    /// written yet is tried again in the next pass; past the tries, it ends
+    /// unwritable (its run pauses) while the others are applied.
+    async fn handle_results(
+        &self,
+        reports: &[&Report],
+        redelivered: bool,
+        follow_up: &mut BTreeSet<Uuid>,
+        stop: &CancellationToken,
+    ) -> Vec<Handled> {
+        let mut outcomes: Vec<Option<Handled>> = reports.iter().map(|_| None).collect();
+        let mut attempt: u32 = 0;
+        loop {
+            let pass = self
+                .results_pass(
+                    reports,
+                    &mut outcomes,
+                    redelivered || attempt > 0,
+                    follow_up,
+                    attempt,
+                )
+                .await;
+            match pass {
+                Ok(applied_runs) => {
+                    if attempt > 0 {
+                        // An update whose answer was lost may have happened
+                        // anyway: batches it admitted were never published.
+                        for run_id in applied_runs {
+                            if let Err(error) = self.republish_admitted(run_id).await {
+                                tracing::warn!(error = %error, "could not re-publish admitted batches");
+                            }
+                        }
+                    }
+                    if outcomes.iter().all(Option::is_some) {
+                        break;
+                    }
+                    // Results not written yet: tried again after a wait.
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(error = %error, attempt, "reports not applied yet; retrying");
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "reports cannot be applied; dead-lettering them");
+                    for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_none()) {
+                        *outcome = Some(Handled::Failed);
+                    }
+                    break;
+                }
+            }
+            if !wait_to_retry(&mut attempt, stop).await {
+                return reports.iter().map(|_| Handled::Stopped).collect();
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Handled::Failed))
+            .collect()
+    }
+
+    /// One pass of [`Self::handle_results`] over the reports not yet
+    /// decided in `outcomes`; returns the runs whose reports it applied. An
+    /// outage ends the pass with an error: what it decided stays decided.
+    async fn results_pass(
+        &self,
+        reports: &[&Report],
+        outcomes: &mut [Option<Handled>],
+        repeated: bool,
+        follow_up: &mut BTreeSet<Uuid>,
+        attempt: u32,
+    ) -> Result<BTreeSet<Uuid>, SchedulerError> {
+        let open: Vec<usize> = (0..reports.len())
+            .filter(|index| outcomes[*index].is_none())
+            .collect();
+        let verdicts = join_all(open.iter().map(|index| self.check_report(reports[*index]))).await;
+        let mut accepted = Vec::new();
+        for (index, verdict) in open.into_iter().zip(verdicts) {
+            let report = reports[index];
+            match verdict? {
+                Verdict::Accept => accepted.push(index),
+                Verdict::Duplicate => {
+                    self.metrics.report(report_kind(report), "duplicate");
+                    if repeated {
+                        // Its first holder may have stopped before admitting
+                        // (see `handle_one`): followed up once per run.
+                        follow_up.insert(report.run_id());
+                    }
+                    outcomes[index] = Some(Handled::Done);
+                }
+                Verdict::Reject { reason, detail } => {
+                    outcomes[index] = Some(Handled::Refused { reason, detail });
+                }
+            }
+        }
+        // Durable first: the ledger counts only what is written.
+        let written = join_all(accepted.iter().map(|index| async move {
+            match reports[*index] {
+                Report::StepResults(results) => self.write_results(results).await,
+                _ => Err(SchedulerError::Invalid("not a results report".into())),
+            }
+        }))
+        .await;
+        let mut by_run: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
+        for (index, write) in accepted.into_iter().zip(written) {
+            match write {
+                Ok(()) => by_run
+                    .entry(reports[index].run_id())
+                    .or_default()
+                    .push(index),
+                // One run's unwritable results must not hold up every other
+                // run's reports: past a few tries, its run pauses and the
+                // report waits in a delay queue, to be tried again later.
+                Err(SchedulerError::Results(error))
+                    if error.permanent || attempt >= MAX_RESULTS_WRITE_ATTEMPTS =>
+                {
+                    outcomes[index] = Some(Handled::Unwritable(error));
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(error = %error, attempt, "results not written yet; retrying");
+                }
+                Err(error) => {
+                    tracing::error!(run_id = %reports[index].run_id(), error = %error, "report cannot be applied; dead-lettering it");
+                    outcomes[index] = Some(Handled::Failed);
+                }
+            }
+        }
+        let mut applied = BTreeSet::new();
+        for (run_id, indexes) in by_run {
+            let results: Vec<&StepResults> = indexes
+                .iter()
+                .filter_map(|index| match reports[*index] {
+                    Report::StepResults(results) => Some(results),
+                    _ => None,
+                })
+                .collect();
+            self.apply_results(run_id, &results).await?;
+            applied.insert(run_id);
+            // Decided only once admitted: after an outage here, the next
+            // pass finds them applied and follows the run up.
+            self.advance(run_id).await?;
+            for index in indexes {
+                outcomes[index] = Some(Handled::Done);
+            }
+        }
+        Ok(applied)
     }
 
     /// Does what a lost holder of the run's duplicate reports may have left

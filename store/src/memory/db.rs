@@ -357,7 +357,9 @@ impl Db {
             "RPUSH" | "LPUSH" | "LINDEX" | "LSET" | "LPOP" | "LRANGE" | "LTRIM" | "LLEN" => {
                 self.lists(&name, args)
             }
-            "SADD" | "SREM" | "SISMEMBER" | "SMEMBERS" | "SCARD" => self.sets(&name, args),
+            "SADD" | "SREM" | "SISMEMBER" | "SMISMEMBER" | "SMEMBERS" | "SCARD" => {
+                self.sets(&name, args)
+            }
             "ZADD" | "ZREM" | "ZSCORE" | "ZRANGEBYSCORE" | "ZREVRANGE" | "ZCARD" | "ZCOUNT" => {
                 self.sorted_sets(&name, args)
             }

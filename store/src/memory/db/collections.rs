@@ -223,6 +223,15 @@ impl Db {
                 let member = self.set(key)?.is_some_and(|set| set.contains(&args[2]));
                 return Ok(Value::Int(i64::from(member)));
             }
+            "SMISMEMBER" => {
+                arity(args, 3)?;
+                let set = self.set(key)?;
+                return Ok(array(args[2..].iter().map(|member| {
+                    Value::Int(i64::from(
+                        set.as_ref().is_some_and(|set| set.contains(member)),
+                    ))
+                })));
+            }
             "SMEMBERS" => {
                 return Ok(array(
                     self.set(key)?
