@@ -444,6 +444,147 @@ async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
     stack.teardown().await;
 }
 
+/// A bundle's discovery and results reports are applied together (one
+/// ledger call per run, one admission): what a user sees is what reports
+/// one by one gave — every page counted once, a repeat in the bundle
+/// changing nothing, the limits resolved, each target one result, and the
+/// next batches admitted in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_of_pages_and_results_counts_each_once_and_admits_after_it() {
+    use protocol::envelope;
+    use protocol::job::UnixMillis;
+    use protocol::report::{Reports, StepResults, TargetResult};
+
+    let stack = Stack::start(support::single_location(120, false)).await;
+    let campaign = stack.campaign(
+        "bundled-pages",
+        support::one_step("  max_concurrency: 20\n  max_errors: 0\n"),
+    );
+    let run_id = stack.start_run(&campaign).await;
+    let location = stack.scheduler.plan(run_id).await.unwrap().locations[0].clone();
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let seal = |reports: Vec<protocol::Report>| {
+        envelope::seal(&Reports(reports), &worker_key, UnixMillis::now()).unwrap()
+    };
+    let test_broker = broker::Broker::connect(&stack.amqp_url, stack.names.clone(), "test")
+        .await
+        .unwrap();
+    // Three pages (50, 50, 20) and the first again, in one bundle.
+    let mut pages = support::discovered(run_id, &location, 120);
+    pages.push(pages[0].clone());
+    test_broker
+        .publish_sealed_report(&seal(pages))
+        .await
+        .unwrap();
+    let ledger = stack.scheduler.ledger().clone();
+    let mut admitted = Vec::new();
+    for _ in 0..100 {
+        admitted = ledger.admitted(run_id).await.unwrap();
+        if admitted.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(
+        (
+            progress.total_targets,
+            progress.locations_discovered,
+            progress.state
+        ),
+        (120, 1, RunState::Running),
+        "every page once, the location discovered: {progress:#?}"
+    );
+    assert_eq!(
+        admitted
+            .iter()
+            .map(|batch| batch.instance_ids.len())
+            .collect::<Vec<_>>(),
+        [10, 10],
+        "batches of half of max_concurrency, two in flight"
+    );
+    let result = |batch: &scheduler::ledger::BatchEntry| {
+        protocol::Report::StepResults(StepResults {
+            run_id,
+            location: location.clone(),
+            batch_id: batch.batch_id,
+            step_index: batch.step_index,
+            results: batch
+                .instance_ids
+                .iter()
+                .map(|instance_id| TargetResult {
+                    instance_id: instance_id.clone(),
+                    status: StatusDetail::Success,
+                    command_id: Some("c-1".into()),
+                    requested_at: None,
+                    started_at: None,
+                    finished_at: None,
+                    response_code: Some(0),
+                    output_excerpt: "ok".into(),
+                    compliance: None,
+                    compliance_missing: None,
+                })
+                .collect(),
+        })
+    };
+    // Both batches' results and the first's again, in one bundle.
+    let bundle = vec![
+        result(&admitted[0]),
+        result(&admitted[1]),
+        result(&admitted[0]),
+    ];
+    test_broker
+        .publish_sealed_report(&seal(bundle))
+        .await
+        .unwrap();
+    stack
+        .wait_for("both batches applied", Duration::from_secs(10), |stack| {
+            stack.records(run_id).len() >= 20
+        })
+        .await;
+    for _ in 0..100 {
+        if queued_reports(&test_broker).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut next = Vec::new();
+    for _ in 0..100 {
+        next = ledger.admitted(run_id).await.unwrap();
+        if next.len() == 2 && next.iter().all(|batch| !admitted.contains(batch)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = stack.records(run_id);
+    let distinct: HashSet<&str> = records
+        .iter()
+        .map(|record| record.instance_id.as_str())
+        .collect();
+    assert_eq!(
+        (records.len(), distinct.len()),
+        (20, 20),
+        "each target of the two batches one result, the repeat none"
+    );
+    let progress = stack.scheduler.progress(run_id).await.unwrap();
+    assert_eq!(
+        (progress.targets_in_flight, progress.results[&0]["Success"]),
+        (20, 20),
+        "the next two batches in flight, 20 counted: {progress:#?}"
+    );
+    assert!(
+        next.len() == 2 && next.iter().all(|batch| !admitted.contains(batch)),
+        "the next batches admitted after the bundle: {next:?}"
+    );
+    assert_eq!(
+        support::ready_in(&test_broker, &[stack.names.dead_letter_queue()]).await,
+        0,
+        "nothing refused"
+    );
+    test_broker.close().await;
+    stack.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firing_alert_pauses_the_named_campaign_and_resuming_continues_it() {
     let mut stack = Stack::start(support::slow_single_location(120)).await;

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 pub use self::model::{
     BatchEntry, LocationStatus, NewRun, PageRecorded, ReportScope, ResultsApplication, RunFields,
-    StoredPage, WindowGroup, location_key, parse_location,
+    ScopeQuery, StoredPage, WindowGroup, location_key, parse_location,
 };
 use self::model::{page_entries, run_hash_fields};
 use crate::SchedulerError;
@@ -209,38 +209,52 @@ impl Ledger {
         Ok(())
     }
 
-    /// Reads what a report about `location` (and, for results, the batch-step
-    /// `entry_key`) must match, in one round trip.
+    /// Reads what a report about `location` must match (`about` says what
+    /// else its kind is checked against), in one round trip.
     pub async fn report_scope(
         &self,
         run_id: Uuid,
         location: &Location,
-        entry_key: Option<&str>,
+        about: ScopeQuery<'_>,
     ) -> Result<ReportScope, SchedulerError> {
         let location = location_key(location);
         let mut connection = self.connection.clone();
-        let key = entry_key.unwrap_or_default();
-        let (location_in_run, admitted, applied, executing): (bool, Option<String>, bool, bool) =
-            redis::pipe()
-                .sismember(self.names.run_location_set_key(run_id), &location)
-                .hget(self.names.run_admitted_key(run_id), key)
-                .sismember(self.names.run_applied_key(run_id), format!("results:{key}"))
-                .hexists(
-                    self.names.run_location_state_key(run_id),
-                    format!("{location}:activated"),
-                )
-                .query_async(&mut connection)
-                .await?;
-        let admitted = match (entry_key, admitted) {
-            (Some(_), Some(raw)) => Some(serde_json::from_str(&raw)?),
-            _ => None,
+        let location_set = self.names.run_location_set_key(run_id);
+        // Only what the report's kind is checked against is read: every
+        // command counts, and a discovery report (one per location) needs
+        // one.
+        let mut scope = ReportScope {
+            location_in_run: false,
+            admitted: None,
+            applied: false,
+            executing: false,
         };
-        Ok(ReportScope {
-            location_in_run,
-            admitted,
-            applied: entry_key.is_some() && applied,
-            executing,
-        })
+        match about {
+            ScopeQuery::Location => {
+                scope.location_in_run = connection.sismember(location_set, &location).await?;
+            }
+            ScopeQuery::Execution => {
+                (scope.location_in_run, scope.executing) = redis::pipe()
+                    .sismember(location_set, &location)
+                    .hexists(
+                        self.names.run_location_state_key(run_id),
+                        format!("{location}:activated"),
+                    )
+                    .query_async(&mut connection)
+                    .await?;
+            }
+            ScopeQuery::Batch(key) => {
+                let admitted: Option<String>;
+                (scope.location_in_run, admitted, scope.applied) = redis::pipe()
+                    .sismember(location_set, &location)
+                    .hget(self.names.run_admitted_key(run_id), key)
+                    .sismember(self.names.run_applied_key(run_id), format!("results:{key}"))
+                    .query_async(&mut connection)
+                    .await?;
+                scope.admitted = admitted.map(|raw| serde_json::from_str(&raw)).transpose()?;
+            }
+        }
+        Ok(scope)
     }
 
     /// `waves`: a rollout's wave caps and canary location keys, once every

@@ -102,6 +102,18 @@ pub struct ResultsApplication {
     pub next: Option<BatchEntry>,
 }
 
+/// What a report is checked against ([`super::Ledger::report_scope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeQuery<'a> {
+    /// Its location is one of the run's (a discovery report).
+    Location,
+    /// ... and whether execution began there (a failed location).
+    Execution,
+    /// ... and the batch-step with this [`BatchEntry::key`]: admitted, or
+    /// applied already (a results report).
+    Batch(&'a str),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportScope {
     /// The report's location is one of the run's.

@@ -11,7 +11,7 @@ use protocol::status::StatusDetail;
 use uuid::Uuid;
 
 use super::report_kind;
-use crate::ledger::{BatchEntry, ResultsApplication, location_key};
+use crate::ledger::{BatchEntry, PageRecorded, ResultsApplication, location_key};
 use crate::sink::{ResultLine, ResultPath, ResultRecord};
 use crate::{Scheduler, SchedulerError};
 
@@ -68,9 +68,19 @@ impl Scheduler {
     }
 
     async fn apply_discovered(&self, report: &TargetsDiscovered) -> Result<(), SchedulerError> {
+        let recorded = self.record_discovered(report).await?;
+        self.after_pages(report.run_id, &[recorded]).await
+    }
+
+    /// Records a discovery report's page (once, however often it comes).
+    pub(super) async fn record_discovered(
+        &self,
+        report: &TargetsDiscovered,
+    ) -> Result<PageRecorded, SchedulerError> {
         let plan = self.plan(report.run_id).await?;
-        let recorded = if plan.campaign.window_tag.is_some() {
-            self.ledger
+        if plan.campaign.window_tag.is_some() {
+            return self
+                .ledger
                 .record_windowed_page(
                     report.run_id,
                     &report.location,
@@ -78,30 +88,41 @@ impl Scheduler {
                     window_groups(&plan.campaign, report),
                     report.last_page,
                 )
-                .await?
-        } else {
-            let ids: Vec<String> = report
-                .targets
-                .iter()
-                .map(|target| target.instance_id.clone())
-                .collect();
-            self.ledger
-                .record_page(
-                    report.run_id,
-                    &report.location,
-                    report.page,
-                    &ids,
-                    report.last_page,
-                )
-                .await?
-        };
-        if recorded.all_discovered {
-            self.discovery_complete(report.run_id).await?;
-        } else if recorded.location_discovered {
-            self.resolve_limits(report.run_id, false).await?;
-            self.discover_more(report.run_id).await?;
-        } else if !recorded.new {
-            self.resolve_after_a_repeat(report.run_id).await?;
+                .await;
+        }
+        let ids: Vec<String> = report
+            .targets
+            .iter()
+            .map(|target| target.instance_id.clone())
+            .collect();
+        self.ledger
+            .record_page(
+                report.run_id,
+                &report.location,
+                report.page,
+                &ids,
+                report.last_page,
+            )
+            .await
+    }
+
+    /// What the pages of a run just recorded call for, once for all of them
+    /// (a bundle's): the limits resolved again and more discovery opened
+    /// when a location is discovered, for good when every one is; and, when
+    /// a page was seen before, what its first holder may have left undone.
+    pub(super) async fn after_pages(
+        &self,
+        run_id: Uuid,
+        recorded: &[PageRecorded],
+    ) -> Result<(), SchedulerError> {
+        if recorded.iter().any(|page| !page.new) {
+            self.resolve_after_a_repeat(run_id).await?;
+        }
+        if recorded.iter().any(|page| page.all_discovered) {
+            self.discovery_complete(run_id).await?;
+        } else if recorded.iter().any(|page| page.location_discovered) {
+            self.resolve_limits(run_id, false).await?;
+            self.discover_more(run_id).await?;
         }
         Ok(())
     }

@@ -21,11 +21,11 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use protocol::Report;
-use protocol::report::{LocationFailure, MAX_BUNDLED_REPORTS, StepResults};
+use protocol::report::{LocationFailure, MAX_BUNDLED_REPORTS};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::ledger::{BatchEntry, location_key};
+use crate::ledger::{BatchEntry, ScopeQuery, location_key};
 use crate::sink::SinkError;
 use crate::{Scheduler, SchedulerError};
 
@@ -220,23 +220,27 @@ impl Scheduler {
         let fingerprint = delivery.fingerprint();
         let (mut park, mut refused) = (false, false);
         let mut follow_up = BTreeSet::new();
-        // Results reports are applied together (one ledger call per run of
-        // the bundle, one admission after); the others one by one.
-        let (results, others): (Vec<&Report>, Vec<&Report>) = reports
-            .iter()
-            .partition(|report| matches!(report, Report::StepResults(_)));
+        // Results and discovery reports are applied together (one ledger
+        // call per run for the results, the limits, more discovery and one
+        // admission per run after); a failed location's alone.
+        let (together, alone): (Vec<&Report>, Vec<&Report>) = reports.iter().partition(|report| {
+            matches!(
+                report,
+                Report::StepResults(_) | Report::TargetsDiscovered(_)
+            )
+        });
         let mut outcomes = Vec::with_capacity(reports.len());
-        for report in others {
+        for report in alone {
             let handled = self
                 .handle_one(report, delivery.redelivered(), &mut follow_up, stop)
                 .await;
             outcomes.push((report.run_id(), handled));
         }
-        if !results.is_empty() {
+        if !together.is_empty() {
             let handled = self
-                .handle_results(&results, delivery.redelivered(), &mut follow_up, stop)
+                .handle_together(&together, delivery.redelivered(), &mut follow_up, stop)
                 .await;
-            outcomes.extend(results.iter().map(|report| report.run_id()).zip(handled));
+            outcomes.extend(together.iter().map(|report| report.run_id()).zip(handled));
         }
         for (run_id, handled) in outcomes {
             match handled {
@@ -346,14 +350,16 @@ impl Scheduler {
         }
     }
 
-    /// Checks and applies a bundle's results reports together, retrying
-    /// outages in place; returns how each ended, in `reports`' order. Each
-    /// pass checks the reports not yet decided, writes the accepted ones'
-    /// results (at once), applies those written with one ledger call per
-    /// run, then admits once per run. A report whose results cannot be
-    /// written yet is tried again in the next pass; past the tries, it ends
-    /// unwritable (its run pauses) while the others are applied.
-    async fn handle_results(
+    /// Checks and applies a bundle's results and discovery reports
+    /// together, retrying outages in place; returns how each ended, in
+    /// `reports`' order. Each pass checks the reports not yet decided,
+    /// writes the accepted results (at once), then per run records the
+    /// pages, counts the results with one ledger call, resolves the limits
+    /// and opens more discovery once, and admits once. A report whose
+    /// results cannot be written yet is tried again in the next pass; past
+    /// the tries, it ends unwritable (its run pauses) while the others are
+    /// applied.
+    async fn handle_together(
         &self,
         reports: &[&Report],
         redelivered: bool,
@@ -409,7 +415,7 @@ impl Scheduler {
             .collect()
     }
 
-    /// One pass of [`Self::handle_results`] over the reports not yet
+    /// One pass of [`Self::handle_together`] over the reports not yet
     /// decided in `outcomes`; returns the runs whose reports it applied. An
     /// outage ends the pass with an error: what it decided stays decided.
     async fn results_pass(
@@ -444,7 +450,10 @@ impl Scheduler {
             }
         }
         // Durable first: the ledger counts only what is written.
-        let written = join_all(accepted.iter().map(|index| async move {
+        let (accepted_results, accepted_pages): (Vec<usize>, Vec<usize>) = accepted
+            .into_iter()
+            .partition(|index| matches!(reports[*index], Report::StepResults(_)));
+        let written = join_all(accepted_results.iter().map(|index| async move {
             match reports[*index] {
                 Report::StepResults(results) => self.write_results(results).await,
                 _ => Err(SchedulerError::Invalid("not a results report".into())),
@@ -452,7 +461,13 @@ impl Scheduler {
         }))
         .await;
         let mut by_run: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
-        for (index, write) in accepted.into_iter().zip(written) {
+        for index in accepted_pages {
+            by_run
+                .entry(reports[index].run_id())
+                .or_default()
+                .push(index);
+        }
+        for (index, write) in accepted_results.into_iter().zip(written) {
             match write {
                 Ok(()) => by_run
                     .entry(reports[index].run_id())
@@ -477,15 +492,31 @@ impl Scheduler {
         }
         let mut applied = BTreeSet::new();
         for (run_id, indexes) in by_run {
-            let results: Vec<&StepResults> = indexes
-                .iter()
-                .filter_map(|index| match reports[*index] {
-                    Report::StepResults(results) => Some(results),
-                    _ => None,
-                })
-                .collect();
-            self.apply_results(run_id, &results).await?;
+            let mut pages = Vec::new();
+            let mut results = Vec::new();
+            for index in &indexes {
+                match reports[*index] {
+                    Report::TargetsDiscovered(discovered) => {
+                        let recorded = self.record_discovered(discovered).await;
+                        let outcome = if recorded.is_ok() {
+                            "applied"
+                        } else {
+                            "failed"
+                        };
+                        self.metrics.report("targets_discovered", outcome);
+                        pages.push(recorded?);
+                    }
+                    Report::StepResults(report) => results.push(report),
+                    Report::LocationFailed(_) => {}
+                }
+            }
+            if !results.is_empty() {
+                self.apply_results(run_id, &results).await?;
+            }
             applied.insert(run_id);
+            if !pages.is_empty() {
+                self.after_pages(run_id, &pages).await?;
+            }
             // Decided only once admitted: after an outage here, the next
             // pass finds them applied and follows the run up.
             self.advance(run_id).await?;
@@ -624,10 +655,12 @@ impl Scheduler {
         if let Err(why) = location.validate() {
             return reject("bad_location", why);
         }
-        let scope = self
-            .ledger
-            .report_scope(run_id, location, entry_key.as_deref())
-            .await?;
+        let about = match (&entry_key, report) {
+            (Some(key), _) => ScopeQuery::Batch(key),
+            (None, Report::LocationFailed(_)) => ScopeQuery::Execution,
+            (None, _) => ScopeQuery::Location,
+        };
+        let scope = self.ledger.report_scope(run_id, location, about).await?;
         if !scope.location_in_run {
             return reject(
                 "foreign_location",
