@@ -154,6 +154,7 @@ conformance!(
     token_bucket_grants_its_burst_then_asks_to_wait,
     token_bucket_refills_at_its_rate,
     token_buckets_are_per_account_region_api,
+    a_busy_token_bucket_still_expires_once_idle,
     token_reservations_pace_callers_at_the_rate,
     a_redelivered_job_finds_its_claim_or_command,
     a_stale_claim_is_taken_over_once,
@@ -399,6 +400,34 @@ async fn token_bucket_grants_its_burst_then_asks_to_wait(store: impl Store) {
         ),
         "all or nothing"
     );
+}
+
+/// A bucket's expiry is pushed out lazily (not on every token), yet it
+/// always outlives its reservations by at least 30 s and goes once idle.
+async fn a_busy_token_bucket_still_expires_once_idle(store: RedisStore) {
+    use ::redis::AsyncCommands;
+    let request = TokenRequest {
+        rate_per_second: 1_000.0,
+        burst: 1_000.0,
+        tokens: 1,
+        max_wait: Duration::ZERO,
+    };
+    let key = store.names().token_bucket_key(
+        SEND_COMMAND.account_id,
+        SEND_COMMAND.region,
+        SEND_COMMAND.api,
+    );
+    for _ in 0..200 {
+        assert_eq!(
+            store.take_tokens(SEND_COMMAND, request).await.unwrap(),
+            TokenGrant::Granted
+        );
+        let ttl: i64 = store.connection().pttl(&key).await.unwrap();
+        assert!(
+            (30_000..=91_000).contains(&ttl),
+            "the bucket outlives its reservations by 30 to 90 s: {ttl} ms"
+        );
+    }
 }
 
 async fn token_bucket_refills_at_its_rate(store: impl Store) {

@@ -12,18 +12,29 @@
 -- at most the longest wait away, they are reserved for that instant (the
 -- caller sleeps until then); otherwise nothing is taken. Returns
 -- {reserved (0/1), seconds to wait}.
+-- The bucket outlives its last reservation by at least 30 s, so an idle
+-- one goes: its expiry ('expires', Unix s) is pushed out to 90 s past
+-- the reservation only when it would come closer than 30 s — one PEXPIRE
+-- a minute for a busy bucket, not one per token (every command a function
+-- makes is one Redis runs: three a token, four with the PEXPIRE).
 local function take_tokens(keys, args)
   local time = redis.call('TIME')
   local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
   local rate, burst = tonumber(args[1]), tonumber(args[2])
   local wanted, max_wait = tonumber(args[3]), tonumber(args[4])
   local interval = 1 / rate
-  local tat = math.max(tonumber(redis.call('HGET', keys[1], 'tat')) or now, now)
+  local stored = redis.call('HMGET', keys[1], 'tat', 'expires')
+  local tat = math.max(tonumber(stored[1]) or now, now)
   local wait = math.max(0, tat + (wanted - burst) * interval - now)
   if wait > max_wait then return {0, string.format('%.6f', wait)} end
   local new_tat = tat + wanted * interval
-  redis.call('HSET', keys[1], 'tat', string.format('%.6f', new_tat))
-  redis.call('PEXPIRE', keys[1], math.ceil((new_tat - now) * 1000) + 60000)
+  if (tonumber(stored[2]) or 0) < new_tat + 30 then
+    redis.call('HSET', keys[1], 'tat', string.format('%.6f', new_tat),
+      'expires', string.format('%.3f', new_tat + 90))
+    redis.call('PEXPIRE', keys[1], math.ceil((new_tat + 90 - now) * 1000))
+  else
+    redis.call('HSET', keys[1], 'tat', string.format('%.6f', new_tat))
+  end
   return {1, string.format('%.6f', wait)}
 end
 
