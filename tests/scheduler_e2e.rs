@@ -286,6 +286,22 @@ async fn queued_jobs(broker: &broker::Broker) -> u32 {
 }
 
 /// Ready messages in the reports queue.
+/// A target's result of a step that succeeded (command `c-1`).
+fn succeeded(instance_id: &str) -> protocol::report::TargetResult {
+    protocol::report::TargetResult {
+        instance_id: instance_id.to_string(),
+        status: StatusDetail::Success,
+        command_id: Some("c-1".into()),
+        requested_at: None,
+        started_at: None,
+        finished_at: None,
+        response_code: Some(0),
+        output_excerpt: "ok".into(),
+        compliance: None,
+        compliance_missing: None,
+    }
+}
+
 async fn queued_reports(broker: &broker::Broker) -> u32 {
     support::ready_in(broker, &[broker.names().reports_queue()]).await
 }
@@ -301,7 +317,7 @@ async fn queued_reports(broker: &broker::Broker) -> u32 {
 async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
     use protocol::envelope;
     use protocol::job::UnixMillis;
-    use protocol::report::{Reports, StepResults, TargetResult};
+    use protocol::report::{Reports, StepResults};
 
     const DUPLICATES: usize = 32;
     let mut stack = Stack::start(support::single_location(100, false)).await;
@@ -344,18 +360,7 @@ async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
         results: first
             .instance_ids
             .iter()
-            .map(|instance_id| TargetResult {
-                instance_id: instance_id.clone(),
-                status: StatusDetail::Success,
-                command_id: Some("c-1".into()),
-                requested_at: None,
-                started_at: None,
-                finished_at: None,
-                response_code: Some(0),
-                output_excerpt: "ok".into(),
-                compliance: None,
-                compliance_missing: None,
-            })
+            .map(|instance_id| succeeded(instance_id))
             .collect(),
     });
     test_broker
@@ -453,7 +458,7 @@ async fn a_redelivered_bundle_of_duplicates_is_followed_up_once_per_run() {
 async fn a_bundle_of_pages_and_results_counts_each_once_and_admits_after_it() {
     use protocol::envelope;
     use protocol::job::UnixMillis;
-    use protocol::report::{Reports, StepResults, TargetResult};
+    use protocol::report::{Reports, StepResults};
 
     let stack = Stack::start(support::single_location(120, false)).await;
     let campaign = stack.campaign(
@@ -512,18 +517,7 @@ async fn a_bundle_of_pages_and_results_counts_each_once_and_admits_after_it() {
             results: batch
                 .instance_ids
                 .iter()
-                .map(|instance_id| TargetResult {
-                    instance_id: instance_id.clone(),
-                    status: StatusDetail::Success,
-                    command_id: Some("c-1".into()),
-                    requested_at: None,
-                    started_at: None,
-                    finished_at: None,
-                    response_code: Some(0),
-                    output_excerpt: "ok".into(),
-                    compliance: None,
-                    compliance_missing: None,
-                })
+                .map(|instance_id| succeeded(instance_id))
                 .collect(),
         })
     };
