@@ -354,6 +354,98 @@ async fn a_bundle_with_a_forged_report_applies_the_genuine_ones_and_is_dead_lett
     stack.teardown().await;
 }
 
+/// A report that can never be applied — its run's record no longer parses
+/// — is refused alone: the reports of other runs in its bundle, applied
+/// with it, are counted (one run's fault fails no other run's reports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_with_a_report_of_a_corrupt_run_applies_the_other_runs_reports() {
+    use ::redis::AsyncCommands as _;
+    let mut stack = Stack::start(support::single_location(10, false)).await;
+    // Stopped while the runs start and one is spoilt, so it has read
+    // neither run's record yet.
+    stack.kill_scheduler();
+    let healthy = stack
+        .start_run(&stack.campaign("healthy", support::one_step("  max_errors: 0\n")))
+        .await;
+    let corrupt = stack
+        .start_run(&stack.campaign("spoilt", support::one_step("  max_errors: 0\n")))
+        .await;
+    let location = stack.scheduler.plan(healthy).await.unwrap().locations[0].clone();
+    let mut connection = stack.store.connection();
+    let () = connection
+        .hset(
+            stack.names.run_key(corrupt),
+            protocol::run_fields::RunField::Spec.as_str(),
+            "{",
+        )
+        .await
+        .unwrap();
+    stack.start_scheduler();
+    let mut reports = support::discovered(healthy, &location, 3);
+    reports.extend(support::discovered(corrupt, &location, 3));
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let bundle = envelope::seal(
+        &protocol::report::Reports(reports),
+        &worker_key,
+        UnixMillis::now(),
+    )
+    .unwrap();
+    let sender = broker_signing(&stack, Keyring::default()).await;
+    sender.publish_sealed_report(&bundle).await.unwrap();
+    wait_for_dead_letters(&sender, 1).await;
+    let progress = stack.scheduler.progress(healthy).await.unwrap();
+    assert_eq!(
+        (progress.total_targets, progress.locations_discovered),
+        (3, 1),
+        "the healthy run's page counted beside the spoilt run's refused one: {progress:#?}"
+    );
+    sender.close().await;
+    stack.teardown().await;
+}
+
+/// A bundle is applied in its order: a location's page, then its failure,
+/// count the page's targets (a failed location's later pages are ignored,
+/// so applying the failure first would lose them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_is_applied_in_its_order() {
+    let stack = Stack::start(support::single_location(10, false)).await;
+    let campaign = stack.campaign("in-order", support::one_step("  max_errors: 0\n"));
+    let run_id = stack.start_run(&campaign).await;
+    let location = stack.scheduler.plan(run_id).await.unwrap().locations[0].clone();
+    let mut reports = support::discovered(run_id, &location, 3);
+    reports.push(Report::LocationFailed(LocationFailed {
+        run_id,
+        location: location.clone(),
+        reason: LocationFailure::AccessDenied,
+        detail: "AccessDenied: the role was deleted".into(),
+    }));
+    let worker_key = stack.keys.worker.signer().unwrap().clone();
+    let bundle = envelope::seal(
+        &protocol::report::Reports(reports),
+        &worker_key,
+        UnixMillis::now(),
+    )
+    .unwrap();
+    let sender = broker_signing(&stack, Keyring::default()).await;
+    sender.publish_sealed_report(&bundle).await.unwrap();
+    let mut progress = stack.scheduler.progress(run_id).await.unwrap();
+    for _ in 0..100 {
+        if progress.locations_failed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        progress = stack.scheduler.progress(run_id).await.unwrap();
+    }
+    assert_eq!(
+        (progress.locations_failed, progress.total_targets),
+        (1, 3),
+        "the page before the failure counted: {progress:#?}"
+    );
+    assert_eq!(dead_lettered(&sender).await, 0, "nothing refused");
+    sender.close().await;
+    stack.teardown().await;
+}
+
 /// Issue 33's refused step halts a run; only where a send was made: a
 /// worker key's forged "the step was refused" for a location of the run
 /// whose execution never began is refused and halts nothing.

@@ -57,8 +57,7 @@ local function queue(loc, p, c, ids, window)
   end
   return c
 end
-local function activate(loc)
-  local page_count = tonumber(redis.call('HGET', locstate, loc .. ':pages')) or 0
+local function activate(loc, page_count)
   local chunks = 0
   -- An instance listed on two pages (a listing that moved while it was
   -- paged through, or a forged page) is batched once: sent once.
@@ -98,7 +97,8 @@ while active < concurrency do
   local loc = redis.call('LPOP', ready)
   if not loc then break end
   local chunks = 0
-  if redis.call('HEXISTS', locstate, loc .. ':failed') == 0 then chunks = activate(loc) end
+  local l = redis.call('HMGET', locstate, loc .. ':failed', loc .. ':pages')
+  if not l[1] then chunks = activate(loc, tonumber(l[2]) or 0) end
   if chunks > 0 then
     active = active + 1
   else

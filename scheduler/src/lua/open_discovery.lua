@@ -6,8 +6,9 @@
 -- room is less than `chunk` and more locations than that are left, so jobs
 -- are published (and confirmed) in chunks, not one by one.
 local window, chunk = tonumber(ARGV[1]), tonumber(ARGV[2])
-local next = tonumber(redis.call('HGET', run, F.discover_next)) or 0
-local left = location_count() - next
+local r = run_fields(F.discover_next, F.location_count)
+local next = tonumber(r[F.discover_next]) or 0
+local left = tonumber(r[F.location_count]) - next
 local room = math.min(window - redis.call('SCARD', discovering), left)
 if room <= 0 or (room < chunk and room < left) then return {} end
 local opened = {}

@@ -290,11 +290,20 @@ impl Scheduler {
             .ledger
             .apply_results_bundle(run_id, &applications)
             .await;
-        let outcome = if applied.is_ok() { "applied" } else { "failed" };
-        for _ in reports {
-            self.metrics.report("step_results", outcome);
+        let (new, state) = match applied {
+            Ok(applied) => applied,
+            Err(error) => {
+                for _ in reports {
+                    self.metrics.report("step_results", "failed");
+                }
+                return Err(error);
+            }
+        };
+        for new in &new {
+            // A repeat another replica (or this bundle) applied first.
+            self.metrics
+                .report("step_results", if *new { "applied" } else { "duplicate" });
         }
-        let (new, state) = applied?;
         let mut compliance = Vec::new();
         let mut failures = 0;
         for (report, _) in reports.iter().zip(&new).filter(|(_, new)| **new) {

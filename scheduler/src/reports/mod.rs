@@ -12,7 +12,7 @@
 
 mod apply;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -83,6 +83,29 @@ async fn wait_to_retry(attempt: &mut u32, stop: &CancellationToken) -> bool {
     tokio::select! {
         () = stop.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// How a report ends on `error` after `attempt` earlier tries, as
+/// [`Scheduler::handle_one`] decides it: `None` when it is to be tried
+/// again. Unwritable results end it past a few tries (its run pauses and
+/// the delivery is parked); an outage is tried again; anything else can
+/// never be applied.
+fn ended_by(error: SchedulerError, attempt: u32, run_id: Uuid) -> Option<Handled> {
+    match error {
+        SchedulerError::Results(error)
+            if error.permanent || attempt >= MAX_RESULTS_WRITE_ATTEMPTS =>
+        {
+            Some(Handled::Unwritable(error))
+        }
+        error if error.is_retryable() => {
+            tracing::warn!(%run_id, error = %error, attempt, "report not applied yet; retrying");
+            None
+        }
+        error => {
+            tracing::error!(%run_id, error = %error, "report cannot be applied; dead-lettering it");
+            Some(Handled::Failed)
+        }
     }
 }
 
@@ -222,25 +245,39 @@ impl Scheduler {
         let mut follow_up = BTreeSet::new();
         // Results and discovery reports are applied together (one ledger
         // call per run for the results, the limits, more discovery and one
-        // admission per run after); a failed location's alone.
-        let (together, alone): (Vec<&Report>, Vec<&Report>) = reports.iter().partition(|report| {
-            matches!(
-                report,
-                Report::StepResults(_) | Report::TargetsDiscovered(_)
-            )
-        });
+        // admission per run after), in the bundle's order: a failed
+        // location's report is applied alone, after the reports before it
+        // and before those after it.
         let mut outcomes = Vec::with_capacity(reports.len());
-        for report in alone {
-            let handled = self
-                .handle_one(report, delivery.redelivered(), &mut follow_up, stop)
-                .await;
-            outcomes.push((report.run_id(), handled));
-        }
-        if !together.is_empty() {
-            let handled = self
-                .handle_together(&together, delivery.redelivered(), &mut follow_up, stop)
-                .await;
-            outcomes.extend(together.iter().map(|report| report.run_id()).zip(handled));
+        let mut together: Vec<&Report> = Vec::new();
+        for report in reports.iter().map(Some).chain(std::iter::once(None)) {
+            if let Some(report) = report
+                && !matches!(report, Report::LocationFailed(_))
+            {
+                together.push(report);
+                continue;
+            }
+            if !together.is_empty() {
+                let handled = self
+                    .handle_together(&together, delivery.redelivered(), &mut follow_up, stop)
+                    .await;
+                if handled
+                    .iter()
+                    .any(|handled| matches!(handled, Handled::Stopped))
+                {
+                    return;
+                }
+                outcomes.extend(together.drain(..).map(Report::run_id).zip(handled));
+            }
+            if let Some(report) = report {
+                let handled = self
+                    .handle_one(report, delivery.redelivered(), &mut follow_up, stop)
+                    .await;
+                if matches!(handled, Handled::Stopped) {
+                    return;
+                }
+                outcomes.push((report.run_id(), handled));
+            }
         }
         for (run_id, handled) in outcomes {
             match handled {
@@ -355,10 +392,12 @@ impl Scheduler {
     /// `reports`' order. Each pass checks the reports not yet decided,
     /// writes the accepted results (at once), then per run records the
     /// pages, counts the results with one ledger call, resolves the limits
-    /// and opens more discovery once, and admits once. A report whose
-    /// results cannot be written yet is tried again in the next pass; past
-    /// the tries, it ends unwritable (its run pauses) while the others are
-    /// applied.
+    /// and opens more discovery once, and admits once. What fails is
+    /// decided per report (a check, a results write) or per run (the ledger,
+    /// the admission) as [`Self::handle_one`] decides it for one report —
+    /// one run's outage or refusal never fails another run's reports; what
+    /// may pass is tried again in the next pass, each report with its own
+    /// count of tries.
     async fn handle_together(
         &self,
         reports: &[&Report],
@@ -367,45 +406,36 @@ impl Scheduler {
         stop: &CancellationToken,
     ) -> Vec<Handled> {
         let mut outcomes: Vec<Option<Handled>> = reports.iter().map(|_| None).collect();
-        let mut attempt: u32 = 0;
+        let mut attempts = vec![0u32; reports.len()];
+        let mut pass: u32 = 0;
         loop {
-            let pass = self
-                .results_pass(
+            let applied = self
+                .together_pass(
                     reports,
                     &mut outcomes,
-                    redelivered || attempt > 0,
+                    &attempts,
+                    redelivered || pass > 0,
                     follow_up,
-                    attempt,
                 )
                 .await;
-            match pass {
-                Ok(applied_runs) => {
-                    if attempt > 0 {
-                        // An update whose answer was lost may have happened
-                        // anyway: batches it admitted were never published.
-                        for run_id in applied_runs {
-                            if let Err(error) = self.republish_admitted(run_id).await {
-                                tracing::warn!(error = %error, "could not re-publish admitted batches");
-                            }
-                        }
+            if pass > 0 {
+                // An update whose answer was lost may have happened
+                // anyway: batches it admitted were never published.
+                for run_id in applied {
+                    if let Err(error) = self.republish_admitted(run_id).await {
+                        tracing::warn!(error = %error, "could not re-publish admitted batches");
                     }
-                    if outcomes.iter().all(Option::is_some) {
-                        break;
-                    }
-                    // Results not written yet: tried again after a wait.
-                }
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(error = %error, attempt, "reports not applied yet; retrying");
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, "reports cannot be applied; dead-lettering them");
-                    for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_none()) {
-                        *outcome = Some(Handled::Failed);
-                    }
-                    break;
                 }
             }
-            if !wait_to_retry(&mut attempt, stop).await {
+            if outcomes.iter().all(Option::is_some) {
+                break;
+            }
+            for (attempt, outcome) in attempts.iter_mut().zip(&outcomes) {
+                if outcome.is_none() {
+                    *attempt += 1;
+                }
+            }
+            if !wait_to_retry(&mut pass, stop).await {
                 return reports.iter().map(|_| Handled::Stopped).collect();
             }
         }
@@ -416,26 +446,41 @@ impl Scheduler {
     }
 
     /// One pass of [`Self::handle_together`] over the reports not yet
-    /// decided in `outcomes`; returns the runs whose reports it applied. An
-    /// outage ends the pass with an error: what it decided stays decided.
-    async fn results_pass(
+    /// decided in `outcomes` (`attempts`: each one's tries so far); returns
+    /// the runs whose reports it applied.
+    async fn together_pass(
         &self,
         reports: &[&Report],
         outcomes: &mut [Option<Handled>],
+        attempts: &[u32],
         repeated: bool,
         follow_up: &mut BTreeSet<Uuid>,
-        attempt: u32,
-    ) -> Result<BTreeSet<Uuid>, SchedulerError> {
+    ) -> BTreeSet<Uuid> {
         let open: Vec<usize> = (0..reports.len())
             .filter(|index| outcomes[*index].is_none())
             .collect();
         let verdicts = join_all(open.iter().map(|index| self.check_report(reports[*index]))).await;
         let mut accepted = Vec::new();
+        // A batch-step twice in the bundle is written and counted once.
+        let mut batch_steps = HashSet::new();
         for (index, verdict) in open.into_iter().zip(verdicts) {
             let report = reports[index];
-            match verdict? {
-                Verdict::Accept => accepted.push(index),
-                Verdict::Duplicate => {
+            match verdict {
+                Ok(Verdict::Accept) => match report {
+                    Report::StepResults(results)
+                        if !batch_steps.insert((
+                            results.run_id,
+                            location_key(&results.location),
+                            results.batch_id,
+                            results.step_index,
+                        )) =>
+                    {
+                        self.metrics.report(report_kind(report), "duplicate");
+                        outcomes[index] = Some(Handled::Done);
+                    }
+                    _ => accepted.push(index),
+                },
+                Ok(Verdict::Duplicate) => {
                     self.metrics.report(report_kind(report), "duplicate");
                     if repeated {
                         // Its first holder may have stopped before admitting
@@ -444,87 +489,97 @@ impl Scheduler {
                     }
                     outcomes[index] = Some(Handled::Done);
                 }
-                Verdict::Reject { reason, detail } => {
+                Ok(Verdict::Reject { reason, detail }) => {
                     outcomes[index] = Some(Handled::Refused { reason, detail });
                 }
+                Err(error) => outcomes[index] = ended_by(error, attempts[index], report.run_id()),
             }
         }
         // Durable first: the ledger counts only what is written.
-        let (accepted_results, accepted_pages): (Vec<usize>, Vec<usize>) = accepted
-            .into_iter()
-            .partition(|index| matches!(reports[*index], Report::StepResults(_)));
-        let written = join_all(accepted_results.iter().map(|index| async move {
+        let written = join_all(accepted.iter().map(|index| async move {
             match reports[*index] {
                 Report::StepResults(results) => self.write_results(results).await,
-                _ => Err(SchedulerError::Invalid("not a results report".into())),
+                _ => Ok(()),
             }
         }))
         .await;
         let mut by_run: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
-        for index in accepted_pages {
-            by_run
-                .entry(reports[index].run_id())
-                .or_default()
-                .push(index);
-        }
-        for (index, write) in accepted_results.into_iter().zip(written) {
+        for (index, write) in accepted.into_iter().zip(written) {
             match write {
                 Ok(()) => by_run
                     .entry(reports[index].run_id())
                     .or_default()
                     .push(index),
-                // One run's unwritable results must not hold up every other
-                // run's reports: past a few tries, its run pauses and the
-                // report waits in a delay queue, to be tried again later.
-                Err(SchedulerError::Results(error))
-                    if error.permanent || attempt >= MAX_RESULTS_WRITE_ATTEMPTS =>
-                {
-                    outcomes[index] = Some(Handled::Unwritable(error));
-                }
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(error = %error, attempt, "results not written yet; retrying");
-                }
                 Err(error) => {
-                    tracing::error!(run_id = %reports[index].run_id(), error = %error, "report cannot be applied; dead-lettering it");
-                    outcomes[index] = Some(Handled::Failed);
+                    outcomes[index] = ended_by(error, attempts[index], reports[index].run_id());
                 }
             }
         }
         let mut applied = BTreeSet::new();
         for (run_id, indexes) in by_run {
-            let mut pages = Vec::new();
-            let mut results = Vec::new();
-            for index in &indexes {
-                match reports[*index] {
-                    Report::TargetsDiscovered(discovered) => {
-                        let recorded = self.record_discovered(discovered).await;
-                        let outcome = if recorded.is_ok() {
-                            "applied"
-                        } else {
-                            "failed"
-                        };
-                        self.metrics.report("targets_discovered", outcome);
-                        pages.push(recorded?);
+            match self.apply_together(run_id, &indexes, reports).await {
+                Ok(()) => {
+                    applied.insert(run_id);
+                    for index in indexes {
+                        outcomes[index] = Some(Handled::Done);
                     }
-                    Report::StepResults(report) => results.push(report),
-                    Report::LocationFailed(_) => {}
+                }
+                // Decided only once admitted: after an outage, the next pass
+                // finds them applied and follows the run up.
+                Err(error) => {
+                    let attempt = indexes
+                        .iter()
+                        .map(|index| attempts[*index])
+                        .max()
+                        .unwrap_or(0);
+                    if let Some(ended) = ended_by(error, attempt, run_id) {
+                        for index in indexes {
+                            outcomes[index] = Some(match &ended {
+                                Handled::Unwritable(error) => Handled::Unwritable(error.clone()),
+                                _ => Handled::Failed,
+                            });
+                        }
+                    }
                 }
             }
-            if !results.is_empty() {
-                self.apply_results(run_id, &results).await?;
-            }
-            applied.insert(run_id);
-            if !pages.is_empty() {
-                self.after_pages(run_id, &pages).await?;
-            }
-            // Decided only once admitted: after an outage here, the next
-            // pass finds them applied and follows the run up.
-            self.advance(run_id).await?;
-            for index in indexes {
-                outcomes[index] = Some(Handled::Done);
+        }
+        applied
+    }
+
+    /// Applies the accepted reports of one run: pages recorded, results
+    /// counted in one ledger call, the limits and discovery after the pages,
+    /// then one admission.
+    async fn apply_together(
+        &self,
+        run_id: Uuid,
+        indexes: &[usize],
+        reports: &[&Report],
+    ) -> Result<(), SchedulerError> {
+        let mut pages = Vec::new();
+        let mut results = Vec::new();
+        for index in indexes {
+            match reports[*index] {
+                Report::TargetsDiscovered(discovered) => {
+                    let recorded = self.record_discovered(discovered).await;
+                    let outcome = if recorded.is_ok() {
+                        "applied"
+                    } else {
+                        "failed"
+                    };
+                    self.metrics.report("targets_discovered", outcome);
+                    pages.push(recorded?);
+                }
+                Report::StepResults(report) => results.push(report),
+                Report::LocationFailed(_) => {}
             }
         }
-        Ok(applied)
+        if !results.is_empty() {
+            self.apply_results(run_id, &results).await?;
+        }
+        if !pages.is_empty() {
+            self.after_pages(run_id, &pages).await?;
+        }
+        self.advance(run_id).await
     }
 
     /// Does what a lost holder of the run's duplicate reports may have left
