@@ -33,6 +33,11 @@ use crate::{Scheduler, SchedulerError};
 /// treated like a refusal: the run pauses and the report waits.
 const MAX_RESULTS_WRITE_ATTEMPTS: u32 = 5;
 
+/// Results files of one bundle written at once: enough to overlap their
+/// fsyncs, few enough that a backlog of bundles (a prefetch of them, each
+/// of up to 64 reports) does not hold every encoded file in memory.
+const CONCURRENT_RESULTS_WRITES: usize = 8;
+
 /// How often a parked report comes back (once a minute) before it is given
 /// up to the dead-letter queue: a week.
 const MAX_REPORT_PARKS: u32 = 7 * 24 * 60;
@@ -496,13 +501,19 @@ impl Scheduler {
             }
         }
         // Durable first: the ledger counts only what is written.
-        let written = join_all(accepted.iter().map(|index| async move {
-            match reports[*index] {
-                Report::StepResults(results) => self.write_results(results).await,
-                _ => Ok(()),
-            }
-        }))
-        .await;
+        // A few at a time, in order: each holds its encoded file until it
+        // is written, and up to a prefetch of bundles are applied at once.
+        let mut written = Vec::with_capacity(accepted.len());
+        for chunk in accepted.chunks(CONCURRENT_RESULTS_WRITES) {
+            let chunk_written = join_all(chunk.iter().map(|index| async move {
+                match reports[*index] {
+                    Report::StepResults(results) => self.write_results(results).await,
+                    _ => Ok(()),
+                }
+            }))
+            .await;
+            written.extend(chunk_written);
+        }
         let mut by_run: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
         for (index, write) in accepted.into_iter().zip(written) {
             match write {
